@@ -1,0 +1,267 @@
+#include "common/client.h"
+
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+#include <cstring>
+
+#include "common/units.h"
+
+namespace pbrick {
+
+std::string Endpoint::to_string() const {
+  if (host.find(':') != std::string::npos) return "[" + host + "]:" + std::to_string(port);
+  return host + ":" + std::to_string(port);
+}
+
+Result<Endpoint> parse_endpoint(std::string_view text, std::string_view what, bool allow_port_zero) {
+  auto bad = [&](const char* why) {
+    return Error(EINVAL, std::string(what) + ": invalid address '" + std::string(text) + "': " + why);
+  };
+  Endpoint ep;
+  std::string_view port_text;
+  if (!text.empty() && text.front() == '[') {
+    size_t close = text.find(']');
+    if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':') {
+      return bad("expected [ADDRESS]:PORT");
+    }
+    ep.host = std::string(text.substr(1, close - 1));
+    port_text = text.substr(close + 2);
+  } else {
+    size_t colon = text.rfind(':');
+    if (colon == std::string_view::npos) return bad("expected HOST:PORT");
+    ep.host = std::string(text.substr(0, colon));
+    port_text = text.substr(colon + 1);
+  }
+  if (ep.host.empty()) return bad("empty host");
+  auto port = parse_u64(port_text, what);
+  if (!port) return bad("port is not a number");
+  if (*port > 65535 || (*port == 0 && !allow_port_zero)) {
+    return bad(allow_port_zero ? "port must be 0..65535" : "port must be 1..65535");
+  }
+  ep.port = static_cast<uint16_t>(*port);
+  return ep;
+}
+
+namespace {
+
+Status send_all(int fd, const uint8_t* p, size_t len, const char* what) {
+  while (len > 0) {
+    ssize_t n = ::send(fd, p, len, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return Error(ETIMEDOUT, std::string(what) + ": send timed out");
+      return errno_error(std::string(what) + ": send");
+    }
+    p += n;
+    len -= static_cast<size_t>(n);
+  }
+  return Status::Ok();
+}
+
+Status recv_all(int fd, uint8_t* p, size_t len, const char* what) {
+  while (len > 0) {
+    ssize_t n = ::recv(fd, p, len, 0);
+    if (n == 0) return Error(ECONNRESET, std::string(what) + ": connection closed by the brick");
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return Error(ETIMEDOUT, std::string(what) + ": no reply from the brick");
+      return errno_error(std::string(what) + ": receive");
+    }
+    p += n;
+    len -= static_cast<size_t>(n);
+  }
+  return Status::Ok();
+}
+
+Result<UniqueFd> connect_tcp(const Endpoint& ep, int timeout_ms) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  std::string port = std::to_string(ep.port);
+  int rc = ::getaddrinfo(ep.host.c_str(), port.c_str(), &hints, &res);
+  if (rc != 0) return Error(ENOENT, "connect " + ep.to_string() + ": " + gai_strerror(rc));
+  Error last(ECONNREFUSED, "connect " + ep.to_string());
+  for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
+    UniqueFd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol));
+    if (!fd.valid()) {
+      last = errno_error("connect " + ep.to_string() + ": socket");
+      continue;
+    }
+    timeval tv{timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    int one = 1;
+    ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (::connect(fd.get(), ai->ai_addr, ai->ai_addrlen) == 0) {
+      ::freeaddrinfo(res);
+      return fd;
+    }
+    last = errno_error("connect " + ep.to_string());
+  }
+  ::freeaddrinfo(res);
+  return last;
+}
+
+}  // namespace
+
+BrickClient::BrickClient(UniqueFd fd) : fd_(std::move(fd)) {}
+
+Result<std::unique_ptr<BrickClient>> BrickClient::Connect(const ClientOptions& options) {
+  auto fd = connect_tcp(options.endpoint, options.timeout_ms);
+  if (!fd) return fd.error();
+  std::unique_ptr<BrickClient> client(new BrickClient(std::move(*fd)));
+
+  proto::HelloRequest hello;
+  hello.features = options.features;
+  PBRICK_TRY(random_bytes(hello.client_nonce.data(), hello.client_nonce.size()));
+  uint8_t payload[proto::kHelloRequestSize];
+  proto::encode_hello_request(hello, payload);
+  PBRICK_TRY(client->call(proto::Opcode::kHello, payload, {}, "HELLO " + options.endpoint.to_string()));
+  auto reply = proto::decode_hello_reply(client->reply_);
+  if (!reply) return reply.error().wrap("HELLO " + options.endpoint.to_string());
+  client->hello_ = *reply;
+
+  if (options.key && (reply->hello_flags & proto::kHelloAuthRequired) == 0) {
+    // We were told to authenticate; a brick that does not ask may be an impostor.
+    return Error(EKEYREJECTED, "HELLO " + options.endpoint.to_string() +
+                                   ": the brick does not ask for the cluster key we were given");
+  }
+  if ((reply->hello_flags & proto::kHelloAuthRequired) != 0) {
+    if (!options.key) {
+      return Error(EACCES, "HELLO " + options.endpoint.to_string() +
+                               ": the brick requires a cluster key (use --key-file)");
+    }
+    Proof expected = server_proof(*options.key, hello.client_nonce, reply->server_nonce);
+    if (!proofs_equal(expected, reply->server_proof)) {
+      return Error(EKEYREJECTED, "HELLO " + options.endpoint.to_string() +
+                                     ": the brick does not know our cluster key (wrong key file?)");
+    }
+    proto::AuthRequest auth;
+    auth.client_proof = client_proof(*options.key, reply->server_nonce, hello.client_nonce);
+    uint8_t auth_payload[proto::kAuthRequestSize];
+    proto::encode_auth_request(auth, auth_payload);
+    PBRICK_TRY(client->call(proto::Opcode::kAuth, auth_payload, {}, "AUTH " + options.endpoint.to_string()));
+  }
+  return client;
+}
+
+Status BrickClient::send_raw(std::span<const uint8_t> bytes) {
+  return send_all(fd_.get(), bytes.data(), bytes.size(), "send");
+}
+
+Status BrickClient::call(proto::Opcode op, std::span<const uint8_t> payload, std::span<const uint8_t> data,
+                         const std::string& what) {
+  proto::FrameHeader h;
+  h.opcode = op;
+  h.request_id = next_request_id_++;
+  h.payload_len = static_cast<uint32_t>(payload.size() + data.size());
+  uint8_t hdr[proto::kHeaderSize];
+  proto::encode_header(h, hdr);
+  PBRICK_TRY(send_all(fd_.get(), hdr, sizeof hdr, what.c_str()));
+  PBRICK_TRY(send_all(fd_.get(), payload.data(), payload.size(), what.c_str()));
+  if (!data.empty()) PBRICK_TRY(send_all(fd_.get(), data.data(), data.size(), what.c_str()));
+
+  uint8_t rhdr[proto::kHeaderSize];
+  PBRICK_TRY(recv_all(fd_.get(), rhdr, sizeof rhdr, what.c_str()));
+  auto reply = proto::decode_header(rhdr, /*expect_reply=*/true);
+  if (!reply) return reply.error().wrap(what + ": bad reply from the brick");
+  if (reply->opcode != op || reply->request_id != h.request_id) {
+    return Error(EPROTO, what + ": reply does not match the request");
+  }
+  reply_.resize(reply->payload_len);  // bounded by decode_header (at most kMaxIoSize)
+  PBRICK_TRY(recv_all(fd_.get(), reply_.data(), reply_.size(), what.c_str()));
+  if (reply->status != 0) return Error(proto::errno_from_wire(reply->status), what);
+  return Status::Ok();
+}
+
+Result<proto::StatReply> BrickClient::stat() {
+  PBRICK_TRY(call(proto::Opcode::kStat, {}, {}, "stat"));
+  return proto::decode_stat_reply(reply_);
+}
+
+Status BrickClient::alloc(uint64_t vaddr) {
+  uint8_t p[proto::kAddrRequestSize];
+  proto::encode_addr_request({vaddr}, p);
+  return call(proto::Opcode::kAlloc, p, {}, "alloc " + format_hex(vaddr));
+}
+
+Status BrickClient::free(uint64_t vaddr) {
+  uint8_t p[proto::kAddrRequestSize];
+  proto::encode_addr_request({vaddr}, p);
+  return call(proto::Opcode::kFree, p, {}, "free " + format_hex(vaddr));
+}
+
+Result<proto::MapReply> BrickClient::map(uint64_t vaddr, uint32_t map_flags) {
+  uint8_t p[proto::kMapRequestSize];
+  proto::encode_map_request({vaddr, map_flags}, p);
+  PBRICK_TRY(call(proto::Opcode::kMap, p, {}, "map " + format_hex(vaddr)));
+  return proto::decode_map_reply(reply_);
+}
+
+Status BrickClient::unmap(uint64_t vaddr) {
+  uint8_t p[proto::kAddrRequestSize];
+  proto::encode_addr_request({vaddr}, p);
+  return call(proto::Opcode::kUnmap, p, {}, "unmap " + format_hex(vaddr));
+}
+
+Result<proto::ListReply> BrickClient::list(uint64_t cursor, uint32_t max_extents) {
+  uint8_t p[proto::kListRequestSize];
+  proto::encode_list_request({cursor, max_extents}, p);
+  PBRICK_TRY(call(proto::Opcode::kList, p, {}, "list from " + format_hex(cursor)));
+  return proto::decode_list_reply(reply_);
+}
+
+void merge_extents(std::vector<proto::Extent>& extents) {
+  size_t out = 0;
+  for (size_t i = 0; i < extents.size(); i++) {
+    if (out > 0) {
+      proto::Extent& prev = extents[out - 1];
+      const proto::Extent& cur = extents[i];
+      if (prev.extent_flags == cur.extent_flags && prev.tier == cur.tier &&
+          prev.start_vaddr + prev.block_count * proto::kBlockSize == cur.start_vaddr) {
+        prev.block_count += cur.block_count;
+        continue;
+      }
+    }
+    extents[out++] = extents[i];
+  }
+  extents.resize(out);
+}
+
+Result<std::vector<proto::Extent>> BrickClient::list_all() {
+  std::vector<proto::Extent> all;
+  uint64_t cursor = 0;
+  for (;;) {
+    auto page = list(cursor, proto::kMaxListExtents);
+    if (!page) return page.error();
+    all.insert(all.end(), page->extents.begin(), page->extents.end());
+    if ((page->list_flags & proto::kListMore) == 0) break;
+    if (page->next_cursor <= cursor) return Error(EPROTO, "list: the brick's cursor did not advance");
+    cursor = page->next_cursor;
+  }
+  merge_extents(all);
+  return all;
+}
+
+Status BrickClient::write(uint32_t rkey, uint64_t remote_addr, std::span<const uint8_t> data) {
+  uint8_t p[proto::kIoRequestSize];
+  proto::encode_io_request({rkey, remote_addr, static_cast<uint32_t>(data.size())}, p);
+  return call(proto::Opcode::kWrite, p, data, "write " + format_hex(remote_addr));
+}
+
+Status BrickClient::read(uint32_t rkey, uint64_t remote_addr, std::span<uint8_t> out) {
+  uint8_t p[proto::kIoRequestSize];
+  proto::encode_io_request({rkey, remote_addr, static_cast<uint32_t>(out.size())}, p);
+  PBRICK_TRY(call(proto::Opcode::kRead, p, {}, "read " + format_hex(remote_addr)));
+  if (reply_.size() != out.size()) return Error(EPROTO, "read " + format_hex(remote_addr) + ": short reply");
+  std::memcpy(out.data(), reply_.data(), out.size());
+  return Status::Ok();
+}
+
+}  // namespace pbrick

@@ -1,0 +1,84 @@
+// A blocking, one-request-at-a-time brick client over TCP, for pbrickctl, tests
+// and tools. The gateway's data path does not use it: it keeps many requests in
+// flight on its own event loop and shares only the protocol codec.
+//
+// A BrickClient owns one connection. It is not thread-safe: one thread at a time.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/auth.h"
+#include "common/protocol.h"
+#include "common/result.h"
+#include "common/unique_fd.h"
+
+namespace pbrick {
+
+struct Endpoint {
+  std::string host;
+  uint16_t port = 0;
+  std::string to_string() const;
+};
+
+// "HOST:PORT", "[V6ADDR]:PORT". `what` names the flag or key for the error.
+// Port 0 ("any free port") is accepted only for listening addresses.
+Result<Endpoint> parse_endpoint(std::string_view text, std::string_view what, bool allow_port_zero = false);
+
+struct ClientOptions {
+  Endpoint endpoint;
+  std::optional<ClusterKey> key;
+  uint64_t features = proto::kFeatureSyncRead;
+  int timeout_ms = 10000;  // per send/receive; ETIMEDOUT when exceeded
+};
+
+class BrickClient {
+ public:
+  // Connects, says HELLO and authenticates when the brick asks for it. A brick
+  // whose proof does not match our key is refused (EKEYREJECTED); a brick that
+  // asks for a key we do not have gives EACCES.
+  static Result<std::unique_ptr<BrickClient>> Connect(const ClientOptions& options);
+
+  const proto::HelloReply& hello() const { return hello_; }
+
+  Result<proto::StatReply> stat();
+  Status alloc(uint64_t vaddr);
+  Status free(uint64_t vaddr);
+  Result<proto::MapReply> map(uint64_t vaddr, uint32_t map_flags);
+  Status unmap(uint64_t vaddr);
+  Result<proto::ListReply> list(uint64_t cursor, uint32_t max_extents);
+  // Every page, with extents continuing across a page boundary merged.
+  Result<std::vector<proto::Extent>> list_all();
+
+  Status write(uint32_t rkey, uint64_t remote_addr, std::span<const uint8_t> data);
+  Status read(uint32_t rkey, uint64_t remote_addr, std::span<uint8_t> out);
+
+  // Hands the connected, authenticated socket to an event loop.
+  UniqueFd take_fd() && { return std::move(fd_); }
+
+  // Sends raw bytes on the connection (tests of malformed input).
+  Status send_raw(std::span<const uint8_t> bytes);
+
+ private:
+  explicit BrickClient(UniqueFd fd);
+
+  // Sends one request and receives its reply header + payload into reply_.
+  // A nonzero status becomes an Error with context "<OP> ...".
+  Status call(proto::Opcode op, std::span<const uint8_t> payload,
+              std::span<const uint8_t> data, const std::string& what);
+
+  UniqueFd fd_;
+  uint64_t next_request_id_ = 1;
+  proto::HelloReply hello_;
+  std::vector<uint8_t> reply_;  // payload of the last reply
+};
+
+// Merges extents that continue each other (same flags and tier, adjacent).
+void merge_extents(std::vector<proto::Extent>& extents);
+
+}  // namespace pbrick
