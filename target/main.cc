@@ -1,0 +1,175 @@
+// pbrick-target: the brick daemon. Formats or opens a store and serves it.
+#include <getopt.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "common/auth.h"
+#include "common/client.h"
+#include "common/log.h"
+#include "common/units.h"
+#include "target/server.h"
+#include "target/store.h"
+
+namespace {
+
+constexpr const char* kUsage =
+    "Usage: pbrick-target --store PATH --size SIZE --listen HOST:PORT [options]\n"
+    "\n"
+    "Serves a pbrick store (a devdax device, an fsdax file or any file) as 2 MiB blocks.\n"
+    "A new store is created and formatted; an existing pbrick store is opened.\n"
+    "\n"
+    "  --store PATH          store file or devdax device\n"
+    "  --size SIZE           store size (512M, 4G, ...); must match an existing store\n"
+    "  --listen HOST:PORT    address to serve on (port 0 picks a free one)\n"
+    "  --key-file FILE       cluster key: clients must prove they know it\n"
+    "  --force-format        format PATH even if it holds data (destroys it)\n"
+    "  --max-connections N   default 128\n"
+    "  --port-file FILE      write the bound port to FILE once serving\n"
+    "  --log-level LEVEL     error, warning, notice, info (default) or debug\n"
+    "  -h, --help\n";
+
+int usage_error(const std::string& message) {
+  std::fprintf(stderr, "pbrick-target: %s\n%s", message.c_str(), kUsage);
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace pbrick;
+  enum { kStore = 1000, kSize, kListen, kKeyFile, kForceFormat, kMaxConn, kPortFile, kLogLevel };
+  static const option kOptions[] = {
+      {"store", required_argument, nullptr, kStore},
+      {"size", required_argument, nullptr, kSize},
+      {"listen", required_argument, nullptr, kListen},
+      {"key-file", required_argument, nullptr, kKeyFile},
+      {"force-format", no_argument, nullptr, kForceFormat},
+      {"max-connections", required_argument, nullptr, kMaxConn},
+      {"port-file", required_argument, nullptr, kPortFile},
+      {"log-level", required_argument, nullptr, kLogLevel},
+      {"help", no_argument, nullptr, 'h'},
+      {nullptr, 0, nullptr, 0},
+  };
+  std::string store_path, listen_text, key_file, port_file;
+  uint64_t size = 0;
+  bool force_format = false;
+  ServerOptions server_options;
+  opterr = 0;
+  int opt;
+  while ((opt = getopt_long(argc, argv, "h", kOptions, nullptr)) != -1) {
+    switch (opt) {
+      case kStore: store_path = optarg; break;
+      case kSize: {
+        auto r = parse_size(optarg, "--size");
+        if (!r) return usage_error(r.error().context());
+        size = *r;
+        break;
+      }
+      case kListen: listen_text = optarg; break;
+      case kKeyFile: key_file = optarg; break;
+      case kForceFormat: force_format = true; break;
+      case kMaxConn: {
+        auto r = parse_u64(optarg, "--max-connections");
+        if (!r) return usage_error(r.error().context());
+        if (*r == 0 || *r > 65536) return usage_error("--max-connections: must be 1..65536");
+        server_options.max_connections = static_cast<uint32_t>(*r);
+        break;
+      }
+      case kPortFile: port_file = optarg; break;
+      case kLogLevel: {
+        std::string l = optarg;
+        if (l == "error") set_log_level(LogLevel::kError);
+        else if (l == "warning") set_log_level(LogLevel::kWarning);
+        else if (l == "notice") set_log_level(LogLevel::kNotice);
+        else if (l == "info") set_log_level(LogLevel::kInfo);
+        else if (l == "debug") set_log_level(LogLevel::kDebug);
+        else return usage_error("--log-level: unknown level '" + l + "'");
+        break;
+      }
+      case 'h': std::fputs(kUsage, stdout); return 0;
+      default:
+        return usage_error(std::string("unknown or incomplete option '") + argv[optind - 1] + "'");
+    }
+  }
+  if (optind < argc) return usage_error(std::string("unexpected argument '") + argv[optind] + "'");
+  if (store_path.empty()) return usage_error("--store is required");
+  if (listen_text.empty()) return usage_error("--listen is required");
+  auto listen = parse_endpoint(listen_text, "--listen", /*allow_port_zero=*/true);
+  if (!listen) return usage_error(listen.error().context());
+  server_options.listen = *listen;
+  if (!key_file.empty()) {
+    auto key = load_key_file(key_file);
+    if (!key) {
+      PBRICK_LOG_ERROR("--key-file: %s", key.error().message().c_str());
+      return 1;
+    }
+    server_options.key = std::move(*key);
+  }
+
+  // Block the signals run() reads through its signalfd before any thread exists.
+  // An inherited "ignore" (a shell's background job ignores SIGINT) would drop
+  // them before the signalfd sees them, so restore the default first.
+  signal(SIGTERM, SIG_DFL);
+  signal(SIGINT, SIG_DFL);
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGTERM);
+  sigaddset(&mask, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &mask, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  RegionOptions region_options;
+  region_options.path = store_path;
+  region_options.size = size;
+  auto region = open_pmem_region(region_options);
+  if (!region) {
+    PBRICK_LOG_ERROR("%s", region.error().message().c_str());
+    return 1;
+  }
+  StoreOpenOptions store_options;
+  store_options.force_format = force_format;
+  auto store = Store::Open(std::move(*region), store_options);
+  if (!store) {
+    PBRICK_LOG_ERROR("%s", store.error().message().c_str());
+    return 1;
+  }
+  // A previous brick process may have left WRITE data in the page cache that
+  // no sync point covered: persist it before serving, so a sync-read on a new
+  // connection covers everything the brick holds.
+  if (!(*store)->region().is_pmem()) {
+    Status st = (*store)->region().persist(0, (*store)->region().size());
+    if (!st) {
+      PBRICK_LOG_ERROR("%s", st.error().message().c_str());
+      return 1;
+    }
+  }
+  StoreStats stats = (*store)->stats();
+  PBRICK_LOG_INFO("store %s: %llu blocks of 2 MiB, %llu allocated", store_path.c_str(),
+                  static_cast<unsigned long long>(stats.capacity_blocks),
+                  static_cast<unsigned long long>(stats.allocated_blocks));
+
+  auto server = Server::Create(**store, server_options);
+  if (!server) {
+    PBRICK_LOG_ERROR("%s", server.error().message().c_str());
+    return 1;
+  }
+  if (!port_file.empty()) {
+    // Written atomically so a script polling for it never reads a partial port.
+    std::string tmp = port_file + ".tmp";
+    FILE* f = std::fopen(tmp.c_str(), "w");
+    if (f == nullptr || std::fprintf(f, "%u\n", (*server)->port()) < 0 || std::fclose(f) != 0 ||
+        std::rename(tmp.c_str(), port_file.c_str()) != 0) {
+      PBRICK_LOG_ERROR("--port-file %s: %s", port_file.c_str(), std::strerror(errno));
+      return 1;
+    }
+  }
+  Status st = (*server)->run();
+  if (!st) {
+    PBRICK_LOG_ERROR("%s", st.error().message().c_str());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,68 @@
+// The persistent medium under a brick, behind an interface so tests can inject
+// crashes (see store_crash_test.cc): everything the store does to media goes
+// through a PmemRegion.
+//
+// Thread-compatible: the brick's event loop thread is the only caller.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "common/result.h"
+
+namespace pbrick {
+
+class PmemRegion {
+ public:
+  virtual ~PmemRegion() = default;
+
+  // Start of the mapping. The brick places 2 MiB slots at 2 MiB offsets, so when
+  // the mapping itself is 2 MiB aligned each block is one huge-page TLB entry.
+  virtual uint8_t* base() = 0;
+  virtual uint64_t size() const = 0;
+
+  // True for real persistent memory (CPU cache flush + drain makes stores
+  // durable); false for a page-cache-backed file (msync/fdatasync needed).
+  virtual bool is_pmem() const = 0;
+
+  // Copies `len` bytes to [off, off+len) with non-temporal stores where the
+  // medium is pmem. Durable only after drain() (pmem) or persist() of the range.
+  virtual void copy_nodrain(uint64_t off, const void* src, size_t len) = 0;
+
+  // Waits for earlier copy_nodrain() stores to reach the persistence domain (pmem).
+  // A no-op for files: they need persist().
+  virtual void drain() = 0;
+
+  // Makes [off, off+len) durable: cache flush + drain on pmem, msync on files.
+  virtual Status persist(uint64_t off, uint64_t len) = 0;
+
+  // Stores an 8-byte word at `off` (8-byte aligned) with a single store and makes
+  // it durable: the failure-atomic primitive every map update is built on.
+  virtual Status store_word_persist(uint64_t off, uint64_t value) = 0;
+
+  // Makes [off, off+len) read as zeros, durably. On a file this punches a hole
+  // (and gives the space back to the file system); on pmem it is memset + persist.
+  virtual Status zero(uint64_t off, uint64_t len) = 0;
+
+  // File descriptor for asynchronous fdatasync through io_uring, or -1 when the
+  // medium is pmem (then drain() is all persistence needs).
+  virtual int sync_fd() const = 0;
+};
+
+struct RegionOptions {
+  std::string path;
+  uint64_t size = 0;  // 0: use the existing file's or device's size
+  bool create = true; // create the file when it does not exist
+};
+
+// Maps a devdax device, an fsdax file or any regular file with libpmem.
+// A file that exists with a different size than `size` is refused (EINVAL) so a
+// typo never truncates or grows a store; a new file is created at `size`.
+Result<std::unique_ptr<PmemRegion>> open_pmem_region(const RegionOptions& options);
+
+// A region in anonymous memory, for tests and fuzzers; is_pmem() is false.
+std::unique_ptr<PmemRegion> make_memory_region(uint64_t size);
+
+}  // namespace pbrick

@@ -1,0 +1,902 @@
+#include "target/server.h"
+
+#include <arpa/inet.h>
+#include <liburing.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <systemd/sd-daemon.h>
+
+#include <endian.h>
+
+#include <chrono>
+#include <cstring>
+#include <unordered_map>
+#include <vector>
+
+#include "common/log.h"
+#include "common/protocol.h"
+#include "common/units.h"
+
+namespace pbrick {
+namespace {
+
+using proto::kHeaderSize;
+using proto::Opcode;
+using Clock = std::chrono::steady_clock;
+
+enum class OpKind : uint8_t { kAccept = 1, kRecv, kSend, kFsync, kSignal, kTick, kCancel };
+
+struct UserData {
+  static uint64_t pack(OpKind kind, uint32_t generation, uint32_t index) {
+    return (static_cast<uint64_t>(kind) << 56) | (static_cast<uint64_t>(generation & 0xFFFFFF) << 32) | index;
+  }
+  static OpKind kind(uint64_t v) { return static_cast<OpKind>(v >> 56); }
+  static uint32_t generation(uint64_t v) { return static_cast<uint32_t>((v >> 32) & 0xFFFFFF); }
+  static uint32_t index(uint64_t v) { return static_cast<uint32_t>(v); }
+};
+
+// Input holds at least one whole frame of the largest kind plus room to read
+// ahead; output holds the largest reply (a READ of kMaxIoSize) plus a batch of
+// small replies. Both are allocated once per connection; pages never touched
+// are never committed.
+constexpr size_t kInCapacity = kHeaderSize + proto::kMaxPayload + (64u << 10);
+constexpr size_t kOutCapacity = kHeaderSize + proto::kMaxIoSize + (128u << 10);
+constexpr size_t kListReplyMax = kHeaderSize + proto::kListReplyFixedSize + proto::kMaxListExtents * proto::kExtentSize;
+constexpr unsigned kRingEntries = 1024;
+constexpr long long kTickNanos = 1000ll * 1000 * 1000;
+
+struct Connection {
+  enum class State { kHello, kAuth, kReady };
+
+  UniqueFd fd;
+  uint32_t index = 0;
+  uint32_t generation = 0;
+  State state = State::kHello;
+  bool closing = false;
+  bool peer_eof = false;
+  bool recv_inflight = false;
+  bool send_inflight = false;
+  bool fsync_inflight = false;
+  bool dirty = false;           // WRITEs since the last persistence point
+  bool persist_failed = false;  // the last fdatasync failed: the next READ reports EIO
+  Clock::time_point accepted_at;
+  std::string peer;
+  std::unique_ptr<uint8_t[]> in{new uint8_t[kInCapacity]};
+  size_t in_start = 0, in_end = 0;
+  std::unique_ptr<uint8_t[]> out{new uint8_t[kOutCapacity]};
+  size_t out_start = 0, out_end = 0;
+  Nonce client_nonce{}, server_nonce{};
+  std::vector<uint32_t> rkeys;  // handles this connection mapped
+
+  bool idle() const { return !recv_inflight && !send_inflight && !fsync_inflight; }
+};
+
+struct Handle {
+  uint64_t vaddr = 0;
+  uint64_t remote_base = 0;
+  uint64_t slot_offset = 0;
+  uint32_t map_flags = 0;
+  uint32_t owner = 0;
+};
+
+struct MapState {
+  uint32_t count = 0;
+  bool exclusive = false;
+};
+
+// The host's boot id (random per boot): a gateway that sees it unchanged after
+// reconnecting knows the brick's memory, and so its unpersisted writes, survived.
+std::array<uint8_t, proto::kUuidSize> read_boot_id() {
+  std::array<uint8_t, proto::kUuidSize> id{};
+  FILE* f = std::fopen("/proc/sys/kernel/random/boot_id", "r");
+  if (f == nullptr) return id;
+  char text[64] = {};
+  size_t n = std::fread(text, 1, sizeof text - 1, f);
+  std::fclose(f);
+  size_t out = 0;
+  for (size_t i = 0; i + 1 < n && out < id.size(); i++) {
+    auto hex = [](char c) { return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1; };
+    int hi = hex(text[i]), lo = hex(text[i + 1]);
+    if (hi < 0 || lo < 0) continue;
+    id[out++] = static_cast<uint8_t>(hi << 4 | lo);
+    i++;
+  }
+  return id;
+}
+
+std::string peer_name(const sockaddr_storage& ss) {
+  char host[NI_MAXHOST], serv[NI_MAXSERV];
+  if (::getnameinfo(reinterpret_cast<const sockaddr*>(&ss), sizeof ss, host, sizeof host, serv, sizeof serv,
+                    NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+    return "?";
+  }
+  return std::string(host) + ":" + serv;
+}
+
+}  // namespace
+
+class Server::Impl {
+ public:
+  Impl(Store& store, const ServerOptions& options) : store_(store), options_(options) {}
+  ~Impl() {
+    if (ring_ready_) io_uring_queue_exit(&ring_);
+  }
+
+  Status init();
+  Status run();
+  uint16_t port() const { return port_; }
+
+ private:
+  io_uring_sqe* get_sqe();
+  void arm_accept();
+  void arm_signal();
+  void arm_tick();
+  void arm_recv(Connection& c);
+  void flush_output(Connection& c);
+  void pump(Connection& c);
+  void maybe_close(Connection& c);
+  void begin_close(Connection& c);
+  void handle_cqe(io_uring_cqe* cqe);
+  void on_accept(int res);
+  void on_tick();
+  void update_status();
+
+  bool out_room(Connection& c, size_t need);
+  uint8_t* reply_header(Connection& c, const proto::FrameHeader& req, uint32_t payload_len);
+  void reply_error(Connection& c, const proto::FrameHeader& req, const Error& e);
+  // Returns false when the frame could not be handled yet (waiting for persistence).
+  void handle_frame(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload);
+  void handle_hello(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload);
+  void handle_auth(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload);
+  void handle_map(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload);
+  void handle_unmap(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload);
+  void handle_io(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload);
+  void revoke(uint32_t rkey);
+  Result<uint32_t> fresh_rkey();
+
+  Store& store_;
+  ServerOptions options_;
+  io_uring ring_{};
+  bool ring_ready_ = false;
+  UniqueFd listen_fd_;
+  UniqueFd signal_fd_;
+  uint16_t port_ = 0;
+  bool stopping_ = false;
+  uint64_t inflight_ = 0;
+  signalfd_siginfo siginfo_{};
+  __kernel_timespec tick_ts_{};
+  uint64_t watchdog_usec_ = 0;
+  Clock::time_point last_watchdog_;
+  sockaddr_storage accept_addr_{};
+  socklen_t accept_addrlen_ = sizeof(sockaddr_storage);
+  bool accept_inflight_ = false;
+  std::array<uint8_t, proto::kUuidSize> boot_id_ = read_boot_id();
+  // WRITEs of connections that closed before a sync point: the next READ on
+  // any connection persists them too.
+  bool orphan_dirty_ = false;
+
+  std::vector<std::unique_ptr<Connection>> conns_;  // slot index -> connection or null
+  std::vector<uint32_t> free_slots_;
+  uint32_t next_generation_ = 1;
+  size_t open_connections_ = 0;
+
+  std::unordered_map<uint32_t, Handle> handles_;      // rkey -> handle
+  std::unordered_map<uint64_t, MapState> map_state_;  // vaddr -> who maps it
+  std::vector<uint8_t> rkey_pool_;                    // random bytes for rkeys/addresses
+  size_t rkey_pool_pos_ = 0;
+};
+
+Status Server::Impl::init() {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  std::string port = std::to_string(options_.listen.port);
+  const std::string where = "listen " + options_.listen.to_string();
+  int rc = ::getaddrinfo(options_.listen.host.c_str(), port.c_str(), &hints, &res);
+  if (rc != 0) return Error(EINVAL, where + ": " + gai_strerror(rc));
+  Error last(EADDRNOTAVAIL, where);
+  for (addrinfo* ai = res; ai != nullptr && !listen_fd_.valid(); ai = ai->ai_next) {
+    UniqueFd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol));
+    if (!fd.valid()) {
+      last = errno_error(where + ": socket");
+      continue;
+    }
+    int one = 1;
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (::bind(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0) {
+      last = errno_error(where + ": bind");
+      continue;
+    }
+    if (::listen(fd.get(), 128) != 0) {
+      last = errno_error(where + ": listen");
+      continue;
+    }
+    listen_fd_ = std::move(fd);
+  }
+  ::freeaddrinfo(res);
+  if (!listen_fd_.valid()) return last;
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  ::getsockname(listen_fd_.get(), reinterpret_cast<sockaddr*>(&ss), &len);
+  port_ = ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port
+                                         : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGTERM);
+  sigaddset(&mask, SIGINT);
+  signal_fd_.reset(::signalfd(-1, &mask, SFD_CLOEXEC));
+  if (!signal_fd_.valid()) return errno_error("signalfd");
+
+  int err = io_uring_queue_init(kRingEntries, &ring_, 0);
+  if (err < 0) return Error(-err, "io_uring_queue_init");
+  ring_ready_ = true;
+  return Status::Ok();
+}
+
+io_uring_sqe* Server::Impl::get_sqe() {
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  while (sqe == nullptr) {
+    // SQ full: hand what we have to the kernel and retry.
+    io_uring_submit(&ring_);
+    sqe = io_uring_get_sqe(&ring_);
+  }
+  inflight_++;
+  return sqe;
+}
+
+void Server::Impl::arm_accept() {
+  if (stopping_ || accept_inflight_) return;
+  accept_addrlen_ = sizeof accept_addr_;
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_accept(sqe, listen_fd_.get(), reinterpret_cast<sockaddr*>(&accept_addr_), &accept_addrlen_,
+                       SOCK_CLOEXEC);
+  io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kAccept, 0, 0));
+  accept_inflight_ = true;
+}
+
+void Server::Impl::arm_signal() {
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_read(sqe, signal_fd_.get(), &siginfo_, sizeof siginfo_, 0);
+  io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kSignal, 0, 0));
+}
+
+void Server::Impl::arm_tick() {
+  tick_ts_.tv_sec = kTickNanos / 1000000000;
+  tick_ts_.tv_nsec = kTickNanos % 1000000000;
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_timeout(sqe, &tick_ts_, 0, 0);
+  io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kTick, 0, 0));
+}
+
+void Server::Impl::arm_recv(Connection& c) {
+  if (c.closing || c.peer_eof || c.recv_inflight) return;
+  // Keep the unread bytes at the front when the tail gets short, so one
+  // recv can bring in a whole frame; at most one frame's bytes are moved.
+  if (c.in_start > 0 && kInCapacity - c.in_end < (64u << 10)) {
+    std::memmove(c.in.get(), c.in.get() + c.in_start, c.in_end - c.in_start);
+    c.in_end -= c.in_start;
+    c.in_start = 0;
+  }
+  size_t room = kInCapacity - c.in_end;
+  if (room == 0) return;  // a whole frame is buffered; pump() will consume it
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_recv(sqe, c.fd.get(), c.in.get() + c.in_end, room, 0);
+  io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kRecv, c.generation, c.index));
+  c.recv_inflight = true;
+}
+
+void Server::Impl::flush_output(Connection& c) {
+  if (c.send_inflight || c.out_start == c.out_end) return;
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_send(sqe, c.fd.get(), c.out.get() + c.out_start, c.out_end - c.out_start, MSG_NOSIGNAL);
+  io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kSend, c.generation, c.index));
+  c.send_inflight = true;
+}
+
+bool Server::Impl::out_room(Connection& c, size_t need) {
+  if (kOutCapacity - c.out_end >= need) return true;
+  if (!c.send_inflight && c.out_start > 0) {
+    std::memmove(c.out.get(), c.out.get() + c.out_start, c.out_end - c.out_start);
+    c.out_end -= c.out_start;
+    c.out_start = 0;
+    return kOutCapacity - c.out_end >= need;
+  }
+  return false;
+}
+
+uint8_t* Server::Impl::reply_header(Connection& c, const proto::FrameHeader& req, uint32_t payload_len) {
+  proto::FrameHeader h;
+  h.opcode = req.opcode;
+  h.flags = proto::kFlagReply;
+  h.request_id = req.request_id;
+  h.payload_len = payload_len;
+  uint8_t* p = c.out.get() + c.out_end;
+  proto::encode_header(h, p);
+  c.out_end += kHeaderSize + payload_len;
+  return p + kHeaderSize;
+}
+
+void Server::Impl::reply_error(Connection& c, const proto::FrameHeader& req, const Error& e) {
+  PBRICK_LOG_DEBUG("%s: %s", c.peer.c_str(), e.message().c_str());
+  proto::FrameHeader h;
+  h.opcode = req.opcode;
+  h.flags = proto::kFlagReply;
+  h.request_id = req.request_id;
+  h.status = proto::wire_status(e.errnum());
+  proto::encode_header(h, c.out.get() + c.out_end);
+  c.out_end += kHeaderSize;
+}
+
+// Called for each connection after any of its operations completes: consumes
+// every whole frame that is buffered, as long as replies fit the output buffer.
+void Server::Impl::pump(Connection& c) {
+  bool blocked = false;  // stopped for output room or persistence, not for lack of input
+  while (!c.closing && !c.fsync_inflight) {
+    size_t avail = c.in_end - c.in_start;
+    if (avail < kHeaderSize) break;
+    const uint8_t* frame = c.in.get() + c.in_start;
+    // Every reply needs a header's worth of room, error replies included.
+    if (!out_room(c, kHeaderSize)) {
+      blocked = true;
+      break;
+    }
+    auto hdr = proto::decode_header({frame, kHeaderSize}, /*expect_reply=*/false);
+    if (!hdr) {
+      // Framing can no longer be trusted: say why (echoing what looks like the
+      // request id) and close once the reply is out.
+      // A wrong magic means the peer does not speak this protocol at all:
+      // nothing in the header can be believed, so no reply.
+      PBRICK_LOG_WARN("%s: closing connection: %s", c.peer.c_str(), hdr.error().message().c_str());
+      uint32_t magic;
+      std::memcpy(&magic, frame, sizeof magic);
+      if (le32toh(magic) == proto::kMagic) {
+        proto::FrameHeader echo;
+        std::memcpy(&echo.request_id, frame + 16, sizeof echo.request_id);
+        echo.request_id = le64toh(echo.request_id);
+        echo.opcode = static_cast<Opcode>(frame[5]);
+        reply_error(c, echo, hdr.error());
+      }
+      begin_close(c);
+      break;
+    }
+    size_t total = kHeaderSize + hdr->payload_len;
+    if (avail < total) {
+      // Never move bytes under a recv in flight: it writes at the old in_end.
+      if (c.in_start + total > kInCapacity && !c.recv_inflight) {
+        std::memmove(c.in.get(), frame, avail);
+        c.in_start = 0;
+        c.in_end = avail;
+      }
+      break;
+    }
+    size_t need = kHeaderSize;
+    switch (hdr->opcode) {
+      case Opcode::kRead: {
+        uint32_t len;
+        std::memcpy(&len, frame + kHeaderSize + 16, sizeof len);
+        len = le32toh(len);
+        need += len > proto::kMaxIoSize ? 0 : len;
+        break;
+      }
+      case Opcode::kList: need = kListReplyMax; break;
+      default: need += 128; break;
+    }
+    if (!out_room(c, need)) {  // resumes when the pending send completes
+      blocked = true;
+      break;
+    }
+    if (hdr->opcode == Opcode::kRead && (c.dirty || orphan_dirty_) && c.state == Connection::State::kReady) {
+      // Sync-read: this READ is answered only once every earlier WRITE on this
+      // connection is persistent.
+      if (store_.region().is_pmem()) {
+        store_.region().drain();
+        c.dirty = false;
+        orphan_dirty_ = false;
+      } else {
+        orphan_dirty_ = false;  // this fdatasync covers them
+        io_uring_sqe* sqe = get_sqe();
+        io_uring_prep_fsync(sqe, store_.region().sync_fd(), IORING_FSYNC_DATASYNC);
+        io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kFsync, c.generation, c.index));
+        c.fsync_inflight = true;
+        blocked = true;
+        break;
+      }
+    }
+    handle_frame(c, *hdr, {frame + kHeaderSize, hdr->payload_len});
+    c.in_start += total;
+  }
+  if (c.in_start == c.in_end && !c.recv_inflight) c.in_start = c.in_end = 0;
+  // A peer that half-closed after its last request still gets every reply;
+  // once nothing more can be parsed, the connection winds down.
+  if (c.peer_eof && !blocked) c.closing = true;
+  flush_output(c);
+  arm_recv(c);
+  maybe_close(c);
+}
+
+void Server::Impl::handle_frame(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload) {
+  using State = Connection::State;
+  PBRICK_LOG_DEBUG("%s: %s #%llu (%u bytes)", c.peer.c_str(), proto::opcode_name(h.opcode),
+                   static_cast<unsigned long long>(h.request_id), h.payload_len);
+  if (c.state == State::kHello) {
+    if (h.opcode != Opcode::kHello) {
+      reply_error(c, h, Error(EPROTO, "first frame must be HELLO"));
+      begin_close(c);
+      return;
+    }
+    handle_hello(c, h, payload);
+    return;
+  }
+  if (h.opcode == Opcode::kHello) {
+    reply_error(c, h, Error(EPROTO, "second HELLO"));
+    begin_close(c);
+    return;
+  }
+  if (c.state == State::kAuth) {
+    if (h.opcode != Opcode::kAuth) {
+      reply_error(c, h, Error(EACCES, std::string(proto::opcode_name(h.opcode)) + " before AUTH"));
+      PBRICK_LOG_WARN("%s: refused: %s before authentication", c.peer.c_str(), proto::opcode_name(h.opcode));
+      begin_close(c);
+      return;
+    }
+    handle_auth(c, h, payload);
+    return;
+  }
+
+  switch (h.opcode) {
+    case Opcode::kAuth:
+      reply_error(c, h, Error(EPROTO, "AUTH without a key"));
+      return;
+    case Opcode::kStat: {
+      StoreStats s = store_.stats();
+      proto::StatReply r;
+      r.capacity_blocks = s.capacity_blocks;
+      r.free_blocks = s.free_blocks;
+      r.allocated_blocks = s.allocated_blocks;
+      r.mapped_blocks = s.mapped_blocks;
+      r.brick_uuid = store_.uuid();
+      r.store_kind = store_.region().is_pmem() ? proto::kStorePmem : proto::kStoreFile;
+      proto::encode_stat_reply(r, reply_header(c, h, proto::kStatReplySize));
+      return;
+    }
+    case Opcode::kAlloc:
+    case Opcode::kFree: {
+      auto req = proto::decode_addr_request(payload);
+      if (!req) return reply_error(c, h, req.error());
+      Status st = h.opcode == Opcode::kAlloc ? store_.alloc(req->vaddr) : store_.free(req->vaddr);
+      if (!st) return reply_error(c, h, st.error());
+      reply_header(c, h, 0);
+      return;
+    }
+    case Opcode::kMap:
+      handle_map(c, h, payload);
+      return;
+    case Opcode::kUnmap:
+      handle_unmap(c, h, payload);
+      return;
+    case Opcode::kList: {
+      auto req = proto::decode_list_request(payload);
+      if (!req) return reply_error(c, h, req.error());
+      proto::ListReply r = store_.list(req->cursor, req->max_extents);
+      size_t size = proto::list_reply_size(r.extents.size());
+      proto::encode_list_reply(r, reply_header(c, h, static_cast<uint32_t>(size)));
+      return;
+    }
+    case Opcode::kRead:
+    case Opcode::kWrite:
+      handle_io(c, h, payload);
+      return;
+    case Opcode::kHello:
+      break;  // handled above
+  }
+}
+
+void Server::Impl::handle_hello(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload) {
+  auto req = proto::decode_hello_request(payload);
+  if (!req) {
+    reply_error(c, h, req.error());
+    begin_close(c);
+    return;
+  }
+  uint16_t version = std::min<uint16_t>(req->max_version, proto::kMaxVersion);
+  if (version < req->min_version || version < proto::kMinVersion) {
+    reply_error(c, h, Error(EPROTONOSUPPORT, "no common protocol version"));
+    begin_close(c);
+    return;
+  }
+  proto::HelloReply r;
+  r.version = version;
+  r.features = req->features & proto::kKnownFeatures;
+  r.brick_uuid = store_.uuid();
+  r.boot_id = boot_id_;
+  c.client_nonce = req->client_nonce;
+  if (options_.key) {
+    Status st = random_bytes(c.server_nonce.data(), c.server_nonce.size());
+    if (!st) {
+      reply_error(c, h, st.error());
+      begin_close(c);
+      return;
+    }
+    r.hello_flags |= proto::kHelloAuthRequired;
+    r.server_nonce = c.server_nonce;
+    r.server_proof = server_proof(*options_.key, c.client_nonce, c.server_nonce);
+    c.state = Connection::State::kAuth;
+  } else {
+    c.state = Connection::State::kReady;
+  }
+  proto::encode_hello_reply(r, reply_header(c, h, proto::kHelloReplySize));
+}
+
+void Server::Impl::handle_auth(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload) {
+  auto req = proto::decode_auth_request(payload);
+  if (!req || !proofs_equal(req->client_proof, client_proof(*options_.key, c.server_nonce, c.client_nonce))) {
+    PBRICK_LOG_WARN("%s: refused: wrong cluster key", c.peer.c_str());
+    reply_error(c, h, Error(EACCES, "AUTH: wrong key"));
+    begin_close(c);
+    return;
+  }
+  c.state = Connection::State::kReady;
+  reply_header(c, h, 0);
+}
+
+Result<uint32_t> Server::Impl::fresh_rkey() {
+  for (int attempt = 0; attempt < 64; attempt++) {
+    if (rkey_pool_pos_ + 4 > rkey_pool_.size()) {
+      rkey_pool_.resize(4096);
+      PBRICK_TRY(random_bytes(rkey_pool_.data(), rkey_pool_.size()));
+      rkey_pool_pos_ = 0;
+    }
+    uint32_t rkey;
+    std::memcpy(&rkey, rkey_pool_.data() + rkey_pool_pos_, sizeof rkey);
+    rkey_pool_pos_ += sizeof rkey;
+    if (rkey != 0 && handles_.find(rkey) == handles_.end()) return rkey;
+  }
+  return Error(EAGAIN, "map: could not draw a fresh rkey");
+}
+
+void Server::Impl::handle_map(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload) {
+  auto req = proto::decode_map_request(payload);
+  if (!req) return reply_error(c, h, req.error());
+  const std::string what = "map " + format_hex(req->vaddr);
+  auto slot = store_.slot_offset(req->vaddr);
+  if (!slot) return reply_error(c, h, slot.error());
+  for (uint32_t rkey : c.rkeys) {
+    if (handles_[rkey].vaddr == req->vaddr) {
+      return reply_error(c, h, Error(EEXIST, what + ": already mapped by this connection"));
+    }
+  }
+  MapState& ms = map_state_[req->vaddr];
+  bool shared = (req->map_flags & proto::kMapShared) != 0;
+  if ((!shared && ms.count > 0) || (shared && ms.exclusive)) {
+    if (ms.count == 0) map_state_.erase(req->vaddr);
+    return reply_error(c, h, Error(EBUSY, what + ": mapped exclusively elsewhere"));
+  }
+  auto rkey = fresh_rkey();
+  if (!rkey) return reply_error(c, h, rkey.error());
+  // The remote address is random too (like ibv_reg_mr_iova), 2 MiB aligned and
+  // far enough from the top that base + length never wraps.
+  uint64_t remote_base;
+  Status st = random_bytes(reinterpret_cast<uint8_t*>(&remote_base), sizeof remote_base);
+  if (!st) return reply_error(c, h, st.error());
+  remote_base &= ~(proto::kBlockSize - 1);
+  remote_base &= (1ull << 63) - 1;
+  st = store_.pin(req->vaddr);
+  if (!st) return reply_error(c, h, st.error());
+  ms.count++;
+  ms.exclusive = !shared;
+  handles_[*rkey] = Handle{req->vaddr, remote_base, *slot, req->map_flags, c.index};
+  c.rkeys.push_back(*rkey);
+  proto::MapReply r;
+  r.rkey = *rkey;
+  r.map_flags = req->map_flags;
+  r.remote_addr = remote_base;
+  r.length = proto::kBlockSize;
+  proto::encode_map_reply(r, reply_header(c, h, proto::kMapReplySize));
+}
+
+void Server::Impl::revoke(uint32_t rkey) {
+  auto it = handles_.find(rkey);
+  if (it == handles_.end()) return;
+  uint64_t vaddr = it->second.vaddr;
+  handles_.erase(it);
+  store_.unpin(vaddr);
+  auto ms = map_state_.find(vaddr);
+  if (ms != map_state_.end() && --ms->second.count == 0) map_state_.erase(ms);
+}
+
+void Server::Impl::handle_unmap(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload) {
+  auto req = proto::decode_addr_request(payload);
+  if (!req) return reply_error(c, h, req.error());
+  size_t revoked = 0;
+  for (size_t i = 0; i < c.rkeys.size();) {
+    auto it = handles_.find(c.rkeys[i]);
+    if (it != handles_.end() && it->second.vaddr == req->vaddr) {
+      revoke(c.rkeys[i]);
+      c.rkeys[i] = c.rkeys.back();
+      c.rkeys.pop_back();
+      revoked++;
+    } else {
+      i++;
+    }
+  }
+  if (revoked == 0) {
+    auto slot = store_.slot_offset(req->vaddr);
+    if (!slot) return reply_error(c, h, slot.error());
+    return reply_error(c, h, Error(ENOENT, "unmap " + format_hex(req->vaddr) + ": not mapped by this connection"));
+  }
+  reply_header(c, h, 0);
+}
+
+void Server::Impl::handle_io(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload) {
+  std::span<const uint8_t> data;
+  auto req = proto::decode_io_request(payload, h.opcode, &data);
+  if (!req) return reply_error(c, h, req.error());
+  auto it = handles_.find(req->rkey);
+  if (it == handles_.end()) {
+    return reply_error(c, h, Error(EKEYREJECTED, "rkey " + format_hex(req->rkey) + " is not valid"));
+  }
+  const Handle& hd = it->second;
+  if (req->remote_addr < hd.remote_base || req->remote_addr - hd.remote_base > proto::kBlockSize ||
+      req->length > proto::kBlockSize - (req->remote_addr - hd.remote_base)) {
+    return reply_error(c, h, Error(ERANGE, "access outside the mapped block"));
+  }
+  uint64_t offset = hd.slot_offset + (req->remote_addr - hd.remote_base);
+  if (h.opcode == Opcode::kWrite) {
+    if ((hd.map_flags & proto::kMapWrite) == 0) {
+      return reply_error(c, h, Error(EACCES, "WRITE through a read-only mapping"));
+    }
+    store_.region().copy_nodrain(offset, data.data(), data.size());
+    c.dirty = true;
+    reply_header(c, h, 0);
+    return;
+  }
+  if (c.persist_failed) {
+    c.persist_failed = false;
+    return reply_error(c, h, Error(EIO, "persisting earlier writes failed"));
+  }
+  uint8_t* out = reply_header(c, h, req->length);
+  std::memcpy(out, store_.region().base() + offset, req->length);
+}
+
+void Server::Impl::begin_close(Connection& c) {
+  if (c.closing) return;
+  c.closing = true;
+  // Wakes a pending recv (it completes with 0); output already queued still goes out.
+  ::shutdown(c.fd.get(), SHUT_RD);
+}
+
+void Server::Impl::maybe_close(Connection& c) {
+  if (!c.closing) return;
+  if (!c.send_inflight && c.out_start != c.out_end && !stopping_) {
+    flush_output(c);
+    return;
+  }
+  if (!c.idle()) return;
+  for (uint32_t rkey : c.rkeys) revoke(rkey);
+  if (c.dirty) orphan_dirty_ = true;
+  PBRICK_LOG_DEBUG("%s: connection closed (%zu mappings revoked)", c.peer.c_str(), c.rkeys.size());
+  uint32_t index = c.index;
+  conns_[index].reset();
+  free_slots_.push_back(index);
+  open_connections_--;
+  if (!stopping_) arm_accept();
+}
+
+void Server::Impl::on_accept(int res) {
+  accept_inflight_ = false;
+  if (res < 0) {
+    if (!stopping_ && res != -EINVAL) {
+      PBRICK_LOG_WARN("accept: %s", std::strerror(-res));
+      // EMFILE and friends: don't spin; the tick re-arms.
+      if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM) return;
+    }
+    if (!stopping_) arm_accept();
+    return;
+  }
+  UniqueFd fd(res);
+  if (stopping_) return;
+  if (open_connections_ >= options_.max_connections) {
+    PBRICK_LOG_WARN("refusing connection from %s: %u connections open", peer_name(accept_addr_).c_str(),
+                    options_.max_connections);
+    arm_accept();
+    return;
+  }
+  int one = 1;
+  ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  uint32_t index;
+  if (!free_slots_.empty()) {
+    index = free_slots_.back();
+    free_slots_.pop_back();
+  } else {
+    index = static_cast<uint32_t>(conns_.size());
+    conns_.emplace_back();
+  }
+  auto c = std::make_unique<Connection>();
+  c->fd = std::move(fd);
+  c->index = index;
+  c->generation = next_generation_++ & 0xFFFFFF;
+  c->accepted_at = Clock::now();
+  c->peer = peer_name(accept_addr_);
+  Connection& ref = *c;
+  conns_[index] = std::move(c);
+  open_connections_++;
+  PBRICK_LOG_DEBUG("%s: connected", ref.peer.c_str());
+  arm_recv(ref);
+  arm_accept();
+}
+
+void Server::Impl::update_status() {
+  StoreStats s = store_.stats();
+  sd_notifyf(0, "STATUS=serving on %s: %zu connections, %llu/%llu blocks allocated, %llu mapped",
+             options_.listen.to_string().c_str(), open_connections_,
+             static_cast<unsigned long long>(s.allocated_blocks), static_cast<unsigned long long>(s.capacity_blocks),
+             static_cast<unsigned long long>(s.mapped_blocks));
+}
+
+void Server::Impl::on_tick() {
+  auto now = Clock::now();
+  if (watchdog_usec_ != 0 &&
+      now - last_watchdog_ >= std::chrono::microseconds(watchdog_usec_ / 2)) {
+    sd_notify(0, "WATCHDOG=1");
+    last_watchdog_ = now;
+    update_status();
+  }
+  for (auto& c : conns_) {
+    if (c && c->state != Connection::State::kReady && !c->closing &&
+        now - c->accepted_at > std::chrono::milliseconds(options_.handshake_timeout_ms)) {
+      PBRICK_LOG_WARN("%s: closing connection: no handshake within %u ms", c->peer.c_str(),
+                      options_.handshake_timeout_ms);
+      begin_close(*c);
+    }
+  }
+  if (!accept_inflight_) arm_accept();
+}
+
+void Server::Impl::handle_cqe(io_uring_cqe* cqe) {
+  inflight_--;
+  uint64_t ud = io_uring_cqe_get_data64(cqe);
+  int res = cqe->res;
+  OpKind kind = UserData::kind(ud);
+  switch (kind) {
+    case OpKind::kAccept:
+      on_accept(res);
+      return;
+    case OpKind::kSignal:
+      if (res == static_cast<int>(sizeof siginfo_)) {
+        PBRICK_LOG_NOTICE("received %s, shutting down", strsignal(static_cast<int>(siginfo_.ssi_signo)));
+        stopping_ = true;
+      } else if (!stopping_) {
+        arm_signal();
+      }
+      return;
+    case OpKind::kTick:
+      if (!stopping_) {
+        on_tick();
+        arm_tick();
+      }
+      return;
+    case OpKind::kCancel:
+      return;
+    case OpKind::kRecv:
+    case OpKind::kSend:
+    case OpKind::kFsync:
+      break;
+  }
+  uint32_t index = UserData::index(ud);
+  if (index >= conns_.size() || !conns_[index] || conns_[index]->generation != UserData::generation(ud)) {
+    PBRICK_LOG_ERROR("completion for a closed connection (slot %u)", index);
+    return;
+  }
+  Connection& c = *conns_[index];
+  if (kind == OpKind::kRecv) {
+    c.recv_inflight = false;
+    if (res <= 0) {
+      if (res < 0) {
+        if (res != -ECONNRESET) PBRICK_LOG_DEBUG("%s: recv: %s", c.peer.c_str(), std::strerror(-res));
+        c.closing = true;
+      }
+      c.peer_eof = true;
+    } else {
+      c.in_end += static_cast<size_t>(res);
+    }
+  } else if (kind == OpKind::kSend) {
+    c.send_inflight = false;
+    if (res < 0) {
+      PBRICK_LOG_DEBUG("%s: send: %s", c.peer.c_str(), std::strerror(-res));
+      c.out_start = c.out_end = 0;
+      begin_close(c);
+    } else {
+      c.out_start += static_cast<size_t>(res);
+      if (c.out_start == c.out_end) c.out_start = c.out_end = 0;
+    }
+  } else {
+    c.fsync_inflight = false;
+    c.dirty = false;
+    if (res < 0) {
+      PBRICK_LOG_ERROR("fdatasync of the store failed: %s; reporting EIO to %s", std::strerror(-res),
+                       c.peer.c_str());
+      c.persist_failed = true;
+    }
+  }
+  pump(c);
+}
+
+Status Server::Impl::run() {
+  arm_signal();
+  arm_tick();
+  arm_accept();
+  uint64_t usec = 0;
+  if (sd_watchdog_enabled(0, &usec) > 0) watchdog_usec_ = usec;
+  last_watchdog_ = Clock::now();
+  PBRICK_LOG_NOTICE("serving on %s (%s store, %s)", options_.listen.to_string().c_str(),
+                    store_.region().is_pmem() ? "pmem" : "file",
+                    options_.key ? "cluster key required" : "no authentication");
+  sd_notify(0, "READY=1");
+  update_status();
+  if (watchdog_usec_ != 0) sd_notify(0, "WATCHDOG=1");
+
+  bool shut = false;
+  while (inflight_ > 0) {
+    if (stopping_ && !shut) {
+      shut = true;
+      sd_notify(0, "STOPPING=1");
+      // Wake every pending operation so the loop can drain: closed sockets
+      // complete their recv/accept, the rest is cancelled.
+      ::shutdown(listen_fd_.get(), SHUT_RDWR);
+      for (auto& c : conns_) {
+        if (c) {
+          c->closing = true;
+          ::shutdown(c->fd.get(), SHUT_RDWR);
+        }
+      }
+      io_uring_sqe* sqe = get_sqe();
+      io_uring_prep_cancel64(sqe, UserData::pack(OpKind::kTick, 0, 0), 0);
+      io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kCancel, 0, 0));
+      sqe = get_sqe();
+      io_uring_prep_cancel64(sqe, UserData::pack(OpKind::kSignal, 0, 0), 0);
+      io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kCancel, 0, 0));
+      sqe = get_sqe();
+      io_uring_prep_cancel64(sqe, UserData::pack(OpKind::kAccept, 0, 0), 0);
+      io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kCancel, 0, 0));
+    }
+    int err = io_uring_submit_and_wait(&ring_, 1);
+    if (err < 0 && err != -EINTR) return Error(-err, "io_uring_submit_and_wait");
+    unsigned head;
+    unsigned count = 0;
+    io_uring_cqe* cqe;
+    io_uring_for_each_cqe(&ring_, head, cqe) {
+      handle_cqe(cqe);
+      count++;
+    }
+    io_uring_cq_advance(&ring_, count);
+  }
+  for (auto& c : conns_) {
+    if (c) {
+      for (uint32_t rkey : c->rkeys) revoke(rkey);
+      c.reset();
+    }
+  }
+  PBRICK_LOG_NOTICE("stopped");
+  return Status::Ok();
+}
+
+Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Server::~Server() = default;
+
+Result<std::unique_ptr<Server>> Server::Create(Store& store, const ServerOptions& options) {
+  auto impl = std::make_unique<Impl>(store, options);
+  PBRICK_TRY(impl->init());
+  return std::unique_ptr<Server>(new Server(std::move(impl)));
+}
+
+uint16_t Server::port() const { return impl_->port(); }
+Status Server::run() { return impl_->run(); }
+
+}  // namespace pbrick

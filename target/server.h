@@ -1,0 +1,60 @@
+// The brick's TCP server: one thread, one io_uring, every connection's receive,
+// send and persistence (fdatasync) driven as io_uring operations. There is no
+// per-request or per-connection thread: control operations and the one-sided
+// READ/WRITE stand-ins are all served from the event loop.
+//
+// user_data packing of every SQE (see UserData in server.cc):
+//   bits 63..56  operation kind (accept, recv, send, fsync, signal, watchdog, cancel)
+//   bits 55..32  connection generation (low 24 bits), detects a reused slot
+//   bits 31..0   connection slot index
+//
+// Threading: Create(), run() and the destructor on the same thread. The Store
+// is used only from that thread while run() executes.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+
+#include "common/auth.h"
+#include "common/client.h"
+#include "common/result.h"
+#include "target/store.h"
+
+namespace pbrick {
+
+struct ServerOptions {
+  Endpoint listen;
+  std::optional<ClusterKey> key;
+  uint32_t max_connections = 128;
+  // A connection that has not finished HELLO (and AUTH, when a key is set)
+  // within this time is closed, so idle half-open peers cannot pin slots.
+  uint32_t handshake_timeout_ms = 10000;
+};
+
+class Server {
+ public:
+  // Binds and listens (SO_REUSEADDR); port 0 picks a free port (see port()).
+  static Result<std::unique_ptr<Server>> Create(Store& store, const ServerOptions& options);
+  ~Server();
+
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  uint16_t port() const;
+
+  // Serves until SIGTERM or SIGINT arrives; the caller must have blocked both
+  // signals in every thread (run() reads them through a signalfd). Sends
+  // READY=1 to systemd once accepting, WATCHDOG=1 when a watchdog is configured,
+  // STATUS= lines, and STOPPING=1 on the way out. Returns after every
+  // connection is closed and its mappings are revoked.
+  Status run();
+
+  class Impl;
+
+ private:
+  explicit Server(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace pbrick

@@ -1,0 +1,520 @@
+// The store: superblock, map and slots in one PmemRegion. docs/layout.md is the
+// byte-level description; the constants below are its code form.
+#include "target/store.h"
+
+#include <sys/random.h>
+
+#include <algorithm>
+#include <bit>
+#include <cstring>
+#include <ctime>
+#include <functional>
+#include <limits>
+#include <string>
+
+#include "common/crc32c.h"
+#include "common/log.h"
+#include "common/units.h"
+
+namespace pbrick {
+namespace {
+
+// ---- Superblock (offset 0, 4096 bytes, little-endian) -------------------------
+constexpr uint64_t kSuperblockSize = 4096;
+constexpr char kMagic[8] = {'P', 'B', 'R', 'K', 'S', 'T', 'O', 'R'};
+// Written over the magic while a format is in progress (see format()).
+constexpr char kFormatMarker[8] = {'P', 'B', 'R', 'K', 'I', 'N', 'I', 'T'};
+constexpr uint32_t kLayoutVersion = 1;
+constexpr size_t kSbMagic = 0;
+constexpr size_t kSbVersion = 8;
+constexpr size_t kSbFlags = 12;
+constexpr size_t kSbUuid = 16;
+constexpr size_t kSbRegionSize = 32;
+constexpr size_t kSbBlockSize = 40;
+constexpr size_t kSbSlotCount = 48;
+constexpr size_t kSbMapOffset = 56;
+constexpr size_t kSbMapEntries = 64;
+constexpr size_t kSbSlotsOffset = 72;
+constexpr size_t kSbFormatTime = 80;
+constexpr size_t kSbReserved = 88;  // zeros up to kSbCrc
+constexpr size_t kSbCrc = 4092;     // crc32c of bytes [0, kSbCrc)
+
+// ---- Map (16-byte entries from kMapOffset) -------------------------------------
+constexpr uint64_t kMapOffset = kSuperblockSize;
+constexpr uint64_t kMapEntrySize = 16;
+constexpr uint64_t kKeyValid = 1;                      // bit 0 of the key word
+constexpr uint64_t kKeyReservedMask = kBlockSize - 2;  // bits 1..20 (below 2 MiB alignment)
+constexpr uint64_t kKeyVaddrMask = ~(kBlockSize - 1);
+constexpr unsigned kTierShift = 56;
+constexpr uint64_t kLocationSlotMask = (1ull << kTierShift) - 1;
+constexpr uint8_t kTierPmem = 0;
+
+// Entry indices are 32-bit in memory (BlockInfo::entry); that caps a store at
+// 2^32 - 1 slots, about 8 PiB, far beyond any pmem device.
+constexpr uint64_t kMaxSlots = std::numeric_limits<uint32_t>::max();
+
+// ---- Little-endian helpers -------------------------------------------------------
+uint64_t le64(uint64_t v) {
+  if constexpr (std::endian::native == std::endian::big) v = __builtin_bswap64(v);
+  return v;
+}
+uint32_t le32(uint32_t v) {
+  if constexpr (std::endian::native == std::endian::big) v = __builtin_bswap32(v);
+  return v;
+}
+uint64_t load64(const uint8_t* p) {
+  uint64_t v;
+  std::memcpy(&v, p, sizeof v);
+  return le64(v);
+}
+uint32_t load32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, sizeof v);
+  return le32(v);
+}
+void put64(uint8_t* p, uint64_t v) {
+  v = le64(v);
+  std::memcpy(p, &v, sizeof v);
+}
+void put32(uint8_t* p, uint32_t v) {
+  v = le32(v);
+  std::memcpy(p, &v, sizeof v);
+}
+// The native-order word whose in-memory bytes are `bytes`, for store_word_persist.
+uint64_t word_of(const void* bytes) {
+  uint64_t v;
+  std::memcpy(&v, bytes, sizeof v);
+  return v;
+}
+
+uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1); }
+
+bool all_zero(const uint8_t* p, size_t len) {
+  for (size_t i = 0; i < len; ++i) {
+    if (p[i] != 0) return false;
+  }
+  return true;
+}
+
+// ---- Geometry ----------------------------------------------------------------------
+// slots_offset for a map of n entries: the map end rounded up to 2 MiB, so every
+// slot is one 2 MiB-aligned range of the region.
+uint64_t slots_offset_for(uint64_t n) {
+  return align_up(kMapOffset + kMapEntrySize * n, kBlockSize);
+}
+
+bool fits(uint64_t n, uint64_t region_size) {
+  uint64_t slots_bytes = n * kBlockSize;  // n <= region_size / 2 MiB: no overflow
+  return slots_bytes <= region_size && slots_offset_for(n) <= region_size - slots_bytes;
+}
+
+// The largest n with align_up(4096 + 16 n, 2 MiB) + n * 2 MiB <= region_size.
+// Since that left side is at least 4096 + n * (2 MiB + 16), n cannot exceed
+// n0 = (region_size - 4096) / (2 MiB + 16); and n0 - 1 always fits (rounding
+// adds less than one block, which the dropped slot pays for), so the loop runs
+// at most once.
+uint64_t slot_count_for(uint64_t region_size) {
+  if (region_size < kMapOffset) return 0;
+  uint64_t n = (region_size - kMapOffset) / (kBlockSize + kMapEntrySize);
+  while (n > 0 && !fits(n, region_size)) --n;
+  return n;
+}
+
+std::string hex(uint64_t v) { return format_hex(v); }
+
+Error corrupt(const std::string& what) { return Error(EUCLEAN, what); }
+
+Status fill_random(uint8_t* out, size_t len) {
+  while (len > 0) {
+    ssize_t n = ::getrandom(out, len, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno_error("getrandom");
+    }
+    out += n;
+    len -= static_cast<size_t>(n);
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Store::Store(std::unique_ptr<PmemRegion> region) : region_(std::move(region)) {}
+
+Result<std::unique_ptr<Store>> Store::Open(std::unique_ptr<PmemRegion> region,
+                                           const StoreOpenOptions& options) {
+  if (!region) return Error(EINVAL, "open store: no region");
+  const uint64_t size = region->size();
+  if (size < kMinStoreSize) {
+    return Error(EINVAL, "region of " + format_size(size) +
+                             " is too small for a store: the minimum is " +
+                             format_size(kMinStoreSize) +
+                             " (superblock and map padded to 2 MiB, plus one 2 MiB slot)");
+  }
+  if (slot_count_for(size) > kMaxSlots) {
+    return Error(EFBIG, "region of " + format_size(size) + " needs more than " +
+                            std::to_string(kMaxSlots) + " slots, the most a store supports");
+  }
+
+  std::unique_ptr<Store> store(new Store(std::move(region)));
+  const uint8_t* sb = store->region_->base();
+  const bool blank = all_zero(sb, kSuperblockSize);
+  const bool interrupted = std::memcmp(sb + kSbMagic, kFormatMarker, sizeof kFormatMarker) == 0;
+
+  bool do_format = options.force_format;
+  if (blank || interrupted) {
+    // A region without a store: new, or one whose format never committed (its
+    // old contents, if any, are already gone; see format()).
+    if (!options.format_if_blank && !options.force_format) {
+      return corrupt(blank ? "region is blank (no pbrick store); format it to create one"
+                           : "an earlier format of this region was interrupted; format it again");
+    }
+    do_format = true;
+  }
+
+  if (do_format) {
+    if (!blank && !interrupted) {
+      PBRICK_LOG_WARN("store: force-formatting a region that is not blank; its contents are lost");
+    }
+    PBRICK_TRY(store->format());
+  } else {
+    PBRICK_TRY(store->load());
+  }
+  PBRICK_TRY(store->rebuild_index());
+  return store;
+}
+
+// Format protocol (docs/layout.md, "Format"). Every crash window is safe:
+//   1. the magic word becomes "PBRKINIT" (one 8-byte store): from here on the
+//      region reads as "format interrupted", never as the old store, so no
+//      mixture of the old superblock with a half-zeroed map can ever open;
+//   2. the map (and the padding up to the first slot) is zeroed durably;
+//   3. the new superblock, with "PBRKINIT" still in its magic word, is written
+//      and persisted: still "interrupted" whatever subset of it reached media;
+//   4. commit point: the magic word becomes "PBRKSTOR" (one 8-byte store). The
+//      checksum was computed over the final bytes, magic included.
+// Slots are not touched: alloc zeros a slot before a block can use it.
+Status Store::format() {
+  PmemRegion& r = *region_;
+  const uint64_t size = r.size();
+  const uint64_t slots = slot_count_for(size);
+  const uint64_t slots_offset = slots_offset_for(slots);
+
+  std::array<uint8_t, 16> uuid{};
+  PBRICK_TRY(fill_random(uuid.data(), uuid.size()));
+  uuid[6] = static_cast<uint8_t>((uuid[6] & 0x0F) | 0x40);  // RFC 4122 version 4
+  uuid[8] = static_cast<uint8_t>((uuid[8] & 0x3F) | 0x80);  // RFC 4122 variant
+
+  std::array<uint8_t, kSuperblockSize> sb{};
+  std::memcpy(sb.data() + kSbMagic, kMagic, sizeof kMagic);
+  put32(sb.data() + kSbVersion, kLayoutVersion);
+  put32(sb.data() + kSbFlags, 0);
+  std::memcpy(sb.data() + kSbUuid, uuid.data(), uuid.size());
+  put64(sb.data() + kSbRegionSize, size);
+  put64(sb.data() + kSbBlockSize, kBlockSize);
+  put64(sb.data() + kSbSlotCount, slots);
+  put64(sb.data() + kSbMapOffset, kMapOffset);
+  put64(sb.data() + kSbMapEntries, slots);
+  put64(sb.data() + kSbSlotsOffset, slots_offset);
+  put64(sb.data() + kSbFormatTime, static_cast<uint64_t>(std::time(nullptr)));
+  put32(sb.data() + kSbCrc, crc32c(sb.data(), kSbCrc));
+
+  auto fail = [](const Error& e) { return e.wrap("format store"); };
+  if (Status s = r.store_word_persist(kSbMagic, word_of(kFormatMarker)); !s) return fail(s.error());
+  if (Status s = r.zero(kMapOffset, slots_offset - kMapOffset); !s) return fail(s.error());
+  r.copy_nodrain(kSbMagic + 8, sb.data() + 8, kSuperblockSize - 8);
+  if (Status s = r.persist(0, kSuperblockSize); !s) return fail(s.error());
+  if (Status s = r.store_word_persist(kSbMagic, word_of(kMagic)); !s) return fail(s.error());
+
+  uuid_ = uuid;
+  slot_count_ = slots;
+  map_offset_ = kMapOffset;
+  slots_offset_ = slots_offset;
+  PBRICK_LOG_NOTICE("store: formatted %s: %llu slots of 2 MiB, map at %s, slots at %s",
+                    format_size(size).c_str(), static_cast<unsigned long long>(slots),
+                    hex(kMapOffset).c_str(), hex(slots_offset).c_str());
+  return Status::Ok();
+}
+
+Status Store::load() {
+  const uint8_t* sb = region_->base();
+  const uint64_t size = region_->size();
+  if (std::memcmp(sb + kSbMagic, kMagic, sizeof kMagic) != 0) {
+    return corrupt("not a pbrick store (bad magic); use force-format to overwrite it");
+  }
+  uint32_t version = load32(sb + kSbVersion);
+  if (version != kLayoutVersion) {
+    return corrupt("unsupported store layout version " + std::to_string(version) +
+                   " (this build understands version " + std::to_string(kLayoutVersion) + ")");
+  }
+  uint32_t stored_crc = load32(sb + kSbCrc);
+  uint32_t crc = crc32c(sb, kSbCrc);
+  if (stored_crc != crc) {
+    return corrupt("superblock checksum mismatch (stored " + hex(stored_crc) + ", computed " +
+                   hex(crc) + "): the superblock is corrupt");
+  }
+  // Past the checksum, anything unexpected was written that way: by a newer
+  // layout or a bug, not by media corruption. Refuse rather than guess.
+  if (uint32_t flags = load32(sb + kSbFlags); flags != 0) {
+    return corrupt("superblock has unknown flags " + hex(flags));
+  }
+  if (!all_zero(sb + kSbReserved, kSbCrc - kSbReserved)) {
+    return corrupt("superblock reserved bytes [" + std::to_string(kSbReserved) + ", " +
+                   std::to_string(kSbCrc) + ") are not zero");
+  }
+  uint64_t region_size = load64(sb + kSbRegionSize);
+  if (region_size != size) {
+    return corrupt("superblock says the region is " + std::to_string(region_size) +
+                   " bytes but it is " + std::to_string(size) +
+                   " (was the file or device resized?)");
+  }
+  uint64_t block_size = load64(sb + kSbBlockSize);
+  if (block_size != kBlockSize) {
+    return corrupt("superblock block_size " + std::to_string(block_size) + " is not " +
+                   std::to_string(kBlockSize));
+  }
+  const uint64_t slots = slot_count_for(size);
+  uint64_t slot_count = load64(sb + kSbSlotCount);
+  if (slot_count != slots) {
+    return corrupt("superblock slot_count " + std::to_string(slot_count) + " is not the " +
+                   std::to_string(slots) + " a region of " + std::to_string(size) + " bytes holds");
+  }
+  uint64_t map_offset = load64(sb + kSbMapOffset);
+  if (map_offset != kMapOffset) {
+    return corrupt("superblock map_offset " + hex(map_offset) + " is not " + hex(kMapOffset));
+  }
+  uint64_t map_entries = load64(sb + kSbMapEntries);
+  if (map_entries != slots) {
+    return corrupt("superblock map_entries " + std::to_string(map_entries) + " is not slot_count " +
+                   std::to_string(slots));
+  }
+  uint64_t slots_offset = load64(sb + kSbSlotsOffset);
+  if (slots_offset != slots_offset_for(slots)) {
+    return corrupt("superblock slots_offset " + hex(slots_offset) + " is not " +
+                   hex(slots_offset_for(slots)));
+  }
+  std::memcpy(uuid_.data(), sb + kSbUuid, uuid_.size());
+  slot_count_ = slots;
+  map_offset_ = map_offset;
+  slots_offset_ = slots_offset;
+  return Status::Ok();
+}
+
+Status Store::rebuild_index() {
+  constexpr uint32_t kNoEntry = std::numeric_limits<uint32_t>::max();
+  index_.clear();
+  free_slots_.clear();
+  free_entries_.clear();
+  mapped_blocks_ = 0;
+
+  const uint8_t* base = region_->base();
+  std::vector<uint32_t> slot_owner(slot_count_, kNoEntry);
+  for (uint64_t e = 0; e < slot_count_; ++e) {
+    const auto entry = static_cast<uint32_t>(e);
+    const uint8_t* p = base + entry_offset(entry);
+    const uint64_t key = load64(p);
+    const uint64_t location = load64(p + 8);
+    // A free entry is exactly key 0; its location word is stale and ignored.
+    if (key == 0) {
+      free_entries_.push_back(entry);
+      continue;
+    }
+    const std::string where = "map entry " + std::to_string(e) + ": ";
+    if ((key & kKeyReservedMask) != 0 || (key & kKeyValid) == 0) {
+      return corrupt(where + "key " + hex(key) + " has reserved bits set");
+    }
+    const uint64_t vaddr = key & kKeyVaddrMask;
+    const auto tier = static_cast<unsigned>(location >> kTierShift);
+    if (tier != kTierPmem) {
+      return corrupt(where + "block " + hex(vaddr) + " is on tier " + std::to_string(tier) +
+                     ", which this build does not support");
+    }
+    const uint64_t slot = location & kLocationSlotMask;
+    if (slot >= slot_count_) {
+      return corrupt(where + "block " + hex(vaddr) + " points to slot " + std::to_string(slot) +
+                     ", out of range (the store has " + std::to_string(slot_count_) + " slots)");
+    }
+    if (slot_owner[slot] != kNoEntry) {
+      return corrupt(where + "block " + hex(vaddr) + " uses slot " + std::to_string(slot) +
+                     ", which map entry " + std::to_string(slot_owner[slot]) + " also uses");
+    }
+    auto [it, inserted] = index_.emplace(vaddr, BlockInfo{slot, entry, 0, kTierPmem});
+    if (!inserted) {
+      return corrupt(where + "block " + hex(vaddr) + " is also mapped by map entry " +
+                     std::to_string(it->second.entry));
+    }
+    slot_owner[slot] = entry;
+  }
+  for (uint64_t s = 0; s < slot_count_; ++s) {
+    if (slot_owner[s] == kNoEntry) free_slots_.push_back(s);
+  }
+  // Ascending vectors are already valid min-heaps; make_heap documents the intent.
+  std::make_heap(free_slots_.begin(), free_slots_.end(), std::greater<>());
+  std::make_heap(free_entries_.begin(), free_entries_.end(), std::greater<>());
+  return Status::Ok();
+}
+
+uint64_t Store::entry_offset(uint32_t entry) const { return map_offset_ + entry * kMapEntrySize; }
+
+Status Store::check_vaddr(const char* op, uint64_t vaddr) const {
+  if ((vaddr & (kBlockSize - 1)) != 0) {
+    return Error(EINVAL, std::string(op) + " " + hex(vaddr) + ": address is not 2 MiB aligned");
+  }
+  return Status::Ok();
+}
+
+// Alloc protocol (docs/layout.md, "Alloc"): the slot is zeroed durably, then
+// the entry's location word is written while its key is still 0 (a free entry's
+// location is ignored, so this is invisible), then the key store commits. A
+// crash before the commit leaves the entry free; after it, the block exists and
+// its slot is already zero.
+Status Store::alloc(uint64_t vaddr) {
+  PBRICK_TRY(check_vaddr("alloc", vaddr));
+  if (index_.contains(vaddr)) {
+    return Error(EEXIST, "alloc " + hex(vaddr) + ": block already allocated");
+  }
+  if (free_slots_.empty() || free_entries_.empty()) {
+    return Error(ENOSPC, "alloc " + hex(vaddr) + ": no free slot (all " +
+                             std::to_string(slot_count_) + " blocks are allocated)");
+  }
+  const uint64_t slot = free_slots_.front();
+  const uint32_t entry = free_entries_.front();
+  const uint64_t off = entry_offset(entry);
+  const std::string what = "alloc " + hex(vaddr);
+
+  if (Status s = region_->zero(slots_offset_ + slot * kBlockSize, kBlockSize); !s) {
+    return s.error().wrap(what);
+  }
+  const uint64_t location = (static_cast<uint64_t>(kTierPmem) << kTierShift) | slot;
+  if (Status s = region_->store_word_persist(off + 8, le64(location)); !s) {
+    return s.error().wrap(what);
+  }
+  if (Status s = region_->store_word_persist(off, le64(vaddr | kKeyValid)); !s) {
+    // Persistence failed, so the key may or may not be on media. Put key 0 back
+    // (best effort) so memory at least agrees with the index, which still has
+    // the entry free.
+    (void)region_->store_word_persist(off, 0);
+    return s.error().wrap(what);
+  }
+
+  std::pop_heap(free_slots_.begin(), free_slots_.end(), std::greater<>());
+  free_slots_.pop_back();
+  std::pop_heap(free_entries_.begin(), free_entries_.end(), std::greater<>());
+  free_entries_.pop_back();
+  index_.emplace(vaddr, BlockInfo{slot, entry, 0, kTierPmem});
+  return Status::Ok();
+}
+
+// Free protocol (docs/layout.md, "Free"): the key store (key = 0) commits; the
+// slot is then zeroed to return the space and scrub the data. A crash between
+// the two leaves a free slot with old data, which the next alloc zeros anyway.
+Status Store::free(uint64_t vaddr) {
+  PBRICK_TRY(check_vaddr("free", vaddr));
+  auto it = index_.find(vaddr);
+  if (it == index_.end()) return Error(ENOENT, "free " + hex(vaddr) + ": block not allocated");
+  const BlockInfo block = it->second;
+  if (block.pins > 0) {
+    return Error(EBUSY, "free " + hex(vaddr) + ": block is mapped (" + std::to_string(block.pins) +
+                            " mappings)");
+  }
+  const uint64_t off = entry_offset(block.entry);
+  if (Status s = region_->store_word_persist(off, 0); !s) {
+    (void)region_->store_word_persist(off, le64(vaddr | kKeyValid));  // as in alloc
+    return s.error().wrap("free " + hex(vaddr));
+  }
+
+  index_.erase(it);
+  free_slots_.push_back(block.slot);
+  std::push_heap(free_slots_.begin(), free_slots_.end(), std::greater<>());
+  free_entries_.push_back(block.entry);
+  std::push_heap(free_entries_.begin(), free_entries_.end(), std::greater<>());
+
+  if (Status s = region_->zero(slots_offset_ + block.slot * kBlockSize, kBlockSize); !s) {
+    PBRICK_LOG_WARN("free %s: could not zero slot %llu (alloc will): %s", hex(vaddr).c_str(),
+                    static_cast<unsigned long long>(block.slot), s.error().message().c_str());
+  }
+  return Status::Ok();
+}
+
+Result<uint64_t> Store::slot_offset(uint64_t vaddr) const {
+  PBRICK_TRY(check_vaddr("block", vaddr));
+  auto it = index_.find(vaddr);
+  if (it == index_.end()) return Error(ENOENT, "block " + hex(vaddr) + ": not allocated");
+  return slots_offset_ + it->second.slot * kBlockSize;
+}
+
+Status Store::pin(uint64_t vaddr) {
+  PBRICK_TRY(check_vaddr("map", vaddr));
+  auto it = index_.find(vaddr);
+  if (it == index_.end()) return Error(ENOENT, "map " + hex(vaddr) + ": block not allocated");
+  BlockInfo& block = it->second;
+  if (block.pins == std::numeric_limits<uint32_t>::max()) {
+    return Error(EBUSY, "map " + hex(vaddr) + ": too many mappings");
+  }
+  if (block.pins++ == 0) ++mapped_blocks_;
+  return Status::Ok();
+}
+
+void Store::unpin(uint64_t vaddr) {
+  auto it = index_.find(vaddr);
+  if (it == index_.end() || it->second.pins == 0) {
+    // A caller bug; keep the counters sane rather than wrapping around.
+    PBRICK_LOG_ERROR("unpin %s: block is not pinned", hex(vaddr).c_str());
+    assert(false && "unpin of a block that is not pinned");
+    return;
+  }
+  if (--it->second.pins == 0) --mapped_blocks_;
+}
+
+uint32_t Store::pin_count(uint64_t vaddr) const {
+  auto it = index_.find(vaddr);
+  return it == index_.end() ? 0 : it->second.pins;
+}
+
+proto::ListReply Store::list(uint64_t cursor, uint32_t max_extents) const {
+  // A reply must fit one frame; the protocol caps the extent count.
+  max_extents = std::min(max_extents, proto::kMaxListExtents);
+  proto::ListReply reply;
+  auto it = index_.lower_bound(cursor);
+  for (; it != index_.end(); ++it) {
+    const uint64_t vaddr = it->first;
+    const BlockInfo& block = it->second;
+    const uint32_t flags = block.pins > 0 ? proto::kExtentMapped : 0;
+    if (!reply.extents.empty()) {
+      proto::Extent& last = reply.extents.back();
+      // vaddr > last.start_vaddr, so the difference cannot overflow, unlike
+      // start + count * 2 MiB for an extent ending at the top of the space.
+      if ((vaddr - last.start_vaddr) >> kBlockShift == last.block_count &&
+          last.extent_flags == flags && last.tier == block.tier) {
+        ++last.block_count;
+        continue;
+      }
+    }
+    if (reply.extents.size() == max_extents) break;
+    reply.extents.push_back(proto::Extent{vaddr, 1, flags, block.tier});
+  }
+  if (it != index_.end()) {
+    reply.list_flags |= proto::kListMore;
+    // Just past the last block covered. That block is below `it`, so it is not
+    // the top block of the address space and adding 2 MiB cannot overflow. With
+    // max_extents 0 nothing is covered and the caller resumes where it asked.
+    if (reply.extents.empty()) {
+      reply.next_cursor = cursor;
+    } else {
+      const proto::Extent& last = reply.extents.back();
+      reply.next_cursor = last.start_vaddr + (last.block_count << kBlockShift);
+    }
+  }
+  return reply;
+}
+
+StoreStats Store::stats() const {
+  StoreStats s;
+  s.capacity_blocks = slot_count_;
+  s.free_blocks = free_slots_.size();
+  s.allocated_blocks = index_.size();
+  s.mapped_blocks = mapped_blocks_;
+  return s;
+}
+
+}  // namespace pbrick
