@@ -1,0 +1,413 @@
+// pbrickctl: the admin CLI of a pbrick brick.
+#include <getopt.h>
+#include <poll.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "common/client.h"
+#include "common/log.h"
+#include "common/units.h"
+
+namespace {
+
+using namespace pbrick;
+
+constexpr const char* kUsage =
+    "Usage: pbrickctl [--target HOST:PORT] [--key-file FILE] [--json] COMMAND [ARGS]\n"
+    "\n"
+    "Commands:\n"
+    "  stat                       capacity, usage and identity of the brick\n"
+    "  list                       extents of allocated blocks\n"
+    "  alloc ADDR                 allocate the 2 MiB block at virtual address ADDR\n"
+    "  free ADDR                  free it\n"
+    "  map ADDR [--ro] [--shared] [--hold]\n"
+    "                             map it and print the handle (rkey, remote address);\n"
+    "                             the mapping lives as long as the connection: --hold\n"
+    "                             keeps it until stdin closes or a signal arrives\n"
+    "  unmap ADDR                 revoke this connection's mapping (useful in scripts\n"
+    "                             with --hold; mappings also end with the connection)\n"
+    "  write ADDR OFFSET          write stdin at ADDR+OFFSET: allocates and maps the\n"
+    "                             blocks as needed, then sync-reads (persistent on exit 0)\n"
+    "  read ADDR OFFSET LENGTH    write LENGTH bytes from ADDR+OFFSET to stdout\n"
+    "  rread RKEY RADDR LENGTH    one-sided READ through a raw handle\n"
+    "  rwrite RKEY RADDR          one-sided WRITE of stdin through a raw handle\n"
+    "\n"
+    "ADDR, OFFSET, RKEY and RADDR are hex (0x...) or decimal; LENGTH accepts K, M, G.\n"
+    "--target defaults to $PBRICK_TARGET; --key-file to $PBRICK_KEY_FILE.\n"
+    "Exit status: 0 success, 1 operation failed, 2 usage error.\n";
+
+bool g_json = false;
+
+int usage_error(const std::string& message) {
+  std::fprintf(stderr, "pbrickctl: %s\n(see pbrickctl --help)\n", message.c_str());
+  return 2;
+}
+
+int fail(const Error& e) {
+  std::fprintf(stderr, "pbrickctl: %s\n", e.message().c_str());
+  return 1;
+}
+
+std::string uuid_string(const std::array<uint8_t, 16>& u) {
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
+                u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
+  return buf;
+}
+
+std::string map_flags_string(uint32_t flags) {
+  std::string s = (flags & proto::kMapWrite) ? "rw" : "ro";
+  s += (flags & proto::kMapShared) ? ",shared" : ",exclusive";
+  return s;
+}
+
+Result<std::vector<uint8_t>> read_stdin() {
+  std::vector<uint8_t> data;
+  uint8_t buf[1 << 16];
+  for (;;) {
+    ssize_t n = ::read(STDIN_FILENO, buf, sizeof buf);
+    if (n == 0) break;
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno_error("reading stdin");
+    }
+    data.insert(data.end(), buf, buf + n);
+  }
+  return data;
+}
+
+Status write_stdout(const uint8_t* p, size_t len) {
+  while (len > 0) {
+    ssize_t n = ::write(STDOUT_FILENO, p, len);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno_error("writing stdout");
+    }
+    p += n;
+    len -= static_cast<size_t>(n);
+  }
+  return Status::Ok();
+}
+
+int cmd_stat(BrickClient& client) {
+  auto s = client.stat();
+  if (!s) return fail(s.error());
+  const char* kind = s->store_kind == proto::kStorePmem ? "pmem" : "file";
+  if (g_json) {
+    std::printf(
+        "{\"uuid\":\"%s\",\"protocol_version\":%u,\"store\":\"%s\",\"block_size\":%u,"
+        "\"capacity_blocks\":%llu,\"free_blocks\":%llu,\"allocated_blocks\":%llu,\"mapped_blocks\":%llu}\n",
+        uuid_string(s->brick_uuid).c_str(), s->protocol_version, kind, s->block_size,
+        static_cast<unsigned long long>(s->capacity_blocks), static_cast<unsigned long long>(s->free_blocks),
+        static_cast<unsigned long long>(s->allocated_blocks), static_cast<unsigned long long>(s->mapped_blocks));
+    return 0;
+  }
+  auto line = [](const char* k, uint64_t blocks) {
+    std::printf("%-10s %llu blocks (%s)\n", k, static_cast<unsigned long long>(blocks),
+                format_size(blocks * proto::kBlockSize).c_str());
+  };
+  std::printf("%-10s %s\n", "uuid", uuid_string(s->brick_uuid).c_str());
+  std::printf("%-10s %u\n", "protocol", s->protocol_version);
+  std::printf("%-10s %s\n", "store", kind);
+  std::printf("%-10s %s\n", "block", format_size(s->block_size).c_str());
+  line("capacity", s->capacity_blocks);
+  line("allocated", s->allocated_blocks);
+  line("mapped", s->mapped_blocks);
+  line("free", s->free_blocks);
+  return 0;
+}
+
+int cmd_list(BrickClient& client) {
+  auto extents = client.list_all();
+  if (!extents) return fail(extents.error());
+  uint64_t total = 0;
+  for (const auto& e : *extents) total += e.block_count;
+  if (g_json) {
+    std::printf("{\"allocated_blocks\":%llu,\"extents\":[", static_cast<unsigned long long>(total));
+    for (size_t i = 0; i < extents->size(); i++) {
+      const auto& e = (*extents)[i];
+      std::printf("%s{\"start\":\"%s\",\"blocks\":%llu,\"mapped\":%s,\"tier\":%u}", i ? "," : "",
+                  format_hex(e.start_vaddr).c_str(), static_cast<unsigned long long>(e.block_count),
+                  (e.extent_flags & proto::kExtentMapped) ? "true" : "false", e.tier);
+    }
+    std::printf("]}\n");
+    return 0;
+  }
+  std::printf("%-20s %-20s %10s %-10s %s\n", "START", "END", "BLOCKS", "SIZE", "STATE");
+  for (const auto& e : *extents) {
+    uint64_t end = e.start_vaddr + (e.block_count - 1) * proto::kBlockSize + (proto::kBlockSize - 1);
+    std::printf("%-20s %-20s %10llu %-10s %s\n", format_hex(e.start_vaddr).c_str(), format_hex(end).c_str(),
+                static_cast<unsigned long long>(e.block_count), format_size(e.block_count * proto::kBlockSize).c_str(),
+                (e.extent_flags & proto::kExtentMapped) ? "mapped" : "unmapped");
+  }
+  std::printf("%llu blocks allocated in %zu extents\n", static_cast<unsigned long long>(total), extents->size());
+  return 0;
+}
+
+void print_handle(uint64_t vaddr, const proto::MapReply& h) {
+  if (g_json) {
+    std::printf("{\"vaddr\":\"%s\",\"rkey\":\"%s\",\"remote_addr\":\"%s\",\"length\":%llu,\"flags\":\"%s\"}\n",
+                format_hex(vaddr).c_str(), format_hex(h.rkey).c_str(), format_hex(h.remote_addr).c_str(),
+                static_cast<unsigned long long>(h.length), map_flags_string(h.map_flags).c_str());
+  } else {
+    std::printf("vaddr %s rkey %s remote_addr %s length %llu flags %s\n", format_hex(vaddr).c_str(),
+                format_hex(h.rkey).c_str(), format_hex(h.remote_addr).c_str(),
+                static_cast<unsigned long long>(h.length), map_flags_string(h.map_flags).c_str());
+  }
+  std::fflush(stdout);
+}
+
+int cmd_map(BrickClient& client, const std::vector<std::string>& args) {
+  uint32_t flags = proto::kMapWrite;
+  bool hold = false;
+  std::vector<std::string> pos;
+  for (size_t i = 1; i < args.size(); i++) {
+    if (args[i] == "--ro") flags &= ~proto::kMapWrite;
+    else if (args[i] == "--shared") flags |= proto::kMapShared;
+    else if (args[i] == "--hold") hold = true;
+    else if (args[i].rfind("--", 0) == 0) return usage_error("map: unknown option '" + args[i] + "'");
+    else pos.push_back(args[i]);
+  }
+  if (pos.size() != 1) return usage_error("map: expected ADDR");
+  auto vaddr = parse_u64(pos[0], "ADDR");
+  if (!vaddr) return usage_error(vaddr.error().context());
+  auto h = client.map(*vaddr, flags);
+  if (!h) return fail(h.error());
+  print_handle(*vaddr, *h);
+  if (hold) {
+    // Keep the connection (and with it the mapping) until stdin reaches EOF or
+    // a signal asks us to stop; then unmap explicitly.
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGHUP);
+    pthread_sigmask(SIG_UNBLOCK, &mask, nullptr);
+    uint8_t buf[256];
+    while (::read(STDIN_FILENO, buf, sizeof buf) > 0) {
+    }
+    Status st = client.unmap(*vaddr);
+    if (!st) return fail(st.error());
+  }
+  return 0;
+}
+
+// Maps each block touched by [pos, pos+len) as needed, allocating for writes.
+struct BlockCursor {
+  uint64_t vaddr = UINT64_MAX;
+  proto::MapReply handle{};
+};
+
+Status ensure_mapped(BrickClient& client, BlockCursor& cur, uint64_t vaddr, bool for_write) {
+  if (cur.vaddr == vaddr) return Status::Ok();
+  if (cur.vaddr != UINT64_MAX) PBRICK_TRY(client.unmap(cur.vaddr));
+  cur.vaddr = UINT64_MAX;
+  if (for_write) {
+    Status st = client.alloc(vaddr);
+    if (!st && st.error().errnum() != EEXIST) return st;
+  }
+  auto h = client.map(vaddr, for_write ? proto::kMapWrite : proto::kMapShared);
+  if (!h) return h.error();
+  cur.vaddr = vaddr;
+  cur.handle = *h;
+  return Status::Ok();
+}
+
+int cmd_write(BrickClient& client, const std::vector<std::string>& args) {
+  if (args.size() != 3) return usage_error("write: expected ADDR OFFSET");
+  auto addr = parse_u64(args[1], "ADDR");
+  if (!addr) return usage_error(addr.error().context());
+  auto offset = parse_u64(args[2], "OFFSET");
+  if (!offset) return usage_error(offset.error().context());
+  auto data = read_stdin();
+  if (!data) return fail(data.error());
+  uint64_t pos = *addr + *offset;
+  if (pos < *addr || (!data->empty() && pos + data->size() - 1 < pos)) {
+    return usage_error("write: ADDR+OFFSET+length exceeds the 64-bit address space");
+  }
+  BlockCursor cur;
+  size_t done = 0;
+  while (done < data->size()) {
+    uint64_t p = pos + done;
+    uint64_t block = p & ~(proto::kBlockSize - 1);
+    uint64_t in_block = p - block;
+    size_t chunk = static_cast<size_t>(std::min<uint64_t>(data->size() - done, proto::kBlockSize - in_block));
+    Status st = ensure_mapped(client, cur, block, true);
+    if (!st) return fail(st.error());
+    st = client.write(cur.handle.rkey, cur.handle.remote_addr + in_block, {data->data() + done, chunk});
+    if (!st) return fail(st.error());
+    done += chunk;
+  }
+  if (cur.vaddr != UINT64_MAX) {
+    // Sync-read: a READ after the WRITEs returns only once they are persistent.
+    uint8_t byte;
+    Status st = client.read(cur.handle.rkey, cur.handle.remote_addr, {&byte, 1});
+    if (!st) return fail(st.error().wrap("sync-read"));
+    st = client.unmap(cur.vaddr);
+    if (!st) return fail(st.error());
+  }
+  if (g_json) std::printf("{\"written\":%zu,\"persistent\":true}\n", data->size());
+  return 0;
+}
+
+int cmd_read(BrickClient& client, const std::vector<std::string>& args) {
+  if (args.size() != 4) return usage_error("read: expected ADDR OFFSET LENGTH");
+  auto addr = parse_u64(args[1], "ADDR");
+  if (!addr) return usage_error(addr.error().context());
+  auto offset = parse_u64(args[2], "OFFSET");
+  if (!offset) return usage_error(offset.error().context());
+  auto length = parse_size(args[3], "LENGTH");
+  if (!length) return usage_error(length.error().context());
+  uint64_t pos = *addr + *offset;
+  if (pos < *addr || (*length > 0 && pos + *length - 1 < pos)) {
+    return usage_error("read: ADDR+OFFSET+LENGTH exceeds the 64-bit address space");
+  }
+  std::vector<uint8_t> buf(proto::kMaxIoSize);
+  BlockCursor cur;
+  uint64_t done = 0;
+  while (done < *length) {
+    uint64_t p = pos + done;
+    uint64_t block = p & ~(proto::kBlockSize - 1);
+    uint64_t in_block = p - block;
+    size_t chunk = static_cast<size_t>(std::min<uint64_t>(*length - done, proto::kBlockSize - in_block));
+    Status st = ensure_mapped(client, cur, block, false);
+    if (!st) return fail(st.error().wrap("read " + format_hex(block)));
+    st = client.read(cur.handle.rkey, cur.handle.remote_addr + in_block, {buf.data(), chunk});
+    if (!st) return fail(st.error());
+    st = write_stdout(buf.data(), chunk);
+    if (!st) return fail(st.error());
+    done += chunk;
+  }
+  return 0;
+}
+
+int cmd_raw(BrickClient& client, const std::vector<std::string>& args, bool is_write) {
+  if (args.size() != (is_write ? 3u : 4u)) {
+    return usage_error(is_write ? "rwrite: expected RKEY RADDR" : "rread: expected RKEY RADDR LENGTH");
+  }
+  auto rkey = parse_u64(args[1], "RKEY");
+  if (!rkey) return usage_error(rkey.error().context());
+  if (*rkey > UINT32_MAX) return usage_error("RKEY: must fit in 32 bits");
+  auto raddr = parse_u64(args[2], "RADDR");
+  if (!raddr) return usage_error(raddr.error().context());
+  if (is_write) {
+    auto data = read_stdin();
+    if (!data) return fail(data.error());
+    if (data->empty() || data->size() > proto::kMaxIoSize) return usage_error("rwrite: 1 byte to 2 MiB of data");
+    Status st = client.write(static_cast<uint32_t>(*rkey), *raddr, *data);
+    if (!st) return fail(st.error());
+    return 0;
+  }
+  auto length = parse_size(args[3], "LENGTH");
+  if (!length) return usage_error(length.error().context());
+  if (*length == 0 || *length > proto::kMaxIoSize) return usage_error("LENGTH: 1 byte to 2 MiB");
+  std::vector<uint8_t> buf(*length);
+  Status st = client.read(static_cast<uint32_t>(*rkey), *raddr, buf);
+  if (!st) return fail(st.error());
+  st = write_stdout(buf.data(), buf.size());
+  if (!st) return fail(st.error());
+  return 0;
+}
+
+int cmd_addr(BrickClient& client, const std::vector<std::string>& args) {
+  if (args.size() != 2) return usage_error(args[0] + ": expected ADDR");
+  auto vaddr = parse_u64(args[1], "ADDR");
+  if (!vaddr) return usage_error(vaddr.error().context());
+  Status st = args[0] == "alloc" ? client.alloc(*vaddr) : args[0] == "free" ? client.free(*vaddr) : client.unmap(*vaddr);
+  if (!st) return fail(st.error());
+  if (g_json) std::printf("{\"%s\":\"%s\",\"ok\":true}\n", args[0].c_str(), format_hex(*vaddr).c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  set_log_prefix(false);
+  signal(SIGPIPE, SIG_IGN);
+  std::string target_text = getenv("PBRICK_TARGET") ? getenv("PBRICK_TARGET") : "";
+  std::string key_file = getenv("PBRICK_KEY_FILE") ? getenv("PBRICK_KEY_FILE") : "";
+  int timeout_ms = 10000;
+  std::vector<std::string> args;
+  // Global options come before the command; everything after it is the command's.
+  int i = 1;
+  for (; i < argc; i++) {
+    std::string a = argv[i];
+    auto value = [&](const char* flag) -> const char* {
+      if (i + 1 >= argc) return nullptr;
+      (void)flag;
+      return argv[++i];
+    };
+    if (a == "-h" || a == "--help") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    } else if (a == "--json") {
+      g_json = true;
+    } else if (a == "--target" || a == "-t") {
+      const char* v = value("--target");
+      if (!v) return usage_error("--target needs HOST:PORT");
+      target_text = v;
+    } else if (a.rfind("--target=", 0) == 0) {
+      target_text = a.substr(9);
+    } else if (a == "--key-file") {
+      const char* v = value("--key-file");
+      if (!v) return usage_error("--key-file needs a FILE");
+      key_file = v;
+    } else if (a.rfind("--key-file=", 0) == 0) {
+      key_file = a.substr(11);
+    } else if (a == "--timeout") {
+      const char* v = value("--timeout");
+      if (!v) return usage_error("--timeout needs milliseconds");
+      auto t = parse_u64(v, "--timeout");
+      if (!t || *t == 0 || *t > 3600000) return usage_error("--timeout: milliseconds, 1..3600000");
+      timeout_ms = static_cast<int>(*t);
+    } else if (a.rfind("-", 0) == 0 && a != "-") {
+      return usage_error("unknown option '" + a + "'");
+    } else {
+      break;
+    }
+  }
+  for (; i < argc; i++) {
+    std::string a = argv[i];
+    if (a == "--json") {
+      g_json = true;
+      continue;
+    }
+    args.push_back(a);
+  }
+  if (args.empty()) return usage_error("missing command");
+  const std::string& cmd = args[0];
+  static const char* const kCommands[] = {"stat", "list", "alloc", "free", "map", "unmap",
+                                          "write", "read", "rread", "rwrite"};
+  bool known = false;
+  for (const char* c : kCommands) known = known || cmd == c;
+  if (!known) return usage_error("unknown command '" + cmd + "'");
+
+  if (target_text.empty()) return usage_error("--target HOST:PORT is required (or set PBRICK_TARGET)");
+  auto endpoint = parse_endpoint(target_text, "--target");
+  if (!endpoint) return usage_error(endpoint.error().context());
+  ClientOptions options;
+  options.endpoint = *endpoint;
+  options.timeout_ms = timeout_ms;
+  if (!key_file.empty()) {
+    auto key = load_key_file(key_file);
+    if (!key) return fail(key.error().wrap("--key-file"));
+    options.key = std::move(*key);
+  }
+  auto client = BrickClient::Connect(options);
+  if (!client) return fail(client.error());
+  BrickClient& c = **client;
+
+  if (cmd == "stat") return args.size() == 1 ? cmd_stat(c) : usage_error("stat takes no arguments");
+  if (cmd == "list") return args.size() == 1 ? cmd_list(c) : usage_error("list takes no arguments");
+  if (cmd == "alloc" || cmd == "free" || cmd == "unmap") return cmd_addr(c, args);
+  if (cmd == "map") return cmd_map(c, args);
+  if (cmd == "write") return cmd_write(c, args);
+  if (cmd == "read") return cmd_read(c, args);
+  if (cmd == "rread") return cmd_raw(c, args, false);
+  return cmd_raw(c, args, true);
+}

@@ -1,0 +1,103 @@
+# Common setup for the integration tests: real pbrick-target daemons on
+# temporary stores, driven over TCP on 127.0.0.1.
+# shellcheck shell=bash
+
+load '/usr/lib/bats/bats-support/load.bash'
+load '/usr/lib/bats/bats-assert/load.bash'
+
+: "${PBRICK_BIN_DIR:?PBRICK_BIN_DIR must point at the build directory}"
+TARGET_BIN="$PBRICK_BIN_DIR/target/pbrick-target"
+CTL_BIN="$PBRICK_BIN_DIR/ctl/pbrickctl"
+
+# requires CMD...: skips the test, naming what is missing.
+requires() {
+  local c
+  for c in "$@"; do
+    command -v "$c" >/dev/null 2>&1 || skip "requires $c"
+  done
+}
+
+# start_brick NAME [pbrick-target args...]: starts a brick on
+# $BATS_TEST_TMPDIR/NAME.store (64M unless --size is given) and sets
+# BRICK_PID, BRICK_PORT, TARGET. Logs go to $BATS_TEST_TMPDIR/NAME.log.
+start_brick() {
+  local name=$1
+  shift
+  local size=(--size 64M)
+  local a
+  for a in "$@"; do [ "$a" = "--size" ] && size=(); done
+  rm -f "$BATS_TEST_TMPDIR/$name.port"
+  "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/$name.store" "${size[@]}" --listen 127.0.0.1:0 \
+    --port-file "$BATS_TEST_TMPDIR/$name.port" "$@" 2>>"$BATS_TEST_TMPDIR/$name.log" &
+  BRICK_PID=$!
+  local i
+  for i in $(seq 1 200); do
+    if [ -s "$BATS_TEST_TMPDIR/$name.port" ]; then
+      BRICK_PORT=$(cat "$BATS_TEST_TMPDIR/$name.port")
+      TARGET="127.0.0.1:$BRICK_PORT"
+      export TARGET BRICK_PORT BRICK_PID
+      echo "$BRICK_PID" >>"$BATS_TEST_TMPDIR/pids"
+      return 0
+    fi
+    if ! kill -0 "$BRICK_PID" 2>/dev/null; then
+      echo "pbrick-target exited during start:" >&2
+      cat "$BATS_TEST_TMPDIR/$name.log" >&2
+      return 1
+    fi
+    sleep 0.05
+  done
+  echo "pbrick-target did not start within 10 s" >&2
+  return 1
+}
+
+# stop_brick [SIGNAL]: stops the last started brick and waits for it.
+stop_brick() {
+  local sig=${1:-TERM}
+  kill "-$sig" "$BRICK_PID" 2>/dev/null || true
+  wait "$BRICK_PID" 2>/dev/null || true
+}
+
+ctl() { "$CTL_BIN" --target "$TARGET" "$@"; }
+
+teardown() {
+  if [ -f "$BATS_TEST_TMPDIR/pids" ]; then
+    local pid
+    while read -r pid; do
+      kill -TERM "$pid" 2>/dev/null || continue
+      timeout 5 tail --pid="$pid" -f /dev/null || kill -KILL "$pid" 2>/dev/null
+      wait "$pid" 2>/dev/null
+    done <"$BATS_TEST_TMPDIR/pids"
+  fi
+  [ -n "${HOLD_PID:-}" ] && kill -KILL "$HOLD_PID" 2>/dev/null || true
+  return 0
+}
+
+# sha FILE: its sha256.
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+
+# hold_map ADDR [map flags...]: keeps a mapping open in a background pbrickctl
+# (until release_map); sets HOLD_PID, HOLD_RKEY, HOLD_RADDR.
+hold_map() {
+  local fifo="$BATS_TEST_TMPDIR/hold.fifo" out="$BATS_TEST_TMPDIR/hold.out"
+  rm -f "$fifo" "$out"
+  mkfifo "$fifo"
+  "$CTL_BIN" --target "$TARGET" --json map "$@" --hold <"$fifo" >"$out" 2>&1 &
+  HOLD_PID=$!
+  exec {HOLD_FD}>"$fifo"
+  local i
+  for i in $(seq 1 100); do
+    if [ -s "$out" ]; then
+      HOLD_RKEY=$(jq -r .rkey "$out") || { cat "$out" >&2; return 1; }
+      HOLD_RADDR=$(jq -r .remote_addr "$out")
+      return 0
+    fi
+    kill -0 "$HOLD_PID" 2>/dev/null || { cat "$out" >&2; return 1; }
+    sleep 0.05
+  done
+  return 1
+}
+
+release_map() {
+  exec {HOLD_FD}>&-
+  wait "$HOLD_PID"
+}

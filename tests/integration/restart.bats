@@ -1,0 +1,89 @@
+#!/usr/bin/env bats
+# The store across daemon restarts: what was allocated and written survives, a
+# store is never reformatted or resized by accident.
+
+load helpers
+
+@test "allocations and data survive a clean restart" {
+  start_brick b
+  head -c 3000000 /dev/urandom >"$BATS_TEST_TMPDIR/in"
+  ctl write 0x800000 100 <"$BATS_TEST_TMPDIR/in"
+  ctl alloc 0x40000000
+  before_list=$(ctl --json list)
+  before_uuid=$(ctl --json stat | jq -r .uuid)
+  stop_brick TERM
+  grep -q 'shutting down' "$BATS_TEST_TMPDIR/b.log"
+  start_brick b
+  assert_equal "$(ctl --json list)" "$before_list"
+  assert_equal "$(ctl --json stat | jq -r .uuid)" "$before_uuid"
+  ctl read 0x800000 100 3000000 >"$BATS_TEST_TMPDIR/out"
+  assert_equal "$(sha "$BATS_TEST_TMPDIR/out")" "$(sha "$BATS_TEST_TMPDIR/in")"
+}
+
+@test "SIGTERM and SIGINT stop the daemon cleanly with exit 0" {
+  start_brick b
+  kill -TERM "$BRICK_PID"
+  run wait "$BRICK_PID"
+  assert_success
+  start_brick b
+  kill -INT "$BRICK_PID"
+  run wait "$BRICK_PID"
+  assert_success
+}
+
+@test "a size mismatch is refused and the store is left untouched" {
+  start_brick b
+  ctl alloc 0x0
+  stop_brick
+  before=$(sha "$BATS_TEST_TMPDIR/b.store")
+  run "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/b.store" --size 128M --listen 127.0.0.1:0
+  assert_failure 1
+  assert_output --partial 'refusing to resize'
+  assert_equal "$(sha "$BATS_TEST_TMPDIR/b.store")" "$before"
+}
+
+@test "a file that is not a pbrick store is refused unless --force-format" {
+  head -c $((64 * 1024 * 1024)) /dev/urandom >"$BATS_TEST_TMPDIR/b.store"
+  before=$(sha "$BATS_TEST_TMPDIR/b.store")
+  run "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/b.store" --size 64M --listen 127.0.0.1:0
+  assert_failure 1
+  assert_output --partial 'not a pbrick store'
+  assert_equal "$(sha "$BATS_TEST_TMPDIR/b.store")" "$before"
+  start_brick b --force-format
+  run ctl --json stat
+  assert_equal "$(jq .allocated_blocks <<<"$output")" 0
+}
+
+@test "--force-format wipes an existing store" {
+  start_brick b
+  ctl alloc 0x0
+  uuid=$(ctl --json stat | jq -r .uuid)
+  stop_brick
+  start_brick b --force-format
+  run ctl --json stat
+  assert_equal "$(jq .allocated_blocks <<<"$output")" 0
+  [ "$(jq -r .uuid <<<"$output")" != "$uuid" ]
+}
+
+@test "daemon usage errors name the flag" {
+  run "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/s" --size 12Q --listen 127.0.0.1:0
+  assert_failure 2
+  assert_output --partial "--size: invalid value '12Q'"
+  run "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/s" --size 64M
+  assert_failure 2
+  assert_output --partial '--listen is required'
+  run "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/s" --size 64M --listen nowhere
+  assert_failure 2
+  assert_output --partial "--listen: invalid address 'nowhere'"
+  run "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/s" --listen 127.0.0.1:0
+  assert_failure 1
+  assert_output --partial 'size'
+  [ ! -e "$BATS_TEST_TMPDIR/s" ]
+}
+
+@test "two bricks cannot listen on the same port" {
+  start_brick a
+  run "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/c.store" --size 64M --listen "127.0.0.1:$BRICK_PORT"
+  assert_failure 1
+  assert_output --partial 'Address already in use'
+}
