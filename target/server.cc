@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
+#include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <systemd/sd-daemon.h>
@@ -28,7 +29,7 @@ using proto::kHeaderSize;
 using proto::Opcode;
 using Clock = std::chrono::steady_clock;
 
-enum class OpKind : uint8_t { kAccept = 1, kRecv, kSend, kFsync, kSignal, kTick, kCancel };
+enum class OpKind : uint8_t { kAccept = 1, kRecv, kSend, kFsync, kSignal, kTick, kCancel, kStop };
 
 struct UserData {
   static uint64_t pack(OpKind kind, uint32_t generation, uint32_t index) {
@@ -129,6 +130,11 @@ class Server::Impl {
   Status init();
   Status run();
   uint16_t port() const { return port_; }
+  void stop() {
+    uint64_t one = 1;
+    ssize_t ignored = ::write(stop_fd_.get(), &one, sizeof one);
+    (void)ignored;
+  }
 
  private:
   io_uring_sqe* get_sqe();
@@ -164,6 +170,8 @@ class Server::Impl {
   bool ring_ready_ = false;
   UniqueFd listen_fd_;
   UniqueFd signal_fd_;
+  UniqueFd stop_fd_;  // eventfd: stop() from another thread
+  uint64_t stop_buf_ = 0;
   uint16_t port_ = 0;
   bool stopping_ = false;
   uint64_t inflight_ = 0;
@@ -233,6 +241,8 @@ Status Server::Impl::init() {
   sigaddset(&mask, SIGINT);
   signal_fd_.reset(::signalfd(-1, &mask, SFD_CLOEXEC));
   if (!signal_fd_.valid()) return errno_error("signalfd");
+  stop_fd_.reset(::eventfd(0, EFD_CLOEXEC));
+  if (!stop_fd_.valid()) return errno_error("eventfd");
 
   int err = io_uring_queue_init(kRingEntries, &ring_, 0);
   if (err < 0) return Error(-err, "io_uring_queue_init");
@@ -265,6 +275,9 @@ void Server::Impl::arm_signal() {
   io_uring_sqe* sqe = get_sqe();
   io_uring_prep_read(sqe, signal_fd_.get(), &siginfo_, sizeof siginfo_, 0);
   io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kSignal, 0, 0));
+  sqe = get_sqe();
+  io_uring_prep_read(sqe, stop_fd_.get(), &stop_buf_, sizeof stop_buf_, 0);
+  io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kStop, 0, 0));
 }
 
 void Server::Impl::arm_tick() {
@@ -776,6 +789,12 @@ void Server::Impl::handle_cqe(io_uring_cqe* cqe) {
         arm_signal();
       }
       return;
+    case OpKind::kStop:
+      if (res == static_cast<int>(sizeof stop_buf_)) {
+        PBRICK_LOG_NOTICE("stop requested, shutting down");
+        stopping_ = true;
+      }
+      return;
     case OpKind::kTick:
       if (!stopping_) {
         on_tick();
@@ -863,6 +882,9 @@ Status Server::Impl::run() {
       io_uring_prep_cancel64(sqe, UserData::pack(OpKind::kSignal, 0, 0), 0);
       io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kCancel, 0, 0));
       sqe = get_sqe();
+      io_uring_prep_cancel64(sqe, UserData::pack(OpKind::kStop, 0, 0), 0);
+      io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kCancel, 0, 0));
+      sqe = get_sqe();
       io_uring_prep_cancel64(sqe, UserData::pack(OpKind::kAccept, 0, 0), 0);
       io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kCancel, 0, 0));
     }
@@ -898,5 +920,6 @@ Result<std::unique_ptr<Server>> Server::Create(Store& store, const ServerOptions
 
 uint16_t Server::port() const { return impl_->port(); }
 Status Server::run() { return impl_->run(); }
+void Server::stop() { impl_->stop(); }
 
 }  // namespace pbrick

@@ -50,6 +50,10 @@ class Server {
   // connection is closed and its mappings are revoked.
   Status run();
 
+  // Makes run() return as if SIGTERM had arrived. Safe from any thread (tests
+  // and embedders run the server on a thread of their own).
+  void stop();
+
   class Impl;
 
  private:

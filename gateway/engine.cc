@@ -1,0 +1,525 @@
+#include "gateway/engine.h"
+
+#include <liburing.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <mutex>
+#include <thread>
+
+#include "common/log.h"
+#include "common/unique_fd.h"
+#include "common/units.h"
+#include "gateway/data_channel.h"
+
+namespace pbrick {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr size_t kMaxPieces = Engine::kMaxRequest / proto::kBlockSize + 1;
+constexpr size_t kMaxIov = 64;
+constexpr long long kTickNanos = 200ll * 1000 * 1000;
+
+// user_data of the loop's SQEs: just the operation kind (one socket per loop).
+enum class LoopOp : uint64_t { kEvent = 1, kSend, kRecv, kTick, kCancel };
+
+// Per caller thread: the pieces of its one outstanding request and the count
+// of those still in flight. Thread-local, so it outlives every completion that
+// touches it (a request's own stack frame would not), and nothing is allocated
+// per request.
+struct Piece {
+  DataChannel::Op op;
+  std::atomic<uint32_t>* pending = nullptr;
+  int status = 0;
+  uint64_t block = 0;
+};
+
+struct Waiter {
+  std::atomic<uint32_t> pending{0};
+  Piece pieces[kMaxPieces];
+  DataChannel::Op* batch[kMaxPieces];
+  uint8_t sync_scratch = 0;
+};
+
+thread_local Waiter t_waiter;
+
+void piece_done(DataChannel::Op* op, int status) {
+  Piece* p = static_cast<Piece*>(op->ctx);
+  p->status = status;
+  if (p->pending->fetch_sub(1, std::memory_order_acq_rel) == 1) p->pending->notify_one();
+}
+
+void wait_for(std::atomic<uint32_t>& pending) {
+  for (uint32_t v = pending.load(std::memory_order_acquire); v != 0; v = pending.load(std::memory_order_acquire)) {
+    pending.wait(v, std::memory_order_acquire);
+  }
+}
+
+}  // namespace
+
+// One event loop: a thread, an io_uring, and one DataChannel to the brick.
+class Engine::Loop {
+ public:
+  Loop(Volume& volume, uint32_t depth, uint32_t index) : volume_(volume), channel_(depth), index_(index) {
+    incoming_.reserve(4 * depth);
+    taken_.reserve(4 * depth);
+    backlog_.reserve(4 * depth);
+  }
+
+  ~Loop() { stop(); }
+
+  Status start() {
+    event_fd_.reset(::eventfd(0, EFD_CLOEXEC));
+    if (!event_fd_.valid()) return errno_error("eventfd");
+    int err = io_uring_queue_init(256, &ring_, 0);
+    if (err < 0) return Error(-err, "io_uring_queue_init");
+    ring_ready_ = true;
+    PBRICK_TRY(channel_.connect(data_options()));
+    thread_ = std::thread([this] { run(); });
+    return Status::Ok();
+  }
+
+  void stop() {
+    if (thread_.joinable()) {
+      stopping_.store(true, std::memory_order_release);
+      wake();
+      thread_.join();
+    }
+    if (ring_ready_) {
+      io_uring_queue_exit(&ring_);
+      ring_ready_ = false;
+    }
+  }
+
+  // From caller threads: queue ops (sync marks a sync request) and wake the loop.
+  void submit(DataChannel::Op** ops, size_t n, bool sync) {
+    {
+      std::lock_guard lock(mu_);
+      for (size_t i = 0; i < n; i++) incoming_.push_back({ops[i], sync});
+    }
+    wake();
+  }
+
+ private:
+  struct Pending {
+    DataChannel::Op* op;
+    bool sync;
+  };
+
+  ClientOptions data_options() const {
+    ClientOptions o = volume_.options().brick;
+    o.timeout_ms = std::min(o.timeout_ms, 2000);
+    return o;
+  }
+
+  void wake() {
+    uint64_t one = 1;
+    ssize_t ignored = ::write(event_fd_.get(), &one, sizeof one);
+    (void)ignored;
+  }
+
+  io_uring_sqe* sqe(LoopOp kind) {
+    io_uring_sqe* s = io_uring_get_sqe(&ring_);
+    while (s == nullptr) {
+      io_uring_submit(&ring_);
+      s = io_uring_get_sqe(&ring_);
+    }
+    io_uring_sqe_set_data64(s, static_cast<uint64_t>(kind));
+    sqes_inflight_++;
+    return s;
+  }
+
+  void teardown(int status) {
+    if (!channel_.connected() || tearing_down_) return;
+    if (status != ESHUTDOWN) PBRICK_LOG_WARN("queue %u: connection to brick %s lost: %s", index_,
+                    volume_.options().brick.endpoint.to_string().c_str(), std::strerror(status));
+    tearing_down_ = true;
+    teardown_status_ = status;
+    ::shutdown(channel_.fd(), SHUT_RDWR);
+  }
+
+  void fail(const Pending& p, int status) { p.op->done(p.op, status); }
+
+  void dispatch() {
+    if (tearing_down_ && !send_inflight_ && !recv_inflight_) {
+      channel_.disconnect(teardown_status_);
+      tearing_down_ = false;
+    }
+    if (!taken_.empty()) {
+      backlog_.insert(backlog_.end(), taken_.begin(), taken_.end());
+      taken_.clear();
+    }
+    while (backlog_head_ < backlog_.size()) {
+      const Pending& p = backlog_[backlog_head_];
+      if (!channel_.connected()) {
+        if (tearing_down_) break;
+        // Reconnect, at most every 100 ms; meanwhile fail fast and let the
+        // callers retry until their deadline.
+        auto now = Clock::now();
+        Status st = Error(ECONNREFUSED, "reconnect pending");
+        if (now - last_connect_attempt_ >= std::chrono::milliseconds(100)) {
+          last_connect_attempt_ = now;
+          st = channel_.connect(data_options());
+          if (st.ok()) {
+            PBRICK_LOG_NOTICE("queue %u: reconnected to brick %s", index_,
+                              volume_.options().brick.endpoint.to_string().c_str());
+          }
+        }
+        if (!st.ok()) {
+          int status = is_connection_error(st.error().errnum()) ? st.error().errnum() : ECONNREFUSED;
+          for (; backlog_head_ < backlog_.size(); backlog_head_++) fail(backlog_[backlog_head_], status);
+          break;
+        }
+      }
+      if (channel_.full()) break;
+      if (p.sync) {
+        channel_.submit_sync(p.op);
+      } else {
+        channel_.submit(p.op);
+      }
+      backlog_head_++;
+    }
+    if (backlog_head_ == backlog_.size()) {
+      backlog_.clear();
+      backlog_head_ = 0;
+    }
+    if (!channel_.connected() || tearing_down_) return;
+    if (!send_inflight_) {
+      size_t n = channel_.send_iov(iov_, kMaxIov);
+      if (n > 0) {
+        msg_ = {};
+        msg_.msg_iov = iov_;
+        msg_.msg_iovlen = n;
+        io_uring_prep_sendmsg(sqe(LoopOp::kSend), channel_.fd(), &msg_, MSG_NOSIGNAL);
+        send_inflight_ = true;
+      }
+    }
+    if (!recv_inflight_) {
+      auto space = channel_.recv_space();
+      io_uring_prep_recv(sqe(LoopOp::kRecv), channel_.fd(), space.data(), space.size(), 0);
+      recv_inflight_ = true;
+    }
+  }
+
+  void arm_event() {
+    io_uring_prep_read(sqe(LoopOp::kEvent), event_fd_.get(), &event_buf_, sizeof event_buf_, 0);
+  }
+
+  void arm_tick() {
+    tick_ts_.tv_sec = 0;
+    tick_ts_.tv_nsec = kTickNanos;
+    io_uring_prep_timeout(sqe(LoopOp::kTick), &tick_ts_, 0, 0);
+  }
+
+  void on_cqe(io_uring_cqe* cqe) {
+    sqes_inflight_--;
+    int res = cqe->res;
+    switch (static_cast<LoopOp>(io_uring_cqe_get_data64(cqe))) {
+      case LoopOp::kEvent: {
+        std::lock_guard lock(mu_);
+        taken_.swap(incoming_);
+        if (!stopping_.load(std::memory_order_acquire)) arm_event();
+        break;
+      }
+      case LoopOp::kSend:
+        send_inflight_ = false;
+        if (res < 0) {
+          teardown(-res);
+        } else {
+          channel_.on_sent(static_cast<size_t>(res));
+        }
+        break;
+      case LoopOp::kRecv:
+        recv_inflight_ = false;
+        if (res <= 0) {
+          teardown(res == 0 ? ECONNRESET : -res);
+        } else if (!tearing_down_) {
+          Status st = channel_.on_received(static_cast<size_t>(res));
+          if (!st) {
+            PBRICK_LOG_ERROR("queue %u: %s", index_, st.error().message().c_str());
+            teardown(ECONNRESET);
+          }
+        }
+        break;
+      case LoopOp::kTick:
+        if (!stopping_.load(std::memory_order_acquire)) {
+          auto timeout = std::chrono::milliseconds(volume_.options().io_timeout_ms);
+          if (channel_.connected() && channel_.inflight() > 0 && Clock::now() - channel_.last_progress() > timeout) {
+            teardown(ETIMEDOUT);
+          }
+          arm_tick();
+        }
+        break;
+      case LoopOp::kCancel:
+        break;
+    }
+  }
+
+  void run() {
+    arm_event();
+    arm_tick();
+    bool cancelled = false;
+    while (sqes_inflight_ > 0) {
+      if (stopping_.load(std::memory_order_acquire) && !cancelled) {
+        cancelled = true;
+        teardown(ESHUTDOWN);
+        io_uring_prep_cancel64(sqe(LoopOp::kCancel), static_cast<uint64_t>(LoopOp::kTick), 0);
+        io_uring_prep_cancel64(sqe(LoopOp::kCancel), static_cast<uint64_t>(LoopOp::kEvent), 0);
+      }
+      int err = io_uring_submit_and_wait(&ring_, 1);
+      if (err < 0 && err != -EINTR) {
+        PBRICK_LOG_ERROR("queue %u: io_uring_submit_and_wait: %s", index_, std::strerror(-err));
+        break;
+      }
+      unsigned head, count = 0;
+      io_uring_cqe* cqe;
+      io_uring_for_each_cqe(&ring_, head, cqe) {
+        on_cqe(cqe);
+        count++;
+      }
+      io_uring_cq_advance(&ring_, count);
+      dispatch();
+    }
+    // Whatever is still queued fails: the engine is going away.
+    {
+      std::lock_guard lock(mu_);
+      taken_.insert(taken_.end(), incoming_.begin(), incoming_.end());
+      incoming_.clear();
+    }
+    for (size_t i = backlog_head_; i < backlog_.size(); i++) fail(backlog_[i], ESHUTDOWN);
+    for (const Pending& p : taken_) fail(p, ESHUTDOWN);
+    backlog_.clear();
+    taken_.clear();
+    channel_.disconnect(ESHUTDOWN);
+  }
+
+  Volume& volume_;
+  DataChannel channel_;
+  uint32_t index_;
+  std::thread thread_;
+  std::atomic<bool> stopping_{false};
+  UniqueFd event_fd_;
+  io_uring ring_{};
+  bool ring_ready_ = false;
+  uint64_t event_buf_ = 0;
+  __kernel_timespec tick_ts_{};
+  uint64_t sqes_inflight_ = 0;
+  bool send_inflight_ = false;
+  bool recv_inflight_ = false;
+  bool tearing_down_ = false;
+  int teardown_status_ = 0;
+  Clock::time_point last_connect_attempt_{};
+  iovec iov_[kMaxIov];
+  msghdr msg_{};
+
+  std::mutex mu_;
+  std::vector<Pending> incoming_;  // filled by callers under mu_
+  std::vector<Pending> taken_;     // swapped out of incoming_ by the loop
+  std::vector<Pending> backlog_;   // waiting for a free slot or a connection
+  size_t backlog_head_ = 0;
+};
+
+Engine::Engine(std::unique_ptr<Volume> volume, const EngineOptions& options)
+    : volume_(std::move(volume)), options_(options), zeros_(proto::kBlockSize, 0) {}
+
+Engine::~Engine() {
+  for (auto& loop : loops_) loop->stop();
+}
+
+Result<std::unique_ptr<Engine>> Engine::Start(std::unique_ptr<Volume> volume, const EngineOptions& options) {
+  if (options.queues == 0 || options.queues > 64) return Error(EINVAL, "queues must be 1..64");
+  if (options.depth == 0 || options.depth > 4096) return Error(EINVAL, "depth must be 1..4096");
+  std::unique_ptr<Engine> engine(new Engine(std::move(volume), options));
+  for (uint32_t i = 0; i < options.queues; i++) {
+    auto loop = std::make_unique<Loop>(*engine->volume_, options.depth, i);
+    Status st = loop->start();
+    if (!st) return st.error().wrap("queue " + std::to_string(i));
+    engine->loops_.push_back(std::move(loop));
+  }
+  return engine;
+}
+
+Engine::Loop& Engine::my_loop() {
+  static std::atomic<uint32_t> next{0};
+  thread_local uint32_t mine = next.fetch_add(1, std::memory_order_relaxed);
+  return *loops_[mine % loops_.size()];
+}
+
+Status Engine::transfer(bool is_write, uint8_t* buf, uint64_t count, uint64_t offset) {
+  if (count > kMaxRequest || offset > size() || count > size() - offset) {
+    return Error(EINVAL, std::string(is_write ? "write" : "read") + " of " + std::to_string(count) + " bytes at " +
+                             std::to_string(offset) + " is outside the volume or too large");
+  }
+  Waiter& w = t_waiter;
+  size_t npieces = 0;
+  for (uint64_t done = 0; done < count; npieces++) {
+    uint64_t pos = offset + done;
+    uint64_t in_block = pos % proto::kBlockSize;
+    uint64_t len = std::min<uint64_t>(count - done, proto::kBlockSize - in_block);
+    Piece& p = w.pieces[npieces];
+    p.block = pos / proto::kBlockSize;
+    p.status = -1;  // not done yet
+    p.pending = &w.pending;
+    p.op.opcode = is_write ? proto::Opcode::kWrite : proto::Opcode::kRead;
+    p.op.length = static_cast<uint32_t>(len);
+    p.op.buf = buf + done;
+    p.op.remote_addr = in_block;  // offset within the block until the handle is known
+    p.op.done = piece_done;
+    p.op.ctx = &p;
+    done += len;
+  }
+
+  auto deadline = Clock::now() + std::chrono::milliseconds(volume_->options().io_timeout_ms);
+  auto backoff = std::chrono::milliseconds(20);
+  Loop& loop = my_loop();
+  for (;;) {
+    size_t batch = 0;
+    for (size_t i = 0; i < npieces; i++) {
+      Piece& p = w.pieces[i];
+      if (p.status == 0) continue;
+      uint64_t in_block = (p.op.buf - buf + offset) % proto::kBlockSize;
+      if (!is_write && !volume_->allocated(p.block)) {
+        std::memset(p.op.buf, 0, p.op.length);  // never written: zeros, no round trip
+        p.status = 0;
+        continue;
+      }
+      auto h = volume_->cached(p.block);
+      if (!h) {
+        auto mapped = volume_->map_block(p.block, is_write);
+        if (!mapped) {
+          if (!is_write && mapped.error().errnum() == ENOENT) {
+            std::memset(p.op.buf, 0, p.op.length);
+            p.status = 0;
+            continue;
+          }
+          return mapped.error();
+        }
+        h = *mapped;
+      }
+      p.op.rkey = h->rkey;
+      p.op.remote_addr = h->remote_addr + in_block;
+      w.batch[batch++] = &p.op;
+    }
+    if (batch == 0) return Status::Ok();
+    w.pending.store(static_cast<uint32_t>(batch), std::memory_order_release);
+    loop.submit(w.batch, batch, false);
+    wait_for(w.pending);
+
+    bool lost_connection = false;
+    for (size_t i = 0; i < npieces; i++) {
+      Piece& p = w.pieces[i];
+      if (p.status <= 0) continue;
+      if (p.status == EKEYREJECTED) {
+        // The mapping died (brick restart, discard, reconnect): map again.
+        volume_->invalidate(p.block, p.op.rkey);
+      } else if (is_connection_error(p.status) || p.status == ESHUTDOWN) {
+        lost_connection = true;
+      } else {
+        return Error(p.status, std::string(is_write ? "write" : "read") + " at " + std::to_string(offset));
+      }
+    }
+    if (lost_connection) {
+      if (Clock::now() + backoff > deadline) {
+        return Error(EIO, "brick " + volume_->options().brick.endpoint.to_string() + " unreachable for " +
+                              std::to_string(volume_->options().io_timeout_ms) + " ms");
+      }
+      std::this_thread::sleep_for(backoff);
+      backoff = std::min(backoff * 2, std::chrono::milliseconds(500));
+    }
+  }
+}
+
+Status Engine::read(void* buf, uint64_t count, uint64_t offset) {
+  return transfer(false, static_cast<uint8_t*>(buf), count, offset);
+}
+
+Status Engine::write(const void* buf, uint64_t count, uint64_t offset, bool fua) {
+  // The data path only reads from `buf`; the channel's Op is shared with reads.
+  PBRICK_TRY(transfer(true, const_cast<uint8_t*>(static_cast<const uint8_t*>(buf)), count, offset));
+  if (fua) return sync_loops(false);
+  return Status::Ok();
+}
+
+Status Engine::flush() { return sync_loops(true); }
+
+// Sync-read on our own loop (FUA) or on every loop (FLUSH), retrying through
+// reconnects: the brick persists what it holds at the sync point, whichever
+// connection carried the writes.
+Status Engine::sync_loops(bool all) {
+  Waiter& w = t_waiter;
+  size_t n = all ? loops_.size() : 1;
+  for (size_t i = 0; i < n; i++) w.pieces[i].status = -1;
+  auto deadline = Clock::now() + std::chrono::milliseconds(volume_->options().io_timeout_ms);
+  auto backoff = std::chrono::milliseconds(20);
+  for (;;) {
+    size_t submitted = 0;
+    w.pending.store(0, std::memory_order_relaxed);
+    for (size_t i = 0; i < n; i++) {
+      if (w.pieces[i].status == 0) continue;
+      submitted++;
+    }
+    if (submitted == 0) return Status::Ok();
+    w.pending.store(static_cast<uint32_t>(submitted), std::memory_order_release);
+    for (size_t i = 0; i < n; i++) {
+      Piece& p = w.pieces[i];
+      if (p.status == 0) continue;
+      p.pending = &w.pending;
+      p.op = DataChannel::Op{};
+      p.op.buf = &w.sync_scratch;
+      p.op.done = piece_done;
+      p.op.ctx = &p;
+      DataChannel::Op* op = &p.op;
+      (all ? *loops_[i] : my_loop()).submit(&op, 1, true);
+    }
+    wait_for(w.pending);
+    bool retry = false;
+    for (size_t i = 0; i < n; i++) {
+      Piece& p = w.pieces[i];
+      if (p.status <= 0) continue;
+      if (is_connection_error(p.status) || p.status == ESHUTDOWN) {
+        retry = true;
+      } else {
+        return Error(p.status, "flush");
+      }
+    }
+    if (!retry) return Status::Ok();
+    if (Clock::now() + backoff > deadline) {
+      return Error(EIO, "flush: brick " + volume_->options().brick.endpoint.to_string() + " unreachable");
+    }
+    std::this_thread::sleep_for(backoff);
+    backoff = std::min(backoff * 2, std::chrono::milliseconds(500));
+  }
+}
+
+Status Engine::discard(uint64_t count, uint64_t offset, bool fua) {
+  if (offset > size() || count > size() - offset) {
+    return Error(EINVAL, "discard of " + std::to_string(count) + " bytes at " + std::to_string(offset) +
+                             " is outside the volume");
+  }
+  bool zeroed = false;
+  uint64_t end = offset + count;
+  for (uint64_t pos = offset; pos < end;) {
+    uint64_t block = pos / proto::kBlockSize;
+    uint64_t block_start = block * proto::kBlockSize;
+    uint64_t block_end = std::min(block_start + proto::kBlockSize, size());
+    uint64_t piece_end = std::min(end, block_end);
+    bool whole = pos == block_start && piece_end == block_end && block_end - block_start == proto::kBlockSize;
+    if (volume_->allocated(block)) {
+      Status st = whole ? volume_->discard_block(block) : Error(EBUSY, "partial");
+      if (!st) {
+        if (st.error().errnum() != EBUSY) return st;
+        // Partial block, or someone else maps it: write zeros instead.
+        PBRICK_TRY(transfer(true, zeros_.data(), piece_end - pos, pos));
+        zeroed = true;
+      }
+    }
+    pos = piece_end;
+  }
+  if (fua && zeroed) return sync_loops(false);
+  return Status::Ok();
+}
+
+}  // namespace pbrick

@@ -1,0 +1,70 @@
+// The volume engine for frontends whose callers block per request (the nbdkit
+// plugin: nbdkit runs each NBD request on one of its worker threads).
+//
+// The engine runs `queues` event loops, each one thread with one io_uring and
+// one pipelined DataChannel per brick. A caller thread is bound to one loop
+// (round robin on first use), splits its request at 2 MiB block boundaries,
+// resolves each block's handle (the Volume's slow path runs here, on the
+// caller's thread, never on a loop), hands the pieces to its loop in one batch
+// and sleeps until they complete. So many requests are in flight per
+// connection, no thread exists per request, and nothing is allocated per
+// request in steady state (pieces live on the caller's stack).
+//
+// FLUSH issues a sync-read on every loop whose connection carried writes since
+// its last sync and completes after all of them: a flush from any caller
+// persists the writes every caller has seen completed (NBD multi-conn safe).
+//
+// Thread-safe: read/write/flush/discard from any number of threads.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "common/result.h"
+#include "gateway/volume.h"
+
+namespace pbrick {
+
+struct EngineOptions {
+  uint32_t queues = 2;   // event loops, i.e. connections per brick
+  uint32_t depth = 128;  // requests in flight per connection
+};
+
+class Engine {
+ public:
+  // Largest single request; frontends advertise it (nbdkit block_size maximum).
+  static constexpr uint64_t kMaxRequest = 16ull << 20;
+
+  static Result<std::unique_ptr<Engine>> Start(std::unique_ptr<Volume> volume, const EngineOptions& options);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  Volume& volume() { return *volume_; }
+  uint64_t size() const { return volume_->size(); }
+
+  // Byte ranges must lie inside the volume and count <= kMaxRequest (EINVAL).
+  // Errors: EIO once the brick stayed unreachable for the volume's io_timeout.
+  Status read(void* buf, uint64_t count, uint64_t offset);
+  Status write(const void* buf, uint64_t count, uint64_t offset, bool fua);
+  Status flush();
+  // TRIM and WRITE_ZEROES: whole 2 MiB blocks are freed at the brick (they read
+  // back as zeros); the partial blocks at either end are zero-filled.
+  Status discard(uint64_t count, uint64_t offset, bool fua);
+
+  class Loop;
+
+ private:
+  Engine(std::unique_ptr<Volume> volume, const EngineOptions& options);
+  Loop& my_loop();
+  Status transfer(bool is_write, uint8_t* buf, uint64_t count, uint64_t offset);
+  Status sync_loops(bool all);
+
+  std::unique_ptr<Volume> volume_;
+  EngineOptions options_;
+  std::vector<std::unique_ptr<Loop>> loops_;
+  std::vector<uint8_t> zeros_;  // one block of zeros for zero-filling
+};
+
+}  // namespace pbrick

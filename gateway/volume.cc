@@ -1,0 +1,186 @@
+#include "gateway/volume.h"
+
+#include <chrono>
+#include <thread>
+
+#include "common/log.h"
+#include "common/units.h"
+
+namespace pbrick {
+
+bool is_connection_error(int errnum) {
+  switch (errnum) {
+    case ECONNRESET:
+    case ECONNREFUSED:
+    case ECONNABORTED:
+    case EPIPE:
+    case ENOTCONN:
+    case ETIMEDOUT:
+    case EHOSTUNREACH:
+    case ENETUNREACH:
+    case ESHUTDOWN:
+      return true;
+    default:
+      return false;
+  }
+}
+
+Volume::Volume(const VolumeOptions& options)
+    : options_(options),
+      block_count_((options.size + proto::kBlockSize - 1) / proto::kBlockSize),
+      handles_(block_count_),
+      allocated_((block_count_ + 63) / 64) {}
+
+Result<std::unique_ptr<Volume>> Volume::Open(const VolumeOptions& options) {
+  if (options.size == 0 || options.size % 4096 != 0) {
+    return Error(EINVAL, "volume size " + std::to_string(options.size) + " must be a nonzero multiple of 4096");
+  }
+  if (options.base % proto::kBlockSize != 0) {
+    return Error(EINVAL, "volume base " + format_hex(options.base) + " must be 2 MiB aligned");
+  }
+  uint64_t blocks = (options.size + proto::kBlockSize - 1) / proto::kBlockSize;
+  if (options.base + (blocks - 1) * proto::kBlockSize < options.base) {
+    return Error(EINVAL, "volume at " + format_hex(options.base) + " of " + format_size(options.size) +
+                             " runs past the end of the brick's address space");
+  }
+  std::unique_ptr<Volume> volume(new Volume(options));
+  std::lock_guard lock(volume->control_mu_);
+  PBRICK_TRY(volume->connect_control());
+  // Learn which of our blocks the brick already holds, one LIST page at a time.
+  uint64_t cursor = options.base;
+  uint64_t end = options.base + (blocks - 1) * proto::kBlockSize;
+  for (;;) {
+    auto page = volume->control_->list(cursor, proto::kMaxListExtents);
+    if (!page) return page.error().wrap("volume open");
+    for (const auto& e : page->extents) {
+      for (uint64_t i = 0; i < e.block_count; i++) {
+        uint64_t vaddr = e.start_vaddr + i * proto::kBlockSize;
+        if (vaddr < options.base || vaddr > end) continue;
+        volume->set_allocated((vaddr - options.base) / proto::kBlockSize, true);
+      }
+    }
+    if ((page->list_flags & proto::kListMore) == 0 || page->next_cursor > end || page->next_cursor <= cursor) break;
+    cursor = page->next_cursor;
+  }
+  return volume;
+}
+
+Status Volume::connect_control() {
+  control_.reset();
+  clear_all_handles();  // mappings belong to the control connection and die with it
+  auto client = BrickClient::Connect(options_.brick);
+  if (!client) return client.error();
+  control_ = std::move(*client);
+  return Status::Ok();
+}
+
+void Volume::clear_all_handles() {
+  std::unique_lock lock(handles_mu_);
+  for (auto& h : handles_) h = BlockHandle{};
+}
+
+void Volume::set_allocated(uint64_t index, bool value) {
+  uint64_t bit = 1ull << (index % 64);
+  if (value) {
+    allocated_[index / 64].fetch_or(bit, std::memory_order_release);
+  } else {
+    allocated_[index / 64].fetch_and(~bit, std::memory_order_release);
+  }
+}
+
+bool Volume::allocated(uint64_t index) const {
+  return (allocated_[index / 64].load(std::memory_order_acquire) >> (index % 64)) & 1;
+}
+
+std::optional<BlockHandle> Volume::cached(uint64_t index) const {
+  std::shared_lock lock(handles_mu_);
+  const BlockHandle& h = handles_[index];
+  if (h.rkey == 0) return std::nullopt;
+  return h;
+}
+
+void Volume::invalidate(uint64_t index, uint32_t rkey) {
+  std::unique_lock lock(handles_mu_);
+  if (handles_[index].rkey == rkey) handles_[index] = BlockHandle{};
+}
+
+// Runs fn on the control connection, reconnecting (with backoff) while the
+// failure is a lost connection, until io_timeout_ms has passed.
+template <typename Fn>
+auto Volume::with_control(Fn&& fn) -> decltype(fn(std::declval<BrickClient&>())) {
+  using Clock = std::chrono::steady_clock;
+  auto deadline = Clock::now() + std::chrono::milliseconds(options_.io_timeout_ms);
+  auto backoff = std::chrono::milliseconds(50);
+  for (;;) {
+    Error last(EIO, "");
+    if (control_) {
+      auto r = fn(*control_);
+      if (r.ok() || !is_connection_error(r.error().errnum())) return r;
+      last = r.error();
+      control_.reset();
+      clear_all_handles();
+    } else {
+      Status st = connect_control();
+      if (st.ok()) continue;
+      last = st.error();
+      if (!is_connection_error(last.errnum()) && last.errnum() != ENOENT) return last;
+    }
+    if (Clock::now() + backoff > deadline) {
+      return Error(EIO, "brick " + options_.brick.endpoint.to_string() + " unreachable for " +
+                            std::to_string(options_.io_timeout_ms) + " ms (last error: " + last.message() + ")");
+    }
+    PBRICK_LOG_WARN("brick %s: %s; reconnecting", options_.brick.endpoint.to_string().c_str(),
+                    last.message().c_str());
+    std::this_thread::sleep_for(backoff);
+    backoff = std::min(backoff * 2, std::chrono::milliseconds(1000));
+  }
+}
+
+Result<BlockHandle> Volume::map_block(uint64_t index, bool for_write) {
+  std::lock_guard lock(control_mu_);
+  // Another thread may have mapped it while we waited for the lock.
+  if (auto h = cached(index)) return *h;
+  uint64_t vaddr = block_vaddr(index);
+  if (!for_write && !allocated(index)) return Error(ENOENT, "block " + format_hex(vaddr) + " not allocated");
+  auto mapped = with_control([&](BrickClient& c) -> Result<proto::MapReply> {
+    if (for_write && !allocated(index)) {
+      Status st = c.alloc(vaddr);
+      if (!st && st.error().errnum() != EEXIST) return st.error();
+    }
+    return c.map(vaddr, proto::kMapWrite | proto::kMapShared);
+  });
+  if (!mapped) {
+    if (mapped.error().errnum() == ENOENT) set_allocated(index, false);
+    return mapped.error();
+  }
+  set_allocated(index, true);
+  BlockHandle h{mapped->rkey, mapped->remote_addr};
+  std::unique_lock hl(handles_mu_);
+  handles_[index] = h;
+  return h;
+}
+
+Status Volume::discard_block(uint64_t index) {
+  std::lock_guard lock(control_mu_);
+  if (!allocated(index)) return Status::Ok();
+  uint64_t vaddr = block_vaddr(index);
+  bool was_mapped = cached(index).has_value();
+  {
+    std::unique_lock hl(handles_mu_);
+    handles_[index] = BlockHandle{};
+  }
+  auto r = with_control([&](BrickClient& c) -> Result<bool> {
+    if (was_mapped) {
+      Status st = c.unmap(vaddr);
+      if (!st && st.error().errnum() != ENOENT) return st.error();
+    }
+    Status st = c.free(vaddr);
+    if (!st && st.error().errnum() != ENOENT) return st.error();
+    return true;
+  });
+  if (!r) return r.error();
+  set_allocated(index, false);
+  return Status::Ok();
+}
+
+}  // namespace pbrick

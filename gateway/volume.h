@@ -1,0 +1,98 @@
+// A volume: a byte range of `size` bytes laid over a brick's virtual address
+// space from `base`, so many volumes can share one brick. Byte offset o lives
+// in block (o / 2 MiB), whose brick virtual address is base + block * 2 MiB.
+//
+// The Volume owns the control path: one blocking connection to the brick that
+// allocates, maps, unmaps and frees blocks, and the table of mapped handles
+// that every data channel reads. Handles are mapped read-write and shared and
+// belong to the control connection; any data connection may use the rkey (the
+// brick's rkeys are not tied to a connection, like one RDMA protection domain).
+//
+// Thread-safe: the fast-path lookups (cached(), allocated()) take a shared lock
+// or read an atomic; the slow path (map_block, discard_block) is serialised on
+// the control connection and may block for network round trips, so frontends
+// call it from their submitting threads, never from a data event loop.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <shared_mutex>
+#include <vector>
+
+#include "common/client.h"
+#include "common/result.h"
+
+namespace pbrick {
+
+struct VolumeOptions {
+  ClientOptions brick;
+  uint64_t size = 0;  // bytes; a multiple of 4096
+  uint64_t base = 0;  // brick virtual address of the volume's first block; 2 MiB aligned
+  // How long I/O waits for a brick that went away (reconnecting and re-mapping)
+  // before it fails with EIO.
+  uint32_t io_timeout_ms = 30000;
+};
+
+struct BlockHandle {
+  uint32_t rkey = 0;  // 0: not mapped
+  uint64_t remote_addr = 0;
+};
+
+// True for errors that mean "the connection is gone": retry after reconnecting.
+bool is_connection_error(int errnum);
+
+class Volume {
+ public:
+  // Connects the control path and learns which blocks are allocated (LIST).
+  // EINVAL for a size that is zero or not a multiple of 4096, a base that is
+  // not 2 MiB aligned, or a range that wraps the 64-bit address space.
+  static Result<std::unique_ptr<Volume>> Open(const VolumeOptions& options);
+
+  const VolumeOptions& options() const { return options_; }
+  uint64_t size() const { return options_.size; }
+  uint64_t block_count() const { return block_count_; }
+  uint64_t block_vaddr(uint64_t index) const { return options_.base + index * proto::kBlockSize; }
+
+  // The cached handle of a block, if it is mapped.
+  std::optional<BlockHandle> cached(uint64_t index) const;
+  // Whether the brick holds the block (reads of other blocks return zeros
+  // without a network round trip).
+  bool allocated(uint64_t index) const;
+
+  // Maps the block, allocating it first when `for_write` (thin provisioning).
+  // For a read of a block that is not allocated: ENOENT. Retries through
+  // reconnects until io_timeout_ms, then EIO.
+  Result<BlockHandle> map_block(uint64_t index, bool for_write);
+
+  // Forgets `rkey` for the block if it is still the cached one: the brick said
+  // it is dead (EKEYREJECTED), so the next access maps again.
+  void invalidate(uint64_t index, uint32_t rkey);
+
+  // Frees a whole block (unmap + free); it then reads as zeros. When the brick
+  // refuses because someone else maps it (EBUSY), returns EBUSY so the caller
+  // can zero it through the data path instead.
+  Status discard_block(uint64_t index);
+
+ private:
+  explicit Volume(const VolumeOptions& options);
+  Status connect_control();  // with control_mu_ held
+  template <typename Fn>
+  auto with_control(Fn&& fn) -> decltype(fn(std::declval<BrickClient&>()));
+  void set_allocated(uint64_t index, bool value);
+  void clear_all_handles();
+
+  VolumeOptions options_;
+  uint64_t block_count_ = 0;
+
+  std::mutex control_mu_;  // serialises the control connection
+  std::unique_ptr<BrickClient> control_;
+
+  mutable std::shared_mutex handles_mu_;
+  std::vector<BlockHandle> handles_;             // by block index
+  std::vector<std::atomic<uint64_t>> allocated_;  // bitset by block index
+};
+
+}  // namespace pbrick
