@@ -21,14 +21,18 @@ load helpers
 }
 
 @test "SIGTERM and SIGINT stop the daemon cleanly with exit 0" {
+  local rc
   start_brick b
   kill -TERM "$BRICK_PID"
-  run wait "$BRICK_PID"
-  assert_success
+  rc=0
+  wait "$BRICK_PID" || rc=$?
+  assert_equal "$rc" 0
   start_brick b
   kill -INT "$BRICK_PID"
-  run wait "$BRICK_PID"
-  assert_success
+  rc=0
+  wait "$BRICK_PID" || rc=$?
+  assert_equal "$rc" 0
+  assert_equal "$(grep -c 'shutting down' "$BATS_TEST_TMPDIR/b.log")" 2
 }
 
 @test "a size mismatch is refused and the store is left untouched" {
