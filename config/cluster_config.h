@@ -1,0 +1,156 @@
+// The cluster configuration: one YAML file that describes every brick, volume
+// and gateway of a pbrick cluster (schema and every key: docs/config.md).
+//
+// Loading never stops at the first problem: it collects every error it can
+// find, each positioned as "file:line:col: key.path: message", so an operator
+// fixes a file in one round trip. Parsing (syntax, types, units, unknown and
+// missing keys, enum values) and validation (ranges, alignment, duplicates,
+// references, overlaps, persistence/DDIO consistency) are separate steps, so a
+// ClusterConfig built in code can be validated the same way as a loaded one.
+//
+// No exception escapes this API: yaml-cpp throws, and those exceptions are
+// caught here and turned into positioned errors. Value types; thread-compatible.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+
+namespace pbrick {
+
+enum class Transport { kTcp, kRdma };
+// What pbrick does about DDIO on the brick's storage NIC (docs/ddio.md).
+// kOff/kOn: `pbrickctl ddio` sets that state before the brick starts.
+// kUnmanaged: pbrick never touches the registers and assumes nothing.
+enum class DdioMode { kOff, kOn, kUnmanaged };
+// How a client learns that a write is persistent (docs/config.md).
+// kSyncRead: an RDMA read after the writes flushes them to the persistence
+//   domain; only true when the NIC's writes bypass the CPU cache (DDIO off).
+// kRpc: the brick flushes on request and acknowledges; works everywhere.
+enum class Persistence { kSyncRead, kRpc };
+enum class Frontend { kUblk, kNbd };
+
+const char* transport_name(Transport t);
+const char* ddio_mode_name(DdioMode m);
+const char* persistence_name(Persistence p);
+const char* frontend_name(Frontend f);
+
+struct StoreConfig {
+  std::string path;   // absolute path of the pmem file / devdax device
+  uint64_t size = 0;  // bytes, a non-zero multiple of kBlockSize
+};
+
+struct NicConfig {
+  std::string netdev;       // e.g. "eth0"; needed when ddio is off or on
+  std::string rdma_device;  // e.g. "mlx5_0", "rxe0"; needed for transport rdma
+  DdioMode ddio = DdioMode::kUnmanaged;
+};
+
+struct BrickConfig {
+  std::string name;
+  std::string host;
+  uint32_t port = 0;  // 1..65535 once validated
+  Transport transport = Transport::kTcp;
+  StoreConfig store;
+  NicConfig nic;
+  Persistence persistence = Persistence::kRpc;
+  // The key actually in force: bricks[i].key_file if given, else
+  // cluster.key_file, else empty (no authentication).
+  std::string key_file;
+};
+
+struct VolumeConfig {
+  std::string name;
+  uint64_t size = 0;   // bytes, a non-zero multiple of kBlockSize
+  std::string brick;   // name of the brick that holds the volume
+  uint64_t base = 0;   // virtual base address on the brick, kBlockSize aligned
+  uint32_t queues = 1;
+  uint32_t depth = 64;
+  Frontend frontend = Frontend::kNbd;
+};
+
+struct GatewayConfig {
+  std::string name;
+  std::string host;
+  std::vector<std::string> volumes;  // names of the volumes it exposes
+};
+
+struct ClusterSection {
+  std::string name;
+  std::string key_file;  // default key of every brick; empty = none
+};
+
+// 1-based line and column; 0 means "unknown" (e.g. a config built in code).
+struct SourcePos {
+  int line = 0;
+  int column = 0;
+};
+
+struct ConfigError {
+  std::string file;  // as given by the caller; may be empty
+  SourcePos pos;
+  std::string path;  // key path: "bricks[0].store.size"; empty for syntax errors
+  std::string message;
+
+  // "file:line:col: path: message", leaving out whatever is unknown.
+  std::string to_string() const;
+};
+
+struct ClusterConfig {
+  std::string file;  // the file it was loaded from (for messages)
+  ClusterSection cluster;
+  std::vector<BrickConfig> bricks;
+  std::vector<VolumeConfig> volumes;
+  std::vector<GatewayConfig> gateways;
+
+  // Provenance, filled by the parser so validation can point at the right
+  // place: positions by key path ("volumes[1].base", "bricks[0]"), and the key
+  // paths that were missing or unparsable (validation skips checks on those,
+  // so one typo is reported once, not once per rule that reads the field).
+  std::map<std::string, SourcePos> positions;
+  std::set<std::string> unparsed;
+
+  const BrickConfig* find_brick(const std::string& name) const;
+  const VolumeConfig* find_volume(const std::string& name) const;
+  const GatewayConfig* find_gateway(const std::string& name) const;
+  // Volumes stored on `brick`, in file order.
+  std::vector<const VolumeConfig*> volumes_on(const std::string& brick) const;
+};
+
+struct ConfigParseResult {
+  ClusterConfig config;             // best effort: whatever parsed cleanly
+  std::vector<ConfigError> errors;
+  // False after a YAML syntax error: nothing was parsed, so nothing is validated.
+  bool yaml_ok = true;
+};
+
+// Parses YAML text; `file` only labels the messages. Parse errors only.
+ConfigParseResult parse_cluster_config(const std::string& yaml_text, const std::string& file);
+
+// Semantic checks on a parsed (or hand-built) config: ranges, alignment,
+// duplicate names, references, overlapping volumes, persistence vs DDIO.
+std::vector<ConfigError> validate_cluster_config(const ClusterConfig& config);
+
+// Parse + validate: every error, sorted by position.
+ConfigParseResult check_cluster_config(const std::string& yaml_text, const std::string& file);
+
+// Reads `path` and checks it. An unreadable file yields one error with the
+// errno text and no position.
+ConfigParseResult check_cluster_config_file(const std::string& path);
+
+// The convenience form: the config, or EINVAL whose context holds every error
+// (ConfigError::to_string()) joined by newlines; ENOENT/EACCES/... when the
+// file cannot be read.
+Result<ClusterConfig> load_cluster_config(const std::string& path);
+
+// `pbrickctl config check FILE`: argv[0] is the subcommand name ("check",
+// ignored), argv[1] the file. Prints "FILE: OK (N bricks, M volumes,
+// K gateways)" to stdout and returns 0, or prints every error on its own line
+// to stderr and returns 1; returns 2 on a usage error.
+int config_check_main(int argc, char** argv);
+
+}  // namespace pbrick
