@@ -10,6 +10,7 @@
 #include <cctype>
 #include <climits>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <optional>
@@ -38,6 +39,51 @@ SourcePos to_pos(const YAML::Mark& mark) {
 }
 
 std::string quote(std::string_view s) { return "'" + std::string(s) + "'"; }
+
+// Expands ${NAME} and ${NAME:-default} in a scalar, so one file serves hosts
+// that differ only in, say, a state directory. "$$" is a literal "$". An unset
+// variable without a default is an error (naming it), never an empty string.
+Result<std::string> expand_env(const std::string& text) {
+  std::string out;
+  for (size_t i = 0; i < text.size(); i++) {
+    if (text[i] != '$') {
+      out += text[i];
+      continue;
+    }
+    if (i + 1 < text.size() && text[i + 1] == '$') {
+      out += '$';
+      i++;
+      continue;
+    }
+    if (i + 1 >= text.size() || text[i + 1] != '{') {
+      out += '$';
+      continue;
+    }
+    size_t close = text.find('}', i + 2);
+    if (close == std::string::npos) return Error(EINVAL, "unterminated ${ in " + quote(text));
+    std::string expr = text.substr(i + 2, close - i - 2);
+    std::string name = expr, fallback;
+    bool has_default = false;
+    if (size_t dash = expr.find(":-"); dash != std::string::npos) {
+      name = expr.substr(0, dash);
+      fallback = expr.substr(dash + 2);
+      has_default = true;
+    }
+    bool valid = !name.empty();
+    for (char c : name) valid = valid && (std::isalnum(static_cast<unsigned char>(c)) || c == '_');
+    if (!valid) return Error(EINVAL, "bad variable name " + quote(name) + " in " + quote(text));
+    const char* value = std::getenv(name.c_str());
+    if (value != nullptr && *value != '\0') {
+      out += value;
+    } else if (has_default) {
+      out += fallback;
+    } else {
+      return Error(EINVAL, "environment variable " + name + " is not set (use ${" + name + ":-default})");
+    }
+    i = close;
+  }
+  return out;
+}
 
 const char* node_kind(const YAML::Node& node) {
   switch (node.Type()) {
@@ -336,7 +382,12 @@ class Parser {
       invalid(pos, path, "expected a single value, got " + std::string(node_kind(it->second.value)));
       return std::nullopt;
     }
-    return std::make_pair(it->second.value.Scalar(), pos);
+    auto expanded = expand_env(it->second.value.Scalar());
+    if (!expanded) {
+      invalid(pos, path, expanded.error().context());
+      return std::nullopt;
+    }
+    return std::make_pair(*expanded, pos);
   }
 
   bool get_string(const Fields& f, std::string_view key, const std::string& parent, SourcePos parent_pos,
@@ -1013,8 +1064,10 @@ int config_check_main(int argc, char** argv) {
     for (const ConfigError& e : result.errors) std::fprintf(stderr, "%s\n", e.to_string().c_str());
     return 1;
   }
-  std::printf("%s: OK (%zu bricks, %zu volumes, %zu gateways)\n", file.c_str(), result.config.bricks.size(),
-              result.config.volumes.size(), result.config.gateways.size());
+  auto count = [](size_t n, const char* noun) { return std::to_string(n) + " " + noun + (n == 1 ? "" : "s"); };
+  std::printf("%s: OK (%s, %s, %s)\n", file.c_str(), count(result.config.bricks.size(), "brick").c_str(),
+              count(result.config.volumes.size(), "volume").c_str(),
+              count(result.config.gateways.size(), "gateway").c_str());
   return 0;
 }
 

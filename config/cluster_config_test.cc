@@ -92,6 +92,7 @@ TEST(ClusterConfigTest, ValidBaseConfigHasNoErrors) { EXPECT_TRUE(check(kValid).
 // ---- shipped examples ----
 
 TEST(ClusterConfigTest, SingleNodeExampleLoads) {
+  unsetenv("PBRICK_STATE_DIR");
   auto c = load_cluster_config(kSourceDir + "/config/examples/single-node-tcp.yaml");
   ASSERT_TRUE(c.ok()) << c.error().message();
   EXPECT_EQ(c->cluster.name, "demo");
@@ -113,6 +114,29 @@ TEST(ClusterConfigTest, SingleNodeExampleLoads) {
   EXPECT_EQ(c->find_brick(v.brick), &c->bricks[0]);
   ASSERT_EQ(c->gateways.size(), 1u);
   EXPECT_EQ(c->gateways[0].volumes, std::vector<std::string>{"vol0"});
+}
+
+TEST(ClusterConfigTest, EnvironmentVariablesExpandInValues) {
+  setenv("PBRICK_TEST_DIR", "/srv/pbrick", 1);
+  unsetenv("PBRICK_TEST_UNSET");
+  auto c = load_cluster_config(kSourceDir + "/config/examples/single-node-tcp.yaml");
+  ASSERT_TRUE(c.ok());
+  setenv("PBRICK_STATE_DIR", "/srv/state", 1);
+  c = load_cluster_config(kSourceDir + "/config/examples/single-node-tcp.yaml");
+  ASSERT_TRUE(c.ok()) << c.error().message();
+  EXPECT_EQ(c->bricks[0].store.path, "/srv/state/brick0.store");
+  unsetenv("PBRICK_STATE_DIR");
+
+  auto ok = check(valid_with("size: 1G", "size: \"${PBRICK_TEST_UNSET:-2}G\""));
+  EXPECT_TRUE(ok.empty()) << dump(ok);
+  auto errors = check(valid_with("size: 1G", "size: \"${PBRICK_TEST_UNSET}G\""));
+  ASSERT_EQ(errors.size(), 1u) << dump(errors);
+  EXPECT_NE(errors[0].message.find("environment variable PBRICK_TEST_UNSET is not set"), std::string::npos);
+  EXPECT_GT(errors[0].pos.line, 0);
+  errors = check(valid_with("size: 1G", "size: \"${PBRICK_TEST_DIR\""));
+  ASSERT_EQ(errors.size(), 1u) << dump(errors);
+  EXPECT_NE(errors[0].message.find("unterminated"), std::string::npos);
+  unsetenv("PBRICK_TEST_DIR");
 }
 
 TEST(ClusterConfigTest, TwoBrickRdmaExampleLoads) {

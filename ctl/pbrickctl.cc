@@ -6,21 +6,25 @@
 
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "common/client.h"
 #include "common/log.h"
 #include "common/units.h"
+#include "config/cluster_config.h"
+#include "config/ddio.h"
 
 namespace {
 
 using namespace pbrick;
 
 constexpr const char* kUsage =
-    "Usage: pbrickctl [--target HOST:PORT] [--key-file FILE] [--json] COMMAND [ARGS]\n"
+    "Usage: pbrickctl [--target HOST:PORT | --config FILE --brick NAME] [--key-file FILE]\n"
+    "                 [--json] [--timeout MS] COMMAND [ARGS]\n"
     "\n"
-    "Commands:\n"
+    "Brick commands:\n"
     "  stat                       capacity, usage and identity of the brick\n"
     "  list                       extents of allocated blocks\n"
     "  alloc ADDR                 allocate the 2 MiB block at virtual address ADDR\n"
@@ -37,8 +41,19 @@ constexpr const char* kUsage =
     "  rread RKEY RADDR LENGTH    one-sided READ through a raw handle\n"
     "  rwrite RKEY RADDR          one-sided WRITE of stdin through a raw handle\n"
     "\n"
+    "\n"
+    "Cluster commands:\n"
+    "  config check FILE          validate a cluster file; prints every error with\n"
+    "                             file:line:col and the key path\n"
+    "  ddio status|off|on --netdev NAME [--netdev NAME...]\n"
+    "                             DDIO of the PCIe root port above a NIC (docs/ddio.md)\n"
+    "  ddio apply                 apply --brick's `nic.ddio` from --config, and refuse\n"
+    "                             a sync-read brick whose DDIO is not confirmed off\n"
+    "\n"
     "ADDR, OFFSET, RKEY and RADDR are hex (0x...) or decimal; LENGTH accepts K, M, G.\n"
-    "--target defaults to $PBRICK_TARGET; --key-file to $PBRICK_KEY_FILE.\n"
+    "--target defaults to $PBRICK_TARGET, --config to $PBRICK_CONFIG, --key-file to\n"
+    "$PBRICK_KEY_FILE; with --config and --brick, the brick's address and key come\n"
+    "from the cluster file.\n"
     "Exit status: 0 success, 1 operation failed, 2 usage error.\n";
 
 bool g_json = false;
@@ -324,6 +339,40 @@ int cmd_addr(BrickClient& client, const std::vector<std::string>& args) {
   return 0;
 }
 
+// `ddio apply`: what a brick's unit runs before the brick starts.
+int cmd_ddio_apply(const ClusterConfig& config, const BrickConfig& brick) {
+  (void)config;
+  Status st = ddio_apply(brick.nic);
+  if (!st) return fail(st.error().wrap("brick " + brick.name + ": ddio " + ddio_mode_name(brick.nic.ddio)));
+  if (brick.persistence == Persistence::kSyncRead) {
+    // sync-read is only correct when the NIC's writes bypass the CPU cache.
+    if (brick.nic.ddio != DdioMode::kOff || brick.nic.netdev.empty()) {
+      return fail(Error(EPERM, "brick " + brick.name +
+                                   ": persistence sync-read needs `nic: {ddio: off, netdev: ...}` (or use persistence: rpc)"));
+    }
+    auto state = ddio_status(brick.nic.netdev);
+    if (!state) return fail(state.error().wrap("brick " + brick.name));
+    if (state->state() != DdioState::kOff) {
+      return fail(Error(EPERM, "brick " + brick.name + ": DDIO of root port " + state->root_port + " above " +
+                                   brick.nic.netdev + " is " + ddio_state_name(state->state()) +
+                                   ", not off: sync-read would not be persistent; refusing"));
+    }
+    std::printf("brick %s: DDIO off on %s (root port %s): sync-read persistence holds\n", brick.name.c_str(),
+                brick.nic.netdev.c_str(), state->root_port.c_str());
+  } else {
+    std::printf("brick %s: ddio %s applied\n", brick.name.c_str(), ddio_mode_name(brick.nic.ddio));
+  }
+  return 0;
+}
+
+// Runs a subcommand implemented as `int main(argc, argv)`.
+int run_sub(int (*fn)(int, char**), std::vector<std::string> args) {
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  return fn(static_cast<int>(args.size()), argv.data());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -331,6 +380,8 @@ int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
   std::string target_text = getenv("PBRICK_TARGET") ? getenv("PBRICK_TARGET") : "";
   std::string key_file = getenv("PBRICK_KEY_FILE") ? getenv("PBRICK_KEY_FILE") : "";
+  std::string config_file = getenv("PBRICK_CONFIG") ? getenv("PBRICK_CONFIG") : "";
+  std::string brick_name;
   int timeout_ms = 10000;
   std::vector<std::string> args;
   // Global options come before the command; everything after it is the command's.
@@ -359,6 +410,14 @@ int main(int argc, char** argv) {
       key_file = v;
     } else if (a.rfind("--key-file=", 0) == 0) {
       key_file = a.substr(11);
+    } else if (a == "--config") {
+      const char* v = value("--config");
+      if (!v) return usage_error("--config needs a FILE");
+      config_file = v;
+    } else if (a == "--brick") {
+      const char* v = value("--brick");
+      if (!v) return usage_error("--brick needs a NAME");
+      brick_name = v;
     } else if (a == "--timeout") {
       const char* v = value("--timeout");
       if (!v) return usage_error("--timeout needs milliseconds");
@@ -381,13 +440,53 @@ int main(int argc, char** argv) {
   }
   if (args.empty()) return usage_error("missing command");
   const std::string& cmd = args[0];
+
+  if (cmd == "config") {
+    if (args.size() < 2 || args[1] != "check") return usage_error("config: expected 'config check FILE'");
+    return run_sub(config_check_main, {args.begin() + 1, args.end()});
+  }
+  if (cmd == "ddio" && !(args.size() >= 2 && args[1] == "apply")) {
+    std::vector<std::string> sub(args.begin(), args.end());
+    if (g_json) sub.push_back("--json");
+    return run_sub(ddio_main, sub);
+  }
+
+  // The brick named by --config/--brick supplies the address and the key.
+  std::optional<ClusterConfig> config;
+  const BrickConfig* brick = nullptr;
+  if (cmd == "ddio") {
+    for (size_t k = 2; k < args.size(); k++) {
+      if (args[k] == "--brick" && k + 1 < args.size()) {
+        brick_name = args[++k];
+      } else {
+        return usage_error("ddio apply: unexpected argument '" + args[k] + "'");
+      }
+    }
+    if (config_file.empty() || brick_name.empty()) return usage_error("ddio apply needs --config FILE and --brick NAME");
+  }
+  if (!brick_name.empty() && config_file.empty()) return usage_error("--brick needs --config FILE");
+  if (!config_file.empty() && !brick_name.empty()) {
+    auto loaded = load_cluster_config(config_file);
+    if (!loaded) {
+      std::fprintf(stderr, "pbrickctl: %s\n", loaded.error().context().c_str());
+      return 1;
+    }
+    config = std::move(*loaded);
+    brick = config->find_brick(brick_name);
+    if (brick == nullptr) return usage_error("--brick: no brick named '" + brick_name + "' in " + config_file);
+    if (target_text.empty()) target_text = Endpoint{brick->host, static_cast<uint16_t>(brick->port)}.to_string();
+    if (key_file.empty()) key_file = brick->key_file;
+  }
+  if (cmd == "ddio") return cmd_ddio_apply(*config, *brick);
   static const char* const kCommands[] = {"stat", "list", "alloc", "free", "map", "unmap",
                                           "write", "read", "rread", "rwrite"};
   bool known = false;
   for (const char* c : kCommands) known = known || cmd == c;
   if (!known) return usage_error("unknown command '" + cmd + "'");
 
-  if (target_text.empty()) return usage_error("--target HOST:PORT is required (or set PBRICK_TARGET)");
+  if (target_text.empty()) {
+    return usage_error("--target HOST:PORT (or --config FILE --brick NAME) is required (or set PBRICK_TARGET)");
+  }
   auto endpoint = parse_endpoint(target_text, "--target");
   if (!endpoint) return usage_error(endpoint.error().context());
   ClientOptions options;

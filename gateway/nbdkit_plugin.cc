@@ -3,6 +3,10 @@
 //
 //   nbdkit .../nbdkit-pbrick-plugin.so target=HOST:PORT size=SIZE [base=ADDR]
 //          [key-file=FILE] [queues=N] [depth=N] [timeout=MS]
+//   nbdkit .../nbdkit-pbrick-plugin.so config=FILE volume=NAME [...]
+//
+// With config=, the volume's size, base, queues and depth and its brick's
+// address and key come from the cluster file; parameters given as well win.
 //
 // One Engine serves every NBD connection of the nbdkit process, so a FLUSH on
 // any connection persists the writes completed on all of them: multi-conn is
@@ -12,6 +16,8 @@
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
 #include <nbdkit-plugin.h>
 
+#include <systemd/sd-daemon.h>
+
 #include <memory>
 #include <optional>
 #include <string>
@@ -19,6 +25,7 @@
 #include "common/client.h"
 #include "common/log.h"
 #include "common/units.h"
+#include "config/cluster_config.h"
 #include "gateway/engine.h"
 
 namespace {
@@ -28,10 +35,12 @@ using namespace pbrick;
 struct Config {
   std::optional<Endpoint> target;
   uint64_t size = 0;
-  uint64_t base = 0;
+  std::optional<uint64_t> base;
   std::string key_file;
-  EngineOptions engine;
+  std::optional<uint32_t> queues, depth;
   uint32_t timeout_ms = 30000;
+  std::string config_file, volume;
+  EngineOptions engine;  // filled in by config_complete
 };
 
 Config g_config;
@@ -95,9 +104,17 @@ int pbrick_config(const char* key, const char* value) {
   } else if (k == "key-file") {
     g_config.key_file = value;
   } else if (k == "queues") {
-    return config_u32(key, value, 1, 64, &g_config.engine.queues);
+    uint32_t v;
+    if (config_u32(key, value, 1, 64, &v) != 0) return -1;
+    g_config.queues = v;
   } else if (k == "depth") {
-    return config_u32(key, value, 1, 4096, &g_config.engine.depth);
+    uint32_t v;
+    if (config_u32(key, value, 1, 4096, &v) != 0) return -1;
+    g_config.depth = v;
+  } else if (k == "config") {
+    g_config.config_file = value;
+  } else if (k == "volume") {
+    g_config.volume = value;
   } else if (k == "timeout") {
     return config_u32(key, value, 100, 3600000, &g_config.timeout_ms);
   } else {
@@ -108,10 +125,38 @@ int pbrick_config(const char* key, const char* value) {
 }
 
 int pbrick_config_complete() {
+  if (g_config.config_file.empty() != g_config.volume.empty()) {
+    return nbdkit_error("pbrick: config=FILE and volume=NAME go together"), -1;
+  }
+  if (!g_config.config_file.empty()) {
+    auto cluster = load_cluster_config(g_config.config_file);
+    if (!cluster) return nbdkit_error("pbrick: %s", cluster.error().context().c_str()), -1;
+    const VolumeConfig* v = cluster->find_volume(g_config.volume);
+    if (v == nullptr) {
+      return nbdkit_error("pbrick: volume=%s: no such volume in %s", g_config.volume.c_str(),
+                          g_config.config_file.c_str()),
+             -1;
+    }
+    const BrickConfig* b = cluster->find_brick(v->brick);
+    if (b->transport != Transport::kTcp) {
+      return nbdkit_error("pbrick: brick %s: transport %s is not available in this build", b->name.c_str(),
+                          transport_name(b->transport)),
+             -1;
+    }
+    if (!g_config.target) g_config.target = Endpoint{b->host, static_cast<uint16_t>(b->port)};
+    if (g_config.size == 0) g_config.size = v->size;
+    if (!g_config.base) g_config.base = v->base;
+    if (g_config.key_file.empty()) g_config.key_file = b->key_file;
+    if (!g_config.queues) g_config.queues = v->queues;
+    if (!g_config.depth) g_config.depth = v->depth;
+  }
+  g_config.engine.queues = g_config.queues.value_or(g_config.engine.queues);
+  g_config.engine.depth = g_config.depth.value_or(g_config.engine.depth);
+  if (!g_config.base) g_config.base = 0;
   if (!g_config.target) return nbdkit_error("pbrick: target=HOST:PORT is required"), -1;
   if (g_config.size == 0) return nbdkit_error("pbrick: size=SIZE is required"), -1;
   if (g_config.size % 4096 != 0) return nbdkit_error("pbrick: size must be a multiple of 4096"), -1;
-  if (g_config.base % proto::kBlockSize != 0) return nbdkit_error("pbrick: base must be 2 MiB aligned"), -1;
+  if (*g_config.base % proto::kBlockSize != 0) return nbdkit_error("pbrick: base must be 2 MiB aligned"), -1;
   return 0;
 }
 
@@ -122,7 +167,7 @@ int pbrick_after_fork() {
   VolumeOptions vo;
   vo.brick.endpoint = *g_config.target;
   vo.size = g_config.size;
-  vo.base = g_config.base;
+  vo.base = *g_config.base;
   vo.io_timeout_ms = g_config.timeout_ms;
   if (!g_config.key_file.empty()) {
     auto key = load_key_file(g_config.key_file);
@@ -134,13 +179,19 @@ int pbrick_after_fork() {
   auto engine = Engine::Start(std::move(*volume), g_config.engine);
   if (!engine) return report(engine.error());
   g_engine = std::move(*engine);
+  // nbdkit's sockets already listen: tell a Type=notify unit we are serving.
+  sd_notifyf(0, "READY=1\nSTATUS=serving %s of %s on brick %s", g_config.volume.empty() ? "volume" : g_config.volume.c_str(),
+             format_size(g_config.size).c_str(), g_config.target->to_string().c_str());
   nbdkit_debug("pbrick: volume of %llu bytes at %s on brick %s, %u queues x %u deep",
-               static_cast<unsigned long long>(g_config.size), format_hex(g_config.base).c_str(),
+               static_cast<unsigned long long>(g_config.size), format_hex(*g_config.base).c_str(),
                g_config.target->to_string().c_str(), g_config.engine.queues, g_config.engine.depth);
   return 0;
 }
 
-void pbrick_unload() { g_engine.reset(); }
+void pbrick_unload() {
+  if (g_engine) sd_notify(0, "STOPPING=1");
+  g_engine.reset();
+}
 
 void* pbrick_open(int /*readonly*/) {
   static char handle;
@@ -204,7 +255,9 @@ nbdkit_plugin make_plugin() {
       "key-file=FILE     cluster key\n"
       "queues=N          connections to the brick (default 2)\n"
       "depth=N           requests in flight per connection (default 128)\n"
-      "timeout=MS        how long I/O waits for a brick that went away (default 30000)";
+      "timeout=MS        how long I/O waits for a brick that went away (default 30000)\n"
+      "config=FILE       cluster file (with volume=NAME): the rest comes from there\n"
+      "volume=NAME       the volume of config= to serve";
   p.magic_config_key = nullptr;
   p.after_fork = pbrick_after_fork;
   p.unload = pbrick_unload;

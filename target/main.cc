@@ -10,6 +10,7 @@
 #include "common/client.h"
 #include "common/log.h"
 #include "common/units.h"
+#include "config/cluster_config.h"
 #include "target/server.h"
 #include "target/store.h"
 
@@ -17,10 +18,13 @@ namespace {
 
 constexpr const char* kUsage =
     "Usage: pbrick-target --store PATH --size SIZE --listen HOST:PORT [options]\n"
+    "       pbrick-target --config FILE --brick NAME [options]\n"
     "\n"
     "Serves a pbrick store (a devdax device, an fsdax file or any file) as 2 MiB blocks.\n"
     "A new store is created and formatted; an existing pbrick store is opened.\n"
     "\n"
+    "  --config FILE         cluster file: take store, size, address and key of --brick\n"
+    "  --brick NAME          the brick of --config to serve (flags given as well win)\n"
     "  --store PATH          store file or devdax device\n"
     "  --size SIZE           store size (512M, 4G, ...); must match an existing store\n"
     "  --listen HOST:PORT    address to serve on (port 0 picks a free one)\n"
@@ -40,7 +44,7 @@ int usage_error(const std::string& message) {
 
 int main(int argc, char** argv) {
   using namespace pbrick;
-  enum { kStore = 1000, kSize, kListen, kKeyFile, kForceFormat, kMaxConn, kPortFile, kLogLevel };
+  enum { kStore = 1000, kSize, kListen, kKeyFile, kForceFormat, kMaxConn, kPortFile, kLogLevel, kConfig, kBrick };
   static const option kOptions[] = {
       {"store", required_argument, nullptr, kStore},
       {"size", required_argument, nullptr, kSize},
@@ -50,10 +54,12 @@ int main(int argc, char** argv) {
       {"max-connections", required_argument, nullptr, kMaxConn},
       {"port-file", required_argument, nullptr, kPortFile},
       {"log-level", required_argument, nullptr, kLogLevel},
+      {"config", required_argument, nullptr, kConfig},
+      {"brick", required_argument, nullptr, kBrick},
       {"help", no_argument, nullptr, 'h'},
       {nullptr, 0, nullptr, 0},
   };
-  std::string store_path, listen_text, key_file, port_file;
+  std::string store_path, listen_text, key_file, port_file, config_file, brick_name;
   uint64_t size = 0;
   bool force_format = false;
   ServerOptions server_options;
@@ -79,6 +85,8 @@ int main(int argc, char** argv) {
         break;
       }
       case kPortFile: port_file = optarg; break;
+      case kConfig: config_file = optarg; break;
+      case kBrick: brick_name = optarg; break;
       case kLogLevel: {
         std::string l = optarg;
         if (l == "error") set_log_level(LogLevel::kError);
@@ -95,6 +103,25 @@ int main(int argc, char** argv) {
     }
   }
   if (optind < argc) return usage_error(std::string("unexpected argument '") + argv[optind] + "'");
+  if (!config_file.empty() || !brick_name.empty()) {
+    if (config_file.empty() || brick_name.empty()) return usage_error("--config and --brick go together");
+    auto config = load_cluster_config(config_file);
+    if (!config) {
+      std::fprintf(stderr, "pbrick-target: %s\n", config.error().context().c_str());
+      return 1;
+    }
+    const BrickConfig* brick = config->find_brick(brick_name);
+    if (brick == nullptr) return usage_error("--brick: no brick named '" + brick_name + "' in " + config_file);
+    if (brick->transport != Transport::kTcp) {
+      std::fprintf(stderr, "pbrick-target: brick %s: transport %s is not available in this build\n",
+                   brick_name.c_str(), transport_name(brick->transport));
+      return 1;
+    }
+    if (store_path.empty()) store_path = brick->store.path;
+    if (size == 0) size = brick->store.size;
+    if (listen_text.empty()) listen_text = Endpoint{brick->host, static_cast<uint16_t>(brick->port)}.to_string();
+    if (key_file.empty()) key_file = brick->key_file;
+  }
   if (store_path.empty()) return usage_error("--store is required");
   if (listen_text.empty()) return usage_error("--listen is required");
   auto listen = parse_endpoint(listen_text, "--listen", /*allow_port_zero=*/true);

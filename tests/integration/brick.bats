@@ -123,7 +123,7 @@ M2=$((2 * 1024 * 1024))
   assert_output --partial "unknown command 'frobnicate'"
   run "$CTL_BIN" stat
   assert_failure 2
-  assert_output --partial '--target HOST:PORT is required'
+  assert_output --partial '--target HOST:PORT (or --config FILE --brick NAME) is required'
   run "$CTL_BIN" --target 127.0.0.1:99999 stat
   assert_failure 2
   assert_output --partial 'port must be 1..65535'
