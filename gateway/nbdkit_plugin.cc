@@ -206,6 +206,25 @@ int pbrick_can_zero(void*) { return 1; }
 int pbrick_can_fua(void*) { return NBDKIT_FUA_NATIVE; }
 int pbrick_can_multi_conn(void*) { return 1; }
 
+int pbrick_can_extents(void*) { return 1; }
+
+// Thin provisioning made visible: blocks the brick never allocated are holes
+// that read as zeros, so clients such as nbdcopy skip them. Answered from the
+// volume's allocation map, without a round trip to the brick.
+int pbrick_extents(void*, uint32_t count, uint64_t offset, uint32_t flags, struct nbdkit_extents* extents) {
+  const Volume& v = g_engine->volume();
+  uint64_t end = offset + count;
+  for (uint64_t pos = offset; pos < end;) {
+    uint64_t block = pos / proto::kBlockSize;
+    uint64_t next = std::min(v.size(), (block + 1) * proto::kBlockSize);
+    uint32_t type = v.allocated(block) ? 0 : (NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO);
+    if (nbdkit_add_extent(extents, pos, next - pos, type) == -1) return -1;
+    if ((flags & NBDKIT_FLAG_REQ_ONE) != 0) break;
+    pos = next;
+  }
+  return 0;
+}
+
 int pbrick_block_size(void*, uint32_t* minimum, uint32_t* preferred, uint32_t* maximum) {
   *minimum = 1;
   *preferred = 4096;
@@ -270,6 +289,8 @@ nbdkit_plugin make_plugin() {
   p.can_fua = pbrick_can_fua;
   p.can_multi_conn = pbrick_can_multi_conn;
   p.block_size = pbrick_block_size;
+  p.can_extents = pbrick_can_extents;
+  p.extents = pbrick_extents;
   p.pread = pbrick_pread;
   p.pwrite = pbrick_pwrite;
   p.flush = pbrick_flush;
