@@ -124,13 +124,17 @@ class LibpmemRegion final : public PmemRegion {
     }
     if (punch_supported_) {
       // Punching a hole zeroes the range in the page cache (the mapping sees the
-      // zeros at once: the kernel drops the cached pages and their PTEs) and frees
-      // the blocks. The extent change is metadata, so it is durable only after
-      // fdatasync; the store's protocols rely on zero() being durable on return.
-      // The price of giving space back: writing the range later allocates again,
-      // which can fail on a full file system.
+      // zeros at once: the kernel drops the cached pages and their PTEs). The
+      // range is then allocated again: a WRITE through the mapping into a hole
+      // would need new space, and on a full file system that is a SIGBUS in
+      // the brick; allocating here turns it into ENOSPC for the ALLOC that asked.
+      // The extent changes are metadata, durable only after fdatasync; the
+      // store's protocols rely on zero() being durable on return.
       if (::fallocate(fd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                       static_cast<off_t>(off), static_cast<off_t>(len)) == 0) {
+        if (::fallocate(fd_.get(), 0, static_cast<off_t>(off), static_cast<off_t>(len)) != 0) {
+          return errno_error("allocate " + path_ + " [" + format_hex(off) + ", +" + format_hex(len) + ")");
+        }
         if (::fdatasync(fd_.get()) != 0) return errno_error("fdatasync " + path_);
         return Status::Ok();
       }

@@ -43,7 +43,9 @@ class PmemRegion {
   virtual Status store_word_persist(uint64_t off, uint64_t value) = 0;
 
   // Makes [off, off+len) read as zeros, durably. On a file this punches a hole
-  // (and gives the space back to the file system); on pmem it is memset + persist.
+  // and allocates the range again, so the file stays fully allocated and a
+  // later store through the mapping cannot fail for lack of space; on pmem it
+  // is memset + persist.
   virtual Status zero(uint64_t off, uint64_t len) = 0;
 
   // File descriptor for asynchronous fdatasync through io_uring, or -1 when the
