@@ -40,6 +40,17 @@ const char* errno_name(int errnum) {
     PBRICK_ERRNO_CASE(EKEYREJECTED)
     PBRICK_ERRNO_CASE(EUCLEAN)
     PBRICK_ERRNO_CASE(ENOTCONN)
+    PBRICK_ERRNO_CASE(EISDIR)
+    PBRICK_ERRNO_CASE(ENOTDIR)
+    PBRICK_ERRNO_CASE(ENAMETOOLONG)
+    PBRICK_ERRNO_CASE(ELOOP)
+    PBRICK_ERRNO_CASE(EDQUOT)
+    PBRICK_ERRNO_CASE(EMFILE)
+    PBRICK_ERRNO_CASE(ENFILE)
+    PBRICK_ERRNO_CASE(EADDRNOTAVAIL)
+    PBRICK_ERRNO_CASE(ECONNABORTED)
+    PBRICK_ERRNO_CASE(EHOSTUNREACH)
+    PBRICK_ERRNO_CASE(ENETUNREACH)
 #undef PBRICK_ERRNO_CASE
     default:
       return nullptr;
@@ -55,7 +66,8 @@ std::string Error::message() const {
   if (name != nullptr) {
     out += name;
   } else {
-    out += "E" + std::to_string(errnum_);
+    out += 'E';
+    out += std::to_string(errnum_);
   }
   out += ")";
   return out;

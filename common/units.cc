@@ -45,6 +45,10 @@ Result<uint64_t> parse_size(std::string_view text, std::string_view what) {
   while (end < text.size() && std::isdigit(static_cast<unsigned char>(text[end]))) end++;
   if (end == 0) return bad(what, text, "expected a size such as 512M or 4G");
   std::string_view suffix = text.substr(end);
+  if (!suffix.empty() && suffix[0] == '.') return bad(what, text, "fractions are not accepted (write 1536M, not 1.5G)");
+  if (text.size() > 2 && text[0] == '0' && (text[1] == 'x' || text[1] == 'X')) {
+    return bad(what, text, "sizes are decimal with a unit (such as 1G), not hexadecimal");
+  }
   unsigned shift = 0;
   if (!suffix.empty()) {
     char unit = static_cast<char>(std::toupper(static_cast<unsigned char>(suffix[0])));

@@ -43,6 +43,15 @@ TEST(ParseSize, ErrorNamesTheFlag) {
   EXPECT_NE(r.error().context().find("12X"), std::string::npos);
 }
 
+TEST(ParseSize, FractionsAndHexGetTheirOwnMessage) {
+  auto r = parse_size("1.5G", "--size");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().context().find("fractions are not accepted"), std::string::npos) << r.error().context();
+  r = parse_size("0x40000000", "--size");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().context().find("not hexadecimal"), std::string::npos) << r.error().context();
+}
+
 TEST(ParseSize, OverflowIsErange) {
   EXPECT_EQ(err_of(parse_size("99999999999999999999", "--size")), ERANGE);
   EXPECT_EQ(err_of(parse_size("16384P", "--size")), ERANGE);  // 2^64

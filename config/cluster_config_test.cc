@@ -306,7 +306,7 @@ TEST(ClusterConfigTest, NullValueForRequiredKey) {
 TEST(ClusterConfigTest, BadUnitsAndNumbers) {
   expect_one(valid_with("size: 1G}", "size: 12X}"), 6, 51,
              "bricks[0].store.size: invalid value '12X': unknown unit (use K, M, G, T or P)");
-  expect_one(valid_with("    size: 1G\n", "    size: 1.5G\n"), 9, 11, "volumes[0].size: invalid value '1.5G'");
+  expect_one(valid_with("    size: 1G\n", "    size: 1.5G\n"), 9, 11, "volumes[0].size: invalid value '1.5G': fractions are not accepted");
   expect_one(valid_with("    size: 1G\n", "    size: G\n"), 9, 11, "expected a size such as 512M or 4G");
   expect_one(valid_with("    size: 1G\n", "    size: 99999999999P\n"), 9, 11, "does not fit in 64 bits");
   expect_one(valid_with("base: 0x0", "base: 0x"), 11, 11, "volumes[0].base: expected an integer");

@@ -17,7 +17,7 @@ PBRICK_DEMO_PACKAGES=(
 PBRICK_TEST_PACKAGES=(
   clang libclang-rt-14-dev
   bats bats-assert bats-support
-  python3 procps psmisc jq
+  python3 procps psmisc jq xxd systemd
   nbdkit libnbd-bin qemu-utils fio
 )
 

@@ -748,7 +748,7 @@ void Server::Impl::on_accept(int res) {
 void Server::Impl::update_status() {
   StoreStats s = store_.stats();
   sd_notifyf(0, "STATUS=serving on %s: %zu connections, %llu/%llu blocks allocated, %llu mapped",
-             options_.listen.to_string().c_str(), open_connections_,
+             Endpoint{options_.listen.host, port_}.to_string().c_str(), open_connections_,
              static_cast<unsigned long long>(s.allocated_blocks), static_cast<unsigned long long>(s.capacity_blocks),
              static_cast<unsigned long long>(s.mapped_blocks));
 }
@@ -854,7 +854,7 @@ Status Server::Impl::run() {
   uint64_t usec = 0;
   if (sd_watchdog_enabled(0, &usec) > 0) watchdog_usec_ = usec;
   last_watchdog_ = Clock::now();
-  PBRICK_LOG_NOTICE("serving on %s (%s store, %s)", options_.listen.to_string().c_str(),
+  PBRICK_LOG_NOTICE("serving on %s (%s store, %s)", Endpoint{options_.listen.host, port_}.to_string().c_str(),
                     store_.region().is_pmem() ? "pmem" : "file",
                     options_.key ? "cluster key required" : "no authentication");
   sd_notify(0, "READY=1");
