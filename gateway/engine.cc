@@ -13,6 +13,7 @@
 #include "common/log.h"
 #include "common/unique_fd.h"
 #include "common/units.h"
+#include "common/uring.h"
 #include "gateway/data_channel.h"
 
 namespace pbrick {
@@ -74,7 +75,7 @@ class Engine::Loop {
   Status start() {
     event_fd_.reset(::eventfd(0, EFD_CLOEXEC));
     if (!event_fd_.valid()) return errno_error("eventfd");
-    int err = io_uring_queue_init(256, &ring_, 0);
+    int err = init_event_ring(256, &ring_);
     if (err < 0) return Error(-err, "io_uring_queue_init");
     ring_ready_ = true;
     PBRICK_TRY(channel_.connect(data_options()));
@@ -96,11 +97,16 @@ class Engine::Loop {
 
   // From caller threads: queue ops (sync marks a sync request) and wake the loop.
   void submit(DataChannel::Op** ops, size_t n, bool sync) {
+    bool need_wake;
     {
       std::lock_guard lock(mu_);
       for (size_t i = 0; i < n; i++) incoming_.push_back({ops[i], sync});
+      // One eventfd write per batch the loop takes, not one per caller: a
+      // wake already on its way will make the loop take this batch too.
+      need_wake = !wake_pending_;
+      wake_pending_ = true;
     }
-    wake();
+    if (need_wake) wake();
   }
 
  private:
@@ -221,6 +227,7 @@ class Engine::Loop {
       case LoopOp::kEvent: {
         std::lock_guard lock(mu_);
         taken_.swap(incoming_);
+        wake_pending_ = false;
         if (!stopping_.load(std::memory_order_acquire)) arm_event();
         break;
       }
@@ -317,6 +324,7 @@ class Engine::Loop {
 
   std::mutex mu_;
   std::vector<Pending> incoming_;  // filled by callers under mu_
+  bool wake_pending_ = false;      // under mu_: an eventfd write is on its way
   std::vector<Pending> taken_;     // swapped out of incoming_ by the loop
   std::vector<Pending> backlog_;   // waiting for a free slot or a connection
   size_t backlog_head_ = 0;

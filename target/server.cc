@@ -21,6 +21,7 @@
 #include "common/log.h"
 #include "common/protocol.h"
 #include "common/units.h"
+#include "common/uring.h"
 
 namespace pbrick {
 namespace {
@@ -244,7 +245,7 @@ Status Server::Impl::init() {
   stop_fd_.reset(::eventfd(0, EFD_CLOEXEC));
   if (!stop_fd_.valid()) return errno_error("eventfd");
 
-  int err = io_uring_queue_init(kRingEntries, &ring_, 0);
+  int err = init_event_ring(kRingEntries, &ring_);
   if (err < 0) return Error(-err, "io_uring_queue_init");
   ring_ready_ = true;
   return Status::Ok();
