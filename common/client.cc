@@ -135,7 +135,7 @@ Result<std::unique_ptr<BrickClient>> BrickClient::Connect(const ClientOptions& o
   if ((reply->hello_flags & proto::kHelloAuthRequired) != 0) {
     if (!options.key) {
       return Error(EACCES, "HELLO " + options.endpoint.to_string() +
-                               ": the brick requires a cluster key (use --key-file)");
+                               ": the brick requires the cluster key, and no key file was given");
     }
     Proof expected = server_proof(*options.key, hello.client_nonce, reply->server_nonce);
     if (!proofs_equal(expected, reply->server_proof)) {

@@ -15,6 +15,7 @@
 #include "common/units.h"
 #include "common/uring.h"
 #include "gateway/data_channel.h"
+#include "gateway/retry.h"
 
 namespace pbrick {
 namespace {
@@ -380,8 +381,8 @@ Status Engine::transfer(bool is_write, uint8_t* buf, uint64_t count, uint64_t of
     done += len;
   }
 
-  auto deadline = Clock::now() + std::chrono::milliseconds(volume_->options().io_timeout_ms);
-  auto backoff = std::chrono::milliseconds(20);
+  RetryDeadline retry(std::chrono::milliseconds(volume_->options().io_timeout_ms), std::chrono::milliseconds(20),
+                      std::chrono::milliseconds(500));
   Loop& loop = my_loop();
   for (;;) {
     size_t batch = 0;
@@ -429,13 +430,9 @@ Status Engine::transfer(bool is_write, uint8_t* buf, uint64_t count, uint64_t of
         return Error(p.status, std::string(is_write ? "write" : "read") + " at " + std::to_string(offset));
       }
     }
-    if (lost_connection) {
-      if (Clock::now() + backoff > deadline) {
-        return Error(EIO, "brick " + volume_->options().brick.endpoint.to_string() + " unreachable for " +
-                              std::to_string(volume_->options().io_timeout_ms) + " ms");
-      }
-      std::this_thread::sleep_for(backoff);
-      backoff = std::min(backoff * 2, std::chrono::milliseconds(500));
+    if (lost_connection && !retry.wait()) {
+      return Error(EIO, "brick " + volume_->options().brick.endpoint.to_string() + " unreachable for " +
+                            std::to_string(volume_->options().io_timeout_ms) + " ms");
     }
   }
 }
@@ -460,8 +457,8 @@ Status Engine::sync_loops(bool all) {
   Waiter& w = t_waiter;
   size_t n = all ? loops_.size() : 1;
   for (size_t i = 0; i < n; i++) w.pieces[i].status = -1;
-  auto deadline = Clock::now() + std::chrono::milliseconds(volume_->options().io_timeout_ms);
-  auto backoff = std::chrono::milliseconds(20);
+  RetryDeadline retry(std::chrono::milliseconds(volume_->options().io_timeout_ms), std::chrono::milliseconds(20),
+                      std::chrono::milliseconds(500));
   for (;;) {
     size_t submitted = 0;
     w.pending.store(0, std::memory_order_relaxed);
@@ -483,22 +480,20 @@ Status Engine::sync_loops(bool all) {
       (all ? *loops_[i] : my_loop()).submit(&op, 1, true);
     }
     wait_for(w.pending);
-    bool retry = false;
+    bool again = false;
     for (size_t i = 0; i < n; i++) {
       Piece& p = w.pieces[i];
       if (p.status <= 0) continue;
       if (is_connection_error(p.status) || p.status == ESHUTDOWN) {
-        retry = true;
+        again = true;
       } else {
         return Error(p.status, "flush");
       }
     }
-    if (!retry) return Status::Ok();
-    if (Clock::now() + backoff > deadline) {
+    if (!again) return Status::Ok();
+    if (!retry.wait()) {
       return Error(EIO, "flush: brick " + volume_->options().brick.endpoint.to_string() + " unreachable");
     }
-    std::this_thread::sleep_for(backoff);
-    backoff = std::min(backoff * 2, std::chrono::milliseconds(500));
   }
 }
 

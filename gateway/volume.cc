@@ -5,6 +5,7 @@
 
 #include "common/log.h"
 #include "common/units.h"
+#include "gateway/retry.h"
 
 namespace pbrick {
 
@@ -108,9 +109,8 @@ void Volume::invalidate(uint64_t index, uint32_t rkey) {
 // failure is a lost connection, until io_timeout_ms has passed.
 template <typename Fn>
 auto Volume::with_control(Fn&& fn) -> decltype(fn(std::declval<BrickClient&>())) {
-  using Clock = std::chrono::steady_clock;
-  auto deadline = Clock::now() + std::chrono::milliseconds(options_.io_timeout_ms);
-  auto backoff = std::chrono::milliseconds(50);
+  RetryDeadline retry(std::chrono::milliseconds(options_.io_timeout_ms), std::chrono::milliseconds(50),
+                      std::chrono::milliseconds(1000));
   for (;;) {
     Error last(EIO, "");
     if (control_) {
@@ -125,14 +125,12 @@ auto Volume::with_control(Fn&& fn) -> decltype(fn(std::declval<BrickClient&>()))
       last = st.error();
       if (!is_connection_error(last.errnum()) && last.errnum() != ENOENT) return last;
     }
-    if (Clock::now() + backoff > deadline) {
+    PBRICK_LOG_WARN("brick %s: %s; reconnecting", options_.brick.endpoint.to_string().c_str(),
+                    last.message().c_str());
+    if (!retry.wait()) {
       return Error(EIO, "brick " + options_.brick.endpoint.to_string() + " unreachable for " +
                             std::to_string(options_.io_timeout_ms) + " ms (last error: " + last.message() + ")");
     }
-    PBRICK_LOG_WARN("brick %s: %s; reconnecting", options_.brick.endpoint.to_string().c_str(),
-                    last.message().c_str());
-    std::this_thread::sleep_for(backoff);
-    backoff = std::min(backoff * 2, std::chrono::milliseconds(1000));
   }
 }
 

@@ -212,7 +212,7 @@ M2=$((2 * 1024 * 1024))
   start_brick b --key-file "$BATS_TEST_TMPDIR/key"
   run ctl stat
   assert_failure 1
-  assert_output --partial 'requires a cluster key'
+  assert_output --partial 'requires the cluster key'
   assert_output --partial '(EACCES)'
   run ctl --key-file "$BATS_TEST_TMPDIR/other" stat
   assert_failure 1

@@ -59,7 +59,10 @@ stop_brick() {
 
 ctl() { "$CTL_BIN" --target "$TARGET" "$@"; }
 
-teardown() {
+# brick_teardown: stops every brick started by this test (and a held map).
+# The default teardown; a .bats file that starts more (nbd.bash's nbdkit)
+# defines its own teardown() that stops those first and then calls this.
+brick_teardown() {
   if [ -f "$BATS_TEST_TMPDIR/pids" ]; then
     local pid
     while read -r pid; do
@@ -71,6 +74,8 @@ teardown() {
   [ -n "${HOLD_PID:-}" ] && kill -KILL "$HOLD_PID" 2>/dev/null || true
   return 0
 }
+
+teardown() { brick_teardown; }
 
 # sha FILE: its sha256.
 sha() { sha256sum "$1" | cut -d' ' -f1; }
