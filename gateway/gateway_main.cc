@@ -1,0 +1,588 @@
+// pbrick-gateway: the ublk frontend. Serves a pbrick volume as /dev/ublkbN
+// from userspace (ublk_drv), one pinned thread + io_uring per queue.
+#include <dirent.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/auth.h"
+#include "common/client.h"
+#include "common/log.h"
+#include "common/units.h"
+#include "config/cluster_config.h"
+#include "gateway/ublk_ctrl.h"
+#include "gateway/ublk_queue.h"
+#include "gateway/volume.h"
+
+namespace {
+
+using namespace pbrick;
+
+constexpr const char* kStateDir = "/run/pbrick";
+constexpr uint32_t kMaxIoBytes = 512u << 10;
+
+constexpr const char* kUsage =
+    "Usage: pbrick-gateway attach --target HOST:PORT --size SIZE [options]\n"
+    "       pbrick-gateway attach --config FILE --volume NAME [options]\n"
+    "       pbrick-gateway list [--json]\n"
+    "       pbrick-gateway detach -n ID\n"
+    "       pbrick-gateway recover -n ID\n"
+    "\n"
+    "Serves a pbrick volume as the block device /dev/ublkbN (Linux ublk_drv).\n"
+    "\n"
+    "attach: creates the device, prints its path (/dev/ublkbN) on stdout once it\n"
+    "  exists, tells systemd READY=1 and serves in the foreground until SIGTERM or\n"
+    "  SIGINT, which stop and delete the device (exit 0).\n"
+    "  --target HOST:PORT      the brick\n"
+    "  --size SIZE             volume size (a multiple of 4096)\n"
+    "  --base ADDR             brick virtual address of the volume (2 MiB aligned; default 0)\n"
+    "  --key-file FILE         cluster key\n"
+    "  --config FILE --volume NAME   take the above from the cluster file (flags win)\n"
+    "  -q, --queues N          hardware queues, one pinned thread each (default 1)\n"
+    "  -d, --depth N           queue depth (default 64)\n"
+    "  --logical-block-size B  512 or 4096 (default 4096)\n"
+    "  --timeout MS            how long I/O waits for an unreachable brick (default 30000)\n"
+    "  The volume parameters are kept in /run/pbrick/ublk-ID.conf for recover.\n"
+    "list: the ublk devices (id, state, queues, depth, daemon pid).\n"
+    "detach -n ID: stops and deletes device ID (asks its daemon to, when it runs).\n"
+    "recover -n ID: after the daemon of ID died (kill -9, crash), serves ID again\n"
+    "  with the parameters of /run/pbrick/ublk-ID.conf, in the foreground like\n"
+    "  attach; I/O in flight when the daemon died is reissued.\n"
+    "  --log-level LEVEL       error, warning, notice, info (default) or debug\n";
+
+int usage_error(const std::string& message) {
+  std::fprintf(stderr, "pbrick-gateway: %s\n%s", message.c_str(), kUsage);
+  return 2;
+}
+
+int fail(const Error& e) {
+  std::fprintf(stderr, "pbrick-gateway: %s\n", e.message().c_str());
+  return 1;
+}
+
+struct AttachParams {
+  std::optional<Endpoint> target;
+  uint64_t size = 0;
+  std::optional<uint64_t> base;
+  std::string key_file;
+  std::optional<uint32_t> queues, depth;
+  uint32_t logical_block_size = 4096;
+  uint32_t timeout_ms = 30000;
+};
+
+std::string conf_path(uint32_t id) { return std::string(kStateDir) + "/ublk-" + std::to_string(id) + ".conf"; }
+
+Status save_conf(uint32_t id, const AttachParams& p) {
+  ::mkdir(kStateDir, 0755);
+  std::string path = conf_path(id), tmp = path + ".tmp";
+  FILE* f = std::fopen(tmp.c_str(), "w");
+  if (f == nullptr) return errno_error("writing " + tmp);
+  std::fprintf(f, "target=%s\nsize=%llu\nbase=%llu\nkey_file=%s\nqueues=%u\ndepth=%u\nlogical_block_size=%u\ntimeout=%u\n",
+               p.target->to_string().c_str(), static_cast<unsigned long long>(p.size),
+               static_cast<unsigned long long>(*p.base), p.key_file.c_str(), *p.queues, *p.depth,
+               p.logical_block_size, p.timeout_ms);
+  if (std::fclose(f) != 0 || std::rename(tmp.c_str(), path.c_str()) != 0) return errno_error("writing " + path);
+  return Status::Ok();
+}
+
+Result<AttachParams> load_conf(uint32_t id) {
+  std::string path = conf_path(id);
+  std::ifstream in(path);
+  if (!in) return Error(ENOENT, path + " (written by attach) is missing");
+  std::map<std::string, std::string> kv;
+  std::string line;
+  while (std::getline(in, line)) {
+    auto eq = line.find('=');
+    if (eq != std::string::npos) kv[line.substr(0, eq)] = line.substr(eq + 1);
+  }
+  AttachParams p;
+  auto ep = parse_endpoint(kv["target"], path + ": target");
+  if (!ep) return ep.error();
+  p.target = *ep;
+  auto num = [&](const char* k) -> Result<uint64_t> { return parse_u64(kv[k], path + ": " + k); };
+  auto size = num("size"), base = num("base"), q = num("queues"), d = num("depth"), lbs = num("logical_block_size"),
+       to = num("timeout");
+  for (auto* r : {&size, &base, &q, &d, &lbs, &to}) {
+    if (!*r) return r->error();
+  }
+  p.size = *size;
+  p.base = *base;
+  p.queues = static_cast<uint32_t>(*q);
+  p.depth = static_cast<uint32_t>(*d);
+  p.logical_block_size = static_cast<uint32_t>(*lbs);
+  p.timeout_ms = static_cast<uint32_t>(*to);
+  p.key_file = kv["key_file"];
+  return p;
+}
+
+Result<std::unique_ptr<Volume>> open_volume(const AttachParams& p) {
+  VolumeOptions vo;
+  vo.brick.endpoint = *p.target;
+  vo.size = p.size;
+  vo.base = *p.base;
+  vo.io_timeout_ms = p.timeout_ms;
+  if (!p.key_file.empty()) {
+    auto key = load_key_file(p.key_file);
+    if (!key) return key.error().wrap("--key-file");
+    vo.brick.key = std::move(*key);
+  }
+  return Volume::Open(vo);
+}
+
+Result<UniqueFd> open_cdev(uint32_t id) {
+  std::string path = "/dev/ublkc" + std::to_string(id);
+  for (int i = 0; i < 100; i++) {
+    int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+    if (fd >= 0) return UniqueFd(fd);
+    if (errno != ENOENT) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // udev / devtmpfs
+  }
+  return errno_error("open " + path);
+}
+
+// The queues of one served device; CPUs handed out round robin over the
+// CPUs this process may run on.
+struct Server {
+  std::unique_ptr<Volume> volume;
+  UblkDevice dev;
+  UniqueFd cdev;
+  std::vector<std::unique_ptr<UblkQueue>> queues;
+
+  Status start_queues(uint32_t nr_queues) {
+    cpu_set_t allowed;
+    std::vector<int> cpus;
+    if (sched_getaffinity(0, sizeof allowed, &allowed) == 0) {
+      for (int c = 0; c < CPU_SETSIZE; c++) {
+        if (CPU_ISSET(c, &allowed)) cpus.push_back(c);
+      }
+    }
+    dev.cdev_fd = cdev.get();
+    for (uint32_t q = 0; q < nr_queues; q++) {
+      int cpu = cpus.empty() ? -1 : cpus[q % cpus.size()];
+      queues.push_back(std::make_unique<UblkQueue>(dev, static_cast<uint16_t>(q), cpu));
+      dev.queues.push_back(queues.back().get());
+    }
+    for (auto& q : queues) PBRICK_TRY(q->start());
+    for (auto& q : queues) PBRICK_TRY(q->wait_ready());
+    return Status::Ok();
+  }
+};
+
+void block_signals() {
+  signal(SIGTERM, SIG_DFL);
+  signal(SIGINT, SIG_DFL);
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGTERM);
+  sigaddset(&mask, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &mask, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+}
+
+// Serves until SIGTERM/SIGINT, then STOP_DEV, waits for the queues, DEL_DEV.
+int serve(UblkControl& ctrl, Server& s, const AttachParams& p) {
+  uint32_t id = s.dev.dev_id;
+  std::printf("/dev/ublkb%u\n", id);
+  std::fflush(stdout);
+  sd_notifyf(0, "READY=1\nSTATUS=serving /dev/ublkb%u: %s on brick %s", id, format_size(p.size).c_str(),
+             p.target->to_string().c_str());
+  PBRICK_LOG_INFO("/dev/ublkb%u: %s at %s on brick %s, %u queues x %u deep", id, format_size(p.size).c_str(),
+                  format_hex(*p.base).c_str(), p.target->to_string().c_str(), *p.queues, *p.depth);
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGTERM);
+  sigaddset(&mask, SIGINT);
+  int sig = 0;
+  while (sigwait(&mask, &sig) != 0) {
+  }
+  sd_notify(0, "STOPPING=1");
+  PBRICK_LOG_INFO("/dev/ublkb%u: %s: stopping", id, strsignal(sig));
+  int rc = 0;
+  Status st = ctrl.stop_dev(id);
+  if (!st) {
+    PBRICK_LOG_ERROR("%s", st.error().message().c_str());
+    rc = 1;
+  }
+  for (auto& q : s.queues) q->join();
+  s.queues.clear();
+  s.cdev.reset();
+  st = ctrl.del_dev(id);
+  if (!st) {
+    PBRICK_LOG_ERROR("%s", st.error().message().c_str());
+    rc = 1;
+  }
+  ::unlink(conf_path(id).c_str());
+  return rc;
+}
+
+int attach_main(int argc, char** argv) {
+  enum { kTarget = 1000, kSize, kBase, kKeyFile, kConfig, kVolume, kLbs, kTimeout, kLogLevel };
+  static const option kOptions[] = {
+      {"target", required_argument, nullptr, kTarget},
+      {"size", required_argument, nullptr, kSize},
+      {"base", required_argument, nullptr, kBase},
+      {"key-file", required_argument, nullptr, kKeyFile},
+      {"config", required_argument, nullptr, kConfig},
+      {"volume", required_argument, nullptr, kVolume},
+      {"queues", required_argument, nullptr, 'q'},
+      {"depth", required_argument, nullptr, 'd'},
+      {"logical-block-size", required_argument, nullptr, kLbs},
+      {"timeout", required_argument, nullptr, kTimeout},
+      {"log-level", required_argument, nullptr, kLogLevel},
+      {"help", no_argument, nullptr, 'h'},
+      {nullptr, 0, nullptr, 0},
+  };
+  AttachParams p;
+  std::string config_file, volume_name;
+  opterr = 0;
+  optind = 1;
+  int opt;
+  while ((opt = getopt_long(argc, argv, "q:d:h", kOptions, nullptr)) != -1) {
+    switch (opt) {
+      case kTarget: {
+        auto ep = parse_endpoint(optarg, "--target");
+        if (!ep) return usage_error(ep.error().context());
+        p.target = *ep;
+        break;
+      }
+      case kSize: {
+        auto r = parse_size(optarg, "--size");
+        if (!r) return usage_error(r.error().context());
+        p.size = *r;
+        break;
+      }
+      case kBase: {
+        auto r = parse_u64(optarg, "--base");
+        if (!r) return usage_error(r.error().context());
+        p.base = *r;
+        break;
+      }
+      case kKeyFile: p.key_file = optarg; break;
+      case kConfig: config_file = optarg; break;
+      case kVolume: volume_name = optarg; break;
+      case 'q':
+      case 'd': {
+        auto r = parse_u64(optarg, opt == 'q' ? "--queues" : "--depth");
+        if (!r) return usage_error(r.error().context());
+        if (opt == 'q') {
+          if (*r == 0 || *r > 64) return usage_error("--queues must be 1..64");
+          p.queues = static_cast<uint32_t>(*r);
+        } else {
+          if (*r == 0 || *r > 4096) return usage_error("--depth must be 1..4096");
+          p.depth = static_cast<uint32_t>(*r);
+        }
+        break;
+      }
+      case kLbs: {
+        std::string v = optarg;
+        if (v != "512" && v != "4096") return usage_error("--logical-block-size must be 512 or 4096");
+        p.logical_block_size = static_cast<uint32_t>(std::stoul(v));
+        break;
+      }
+      case kTimeout: {
+        auto r = parse_u64(optarg, "--timeout");
+        if (!r || *r < 100 || *r > 3600000) return usage_error("--timeout must be 100..3600000 ms");
+        p.timeout_ms = static_cast<uint32_t>(*r);
+        break;
+      }
+      case kLogLevel: {
+        std::string l = optarg;
+        if (l == "error") set_log_level(LogLevel::kError);
+        else if (l == "warning") set_log_level(LogLevel::kWarning);
+        else if (l == "notice") set_log_level(LogLevel::kNotice);
+        else if (l == "info") set_log_level(LogLevel::kInfo);
+        else if (l == "debug") set_log_level(LogLevel::kDebug);
+        else return usage_error("--log-level: unknown level '" + l + "'");
+        break;
+      }
+      case 'h': std::fputs(kUsage, stdout); return 0;
+      default: return usage_error(std::string("unknown or incomplete option '") + argv[optind - 1] + "'");
+    }
+  }
+  if (optind < argc) return usage_error(std::string("unexpected argument '") + argv[optind] + "'");
+  if (config_file.empty() != volume_name.empty()) return usage_error("--config and --volume go together");
+  if (!config_file.empty()) {
+    auto cluster = load_cluster_config(config_file);
+    if (!cluster) {
+      std::fprintf(stderr, "pbrick-gateway: %s\n", cluster.error().context().c_str());
+      return 1;
+    }
+    const VolumeConfig* v = cluster->find_volume(volume_name);
+    if (v == nullptr) return usage_error("--volume: no volume named '" + volume_name + "' in " + config_file);
+    const BrickConfig* b = cluster->find_brick(v->brick);
+    if (b->transport != Transport::kTcp) {
+      std::fprintf(stderr, "pbrick-gateway: brick %s: transport %s is not available in this build\n",
+                   b->name.c_str(), transport_name(b->transport));
+      return 1;
+    }
+    if (!p.target) p.target = Endpoint{b->host, static_cast<uint16_t>(b->port)};
+    if (p.size == 0) p.size = v->size;
+    if (!p.base) p.base = v->base;
+    if (p.key_file.empty()) p.key_file = b->key_file;
+    if (!p.queues) p.queues = v->queues;
+    if (!p.depth) p.depth = v->depth;
+  }
+  if (!p.target) return usage_error("--target is required");
+  if (p.size == 0) return usage_error("--size is required");
+  if (p.size % 4096 != 0) return usage_error("--size must be a multiple of 4096");
+  if (!p.base) p.base = 0;
+  if (*p.base % proto::kBlockSize != 0) return usage_error("--base must be 2 MiB aligned");
+  if (!p.queues) p.queues = 1;
+  if (!p.depth) p.depth = 64;
+
+  block_signals();
+  auto ctrl = UblkControl::Open();
+  if (!ctrl) return fail(ctrl.error());
+  Server s;
+  auto volume = open_volume(p);
+  if (!volume) return fail(volume.error());
+  s.volume = std::move(*volume);
+
+  uint64_t want = UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE | UBLK_F_CMD_IOCTL_ENCODE;
+  ublksrv_ctrl_dev_info info{};
+  info.nr_hw_queues = static_cast<uint16_t>(*p.queues);
+  info.queue_depth = static_cast<uint16_t>(*p.depth);
+  info.max_io_buf_bytes = kMaxIoBytes;
+  info.dev_id = UINT32_MAX;
+  info.ublksrv_pid = getpid();
+  info.flags = want & ctrl->features();
+  Status st = ctrl->add_dev(&info);
+  if (!st) return fail(st.error());
+  uint32_t id = info.dev_id;
+  auto cleanup = [&] {
+    s.queues.clear();
+    s.cdev.reset();
+    Status d = ctrl->del_dev(id);
+    if (!d) PBRICK_LOG_ERROR("%s", d.error().message().c_str());
+  };
+
+  ublk_params params{};
+  params.types = UBLK_PARAM_TYPE_BASIC | UBLK_PARAM_TYPE_DISCARD;
+  uint8_t shift = p.logical_block_size == 512 ? 9 : 12;
+  params.basic.attrs = UBLK_ATTR_VOLATILE_CACHE | UBLK_ATTR_FUA;
+  params.basic.logical_bs_shift = shift;
+  params.basic.physical_bs_shift = 12;
+  params.basic.io_min_shift = shift;
+  params.basic.io_opt_shift = 12;
+  params.basic.max_sectors = info.max_io_buf_bytes >> 9;
+  params.basic.dev_sectors = p.size >> 9;
+  params.discard.discard_granularity = static_cast<uint32_t>(proto::kBlockSize);
+  params.discard.max_discard_sectors = (256u << 20) >> 9;
+  params.discard.max_write_zeroes_sectors = (256u << 20) >> 9;
+  params.discard.max_discard_segments = 1;
+  st = ctrl->set_params(id, &params);
+  if (!st) {
+    cleanup();
+    return fail(st.error());
+  }
+  AttachParams saved = p;
+  st = save_conf(id, saved);
+  if (!st) PBRICK_LOG_WARN("%s (recover will not find the volume)", st.error().message().c_str());
+
+  auto cdev = open_cdev(id);
+  if (!cdev) {
+    cleanup();
+    return fail(cdev.error());
+  }
+  s.cdev = std::move(*cdev);
+  s.dev.volume = s.volume.get();
+  s.dev.dev_id = id;
+  s.dev.depth = info.queue_depth;
+  s.dev.max_io_bytes = info.max_io_buf_bytes;
+  s.dev.ioctl_encode = (ctrl->features() & UBLK_F_CMD_IOCTL_ENCODE) != 0;
+  st = s.start_queues(*p.queues);
+  if (st) st = ctrl->start_dev(id, getpid());
+  if (!st) {
+    // Queue threads may hold FETCHes on the device: DEL_DEV would wait for
+    // them. Exiting releases them; the added device stays for detach.
+    PBRICK_LOG_ERROR("%s; remove the device with: pbrick-gateway detach -n %u", st.error().message().c_str(), id);
+    ::unlink(conf_path(id).c_str());
+    std::_Exit(1);
+  }
+  return serve(*ctrl, s, p);
+}
+
+int recover_main(int argc, char** argv) {
+  std::optional<uint32_t> id;
+  optind = 1;
+  opterr = 0;
+  int opt;
+  while ((opt = getopt(argc, argv, "n:h")) != -1) {
+    if (opt == 'n') {
+      auto r = parse_u64(optarg, "-n");
+      if (!r || *r > 1u << 20) return usage_error("-n: expected a device id");
+      id = static_cast<uint32_t>(*r);
+    } else if (opt == 'h') {
+      std::fputs(kUsage, stdout);
+      return 0;
+    } else {
+      return usage_error("recover: unknown option");
+    }
+  }
+  if (!id) return usage_error("recover: -n ID is required");
+  auto p = load_conf(*id);
+  if (!p) return fail(p.error());
+  block_signals();
+  auto ctrl = UblkControl::Open();
+  if (!ctrl) return fail(ctrl.error());
+  auto info = ctrl->get_dev_info(*id);
+  if (!info) return fail(info.error());
+  Server s;
+  auto volume = open_volume(*p);
+  if (!volume) return fail(volume.error());
+  s.volume = std::move(*volume);
+  // The kernel quiesces the device once the dead daemon's rings are gone and
+  // refuses recovery (EBUSY) until its char device is released too: both can
+  // take a moment after the kill.
+  for (int i = 0; i < 100 && info->state == UBLK_S_DEV_LIVE; i++) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    info = ctrl->get_dev_info(*id);
+    if (!info) return fail(info.error());
+  }
+  if (info->state == UBLK_S_DEV_LIVE && info->ublksrv_pid > 0 && ::kill(info->ublksrv_pid, 0) == 0) {
+    return fail(Error(EBUSY, "device " + std::to_string(*id) + " is live, served by pid " +
+                                 std::to_string(info->ublksrv_pid)));
+  }
+  if ((info->flags & UBLK_F_USER_RECOVERY) == 0) {
+    return fail(Error(EOPNOTSUPP, "device " + std::to_string(*id) + " was created without user recovery"));
+  }
+  Status st;
+  for (int i = 0; i < 100; i++) {
+    st = ctrl->start_user_recovery(*id);
+    if (st || st.error().errnum() != EBUSY) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  if (!st) return fail(st.error());
+  auto cdev = open_cdev(*id);
+  if (!cdev) return fail(cdev.error());
+  s.cdev = std::move(*cdev);
+  s.dev.volume = s.volume.get();
+  s.dev.dev_id = *id;
+  s.dev.depth = info->queue_depth;
+  s.dev.max_io_bytes = info->max_io_buf_bytes;
+  s.dev.ioctl_encode = (ctrl->features() & UBLK_F_CMD_IOCTL_ENCODE) != 0;
+  p->queues = info->nr_hw_queues;
+  p->depth = info->queue_depth;
+  st = s.start_queues(info->nr_hw_queues);
+  if (st) st = ctrl->end_user_recovery(*id, getpid());
+  if (!st) {
+    // As in attach: exiting releases what the queues hold; the device stays
+    // quiesced for another recover (or detach).
+    PBRICK_LOG_ERROR("%s", st.error().message().c_str());
+    std::_Exit(1);
+  }
+  return serve(*ctrl, s, *p);
+}
+
+std::vector<uint32_t> device_ids() {
+  std::vector<uint32_t> ids;
+  for (const char* dir : {"/sys/class/ublk-char", "/dev"}) {
+    DIR* d = ::opendir(dir);
+    if (d == nullptr) continue;
+    while (dirent* e = ::readdir(d)) {
+      unsigned id;
+      char tail;
+      if (std::sscanf(e->d_name, "ublkc%u%c", &id, &tail) == 1) ids.push_back(id);
+    }
+    ::closedir(d);
+    if (!ids.empty()) break;
+  }
+  std::sort(ids.begin(), ids.end());
+  return ids;
+}
+
+int list_main(int argc, char** argv) {
+  bool json = false;
+  for (int i = 1; i < argc; i++) {
+    if (std::string(argv[i]) == "--json") json = true;
+    else return usage_error(std::string("list: unexpected argument '") + argv[i] + "'");
+  }
+  auto ctrl = UblkControl::Open();
+  if (!ctrl) return fail(ctrl.error());
+  if (json) std::printf("[");
+  bool first = true;
+  for (uint32_t id : device_ids()) {
+    auto info = ctrl->get_dev_info(id);
+    if (!info) continue;
+    if (json) {
+      std::printf("%s{\"id\":%u,\"state\":\"%s\",\"queues\":%u,\"depth\":%u,\"max_io_bytes\":%u,\"pid\":%d,"
+                  "\"flags\":%llu}",
+                  first ? "" : ",", id, ublk_state_name(info->state), info->nr_hw_queues, info->queue_depth,
+                  info->max_io_buf_bytes, info->ublksrv_pid, static_cast<unsigned long long>(info->flags));
+    } else {
+      if (first) std::printf("%-4s %-9s %6s %6s %8s\n", "ID", "STATE", "QUEUES", "DEPTH", "PID");
+      std::printf("%-4u %-9s %6u %6u %8d\n", id, ublk_state_name(info->state), info->nr_hw_queues,
+                  info->queue_depth, info->ublksrv_pid);
+    }
+    first = false;
+  }
+  if (json) std::printf("]\n");
+  return 0;
+}
+
+int detach_main(int argc, char** argv) {
+  std::optional<uint32_t> id;
+  optind = 1;
+  opterr = 0;
+  int opt;
+  while ((opt = getopt(argc, argv, "n:")) != -1) {
+    if (opt != 'n') return usage_error("detach: unknown option");
+    auto r = parse_u64(optarg, "-n");
+    if (!r || *r > 1u << 20) return usage_error("-n: expected a device id");
+    id = static_cast<uint32_t>(*r);
+  }
+  if (!id) return usage_error("detach: -n ID is required");
+  auto ctrl = UblkControl::Open();
+  if (!ctrl) return fail(ctrl.error());
+  auto info = ctrl->get_dev_info(*id);
+  if (!info) return fail(info.error());
+  pid_t pid = info->ublksrv_pid;
+  if (pid > 0 && ::kill(pid, 0) == 0 && info->state == UBLK_S_DEV_LIVE) {
+    // Its daemon runs: it stops and deletes the device on SIGTERM.
+    ::kill(pid, SIGTERM);
+    for (int i = 0; i < 300; i++) {
+      if (!ctrl->get_dev_info(*id)) return 0;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    std::fprintf(stderr, "pbrick-gateway: device %u still exists 30 s after SIGTERM to %d\n", *id, pid);
+    return 1;
+  }
+  Status st = ctrl->stop_dev(*id);
+  if (!st) PBRICK_LOG_WARN("%s", st.error().message().c_str());
+  st = ctrl->del_dev(*id);
+  if (!st) return fail(st.error());
+  ::unlink(conf_path(*id).c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) return usage_error("a command is required");
+  std::string cmd = argv[1];
+  if (cmd == "-h" || cmd == "--help" || cmd == "help") {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  if (cmd == "attach") return attach_main(argc - 1, argv + 1);
+  if (cmd == "recover") return recover_main(argc - 1, argv + 1);
+  if (cmd == "list") return list_main(argc - 1, argv + 1);
+  if (cmd == "detach") return detach_main(argc - 1, argv + 1);
+  return usage_error("unknown command '" + cmd + "'");
+}

@@ -1,0 +1,754 @@
+#include "gateway/ublk_queue.h"
+
+#include <liburing.h>
+#include <sched.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <cstring>
+
+#include "common/log.h"
+#include "common/protocol.h"
+#include "gateway/data_channel.h"
+#include "gateway/ublk_ctrl.h"
+
+namespace pbrick {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// user_data layout: see the header comment.
+enum Kind : uint64_t { kIo = 1, kSend = 2, kRecv = 3, kTick = 4, kEvent = 5, kCancel = 6 };
+constexpr int kKindShift = 56;
+constexpr uint64_t pack(Kind kind, uint64_t low) { return (static_cast<uint64_t>(kind) << kKindShift) | low; }
+constexpr Kind kind_of(uint64_t ud) { return static_cast<Kind>(ud >> kKindShift); }
+
+constexpr long long kTickNanos = 50ll * 1000 * 1000;
+constexpr size_t kMaxIov = 64;
+constexpr auto kReconnectInterval = std::chrono::milliseconds(100);
+
+int to_blk_errno(int err) {
+  switch (err) {
+    case ENOSPC:
+    case EDQUOT: return -ENOSPC;
+    case EINVAL: return -EINVAL;
+    case EOPNOTSUPP: return -EOPNOTSUPP;
+    default: return -EIO;
+  }
+}
+
+bool is_retryable(int err) { return is_connection_error(err) || err == ESHUTDOWN; }
+
+}  // namespace
+
+struct UblkQueue::Piece {
+  DataChannel::Op op;
+  Tag* tag = nullptr;
+  uint64_t block = 0;
+  uint32_t in_block = 0;
+  uint8_t* buf = nullptr;
+  uint32_t len = 0;
+  bool is_write = false;
+  int status = -1;  // -1: to do; 0: done; > 0: errno of the last attempt
+};
+
+struct UblkQueue::Tag {
+  UblkQueue* q = nullptr;
+  uint16_t tag = 0;
+  uint8_t* buf = nullptr;
+  uint8_t op = 0;
+  uint32_t flags = 0;
+  uint64_t offset = 0;
+  uint64_t len = 0;
+  bool zeroed = false;
+  std::vector<Piece> pieces;
+  uint32_t pending = 0;
+  Clock::time_point deadline{};
+  Clock::time_point retry_at{};
+  std::chrono::milliseconds backoff{20};
+  // FUA / FLUSH: syncs still running on the queues asked, and the first error.
+  std::atomic<int> group_pending{0};
+  std::atomic<int> group_status{0};
+};
+
+struct UblkQueue::SyncJob {
+  DataChannel::Op op;
+  uint8_t scratch = 0;
+  UblkQueue* owner = nullptr;   // the queue whose tag waits for it
+  UblkQueue* runner = nullptr;  // the queue whose channel runs it
+  uint16_t tag = 0;
+  int status = 0;
+  Clock::time_point deadline{};
+};
+
+struct UblkQueue::Impl {
+  explicit Impl(uint32_t channel_depth) : channel(channel_depth) {}
+  ~Impl() {
+    if (ring_ready) io_uring_queue_exit(&ring);
+    if (descs != nullptr) ::munmap(descs, descs_len);
+    if (bufs != nullptr) ::munmap(bufs, bufs_len);
+  }
+
+  ublksrv_io_desc* descs = nullptr;
+  size_t descs_len = 0;
+  uint8_t* bufs = nullptr;
+  size_t bufs_len = 0;
+  std::vector<uint8_t> zeros;
+  io_uring ring{};
+  bool ring_ready = false;
+  DataChannel channel;
+  std::vector<Tag> tags;
+
+  UniqueFd event_fd;
+  uint64_t event_buf = 0;
+  __kernel_timespec tick_ts{};
+  uint64_t sqes_inflight = 0;
+  bool send_inflight = false, recv_inflight = false;
+  bool tearing_down = false;
+  int teardown_status = 0;
+  Clock::time_point last_connect_attempt{};
+  iovec iov[kMaxIov];
+  msghdr msg{};
+  uint32_t aborted = 0;
+  bool stopping = false;
+
+  std::vector<Tag*> ready_tags, retry_tags, tags_scratch;
+  std::vector<SyncJob*> ready_syncs, retry_syncs, syncs_scratch;
+  std::vector<std::unique_ptr<SyncJob>> jobs;
+  std::vector<SyncJob*> free_jobs;
+
+  struct Msg {
+    bool flush_done;  // false: a sync request from `owner`
+    UblkQueue* owner;
+    uint16_t tag;
+  };
+  std::mutex inbox_mu;
+  std::vector<Msg> inbox, taken;
+  bool wake_pending = false;
+
+  std::mutex ready_mu;
+  std::condition_variable ready_cv;
+  bool ready_done = false;
+  Status ready_status;
+};
+
+UblkQueue::UblkQueue(UblkDevice& dev, uint16_t q_id, int cpu) : dev_(dev), q_id_(q_id), cpu_(cpu) {}
+
+UblkQueue::~UblkQueue() { join(); }
+
+Status UblkQueue::start() {
+  // Channel slots: two pieces per tag at most, plus syncs (FUA / FLUSH from
+  // every queue).
+  uint32_t channel_depth = 2u * dev_.depth + 64;
+  if (channel_depth > 65535) channel_depth = 65535;
+  impl_ = std::make_unique<Impl>(channel_depth);
+  Impl& m = *impl_;
+  long page = ::sysconf(_SC_PAGESIZE);
+  m.descs_len = (dev_.depth * sizeof(ublksrv_io_desc) + page - 1) / page * page;
+  off_t off = UBLKSRV_CMD_BUF_OFFSET +
+              static_cast<off_t>(q_id_) * UBLK_MAX_QUEUE_DEPTH * static_cast<off_t>(sizeof(ublksrv_io_desc));
+  void* p = ::mmap(nullptr, m.descs_len, PROT_READ, MAP_SHARED | MAP_POPULATE, dev_.cdev_fd, off);
+  if (p == MAP_FAILED) return errno_error("mmap of the ublk descriptors of queue " + std::to_string(q_id_));
+  m.descs = static_cast<ublksrv_io_desc*>(p);
+  m.bufs_len = static_cast<size_t>(dev_.depth) * dev_.max_io_bytes;
+  p = ::mmap(nullptr, m.bufs_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+  if (p == MAP_FAILED) return errno_error("allocating the I/O buffers of queue " + std::to_string(q_id_));
+  m.bufs = static_cast<uint8_t*>(p);
+  m.zeros.assign(proto::kBlockSize, 0);
+  m.tags = std::vector<Tag>(dev_.depth);
+  for (uint16_t i = 0; i < dev_.depth; i++) {
+    m.tags[i].q = this;
+    m.tags[i].tag = i;
+    m.tags[i].buf = m.bufs + static_cast<size_t>(i) * dev_.max_io_bytes;
+    m.tags[i].pieces.reserve(4);
+  }
+  m.ready_tags.reserve(dev_.depth);
+  m.tags_scratch.reserve(dev_.depth);
+  m.retry_tags.reserve(dev_.depth);
+  m.event_fd.reset(::eventfd(0, EFD_CLOEXEC));
+  if (!m.event_fd.valid()) return errno_error("eventfd");
+  int err = io_uring_queue_init(dev_.depth + 32, &m.ring, 0);
+  if (err < 0) return Error(-err, "io_uring_queue_init for queue " + std::to_string(q_id_));
+  m.ring_ready = true;
+  ClientOptions o = dev_.volume->options().brick;
+  o.timeout_ms = std::min(o.timeout_ms, 2000);
+  Status st = m.channel.connect(o);
+  if (!st) return st.error().wrap("queue " + std::to_string(q_id_));
+  thread_ = std::thread([this] { run(); });
+  return Status::Ok();
+}
+
+Status UblkQueue::wait_ready() {
+  std::unique_lock lock(impl_->ready_mu);
+  impl_->ready_cv.wait(lock, [this] { return impl_->ready_done; });
+  return impl_->ready_status;
+}
+
+void UblkQueue::join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+void UblkQueue::post_sync(UblkQueue* owner, uint16_t tag) {
+  Impl& m = *impl_;
+  bool wake;
+  {
+    std::lock_guard lock(m.inbox_mu);
+    m.inbox.push_back({false, owner, tag});
+    wake = !m.wake_pending;
+    m.wake_pending = true;
+  }
+  if (wake) {
+    uint64_t one = 1;
+    ssize_t ignored = ::write(m.event_fd.get(), &one, sizeof one);
+    (void)ignored;
+  }
+}
+
+void UblkQueue::post_flush_done(uint16_t tag) {
+  Impl& m = *impl_;
+  bool wake;
+  {
+    std::lock_guard lock(m.inbox_mu);
+    m.inbox.push_back({true, nullptr, tag});
+    wake = !m.wake_pending;
+    m.wake_pending = true;
+  }
+  if (wake) {
+    uint64_t one = 1;
+    ssize_t ignored = ::write(m.event_fd.get(), &one, sizeof one);
+    (void)ignored;
+  }
+}
+
+io_uring_sqe* UblkQueue::get_sqe(uint64_t user_data) {
+  Impl& m = *impl_;
+  io_uring_sqe* s = io_uring_get_sqe(&m.ring);
+  while (s == nullptr) {
+    io_uring_submit(&m.ring);
+    s = io_uring_get_sqe(&m.ring);
+  }
+  io_uring_sqe_set_data64(s, user_data);
+  m.sqes_inflight++;
+  return s;
+}
+
+void UblkQueue::arm_event() {
+  Impl& m = *impl_;
+  io_uring_prep_read(get_sqe(pack(kEvent, 0)), m.event_fd.get(), &m.event_buf, sizeof m.event_buf, 0);
+}
+
+void UblkQueue::arm_tick() {
+  Impl& m = *impl_;
+  m.tick_ts.tv_sec = 0;
+  m.tick_ts.tv_nsec = kTickNanos;
+  io_uring_prep_timeout(get_sqe(pack(kTick, 0)), &m.tick_ts, 0, 0);
+}
+
+// FETCH_REQ (result < 0 is never sent: fetch) or COMMIT_AND_FETCH_REQ.
+void UblkQueue::commit(Tag& t, int result) {
+  io_uring_sqe* sqe = get_sqe(pack(kIo, t.tag));
+  uint64_t ud = sqe->user_data;
+  std::memset(sqe, 0, sizeof *sqe);
+  sqe->user_data = ud;
+  sqe->opcode = IORING_OP_URING_CMD;
+  sqe->fd = dev_.cdev_fd;
+  bool fetch = result == INT32_MIN;
+  if (dev_.ioctl_encode) {
+    sqe->cmd_op = fetch ? UBLK_U_IO_FETCH_REQ : UBLK_U_IO_COMMIT_AND_FETCH_REQ;
+  } else {
+    sqe->cmd_op = fetch ? UBLK_IO_FETCH_REQ : UBLK_IO_COMMIT_AND_FETCH_REQ;
+  }
+  auto* cmd = reinterpret_cast<ublksrv_io_cmd*>(&sqe->addr3);
+  cmd->q_id = q_id_;
+  cmd->tag = t.tag;
+  cmd->result = fetch ? 0 : result;
+  cmd->addr = reinterpret_cast<uint64_t>(t.buf);
+}
+
+bool UblkQueue::ensure_connected() {
+  Impl& m = *impl_;
+  if (m.tearing_down) return false;
+  if (m.channel.connected()) return true;
+  auto now = Clock::now();
+  if (now - m.last_connect_attempt < kReconnectInterval) return false;
+  m.last_connect_attempt = now;
+  ClientOptions o = dev_.volume->options().brick;
+  o.timeout_ms = std::min(o.timeout_ms, 2000);
+  Status st = m.channel.connect(o);
+  if (!st) return false;
+  PBRICK_LOG_NOTICE("ublk%u queue %u: reconnected to brick %s", dev_.dev_id, q_id_,
+                    o.endpoint.to_string().c_str());
+  return true;
+}
+
+void UblkQueue::teardown(int status) {
+  Impl& m = *impl_;
+  if (!m.channel.connected() || m.tearing_down) return;
+  if (status != ESHUTDOWN) {
+    PBRICK_LOG_WARN("ublk%u queue %u: connection to brick %s lost: %s", dev_.dev_id, q_id_,
+                    dev_.volume->options().brick.endpoint.to_string().c_str(), std::strerror(status));
+  }
+  m.tearing_down = true;
+  m.teardown_status = status;
+  ::shutdown(m.channel.fd(), SHUT_RDWR);
+}
+
+void UblkQueue::handle_request(Tag& t) {
+  const ublksrv_io_desc& d = impl_->descs[t.tag];
+  t.op = static_cast<uint8_t>(d.op_flags & 0xff);
+  t.flags = d.op_flags >> 8;
+  t.offset = d.start_sector << 9;
+  t.len = static_cast<uint64_t>(d.nr_sectors) << 9;
+  t.deadline = Clock::now() + std::chrono::milliseconds(dev_.volume->options().io_timeout_ms);
+  t.backoff = std::chrono::milliseconds(20);
+  t.zeroed = false;
+  t.pieces.clear();
+  uint64_t size = dev_.volume->size();
+  switch (t.op) {
+    case UBLK_IO_OP_READ:
+    case UBLK_IO_OP_WRITE:
+      if (t.offset > size || t.len > size - t.offset || t.len > dev_.max_io_bytes) return commit(t, -EINVAL);
+      plan_rw(t);
+      return submit_data(t);
+    case UBLK_IO_OP_FLUSH:
+      return start_sync_group(t, true);
+    case UBLK_IO_OP_DISCARD:
+    case UBLK_IO_OP_WRITE_ZEROES:
+      if (t.offset > size || t.len > size - t.offset) return commit(t, -EINVAL);
+      return do_discard(t);
+    default:
+      return commit(t, -EOPNOTSUPP);
+  }
+}
+
+void UblkQueue::plan_rw(Tag& t) {
+  bool is_write = t.op == UBLK_IO_OP_WRITE;
+  for (uint64_t done = 0; done < t.len;) {
+    uint64_t pos = t.offset + done;
+    Piece p;
+    p.tag = &t;
+    p.block = pos / proto::kBlockSize;
+    p.in_block = static_cast<uint32_t>(pos % proto::kBlockSize);
+    p.len = static_cast<uint32_t>(std::min<uint64_t>(t.len - done, proto::kBlockSize - p.in_block));
+    p.buf = t.buf + done;
+    p.is_write = is_write;
+    p.status = -1;
+    t.pieces.push_back(p);
+    done += p.len;
+  }
+}
+
+// (Re)submits every piece not done yet.
+void UblkQueue::submit_data(Tag& t) {
+  Impl& m = *impl_;
+  Volume& vol = *dev_.volume;
+  Piece* net_buf[8];
+  size_t nnet = 0;
+  for (Piece& p : t.pieces) {
+    if (p.status == 0) continue;
+    if (!p.is_write && !vol.allocated(p.block)) {
+      std::memset(p.buf, 0, p.len);  // never written: zeros, no round trip
+      p.status = 0;
+      continue;
+    }
+    auto h = vol.cached(p.block);
+    if (!h) {
+      // Blocks this queue for a control round trip (v1; see the header).
+      auto mapped = vol.map_block(p.block, p.is_write);
+      if (!mapped) {
+        if (!p.is_write && mapped.error().errnum() == ENOENT) {
+          std::memset(p.buf, 0, p.len);
+          p.status = 0;
+          continue;
+        }
+        PBRICK_LOG_ERROR("ublk%u queue %u: %s", dev_.dev_id, q_id_, mapped.error().message().c_str());
+        return commit(t, to_blk_errno(mapped.error().errnum()));
+      }
+      h = *mapped;
+    }
+    p.op = DataChannel::Op{};
+    p.op.opcode = p.is_write ? proto::Opcode::kWrite : proto::Opcode::kRead;
+    p.op.rkey = h->rkey;
+    p.op.remote_addr = h->remote_addr + p.in_block;
+    p.op.length = p.len;
+    p.op.buf = p.buf;
+    p.op.ctx = &p;
+    p.op.done = [](DataChannel::Op* op, int status) {
+      Piece* piece = static_cast<Piece*>(op->ctx);
+      piece->status = status;
+      Tag* tag = piece->tag;
+      if (--tag->pending == 0) tag->q->impl_->ready_tags.push_back(tag);
+    };
+    p.status = -1;
+    if (nnet < 8) {
+      net_buf[nnet++] = &p;
+    } else {
+      p.status = ECONNREFUSED;  // more pieces than one round takes: the next round (never with <= 4)
+    }
+  }
+  if (nnet == 0) return advance(t);
+  if (!ensure_connected()) {
+    for (size_t i = 0; i < nnet; i++) net_buf[i]->status = ECONNREFUSED;
+    return advance(t);
+  }
+  t.pending = static_cast<uint32_t>(nnet);
+  for (size_t i = 0; i < nnet; i++) m.channel.submit(&net_buf[i]->op);
+}
+
+// All pieces of the tag's current attempt finished: retry, sync or commit.
+void UblkQueue::advance(Tag& t) {
+  Impl& m = *impl_;
+  bool retry_conn = false, rekey = false;
+  for (Piece& p : t.pieces) {
+    if (p.status == 0) continue;
+    if (p.status == EKEYREJECTED) {
+      dev_.volume->invalidate(p.block, p.op.rkey);  // the mapping died: map again
+      p.status = -1;
+      rekey = true;
+    } else if (p.status < 0 || is_retryable(p.status)) {
+      p.status = -1;
+      retry_conn = true;
+    } else {
+      PBRICK_LOG_ERROR("ublk%u queue %u: %s of %u bytes at block %llu: %s", dev_.dev_id, q_id_,
+                       p.is_write ? "write" : "read", p.len, static_cast<unsigned long long>(p.block),
+                       std::strerror(p.status));
+      return commit(t, to_blk_errno(p.status));
+    }
+  }
+  if (retry_conn || rekey) {
+    auto now = Clock::now();
+    if (now > t.deadline) {
+      PBRICK_LOG_ERROR("ublk%u queue %u: brick %s unreachable for %u ms: failing I/O at %llu", dev_.dev_id, q_id_,
+                       dev_.volume->options().brick.endpoint.to_string().c_str(),
+                       dev_.volume->options().io_timeout_ms, static_cast<unsigned long long>(t.offset));
+      return commit(t, -EIO);
+    }
+    if (retry_conn) {
+      t.retry_at = now + t.backoff;
+      t.backoff = std::min(t.backoff * 2, std::chrono::milliseconds(500));
+      m.retry_tags.push_back(&t);
+      return;
+    }
+    return submit_data(t);
+  }
+  bool fua = (t.flags & UBLK_IO_F_FUA) != 0;
+  if (fua && (t.op == UBLK_IO_OP_WRITE || t.zeroed)) return start_sync_group(t, false);
+  commit(t, (t.op == UBLK_IO_OP_READ || t.op == UBLK_IO_OP_WRITE) ? static_cast<int>(t.len) : 0);
+}
+
+// DISCARD / WRITE_ZEROES: whole blocks are freed at the brick, partial ones
+// (or whole ones the brick refuses to free: EBUSY) are written with zeros.
+void UblkQueue::do_discard(Tag& t) {
+  Volume& vol = *dev_.volume;
+  uint64_t size = vol.size();
+  uint64_t end = t.offset + t.len;
+  for (uint64_t pos = t.offset; pos < end;) {
+    uint64_t block = pos / proto::kBlockSize;
+    uint64_t block_start = block * proto::kBlockSize;
+    uint64_t block_end = std::min(block_start + proto::kBlockSize, size);
+    uint64_t piece_end = std::min(end, block_end);
+    bool whole = pos == block_start && piece_end == block_end && block_end - block_start == proto::kBlockSize;
+    if (vol.allocated(block)) {
+      Status st = whole ? vol.discard_block(block) : Status(Error(EBUSY, "partial"));
+      if (!st) {
+        if (st.error().errnum() != EBUSY) {
+          PBRICK_LOG_ERROR("ublk%u queue %u: discard: %s", dev_.dev_id, q_id_, st.error().message().c_str());
+          return commit(t, to_blk_errno(st.error().errnum()));
+        }
+        Piece p;
+        p.tag = &t;
+        p.block = block;
+        p.in_block = static_cast<uint32_t>(pos - block_start);
+        p.len = static_cast<uint32_t>(piece_end - pos);
+        p.buf = impl_->zeros.data();
+        p.is_write = true;
+        p.status = -1;
+        t.pieces.push_back(p);  // reserved: no reallocation for the usual <= 4
+        t.zeroed = true;
+      }
+    }
+    pos = piece_end;
+  }
+  submit_data(t);
+}
+
+// FUA (this queue only) or FLUSH (every queue): each syncs its own channel.
+void UblkQueue::start_sync_group(Tag& t, bool all_queues) {
+  size_t n = all_queues ? dev_.queues.size() : 1;
+  t.group_status.store(0, std::memory_order_relaxed);
+  t.group_pending.store(static_cast<int>(n), std::memory_order_release);
+  for (size_t i = 0; i < n; i++) {
+    UblkQueue* target = all_queues ? dev_.queues[i] : this;
+    if (target == this) {
+      Impl& m = *impl_;
+      SyncJob* job;
+      if (!m.free_jobs.empty()) {
+        job = m.free_jobs.back();
+        m.free_jobs.pop_back();
+      } else {
+        m.jobs.push_back(std::make_unique<SyncJob>());
+        job = m.jobs.back().get();
+      }
+      job->owner = this;
+      job->tag = t.tag;
+      job->deadline = t.deadline;
+      start_sync_job(job);
+    } else {
+      target->post_sync(this, t.tag);
+    }
+  }
+}
+
+void UblkQueue::start_sync_job(SyncJob* job) {
+  Impl& m = *impl_;
+  job->runner = this;
+  job->status = -1;
+  if (!ensure_connected()) {
+    job->status = ECONNREFUSED;
+    m.ready_syncs.push_back(job);
+    return;
+  }
+  job->op = DataChannel::Op{};
+  job->op.buf = &job->scratch;
+  job->op.ctx = job;
+  job->op.done = [](DataChannel::Op* op, int status) {
+    SyncJob* j = static_cast<SyncJob*>(op->ctx);
+    j->status = status;
+    j->runner->impl_->ready_syncs.push_back(j);
+  };
+  m.channel.submit_sync(&job->op);
+}
+
+void UblkQueue::advance_sync(SyncJob* job) {
+  Impl& m = *impl_;
+  if (job->status == 0) return finish_sync(job, 0);
+  if (is_retryable(job->status) || job->status < 0) {
+    if (Clock::now() > job->deadline) return finish_sync(job, EIO);
+    m.retry_syncs.push_back(job);
+    return;
+  }
+  finish_sync(job, job->status);
+}
+
+void UblkQueue::finish_sync(SyncJob* job, int status) {
+  Impl& m = *impl_;
+  UblkQueue* owner = job->owner;
+  uint16_t tag = job->tag;
+  m.free_jobs.push_back(job);
+  Tag& t = owner->impl_->tags[tag];
+  if (status != 0) {
+    int expected = 0;
+    t.group_status.compare_exchange_strong(expected, status, std::memory_order_acq_rel);
+  }
+  if (t.group_pending.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+  if (owner == this) {
+    int st = t.group_status.load(std::memory_order_acquire);
+    if (st != 0) return commit(t, to_blk_errno(st));
+    commit(t, t.op == UBLK_IO_OP_WRITE ? static_cast<int>(t.len) : 0);
+  } else {
+    owner->post_flush_done(tag);
+  }
+}
+
+void UblkQueue::take_inbox() {
+  Impl& m = *impl_;
+  {
+    std::lock_guard lock(m.inbox_mu);
+    m.taken.swap(m.inbox);
+    m.wake_pending = false;
+  }
+  for (const Impl::Msg& msg : m.taken) {
+    Tag& t = m.tags[msg.tag];
+    if (msg.flush_done) {
+      int st = t.group_status.load(std::memory_order_acquire);
+      if (st != 0) {
+        commit(t, to_blk_errno(st));
+      } else {
+        commit(t, t.op == UBLK_IO_OP_WRITE ? static_cast<int>(t.len) : 0);
+      }
+      continue;
+    }
+    SyncJob* job;
+    if (!m.free_jobs.empty()) {
+      job = m.free_jobs.back();
+      m.free_jobs.pop_back();
+    } else {
+      m.jobs.push_back(std::make_unique<SyncJob>());
+      job = m.jobs.back().get();
+    }
+    job->owner = msg.owner;
+    job->tag = msg.tag;
+    job->deadline = Clock::now() + std::chrono::milliseconds(dev_.volume->options().io_timeout_ms);
+    start_sync_job(job);
+  }
+  m.taken.clear();
+}
+
+void UblkQueue::dispatch_channel() {
+  Impl& m = *impl_;
+  if (m.tearing_down && !m.send_inflight && !m.recv_inflight) {
+    m.channel.disconnect(m.teardown_status);
+    m.tearing_down = false;
+  }
+  if (!m.channel.connected() || m.tearing_down) return;
+  if (!m.send_inflight) {
+    size_t n = m.channel.send_iov(m.iov, kMaxIov);
+    if (n > 0) {
+      m.msg = {};
+      m.msg.msg_iov = m.iov;
+      m.msg.msg_iovlen = n;
+      io_uring_prep_sendmsg(get_sqe(pack(kSend, 0)), m.channel.fd(), &m.msg, MSG_NOSIGNAL);
+      m.send_inflight = true;
+    }
+  }
+  if (!m.recv_inflight && !m.stopping) {
+    auto space = m.channel.recv_space();
+    io_uring_prep_recv(get_sqe(pack(kRecv, 0)), m.channel.fd(), space.data(), space.size(), 0);
+    m.recv_inflight = true;
+  }
+}
+
+void UblkQueue::on_tick() {
+  Impl& m = *impl_;
+  auto now = Clock::now();
+  auto timeout = std::chrono::milliseconds(dev_.volume->options().io_timeout_ms);
+  if (m.channel.connected() && m.channel.inflight() > 0 && now - m.channel.last_progress() > timeout) {
+    teardown(ETIMEDOUT);
+  }
+  if (!m.retry_tags.empty()) {
+    std::vector<Tag*> due;
+    size_t keep = 0;
+    for (Tag* t : m.retry_tags) {
+      if (t->retry_at <= now) {
+        due.push_back(t);
+      } else {
+        m.retry_tags[keep++] = t;
+      }
+    }
+    m.retry_tags.resize(keep);
+    for (Tag* t : due) submit_data(*t);
+  }
+  if (!m.retry_syncs.empty()) {
+    std::vector<SyncJob*> due;
+    due.swap(m.retry_syncs);
+    for (SyncJob* j : due) start_sync_job(j);
+  }
+}
+
+void UblkQueue::on_cqe(io_uring_cqe* cqe) {
+  Impl& m = *impl_;
+  m.sqes_inflight--;
+  int res = cqe->res;
+  uint64_t ud = io_uring_cqe_get_data64(cqe);
+  switch (kind_of(ud)) {
+    case kIo: {
+      Tag& t = m.tags[ud & 0xFFFF];
+      if (res == UBLK_IO_RES_OK) {
+        handle_request(t);
+      } else {
+        if (res != UBLK_IO_RES_ABORT) {
+          PBRICK_LOG_ERROR("ublk%u queue %u tag %u: ublk command failed: %s", dev_.dev_id, q_id_, t.tag,
+                           std::strerror(-res));
+        }
+        m.aborted++;
+      }
+      break;
+    }
+    case kSend:
+      m.send_inflight = false;
+      if (res < 0) {
+        teardown(-res);
+      } else {
+        m.channel.on_sent(static_cast<size_t>(res));
+      }
+      break;
+    case kRecv:
+      m.recv_inflight = false;
+      if (res <= 0) {
+        teardown(res == 0 ? ECONNRESET : -res);
+      } else if (!m.tearing_down) {
+        Status st = m.channel.on_received(static_cast<size_t>(res));
+        if (!st) {
+          PBRICK_LOG_ERROR("ublk%u queue %u: %s", dev_.dev_id, q_id_, st.error().message().c_str());
+          teardown(ECONNRESET);
+        }
+      }
+      break;
+    case kTick:
+      if (!m.stopping) {
+        on_tick();
+        arm_tick();
+      }
+      break;
+    case kEvent:
+      take_inbox();
+      if (!m.stopping) arm_event();
+      break;
+    case kCancel:
+      break;
+  }
+}
+
+void UblkQueue::run() {
+  Impl& m = *impl_;
+  if (cpu_ >= 0) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu_, &set);
+    if (sched_setaffinity(0, sizeof set, &set) != 0) {
+      PBRICK_LOG_WARN("ublk%u queue %u: cannot pin to CPU %d: %s", dev_.dev_id, q_id_, cpu_, std::strerror(errno));
+    }
+  }
+  for (Tag& t : m.tags) commit(t, INT32_MIN);  // FETCH_REQ
+  arm_event();
+  arm_tick();
+  int err = io_uring_submit(&m.ring);
+  {
+    std::lock_guard lock(m.ready_mu);
+    m.ready_done = true;
+    if (err < 0) m.ready_status = Error(-err, "queue " + std::to_string(q_id_) + ": submitting FETCH_REQ");
+  }
+  m.ready_cv.notify_all();
+  if (err < 0) return;
+
+  for (;;) {
+    if (!m.stopping && m.aborted >= dev_.depth) {
+      // STOP_DEV (or the device went away): every tag came back aborted.
+      m.stopping = true;
+      teardown(ESHUTDOWN);
+      io_uring_prep_cancel64(get_sqe(pack(kCancel, 0)), pack(kTick, 0), 0);
+      io_uring_prep_cancel64(get_sqe(pack(kCancel, 0)), pack(kEvent, 0), 0);
+    }
+    if (m.sqes_inflight == 0) break;
+    err = io_uring_submit_and_wait(&m.ring, 1);
+    if (err < 0 && err != -EINTR) {
+      PBRICK_LOG_ERROR("ublk%u queue %u: io_uring_submit_and_wait: %s", dev_.dev_id, q_id_, std::strerror(-err));
+      break;
+    }
+    unsigned head, count = 0;
+    io_uring_cqe* cqe;
+    io_uring_for_each_cqe(&m.ring, head, cqe) {
+      on_cqe(cqe);
+      count++;
+    }
+    io_uring_cq_advance(&m.ring, count);
+    for (int round = 0; round < 64; round++) {
+      // Swapped with scratch lists that keep their capacity: no allocation
+      // per request in steady state.
+      m.tags_scratch.clear();
+      m.tags_scratch.swap(m.ready_tags);
+      for (Tag* t : m.tags_scratch) advance(*t);
+      m.syncs_scratch.clear();
+      m.syncs_scratch.swap(m.ready_syncs);
+      for (SyncJob* j : m.syncs_scratch) advance_sync(j);
+      dispatch_channel();
+      if (m.ready_tags.empty() && m.ready_syncs.empty()) break;
+    }
+  }
+  m.channel.disconnect(ESHUTDOWN);
+}
+
+}  // namespace pbrick
