@@ -1,0 +1,332 @@
+#!/usr/bin/env bats
+# The ublk frontend (pbrick-gateway) against a real kernel's ublk_drv, in the
+# VM of tests/vm/run (they skip outside it):
+#   1. attach -q 2: /dev/ublkb0 with the right size and 2 hardware queues;
+#      ext4 made, filled with a checksummed tree, detached (SIGTERM),
+#      re-attached, verified, fsck clean
+#   2. fio verify=crc32c on the raw device: 4K and 128K random writes/reads,
+#      iodepth 1 and 32, two jobs
+#   3. blkdiscard of a 2 MiB-aligned range frees the blocks at the brick and
+#      they read back as zeros
+#   4. kill -9 of the gateway under fio; recover -n 0 brings the device back;
+#      a mounted ext4 stays usable and fsck clean
+#   5. brick restart (same port and store) under a mounted ext4: I/O resumes
+# and the kernel logs no I/O error (tests/vm/run checks dmesg as well).
+
+load helpers
+
+GW_BIN="$PBRICK_BIN_DIR/gateway/pbrick-gateway"
+M=$((1024 * 1024))
+
+setup() {
+  require_vm
+  [ -c /dev/ublk-control ] || skip "no /dev/ublk-control"
+  # On the scratch disk (/var/tmp): the guest's /tmp tmpfs cannot hold a 1G store.
+  BRICK_STORE=$BATS_TEST_TMPDIR/brick.store
+  BRICK_PORT=7190
+  TARGET=127.0.0.1:$BRICK_PORT
+  export TARGET BRICK_PORT
+  GW_PID=
+}
+
+teardown() {
+  local m
+  for m in $(awk -v d="$BATS_TEST_TMPDIR" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r); do
+    umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
+  done
+  if [ -n "$GW_PID" ] && kill -0 "$GW_PID" 2>/dev/null; then
+    kill -TERM "$GW_PID"
+    timeout 20 tail --pid="$GW_PID" -f /dev/null || kill -KILL "$GW_PID"
+  fi
+  "$GW_BIN" detach -n 0 >/dev/null 2>&1 || true
+  brick_teardown
+  rm -f "$BRICK_STORE"
+  # Shown by bats when the test failed.
+  if [ -s "$BATS_TEST_TMPDIR/gw.log" ]; then
+    echo "--- gateway log:" >&2
+    tail -n 40 "$BATS_TEST_TMPDIR/gw.log" >&2
+  fi
+}
+
+# brick_up: pbrick-target on $BRICK_STORE (1G) at
+# $TARGET; the same store and port every time, so a restart finds its blocks.
+brick_up() {
+  "$TARGET_BIN" --store "$BRICK_STORE" --size 1G --listen "$TARGET" 2>>"$BATS_TEST_TMPDIR/brick.log" &
+  BRICK_PID=$!
+  echo "$BRICK_PID" >>"$BATS_TEST_TMPDIR/pids"
+  local i
+  for i in $(seq 1 200); do
+    "$CTL_BIN" --target "$TARGET" stat >/dev/null 2>&1 && return 0
+    kill -0 "$BRICK_PID" 2>/dev/null || { cat "$BATS_TEST_TMPDIR/brick.log" >&2; return 1; }
+    sleep 0.05
+  done
+  return 1
+}
+
+# gw_attach ARGS...: starts `pbrick-gateway attach` in the background, waits
+# for the device path it prints; sets GW_PID and DEV.
+gw_attach() {
+  local out=$BATS_TEST_TMPDIR/gw.out
+  : >"$out"
+  "$GW_BIN" attach --target "$TARGET" "$@" >"$out" 2>>"$BATS_TEST_TMPDIR/gw.log" &
+  GW_PID=$!
+  local i
+  for i in $(seq 1 300); do
+    if [ -s "$out" ]; then
+      DEV=$(head -n1 "$out")
+      [ -b "$DEV" ] && return 0
+    fi
+    kill -0 "$GW_PID" 2>/dev/null || { cat "$BATS_TEST_TMPDIR/gw.log" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "pbrick-gateway attach did not print a device within 30 s" >&2
+  cat "$BATS_TEST_TMPDIR/gw.log" >&2
+  return 1
+}
+
+# gw_detach: SIGTERM, and the gateway must exit 0 and the device go away.
+gw_detach() {
+  kill -TERM "$GW_PID"
+  local rc=0
+  wait "$GW_PID" || rc=$?
+  GW_PID=
+  [ "$rc" = 0 ] || { echo "gateway exited $rc" >&2; cat "$BATS_TEST_TMPDIR/gw.log" >&2; return 1; }
+  local i
+  for i in $(seq 1 50); do
+    [ -e "$DEV" ] || return 0
+    sleep 0.1
+  done
+  echo "$DEV still exists after detach" >&2
+  return 1
+}
+
+make_tree() {
+  local d=$1 i
+  mkdir -p "$d"/{big,mid/a/b,small}
+  head -c $((6 * M)) /dev/urandom >"$d/big/random6M"
+  for i in $(seq 1 12); do head -c $((RANDOM * 4 + i)) /dev/urandom >"$d/mid/$(((i % 2)) && echo a/ || echo a/b/)f$i"; done
+  for i in $(seq 1 40); do head -c $((RANDOM % 4096 + 1)) /dev/urandom >"$d/small/s$i"; done
+  : >"$d/empty"
+}
+
+@test "ublk: attach -q 2, ext4 survives detach and re-attach" {
+  brick_up
+  gw_attach --size 1G -q 2 -d 32
+  assert_equal "$DEV" /dev/ublkb0
+  assert_equal "$(blockdev --getsize64 "$DEV")" $((1024 * M))
+  assert_equal "$(ls /sys/block/ublkb0/mq | wc -l)" 2
+  assert_equal "$(cat /sys/block/ublkb0/queue/logical_block_size)" 4096
+  run "$GW_BIN" list --json
+  assert_success
+  assert_equal "$(jq -r '.[0].state' <<<"$output")" live
+  assert_equal "$(jq -r '.[0].queues' <<<"$output")" 2
+
+  mkfs.ext4 -q -F "$DEV"
+  MNT=$BATS_TEST_TMPDIR/mnt
+  mkdir -p "$MNT"
+  mount "$DEV" "$MNT"
+  make_tree "$MNT/tree"
+  sha_tree "$MNT/tree" >"$BATS_TEST_TMPDIR/before"
+  sync
+  umount "$MNT"
+  gw_detach
+  run "$GW_BIN" list --json
+  assert_output "[]"
+
+  gw_attach --size 1G -q 2 -d 32
+  mount "$DEV" "$MNT"
+  sha_tree "$MNT/tree" >"$BATS_TEST_TMPDIR/after"
+  umount "$MNT"
+  diff "$BATS_TEST_TMPDIR/before" "$BATS_TEST_TMPDIR/after"
+  fsck.ext4 -f -n "$DEV"
+  gw_detach
+  [ -z "$(dmesg_problems)" ]
+}
+
+# fio_verify NAME BS IODEPTH: two jobs of random writes on disjoint 16 MiB
+# ranges of $DEV, each verified (crc32c) by reading back, then read again
+# with random reads verifying only.
+fio_verify() {
+  local name=$1 bs=$2 depth=$3 size=${4:-8M}
+  local args=(--name="$name" --filename="$DEV" --ioengine=libaio --direct=1 --bs="$bs" --iodepth="$depth"
+    --numjobs=2 --size="$size" --offset=0 --offset_increment=64M --verify=crc32c --verify_fatal=1
+    --randrepeat=0 --group_reporting --output-format=terse)
+  fio "${args[@]}" --rw=randwrite --do_verify=1 >"$BATS_TEST_TMPDIR/fio-$name.out" 2>&1 ||
+    { cat "$BATS_TEST_TMPDIR/fio-$name.out" >&2; return 1; }
+  fio "${args[@]}" --rw=randwrite --verify_only=1 >>"$BATS_TEST_TMPDIR/fio-$name.out" 2>&1 ||
+    { cat "$BATS_TEST_TMPDIR/fio-$name.out" >&2; return 1; }
+}
+
+@test "ublk: fio verify=crc32c, 4K and 128K, iodepth 1 and 32, two jobs" {
+  requires fio
+  brick_up
+  gw_attach --size 1G -q 2 -d 32
+  fio_verify 4k-qd1 4k 1 2M
+  fio_verify 4k-qd32 4k 32 4M
+  fio_verify 128k-qd1 128k 1 8M
+  fio_verify 128k-qd32 128k 32 16M
+  gw_detach
+  [ -z "$(dmesg_problems)" ]
+}
+
+# brick_has VADDR: whether the brick holds the 2 MiB block at VADDR.
+brick_has() {
+  local want=$(($1)) start blocks
+  while read -r start blocks; do
+    ((want >= start && want < start + blocks * 2 * M)) && return 0
+  done < <("$CTL_BIN" --target "$TARGET" --json list | jq -r '.extents[] | "\(.start) \(.blocks)"')
+  return 1
+}
+
+@test "ublk: blkdiscard of whole 2 MiB blocks frees them at the brick; discarded ranges read zeros" {
+  brick_up
+  gw_attach --size 1G -q 2 -d 32
+  # Blocks 2..5 (4 MiB .. 12 MiB) written.
+  dd if=/dev/urandom of="$DEV" bs=1M seek=4 count=8 oflag=direct status=none
+  for b in 2 3 4 5; do brick_has $((b * 2 * M)); done
+  # Whole blocks 2 and 3 freed.
+  blkdiscard -o $((4 * M)) -l $((4 * M)) "$DEV"
+  ! brick_has $((2 * 2 * M))
+  ! brick_has $((3 * 2 * M))
+  brick_has $((4 * 2 * M))
+  cmp -n $((4 * M)) <(dd if="$DEV" bs=1M skip=4 count=4 iflag=direct status=none) /dev/zero
+  # Part of block 4: zero-filled, the block stays.
+  blkdiscard -o $((9 * M)) -l $((1 * M)) "$DEV"
+  brick_has $((4 * 2 * M))
+  cmp -n $((1 * M)) <(dd if="$DEV" bs=1M skip=9 count=1 iflag=direct status=none) /dev/zero
+  # Zeroing (WRITE_ZEROES) of block 5.
+  blkdiscard -z -o $((10 * M)) -l $((2 * M)) "$DEV"
+  cmp -n $((2 * M)) <(dd if="$DEV" bs=1M skip=10 count=2 iflag=direct status=none) /dev/zero
+  gw_detach
+  [ -z "$(dmesg_problems)" ]
+}
+
+@test "ublk: kill -9 of the gateway under fio; recover -n 0; ext4 stays usable and fsck clean" {
+  requires fio
+  brick_up
+  gw_attach --size 1G -q 2 -d 32
+  mkfs.ext4 -q -F "$DEV"
+  MNT=$BATS_TEST_TMPDIR/mnt
+  mkdir -p "$MNT"
+  mount "$DEV" "$MNT"
+  fio --name=busy --directory="$MNT" --ioengine=libaio --direct=1 --bs=16k --iodepth=8 --numjobs=2 \
+    --size=24M --rw=randwrite --verify=crc32c --verify_fatal=1 --do_verify=1 \
+    >"$BATS_TEST_TMPDIR/fio.out" 2>&1 &
+  local fio_pid=$!
+  sleep 3
+  kill -KILL "$GW_PID"
+  wait "$GW_PID" 2>/dev/null || true
+  GW_PID=
+  run "$GW_BIN" list --json
+  echo "# after kill: $output" >&3
+  "$GW_BIN" recover -n 0 >"$BATS_TEST_TMPDIR/recover.out" 2>>"$BATS_TEST_TMPDIR/gw.log" &
+  GW_PID=$!
+  local i
+  for i in $(seq 1 300); do
+    [ -s "$BATS_TEST_TMPDIR/recover.out" ] && break
+    kill -0 "$GW_PID" 2>/dev/null || { cat "$BATS_TEST_TMPDIR/gw.log" >&2; false; }
+    sleep 0.1
+  done
+  assert_equal "$(cat "$BATS_TEST_TMPDIR/recover.out")" /dev/ublkb0
+  run "$GW_BIN" list --json
+  assert_equal "$(jq -r '.[0].state' <<<"$output")" live
+  wait "$fio_pid" || { cat "$BATS_TEST_TMPDIR/fio.out" >&2; false; }
+  echo hello >"$MNT/after-recover"
+  sync
+  assert_equal "$(cat "$MNT/after-recover")" hello
+  umount "$MNT"
+  fsck.ext4 -f -n "$DEV"
+  gw_detach
+  [ -z "$(dmesg_problems)" ]
+}
+
+@test "ublk: brick restart under a mounted ext4: I/O resumes, no I/O errors" {
+  brick_up
+  gw_attach --size 1G -q 2 -d 32
+  mkfs.ext4 -q -F "$DEV"
+  MNT=$BATS_TEST_TMPDIR/mnt
+  mkdir -p "$MNT"
+  mount "$DEV" "$MNT"
+  make_tree "$MNT/before"
+  sync
+  stop_brick TERM
+  sleep 1
+  # Writes while the brick is away wait in the gateway (io timeout 30 s).
+  head -c $((3 * M)) /dev/urandom >"$BATS_TEST_TMPDIR/during"
+  (cp "$BATS_TEST_TMPDIR/during" "$MNT/during" && sync) &
+  local writer=$!
+  sleep 2
+  brick_up
+  wait "$writer"
+  make_tree "$MNT/after"
+  sync
+  echo 3 >/proc/sys/vm/drop_caches
+  cmp "$BATS_TEST_TMPDIR/during" "$MNT/during"
+  sha_tree "$MNT/before" >/dev/null
+  # The queues did lose the brick and came back.
+  grep -q "reconnected to brick" "$BATS_TEST_TMPDIR/gw.log"
+  umount "$MNT"
+  fsck.ext4 -f -n "$DEV"
+  gw_detach
+  [ -z "$(dmesg_problems)" ]
+}
+
+@test "ublk: --config/--volume, --logical-block-size 512, list, detach -n" {
+  brick_up
+  cat >"$BATS_TEST_TMPDIR/cluster.yaml" <<YAML
+cluster:
+  name: vmtest
+bricks:
+  - name: b0
+    host: 127.0.0.1
+    port: $BRICK_PORT
+    transport: tcp
+    store: {path: "$BRICK_STORE", size: 1G}
+    nic: {ddio: unmanaged}
+    persistence: rpc
+volumes:
+  - name: v0
+    size: 64M
+    brick: b0
+    base: 0x20000000
+    queues: 1
+    depth: 16
+    frontend: ublk
+gateways:
+  - name: g0
+    host: 127.0.0.1
+    volumes: [v0]
+YAML
+  local out=$BATS_TEST_TMPDIR/gw.out
+  "$GW_BIN" attach --config "$BATS_TEST_TMPDIR/cluster.yaml" --volume v0 --logical-block-size 512 \
+    >"$out" 2>>"$BATS_TEST_TMPDIR/gw.log" &
+  GW_PID=$!
+  local i
+  for i in $(seq 1 300); do
+    [ -s "$out" ] && [ -b "$(head -n1 "$out")" ] && break
+    kill -0 "$GW_PID" 2>/dev/null || { cat "$BATS_TEST_TMPDIR/gw.log" >&2; false; }
+    sleep 0.1
+  done
+  DEV=$(head -n1 "$out")
+  assert_equal "$(blockdev --getsize64 "$DEV")" $((64 * M))
+  assert_equal "$(cat /sys/block/${DEV#/dev/}/queue/logical_block_size)" 512
+  assert_equal "$(ls /sys/block/${DEV#/dev/}/mq | wc -l)" 1
+  # 512-byte direct I/O lands at base + offset on the brick.
+  head -c 512 /dev/urandom >"$BATS_TEST_TMPDIR/sector"
+  dd if="$BATS_TEST_TMPDIR/sector" of="$DEV" bs=512 seek=7 oflag=direct status=none
+  cmp "$BATS_TEST_TMPDIR/sector" <(dd if="$DEV" bs=512 skip=7 count=1 iflag=direct status=none)
+  brick_has 0x20000000
+  ! brick_has 0
+  run "$GW_BIN" list
+  assert_success
+  assert_line --regexp "^${DEV#/dev/ublkb} +live +1 +16 +$GW_PID\$"
+  run "$GW_BIN" detach -n "${DEV#/dev/ublkb}"
+  assert_success
+  local rc=0
+  wait "$GW_PID" || rc=$?
+  GW_PID=
+  assert_equal "$rc" 0
+  [ ! -e "$DEV" ]
+  run "$GW_BIN" list --json
+  assert_output "[]"
+}
