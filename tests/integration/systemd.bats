@@ -66,7 +66,7 @@ unit_dir() {
   mkdir -p "$UNITS"
   local plugin unit_plugin u
   plugin=$(staged nbdkit-pbrick-plugin.so)
-  for u in pbrick-target@.service pbrick-nbd@.service; do
+  for u in pbrick-target@.service pbrick-gateway@.service pbrick-nbd@.service; do
     u=$(staged "$u")
     unit_plugin=$(grep -o '[^ ]*/nbdkit-pbrick-plugin\.so' "$u" || true)
     sed -e "s|/usr/local/|$STAGE$PREFIX/|g" ${unit_plugin:+-e "s|$unit_plugin|$plugin|g"} \
@@ -113,6 +113,9 @@ verify_unit() {
     "$UNITS/pbrick-target@.service"
   grep -qx 'Type=notify' "$UNITS/pbrick-nbd@.service"
   grep -q 'config=/etc/pbrick/cluster.yaml volume=%i' "$UNITS/pbrick-nbd@.service"
+  grep -qx 'Type=notify' "$UNITS/pbrick-gateway@.service"
+  grep -qx "ExecStart=$STAGE$PREFIX/bin/pbrick-gateway attach --config /etc/pbrick/cluster.yaml --volume %i" \
+    "$UNITS/pbrick-gateway@.service"
   local plugin
   plugin=$(grep -o '[^ ]*/nbdkit-pbrick-plugin\.so' "$UNITS/pbrick-nbd@.service")
   [ -f "$plugin" ] || fail "pbrick-nbd@.service loads $plugin, which is not installed"
@@ -123,8 +126,10 @@ verify_unit() {
   # the docs use as well.
   cp "$UNITS/pbrick-target@.service" "$UNITS/pbrick-target@brick0.service"
   cp "$UNITS/pbrick-nbd@.service" "$UNITS/pbrick-nbd@vol0.service"
+  cp "$UNITS/pbrick-gateway@.service" "$UNITS/pbrick-gateway@vol0.service"
   local failed=0
-  for u in pbrick-target@.service pbrick-target@brick0.service pbrick-nbd@.service pbrick-nbd@vol0.service; do
+  for u in pbrick-target@.service pbrick-target@brick0.service pbrick-nbd@.service pbrick-nbd@vol0.service \
+    pbrick-gateway@.service pbrick-gateway@vol0.service; do
     verify_unit "$UNITS/$u" || failed=1
   done
   [ "$failed" -eq 0 ]
