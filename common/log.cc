@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <cstring>
 
 namespace pbrick {
 namespace {
@@ -13,6 +14,24 @@ std::atomic<bool> g_prefix{true};
 
 void set_log_level(LogLevel max_level) { g_max_level = static_cast<int>(max_level); }
 void set_log_prefix(bool enabled) { g_prefix = enabled; }
+
+bool set_log_level_by_name(const char* name) {
+  static const struct {
+    const char* name;
+    LogLevel level;
+  } kLevels[] = {{"error", LogLevel::kError},
+                 {"warning", LogLevel::kWarning},
+                 {"notice", LogLevel::kNotice},
+                 {"info", LogLevel::kInfo},
+                 {"debug", LogLevel::kDebug}};
+  for (const auto& l : kLevels) {
+    if (std::strcmp(l.name, name) == 0) {
+      set_log_level(l.level);
+      return true;
+    }
+  }
+  return false;
+}
 
 void log(LogLevel level, const char* fmt, ...) {
   if (static_cast<int>(level) > g_max_level.load(std::memory_order_relaxed)) return;

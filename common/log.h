@@ -11,6 +11,9 @@ namespace pbrick {
 enum class LogLevel { kError = 3, kWarning = 4, kNotice = 5, kInfo = 6, kDebug = 7 };
 
 void set_log_level(LogLevel max_level);
+// Sets the level from its name (error, warning, notice, info, debug), as the
+// daemons' --log-level takes it; false for an unknown name.
+bool set_log_level_by_name(const char* name);
 // When false, the "<N>" prefixes are left out (interactive CLI use).
 void set_log_prefix(bool enabled);
 

@@ -302,13 +302,9 @@ int attach_main(int argc, char** argv) {
         break;
       }
       case kLogLevel: {
-        std::string l = optarg;
-        if (l == "error") set_log_level(LogLevel::kError);
-        else if (l == "warning") set_log_level(LogLevel::kWarning);
-        else if (l == "notice") set_log_level(LogLevel::kNotice);
-        else if (l == "info") set_log_level(LogLevel::kInfo);
-        else if (l == "debug") set_log_level(LogLevel::kDebug);
-        else return usage_error("--log-level: unknown level '" + l + "'");
+        if (!set_log_level_by_name(optarg)) {
+          return usage_error(std::string("--log-level: unknown level '") + optarg + "'");
+        }
         break;
       }
       case 'h': std::fputs(kUsage, stdout); return 0;

@@ -191,12 +191,13 @@ void UblkQueue::join() {
   if (thread_.joinable()) thread_.join();
 }
 
-void UblkQueue::post_sync(UblkQueue* owner, uint16_t tag) {
+void UblkQueue::post(bool flush_done, UblkQueue* owner, uint16_t tag) {
   Impl& m = *impl_;
   bool wake;
   {
     std::lock_guard lock(m.inbox_mu);
-    m.inbox.push_back({false, owner, tag});
+    m.inbox.push_back({flush_done, owner, tag});
+    // One eventfd write per batch the queue takes from its inbox.
     wake = !m.wake_pending;
     m.wake_pending = true;
   }
@@ -207,21 +208,9 @@ void UblkQueue::post_sync(UblkQueue* owner, uint16_t tag) {
   }
 }
 
-void UblkQueue::post_flush_done(uint16_t tag) {
-  Impl& m = *impl_;
-  bool wake;
-  {
-    std::lock_guard lock(m.inbox_mu);
-    m.inbox.push_back({true, nullptr, tag});
-    wake = !m.wake_pending;
-    m.wake_pending = true;
-  }
-  if (wake) {
-    uint64_t one = 1;
-    ssize_t ignored = ::write(m.event_fd.get(), &one, sizeof one);
-    (void)ignored;
-  }
-}
+void UblkQueue::post_sync(UblkQueue* owner, uint16_t tag) { post(false, owner, tag); }
+
+void UblkQueue::post_flush_done(uint16_t tag) { post(true, nullptr, tag); }
 
 io_uring_sqe* UblkQueue::get_sqe(uint64_t user_data) {
   Impl& m = *impl_;

@@ -95,6 +95,7 @@ class UblkQueue {
  private:
   void run();
   void post_flush_done(uint16_t tag);
+  void post(bool flush_done, UblkQueue* owner, uint16_t tag);
   void on_cqe(io_uring_cqe* cqe);
   void handle_request(Tag& t);
   void plan_rw(Tag& t);
