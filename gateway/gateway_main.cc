@@ -29,6 +29,7 @@
 #include "gateway/ublk_ctrl.h"
 #include "gateway/ublk_queue.h"
 #include "gateway/volume.h"
+#include "gateway/volume_spec.h"
 
 namespace {
 
@@ -76,14 +77,8 @@ int fail(const Error& e) {
   return 1;
 }
 
-struct AttachParams {
-  std::optional<Endpoint> target;
-  uint64_t size = 0;
-  std::optional<uint64_t> base;
-  std::string key_file;
-  std::optional<uint32_t> queues, depth;
+struct AttachParams : VolumeSpec {
   uint32_t logical_block_size = 4096;
-  uint32_t timeout_ms = 30000;
 };
 
 std::string conf_path(uint32_t id) { return std::string(kStateDir) + "/ublk-" + std::to_string(id) + ".conf"; }
@@ -132,17 +127,9 @@ Result<AttachParams> load_conf(uint32_t id) {
 }
 
 Result<std::unique_ptr<Volume>> open_volume(const AttachParams& p) {
-  VolumeOptions vo;
-  vo.brick.endpoint = *p.target;
-  vo.size = p.size;
-  vo.base = *p.base;
-  vo.io_timeout_ms = p.timeout_ms;
-  if (!p.key_file.empty()) {
-    auto key = load_key_file(p.key_file);
-    if (!key) return key.error().wrap("--key-file");
-    vo.brick.key = std::move(*key);
-  }
-  return Volume::Open(vo);
+  auto vo = p.volume_options();
+  if (!vo) return vo.error();
+  return Volume::Open(*vo);
 }
 
 Result<UniqueFd> open_cdev(uint32_t id) {
@@ -314,33 +301,16 @@ int attach_main(int argc, char** argv) {
   if (optind < argc) return usage_error(std::string("unexpected argument '") + argv[optind] + "'");
   if (config_file.empty() != volume_name.empty()) return usage_error("--config and --volume go together");
   if (!config_file.empty()) {
-    auto cluster = load_cluster_config(config_file);
-    if (!cluster) {
-      std::fprintf(stderr, "pbrick-gateway: %s\n", cluster.error().context().c_str());
+    Status st = p.complete_from_config(config_file, volume_name);
+    if (!st) {
+      if (st.error().errnum() == ENOENT) return usage_error("--volume: " + st.error().context());
+      std::fprintf(stderr, "pbrick-gateway: %s\n", st.error().context().c_str());
       return 1;
     }
-    const VolumeConfig* v = cluster->find_volume(volume_name);
-    if (v == nullptr) return usage_error("--volume: no volume named '" + volume_name + "' in " + config_file);
-    const BrickConfig* b = cluster->find_brick(v->brick);
-    if (b->transport != Transport::kTcp) {
-      std::fprintf(stderr, "pbrick-gateway: brick %s: transport %s is not available in this build\n",
-                   b->name.c_str(), transport_name(b->transport));
-      return 1;
-    }
-    if (!p.target) p.target = Endpoint{b->host, static_cast<uint16_t>(b->port)};
-    if (p.size == 0) p.size = v->size;
-    if (!p.base) p.base = v->base;
-    if (p.key_file.empty()) p.key_file = b->key_file;
-    if (!p.queues) p.queues = v->queues;
-    if (!p.depth) p.depth = v->depth;
   }
-  if (!p.target) return usage_error("--target is required");
-  if (p.size == 0) return usage_error("--size is required");
-  if (p.size % 4096 != 0) return usage_error("--size must be a multiple of 4096");
-  if (!p.base) p.base = 0;
-  if (*p.base % proto::kBlockSize != 0) return usage_error("--base must be 2 MiB aligned");
-  if (!p.queues) p.queues = 1;
-  if (!p.depth) p.depth = 64;
+  if (Status st = p.finalize(/*default_queues=*/1, /*default_depth=*/64, /*plugin_style=*/false); !st) {
+    return usage_error(st.error().context());
+  }
 
   block_signals();
   auto ctrl = UblkControl::Open();

@@ -27,20 +27,14 @@
 #include "common/units.h"
 #include "config/cluster_config.h"
 #include "gateway/engine.h"
+#include "gateway/volume_spec.h"
 
 namespace {
 
 using namespace pbrick;
 
-struct Config {
-  std::optional<Endpoint> target;
-  uint64_t size = 0;
-  std::optional<uint64_t> base;
-  std::string key_file;
-  std::optional<uint32_t> queues, depth;
-  uint32_t timeout_ms = 30000;
+struct Config : VolumeSpec {
   std::string config_file, volume;
-  EngineOptions engine;  // filled in by config_complete
 };
 
 Config g_config;
@@ -129,34 +123,12 @@ int pbrick_config_complete() {
     return nbdkit_error("pbrick: config=FILE and volume=NAME go together"), -1;
   }
   if (!g_config.config_file.empty()) {
-    auto cluster = load_cluster_config(g_config.config_file);
-    if (!cluster) return nbdkit_error("pbrick: %s", cluster.error().context().c_str()), -1;
-    const VolumeConfig* v = cluster->find_volume(g_config.volume);
-    if (v == nullptr) {
-      return nbdkit_error("pbrick: volume=%s: no such volume in %s", g_config.volume.c_str(),
-                          g_config.config_file.c_str()),
-             -1;
-    }
-    const BrickConfig* b = cluster->find_brick(v->brick);
-    if (b->transport != Transport::kTcp) {
-      return nbdkit_error("pbrick: brick %s: transport %s is not available in this build", b->name.c_str(),
-                          transport_name(b->transport)),
-             -1;
-    }
-    if (!g_config.target) g_config.target = Endpoint{b->host, static_cast<uint16_t>(b->port)};
-    if (g_config.size == 0) g_config.size = v->size;
-    if (!g_config.base) g_config.base = v->base;
-    if (g_config.key_file.empty()) g_config.key_file = b->key_file;
-    if (!g_config.queues) g_config.queues = v->queues;
-    if (!g_config.depth) g_config.depth = v->depth;
+    Status st = g_config.complete_from_config(g_config.config_file, g_config.volume);
+    if (!st) return nbdkit_error("pbrick: %s", st.error().context().c_str()), -1;
   }
-  g_config.engine.queues = g_config.queues.value_or(g_config.engine.queues);
-  g_config.engine.depth = g_config.depth.value_or(g_config.engine.depth);
-  if (!g_config.base) g_config.base = 0;
-  if (!g_config.target) return nbdkit_error("pbrick: target=HOST:PORT is required"), -1;
-  if (g_config.size == 0) return nbdkit_error("pbrick: size=SIZE is required"), -1;
-  if (g_config.size % 4096 != 0) return nbdkit_error("pbrick: size must be a multiple of 4096"), -1;
-  if (*g_config.base % proto::kBlockSize != 0) return nbdkit_error("pbrick: base must be 2 MiB aligned"), -1;
+  const EngineOptions defaults;
+  Status st = g_config.finalize(defaults.queues, defaults.depth, /*plugin_style=*/true);
+  if (!st) return nbdkit_error("pbrick: %s", st.error().context().c_str()), -1;
   return 0;
 }
 
@@ -164,19 +136,14 @@ int pbrick_config_complete() {
 // (its event loop threads and connections) starts after it.
 int pbrick_after_fork() {
   set_log_prefix(false);
-  VolumeOptions vo;
-  vo.brick.endpoint = *g_config.target;
-  vo.size = g_config.size;
-  vo.base = *g_config.base;
-  vo.io_timeout_ms = g_config.timeout_ms;
-  if (!g_config.key_file.empty()) {
-    auto key = load_key_file(g_config.key_file);
-    if (!key) return report(key.error().wrap("key-file"));
-    vo.brick.key = std::move(*key);
-  }
-  auto volume = Volume::Open(vo);
+  auto vo = g_config.volume_options();
+  if (!vo) return report(vo.error());
+  auto volume = Volume::Open(*vo);
   if (!volume) return report(volume.error());
-  auto engine = Engine::Start(std::move(*volume), g_config.engine);
+  EngineOptions engine_options;
+  engine_options.queues = *g_config.queues;
+  engine_options.depth = *g_config.depth;
+  auto engine = Engine::Start(std::move(*volume), engine_options);
   if (!engine) return report(engine.error());
   g_engine = std::move(*engine);
   // nbdkit's sockets already listen: tell a Type=notify unit we are serving.
@@ -184,7 +151,7 @@ int pbrick_after_fork() {
              format_size(g_config.size).c_str(), g_config.target->to_string().c_str());
   nbdkit_debug("pbrick: volume of %llu bytes at %s on brick %s, %u queues x %u deep",
                static_cast<unsigned long long>(g_config.size), format_hex(*g_config.base).c_str(),
-               g_config.target->to_string().c_str(), g_config.engine.queues, g_config.engine.depth);
+               g_config.target->to_string().c_str(), *g_config.queues, *g_config.depth);
   return 0;
 }
 

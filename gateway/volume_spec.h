@@ -1,0 +1,40 @@
+// A volume as a frontend is told about it: from command-line flags or plugin
+// parameters, completed from the cluster file (`--config F --volume N` or
+// `config=F volume=N`). What the user gave wins; what is left comes from the
+// file; then defaults. Shared by pbrick-gateway and the nbdkit plugin so both
+// read a cluster file the same way. Value type; thread-compatible.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "common/client.h"
+#include "common/result.h"
+#include "gateway/volume.h"
+
+namespace pbrick {
+
+struct VolumeSpec {
+  std::optional<Endpoint> target;
+  uint64_t size = 0;
+  std::optional<uint64_t> base;
+  std::string key_file;
+  std::optional<uint32_t> queues, depth;
+  uint32_t timeout_ms = 30000;
+
+  // Fills what is unset from volume `name` of cluster file `path` and its
+  // brick. EINVAL carrying every error of the file, ENOENT for an unknown
+  // volume, ENOTSUP for a brick whose transport this build lacks.
+  Status complete_from_config(const std::string& path, const std::string& name);
+
+  // Checks what is required and applies the defaults (base 0, `queues`,
+  // `depth`). EINVAL naming the parameter as the user spells it: "--size"
+  // when `plugin_style` is false, "size=" when true.
+  Status finalize(uint32_t default_queues, uint32_t default_depth, bool plugin_style);
+
+  // The options Volume::Open takes; loads the key file. Call after finalize().
+  Result<VolumeOptions> volume_options() const;
+};
+
+}  // namespace pbrick
