@@ -120,6 +120,18 @@ struct UblkQueue::Impl {
   std::vector<std::unique_ptr<SyncJob>> jobs;
   std::vector<SyncJob*> free_jobs;
 
+  // A sync job from the pool; the pool only grows while more FLUSHes are in
+  // flight than ever before, so steady state allocates nothing.
+  SyncJob* take_job() {
+    if (free_jobs.empty()) {
+      jobs.push_back(std::make_unique<SyncJob>());
+      return jobs.back().get();
+    }
+    SyncJob* job = free_jobs.back();
+    free_jobs.pop_back();
+    return job;
+  }
+
   struct Msg {
     bool flush_done;  // false: a sync request from `owner`
     UblkQueue* owner;
@@ -473,14 +485,7 @@ void UblkQueue::start_sync_group(Tag& t, bool all_queues) {
     UblkQueue* target = all_queues ? dev_.queues[i] : this;
     if (target == this) {
       Impl& m = *impl_;
-      SyncJob* job;
-      if (!m.free_jobs.empty()) {
-        job = m.free_jobs.back();
-        m.free_jobs.pop_back();
-      } else {
-        m.jobs.push_back(std::make_unique<SyncJob>());
-        job = m.jobs.back().get();
-      }
+      SyncJob* job = m.take_job();
       job->owner = this;
       job->tag = t.tag;
       job->deadline = t.deadline;
@@ -560,14 +565,7 @@ void UblkQueue::take_inbox() {
       }
       continue;
     }
-    SyncJob* job;
-    if (!m.free_jobs.empty()) {
-      job = m.free_jobs.back();
-      m.free_jobs.pop_back();
-    } else {
-      m.jobs.push_back(std::make_unique<SyncJob>());
-      job = m.jobs.back().get();
-    }
+    SyncJob* job = m.take_job();
     job->owner = msg.owner;
     job->tag = msg.tag;
     job->deadline = Clock::now() + std::chrono::milliseconds(dev_.volume->options().io_timeout_ms);
