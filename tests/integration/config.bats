@@ -361,22 +361,7 @@ start_config_brick() {
   PBRICK_STATE_DIR=$BATS_TEST_TMPDIR "$TARGET_BIN" --config "$config" --brick "$name" \
     --port-file "$port_file" 2>>"$BATS_TEST_TMPDIR/$name.log" 3>&- &
   BRICK_PID=$!
-  echo "$BRICK_PID" >>"$BATS_TEST_TMPDIR/pids"
-  local i
-  for i in $(seq 1 400); do
-    if [ -s "$port_file" ]; then
-      BRICK_PORT=$(cat "$port_file")
-      return 0
-    fi
-    if ! kill -0 "$BRICK_PID" 2>/dev/null; then
-      echo "pbrick-target exited during start:" >&2
-      cat "$BATS_TEST_TMPDIR/$name.log" >&2
-      return 1
-    fi
-    sleep 0.05
-  done
-  echo "pbrick-target did not start within 20 s" >&2
-  return 1
+  wait_for_brick "$name"
 }
 
 # serve_example CONFIG CAPACITY_BLOCKS: the config-driven brick checks shared

@@ -30,13 +30,20 @@ start_brick() {
   "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/$name.store" "${size[@]}" --listen 127.0.0.1:0 \
     --port-file "$BATS_TEST_TMPDIR/$name.port" "$@" 2>>"$BATS_TEST_TMPDIR/$name.log" &
   BRICK_PID=$!
-  local i
-  for i in $(seq 1 200); do
+  wait_for_brick "$name"
+}
+
+# wait_for_brick NAME: after starting pbrick-target with --port-file
+# $BATS_TEST_TMPDIR/NAME.port as BRICK_PID, waits until it serves; sets
+# BRICK_PORT and TARGET and records the pid for teardown.
+wait_for_brick() {
+  local name=$1 i
+  echo "$BRICK_PID" >>"$BATS_TEST_TMPDIR/pids"
+  for i in $(seq 1 400); do
     if [ -s "$BATS_TEST_TMPDIR/$name.port" ]; then
       BRICK_PORT=$(cat "$BATS_TEST_TMPDIR/$name.port")
       TARGET="127.0.0.1:$BRICK_PORT"
       export TARGET BRICK_PORT BRICK_PID
-      echo "$BRICK_PID" >>"$BATS_TEST_TMPDIR/pids"
       return 0
     fi
     if ! kill -0 "$BRICK_PID" 2>/dev/null; then
@@ -46,7 +53,7 @@ start_brick() {
     fi
     sleep 0.05
   done
-  echo "pbrick-target did not start within 10 s" >&2
+  echo "pbrick-target did not start within 20 s" >&2
   return 1
 }
 
