@@ -128,10 +128,13 @@ LenRange allowed_payload(Opcode op, bool reply, uint32_t status) {
       case Opcode::kList: return {kListRequestSize, kListRequestSize};
       case Opcode::kRead: return {kIoRequestSize, kIoRequestSize};
       case Opcode::kWrite: return {kIoRequestSize + 1, kIoRequestSize + kMaxIoSize};
+      case Opcode::kPersist:
+        return {kPersistRequestFixedSize,
+                kPersistRequestFixedSize + kMaxPersistRanges * kPersistRangeSize};
     }
   } else {
     switch (op) {
-      case Opcode::kHello: return {kHelloReplySize, kHelloReplySize};
+      case Opcode::kHello: return {kHelloReplySize, kHelloReplySize + kHelloRdmaTrailerSize};
       case Opcode::kAuth: return {0, 0};
       case Opcode::kStat: return {kStatReplySize, kStatReplySize};
       case Opcode::kAlloc:
@@ -142,6 +145,7 @@ LenRange allowed_payload(Opcode op, bool reply, uint32_t status) {
         return {kListReplyFixedSize, kListReplyFixedSize + kMaxListExtents * kExtentSize};
       case Opcode::kRead: return {1, kMaxIoSize};
       case Opcode::kWrite: return {0, 0};
+      case Opcode::kPersist: return {0, 0};
     }
   }
   // Unreachable: decode_header() checked the opcode range before calling.
@@ -176,6 +180,14 @@ constexpr bool wire_codes_match_host() {
 static_assert(wire_codes_match_host(), "wire status table disagrees with Linux errno numbers");
 #endif
 
+// Every frame that may travel on an RDMA connection fits one message.
+static_assert(kHeaderSize + kHelloReplySize + kHelloRdmaTrailerSize <= kRdmaMessageSize);
+static_assert(kHeaderSize + kPersistRequestFixedSize + kMaxPersistRanges * kPersistRangeSize <=
+              kRdmaMessageSize);
+static_assert(kHeaderSize + kListReplyFixedSize + kRdmaMaxListExtents * kExtentSize <=
+              kRdmaMessageSize);
+static_assert(kRdmaMaxListExtents >= 1 && kRdmaMaxListExtents <= kMaxListExtents);
+
 }  // namespace
 
 const char* opcode_name(Opcode op) {
@@ -190,6 +202,7 @@ const char* opcode_name(Opcode op) {
     case Opcode::kList: return "LIST";
     case Opcode::kRead: return "READ";
     case Opcode::kWrite: return "WRITE";
+    case Opcode::kPersist: return "PERSIST";
   }
   return "?";
 }
@@ -247,7 +260,16 @@ void encode_hello_reply(const HelloReply& m, uint8_t* out) {
   w.bytes(m.server_nonce);
   w.bytes(m.server_proof);
   w.bytes(m.boot_id);
-  assert(w.pos() == out + kHelloReplySize);
+  if (m.has_rdma_trailer) {
+    w.u32(m.sync_rkey);
+    w.u32(0);  // reserved: aligns sync_addr
+    w.u64(m.sync_addr);
+  }
+  assert(w.pos() == out + hello_reply_size(m));
+}
+
+size_t hello_reply_size(const HelloReply& m) {
+  return kHelloReplySize + (m.has_rdma_trailer ? kHelloRdmaTrailerSize : 0);
 }
 
 void encode_auth_request(const AuthRequest& m, uint8_t* out) {
@@ -331,6 +353,25 @@ void encode_io_request(const IoRequest& m, uint8_t* out) {
   assert(w.pos() == out + kIoRequestSize);
 }
 
+size_t persist_request_size(size_t range_count) {
+  return kPersistRequestFixedSize + range_count * kPersistRangeSize;
+}
+
+void encode_persist_request(const PersistRequest& m, uint8_t* out) {
+  // More ranges than this would produce a frame every brick must reject.
+  assert(m.ranges.size() <= kMaxPersistRanges);
+  Writer w(out);
+  w.u32(static_cast<uint32_t>(m.ranges.size()));
+  w.u32(0);  // reserved: aligns the ranges
+  for (const PersistRange& range : m.ranges) {
+    w.u32(range.rkey);
+    w.u32(0);  // reserved: aligns remote_addr
+    w.u64(range.remote_addr);
+    w.u64(range.length);
+  }
+  assert(w.pos() == out + persist_request_size(m.ranges.size()));
+}
+
 // ---- Decoding ------------------------------------------------------------------
 
 Result<FrameHeader> decode_header(std::span<const uint8_t> bytes, bool expect_reply) {
@@ -380,10 +421,22 @@ Result<FrameHeader> decode_header(std::span<const uint8_t> bytes, bool expect_re
                               (expect_reply ? " reply" : " request") + " with payload_len " +
                               std::to_string(h.payload_len) + ", allowed " + want);
   }
-  if (expect_reply && h.opcode == Opcode::kList &&
+  if (expect_reply && h.opcode == Opcode::kList && h.status == 0 &&
       (h.payload_len - kListReplyFixedSize) % kExtentSize != 0) {
     return Error(EBADMSG, "frame header: LIST reply payload_len " +
                               std::to_string(h.payload_len) + " is not a whole number of extents");
+  }
+  if (expect_reply && h.opcode == Opcode::kHello && h.status == 0 &&
+      h.payload_len != kHelloReplySize && h.payload_len != kHelloReplySize + kHelloRdmaTrailerSize) {
+    return Error(EBADMSG, "frame header: HELLO reply with payload_len " +
+                              std::to_string(h.payload_len) + ", allowed " +
+                              std::to_string(kHelloReplySize) + " or " +
+                              std::to_string(kHelloReplySize + kHelloRdmaTrailerSize));
+  }
+  if (!expect_reply && h.opcode == Opcode::kPersist &&
+      (h.payload_len - kPersistRequestFixedSize) % kPersistRangeSize != 0) {
+    return Error(EBADMSG, "frame header: PERSIST request payload_len " +
+                              std::to_string(h.payload_len) + " is not a whole number of ranges");
   }
   return h;
 }
@@ -409,7 +462,11 @@ Result<HelloRequest> decode_hello_request(std::span<const uint8_t> bytes) {
 
 Result<HelloReply> decode_hello_reply(std::span<const uint8_t> bytes) {
   static const char kWhat[] = "HELLO reply";
-  if (bytes.size() != kHelloReplySize) return bad_size(kWhat, bytes.size(), kHelloReplySize);
+  if (bytes.size() != kHelloReplySize && bytes.size() != kHelloReplySize + kHelloRdmaTrailerSize) {
+    return Error(EBADMSG, std::string(kWhat) + ": payload is " + std::to_string(bytes.size()) +
+                              " bytes, expected " + std::to_string(kHelloReplySize) + " or " +
+                              std::to_string(kHelloReplySize + kHelloRdmaTrailerSize));
+  }
   Reader r(bytes);
   HelloReply m;
   m.version = r.u16();
@@ -422,7 +479,23 @@ Result<HelloReply> decode_hello_reply(std::span<const uint8_t> bytes) {
   r.bytes(&m.server_nonce);
   r.bytes(&m.server_proof);
   r.bytes(&m.boot_id);
-  if (reserved1 != 0 || reserved2 != 0) return bad_reserved(kWhat);
+  uint32_t reserved3 = 0;
+  m.has_rdma_trailer = bytes.size() > kHelloReplySize;
+  if (m.has_rdma_trailer) {
+    m.sync_rkey = r.u32();
+    reserved3 = r.u32();
+    m.sync_addr = r.u64();
+  }
+  // The trailer's presence is a size rule tied to a feature bit: a reply that
+  // disagrees with itself is malformed, not merely out of range.
+  bool rdma = (m.features & kFeatureRdma) != 0;
+  if (m.has_rdma_trailer && !rdma) {
+    return Error(EBADMSG, std::string(kWhat) + ": RDMA trailer without the RDMA feature");
+  }
+  if (!m.has_rdma_trailer && rdma) {
+    return Error(EBADMSG, std::string(kWhat) + ": RDMA feature without the RDMA trailer");
+  }
+  if (reserved1 != 0 || reserved2 != 0 || reserved3 != 0) return bad_reserved(kWhat);
   // Whether the chosen version is one the client offered is the client's check;
   // 0 is never a version.
   if (m.version < 1) return bad_field(kWhat, "version is 0");
@@ -624,6 +697,52 @@ Result<IoRequest> decode_io_request(std::span<const uint8_t> bytes, Opcode op,
     if (data != nullptr) *data = bytes.subspan(kIoRequestSize);
   } else if (data != nullptr) {
     *data = {};
+  }
+  return m;
+}
+
+Result<PersistRequest> decode_persist_request(std::span<const uint8_t> bytes) {
+  static const char kWhat[] = "PERSIST request";
+  if (bytes.size() < kPersistRequestFixedSize ||
+      (bytes.size() - kPersistRequestFixedSize) % kPersistRangeSize != 0 ||
+      (bytes.size() - kPersistRequestFixedSize) / kPersistRangeSize > kMaxPersistRanges) {
+    return Error(EBADMSG, std::string(kWhat) + ": payload of " + std::to_string(bytes.size()) +
+                              " bytes is not 8 + 24 * n with n <= " +
+                              std::to_string(kMaxPersistRanges));
+  }
+  size_t n = (bytes.size() - kPersistRequestFixedSize) / kPersistRangeSize;
+  Reader r(bytes);
+  uint32_t count = r.u32();
+  uint32_t reserved = r.u32();
+  // Unlike LIST's count (a field of a well-sized reply), a wrong range_count is
+  // a size rule: the brick must not guess which of the two the client meant.
+  if (count != n) {
+    return Error(EBADMSG, std::string(kWhat) + ": range_count " + std::to_string(count) +
+                              " but payload holds " + std::to_string(n) + " ranges");
+  }
+  PersistRequest m;
+  m.ranges.resize(n);
+  bool reserved_set = reserved != 0;
+  for (PersistRange& range : m.ranges) {
+    range.rkey = r.u32();
+    reserved_set |= r.u32() != 0;
+    range.remote_addr = r.u64();
+    range.length = r.u64();
+  }
+  if (reserved_set) return bad_reserved(kWhat);
+  for (size_t i = 0; i < n; i++) {
+    const PersistRange& range = m.ranges[i];
+    // The brick looks each range up in a handle, like a READ/WRITE: a range
+    // never spans blocks and its end is computed without overflow.
+    if (range.length < 1 || range.length > kBlockSize) {
+      return bad_field(kWhat, "range " + std::to_string(i) + ": length " +
+                                  std::to_string(range.length) + " not in 1.." +
+                                  std::to_string(kBlockSize));
+    }
+    if (range.remote_addr > UINT64_MAX - range.length) {
+      return bad_field(kWhat, "range " + std::to_string(i) + ": " + hex(range.remote_addr) + "+" +
+                                  hex(range.length) + " wraps");
+    }
   }
   return m;
 }

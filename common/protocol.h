@@ -5,10 +5,14 @@
 // `payload_len` bytes whose layout depends on the opcode and on the REPLY flag.
 //
 // Decoders never trust the peer: decode_header() checks magic, version, flags,
-// reserved fields, the opcode and that payload_len is exactly (or, for data-carrying
-// frames, at most) what that opcode allows, so a caller can size nothing by the
-// peer: it reads at most kMaxPayload bytes into a buffer it allocated up front.
+// reserved fields, the opcode and that payload_len is one the opcode allows (one
+// exact size for most frames; a bounded range for data, LIST replies and PERSIST
+// requests), so a caller can size nothing by the peer: it reads at most
+// kMaxPayload bytes into a buffer it allocated up front.
 // The decode_* functions then validate each field of the payload.
+//
+// The same frames run over TCP (a byte stream) and over RDMA (one SEND per
+// frame, see the kRdma* constants and docs/protocol.md "RDMA transport").
 //
 // All functions are pure and thread-safe.
 #pragma once
@@ -51,8 +55,9 @@ enum class Opcode : uint8_t {
   kList = 8,
   kRead = 9,
   kWrite = 10,
+  kPersist = 11,
 };
-inline constexpr uint8_t kMaxOpcode = 10;
+inline constexpr uint8_t kMaxOpcode = 11;
 const char* opcode_name(Opcode op);
 
 // Header flags.
@@ -62,7 +67,19 @@ inline constexpr uint16_t kKnownHeaderFlags = kFlagReply;
 // Feature bits negotiated in HELLO: the reply carries the intersection of what
 // both sides offered. Unknown bits are ignored, never an error.
 inline constexpr uint64_t kFeatureSyncRead = 1ull << 0;  // READ after WRITEs waits for persistence
-inline constexpr uint64_t kKnownFeatures = kFeatureSyncRead;
+// The PERSIST opcode is available: the brick makes named ranges durable on
+// request and replies when they are.
+inline constexpr uint64_t kFeaturePersistRpc = 1ull << 1;
+// The connection is an RDMA (RC queue pair) connection: MAP returns real NIC
+// rkeys and addresses, READ/WRITE frames are refused with EOPNOTSUPP (data moves
+// by one-sided RDMA), and the HELLO reply carries the RDMA trailer. Granted only
+// on RDMA connections; a client over TCP never gets it.
+inline constexpr uint64_t kFeatureRdma = 1ull << 2;
+// Every bit this version defines. A brick grants only the bits that hold on the
+// connection at hand (kFeatureRdma on RDMA connections only, kFeatureSyncRead
+// over RDMA only with --persistence sync-read), so it must not simply grant
+// `offered & kKnownFeatures`.
+inline constexpr uint64_t kKnownFeatures = kFeatureSyncRead | kFeaturePersistRpc | kFeatureRdma;
 
 // HELLO reply flags.
 inline constexpr uint32_t kHelloAuthRequired = 1u << 0;
@@ -112,8 +129,15 @@ struct HelloReply {
   // The brick host's boot id: unchanged across brick restarts unless the host
   // rebooted, i.e. unless unpersisted data in its memory may have been lost.
   std::array<uint8_t, kUuidSize> boot_id{};
+  // RDMA trailer, present exactly when `features` has kFeatureRdma: the brick's
+  // sync page, a small read-only memory region a client targets with its
+  // sync-read (an RDMA READ after its writes on the same queue pair).
+  bool has_rdma_trailer = false;
+  uint32_t sync_rkey = 0;
+  uint64_t sync_addr = 0;
 };
-inline constexpr size_t kHelloReplySize = 120;
+inline constexpr size_t kHelloReplySize = 120;  // without the RDMA trailer
+inline constexpr size_t kHelloRdmaTrailerSize = 16;
 
 struct AuthRequest {
   std::array<uint8_t, kProofSize> client_proof{};
@@ -183,6 +207,35 @@ struct IoRequest {
   uint32_t length = 0;
 };
 
+// PERSIST: make the named ranges durable. A range lies inside one handle, like
+// a READ/WRITE; no ranges at all means every block currently mapped writable on
+// the brick. The reply is empty: status 0 once everything named is durable.
+struct PersistRange {
+  uint32_t rkey = 0;
+  uint64_t remote_addr = 0;
+  uint64_t length = 0;  // 1..kBlockSize
+};
+struct PersistRequest {
+  std::vector<PersistRange> ranges;  // at most kMaxPersistRanges
+};
+inline constexpr size_t kPersistRequestFixedSize = 8;  // range_count + reserved
+inline constexpr size_t kPersistRangeSize = 24;
+inline constexpr uint32_t kMaxPersistRanges = 128;
+
+// ---- RDMA transport ------------------------------------------------------------
+// Every SEND carries exactly one whole frame of at most this many bytes, and
+// every receive buffer is this size (READ/WRITE frames, the only larger ones,
+// are refused on RDMA connections).
+inline constexpr size_t kRdmaMessageSize = 4096;
+// A client never has more than this many requests outstanding on one RDMA
+// connection. Each request gets exactly one reply, so both sides keep this many
+// receives posted and a SEND never meets a missing receive (no RNR).
+inline constexpr uint32_t kRdmaMaxOutstanding = 16;
+// Most extents a brick puts in a LIST reply on an RDMA connection; it sets
+// kListMore when it stopped there, and clients page as usual.
+inline constexpr uint32_t kRdmaMaxListExtents =
+    static_cast<uint32_t>((kRdmaMessageSize - kHeaderSize - kListReplyFixedSize) / kExtentSize);
+
 // ---- Errors on the wire ------------------------------------------------------
 // The one place where errno values are mapped to wire status codes and back.
 // Wire status codes use Linux errno numbering for the values listed in
@@ -194,7 +247,10 @@ int errno_from_wire(uint32_t status);
 // Each encoder writes exactly its *Size bytes (or the stated size) at `out`.
 void encode_header(const FrameHeader& h, uint8_t* out);
 void encode_hello_request(const HelloRequest& m, uint8_t* out);
+// Writes hello_reply_size(m) bytes: kHelloReplySize, plus kHelloRdmaTrailerSize
+// when m.has_rdma_trailer.
 void encode_hello_reply(const HelloReply& m, uint8_t* out);
+size_t hello_reply_size(const HelloReply& m);
 void encode_auth_request(const AuthRequest& m, uint8_t* out);
 void encode_addr_request(const AddrRequest& m, uint8_t* out);
 void encode_map_request(const MapRequest& m, uint8_t* out);
@@ -205,6 +261,9 @@ void encode_list_reply(const ListReply& m, uint8_t* out);
 size_t list_reply_size(size_t extent_count);
 void encode_stat_reply(const StatReply& m, uint8_t* out);
 void encode_io_request(const IoRequest& m, uint8_t* out);  // kIoRequestSize bytes
+// Writes persist_request_size(m.ranges.size()) bytes.
+void encode_persist_request(const PersistRequest& m, uint8_t* out);
+size_t persist_request_size(size_t range_count);
 
 // ---- Decoding ------------------------------------------------------------------
 // Validates a header read from the peer. `expect_reply` says which direction we
@@ -218,6 +277,9 @@ Result<FrameHeader> decode_header(std::span<const uint8_t> bytes, bool expect_re
 // nonzero reserved field, EINVAL on a field value outside its domain (documented
 // per message in docs/protocol.md).
 Result<HelloRequest> decode_hello_request(std::span<const uint8_t> bytes);
+// Exactly kHelloReplySize bytes, or kHelloReplySize + kHelloRdmaTrailerSize with
+// kFeatureRdma in `features`; the trailer and the feature come together or not
+// at all (EBADMSG otherwise).
 Result<HelloReply> decode_hello_reply(std::span<const uint8_t> bytes);
 Result<AuthRequest> decode_auth_request(std::span<const uint8_t> bytes);
 Result<AddrRequest> decode_addr_request(std::span<const uint8_t> bytes);
@@ -230,5 +292,8 @@ Result<StatReply> decode_stat_reply(std::span<const uint8_t> bytes);
 // data bytes (`data` is set to point at them). For READ, exactly the fixed part.
 Result<IoRequest> decode_io_request(std::span<const uint8_t> bytes, Opcode op,
                                     std::span<const uint8_t>* data);
+// range_count must match the payload size and reserved fields must be zero
+// (EBADMSG); each range needs length 1..kBlockSize and must not wrap (EINVAL).
+Result<PersistRequest> decode_persist_request(std::span<const uint8_t> bytes);
 
 }  // namespace pbrick::proto
