@@ -7,8 +7,10 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 
+#include <chrono>
 #include <cstring>
 
+#include "common/rdma.h"
 #include "common/units.h"
 
 namespace pbrick {
@@ -110,21 +112,47 @@ Result<UniqueFd> connect_tcp(const Endpoint& ep, int timeout_ms) {
 
 }  // namespace
 
-BrickClient::BrickClient(UniqueFd fd) : fd_(std::move(fd)) {}
+BrickClient::BrickClient(UniqueFd fd, std::unique_ptr<rdma::RdmaLink> link, int timeout_ms)
+    : fd_(std::move(fd)), link_(std::move(link)), timeout_ms_(timeout_ms) {}
+
+BrickClient::~BrickClient() = default;
 
 Result<std::unique_ptr<BrickClient>> BrickClient::Connect(const ClientOptions& options) {
-  auto fd = connect_tcp(options.endpoint, options.timeout_ms);
-  if (!fd) return fd.error();
-  std::unique_ptr<BrickClient> client(new BrickClient(std::move(*fd)));
+  std::unique_ptr<BrickClient> client;
+  uint64_t features = options.features;
+  if (options.transport == Transport::kRdma) {
+    auto link = std::make_unique<rdma::RdmaLink>();
+    rdma::LinkOptions lo;
+    lo.one_sided_depth = 4;
+    PBRICK_TRY(link->connect(options.endpoint, lo, options.timeout_ms));
+    client.reset(new BrickClient(UniqueFd(), std::move(link), options.timeout_ms));
+    features |= proto::kFeatureRdma;
+  } else {
+    auto fd = connect_tcp(options.endpoint, options.timeout_ms);
+    if (!fd) return fd.error();
+    client.reset(new BrickClient(std::move(*fd), nullptr, options.timeout_ms));
+    features &= ~proto::kFeatureRdma;
+  }
 
   proto::HelloRequest hello;
-  hello.features = options.features;
+  hello.features = features;
   PBRICK_TRY(random_bytes(hello.client_nonce.data(), hello.client_nonce.size()));
   uint8_t payload[proto::kHelloRequestSize];
   proto::encode_hello_request(hello, payload);
-  PBRICK_TRY(client->call(proto::Opcode::kHello, payload, {}, "HELLO " + options.endpoint.to_string()));
+  Status said = client->call(proto::Opcode::kHello, payload, {}, "HELLO " + options.endpoint.to_string());
+  if (!said) {
+    if (said.error().errnum() == EOPNOTSUPP && (features & proto::kFeatureSyncRead) != 0) {
+      return Error(EOPNOTSUPP, "HELLO " + options.endpoint.to_string() +
+                                   ": the brick refuses sync-read persistence over RDMA (it has not declared "
+                                   "DDIO off on its storage NIC: --persistence sync-read); use persistence rpc");
+    }
+    return said.error();
+  }
   auto reply = proto::decode_hello_reply(client->reply_);
   if (!reply) return reply.error().wrap("HELLO " + options.endpoint.to_string());
+  if (client->link_ && !reply->has_rdma_trailer) {
+    return Error(EPROTO, "HELLO " + options.endpoint.to_string() + ": the brick did not accept the RDMA transport");
+  }
   client->hello_ = *reply;
 
   if (options.key && (reply->hello_flags & proto::kHelloAuthRequired) == 0) {
@@ -151,8 +179,14 @@ Result<std::unique_ptr<BrickClient>> BrickClient::Connect(const ClientOptions& o
   return client;
 }
 
-Status BrickClient::send_raw(std::span<const uint8_t> bytes) {
-  return send_all(fd_.get(), bytes.data(), bytes.size(), "send");
+Status BrickClient::send_raw(std::span<const uint8_t> bytes) { return send_bytes(bytes, "send"); }
+
+Status BrickClient::send_bytes(std::span<const uint8_t> bytes, const std::string& what) {
+  if (!link_) return send_all(fd_.get(), bytes.data(), bytes.size(), what.c_str());
+  // A send slot comes back with its completion; with one request at a time
+  // there is always one free, but reap completions first anyway.
+  PBRICK_TRY(link_->poll([](const rdma::RdmaLink::Completion&) {}));
+  return link_->send_message(bytes).wrap_error(what);
 }
 
 Status BrickClient::call(proto::Opcode op, std::span<const uint8_t> payload, std::span<const uint8_t> data,
@@ -163,6 +197,7 @@ Status BrickClient::call(proto::Opcode op, std::span<const uint8_t> payload, std
   h.payload_len = static_cast<uint32_t>(payload.size() + data.size());
   uint8_t hdr[proto::kHeaderSize];
   proto::encode_header(h, hdr);
+  if (link_) return call_rdma(h, hdr, payload, data, what);
   PBRICK_TRY(send_all(fd_.get(), hdr, sizeof hdr, what.c_str()));
   PBRICK_TRY(send_all(fd_.get(), payload.data(), payload.size(), what.c_str()));
   if (!data.empty()) PBRICK_TRY(send_all(fd_.get(), data.data(), data.size(), what.c_str()));
@@ -178,6 +213,84 @@ Status BrickClient::call(proto::Opcode op, std::span<const uint8_t> payload, std
   PBRICK_TRY(recv_all(fd_.get(), reply_.data(), reply_.size(), what.c_str()));
   if (reply->status != 0) return Error(proto::errno_from_wire(reply->status), what);
   return Status::Ok();
+}
+
+Status BrickClient::call_rdma(const proto::FrameHeader& h, std::span<const uint8_t> hdr,
+                              std::span<const uint8_t> payload, std::span<const uint8_t> data,
+                              const std::string& what) {
+  if (!data.empty()) return Error(EOPNOTSUPP, what + ": data frames do not travel over RDMA");
+  if (hdr.size() + payload.size() > proto::kRdmaMessageSize) return Error(EMSGSIZE, what + ": request too large");
+  uint8_t frame[proto::kRdmaMessageSize];
+  std::memcpy(frame, hdr.data(), hdr.size());
+  if (!payload.empty()) std::memcpy(frame + hdr.size(), payload.data(), payload.size());
+  PBRICK_TRY(send_bytes({frame, hdr.size() + payload.size()}, what));
+  bool got = false;
+  Status bad = Status::Ok();
+  auto on = [&](const rdma::RdmaLink::Completion& c) {
+    if (c.kind != rdma::RdmaLink::Completion::Kind::kMessage || got) return;
+    got = true;
+    auto reply = proto::decode_header(c.message.first(std::min(c.message.size(), proto::kHeaderSize)), true);
+    if (c.message.size() < proto::kHeaderSize || !reply) {
+      bad = Error(EPROTO, what + ": bad reply from the brick");
+      return;
+    }
+    if (reply->opcode != h.opcode || reply->request_id != h.request_id ||
+        c.message.size() != proto::kHeaderSize + reply->payload_len) {
+      bad = Error(EPROTO, what + ": reply does not match the request");
+      return;
+    }
+    reply_.assign(c.message.begin() + proto::kHeaderSize, c.message.end());
+    if (reply->status != 0) bad = Error(proto::errno_from_wire(reply->status), what);
+  };
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms_);
+  while (!got) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return Error(ETIMEDOUT, what + ": no reply from the brick");
+    Status st = link_->wait(static_cast<int>(left.count()), on);
+    if (got) break;
+    if (!st && st.error().errnum() != ETIMEDOUT) return st.error().wrap(what);
+    PBRICK_TRY(link_->check_cm_events().wrap_error(what));
+  }
+  return bad;
+}
+
+Status BrickClient::rdma_io(bool write, uint32_t rkey, uint64_t remote_addr, uint8_t* buf, size_t len) {
+  const std::string what = std::string(write ? "rdma write " : "rdma read ") + format_hex(remote_addr);
+  auto bounce = link_->bounce();
+  for (size_t done = 0; done < len;) {
+    size_t n = std::min(len - done, bounce.size());
+    if (write) std::memcpy(bounce.data(), buf + done, n);
+    ibv_sge sge{reinterpret_cast<uint64_t>(bounce.data()), static_cast<uint32_t>(n), link_->lkey(bounce.data(), n)};
+    link_->queue_rdma(write ? IBV_WR_RDMA_WRITE : IBV_WR_RDMA_READ, &sge, 1, rkey, remote_addr + done, 1);
+    PBRICK_TRY(link_->post_queued().wrap_error(what));
+    bool got = false;
+    Status result = Status::Ok();
+    auto on = [&](const rdma::RdmaLink::Completion& c) {
+      if (c.kind != rdma::RdmaLink::Completion::Kind::kOneSided) return;
+      got = true;
+      if (c.status != 0) result = Error(c.status, what + ": " + c.error);
+    };
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms_);
+    while (!got) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return Error(ETIMEDOUT, what + ": no completion");
+      Status st = link_->wait(static_cast<int>(left.count()), on);
+      // The WR's own completion says why first; flushed receives follow it.
+      if (!got && !st && st.error().errnum() != ETIMEDOUT) return st.error().wrap(what);
+    }
+    PBRICK_TRY(result);
+    if (!write) std::memcpy(buf + done, bounce.data(), n);
+    done += n;
+  }
+  return Status::Ok();
+}
+
+Status BrickClient::persist(std::span<const proto::PersistRange> ranges) {
+  proto::PersistRequest req;
+  req.ranges.assign(ranges.begin(), ranges.end());
+  std::vector<uint8_t> p(proto::persist_request_size(req.ranges.size()));
+  proto::encode_persist_request(req, p.data());
+  return call(proto::Opcode::kPersist, p, {}, "persist");
 }
 
 Result<proto::StatReply> BrickClient::stat() {
@@ -250,12 +363,14 @@ Result<std::vector<proto::Extent>> BrickClient::list_all() {
 }
 
 Status BrickClient::write(uint32_t rkey, uint64_t remote_addr, std::span<const uint8_t> data) {
+  if (link_) return rdma_io(true, rkey, remote_addr, const_cast<uint8_t*>(data.data()), data.size());
   uint8_t p[proto::kIoRequestSize];
   proto::encode_io_request({rkey, remote_addr, static_cast<uint32_t>(data.size())}, p);
   return call(proto::Opcode::kWrite, p, data, "write " + format_hex(remote_addr));
 }
 
 Status BrickClient::read(uint32_t rkey, uint64_t remote_addr, std::span<uint8_t> out) {
+  if (link_) return rdma_io(false, rkey, remote_addr, out.data(), out.size());
   uint8_t p[proto::kIoRequestSize];
   proto::encode_io_request({rkey, remote_addr, static_cast<uint32_t>(out.size())}, p);
   PBRICK_TRY(call(proto::Opcode::kRead, p, {}, "read " + format_hex(remote_addr)));

@@ -1,5 +1,6 @@
-// A blocking, one-request-at-a-time brick client over TCP, for pbrickctl, tests
-// and tools. The gateway's data path does not use it: it keeps many requests in
+// A blocking, one-request-at-a-time brick client over TCP or RDMA, for pbrickctl,
+// tests and tools. Over RDMA every request is one SEND message and read()/write()
+// are one-sided RDMA READ/WRITE through a registered bounce buffer. The gateway's data path does not use it: it keeps many requests in
 // flight on its own event loop and shares only the protocol codec.
 //
 // A BrickClient owns one connection. It is not thread-safe: one thread at a time.
@@ -16,9 +17,14 @@
 #include "common/auth.h"
 #include "common/protocol.h"
 #include "common/result.h"
+#include "common/transport.h"
 #include "common/unique_fd.h"
 
 namespace pbrick {
+
+namespace rdma {
+class RdmaLink;
+}
 
 struct Endpoint {
   std::string host;
@@ -33,6 +39,8 @@ Result<Endpoint> parse_endpoint(std::string_view text, std::string_view what, bo
 struct ClientOptions {
   Endpoint endpoint;
   std::optional<ClusterKey> key;
+  Transport transport = Transport::kTcp;
+  // Offered in HELLO; kFeatureRdma is added for transport rdma.
   uint64_t features = proto::kFeatureSyncRead;
   int timeout_ms = 10000;  // per send/receive; ETIMEDOUT when exceeded
 };
@@ -43,6 +51,7 @@ class BrickClient {
   // whose proof does not match our key is refused (EKEYREJECTED); a brick that
   // asks for a key we do not have gives EACCES.
   static Result<std::unique_ptr<BrickClient>> Connect(const ClientOptions& options);
+  ~BrickClient();
 
   const proto::HelloReply& hello() const { return hello_; }
 
@@ -55,17 +64,28 @@ class BrickClient {
   // Every page, with extents continuing across a page boundary merged.
   Result<std::vector<proto::Extent>> list_all();
 
+  // TCP: READ/WRITE frames. RDMA: one-sided READ/WRITE; a dead rkey fails in
+  // the NIC with EKEYREJECTED and breaks the queue pair (later calls fail).
   Status write(uint32_t rkey, uint64_t remote_addr, std::span<const uint8_t> data);
   Status read(uint32_t rkey, uint64_t remote_addr, std::span<uint8_t> out);
 
-  // Hands the connected, authenticated socket to an event loop.
+  // Asks the brick to make `ranges` durable (PERSIST; none: every writable
+  // mapping). Requires kFeaturePersistRpc.
+  Status persist(std::span<const proto::PersistRange> ranges);
+
+  // Hands the connected, authenticated socket to an event loop (TCP only).
   UniqueFd take_fd() && { return std::move(fd_); }
 
-  // Sends raw bytes on the connection (tests of malformed input).
+  // Sends raw bytes on the connection (tests of malformed input); over RDMA
+  // they go as one message.
   Status send_raw(std::span<const uint8_t> bytes);
 
  private:
-  explicit BrickClient(UniqueFd fd);
+  BrickClient(UniqueFd fd, std::unique_ptr<rdma::RdmaLink> link, int timeout_ms);
+  Status send_bytes(std::span<const uint8_t> bytes, const std::string& what);
+  Status call_rdma(const proto::FrameHeader& h, std::span<const uint8_t> hdr, std::span<const uint8_t> payload,
+                   std::span<const uint8_t> data, const std::string& what);
+  Status rdma_io(bool write, uint32_t rkey, uint64_t remote_addr, uint8_t* buf, size_t len);
 
   // Sends one request and receives its reply header + payload into reply_.
   // A nonzero status becomes an Error with context "<OP> ...".
@@ -73,6 +93,8 @@ class BrickClient {
               std::span<const uint8_t> data, const std::string& what);
 
   UniqueFd fd_;
+  std::unique_ptr<rdma::RdmaLink> link_;
+  int timeout_ms_ = 10000;
   uint64_t next_request_id_ = 1;
   proto::HelloReply hello_;
   std::vector<uint8_t> reply_;  // payload of the last reply

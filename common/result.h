@@ -71,6 +71,8 @@ class [[nodiscard]] Status {
   bool ok() const { return ok_; }
   explicit operator bool() const { return ok_; }
   const Error& error() const { assert(!ok_); return error_; }
+  // This status, its error (if any) wrapped in `outer`.
+  Status wrap_error(const std::string& outer) const { return ok_ ? Status() : Status(error_.wrap(outer)); }
 
  private:
   Error error_{0, ""};

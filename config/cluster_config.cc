@@ -905,9 +905,7 @@ Result<std::string> read_file(const std::string& path) {
 
 }  // namespace
 
-const char* transport_name(Transport t) { return enum_name(kTransports, t); }
 const char* ddio_mode_name(DdioMode m) { return enum_name(kDdioModes, m); }
-const char* persistence_name(Persistence p) { return enum_name(kPersistences, p); }
 const char* frontend_name(Frontend f) { return enum_name(kFrontends, f); }
 
 std::string ConfigError::to_string() const {

@@ -19,24 +19,17 @@
 #include <vector>
 
 #include "common/result.h"
+#include "common/transport.h"
 
 namespace pbrick {
 
-enum class Transport { kTcp, kRdma };
 // What pbrick does about DDIO on the brick's storage NIC (docs/ddio.md).
 // kOff/kOn: `pbrickctl ddio` sets that state before the brick starts.
 // kUnmanaged: pbrick never touches the registers and assumes nothing.
 enum class DdioMode { kOff, kOn, kUnmanaged };
-// How a client learns that a write is persistent (docs/config.md).
-// kSyncRead: an RDMA read after the writes flushes them to the persistence
-//   domain; only true when the NIC's writes bypass the CPU cache (DDIO off).
-// kRpc: the brick flushes on request and acknowledges; works everywhere.
-enum class Persistence { kSyncRead, kRpc };
 enum class Frontend { kUblk, kNbd };
 
-const char* transport_name(Transport t);
 const char* ddio_mode_name(DdioMode m);
-const char* persistence_name(Persistence p);
 const char* frontend_name(Frontend f);
 
 struct StoreConfig {

@@ -22,7 +22,7 @@ using namespace pbrick;
 
 constexpr const char* kUsage =
     "Usage: pbrickctl [--target HOST:PORT | --config FILE --brick NAME] [--key-file FILE]\n"
-    "                 [--json] [--timeout MS] COMMAND [ARGS]\n"
+    "                 [--transport tcp|rdma] [--json] [--timeout MS] COMMAND [ARGS]\n"
     "\n"
     "Brick commands:\n"
     "  stat                       capacity, usage and identity of the brick\n"
@@ -36,9 +36,11 @@ constexpr const char* kUsage =
     "  unmap ADDR                 revoke this connection's mapping (useful in scripts\n"
     "                             with --hold; mappings also end with the connection)\n"
     "  write ADDR OFFSET          write stdin at ADDR+OFFSET: allocates and maps the\n"
-    "                             blocks as needed, then sync-reads (persistent on exit 0)\n"
+    "                             blocks as needed, then makes it durable (a sync-read\n"
+    "                             over tcp, PERSIST over rdma): persistent on exit 0\n"
     "  read ADDR OFFSET LENGTH    write LENGTH bytes from ADDR+OFFSET to stdout\n"
-    "  rread RKEY RADDR LENGTH    one-sided READ through a raw handle\n"
+    "  rread RKEY RADDR LENGTH    one-sided READ through a raw handle (over rdma a\n"
+    "                             revoked rkey fails in the NIC: remote access error)\n"
     "  rwrite RKEY RADDR          one-sided WRITE of stdin through a raw handle\n"
     "\n"
     "\n"
@@ -53,7 +55,7 @@ constexpr const char* kUsage =
     "ADDR, OFFSET, RKEY and RADDR are hex (0x...) or decimal; LENGTH accepts K, M, G.\n"
     "--target defaults to $PBRICK_TARGET, --config to $PBRICK_CONFIG, --key-file to\n"
     "$PBRICK_KEY_FILE; with --config and --brick, the brick's address and key come\n"
-    "from the cluster file.\n"
+    "from the cluster file, and so does the transport (--transport wins; default tcp).\n"
     "Exit status: 0 success, 1 operation failed, 2 usage error.\n";
 
 bool g_json = false;
@@ -245,6 +247,8 @@ int cmd_write(BrickClient& client, const std::vector<std::string>& args) {
   if (pos < *addr || (!data->empty() && pos + data->size() - 1 < pos)) {
     return usage_error("write: ADDR+OFFSET+length exceeds the 64-bit address space");
   }
+  // Each block is persisted before the cursor moves on (and unmaps it).
+  const bool persist_rpc = (client.hello().features & proto::kFeaturePersistRpc) != 0;
   BlockCursor cur;
   size_t done = 0;
   while (done < data->size()) {
@@ -256,9 +260,17 @@ int cmd_write(BrickClient& client, const std::vector<std::string>& args) {
     if (!st) return fail(st.error());
     st = client.write(cur.handle.rkey, cur.handle.remote_addr + in_block, {data->data() + done, chunk});
     if (!st) return fail(st.error());
+    if (persist_rpc) {
+      proto::PersistRange range{cur.handle.rkey, cur.handle.remote_addr + in_block, chunk};
+      st = client.persist({&range, 1});
+      if (!st) return fail(st.error());
+    }
     done += chunk;
   }
-  if (cur.vaddr != UINT64_MAX) {
+  if (cur.vaddr != UINT64_MAX && persist_rpc) {
+    Status st = client.unmap(cur.vaddr);
+    if (!st) return fail(st.error());
+  } else if (cur.vaddr != UINT64_MAX) {
     // Sync-read: a READ after the WRITEs returns only once they are persistent.
     uint8_t byte;
     Status st = client.read(cur.handle.rkey, cur.handle.remote_addr, {&byte, 1});
@@ -383,6 +395,7 @@ int main(int argc, char** argv) {
   std::string config_file = getenv("PBRICK_CONFIG") ? getenv("PBRICK_CONFIG") : "";
   std::string brick_name;
   int timeout_ms = 10000;
+  std::optional<Transport> transport;
   std::vector<std::string> args;
   // Global options come before the command; everything after it is the command's.
   int i = 1;
@@ -418,6 +431,12 @@ int main(int argc, char** argv) {
       const char* v = value("--brick");
       if (!v) return usage_error("--brick needs a NAME");
       brick_name = v;
+    } else if (a == "--transport" || a.rfind("--transport=", 0) == 0) {
+      const char* v = a == "--transport" ? value("--transport") : argv[i] + 12;
+      if (!v) return usage_error("--transport needs tcp or rdma");
+      auto t = parse_transport(v, "--transport");
+      if (!t) return usage_error(t.error().context());
+      transport = *t;
     } else if (a == "--timeout") {
       const char* v = value("--timeout");
       if (!v) return usage_error("--timeout needs milliseconds");
@@ -476,6 +495,7 @@ int main(int argc, char** argv) {
     if (brick == nullptr) return usage_error("--brick: no brick named '" + brick_name + "' in " + config_file);
     if (target_text.empty()) target_text = Endpoint{brick->host, static_cast<uint16_t>(brick->port)}.to_string();
     if (key_file.empty()) key_file = brick->key_file;
+    if (!transport) transport = brick->transport;
   }
   if (cmd == "ddio") return cmd_ddio_apply(*config, *brick);
   static const char* const kCommands[] = {"stat", "list", "alloc", "free", "map", "unmap",
@@ -492,6 +512,10 @@ int main(int argc, char** argv) {
   ClientOptions options;
   options.endpoint = *endpoint;
   options.timeout_ms = timeout_ms;
+  options.transport = transport.value_or(Transport::kTcp);
+  // Over RDMA durability is asked for with PERSIST, which every brick serves;
+  // sync-read there depends on how the brick's NIC is set up.
+  if (options.transport == Transport::kRdma) options.features = proto::kFeaturePersistRpc;
   if (!key_file.empty()) {
     auto key = load_key_file(key_file);
     if (!key) return fail(key.error().wrap("--key-file"));

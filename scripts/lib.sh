@@ -8,7 +8,7 @@ export PBRICK_ROOT
 PBRICK_BUILD_PACKAGES=(
   cmake ninja-build g++ pkg-config
   liburing-dev libpmem-dev libyaml-cpp-dev libsystemd-dev libssl-dev
-  libgtest-dev nbdkit-plugin-dev
+  libgtest-dev nbdkit-plugin-dev libibverbs-dev librdmacm-dev
 )
 # What the demo runs: the NBD server and clients it shows the volume with.
 PBRICK_DEMO_PACKAGES=(
@@ -19,6 +19,7 @@ PBRICK_TEST_PACKAGES=(
   bats bats-assert bats-support
   python3 procps psmisc jq xxd systemd
   nbdkit libnbd-bin qemu-utils fio
+  ibverbs-providers rdma-core rdmacm-utils ibverbs-utils iproute2
 )
 
 say() { printf '\n==> %s\n' "$*"; }

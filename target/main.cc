@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <string>
 
 #include "common/auth.h"
@@ -28,6 +29,9 @@ constexpr const char* kUsage =
     "  --store PATH          store file or devdax device\n"
     "  --size SIZE           store size (512M, 4G, ...); must match an existing store\n"
     "  --listen HOST:PORT    address to serve on (port 0 picks a free one)\n"
+    "  --transport T         tcp (default) or rdma (RDMA CM on --listen; data by one-sided RDMA)\n"
+    "  --persistence P       rpc (default) or sync-read: declares the storage NIC's DDIO off, so\n"
+    "                        an RDMA READ after RDMA WRITEs makes them durable (docs/persistence.md)\n"
     "  --key-file FILE       cluster key: clients must prove they know it\n"
     "  --force-format        format PATH even if it holds data (destroys it)\n"
     "  --max-connections N   default 128\n"
@@ -44,7 +48,8 @@ int usage_error(const std::string& message) {
 
 int main(int argc, char** argv) {
   using namespace pbrick;
-  enum { kStore = 1000, kSize, kListen, kKeyFile, kForceFormat, kMaxConn, kPortFile, kLogLevel, kConfig, kBrick };
+  enum { kStore = 1000, kSize, kListen, kKeyFile, kForceFormat, kMaxConn, kPortFile, kLogLevel, kConfig, kBrick,
+         kTransport, kPersistence };
   static const option kOptions[] = {
       {"store", required_argument, nullptr, kStore},
       {"size", required_argument, nullptr, kSize},
@@ -56,12 +61,16 @@ int main(int argc, char** argv) {
       {"log-level", required_argument, nullptr, kLogLevel},
       {"config", required_argument, nullptr, kConfig},
       {"brick", required_argument, nullptr, kBrick},
+      {"transport", required_argument, nullptr, kTransport},
+      {"persistence", required_argument, nullptr, kPersistence},
       {"help", no_argument, nullptr, 'h'},
       {nullptr, 0, nullptr, 0},
   };
   std::string store_path, listen_text, key_file, port_file, config_file, brick_name;
   uint64_t size = 0;
   bool force_format = false;
+  std::optional<Transport> transport;
+  std::optional<Persistence> persistence;
   ServerOptions server_options;
   opterr = 0;
   int opt;
@@ -87,6 +96,18 @@ int main(int argc, char** argv) {
       case kPortFile: port_file = optarg; break;
       case kConfig: config_file = optarg; break;
       case kBrick: brick_name = optarg; break;
+      case kTransport: {
+        auto r = parse_transport(optarg, "--transport");
+        if (!r) return usage_error(r.error().context());
+        transport = *r;
+        break;
+      }
+      case kPersistence: {
+        auto r = parse_persistence(optarg, "--persistence");
+        if (!r) return usage_error(r.error().context());
+        persistence = *r;
+        break;
+      }
       case kLogLevel: {
         if (!set_log_level_by_name(optarg)) {
           return usage_error(std::string("--log-level: unknown level '") + optarg + "'");
@@ -108,11 +129,8 @@ int main(int argc, char** argv) {
     }
     const BrickConfig* brick = config->find_brick(brick_name);
     if (brick == nullptr) return usage_error("--brick: no brick named '" + brick_name + "' in " + config_file);
-    if (brick->transport != Transport::kTcp) {
-      std::fprintf(stderr, "pbrick-target: brick %s: transport %s is not available in this build\n",
-                   brick_name.c_str(), transport_name(brick->transport));
-      return 1;
-    }
+    if (!transport) transport = brick->transport;
+    if (!persistence) persistence = brick->persistence;
     if (store_path.empty()) store_path = brick->store.path;
     if (size == 0) size = brick->store.size;
     if (listen_text.empty()) listen_text = Endpoint{brick->host, static_cast<uint16_t>(brick->port)}.to_string();
@@ -123,6 +141,8 @@ int main(int argc, char** argv) {
   auto listen = parse_endpoint(listen_text, "--listen", /*allow_port_zero=*/true);
   if (!listen) return usage_error(listen.error().context());
   server_options.listen = *listen;
+  server_options.transport = transport.value_or(Transport::kTcp);
+  server_options.persistence = persistence.value_or(Persistence::kRpc);
   if (!key_file.empty()) {
     auto key = load_key_file(key_file);
     if (!key) {
@@ -174,6 +194,11 @@ int main(int argc, char** argv) {
                   static_cast<unsigned long long>(stats.capacity_blocks),
                   static_cast<unsigned long long>(stats.allocated_blocks));
 
+  if (server_options.transport == Transport::kRdma && server_options.persistence == Persistence::kSyncRead &&
+      !(*store)->region().is_pmem()) {
+    PBRICK_LOG_WARN("sync-read over RDMA on a file store: a brick process crash loses nothing (the data is in "
+                    "the page cache), a power loss of this host can; use persistence rpc or real pmem");
+  }
   auto server = Server::Create(**store, server_options);
   if (!server) {
     PBRICK_LOG_ERROR("%s", server.error().message().c_str());

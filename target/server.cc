@@ -5,6 +5,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
@@ -22,6 +23,7 @@
 #include "common/protocol.h"
 #include "common/units.h"
 #include "common/uring.h"
+#include "target/rdma_listener.h"
 
 namespace pbrick {
 namespace {
@@ -30,7 +32,7 @@ using proto::kHeaderSize;
 using proto::Opcode;
 using Clock = std::chrono::steady_clock;
 
-enum class OpKind : uint8_t { kAccept = 1, kRecv, kSend, kFsync, kSignal, kTick, kCancel, kStop };
+enum class OpKind : uint8_t { kAccept = 1, kRecv, kSend, kFsync, kSignal, kTick, kCancel, kStop, kCmPoll, kCqPoll };
 
 struct UserData {
   static uint64_t pack(OpKind kind, uint32_t generation, uint32_t index) {
@@ -65,6 +67,7 @@ struct Connection {
   bool fsync_inflight = false;
   bool dirty = false;           // WRITEs since the last persistence point
   bool persist_failed = false;  // the last fdatasync failed: the next READ reports EIO
+  bool persist_synced = false;  // the PERSIST at the head of `in` has had its fdatasync
   Clock::time_point accepted_at;
   std::string peer;
   std::unique_ptr<uint8_t[]> in{new uint8_t[kInCapacity]};
@@ -73,6 +76,7 @@ struct Connection {
   size_t out_start = 0, out_end = 0;
   Nonce client_nonce{}, server_nonce{};
   std::vector<uint32_t> rkeys;  // handles this connection mapped
+  std::unique_ptr<RdmaConn> rdma;  // RDMA connections: QP and message buffers; no fd
 
   bool idle() const { return !recv_inflight && !send_inflight && !fsync_inflight; }
 };
@@ -83,6 +87,7 @@ struct Handle {
   uint64_t slot_offset = 0;
   uint32_t map_flags = 0;
   uint32_t owner = 0;
+  rdma::MrPtr mr;  // RDMA: the registration; deregistering kills the rkey in the NIC
 };
 
 struct MapState {
@@ -129,6 +134,7 @@ class Server::Impl {
   }
 
   Status init();
+  Status listen_tcp();
   Status run();
   uint16_t port() const { return port_; }
   void stop() {
@@ -162,11 +168,21 @@ class Server::Impl {
   void handle_map(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload);
   void handle_unmap(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload);
   void handle_io(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload);
+  // PERSIST: false when it waits for an fdatasync (pump resumes it).
+  bool handle_persist(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload);
+  Status write_back(uint64_t offset, uint64_t len);
+  void arm_rdma();
+  void on_cm_events();
+  void on_cq();
   void revoke(uint32_t rkey);
   Result<uint32_t> fresh_rkey();
 
   Store& store_;
   ServerOptions options_;
+  std::unique_ptr<RdmaListener> listener_;  // before conns_ and handles_: they go first
+  bool cm_poll_inflight_ = false;
+  std::vector<uint32_t> pending_;  // connections touched by the current CQ batch
+  bool cq_poll_inflight_ = false;
   io_uring ring_{};
   bool ring_ready_ = false;
   UniqueFd listen_fd_;
@@ -200,6 +216,29 @@ class Server::Impl {
 };
 
 Status Server::Impl::init() {
+  if (options_.transport == Transport::kRdma) {
+    auto l = RdmaListener::Create(options_.listen, store_.region().base(), store_.region().size());
+    if (!l) return l.error();
+    listener_ = std::move(*l);
+    port_ = listener_->port();
+  }
+  if (!listener_) PBRICK_TRY(listen_tcp());
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGTERM);
+  sigaddset(&mask, SIGINT);
+  signal_fd_.reset(::signalfd(-1, &mask, SFD_CLOEXEC));
+  if (!signal_fd_.valid()) return errno_error("signalfd");
+  stop_fd_.reset(::eventfd(0, EFD_CLOEXEC));
+  if (!stop_fd_.valid()) return errno_error("eventfd");
+
+  int err = init_event_ring(kRingEntries, &ring_);
+  if (err < 0) return Error(-err, "io_uring_queue_init");
+  ring_ready_ = true;
+  return Status::Ok();
+}
+
+Status Server::Impl::listen_tcp() {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -235,21 +274,9 @@ Status Server::Impl::init() {
   ::getsockname(listen_fd_.get(), reinterpret_cast<sockaddr*>(&ss), &len);
   port_ = ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port
                                          : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
-
-  sigset_t mask;
-  sigemptyset(&mask);
-  sigaddset(&mask, SIGTERM);
-  sigaddset(&mask, SIGINT);
-  signal_fd_.reset(::signalfd(-1, &mask, SFD_CLOEXEC));
-  if (!signal_fd_.valid()) return errno_error("signalfd");
-  stop_fd_.reset(::eventfd(0, EFD_CLOEXEC));
-  if (!stop_fd_.valid()) return errno_error("eventfd");
-
-  int err = init_event_ring(kRingEntries, &ring_);
-  if (err < 0) return Error(-err, "io_uring_queue_init");
-  ring_ready_ = true;
   return Status::Ok();
 }
+
 
 io_uring_sqe* Server::Impl::get_sqe() {
   io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
@@ -263,6 +290,7 @@ io_uring_sqe* Server::Impl::get_sqe() {
 }
 
 void Server::Impl::arm_accept() {
+  if (listener_) return arm_rdma();
   if (stopping_ || accept_inflight_) return;
   accept_addrlen_ = sizeof accept_addr_;
   io_uring_sqe* sqe = get_sqe();
@@ -290,7 +318,7 @@ void Server::Impl::arm_tick() {
 }
 
 void Server::Impl::arm_recv(Connection& c) {
-  if (c.closing || c.peer_eof || c.recv_inflight) return;
+  if (c.rdma || c.closing || c.peer_eof || c.recv_inflight) return;
   // Keep the unread bytes at the front when the tail gets short, so one
   // recv can bring in a whole frame; at most one frame's bytes are moved.
   if (c.in_start > 0 && kInCapacity - c.in_end < (64u << 10)) {
@@ -307,6 +335,27 @@ void Server::Impl::arm_recv(Connection& c) {
 }
 
 void Server::Impl::flush_output(Connection& c) {
+  if (c.rdma) {
+    // One SEND per reply frame, as long as send buffers are free; the rest
+    // goes out as sends complete (on_cq).
+    while (c.out_end - c.out_start >= kHeaderSize) {
+      uint32_t payload_len;
+      std::memcpy(&payload_len, c.out.get() + c.out_start + 12, sizeof payload_len);
+      size_t frame = kHeaderSize + le32toh(payload_len);
+      Status error = Status::Ok();
+      if (!c.rdma->send_frame({c.out.get() + c.out_start, frame}, &error)) break;
+      if (!error) {
+        PBRICK_LOG_WARN("%s: %s", c.peer.c_str(), error.error().message().c_str());
+        c.out_start = c.out_end = 0;
+        begin_close(c);
+        break;
+      }
+      c.out_start += frame;
+    }
+    if (c.out_start == c.out_end) c.out_start = c.out_end = 0;
+    c.send_inflight = c.rdma->sends_in_flight();
+    return;
+  }
   if (c.send_inflight || c.out_start == c.out_end) return;
   io_uring_sqe* sqe = get_sqe();
   io_uring_prep_send(sqe, c.fd.get(), c.out.get() + c.out_start, c.out_end - c.out_start, MSG_NOSIGNAL);
@@ -406,7 +455,16 @@ void Server::Impl::pump(Connection& c) {
       blocked = true;
       break;
     }
-    if (hdr->opcode == Opcode::kRead && (c.dirty || orphan_dirty_) && c.state == Connection::State::kReady) {
+    if (hdr->opcode == Opcode::kPersist && c.state == Connection::State::kReady) {
+      if (!handle_persist(c, *hdr, {frame + kHeaderSize, hdr->payload_len})) {
+        blocked = true;
+        break;
+      }
+      c.in_start += total;
+      continue;
+    }
+    if (hdr->opcode == Opcode::kRead && !c.rdma && (c.dirty || orphan_dirty_) &&
+        c.state == Connection::State::kReady) {
       // Sync-read: this READ is answered only once every earlier WRITE on this
       // connection is persistent.
       if (store_.region().is_pmem()) {
@@ -498,15 +556,22 @@ void Server::Impl::handle_frame(Connection& c, const proto::FrameHeader& h, std:
     case Opcode::kList: {
       auto req = proto::decode_list_request(payload);
       if (!req) return reply_error(c, h, req.error());
-      proto::ListReply r = store_.list(req->cursor, req->max_extents);
+      // Over RDMA a reply is one message: fewer extents per page, same paging.
+      uint32_t max = c.rdma ? std::min(req->max_extents, proto::kRdmaMaxListExtents) : req->max_extents;
+      proto::ListReply r = store_.list(req->cursor, max);
       size_t size = proto::list_reply_size(r.extents.size());
       proto::encode_list_reply(r, reply_header(c, h, static_cast<uint32_t>(size)));
       return;
     }
     case Opcode::kRead:
     case Opcode::kWrite:
+      if (c.rdma) {
+        return reply_error(c, h, Error(EOPNOTSUPP, "data moves by one-sided RDMA on an RDMA connection"));
+      }
       handle_io(c, h, payload);
       return;
+    case Opcode::kPersist:
+      break;  // handled in pump()
     case Opcode::kHello:
       break;  // handled above
   }
@@ -528,6 +593,26 @@ void Server::Impl::handle_hello(Connection& c, const proto::FrameHeader& h, std:
   proto::HelloReply r;
   r.version = version;
   r.features = req->features & proto::kKnownFeatures;
+  if (c.rdma) {
+    if ((req->features & proto::kFeatureRdma) == 0) {
+      reply_error(c, h, Error(EPROTONOSUPPORT, "RDMA connection without the RDMA feature"));
+      begin_close(c);
+      return;
+    }
+    if ((req->features & proto::kFeatureSyncRead) != 0 && options_.persistence != Persistence::kSyncRead) {
+      PBRICK_LOG_WARN("%s: refused: sync-read persistence asked for, but this brick has not declared DDIO off "
+                      "on its storage NIC (start it with --persistence sync-read once DDIO is off)",
+                      c.peer.c_str());
+      reply_error(c, h, Error(EOPNOTSUPP, "sync-read needs DDIO off"));
+      begin_close(c);
+      return;
+    }
+    r.has_rdma_trailer = true;
+    r.sync_rkey = listener_->sync_rkey();
+    r.sync_addr = listener_->sync_addr();
+  } else {
+    r.features &= ~proto::kFeatureRdma;
+  }
   r.brick_uuid = store_.uuid();
   r.boot_id = boot_id_;
   c.client_nonce = req->client_nonce;
@@ -545,7 +630,7 @@ void Server::Impl::handle_hello(Connection& c, const proto::FrameHeader& h, std:
   } else {
     c.state = Connection::State::kReady;
   }
-  proto::encode_hello_reply(r, reply_header(c, h, proto::kHelloReplySize));
+  proto::encode_hello_reply(r, reply_header(c, h, static_cast<uint32_t>(proto::hello_reply_size(r))));
 }
 
 void Server::Impl::handle_auth(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload) {
@@ -592,23 +677,40 @@ void Server::Impl::handle_map(Connection& c, const proto::FrameHeader& h, std::s
     if (ms.count == 0) map_state_.erase(req->vaddr);
     return reply_error(c, h, Error(EBUSY, what + ": mapped exclusively elsewhere"));
   }
-  auto rkey = fresh_rkey();
-  if (!rkey) return reply_error(c, h, rkey.error());
-  // The remote address is random too (like ibv_reg_mr_iova), 2 MiB aligned and
-  // far enough from the top that base + length never wraps.
-  uint64_t remote_base;
-  Status st = random_bytes(reinterpret_cast<uint8_t*>(&remote_base), sizeof remote_base);
-  if (!st) return reply_error(c, h, st.error());
-  remote_base &= ~(proto::kBlockSize - 1);
-  remote_base &= (1ull << 63) - 1;
-  st = store_.pin(req->vaddr);
-  if (!st) return reply_error(c, h, st.error());
+  auto fail = [&](const Error& e) {
+    if (ms.count == 0) map_state_.erase(req->vaddr);
+    reply_error(c, h, e);
+  };
+  uint32_t rkey = 0;
+  uint64_t remote_base = 0;
+  rdma::MrPtr mr;
+  if (c.rdma) {
+    // A memory region with exactly the access the flags allow: the NIC itself
+    // refuses a WRITE through a read-only handle, and UNMAP kills the rkey.
+    auto reg = listener_->register_block(*slot, proto::kBlockSize, (req->map_flags & proto::kMapWrite) != 0);
+    if (!reg) return fail(reg.error().wrap(what));
+    mr = std::move(*reg);
+    rkey = mr->rkey;
+    remote_base = reinterpret_cast<uint64_t>(mr->addr);
+  } else {
+    auto fresh = fresh_rkey();
+    if (!fresh) return fail(fresh.error());
+    rkey = *fresh;
+    // The remote address is random too (like ibv_reg_mr_iova), 2 MiB aligned and
+    // far enough from the top that base + length never wraps.
+    Status st = random_bytes(reinterpret_cast<uint8_t*>(&remote_base), sizeof remote_base);
+    if (!st) return fail(st.error());
+    remote_base &= ~(proto::kBlockSize - 1);
+    remote_base &= (1ull << 63) - 1;
+  }
+  Status st = store_.pin(req->vaddr);
+  if (!st) return fail(st.error());
   ms.count++;
   ms.exclusive = !shared;
-  handles_[*rkey] = Handle{req->vaddr, remote_base, *slot, req->map_flags, c.index};
-  c.rkeys.push_back(*rkey);
+  handles_[rkey] = Handle{req->vaddr, remote_base, *slot, req->map_flags, c.index, std::move(mr)};
+  c.rkeys.push_back(rkey);
   proto::MapReply r;
-  r.rkey = *rkey;
+  r.rkey = rkey;
   r.map_flags = req->map_flags;
   r.remote_addr = remote_base;
   r.length = proto::kBlockSize;
@@ -679,11 +781,221 @@ void Server::Impl::handle_io(Connection& c, const proto::FrameHeader& h, std::sp
   std::memcpy(out, store_.region().base() + offset, req->length);
 }
 
+// PERSIST names ranges through live handles (or none: every writable
+// mapping). pmem: cache flush + drain of each range. A file store: the ranges
+// are written back through the page cache (an RDMA NIC writes pinned pages
+// behind the kernel's dirty tracking), then one fdatasync through io_uring;
+// the reply waits for it. Returns false while that fdatasync runs.
+bool Server::Impl::handle_persist(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload) {
+  if (c.persist_synced) {
+    c.persist_synced = false;
+    if (c.persist_failed) {
+      c.persist_failed = false;
+      reply_error(c, h, Error(EIO, "persist: fdatasync of the store failed"));
+    } else {
+      reply_header(c, h, 0);
+    }
+    return true;
+  }
+  auto req = proto::decode_persist_request(payload);
+  if (!req) {
+    reply_error(c, h, req.error());
+    return true;
+  }
+  struct Range {
+    uint64_t offset, len;
+  };
+  std::vector<Range> ranges;
+  if (req->ranges.empty()) {
+    for (const auto& [rkey, hd] : handles_) {
+      if ((hd.map_flags & proto::kMapWrite) != 0) ranges.push_back({hd.slot_offset, proto::kBlockSize});
+    }
+  } else {
+    ranges.reserve(req->ranges.size());
+    for (const proto::PersistRange& pr : req->ranges) {
+      auto it = handles_.find(pr.rkey);
+      if (it == handles_.end()) {
+        reply_error(c, h, Error(EKEYREJECTED, "persist: rkey " + format_hex(pr.rkey) + " is not valid"));
+        return true;
+      }
+      const Handle& hd = it->second;
+      if (pr.remote_addr < hd.remote_base || pr.remote_addr - hd.remote_base > proto::kBlockSize ||
+          pr.length > proto::kBlockSize - (pr.remote_addr - hd.remote_base)) {
+        reply_error(c, h, Error(ERANGE, "persist: range outside the mapped block"));
+        return true;
+      }
+      ranges.push_back({hd.slot_offset + (pr.remote_addr - hd.remote_base), pr.length});
+    }
+  }
+  PmemRegion& region = store_.region();
+  for (const Range& r : ranges) {
+    Status st = region.is_pmem() ? region.persist(r.offset, r.len) : write_back(r.offset, r.len);
+    if (!st) {
+      PBRICK_LOG_ERROR("%s: persist: %s", c.peer.c_str(), st.error().message().c_str());
+      reply_error(c, h, Error(EIO, "persist failed"));
+      return true;
+    }
+  }
+  if (region.is_pmem() || region.sync_fd() < 0) {
+    reply_header(c, h, 0);
+    return true;
+  }
+  // The same fdatasync also covers earlier TCP WRITEs of this connection.
+  c.dirty = false;
+  orphan_dirty_ = false;
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_fsync(sqe, region.sync_fd(), IORING_FSYNC_DATASYNC);
+  io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kFsync, c.generation, c.index));
+  c.fsync_inflight = true;
+  c.persist_synced = true;
+  return false;
+}
+
+Status Server::Impl::write_back(uint64_t offset, uint64_t len) {
+  const uint8_t* p = store_.region().base() + offset;
+  while (len > 0) {
+    ssize_t n = ::pwrite(store_.region().sync_fd(), p, len, static_cast<off_t>(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno_error("write-back of " + format_hex(offset));
+    }
+    p += n;
+    offset += static_cast<uint64_t>(n);
+    len -= static_cast<uint64_t>(n);
+  }
+  return Status::Ok();
+}
+
+void Server::Impl::arm_rdma() {
+  if (stopping_) return;
+  if (!cm_poll_inflight_) {
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_poll_add(sqe, listener_->cm_fd(), POLLIN);
+    io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kCmPoll, 0, 0));
+    cm_poll_inflight_ = true;
+  }
+  if (!cq_poll_inflight_ && listener_->cq_fd() >= 0) {
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_poll_add(sqe, listener_->cq_fd(), POLLIN);
+    io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kCqPoll, 0, 0));
+    cq_poll_inflight_ = true;
+  }
+}
+
+void Server::Impl::on_cm_events() {
+  for (;;) {
+    auto ev = listener_->next_event();
+    if (!ev) {
+      PBRICK_LOG_ERROR("rdma: %s", ev.error().message().c_str());
+      break;
+    }
+    if (!*ev) break;
+    const RdmaListener::Event& e = **ev;
+    using Kind = RdmaListener::Event::Kind;
+    if (e.kind == Kind::kConnectRequest) {
+      if (open_connections_ >= options_.max_connections) {
+        PBRICK_LOG_WARN("refusing an RDMA connection: %u connections open", options_.max_connections);
+        listener_->reject(e.id);
+        continue;
+      }
+      uint32_t index;
+      if (!free_slots_.empty()) {
+        index = free_slots_.back();
+        free_slots_.pop_back();
+      } else {
+        index = static_cast<uint32_t>(conns_.size());
+        conns_.emplace_back();
+      }
+      uint32_t generation = next_generation_++ & 0xFFFFFF;
+      auto rc = listener_->accept(e.id, generation, index);
+      if (!rc) {
+        PBRICK_LOG_WARN("refusing an RDMA connection: %s", rc.error().message().c_str());
+        free_slots_.push_back(index);
+        continue;
+      }
+      auto c = std::make_unique<Connection>();
+      c->index = index;
+      c->generation = generation;
+      c->accepted_at = Clock::now();
+      c->rdma = std::move(*rc);
+      c->peer = c->rdma->peer();
+      PBRICK_LOG_DEBUG("%s: connected", c->peer.c_str());
+      conns_[index] = std::move(c);
+      open_connections_++;
+      continue;
+    }
+    uint32_t index = static_cast<uint32_t>(e.context);
+    uint32_t generation = static_cast<uint32_t>(e.context >> 32);
+    if (index >= conns_.size() || !conns_[index] || conns_[index]->generation != generation) continue;
+    Connection& c = *conns_[index];
+    if (e.kind == Kind::kDisconnected) {
+      PBRICK_LOG_DEBUG("%s: %s", c.peer.c_str(), e.name.c_str());
+      c.peer_eof = true;
+      c.out_start = c.out_end = 0;  // nobody is left to read replies
+      begin_close(c);
+      maybe_close(c);
+    }
+  }
+  arm_rdma();
+}
+
+void Server::Impl::on_cq() {
+  Status st = listener_->poll_cq([this](const RdmaListener::Completion& wc) {
+    if (wc.index >= conns_.size() || !conns_[wc.index] || conns_[wc.index]->generation != wc.generation) return;
+    Connection& c = *conns_[wc.index];
+    if (wc.status != 0) {
+      // A flushed WR is the QP going down (we or the peer disconnected);
+      // anything else breaks the connection.
+      if (wc.status != ECONNRESET) PBRICK_LOG_WARN("%s: %s", c.peer.c_str(), wc.error.c_str());
+      if (!wc.is_recv) c.rdma->on_send_done(wc.slot);
+      c.peer_eof = true;
+      c.out_start = c.out_end = 0;
+      begin_close(c);
+      c.send_inflight = c.rdma->sends_in_flight();
+      pending_.push_back(wc.index);
+      return;
+    }
+    if (wc.is_recv) {
+      auto msg = c.rdma->received(wc.slot, wc.byte_len);
+      if (kInCapacity - c.in_end < msg.size()) {
+        std::memmove(c.in.get(), c.in.get() + c.in_start, c.in_end - c.in_start);
+        c.in_end -= c.in_start;
+        c.in_start = 0;
+      }
+      if (kInCapacity - c.in_end < msg.size()) {
+        PBRICK_LOG_WARN("%s: closing connection: more requests outstanding than allowed", c.peer.c_str());
+        begin_close(c);
+      } else {
+        std::memcpy(c.in.get() + c.in_end, msg.data(), msg.size());
+        c.in_end += msg.size();
+        Status rs = c.rdma->repost(wc.slot);
+        if (!rs) {
+          PBRICK_LOG_WARN("%s: %s", c.peer.c_str(), rs.error().message().c_str());
+          begin_close(c);
+        }
+      }
+    } else {
+      c.rdma->on_send_done(wc.slot);
+    }
+    pending_.push_back(wc.index);
+  });
+  if (!st) PBRICK_LOG_ERROR("rdma: %s", st.error().message().c_str());
+  // Each touched connection once, after the whole batch: frames are parsed
+  // and replies sent per connection, not per completion.
+  for (uint32_t index : pending_) {
+    if (index < conns_.size() && conns_[index]) pump(*conns_[index]);
+  }
+  pending_.clear();
+  arm_rdma();
+}
+
 void Server::Impl::begin_close(Connection& c) {
   if (c.closing) return;
   c.closing = true;
   // Wakes a pending recv (it completes with 0); output already queued still goes out.
-  ::shutdown(c.fd.get(), SHUT_RD);
+  // An RDMA connection has no pending receive in the ring: maybe_close()
+  // disconnects it once its replies are sent.
+  if (!c.rdma) ::shutdown(c.fd.get(), SHUT_RD);
 }
 
 void Server::Impl::maybe_close(Connection& c) {
@@ -695,6 +1007,7 @@ void Server::Impl::maybe_close(Connection& c) {
   if (!c.idle()) return;
   for (uint32_t rkey : c.rkeys) revoke(rkey);
   if (c.dirty) orphan_dirty_ = true;
+  if (c.rdma) c.rdma->disconnect();
   PBRICK_LOG_DEBUG("%s: connection closed (%zu mappings revoked)", c.peer.c_str(), c.rkeys.size());
   uint32_t index = c.index;
   conns_[index].reset();
@@ -768,6 +1081,7 @@ void Server::Impl::on_tick() {
       PBRICK_LOG_WARN("%s: closing connection: no handshake within %u ms", c->peer.c_str(),
                       options_.handshake_timeout_ms);
       begin_close(*c);
+      if (c->rdma) maybe_close(*c);
     }
   }
   if (!accept_inflight_) arm_accept();
@@ -803,6 +1117,14 @@ void Server::Impl::handle_cqe(io_uring_cqe* cqe) {
       }
       return;
     case OpKind::kCancel:
+      return;
+    case OpKind::kCmPoll:
+      cm_poll_inflight_ = false;
+      if (!stopping_) on_cm_events();
+      return;
+    case OpKind::kCqPoll:
+      cq_poll_inflight_ = false;
+      if (!stopping_) on_cq();
       return;
     case OpKind::kRecv:
     case OpKind::kSend:
@@ -873,7 +1195,7 @@ Status Server::Impl::run() {
       for (auto& c : conns_) {
         if (c) {
           c->closing = true;
-          ::shutdown(c->fd.get(), SHUT_RDWR);
+          if (!c->rdma) ::shutdown(c->fd.get(), SHUT_RDWR);
         }
       }
       io_uring_sqe* sqe = get_sqe();
@@ -888,6 +1210,11 @@ Status Server::Impl::run() {
       sqe = get_sqe();
       io_uring_prep_cancel64(sqe, UserData::pack(OpKind::kAccept, 0, 0), 0);
       io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kCancel, 0, 0));
+      for (OpKind kind : {OpKind::kCmPoll, OpKind::kCqPoll}) {
+        sqe = get_sqe();
+        io_uring_prep_cancel64(sqe, UserData::pack(kind, 0, 0), 0);
+        io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kCancel, 0, 0));
+      }
     }
     int err = io_uring_submit_and_wait(&ring_, 1);
     if (err < 0 && err != -EINTR) return Error(-err, "io_uring_submit_and_wait");

@@ -1,10 +1,14 @@
-// The brick's TCP server: one thread, one io_uring, every connection's receive,
+// The brick's server: one thread, one io_uring, every connection's receive,
 // send and persistence (fdatasync) driven as io_uring operations. There is no
-// per-request or per-connection thread: control operations and the one-sided
-// READ/WRITE stand-ins are all served from the event loop.
+// per-request or per-connection thread: control operations and, over TCP, the
+// one-sided READ/WRITE stand-ins are all served from the event loop. Over RDMA
+// the loop also polls the RDMA CM channel and the completion channel
+// (target/rdma_listener.h) and never sees data: clients READ and WRITE the
+// registered blocks with one-sided RDMA.
 //
 // user_data packing of every SQE (see UserData in server.cc):
-//   bits 63..56  operation kind (accept, recv, send, fsync, signal, watchdog, cancel)
+//   bits 63..56  operation kind (accept, recv, send, fsync, signal, watchdog,
+//                cancel, stop, RDMA CM poll, completion channel poll)
 //   bits 55..32  connection generation (low 24 bits), detects a reused slot
 //   bits 31..0   connection slot index
 //
@@ -19,12 +23,22 @@
 #include "common/auth.h"
 #include "common/client.h"
 #include "common/result.h"
+#include "common/transport.h"
 #include "target/store.h"
 
 namespace pbrick {
 
 struct ServerOptions {
   Endpoint listen;
+  // kRdma: RDMA CM on `listen`; control frames as SEND/RECV messages, data by
+  // the clients' one-sided READ/WRITE into memory regions MAP registers.
+  Transport transport = Transport::kTcp;
+  // kSyncRead declares that the storage NIC writes straight to the persistence
+  // domain (DDIO off), so an RDMA READ after RDMA WRITEs makes them durable;
+  // without it an RDMA client asking for sync-read is refused. PERSIST (rpc)
+  // is always served; over TCP the brick's CPU persists before answering a
+  // sync-read, so both work there.
+  Persistence persistence = Persistence::kRpc;
   std::optional<ClusterKey> key;
   uint32_t max_connections = 128;
   // A connection that has not finished HELLO (and AUTH, when a key is set)

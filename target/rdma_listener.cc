@@ -1,0 +1,261 @@
+#include "target/rdma_listener.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+
+#include <cstring>
+#include <optional>
+
+#include "common/log.h"
+#include "common/protocol.h"
+
+namespace pbrick {
+namespace {
+
+constexpr uint32_t kSlots = proto::kRdmaMaxOutstanding;
+constexpr size_t kMsg = proto::kRdmaMessageSize;
+// Entries of the CQ every connection shares: each has at most kSlots
+// receives and kSlots sends outstanding.
+constexpr int kCqEntries = 128 * 2 * kSlots;
+
+enum : uint64_t { kWrRecv = 1, kWrSend = 2 };
+
+uint64_t wr_id(uint64_t base, uint64_t kind, uint32_t slot) { return (kind << 60) | base | slot; }
+
+}  // namespace
+
+// ---- RdmaConn ------------------------------------------------------------------
+
+RdmaConn::~RdmaConn() { disconnect(); }
+
+void RdmaConn::disconnect() {
+  if (disconnected_ || !id_) return;
+  disconnected_ = true;
+  rdma_disconnect(id_.get());
+}
+
+std::string RdmaConn::peer() const {
+  if (!id_) return "?";
+  sockaddr* sa = rdma_get_peer_addr(id_.get());
+  char host[NI_MAXHOST], serv[NI_MAXSERV];
+  socklen_t len = sa->sa_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
+  if (::getnameinfo(sa, len, host, sizeof host, serv, sizeof serv, NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+    return "?";
+  }
+  return std::string("rdma:") + host + ":" + serv;
+}
+
+bool RdmaConn::send_frame(std::span<const uint8_t> frame, Status* error) {
+  if (free_send_.empty()) return false;
+  if (frame.size() > kMsg) {
+    *error = Error(EMSGSIZE, "reply of " + std::to_string(frame.size()) + " bytes does not fit a message");
+    return true;
+  }
+  uint32_t slot = free_send_.back();
+  free_send_.pop_back();
+  uint8_t* buf = send_buf_.data() + size_t{slot} * kMsg;
+  std::memcpy(buf, frame.data(), frame.size());
+  ibv_sge sge{reinterpret_cast<uint64_t>(buf), static_cast<uint32_t>(frame.size()), send_mr_->lkey};
+  ibv_send_wr wr{};
+  wr.wr_id = wr_id(wr_base_, kWrSend, slot);
+  wr.sg_list = &sge;
+  wr.num_sge = 1;
+  wr.opcode = IBV_WR_SEND;
+  wr.send_flags = IBV_SEND_SIGNALED;
+  ibv_send_wr* bad = nullptr;
+  int rc = ibv_post_send(id_->qp, &wr, &bad);
+  if (rc != 0) {
+    free_send_.push_back(slot);
+    *error = Error(rc, "ibv_post_send");
+  }
+  return true;
+}
+
+std::span<const uint8_t> RdmaConn::received(uint32_t slot, uint32_t len) const {
+  return {recv_buf_.data() + size_t{slot} * kMsg, std::min<size_t>(len, kMsg)};
+}
+
+Status RdmaConn::repost(uint32_t slot) {
+  ibv_sge sge{reinterpret_cast<uint64_t>(recv_buf_.data() + size_t{slot} * kMsg), static_cast<uint32_t>(kMsg),
+              recv_mr_->lkey};
+  ibv_recv_wr wr{};
+  wr.wr_id = wr_id(wr_base_, kWrRecv, slot);
+  wr.sg_list = &sge;
+  wr.num_sge = 1;
+  ibv_recv_wr* bad = nullptr;
+  int rc = ibv_post_recv(id_->qp, &wr, &bad);
+  if (rc != 0) return Error(rc, "ibv_post_recv");
+  return Status::Ok();
+}
+
+// ---- RdmaListener --------------------------------------------------------------
+
+RdmaListener::~RdmaListener() = default;
+
+Result<std::unique_ptr<RdmaListener>> RdmaListener::Create(const Endpoint& listen, uint8_t* base, uint64_t size) {
+  std::unique_ptr<RdmaListener> l(new RdmaListener());
+  l->base_ = base;
+  l->size_ = size;
+  const std::string where = "listen rdma " + listen.to_string();
+  l->events_.reset(rdma_create_event_channel());
+  if (!l->events_) return errno_error(where + ": rdma_create_event_channel (is the rdma_cm module loaded?)");
+  int flags = ::fcntl(l->events_->fd, F_GETFL);
+  if (flags < 0 || ::fcntl(l->events_->fd, F_SETFL, flags | O_NONBLOCK) < 0) return errno_error(where + ": fcntl");
+  rdma_cm_id* raw = nullptr;
+  if (rdma_create_id(l->events_.get(), &raw, nullptr, RDMA_PS_TCP) != 0) return errno_error(where + ": rdma_create_id");
+  l->listen_id_.reset(raw);
+  auto addr = rdma::resolve(listen, true);
+  if (!addr) return addr.error().wrap(where);
+  if (rdma_bind_addr(raw, reinterpret_cast<sockaddr*>(&*addr)) != 0) {
+    return errno_error(where + ": rdma_bind_addr (no RDMA device on that address?)");
+  }
+  if (rdma_listen(raw, 128) != 0) return errno_error(where + ": rdma_listen");
+  // Bound to one device's address: set the device up now, so the sync page and
+  // the CQ exist before the first client.
+  if (raw->verbs != nullptr) PBRICK_TRY(l->setup_device(raw->verbs).wrap_error(where));
+  return l;
+}
+
+uint16_t RdmaListener::port() const { return ntohs(rdma_get_src_port(listen_id_.get())); }
+
+Status RdmaListener::setup_device(ibv_context* verbs) {
+  verbs_ = verbs;
+  pd_.reset(ibv_alloc_pd(verbs));
+  if (!pd_) return errno_error("ibv_alloc_pd");
+  PBRICK_TRY(cq_.create(verbs, kCqEntries));
+  sync_mr_.reset(ibv_reg_mr(pd_.get(), base_, 4096, IBV_ACCESS_REMOTE_READ));
+  if (!sync_mr_) return errno_error("ibv_reg_mr of the sync page");
+  // MAP registers blocks for remote write; the kernel refuses that for files
+  // whose pages it tracks for writeback (a file on ext4 or xfs, fsdax). Find
+  // out now rather than at the first MAP.
+  rdma::MrPtr probe(ibv_reg_mr(pd_.get(), base_, 4096,
+                               IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ));
+  if (!probe) {
+    return errno_error("the store cannot be registered for RDMA writes (a file on a disk filesystem? "
+                       "serve a devdax device, or a file on tmpfs or hugetlbfs)");
+  }
+  ibv_device_attr attr{};
+  if (ibv_query_device(verbs, &attr) == 0) max_rd_atom_ = std::max(1, std::min(attr.max_qp_rd_atom, 16));
+  PBRICK_LOG_INFO("rdma: serving through device %s", ibv_get_device_name(verbs->device));
+  return Status::Ok();
+}
+
+Result<std::optional<RdmaListener::Event>> RdmaListener::next_event() {
+  rdma_cm_event* ev = nullptr;
+  if (rdma_get_cm_event(events_.get(), &ev) != 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return std::optional<Event>();
+    return errno_error("rdma_get_cm_event");
+  }
+  Event e;
+  e.name = rdma_event_str(ev->event);
+  e.id = ev->id;
+  e.context = reinterpret_cast<uint64_t>(ev->id->context);
+  switch (ev->event) {
+    case RDMA_CM_EVENT_CONNECT_REQUEST: e.kind = Event::Kind::kConnectRequest; break;
+    case RDMA_CM_EVENT_ESTABLISHED: e.kind = Event::Kind::kEstablished; break;
+    case RDMA_CM_EVENT_DISCONNECTED:
+    case RDMA_CM_EVENT_CONNECT_ERROR:
+    case RDMA_CM_EVENT_UNREACHABLE:
+    case RDMA_CM_EVENT_REJECTED:
+    case RDMA_CM_EVENT_DEVICE_REMOVAL: e.kind = Event::Kind::kDisconnected; break;
+    default: e.kind = Event::Kind::kOther; break;
+  }
+  rdma_ack_cm_event(ev);
+  return std::optional<Event>(std::move(e));
+}
+
+void RdmaListener::reject(rdma_cm_id* id) {
+  rdma_reject(id, nullptr, 0);
+  rdma_destroy_id(id);
+}
+
+Result<std::unique_ptr<RdmaConn>> RdmaListener::accept(rdma_cm_id* id, uint32_t generation, uint32_t index) {
+  std::unique_ptr<RdmaConn> c(new RdmaConn());
+  c->id_.reset(id);  // from here on destroyed with the connection, also on error
+  c->listener_ = this;
+  Status st = set_up(*c, id, generation, index);
+  if (!st) {
+    rdma_reject(id, nullptr, 0);  // the client hears at once instead of timing out
+    c->disconnected_ = true;
+    return st.error();
+  }
+  return c;
+}
+
+Status RdmaListener::set_up(RdmaConn& conn, rdma_cm_id* id, uint32_t generation, uint32_t index) {
+  RdmaConn* c = &conn;
+  if (verbs_ == nullptr) PBRICK_TRY(setup_device(id->verbs));
+  if (id->verbs != verbs_) return Error(EXDEV, "connection through another RDMA device than the first");
+  c->wr_base_ = (static_cast<uint64_t>(generation & 0xFFFFFF) << 36) | (static_cast<uint64_t>(index & 0xFFFFF) << 16);
+  id->context = reinterpret_cast<void*>((static_cast<uint64_t>(generation) << 32) | index);
+
+  ibv_qp_init_attr attr{};
+  attr.send_cq = cq_.cq();
+  attr.recv_cq = cq_.cq();
+  attr.qp_type = IBV_QPT_RC;
+  attr.cap.max_send_wr = kSlots;
+  attr.cap.max_recv_wr = kSlots;
+  attr.cap.max_send_sge = 1;
+  attr.cap.max_recv_sge = 1;
+  if (rdma_create_qp(id, pd_.get(), &attr) != 0) return errno_error("rdma_create_qp");
+  c->recv_buf_.assign(kSlots * kMsg, 0);
+  c->send_buf_.assign(kSlots * kMsg, 0);
+  c->recv_mr_.reset(ibv_reg_mr(pd_.get(), c->recv_buf_.data(), c->recv_buf_.size(), IBV_ACCESS_LOCAL_WRITE));
+  c->send_mr_.reset(ibv_reg_mr(pd_.get(), c->send_buf_.data(), c->send_buf_.size(), IBV_ACCESS_LOCAL_WRITE));
+  if (!c->recv_mr_ || !c->send_mr_) return errno_error("ibv_reg_mr of message buffers");
+  for (uint32_t i = 0; i < kSlots; i++) {
+    c->free_send_.push_back(i);
+    PBRICK_TRY(c->repost(i));
+  }
+  rdma_conn_param param{};
+  // Clients READ (sync-reads, reads of data) with as many outstanding as the
+  // device allows; we never READ from them.
+  param.responder_resources = static_cast<uint8_t>(max_rd_atom_);
+  param.initiator_depth = 0;
+  param.rnr_retry_count = 7;
+  if (rdma_accept(id, &param) != 0) return errno_error("rdma_accept");
+  return Status::Ok();
+}
+
+Status RdmaListener::poll_cq(const std::function<void(const Completion&)>& fn) {
+  if (!cq_.cq()) return Status::Ok();
+  cq_.consume_events();
+  ibv_wc wcs[32];
+  bool armed = false;
+  for (;;) {
+    int n = ibv_poll_cq(cq_.cq(), 32, wcs);
+    if (n < 0) return Error(EIO, "ibv_poll_cq");
+    if (n == 0) {
+      if (armed) return Status::Ok();
+      PBRICK_TRY(cq_.arm());
+      armed = true;
+      continue;
+    }
+    armed = false;
+    for (int i = 0; i < n; i++) {
+      const ibv_wc& wc = wcs[i];
+      Completion c{};
+      c.is_recv = (wc.wr_id >> 60) == kWrRecv;
+      c.generation = static_cast<uint32_t>((wc.wr_id >> 36) & 0xFFFFFF);
+      c.index = static_cast<uint32_t>((wc.wr_id >> 16) & 0xFFFFF);
+      c.slot = static_cast<uint32_t>(wc.wr_id & 0xFFFF);
+      c.byte_len = wc.byte_len;
+      c.status = rdma::errno_from_wc(wc.status);
+      if (c.status != 0) c.error = rdma::wc_error_text(wc);
+      fn(c);
+    }
+  }
+}
+
+Result<rdma::MrPtr> RdmaListener::register_block(uint64_t offset, uint64_t len, bool writable) {
+  if (!pd_) return Error(ENODEV, "no RDMA device set up");
+  if (offset > size_ || len > size_ - offset) return Error(ERANGE, "block outside the store");
+  int access = IBV_ACCESS_REMOTE_READ;
+  if (writable) access |= IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_LOCAL_WRITE;
+  rdma::MrPtr mr(ibv_reg_mr(pd_.get(), base_ + offset, len, access));
+  if (!mr) return errno_error("ibv_reg_mr of a 2 MiB block");
+  return mr;
+}
+
+}  // namespace pbrick

@@ -1,0 +1,128 @@
+// The brick's RDMA side: the listening RDMA CM id, one protection domain and
+// one completion queue for every connection on the device, each connection's
+// queue pair with its message buffers, the memory regions of mapped blocks and
+// the read-only sync page. Data never passes through here: clients move it
+// with one-sided READ/WRITE straight into the store's mapping, and the brick's
+// CPU only sees control messages (HELLO, MAP, UNMAP, PERSIST, ...).
+//
+// The Server's io_uring loop drives it: it polls cm_fd() and cq_fd() for
+// readability and calls next_event() / poll_cq(). Every object is owned by
+// one RAII holder; a connection's QP and CM id go before the CQ and PD.
+//
+// wr_id of a connection's work requests (all signalled):
+//   bits 63..60  1 receive, 2 send
+//   bits 59..36  connection generation (low 24 bits)
+//   bits 35..16  connection slot index
+//   bits 15..0   message buffer index
+//
+// Threading: the Server's loop thread only.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "common/client.h"
+#include "common/protocol.h"
+#include "common/rdma.h"
+#include "common/result.h"
+
+namespace pbrick {
+
+class RdmaListener;
+
+// One accepted RDMA connection: its CM id and QP, and kRdmaMaxOutstanding
+// receive and send buffers of one message each.
+class RdmaConn {
+ public:
+  ~RdmaConn();
+  // Copies one frame into a free send buffer and posts it; false when every
+  // send buffer is in flight (the Server keeps the frame queued).
+  bool send_frame(std::span<const uint8_t> frame, Status* error);
+  void on_send_done(uint32_t slot) { free_send_.push_back(slot); }
+  bool sends_in_flight() const { return free_send_.size() < proto::kRdmaMaxOutstanding; }
+  std::span<const uint8_t> received(uint32_t slot, uint32_t len) const;
+  Status repost(uint32_t slot);
+  // Sends a disconnect request; the QP flushes, the peer sees DISCONNECTED.
+  void disconnect();
+  std::string peer() const;
+
+ private:
+  friend class RdmaListener;
+  RdmaConn() = default;
+
+  RdmaListener* listener_ = nullptr;
+  uint64_t wr_base_ = 0;  // generation and slot bits of wr_id
+  std::vector<uint8_t> recv_buf_, send_buf_;
+  rdma::MrPtr recv_mr_, send_mr_;
+  std::vector<uint32_t> free_send_;
+  bool disconnected_ = false;
+  rdma::CmIdPtr id_;  // last: its QP goes first
+};
+
+class RdmaListener {
+ public:
+  // Binds RDMA CM to `listen` and listens. Port 0 picks a free port. The store
+  // mapping [base, base + size) is what MAP registers blocks of.
+  static Result<std::unique_ptr<RdmaListener>> Create(const Endpoint& listen, uint8_t* base, uint64_t size);
+  ~RdmaListener();
+
+  uint16_t port() const;
+  int cm_fd() const { return events_->fd; }
+  // -1 until the first connection tells which device serves the address.
+  int cq_fd() const { return cq_.fd(); }
+
+  struct Event {
+    enum class Kind { kConnectRequest, kEstablished, kDisconnected, kOther } kind;
+    rdma_cm_id* id = nullptr;  // the connection's id
+    uint64_t context = 0;      // what accept() stored in the id
+    std::string name;          // rdma_event_str
+  };
+  // The next CM event, acknowledged, or nullopt when none is pending.
+  Result<std::optional<Event>> next_event();
+
+  // Accepts a CONNECT_REQUEST: creates the QP on the shared CQ, posts the
+  // receives and answers. `context` comes back with the id's later events and
+  // `wr_base` is packed into every wr_id of the connection.
+  Result<std::unique_ptr<RdmaConn>> accept(rdma_cm_id* id, uint32_t generation, uint32_t index);
+  void reject(rdma_cm_id* id);
+
+  struct Completion {
+    bool is_recv;
+    uint32_t generation, index, slot;
+    uint32_t byte_len;
+    int status;  // 0 or errno_from_wc
+    std::string error;
+  };
+  // Drains the shared CQ (poll, arm, poll) after consuming channel events.
+  Status poll_cq(const std::function<void(const Completion&)>& fn);
+
+  // Registers one mapped block for remote access: read-only, or read-write.
+  Result<rdma::MrPtr> register_block(uint64_t offset, uint64_t len, bool writable);
+
+  // The read-only page a client's sync-read targets (HELLO trailer).
+  uint32_t sync_rkey() const { return sync_mr_ ? sync_mr_->rkey : 0; }
+  uint64_t sync_addr() const { return reinterpret_cast<uint64_t>(base_); }
+
+ private:
+  friend class RdmaConn;
+  RdmaListener() = default;
+  Status setup_device(ibv_context* verbs);
+  Status set_up(RdmaConn& conn, rdma_cm_id* id, uint32_t generation, uint32_t index);
+
+  uint8_t* base_ = nullptr;
+  uint64_t size_ = 0;
+  rdma::EventChannelPtr events_;
+  ibv_context* verbs_ = nullptr;
+  rdma::PdPtr pd_;
+  rdma::CompletionQueue cq_;
+  rdma::MrPtr sync_mr_;
+  int max_rd_atom_ = 1;
+  rdma::CmIdPtr listen_id_;
+};
+
+}  // namespace pbrick
