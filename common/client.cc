@@ -112,28 +112,40 @@ Result<UniqueFd> connect_tcp(const Endpoint& ep, int timeout_ms) {
 
 }  // namespace
 
-BrickClient::BrickClient(UniqueFd fd, std::unique_ptr<rdma::RdmaLink> link, int timeout_ms)
-    : fd_(std::move(fd)), link_(std::move(link)), timeout_ms_(timeout_ms) {}
+BrickClient::BrickClient(UniqueFd fd, std::unique_ptr<rdma::RdmaLink> owned_link, rdma::RdmaLink* link,
+                         int timeout_ms)
+    : fd_(std::move(fd)), owned_link_(std::move(owned_link)), link_(link), timeout_ms_(timeout_ms) {
+  if (owned_link_) link_ = owned_link_.get();
+}
 
 BrickClient::~BrickClient() = default;
 
 Result<std::unique_ptr<BrickClient>> BrickClient::Connect(const ClientOptions& options) {
-  std::unique_ptr<BrickClient> client;
-  uint64_t features = options.features;
   if (options.transport == Transport::kRdma) {
     auto link = std::make_unique<rdma::RdmaLink>();
     rdma::LinkOptions lo;
     lo.one_sided_depth = 4;
     PBRICK_TRY(link->connect(options.endpoint, lo, options.timeout_ms));
-    client.reset(new BrickClient(UniqueFd(), std::move(link), options.timeout_ms));
-    features |= proto::kFeatureRdma;
-  } else {
-    auto fd = connect_tcp(options.endpoint, options.timeout_ms);
-    if (!fd) return fd.error();
-    client.reset(new BrickClient(std::move(*fd), nullptr, options.timeout_ms));
-    features &= ~proto::kFeatureRdma;
+    std::unique_ptr<BrickClient> client(new BrickClient(UniqueFd(), std::move(link), nullptr, options.timeout_ms));
+    return Handshake(std::move(client), options, options.features | proto::kFeatureRdma);
   }
+  auto fd = connect_tcp(options.endpoint, options.timeout_ms);
+  if (!fd) return fd.error();
+  std::unique_ptr<BrickClient> client(new BrickClient(std::move(*fd), nullptr, nullptr, options.timeout_ms));
+  return Handshake(std::move(client), options, options.features & ~proto::kFeatureRdma);
+}
 
+Result<std::unique_ptr<BrickClient>> BrickClient::Connect(const ClientOptions& options, rdma::RdmaLink* link,
+                                                          const rdma::LinkOptions& link_options) {
+  PBRICK_TRY(link->connect(options.endpoint, link_options, options.timeout_ms));
+  std::unique_ptr<BrickClient> client(new BrickClient(UniqueFd(), nullptr, link, options.timeout_ms));
+  auto done = Handshake(std::move(client), options, options.features | proto::kFeatureRdma);
+  if (!done) link->disconnect();
+  return done;
+}
+
+Result<std::unique_ptr<BrickClient>> BrickClient::Handshake(std::unique_ptr<BrickClient> client,
+                                                            const ClientOptions& options, uint64_t features) {
   proto::HelloRequest hello;
   hello.features = features;
   PBRICK_TRY(random_bytes(hello.client_nonce.data(), hello.client_nonce.size()));

@@ -24,6 +24,7 @@ namespace pbrick {
 
 namespace rdma {
 class RdmaLink;
+struct LinkOptions;
 }
 
 struct Endpoint {
@@ -51,6 +52,11 @@ class BrickClient {
   // whose proof does not match our key is refused (EKEYREJECTED); a brick that
   // asks for a key we do not have gives EACCES.
   static Result<std::unique_ptr<BrickClient>> Connect(const ClientOptions& options);
+  // Over RDMA on a link the caller owns (an event loop's, whose PD, CQ and
+  // registered memory outlive reconnects): connects `link` and says HELLO.
+  // The client borrows the link; destroying the client leaves it connected.
+  static Result<std::unique_ptr<BrickClient>> Connect(const ClientOptions& options, rdma::RdmaLink* link,
+                                                      const rdma::LinkOptions& link_options);
   ~BrickClient();
 
   const proto::HelloReply& hello() const { return hello_; }
@@ -81,7 +87,9 @@ class BrickClient {
   Status send_raw(std::span<const uint8_t> bytes);
 
  private:
-  BrickClient(UniqueFd fd, std::unique_ptr<rdma::RdmaLink> link, int timeout_ms);
+  BrickClient(UniqueFd fd, std::unique_ptr<rdma::RdmaLink> owned_link, rdma::RdmaLink* link, int timeout_ms);
+  static Result<std::unique_ptr<BrickClient>> Handshake(std::unique_ptr<BrickClient> client,
+                                                        const ClientOptions& options, uint64_t features);
   Status send_bytes(std::span<const uint8_t> bytes, const std::string& what);
   Status call_rdma(const proto::FrameHeader& h, std::span<const uint8_t> hdr, std::span<const uint8_t> payload,
                    std::span<const uint8_t> data, const std::string& what);
@@ -93,7 +101,8 @@ class BrickClient {
               std::span<const uint8_t> data, const std::string& what);
 
   UniqueFd fd_;
-  std::unique_ptr<rdma::RdmaLink> link_;
+  std::unique_ptr<rdma::RdmaLink> owned_link_;
+  rdma::RdmaLink* link_ = nullptr;  // owned_link_, or a caller's
   int timeout_ms_ = 10000;
   uint64_t next_request_id_ = 1;
   proto::HelloReply hello_;

@@ -1,40 +1,53 @@
 // One pipelined connection to a brick carrying one-sided READ and WRITE for a
-// single event loop, with up to `depth` requests in flight.
+// single event loop, with up to `depth` operations in flight. The volume
+// engine and the ublk queues only see this interface: whether bytes travel as
+// TCP frames (tcp_channel.h) or as one-sided RDMA work requests
+// (rdma_channel.h) does not leak into them.
 //
-// The channel is loop-agnostic: it owns the socket, the request slots and the
-// receive buffer, and says what to send (send_iov) and where to receive
-// (recv_space); the owning loop moves the bytes (io_uring here) and reports
-// back with on_sent/on_received, which run the completion callbacks.
+// The owning loop integrates a channel into its io_uring through ChannelRing:
+// once per iteration it calls flush(), which hands queued work to the
+// transport in one batch and keeps the channel's own SQEs armed (TCP: a send
+// and a recv; RDMA: polls on the completion channel and the CM channel); the
+// completion of each such SQE goes back to on_cqe(). An error from on_cqe()
+// or flush() means the connection is broken: the loop calls teardown().
 //
-// Request ids on the wire: bits 0..15 the slot index, bits 16..63 a sequence
-// number, so a stray or duplicated reply is detected instead of completing
-// the wrong request.
-//
-// Persistence bookkeeping: every WRITE bumps a write sequence; a sync (a 1-byte
-// READ through the last written handle) records the sequence it covers. A
-// sync with nothing unsynced completes at once. When the connection is lost
-// with unsynced writes, they stay unsynced, and the next sync on the new
-// connection covers them (the brick persists its whole store at a sync point)
-// unless the brick's host rebooted in between (its boot id changed): then the
-// writes may be gone and that sync reports EIO once.
+// Persistence bookkeeping (both transports): every WRITE bumps a write
+// sequence; a sync records the sequence it covers and completes only once
+// everything up to it is durable, by the method the connection negotiated in
+// HELLO: sync-read (a small READ after the writes, on the same connection) or
+// PERSIST (rpc: the brick persists the written ranges and replies). A sync
+// with nothing unsynced completes at once. Writes of a lost connection stay
+// unsynced, and the next sync on the new connection covers them, unless the
+// brick's host rebooted in between (its boot id changed): then that sync
+// reports EIO once.
 //
 // Not thread-safe: only the owning loop's thread calls it.
 #pragma once
 
-#include <sys/uio.h>
+#include <liburing.h>
 
-#include <array>
 #include <chrono>
 #include <cstdint>
-#include <span>
-#include <vector>
+#include <memory>
 
 #include "common/client.h"
 #include "common/protocol.h"
 #include "common/result.h"
-#include "common/unique_fd.h"
+#include "common/transport.h"
 
 namespace pbrick {
+
+// What a channel needs from its loop's ring.
+class ChannelRing {
+ public:
+  // An SQE whose completion the loop passes to DataChannel::on_cqe(event, res).
+  virtual io_uring_sqe* channel_sqe(uint8_t event) = 0;
+  // Cancels the in-flight SQE of `event`; its completion still comes back.
+  virtual void cancel_channel_sqe(uint8_t event) = 0;
+
+ protected:
+  ~ChannelRing() = default;
+};
 
 class DataChannel {
  public:
@@ -45,89 +58,53 @@ class DataChannel {
     uint32_t length = 0;
     uint8_t* buf = nullptr;  // READ destination or WRITE source; valid until done runs
     // Called exactly once with 0 or an errno. For connection loss the errno
-    // satisfies is_connection_error().
+    // satisfies is_connection_error(); EKEYREJECTED means the handle is dead.
     void (*done)(Op* op, int status) = nullptr;
     void* ctx = nullptr;
   };
 
-  explicit DataChannel(uint32_t depth);
-  ~DataChannel();
-  DataChannel(const DataChannel&) = delete;
-  DataChannel& operator=(const DataChannel&) = delete;
+  static std::unique_ptr<DataChannel> Create(Transport transport, uint32_t depth);
+  virtual ~DataChannel() = default;
 
-  // Blocking connect + HELLO (+ AUTH). The socket is left blocking: the owner
-  // drives it with io_uring.
-  Status connect(const ClientOptions& options);
-  bool connected() const { return fd_.valid(); }
-  int fd() const { return fd_.get(); }
+  // Memory the ops' buffers live in. RDMA registers it once and moves data
+  // straight from/to it; ops on other memory go through a registered bounce
+  // pool. TCP needs nothing. Call before the first connect().
+  virtual Status add_buffer_region(uint8_t* base, size_t len) {
+    (void)base;
+    (void)len;
+    return Status::Ok();
+  }
 
-  // Closes the socket and completes every op in flight with `status`. The
-  // owner must have no I/O on the socket in flight (shut it down and reap first).
-  void disconnect(int status);
+  // Blocking connect + HELLO (+ AUTH). ClientOptions::features chooses the
+  // persistence method: kFeaturePersistRpc for rpc, else sync-read.
+  virtual Status connect(const ClientOptions& options) = 0;
+  virtual bool connected() const = 0;
+  virtual bool tearing_down() const = 0;
 
-  bool full() const { return free_slots_.empty(); }
-  size_t inflight() const { return depth_ - free_slots_.size(); }
+  virtual bool full() const = 0;
+  virtual size_t inflight() const = 0;
 
-  // Queues a READ or WRITE. Requires connected() && !full().
-  void submit(Op* op);
+  // Queues a READ or WRITE. Requires connected() && !tearing_down() && !full().
+  virtual void submit(Op* op) = 0;
+  // Queues a sync (see above); `op` needs only `done` and `ctx`. Same requirements.
+  virtual void submit_sync(Op* op) = 0;
 
-  // Queues a sync: `op` (length 1, buf: one scratch byte) is sent as a READ
-  // through the handle of the last WRITE when writes are unsynced; otherwise
-  // it completes at once. Requires connected() && !full().
-  void submit_sync(Op* op);
+  // Time of the last completion, or of the first submission since the channel
+  // was idle: the owner tears down a connection that makes no progress.
+  virtual std::chrono::steady_clock::time_point last_progress() const = 0;
 
-  // Up to `max` iovecs of bytes waiting to be sent; 0 when nothing is queued.
-  size_t send_iov(iovec* iov, size_t max) const;
-  void on_sent(size_t n);
+  // Starts tearing the connection down: every op in flight completes with
+  // `status`, at once or in a later flush() once the transport is quiet.
+  virtual void teardown(int status) = 0;
 
-  // Where the next recv should land, and how much arrived. A protocol
-  // violation by the brick returns an error: the owner disconnects.
-  std::span<uint8_t> recv_space();
-  Status on_received(size_t n);
+  virtual Status flush(ChannelRing& ring) = 0;
+  virtual Status on_cqe(uint8_t event, int res) = 0;
 
-  // Time of the last reply, or of the first submission since the channel was
-  // idle: the owner tears down a connection that makes no progress.
-  std::chrono::steady_clock::time_point last_progress() const { return last_progress_; }
-
- private:
-  struct Slot {
-    Op* op = nullptr;
-    uint64_t sequence = 0;
-    uint64_t covers_write_seq = 0;  // for syncs
-    bool is_sync = false;
-    std::array<uint8_t, proto::kHeaderSize + proto::kIoRequestSize> wire{};
-  };
-  struct Segment {
-    const uint8_t* data;
-    size_t len;
-  };
-
-  uint32_t enqueue(Op* op, bool is_sync);  // returns the slot index
-  void complete(uint32_t slot, int status);
-  void push_segment(const uint8_t* data, size_t len);
-
-  uint32_t depth_;
-  UniqueFd fd_;
-  std::array<uint8_t, proto::kUuidSize> boot_id_{};
-  bool have_boot_id_ = false;
-  std::vector<Slot> slots_;
-  std::vector<uint32_t> free_slots_;
-  uint64_t next_sequence_ = 1;
-
-  // Send queue: a ring of segments (header bytes live in the slots, WRITE data
-  // in the callers' buffers); capacity 2 * depth never overflows.
-  std::vector<Segment> segments_;
-  size_t seg_head_ = 0, seg_count_ = 0, seg_offset_ = 0;
-
-  std::vector<uint8_t> in_;
-  size_t in_start_ = 0, in_end_ = 0;
-
-  uint64_t write_seq_ = 0;
-  uint64_t synced_seq_ = 0;
-  bool writes_maybe_lost_ = false;  // the brick's host rebooted under unsynced writes
-  uint32_t last_write_rkey_ = 0;
-  uint64_t last_write_addr_ = 0;
-  std::chrono::steady_clock::time_point last_progress_{};
+  // The loop is stopping: arm nothing more and cancel what stays armed.
+  virtual void stop(ChannelRing& ring) = 0;
+  // Closes the connection and completes every op in flight with `status`.
+  // Only once no SQE of the channel is in flight (at loop exit).
+  virtual void disconnect(int status) = 0;
 };
 
 }  // namespace pbrick

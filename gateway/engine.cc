@@ -22,11 +22,11 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 constexpr size_t kMaxPieces = Engine::kMaxRequest / proto::kBlockSize + 1;
-constexpr size_t kMaxIov = 64;
 constexpr long long kTickNanos = 200ll * 1000 * 1000;
 
-// user_data of the loop's SQEs: just the operation kind (one socket per loop).
-enum class LoopOp : uint64_t { kEvent = 1, kSend, kRecv, kTick, kCancel };
+// user_data of the loop's SQEs: the operation kind in bits 0..7; for the
+// channel's own SQEs (kChannel) its event number in bits 8..15.
+enum class LoopOp : uint64_t { kEvent = 1, kChannel, kTick, kCancel };
 
 // Per caller thread: the pieces of its one outstanding request and the count
 // of those still in flight. Thread-local, so it outlives every completion that
@@ -63,9 +63,10 @@ void wait_for(std::atomic<uint32_t>& pending) {
 }  // namespace
 
 // One event loop: a thread, an io_uring, and one DataChannel to the brick.
-class Engine::Loop {
+class Engine::Loop final : public ChannelRing {
  public:
-  Loop(Volume& volume, uint32_t depth, uint32_t index) : volume_(volume), channel_(depth), index_(index) {
+  Loop(Volume& volume, uint32_t depth, uint32_t index)
+      : volume_(volume), channel_(DataChannel::Create(volume.options().brick.transport, depth)), index_(index) {
     incoming_.reserve(4 * depth);
     taken_.reserve(4 * depth);
     backlog_.reserve(4 * depth);
@@ -79,7 +80,7 @@ class Engine::Loop {
     int err = init_event_ring(256, &ring_);
     if (err < 0) return Error(-err, "io_uring_queue_init");
     ring_ready_ = true;
-    PBRICK_TRY(channel_.connect(data_options()));
+    PBRICK_TRY(channel_->connect(data_options()));
     thread_ = std::thread([this] { run(); });
     return Status::Ok();
   }
@@ -128,48 +129,50 @@ class Engine::Loop {
     (void)ignored;
   }
 
-  io_uring_sqe* sqe(LoopOp kind) {
+  io_uring_sqe* sqe(LoopOp kind, uint8_t event = 0) {
     io_uring_sqe* s = io_uring_get_sqe(&ring_);
     while (s == nullptr) {
       io_uring_submit(&ring_);
       s = io_uring_get_sqe(&ring_);
     }
-    io_uring_sqe_set_data64(s, static_cast<uint64_t>(kind));
+    io_uring_sqe_set_data64(s, static_cast<uint64_t>(kind) | (uint64_t{event} << 8));
     sqes_inflight_++;
     return s;
   }
 
-  void teardown(int status) {
-    if (!channel_.connected() || tearing_down_) return;
-    if (status != ESHUTDOWN) PBRICK_LOG_WARN("queue %u: connection to brick %s lost: %s", index_,
-                    volume_.options().brick.endpoint.to_string().c_str(), std::strerror(status));
-    tearing_down_ = true;
-    teardown_status_ = status;
-    ::shutdown(channel_.fd(), SHUT_RDWR);
+  io_uring_sqe* channel_sqe(uint8_t event) override { return sqe(LoopOp::kChannel, event); }
+  void cancel_channel_sqe(uint8_t event) override {
+    io_uring_prep_cancel64(sqe(LoopOp::kCancel), static_cast<uint64_t>(LoopOp::kChannel) | (uint64_t{event} << 8), 0);
+  }
+
+  void teardown(const Error& why) {
+    if (!channel_->connected() || channel_->tearing_down()) return;
+    if (why.errnum() != ESHUTDOWN) {
+      PBRICK_LOG_WARN("queue %u: connection to brick %s lost: %s", index_,
+                      volume_.options().brick.endpoint.to_string().c_str(), why.message().c_str());
+    }
+    channel_->teardown(why.errnum());
   }
 
   void fail(const Pending& p, int status) { p.op->done(p.op, status); }
 
   void dispatch() {
-    if (tearing_down_ && !send_inflight_ && !recv_inflight_) {
-      channel_.disconnect(teardown_status_);
-      tearing_down_ = false;
-    }
+    Status flushed = channel_->flush(*this);  // completes a finished teardown
+    if (!flushed) teardown(flushed.error());
     if (!taken_.empty()) {
       backlog_.insert(backlog_.end(), taken_.begin(), taken_.end());
       taken_.clear();
     }
     while (backlog_head_ < backlog_.size()) {
       const Pending& p = backlog_[backlog_head_];
-      if (!channel_.connected()) {
-        if (tearing_down_) break;
+      if (!channel_->connected()) {
         // Reconnect, at most every 100 ms; meanwhile fail fast and let the
         // callers retry until their deadline.
         auto now = Clock::now();
         Status st = Error(ECONNREFUSED, "reconnect pending");
         if (now - last_connect_attempt_ >= std::chrono::milliseconds(100)) {
           last_connect_attempt_ = now;
-          st = channel_.connect(data_options());
+          st = channel_->connect(data_options());
           if (st.ok()) {
             PBRICK_LOG_NOTICE("queue %u: reconnected to brick %s", index_,
                               volume_.options().brick.endpoint.to_string().c_str());
@@ -181,11 +184,11 @@ class Engine::Loop {
           break;
         }
       }
-      if (channel_.full()) break;
+      if (channel_->tearing_down() || channel_->full()) break;
       if (p.sync) {
-        channel_.submit_sync(p.op);
+        channel_->submit_sync(p.op);
       } else {
-        channel_.submit(p.op);
+        channel_->submit(p.op);
       }
       backlog_head_++;
     }
@@ -193,22 +196,9 @@ class Engine::Loop {
       backlog_.clear();
       backlog_head_ = 0;
     }
-    if (!channel_.connected() || tearing_down_) return;
-    if (!send_inflight_) {
-      size_t n = channel_.send_iov(iov_, kMaxIov);
-      if (n > 0) {
-        msg_ = {};
-        msg_.msg_iov = iov_;
-        msg_.msg_iovlen = n;
-        io_uring_prep_sendmsg(sqe(LoopOp::kSend), channel_.fd(), &msg_, MSG_NOSIGNAL);
-        send_inflight_ = true;
-      }
-    }
-    if (!recv_inflight_) {
-      auto space = channel_.recv_space();
-      io_uring_prep_recv(sqe(LoopOp::kRecv), channel_.fd(), space.data(), space.size(), 0);
-      recv_inflight_ = true;
-    }
+    // Hands what was just queued to the transport in one batch.
+    flushed = channel_->flush(*this);
+    if (!flushed) teardown(flushed.error());
   }
 
   void arm_event() {
@@ -224,7 +214,8 @@ class Engine::Loop {
   void on_cqe(io_uring_cqe* cqe) {
     sqes_inflight_--;
     int res = cqe->res;
-    switch (static_cast<LoopOp>(io_uring_cqe_get_data64(cqe))) {
+    uint64_t ud = io_uring_cqe_get_data64(cqe);
+    switch (static_cast<LoopOp>(ud & 0xFF)) {
       case LoopOp::kEvent: {
         std::lock_guard lock(mu_);
         taken_.swap(incoming_);
@@ -232,31 +223,17 @@ class Engine::Loop {
         if (!stopping_.load(std::memory_order_acquire)) arm_event();
         break;
       }
-      case LoopOp::kSend:
-        send_inflight_ = false;
-        if (res < 0) {
-          teardown(-res);
-        } else {
-          channel_.on_sent(static_cast<size_t>(res));
-        }
+      case LoopOp::kChannel: {
+        Status st = channel_->on_cqe(static_cast<uint8_t>(ud >> 8), res);
+        if (!st) teardown(st.error());
         break;
-      case LoopOp::kRecv:
-        recv_inflight_ = false;
-        if (res <= 0) {
-          teardown(res == 0 ? ECONNRESET : -res);
-        } else if (!tearing_down_) {
-          Status st = channel_.on_received(static_cast<size_t>(res));
-          if (!st) {
-            PBRICK_LOG_ERROR("queue %u: %s", index_, st.error().message().c_str());
-            teardown(ECONNRESET);
-          }
-        }
-        break;
+      }
       case LoopOp::kTick:
         if (!stopping_.load(std::memory_order_acquire)) {
           auto timeout = std::chrono::milliseconds(volume_.options().io_timeout_ms);
-          if (channel_.connected() && channel_.inflight() > 0 && Clock::now() - channel_.last_progress() > timeout) {
-            teardown(ETIMEDOUT);
+          if (channel_->connected() && channel_->inflight() > 0 &&
+              Clock::now() - channel_->last_progress() > timeout) {
+            teardown(Error(ETIMEDOUT, "no reply within " + std::to_string(timeout.count()) + " ms"));
           }
           arm_tick();
         }
@@ -273,7 +250,8 @@ class Engine::Loop {
     while (sqes_inflight_ > 0) {
       if (stopping_.load(std::memory_order_acquire) && !cancelled) {
         cancelled = true;
-        teardown(ESHUTDOWN);
+        teardown(Error(ESHUTDOWN, "stopping"));
+        channel_->stop(*this);
         io_uring_prep_cancel64(sqe(LoopOp::kCancel), static_cast<uint64_t>(LoopOp::kTick), 0);
         io_uring_prep_cancel64(sqe(LoopOp::kCancel), static_cast<uint64_t>(LoopOp::kEvent), 0);
       }
@@ -301,11 +279,11 @@ class Engine::Loop {
     for (const Pending& p : taken_) fail(p, ESHUTDOWN);
     backlog_.clear();
     taken_.clear();
-    channel_.disconnect(ESHUTDOWN);
+    channel_->disconnect(ESHUTDOWN);
   }
 
   Volume& volume_;
-  DataChannel channel_;
+  std::unique_ptr<DataChannel> channel_;
   uint32_t index_;
   std::thread thread_;
   std::atomic<bool> stopping_{false};
@@ -315,13 +293,7 @@ class Engine::Loop {
   uint64_t event_buf_ = 0;
   __kernel_timespec tick_ts_{};
   uint64_t sqes_inflight_ = 0;
-  bool send_inflight_ = false;
-  bool recv_inflight_ = false;
-  bool tearing_down_ = false;
-  int teardown_status_ = 0;
   Clock::time_point last_connect_attempt_{};
-  iovec iov_[kMaxIov];
-  msghdr msg_{};
 
   std::mutex mu_;
   std::vector<Pending> incoming_;  // filled by callers under mu_

@@ -54,6 +54,12 @@ constexpr const char* kUsage =
     "  --size SIZE             volume size (a multiple of 4096)\n"
     "  --base ADDR             brick virtual address of the volume (2 MiB aligned; default 0)\n"
     "  --key-file FILE         cluster key\n"
+    "  --transport T           tcp (default) or rdma: one RC queue pair per queue, data by\n"
+    "                          one-sided RDMA READ/WRITE from registered per-tag buffers\n"
+    "  --persistence P         how FLUSH/FUA make writes durable: sync-read (an RDMA READ\n"
+    "                          after the writes; needs DDIO off at the brick) or rpc (the\n"
+    "                          brick persists on request); default sync-read over tcp,\n"
+    "                          rpc over rdma (docs/persistence.md)\n"
     "  --config FILE --volume NAME   take the above from the cluster file (flags win)\n"
     "  -q, --queues N          hardware queues, one pinned thread each (default 1)\n"
     "  -d, --depth N           queue depth (default 64)\n"
@@ -92,6 +98,8 @@ Status save_conf(uint32_t id, const AttachParams& p) {
                p.target->to_string().c_str(), static_cast<unsigned long long>(p.size),
                static_cast<unsigned long long>(*p.base), p.key_file.c_str(), *p.queues, *p.depth,
                p.logical_block_size, p.timeout_ms);
+  std::fprintf(f, "transport=%s\n", transport_name(p.transport.value_or(Transport::kTcp)));
+  if (p.persistence) std::fprintf(f, "persistence=%s\n", persistence_name(*p.persistence));
   if (std::fclose(f) != 0 || std::rename(tmp.c_str(), path.c_str()) != 0) return errno_error("writing " + path);
   return Status::Ok();
 }
@@ -123,6 +131,16 @@ Result<AttachParams> load_conf(uint32_t id) {
   p.logical_block_size = static_cast<uint32_t>(*lbs);
   p.timeout_ms = static_cast<uint32_t>(*to);
   p.key_file = kv["key_file"];
+  if (kv.count("transport") != 0) {
+    auto t = parse_transport(kv["transport"], path + ": transport");
+    if (!t) return t.error();
+    p.transport = *t;
+  }
+  if (kv.count("persistence") != 0) {
+    auto ps = parse_persistence(kv["persistence"], path + ": persistence");
+    if (!ps) return ps.error();
+    p.persistence = *ps;
+  }
   return p;
 }
 
@@ -219,7 +237,7 @@ int serve(UblkControl& ctrl, Server& s, const AttachParams& p) {
 }
 
 int attach_main(int argc, char** argv) {
-  enum { kTarget = 1000, kSize, kBase, kKeyFile, kConfig, kVolume, kLbs, kTimeout, kLogLevel };
+  enum { kTarget = 1000, kSize, kBase, kKeyFile, kConfig, kVolume, kLbs, kTimeout, kLogLevel, kTransport, kPersistence };
   static const option kOptions[] = {
       {"target", required_argument, nullptr, kTarget},
       {"size", required_argument, nullptr, kSize},
@@ -232,6 +250,8 @@ int attach_main(int argc, char** argv) {
       {"logical-block-size", required_argument, nullptr, kLbs},
       {"timeout", required_argument, nullptr, kTimeout},
       {"log-level", required_argument, nullptr, kLogLevel},
+      {"transport", required_argument, nullptr, kTransport},
+      {"persistence", required_argument, nullptr, kPersistence},
       {"help", no_argument, nullptr, 'h'},
       {nullptr, 0, nullptr, 0},
   };
@@ -261,6 +281,18 @@ int attach_main(int argc, char** argv) {
         break;
       }
       case kKeyFile: p.key_file = optarg; break;
+      case kTransport: {
+        auto r = parse_transport(optarg, "--transport");
+        if (!r) return usage_error(r.error().context());
+        p.transport = *r;
+        break;
+      }
+      case kPersistence: {
+        auto r = parse_persistence(optarg, "--persistence");
+        if (!r) return usage_error(r.error().context());
+        p.persistence = *r;
+        break;
+      }
       case kConfig: config_file = optarg; break;
       case kVolume: volume_name = optarg; break;
       case 'q':

@@ -2,7 +2,8 @@
 // brings TLS, filters, multi-conn and structured replies.
 //
 //   nbdkit .../nbdkit-pbrick-plugin.so target=HOST:PORT size=SIZE [base=ADDR]
-//          [key-file=FILE] [queues=N] [depth=N] [timeout=MS]
+//          [key-file=FILE] [queues=N] [depth=N] [timeout=MS] [transport=tcp|rdma]
+//          [persistence=sync-read|rpc]
 //   nbdkit .../nbdkit-pbrick-plugin.so config=FILE volume=NAME [...]
 //
 // With config=, the volume's size, base, queues and depth and its brick's
@@ -97,6 +98,14 @@ int pbrick_config(const char* key, const char* value) {
     g_config.base = *b;
   } else if (k == "key-file") {
     g_config.key_file = value;
+  } else if (k == "transport") {
+    auto t = parse_transport(value, "transport");
+    if (!t) return nbdkit_error("pbrick: %s", t.error().context().c_str()), -1;
+    g_config.transport = *t;
+  } else if (k == "persistence") {
+    auto ps = parse_persistence(value, "persistence");
+    if (!ps) return nbdkit_error("pbrick: %s", ps.error().context().c_str()), -1;
+    g_config.persistence = *ps;
   } else if (k == "queues") {
     uint32_t v;
     if (config_u32(key, value, 1, 64, &v) != 0) return -1;
@@ -239,6 +248,8 @@ nbdkit_plugin make_plugin() {
       "size=SIZE         (required) volume size, e.g. 1G\n"
       "base=ADDR         brick virtual address of the volume (2 MiB aligned, default 0)\n"
       "key-file=FILE     cluster key\n"
+      "transport=T       tcp (default) or rdma\n"
+      "persistence=P     sync-read or rpc (default sync-read over tcp, rpc over rdma)\n"
       "queues=N          connections to the brick (default 2)\n"
       "depth=N           requests in flight per connection (default 128)\n"
       "timeout=MS        how long I/O waits for a brick that went away (default 30000)\n"

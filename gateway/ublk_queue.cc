@@ -21,13 +21,12 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 // user_data layout: see the header comment.
-enum Kind : uint64_t { kIo = 1, kSend = 2, kRecv = 3, kTick = 4, kEvent = 5, kCancel = 6 };
+enum Kind : uint64_t { kIo = 1, kChannel = 2, kTick = 4, kEvent = 5, kCancel = 6 };
 constexpr int kKindShift = 56;
 constexpr uint64_t pack(Kind kind, uint64_t low) { return (static_cast<uint64_t>(kind) << kKindShift) | low; }
 constexpr Kind kind_of(uint64_t ud) { return static_cast<Kind>(ud >> kKindShift); }
 
 constexpr long long kTickNanos = 50ll * 1000 * 1000;
-constexpr size_t kMaxIov = 64;
 constexpr auto kReconnectInterval = std::chrono::milliseconds(100);
 
 int to_blk_errno(int err) {
@@ -85,7 +84,7 @@ struct UblkQueue::SyncJob {
 };
 
 struct UblkQueue::Impl {
-  explicit Impl(uint32_t channel_depth) : channel(channel_depth) {}
+  Impl(Transport transport, uint32_t channel_depth) : channel(DataChannel::Create(transport, channel_depth)) {}
   ~Impl() {
     if (ring_ready) io_uring_queue_exit(&ring);
     if (descs != nullptr) ::munmap(descs, descs_len);
@@ -99,19 +98,14 @@ struct UblkQueue::Impl {
   std::vector<uint8_t> zeros;
   io_uring ring{};
   bool ring_ready = false;
-  DataChannel channel;
+  std::unique_ptr<DataChannel> channel;
   std::vector<Tag> tags;
 
   UniqueFd event_fd;
   uint64_t event_buf = 0;
   __kernel_timespec tick_ts{};
   uint64_t sqes_inflight = 0;
-  bool send_inflight = false, recv_inflight = false;
-  bool tearing_down = false;
-  int teardown_status = 0;
   Clock::time_point last_connect_attempt{};
-  iovec iov[kMaxIov];
-  msghdr msg{};
   uint32_t aborted = 0;
   bool stopping = false;
 
@@ -156,7 +150,7 @@ Status UblkQueue::start() {
   // every queue).
   uint32_t channel_depth = 2u * dev_.depth + 64;
   if (channel_depth > 65535) channel_depth = 65535;
-  impl_ = std::make_unique<Impl>(channel_depth);
+  impl_ = std::make_unique<Impl>(dev_.volume->options().brick.transport, channel_depth);
   Impl& m = *impl_;
   long page = ::sysconf(_SC_PAGESIZE);
   m.descs_len = (dev_.depth * sizeof(ublksrv_io_desc) + page - 1) / page * page;
@@ -185,9 +179,14 @@ Status UblkQueue::start() {
   int err = io_uring_queue_init(dev_.depth + 32, &m.ring, 0);
   if (err < 0) return Error(-err, "io_uring_queue_init for queue " + std::to_string(q_id_));
   m.ring_ready = true;
+  // Over RDMA the per-tag buffers are registered once: data moves straight
+  // between them and the brick (ublk copies between them and the bio).
+  Status st = m.channel->add_buffer_region(m.bufs, m.bufs_len);
+  if (st.ok()) st = m.channel->add_buffer_region(m.zeros.data(), m.zeros.size());  // WRITE_ZEROES source
+  if (!st) return st.error().wrap("queue " + std::to_string(q_id_));
   ClientOptions o = dev_.volume->options().brick;
   o.timeout_ms = std::min(o.timeout_ms, 2000);
-  Status st = m.channel.connect(o);
+  st = m.channel->connect(o);
   if (!st) return st.error().wrap("queue " + std::to_string(q_id_));
   thread_ = std::thread([this] { run(); });
   return Status::Ok();
@@ -271,30 +270,33 @@ void UblkQueue::commit(Tag& t, int result) {
 
 bool UblkQueue::ensure_connected() {
   Impl& m = *impl_;
-  if (m.tearing_down) return false;
-  if (m.channel.connected()) return true;
+  if (m.channel->connected()) return !m.channel->tearing_down();
   auto now = Clock::now();
   if (now - m.last_connect_attempt < kReconnectInterval) return false;
   m.last_connect_attempt = now;
   ClientOptions o = dev_.volume->options().brick;
   o.timeout_ms = std::min(o.timeout_ms, 2000);
-  Status st = m.channel.connect(o);
+  Status st = m.channel->connect(o);
   if (!st) return false;
   PBRICK_LOG_NOTICE("ublk%u queue %u: reconnected to brick %s", dev_.dev_id, q_id_,
                     o.endpoint.to_string().c_str());
   return true;
 }
 
-void UblkQueue::teardown(int status) {
+void UblkQueue::teardown(const Error& why) {
   Impl& m = *impl_;
-  if (!m.channel.connected() || m.tearing_down) return;
-  if (status != ESHUTDOWN) {
+  if (!m.channel->connected() || m.channel->tearing_down()) return;
+  if (why.errnum() != ESHUTDOWN) {
     PBRICK_LOG_WARN("ublk%u queue %u: connection to brick %s lost: %s", dev_.dev_id, q_id_,
-                    dev_.volume->options().brick.endpoint.to_string().c_str(), std::strerror(status));
+                    dev_.volume->options().brick.endpoint.to_string().c_str(), why.message().c_str());
   }
-  m.tearing_down = true;
-  m.teardown_status = status;
-  ::shutdown(m.channel.fd(), SHUT_RDWR);
+  m.channel->teardown(why.errnum());
+}
+
+io_uring_sqe* UblkQueue::channel_sqe(uint8_t event) { return get_sqe(pack(kChannel, event)); }
+
+void UblkQueue::cancel_channel_sqe(uint8_t event) {
+  io_uring_prep_cancel64(get_sqe(pack(kCancel, 0)), pack(kChannel, event), 0);
 }
 
 void UblkQueue::handle_request(Tag& t) {
@@ -396,7 +398,7 @@ void UblkQueue::submit_data(Tag& t) {
     return advance(t);
   }
   t.pending = static_cast<uint32_t>(nnet);
-  for (size_t i = 0; i < nnet; i++) m.channel.submit(&net_buf[i]->op);
+  for (size_t i = 0; i < nnet; i++) m.channel->submit(&net_buf[i]->op);
 }
 
 // All pieces of the tag's current attempt finished: retry, sync or commit.
@@ -513,7 +515,7 @@ void UblkQueue::start_sync_job(SyncJob* job) {
     j->status = status;
     j->runner->impl_->ready_syncs.push_back(j);
   };
-  m.channel.submit_sync(&job->op);
+  m.channel->submit_sync(&job->op);
 }
 
 void UblkQueue::advance_sync(SyncJob* job) {
@@ -575,35 +577,18 @@ void UblkQueue::take_inbox() {
 }
 
 void UblkQueue::dispatch_channel() {
-  Impl& m = *impl_;
-  if (m.tearing_down && !m.send_inflight && !m.recv_inflight) {
-    m.channel.disconnect(m.teardown_status);
-    m.tearing_down = false;
-  }
-  if (!m.channel.connected() || m.tearing_down) return;
-  if (!m.send_inflight) {
-    size_t n = m.channel.send_iov(m.iov, kMaxIov);
-    if (n > 0) {
-      m.msg = {};
-      m.msg.msg_iov = m.iov;
-      m.msg.msg_iovlen = n;
-      io_uring_prep_sendmsg(get_sqe(pack(kSend, 0)), m.channel.fd(), &m.msg, MSG_NOSIGNAL);
-      m.send_inflight = true;
-    }
-  }
-  if (!m.recv_inflight && !m.stopping) {
-    auto space = m.channel.recv_space();
-    io_uring_prep_recv(get_sqe(pack(kRecv, 0)), m.channel.fd(), space.data(), space.size(), 0);
-    m.recv_inflight = true;
-  }
+  // Completes a finished teardown, hands queued work to the transport in one
+  // batch, keeps the channel's SQEs armed.
+  Status st = impl_->channel->flush(*this);
+  if (!st) teardown(st.error());
 }
 
 void UblkQueue::on_tick() {
   Impl& m = *impl_;
   auto now = Clock::now();
   auto timeout = std::chrono::milliseconds(dev_.volume->options().io_timeout_ms);
-  if (m.channel.connected() && m.channel.inflight() > 0 && now - m.channel.last_progress() > timeout) {
-    teardown(ETIMEDOUT);
+  if (m.channel->connected() && m.channel->inflight() > 0 && now - m.channel->last_progress() > timeout) {
+    teardown(Error(ETIMEDOUT, "no reply within " + std::to_string(timeout.count()) + " ms"));
   }
   if (!m.retry_tags.empty()) {
     std::vector<Tag*> due;
@@ -644,26 +629,11 @@ void UblkQueue::on_cqe(io_uring_cqe* cqe) {
       }
       break;
     }
-    case kSend:
-      m.send_inflight = false;
-      if (res < 0) {
-        teardown(-res);
-      } else {
-        m.channel.on_sent(static_cast<size_t>(res));
-      }
+    case kChannel: {
+      Status st = m.channel->on_cqe(static_cast<uint8_t>(ud & 0xFF), res);
+      if (!st) teardown(st.error());
       break;
-    case kRecv:
-      m.recv_inflight = false;
-      if (res <= 0) {
-        teardown(res == 0 ? ECONNRESET : -res);
-      } else if (!m.tearing_down) {
-        Status st = m.channel.on_received(static_cast<size_t>(res));
-        if (!st) {
-          PBRICK_LOG_ERROR("ublk%u queue %u: %s", dev_.dev_id, q_id_, st.error().message().c_str());
-          teardown(ECONNRESET);
-        }
-      }
-      break;
+    }
     case kTick:
       if (!m.stopping) {
         on_tick();
@@ -705,7 +675,8 @@ void UblkQueue::run() {
     if (!m.stopping && m.aborted >= dev_.depth) {
       // STOP_DEV (or the device went away): every tag came back aborted.
       m.stopping = true;
-      teardown(ESHUTDOWN);
+      teardown(Error(ESHUTDOWN, "stopping"));
+      m.channel->stop(*this);
       io_uring_prep_cancel64(get_sqe(pack(kCancel, 0)), pack(kTick, 0), 0);
       io_uring_prep_cancel64(get_sqe(pack(kCancel, 0)), pack(kEvent, 0), 0);
     }
@@ -735,7 +706,7 @@ void UblkQueue::run() {
       if (m.ready_tags.empty() && m.ready_syncs.empty()) break;
     }
   }
-  m.channel.disconnect(ESHUTDOWN);
+  m.channel->disconnect(ESHUTDOWN);
 }
 
 }  // namespace pbrick

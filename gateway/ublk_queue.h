@@ -48,6 +48,7 @@
 
 #include "common/result.h"
 #include "common/unique_fd.h"
+#include "gateway/data_channel.h"
 #include "gateway/volume.h"
 
 struct io_uring_sqe;
@@ -68,7 +69,7 @@ struct UblkDevice {
   std::vector<UblkQueue*> queues;
 };
 
-class UblkQueue {
+class UblkQueue final : public ChannelRing {
  public:
   UblkQueue(UblkDevice& dev, uint16_t q_id, int cpu);
   ~UblkQueue();
@@ -108,7 +109,9 @@ class UblkQueue {
   void finish_sync(SyncJob* job, int status);
   void commit(Tag& t, int result);
   bool ensure_connected();
-  void teardown(int status);
+  void teardown(const Error& why);
+  io_uring_sqe* channel_sqe(uint8_t event) override;
+  void cancel_channel_sqe(uint8_t event) override;
   void dispatch_channel();
   void on_tick();
   void take_inbox();

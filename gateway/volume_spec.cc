@@ -11,10 +11,8 @@ Status VolumeSpec::complete_from_config(const std::string& path, const std::stri
   const VolumeConfig* v = cluster->find_volume(name);
   if (v == nullptr) return Error(ENOENT, "no volume named '" + name + "' in " + path);
   const BrickConfig* b = cluster->find_brick(v->brick);
-  if (b->transport != Transport::kTcp) {
-    return Error(ENOTSUP, "brick " + b->name + ": transport " + transport_name(b->transport) +
-                              " is not available in this build");
-  }
+  if (!transport) transport = b->transport;
+  if (!persistence) persistence = b->persistence;
   if (!target) target = Endpoint{b->host, static_cast<uint16_t>(b->port)};
   if (size == 0) size = v->size;
   if (!base) base = v->base;
@@ -41,6 +39,12 @@ Status VolumeSpec::finalize(uint32_t default_queues, uint32_t default_depth, boo
 Result<VolumeOptions> VolumeSpec::volume_options() const {
   VolumeOptions vo;
   vo.brick.endpoint = *target;
+  vo.brick.transport = transport.value_or(Transport::kTcp);
+  Persistence p = persistence.value_or(vo.brick.transport == Transport::kRdma ? Persistence::kRpc
+                                                                               : Persistence::kSyncRead);
+  // The persistence method is what the connections offer in HELLO; a brick
+  // that cannot honour sync-read over RDMA refuses it there.
+  vo.brick.features = p == Persistence::kRpc ? proto::kFeaturePersistRpc : proto::kFeatureSyncRead;
   vo.size = size;
   vo.base = base.value_or(0);
   vo.io_timeout_ms = timeout_ms;

@@ -11,6 +11,7 @@
 
 #include "common/client.h"
 #include "common/result.h"
+#include "common/transport.h"
 #include "gateway/volume.h"
 
 namespace pbrick {
@@ -22,10 +23,12 @@ struct VolumeSpec {
   std::string key_file;
   std::optional<uint32_t> queues, depth;
   uint32_t timeout_ms = 30000;
+  std::optional<Transport> transport;      // default tcp
+  std::optional<Persistence> persistence;  // default: sync-read over tcp, rpc over rdma
 
   // Fills what is unset from volume `name` of cluster file `path` and its
   // brick. EINVAL carrying every error of the file, ENOENT for an unknown
-  // volume, ENOTSUP for a brick whose transport this build lacks.
+  // volume.
   Status complete_from_config(const std::string& path, const std::string& name);
 
   // Checks what is required and applies the defaults (base 0, `queues`,

@@ -182,6 +182,7 @@ class Server::Impl {
   std::unique_ptr<RdmaListener> listener_;  // before conns_ and handles_: they go first
   bool cm_poll_inflight_ = false;
   std::vector<uint32_t> pending_;  // connections touched by the current CQ batch
+  std::vector<uint64_t> revoked_dirty_;  // slots of writable RDMA handles revoked since the last PERSIST
   bool cq_poll_inflight_ = false;
   io_uring ring_{};
   bool ring_ready_ = false;
@@ -721,6 +722,20 @@ void Server::Impl::revoke(uint32_t rkey) {
   auto it = handles_.find(rkey);
   if (it == handles_.end()) return;
   uint64_t vaddr = it->second.vaddr;
+  // Clients may have written through it without a PERSIST yet.
+  if (it->second.mr && (it->second.map_flags & proto::kMapWrite) != 0) {
+    revoked_dirty_.push_back(it->second.slot_offset);
+    // Without PERSISTs (sync-read clients) the list would only grow: hand the
+    // blocks to the medium now (pmem flush, or dirty again in the page cache).
+    if (revoked_dirty_.size() >= 1024) {
+      for (uint64_t offset : revoked_dirty_) {
+        Status st = store_.region().is_pmem() ? store_.region().persist(offset, proto::kBlockSize)
+                                              : write_back(offset, proto::kBlockSize);
+        if (!st) PBRICK_LOG_ERROR("%s", st.error().message().c_str());
+      }
+      revoked_dirty_.clear();
+    }
+  }
   handles_.erase(it);
   store_.unpin(vaddr);
   auto ms = map_state_.find(vaddr);
@@ -811,22 +826,23 @@ bool Server::Impl::handle_persist(Connection& c, const proto::FrameHeader& h, st
       if ((hd.map_flags & proto::kMapWrite) != 0) ranges.push_back({hd.slot_offset, proto::kBlockSize});
     }
   } else {
-    ranges.reserve(req->ranges.size());
+    ranges.reserve(req->ranges.size() + revoked_dirty_.size());
     for (const proto::PersistRange& pr : req->ranges) {
+      // A range through a handle revoked since (its rkey unknown, or reused
+      // for another block) is skipped: revoking a writable RDMA handle put
+      // its block on revoked_dirty_, persisted below.
       auto it = handles_.find(pr.rkey);
-      if (it == handles_.end()) {
-        reply_error(c, h, Error(EKEYREJECTED, "persist: rkey " + format_hex(pr.rkey) + " is not valid"));
-        return true;
-      }
+      if (it == handles_.end()) continue;
       const Handle& hd = it->second;
       if (pr.remote_addr < hd.remote_base || pr.remote_addr - hd.remote_base > proto::kBlockSize ||
           pr.length > proto::kBlockSize - (pr.remote_addr - hd.remote_base)) {
-        reply_error(c, h, Error(ERANGE, "persist: range outside the mapped block"));
-        return true;
+        continue;
       }
       ranges.push_back({hd.slot_offset + (pr.remote_addr - hd.remote_base), pr.length});
     }
   }
+  for (uint64_t offset : revoked_dirty_) ranges.push_back({offset, proto::kBlockSize});
+  revoked_dirty_.clear();
   PmemRegion& region = store_.region();
   for (const Range& r : ranges) {
     Status st = region.is_pmem() ? region.persist(r.offset, r.len) : write_back(r.offset, r.len);

@@ -1,5 +1,7 @@
 # Common setup for the integration tests: real pbrick-target daemons on
-# temporary stores, driven over TCP on 127.0.0.1.
+# temporary stores, driven over TCP on 127.0.0.1 - or over RDMA when
+# PBRICK_TRANSPORT=rdma (the system tier runs brick.bats so inside the VM, on
+# soft-RoCE over eth0: see rdma_host).
 # shellcheck shell=bash
 
 load '/usr/lib/bats/bats-support/load.bash'
@@ -17,6 +19,38 @@ requires() {
   done
 }
 
+PBRICK_TRANSPORT=${PBRICK_TRANSPORT:-tcp}
+
+# rdma_host: the IPv4 address of eth0 with a soft-RoCE device on it (made on
+# first use), where RDMA bricks listen. Fails when there is no RDMA.
+rdma_host() {
+  if ! rdma link show 2>/dev/null | grep -q 'netdev eth0'; then
+    rdma link add rxe0 type rxe netdev eth0 >&2 || return 1
+  fi
+  ip -4 -o addr show dev eth0 | awk '{split($4, a, "/"); print a[1]; exit}'
+}
+
+# The address bricks listen on for this transport.
+brick_host() {
+  if [ "$PBRICK_TRANSPORT" = rdma ]; then
+    [ -n "${PBRICK_RDMA_HOST:-}" ] || PBRICK_RDMA_HOST=$(rdma_host) || return 1
+    echo "$PBRICK_RDMA_HOST"
+  else
+    echo 127.0.0.1
+  fi
+}
+
+# store_dir: where start_brick puts stores. Over RDMA the brick registers store
+# memory for remote write, which the kernel allows for tmpfs (and devdax) but
+# not for files on disk filesystems such as the VM's scratch disk.
+store_dir() {
+  if [ "$PBRICK_TRANSPORT" = rdma ]; then
+    mkdir -p "/dev/shm/pbrick-tests$BATS_TEST_TMPDIR" && echo "/dev/shm/pbrick-tests$BATS_TEST_TMPDIR"
+  else
+    echo "$BATS_TEST_TMPDIR"
+  fi
+}
+
 # start_brick NAME [pbrick-target args...]: starts a brick on
 # $BATS_TEST_TMPDIR/NAME.store (64M unless --size is given) and sets
 # BRICK_PID, BRICK_PORT, TARGET. Logs go to $BATS_TEST_TMPDIR/NAME.log.
@@ -27,8 +61,10 @@ start_brick() {
   local a
   for a in "$@"; do [ "$a" = "--size" ] && size=(); done
   rm -f "$BATS_TEST_TMPDIR/$name.port"
-  "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/$name.store" "${size[@]}" --listen 127.0.0.1:0 \
-    --port-file "$BATS_TEST_TMPDIR/$name.port" "$@" 2>>"$BATS_TEST_TMPDIR/$name.log" &
+  BRICK_HOST=$(brick_host) || return 1
+  "$TARGET_BIN" --store "$(store_dir)/$name.store" "${size[@]}" --listen "$BRICK_HOST:0" \
+    --transport "$PBRICK_TRANSPORT" --port-file "$BATS_TEST_TMPDIR/$name.port" "$@" \
+    2>>"$BATS_TEST_TMPDIR/$name.log" &
   BRICK_PID=$!
   wait_for_brick "$name"
 }
@@ -42,7 +78,7 @@ wait_for_brick() {
   for i in $(seq 1 400); do
     if [ -s "$BATS_TEST_TMPDIR/$name.port" ]; then
       BRICK_PORT=$(cat "$BATS_TEST_TMPDIR/$name.port")
-      TARGET="127.0.0.1:$BRICK_PORT"
+      TARGET="${BRICK_HOST:-127.0.0.1}:$BRICK_PORT"
       export TARGET BRICK_PORT BRICK_PID
       return 0
     fi
@@ -64,7 +100,7 @@ stop_brick() {
   wait "$BRICK_PID" 2>/dev/null || true
 }
 
-ctl() { "$CTL_BIN" --target "$TARGET" "$@"; }
+ctl() { "$CTL_BIN" --target "$TARGET" --transport "$PBRICK_TRANSPORT" "$@"; }
 
 # brick_teardown: stops every brick started by this test (and a held map).
 # The default teardown; a .bats file that starts more (nbd.bash's nbdkit)
@@ -79,6 +115,7 @@ brick_teardown() {
     done <"$BATS_TEST_TMPDIR/pids"
   fi
   [ -n "${HOLD_PID:-}" ] && kill -KILL "$HOLD_PID" 2>/dev/null || true
+  rm -rf "/dev/shm/pbrick-tests$BATS_TEST_TMPDIR"
   return 0
 }
 
@@ -93,7 +130,7 @@ hold_map() {
   local fifo="$BATS_TEST_TMPDIR/hold.fifo" out="$BATS_TEST_TMPDIR/hold.out"
   rm -f "$fifo" "$out"
   mkfifo "$fifo"
-  "$CTL_BIN" --target "$TARGET" --json map "$@" --hold <"$fifo" >"$out" 2>&1 &
+  "$CTL_BIN" --target "$TARGET" --transport "$PBRICK_TRANSPORT" --json map "$@" --hold <"$fifo" >"$out" 2>&1 &
   HOLD_PID=$!
   exec {HOLD_FD}>"$fifo"
   local i
