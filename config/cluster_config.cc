@@ -727,7 +727,10 @@ class Validator {
         error(p + ".nic.ddio", std::string("ddio '") + ddio_mode_name(b.nic.ddio) +
                                    "' requires nic.netdev (the interface whose PCIe root port is configured)");
       }
-      if (b.persistence == Persistence::kSyncRead && known(p + ".nic.ddio") && b.nic.ddio != DdioMode::kOff) {
+      // Over TCP the brick's CPU persists before it answers the sync READ, so
+      // sync-read needs nothing of the NIC there.
+      if (b.persistence == Persistence::kSyncRead && b.transport == Transport::kRdma && known(p + ".nic.ddio") &&
+          b.nic.ddio != DdioMode::kOff) {
         error(p + ".persistence",
               std::string("persistence 'sync-read' needs DDIO off on the storage NIC (nic.ddio is '") +
                   ddio_mode_name(b.nic.ddio) +

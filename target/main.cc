@@ -194,10 +194,11 @@ int main(int argc, char** argv) {
                   static_cast<unsigned long long>(stats.capacity_blocks),
                   static_cast<unsigned long long>(stats.allocated_blocks));
 
-  if (server_options.transport == Transport::kRdma && server_options.persistence == Persistence::kSyncRead &&
-      !(*store)->region().is_pmem()) {
-    PBRICK_LOG_WARN("sync-read over RDMA on a file store: a brick process crash loses nothing (the data is in "
-                    "the page cache), a power loss of this host can; use persistence rpc or real pmem");
+  if (server_options.transport == Transport::kRdma && !(*store)->region().is_pmem()) {
+    // RDMA can only register memory without writeback (tmpfs, hugetlbfs):
+    // good for development, gone with the host's power.
+    PBRICK_LOG_WARN("RDMA on a file store (%s): a brick process crash loses nothing, a power loss of this host "
+                    "loses the store; serve a devdax device in production", store_path.c_str());
   }
   auto server = Server::Create(**store, server_options);
   if (!server) {

@@ -170,7 +170,6 @@ class Server::Impl {
   void handle_io(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload);
   // PERSIST: false when it waits for an fdatasync (pump resumes it).
   bool handle_persist(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload);
-  Status write_back(uint64_t offset, uint64_t len);
   void arm_rdma();
   void on_cm_events();
   void on_cq();
@@ -725,12 +724,12 @@ void Server::Impl::revoke(uint32_t rkey) {
   // Clients may have written through it without a PERSIST yet.
   if (it->second.mr && (it->second.map_flags & proto::kMapWrite) != 0) {
     revoked_dirty_.push_back(it->second.slot_offset);
-    // Without PERSISTs (sync-read clients) the list would only grow: hand the
-    // blocks to the medium now (pmem flush, or dirty again in the page cache).
+    // Without PERSISTs (sync-read clients) the list would only grow: flush
+    // the blocks' cache lines now.
     if (revoked_dirty_.size() >= 1024) {
       for (uint64_t offset : revoked_dirty_) {
-        Status st = store_.region().is_pmem() ? store_.region().persist(offset, proto::kBlockSize)
-                                              : write_back(offset, proto::kBlockSize);
+        if (!store_.region().is_pmem()) break;
+        Status st = store_.region().persist(offset, proto::kBlockSize);
         if (!st) PBRICK_LOG_ERROR("%s", st.error().message().c_str());
       }
       revoked_dirty_.clear();
@@ -797,10 +796,12 @@ void Server::Impl::handle_io(Connection& c, const proto::FrameHeader& h, std::sp
 }
 
 // PERSIST names ranges through live handles (or none: every writable
-// mapping). pmem: cache flush + drain of each range. A file store: the ranges
-// are written back through the page cache (an RDMA NIC writes pinned pages
-// behind the kernel's dirty tracking), then one fdatasync through io_uring;
-// the reply waits for it. Returns false while that fdatasync runs.
+// mapping). pmem: cache flush + drain of each range (which never modifies the
+// data, so writes other queue pairs make meanwhile are safe). A file store:
+// one fdatasync through io_uring, the reply waiting for it. (Over RDMA a file
+// store can only be tmpfs or hugetlbfs - the kernel refuses to let a NIC pin
+// pages it tracks for writeback - so pages dirtied behind the kernel's back
+// never need writing back.) Returns false while that fdatasync runs.
 bool Server::Impl::handle_persist(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload) {
   if (c.persist_synced) {
     c.persist_synced = false;
@@ -845,7 +846,8 @@ bool Server::Impl::handle_persist(Connection& c, const proto::FrameHeader& h, st
   revoked_dirty_.clear();
   PmemRegion& region = store_.region();
   for (const Range& r : ranges) {
-    Status st = region.is_pmem() ? region.persist(r.offset, r.len) : write_back(r.offset, r.len);
+    if (!region.is_pmem()) break;
+    Status st = region.persist(r.offset, r.len);
     if (!st) {
       PBRICK_LOG_ERROR("%s: persist: %s", c.peer.c_str(), st.error().message().c_str());
       reply_error(c, h, Error(EIO, "persist failed"));
@@ -865,21 +867,6 @@ bool Server::Impl::handle_persist(Connection& c, const proto::FrameHeader& h, st
   c.fsync_inflight = true;
   c.persist_synced = true;
   return false;
-}
-
-Status Server::Impl::write_back(uint64_t offset, uint64_t len) {
-  const uint8_t* p = store_.region().base() + offset;
-  while (len > 0) {
-    ssize_t n = ::pwrite(store_.region().sync_fd(), p, len, static_cast<off_t>(offset));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return errno_error("write-back of " + format_hex(offset));
-    }
-    p += n;
-    offset += static_cast<uint64_t>(n);
-    len -= static_cast<uint64_t>(n);
-  }
-  return Status::Ok();
 }
 
 void Server::Impl::arm_rdma() {

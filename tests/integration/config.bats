@@ -195,25 +195,33 @@ EOF
 $CFG:19:11: volumes[2].base: range [0x4000000, 0x8000000) overlaps volume 'vol1' [0x2000000, 0x6000000) on brick 'brick0'"
 }
 
-@test "sync-read without nic.ddio: off is rejected; with it, accepted" {
+@test "sync-read over rdma without nic.ddio: off is rejected; with it, or over tcp, accepted" {
   cfg syncread <<'EOF'
 cluster:
   name: demo
 bricks:
   - name: brick0
     host: 127.0.0.1
+    transport: rdma
     store: {path: /var/lib/pbrick/b0.store, size: 1G}
+    nic: {rdma_device: rxe0}
     persistence: sync-read
   - name: brick1
     host: 127.0.0.1
     port: 7101
+    transport: rdma
     store: {path: /var/lib/pbrick/b1.store, size: 1G}
-    nic: {netdev: eth0, ddio: off}
+    nic: {netdev: eth0, rdma_device: rxe0, ddio: off}
+    persistence: sync-read
+  - name: brick2
+    host: 127.0.0.1
+    port: 7102
+    store: {path: /var/lib/pbrick/b2.store, size: 1G}
     persistence: sync-read
 EOF
   run --separate-stderr "$CTL_BIN" config check "$CFG"
   assert_failure 1
-  assert_equal "$stderr" "$CFG:7:18: bricks[0].persistence: persistence 'sync-read' needs DDIO off on the storage NIC (nic.ddio is 'unmanaged'): with DDIO on, RDMA writes land in the CPU cache, outside the persistence domain, and a read does not flush them; set nic.ddio: off or use persistence: rpc"
+  assert_equal "$stderr" "$CFG:9:18: bricks[0].persistence: persistence 'sync-read' needs DDIO off on the storage NIC (nic.ddio is 'unmanaged'): with DDIO on, RDMA writes land in the CPU cache, outside the persistence domain, and a read does not flush them; set nic.ddio: off or use persistence: rpc"
 }
 
 @test "wrong types: a list for a scalar, a word for an integer, a scalar for a map" {

@@ -1,0 +1,125 @@
+#!/usr/bin/env bats
+# RDMA-only behaviour, on soft-RoCE (rxe0 over eth0) in the VM of tests/vm/run:
+#   1. revocation is done by the NIC: after UNMAP, a queue pair that kept the
+#      old rkey gets a remote access error, and the brick keeps serving
+#   2. malformed messages close only their own connection
+#   3. a brick that has not declared DDIO off refuses sync-read clients, with
+#      a message on both sides
+#   4. the data path does not run on the brick's CPU: its user+system time
+#      while fio rewrites 1 GiB through /dev/ublkb0 is printed and bounded
+#   5. the nbdkit plugin over RDMA (bounce buffers): data round-trips
+# The brick API tests (tests/integration/brick.bats) and the ublk tests run
+# over RDMA as well (scripts/test runs them with PBRICK_TRANSPORT=rdma).
+
+load helpers
+load ../integration/nbd
+
+GW_BIN="$PBRICK_BIN_DIR/gateway/pbrick-gateway"
+PROBE_BIN="$PBRICK_BIN_DIR/tests/rdma/rdma_probe"
+M=$((1024 * 1024))
+
+setup() {
+  require_vm
+  PBRICK_TRANSPORT=rdma
+  GW_PID=
+}
+
+teardown() {
+  if [ -n "$GW_PID" ] && kill -0 "$GW_PID" 2>/dev/null; then
+    kill -TERM "$GW_PID"
+    timeout 20 tail --pid="$GW_PID" -f /dev/null || kill -KILL "$GW_PID"
+  fi
+  "$GW_BIN" detach -n 0 >/dev/null 2>&1 || true
+  nbd_teardown 2>/dev/null || true
+  brick_teardown
+}
+
+# cpu_ticks PID: user + system CPU time of PID so far, in clock ticks.
+cpu_ticks() {
+  local stat
+  read -r stat <"/proc/$1/stat"
+  # Fields after the command name (which may hold spaces): utime is 14, stime 15.
+  stat=${stat##*) }
+  # shellcheck disable=SC2086 # split on purpose
+  set -- $stat
+  echo $((${12} + ${13}))
+}
+
+# seconds TICKS: in seconds, two decimals.
+seconds() { awk -v t="$1" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / hz }'; }
+
+@test "rdma: UNMAP revokes the rkey in the NIC; the old handle fails on the same QP; the brick serves on" {
+  start_brick b --log-level debug
+  run "$PROBE_BIN" revoke "$TARGET" 0x200000
+  printf '# %s\n' "${lines[@]}" >&3
+  assert_success
+  assert_output --partial "refused by the NIC"
+  kill -0 "$BRICK_PID"
+}
+
+@test "rdma: malformed messages close their own connection only" {
+  start_brick b
+  run "$PROBE_BIN" garbage "$TARGET"
+  printf '# %s\n' "${lines[@]}" >&3
+  assert_success
+  kill -0 "$BRICK_PID"
+  grep -q 'closing connection' "$BATS_TEST_TMPDIR/b.log"
+}
+
+@test "rdma: a brick without DDIO off refuses sync-read clients with a clear error" {
+  start_brick b --persistence rpc
+  run "$GW_BIN" attach --target "$TARGET" --transport rdma --persistence sync-read --size 64M
+  assert_failure 1
+  assert_output --partial 'refuses sync-read persistence over RDMA'
+  assert_output --partial 'DDIO'
+  grep -q 'refused: sync-read persistence asked for' "$BATS_TEST_TMPDIR/b.log"
+  # The same brick serves rpc clients.
+  run ctl --json stat
+  assert_success
+}
+
+@test "rdma: fio rewriting 1 GiB through ublk costs the brick no CPU (data path is one-sided)" {
+  requires fio
+  [ -c /dev/ublk-control ] || skip "no /dev/ublk-control"
+  start_brick b --size 1100M --persistence sync-read
+  local out=$BATS_TEST_TMPDIR/gw.out
+  "$GW_BIN" attach --target "$TARGET" --transport rdma --persistence sync-read --size 1G -q 2 -d 32 \
+    >"$out" 2>>"$BATS_TEST_TMPDIR/gw.log" &
+  GW_PID=$!
+  for _ in $(seq 1 300); do [ -s "$out" ] && break; sleep 0.1; done
+  DEV=$(head -n1 "$out")
+  [ -b "$DEV" ] || { cat "$BATS_TEST_TMPDIR/gw.log" >&2; false; }
+  local job=(--name=w --filename="$DEV" --ioengine=io_uring --direct=1 --rw=write --bs=1M --iodepth=16
+    --size=1G --end_fsync=1 --output-format=json)
+  local c0 c1 c2
+  c0=$(cpu_ticks "$BRICK_PID")
+  fio "${job[@]}" >"$BATS_TEST_TMPDIR/fio1.json"
+  c1=$(cpu_ticks "$BRICK_PID")
+  fio "${job[@]}" >"$BATS_TEST_TMPDIR/fio2.json"
+  c2=$(cpu_ticks "$BRICK_PID")
+  {
+    echo "# brick CPU (user+system) while fio writes 1 GiB over RDMA:"
+    echo "#   first pass (ALLOC + MAP of 512 blocks, memory registration): $(seconds $((c1 - c0))) s"
+    echo "#   second pass (the same 1 GiB again: data path only):           $(seconds $((c2 - c1))) s"
+    echo "#   fio: first pass $(jq -r '.jobs[0].write.bw_bytes / 1048576 | floor' "$BATS_TEST_TMPDIR/fio1.json") MiB/s," \
+      "second pass $(jq -r '.jobs[0].write.bw_bytes / 1048576 | floor' "$BATS_TEST_TMPDIR/fio2.json") MiB/s"
+  } >&3
+  # Data moved by the NICs (here: the kernel's rxe), never by the brick's
+  # threads; a tick or two of the brick's 1 s timer is all it may spend.
+  (((c2 - c1) * 100 < 20 * $(getconf CLK_TCK)))
+  # Every block was allocated and mapped once, by the control path.
+  run ctl --json stat
+  assert_equal "$(jq .allocated_blocks <<<"$output")" 512
+}
+
+@test "rdma: the nbdkit plugin over RDMA round-trips data through its bounce buffers" {
+  requires nbdkit nbdcopy
+  start_brick b --size 256M
+  start_nbd target="$TARGET" transport=rdma size=64M
+  head -c $((24 * M + 4096)) /dev/urandom >"$BATS_TEST_TMPDIR/in"
+  nbdcopy "$BATS_TEST_TMPDIR/in" "$NBD_URI"
+  nbdcopy "$NBD_URI" "$BATS_TEST_TMPDIR/out"
+  cmp -n $((24 * M + 4096)) "$BATS_TEST_TMPDIR/in" "$BATS_TEST_TMPDIR/out"
+  # Zeros beyond what was written.
+  cmp -i $((24 * M + 4096)) -n $((8 * M)) "$BATS_TEST_TMPDIR/out" /dev/zero
+}
