@@ -70,6 +70,50 @@ Status CompletionQueue::arm() {
   return Status::Ok();
 }
 
+Status CompletionQueue::drain(const std::function<void(const ibv_wc&)>& fn) {
+  consume_events();
+  ibv_wc wcs[32];
+  bool armed = false;
+  for (;;) {
+    int n = ibv_poll_cq(cq_.get(), 32, wcs);
+    if (n < 0) return Error(EIO, "ibv_poll_cq failed");
+    if (n == 0) {
+      if (armed) return Status::Ok();
+      PBRICK_TRY(arm());
+      armed = true;
+      continue;
+    }
+    armed = false;
+    for (int i = 0; i < n; i++) fn(wcs[i]);
+  }
+}
+
+Status post_send(ibv_qp* qp, uint64_t wr_id, const uint8_t* buf, uint32_t len, uint32_t lkey) {
+  ibv_sge sge{reinterpret_cast<uint64_t>(buf), len, lkey};
+  ibv_send_wr wr{};
+  wr.wr_id = wr_id;
+  wr.sg_list = &sge;
+  wr.num_sge = 1;
+  wr.opcode = IBV_WR_SEND;
+  wr.send_flags = IBV_SEND_SIGNALED;
+  ibv_send_wr* bad = nullptr;
+  int rc = ibv_post_send(qp, &wr, &bad);
+  if (rc != 0) return Error(rc, "ibv_post_send");
+  return Status::Ok();
+}
+
+Status post_recv(ibv_qp* qp, uint64_t wr_id, uint8_t* buf, uint32_t len, uint32_t lkey) {
+  ibv_sge sge{reinterpret_cast<uint64_t>(buf), len, lkey};
+  ibv_recv_wr wr{};
+  wr.wr_id = wr_id;
+  wr.sg_list = &sge;
+  wr.num_sge = 1;
+  ibv_recv_wr* bad = nullptr;
+  int rc = ibv_post_recv(qp, &wr, &bad);
+  if (rc != 0) return Error(rc, "ibv_post_recv");
+  return Status::Ok();
+}
+
 int errno_from_wc(ibv_wc_status status) {
   switch (status) {
     case IBV_WC_SUCCESS: return 0;
@@ -165,16 +209,9 @@ Status RdmaLink::setup_device(ibv_context* verbs, const LinkOptions& options) {
 }
 
 Status RdmaLink::post_recv(uint32_t slot) {
-  ibv_sge sge{reinterpret_cast<uint64_t>(recv_bufs_.data() + size_t{slot} * proto::kRdmaMessageSize),
-              static_cast<uint32_t>(proto::kRdmaMessageSize), recv_mr_->lkey};
-  ibv_recv_wr wr{};
-  wr.wr_id = pack_wr(kRecv, epoch_, slot);
-  wr.sg_list = &sge;
-  wr.num_sge = 1;
-  ibv_recv_wr* bad = nullptr;
-  int rc = ibv_post_recv(id_->qp, &wr, &bad);
-  if (rc != 0) return Error(rc, "ibv_post_recv");
-  return Status::Ok();
+  return rdma::post_recv(id_->qp, pack_wr(kRecv, epoch_, slot),
+                         recv_bufs_.data() + size_t{slot} * proto::kRdmaMessageSize,
+                         static_cast<uint32_t>(proto::kRdmaMessageSize), recv_mr_->lkey);
 }
 
 Status RdmaLink::connect(const Endpoint& ep, const LinkOptions& options, int timeout_ms) {
@@ -290,18 +327,11 @@ Status RdmaLink::send_message(std::span<const uint8_t> frame) {
   free_send_slots_.pop_back();
   uint8_t* buf = send_bufs_.data() + size_t{slot} * proto::kRdmaMessageSize;
   std::memcpy(buf, frame.data(), frame.size());
-  ibv_sge sge{reinterpret_cast<uint64_t>(buf), static_cast<uint32_t>(frame.size()), send_mr_->lkey};
-  ibv_send_wr wr{};
-  wr.wr_id = pack_wr(kSendMessage, epoch_, slot);
-  wr.sg_list = &sge;
-  wr.num_sge = 1;
-  wr.opcode = IBV_WR_SEND;
-  wr.send_flags = IBV_SEND_SIGNALED;
-  ibv_send_wr* bad = nullptr;
-  int rc = ibv_post_send(id_->qp, &wr, &bad);
-  if (rc != 0) {
+  Status st = rdma::post_send(id_->qp, pack_wr(kSendMessage, epoch_, slot), buf,
+                              static_cast<uint32_t>(frame.size()), send_mr_->lkey);
+  if (!st) {
     free_send_slots_.push_back(slot);
-    return Error(rc, "rdma send: ibv_post_send");
+    return st.error().wrap("rdma send");
   }
   return Status::Ok();
 }
@@ -339,55 +369,40 @@ Status RdmaLink::post_queued() {
 
 Status RdmaLink::poll(const std::function<void(const Completion&)>& fn) {
   if (!cq_.cq()) return Status::Ok();
-  cq_.consume_events();
   Status first = Status::Ok();
-  ibv_wc wcs[32];
-  bool armed = false;
-  for (;;) {
-    int n = ibv_poll_cq(cq_.cq(), 32, wcs);
-    if (n < 0) return Error(EIO, "ibv_poll_cq failed");
-    if (n == 0) {
-      if (armed) break;
-      PBRICK_TRY(cq_.arm());
-      armed = true;
-      continue;
-    }
-    armed = false;
-    for (int i = 0; i < n; i++) {
-      const ibv_wc& wc = wcs[i];
-      WrKind kind = wr_kind(wc.wr_id);
-      if (!id_ || wr_epoch(wc.wr_id) != (epoch_ & 0xFFF)) continue;  // an earlier connection's
-      Completion c{};
-      c.status = errno_from_wc(wc.status);
-      if (c.status != 0) c.error = wc_error_text(wc);
-      switch (kind) {
-        case kRecv: {
-          if (c.status != 0) {
-            if (first.ok()) first = Error(c.status, "rdma receive: " + c.error);
-            continue;
-          }
-          uint32_t slot = static_cast<uint32_t>(wr_low(wc.wr_id));
-          c.kind = Completion::Kind::kMessage;
-          c.message = {recv_bufs_.data() + size_t{slot} * proto::kRdmaMessageSize, wc.byte_len};
-          fn(c);
-          if (id_) {
-            Status st = post_recv(slot);
-            if (!st && first.ok()) first = st;
-          }
-          break;
+  Status drained = cq_.drain([&](const ibv_wc& wc) {
+    if (!id_ || wr_epoch(wc.wr_id) != (epoch_ & 0xFFF)) return;  // an earlier connection's
+    Completion c{};
+    c.status = errno_from_wc(wc.status);
+    if (c.status != 0) c.error = wc_error_text(wc);
+    switch (wr_kind(wc.wr_id)) {
+      case kRecv: {
+        if (c.status != 0) {
+          if (first.ok()) first = Error(c.status, "rdma receive: " + c.error);
+          return;
         }
-        case kSendMessage:
-          free_send_slots_.push_back(static_cast<uint32_t>(wr_low(wc.wr_id)));
-          if (c.status != 0 && first.ok()) first = Error(c.status, "rdma send: " + c.error);
-          break;
-        case kOneSided:
-          c.kind = Completion::Kind::kOneSided;
-          c.cookie = wr_low(wc.wr_id);
-          fn(c);
-          break;
+        uint32_t slot = static_cast<uint32_t>(wr_low(wc.wr_id));
+        c.kind = Completion::Kind::kMessage;
+        c.message = {recv_bufs_.data() + size_t{slot} * proto::kRdmaMessageSize, wc.byte_len};
+        fn(c);
+        if (id_) {
+          Status st = post_recv(slot);
+          if (!st && first.ok()) first = st;
+        }
+        return;
       }
+      case kSendMessage:
+        free_send_slots_.push_back(static_cast<uint32_t>(wr_low(wc.wr_id)));
+        if (c.status != 0 && first.ok()) first = Error(c.status, "rdma send: " + c.error);
+        return;
+      case kOneSided:
+        c.kind = Completion::Kind::kOneSided;
+        c.cookie = wr_low(wc.wr_id);
+        fn(c);
+        return;
     }
-  }
+  });
+  PBRICK_TRY(drained);
   return first;
 }
 

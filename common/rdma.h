@@ -84,6 +84,9 @@ class CompletionQueue {
   // Re-arms notification. Callers poll again afterwards (poll, arm, poll) so a
   // completion that raced the arming is not left waiting for the next event.
   Status arm();
+  // consume_events(), then every work completion to `fn`, in batches: poll
+  // until empty, arm, poll again; ends armed.
+  Status drain(const std::function<void(const ibv_wc&)>& fn);
 
  private:
   CompChannelPtr channel_;
@@ -97,6 +100,11 @@ class CompletionQueue {
 // answering, EIO otherwise.
 int errno_from_wc(ibv_wc_status status);
 std::string wc_error_text(const ibv_wc& wc);
+
+// Posts one signalled SEND of [buf, buf + len) / one receive into it; the
+// memory is in the region of `lkey`. The error carries the verbs return code.
+Status post_send(ibv_qp* qp, uint64_t wr_id, const uint8_t* buf, uint32_t len, uint32_t lkey);
+Status post_recv(ibv_qp* qp, uint64_t wr_id, uint8_t* buf, uint32_t len, uint32_t lkey);
 
 // Resolves HOST:PORT to a socket address for RDMA CM. ENOENT when unknown.
 Result<sockaddr_storage> resolve(const Endpoint& ep, bool passive);

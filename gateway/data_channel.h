@@ -26,6 +26,8 @@
 
 #include <liburing.h>
 
+#include <array>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -36,6 +38,47 @@
 #include "common/transport.h"
 
 namespace pbrick {
+
+// The persistence bookkeeping every channel keeps (see above): a sequence
+// number per WRITE, the highest one a completed sync covers, and whether the
+// brick's host rebooted under unsynced writes.
+class SyncLedger {
+ public:
+  void wrote() { write_seq_++; }
+  uint64_t write_seq() const { return write_seq_; }
+  bool unsynced() const { return write_seq_ != synced_seq_; }
+
+  // A new sync: -1 when it has to go to the brick, else the status to
+  // complete it with at once (0: nothing unsynced; EIO, once: writes lost).
+  int start_sync() {
+    if (writes_maybe_lost_) {
+      writes_maybe_lost_ = false;
+      synced_seq_ = write_seq_;
+      return EIO;
+    }
+    return unsynced() ? -1 : 0;
+  }
+  // A sync that covered everything up to `write_seq` completed.
+  void synced(uint64_t write_seq) {
+    if (write_seq > synced_seq_) synced_seq_ = write_seq;
+  }
+  // HELLO on a (re)connect: true when the brick's host rebooted since the
+  // last connection while writes were unsynced (the next sync reports EIO).
+  bool on_hello(const std::array<uint8_t, proto::kUuidSize>& boot_id) {
+    bool lost = have_boot_id_ && boot_id != boot_id_ && unsynced();
+    if (lost) writes_maybe_lost_ = true;
+    boot_id_ = boot_id;
+    have_boot_id_ = true;
+    return lost;
+  }
+
+ private:
+  uint64_t write_seq_ = 0;
+  uint64_t synced_seq_ = 0;
+  bool writes_maybe_lost_ = false;
+  std::array<uint8_t, proto::kUuidSize> boot_id_{};
+  bool have_boot_id_ = false;
+};
 
 // What a channel needs from its loop's ring.
 class ChannelRing {

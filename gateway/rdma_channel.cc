@@ -63,13 +63,10 @@ Status RdmaChannel::connect(const ClientOptions& options) {
     link_.disconnect();
     return Error(EOPNOTSUPP, "brick " + options.endpoint.to_string() + " does not offer PERSIST");
   }
-  if (have_boot_id_ && hello.boot_id != boot_id_ && write_seq_ != synced_seq_) {
+  if (ledger_.on_hello(hello.boot_id)) {
     PBRICK_LOG_ERROR("brick %s restarted after a reboot with unflushed writes: the next flush reports EIO",
                      options.endpoint.to_string().c_str());
-    writes_maybe_lost_ = true;
   }
-  boot_id_ = hello.boot_id;
-  have_boot_id_ = true;
   sync_rkey_ = hello.sync_rkey;
   sync_addr_ = hello.sync_addr;
   error_ = Status::Ok();
@@ -95,7 +92,7 @@ uint32_t RdmaChannel::take_slot(Op* op, Kind kind) {
 }
 
 void RdmaChannel::note_write(const Op& op) {
-  write_seq_++;
+  ledger_.wrote();
   if (!rpc_ || persist_all_) return;
   // Ranges merge per handle: a handle is one 2 MiB block, so the union of
   // what was written there is one range at most 2 MiB long.
@@ -144,19 +141,13 @@ void RdmaChannel::submit(Op* op) {
 }
 
 void RdmaChannel::submit_sync(Op* op) {
-  if (writes_maybe_lost_) {
-    writes_maybe_lost_ = false;
-    synced_seq_ = write_seq_;
-    op->done(op, EIO);
-    return;
-  }
-  if (synced_seq_ == write_seq_) {
-    op->done(op, 0);
+  if (int now = ledger_.start_sync(); now >= 0) {
+    op->done(op, now);
     return;
   }
   if (rpc_) {
     uint32_t index = take_slot(op, Kind::kPersist);
-    slots_[index].covers_write_seq = write_seq_;
+    slots_[index].covers_write_seq = ledger_.write_seq();
     if (persists_inflight_ < proto::kRdmaMaxOutstanding) {
       send_persist(index);
     } else {
@@ -168,7 +159,7 @@ void RdmaChannel::submit_sync(Op* op) {
   }
   uint32_t index = take_slot(op, Kind::kSyncRead);
   Slot& s = slots_[index];
-  s.covers_write_seq = write_seq_;
+  s.covers_write_seq = ledger_.write_seq();
   ibv_sge sge{reinterpret_cast<uint64_t>(scratch_.data()), static_cast<uint32_t>(kSyncReadBytes),
               link_.lkey(scratch_.data(), scratch_.size())};
   link_.queue_rdma(IBV_WR_RDMA_READ, &sge, 1, sync_rkey_, sync_addr_, (s.sequence << 16) | index);
@@ -221,7 +212,7 @@ void RdmaChannel::on_completion(const rdma::RdmaLink::Completion& c) {
     if (status != ECONNRESET) fail_connection(status, "brick " + c.error);
     else fail_connection(ECONNRESET, "work request flushed");
   } else if (s.kind == Kind::kSyncRead) {
-    if (s.covers_write_seq > synced_seq_) synced_seq_ = s.covers_write_seq;
+    ledger_.synced(s.covers_write_seq);
   } else if (s.nchunks > 0 && s.op->opcode == Opcode::kRead) {
     for (uint32_t i = 0, done = 0; i < s.nchunks; i++, done += static_cast<uint32_t>(kChunkSize)) {
       uint32_t n = std::min<uint32_t>(s.op->length - done, kChunkSize);
@@ -243,7 +234,7 @@ void RdmaChannel::on_reply(std::span<const uint8_t> message) {
   int status = h->status == 0 ? 0 : proto::errno_from_wire(h->status);
   Slot& s = slots_[index];
   // Replies come in request order: this one covers every PERSIST sent before.
-  if (status == 0 && s.covers_write_seq > synced_seq_) synced_seq_ = s.covers_write_seq;
+  if (status == 0) ledger_.synced(s.covers_write_seq);
   complete(index, status);
   if (waiting_head_ < waiting_persists_.size() && persists_inflight_ < proto::kRdmaMaxOutstanding) {
     send_persist(waiting_persists_[waiting_head_++]);
@@ -256,7 +247,7 @@ void RdmaChannel::on_reply(std::span<const uint8_t> message) {
 
 void RdmaChannel::teardown(int status) {
   if (link_.connected()) link_.disconnect();
-  if (write_seq_ != synced_seq_) {
+  if (ledger_.unsynced()) {
     // Ranges named on this QP may die with it; the next PERSIST names all.
     persist_all_ = true;
     dirty_.clear();

@@ -108,10 +108,7 @@ class RdmaChannel final : public DataChannel {
   bool rpc_ = false;
   uint32_t sync_rkey_ = 0;
   uint64_t sync_addr_ = 0;
-  std::array<uint8_t, proto::kUuidSize> boot_id_{};
-  bool have_boot_id_ = false;
-  uint64_t write_seq_ = 0, synced_seq_ = 0;
-  bool writes_maybe_lost_ = false;
+  SyncLedger ledger_;
   std::vector<proto::PersistRange> dirty_;  // rpc: ranges written since the last PERSIST
   bool persist_all_ = false;                // rpc: the next PERSIST names every writable mapping
   uint32_t persists_inflight_ = 0;

@@ -31,13 +31,10 @@ Status TcpChannel::connect(const ClientOptions& options) {
   auto client = BrickClient::Connect(o);
   if (!client) return client.error();
   const auto& boot_id = (*client)->hello().boot_id;
-  if (have_boot_id_ && boot_id != boot_id_ && write_seq_ != synced_seq_) {
+  if (ledger_.on_hello(boot_id)) {
     PBRICK_LOG_ERROR("brick %s restarted after a reboot with unflushed writes: the next flush reports EIO",
                      options.endpoint.to_string().c_str());
-    writes_maybe_lost_ = true;
   }
-  boot_id_ = boot_id;
-  have_boot_id_ = true;
   fd_ = std::move(**client).take_fd();
   // The handshake used timeouts for blocking I/O; the event loop needs none.
   timeval tv{0, 0};
@@ -139,7 +136,7 @@ uint32_t TcpChannel::enqueue(Op* op, bool is_sync) {
 
 void TcpChannel::submit(Op* op) {
   if (op->opcode == Opcode::kWrite) {
-    write_seq_++;
+    ledger_.wrote();
     last_write_rkey_ = op->rkey;
     last_write_addr_ = op->remote_addr;
   }
@@ -147,14 +144,8 @@ void TcpChannel::submit(Op* op) {
 }
 
 void TcpChannel::submit_sync(Op* op) {
-  if (writes_maybe_lost_) {
-    writes_maybe_lost_ = false;
-    synced_seq_ = write_seq_;
-    op->done(op, EIO);
-    return;
-  }
-  if (synced_seq_ == write_seq_) {
-    op->done(op, 0);
+  if (int now = ledger_.start_sync(); now >= 0) {
+    op->done(op, now);
     return;
   }
   op->opcode = Opcode::kRead;
@@ -162,7 +153,7 @@ void TcpChannel::submit_sync(Op* op) {
   op->remote_addr = last_write_addr_;
   op->length = 1;
   op->buf = &sync_scratch_;
-  slots_[enqueue(op, true)].covers_write_seq = write_seq_;
+  slots_[enqueue(op, true)].covers_write_seq = ledger_.write_seq();
 }
 
 size_t TcpChannel::send_iov(iovec* iov, size_t max) const {
@@ -242,7 +233,7 @@ Status TcpChannel::on_received(size_t n) {
       // The brick persists before it looks at the handle: a refused READ (the
       // block was unmapped or freed since) is still a completed sync point.
       if (status == 0 || status == EKEYREJECTED || status == ERANGE) {
-        if (slot.covers_write_seq > synced_seq_) synced_seq_ = slot.covers_write_seq;
+        ledger_.synced(slot.covers_write_seq);
         status = 0;
       }
     }

@@ -80,8 +80,6 @@ class TcpChannel final : public DataChannel {
 
   uint32_t depth_;
   UniqueFd fd_;
-  std::array<uint8_t, proto::kUuidSize> boot_id_{};
-  bool have_boot_id_ = false;
   std::vector<Slot> slots_;
   std::vector<uint32_t> free_slots_;
   uint64_t next_sequence_ = 1;
@@ -94,9 +92,7 @@ class TcpChannel final : public DataChannel {
   std::vector<uint8_t> in_;
   size_t in_start_ = 0, in_end_ = 0;
 
-  uint64_t write_seq_ = 0;
-  uint64_t synced_seq_ = 0;
-  bool writes_maybe_lost_ = false;  // the brick's host rebooted under unsynced writes
+  SyncLedger ledger_;
   uint32_t last_write_rkey_ = 0;
   uint64_t last_write_addr_ = 0;
   std::chrono::steady_clock::time_point last_progress_{};

@@ -56,18 +56,11 @@ bool RdmaConn::send_frame(std::span<const uint8_t> frame, Status* error) {
   free_send_.pop_back();
   uint8_t* buf = send_buf_.data() + size_t{slot} * kMsg;
   std::memcpy(buf, frame.data(), frame.size());
-  ibv_sge sge{reinterpret_cast<uint64_t>(buf), static_cast<uint32_t>(frame.size()), send_mr_->lkey};
-  ibv_send_wr wr{};
-  wr.wr_id = wr_id(wr_base_, kWrSend, slot);
-  wr.sg_list = &sge;
-  wr.num_sge = 1;
-  wr.opcode = IBV_WR_SEND;
-  wr.send_flags = IBV_SEND_SIGNALED;
-  ibv_send_wr* bad = nullptr;
-  int rc = ibv_post_send(id_->qp, &wr, &bad);
-  if (rc != 0) {
+  Status st = rdma::post_send(id_->qp, wr_id(wr_base_, kWrSend, slot), buf, static_cast<uint32_t>(frame.size()),
+                              send_mr_->lkey);
+  if (!st) {
     free_send_.push_back(slot);
-    *error = Error(rc, "ibv_post_send");
+    *error = st;
   }
   return true;
 }
@@ -77,16 +70,8 @@ std::span<const uint8_t> RdmaConn::received(uint32_t slot, uint32_t len) const {
 }
 
 Status RdmaConn::repost(uint32_t slot) {
-  ibv_sge sge{reinterpret_cast<uint64_t>(recv_buf_.data() + size_t{slot} * kMsg), static_cast<uint32_t>(kMsg),
-              recv_mr_->lkey};
-  ibv_recv_wr wr{};
-  wr.wr_id = wr_id(wr_base_, kWrRecv, slot);
-  wr.sg_list = &sge;
-  wr.num_sge = 1;
-  ibv_recv_wr* bad = nullptr;
-  int rc = ibv_post_recv(id_->qp, &wr, &bad);
-  if (rc != 0) return Error(rc, "ibv_post_recv");
-  return Status::Ok();
+  return rdma::post_recv(id_->qp, wr_id(wr_base_, kWrRecv, slot), recv_buf_.data() + size_t{slot} * kMsg,
+                         static_cast<uint32_t>(kMsg), recv_mr_->lkey);
 }
 
 // ---- RdmaListener --------------------------------------------------------------
@@ -220,32 +205,17 @@ Status RdmaListener::set_up(RdmaConn& conn, rdma_cm_id* id, uint32_t generation,
 
 Status RdmaListener::poll_cq(const std::function<void(const Completion&)>& fn) {
   if (!cq_.cq()) return Status::Ok();
-  cq_.consume_events();
-  ibv_wc wcs[32];
-  bool armed = false;
-  for (;;) {
-    int n = ibv_poll_cq(cq_.cq(), 32, wcs);
-    if (n < 0) return Error(EIO, "ibv_poll_cq");
-    if (n == 0) {
-      if (armed) return Status::Ok();
-      PBRICK_TRY(cq_.arm());
-      armed = true;
-      continue;
-    }
-    armed = false;
-    for (int i = 0; i < n; i++) {
-      const ibv_wc& wc = wcs[i];
-      Completion c{};
-      c.is_recv = (wc.wr_id >> 60) == kWrRecv;
-      c.generation = static_cast<uint32_t>((wc.wr_id >> 36) & 0xFFFFFF);
-      c.index = static_cast<uint32_t>((wc.wr_id >> 16) & 0xFFFFF);
-      c.slot = static_cast<uint32_t>(wc.wr_id & 0xFFFF);
-      c.byte_len = wc.byte_len;
-      c.status = rdma::errno_from_wc(wc.status);
-      if (c.status != 0) c.error = rdma::wc_error_text(wc);
-      fn(c);
-    }
-  }
+  return cq_.drain([&](const ibv_wc& wc) {
+    Completion c{};
+    c.is_recv = (wc.wr_id >> 60) == kWrRecv;
+    c.generation = static_cast<uint32_t>((wc.wr_id >> 36) & 0xFFFFFF);
+    c.index = static_cast<uint32_t>((wc.wr_id >> 16) & 0xFFFFF);
+    c.slot = static_cast<uint32_t>(wc.wr_id & 0xFFFF);
+    c.byte_len = wc.byte_len;
+    c.status = rdma::errno_from_wc(wc.status);
+    if (c.status != 0) c.error = rdma::wc_error_text(wc);
+    fn(c);
+  });
 }
 
 Result<rdma::MrPtr> RdmaListener::register_block(uint64_t offset, uint64_t len, bool writable) {

@@ -155,6 +155,7 @@ class Server::Impl {
   void begin_close(Connection& c);
   void handle_cqe(io_uring_cqe* cqe);
   void on_accept(int res);
+  uint32_t take_slot();  // a free connection slot index (conns_ grows when none is free)
   void on_tick();
   void update_status();
 
@@ -901,14 +902,7 @@ void Server::Impl::on_cm_events() {
         listener_->reject(e.id);
         continue;
       }
-      uint32_t index;
-      if (!free_slots_.empty()) {
-        index = free_slots_.back();
-        free_slots_.pop_back();
-      } else {
-        index = static_cast<uint32_t>(conns_.size());
-        conns_.emplace_back();
-      }
+      uint32_t index = take_slot();
       uint32_t generation = next_generation_++ & 0xFFFFFF;
       auto rc = listener_->accept(e.id, generation, index);
       if (!rc) {
@@ -1019,6 +1013,16 @@ void Server::Impl::maybe_close(Connection& c) {
   if (!stopping_) arm_accept();
 }
 
+uint32_t Server::Impl::take_slot() {
+  if (!free_slots_.empty()) {
+    uint32_t index = free_slots_.back();
+    free_slots_.pop_back();
+    return index;
+  }
+  conns_.emplace_back();
+  return static_cast<uint32_t>(conns_.size() - 1);
+}
+
 void Server::Impl::on_accept(int res) {
   accept_inflight_ = false;
   if (res < 0) {
@@ -1040,14 +1044,7 @@ void Server::Impl::on_accept(int res) {
   }
   int one = 1;
   ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  uint32_t index;
-  if (!free_slots_.empty()) {
-    index = free_slots_.back();
-    free_slots_.pop_back();
-  } else {
-    index = static_cast<uint32_t>(conns_.size());
-    conns_.emplace_back();
-  }
+  uint32_t index = take_slot();
   auto c = std::make_unique<Connection>();
   c->fd = std::move(fd);
   c->index = index;
