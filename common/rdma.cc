@@ -219,7 +219,7 @@ Status RdmaLink::connect(const Endpoint& ep, const LinkOptions& options, int tim
   const std::string what = "rdma connect " + ep.to_string();
   if (!events_) {
     events_.reset(rdma_create_event_channel());
-    if (!events_) return errno_error(what + ": rdma_create_event_channel");
+    if (!events_) return errno_error(what + ": rdma_create_event_channel (is the rdma_cm module loaded?)");
     PBRICK_TRY(set_nonblocking(events_->fd, "rdma event channel: fcntl"));
   }
   auto addr = resolve(ep, false);

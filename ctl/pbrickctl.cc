@@ -356,8 +356,9 @@ int cmd_ddio_apply(const ClusterConfig& config, const BrickConfig& brick) {
   (void)config;
   Status st = ddio_apply(brick.nic);
   if (!st) return fail(st.error().wrap("brick " + brick.name + ": ddio " + ddio_mode_name(brick.nic.ddio)));
-  if (brick.persistence == Persistence::kSyncRead) {
-    // sync-read is only correct when the NIC's writes bypass the CPU cache.
+  if (brick.persistence == Persistence::kSyncRead && brick.transport == Transport::kRdma) {
+    // Over RDMA sync-read is only correct when the NIC's writes bypass the CPU
+    // cache (over TCP the brick's CPU persists before answering).
     if (brick.nic.ddio != DdioMode::kOff || brick.nic.netdev.empty()) {
       return fail(Error(EPERM, "brick " + brick.name +
                                    ": persistence sync-read needs `nic: {ddio: off, netdev: ...}` (or use persistence: rpc)"));

@@ -242,3 +242,21 @@ M2=$((2 * 1024 * 1024))
   assert_failure 1
   assert_output --partial 'chmod 600'
 }
+
+@test "--transport rdma on a host without RDMA fails with a clear error; a wrong transport is a usage error" {
+  [ "$PBRICK_TRANSPORT" = tcp ] || skip "checks a host without RDMA"
+  [ ! -e /dev/infiniband/rdma_cm ] || skip "this host has RDMA (/dev/infiniband/rdma_cm)"
+  run "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/r.store" --size 64M --listen 127.0.0.1:0 --transport rdma
+  assert_failure 1
+  assert_output --partial 'listen rdma 127.0.0.1:0: rdma_create_event_channel (is the rdma_cm module loaded?)'
+  run "$CTL_BIN" --target 127.0.0.1:7100 --transport rdma stat
+  assert_failure 1
+  assert_output --partial 'rdma connect 127.0.0.1:7100'
+  assert_output --partial '(is the rdma_cm module loaded?)'
+  run "$CTL_BIN" --target 127.0.0.1:7100 --transport infiniband stat
+  assert_failure 2
+  assert_output --partial "--transport: unknown transport 'infiniband' (expected tcp or rdma)"
+  run "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/r.store" --size 64M --listen 127.0.0.1:0 --persistence fast
+  assert_failure 2
+  assert_output --partial "--persistence: unknown persistence 'fast' (expected sync-read or rpc)"
+}

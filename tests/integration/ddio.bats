@@ -286,7 +286,8 @@ mark_mtime() {
 
 # ---- ddio apply: what pbrick-target@.service runs as ExecStartPre ----
 
-# cluster_file NAME NIC PERSISTENCE: a one-brick cluster file.
+# cluster_file NAME NIC PERSISTENCE: a one-brick RDMA cluster file (DDIO only
+# matters where a NIC writes into memory).
 cluster_file() {
   CLUSTER="$BATS_TEST_TMPDIR/$1.yaml"
   cat >"$CLUSTER" <<EOF
@@ -296,8 +297,9 @@ bricks:
   - name: b
     host: 127.0.0.1
     store: {path: /var/lib/pbrick/b.store, size: 1G}
-    nic: $2
+    nic: ${2%\}}, rdma_device: mlx5_0}
     persistence: $3
+    transport: rdma
 EOF
 }
 
