@@ -187,7 +187,9 @@ Status RdmaLink::setup_device(ibv_context* verbs, const LinkOptions& options) {
   verbs_ = verbs;
   pd_.reset(ibv_alloc_pd(verbs));
   if (!pd_) return errno_error("ibv_alloc_pd");
-  int entries = static_cast<int>(options.one_sided_depth + 2 * proto::kRdmaMaxOutstanding + 8);
+  // Twice what one QP can have outstanding: the flushed completions of a torn
+  // down QP may still sit in the CQ when its successor's start to arrive.
+  int entries = static_cast<int>(2 * (options.one_sided_depth + 2 * proto::kRdmaMaxOutstanding + 8));
   PBRICK_TRY(cq_.create(verbs, entries));
   constexpr size_t kSlots = proto::kRdmaMaxOutstanding;
   recv_bufs_.assign(kSlots * proto::kRdmaMessageSize, 0);

@@ -15,9 +15,10 @@ namespace {
 
 constexpr uint32_t kSlots = proto::kRdmaMaxOutstanding;
 constexpr size_t kMsg = proto::kRdmaMessageSize;
-// Entries of the CQ every connection shares: each has at most kSlots
-// receives and kSlots sends outstanding.
-constexpr int kCqEntries = 128 * 2 * kSlots;
+// Every connection has at most kSlots receives and kSlots sends outstanding;
+// the CQ they share holds twice that per connection (a closed connection's
+// flushed completions may still be in it), as far as the device allows.
+constexpr uint32_t kCqEntriesPerConnection = 4 * kSlots;
 
 enum : uint64_t { kWrRecv = 1, kWrSend = 2 };
 
@@ -78,8 +79,10 @@ Status RdmaConn::repost(uint32_t slot) {
 
 RdmaListener::~RdmaListener() = default;
 
-Result<std::unique_ptr<RdmaListener>> RdmaListener::Create(const Endpoint& listen, uint8_t* base, uint64_t size) {
+Result<std::unique_ptr<RdmaListener>> RdmaListener::Create(const Endpoint& listen, uint8_t* base, uint64_t size,
+                                                           uint32_t max_connections) {
   std::unique_ptr<RdmaListener> l(new RdmaListener());
+  l->max_connections_ = max_connections;
   l->base_ = base;
   l->size_ = size;
   const std::string where = "listen rdma " + listen.to_string();
@@ -108,7 +111,15 @@ Status RdmaListener::setup_device(ibv_context* verbs) {
   verbs_ = verbs;
   pd_.reset(ibv_alloc_pd(verbs));
   if (!pd_) return errno_error("ibv_alloc_pd");
-  PBRICK_TRY(cq_.create(verbs, kCqEntries));
+  ibv_device_attr attr{};
+  if (ibv_query_device(verbs, &attr) != 0) return errno_error("ibv_query_device");
+  max_rd_atom_ = std::max(1, std::min(attr.max_qp_rd_atom, 16));
+  uint32_t fit = static_cast<uint32_t>(attr.max_cqe) / kCqEntriesPerConnection;
+  if (fit < max_connections_) {
+    PBRICK_LOG_WARN("rdma: the device's CQ holds completions of %u connections: at most %u are accepted", fit, fit);
+    max_connections_ = fit;
+  }
+  PBRICK_TRY(cq_.create(verbs, static_cast<int>(max_connections_ * kCqEntriesPerConnection)));
   sync_mr_.reset(ibv_reg_mr(pd_.get(), base_, 4096, IBV_ACCESS_REMOTE_READ));
   if (!sync_mr_) return errno_error("ibv_reg_mr of the sync page");
   // MAP registers blocks for remote write; the kernel refuses that for files
@@ -120,8 +131,6 @@ Status RdmaListener::setup_device(ibv_context* verbs) {
     return errno_error("the store cannot be registered for RDMA writes (a file on a disk filesystem? "
                        "serve a devdax device, or a file on tmpfs or hugetlbfs)");
   }
-  ibv_device_attr attr{};
-  if (ibv_query_device(verbs, &attr) == 0) max_rd_atom_ = std::max(1, std::min(attr.max_qp_rd_atom, 16));
   PBRICK_LOG_INFO("rdma: serving through device %s", ibv_get_device_name(verbs->device));
   return Status::Ok();
 }

@@ -68,7 +68,11 @@ class RdmaListener {
  public:
   // Binds RDMA CM to `listen` and listens. Port 0 picks a free port. The store
   // mapping [base, base + size) is what MAP registers blocks of.
-  static Result<std::unique_ptr<RdmaListener>> Create(const Endpoint& listen, uint8_t* base, uint64_t size);
+  // At most `max_connections` (fewer when the device's CQ cannot hold their
+  // completions: max_connections()).
+  static Result<std::unique_ptr<RdmaListener>> Create(const Endpoint& listen, uint8_t* base, uint64_t size,
+                                                      uint32_t max_connections);
+  uint32_t max_connections() const { return max_connections_; }
   ~RdmaListener();
 
   uint16_t port() const;
@@ -122,6 +126,7 @@ class RdmaListener {
   rdma::CompletionQueue cq_;
   rdma::MrPtr sync_mr_;
   int max_rd_atom_ = 1;
+  uint32_t max_connections_ = 0;
   rdma::CmIdPtr listen_id_;
 };
 

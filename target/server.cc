@@ -218,7 +218,8 @@ class Server::Impl {
 
 Status Server::Impl::init() {
   if (options_.transport == Transport::kRdma) {
-    auto l = RdmaListener::Create(options_.listen, store_.region().base(), store_.region().size());
+    auto l = RdmaListener::Create(options_.listen, store_.region().base(), store_.region().size(),
+                                  options_.max_connections);
     if (!l) return l.error();
     listener_ = std::move(*l);
     port_ = listener_->port();
@@ -897,8 +898,8 @@ void Server::Impl::on_cm_events() {
     const RdmaListener::Event& e = **ev;
     using Kind = RdmaListener::Event::Kind;
     if (e.kind == Kind::kConnectRequest) {
-      if (open_connections_ >= options_.max_connections) {
-        PBRICK_LOG_WARN("refusing an RDMA connection: %u connections open", options_.max_connections);
+      if (open_connections_ >= listener_->max_connections()) {
+        PBRICK_LOG_WARN("refusing an RDMA connection: %u connections open", listener_->max_connections());
         listener_->reject(e.id);
         continue;
       }
