@@ -70,24 +70,6 @@ Status CompletionQueue::arm() {
   return Status::Ok();
 }
 
-Status CompletionQueue::drain(const std::function<void(const ibv_wc&)>& fn) {
-  consume_events();
-  ibv_wc wcs[32];
-  bool armed = false;
-  for (;;) {
-    int n = ibv_poll_cq(cq_.get(), 32, wcs);
-    if (n < 0) return Error(EIO, "ibv_poll_cq failed");
-    if (n == 0) {
-      if (armed) return Status::Ok();
-      PBRICK_TRY(arm());
-      armed = true;
-      continue;
-    }
-    armed = false;
-    for (int i = 0; i < n; i++) fn(wcs[i]);
-  }
-}
-
 Status post_send(ibv_qp* qp, uint64_t wr_id, const uint8_t* buf, uint32_t len, uint32_t lkey) {
   ibv_sge sge{reinterpret_cast<uint64_t>(buf), len, lkey};
   ibv_send_wr wr{};
