@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
@@ -828,7 +829,11 @@ TEST_F(FileStoreTest, ZeroingKeepsTheFileAllocated) {
   ASSERT_TRUE(store->free(0).ok());
   struct stat after {};
   ASSERT_EQ(::stat(path_.c_str(), &after), 0);
-  EXPECT_EQ(after.st_blocks, before.st_blocks);
+  // st_blocks also counts the filesystem's extent blocks, which punch +
+  // fallocate may reshape by a block either way (ext4 under load: 16392 vs
+  // 16384); the data itself must be allocated again, all of it (below).
+  EXPECT_LE(std::llabs(static_cast<long long>(after.st_blocks) - before.st_blocks), 8)  // one 4 KiB block
+      << "before " << before.st_blocks << ", after " << after.st_blocks;
   EXPECT_GE(static_cast<uint64_t>(after.st_blocks) * 512, region_size_for(3));
   EXPECT_EQ(file_size(), region_size_for(3));
   ASSERT_TRUE(store->alloc(kBlockSize).ok());
