@@ -253,7 +253,9 @@ Status BrickClient::call_rdma(const proto::FrameHeader& h, std::span<const uint8
     }
     if (reply->opcode != h.opcode || reply->request_id != h.request_id ||
         c.message.size() != proto::kHeaderSize + reply->payload_len) {
-      bad = Error(EPROTO, what + ": reply does not match the request");
+      // Named in full: a test that sent a stray frame checks what answered it.
+      bad = Error(EPROTO, what + ": reply does not match the request (a " + proto::opcode_name(reply->opcode) +
+                              " reply, status " + std::to_string(reply->status) + ")");
       return;
     }
     reply_.assign(c.message.begin() + proto::kHeaderSize, c.message.end());
@@ -273,7 +275,17 @@ Status BrickClient::call_rdma(const proto::FrameHeader& h, std::span<const uint8
 
 Status BrickClient::rdma_io(bool write, uint32_t rkey, uint64_t remote_addr, uint8_t* buf, size_t len) {
   const std::string what = std::string(write ? "rdma write " : "rdma read ") + format_hex(remote_addr);
-  auto bounce = link_->bounce();
+  if (bounce_.empty()) {
+    // Only tools move data through a BrickClient: a control connection never
+    // pins this.
+    bounce_.assign(proto::kMaxIoSize, 0);
+    Status st = link_->add_region(bounce_.data(), bounce_.size());
+    if (!st) {
+      bounce_.clear();
+      return st.error().wrap(what);
+    }
+  }
+  std::span<uint8_t> bounce(bounce_);
   for (size_t done = 0; done < len;) {
     size_t n = std::min(len - done, bounce.size());
     if (write) std::memcpy(bounce.data(), buf + done, n);

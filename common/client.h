@@ -102,6 +102,7 @@ class BrickClient {
 
   UniqueFd fd_;
   std::unique_ptr<rdma::RdmaLink> owned_link_;
+  std::vector<uint8_t> bounce_;  // RDMA read()/write(): registered on first use
   rdma::RdmaLink* link_ = nullptr;  // owned_link_, or a caller's
   int timeout_ms_ = 10000;
   uint64_t next_request_id_ = 1;

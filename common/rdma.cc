@@ -179,11 +179,6 @@ Status RdmaLink::setup_device(ibv_context* verbs, const LinkOptions& options) {
   recv_mr_.reset(ibv_reg_mr(pd_.get(), recv_bufs_.data(), recv_bufs_.size(), IBV_ACCESS_LOCAL_WRITE));
   send_mr_.reset(ibv_reg_mr(pd_.get(), send_bufs_.data(), send_bufs_.size(), IBV_ACCESS_LOCAL_WRITE));
   if (!recv_mr_ || !send_mr_) return errno_error("ibv_reg_mr of the message buffers");
-  if (options.max_rdma_size > 0) {
-    bounce_.assign(options.max_rdma_size, 0);
-    Region r{bounce_.data(), bounce_.size(), nullptr};
-    regions_.push_back(std::move(r));
-  }
   for (Region& r : regions_) {
     if (r.mr) continue;
     r.mr.reset(ibv_reg_mr(pd_.get(), r.base, r.len, IBV_ACCESS_LOCAL_WRITE));

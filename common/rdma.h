@@ -134,13 +134,12 @@ Result<rdma_cm_event*> next_cm_event(rdma_event_channel* channel, int timeout_ms
 struct LinkOptions {
   uint32_t one_sided_depth = 16;  // one-sided WRs in flight
   uint32_t max_sge = 1;           // SGEs per one-sided WR
-  uint32_t max_rdma_size = 2u << 20;  // bytes per one-sided WR (sizes the tools' bounce buffer)
 };
 
 class RdmaLink {
  public:
   struct Completion {
-    enum class Kind { kMessage, kOneSided, kSendError } kind;
+    enum class Kind { kMessage, kOneSided } kind;
     uint64_t cookie = 0;  // one-sided: the owner's cookie
     int status = 0;       // 0 or errno_from_wc()
     std::string error;    // wc_error_text() when status != 0
@@ -192,10 +191,6 @@ class RdmaLink {
   // disconnected (the owner tears down and reconnects).
   Status check_cm_events();
 
-  // A registered scratch area of max_rdma_size bytes for tools that move data
-  // from plain memory (BrickClient::read/write).
-  std::span<uint8_t> bounce() { return {bounce_.data(), bounce_.size()}; }
-
  private:
   struct Region {
     uint8_t* base;
@@ -210,7 +205,7 @@ class RdmaLink {
   PdPtr pd_;
   CompletionQueue cq_;
   std::vector<Region> regions_;
-  std::vector<uint8_t> recv_bufs_, send_bufs_, bounce_;
+  std::vector<uint8_t> recv_bufs_, send_bufs_;
   MrPtr recv_mr_, send_mr_;
   std::vector<uint32_t> free_send_slots_;
   CmIdPtr id_;  // last: the QP goes before the CQ and PD it uses

@@ -35,15 +35,16 @@ Status RdmaChannel::add_buffer_region(uint8_t* base, size_t len) {
 
 Status RdmaChannel::connect(const ClientOptions& options) {
   teardown(ECONNRESET);
-  if (scratch_.size() != 0 && link_.lkey(scratch_.data(), scratch_.size()) == 0 && !link_.connected()) {
+  if (!own_memory_added_) {
     // First connect: the channel's own memory joins the registered regions.
     static_assert(kBounceChunks <= 65535);
-    if (!have_regions_ && bounce_.empty()) {
+    if (!have_regions_) {
       bounce_.assign(kBounceChunks * kChunkSize, 0);
       PBRICK_TRY(link_.add_region(bounce_.data(), bounce_.size()));
       for (uint32_t i = kBounceChunks; i > 0; i--) free_chunks_.push_back(static_cast<uint16_t>(i - 1));
     }
     PBRICK_TRY(link_.add_region(scratch_.data(), scratch_.size()));
+    own_memory_added_ = true;
   }
   ClientOptions o = options;
   o.transport = Transport::kRdma;
@@ -51,7 +52,6 @@ Status RdmaChannel::connect(const ClientOptions& options) {
   rdma::LinkOptions lo;
   lo.one_sided_depth = depth_ + 8;
   lo.max_sge = kMaxChunksPerOp;
-  lo.max_rdma_size = 0;
   auto client = BrickClient::Connect(o, &link_, lo);
   if (!client) return client.error();
   const proto::HelloReply& hello = (*client)->hello();

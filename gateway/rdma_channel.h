@@ -99,7 +99,8 @@ class RdmaChannel final : public DataChannel {
   uint64_t next_sequence_ = 1;
   std::chrono::steady_clock::time_point last_progress_{};
 
-  bool have_regions_ = false;
+  bool have_regions_ = false;      // the owner registered its buffers: no bounce pool
+  bool own_memory_added_ = false;  // bounce pool and scratch_ are in the link's regions
   std::vector<uint8_t> bounce_;
   std::vector<uint16_t> free_chunks_;
   std::vector<uint8_t> scratch_;  // sync-read destination, registered

@@ -167,7 +167,6 @@ void RdmaListener::reject(rdma_cm_id* id) {
 Result<std::unique_ptr<RdmaConn>> RdmaListener::accept(rdma_cm_id* id, uint32_t generation, uint32_t index) {
   std::unique_ptr<RdmaConn> c(new RdmaConn());
   c->id_.reset(id);  // from here on destroyed with the connection, also on error
-  c->listener_ = this;
   Status st = set_up(*c, id, generation, index);
   if (!st) {
     rdma_reject(id, nullptr, 0);  // the client hears at once instead of timing out

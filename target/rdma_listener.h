@@ -55,7 +55,6 @@ class RdmaConn {
   friend class RdmaListener;
   RdmaConn() = default;
 
-  RdmaListener* listener_ = nullptr;
   uint64_t wr_base_ = 0;  // generation and slot bits of wr_id
   std::vector<uint8_t> recv_buf_, send_buf_;
   rdma::MrPtr recv_mr_, send_mr_;
