@@ -110,6 +110,14 @@ gw_detach() {
   return 1
 }
 
+# mkfs_mount: a fresh ext4 on $DEV, mounted at MNT ($BATS_TEST_TMPDIR/mnt).
+mkfs_mount() {
+  mkfs.ext4 -q -F "$DEV"
+  MNT=$BATS_TEST_TMPDIR/mnt
+  mkdir -p "$MNT"
+  mount "$DEV" "$MNT"
+}
+
 make_tree() {
   local d=$1 i
   mkdir -p "$d"/{big,mid/a/b,small}
@@ -131,10 +139,7 @@ make_tree() {
   assert_equal "$(jq -r '.[0].state' <<<"$output")" live
   assert_equal "$(jq -r '.[0].queues' <<<"$output")" 2
 
-  mkfs.ext4 -q -F "$DEV"
-  MNT=$BATS_TEST_TMPDIR/mnt
-  mkdir -p "$MNT"
-  mount "$DEV" "$MNT"
+  mkfs_mount
   make_tree "$MNT/tree"
   sha_tree "$MNT/tree" >"$BATS_TEST_TMPDIR/before"
   sync
@@ -215,10 +220,7 @@ brick_has() {
   requires fio
   brick_up
   gw_attach --size 1G -q 2 -d 32
-  mkfs.ext4 -q -F "$DEV"
-  MNT=$BATS_TEST_TMPDIR/mnt
-  mkdir -p "$MNT"
-  mount "$DEV" "$MNT"
+  mkfs_mount
   fio --name=busy --directory="$MNT" --ioengine=libaio --direct=1 --bs=16k --iodepth=8 --numjobs=2 \
     --size=24M --rw=randwrite --verify=crc32c --verify_fatal=1 --do_verify=1 \
     >"$BATS_TEST_TMPDIR/fio.out" 2>&1 &
@@ -253,10 +255,7 @@ brick_has() {
 @test "ublk: brick crash (kill -9) and restart under a mounted ext4: I/O resumes, flushed data intact" {
   brick_up
   gw_attach --size 1G -q 2 -d 32
-  mkfs.ext4 -q -F "$DEV"
-  MNT=$BATS_TEST_TMPDIR/mnt
-  mkdir -p "$MNT"
-  mount "$DEV" "$MNT"
+  mkfs_mount
   make_tree "$MNT/before"
   sha_tree "$MNT/before" >"$BATS_TEST_TMPDIR/before.sha"
   sync # FLUSH: from here on the tree is durable at the brick
