@@ -1,0 +1,97 @@
+#!/usr/bin/env bats
+# A corrupt map entry on a real brick's store: the brick refuses to start and
+# names the entry instead of serving other data, and `pbrickctl fsck` (offline,
+# read-only) reports it with a non-zero exit status.
+
+load helpers
+
+# flip_bit FILE OFFSET BIT: inverts one bit of FILE in place.
+flip_bit() {
+  python3 - "$@" <<'EOF'
+import sys
+path, offset, bit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+with open(path, "r+b") as f:
+    f.seek(offset)
+    b = f.read(1)[0]
+    f.seek(offset)
+    f.write(bytes([b ^ (1 << bit)]))
+EOF
+}
+
+fsck() { "$CTL_BIN" fsck "$@"; }
+
+@test "a flipped bit in a map entry: the brick refuses to start naming the entry, fsck reports it" {
+  requires python3 jq
+  start_brick b
+  local store="$BATS_TEST_TMPDIR/b.store"
+  ctl alloc 0x0
+  head -c 1000000 /dev/urandom >"$BATS_TEST_TMPDIR/in"
+  ctl write 0x40000000 4096 <"$BATS_TEST_TMPDIR/in"  # map entry 1
+  stop_brick
+
+  run fsck --store "$store"
+  assert_success
+  assert_output --partial "layout version 2"
+  assert_output --partial "2 blocks allocated"
+  assert_output --partial "clean"
+  run fsck --json --store "$store"
+  assert_success
+  assert_equal "$(jq -c '[.clean, .allocated_blocks, .problems]' <<<"$output")" '[true,2,[]]'
+
+  # Bit 3 of the slot index in entry 1's location word (entry 1 is at 4096 + 16).
+  flip_bit "$store" $((4096 + 16 + 8)) 3
+  local corrupt
+  corrupt=$(sha "$store")
+
+  run "$TARGET_BIN" --store "$store" --size 64M --listen 127.0.0.1:0
+  assert_failure 1
+  assert_output --partial "map entry 1: checksum mismatch: key 0x40000003 (block 0x40000000)"
+  assert_equal "$(sha "$store")" "$corrupt"
+
+  run fsck --store "$store"
+  assert_failure 1
+  assert_output --partial "map entry 1: checksum mismatch: key 0x40000003 (block 0x40000000)"
+  assert_output --partial "1 problem found"
+  run fsck --json --store "$store"
+  assert_failure 1
+  assert_equal "$(jq -c '[.clean, .allocated_blocks, [.problems[].entry]]' <<<"$output")" '[false,1,[1]]'
+  assert_equal "$(sha "$store")" "$corrupt"  # fsck never writes
+
+  # With the bit restored, nothing was lost.
+  flip_bit "$store" $((4096 + 16 + 8)) 3
+  start_brick b
+  ctl read 0x40000000 4096 1000000 >"$BATS_TEST_TMPDIR/out"
+  assert_equal "$(sha "$BATS_TEST_TMPDIR/out")" "$(sha "$BATS_TEST_TMPDIR/in")"
+}
+
+@test "a flipped bit in a key: the block is not served at another address" {
+  requires python3
+  start_brick b
+  local store="$BATS_TEST_TMPDIR/b.store"
+  ctl alloc 0x40000000
+  stop_brick
+  # Bit 22 of entry 0's key: block 0x40000000 would become 0x40400000.
+  flip_bit "$store" $((4096 + 2)) 6
+  run "$TARGET_BIN" --store "$store" --size 64M --listen 127.0.0.1:0
+  assert_failure 1
+  assert_output --partial "map entry 0: checksum mismatch: key 0x40400003 (block 0x40400000)"
+  run fsck --store "$store"
+  assert_failure 1
+  assert_output --partial "map entry 0: checksum mismatch"
+}
+
+@test "fsck: exit 3 when the store cannot be read, 1 for a file that is no store, 2 for usage" {
+  run fsck --store "$BATS_TEST_TMPDIR/missing"
+  assert_failure 3
+  assert_output --partial "cannot read the store"
+  assert_output --partial "missing"
+  head -c $((8 * 1024 * 1024)) /dev/urandom >"$BATS_TEST_TMPDIR/junk"
+  run fsck --store "$BATS_TEST_TMPDIR/junk"
+  assert_failure 1
+  assert_output --partial "superblock: not a pbrick store (bad magic)"
+  run fsck
+  assert_failure 2
+  assert_output --partial "--store PATH is required"
+  run fsck --store
+  assert_failure 2
+}
