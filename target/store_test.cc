@@ -189,6 +189,7 @@ TEST(StoreLayout, MapEntriesEncodeKeyAndLocation) {
   EXPECT_EQ(get64(map + 16), 0x40000003u);
   EXPECT_EQ(get64(map + 24) & 0xFFFFFFFFFFull, 1u);
   EXPECT_EQ(get64(map + 24), v2_location(1, 0x40000003, 1));
+  EXPECT_EQ(get64(map + 24), 0x4008760000000001ull) << "the worked example of docs/layout.md";
   // The check covers the entry index: the same key and slot in another entry
   // have another check (24 bits, so equal only by a 1 in 2^24 chance).
   EXPECT_NE(v2_location(0, 0x40000003, 1), v2_location(1, 0x40000003, 1));
