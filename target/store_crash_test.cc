@@ -779,6 +779,35 @@ TEST_F(FormatCrashTest, FormatOfABlankSuperblockOverAGarbageMap) {
   EXPECT_GT(images, 10u);
 }
 
+// No crash state of alloc and free looks like corruption: the offline check
+// (pbrickctl fsck) finds every crash image clean, with the blocks Open() finds.
+TEST_F(CrashTest, EveryCrashImageOfAllocAndFreeChecksClean) {
+  auto store = open_live();
+  ASSERT_TRUE(store);
+  State s = populate(*store);
+  record(s, [&] {
+    State after_free = s;
+    after_free.erase(0);
+    next_op(after_free);
+    ASSERT_TRUE(store->free(0).ok());
+    State after_alloc = after_free;
+    after_alloc[kBlockSize] = kZeroHash;
+    next_op(after_alloc);
+    ASSERT_TRUE(store->alloc(kBlockSize).ok());
+  });
+  size_t images = for_each_crash_image([&](int op, const std::string& label) {
+    StoreCheckReport report = Store::Check(scratch_.data(), kRegionSize);
+    ASSERT_TRUE(report.clean()) << label << ": " << report.superblock_error
+                                << (report.map_problems.empty() ? ""
+                                                                : report.map_problems[0].what);
+    ASSERT_EQ(report.layout_version, 2u);
+    const size_t before = states_[static_cast<size_t>(op)].size();
+    const size_t after = states_[static_cast<size_t>(op) + 1].size();
+    ASSERT_TRUE(report.allocated_blocks == before || report.allocated_blocks == after) << label;
+  });
+  EXPECT_GT(images, 10u);
+}
+
 // ---- Upgrade from layout version 1 ----------------------------------------------
 
 // Opening a version-1 store converts every map entry and then the superblock

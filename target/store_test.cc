@@ -835,6 +835,27 @@ TEST(MapEntryChecksum, BitFlipWhileOpenQuarantinesTheBlock) {
   EXPECT_TRUE(store->free(kBlockSize).ok());
 }
 
+// A free entry that something wrote while the brick runs is never handed out:
+// ALLOC fails naming it, takes it out of use, and the next ALLOC uses the next
+// free entry.
+TEST(MapEntryChecksum, WrittenFreeEntryIsNotReused) {
+  auto mem = make_memory_region(region_size_for(4));
+  auto store = open_store(borrow(*mem));
+  ASSERT_TRUE(store);
+  ASSERT_TRUE(store->alloc(0).ok());
+  set64(mem->base() + 4096 + 16, 0x1234);  // entry 1 is free
+  Status s = store->alloc(kBlockSize);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().errnum(), EUCLEAN);
+  EXPECT_NE(s.error().context().find("map entry 1 should be free but holds key 0x1234"),
+            std::string::npos)
+      << s.error().context();
+  ASSERT_TRUE(store->alloc(kBlockSize).ok());
+  EXPECT_EQ(get64(mem->base() + 4096 + 32), v2_key(kBlockSize)) << "entry 2 was used";
+  EXPECT_EQ(get64(mem->base() + 4096 + 16), 0x1234u) << "entry 1 was left alone";
+  EXPECT_FALSE(Store::Check(mem->base(), mem->size()).clean());
+}
+
 // ---- Upgrade from layout version 1 ----------------------------------------------
 
 // A version-1 store as the code before checksums wrote it: three blocks (vaddr
