@@ -95,3 +95,33 @@ fsck() { "$CTL_BIN" fsck "$@"; }
   run fsck --store
   assert_failure 2
 }
+
+@test "a layout-version-1 store written by the previous brick opens with its data and is upgraded" {
+  requires gunzip jq
+  local store="$BATS_TEST_TMPDIR/v1.store"
+  gunzip -c "$BATS_TEST_DIRNAME/fixtures/store-v1.img.gz" >"$store"
+  run fsck --store "$store"
+  assert_success
+  assert_output --partial "layout version 1, uuid af6ec92a-ffe5-4a1d-80af-bf5fd6fb1b78, 3 slots, 2 blocks allocated"
+  assert_output --partial "2 map entries without checksums"
+
+  yes "pbrick layout v1 block 0x0" | head -c 1000000 >"$BATS_TEST_TMPDIR/low"
+  yes "pbrick layout v1 block 0xffffffffffe00000" | head -c 2097152 >"$BATS_TEST_TMPDIR/top"
+  local round
+  for round in upgrade reopen; do
+    start_brick v1 --size 8M
+    run ctl --json stat
+    assert_equal "$(jq -c '[.uuid, .allocated_blocks]' <<<"$output")" '["af6ec92a-ffe5-4a1d-80af-bf5fd6fb1b78",2]'
+    ctl read 0x0 4096 1000000 >"$BATS_TEST_TMPDIR/out"
+    assert_equal "$(sha "$BATS_TEST_TMPDIR/out")" "$(sha "$BATS_TEST_TMPDIR/low")"
+    ctl read 0xffffffffffe00000 0 2M >"$BATS_TEST_TMPDIR/out"
+    assert_equal "$(sha "$BATS_TEST_TMPDIR/out")" "$(sha "$BATS_TEST_TMPDIR/top")"
+    stop_brick
+  done
+  assert_equal "$(grep -c 'upgraded from layout version 1 to 2: 2 map entries' "$BATS_TEST_TMPDIR/v1.log")" 1
+
+  run fsck --store "$store"
+  assert_success
+  assert_output --partial "layout version 2, uuid af6ec92a-ffe5-4a1d-80af-bf5fd6fb1b78, 3 slots, 2 blocks allocated"
+  assert_output --partial "clean"
+}
