@@ -23,7 +23,7 @@ fsck() { "$CTL_BIN" fsck "$@"; }
 @test "a flipped bit in a map entry: the brick refuses to start naming the entry, fsck reports it" {
   requires python3 jq
   start_brick b
-  local store="$BATS_TEST_TMPDIR/b.store"
+  local store; store="$(store_dir)/b.store"
   ctl alloc 0x0
   head -c 1000000 /dev/urandom >"$BATS_TEST_TMPDIR/in"
   ctl write 0x40000000 4096 <"$BATS_TEST_TMPDIR/in"  # map entry 1
@@ -67,7 +67,7 @@ fsck() { "$CTL_BIN" fsck "$@"; }
 @test "a flipped bit in a key: the block is not served at another address" {
   requires python3
   start_brick b
-  local store="$BATS_TEST_TMPDIR/b.store"
+  local store; store="$(store_dir)/b.store"
   ctl alloc 0x40000000
   stop_brick
   # Bit 22 of entry 0's key: block 0x40000000 would become 0x40400000.
@@ -98,7 +98,7 @@ fsck() { "$CTL_BIN" fsck "$@"; }
 
 @test "a layout-version-1 store written by the previous brick opens with its data and is upgraded" {
   requires gunzip jq
-  local store="$BATS_TEST_TMPDIR/v1.store"
+  local store; store="$(store_dir)/v1.store"
   gunzip -c "$BATS_TEST_DIRNAME/fixtures/store-v1.img.gz" >"$store"
   run fsck --store "$store"
   assert_success
@@ -124,4 +124,32 @@ fsck() { "$CTL_BIN" fsck "$@"; }
   assert_success
   assert_output --partial "layout version 2, uuid af6ec92a-ffe5-4a1d-80af-bf5fd6fb1b78, 3 slots, 2 blocks allocated"
   assert_output --partial "clean"
+}
+
+@test "a bit flipped in the map while the brick runs quarantines that block: MAP, FREE and reads fail" {
+  requires python3
+  start_brick b
+  local store; store="$(store_dir)/b.store"
+  head -c 4096 /dev/urandom >"$BATS_TEST_TMPDIR/in"
+  ctl write 0x0 0 <"$BATS_TEST_TMPDIR/in"
+  ctl write 0x40000000 0 <"$BATS_TEST_TMPDIR/in"  # map entry 1
+  # The store file is the brick's shared mapping: the flip reaches the running brick.
+  flip_bit "$store" $((4096 + 16 + 8)) 0
+  run ctl read 0x40000000 0 4096
+  assert_failure 1
+  assert_output --partial "EUCLEAN"
+  run ctl free 0x40000000
+  assert_failure 1
+  assert_output --partial "EUCLEAN"
+  run ctl alloc 0x40000000
+  assert_failure 1
+  assert_output --partial "EUCLEAN"
+  grep -q "map entry 1 of the block changed on the medium" "$BATS_TEST_TMPDIR/b.log"
+  # Other blocks are served as before.
+  ctl read 0x0 0 4096 >"$BATS_TEST_TMPDIR/out"
+  assert_equal "$(sha "$BATS_TEST_TMPDIR/out")" "$(sha "$BATS_TEST_TMPDIR/in")"
+  stop_brick
+  run "$TARGET_BIN" --store "$store" --size 64M --listen 127.0.0.1:0
+  assert_failure 1
+  assert_output --partial "map entry 1: checksum mismatch: key 0x40000003 (block 0x40000000)"
 }
