@@ -170,6 +170,34 @@ Status fill_random(uint8_t* out, size_t len) {
   return Status::Ok();
 }
 
+// For a map entry that does not verify: which single flipped bit would explain
+// it, as a hint for the operator (the store never repairs by itself). A bit of
+// either word whose flip yields a version-2 entry that verifies, with tier 0
+// and a slot in range, is a candidate; one candidate is reported as the likely
+// original entry, several as ambiguous.
+std::string single_bit_hint(uint32_t entry, uint64_t key, uint64_t location, uint64_t slot_count) {
+  std::string found;
+  int candidates = 0;
+  for (int word = 0; word < 2; ++word) {
+    for (unsigned bit = 0; bit < 64; ++bit) {
+      const uint64_t k = word == 0 ? key ^ (1ull << bit) : key;
+      const uint64_t l = word == 1 ? location ^ (1ull << bit) : location;
+      if ((k & kKeyTagMask) != kKeyTag) continue;
+      if ((l >> kLocationCheckShift) != entry_check(entry, k, l)) continue;
+      if (((l >> kLocationTierShift) & 0xFF) != kTierPmem) continue;
+      if ((l & kLocationSlotMask) >= slot_count) continue;
+      if (++candidates == 1) {
+        found = "bit " + std::to_string(bit) + " of the " + (word == 0 ? "key" : "location") +
+                " word flipped: with it restored the entry is block " + hex(k & kKeyVaddrMask) +
+                " in slot " + std::to_string(l & kLocationSlotMask);
+      }
+    }
+  }
+  if (candidates == 0) return "";
+  if (candidates > 1) return " (" + std::to_string(candidates) + " different single-bit repairs verify)";
+  return " (likely one flipped bit: " + found + ")";
+}
+
 // A read-only view of a store image for Check(): nothing may write it.
 class ReadOnlyRegion final : public PmemRegion {
  public:
@@ -452,7 +480,8 @@ void Store::scan_map(const ProblemSink& problem) {
     const uint64_t vaddr = key & kKeyVaddrMask;
     if (tag != kKeyTag && !(v1_store && tag == kKeyTagV1)) {
       problem(e, where + "key " + hex(key) + " has reserved bits set or lacks the VALID bits " +
-                     "(bits 0..20 of an allocated entry's key are " + hex(kKeyTag) + ")");
+                     "(bits 0..20 of an allocated entry's key are " + hex(kKeyTag) + ")" +
+                     single_bit_hint(entry, key, location, slot_count_));
       continue;
     }
     uint64_t slot;
@@ -467,7 +496,8 @@ void Store::scan_map(const ProblemSink& problem) {
       if (stored != computed) {
         problem(e, where + "checksum mismatch: key " + hex(key) + " (block " + hex(vaddr) +
                        "), location " + hex(location) + ": stored check " + hex(stored) +
-                       ", computed " + hex(computed) + "; the entry is corrupt");
+                       ", computed " + hex(computed) + "; the entry is corrupt" +
+                       single_bit_hint(entry, key, location, slot_count_));
         continue;
       }
       slot = location & kLocationSlotMask;

@@ -762,6 +762,14 @@ TEST(MapEntryChecksum, EveryBitFlipOfAnAllocatedEntryIsRefusedAtOpen) {
       EXPECT_NE(store.error().context().find("map entry " + std::to_string(e) + ":"),
                 std::string::npos)
           << store.error().context();
+      // The message names the flipped bit and what restoring it gives, a hint
+      // for a repair by hand; for every single flip here it is unambiguous.
+      const std::string hint = "likely one flipped bit: bit " + std::to_string(bit % 64) +
+                               " of the " + (bit < 64 ? "key" : "location") +
+                               " word flipped: with it restored the entry is block " +
+                               format_hex(vaddrs[e]) + " in slot " + std::to_string(e);
+      EXPECT_NE(store.error().context().find(hint), std::string::npos)
+          << store.error().context();
     }
   }
   // Unflipped, the store opens with its data.

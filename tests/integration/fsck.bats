@@ -52,6 +52,7 @@ fsck() { "$CTL_BIN" fsck "$@"; }
   assert_failure 1
   assert_output --partial "map entry 1: checksum mismatch: key 0x40000003 (block 0x40000000)"
   assert_output --partial "1 problem found"
+  assert_output --partial "likely one flipped bit: bit 3 of the location word flipped: with it restored the entry is block 0x40000000 in slot 1"
   run fsck --json --store "$store"
   assert_failure 1
   assert_equal "$(jq -c '[.clean, .allocated_blocks, [.problems[].entry]]' <<<"$output")" '[false,1,[1]]'
@@ -78,6 +79,7 @@ fsck() { "$CTL_BIN" fsck "$@"; }
   run fsck --store "$store"
   assert_failure 1
   assert_output --partial "map entry 0: checksum mismatch"
+  assert_output --partial "bit 22 of the key word flipped: with it restored the entry is block 0x40000000 in slot 0"
 }
 
 @test "fsck: exit 3 when the store cannot be read, 1 for a file that is no store, 2 for usage" {
