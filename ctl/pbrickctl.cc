@@ -1,11 +1,18 @@
 // pbrickctl: the admin CLI of a pbrick brick.
+#include <fcntl.h>
 #include <getopt.h>
+#include <linux/fs.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <optional>
 #include <string>
 #include <vector>
@@ -15,6 +22,7 @@
 #include "common/units.h"
 #include "config/cluster_config.h"
 #include "config/ddio.h"
+#include "target/store.h"
 
 namespace {
 
@@ -43,6 +51,13 @@ constexpr const char* kUsage =
     "                             revoked rkey fails in the NIC: remote access error)\n"
     "  rwrite RKEY RADDR          one-sided WRITE of stdin through a raw handle\n"
     "\n"
+    "Store commands (offline, on the brick's host; the brick must be stopped):\n"
+    "  fsck --store PATH          check a store file or device read-only: the\n"
+    "                             superblock, every map entry's checksum, duplicate\n"
+    "                             blocks and slots, out-of-range locations; every\n"
+    "                             problem is printed naming its map entry. Exit\n"
+    "                             status: 0 clean, 1 problems found, 3 the store\n"
+    "                             cannot be opened or read. Never writes.\n"
     "\n"
     "Cluster commands:\n"
     "  config check FILE          validate a cluster file; prints every error with\n"
@@ -109,6 +124,150 @@ Status write_stdout(const uint8_t* p, size_t len) {
     len -= static_cast<size_t>(n);
   }
   return Status::Ok();
+}
+
+std::string json_string(const std::string& s) {
+  std::string out = "\"";
+  for (char ch : s) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += ch;
+    } else if (c < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      out += buf;
+    } else {
+      out += ch;
+    }
+  }
+  return out + "\"";
+}
+
+// A store file or device mapped read-only, for fsck.
+class ReadOnlyMapping {
+ public:
+  static Result<std::unique_ptr<ReadOnlyMapping>> Open(const std::string& path) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno_error("open " + path);
+    auto m = std::unique_ptr<ReadOnlyMapping>(new ReadOnlyMapping(fd));
+    auto size = device_size(fd, path);
+    if (!size) return size.error();
+    if (*size == 0) return Error(EINVAL, path + " is empty");
+    void* p = ::mmap(nullptr, *size, PROT_READ, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) return errno_error("mmap " + path);
+    m->base_ = static_cast<const uint8_t*>(p);
+    m->size_ = *size;
+    return m;
+  }
+  ~ReadOnlyMapping() {
+    if (base_ != nullptr) ::munmap(const_cast<uint8_t*>(base_), size_);
+    ::close(fd_);
+  }
+  ReadOnlyMapping(const ReadOnlyMapping&) = delete;
+  ReadOnlyMapping& operator=(const ReadOnlyMapping&) = delete;
+  const uint8_t* base() const { return base_; }
+  uint64_t size() const { return size_; }
+
+ private:
+  explicit ReadOnlyMapping(int fd) : fd_(fd) {}
+
+  // A file's size; a block device's; a devdax device's from sysfs (as libpmem does).
+  static Result<uint64_t> device_size(int fd, const std::string& path) {
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) return errno_error("stat " + path);
+    if (S_ISREG(st.st_mode)) return static_cast<uint64_t>(st.st_size);
+    if (S_ISBLK(st.st_mode)) {
+      uint64_t size = 0;
+      if (::ioctl(fd, BLKGETSIZE64, &size) != 0) return errno_error("BLKGETSIZE64 " + path);
+      return size;
+    }
+    if (S_ISCHR(st.st_mode)) {
+      const std::string sys = "/sys/dev/char/" + std::to_string(major(st.st_rdev)) + ":" +
+                              std::to_string(minor(st.st_rdev)) + "/size";
+      std::ifstream in(sys);
+      uint64_t size = 0;
+      if (!(in >> size)) return Error(EINVAL, path + ": not a devdax device (no " + sys + ")");
+      return size;
+    }
+    return Error(EINVAL, path + " is neither a file nor a device");
+  }
+
+  int fd_;
+  const uint8_t* base_ = nullptr;
+  uint64_t size_ = 0;
+};
+
+// `fsck --store PATH`: Store::Check() on the mapped store, every problem printed.
+int cmd_fsck(const std::vector<std::string>& args) {
+  constexpr int kProblemsFound = 1;
+  constexpr int kCannotOpen = 3;
+  std::string path;
+  for (size_t i = 1; i < args.size(); i++) {
+    if (args[i] == "--store" && i + 1 < args.size()) {
+      path = args[++i];
+    } else if (args[i].rfind("--store=", 0) == 0) {
+      path = args[i].substr(8);
+    } else if (args[i] == "--store") {
+      return usage_error("fsck: --store needs a PATH");
+    } else {
+      return usage_error("fsck: unexpected argument '" + args[i] + "'");
+    }
+  }
+  if (path.empty()) return usage_error("fsck: --store PATH is required");
+  auto mapping = ReadOnlyMapping::Open(path);
+  if (!mapping) {
+    std::fprintf(stderr, "pbrickctl: fsck: cannot read the store: %s\n", mapping.error().message().c_str());
+    if (g_json) {
+      std::printf("{\"store\":%s,\"clean\":false,\"error\":%s}\n", json_string(path).c_str(),
+                  json_string(mapping.error().message()).c_str());
+    }
+    return kCannotOpen;
+  }
+  const StoreCheckReport r = Store::Check((*mapping)->base(), (*mapping)->size());
+  if (g_json) {
+    std::printf("{\"store\":%s,\"clean\":%s,\"superblock_error\":%s", json_string(path).c_str(),
+                r.clean() ? "true" : "false",
+                r.superblock_error.empty() ? "null" : json_string(r.superblock_error).c_str());
+    if (r.superblock_error.empty()) {
+      std::printf(
+          ",\"layout_version\":%u,\"upgrade_interrupted\":%s,\"uuid\":\"%s\",\"slot_count\":%llu,"
+          "\"allocated_blocks\":%llu,\"entries_to_upgrade\":%llu",
+          r.layout_version, r.upgrade_interrupted ? "true" : "false", uuid_string(r.uuid).c_str(),
+          static_cast<unsigned long long>(r.slot_count), static_cast<unsigned long long>(r.allocated_blocks),
+          static_cast<unsigned long long>(r.entries_to_upgrade));
+    }
+    std::printf(",\"problems\":[");
+    for (size_t i = 0; i < r.map_problems.size(); i++) {
+      std::printf("%s{\"entry\":%llu,\"message\":%s}", i ? "," : "",
+                  static_cast<unsigned long long>(r.map_problems[i].entry),
+                  json_string(r.map_problems[i].what).c_str());
+    }
+    std::printf("]}\n");
+    return r.clean() ? 0 : kProblemsFound;
+  }
+  if (!r.superblock_error.empty()) {
+    std::printf("store %s: superblock: %s\n", path.c_str(), r.superblock_error.c_str());
+    std::printf("store %s: not checked further: the superblock is not valid\n", path.c_str());
+    return kProblemsFound;
+  }
+  std::printf("store %s: layout version %u, uuid %s, %llu slots, %llu blocks allocated\n", path.c_str(),
+              r.layout_version, uuid_string(r.uuid).c_str(), static_cast<unsigned long long>(r.slot_count),
+              static_cast<unsigned long long>(r.allocated_blocks));
+  if (r.layout_version == 1) {
+    std::printf("store %s: %llu map entries without checksums (layout version 1%s); the brick upgrades them "
+                "when it next opens the store\n",
+                path.c_str(), static_cast<unsigned long long>(r.entries_to_upgrade),
+                r.upgrade_interrupted ? ", an upgrade was interrupted" : "");
+  }
+  for (const auto& p : r.map_problems) std::printf("%s\n", p.what.c_str());
+  if (r.clean()) {
+    std::printf("store %s: clean\n", path.c_str());
+    return 0;
+  }
+  std::printf("store %s: %zu problem%s found in the map; the brick refuses to open it\n", path.c_str(),
+              r.map_problems.size(), r.map_problems.size() == 1 ? "" : "s");
+  return kProblemsFound;
 }
 
 int cmd_stat(BrickClient& client) {
@@ -465,6 +624,7 @@ int main(int argc, char** argv) {
     if (args.size() < 2 || args[1] != "check") return usage_error("config: expected 'config check FILE'");
     return run_sub(config_check_main, {args.begin() + 1, args.end()});
   }
+  if (cmd == "fsck") return cmd_fsck(args);
   if (cmd == "ddio" && !(args.size() >= 2 && args[1] == "apply")) {
     std::vector<std::string> sub(args.begin(), args.end());
     if (g_json) sub.push_back("--json");

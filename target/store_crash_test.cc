@@ -34,6 +34,7 @@
 #include "common/units.h"
 #include "target/pmem_region.h"
 #include "target/store.h"
+#include "target/store_test_util.h"
 
 namespace pbrick {
 namespace {
@@ -637,7 +638,8 @@ TEST_F(CrashTest, TornEntryHalves) {
   // 0 holds block 0x40000000 in slot 2; entry 1 is free with a stale location
   // pointing to a slot that does not exist.
   uint8_t* map = media_.volatile_image() + kMapOffset;
-  const uint64_t key0 = 0x40000000 | 1, loc0 = 2, stale = 0xABCDEF;
+  const uint64_t key0 = layout_test::v2_key(0x40000000), stale = 0xABCDEF;
+  const uint64_t loc0 = layout_test::v2_location(0, key0, 2);
   media_.write_volatile(kMapOffset, &key0, 8);
   media_.write_volatile(kMapOffset + 8, &loc0, 8);
   media_.write_volatile(kMapOffset + 24, &stale, 8);
@@ -652,8 +654,8 @@ TEST_F(CrashTest, TornEntryHalves) {
   uint64_t key1, loc1;
   std::memcpy(&key1, map + 16, 8);
   std::memcpy(&loc1, map + 24, 8);
-  ASSERT_EQ(key1, 0u | 1);
-  ASSERT_EQ(loc1, 0u);
+  ASSERT_EQ(key1, layout_test::v2_key(0));
+  ASSERT_EQ(loc1, layout_test::v2_location(1, key1, 0));
   run_block_op_checks();
 
   // Every reachable crash state with the new key already has the new location.
@@ -775,6 +777,98 @@ TEST_F(FormatCrashTest, FormatOfABlankSuperblockOverAGarbageMap) {
   std::printf("[          ] %zu crash images from %zu checkpoints\n", images,
               media_.checkpoints().size());
   EXPECT_GT(images, 10u);
+}
+
+// No crash state of alloc and free looks like corruption: the offline check
+// (pbrickctl fsck) finds every crash image clean, with the blocks Open() finds.
+TEST_F(CrashTest, EveryCrashImageOfAllocAndFreeChecksClean) {
+  auto store = open_live();
+  ASSERT_TRUE(store);
+  State s = populate(*store);
+  record(s, [&] {
+    State after_free = s;
+    after_free.erase(0);
+    next_op(after_free);
+    ASSERT_TRUE(store->free(0).ok());
+    State after_alloc = after_free;
+    after_alloc[kBlockSize] = kZeroHash;
+    next_op(after_alloc);
+    ASSERT_TRUE(store->alloc(kBlockSize).ok());
+  });
+  size_t images = for_each_crash_image([&](int op, const std::string& label) {
+    StoreCheckReport report = Store::Check(scratch_.data(), kRegionSize);
+    ASSERT_TRUE(report.clean()) << label << ": " << report.superblock_error
+                                << (report.map_problems.empty() ? ""
+                                                                : report.map_problems[0].what);
+    ASSERT_EQ(report.layout_version, 2u);
+    const size_t before = states_[static_cast<size_t>(op)].size();
+    const size_t after = states_[static_cast<size_t>(op) + 1].size();
+    ASSERT_TRUE(report.allocated_blocks == before || report.allocated_blocks == after) << label;
+  });
+  EXPECT_GT(images, 10u);
+}
+
+// ---- Upgrade from layout version 1 ----------------------------------------------
+
+// Opening a version-1 store converts every map entry and then the superblock
+// (docs/layout.md, "Upgrade from version 1"). A crash at any point of it must
+// leave a store that opens with exactly the same blocks and data, and finishes
+// the upgrade.
+TEST_F(CrashTest, UpgradeFromVersionOne) {
+  const std::array<uint8_t, 16> uuid = {9, 8, 7, 6, 5, 4, 0x43, 2, 0x81, 0, 1, 2, 3, 4, 5, 6};
+  // Entry and slot numbering differ; entry 1 is a freed block with its stale location.
+  const std::vector<layout_test::V1Block> v1 = {
+      {0x40000000, 4}, {7 * kBlockSize, 1}, {0, 0}, {kTopBlock, 9}, {5 * kBlockSize, 2}};
+  std::vector<uint8_t> image(kBlockSize);
+  layout_test::write_v1_store(image.data(), kRegionSize, v1, uuid);
+  std::memset(image.data() + kMapOffset + 16, 0, 8);
+  media_.write_volatile(0, image.data(), image.size());
+  media_.persist_range(0, image.size());
+  State s;
+  for (const auto& b : v1) {
+    if (b.vaddr == 7 * kBlockSize) continue;  // freed
+    std::vector<uint8_t> data = block_data(b.vaddr + 77);
+    media_.write_volatile(kBlockSize + b.slot * kBlockSize, data.data(), kBlockSize);
+    media_.persist_range(kBlockSize + b.slot * kBlockSize, kBlockSize);
+    s[b.vaddr] = hash_block(data.data());
+  }
+
+  record(s, [&] {
+    next_op(s);
+    auto store = Store::Open(std::make_unique<CrashRegion>(media_),
+                             {.force_format = false, .format_if_blank = false});
+    ASSERT_TRUE(store.ok()) << store.error().message();
+    ASSERT_EQ(read_state(**store), s);
+  });
+  uint32_t version;
+  std::memcpy(&version, media_.volatile_image() + 8, 4);
+  ASSERT_EQ(version, 2u) << "the recording must have upgraded the store";
+
+  // Which states the crash images cover: every one must open as the same store.
+  size_t v1_images = 0, interrupted_images = 0, v2_images = 0;
+  size_t images = for_each_crash_image([&](int op, const std::string& label) {
+    StoreCheckReport report = Store::Check(scratch_.data(), kRegionSize);
+    ASSERT_TRUE(report.clean()) << label << ": " << report.superblock_error
+                                << (report.map_problems.empty() ? ""
+                                                                : report.map_problems[0].what);
+    ASSERT_EQ(report.uuid, uuid);
+    if (report.layout_version == 2) {
+      ++v2_images;
+    } else if (report.upgrade_interrupted) {
+      ++interrupted_images;
+    } else {
+      ++v1_images;
+    }
+    check_block_op(op, label);
+    // check_block_op's Open finished the upgrade.
+    std::memcpy(&version, scratch_.data() + 8, 4);
+    ASSERT_EQ(version, 2u) << label;
+  });
+  std::printf("[          ] %zu crash images (%zu version 1, %zu upgrade interrupted, %zu version 2)\n",
+              images, v1_images, interrupted_images, v2_images);
+  EXPECT_GT(v1_images, 0u);
+  EXPECT_GT(interrupted_images, 0u);
+  EXPECT_GT(v2_images, 0u);
 }
 
 }  // namespace

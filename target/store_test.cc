@@ -23,12 +23,16 @@
 #include "common/crc32c.h"
 #include "common/units.h"
 #include "target/pmem_region.h"
+#include "target/store_test_util.h"
 
 namespace pbrick {
 namespace {
 
 constexpr uint64_t kMiB = 1ull << 20;
 constexpr uint64_t kTopBlock = 0xFFFFFFFFFFE00000ull;  // the highest 2 MiB-aligned vaddr
+
+using layout_test::v2_key;
+using layout_test::v2_location;
 
 // A region holding exactly `slots` slots while the map fits in the first 2 MiB.
 constexpr uint64_t region_size_for(uint64_t slots) { return kBlockSize + slots * kBlockSize; }
@@ -148,7 +152,7 @@ TEST(StoreLayout, SuperblockMatchesDocumentedLayout) {
   const uint8_t* sb = mem->base();
 
   EXPECT_EQ(std::memcmp(sb, "PBRKSTOR", 8), 0);
-  EXPECT_EQ(get32(sb + 8), 1u);   // layout_version
+  EXPECT_EQ(get32(sb + 8), 2u);   // layout_version
   EXPECT_EQ(get32(sb + 12), 0u);  // flags
   EXPECT_EQ(std::memcmp(sb + 16, store->uuid().data(), 16), 0);
   EXPECT_EQ(sb[16 + 6] >> 4, 4) << "RFC 4122 version 4";
@@ -179,10 +183,16 @@ TEST(StoreLayout, MapEntriesEncodeKeyAndLocation) {
 
   ASSERT_TRUE(store->alloc(0).ok());
   ASSERT_TRUE(store->alloc(0x40000000).ok());
-  EXPECT_EQ(get64(map + 0), 0u | 1u) << "vaddr 0 is a valid key thanks to the VALID bit";
-  EXPECT_EQ(get64(map + 8), 0u) << "slot 0, tier 0";
-  EXPECT_EQ(get64(map + 16), 0x40000001u);
-  EXPECT_EQ(get64(map + 24), 1u);
+  EXPECT_EQ(get64(map + 0), 0u | 3u) << "vaddr 0 is a valid key thanks to the VALID bits";
+  EXPECT_EQ(get64(map + 8) & 0xFFFFFFFFFFull, 0u) << "slot 0, tier 0";
+  EXPECT_EQ(get64(map + 8), v2_location(0, 3, 0));
+  EXPECT_EQ(get64(map + 16), 0x40000003u);
+  EXPECT_EQ(get64(map + 24) & 0xFFFFFFFFFFull, 1u);
+  EXPECT_EQ(get64(map + 24), v2_location(1, 0x40000003, 1));
+  EXPECT_EQ(get64(map + 24), 0x4008760000000001ull) << "the worked example of docs/layout.md";
+  // The check covers the entry index: the same key and slot in another entry
+  // have another check (24 bits, so equal only by a 1 in 2^24 chance).
+  EXPECT_NE(v2_location(0, 0x40000003, 1), v2_location(1, 0x40000003, 1));
   EXPECT_EQ(*store->slot_offset(0), kBlockSize);
   EXPECT_EQ(*store->slot_offset(0x40000000), 2 * kBlockSize);
 
@@ -190,8 +200,8 @@ TEST(StoreLayout, MapEntriesEncodeKeyAndLocation) {
   EXPECT_EQ(get64(map + 0), 0u) << "a free entry has key 0";
   // The lowest free entry and the lowest free slot are reused first.
   ASSERT_TRUE(store->alloc(0x7FE00000).ok());
-  EXPECT_EQ(get64(map + 0), 0x7FE00001u);
-  EXPECT_EQ(get64(map + 8), 0u);
+  EXPECT_EQ(get64(map + 0), 0x7FE00003u);
+  EXPECT_EQ(get64(map + 8), v2_location(0, 0x7FE00003, 0));
 }
 
 TEST(StoreLayout, SlotCountFormula) {
@@ -594,8 +604,8 @@ TEST_F(CorruptSuperblock, ChecksumFieldItself) {
   expect_refused("checksum mismatch");
 }
 TEST_F(CorruptSuperblock, UnknownLayoutVersion) {
-  patch_superblock(sb(), [](uint8_t* p) { set32(p + 8, 2); });
-  expect_refused("layout version 2");
+  patch_superblock(sb(), [](uint8_t* p) { set32(p + 8, 3); });
+  expect_refused("layout version 3");
 }
 TEST_F(CorruptSuperblock, UnknownFlags) {
   patch_superblock(sb(), [](uint8_t* p) { set32(p + 12, 4); });
@@ -651,32 +661,32 @@ class CorruptMap : public ::testing::Test {
 };
 
 TEST_F(CorruptMap, DuplicateVaddr) {
-  set64(entry(4), kBlockSize | 1);  // entry 4 was free; entry 1 holds 0x200000
-  set64(entry(4) + 8, 5);
+  set64(entry(4), v2_key(kBlockSize));  // entry 4 was free; entry 1 holds 0x200000
+  set64(entry(4) + 8, v2_location(4, v2_key(kBlockSize), 5));
   expect_open_fails(borrow(*mem_), EUCLEAN,
                     "map entry 4: block 0x200000 is also mapped by map entry 1");
 }
 TEST_F(CorruptMap, DuplicateSlot) {
-  set64(entry(4), 9 * kBlockSize | 1);
-  set64(entry(4) + 8, 2);
+  set64(entry(4), v2_key(9 * kBlockSize));
+  set64(entry(4) + 8, v2_location(4, v2_key(9 * kBlockSize), 2));
   expect_open_fails(borrow(*mem_), EUCLEAN,
                     "map entry 4: block 0x1200000 uses slot 2, which map entry 2 also uses");
 }
 TEST_F(CorruptMap, SlotOutOfRange) {
-  set64(entry(2) + 8, 6);
+  set64(entry(2) + 8, v2_location(2, v2_key(2 * kBlockSize), 6));
   expect_open_fails(borrow(*mem_), EUCLEAN,
                     "map entry 2: block 0x400000 points to slot 6, out of range");
 }
 TEST_F(CorruptMap, ReservedKeyBits) {
   set64(entry(3), get64(entry(3)) | 0x400);
-  expect_open_fails(borrow(*mem_), EUCLEAN, "map entry 3: key 0x600401 has reserved bits set");
+  expect_open_fails(borrow(*mem_), EUCLEAN, "map entry 3: key 0x600403 has reserved bits set");
 }
 TEST_F(CorruptMap, NonzeroKeyWithoutValidBit) {
   set64(entry(5), 8 * kBlockSize);
   expect_open_fails(borrow(*mem_), EUCLEAN, "map entry 5: key 0x1000000 has reserved bits set");
 }
 TEST_F(CorruptMap, UnknownTier) {
-  set64(entry(0) + 8, (1ull << 56) | 0);
+  set64(entry(0) + 8, v2_location(0, v2_key(0), 0, 1));
   expect_open_fails(borrow(*mem_), EUCLEAN, "map entry 0: block 0x0 is on tier 1");
 }
 TEST_F(CorruptMap, StaleLocationOfFreeEntryIsIgnored) {
@@ -685,7 +695,274 @@ TEST_F(CorruptMap, StaleLocationOfFreeEntryIsIgnored) {
   ASSERT_TRUE(store);
   EXPECT_EQ(store->stats().allocated_blocks, 4u);
   EXPECT_TRUE(store->alloc(100 * kBlockSize).ok());
-  EXPECT_EQ(get64(entry(4) + 8), 4u);
+  EXPECT_EQ(get64(entry(4) + 8), v2_location(4, v2_key(100 * kBlockSize), 4));
+}
+TEST_F(CorruptMap, VersionOneKeyInAVersionTwoStore) {
+  set64(entry(1), kBlockSize | 1);
+  expect_open_fails(borrow(*mem_), EUCLEAN, "map entry 1: key 0x200001 has reserved bits set");
+}
+TEST_F(CorruptMap, ChecksumMismatchNamesEntryBlockAndWords) {
+  const uint64_t location = get64(entry(2) + 8);
+  set64(entry(2) + 8, location ^ 1);  // slot 2 -> 3, both in range and 3 is in use
+  expect_open_fails(borrow(*mem_), EUCLEAN,
+                    "map entry 2: checksum mismatch: key 0x400003 (block 0x400000), location " +
+                        format_hex(location ^ 1));
+}
+TEST_F(CorruptMap, EntryCopiedToAnotherIndexDoesNotVerify) {
+  // A whole, valid entry written one place too far (a misdirected write).
+  std::memcpy(entry(4), entry(3), 16);
+  set64(entry(3), 0);
+  expect_open_fails(borrow(*mem_), EUCLEAN, "map entry 4: checksum mismatch");
+}
+TEST_F(CorruptMap, EveryProblemIsCountedNotOnlyTheFirst) {
+  set64(entry(1) + 8, get64(entry(1) + 8) ^ (1ull << 40));
+  set64(entry(3), get64(entry(3)) ^ (1ull << 30));
+  expect_open_fails(borrow(*mem_), EUCLEAN, "map entry 1: checksum mismatch");
+  expect_open_fails(borrow(*mem_), EUCLEAN, "(and 1 more problems in the map)");
+  StoreCheckReport report = Store::Check(mem_->base(), mem_->size());
+  EXPECT_FALSE(report.clean());
+  EXPECT_TRUE(report.superblock_error.empty()) << report.superblock_error;
+  ASSERT_EQ(report.map_problems.size(), 2u);
+  EXPECT_EQ(report.map_problems[0].entry, 1u);
+  EXPECT_EQ(report.map_problems[1].entry, 3u);
+  EXPECT_NE(report.map_problems[1].what.find("map entry 3: checksum mismatch: key 0x40600003"),
+            std::string::npos)
+      << report.map_problems[1].what;
+  EXPECT_EQ(report.allocated_blocks, 2u);
+  EXPECT_EQ(report.layout_version, 2u);
+}
+
+// ---- Map entry checksums ---------------------------------------------------------
+
+// One flipped bit anywhere in an allocated map entry (key or location word)
+// must never make the store serve other data: Open() refuses the store and
+// names the entry. Four blocks, vaddr 0 (whose key is the smallest) and the
+// top of the address space included, each bit of each entry in turn.
+TEST(MapEntryChecksum, EveryBitFlipOfAnAllocatedEntryIsRefusedAtOpen) {
+  auto mem = make_memory_region(region_size_for(6));
+  const uint64_t vaddrs[] = {0, kBlockSize, 0x40000000, kTopBlock};
+  {
+    auto store = open_store(borrow(*mem));
+    ASSERT_TRUE(store);
+    for (uint64_t v : vaddrs) {
+      ASSERT_TRUE(store->alloc(v).ok());
+      std::memset(block_ptr(*store, v), static_cast<int>(v >> 21) | 1, kBlockSize);
+    }
+  }
+  uint8_t* map = mem->base() + 4096;
+  for (uint32_t e = 0; e < 4; ++e) {
+    for (unsigned bit = 0; bit < 128; ++bit) {
+      SCOPED_TRACE("map entry " + std::to_string(e) + ", bit " + std::to_string(bit));
+      map[16 * e + bit / 8] ^= static_cast<uint8_t>(1u << (bit % 8));
+      auto store = Store::Open(borrow(*mem), {.force_format = false, .format_if_blank = false});
+      map[16 * e + bit / 8] ^= static_cast<uint8_t>(1u << (bit % 8));
+      ASSERT_FALSE(store.ok()) << "opened with a flipped bit: "
+                               << (*store)->stats().allocated_blocks << " blocks";
+      EXPECT_EQ(store.error().errnum(), EUCLEAN) << store.error().message();
+      EXPECT_NE(store.error().context().find("map entry " + std::to_string(e) + ":"),
+                std::string::npos)
+          << store.error().context();
+      // The message names the flipped bit and what restoring it gives, a hint
+      // for a repair by hand; for every single flip here it is unambiguous.
+      const std::string hint = "likely one flipped bit: bit " + std::to_string(bit % 64) +
+                               " of the " + (bit < 64 ? "key" : "location") +
+                               " word flipped: with it restored the entry is block " +
+                               format_hex(vaddrs[e]) + " in slot " + std::to_string(e);
+      EXPECT_NE(store.error().context().find(hint), std::string::npos)
+          << store.error().context();
+    }
+  }
+  // Unflipped, the store opens with its data.
+  auto store = open_store(borrow(*mem), {.force_format = false, .format_if_blank = false});
+  ASSERT_TRUE(store);
+  for (uint64_t v : vaddrs) {
+    EXPECT_EQ(block_ptr(*store, v)[777], static_cast<uint8_t>((v >> 21) | 1));
+  }
+}
+
+// A flipped bit in a free entry never makes a block appear: either the store
+// opens with exactly its blocks or it is refused naming the entry. The free
+// entry last held vaddr 0, so its stale location is that of a real block.
+TEST(MapEntryChecksum, BitFlipOfAFreeEntryNeverCreatesABlock) {
+  auto mem = make_memory_region(region_size_for(4));
+  {
+    auto store = open_store(borrow(*mem));
+    ASSERT_TRUE(store);
+    ASSERT_TRUE(store->alloc(0).ok());
+    ASSERT_TRUE(store->alloc(kBlockSize).ok());
+    ASSERT_TRUE(store->free(0).ok());  // entry 0 is free again
+  }
+  uint8_t* map = mem->base() + 4096;
+  for (unsigned bit = 0; bit < 128; ++bit) {
+    SCOPED_TRACE("bit " + std::to_string(bit));
+    map[bit / 8] ^= static_cast<uint8_t>(1u << (bit % 8));
+    auto store = Store::Open(borrow(*mem), {.force_format = false, .format_if_blank = false});
+    map[bit / 8] ^= static_cast<uint8_t>(1u << (bit % 8));
+    if (store.ok()) {
+      EXPECT_EQ((*store)->stats().allocated_blocks, 1u);
+      EXPECT_FALSE((*store)->slot_offset(0).ok()) << "the freed block came back";
+    } else {
+      EXPECT_EQ(store.error().errnum(), EUCLEAN);
+      EXPECT_NE(store.error().context().find("map entry 0:"), std::string::npos)
+          << store.error().context();
+    }
+  }
+}
+
+// A bit that flips while the brick runs (a media error, a stray write) is
+// caught when the block is next used: MAP (slot_offset, pin), FREE and ALLOC
+// of it fail with EUCLEAN naming the entry instead of using the wrong entry;
+// other blocks keep working.
+TEST(MapEntryChecksum, BitFlipWhileOpenQuarantinesTheBlock) {
+  auto mem = make_memory_region(region_size_for(4));
+  auto store = open_store(borrow(*mem));
+  ASSERT_TRUE(store);
+  ASSERT_TRUE(store->alloc(0).ok());
+  ASSERT_TRUE(store->alloc(kBlockSize).ok());
+  uint8_t* entry1 = mem->base() + 4096 + 16;
+  for (unsigned bit = 0; bit < 128; ++bit) {
+    SCOPED_TRACE("bit " + std::to_string(bit));
+    entry1[bit / 8] ^= static_cast<uint8_t>(1u << (bit % 8));
+    auto expect_quarantined = [&](const Status& s) {
+      ASSERT_FALSE(s.ok());
+      EXPECT_EQ(s.error().errnum(), EUCLEAN) << s.error().message();
+      EXPECT_NE(s.error().context().find("map entry 1"), std::string::npos)
+          << s.error().context();
+      EXPECT_NE(s.error().context().find("0x200000"), std::string::npos) << s.error().context();
+    };
+    auto off = store->slot_offset(kBlockSize);
+    expect_quarantined(off.ok() ? Status::Ok() : Status(off.error()));
+    expect_quarantined(store->pin(kBlockSize));
+    expect_quarantined(store->free(kBlockSize));
+    expect_quarantined(store->alloc(kBlockSize));
+    EXPECT_EQ(store->pin_count(kBlockSize), 0u);
+    EXPECT_TRUE(store->slot_offset(0).ok());
+    entry1[bit / 8] ^= static_cast<uint8_t>(1u << (bit % 8));
+    EXPECT_TRUE(store->slot_offset(kBlockSize).ok());
+  }
+  EXPECT_TRUE(store->free(kBlockSize).ok());
+}
+
+// A free entry that something wrote while the brick runs is never handed out:
+// ALLOC fails naming it, takes it out of use, and the next ALLOC uses the next
+// free entry.
+TEST(MapEntryChecksum, WrittenFreeEntryIsNotReused) {
+  auto mem = make_memory_region(region_size_for(4));
+  auto store = open_store(borrow(*mem));
+  ASSERT_TRUE(store);
+  ASSERT_TRUE(store->alloc(0).ok());
+  set64(mem->base() + 4096 + 16, 0x1234);  // entry 1 is free
+  Status s = store->alloc(kBlockSize);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().errnum(), EUCLEAN);
+  EXPECT_NE(s.error().context().find("map entry 1 should be free but holds key 0x1234"),
+            std::string::npos)
+      << s.error().context();
+  ASSERT_TRUE(store->alloc(kBlockSize).ok());
+  EXPECT_EQ(get64(mem->base() + 4096 + 32), v2_key(kBlockSize)) << "entry 2 was used";
+  EXPECT_EQ(get64(mem->base() + 4096 + 16), 0x1234u) << "entry 1 was left alone";
+  EXPECT_FALSE(Store::Check(mem->base(), mem->size()).clean());
+}
+
+// ---- Upgrade from layout version 1 ----------------------------------------------
+
+// A version-1 store as the code before checksums wrote it: three blocks (vaddr
+// 0 and the top of the space included), entry 1 freed with its stale location,
+// entry and slot numbering different.
+class StoreUpgrade : public ::testing::Test {
+ protected:
+  static constexpr uint64_t kSize = region_size_for(8);
+  void SetUp() override {
+    mem_ = make_memory_region(kSize);
+    layout_test::write_v1_store(mem_->base(), kSize,
+                                {{0x40000000, 3}, {5 * kBlockSize, 5}, {0, 0}, {kTopBlock, 7}},
+                                kUuid);
+    set64(mem_->base() + 4096 + 16, 0);  // entry 1 freed: key 0, location stale
+    for (auto [v, slot] : blocks_) {
+      std::memset(mem_->base() + kBlockSize + slot * kBlockSize, pattern(v), kBlockSize);
+    }
+  }
+  static int pattern(uint64_t vaddr) { return static_cast<int>((vaddr >> 21) & 0x7F) | 0x80; }
+  static constexpr std::array<uint8_t, 16> kUuid = {1, 2, 3, 4, 5, 6, 0x47, 8,
+                                                    0x89, 10, 11, 12, 13, 14, 15, 16};
+  const std::map<uint64_t, uint64_t> blocks_ = {{0x40000000, 3}, {0, 0}, {kTopBlock, 7}};
+  const std::map<uint64_t, uint32_t> entries_ = {{0x40000000, 0}, {0, 2}, {kTopBlock, 3}};
+  std::unique_ptr<PmemRegion> mem_;
+};
+
+TEST_F(StoreUpgrade, VersionOneStoreOpensKeepsItsDataAndIsUpgraded) {
+  StoreCheckReport before = Store::Check(mem_->base(), kSize);
+  EXPECT_TRUE(before.clean()) << before.superblock_error;
+  EXPECT_EQ(before.layout_version, 1u);
+  EXPECT_EQ(before.allocated_blocks, 3u);
+  EXPECT_EQ(before.entries_to_upgrade, 3u);
+
+  for (int open = 0; open < 2; ++open) {  // the upgrade, then a plain reopen
+    SCOPED_TRACE(open == 0 ? "upgrading open" : "reopen");
+    auto store = open_store(borrow(*mem_), {.force_format = false, .format_if_blank = false});
+    ASSERT_TRUE(store);
+    EXPECT_EQ(store->uuid(), kUuid);
+    EXPECT_EQ(store->stats().allocated_blocks, 3u);
+    for (auto [v, slot] : blocks_) {
+      EXPECT_EQ(*store->slot_offset(v), kBlockSize + slot * kBlockSize) << format_hex(v);
+      const uint8_t* p = block_ptr(*store, v);
+      EXPECT_TRUE(std::all_of(p, p + kBlockSize, [&](uint8_t b) { return b == pattern(v); }));
+    }
+    const uint8_t* sb = mem_->base();
+    EXPECT_EQ(get32(sb + 8), 2u) << "layout_version";
+    EXPECT_EQ(get32(sb + 4092), crc32c(sb, 4092));
+    EXPECT_EQ(std::memcmp(sb + 16, kUuid.data(), 16), 0);
+    EXPECT_EQ(get64(sb + 80), 1700000000u) << "format_time is kept";
+    for (auto [v, e] : entries_) {
+      const uint8_t* entry = mem_->base() + 4096 + 16 * e;
+      EXPECT_EQ(get64(entry), v2_key(v));
+      EXPECT_EQ(get64(entry + 8), v2_location(e, v2_key(v), blocks_.at(v)));
+    }
+    EXPECT_EQ(get64(mem_->base() + 4096 + 16), 0u) << "the free entry stays free";
+  }
+  StoreCheckReport after = Store::Check(mem_->base(), kSize);
+  EXPECT_TRUE(after.clean());
+  EXPECT_EQ(after.layout_version, 2u);
+  EXPECT_EQ(after.entries_to_upgrade, 0u);
+
+  // New blocks take the lowest free entry (1) and slot (1), in version 2.
+  auto store = open_store(borrow(*mem_), {.force_format = false, .format_if_blank = false});
+  ASSERT_TRUE(store);
+  ASSERT_TRUE(store->alloc(kBlockSize).ok());
+  EXPECT_EQ(get64(mem_->base() + 4096 + 16), v2_key(kBlockSize));
+  EXPECT_EQ(get64(mem_->base() + 4096 + 24), v2_location(1, v2_key(kBlockSize), 1));
+}
+
+TEST_F(StoreUpgrade, CorruptVersionOneMapIsRefusedAndLeftAlone) {
+  set64(mem_->base() + 4096 + 16 * 3 + 8, 3);  // entry 3 now also uses entry 0's slot 3
+  std::vector<uint8_t> before(mem_->base(), mem_->base() + kBlockSize);
+  expect_open_fails(borrow(*mem_), EUCLEAN,
+                    "map entry 3: block 0xffffffffffe00000 uses slot 3, which map entry 0 also uses",
+                    {.force_format = false, .format_if_blank = false});
+  EXPECT_EQ(std::memcmp(before.data(), mem_->base(), kBlockSize), 0) << "nothing was upgraded";
+}
+
+// The state an upgrade leaves when it stops after the map and the checksum word
+// but before the version word: the checksum is the version-2 superblock's.
+TEST_F(StoreUpgrade, InterruptedAfterTheChecksumWordIsFinished) {
+  uint8_t* sb = mem_->base();
+  std::array<uint8_t, 4092> v2;
+  std::memcpy(v2.data(), sb, v2.size());
+  set32(v2.data() + 8, 2);
+  set32(sb + 4092, crc32c(v2.data(), v2.size()));
+  StoreCheckReport report = Store::Check(sb, kSize);
+  EXPECT_TRUE(report.clean()) << report.superblock_error;
+  EXPECT_TRUE(report.upgrade_interrupted);
+  EXPECT_EQ(report.layout_version, 1u);
+  auto store = open_store(borrow(*mem_), {.force_format = false, .format_if_blank = false});
+  ASSERT_TRUE(store);
+  EXPECT_EQ(store->stats().allocated_blocks, 3u);
+  EXPECT_EQ(get32(sb + 8), 2u);
+  EXPECT_EQ(get32(sb + 4092), crc32c(sb, 4092));
+  // Any other checksum is still a corrupt superblock.
+  set32(sb + 8, 1);
+  set32(sb + 4092, get32(sb + 4092) ^ 4);
+  expect_open_fails(borrow(*mem_), EUCLEAN, "superblock checksum mismatch");
 }
 
 // ---- Real files through libpmem ------------------------------------------------------
