@@ -80,6 +80,31 @@ Status recv_all(int fd, uint8_t* p, size_t len, const char* what) {
   return Status::Ok();
 }
 
+// A blocking connect under SO_SNDTIMEO. An interrupted one (a signal, or
+// io_uring task work queued to this thread) goes on in the kernel: wait for
+// it rather than fail a connection that is about to succeed.
+Status connect_socket(int fd, const sockaddr* addr, socklen_t len, int timeout_ms, const std::string& what) {
+  if (::connect(fd, addr, len) == 0) return Status::Ok();
+  const std::string no_answer = what + ": no answer within " + std::to_string(timeout_ms) + " ms";
+  if (errno == EINPROGRESS) return Error(ETIMEDOUT, no_answer);
+  if (errno != EINTR) return errno_error(what);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return Error(ETIMEDOUT, no_answer);
+    pollfd p{fd, POLLOUT, 0};
+    int rc = ::poll(&p, 1, static_cast<int>(left.count()));
+    if (rc < 0 && errno == EINTR) continue;
+    if (rc < 0) return errno_error(what + ": poll");
+    if (rc == 0) continue;
+    int err = 0;
+    socklen_t err_len = sizeof err;
+    if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &err_len) != 0) return errno_error(what + ": SO_ERROR");
+    if (err != 0) return Error(err, what);
+    return Status::Ok();
+  }
+}
+
 Result<UniqueFd> connect_tcp(const Endpoint& ep, int timeout_ms) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
@@ -100,11 +125,12 @@ Result<UniqueFd> connect_tcp(const Endpoint& ep, int timeout_ms) {
     ::setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     int one = 1;
     ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (::connect(fd.get(), ai->ai_addr, ai->ai_addrlen) == 0) {
+    Status st = connect_socket(fd.get(), ai->ai_addr, ai->ai_addrlen, timeout_ms, "connect " + ep.to_string());
+    if (st.ok()) {
       ::freeaddrinfo(res);
       return fd;
     }
-    last = errno_error("connect " + ep.to_string());
+    last = st.error();
   }
   ::freeaddrinfo(res);
   return last;

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstring>
 #include <mutex>
+#include <span>
 #include <thread>
 
 #include "common/log.h"
@@ -43,6 +44,9 @@ struct Waiter {
   std::atomic<uint32_t> pending{0};
   Piece pieces[kMaxPieces];
   DataChannel::Op* batch[kMaxPieces];
+  // A FLUSH's sync on each loop: grown on this thread's first flush of an
+  // engine with more loops than before, so steady state allocates nothing.
+  std::vector<Piece> syncs;
   uint8_t sync_scratch = 0;
 };
 
@@ -311,7 +315,9 @@ Engine::~Engine() {
 }
 
 Result<std::unique_ptr<Engine>> Engine::Start(std::unique_ptr<Volume> volume, const EngineOptions& options) {
-  if (options.queues == 0 || options.queues > 64) return Error(EINVAL, "queues must be 1..64");
+  if (options.queues == 0 || options.queues > kMaxQueues) {
+    return Error(EINVAL, "queues must be 1.." + std::to_string(kMaxQueues));
+  }
   if (options.depth == 0 || options.depth > 4096) return Error(EINVAL, "depth must be 1..4096");
   std::unique_ptr<Engine> engine(new Engine(std::move(volume), options));
   for (uint32_t i = 0; i < options.queues; i++) {
@@ -428,20 +434,18 @@ Status Engine::flush() { return sync_loops(true); }
 Status Engine::sync_loops(bool all) {
   Waiter& w = t_waiter;
   size_t n = all ? loops_.size() : 1;
-  for (size_t i = 0; i < n; i++) w.pieces[i].status = -1;
+  if (w.syncs.size() < n) w.syncs.resize(n);
+  std::span<Piece> syncs(w.syncs.data(), n);
+  for (Piece& p : syncs) p.status = -1;
   RetryDeadline retry(std::chrono::milliseconds(volume_->options().io_timeout_ms), std::chrono::milliseconds(20),
                       std::chrono::milliseconds(500));
   for (;;) {
-    size_t submitted = 0;
-    w.pending.store(0, std::memory_order_relaxed);
-    for (size_t i = 0; i < n; i++) {
-      if (w.pieces[i].status == 0) continue;
-      submitted++;
-    }
+    uint32_t submitted = 0;
+    for (const Piece& p : syncs) submitted += p.status != 0;
     if (submitted == 0) return Status::Ok();
-    w.pending.store(static_cast<uint32_t>(submitted), std::memory_order_release);
+    w.pending.store(submitted, std::memory_order_release);
     for (size_t i = 0; i < n; i++) {
-      Piece& p = w.pieces[i];
+      Piece& p = syncs[i];
       if (p.status == 0) continue;
       p.pending = &w.pending;
       p.op = DataChannel::Op{};
@@ -453,8 +457,7 @@ Status Engine::sync_loops(bool all) {
     }
     wait_for(w.pending);
     bool again = false;
-    for (size_t i = 0; i < n; i++) {
-      Piece& p = w.pieces[i];
+    for (const Piece& p : syncs) {
       if (p.status <= 0) continue;
       if (is_connection_error(p.status) || p.status == ESHUTDOWN) {
         again = true;

@@ -35,6 +35,7 @@ class Engine {
  public:
   // Largest single request; frontends advertise it (nbdkit block_size maximum).
   static constexpr uint64_t kMaxRequest = 16ull << 20;
+  static constexpr uint32_t kMaxQueues = 64;
 
   static Result<std::unique_ptr<Engine>> Start(std::unique_ptr<Volume> volume, const EngineOptions& options);
   ~Engine();
