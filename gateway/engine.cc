@@ -163,43 +163,27 @@ class Engine::Loop final : public ChannelRing {
   void dispatch() {
     Status flushed = channel_->flush(*this);  // completes a finished teardown
     if (!flushed) teardown(flushed.error());
-    if (!taken_.empty()) {
-      backlog_.insert(backlog_.end(), taken_.begin(), taken_.end());
-      taken_.clear();
-    }
-    while (backlog_head_ < backlog_.size()) {
-      const Pending& p = backlog_[backlog_head_];
-      if (!channel_->connected()) {
-        // Reconnect, at most every 100 ms; meanwhile fail fast and let the
-        // callers retry until their deadline.
-        auto now = Clock::now();
-        Status st = Error(ECONNREFUSED, "reconnect pending");
-        if (now - last_connect_attempt_ >= std::chrono::milliseconds(100)) {
-          last_connect_attempt_ = now;
-          st = channel_->connect(data_options());
-          if (st.ok()) {
-            PBRICK_LOG_NOTICE("queue %u: reconnected to brick %s", index_,
-                              volume_.options().brick.endpoint.to_string().c_str());
-          }
-        }
-        if (!st.ok()) {
-          int status = is_connection_error(st.error().errnum()) ? st.error().errnum() : ECONNREFUSED;
-          for (; backlog_head_ < backlog_.size(); backlog_head_++) fail(backlog_[backlog_head_], status);
-          break;
+    for (const Pending& p : taken_) backlog_.push(p.op, p.sync);
+    taken_.clear();
+    if (!backlog_.empty() && !channel_->connected()) {
+      // Reconnect, at most every 100 ms; meanwhile fail fast and let the
+      // callers retry until their deadline.
+      auto now = Clock::now();
+      Status st = Error(ECONNREFUSED, "reconnect pending");
+      if (now - last_connect_attempt_ >= std::chrono::milliseconds(100)) {
+        last_connect_attempt_ = now;
+        st = channel_->connect(data_options());
+        if (st.ok()) {
+          PBRICK_LOG_NOTICE("queue %u: reconnected to brick %s", index_,
+                            volume_.options().brick.endpoint.to_string().c_str());
         }
       }
-      if (channel_->tearing_down() || channel_->full()) break;
-      if (p.sync) {
-        channel_->submit_sync(p.op);
-      } else {
-        channel_->submit(p.op);
+      if (!st.ok()) {
+        int err = st.error().errnum();
+        backlog_.fail_all(is_connection_error(err) ? err : ECONNREFUSED);
       }
-      backlog_head_++;
     }
-    if (backlog_head_ == backlog_.size()) {
-      backlog_.clear();
-      backlog_head_ = 0;
-    }
+    backlog_.feed(*channel_);
     // Hands what was just queued to the transport in one batch.
     flushed = channel_->flush(*this);
     if (!flushed) teardown(flushed.error());
@@ -279,9 +263,8 @@ class Engine::Loop final : public ChannelRing {
       taken_.insert(taken_.end(), incoming_.begin(), incoming_.end());
       incoming_.clear();
     }
-    for (size_t i = backlog_head_; i < backlog_.size(); i++) fail(backlog_[i], ESHUTDOWN);
+    backlog_.fail_all(ESHUTDOWN);
     for (const Pending& p : taken_) fail(p, ESHUTDOWN);
-    backlog_.clear();
     taken_.clear();
     channel_->disconnect(ESHUTDOWN);
   }
@@ -303,8 +286,7 @@ class Engine::Loop final : public ChannelRing {
   std::vector<Pending> incoming_;  // filled by callers under mu_
   bool wake_pending_ = false;      // under mu_: an eventfd write is on its way
   std::vector<Pending> taken_;     // swapped out of incoming_ by the loop
-  std::vector<Pending> backlog_;   // waiting for a free slot or a connection
-  size_t backlog_head_ = 0;
+  ChannelBacklog backlog_;         // waiting for a free slot or a connection
 };
 
 Engine::Engine(std::unique_ptr<Volume> volume, const EngineOptions& options)
