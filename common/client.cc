@@ -8,6 +8,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 
 #include "common/rdma.h"
@@ -18,6 +19,13 @@ namespace pbrick {
 std::string Endpoint::to_string() const {
   if (host.find(':') != std::string::npos) return "[" + host + "]:" + std::to_string(port);
   return host + ":" + std::to_string(port);
+}
+
+std::string format_uuid(const std::array<uint8_t, proto::kUuidSize>& u) {
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
+                u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
+  return buf;
 }
 
 Result<Endpoint> parse_endpoint(std::string_view text, std::string_view what, bool allow_port_zero) {
@@ -213,6 +221,13 @@ Result<std::unique_ptr<BrickClient>> BrickClient::Handshake(std::unique_ptr<Bric
     uint8_t auth_payload[proto::kAuthRequestSize];
     proto::encode_auth_request(auth, auth_payload);
     PBRICK_TRY(client->call(proto::Opcode::kAuth, auth_payload, {}, "AUTH " + options.endpoint.to_string()));
+  }
+  if (options.store_uuid && reply->brick_uuid != *options.store_uuid) {
+    // Its blocks are not ours: reading them would return other data.
+    return Error(kErrWrongStore, "brick " + options.endpoint.to_string() + " serves store " +
+                                     format_uuid(reply->brick_uuid) + ", not store " +
+                                     format_uuid(*options.store_uuid) +
+                                     " (replaced or reformatted?): refusing it");
   }
   return client;
 }

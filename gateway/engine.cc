@@ -84,7 +84,7 @@ class Engine::Loop final : public ChannelRing {
     int err = init_event_ring(256, &ring_);
     if (err < 0) return Error(-err, "io_uring_queue_init");
     ring_ready_ = true;
-    PBRICK_TRY(channel_->connect(data_options()));
+    PBRICK_TRY(volume_.connect_channel(*channel_));
     thread_ = std::thread([this] { run(); });
     return Status::Ok();
   }
@@ -120,12 +120,6 @@ class Engine::Loop final : public ChannelRing {
     DataChannel::Op* op;
     bool sync;
   };
-
-  ClientOptions data_options() const {
-    ClientOptions o = volume_.options().brick;
-    o.timeout_ms = std::min(o.timeout_ms, 2000);
-    return o;
-  }
 
   void wake() {
     uint64_t one = 1;
@@ -167,12 +161,13 @@ class Engine::Loop final : public ChannelRing {
     taken_.clear();
     if (!backlog_.empty() && !channel_->connected()) {
       // Reconnect, at most every 100 ms; meanwhile fail fast and let the
-      // callers retry until their deadline.
+      // callers retry until their deadline. A brick that serves another
+      // store fails them with kErrWrongStore: no retry makes it ours.
       auto now = Clock::now();
       Status st = Error(ECONNREFUSED, "reconnect pending");
       if (now - last_connect_attempt_ >= std::chrono::milliseconds(100)) {
         last_connect_attempt_ = now;
-        st = channel_->connect(data_options());
+        st = volume_.connect_channel(*channel_);
         if (st.ok()) {
           PBRICK_LOG_NOTICE("queue %u: reconnected to brick %s", index_,
                             volume_.options().brick.endpoint.to_string().c_str());
@@ -180,7 +175,7 @@ class Engine::Loop final : public ChannelRing {
       }
       if (!st.ok()) {
         int err = st.error().errnum();
-        backlog_.fail_all(is_connection_error(err) ? err : ECONNREFUSED);
+        backlog_.fail_all(is_connection_error(err) || err == kErrWrongStore ? err : ECONNREFUSED);
       }
     }
     backlog_.feed(*channel_);
@@ -387,7 +382,7 @@ Status Engine::transfer(bool is_write, uint8_t* buf, uint64_t count, uint64_t of
       } else if (is_connection_error(p.status) || p.status == ESHUTDOWN) {
         lost_connection = true;
       } else {
-        return Error(p.status, std::string(is_write ? "write" : "read") + " at " + std::to_string(offset));
+        return io_error(p.status, std::string(is_write ? "write" : "read") + " at " + std::to_string(offset));
       }
     }
     if (lost_connection && !retry.wait()) {
@@ -444,7 +439,7 @@ Status Engine::sync_loops(bool all) {
       if (is_connection_error(p.status) || p.status == ESHUTDOWN) {
         again = true;
       } else {
-        return Error(p.status, "flush");
+        return io_error(p.status, "flush");
       }
     }
     if (!again) return Status::Ok();
@@ -452,6 +447,14 @@ Status Engine::sync_loops(bool all) {
       return Error(EIO, "flush: brick " + volume_->options().brick.endpoint.to_string() + " unreachable");
     }
   }
+}
+
+Error Engine::io_error(int status, const std::string& what) const {
+  if (status == kErrWrongStore) {
+    std::string why = volume_->refusal();
+    return Error(status, what + ": " + (why.empty() ? "the brick serves another store" : why));
+  }
+  return Error(status, what);
 }
 
 Status Engine::discard(uint64_t count, uint64_t offset, bool fua) {

@@ -328,5 +328,72 @@ TEST_F(EngineTest, QueuesOutsideOneToMaxAreRefused) {
   EXPECT_NE(engine.error().message().find("queues must be 1..64"), std::string::npos) << engine.error().message();
 }
 
+// A client that expects a store refuses a brick serving another one, naming
+// both; the right store is accepted.
+TEST_F(EngineTest, ClientRefusesABrickOfAnotherStore) {
+  auto stat = brick_->stat();
+  ASSERT_TRUE(stat.ok()) << stat.error().message();
+  ClientOptions o = brick_->client();
+  o.store_uuid = stat->brick_uuid;
+  auto right = BrickClient::Connect(o);
+  ASSERT_TRUE(right.ok()) << right.error().message();
+  auto other = stat->brick_uuid;
+  other[0] ^= 0xFF;
+  o.store_uuid = other;
+  auto wrong = BrickClient::Connect(o);
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_EQ(wrong.error().errnum(), kErrWrongStore);
+  const std::string msg = wrong.error().message();
+  EXPECT_NE(msg.find(format_uuid(stat->brick_uuid)), std::string::npos) << msg;
+  EXPECT_NE(msg.find(format_uuid(other)), std::string::npos) << msg;
+  EXPECT_NE(msg.find(o.endpoint.to_string()), std::string::npos) << msg;
+}
+
+// A freshly formatted brick on the old brick's port: the engine's loops
+// (reads, writes to mapped blocks, flushes) and the control connection
+// (writes that map) refuse it with an error naming both stores, at once and
+// never with its zeros; nothing is allocated on it. With the right brick
+// back, the flushed data is there.
+TEST_F(EngineTest, ABrickOfAnotherStoreIsRefusedAfterAReconnect) {
+  PBRICK_ASSERT_OK(open({.size = 16 * kMiB, .timeout_ms = 5000}));
+  Engine& e = *engine_;
+  auto data = random_bytes_of(3 * kMiB, 7);
+  PBRICK_ASSERT_OK(e.write(data.data(), data.size(), 0, false));
+  PBRICK_ASSERT_OK(e.flush());
+  auto ours = brick_->stat();
+  ASSERT_TRUE(ours.ok()) << ours.error().message();
+
+  brick_->stop();
+  PBRICK_ASSERT_OK(brick_->start("replacement.store"));
+  auto theirs = brick_->stat();
+  ASSERT_TRUE(theirs.ok()) << theirs.error().message();
+  ASSERT_NE(theirs->brick_uuid, ours->brick_uuid);
+
+  auto expect_refused = [&](const Status& st, const char* what) {
+    ASSERT_FALSE(st.ok()) << what << " succeeded on another store";
+    EXPECT_EQ(st.error().errnum(), kErrWrongStore) << what << ": " << st.error().message();
+    EXPECT_NE(st.error().message().find(format_uuid(ours->brick_uuid)), std::string::npos)
+        << what << ": " << st.error().message();
+    EXPECT_NE(st.error().message().find(format_uuid(theirs->brick_uuid)), std::string::npos)
+        << what << ": " << st.error().message();
+  };
+  auto started = std::chrono::steady_clock::now();
+  std::vector<uint8_t> back(data.size(), 0xEE);
+  ASSERT_NO_FATAL_FAILURE(expect_refused(e.read(back.data(), back.size(), 0), "read of flushed data"));
+  ASSERT_NO_FATAL_FAILURE(expect_refused(e.write(data.data(), 4096, 0, false), "write to a mapped block"));
+  ASSERT_NO_FATAL_FAILURE(expect_refused(e.write(data.data(), 4096, 8 * kMiB, false), "write to a new block"));
+  ASSERT_NO_FATAL_FAILURE(expect_refused(e.flush(), "flush"));
+  // Refused, not waited out as if the brick were unreachable.
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::milliseconds(2500));
+  ASSERT_NO_FATAL_FAILURE(expect_allocated(0));
+
+  brick_->stop();
+  PBRICK_ASSERT_OK(brick_->start());
+  std::fill(back.begin(), back.end(), 0xEE);
+  PBRICK_ASSERT_OK(e.read(back.data(), back.size(), 0));
+  EXPECT_EQ(crc32c(back.data(), back.size()), crc32c(data.data(), data.size()));
+  PBRICK_ASSERT_OK(e.flush());
+}
+
 }  // namespace
 }  // namespace pbrick

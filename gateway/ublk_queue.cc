@@ -180,9 +180,7 @@ Status UblkQueue::start() {
   Status st = m.channel->add_buffer_region(m.bufs, m.bufs_len);
   if (st.ok()) st = m.channel->add_buffer_region(m.zeros.data(), m.zeros.size());  // WRITE_ZEROES source
   if (!st) return st.error().wrap("queue " + std::to_string(q_id_));
-  ClientOptions o = dev_.volume->options().brick;
-  o.timeout_ms = std::min(o.timeout_ms, 2000);
-  st = m.channel->connect(o);
+  st = dev_.volume->connect_channel(*m.channel);
   if (!st) return st.error().wrap("queue " + std::to_string(q_id_));
   thread_ = std::thread([this] { run(); });
   return Status::Ok();
@@ -270,12 +268,15 @@ int UblkQueue::ensure_connected() {
   auto now = Clock::now();
   if (now - m.last_connect_attempt < kReconnectInterval) return ECONNREFUSED;
   m.last_connect_attempt = now;
-  ClientOptions o = dev_.volume->options().brick;
-  o.timeout_ms = std::min(o.timeout_ms, 2000);
-  Status st = m.channel->connect(o);
-  if (!st) return ECONNREFUSED;  // retried until the request's deadline
+  Status st = dev_.volume->connect_channel(*m.channel);
+  if (!st) {
+    // A brick that serves another store fails the I/O (the volume logged
+    // why); anything else is retried until the request's deadline.
+    int err = st.error().errnum();
+    return is_connection_error(err) || err == kErrWrongStore ? err : ECONNREFUSED;
+  }
   PBRICK_LOG_NOTICE("ublk%u queue %u: reconnected to brick %s", dev_.dev_id, q_id_,
-                    o.endpoint.to_string().c_str());
+                    dev_.volume->options().brick.endpoint.to_string().c_str());
   return 0;
 }
 

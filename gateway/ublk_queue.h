@@ -26,7 +26,9 @@
 // for v1, it happens once per block). Reads of unallocated blocks are zeros
 // without a round trip. EKEYREJECTED invalidates the handle and retries;
 // connection loss reconnects the channel (at most every 100 ms) and retries
-// until the volume's io_timeout, then the request completes with -EIO. Every op reaches the channel through a ChannelBacklog that holds what
+// until the volume's io_timeout, then the request completes with -EIO; a
+// brick that serves another store than the volume's fails it at once with
+// -EIO. Every op reaches the channel through a ChannelBacklog that holds what
 // does not fit its slots (a discard's zero-fill pieces, the syncs of every
 // queue's FLUSHes) until slots free up.
 // FUA writes are followed by a sync-read on this queue's channel. FLUSH must
