@@ -8,6 +8,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 
 #include "common/rdma.h"
@@ -18,6 +19,13 @@ namespace pbrick {
 std::string Endpoint::to_string() const {
   if (host.find(':') != std::string::npos) return "[" + host + "]:" + std::to_string(port);
   return host + ":" + std::to_string(port);
+}
+
+std::string format_uuid(const std::array<uint8_t, proto::kUuidSize>& u) {
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
+                u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
+  return buf;
 }
 
 Result<Endpoint> parse_endpoint(std::string_view text, std::string_view what, bool allow_port_zero) {
@@ -80,6 +88,31 @@ Status recv_all(int fd, uint8_t* p, size_t len, const char* what) {
   return Status::Ok();
 }
 
+// A blocking connect under SO_SNDTIMEO. An interrupted one (a signal, or
+// io_uring task work queued to this thread) goes on in the kernel: wait for
+// it rather than fail a connection that is about to succeed.
+Status connect_socket(int fd, const sockaddr* addr, socklen_t len, int timeout_ms, const std::string& what) {
+  if (::connect(fd, addr, len) == 0) return Status::Ok();
+  const std::string no_answer = what + ": no answer within " + std::to_string(timeout_ms) + " ms";
+  if (errno == EINPROGRESS) return Error(ETIMEDOUT, no_answer);
+  if (errno != EINTR) return errno_error(what);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return Error(ETIMEDOUT, no_answer);
+    pollfd p{fd, POLLOUT, 0};
+    int rc = ::poll(&p, 1, static_cast<int>(left.count()));
+    if (rc < 0 && errno == EINTR) continue;
+    if (rc < 0) return errno_error(what + ": poll");
+    if (rc == 0) continue;
+    int err = 0;
+    socklen_t err_len = sizeof err;
+    if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &err_len) != 0) return errno_error(what + ": SO_ERROR");
+    if (err != 0) return Error(err, what);
+    return Status::Ok();
+  }
+}
+
 Result<UniqueFd> connect_tcp(const Endpoint& ep, int timeout_ms) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
@@ -100,11 +133,12 @@ Result<UniqueFd> connect_tcp(const Endpoint& ep, int timeout_ms) {
     ::setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     int one = 1;
     ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (::connect(fd.get(), ai->ai_addr, ai->ai_addrlen) == 0) {
+    Status st = connect_socket(fd.get(), ai->ai_addr, ai->ai_addrlen, timeout_ms, "connect " + ep.to_string());
+    if (st.ok()) {
       ::freeaddrinfo(res);
       return fd;
     }
-    last = errno_error("connect " + ep.to_string());
+    last = st.error();
   }
   ::freeaddrinfo(res);
   return last;
@@ -187,6 +221,13 @@ Result<std::unique_ptr<BrickClient>> BrickClient::Handshake(std::unique_ptr<Bric
     uint8_t auth_payload[proto::kAuthRequestSize];
     proto::encode_auth_request(auth, auth_payload);
     PBRICK_TRY(client->call(proto::Opcode::kAuth, auth_payload, {}, "AUTH " + options.endpoint.to_string()));
+  }
+  if (options.store_uuid && reply->brick_uuid != *options.store_uuid) {
+    // Its blocks are not ours: reading them would return other data.
+    return Error(kErrWrongStore, "brick " + options.endpoint.to_string() + " serves store " +
+                                     format_uuid(reply->brick_uuid) + ", not store " +
+                                     format_uuid(*options.store_uuid) +
+                                     " (replaced or reformatted?): refusing it");
   }
   return client;
 }

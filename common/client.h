@@ -6,6 +6,8 @@
 // A BrickClient owns one connection. It is not thread-safe: one thread at a time.
 #pragma once
 
+#include <array>
+#include <cerrno>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -44,13 +46,25 @@ struct ClientOptions {
   // Offered in HELLO; kFeatureRdma is added for transport rdma.
   uint64_t features = proto::kFeatureSyncRead;
   int timeout_ms = 10000;  // per send/receive; ETIMEDOUT when exceeded
+  // The store the brick must serve (HELLO's brick_uuid). A volume sets it to
+  // the store it was opened on, so a brick replaced or reformatted behind the
+  // same address is refused (kErrWrongStore) instead of serving other data.
+  std::optional<std::array<uint8_t, proto::kUuidSize>> store_uuid;
 };
+
+// The errno of a brick refused because it serves another store than
+// ClientOptions::store_uuid names.
+inline constexpr int kErrWrongStore = EMEDIUMTYPE;
+
+// "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", lower case.
+std::string format_uuid(const std::array<uint8_t, proto::kUuidSize>& uuid);
 
 class BrickClient {
  public:
   // Connects, says HELLO and authenticates when the brick asks for it. A brick
   // whose proof does not match our key is refused (EKEYREJECTED); a brick that
-  // asks for a key we do not have gives EACCES.
+  // asks for a key we do not have gives EACCES; a brick serving another store
+  // than options.store_uuid gives kErrWrongStore, naming both stores.
   static Result<std::unique_ptr<BrickClient>> Connect(const ClientOptions& options);
   // Over RDMA on a link the caller owns (an event loop's, whose PD, CQ and
   // registered memory outlive reconnects): connects `link` and says HELLO.

@@ -85,13 +85,6 @@ int fail(const Error& e) {
   return 1;
 }
 
-std::string uuid_string(const std::array<uint8_t, 16>& u) {
-  char buf[40];
-  std::snprintf(buf, sizeof buf, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
-                u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
-  return buf;
-}
-
 std::string map_flags_string(uint32_t flags) {
   std::string s = (flags & proto::kMapWrite) ? "rw" : "ro";
   s += (flags & proto::kMapShared) ? ",shared" : ",exclusive";
@@ -278,7 +271,7 @@ int cmd_stat(BrickClient& client) {
     std::printf(
         "{\"uuid\":\"%s\",\"protocol_version\":%u,\"store\":\"%s\",\"block_size\":%u,"
         "\"capacity_blocks\":%llu,\"free_blocks\":%llu,\"allocated_blocks\":%llu,\"mapped_blocks\":%llu}\n",
-        uuid_string(s->brick_uuid).c_str(), s->protocol_version, kind, s->block_size,
+        format_uuid(s->brick_uuid).c_str(), s->protocol_version, kind, s->block_size,
         static_cast<unsigned long long>(s->capacity_blocks), static_cast<unsigned long long>(s->free_blocks),
         static_cast<unsigned long long>(s->allocated_blocks), static_cast<unsigned long long>(s->mapped_blocks));
     return 0;
@@ -287,7 +280,7 @@ int cmd_stat(BrickClient& client) {
     std::printf("%-10s %llu blocks (%s)\n", k, static_cast<unsigned long long>(blocks),
                 format_size(blocks * proto::kBlockSize).c_str());
   };
-  std::printf("%-10s %s\n", "uuid", uuid_string(s->brick_uuid).c_str());
+  std::printf("%-10s %s\n", "uuid", format_uuid(s->brick_uuid).c_str());
   std::printf("%-10s %u\n", "protocol", s->protocol_version);
   std::printf("%-10s %s\n", "store", kind);
   std::printf("%-10s %s\n", "block", format_size(s->block_size).c_str());

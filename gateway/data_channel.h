@@ -31,6 +31,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "common/client.h"
 #include "common/protocol.h"
@@ -148,6 +149,41 @@ class DataChannel {
   // Closes the connection and completes every op in flight with `status`.
   // Only once no SQE of the channel is in flight (at loop exit).
   virtual void disconnect(int status) = 0;
+};
+
+// Ops waiting for room in a DataChannel, oldest first. A loop queues every op
+// it is handed here and feeds the channel from it once per iteration, so the
+// channel never gets more ops than it has slots for (submit() requires
+// !full()), however many pieces a request becomes. Reserve the most the owner
+// can have waiting: steady state allocates nothing.
+//
+// Not thread-safe: only the owning loop's thread calls it.
+class ChannelBacklog {
+ public:
+  void reserve(size_t n) { entries_.reserve(n); }
+  bool empty() const { return head_ == entries_.size(); }
+  size_t size() const { return entries_.size() - head_; }
+
+  // `sync`: the op goes to DataChannel::submit_sync, else to submit.
+  void push(DataChannel::Op* op, bool sync) { entries_.push_back({op, sync}); }
+
+  // Submits waiting ops in order while the channel is connected, not tearing
+  // down and has room; the rest wait for the next call.
+  void feed(DataChannel& channel);
+
+  // Completes every waiting op with `status` (there is no connection to send
+  // them on).
+  void fail_all(int status);
+
+ private:
+  struct Entry {
+    DataChannel::Op* op;
+    bool sync;
+  };
+  void compact();
+
+  std::vector<Entry> entries_;
+  size_t head_ = 0;
 };
 
 }  // namespace pbrick

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstring>
 #include <mutex>
+#include <span>
 #include <thread>
 
 #include "common/log.h"
@@ -43,6 +44,9 @@ struct Waiter {
   std::atomic<uint32_t> pending{0};
   Piece pieces[kMaxPieces];
   DataChannel::Op* batch[kMaxPieces];
+  // A FLUSH's sync on each loop: grown on this thread's first flush of an
+  // engine with more loops than before, so steady state allocates nothing.
+  std::vector<Piece> syncs;
   uint8_t sync_scratch = 0;
 };
 
@@ -80,7 +84,7 @@ class Engine::Loop final : public ChannelRing {
     int err = init_event_ring(256, &ring_);
     if (err < 0) return Error(-err, "io_uring_queue_init");
     ring_ready_ = true;
-    PBRICK_TRY(channel_->connect(data_options()));
+    PBRICK_TRY(volume_.connect_channel(*channel_));
     thread_ = std::thread([this] { run(); });
     return Status::Ok();
   }
@@ -116,12 +120,6 @@ class Engine::Loop final : public ChannelRing {
     DataChannel::Op* op;
     bool sync;
   };
-
-  ClientOptions data_options() const {
-    ClientOptions o = volume_.options().brick;
-    o.timeout_ms = std::min(o.timeout_ms, 2000);
-    return o;
-  }
 
   void wake() {
     uint64_t one = 1;
@@ -159,43 +157,28 @@ class Engine::Loop final : public ChannelRing {
   void dispatch() {
     Status flushed = channel_->flush(*this);  // completes a finished teardown
     if (!flushed) teardown(flushed.error());
-    if (!taken_.empty()) {
-      backlog_.insert(backlog_.end(), taken_.begin(), taken_.end());
-      taken_.clear();
-    }
-    while (backlog_head_ < backlog_.size()) {
-      const Pending& p = backlog_[backlog_head_];
-      if (!channel_->connected()) {
-        // Reconnect, at most every 100 ms; meanwhile fail fast and let the
-        // callers retry until their deadline.
-        auto now = Clock::now();
-        Status st = Error(ECONNREFUSED, "reconnect pending");
-        if (now - last_connect_attempt_ >= std::chrono::milliseconds(100)) {
-          last_connect_attempt_ = now;
-          st = channel_->connect(data_options());
-          if (st.ok()) {
-            PBRICK_LOG_NOTICE("queue %u: reconnected to brick %s", index_,
-                              volume_.options().brick.endpoint.to_string().c_str());
-          }
-        }
-        if (!st.ok()) {
-          int status = is_connection_error(st.error().errnum()) ? st.error().errnum() : ECONNREFUSED;
-          for (; backlog_head_ < backlog_.size(); backlog_head_++) fail(backlog_[backlog_head_], status);
-          break;
+    for (const Pending& p : taken_) backlog_.push(p.op, p.sync);
+    taken_.clear();
+    if (!backlog_.empty() && !channel_->connected()) {
+      // Reconnect, at most every 100 ms; meanwhile fail fast and let the
+      // callers retry until their deadline. A brick that serves another
+      // store fails them with kErrWrongStore: no retry makes it ours.
+      auto now = Clock::now();
+      Status st = Error(ECONNREFUSED, "reconnect pending");
+      if (now - last_connect_attempt_ >= std::chrono::milliseconds(100)) {
+        last_connect_attempt_ = now;
+        st = volume_.connect_channel(*channel_);
+        if (st.ok()) {
+          PBRICK_LOG_NOTICE("queue %u: reconnected to brick %s", index_,
+                            volume_.options().brick.endpoint.to_string().c_str());
         }
       }
-      if (channel_->tearing_down() || channel_->full()) break;
-      if (p.sync) {
-        channel_->submit_sync(p.op);
-      } else {
-        channel_->submit(p.op);
+      if (!st.ok()) {
+        int err = st.error().errnum();
+        backlog_.fail_all(is_connection_error(err) || err == kErrWrongStore ? err : ECONNREFUSED);
       }
-      backlog_head_++;
     }
-    if (backlog_head_ == backlog_.size()) {
-      backlog_.clear();
-      backlog_head_ = 0;
-    }
+    backlog_.feed(*channel_);
     // Hands what was just queued to the transport in one batch.
     flushed = channel_->flush(*this);
     if (!flushed) teardown(flushed.error());
@@ -275,9 +258,8 @@ class Engine::Loop final : public ChannelRing {
       taken_.insert(taken_.end(), incoming_.begin(), incoming_.end());
       incoming_.clear();
     }
-    for (size_t i = backlog_head_; i < backlog_.size(); i++) fail(backlog_[i], ESHUTDOWN);
+    backlog_.fail_all(ESHUTDOWN);
     for (const Pending& p : taken_) fail(p, ESHUTDOWN);
-    backlog_.clear();
     taken_.clear();
     channel_->disconnect(ESHUTDOWN);
   }
@@ -299,8 +281,7 @@ class Engine::Loop final : public ChannelRing {
   std::vector<Pending> incoming_;  // filled by callers under mu_
   bool wake_pending_ = false;      // under mu_: an eventfd write is on its way
   std::vector<Pending> taken_;     // swapped out of incoming_ by the loop
-  std::vector<Pending> backlog_;   // waiting for a free slot or a connection
-  size_t backlog_head_ = 0;
+  ChannelBacklog backlog_;         // waiting for a free slot or a connection
 };
 
 Engine::Engine(std::unique_ptr<Volume> volume, const EngineOptions& options)
@@ -311,7 +292,9 @@ Engine::~Engine() {
 }
 
 Result<std::unique_ptr<Engine>> Engine::Start(std::unique_ptr<Volume> volume, const EngineOptions& options) {
-  if (options.queues == 0 || options.queues > 64) return Error(EINVAL, "queues must be 1..64");
+  if (options.queues == 0 || options.queues > kMaxQueues) {
+    return Error(EINVAL, "queues must be 1.." + std::to_string(kMaxQueues));
+  }
   if (options.depth == 0 || options.depth > 4096) return Error(EINVAL, "depth must be 1..4096");
   std::unique_ptr<Engine> engine(new Engine(std::move(volume), options));
   for (uint32_t i = 0; i < options.queues; i++) {
@@ -399,7 +382,7 @@ Status Engine::transfer(bool is_write, uint8_t* buf, uint64_t count, uint64_t of
       } else if (is_connection_error(p.status) || p.status == ESHUTDOWN) {
         lost_connection = true;
       } else {
-        return Error(p.status, std::string(is_write ? "write" : "read") + " at " + std::to_string(offset));
+        return io_error(p.status, std::string(is_write ? "write" : "read") + " at " + std::to_string(offset));
       }
     }
     if (lost_connection && !retry.wait()) {
@@ -428,20 +411,18 @@ Status Engine::flush() { return sync_loops(true); }
 Status Engine::sync_loops(bool all) {
   Waiter& w = t_waiter;
   size_t n = all ? loops_.size() : 1;
-  for (size_t i = 0; i < n; i++) w.pieces[i].status = -1;
+  if (w.syncs.size() < n) w.syncs.resize(n);
+  std::span<Piece> syncs(w.syncs.data(), n);
+  for (Piece& p : syncs) p.status = -1;
   RetryDeadline retry(std::chrono::milliseconds(volume_->options().io_timeout_ms), std::chrono::milliseconds(20),
                       std::chrono::milliseconds(500));
   for (;;) {
-    size_t submitted = 0;
-    w.pending.store(0, std::memory_order_relaxed);
-    for (size_t i = 0; i < n; i++) {
-      if (w.pieces[i].status == 0) continue;
-      submitted++;
-    }
+    uint32_t submitted = 0;
+    for (const Piece& p : syncs) submitted += p.status != 0;
     if (submitted == 0) return Status::Ok();
-    w.pending.store(static_cast<uint32_t>(submitted), std::memory_order_release);
+    w.pending.store(submitted, std::memory_order_release);
     for (size_t i = 0; i < n; i++) {
-      Piece& p = w.pieces[i];
+      Piece& p = syncs[i];
       if (p.status == 0) continue;
       p.pending = &w.pending;
       p.op = DataChannel::Op{};
@@ -453,13 +434,12 @@ Status Engine::sync_loops(bool all) {
     }
     wait_for(w.pending);
     bool again = false;
-    for (size_t i = 0; i < n; i++) {
-      Piece& p = w.pieces[i];
+    for (const Piece& p : syncs) {
       if (p.status <= 0) continue;
       if (is_connection_error(p.status) || p.status == ESHUTDOWN) {
         again = true;
       } else {
-        return Error(p.status, "flush");
+        return io_error(p.status, "flush");
       }
     }
     if (!again) return Status::Ok();
@@ -467,6 +447,14 @@ Status Engine::sync_loops(bool all) {
       return Error(EIO, "flush: brick " + volume_->options().brick.endpoint.to_string() + " unreachable");
     }
   }
+}
+
+Error Engine::io_error(int status, const std::string& what) const {
+  if (status == kErrWrongStore) {
+    std::string why = volume_->refusal();
+    return Error(status, what + ": " + (why.empty() ? "the brick serves another store" : why));
+  }
+  return Error(status, what);
 }
 
 Status Engine::discard(uint64_t count, uint64_t offset, bool fua) {

@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "common/result.h"
@@ -35,6 +36,7 @@ class Engine {
  public:
   // Largest single request; frontends advertise it (nbdkit block_size maximum).
   static constexpr uint64_t kMaxRequest = 16ull << 20;
+  static constexpr uint32_t kMaxQueues = 64;
 
   static Result<std::unique_ptr<Engine>> Start(std::unique_ptr<Volume> volume, const EngineOptions& options);
   ~Engine();
@@ -45,7 +47,9 @@ class Engine {
   uint64_t size() const { return volume_->size(); }
 
   // Byte ranges must lie inside the volume and count <= kMaxRequest (EINVAL).
-  // Errors: EIO once the brick stayed unreachable for the volume's io_timeout.
+  // Errors: EIO once the brick stayed unreachable for the volume's io_timeout;
+  // kErrWrongStore at once while the brick serves another store than the one
+  // the volume was opened on (see volume.h).
   Status read(void* buf, uint64_t count, uint64_t offset);
   Status write(const void* buf, uint64_t count, uint64_t offset, bool fua);
   Status flush();
@@ -60,6 +64,9 @@ class Engine {
   Loop& my_loop();
   Status transfer(bool is_write, uint8_t* buf, uint64_t count, uint64_t offset);
   Status sync_loops(bool all);
+  // The error of I/O whose piece failed with `status`; a refused brick (one
+  // that serves another store) is named with both stores.
+  Error io_error(int status, const std::string& what) const;
 
   std::unique_ptr<Volume> volume_;
   EngineOptions options_;

@@ -1,5 +1,5 @@
-// The volume engine against a real brick (Store + Server on a file store in a
-// temporary directory, served from a thread of the test) over TCP on loopback.
+// The volume engine against a real brick (gateway/test_brick.h) over TCP on
+// loopback.
 #include "gateway/engine.h"
 
 #include <gtest/gtest.h>
@@ -11,68 +11,23 @@
 #include <random>
 #include <thread>
 
-#include "target/server.h"
-#include "target/store.h"
+#include "common/crc32c.h"
+#include "gateway/test_brick.h"
 
 namespace pbrick {
 namespace {
 
 constexpr uint64_t kMiB = 1 << 20;
 
-class Brick {
- public:
-  explicit Brick(std::string dir) : dir_(std::move(dir)) {}
-  ~Brick() { stop(); }
+// The errno of a failed Status, 0 when it succeeded (for EXPECT_EQ).
+int errnum_of(const Status& st) { return st.ok() ? 0 : st.error().errnum(); }
 
-  void start() {
-    RegionOptions ro;
-    ro.path = dir_ + "/brick.store";
-    ro.size = 128 * kMiB;
-    auto region = open_pmem_region(ro);
-    ASSERT_TRUE(region.ok()) << region.error().message();
-    auto store = Store::Open(std::move(*region), {});
-    ASSERT_TRUE(store.ok()) << store.error().message();
-    store_ = std::move(*store);
-    ServerOptions so;
-    so.listen = Endpoint{"127.0.0.1", port_};
-    auto server = Server::Create(*store_, so);
-    ASSERT_TRUE(server.ok()) << server.error().message();
-    server_ = std::move(*server);
-    port_ = server_->port();
-    thread_ = std::thread([this] {
-      Status st = server_->run();
-      EXPECT_TRUE(st.ok());
-    });
-  }
-
-  void stop() {
-    if (!thread_.joinable()) return;
-    server_->stop();
-    thread_.join();
-    server_.reset();
-    store_.reset();
-  }
-
-  ClientOptions client() const {
-    ClientOptions o;
-    o.endpoint = Endpoint{"127.0.0.1", port_};
-    return o;
-  }
-
-  uint64_t allocated_blocks() const {
-    auto c = BrickClient::Connect(client());
-    EXPECT_TRUE(c.ok());
-    auto s = (*c)->stat();
-    EXPECT_TRUE(s.ok());
-    return s->allocated_blocks;
-  }
-
- private:
-  std::string dir_;
-  uint16_t port_ = 0;
-  std::unique_ptr<Store> store_;
-  std::unique_ptr<Server> server_;
-  std::thread thread_;
+struct OpenOptions {
+  uint64_t size = 32 * kMiB;
+  uint64_t base = 0;
+  uint32_t timeout_ms = 10000;
+  uint32_t queues = 2;
+  uint32_t depth = 16;
 };
 
 class EngineTest : public ::testing::Test {
@@ -81,30 +36,40 @@ class EngineTest : public ::testing::Test {
     char tmpl[] = "/tmp/pbrick-engine-XXXXXX";
     ASSERT_NE(mkdtemp(tmpl), nullptr);
     dir_ = tmpl;
-    brick_ = std::make_unique<Brick>(dir_);
-    brick_->start();
+    brick_ = std::make_unique<TestBrick>(dir_);
+    PBRICK_ASSERT_OK(brick_->start());
   }
   void TearDown() override {
     engine_.reset();
     brick_.reset();
-    std::filesystem::remove_all(dir_);
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
   }
 
-  Engine& open(uint64_t size = 32 * kMiB, uint64_t base = 0, uint32_t timeout_ms = 10000) {
+  // Opens a volume on the brick and starts engine_ on it. A test asserts on
+  // the result (PBRICK_ASSERT_OK) before it touches engine_.
+  Status open(const OpenOptions& oo = {}) {
     VolumeOptions vo;
     vo.brick = brick_->client();
-    vo.size = size;
-    vo.base = base;
-    vo.io_timeout_ms = timeout_ms;
+    vo.size = oo.size;
+    vo.base = oo.base;
+    vo.io_timeout_ms = oo.timeout_ms;
     auto volume = Volume::Open(vo);
-    EXPECT_TRUE(volume.ok()) << volume.error().message();
+    if (!volume) return volume.error().wrap("Volume::Open");
     EngineOptions eo;
-    eo.queues = 2;
-    eo.depth = 16;
+    eo.queues = oo.queues;
+    eo.depth = oo.depth;
     auto engine = Engine::Start(std::move(*volume), eo);
-    EXPECT_TRUE(engine.ok()) << engine.error().message();
+    if (!engine) return engine.error().wrap("Engine::Start");
     engine_ = std::move(*engine);
-    return *engine_;
+    return Status::Ok();
+  }
+
+  // Call as ASSERT_NO_FATAL_FAILURE(expect_allocated(n)): a failed STAT stops
+  // the test.
+  void expect_allocated(uint64_t want) {
+    auto st = brick_->stat();
+    ASSERT_TRUE(st.ok()) << st.error().message();
+    EXPECT_EQ(st->allocated_blocks, want);
   }
 
   static std::vector<uint8_t> random_bytes_of(size_t n, uint32_t seed) {
@@ -115,19 +80,20 @@ class EngineTest : public ::testing::Test {
   }
 
   std::string dir_;
-  std::unique_ptr<Brick> brick_;
+  std::unique_ptr<TestBrick> brick_;
   std::unique_ptr<Engine> engine_;
 };
 
 TEST_F(EngineTest, WriteReadAcrossBlocksAndThinProvisioning) {
-  Engine& e = open();
+  PBRICK_ASSERT_OK(open());
+  Engine& e = *engine_;
   auto data = random_bytes_of(5 * kMiB, 1);
   const uint64_t offset = kMiB + 123;  // spans blocks 0..3
   ASSERT_TRUE(e.write(data.data(), data.size(), offset, false).ok());
   std::vector<uint8_t> back(data.size());
   ASSERT_TRUE(e.read(back.data(), back.size(), offset).ok());
   EXPECT_EQ(back, data);
-  EXPECT_EQ(brick_->allocated_blocks(), 4u);
+  ASSERT_NO_FATAL_FAILURE(expect_allocated(4));
 
   // Never-written bytes, inside and outside touched blocks, read as zeros.
   std::vector<uint8_t> zeros(kMiB, 0), got(kMiB, 0xFF);
@@ -136,28 +102,30 @@ TEST_F(EngineTest, WriteReadAcrossBlocksAndThinProvisioning) {
   got.assign(123, 0xFF);
   ASSERT_TRUE(e.read(got.data(), 123, kMiB).ok());
   EXPECT_EQ(got, std::vector<uint8_t>(123, 0));
-  EXPECT_EQ(brick_->allocated_blocks(), 4u);
+  ASSERT_NO_FATAL_FAILURE(expect_allocated(4));
   EXPECT_TRUE(e.flush().ok());
 }
 
 TEST_F(EngineTest, OutOfRangeAndOversizedRequestsAreRefused) {
-  Engine& e = open(8 * kMiB);
+  PBRICK_ASSERT_OK(open({.size = 8 * kMiB}));
+  Engine& e = *engine_;
   uint8_t b[16] = {};
-  EXPECT_EQ(e.read(b, 16, 8 * kMiB - 8).error().errnum(), EINVAL);
-  EXPECT_EQ(e.write(b, 16, UINT64_MAX - 4, false).error().errnum(), EINVAL);
+  EXPECT_EQ(errnum_of(e.read(b, 16, 8 * kMiB - 8)), EINVAL);
+  EXPECT_EQ(errnum_of(e.write(b, 16, UINT64_MAX - 4, false)), EINVAL);
   std::vector<uint8_t> big(Engine::kMaxRequest + 1);
-  EXPECT_EQ(e.read(big.data(), big.size(), 0).error().errnum(), EINVAL);
-  EXPECT_EQ(e.discard(16, 8 * kMiB, false).error().errnum(), EINVAL);
+  EXPECT_EQ(errnum_of(e.read(big.data(), big.size(), 0)), EINVAL);
+  EXPECT_EQ(errnum_of(e.discard(16, 8 * kMiB, false)), EINVAL);
 }
 
 TEST_F(EngineTest, DiscardFreesWholeBlocksAndZeroesPartialOnes) {
-  Engine& e = open();
+  PBRICK_ASSERT_OK(open());
+  Engine& e = *engine_;
   auto data = random_bytes_of(6 * kMiB, 2);
   ASSERT_TRUE(e.write(data.data(), data.size(), 0, false).ok());
-  EXPECT_EQ(brick_->allocated_blocks(), 3u);
+  ASSERT_NO_FATAL_FAILURE(expect_allocated(3));
   // [1 MiB, 5 MiB): block 1 is whole, blocks 0 and 2 are partial.
   ASSERT_TRUE(e.discard(4 * kMiB, kMiB, true).ok());
-  EXPECT_EQ(brick_->allocated_blocks(), 2u);
+  ASSERT_NO_FATAL_FAILURE(expect_allocated(2));
   std::vector<uint8_t> back(data.size());
   ASSERT_TRUE(e.read(back.data(), back.size(), 0).ok());
   for (size_t i = 0; i < back.size(); i++) {
@@ -166,11 +134,12 @@ TEST_F(EngineTest, DiscardFreesWholeBlocksAndZeroesPartialOnes) {
   }
   // A write after a discard allocates the block again.
   ASSERT_TRUE(e.write(data.data(), 4096, 2 * kMiB, false).ok());
-  EXPECT_EQ(brick_->allocated_blocks(), 3u);
+  ASSERT_NO_FATAL_FAILURE(expect_allocated(3));
 }
 
 TEST_F(EngineTest, ManyThreadsKeepTheirDataApart) {
-  Engine& e = open(64 * kMiB);
+  PBRICK_ASSERT_OK(open({.size = 64 * kMiB}));
+  Engine& e = *engine_;
   constexpr int kThreads = 8;
   std::atomic<int> failures{0};
   std::vector<std::thread> threads;
@@ -226,8 +195,9 @@ TEST_F(EngineTest, VolumesAtDifferentBasesAreIndependent) {
   auto other_volume = Volume::Open(vo);
   ASSERT_TRUE(other_volume.ok());
   auto other = Engine::Start(std::move(*other_volume), {});
-  ASSERT_TRUE(other.ok());
-  Engine& e = open(4 * kMiB, 0);
+  ASSERT_TRUE(other.ok()) << other.error().message();
+  PBRICK_ASSERT_OK(open({.size = 4 * kMiB}));
+  Engine& e = *engine_;
   auto a = random_bytes_of(kMiB, 3), b = random_bytes_of(kMiB, 4);
   ASSERT_TRUE(e.write(a.data(), a.size(), 0, false).ok());
   ASSERT_TRUE((*other)->write(b.data(), b.size(), 0, false).ok());
@@ -246,7 +216,8 @@ TEST_F(EngineTest, VolumesAtDifferentBasesAreIndependent) {
 }
 
 TEST_F(EngineTest, IoRidesOutABrickRestart) {
-  Engine& e = open(16 * kMiB, 0, 20000);
+  PBRICK_ASSERT_OK(open({.size = 16 * kMiB, .timeout_ms = 20000}));
+  Engine& e = *engine_;
   auto data = random_bytes_of(16 * kMiB, 5);
   ASSERT_TRUE(e.write(data.data(), 8 * kMiB, 0, false).ok());
   ASSERT_TRUE(e.flush().ok());
@@ -261,8 +232,9 @@ TEST_F(EngineTest, IoRidesOutABrickRestart) {
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   brick_->stop();
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
-  brick_->start();
+  Status restarted = brick_->start();
   writer.join();
+  PBRICK_ASSERT_OK(restarted);
   EXPECT_TRUE(writer_ok.load());
   std::vector<uint8_t> back(data.size());
   ASSERT_TRUE(e.read(back.data(), back.size(), 0).ok());
@@ -270,7 +242,8 @@ TEST_F(EngineTest, IoRidesOutABrickRestart) {
 }
 
 TEST_F(EngineTest, BrickGoneLongerThanTheTimeoutFailsWithEioThenRecovers) {
-  Engine& e = open(8 * kMiB, 0, 600);
+  PBRICK_ASSERT_OK(open({.size = 8 * kMiB, .timeout_ms = 600}));
+  Engine& e = *engine_;
   auto data = random_bytes_of(kMiB, 6);
   ASSERT_TRUE(e.write(data.data(), data.size(), 0, false).ok());
   brick_->stop();
@@ -282,13 +255,144 @@ TEST_F(EngineTest, BrickGoneLongerThanTheTimeoutFailsWithEioThenRecovers) {
   // The whole timeout is waited out, not a backoff step less.
   EXPECT_GE(waited, std::chrono::milliseconds(600));
   EXPECT_LT(waited, std::chrono::seconds(5));
-  EXPECT_EQ(e.flush().error().errnum(), EIO);
-  brick_->start();
+  Status flushed = e.flush();
+  ASSERT_FALSE(flushed.ok());
+  EXPECT_EQ(flushed.error().errnum(), EIO);
+  PBRICK_ASSERT_OK(brick_->start());
   ASSERT_TRUE(e.write(data.data(), data.size(), 2 * kMiB, false).ok());
   ASSERT_TRUE(e.flush().ok());
   std::vector<uint8_t> back(kMiB);
   ASSERT_TRUE(e.read(back.data(), back.size(), 2 * kMiB).ok());
   EXPECT_EQ(back, data);
+}
+
+// More loops than a request has pieces (10), and the most the engine takes:
+// every caller thread, bound to its own loop, writes its own range and
+// flushes; a FLUSH syncs every loop. What each wrote reads back with the same
+// checksum, through this engine and through a new volume after the brick
+// restarted on its store.
+class EngineQueuesTest : public EngineTest, public ::testing::WithParamInterface<uint32_t> {};
+
+TEST_P(EngineQueuesTest, EveryLoopFlushesAndDataKeepsItsChecksums) {
+  const uint32_t queues = GetParam();
+  constexpr uint64_t kChunk = 96 * 1024;  // crosses a block boundary every few threads
+  PBRICK_ASSERT_OK(open({.size = 16 * kMiB, .queues = queues, .depth = 4}));
+  Engine& e = *engine_;
+  std::vector<std::vector<uint8_t>> data(queues);
+  std::vector<uint32_t> sums(queues);
+  for (uint32_t t = 0; t < queues; t++) {
+    data[t] = random_bytes_of(kChunk, 1000 + t);
+    sums[t] = crc32c(data[t].data(), kChunk);
+  }
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (uint32_t t = 0; t < queues; t++) {
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < 3; round++) {
+        Status st = e.write(data[t].data(), kChunk, t * kChunk, round == 1);
+        if (st.ok()) st = e.flush();
+        if (!st.ok()) {
+          ADD_FAILURE() << "thread " << t << ": " << st.error().message();
+          failures++;
+          return;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  ASSERT_EQ(failures.load(), 0);
+  auto check = [&](Engine& engine, const char* when) {
+    std::vector<uint8_t> back(kChunk);
+    for (uint32_t t = 0; t < queues; t++) {
+      Status st = engine.read(back.data(), kChunk, t * kChunk);
+      ASSERT_TRUE(st.ok()) << when << ": " << st.error().message();
+      EXPECT_EQ(crc32c(back.data(), kChunk), sums[t]) << when << ": range of thread " << t;
+    }
+  };
+  ASSERT_NO_FATAL_FAILURE(check(e, "before the restart"));
+  engine_.reset();
+  brick_->stop();
+  PBRICK_ASSERT_OK(brick_->start());
+  PBRICK_ASSERT_OK(open({.size = 16 * kMiB, .queues = queues, .depth = 4}));
+  ASSERT_NO_FATAL_FAILURE(check(*engine_, "after the restart"));
+}
+
+INSTANTIATE_TEST_SUITE_P(Queues, EngineQueuesTest, ::testing::Values(10u, Engine::kMaxQueues));
+
+TEST_F(EngineTest, QueuesOutsideOneToMaxAreRefused) {
+  auto volume = Volume::Open({.brick = brick_->client(), .size = 4 * kMiB});
+  ASSERT_TRUE(volume.ok()) << volume.error().message();
+  auto engine = Engine::Start(std::move(*volume), {.queues = Engine::kMaxQueues + 1});
+  ASSERT_FALSE(engine.ok());
+  EXPECT_EQ(engine.error().errnum(), EINVAL);
+  EXPECT_NE(engine.error().message().find("queues must be 1..64"), std::string::npos) << engine.error().message();
+}
+
+// A client that expects a store refuses a brick serving another one, naming
+// both; the right store is accepted.
+TEST_F(EngineTest, ClientRefusesABrickOfAnotherStore) {
+  auto stat = brick_->stat();
+  ASSERT_TRUE(stat.ok()) << stat.error().message();
+  ClientOptions o = brick_->client();
+  o.store_uuid = stat->brick_uuid;
+  auto right = BrickClient::Connect(o);
+  ASSERT_TRUE(right.ok()) << right.error().message();
+  auto other = stat->brick_uuid;
+  other[0] ^= 0xFF;
+  o.store_uuid = other;
+  auto wrong = BrickClient::Connect(o);
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_EQ(wrong.error().errnum(), kErrWrongStore);
+  const std::string msg = wrong.error().message();
+  EXPECT_NE(msg.find(format_uuid(stat->brick_uuid)), std::string::npos) << msg;
+  EXPECT_NE(msg.find(format_uuid(other)), std::string::npos) << msg;
+  EXPECT_NE(msg.find(o.endpoint.to_string()), std::string::npos) << msg;
+}
+
+// A freshly formatted brick on the old brick's port: the engine's loops
+// (reads, writes to mapped blocks, flushes) and the control connection
+// (writes that map) refuse it with an error naming both stores, at once and
+// never with its zeros; nothing is allocated on it. With the right brick
+// back, the flushed data is there.
+TEST_F(EngineTest, ABrickOfAnotherStoreIsRefusedAfterAReconnect) {
+  PBRICK_ASSERT_OK(open({.size = 16 * kMiB, .timeout_ms = 5000}));
+  Engine& e = *engine_;
+  auto data = random_bytes_of(3 * kMiB, 7);
+  PBRICK_ASSERT_OK(e.write(data.data(), data.size(), 0, false));
+  PBRICK_ASSERT_OK(e.flush());
+  auto ours = brick_->stat();
+  ASSERT_TRUE(ours.ok()) << ours.error().message();
+
+  brick_->stop();
+  PBRICK_ASSERT_OK(brick_->start("replacement.store"));
+  auto theirs = brick_->stat();
+  ASSERT_TRUE(theirs.ok()) << theirs.error().message();
+  ASSERT_NE(theirs->brick_uuid, ours->brick_uuid);
+
+  auto expect_refused = [&](const Status& st, const char* what) {
+    ASSERT_FALSE(st.ok()) << what << " succeeded on another store";
+    EXPECT_EQ(st.error().errnum(), kErrWrongStore) << what << ": " << st.error().message();
+    EXPECT_NE(st.error().message().find(format_uuid(ours->brick_uuid)), std::string::npos)
+        << what << ": " << st.error().message();
+    EXPECT_NE(st.error().message().find(format_uuid(theirs->brick_uuid)), std::string::npos)
+        << what << ": " << st.error().message();
+  };
+  auto started = std::chrono::steady_clock::now();
+  std::vector<uint8_t> back(data.size(), 0xEE);
+  ASSERT_NO_FATAL_FAILURE(expect_refused(e.read(back.data(), back.size(), 0), "read of flushed data"));
+  ASSERT_NO_FATAL_FAILURE(expect_refused(e.write(data.data(), 4096, 0, false), "write to a mapped block"));
+  ASSERT_NO_FATAL_FAILURE(expect_refused(e.write(data.data(), 4096, 8 * kMiB, false), "write to a new block"));
+  ASSERT_NO_FATAL_FAILURE(expect_refused(e.flush(), "flush"));
+  // Refused, not waited out as if the brick were unreachable.
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::milliseconds(2500));
+  ASSERT_NO_FATAL_FAILURE(expect_allocated(0));
+
+  brick_->stop();
+  PBRICK_ASSERT_OK(brick_->start());
+  std::fill(back.begin(), back.end(), 0xEE);
+  PBRICK_ASSERT_OK(e.read(back.data(), back.size(), 0));
+  EXPECT_EQ(crc32c(back.data(), back.size()), crc32c(data.data(), data.size()));
+  PBRICK_ASSERT_OK(e.flush());
 }
 
 }  // namespace

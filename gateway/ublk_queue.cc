@@ -14,6 +14,7 @@
 #include "common/protocol.h"
 #include "gateway/data_channel.h"
 #include "gateway/ublk_ctrl.h"
+#include "gateway/ublk_plan.h"
 
 namespace pbrick {
 namespace {
@@ -43,17 +44,6 @@ bool is_retryable(int err) { return is_connection_error(err) || err == ESHUTDOWN
 
 }  // namespace
 
-struct UblkQueue::Piece {
-  DataChannel::Op op;
-  Tag* tag = nullptr;
-  uint64_t block = 0;
-  uint32_t in_block = 0;
-  uint8_t* buf = nullptr;
-  uint32_t len = 0;
-  bool is_write = false;
-  int status = -1;  // -1: to do; 0: done; > 0: errno of the last attempt
-};
-
 struct UblkQueue::Tag {
   UblkQueue* q = nullptr;
   uint16_t tag = 0;
@@ -63,7 +53,7 @@ struct UblkQueue::Tag {
   uint64_t offset = 0;
   uint64_t len = 0;
   bool zeroed = false;
-  std::vector<Piece> pieces;
+  std::vector<UblkPiece> pieces;
   uint32_t pending = 0;
   Clock::time_point deadline{};
   Clock::time_point retry_at{};
@@ -99,6 +89,10 @@ struct UblkQueue::Impl {
   io_uring ring{};
   bool ring_ready = false;
   std::unique_ptr<DataChannel> channel;
+  // Every op for the channel waits here until the channel has room: a
+  // request's pieces and the syncs of every queue's FLUSHes can outnumber its
+  // slots.
+  ChannelBacklog backlog;
   std::vector<Tag> tags;
 
   UniqueFd event_fd;
@@ -171,6 +165,8 @@ Status UblkQueue::start() {
     m.tags[i].buf = m.bufs + static_cast<size_t>(i) * dev_.max_io_bytes;
     m.tags[i].pieces.reserve(4);
   }
+  // At most a round of pieces per tag, and a sync per tag of every queue.
+  m.backlog.reserve((kMaxPiecesPerRound + dev_.queues.size() + 1) * dev_.depth);
   m.ready_tags.reserve(dev_.depth);
   m.tags_scratch.reserve(dev_.depth);
   m.retry_tags.reserve(dev_.depth);
@@ -184,9 +180,7 @@ Status UblkQueue::start() {
   Status st = m.channel->add_buffer_region(m.bufs, m.bufs_len);
   if (st.ok()) st = m.channel->add_buffer_region(m.zeros.data(), m.zeros.size());  // WRITE_ZEROES source
   if (!st) return st.error().wrap("queue " + std::to_string(q_id_));
-  ClientOptions o = dev_.volume->options().brick;
-  o.timeout_ms = std::min(o.timeout_ms, 2000);
-  st = m.channel->connect(o);
+  st = dev_.volume->connect_channel(*m.channel);
   if (!st) return st.error().wrap("queue " + std::to_string(q_id_));
   thread_ = std::thread([this] { run(); });
   return Status::Ok();
@@ -268,19 +262,22 @@ void UblkQueue::commit(Tag& t, int result) {
   cmd->addr = reinterpret_cast<uint64_t>(t.buf);
 }
 
-bool UblkQueue::ensure_connected() {
+int UblkQueue::ensure_connected() {
   Impl& m = *impl_;
-  if (m.channel->connected()) return !m.channel->tearing_down();
+  if (m.channel->connected()) return 0;
   auto now = Clock::now();
-  if (now - m.last_connect_attempt < kReconnectInterval) return false;
+  if (now - m.last_connect_attempt < kReconnectInterval) return ECONNREFUSED;
   m.last_connect_attempt = now;
-  ClientOptions o = dev_.volume->options().brick;
-  o.timeout_ms = std::min(o.timeout_ms, 2000);
-  Status st = m.channel->connect(o);
-  if (!st) return false;
+  Status st = dev_.volume->connect_channel(*m.channel);
+  if (!st) {
+    // A brick that serves another store fails the I/O (the volume logged
+    // why); anything else is retried until the request's deadline.
+    int err = st.error().errnum();
+    return is_connection_error(err) || err == kErrWrongStore ? err : ECONNREFUSED;
+  }
   PBRICK_LOG_NOTICE("ublk%u queue %u: reconnected to brick %s", dev_.dev_id, q_id_,
-                    o.endpoint.to_string().c_str());
-  return true;
+                    dev_.volume->options().brick.endpoint.to_string().c_str());
+  return 0;
 }
 
 void UblkQueue::teardown(const Error& why) {
@@ -314,7 +311,7 @@ void UblkQueue::handle_request(Tag& t) {
     case UBLK_IO_OP_READ:
     case UBLK_IO_OP_WRITE:
       if (t.offset > size || t.len > size - t.offset || t.len > dev_.max_io_bytes) return commit(t, -EINVAL);
-      plan_rw(t);
+      plan_rw(t.op == UBLK_IO_OP_WRITE, t.offset, t.len, t.buf, &t, t.pieces);
       return submit_data(t);
     case UBLK_IO_OP_FLUSH:
       return start_sync_group(t, true);
@@ -327,91 +324,35 @@ void UblkQueue::handle_request(Tag& t) {
   }
 }
 
-void UblkQueue::plan_rw(Tag& t) {
-  bool is_write = t.op == UBLK_IO_OP_WRITE;
-  for (uint64_t done = 0; done < t.len;) {
-    uint64_t pos = t.offset + done;
-    Piece p;
-    p.tag = &t;
-    p.block = pos / proto::kBlockSize;
-    p.in_block = static_cast<uint32_t>(pos % proto::kBlockSize);
-    p.len = static_cast<uint32_t>(std::min<uint64_t>(t.len - done, proto::kBlockSize - p.in_block));
-    p.buf = t.buf + done;
-    p.is_write = is_write;
-    p.status = -1;
-    t.pieces.push_back(p);
-    done += p.len;
-  }
-}
-
-// (Re)submits every piece not done yet.
+// (Re)queues every piece not done yet: one round.
 void UblkQueue::submit_data(Tag& t) {
-  Impl& m = *impl_;
-  Volume& vol = *dev_.volume;
-  Piece* net_buf[8];
-  size_t nnet = 0;
-  for (Piece& p : t.pieces) {
-    if (p.status == 0) continue;
-    if (!p.is_write && !vol.allocated(p.block)) {
-      std::memset(p.buf, 0, p.len);  // never written: zeros, no round trip
-      p.status = 0;
-      continue;
-    }
-    auto h = vol.cached(p.block);
-    if (!h) {
-      // Blocks this queue for a control round trip (v1; see the header).
-      auto mapped = vol.map_block(p.block, p.is_write);
-      if (!mapped) {
-        if (!p.is_write && mapped.error().errnum() == ENOENT) {
-          std::memset(p.buf, 0, p.len);
-          p.status = 0;
-          continue;
-        }
-        PBRICK_LOG_ERROR("ublk%u queue %u: %s", dev_.dev_id, q_id_, mapped.error().message().c_str());
-        return commit(t, to_blk_errno(mapped.error().errnum()));
-      }
-      h = *mapped;
-    }
-    p.op = DataChannel::Op{};
-    p.op.opcode = p.is_write ? proto::Opcode::kWrite : proto::Opcode::kRead;
-    p.op.rkey = h->rkey;
-    p.op.remote_addr = h->remote_addr + p.in_block;
-    p.op.length = p.len;
-    p.op.buf = p.buf;
-    p.op.ctx = &p;
-    p.op.done = [](DataChannel::Op* op, int status) {
-      Piece* piece = static_cast<Piece*>(op->ctx);
-      piece->status = status;
-      Tag* tag = piece->tag;
-      if (--tag->pending == 0) tag->q->impl_->ready_tags.push_back(tag);
-    };
-    p.status = -1;
-    if (nnet < 8) {
-      net_buf[nnet++] = &p;
-    } else {
-      p.status = ECONNREFUSED;  // more pieces than one round takes: the next round (never with <= 4)
-    }
+  auto queued = queue_pieces(*dev_.volume, t.pieces, impl_->backlog, [](DataChannel::Op* op, int status) {
+    UblkPiece* piece = static_cast<UblkPiece*>(op->ctx);
+    piece->status = status;
+    Tag* tag = static_cast<Tag*>(piece->request);
+    if (--tag->pending == 0) tag->q->impl_->ready_tags.push_back(tag);
+  });
+  if (!queued) {
+    PBRICK_LOG_ERROR("ublk%u queue %u: %s", dev_.dev_id, q_id_, queued.error().message().c_str());
+    return commit(t, to_blk_errno(queued.error().errnum()));
   }
-  if (nnet == 0) return advance(t);
-  if (!ensure_connected()) {
-    for (size_t i = 0; i < nnet; i++) net_buf[i]->status = ECONNREFUSED;
-    return advance(t);
-  }
-  t.pending = static_cast<uint32_t>(nnet);
-  for (size_t i = 0; i < nnet; i++) m.channel->submit(&net_buf[i]->op);
+  if (*queued == 0) return advance(t);
+  t.pending = static_cast<uint32_t>(*queued);
 }
 
 // All pieces of the tag's current attempt finished: retry, sync or commit.
 void UblkQueue::advance(Tag& t) {
   Impl& m = *impl_;
-  bool retry_conn = false, rekey = false;
-  for (Piece& p : t.pieces) {
+  bool retry_conn = false, again = false;
+  for (UblkPiece& p : t.pieces) {
     if (p.status == 0) continue;
-    if (p.status == EKEYREJECTED) {
+    if (p.status == -1) {
+      again = true;  // beyond the last round's pieces
+    } else if (p.status == EKEYREJECTED) {
       dev_.volume->invalidate(p.block, p.op.rkey);  // the mapping died: map again
       p.status = -1;
-      rekey = true;
-    } else if (p.status < 0 || is_retryable(p.status)) {
+      again = true;
+    } else if (is_retryable(p.status)) {
       p.status = -1;
       retry_conn = true;
     } else {
@@ -421,7 +362,7 @@ void UblkQueue::advance(Tag& t) {
       return commit(t, to_blk_errno(p.status));
     }
   }
-  if (retry_conn || rekey) {
+  if (retry_conn || again) {
     auto now = Clock::now();
     if (now > t.deadline) {
       PBRICK_LOG_ERROR("ublk%u queue %u: brick %s unreachable for %u ms: failing I/O at %llu", dev_.dev_id, q_id_,
@@ -445,36 +386,13 @@ void UblkQueue::advance(Tag& t) {
 // DISCARD / WRITE_ZEROES: whole blocks are freed at the brick, partial ones
 // (or whole ones the brick refuses to free: EBUSY) are written with zeros.
 void UblkQueue::do_discard(Tag& t) {
-  Volume& vol = *dev_.volume;
-  uint64_t size = vol.size();
-  uint64_t end = t.offset + t.len;
-  for (uint64_t pos = t.offset; pos < end;) {
-    uint64_t block = pos / proto::kBlockSize;
-    uint64_t block_start = block * proto::kBlockSize;
-    uint64_t block_end = std::min(block_start + proto::kBlockSize, size);
-    uint64_t piece_end = std::min(end, block_end);
-    bool whole = pos == block_start && piece_end == block_end && block_end - block_start == proto::kBlockSize;
-    if (vol.allocated(block)) {
-      Status st = whole ? vol.discard_block(block) : Status(Error(EBUSY, "partial"));
-      if (!st) {
-        if (st.error().errnum() != EBUSY) {
-          PBRICK_LOG_ERROR("ublk%u queue %u: discard: %s", dev_.dev_id, q_id_, st.error().message().c_str());
-          return commit(t, to_blk_errno(st.error().errnum()));
-        }
-        Piece p;
-        p.tag = &t;
-        p.block = block;
-        p.in_block = static_cast<uint32_t>(pos - block_start);
-        p.len = static_cast<uint32_t>(piece_end - pos);
-        p.buf = impl_->zeros.data();
-        p.is_write = true;
-        p.status = -1;
-        t.pieces.push_back(p);  // reserved: no reallocation for the usual <= 4
-        t.zeroed = true;
-      }
-    }
-    pos = piece_end;
+  size_t before = t.pieces.size();
+  Status st = plan_discard(*dev_.volume, t.offset, t.len, impl_->zeros.data(), &t, t.pieces);
+  if (!st) {
+    PBRICK_LOG_ERROR("ublk%u queue %u: discard: %s", dev_.dev_id, q_id_, st.error().message().c_str());
+    return commit(t, to_blk_errno(st.error().errnum()));
   }
+  t.zeroed = t.pieces.size() > before;
   submit_data(t);
 }
 
@@ -502,11 +420,6 @@ void UblkQueue::start_sync_job(SyncJob* job) {
   Impl& m = *impl_;
   job->runner = this;
   job->status = -1;
-  if (!ensure_connected()) {
-    job->status = ECONNREFUSED;
-    m.ready_syncs.push_back(job);
-    return;
-  }
   job->op = DataChannel::Op{};
   job->op.buf = &job->scratch;
   job->op.ctx = job;
@@ -515,7 +428,7 @@ void UblkQueue::start_sync_job(SyncJob* job) {
     j->status = status;
     j->runner->impl_->ready_syncs.push_back(j);
   };
-  m.channel->submit_sync(&job->op);
+  m.backlog.push(&job->op, true);
 }
 
 void UblkQueue::advance_sync(SyncJob* job) {
@@ -577,9 +490,18 @@ void UblkQueue::take_inbox() {
 }
 
 void UblkQueue::dispatch_channel() {
-  // Completes a finished teardown, hands queued work to the transport in one
-  // batch, keeps the channel's SQEs armed.
-  Status st = impl_->channel->flush(*this);
+  Impl& m = *impl_;
+  // Completes a finished teardown; reconnects when ops wait (or fails them
+  // for their requests to retry or give up); feeds the channel what fits;
+  // hands queued work to the transport in one batch and keeps the channel's
+  // SQEs armed.
+  Status st = m.channel->flush(*this);
+  if (!st) teardown(st.error());
+  if (!m.backlog.empty() && !m.channel->connected()) {
+    if (int err = ensure_connected(); err != 0) m.backlog.fail_all(err);
+  }
+  m.backlog.feed(*m.channel);
+  st = m.channel->flush(*this);
   if (!st) teardown(st.error());
 }
 
@@ -706,6 +628,7 @@ void UblkQueue::run() {
       if (m.ready_tags.empty() && m.ready_syncs.empty()) break;
     }
   }
+  m.backlog.fail_all(ESHUTDOWN);
   m.channel->disconnect(ESHUTDOWN);
 }
 

@@ -18,14 +18,19 @@
 // its FETCH/COMMIT_AND_FETCH; the kernel copies WRITE data into it before it
 // hands the request over and READ data out of it on commit.
 //
-// Per request: READ/WRITE are split at 2 MiB block boundaries (at most two
-// pieces, max_io_buf_bytes <= 2 MiB). The handle comes from Volume::cached();
+// Per request (ublk_plan.h, which tests drive without a kernel): READ/WRITE
+// are split at 2 MiB block boundaries (at most two pieces, max_io_buf_bytes
+// <= 2 MiB). The handle comes from Volume::cached();
 // a block not mapped yet is mapped with Volume::map_block ON THIS THREAD (a
 // blocking control round trip that stalls this queue meanwhile: acceptable
 // for v1, it happens once per block). Reads of unallocated blocks are zeros
 // without a round trip. EKEYREJECTED invalidates the handle and retries;
 // connection loss reconnects the channel (at most every 100 ms) and retries
-// until the volume's io_timeout, then the request completes with -EIO.
+// until the volume's io_timeout, then the request completes with -EIO; a
+// brick that serves another store than the volume's fails it at once with
+// -EIO. Every op reaches the channel through a ChannelBacklog that holds what
+// does not fit its slots (a discard's zero-fill pieces, the syncs of every
+// queue's FLUSHes) until slots free up.
 // FUA writes are followed by a sync-read on this queue's channel. FLUSH must
 // persist writes completed on any queue, so it asks every queue (itself
 // included, through the same message path) to sync its own channel and
@@ -90,7 +95,6 @@ class UblkQueue final : public ChannelRing {
   void post_sync(UblkQueue* owner, uint16_t tag);
 
   struct Tag;
-  struct Piece;
   struct SyncJob;
 
  private:
@@ -99,7 +103,6 @@ class UblkQueue final : public ChannelRing {
   void post(bool flush_done, UblkQueue* owner, uint16_t tag);
   void on_cqe(io_uring_cqe* cqe);
   void handle_request(Tag& t);
-  void plan_rw(Tag& t);
   void submit_data(Tag& t);
   void advance(Tag& t);
   void do_discard(Tag& t);
@@ -108,7 +111,9 @@ class UblkQueue final : public ChannelRing {
   void advance_sync(SyncJob* job);
   void finish_sync(SyncJob* job, int status);
   void commit(Tag& t, int result);
-  bool ensure_connected();
+  // 0 when the channel is connected (reconnecting at most every 100 ms),
+  // else the errno to fail waiting ops with.
+  int ensure_connected();
   void teardown(const Error& why);
   io_uring_sqe* channel_sqe(uint8_t event) override;
   void cancel_channel_sqe(uint8_t event) override;

@@ -1,10 +1,12 @@
 #include "gateway/volume.h"
 
+#include <algorithm>
 #include <chrono>
 #include <thread>
 
 #include "common/log.h"
 #include "common/units.h"
+#include "gateway/data_channel.h"
 #include "gateway/retry.h"
 
 namespace pbrick {
@@ -47,6 +49,8 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeOptions& options) {
   std::unique_ptr<Volume> volume(new Volume(options));
   std::lock_guard lock(volume->control_mu_);
   PBRICK_TRY(volume->connect_control());
+  // From now on every connection must reach this store (see volume.h).
+  if (!volume->options_.brick.store_uuid) volume->options_.brick.store_uuid = volume->control_->hello().brick_uuid;
   // Learn which of our blocks the brick already holds, one LIST page at a time.
   uint64_t cursor = options.base;
   uint64_t end = options.base + (blocks - 1) * proto::kBlockSize;
@@ -70,9 +74,40 @@ Status Volume::connect_control() {
   control_.reset();
   clear_all_handles();  // mappings belong to the control connection and die with it
   auto client = BrickClient::Connect(options_.brick);
-  if (!client) return client.error();
+  if (!client) {
+    note_connect(client.error());
+    return client.error();
+  }
   control_ = std::move(*client);
+  note_connect(Status::Ok());
   return Status::Ok();
+}
+
+Status Volume::connect_channel(DataChannel& channel) {
+  ClientOptions o = options_.brick;
+  // A data channel's handshake must not stall its loop for long.
+  o.timeout_ms = std::min(o.timeout_ms, 2000);
+  Status st = channel.connect(o);
+  note_connect(st);
+  return st;
+}
+
+void Volume::note_connect(const Status& st) {
+  std::lock_guard lock(refusal_mu_);
+  if (st.ok()) {
+    refusal_.clear();
+    return;
+  }
+  if (st.error().errnum() != kErrWrongStore || st.error().context() == refusal_) return;
+  refusal_ = st.error().context();
+  PBRICK_LOG_ERROR("volume at %s: %s; its I/O fails until the brick of store %s is back",
+                   format_hex(options_.base).c_str(), st.error().message().c_str(),
+                   format_uuid(*options_.brick.store_uuid).c_str());
+}
+
+std::string Volume::refusal() const {
+  std::lock_guard lock(refusal_mu_);
+  return refusal_;
 }
 
 void Volume::clear_all_handles() {

@@ -2,6 +2,12 @@
 // space from `base`, so many volumes can share one brick. Byte offset o lives
 // in block (o / 2 MiB), whose brick virtual address is base + block * 2 MiB.
 //
+// A volume talks only to the store it was opened on: Open records the store's
+// uuid (HELLO's brick_uuid) in options().brick.store_uuid, and every later
+// connection - the control connection and every data channel, on every
+// reconnect - refuses a brick that serves another store (kErrWrongStore): its
+// I/O fails, it never reads or writes another store's blocks.
+//
 // The Volume owns the control path: one blocking connection to the brick that
 // allocates, maps, unmaps and frees blocks, and the table of mapped handles
 // that every data channel reads. Handles are mapped read-write and shared and
@@ -20,6 +26,7 @@
 #include <mutex>
 #include <optional>
 #include <shared_mutex>
+#include <string>
 #include <vector>
 
 #include "common/client.h"
@@ -36,6 +43,8 @@ struct VolumeOptions {
   uint32_t io_timeout_ms = 30000;
 };
 
+class DataChannel;
+
 struct BlockHandle {
   uint32_t rkey = 0;  // 0: not mapped
   uint64_t remote_addr = 0;
@@ -46,7 +55,9 @@ bool is_connection_error(int errnum);
 
 class Volume {
  public:
-  // Connects the control path and learns which blocks are allocated (LIST).
+  // Connects the control path, records the brick's store (unless
+  // options.brick.store_uuid names it already: then a brick serving another
+  // store is refused) and learns which blocks are allocated (LIST).
   // EINVAL for a size that is zero or not a multiple of 4096, a base that is
   // not 2 MiB aligned, or a range that wraps the 64-bit address space.
   static Result<std::unique_ptr<Volume>> Open(const VolumeOptions& options);
@@ -71,6 +82,16 @@ class Volume {
   // it is dead (EKEYREJECTED), so the next access maps again.
   void invalidate(uint64_t index, uint32_t rkey);
 
+  // (Re)connects a data channel of this volume to its brick, with the
+  // volume's store check and a short handshake timeout. Any thread (each on
+  // its own channel).
+  Status connect_channel(DataChannel& channel);
+
+  // Why the brick was last refused for serving another store (brick and both
+  // store uuids), for the errors of I/O that failed because of it; empty when
+  // the last connection succeeded. Any thread.
+  std::string refusal() const;
+
   // Frees a whole block (unmap + free); it then reads as zeros. When the brick
   // refuses because someone else maps it (EBUSY), returns EBUSY so the caller
   // can zero it through the data path instead.
@@ -81,11 +102,17 @@ class Volume {
   Status connect_control();  // with control_mu_ held
   template <typename Fn>
   auto with_control(Fn&& fn) -> decltype(fn(std::declval<BrickClient&>()));
+  // Logs a refusal of the brick once (not on every reconnect attempt of every
+  // channel) and keeps it for refusal(); a success forgets it.
+  void note_connect(const Status& st);
   void set_allocated(uint64_t index, bool value);
   void clear_all_handles();
 
   VolumeOptions options_;
   uint64_t block_count_ = 0;
+
+  mutable std::mutex refusal_mu_;
+  std::string refusal_;  // under refusal_mu_
 
   std::mutex control_mu_;  // serialises the control connection
   std::unique_ptr<BrickClient> control_;
