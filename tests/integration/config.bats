@@ -405,7 +405,7 @@ IN_NETNS=()
 # (a running scripts/demo does on this host). Needs root; fails without.
 enter_private_netns() {
   [ "$(id -u)" = 0 ] || return 1
-  unshare --net sleep 600 &
+  unshare --net sleep 600 3>&- &
   local holder=$!
   echo "$holder" >>"$BATS_TEST_TMPDIR/pids" # stopped by brick_teardown
   for _ in {1..100}; do
