@@ -42,12 +42,40 @@ ensure_packages() {
   apt-get install -y -q --no-install-recommends "${missing[@]}" || die "apt-get install failed: ${missing[*]}"
 }
 
-# build_tree DIR [cmake args...]: configure (once) and build.
-build_tree() {
-  local dir=$1
+# tree_is_configured DIR [-DNAME=VALUE...]: succeeds when DIR is a configured
+# Ninja tree whose cache holds every NAME=VALUE given; fails when it is missing
+# or any option differs (for example a tree configured with PBRICK_TESTS=OFF
+# when the tests need ON). Arguments other than -D are not compared.
+tree_is_configured() {
+  local dir=$1 arg name value cached
   shift
-  if [ ! -f "$dir/build.ninja" ]; then
-    cmake -S "$PBRICK_ROOT" -B "$dir" -G Ninja "$@" || die "cmake configure failed ($dir)"
+  [ -f "$dir/build.ninja" ] && [ -f "$dir/CMakeCache.txt" ] || return 1
+  for arg in "$@"; do
+    [[ $arg == -D*=* ]] || continue
+    name=${arg#-D}
+    value=${name#*=}
+    name=${name%%=*}
+    name=${name%%:*}
+    cached=$(grep -E -m 1 "^$name:[A-Z]+=" "$dir/CMakeCache.txt") || return 1
+    [ "${cached#*=}" = "$value" ] || return 1
+  done
+}
+
+# build_tree DIR [cmake args...] [-- TARGET...]: configures DIR - again when
+# its cached options differ from the -D options given, so that trees shared by
+# scripts/demo and scripts/test (or a tree the user configured) get what the
+# caller asks for - and builds the given targets (default: all).
+build_tree() {
+  local dir=$1 args=() targets=() t
+  shift
+  while (($#)) && [ "$1" != -- ]; do args+=("$1"); shift; done
+  (($#)) && shift
+  for t in "$@"; do targets+=(--target "$t"); done
+  if ! tree_is_configured "$dir" "${args[@]}"; then
+    if [ -f "$dir/CMakeCache.txt" ]; then
+      echo "reconfiguring $dir: its cached options differ from ${args[*]}"
+    fi
+    cmake -S "$PBRICK_ROOT" -B "$dir" -G Ninja "${args[@]}" || die "cmake configure failed ($dir)"
   fi
-  cmake --build "$dir" -j "$(nproc)" || die "build failed ($dir)"
+  cmake --build "$dir" -j "$(nproc)" "${targets[@]}" || die "build failed ($dir)"
 }

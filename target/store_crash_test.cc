@@ -90,7 +90,11 @@ using State = std::map<uint64_t, uint64_t>;
 std::string describe(const State& s) {
   std::string out = "{";
   for (auto [v, h] : s) {
-    out += " " + format_hex(v) + (h == kZeroHash ? ":zeros" : ":data");
+    // Appended piece by piece: GCC 12 at -O3 reports a false -Wrestrict on
+    // " " + std::string + "...".
+    out += ' ';
+    out += format_hex(v);
+    out += h == kZeroHash ? ":zeros" : ":data";
   }
   return out + " }";
 }

@@ -1095,7 +1095,7 @@ TEST_F(FileStoreTest, ForeignFileRefusedUnlessForced) {
 TEST_F(FileStoreTest, ZeroingKeepsTheFileAllocated) {
   auto region = open_region(region_size_for(3));
   ASSERT_TRUE(region.ok());
-  if ((*region)->is_pmem()) GTEST_SKIP() << "pmem is zeroed in place";
+  if ((*region)->is_pmem()) GTEST_SKIP() << "inherent: pmem is zeroed in place, the file is not punched";
   auto store = open_store(std::move(region).value());
   ASSERT_TRUE(store);
   ASSERT_TRUE(store->alloc(0).ok());

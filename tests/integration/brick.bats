@@ -197,7 +197,7 @@ M2=$((2 * 1024 * 1024))
 
 @test "malformed input leaves the brick serving other clients" {
   requires python3
-  [ "$PBRICK_TRANSPORT" = tcp ] || skip "garbage.py speaks TCP; over RDMA: rdma.bats (rdma_probe garbage)"
+  [ "$PBRICK_TRANSPORT" = tcp ] || skip "inherent: garbage.py speaks TCP; over RDMA rdma.bats does this (rdma_probe garbage)"
   start_brick b
   ctl alloc 0x0
   printf 'still here' | ctl write 0x0 0
@@ -244,8 +244,8 @@ M2=$((2 * 1024 * 1024))
 }
 
 @test "--transport rdma on a host without RDMA fails with a clear error; a wrong transport is a usage error" {
-  [ "$PBRICK_TRANSPORT" = tcp ] || skip "checks a host without RDMA"
-  [ ! -e /dev/infiniband/rdma_cm ] || skip "this host has RDMA (/dev/infiniband/rdma_cm)"
+  [ "$PBRICK_TRANSPORT" = tcp ] || skip "inherent: checks a host without RDMA, this run is over RDMA"
+  [ ! -e /dev/infiniband/rdma_cm ] || skip "inherent: checks a host without RDMA, this one has /dev/infiniband/rdma_cm"
   run "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/r.store" --size 64M --listen 127.0.0.1:0 --transport rdma
   assert_failure 1
   assert_output --partial 'listen rdma 127.0.0.1:0: rdma_create_event_channel (is the rdma_cm module loaded?)'

@@ -11,11 +11,13 @@ load '/usr/lib/bats/bats-assert/load.bash'
 TARGET_BIN="$PBRICK_BIN_DIR/target/pbrick-target"
 CTL_BIN="$PBRICK_BIN_DIR/ctl/pbrickctl"
 
-# requires CMD...: skips the test, naming what is missing.
+# requires CMD...: skips the test, naming what is missing. scripts/test
+# installs every tool the tests use and counts such a skip as a failure; a
+# skip that is right even there says why with a reason starting "inherent:".
 requires() {
   local c
   for c in "$@"; do
-    command -v "$c" >/dev/null 2>&1 || skip "requires $c"
+    command -v "$c" >/dev/null 2>&1 || skip "requires $c: not found in PATH"
   done
 }
 

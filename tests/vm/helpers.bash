@@ -37,7 +37,9 @@ load() {
 }
 
 # Everything here drives a real kernel (module loading, block devices): only
-# inside the VM, never on the host that runs tests/vm/run.
+# inside the VM, never on the host that runs tests/vm/run. Not an "inherent:"
+# skip: scripts/test runs these files in the VM only, so a skip there is a
+# failure.
 require_vm() {
   [ "${PBRICK_VM:-}" = 1 ] || skip "system test: runs inside the VM (tests/vm/run)"
 }

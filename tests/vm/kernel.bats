@@ -73,7 +73,7 @@ EOF
 }
 
 @test "soft-RoCE: rdma link add rxe0 over eth0 comes up ACTIVE" {
-  [ -d /sys/class/net/eth0 ] || skip "the VM has no eth0"
+  [ -d /sys/class/net/eth0 ] || fail "the VM has no eth0 (tests/vm/run gives it one)"
   run rdma link add rxe0 type rxe netdev eth0
   assert_success
   [ -d /sys/class/infiniband/rxe0 ]
