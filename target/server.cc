@@ -476,7 +476,7 @@ void Server::Impl::pump(Connection& c) {
       } else {
         orphan_dirty_ = false;  // this fdatasync covers them
         io_uring_sqe* sqe = get_sqe();
-        io_uring_prep_fsync(sqe, store_.region().sync_fd(), IORING_FSYNC_DATASYNC);
+        store_.region().prep_sync(sqe);
         io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kFsync, c.generation, c.index));
         c.fsync_inflight = true;
         blocked = true;
@@ -864,7 +864,7 @@ bool Server::Impl::handle_persist(Connection& c, const proto::FrameHeader& h, st
   c.dirty = false;
   orphan_dirty_ = false;
   io_uring_sqe* sqe = get_sqe();
-  io_uring_prep_fsync(sqe, region.sync_fd(), IORING_FSYNC_DATASYNC);
+  region.prep_sync(sqe);
   io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kFsync, c.generation, c.index));
   c.fsync_inflight = true;
   c.persist_synced = true;
@@ -1162,9 +1162,9 @@ void Server::Impl::handle_cqe(io_uring_cqe* cqe) {
   } else {
     c.fsync_inflight = false;
     c.dirty = false;
-    if (res < 0) {
-      PBRICK_LOG_ERROR("fdatasync of the store failed: %s; reporting EIO to %s", std::strerror(-res),
-                       c.peer.c_str());
+    Status st = store_.region().sync_done(res);
+    if (!st) {
+      PBRICK_LOG_ERROR("%s; reporting EIO to %s", st.error().message().c_str(), c.peer.c_str());
       c.persist_failed = true;
     }
   }
