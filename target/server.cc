@@ -15,6 +15,7 @@
 #include <endian.h>
 
 #include <chrono>
+#include <thread>
 #include <cstring>
 #include <unordered_map>
 #include <vector>
@@ -238,6 +239,18 @@ class Server::Impl {
 };
 
 Status Server::Impl::init() {
+  // docs/protocol.md §11: the whole store is persisted before any connection
+  // is accepted, so a sync point on a new connection covers everything the
+  // brick holds - WRITE data a previous brick process left in the page cache
+  // (a file store) or in the CPU caches (pmem: a killed process's stores are
+  // still only in the caches) included.
+  PmemRegion& region = store_.region();
+  auto started = Clock::now();
+  Status persisted = region.persist(0, region.size());
+  if (!persisted) return persisted.error().wrap("persisting the store before serving");
+  PBRICK_LOG_INFO("persisted the whole store (%s) in %lld ms", format_size(region.size()).c_str(),
+                  static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                             Clock::now() - started).count()));
   if (options_.transport == Transport::kRdma) {
     auto l = RdmaListener::Create(options_.listen, store_.region().base(), store_.region().size(),
                                   options_.max_connections);
@@ -280,10 +293,30 @@ Status Server::Impl::listen_tcp() {
     }
     int one = 1;
     ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (::bind(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0) {
-      last = errno_error(where + ": bind");
+    // A brick restarted right after kill -9 can find its port still held by
+    // the old process's io_uring, which the kernel tears down asynchronously:
+    // SO_REUSEADDR does not help against a socket that is still listening.
+    const auto deadline = Clock::now() + std::chrono::milliseconds(options_.bind_retry_ms);
+    bool retrying = false;
+    int rc_bind;
+    while ((rc_bind = ::bind(fd.get(), ai->ai_addr, ai->ai_addrlen)) != 0 && errno == EADDRINUSE &&
+           Clock::now() < deadline) {
+      if (!retrying) {
+        PBRICK_LOG_NOTICE("%s: address in use (a brick stopped a moment ago may still hold it); "
+                          "retrying for up to %u ms", where.c_str(), options_.bind_retry_ms);
+        retrying = true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    if (rc_bind != 0) {
+      last = errno == EADDRINUSE
+                 ? Error(EADDRINUSE, where + ": bind: address still in use after " +
+                                         std::to_string(options_.bind_retry_ms) +
+                                         " ms (is another brick serving this port?)")
+                 : errno_error(where + ": bind");
       continue;
     }
+    if (retrying) PBRICK_LOG_NOTICE("%s: bound after retrying", where.c_str());
     if (::listen(fd.get(), 128) != 0) {
       last = errno_error(where + ": listen");
       continue;

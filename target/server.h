@@ -44,6 +44,10 @@ struct ServerOptions {
   // A connection that has not finished HELLO (and AUTH, when a key is set)
   // within this time is closed, so idle half-open peers cannot pin slots.
   uint32_t handshake_timeout_ms = 10000;
+  // A TCP port still held (EADDRINUSE: typically by the io_uring of a brick
+  // killed a moment ago, which the kernel tears down asynchronously) is tried
+  // again for this long before Create() fails.
+  uint32_t bind_retry_ms = 5000;
 };
 
 class Server {

@@ -4,12 +4,17 @@
 // clause of docs/persistence.md it checks.
 #include "target/server.h"
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <future>
 #include <thread>
 
+#include "common/unique_fd.h"
 #include "gateway/engine.h"
 #include "target/fault_injection_region.h"
 #include "target/store.h"
@@ -231,6 +236,71 @@ TEST(ServerPersistence, ASyncPointDoesNotRideAnFdatasyncThatStartedBeforeItsWrit
       << "answered by an fdatasync that started before the WRITE";
   brick.region().release_sync(0);
   EXPECT_EQ(second.get(), 0);
+}
+
+// "Start": a brick persists its whole store before serving, pmem too.
+TEST(ServerPersistence, APmemStoreIsPersistedWholeBeforeServing) {
+  FaultyBrick brick(/*pmem=*/true);
+  brick.start();
+  bool whole = false;
+  for (const auto& [off, len] : brick.region().persisted_ranges()) {
+    if (off == 0 && len == brick.region().size()) whole = true;
+  }
+  EXPECT_TRUE(whole);
+}
+
+// A listening socket on 127.0.0.1 with a kernel-chosen port.
+UniqueFd listen_on_any_port(uint16_t* port) {
+  UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(::bind(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+  EXPECT_EQ(::listen(fd.get(), 1), 0);
+  socklen_t len = sizeof sa;
+  ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&sa), &len);
+  *port = ntohs(sa.sin_port);
+  return fd;
+}
+
+// Issue 11 breach 10: a brick restarted right after kill -9 finds its port
+// still held while the kernel tears the old process's io_uring down.
+TEST(ServerListen, BindRetriesWhileThePortIsStillHeld) {
+  FaultyBrick brick;
+  uint16_t port = 0;
+  UniqueFd holder = listen_on_any_port(&port);
+  std::thread release([&] {
+    std::this_thread::sleep_for(300ms);
+    holder.reset();
+  });
+  ServerOptions so;
+  so.listen = Endpoint{"127.0.0.1", port};
+  auto region = std::make_unique<FaultInjectionRegion>(make_memory_region(16 * kMiB), false);
+  auto store = Store::Open(std::move(region), {});
+  ASSERT_TRUE(store.ok());
+  auto server = Server::Create(**store, so);
+  release.join();
+  ASSERT_TRUE(server.ok()) << server.error().message();
+  EXPECT_EQ((*server)->port(), port);
+}
+
+TEST(ServerListen, BindGivesUpWithAClearError) {
+  uint16_t port = 0;
+  UniqueFd holder = listen_on_any_port(&port);
+  ServerOptions so;
+  so.listen = Endpoint{"127.0.0.1", port};
+  so.bind_retry_ms = 300;
+  auto store = Store::Open(make_memory_region(16 * kMiB), {});
+  ASSERT_TRUE(store.ok());
+  auto start = std::chrono::steady_clock::now();
+  auto server = Server::Create(**store, so);
+  ASSERT_FALSE(server.ok());
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 300ms);
+  EXPECT_EQ(server.error().errnum(), EADDRINUSE);
+  EXPECT_NE(server.error().message().find("127.0.0.1:" + std::to_string(port)), std::string::npos)
+      << server.error().message();
+  EXPECT_NE(server.error().message().find("still in use after 300 ms"), std::string::npos)
+      << server.error().message();
 }
 
 // The gateway's side of "Failed persistence": a FLUSH whose sync-read goes
