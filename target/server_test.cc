@@ -16,6 +16,7 @@
 
 #include "common/unique_fd.h"
 #include "gateway/engine.h"
+#include "gateway/tcp_channel.h"
 #include "target/fault_injection_region.h"
 #include "target/store.h"
 
@@ -327,6 +328,101 @@ TEST(GatewayOverFaultyBrick, FlushAfterADiscardReportsTheFailedFdatasync) {
   brick.region().fail(Fault::kSync, EIO);
   Status st = e.flush();
   EXPECT_EQ(errnum_of(st), EIO) << (st.ok() ? "flush succeeded" : st.error().message());
+  engine->reset();
+}
+
+// The request ids of the frames a TcpChannel queued for sending, in order.
+std::vector<proto::FrameHeader> sent_headers(TcpChannel& ch) {
+  std::vector<uint8_t> bytes;
+  iovec iov[16];
+  size_t n = ch.send_iov(iov, 16);
+  for (size_t i = 0; i < n; i++) {
+    auto* p = static_cast<const uint8_t*>(iov[i].iov_base);
+    bytes.insert(bytes.end(), p, p + iov[i].iov_len);
+  }
+  size_t total = bytes.size();
+  ch.on_sent(total);
+  std::vector<proto::FrameHeader> out;
+  for (size_t off = 0; off + proto::kHeaderSize <= total;) {
+    auto h = proto::decode_header({bytes.data() + off, proto::kHeaderSize}, /*expect_reply=*/false);
+    EXPECT_TRUE(h.ok());
+    if (!h.ok()) break;
+    out.push_back(*h);
+    off += proto::kHeaderSize + h->payload_len;
+  }
+  return out;
+}
+
+void reply(TcpChannel& ch, const proto::FrameHeader& req, int errnum) {
+  proto::FrameHeader h;
+  h.opcode = req.opcode;
+  h.flags = proto::kFlagReply;
+  h.request_id = req.request_id;
+  h.status = errnum == 0 ? 0 : proto::wire_status(errnum);
+  auto space = ch.recv_space();
+  proto::encode_header(h, space.data());
+  EXPECT_TRUE(ch.on_received(proto::kHeaderSize).ok());
+}
+
+struct RecordingOp : DataChannel::Op {
+  int status = -1;
+  static void record(Op* op, int status) { static_cast<RecordingOp*>(op)->status = status; }
+};
+
+// The gateway's side of "Failed persistence": a sync-read refused with
+// EKEYREJECTED is not taken for a completed sync. Without PERSIST to confirm
+// it (this channel never said HELLO), the sync fails.
+TEST(TcpChannelSync, ARefusedSyncReadIsNotACompletedSync) {
+  TcpChannel ch(4);
+  uint8_t data[16] = {};
+  RecordingOp write;
+  write.opcode = proto::Opcode::kWrite;
+  write.rkey = 7;
+  write.length = sizeof data;
+  write.buf = data;
+  write.done = RecordingOp::record;
+  ch.submit(&write);
+  auto sent = sent_headers(ch);
+  ASSERT_EQ(sent.size(), 1u);
+  reply(ch, sent[0], 0);
+  ASSERT_EQ(write.status, 0);
+
+  RecordingOp sync;
+  sync.done = RecordingOp::record;
+  ch.submit_sync(&sync);
+  sent = sent_headers(ch);
+  ASSERT_EQ(sent.size(), 1u);
+  ASSERT_EQ(sent[0].opcode, proto::Opcode::kRead);
+  reply(ch, sent[0], EKEYREJECTED);
+  EXPECT_EQ(sync.status, EIO);
+}
+
+// A FLUSH after a discard over a working brick: the refused sync-read is
+// confirmed by a PERSIST (a second fdatasync) and the FLUSH succeeds.
+TEST(GatewayOverFaultyBrick, FlushAfterADiscardIsConfirmedByPersist) {
+  FaultyBrick brick;
+  brick.start();
+  VolumeOptions vo;
+  vo.brick = brick.options();
+  vo.size = 16 * kMiB;
+  auto volume = Volume::Open(vo);
+  ASSERT_TRUE(volume.ok()) << volume.error().message();
+  EngineOptions eo;
+  eo.queues = 1;
+  eo.depth = 8;
+  auto engine = Engine::Start(std::move(*volume), eo);
+  ASSERT_TRUE(engine.ok()) << engine.error().message();
+  Engine& e = **engine;
+  auto data = pattern(4096, 5);
+  ASSERT_TRUE(e.write(data.data(), data.size(), 0, false).ok());
+  ASSERT_TRUE(e.write(data.data(), data.size(), kBlock, false).ok());
+  ASSERT_TRUE(e.discard(kBlock, kBlock, false).ok());
+  uint64_t before = brick.region().syncs_started();
+  ASSERT_TRUE(e.flush().ok());
+  EXPECT_EQ(brick.region().syncs_started(), before + 2) << "sync-read, then PERSIST";
+  std::vector<uint8_t> back(data.size());
+  ASSERT_TRUE(e.read(back.data(), back.size(), 0).ok());
+  EXPECT_EQ(back, data);
   engine->reset();
 }
 
