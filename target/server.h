@@ -52,7 +52,9 @@ struct ServerOptions {
 
 class Server {
  public:
-  // Binds and listens (SO_REUSEADDR); port 0 picks a free port (see port()).
+  // Persists the whole store (docs/protocol.md §11), then binds and listens
+  // (SO_REUSEADDR; a port still in use is retried for bind_retry_ms); port 0
+  // picks a free port (see port()).
   static Result<std::unique_ptr<Server>> Create(Store& store, const ServerOptions& options);
   ~Server();
 
