@@ -11,6 +11,8 @@
 //                cancel, stop, RDMA CM poll, completion channel poll)
 //   bits 55..32  connection generation (low 24 bits), detects a reused slot
 //   bits 31..0   connection slot index
+// except for an fdatasync, which is the store's and no connection's: bits
+// 55..0 hold its number (see "Sync points" in server.cc).
 //
 // Threading: Create(), run() and the destructor on the same thread. The Store
 // is used only from that thread while run() executes.
