@@ -96,7 +96,7 @@ void FaultInjectionRegion::prep_sync(io_uring_sqe* sqe) {
   sync->write_end.reset(fds[1]);
   if (!hold_) release(*sync, injected(Op::kSync));
   // -1: "the current position", the only offset a pipe has.
-  io_uring_prep_read(sqe, sync->read_end.get(), &sync->sink, 1, static_cast<uint64_t>(-1));
+  io_uring_prep_read(sqe, sync->read_end.get(), &sink_, 1, static_cast<uint64_t>(-1));
   syncs_.push_back(std::move(sync));
 }
 

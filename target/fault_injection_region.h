@@ -64,8 +64,7 @@ class FaultInjectionRegion final : public PmemRegion {
 
  private:
   struct Sync {
-    UniqueFd read_end, write_end;
-    uint8_t sink = 0;  // where the pipe read lands (contents unused)
+    UniqueFd read_end, write_end;  // the ring holds its own reference to read_end
     int outcome = 0;
     bool released = false;
   };
@@ -75,6 +74,9 @@ class FaultInjectionRegion final : public PmemRegion {
   std::unique_ptr<PmemRegion> inner_;
   const bool pmem_;
   UniqueFd placeholder_;  // what sync_fd() shows; the syncs use pipes of their own
+  // Where every sync's pipe read lands (contents unused). One buffer for all,
+  // so a completion that comes out of order never writes into freed memory.
+  uint8_t sink_ = 0;
 
   mutable std::mutex mu_;
   int fail_[4] = {};
