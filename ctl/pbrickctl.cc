@@ -226,7 +226,7 @@ int cmd_fsck(const std::vector<std::string>& args) {
       std::printf(
           ",\"layout_version\":%u,\"upgrade_interrupted\":%s,\"uuid\":\"%s\",\"slot_count\":%llu,"
           "\"allocated_blocks\":%llu,\"entries_to_upgrade\":%llu",
-          r.layout_version, r.upgrade_interrupted ? "true" : "false", uuid_string(r.uuid).c_str(),
+          r.layout_version, r.upgrade_interrupted ? "true" : "false", format_uuid(r.uuid).c_str(),
           static_cast<unsigned long long>(r.slot_count), static_cast<unsigned long long>(r.allocated_blocks),
           static_cast<unsigned long long>(r.entries_to_upgrade));
     }
@@ -245,7 +245,7 @@ int cmd_fsck(const std::vector<std::string>& args) {
     return kProblemsFound;
   }
   std::printf("store %s: layout version %u, uuid %s, %llu slots, %llu blocks allocated\n", path.c_str(),
-              r.layout_version, uuid_string(r.uuid).c_str(), static_cast<unsigned long long>(r.slot_count),
+              r.layout_version, format_uuid(r.uuid).c_str(), static_cast<unsigned long long>(r.slot_count),
               static_cast<unsigned long long>(r.allocated_blocks));
   if (r.layout_version == 1) {
     std::printf("store %s: %llu map entries without checksums (layout version 1%s); the brick upgrades them "

@@ -28,6 +28,7 @@ TcpChannel::~TcpChannel() { disconnect(ESHUTDOWN); }
 Status TcpChannel::connect(const ClientOptions& options) {
   ClientOptions o = options;
   o.transport = Transport::kTcp;
+  o.features |= proto::kFeaturePersistRpc;  // to confirm a sync through a dead handle
   auto client = BrickClient::Connect(o);
   if (!client) return client.error();
   const auto& boot_id = (*client)->hello().boot_id;
@@ -35,6 +36,7 @@ Status TcpChannel::connect(const ClientOptions& options) {
     PBRICK_LOG_ERROR("brick %s restarted after a reboot with unflushed writes: the next flush reports EIO",
                      options.endpoint.to_string().c_str());
   }
+  persist_granted_ = ((*client)->hello().features & proto::kFeaturePersistRpc) != 0;
   fd_ = std::move(**client).take_fd();
   // The handshake used timeouts for blocking I/O; the event loop needs none.
   timeval tv{0, 0};
@@ -126,6 +128,13 @@ uint32_t TcpChannel::enqueue(Op* op, bool is_sync) {
   proto::FrameHeader h;
   h.opcode = op->opcode;
   h.request_id = (slot.sequence << 16) | index;
+  if (op->opcode == Opcode::kPersist) {  // naming no range: every writable mapping
+    h.payload_len = static_cast<uint32_t>(proto::persist_request_size(0));
+    proto::encode_header(h, slot.wire.data());
+    proto::encode_persist_request({}, slot.wire.data() + kHeaderSize);
+    push_segment(slot.wire.data(), kHeaderSize + h.payload_len);
+    return index;
+  }
   h.payload_len = static_cast<uint32_t>(proto::kIoRequestSize + (op->opcode == Opcode::kWrite ? op->length : 0));
   proto::encode_header(h, slot.wire.data());
   proto::encode_io_request({op->rkey, op->remote_addr, op->length}, slot.wire.data() + kHeaderSize);
@@ -229,13 +238,24 @@ Status TcpChannel::on_received(size_t n) {
       if (h->payload_len != slot.op->length) return Error(EPROTO, "READ reply of the wrong length");
       std::memcpy(slot.op->buf, frame + kHeaderSize, h->payload_len);
     }
-    if (slot.is_sync) {
-      // The brick persists before it looks at the handle: a refused READ (the
-      // block was unmapped or freed since) is still a completed sync point.
-      if (status == 0 || status == EKEYREJECTED || status == ERANGE) {
-        ledger_.synced(slot.covers_write_seq);
-        status = 0;
+    if (slot.is_sync && status == 0) ledger_.synced(slot.covers_write_seq);
+    if (slot.is_sync && h->opcode == Opcode::kRead && (status == EKEYREJECTED || status == ERANGE)) {
+      // The handle died since the WRITE (a discard, an unmap). The brick
+      // persists before it looks at the handle, but a refusal does not prove
+      // that: a PERSIST of every writable mapping does (its only success is
+      // durability, and on a file store it is a whole-store fdatasync).
+      in_start_ += total;
+      Op* op = slot.op;
+      uint64_t covers = slot.covers_write_seq;
+      slot.op = nullptr;
+      free_slots_.push_back(index);
+      if (!persist_granted_) {
+        op->done(op, EIO);
+        continue;
       }
+      op->opcode = Opcode::kPersist;
+      slots_[enqueue(op, true)].covers_write_seq = covers;
+      continue;
     }
     in_start_ += total;
     complete(index, status);

@@ -6,7 +6,8 @@
 // number, so a stray or duplicated reply is detected instead of completing
 // the wrong request. A sync is a 1-byte READ through the last written handle:
 // the brick answers a READ only after persisting the connection's earlier
-// WRITEs (and counts a refused READ as a sync point too).
+// WRITEs; when the READ is refused because the handle died, a PERSIST naming
+// no range confirms the sync.
 //
 // Not thread-safe: only the owning loop's thread calls it.
 #pragma once
@@ -97,6 +98,7 @@ class TcpChannel final : public DataChannel {
   uint64_t last_write_addr_ = 0;
   std::chrono::steady_clock::time_point last_progress_{};
   uint8_t sync_scratch_ = 0;
+  bool persist_granted_ = false;  // the brick granted PERSIST_RPC in HELLO
 
   // Loop integration.
   bool send_inflight_ = false, recv_inflight_ = false;

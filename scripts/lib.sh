@@ -18,7 +18,7 @@ PBRICK_TEST_PACKAGES=(
   clang libclang-rt-14-dev
   bats bats-assert bats-support
   python3 procps psmisc jq xxd systemd
-  nbdkit libnbd-bin qemu-utils fio
+  nbdkit libnbd-bin qemu-utils fio python3-fusepy
   ibverbs-providers rdma-core rdmacm-utils ibverbs-utils iproute2
 )
 

@@ -179,16 +179,6 @@ int main(int argc, char** argv) {
     PBRICK_LOG_ERROR("%s", store.error().message().c_str());
     return 1;
   }
-  // A previous brick process may have left WRITE data in the page cache that
-  // no sync point covered: persist it before serving, so a sync-read on a new
-  // connection covers everything the brick holds.
-  if (!(*store)->region().is_pmem()) {
-    Status st = (*store)->region().persist(0, (*store)->region().size());
-    if (!st) {
-      PBRICK_LOG_ERROR("%s", st.error().message().c_str());
-      return 1;
-    }
-  }
   StoreStats stats = (*store)->stats();
   PBRICK_LOG_INFO("store %s: %llu blocks of 2 MiB, %llu allocated", store_path.c_str(),
                   static_cast<unsigned long long>(stats.capacity_blocks),

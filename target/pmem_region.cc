@@ -13,6 +13,7 @@
 
 #include <fcntl.h>
 #include <libpmem.h>
+#include <liburing.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -29,6 +30,14 @@
 #include "target/store.h"
 
 namespace pbrick {
+
+void PmemRegion::prep_sync(io_uring_sqe* sqe) { io_uring_prep_fsync(sqe, sync_fd(), IORING_FSYNC_DATASYNC); }
+
+Status PmemRegion::sync_done(int cqe_res) {
+  if (cqe_res >= 0) return Status::Ok();
+  return note_persist(Error(-cqe_res, "fdatasync of the store"));
+}
+
 namespace {
 
 uint64_t page_size() {
@@ -102,7 +111,8 @@ class LibpmemRegion final : public PmemRegion {
     // msync wants a page-aligned start; the mapping itself is page aligned.
     uint64_t start = off & ~(page_size() - 1);
     if (pmem_msync(addr_ + start, off + len - start) != 0) {
-      return errno_error("msync " + path_ + " [" + format_hex(off) + ", +" + format_hex(len) + ")");
+      return note_persist(
+          errno_error("msync " + path_ + " [" + format_hex(off) + ", +" + format_hex(len) + ")"));
     }
     return Status::Ok();
   }
@@ -135,7 +145,10 @@ class LibpmemRegion final : public PmemRegion {
         if (::fallocate(fd_.get(), 0, static_cast<off_t>(off), static_cast<off_t>(len)) != 0) {
           return errno_error("allocate " + path_ + " [" + format_hex(off) + ", +" + format_hex(len) + ")");
         }
-        if (::fdatasync(fd_.get()) != 0) return errno_error("fdatasync " + path_);
+        // A failure here also consumes the error report of lost WRITE data on
+        // this file description: note it, or the server's next fdatasync would
+        // succeed over that loss.
+        if (::fdatasync(fd_.get()) != 0) return note_persist(errno_error("fdatasync " + path_));
         return Status::Ok();
       }
       if (errno != EOPNOTSUPP && errno != ENOSYS && errno != ENODEV) {

@@ -12,6 +12,8 @@
 
 #include "common/result.h"
 
+struct io_uring_sqe;
+
 namespace pbrick {
 
 class PmemRegion {
@@ -51,6 +53,32 @@ class PmemRegion {
   // File descriptor for asynchronous fdatasync through io_uring, or -1 when the
   // medium is pmem (then drain() is all persistence needs).
   virtual int sync_fd() const = 0;
+
+  // The asynchronous fdatasync, only when sync_fd() >= 0: prep_sync() fills
+  // `sqe` (of the caller's ring) with an operation that makes durable every
+  // store made through the mapping before the operation starts; sync_done()
+  // takes its completion result and says whether it did. A test double
+  // replaces both to hold or fail syncs (fault_injection_region.h).
+  virtual void prep_sync(io_uring_sqe* sqe);
+  virtual Status sync_done(int cqe_res);
+
+  // Sticky: true once any step that should have made data of this region
+  // durable failed (fdatasync, msync, the fdatasync of a zeroing). Linux marks
+  // the pages of a failed writeback clean and reports the error once per file
+  // description, so a later fdatasync succeeds although the data is not on
+  // the medium: nothing stored before a failure can be trusted to be durable
+  // again until the store is opened anew. Implementations pass the result of
+  // each such step through note_persist().
+  bool persist_failed() const { return persist_failed_; }
+
+ protected:
+  Status note_persist(Status st) {
+    if (!st) persist_failed_ = true;
+    return st;
+  }
+
+ private:
+  bool persist_failed_ = false;
 };
 
 struct RegionOptions {

@@ -15,6 +15,7 @@
 #include <endian.h>
 
 #include <chrono>
+#include <thread>
 #include <cstring>
 #include <unordered_map>
 #include <vector>
@@ -52,6 +53,8 @@ constexpr size_t kOutCapacity = kHeaderSize + proto::kMaxIoSize + (128u << 10);
 constexpr size_t kListReplyMax = kHeaderSize + proto::kListReplyFixedSize + proto::kMaxListExtents * proto::kExtentSize;
 constexpr unsigned kRingEntries = 1024;
 constexpr long long kTickNanos = 1000ll * 1000 * 1000;
+// An fdatasync's user_data: OpKind::kFsync in the top byte, its number below.
+constexpr uint64_t kSyncNumberMask = (1ull << 56) - 1;
 
 struct Connection {
   enum class State { kHello, kAuth, kReady };
@@ -64,10 +67,13 @@ struct Connection {
   bool peer_eof = false;
   bool recv_inflight = false;
   bool send_inflight = false;
-  bool fsync_inflight = false;
-  bool dirty = false;           // WRITEs since the last persistence point
-  bool persist_failed = false;  // the last fdatasync failed: the next READ reports EIO
-  bool persist_synced = false;  // the PERSIST at the head of `in` has had its fdatasync
+  // Persistence (see "Sync points" in Server::Impl): this connection's WRITEs
+  // are durable once fdatasync number `needs_sync` (or a later one) succeeded;
+  // 0: none is pending. The sync point (READ or PERSIST) at the head of `in`
+  // waits for fdatasync number `sync_target` while `awaiting_sync`.
+  uint64_t needs_sync = 0;
+  uint64_t sync_target = 0;
+  bool awaiting_sync = false;
   Clock::time_point accepted_at;
   std::string peer;
   std::unique_ptr<uint8_t[]> in{new uint8_t[kInCapacity]};
@@ -78,7 +84,7 @@ struct Connection {
   std::vector<uint32_t> rkeys;  // handles this connection mapped
   std::unique_ptr<RdmaConn> rdma;  // RDMA connections: QP and message buffers; no fd
 
-  bool idle() const { return !recv_inflight && !send_inflight && !fsync_inflight; }
+  bool idle() const { return !recv_inflight && !send_inflight; }
 };
 
 struct Handle {
@@ -171,6 +177,14 @@ class Server::Impl {
   void handle_io(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload);
   // PERSIST: false when it waits for an fdatasync (pump resumes it).
   bool handle_persist(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload);
+  bool finish_persist(Connection& c, const proto::FrameHeader& h);
+  enum class SyncResult { kDurable, kWaiting, kFailed };
+  // The sync point at the head of c's input, covering what fdatasync number
+  // `target` covers (0: nothing). kWaiting: c resumes (pump) when an
+  // fdatasync completes.
+  SyncResult sync_point(Connection& c, uint64_t target);
+  void start_sync();
+  void on_sync_done(uint64_t number, int res);
   void arm_rdma();
   void on_cm_events();
   void on_cq();
@@ -201,9 +215,17 @@ class Server::Impl {
   socklen_t accept_addrlen_ = sizeof(sockaddr_storage);
   bool accept_inflight_ = false;
   std::array<uint8_t, proto::kUuidSize> boot_id_ = read_boot_id();
-  // WRITEs of connections that closed before a sync point: the next READ on
-  // any connection persists them too.
-  bool orphan_dirty_ = false;
+  // Sync points. fdatasyncs are numbered in the order they are prepared;
+  // number n makes durable every WRITE replied to before it was prepared, so a
+  // WRITE made while n runs needs n+1. A sync point completes once an
+  // fdatasync that started after every WRITE it covers has succeeded - never
+  // by riding one that was already running.
+  uint64_t syncs_started_ = 0;
+  uint64_t durable_through_ = 0;    // highest fdatasync number that succeeded
+  uint64_t orphan_needs_sync_ = 0;  // WRITEs of closed connections need this one; 0: none
+  std::vector<std::pair<uint32_t, uint32_t>> sync_waiters_;  // (slot, generation) awaiting_sync
+  std::vector<std::pair<uint32_t, uint32_t>> sync_waking_;   // the waiters one completion resumes
+  bool persist_failure_logged_ = false;
 
   std::vector<std::unique_ptr<Connection>> conns_;  // slot index -> connection or null
   std::vector<uint32_t> free_slots_;
@@ -217,6 +239,18 @@ class Server::Impl {
 };
 
 Status Server::Impl::init() {
+  // docs/protocol.md §11: the whole store is persisted before any connection
+  // is accepted, so a sync point on a new connection covers everything the
+  // brick holds - WRITE data a previous brick process left in the page cache
+  // (a file store) or in the CPU caches (pmem: a killed process's stores are
+  // still only in the caches) included.
+  PmemRegion& region = store_.region();
+  auto started = Clock::now();
+  Status persisted = region.persist(0, region.size());
+  if (!persisted) return persisted.error().wrap("persisting the store before serving");
+  PBRICK_LOG_INFO("persisted the whole store (%s) in %lld ms", format_size(region.size()).c_str(),
+                  static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                             Clock::now() - started).count()));
   if (options_.transport == Transport::kRdma) {
     auto l = RdmaListener::Create(options_.listen, store_.region().base(), store_.region().size(),
                                   options_.max_connections);
@@ -259,10 +293,30 @@ Status Server::Impl::listen_tcp() {
     }
     int one = 1;
     ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (::bind(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0) {
-      last = errno_error(where + ": bind");
+    // A brick restarted right after kill -9 can find its port still held by
+    // the old process's io_uring, which the kernel tears down asynchronously:
+    // SO_REUSEADDR does not help against a socket that is still listening.
+    const auto deadline = Clock::now() + std::chrono::milliseconds(options_.bind_retry_ms);
+    bool retrying = false;
+    int rc_bind;
+    while ((rc_bind = ::bind(fd.get(), ai->ai_addr, ai->ai_addrlen)) != 0 && errno == EADDRINUSE &&
+           Clock::now() < deadline) {
+      if (!retrying) {
+        PBRICK_LOG_NOTICE("%s: address in use (a brick stopped a moment ago may still hold it); "
+                          "retrying for up to %u ms", where.c_str(), options_.bind_retry_ms);
+        retrying = true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    if (rc_bind != 0) {
+      last = errno == EADDRINUSE
+                 ? Error(EADDRINUSE, where + ": bind: address still in use after " +
+                                         std::to_string(options_.bind_retry_ms) +
+                                         " ms (is another brick serving this port?)")
+                 : errno_error(where + ": bind");
       continue;
     }
+    if (retrying) PBRICK_LOG_NOTICE("%s: bound after retrying", where.c_str());
     if (::listen(fd.get(), 128) != 0) {
       last = errno_error(where + ": listen");
       continue;
@@ -403,7 +457,7 @@ void Server::Impl::reply_error(Connection& c, const proto::FrameHeader& req, con
 // every whole frame that is buffered, as long as replies fit the output buffer.
 void Server::Impl::pump(Connection& c) {
   bool blocked = false;  // stopped for output room or persistence, not for lack of input
-  while (!c.closing && !c.fsync_inflight) {
+  while (!c.closing && !c.awaiting_sync) {
     size_t avail = c.in_end - c.in_start;
     if (avail < kHeaderSize) break;
     const uint8_t* frame = c.in.get() + c.in_start;
@@ -465,22 +519,21 @@ void Server::Impl::pump(Connection& c) {
       c.in_start += total;
       continue;
     }
-    if (hdr->opcode == Opcode::kRead && !c.rdma && (c.dirty || orphan_dirty_) &&
-        c.state == Connection::State::kReady) {
+    if (hdr->opcode == Opcode::kRead && !c.rdma && c.state == Connection::State::kReady) {
       // Sync-read: this READ is answered only once every earlier WRITE on this
-      // connection is persistent.
-      if (store_.region().is_pmem()) {
-        store_.region().drain();
-        c.dirty = false;
-        orphan_dirty_ = false;
-      } else {
-        orphan_dirty_ = false;  // this fdatasync covers them
-        io_uring_sqe* sqe = get_sqe();
-        io_uring_prep_fsync(sqe, store_.region().sync_fd(), IORING_FSYNC_DATASYNC);
-        io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kFsync, c.generation, c.index));
-        c.fsync_inflight = true;
+      // connection, and every orphaned one, is durable - before any check of
+      // the READ itself, so a READ through a dead handle is a sync point too
+      // and only EIO means persistence failed (docs/protocol.md §11.1).
+      uint64_t target = c.sync_target != 0 ? c.sync_target : std::max(c.needs_sync, orphan_needs_sync_);
+      SyncResult sync = sync_point(c, target);
+      if (sync == SyncResult::kWaiting) {
         blocked = true;
         break;
+      }
+      if (sync == SyncResult::kFailed) {
+        reply_error(c, *hdr, Error(EIO, "READ: persisting earlier writes failed"));
+        c.in_start += total;
+        continue;
       }
     }
     handle_frame(c, *hdr, {frame + kHeaderSize, hdr->payload_len});
@@ -785,13 +838,9 @@ void Server::Impl::handle_io(Connection& c, const proto::FrameHeader& h, std::sp
       return reply_error(c, h, Error(EACCES, "WRITE through a read-only mapping"));
     }
     store_.region().copy_nodrain(offset, data.data(), data.size());
-    c.dirty = true;
+    c.needs_sync = syncs_started_ + 1;
     reply_header(c, h, 0);
     return;
-  }
-  if (c.persist_failed) {
-    c.persist_failed = false;
-    return reply_error(c, h, Error(EIO, "persisting earlier writes failed"));
   }
   uint8_t* out = reply_header(c, h, req->length);
   std::memcpy(out, store_.region().base() + offset, req->length);
@@ -805,16 +854,7 @@ void Server::Impl::handle_io(Connection& c, const proto::FrameHeader& h, std::sp
 // pages it tracks for writeback - so pages dirtied behind the kernel's back
 // never need writing back.) Returns false while that fdatasync runs.
 bool Server::Impl::handle_persist(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload) {
-  if (c.persist_synced) {
-    c.persist_synced = false;
-    if (c.persist_failed) {
-      c.persist_failed = false;
-      reply_error(c, h, Error(EIO, "persist: fdatasync of the store failed"));
-    } else {
-      reply_header(c, h, 0);
-    }
-    return true;
-  }
+  if (c.sync_target != 0) return finish_persist(c, h);  // resumed after its fdatasync
   auto req = proto::decode_persist_request(payload);
   if (!req) {
     reply_error(c, h, req.error());
@@ -851,24 +891,89 @@ bool Server::Impl::handle_persist(Connection& c, const proto::FrameHeader& h, st
     if (!region.is_pmem()) break;
     Status st = region.persist(r.offset, r.len);
     if (!st) {
-      PBRICK_LOG_ERROR("%s: persist: %s", c.peer.c_str(), st.error().message().c_str());
-      reply_error(c, h, Error(EIO, "persist failed"));
-      return true;
+      // The region is marked failed: sync_point() answers EIO from now on.
+      PBRICK_LOG_ERROR("%s: PERSIST: %s", c.peer.c_str(), st.error().message().c_str());
+      break;
     }
   }
-  if (region.is_pmem() || region.sync_fd() < 0) {
-    reply_header(c, h, 0);
-    return true;
+  // pmem: the drain covers TCP WRITEs (non-temporal stores), also those
+  // through handles that died since. A file store: one fdatasync that starts
+  // now covers the ranges, and every earlier TCP WRITE too.
+  if (region.sync_fd() < 0) region.drain();
+  c.sync_target = region.sync_fd() < 0 ? 0 : syncs_started_ + 1;
+  return finish_persist(c, h);
+}
+
+bool Server::Impl::finish_persist(Connection& c, const proto::FrameHeader& h) {
+  switch (sync_point(c, c.sync_target)) {
+    case SyncResult::kWaiting:
+      return false;
+    case SyncResult::kFailed:
+      reply_error(c, h, Error(EIO, "PERSIST: persisting the store failed"));
+      return true;
+    case SyncResult::kDurable:
+      reply_header(c, h, 0);
+      return true;
   }
-  // The same fdatasync also covers earlier TCP WRITEs of this connection.
-  c.dirty = false;
-  orphan_dirty_ = false;
+  return true;
+}
+
+Server::Impl::SyncResult Server::Impl::sync_point(Connection& c, uint64_t target) {
+  PmemRegion& region = store_.region();
+  if (target != 0 && region.sync_fd() < 0) {
+    // pmem: TCP WRITEs are non-temporal stores of this thread; draining them
+    // is all it takes, for orphaned ones too.
+    region.drain();
+    target = 0;
+    orphan_needs_sync_ = 0;
+  }
+  if (region.persist_failed()) {
+    // Which writes were lost is unknowable (Linux reports a failed write-back
+    // once and marks the pages clean), so no later sync point can vouch for
+    // them: the store stays failed until the brick restarts.
+    if (!persist_failure_logged_) {
+      PBRICK_LOG_ERROR("the store failed to persist written data: every sync point (READ over TCP, PERSIST) "
+                       "answers EIO until the brick is restarted");
+      persist_failure_logged_ = true;
+    }
+    c.sync_target = 0;
+    return SyncResult::kFailed;
+  }
+  if (target <= durable_through_) {
+    c.sync_target = 0;
+    c.needs_sync = 0;
+    return SyncResult::kDurable;
+  }
+  if (syncs_started_ < target) start_sync();
+  c.sync_target = target;
+  c.awaiting_sync = true;
+  sync_waiters_.emplace_back(c.index, c.generation);
+  return SyncResult::kWaiting;
+}
+
+void Server::Impl::start_sync() {
+  uint64_t number = ++syncs_started_;
   io_uring_sqe* sqe = get_sqe();
-  io_uring_prep_fsync(sqe, region.sync_fd(), IORING_FSYNC_DATASYNC);
-  io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kFsync, c.generation, c.index));
-  c.fsync_inflight = true;
-  c.persist_synced = true;
-  return false;
+  store_.region().prep_sync(sqe);
+  io_uring_sqe_set_data64(sqe, (static_cast<uint64_t>(OpKind::kFsync) << 56) | (number & kSyncNumberMask));
+}
+
+void Server::Impl::on_sync_done(uint64_t number, int res) {
+  Status st = store_.region().sync_done(res);
+  if (st) {
+    durable_through_ = std::max(durable_through_, number);
+  } else {
+    PBRICK_LOG_ERROR("%s", st.error().message().c_str());
+  }
+  if (orphan_needs_sync_ != 0 && orphan_needs_sync_ <= durable_through_) orphan_needs_sync_ = 0;
+  // Waiters for a later fdatasync wait again (sync_point puts them back).
+  sync_waking_.swap(sync_waiters_);
+  for (auto [index, generation] : sync_waking_) {
+    if (index >= conns_.size() || !conns_[index] || conns_[index]->generation != generation) continue;
+    conns_[index]->awaiting_sync = false;
+    pump(*conns_[index]);
+  }
+  sync_waking_.clear();
 }
 
 void Server::Impl::arm_rdma() {
@@ -1004,7 +1109,8 @@ void Server::Impl::maybe_close(Connection& c) {
   }
   if (!c.idle()) return;
   for (uint32_t rkey : c.rkeys) revoke(rkey);
-  if (c.dirty) orphan_dirty_ = true;
+  // Its unpersisted WRITEs are now covered by the next sync point of any connection.
+  if (c.needs_sync > durable_through_) orphan_needs_sync_ = std::max(orphan_needs_sync_, c.needs_sync);
   if (c.rdma) c.rdma->disconnect();
   PBRICK_LOG_DEBUG("%s: connection closed (%zu mappings revoked)", c.peer.c_str(), c.rkeys.size());
   uint32_t index = c.index;
@@ -1127,9 +1233,11 @@ void Server::Impl::handle_cqe(io_uring_cqe* cqe) {
       cq_poll_inflight_ = false;
       if (!stopping_) on_cq();
       return;
+    case OpKind::kFsync:
+      on_sync_done(ud & kSyncNumberMask, res);
+      return;
     case OpKind::kRecv:
     case OpKind::kSend:
-    case OpKind::kFsync:
       break;
   }
   uint32_t index = UserData::index(ud);
@@ -1158,14 +1266,6 @@ void Server::Impl::handle_cqe(io_uring_cqe* cqe) {
     } else {
       c.out_start += static_cast<size_t>(res);
       if (c.out_start == c.out_end) c.out_start = c.out_end = 0;
-    }
-  } else {
-    c.fsync_inflight = false;
-    c.dirty = false;
-    if (res < 0) {
-      PBRICK_LOG_ERROR("fdatasync of the store failed: %s; reporting EIO to %s", std::strerror(-res),
-                       c.peer.c_str());
-      c.persist_failed = true;
     }
   }
   pump(c);

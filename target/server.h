@@ -11,6 +11,8 @@
 //                cancel, stop, RDMA CM poll, completion channel poll)
 //   bits 55..32  connection generation (low 24 bits), detects a reused slot
 //   bits 31..0   connection slot index
+// except for an fdatasync, which is the store's and no connection's: bits
+// 55..0 hold its number (see "Sync points" in server.cc).
 //
 // Threading: Create(), run() and the destructor on the same thread. The Store
 // is used only from that thread while run() executes.
@@ -44,11 +46,17 @@ struct ServerOptions {
   // A connection that has not finished HELLO (and AUTH, when a key is set)
   // within this time is closed, so idle half-open peers cannot pin slots.
   uint32_t handshake_timeout_ms = 10000;
+  // A TCP port still held (EADDRINUSE: typically by the io_uring of a brick
+  // killed a moment ago, which the kernel tears down asynchronously) is tried
+  // again for this long before Create() fails.
+  uint32_t bind_retry_ms = 5000;
 };
 
 class Server {
  public:
-  // Binds and listens (SO_REUSEADDR); port 0 picks a free port (see port()).
+  // Persists the whole store (docs/protocol.md §11), then binds and listens
+  // (SO_REUSEADDR; a port still in use is retried for bind_retry_ms); port 0
+  // picks a free port (see port()).
   static Result<std::unique_ptr<Server>> Create(Store& store, const ServerOptions& options);
   ~Server();
 

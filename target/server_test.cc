@@ -1,0 +1,430 @@
+// The brick's persistence paths against a real Server over TCP on loopback,
+// with the store's region replaced by a FaultInjectionRegion (in memory) that
+// fails or holds fdatasync, msync and zeroing on command. Each test names the
+// clause of docs/persistence.md it checks.
+#include "target/server.h"
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <future>
+#include <thread>
+
+#include "common/unique_fd.h"
+#include "gateway/engine.h"
+#include "gateway/tcp_channel.h"
+#include "target/fault_injection_region.h"
+#include "target/store.h"
+
+namespace pbrick {
+namespace {
+
+using namespace std::chrono_literals;
+using Fault = FaultInjectionRegion::Op;
+
+constexpr uint64_t kMiB = 1 << 20;
+constexpr uint64_t kBlock = 2 * kMiB;
+
+class FaultyBrick {
+ public:
+  explicit FaultyBrick(bool pmem = false) {
+    auto region = std::make_unique<FaultInjectionRegion>(make_memory_region(64 * kMiB), pmem);
+    region_ = region.get();
+    auto store = Store::Open(std::move(region), {});
+    EXPECT_TRUE(store.ok()) << store.error().message();
+    store_ = std::move(*store);
+  }
+  ~FaultyBrick() { stop(); }
+
+  FaultInjectionRegion& region() { return *region_; }
+
+  void start() {
+    ServerOptions so;
+    so.listen = Endpoint{"127.0.0.1", 0};
+    auto server = Server::Create(*store_, so);
+    ASSERT_TRUE(server.ok()) << server.error().message();
+    server_ = std::move(*server);
+    thread_ = std::thread([this] { EXPECT_TRUE(server_->run().ok()); });
+  }
+
+  void stop() {
+    if (!thread_.joinable()) return;
+    // A held sync would keep the server's ring busy forever.
+    region_->hold_syncs(false);
+    for (uint64_t i = region_->syncs_completed(); i < region_->syncs_started(); i++) region_->release_sync(0);
+    server_->stop();
+    thread_.join();
+  }
+
+  ClientOptions options() const {
+    ClientOptions o;
+    o.endpoint = Endpoint{"127.0.0.1", server_->port()};
+    o.features = proto::kFeatureSyncRead | proto::kFeaturePersistRpc;
+    return o;
+  }
+
+  std::unique_ptr<BrickClient> connect() const {
+    auto c = BrickClient::Connect(options());
+    EXPECT_TRUE(c.ok()) << c.error().message();
+    return c.ok() ? std::move(*c) : nullptr;
+  }
+
+  // Waits until `n` syncs were started (the server runs on its own thread).
+  bool wait_syncs_started(uint64_t n) const {
+    auto deadline = std::chrono::steady_clock::now() + 5s;
+    while (region_->syncs_started() < n) {
+      if (std::chrono::steady_clock::now() > deadline) return false;
+      std::this_thread::sleep_for(1ms);
+    }
+    return true;
+  }
+
+ private:
+  FaultInjectionRegion* region_ = nullptr;
+  std::unique_ptr<Store> store_;
+  std::unique_ptr<Server> server_;
+  std::thread thread_;
+};
+
+std::vector<uint8_t> pattern(size_t n, uint8_t seed) {
+  std::vector<uint8_t> v(n);
+  for (size_t i = 0; i < n; i++) v[i] = static_cast<uint8_t>(seed + i * 7);
+  return v;
+}
+
+int errnum_of(const Status& st) { return st.ok() ? 0 : st.error().errnum(); }
+
+// A block at `vaddr`, allocated and mapped writable (exclusive), with `seed`'s
+// pattern written through it.
+proto::MapReply write_block(BrickClient& c, uint64_t vaddr, uint8_t seed) {
+  EXPECT_TRUE(c.alloc(vaddr).ok());
+  auto m = c.map(vaddr, proto::kMapWrite);
+  EXPECT_TRUE(m.ok()) << m.error().message();
+  auto data = pattern(4096, seed);
+  EXPECT_TRUE(c.write(m->rkey, m->remote_addr, data).ok());
+  return *m;
+}
+
+int sync_read(BrickClient& c, const proto::MapReply& m) {
+  uint8_t byte;
+  return errnum_of(c.read(m.rkey, m.remote_addr, {&byte, 1}));
+}
+
+// persistence.md, "Failed persistence": the persistence step comes before the
+// READ's own checks, so a sync-read through a handle that died since (UNMAP,
+// FREE, a reconnect) still reports the failed fdatasync.
+TEST(ServerPersistence, SyncReadThroughADeadHandleReportsTheFailedFdatasync) {
+  FaultyBrick brick;
+  brick.start();
+  auto c = brick.connect();
+  proto::MapReply m = write_block(*c, 0, 1);
+  ASSERT_TRUE(c->unmap(0).ok());
+  brick.region().fail(Fault::kSync, EIO);
+  EXPECT_EQ(sync_read(*c, m), EIO);
+}
+
+// "Failed persistence": once an fdatasync failed, every later sync point
+// answers EIO until the brick restarts, whatever later fdatasyncs report.
+TEST(ServerPersistence, AFailedFdatasyncFailsEveryLaterSyncPoint) {
+  FaultyBrick brick;
+  brick.start();
+  auto c = brick.connect();
+  proto::MapReply m = write_block(*c, 0, 1);
+  brick.region().fail(Fault::kSync, EIO);
+  EXPECT_EQ(sync_read(*c, m), EIO);
+  brick.region().fail(Fault::kSync, 0);  // the disk "works" again
+  auto more = pattern(4096, 2);
+  ASSERT_TRUE(c->write(m.rkey, m.remote_addr + 4096, more).ok());
+  EXPECT_EQ(sync_read(*c, m), EIO) << "a later fdatasync must not cover the lost writes";
+  EXPECT_EQ(errnum_of(c->persist({})), EIO);
+  // A new connection (a gateway that reconnected) gets no different answer.
+  auto d = brick.connect();
+  proto::MapReply m2 = write_block(*d, kBlock, 3);
+  EXPECT_EQ(sync_read(*d, m2), EIO);
+  EXPECT_EQ(errnum_of(d->persist({})), EIO);
+  EXPECT_TRUE(d->stat().ok()) << "the brick keeps serving everything but sync points";
+}
+
+// "Failed persistence" on pmem: a failed persist (cache flush; msync on a
+// file mapped as such) fails that PERSIST and every later one.
+TEST(ServerPersistence, AFailedPersistOfPmemFailsEveryLaterPersist) {
+  FaultyBrick brick(/*pmem=*/true);
+  brick.start();
+  auto c = brick.connect();
+  proto::MapReply m = write_block(*c, 0, 1);
+  proto::PersistRange range{m.rkey, m.remote_addr, 4096};
+  ASSERT_TRUE(c->persist({&range, 1}).ok());
+  brick.region().fail(Fault::kPersist, EIO);
+  EXPECT_EQ(errnum_of(c->persist({&range, 1})), EIO);
+  brick.region().fail(Fault::kPersist, 0);
+  EXPECT_EQ(errnum_of(c->persist({&range, 1})), EIO);
+  EXPECT_EQ(sync_read(*c, m), EIO);
+}
+
+// "Failed persistence": a zeroing (ALLOC, FREE) whose fdatasync failed has
+// consumed the kernel's report of lost WRITE data too.
+TEST(ServerPersistence, AFailedZeroingFailsLaterSyncPoints) {
+  FaultyBrick brick;
+  brick.start();
+  auto c = brick.connect();
+  proto::MapReply m = write_block(*c, 0, 1);
+  brick.region().fail(Fault::kZero, EIO);
+  EXPECT_EQ(errnum_of(c->alloc(kBlock)), EIO);
+  brick.region().fail(Fault::kZero, 0);
+  EXPECT_EQ(sync_read(*c, m), EIO);
+}
+
+// "Sync points": WRITEs of a connection that closed are covered by the next
+// sync point of any connection, and only by an fdatasync that started after
+// them and completed: a second sync-read must not be answered while the first
+// one's fdatasync is still running.
+TEST(ServerPersistence, OrphanedWritesWaitForTheFdatasyncThatCoversThem) {
+  FaultyBrick brick;
+  brick.start();
+  brick.region().hold_syncs(true);
+  {
+    auto a = brick.connect();
+    write_block(*a, 0, 1);
+  }  // closed with its WRITE unpersisted
+  auto b = brick.connect();
+  // A's exclusive mapping is revoked once the brick processed the close.
+  Result<proto::MapReply> mb = Error(EBUSY, "");
+  for (int i = 0; i < 500 && !mb.ok(); i++) {
+    mb = b->map(0, proto::kMapShared);
+    if (!mb.ok()) std::this_thread::sleep_for(2ms);
+  }
+  ASSERT_TRUE(mb.ok()) << mb.error().message();
+  auto c = brick.connect();
+  auto mc = c->map(0, proto::kMapShared);
+  ASSERT_TRUE(mc.ok());
+
+  auto first = std::async(std::launch::async, [&] { return sync_read(*b, *mb); });
+  ASSERT_TRUE(brick.wait_syncs_started(1));
+  auto second = std::async(std::launch::async, [&] { return sync_read(*c, *mc); });
+  EXPECT_EQ(second.wait_for(300ms), std::future_status::timeout)
+      << "answered while the orphaned WRITE was still being persisted";
+  EXPECT_EQ(first.wait_for(0ms), std::future_status::timeout);
+  brick.region().release_sync(0);
+  EXPECT_EQ(first.get(), 0);
+  EXPECT_EQ(second.get(), 0);
+  EXPECT_EQ(brick.region().syncs_started(), 1u) << "one fdatasync covers both sync points";
+}
+
+// "Sync points": a WRITE made while an fdatasync runs is not covered by it.
+TEST(ServerPersistence, ASyncPointDoesNotRideAnFdatasyncThatStartedBeforeItsWrites) {
+  FaultyBrick brick;
+  brick.start();
+  auto x = brick.connect();
+  proto::MapReply mx = write_block(*x, 0, 1);
+  auto b = brick.connect();
+  ASSERT_TRUE(b->alloc(kBlock).ok());
+  auto mb = b->map(kBlock, proto::kMapWrite);
+  ASSERT_TRUE(mb.ok());
+  brick.region().hold_syncs(true);
+  auto first = std::async(std::launch::async, [&] { return sync_read(*x, mx); });
+  ASSERT_TRUE(brick.wait_syncs_started(1));
+  auto data = pattern(4096, 9);
+  ASSERT_TRUE(b->write(mb->rkey, mb->remote_addr, data).ok());  // while sync 1 runs
+  auto second = std::async(std::launch::async, [&] { return sync_read(*b, *mb); });
+  ASSERT_TRUE(brick.wait_syncs_started(2));
+  brick.region().release_sync(0);
+  EXPECT_EQ(first.get(), 0);
+  EXPECT_EQ(second.wait_for(200ms), std::future_status::timeout)
+      << "answered by an fdatasync that started before the WRITE";
+  brick.region().release_sync(0);
+  EXPECT_EQ(second.get(), 0);
+}
+
+// "Start": a brick persists its whole store before serving, pmem too.
+TEST(ServerPersistence, APmemStoreIsPersistedWholeBeforeServing) {
+  FaultyBrick brick(/*pmem=*/true);
+  brick.start();
+  bool whole = false;
+  for (const auto& [off, len] : brick.region().persisted_ranges()) {
+    if (off == 0 && len == brick.region().size()) whole = true;
+  }
+  EXPECT_TRUE(whole);
+}
+
+// A listening socket on 127.0.0.1 with a kernel-chosen port.
+UniqueFd listen_on_any_port(uint16_t* port) {
+  UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(::bind(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+  EXPECT_EQ(::listen(fd.get(), 1), 0);
+  socklen_t len = sizeof sa;
+  ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&sa), &len);
+  *port = ntohs(sa.sin_port);
+  return fd;
+}
+
+// Issue 11 breach 10: a brick restarted right after kill -9 finds its port
+// still held while the kernel tears the old process's io_uring down.
+TEST(ServerListen, BindRetriesWhileThePortIsStillHeld) {
+  FaultyBrick brick;
+  uint16_t port = 0;
+  UniqueFd holder = listen_on_any_port(&port);
+  std::thread release([&] {
+    std::this_thread::sleep_for(300ms);
+    holder.reset();
+  });
+  ServerOptions so;
+  so.listen = Endpoint{"127.0.0.1", port};
+  auto region = std::make_unique<FaultInjectionRegion>(make_memory_region(16 * kMiB), false);
+  auto store = Store::Open(std::move(region), {});
+  ASSERT_TRUE(store.ok());
+  auto server = Server::Create(**store, so);
+  release.join();
+  ASSERT_TRUE(server.ok()) << server.error().message();
+  EXPECT_EQ((*server)->port(), port);
+}
+
+TEST(ServerListen, BindGivesUpWithAClearError) {
+  uint16_t port = 0;
+  UniqueFd holder = listen_on_any_port(&port);
+  ServerOptions so;
+  so.listen = Endpoint{"127.0.0.1", port};
+  so.bind_retry_ms = 300;
+  auto store = Store::Open(make_memory_region(16 * kMiB), {});
+  ASSERT_TRUE(store.ok());
+  auto start = std::chrono::steady_clock::now();
+  auto server = Server::Create(**store, so);
+  ASSERT_FALSE(server.ok());
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 300ms);
+  EXPECT_EQ(server.error().errnum(), EADDRINUSE);
+  EXPECT_NE(server.error().message().find("127.0.0.1:" + std::to_string(port)), std::string::npos)
+      << server.error().message();
+  EXPECT_NE(server.error().message().find("still in use after 300 ms"), std::string::npos)
+      << server.error().message();
+}
+
+// The gateway's side of "Failed persistence": a FLUSH whose sync-read goes
+// through a handle that a discard killed reports the failed fdatasync.
+TEST(GatewayOverFaultyBrick, FlushAfterADiscardReportsTheFailedFdatasync) {
+  FaultyBrick brick;
+  brick.start();
+  VolumeOptions vo;
+  vo.brick = brick.options();
+  vo.size = 16 * kMiB;
+  auto volume = Volume::Open(vo);
+  ASSERT_TRUE(volume.ok()) << volume.error().message();
+  EngineOptions eo;
+  eo.queues = 1;
+  eo.depth = 8;
+  auto engine = Engine::Start(std::move(*volume), eo);
+  ASSERT_TRUE(engine.ok()) << engine.error().message();
+  Engine& e = **engine;
+  auto data = pattern(4096, 5);
+  ASSERT_TRUE(e.write(data.data(), data.size(), 0, false).ok());
+  ASSERT_TRUE(e.flush().ok());
+  ASSERT_TRUE(e.write(data.data(), data.size(), kBlock, false).ok());
+  ASSERT_TRUE(e.discard(kBlock, kBlock, false).ok());  // frees the block the last WRITE went to
+  brick.region().fail(Fault::kSync, EIO);
+  Status st = e.flush();
+  EXPECT_EQ(errnum_of(st), EIO) << (st.ok() ? "flush succeeded" : st.error().message());
+  engine->reset();
+}
+
+// The request ids of the frames a TcpChannel queued for sending, in order.
+std::vector<proto::FrameHeader> sent_headers(TcpChannel& ch) {
+  std::vector<uint8_t> bytes;
+  iovec iov[16];
+  size_t n = ch.send_iov(iov, 16);
+  for (size_t i = 0; i < n; i++) {
+    auto* p = static_cast<const uint8_t*>(iov[i].iov_base);
+    bytes.insert(bytes.end(), p, p + iov[i].iov_len);
+  }
+  size_t total = bytes.size();
+  ch.on_sent(total);
+  std::vector<proto::FrameHeader> out;
+  for (size_t off = 0; off + proto::kHeaderSize <= total;) {
+    auto h = proto::decode_header({bytes.data() + off, proto::kHeaderSize}, /*expect_reply=*/false);
+    EXPECT_TRUE(h.ok());
+    if (!h.ok()) break;
+    out.push_back(*h);
+    off += proto::kHeaderSize + h->payload_len;
+  }
+  return out;
+}
+
+void reply(TcpChannel& ch, const proto::FrameHeader& req, int errnum) {
+  proto::FrameHeader h;
+  h.opcode = req.opcode;
+  h.flags = proto::kFlagReply;
+  h.request_id = req.request_id;
+  h.status = errnum == 0 ? 0 : proto::wire_status(errnum);
+  auto space = ch.recv_space();
+  proto::encode_header(h, space.data());
+  EXPECT_TRUE(ch.on_received(proto::kHeaderSize).ok());
+}
+
+struct RecordingOp : DataChannel::Op {
+  int status = -1;
+  static void record(Op* op, int status) { static_cast<RecordingOp*>(op)->status = status; }
+};
+
+// The gateway's side of "Failed persistence": a sync-read refused with
+// EKEYREJECTED is not taken for a completed sync. Without PERSIST to confirm
+// it (this channel never said HELLO), the sync fails.
+TEST(TcpChannelSync, ARefusedSyncReadIsNotACompletedSync) {
+  TcpChannel ch(4);
+  uint8_t data[16] = {};
+  RecordingOp write;
+  write.opcode = proto::Opcode::kWrite;
+  write.rkey = 7;
+  write.length = sizeof data;
+  write.buf = data;
+  write.done = RecordingOp::record;
+  ch.submit(&write);
+  auto sent = sent_headers(ch);
+  ASSERT_EQ(sent.size(), 1u);
+  reply(ch, sent[0], 0);
+  ASSERT_EQ(write.status, 0);
+
+  RecordingOp sync;
+  sync.done = RecordingOp::record;
+  ch.submit_sync(&sync);
+  sent = sent_headers(ch);
+  ASSERT_EQ(sent.size(), 1u);
+  ASSERT_EQ(sent[0].opcode, proto::Opcode::kRead);
+  reply(ch, sent[0], EKEYREJECTED);
+  EXPECT_EQ(sync.status, EIO);
+}
+
+// A FLUSH after a discard over a working brick: the refused sync-read is
+// confirmed by a PERSIST (a second fdatasync) and the FLUSH succeeds.
+TEST(GatewayOverFaultyBrick, FlushAfterADiscardIsConfirmedByPersist) {
+  FaultyBrick brick;
+  brick.start();
+  VolumeOptions vo;
+  vo.brick = brick.options();
+  vo.size = 16 * kMiB;
+  auto volume = Volume::Open(vo);
+  ASSERT_TRUE(volume.ok()) << volume.error().message();
+  EngineOptions eo;
+  eo.queues = 1;
+  eo.depth = 8;
+  auto engine = Engine::Start(std::move(*volume), eo);
+  ASSERT_TRUE(engine.ok()) << engine.error().message();
+  Engine& e = **engine;
+  auto data = pattern(4096, 5);
+  ASSERT_TRUE(e.write(data.data(), data.size(), 0, false).ok());
+  ASSERT_TRUE(e.write(data.data(), data.size(), kBlock, false).ok());
+  ASSERT_TRUE(e.discard(kBlock, kBlock, false).ok());
+  uint64_t before = brick.region().syncs_started();
+  ASSERT_TRUE(e.flush().ok());
+  EXPECT_EQ(brick.region().syncs_started(), before + 2) << "sync-read, then PERSIST";
+  std::vector<uint8_t> back(data.size());
+  ASSERT_TRUE(e.read(back.data(), back.size(), 0).ok());
+  EXPECT_EQ(back, data);
+  engine->reset();
+}
+
+}  // namespace
+}  // namespace pbrick
