@@ -40,7 +40,15 @@ struct ServerOptions {
   // sync-read, so both work there.
   Persistence persistence = Persistence::kRpc;
   std::optional<ClusterKey> key;
+  // Connections past their handshake (HELLO, and AUTH when a key is set); one
+  // more is refused with EAGAIN once its handshake succeeds.
   uint32_t max_connections = 128;
+  // Connections still in their handshake count separately, so peers that
+  // never prove the key cannot take the slots of those that did. When this
+  // many are pending, a new connection closes the oldest of them. Until the
+  // handshake completes a connection reads only HELLO/AUTH-sized frames into
+  // one-page buffers (over RDMA: its queue pair has no remote access).
+  uint32_t max_handshakes = 64;
   // A connection that has not finished HELLO (and AUTH, when a key is set)
   // within this time is closed, so idle half-open peers cannot pin slots.
   uint32_t handshake_timeout_ms = 10000;
