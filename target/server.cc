@@ -147,6 +147,12 @@ class Server::Impl {
   Status init();
   Status listen_tcp();
   Status run();
+  Status adopt(UniqueFd fd) {
+    if (listener_) return Error(EINVAL, "adopt: an RDMA brick serves RDMA connections only");
+    admit_handshake();
+    add_stream_connection(std::move(fd), "adopted");
+    return Status::Ok();
+  }
   uint16_t port() const { return port_; }
   void stop() {
     uint64_t one = 1;
@@ -166,7 +172,7 @@ class Server::Impl {
   void begin_close(Connection& c);
   void handle_cqe(io_uring_cqe* cqe);
   void on_accept(int res);
-  // A new TCP connection in its handshake: counted, buffered small, receiving.
+  // A new TCP (or socketpair) connection in its handshake: counted, buffered small, receiving.
   void add_stream_connection(UniqueFd fd, std::string peer);
   uint32_t take_slot();  // a free connection slot index (conns_ grows when none is free)
   // Makes room for one more connection in its handshake: when
@@ -542,7 +548,9 @@ void Server::Impl::pump(Connection& c) {
         c.state == Connection::State::kReady) {
       // Sync-read: this READ is answered only once every earlier WRITE on this
       // connection is persistent.
-      if (store_.region().is_pmem()) {
+      // A region without a file to fdatasync (pmem, or memory) persists by
+      // draining, which is immediate.
+      if (store_.region().is_pmem() || store_.region().sync_fd() < 0) {
         store_.region().drain();
         c.dirty = false;
         orphan_dirty_ = false;
@@ -561,8 +569,10 @@ void Server::Impl::pump(Connection& c) {
   }
   if (c.in_start == c.in_end && !c.recv_inflight) c.in_start = c.in_end = 0;
   // A peer that half-closed after its last request still gets every reply;
-  // once nothing more can be parsed, the connection winds down.
-  if (c.peer_eof && !blocked) c.closing = true;
+  // once nothing more can be parsed, the connection winds down. A request
+  // waiting for its fdatasync is not parsed yet: the end of the stream may
+  // arrive before the fdatasync completes.
+  if (c.peer_eof && !blocked && !c.fsync_inflight) c.closing = true;
   flush_output(c);
   arm_recv(c);
   maybe_close(c);
@@ -1388,6 +1398,7 @@ Result<std::unique_ptr<Server>> Server::Create(Store& store, const ServerOptions
 }
 
 uint16_t Server::port() const { return impl_->port(); }
+Status Server::adopt(UniqueFd fd) { return impl_->adopt(std::move(fd)); }
 Status Server::run() { return impl_->run(); }
 void Server::stop() { impl_->stop(); }
 

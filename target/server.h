@@ -24,6 +24,7 @@
 #include "common/client.h"
 #include "common/result.h"
 #include "common/transport.h"
+#include "common/unique_fd.h"
 #include "target/store.h"
 
 namespace pbrick {
@@ -64,6 +65,13 @@ class Server {
   Server& operator=(const Server&) = delete;
 
   uint16_t port() const;
+
+  // Serves `fd`, an already-connected stream socket (one end of a socketpair,
+  // say), exactly as a connection accepted on the listening socket: the same
+  // handshake budget, buffers and checks. For tests and fuzzers that drive a
+  // real Server without a network (tests/fuzz/server_fuzz.cc); the daemon
+  // never calls it. Call it on the thread that calls run(), before run().
+  Status adopt(UniqueFd fd);
 
   // Serves until SIGTERM or SIGINT arrives; the caller must have blocked both
   // signals in every thread (run() reads them through a signalfd). Sends
