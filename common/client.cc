@@ -161,19 +161,21 @@ Result<std::unique_ptr<BrickClient>> BrickClient::Connect(const ClientOptions& o
     lo.one_sided_depth = 4;
     PBRICK_TRY(link->connect(options.endpoint, lo, options.timeout_ms));
     std::unique_ptr<BrickClient> client(new BrickClient(UniqueFd(), std::move(link), nullptr, options.timeout_ms));
-    return Handshake(std::move(client), options, options.features | proto::kFeatureRdma);
+    return Handshake(std::move(client), options, options.features | proto::kFeatureRdma | proto::kFeatureAuthTrailer);
   }
   auto fd = connect_tcp(options.endpoint, options.timeout_ms);
   if (!fd) return fd.error();
   std::unique_ptr<BrickClient> client(new BrickClient(std::move(*fd), nullptr, nullptr, options.timeout_ms));
-  return Handshake(std::move(client), options, options.features & ~proto::kFeatureRdma);
+  return Handshake(std::move(client), options,
+                   options.features & ~(proto::kFeatureRdma | proto::kFeatureAuthTrailer));
 }
 
 Result<std::unique_ptr<BrickClient>> BrickClient::Connect(const ClientOptions& options, rdma::RdmaLink* link,
                                                           const rdma::LinkOptions& link_options) {
   PBRICK_TRY(link->connect(options.endpoint, link_options, options.timeout_ms));
   std::unique_ptr<BrickClient> client(new BrickClient(UniqueFd(), nullptr, link, options.timeout_ms));
-  auto done = Handshake(std::move(client), options, options.features | proto::kFeatureRdma);
+  auto done =
+      Handshake(std::move(client), options, options.features | proto::kFeatureRdma | proto::kFeatureAuthTrailer);
   if (!done) link->disconnect();
   return done;
 }
@@ -196,10 +198,11 @@ Result<std::unique_ptr<BrickClient>> BrickClient::Handshake(std::unique_ptr<Bric
   }
   auto reply = proto::decode_hello_reply(client->reply_);
   if (!reply) return reply.error().wrap("HELLO " + options.endpoint.to_string());
-  if (client->link_ && !reply->has_rdma_trailer) {
+  if (client->link_ && (reply->features & proto::kFeatureRdma) == 0) {
     return Error(EPROTO, "HELLO " + options.endpoint.to_string() + ": the brick did not accept the RDMA transport");
   }
   client->hello_ = *reply;
+  if (reply->has_rdma_trailer) client->sync_region_ = {reply->sync_rkey, reply->sync_addr};
 
   if (options.key && (reply->hello_flags & proto::kHelloAuthRequired) == 0) {
     // We were told to authenticate; a brick that does not ask may be an impostor.
@@ -221,6 +224,12 @@ Result<std::unique_ptr<BrickClient>> BrickClient::Handshake(std::unique_ptr<Bric
     uint8_t auth_payload[proto::kAuthRequestSize];
     proto::encode_auth_request(auth, auth_payload);
     PBRICK_TRY(client->call(proto::Opcode::kAuth, auth_payload, {}, "AUTH " + options.endpoint.to_string()));
+    auto auth_reply = proto::decode_auth_reply(client->reply_);
+    if (!auth_reply) return auth_reply.error().wrap("AUTH " + options.endpoint.to_string());
+    if (auth_reply->has_rdma_trailer) client->sync_region_ = {auth_reply->sync_rkey, auth_reply->sync_addr};
+  }
+  if (client->link_ && !client->sync_region_) {
+    return Error(EPROTO, "HELLO " + options.endpoint.to_string() + ": the brick named no sync region");
   }
   if (options.store_uuid && reply->brick_uuid != *options.store_uuid) {
     // Its blocks are not ours: reading them would return other data.

@@ -74,6 +74,13 @@ class BrickClient {
   ~BrickClient();
 
   const proto::HelloReply& hello() const { return hello_; }
+  // RDMA: the brick's sync region (the RDMA trailer of the HELLO reply, or of
+  // the AUTH reply when the brick requires AUTH: docs/protocol.md §9.4).
+  struct SyncRegion {
+    uint32_t rkey = 0;
+    uint64_t addr = 0;
+  };
+  const std::optional<SyncRegion>& sync_region() const { return sync_region_; }
 
   Result<proto::StatReply> stat();
   Status alloc(uint64_t vaddr);
@@ -121,6 +128,7 @@ class BrickClient {
   int timeout_ms_ = 10000;
   uint64_t next_request_id_ = 1;
   proto::HelloReply hello_;
+  std::optional<SyncRegion> sync_region_;
   std::vector<uint8_t> reply_;  // payload of the last reply
 };
 

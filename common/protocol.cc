@@ -135,7 +135,7 @@ LenRange allowed_payload(Opcode op, bool reply, uint32_t status) {
   } else {
     switch (op) {
       case Opcode::kHello: return {kHelloReplySize, kHelloReplySize + kHelloRdmaTrailerSize};
-      case Opcode::kAuth: return {0, 0};
+      case Opcode::kAuth: return {0, kHelloRdmaTrailerSize};
       case Opcode::kStat: return {kStatReplySize, kStatReplySize};
       case Opcode::kAlloc:
       case Opcode::kFree:
@@ -268,6 +268,11 @@ void encode_hello_reply(const HelloReply& m, uint8_t* out) {
   assert(w.pos() == out + hello_reply_size(m));
 }
 
+bool hello_has_rdma_trailer(uint64_t features, uint32_t hello_flags) {
+  if ((features & kFeatureRdma) == 0) return false;
+  return (features & kFeatureAuthTrailer) == 0 || (hello_flags & kHelloAuthRequired) == 0;
+}
+
 size_t hello_reply_size(const HelloReply& m) {
   return kHelloReplySize + (m.has_rdma_trailer ? kHelloRdmaTrailerSize : 0);
 }
@@ -277,6 +282,18 @@ void encode_auth_request(const AuthRequest& m, uint8_t* out) {
   w.bytes(m.client_proof);
   assert(w.pos() == out + kAuthRequestSize);
 }
+
+void encode_auth_reply(const AuthReply& m, uint8_t* out) {
+  Writer w(out);
+  if (m.has_rdma_trailer) {
+    w.u32(m.sync_rkey);
+    w.u32(0);  // reserved: aligns sync_addr
+    w.u64(m.sync_addr);
+  }
+  assert(w.pos() == out + auth_reply_size(m));
+}
+
+size_t auth_reply_size(const AuthReply& m) { return m.has_rdma_trailer ? kHelloRdmaTrailerSize : 0; }
 
 void encode_addr_request(const AddrRequest& m, uint8_t* out) {
   Writer w(out);
@@ -433,6 +450,11 @@ Result<FrameHeader> decode_header(std::span<const uint8_t> bytes, bool expect_re
                               std::to_string(kHelloReplySize) + " or " +
                               std::to_string(kHelloReplySize + kHelloRdmaTrailerSize));
   }
+  if (expect_reply && h.opcode == Opcode::kAuth && h.status == 0 && h.payload_len != 0 &&
+      h.payload_len != kHelloRdmaTrailerSize) {
+    return Error(EBADMSG, "frame header: AUTH reply with payload_len " + std::to_string(h.payload_len) +
+                              ", allowed 0 or " + std::to_string(kHelloRdmaTrailerSize));
+  }
   if (!expect_reply && h.opcode == Opcode::kPersist &&
       (h.payload_len - kPersistRequestFixedSize) % kPersistRangeSize != 0) {
     return Error(EBADMSG, "frame header: PERSIST request payload_len " +
@@ -486,13 +508,16 @@ Result<HelloReply> decode_hello_reply(std::span<const uint8_t> bytes) {
     reserved3 = r.u32();
     m.sync_addr = r.u64();
   }
-  // The trailer's presence is a size rule tied to a feature bit: a reply that
-  // disagrees with itself is malformed, not merely out of range.
-  bool rdma = (m.features & kFeatureRdma) != 0;
-  if (m.has_rdma_trailer && !rdma) {
+  // The trailer's presence is a size rule tied to feature bits and flags: a
+  // reply that disagrees with itself is malformed, not merely out of range.
+  bool want_trailer = hello_has_rdma_trailer(m.features, m.hello_flags);
+  if (m.has_rdma_trailer && (m.features & kFeatureRdma) == 0) {
     return Error(EBADMSG, std::string(kWhat) + ": RDMA trailer without the RDMA feature");
   }
-  if (!m.has_rdma_trailer && rdma) {
+  if (m.has_rdma_trailer && !want_trailer) {
+    return Error(EBADMSG, std::string(kWhat) + ": RDMA trailer before AUTH although AUTH_TRAILER was granted");
+  }
+  if (!m.has_rdma_trailer && want_trailer) {
     return Error(EBADMSG, std::string(kWhat) + ": RDMA feature without the RDMA trailer");
   }
   if (reserved1 != 0 || reserved2 != 0 || reserved3 != 0) return bad_reserved(kWhat);
@@ -515,6 +540,23 @@ Result<AuthRequest> decode_auth_request(std::span<const uint8_t> bytes) {
   Reader r(bytes);
   AuthRequest m;
   r.bytes(&m.client_proof);
+  return m;
+}
+
+Result<AuthReply> decode_auth_reply(std::span<const uint8_t> bytes) {
+  static const char kWhat[] = "AUTH reply";
+  AuthReply m;
+  if (bytes.empty()) return m;
+  if (bytes.size() != kHelloRdmaTrailerSize) {
+    return Error(EBADMSG, std::string(kWhat) + ": payload is " + std::to_string(bytes.size()) +
+                              " bytes, expected 0 or " + std::to_string(kHelloRdmaTrailerSize));
+  }
+  Reader r(bytes);
+  m.has_rdma_trailer = true;
+  m.sync_rkey = r.u32();
+  uint32_t reserved = r.u32();
+  m.sync_addr = r.u64();
+  if (reserved != 0) return bad_reserved(kWhat);
   return m;
 }
 

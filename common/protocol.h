@@ -75,11 +75,16 @@ inline constexpr uint64_t kFeaturePersistRpc = 1ull << 1;
 // by one-sided RDMA), and the HELLO reply carries the RDMA trailer. Granted only
 // on RDMA connections; a client over TCP never gets it.
 inline constexpr uint64_t kFeatureRdma = 1ull << 2;
+// On an RDMA connection to a brick that requires AUTH, the RDMA trailer (the
+// sync region) comes in the AUTH reply instead of the HELLO reply, so that a
+// peer that has not proved the cluster key learns nothing of the brick's
+// memory. A brick with a key refuses RDMA clients that do not offer it.
+inline constexpr uint64_t kFeatureAuthTrailer = 1ull << 3;
 // Every bit this version defines. A brick grants only the bits that hold on the
 // connection at hand (kFeatureRdma on RDMA connections only, kFeatureSyncRead
 // over RDMA only with --persistence sync-read), so it must not simply grant
 // `offered & kKnownFeatures`.
-inline constexpr uint64_t kKnownFeatures = kFeatureSyncRead | kFeaturePersistRpc | kFeatureRdma;
+inline constexpr uint64_t kKnownFeatures = kFeatureSyncRead | kFeaturePersistRpc | kFeatureRdma | kFeatureAuthTrailer;
 
 // HELLO reply flags.
 inline constexpr uint32_t kHelloAuthRequired = 1u << 0;
@@ -129,20 +134,34 @@ struct HelloReply {
   // The brick host's boot id: unchanged across brick restarts unless the host
   // rebooted, i.e. unless unpersisted data in its memory may have been lost.
   std::array<uint8_t, kUuidSize> boot_id{};
-  // RDMA trailer, present exactly when `features` has kFeatureRdma: the brick's
-  // sync page, a small read-only memory region a client targets with its
-  // sync-read (an RDMA READ after its writes on the same queue pair).
+  // RDMA trailer, present exactly when `features` has kFeatureRdma and the
+  // trailer does not come in the AUTH reply instead (hello_has_rdma_trailer):
+  // the brick's sync region, a small read-only memory region a client targets
+  // with its sync-read (an RDMA READ after its writes on the same queue pair).
   bool has_rdma_trailer = false;
   uint32_t sync_rkey = 0;
   uint64_t sync_addr = 0;
 };
 inline constexpr size_t kHelloReplySize = 120;  // without the RDMA trailer
 inline constexpr size_t kHelloRdmaTrailerSize = 16;
+// Whether a HELLO reply with these features and flags carries the RDMA
+// trailer: on RDMA connections, unless AUTH_TRAILER moved it to the AUTH reply
+// of a brick that requires AUTH.
+bool hello_has_rdma_trailer(uint64_t features, uint32_t hello_flags);
 
 struct AuthRequest {
   std::array<uint8_t, kProofSize> client_proof{};
 };
 inline constexpr size_t kAuthRequestSize = 32;
+
+// A successful AUTH reply is empty, or carries the RDMA trailer (16 bytes, the
+// same layout as the HELLO reply's) when the connection granted kFeatureRdma
+// and kFeatureAuthTrailer.
+struct AuthReply {
+  bool has_rdma_trailer = false;
+  uint32_t sync_rkey = 0;
+  uint64_t sync_addr = 0;
+};
 
 // ALLOC, FREE and UNMAP carry just the block's virtual address.
 struct AddrRequest {
@@ -252,6 +271,9 @@ void encode_hello_request(const HelloRequest& m, uint8_t* out);
 void encode_hello_reply(const HelloReply& m, uint8_t* out);
 size_t hello_reply_size(const HelloReply& m);
 void encode_auth_request(const AuthRequest& m, uint8_t* out);
+// Writes auth_reply_size(m) bytes: 0, or kHelloRdmaTrailerSize with the trailer.
+void encode_auth_reply(const AuthReply& m, uint8_t* out);
+size_t auth_reply_size(const AuthReply& m);
 void encode_addr_request(const AddrRequest& m, uint8_t* out);
 void encode_map_request(const MapRequest& m, uint8_t* out);
 void encode_map_reply(const MapReply& m, uint8_t* out);
@@ -277,11 +299,13 @@ Result<FrameHeader> decode_header(std::span<const uint8_t> bytes, bool expect_re
 // nonzero reserved field, EINVAL on a field value outside its domain (documented
 // per message in docs/protocol.md).
 Result<HelloRequest> decode_hello_request(std::span<const uint8_t> bytes);
-// Exactly kHelloReplySize bytes, or kHelloReplySize + kHelloRdmaTrailerSize with
-// kFeatureRdma in `features`; the trailer and the feature come together or not
-// at all (EBADMSG otherwise).
+// Exactly kHelloReplySize bytes, or kHelloReplySize + kHelloRdmaTrailerSize
+// when hello_has_rdma_trailer(features, hello_flags); a reply whose size
+// disagrees with its own features and flags is EBADMSG.
 Result<HelloReply> decode_hello_reply(std::span<const uint8_t> bytes);
 Result<AuthRequest> decode_auth_request(std::span<const uint8_t> bytes);
+// Empty, or exactly the 16-byte RDMA trailer; anything else is EBADMSG.
+Result<AuthReply> decode_auth_reply(std::span<const uint8_t> bytes);
 Result<AddrRequest> decode_addr_request(std::span<const uint8_t> bytes);
 Result<MapRequest> decode_map_request(std::span<const uint8_t> bytes);
 Result<MapReply> decode_map_reply(std::span<const uint8_t> bytes);

@@ -246,7 +246,8 @@ TEST(ProtocolLayout, ConstantsMatchSpec) {
   EXPECT_EQ(kFeatureSyncRead, 1u);
   EXPECT_EQ(kFeaturePersistRpc, 2u);
   EXPECT_EQ(kFeatureRdma, 4u);
-  EXPECT_EQ(kKnownFeatures, 7u);
+  EXPECT_EQ(kFeatureAuthTrailer, 8u);
+  EXPECT_EQ(kKnownFeatures, 15u);
   EXPECT_EQ(static_cast<int>(Opcode::kPersist), 11);
   EXPECT_EQ(kHelloRdmaTrailerSize, 16u);
   EXPECT_EQ(kPersistRequestFixedSize, 8u);
@@ -404,6 +405,63 @@ TEST(ProtocolRoundTrip, HelloReplyWithRdmaTrailer) {
   EXPECT_EQ(d->brick_uuid, m.brick_uuid);
   EXPECT_EQ(d->boot_id, m.boot_id);
   EXPECT_EQ(hello_reply_bytes(*d), b);
+}
+
+// AUTH_TRAILER with AUTH_REQUIRED: the HELLO reply names nothing of the
+// brick's memory; the trailer comes in the AUTH reply.
+TEST(ProtocolRoundTrip, HelloReplyAuthTrailerMovesTheTrailerToAuth) {
+  HelloReply m;
+  m.features = kFeatureRdma | kFeatureAuthTrailer | kFeaturePersistRpc;
+  m.hello_flags = kHelloAuthRequired;
+  EXPECT_FALSE(hello_has_rdma_trailer(m.features, m.hello_flags));
+  Bytes b = hello_reply_bytes(m);
+  EXPECT_EQ(b.size(), kHelloReplySize);
+  auto d = decode_hello_reply(b);
+  ASSERT_TRUE(d.ok()) << d.error().message();
+  EXPECT_FALSE(d->has_rdma_trailer);
+  // A trailer there anyway is malformed: the brick named its memory before AUTH.
+  m.has_rdma_trailer = true;
+  m.sync_rkey = 1;
+  EXPECT_EQ(err_of(decode_hello_reply(hello_reply_bytes(m))), EBADMSG);
+  // Without AUTH_REQUIRED the HELLO ends the handshake and carries it.
+  m.hello_flags = 0;
+  EXPECT_TRUE(hello_has_rdma_trailer(m.features, m.hello_flags));
+  EXPECT_TRUE(decode_hello_reply(hello_reply_bytes(m)).ok());
+  m.has_rdma_trailer = false;
+  EXPECT_EQ(err_of(decode_hello_reply(hello_reply_bytes(m))), EBADMSG);
+}
+
+TEST(ProtocolRoundTrip, AuthReplyEmptyAndWithRdmaTrailer) {
+  AuthReply empty;
+  EXPECT_EQ(auth_reply_size(empty), 0u);
+  auto d = decode_auth_reply({});
+  ASSERT_TRUE(d.ok());
+  EXPECT_FALSE(d->has_rdma_trailer);
+
+  AuthReply m;
+  m.has_rdma_trailer = true;
+  m.sync_rkey = 0x11223344;
+  m.sync_addr = 0x0102030405060708;
+  Bytes b(auth_reply_size(m));
+  ASSERT_EQ(b.size(), 16u);
+  encode_auth_reply(m, b.data());
+  EXPECT_EQ(le_at(b, 0, 4), 0x11223344u);
+  EXPECT_EQ(le_at(b, 4, 4), 0u);
+  EXPECT_EQ(le_at(b, 8, 8), 0x0102030405060708u);
+  d = decode_auth_reply(b);
+  ASSERT_TRUE(d.ok()) << d.error().message();
+  EXPECT_TRUE(d->has_rdma_trailer);
+  EXPECT_EQ(d->sync_rkey, m.sync_rkey);
+  EXPECT_EQ(d->sync_addr, m.sync_addr);
+}
+
+TEST(ProtocolPayloadReject, AuthReplyOtherSizesAndReservedAreEbadmsg) {
+  Bytes b(16, 0);
+  b[4] = 1;  // reserved
+  EXPECT_EQ(err_of(decode_auth_reply(b)), EBADMSG);
+  for (size_t n : {1u, 8u, 15u, 17u, 32u}) {
+    EXPECT_EQ(err_of(decode_auth_reply(Bytes(n, 0))), EBADMSG) << n;
+  }
 }
 
 TEST(ProtocolRoundTrip, AuthRequest) {
@@ -669,7 +727,8 @@ TEST(ProtocolHeaderReject, WriteRequestPayloadLenOutOfRangeIsEbadmsg) {
 
 TEST(ProtocolHeaderReject, SuccessReplyPayloadLenNotExactIsEbadmsg) {
   const FixedLen kReplies[] = {
-      {Opcode::kHello, kHelloReplySize}, {Opcode::kAuth, 0},  {Opcode::kStat, 64}, {Opcode::kAlloc, 0},
+      {Opcode::kHello, kHelloReplySize}, {Opcode::kAuth, 0},  {Opcode::kAuth, 16}, {Opcode::kStat, 64},
+      {Opcode::kAlloc, 0},
       {Opcode::kFree, 0},    {Opcode::kUnmap, 0}, {Opcode::kMap, 24},  {Opcode::kWrite, 0},
       {Opcode::kPersist, 0},
   };

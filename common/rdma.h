@@ -51,6 +51,9 @@ struct CmIdDeleter {
     rdma_destroy_id(id);
   }
 };
+struct QpDeleter {
+  void operator()(ibv_qp* qp) const { ibv_destroy_qp(qp); }
+};
 struct PdDeleter {
   void operator()(ibv_pd* pd) const { ibv_dealloc_pd(pd); }
 };
@@ -65,6 +68,7 @@ struct MrDeleter {
 };
 using EventChannelPtr = std::unique_ptr<rdma_event_channel, EventChannelDeleter>;
 using CmIdPtr = std::unique_ptr<rdma_cm_id, CmIdDeleter>;  // also destroys the id's QP
+using QpPtr = std::unique_ptr<ibv_qp, QpDeleter>;  // a QP created without rdma_create_qp
 using PdPtr = std::unique_ptr<ibv_pd, PdDeleter>;
 using CompChannelPtr = std::unique_ptr<ibv_comp_channel, CompChannelDeleter>;
 using CqPtr = std::unique_ptr<ibv_cq, CqDeleter>;

@@ -67,8 +67,8 @@ Status RdmaChannel::connect(const ClientOptions& options) {
     PBRICK_LOG_ERROR("brick %s restarted after a reboot with unflushed writes: the next flush reports EIO",
                      options.endpoint.to_string().c_str());
   }
-  sync_rkey_ = hello.sync_rkey;
-  sync_addr_ = hello.sync_addr;
+  sync_rkey_ = (*client)->sync_region()->rkey;  // Connect() checked there is one
+  sync_addr_ = (*client)->sync_region()->addr;
   error_ = Status::Ok();
   last_progress_ = std::chrono::steady_clock::now();
   return Status::Ok();

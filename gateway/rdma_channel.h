@@ -15,8 +15,8 @@
 // channel is polled too, so a brick that disconnects is noticed at once.
 //
 // Syncs, by the method negotiated in HELLO:
-//  - sync-read: an RDMA READ of a few bytes of the brick's sync page (HELLO
-//    trailer) posted after the writes on this QP; it completes only after the
+//  - sync-read: an RDMA READ of a few bytes of the brick's sync region (RDMA
+//    trailer of HELLO or AUTH) posted after the writes on this QP; it completes only after the
 //    writes before it are placed, which with DDIO off means persistent.
 //  - rpc: a PERSIST message naming the ranges written since the last sync on
 //    this QP (merged per handle; every writable mapping when there are more

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <optional>
 
+#include "common/auth.h"
 #include "common/log.h"
 #include "common/protocol.h"
 
@@ -24,6 +25,16 @@ enum : uint64_t { kWrRecv = 1, kWrSend = 2 };
 
 uint64_t wr_id(uint64_t base, uint64_t kind, uint32_t slot) { return (kind << 60) | base | slot; }
 
+// A random I/O virtual address for a registration of `addr`: the same offset
+// within an `align`-sized unit (NICs translate by pages, so the page offset
+// must match), the rest random below 2^62, so base + length never wraps.
+Result<uint64_t> random_iova(const void* addr, uint64_t align) {
+  uint64_t r = 0;
+  PBRICK_TRY(random_bytes(reinterpret_cast<uint8_t*>(&r), sizeof r));
+  r &= (1ull << 62) - 1;
+  return (r & ~(align - 1)) | (reinterpret_cast<uint64_t>(addr) & (align - 1));
+}
+
 }  // namespace
 
 // ---- RdmaConn ------------------------------------------------------------------
@@ -33,7 +44,22 @@ RdmaConn::~RdmaConn() { disconnect(); }
 void RdmaConn::disconnect() {
   if (disconnected_ || !id_) return;
   disconnected_ = true;
+  // The QP is ours, not the CM id's: rdma_disconnect() does not move it to
+  // the error state, so flush it here (its WRs complete as flushed).
+  if (qp_) {
+    ibv_qp_attr attr{};
+    attr.qp_state = IBV_QPS_ERR;
+    ibv_modify_qp(qp_.get(), &attr, IBV_QP_STATE);
+  }
   rdma_disconnect(id_.get());
+}
+
+Status RdmaConn::allow_remote_access() {
+  ibv_qp_attr attr{};
+  attr.qp_access_flags = IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_WRITE;
+  int rc = ibv_modify_qp(qp_.get(), &attr, IBV_QP_ACCESS_FLAGS);
+  if (rc != 0) return Error(rc, "ibv_modify_qp: granting remote access to the queue pair");
+  return Status::Ok();
 }
 
 std::string RdmaConn::peer() const {
@@ -57,7 +83,7 @@ bool RdmaConn::send_frame(std::span<const uint8_t> frame, Status* error) {
   free_send_.pop_back();
   uint8_t* buf = send_buf_.data() + size_t{slot} * kMsg;
   std::memcpy(buf, frame.data(), frame.size());
-  Status st = rdma::post_send(id_->qp, wr_id(wr_base_, kWrSend, slot), buf, static_cast<uint32_t>(frame.size()),
+  Status st = rdma::post_send(qp_.get(), wr_id(wr_base_, kWrSend, slot), buf, static_cast<uint32_t>(frame.size()),
                               send_mr_->lkey);
   if (!st) {
     free_send_.push_back(slot);
@@ -71,7 +97,7 @@ std::span<const uint8_t> RdmaConn::received(uint32_t slot, uint32_t len) const {
 }
 
 Status RdmaConn::repost(uint32_t slot) {
-  return rdma::post_recv(id_->qp, wr_id(wr_base_, kWrRecv, slot), recv_buf_.data() + size_t{slot} * kMsg,
+  return rdma::post_recv(qp_.get(), wr_id(wr_base_, kWrRecv, slot), recv_buf_.data() + size_t{slot} * kMsg,
                          static_cast<uint32_t>(kMsg), recv_mr_->lkey);
 }
 
@@ -120,8 +146,16 @@ Status RdmaListener::setup_device(ibv_context* verbs) {
     max_connections_ = fit;
   }
   PBRICK_TRY(cq_.create(verbs, static_cast<int>(max_connections_ * kCqEntriesPerConnection)));
-  sync_mr_.reset(ibv_reg_mr(pd_.get(), base_, 4096, IBV_ACCESS_REMOTE_READ));
-  if (!sync_mr_) return errno_error("ibv_reg_mr of the sync page");
+  // The sync region is a page of its own: its contents mean nothing, and it
+  // must not expose the store (whose first page holds the superblock).
+  sync_page_.reset(static_cast<uint8_t*>(std::aligned_alloc(4096, 4096)));
+  if (!sync_page_) return Error(ENOMEM, "the sync region");
+  std::memset(sync_page_.get(), 0, 4096);
+  auto iova = random_iova(sync_page_.get(), 4096);
+  if (!iova) return iova.error();
+  sync_mr_.reset(ibv_reg_mr_iova(pd_.get(), sync_page_.get(), 4096, *iova, IBV_ACCESS_REMOTE_READ));
+  if (!sync_mr_) return errno_error("ibv_reg_mr of the sync region");
+  sync_iova_ = *iova;
   // MAP registers blocks for remote write; the kernel refuses that for files
   // whose pages it tracks for writeback (a file on ext4 or xfs, fsdax). Find
   // out now rather than at the first MAP.
@@ -191,7 +225,17 @@ Status RdmaListener::set_up(RdmaConn& conn, rdma_cm_id* id, uint32_t generation,
   attr.cap.max_recv_wr = kSlots;
   attr.cap.max_send_sge = 1;
   attr.cap.max_recv_sge = 1;
-  if (rdma_create_qp(id, pd_.get(), &attr) != 0) return errno_error("rdma_create_qp");
+  // Not rdma_create_qp(): rdma_accept() would then move the QP to RTS with
+  // the CM's access flags (remote write, and remote read with responder
+  // resources) before the peer said a word. This QP starts with none.
+  c->qp_.reset(ibv_create_qp(pd_.get(), &attr));
+  if (!c->qp_) return errno_error("ibv_create_qp");
+  // Clients READ (sync-reads, reads of data) with as many outstanding as the
+  // device allows; we never READ from them.
+  const uint8_t responder_resources = static_cast<uint8_t>(max_rd_atom_);
+  // RTS before the receives are posted (a QP in RESET takes none) and before
+  // the peer hears of it (rdma_accept sends the reply).
+  PBRICK_TRY(bring_up(*c, id, responder_resources));
   c->recv_buf_.assign(kSlots * kMsg, 0);
   c->send_buf_.assign(kSlots * kMsg, 0);
   c->recv_mr_.reset(ibv_reg_mr(pd_.get(), c->recv_buf_.data(), c->recv_buf_.size(), IBV_ACCESS_LOCAL_WRITE));
@@ -202,12 +246,45 @@ Status RdmaListener::set_up(RdmaConn& conn, rdma_cm_id* id, uint32_t generation,
     PBRICK_TRY(c->repost(i));
   }
   rdma_conn_param param{};
-  // Clients READ (sync-reads, reads of data) with as many outstanding as the
-  // device allows; we never READ from them.
-  param.responder_resources = static_cast<uint8_t>(max_rd_atom_);
+  param.responder_resources = responder_resources;
   param.initiator_depth = 0;
   param.rnr_retry_count = 7;
+  param.qp_num = c->qp_->qp_num;
   if (rdma_accept(id, &param) != 0) return errno_error("rdma_accept");
+  return Status::Ok();
+}
+
+// INIT, RTR and RTS with the attributes the connection manager computed for
+// this connection, except the access flags: none until allow_remote_access().
+Status RdmaListener::bring_up(RdmaConn& c, rdma_cm_id* id, uint8_t responder_resources) {
+  ibv_qp_attr attr{};
+  int mask = 0;
+  attr.qp_state = IBV_QPS_INIT;
+  if (rdma_init_qp_attr(id, &attr, &mask) != 0) return errno_error("rdma_init_qp_attr(INIT)");
+  attr.qp_access_flags = 0;
+  mask |= IBV_QP_ACCESS_FLAGS;
+  int rc = ibv_modify_qp(c.qp_.get(), &attr, mask);
+  if (rc != 0) return Error(rc, "ibv_modify_qp(INIT)");
+
+  attr = {};
+  attr.qp_state = IBV_QPS_RTR;
+  if (rdma_init_qp_attr(id, &attr, &mask) != 0) return errno_error("rdma_init_qp_attr(RTR)");
+  // As librdmacm does: on an InfiniBand port, bits 21..24 of the mask the
+  // kernel returns are RoCE-only attributes the port would refuse.
+  ibv_port_attr port{};
+  if (ibv_query_port(id->verbs, id->port_num, &port) == 0 && port.link_layer == IBV_LINK_LAYER_INFINIBAND) {
+    mask &= ~0xe00000;
+  }
+  attr.max_dest_rd_atomic = responder_resources;
+  rc = ibv_modify_qp(c.qp_.get(), &attr, mask);
+  if (rc != 0) return Error(rc, "ibv_modify_qp(RTR)");
+
+  attr = {};
+  attr.qp_state = IBV_QPS_RTS;
+  if (rdma_init_qp_attr(id, &attr, &mask) != 0) return errno_error("rdma_init_qp_attr(RTS)");
+  attr.max_rd_atomic = 0;  // we never READ from clients
+  rc = ibv_modify_qp(c.qp_.get(), &attr, mask);
+  if (rc != 0) return Error(rc, "ibv_modify_qp(RTS)");
   return Status::Ok();
 }
 
@@ -226,14 +303,18 @@ Status RdmaListener::poll_cq(const std::function<void(const Completion&)>& fn) {
   });
 }
 
-Result<rdma::MrPtr> RdmaListener::register_block(uint64_t offset, uint64_t len, bool writable) {
+Result<RdmaListener::Registration> RdmaListener::register_block(uint64_t offset, uint64_t len, bool writable) {
   if (!pd_) return Error(ENODEV, "no RDMA device set up");
   if (offset > size_ || len > size_ - offset) return Error(ERANGE, "block outside the store");
   int access = IBV_ACCESS_REMOTE_READ;
   if (writable) access |= IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_LOCAL_WRITE;
-  rdma::MrPtr mr(ibv_reg_mr(pd_.get(), base_ + offset, len, access));
-  if (!mr) return errno_error("ibv_reg_mr of a 2 MiB block");
-  return mr;
+  auto iova = random_iova(base_ + offset, proto::kBlockSize);
+  if (!iova) return iova.error();
+  Registration r;
+  r.mr.reset(ibv_reg_mr_iova(pd_.get(), base_ + offset, len, *iova, access));
+  if (!r.mr) return errno_error("ibv_reg_mr of a 2 MiB block");
+  r.remote_addr = *iova;
+  return r;
 }
 
 }  // namespace pbrick

@@ -1,7 +1,16 @@
 // The brick's RDMA side: the listening RDMA CM id, one protection domain and
 // one completion queue for every connection on the device, each connection's
 // queue pair with its message buffers, the memory regions of mapped blocks and
-// the read-only sync page. Data never passes through here: clients move it
+// the read-only sync region.
+//
+// Nothing of the store is reachable before a connection's handshake: its queue
+// pair is created and brought to RTS here without any remote access right
+// (not through rdma_accept's defaults, which grant remote read and write), so
+// the NIC refuses every RDMA READ and WRITE on it whatever rkey it names,
+// until the Server calls allow_remote_access() after HELLO/AUTH. The sync
+// region is a page of its own (not store memory), and it and every block are
+// registered at random I/O virtual addresses, so no address the brick hands
+// out says where anything lives. Data never passes through here: clients move it
 // with one-sided READ/WRITE straight into the store's mapping, and the brick's
 // CPU only sees control messages (HELLO, MAP, UNMAP, PERSIST, ...).
 //
@@ -19,6 +28,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -49,6 +59,10 @@ class RdmaConn {
   Status repost(uint32_t slot);
   // Sends a disconnect request; the QP flushes, the peer sees DISCONNECTED.
   void disconnect();
+  // Grants the queue pair remote read and write (RTS to RTS): called once the
+  // peer completed its handshake. Until then the NIC refuses its RDMA READs
+  // and WRITEs.
+  Status allow_remote_access();
   std::string peer() const;
 
  private:
@@ -60,7 +74,8 @@ class RdmaConn {
   rdma::MrPtr recv_mr_, send_mr_;
   std::vector<uint32_t> free_send_;
   bool disconnected_ = false;
-  rdma::CmIdPtr id_;  // last: its QP goes first
+  rdma::QpPtr qp_;    // before the message buffers' regions go
+  rdma::CmIdPtr id_;  // last: destroyed first (it does not own qp_)
 };
 
 class RdmaListener {
@@ -104,18 +119,26 @@ class RdmaListener {
   // Drains the shared CQ (poll, arm, poll) after consuming channel events.
   Status poll_cq(const std::function<void(const Completion&)>& fn);
 
-  // Registers one mapped block for remote access: read-only, or read-write.
-  Result<rdma::MrPtr> register_block(uint64_t offset, uint64_t len, bool writable);
+  // Registers one mapped block for remote access: read-only, or read-write, at
+  // a random I/O virtual address (remote_addr, 2 MiB aligned relative to the
+  // block) that says nothing about where the store is mapped.
+  struct Registration {
+    rdma::MrPtr mr;
+    uint64_t remote_addr = 0;
+  };
+  Result<Registration> register_block(uint64_t offset, uint64_t len, bool writable);
 
-  // The read-only page a client's sync-read targets (HELLO trailer).
+  // The read-only page a client's sync-read targets (RDMA trailer of the HELLO
+  // or AUTH reply): brick memory of its own, never store memory.
   uint32_t sync_rkey() const { return sync_mr_ ? sync_mr_->rkey : 0; }
-  uint64_t sync_addr() const { return reinterpret_cast<uint64_t>(base_); }
+  uint64_t sync_addr() const { return sync_iova_; }
 
  private:
   friend class RdmaConn;
   RdmaListener() = default;
   Status setup_device(ibv_context* verbs);
   Status set_up(RdmaConn& conn, rdma_cm_id* id, uint32_t generation, uint32_t index);
+  Status bring_up(RdmaConn& conn, rdma_cm_id* id, uint8_t responder_resources);
 
   uint8_t* base_ = nullptr;
   uint64_t size_ = 0;
@@ -123,7 +146,12 @@ class RdmaListener {
   ibv_context* verbs_ = nullptr;
   rdma::PdPtr pd_;
   rdma::CompletionQueue cq_;
-  rdma::MrPtr sync_mr_;
+  struct FreeDeleter {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+  std::unique_ptr<uint8_t, FreeDeleter> sync_page_;
+  rdma::MrPtr sync_mr_;  // after sync_page_: deregistered before it is freed
+  uint64_t sync_iova_ = 0;
   int max_rd_atom_ = 1;
   uint32_t max_connections_ = 0;
   rdma::CmIdPtr listen_id_;

@@ -50,6 +50,14 @@ struct UserData {
 // are never committed.
 constexpr size_t kInCapacity = kHeaderSize + proto::kMaxPayload + (64u << 10);
 constexpr size_t kOutCapacity = kHeaderSize + proto::kMaxIoSize + (128u << 10);
+// Until its handshake completes a connection may only send HELLO and AUTH
+// (80 and 64 bytes with their headers; any other frame is refused on its
+// header), so it gets buffers of one page each: a peer that has not proved
+// anything cannot make the brick hold more (grow_buffers()).
+constexpr size_t kHandshakeCapacity = 4096;
+static_assert(kHeaderSize + proto::kHelloRequestSize <= kHandshakeCapacity);
+static_assert(kHeaderSize + proto::kHelloReplySize + proto::kHelloRdmaTrailerSize <= kHandshakeCapacity);
+static_assert(proto::kRdmaMessageSize <= kHandshakeCapacity);
 constexpr size_t kListReplyMax = kHeaderSize + proto::kListReplyFixedSize + proto::kMaxListExtents * proto::kExtentSize;
 constexpr unsigned kRingEntries = 1024;
 constexpr long long kTickNanos = 1000ll * 1000 * 1000;
@@ -76,9 +84,12 @@ struct Connection {
   bool awaiting_sync = false;
   Clock::time_point accepted_at;
   std::string peer;
-  std::unique_ptr<uint8_t[]> in{new uint8_t[kInCapacity]};
+  bool counts_as_handshake = true;  // one of pending_handshakes_ (not yet ready, not evicted)
+  std::unique_ptr<uint8_t[]> in{new uint8_t[kHandshakeCapacity]};
+  size_t in_cap = kHandshakeCapacity;
   size_t in_start = 0, in_end = 0;
-  std::unique_ptr<uint8_t[]> out{new uint8_t[kOutCapacity]};
+  std::unique_ptr<uint8_t[]> out{new uint8_t[kHandshakeCapacity]};
+  size_t out_cap = kHandshakeCapacity;
   size_t out_start = 0, out_end = 0;
   Nonce client_nonce{}, server_nonce{};
   std::vector<uint32_t> rkeys;  // handles this connection mapped
@@ -142,6 +153,12 @@ class Server::Impl {
   Status init();
   Status listen_tcp();
   Status run();
+  Status adopt(UniqueFd fd) {
+    if (listener_) return Error(EINVAL, "adopt: an RDMA brick serves RDMA connections only");
+    admit_handshake();
+    add_stream_connection(std::move(fd), "adopted");
+    return Status::Ok();
+  }
   uint16_t port() const { return port_; }
   void stop() {
     uint64_t one = 1;
@@ -161,7 +178,18 @@ class Server::Impl {
   void begin_close(Connection& c);
   void handle_cqe(io_uring_cqe* cqe);
   void on_accept(int res);
+  // A new TCP (or socketpair) connection in its handshake: counted, buffered small, receiving.
+  void add_stream_connection(UniqueFd fd, std::string peer);
   uint32_t take_slot();  // a free connection slot index (conns_ grows when none is free)
+  // Makes room for one more connection in its handshake: when
+  // max_handshakes are pending, the oldest of them is closed.
+  void admit_handshake();
+  // HELLO (no key) or AUTH succeeded: the connection takes one of
+  // max_connections, or is refused with EAGAIN when all are taken. Over RDMA
+  // its queue pair gets remote access only now. False when refused.
+  bool complete_handshake(Connection& c, const proto::FrameHeader& h);
+  // Full-size buffers for a ready connection, once no I/O uses the small ones.
+  void grow_buffers(Connection& c);
   void on_tick();
   void update_status();
 
@@ -230,7 +258,9 @@ class Server::Impl {
   std::vector<std::unique_ptr<Connection>> conns_;  // slot index -> connection or null
   std::vector<uint32_t> free_slots_;
   uint32_t next_generation_ = 1;
-  size_t open_connections_ = 0;
+  size_t open_connections_ = 0;   // every connection object, also those closing
+  size_t pending_handshakes_ = 0;  // connections in HELLO/AUTH that count against max_handshakes
+  size_t ready_connections_ = 0;   // connections past the handshake: at most max_connections
 
   std::unordered_map<uint32_t, Handle> handles_;      // rkey -> handle
   std::unordered_map<uint64_t, MapState> map_state_;  // vaddr -> who maps it
@@ -253,7 +283,7 @@ Status Server::Impl::init() {
                                              Clock::now() - started).count()));
   if (options_.transport == Transport::kRdma) {
     auto l = RdmaListener::Create(options_.listen, store_.region().base(), store_.region().size(),
-                                  options_.max_connections);
+                                  options_.max_connections + options_.max_handshakes);
     if (!l) return l.error();
     listener_ = std::move(*l);
     port_ = listener_->port();
@@ -377,12 +407,12 @@ void Server::Impl::arm_recv(Connection& c) {
   if (c.rdma || c.closing || c.peer_eof || c.recv_inflight) return;
   // Keep the unread bytes at the front when the tail gets short, so one
   // recv can bring in a whole frame; at most one frame's bytes are moved.
-  if (c.in_start > 0 && kInCapacity - c.in_end < (64u << 10)) {
+  if (c.in_start > 0 && c.in_cap - c.in_end < std::min<size_t>(64u << 10, c.in_cap / 2)) {
     std::memmove(c.in.get(), c.in.get() + c.in_start, c.in_end - c.in_start);
     c.in_end -= c.in_start;
     c.in_start = 0;
   }
-  size_t room = kInCapacity - c.in_end;
+  size_t room = c.in_cap - c.in_end;
   if (room == 0) return;  // a whole frame is buffered; pump() will consume it
   io_uring_sqe* sqe = get_sqe();
   io_uring_prep_recv(sqe, c.fd.get(), c.in.get() + c.in_end, room, 0);
@@ -420,14 +450,36 @@ void Server::Impl::flush_output(Connection& c) {
 }
 
 bool Server::Impl::out_room(Connection& c, size_t need) {
-  if (kOutCapacity - c.out_end >= need) return true;
+  if (c.out_cap - c.out_end >= need) return true;
   if (!c.send_inflight && c.out_start > 0) {
     std::memmove(c.out.get(), c.out.get() + c.out_start, c.out_end - c.out_start);
     c.out_end -= c.out_start;
     c.out_start = 0;
-    return kOutCapacity - c.out_end >= need;
+    return c.out_cap - c.out_end >= need;
   }
   return false;
+}
+
+void Server::Impl::grow_buffers(Connection& c) {
+  if (c.state != Connection::State::kReady) return;
+  // A TCP recv or send in flight holds a pointer into the old buffer; an
+  // RDMA connection copies messages in and out, so nothing holds one.
+  if (c.in_cap < kInCapacity && !c.recv_inflight) {
+    std::unique_ptr<uint8_t[]> in(new uint8_t[kInCapacity]);
+    std::memcpy(in.get(), c.in.get() + c.in_start, c.in_end - c.in_start);
+    c.in_end -= c.in_start;
+    c.in_start = 0;
+    c.in = std::move(in);
+    c.in_cap = kInCapacity;
+  }
+  if (c.out_cap < kOutCapacity && (c.rdma || !c.send_inflight)) {
+    std::unique_ptr<uint8_t[]> out(new uint8_t[kOutCapacity]);
+    std::memcpy(out.get(), c.out.get() + c.out_start, c.out_end - c.out_start);
+    c.out_end -= c.out_start;
+    c.out_start = 0;
+    c.out = std::move(out);
+    c.out_cap = kOutCapacity;
+  }
 }
 
 uint8_t* Server::Impl::reply_header(Connection& c, const proto::FrameHeader& req, uint32_t payload_len) {
@@ -458,6 +510,7 @@ void Server::Impl::reply_error(Connection& c, const proto::FrameHeader& req, con
 void Server::Impl::pump(Connection& c) {
   bool blocked = false;  // stopped for output room or persistence, not for lack of input
   while (!c.closing && !c.awaiting_sync) {
+    grow_buffers(c);
     size_t avail = c.in_end - c.in_start;
     if (avail < kHeaderSize) break;
     const uint8_t* frame = c.in.get() + c.in_start;
@@ -485,10 +538,36 @@ void Server::Impl::pump(Connection& c) {
       begin_close(c);
       break;
     }
+    if (c.state != Connection::State::kReady) {
+      // Before the handshake completes only HELLO, then AUTH, may come. The
+      // decision is made on the header alone: the payload of a frame refused
+      // here is never read, so a peer that proved nothing cannot make the
+      // brick wait for (and hold) up to 2 MiB of it.
+      bool hello_state = c.state == Connection::State::kHello;
+      Opcode expected = hello_state ? Opcode::kHello : Opcode::kAuth;
+      if (hdr->opcode != expected) {
+        Error e = hello_state ? Error(EPROTO, "first frame must be HELLO")
+                              : Error(EACCES, std::string(proto::opcode_name(hdr->opcode)) + " before AUTH");
+        PBRICK_LOG_WARN("%s: refused: %s before %s", c.peer.c_str(), proto::opcode_name(hdr->opcode),
+                        hello_state ? "HELLO" : "authentication");
+        reply_error(c, *hdr, e);
+        begin_close(c);
+        break;
+      }
+    }
     size_t total = kHeaderSize + hdr->payload_len;
+    if (total > c.in_cap && (c.state != Connection::State::kReady || c.recv_inflight)) {
+      // Only a ready connection gets the large buffer (grow_buffers(), once
+      // its recv completed); a HELLO or AUTH frame always fits the small one.
+      if (c.state != Connection::State::kReady) {
+        PBRICK_LOG_WARN("%s: closing connection: a %zu-byte frame during the handshake", c.peer.c_str(), total);
+        begin_close(c);
+      }
+      break;
+    }
     if (avail < total) {
       // Never move bytes under a recv in flight: it writes at the old in_end.
-      if (c.in_start + total > kInCapacity && !c.recv_inflight) {
+      if (c.in_start + total > c.in_cap && !c.recv_inflight) {
         std::memmove(c.in.get(), frame, avail);
         c.in_start = 0;
         c.in_end = avail;
@@ -505,7 +584,7 @@ void Server::Impl::pump(Connection& c) {
         break;
       }
       case Opcode::kList: need = kListReplyMax; break;
-      default: need += 128; break;
+      default: need += 256; break;  // HELLO's reply, the largest fixed one, is 136 bytes
     }
     if (!out_room(c, need)) {  // resumes when the pending send completes
       blocked = true;
@@ -541,8 +620,10 @@ void Server::Impl::pump(Connection& c) {
   }
   if (c.in_start == c.in_end && !c.recv_inflight) c.in_start = c.in_end = 0;
   // A peer that half-closed after its last request still gets every reply;
-  // once nothing more can be parsed, the connection winds down.
-  if (c.peer_eof && !blocked) c.closing = true;
+  // once nothing more can be parsed, the connection winds down. A request
+  // waiting for its sync point is not parsed yet: the end of the stream may
+  // arrive before the fdatasync completes.
+  if (c.peer_eof && !blocked && !c.awaiting_sync) c.closing = true;
   flush_output(c);
   arm_recv(c);
   maybe_close(c);
@@ -553,12 +634,7 @@ void Server::Impl::handle_frame(Connection& c, const proto::FrameHeader& h, std:
   PBRICK_LOG_DEBUG("%s: %s #%llu (%u bytes)", c.peer.c_str(), proto::opcode_name(h.opcode),
                    static_cast<unsigned long long>(h.request_id), h.payload_len);
   if (c.state == State::kHello) {
-    if (h.opcode != Opcode::kHello) {
-      reply_error(c, h, Error(EPROTO, "first frame must be HELLO"));
-      begin_close(c);
-      return;
-    }
-    handle_hello(c, h, payload);
+    handle_hello(c, h, payload);  // pump() refused anything but HELLO on its header
     return;
   }
   if (h.opcode == Opcode::kHello) {
@@ -567,13 +643,7 @@ void Server::Impl::handle_frame(Connection& c, const proto::FrameHeader& h, std:
     return;
   }
   if (c.state == State::kAuth) {
-    if (h.opcode != Opcode::kAuth) {
-      reply_error(c, h, Error(EACCES, std::string(proto::opcode_name(h.opcode)) + " before AUTH"));
-      PBRICK_LOG_WARN("%s: refused: %s before authentication", c.peer.c_str(), proto::opcode_name(h.opcode));
-      begin_close(c);
-      return;
-    }
-    handle_auth(c, h, payload);
+    handle_auth(c, h, payload);  // pump() refused anything but AUTH on its header
     return;
   }
 
@@ -654,6 +724,15 @@ void Server::Impl::handle_hello(Connection& c, const proto::FrameHeader& h, std:
       begin_close(c);
       return;
     }
+    if (options_.key && (req->features & proto::kFeatureAuthTrailer) == 0) {
+      // Such a client expects the sync region in this reply, before it
+      // proved the key: nothing of the brick's memory is named before AUTH.
+      PBRICK_LOG_WARN("%s: refused: an RDMA client without AUTH_TRAILER (too old for a brick with a key)",
+                      c.peer.c_str());
+      reply_error(c, h, Error(EPROTONOSUPPORT, "RDMA with a cluster key needs AUTH_TRAILER"));
+      begin_close(c);
+      return;
+    }
     if ((req->features & proto::kFeatureSyncRead) != 0 && options_.persistence != Persistence::kSyncRead) {
       PBRICK_LOG_WARN("%s: refused: sync-read persistence asked for, but this brick has not declared DDIO off "
                       "on its storage NIC (start it with --persistence sync-read once DDIO is off)",
@@ -662,11 +741,8 @@ void Server::Impl::handle_hello(Connection& c, const proto::FrameHeader& h, std:
       begin_close(c);
       return;
     }
-    r.has_rdma_trailer = true;
-    r.sync_rkey = listener_->sync_rkey();
-    r.sync_addr = listener_->sync_addr();
   } else {
-    r.features &= ~proto::kFeatureRdma;
+    r.features &= ~(proto::kFeatureRdma | proto::kFeatureAuthTrailer);
   }
   r.brick_uuid = store_.uuid();
   r.boot_id = boot_id_;
@@ -682,10 +758,59 @@ void Server::Impl::handle_hello(Connection& c, const proto::FrameHeader& h, std:
     r.server_nonce = c.server_nonce;
     r.server_proof = server_proof(*options_.key, c.client_nonce, c.server_nonce);
     c.state = Connection::State::kAuth;
-  } else {
-    c.state = Connection::State::kReady;
+  } else if (!complete_handshake(c, h)) {
+    return;
+  }
+  if (proto::hello_has_rdma_trailer(r.features, r.hello_flags)) {
+    r.has_rdma_trailer = true;
+    r.sync_rkey = listener_->sync_rkey();
+    r.sync_addr = listener_->sync_addr();
   }
   proto::encode_hello_reply(r, reply_header(c, h, static_cast<uint32_t>(proto::hello_reply_size(r))));
+}
+
+bool Server::Impl::complete_handshake(Connection& c, const proto::FrameHeader& h) {
+  if (ready_connections_ >= options_.max_connections) {
+    PBRICK_LOG_WARN("%s: refused: %u connections are open (--max-connections)", c.peer.c_str(),
+                    options_.max_connections);
+    reply_error(c, h, Error(EAGAIN, "the brick serves its maximum number of connections"));
+    begin_close(c);
+    return false;
+  }
+  if (c.rdma) {
+    Status st = c.rdma->allow_remote_access();
+    if (!st) {
+      PBRICK_LOG_ERROR("%s: %s", c.peer.c_str(), st.error().message().c_str());
+      reply_error(c, h, st.error());
+      begin_close(c);
+      return false;
+    }
+  }
+  if (c.counts_as_handshake) {
+    c.counts_as_handshake = false;
+    pending_handshakes_--;
+  }
+  ready_connections_++;
+  c.state = Connection::State::kReady;
+  return true;
+}
+
+void Server::Impl::admit_handshake() {
+  if (pending_handshakes_ < options_.max_handshakes) return;
+  Connection* oldest = nullptr;
+  for (auto& c : conns_) {
+    if (c && c->counts_as_handshake && (oldest == nullptr || c->accepted_at < oldest->accepted_at)) {
+      oldest = c.get();
+    }
+  }
+  if (oldest == nullptr) return;
+  PBRICK_LOG_WARN("%s: closing the oldest connection still in its handshake: %u are (max_handshakes)",
+                  oldest->peer.c_str(), options_.max_handshakes);
+  oldest->counts_as_handshake = false;
+  pending_handshakes_--;
+  oldest->out_start = oldest->out_end = 0;
+  begin_close(*oldest);
+  if (oldest->rdma) maybe_close(*oldest);
 }
 
 void Server::Impl::handle_auth(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload) {
@@ -696,8 +821,16 @@ void Server::Impl::handle_auth(Connection& c, const proto::FrameHeader& h, std::
     begin_close(c);
     return;
   }
-  c.state = Connection::State::kReady;
-  reply_header(c, h, 0);
+  if (!complete_handshake(c, h)) return;
+  proto::AuthReply r;
+  if (c.rdma) {
+    // Only now, with the key proved, the sync region (AUTH_TRAILER, which an
+    // RDMA client of a brick with a key must offer).
+    r.has_rdma_trailer = true;
+    r.sync_rkey = listener_->sync_rkey();
+    r.sync_addr = listener_->sync_addr();
+  }
+  proto::encode_auth_reply(r, reply_header(c, h, static_cast<uint32_t>(proto::auth_reply_size(r))));
 }
 
 Result<uint32_t> Server::Impl::fresh_rkey() {
@@ -744,9 +877,9 @@ void Server::Impl::handle_map(Connection& c, const proto::FrameHeader& h, std::s
     // refuses a WRITE through a read-only handle, and UNMAP kills the rkey.
     auto reg = listener_->register_block(*slot, proto::kBlockSize, (req->map_flags & proto::kMapWrite) != 0);
     if (!reg) return fail(reg.error().wrap(what));
-    mr = std::move(*reg);
+    mr = std::move(reg->mr);
     rkey = mr->rkey;
-    remote_base = reinterpret_cast<uint64_t>(mr->addr);
+    remote_base = reg->remote_addr;
   } else {
     auto fresh = fresh_rkey();
     if (!fresh) return fail(fresh.error());
@@ -1003,8 +1136,9 @@ void Server::Impl::on_cm_events() {
     const RdmaListener::Event& e = **ev;
     using Kind = RdmaListener::Event::Kind;
     if (e.kind == Kind::kConnectRequest) {
+      admit_handshake();
       if (open_connections_ >= listener_->max_connections()) {
-        PBRICK_LOG_WARN("refusing an RDMA connection: %u connections open", listener_->max_connections());
+        PBRICK_LOG_WARN("refusing an RDMA connection: %u queue pairs open", listener_->max_connections());
         listener_->reject(e.id);
         continue;
       }
@@ -1025,6 +1159,7 @@ void Server::Impl::on_cm_events() {
       PBRICK_LOG_DEBUG("%s: connected", c->peer.c_str());
       conns_[index] = std::move(c);
       open_connections_++;
+      pending_handshakes_++;
       continue;
     }
     uint32_t index = static_cast<uint32_t>(e.context);
@@ -1060,13 +1195,16 @@ void Server::Impl::on_cq() {
     }
     if (wc.is_recv) {
       auto msg = c.rdma->received(wc.slot, wc.byte_len);
-      if (kInCapacity - c.in_end < msg.size()) {
+      if (c.in_cap - c.in_end < msg.size()) {
+        grow_buffers(c);
         std::memmove(c.in.get(), c.in.get() + c.in_start, c.in_end - c.in_start);
         c.in_end -= c.in_start;
         c.in_start = 0;
       }
-      if (kInCapacity - c.in_end < msg.size()) {
-        PBRICK_LOG_WARN("%s: closing connection: more requests outstanding than allowed", c.peer.c_str());
+      if (c.in_cap - c.in_end < msg.size()) {
+        PBRICK_LOG_WARN("%s: closing connection: %s", c.peer.c_str(),
+                        c.state == Connection::State::kReady ? "more requests outstanding than allowed"
+                                                              : "more than HELLO/AUTH before the handshake completed");
         begin_close(c);
       } else {
         std::memcpy(c.in.get() + c.in_end, msg.data(), msg.size());
@@ -1114,6 +1252,8 @@ void Server::Impl::maybe_close(Connection& c) {
   if (c.rdma) c.rdma->disconnect();
   PBRICK_LOG_DEBUG("%s: connection closed (%zu mappings revoked)", c.peer.c_str(), c.rkeys.size());
   uint32_t index = c.index;
+  if (c.counts_as_handshake) pending_handshakes_--;
+  if (c.state == Connection::State::kReady) ready_connections_--;
   conns_[index].reset();
   free_slots_.push_back(index);
   open_connections_--;
@@ -1143,27 +1283,35 @@ void Server::Impl::on_accept(int res) {
   }
   UniqueFd fd(res);
   if (stopping_) return;
-  if (open_connections_ >= options_.max_connections) {
-    PBRICK_LOG_WARN("refusing connection from %s: %u connections open", peer_name(accept_addr_).c_str(),
-                    options_.max_connections);
+  admit_handshake();
+  // Connections that were evicted or refused are still closing; past this
+  // many objects the brick stops accepting until they are gone.
+  if (open_connections_ >= size_t{options_.max_connections} + 2 * size_t{options_.max_handshakes}) {
+    PBRICK_LOG_WARN("refusing connection from %s: %zu connections open", peer_name(accept_addr_).c_str(),
+                    open_connections_);
     arm_accept();
     return;
   }
   int one = 1;
   ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  add_stream_connection(std::move(fd), peer_name(accept_addr_));
+  arm_accept();
+}
+
+void Server::Impl::add_stream_connection(UniqueFd fd, std::string peer) {
   uint32_t index = take_slot();
   auto c = std::make_unique<Connection>();
   c->fd = std::move(fd);
   c->index = index;
   c->generation = next_generation_++ & 0xFFFFFF;
   c->accepted_at = Clock::now();
-  c->peer = peer_name(accept_addr_);
+  c->peer = std::move(peer);
   Connection& ref = *c;
   conns_[index] = std::move(c);
   open_connections_++;
+  pending_handshakes_++;
   PBRICK_LOG_DEBUG("%s: connected", ref.peer.c_str());
   arm_recv(ref);
-  arm_accept();
 }
 
 void Server::Impl::update_status() {
@@ -1348,6 +1496,7 @@ Result<std::unique_ptr<Server>> Server::Create(Store& store, const ServerOptions
 }
 
 uint16_t Server::port() const { return impl_->port(); }
+Status Server::adopt(UniqueFd fd) { return impl_->adopt(std::move(fd)); }
 Status Server::run() { return impl_->run(); }
 void Server::stop() { impl_->stop(); }
 

@@ -26,6 +26,7 @@
 #include "common/client.h"
 #include "common/result.h"
 #include "common/transport.h"
+#include "common/unique_fd.h"
 #include "target/store.h"
 
 namespace pbrick {
@@ -42,7 +43,15 @@ struct ServerOptions {
   // sync-read, so both work there.
   Persistence persistence = Persistence::kRpc;
   std::optional<ClusterKey> key;
+  // Connections past their handshake (HELLO, and AUTH when a key is set); one
+  // more is refused with EAGAIN once its handshake succeeds.
   uint32_t max_connections = 128;
+  // Connections still in their handshake count separately, so peers that
+  // never prove the key cannot take the slots of those that did. When this
+  // many are pending, a new connection closes the oldest of them. Until the
+  // handshake completes a connection reads only HELLO/AUTH-sized frames into
+  // one-page buffers (over RDMA: its queue pair has no remote access).
+  uint32_t max_handshakes = 64;
   // A connection that has not finished HELLO (and AUTH, when a key is set)
   // within this time is closed, so idle half-open peers cannot pin slots.
   uint32_t handshake_timeout_ms = 10000;
@@ -64,6 +73,13 @@ class Server {
   Server& operator=(const Server&) = delete;
 
   uint16_t port() const;
+
+  // Serves `fd`, an already-connected stream socket (one end of a socketpair,
+  // say), exactly as a connection accepted on the listening socket: the same
+  // handshake budget, buffers and checks. For tests and fuzzers that drive a
+  // real Server without a network (tests/fuzz/server_fuzz.cc); the daemon
+  // never calls it. Call it on the thread that calls run(), before run().
+  Status adopt(UniqueFd fd);
 
   // Serves until SIGTERM or SIGINT arrives; the caller must have blocked both
   // signals in every thread (run() reads them through a signalfd). Sends

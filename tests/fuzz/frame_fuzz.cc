@@ -72,6 +72,13 @@ std::vector<uint8_t> hello_reply_bytes(const HelloReply& m) {
   return out;
 }
 
+// Empty, or 16 bytes with the RDMA trailer.
+std::vector<uint8_t> auth_reply_bytes(const AuthReply& m) {
+  std::vector<uint8_t> out(auth_reply_size(m));
+  encode_auth_reply(m, out.data());
+  return out;
+}
+
 std::vector<uint8_t> persist_request_bytes(const PersistRequest& m) {
   std::vector<uint8_t> out(persist_request_size(m.ranges.size()));
   encode_persist_request(m, out.data());
@@ -139,6 +146,9 @@ void check_payload(Opcode op, bool reply, Span p) {
   switch (op) {
     case Opcode::kHello:
       check_round_trip(p, decode_hello_reply, hello_reply_bytes, "HELLO reply");
+      return;
+    case Opcode::kAuth:
+      check_round_trip(p, decode_auth_reply, auth_reply_bytes, "AUTH reply");
       return;
     case Opcode::kMap:
       check_round_trip(p, decode_map_reply, fixed<MapReply, encode_map_reply, kMapReplySize>,

@@ -9,7 +9,7 @@ OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus", "frame"
 MAGIC = 0x4B524250
 REPLY = 1
 MB2 = 2 << 20
-SYNC_READ, PERSIST_RPC, RDMA = 1 << 0, 1 << 1, 1 << 2
+SYNC_READ, PERSIST_RPC, RDMA, AUTH_TRAILER = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 
 
 def frame(op, payload=b"", reply=False, status=0, rid=1):
@@ -30,6 +30,12 @@ HELLO_REQ_RDMA = struct.pack("<HHIQ", 1, 1, 0, SYNC_READ | PERSIST_RPC | RDMA) +
 HELLO_REP_RDMA = (struct.pack("<HHIQII", 1, 0, 1, PERSIST_RPC | RDMA, MB2, 0) + bytes(range(16)) +
                   nonce(0x40) + nonce(0x80) + bytes(range(0xE0, 0xF0)) +
                   struct.pack("<IIQ", 0x5EED1234, 0, 0x7F1200003000))
+# A brick with a key over RDMA (AUTH_TRAILER): the HELLO reply has
+# AUTH_REQUIRED and no trailer; the AUTH reply carries it.
+HELLO_REQ_RDMA_KEY = struct.pack("<HHIQ", 1, 1, 0, PERSIST_RPC | RDMA | AUTH_TRAILER) + nonce(0)
+HELLO_REP_RDMA_KEY = (struct.pack("<HHIQII", 1, 0, 1, PERSIST_RPC | RDMA | AUTH_TRAILER, MB2, 0) +
+                      bytes(range(16)) + nonce(0x40) + nonce(0x80) + bytes(range(0xE0, 0xF0)))
+AUTH_REP_RDMA = struct.pack("<IIQ", 0x5EED1234, 0, 0x3A5C00200000)
 AUTH_REQ = nonce(0xC0)
 STAT_REP = struct.pack("<QQQQ", 1024, 1000, 24, 3) + bytes(range(16)) + struct.pack("<IHHQ", MB2, 1, 1, 0)
 MAP_REQ = struct.pack("<QII", 3 * MB2, 3, 0)
@@ -66,6 +72,9 @@ FILES = {
     "write_reply": frame(10, reply=True),
     "hello_request_rdma": frame(1, HELLO_REQ_RDMA),
     "hello_reply_rdma": frame(1, HELLO_REP_RDMA, reply=True),
+    "hello_request_rdma_key": frame(1, HELLO_REQ_RDMA_KEY),
+    "hello_reply_rdma_key": frame(1, HELLO_REP_RDMA_KEY, reply=True),
+    "auth_reply_rdma": frame(2, AUTH_REP_RDMA, reply=True, rid=2),
     "persist_request": frame(11, PERSIST_REQ),
     "persist_request_all": frame(11, PERSIST_ALL_REQ),
     "persist_reply": frame(11, reply=True),

@@ -11,11 +11,22 @@
 //     Messages no client should send (bad magic, a frame before HELLO, a
 //     length that lies, READ/WRITE frames over RDMA): the brick must close or
 //     refuse each, and still serve a well-behaved client afterwards.
+//   rdma_probe preauth HOST:PORT KEYFILE VADDR
+//     Against a brick with a cluster key: a keyed client maps VADDR and
+//     writes a pattern; peers that never authenticated (no HELLO at all,
+//     HELLO only, a wrong AUTH) learn no rkey or address (HELLO names none)
+//     and their RDMA READs through the keyed client's real handle are
+//     refused by the NIC. An authenticated peer's READ with a guessed rkey is
+//     refused with a remote access error, handle addresses are unrelated to
+//     each other, and the real handle works from another authenticated
+//     connection (handles are shared between authenticated connections).
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "common/auth.h"
 #include "common/client.h"
 #include "common/protocol.h"
 #include "common/rdma.h"
@@ -32,12 +43,13 @@ void step(bool ok, const std::string& what) {
   if (!ok) g_failures++;
 }
 
-ClientOptions options_for(const Endpoint& ep) {
+ClientOptions options_for(const Endpoint& ep, std::optional<ClusterKey> key = std::nullopt) {
   ClientOptions o;
   o.endpoint = ep;
   o.transport = Transport::kRdma;
   o.features = proto::kFeaturePersistRpc;
   o.timeout_ms = 5000;
+  o.key = std::move(key);
   return o;
 }
 
@@ -173,11 +185,213 @@ int garbage(const Endpoint& ep) {
   return g_failures == 0 ? 0 : 1;
 }
 
+// An RDMA READ of `len` bytes through (rkey, addr) on `link`: "ok", or the
+// work completion's error (the NIC's answer), or why it never completed.
+std::string read_through(rdma::RdmaLink& link, std::vector<uint8_t>& buf, uint32_t rkey, uint64_t addr,
+                         size_t len, int* errnum) {
+  *errnum = 0;
+  ibv_sge sge{reinterpret_cast<uint64_t>(buf.data()), static_cast<uint32_t>(len), link.lkey(buf.data(), len)};
+  link.queue_rdma(IBV_WR_RDMA_READ, &sge, 1, rkey, addr, 1);
+  Status st = link.post_queued();
+  if (!st) {
+    *errnum = st.error().errnum();
+    return "post: " + st.error().message();
+  }
+  std::string result = "no completion within 5 s";
+  bool got = false;
+  for (int i = 0; i < 50 && !got; i++) {
+    Status w = link.wait(100, [&](const rdma::RdmaLink::Completion& c) {
+      if (c.kind != rdma::RdmaLink::Completion::Kind::kOneSided) return;
+      got = true;
+      *errnum = c.status;
+      result = c.status == 0 ? "ok" : c.error;
+    });
+    if (!got && !w.ok() && w.error().errnum() != ETIMEDOUT) {
+      *errnum = w.error().errnum();
+      result = w.error().message();
+      break;
+    }
+  }
+  if (!got && *errnum == 0) *errnum = ETIMEDOUT;
+  return result;
+}
+
+// The NIC refused: a remote access error or (a queue pair without remote
+// access rights, on some NICs) a remote invalid request error.
+bool refused_by_nic(int errnum, const std::string& text) {
+  return errnum == EKEYREJECTED &&
+         (text.find("remote access error") != std::string::npos ||
+          text.find("remote invalid request error") != std::string::npos);
+}
+
+// A raw RDMA connection with one registered 64 KiB buffer, greeted or not.
+struct RawPeer {
+  rdma::RdmaLink link;
+  std::vector<uint8_t> buf = std::vector<uint8_t>(64 * 1024);
+  std::string connect(const Endpoint& ep) {
+    Status st = link.add_region(buf.data(), buf.size());
+    if (st) st = link.connect(ep, rdma::LinkOptions{}, 5000);
+    return st ? "" : st.error().message();
+  }
+  // Sends one frame and returns its reply's header and payload.
+  std::string call(std::span<const uint8_t> frame_bytes, proto::FrameHeader* h, std::vector<uint8_t>* payload) {
+    Status st = link.send_message(frame_bytes);
+    if (!st) return "send: " + st.error().message();
+    bool got = false;
+    std::string why = "no reply within 5 s";
+    for (int i = 0; i < 50 && !got; i++) {
+      Status w = link.wait(100, [&](const rdma::RdmaLink::Completion& c) {
+        if (c.kind != rdma::RdmaLink::Completion::Kind::kMessage) return;
+        got = true;
+        auto d = proto::decode_header(c.message.first(std::min(c.message.size(), proto::kHeaderSize)), true);
+        if (!d) {
+          why = "bad reply: " + d.error().message();
+          return;
+        }
+        *h = *d;
+        payload->assign(c.message.begin() + proto::kHeaderSize, c.message.end());
+        why.clear();
+      });
+      if (!got && !w.ok() && w.error().errnum() != ETIMEDOUT) return w.error().message();
+    }
+    return why;
+  }
+};
+
+std::vector<uint8_t> hello_frame(uint64_t features) {
+  proto::HelloRequest hello;
+  hello.features = features;
+  for (size_t i = 0; i < hello.client_nonce.size(); i++) hello.client_nonce[i] = static_cast<uint8_t>(i * 31 + 7);
+  uint8_t payload[proto::kHelloRequestSize];
+  proto::encode_hello_request(hello, payload);
+  return frame(proto::Opcode::kHello, payload, sizeof payload);
+}
+
+int preauth(const Endpoint& ep, const std::string& key_file, uint64_t vaddr) {
+  auto key = load_key_file(key_file);
+  if (!key) {
+    step(false, "key file: " + key.error().message());
+    return 1;
+  }
+  auto a = BrickClient::Connect(options_for(ep, *key));
+  if (!a) {
+    step(false, "keyed client: " + a.error().message());
+    return 1;
+  }
+  BrickClient& owner = **a;
+  step(owner.sync_region().has_value(), "the keyed client got the sync region after AUTH");
+  Status st = owner.alloc(vaddr);
+  step(st.ok() || st.error().errnum() == EEXIST, "alloc " + format_hex(vaddr));
+  auto h = owner.map(vaddr, proto::kMapWrite | proto::kMapShared);
+  if (!h) {
+    step(false, "map: " + h.error().message());
+    return 1;
+  }
+  std::vector<uint8_t> pattern(4096);
+  for (size_t i = 0; i < pattern.size(); i++) pattern[i] = static_cast<uint8_t>(i * 13 + 5);
+  st = owner.write(h->rkey, h->remote_addr, pattern);
+  step(st.ok(), "the keyed client wrote a pattern through its handle" + (st.ok() ? "" : ": " + st.error().message()));
+  const uint32_t sync_rkey = owner.sync_region() ? owner.sync_region()->rkey : 0;
+  const uint64_t sync_addr = owner.sync_region() ? owner.sync_region()->addr : 0;
+
+  int errnum = 0;
+  {
+    RawPeer p;
+    std::string err = p.connect(ep);
+    step(err.empty(), "a peer connects and says nothing" + (err.empty() ? "" : ": " + err));
+    std::string r = read_through(p.link, p.buf, h->rkey, h->remote_addr, pattern.size(), &errnum);
+    step(refused_by_nic(errnum, r), "its RDMA READ through the keyed client's handle is refused by the NIC: " + r);
+  }
+  {
+    RawPeer p;
+    std::string err = p.connect(ep);
+    proto::FrameHeader rh;
+    std::vector<uint8_t> payload;
+    if (err.empty()) {
+      err = p.call(hello_frame(proto::kFeatureRdma | proto::kFeatureAuthTrailer | proto::kFeaturePersistRpc), &rh,
+                   &payload);
+    }
+    bool hello_ok = err.empty() && rh.status == 0;
+    auto hello = proto::decode_hello_reply(payload);
+    step(hello_ok && hello && (hello->hello_flags & proto::kHelloAuthRequired) != 0 && !hello->has_rdma_trailer &&
+             payload.size() == proto::kHelloReplySize,
+         "HELLO before AUTH: AUTH_REQUIRED, 120 bytes, no rkey and no address (" +
+             (err.empty() ? std::to_string(payload.size()) + " bytes, status " + std::to_string(rh.status) : err) +
+             ")");
+    std::string r = read_through(p.link, p.buf, h->rkey, h->remote_addr, pattern.size(), &errnum);
+    step(refused_by_nic(errnum, r), "after HELLO, before AUTH: a READ through the keyed client's handle is refused by the NIC: " + r);
+  }
+  {
+    RawPeer p;
+    std::string err = p.connect(ep);
+    if (err.empty()) {
+      std::string r = read_through(p.link, p.buf, sync_rkey, sync_addr, 8, &errnum);
+      step(refused_by_nic(errnum, r), "an unauthenticated READ of the sync region (rkey from another connection) is refused by the NIC: " + r);
+    }
+  }
+  {
+    RawPeer p;
+    std::string err = p.connect(ep);
+    proto::FrameHeader rh;
+    std::vector<uint8_t> payload;
+    if (err.empty()) err = p.call(hello_frame(proto::kFeatureRdma | proto::kFeaturePersistRpc), &rh, &payload);
+    step(err.empty() && rh.status == proto::wire_status(EPROTONOSUPPORT),
+         "an RDMA HELLO without AUTH_TRAILER to a brick with a key: EPROTONOSUPPORT (" +
+             (err.empty() ? "status " + std::to_string(rh.status) : err) + ")");
+  }
+  {
+    RawPeer p;
+    std::string err = p.connect(ep);
+    proto::FrameHeader rh;
+    std::vector<uint8_t> payload;
+    if (err.empty()) {
+      err = p.call(hello_frame(proto::kFeatureRdma | proto::kFeatureAuthTrailer), &rh, &payload);
+    }
+    if (err.empty()) {
+      uint8_t proof[proto::kAuthRequestSize] = {};  // not the key's
+      err = p.call(frame(proto::Opcode::kAuth, proof, sizeof proof), &rh, &payload);
+    }
+    step(err.empty() && rh.status == proto::wire_status(EACCES) && payload.empty(),
+         "a wrong AUTH: EACCES, and no trailer (" + (err.empty() ? "status " + std::to_string(rh.status) : err) + ")");
+  }
+
+  auto b = BrickClient::Connect(options_for(ep, *key));
+  if (!b) {
+    step(false, "second keyed client: " + b.error().message());
+    return 1;
+  }
+  std::vector<uint8_t> back(pattern.size());
+  st = (*b)->read(h->rkey ^ 0x5A, h->remote_addr, back);
+  step(!st.ok() && st.error().errnum() == EKEYREJECTED &&
+           st.error().message().find("remote access error") != std::string::npos,
+       "an authenticated READ with a guessed rkey is refused with a remote access error: " +
+           (st.ok() ? std::string("it succeeded") : st.error().message()));
+  auto b2 = BrickClient::Connect(options_for(ep, *key));
+  if (!b2) {
+    step(false, "third keyed client: " + b2.error().message());
+    return 1;
+  }
+  st = (*b2)->read(h->rkey, h->remote_addr, back);
+  step(st.ok() && back == pattern, "another authenticated connection reads the pattern through the shared handle");
+  Status st2 = (*b2)->alloc(vaddr + proto::kBlockSize);
+  auto h2 = (*b2)->map(vaddr + proto::kBlockSize, proto::kMapShared);
+  if (h2 && (st2.ok() || st2.error().errnum() == EEXIST)) {
+    uint64_t gap = h2->remote_addr > h->remote_addr ? h2->remote_addr - h->remote_addr : h->remote_addr - h2->remote_addr;
+    uint64_t sync_gap = sync_addr > h->remote_addr ? sync_addr - h->remote_addr : h->remote_addr - sync_addr;
+    step(gap > (1ull << 40) && sync_gap > (1ull << 40),
+         "handle and sync addresses are unrelated (" + format_hex(h->remote_addr) + ", " +
+             format_hex(h2->remote_addr) + ", sync " + format_hex(sync_addr) + ")");
+  } else {
+    step(false, "map of a second block: " + (h2 ? st2.error().message() : h2.error().message()));
+  }
+  return g_failures == 0 ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::fprintf(stderr, "usage: rdma_probe revoke HOST:PORT VADDR | garbage HOST:PORT\n");
+    std::fprintf(stderr, "usage: rdma_probe revoke HOST:PORT VADDR | garbage HOST:PORT | preauth HOST:PORT KEYFILE VADDR\n");
     return 2;
   }
   std::string mode = argv[1];
@@ -192,6 +406,11 @@ int main(int argc, char** argv) {
     return revoke(*ep, *vaddr);
   }
   if (mode == "garbage" && argc == 3) return garbage(*ep);
-  std::fprintf(stderr, "usage: rdma_probe revoke HOST:PORT VADDR | garbage HOST:PORT\n");
+  if (mode == "preauth" && argc == 5) {
+    auto vaddr = pbrick::parse_u64(argv[4], "VADDR");
+    if (!vaddr) return 2;
+    return preauth(*ep, argv[3], *vaddr);
+  }
+  std::fprintf(stderr, "usage: rdma_probe revoke HOST:PORT VADDR | garbage HOST:PORT | preauth HOST:PORT KEYFILE VADDR\n");
   return 2;
 }

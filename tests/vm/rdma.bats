@@ -8,6 +8,9 @@
 #   4. the data path does not run on the brick's CPU: its user+system time
 #      while fio rewrites 1 GiB through /dev/ublkb0 is printed and bounded
 #   5. the nbdkit plugin over RDMA (bounce buffers): data round-trips
+#   6. before AUTH nothing of the store is reachable: HELLO names no rkey or
+#      address, and the NIC refuses RDMA READs of peers that did not
+#      authenticate, even through a real handle of another connection
 # The brick API tests (tests/integration/brick.bats) and the ublk tests run
 # over RDMA as well (scripts/test runs them with PBRICK_TRANSPORT=rdma).
 
@@ -122,4 +125,17 @@ seconds() { awk -v t="$1" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t /
   cmp -n $((24 * M + 4096)) "$BATS_TEST_TMPDIR/in" "$BATS_TEST_TMPDIR/out"
   # Zeros beyond what was written.
   cmp -i $((24 * M + 4096)) -n $((8 * M)) "$BATS_TEST_TMPDIR/out" /dev/zero
+}
+
+@test "rdma: nothing of the store is reachable before AUTH: no rkey in HELLO, the NIC refuses unauthenticated READs" {
+  head -c 32 /dev/urandom | base64 >"$BATS_TEST_TMPDIR/key"
+  chmod 600 "$BATS_TEST_TMPDIR/key"
+  start_brick b --key-file "$BATS_TEST_TMPDIR/key"
+  run "$PROBE_BIN" preauth "$TARGET" "$BATS_TEST_TMPDIR/key" 0x200000
+  printf '# %s\n' "${lines[@]}" >&3
+  [ "$status" -eq 0 ] || sed 's/^/# brick: /' "$BATS_TEST_TMPDIR/b.log" >&3
+  assert_success
+  refute_output --partial FAIL
+  kill -0 "$BRICK_PID"
+  grep -q 'refused: an RDMA client without AUTH_TRAILER' "$BATS_TEST_TMPDIR/b.log"
 }

@@ -1,0 +1,199 @@
+// The Server's request state machine over a socketpair (Server::adopt): the
+// regressions the request-level fuzzer (tests/fuzz/server_fuzz.cc) found.
+#include "target/server.h"
+
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/protocol.h"
+#include "target/pmem_region.h"
+#include "target/store.h"
+
+namespace pbrick {
+namespace {
+
+using proto::kHeaderSize;
+using proto::Opcode;
+
+struct Reply {
+  Opcode opcode;
+  uint64_t request_id;
+  uint32_t status;
+  std::vector<uint8_t> payload;
+};
+
+// A brick over `region` serving one socketpair connection on its own thread.
+class ServerHarness {
+ public:
+  explicit ServerHarness(std::unique_ptr<PmemRegion> region) {
+    auto store = Store::Open(std::move(region), StoreOpenOptions{});
+    EXPECT_TRUE(store.ok()) << store.error().message();
+    store_ = std::move(*store);
+    ServerOptions options;
+    options.listen = Endpoint{"127.0.0.1", 0};
+    auto server = Server::Create(*store_, options);
+    EXPECT_TRUE(server.ok()) << server.error().message();
+    server_ = std::move(*server);
+    int sv[2];
+    EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    client_.reset(sv[0]);
+    timeval tv{10, 0};
+    ::setsockopt(sv[0], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    EXPECT_TRUE(server_->adopt(UniqueFd(sv[1])).ok());
+    loop_ = std::thread([this] { EXPECT_TRUE(server_->run().ok()); });
+  }
+  ~ServerHarness() {
+    server_->stop();
+    loop_.join();
+  }
+
+  // Appends one request frame to what send() writes.
+  void queue(Opcode op, std::span<const uint8_t> payload, uint64_t request_id) {
+    proto::FrameHeader h;
+    h.opcode = op;
+    h.payload_len = static_cast<uint32_t>(payload.size());
+    h.request_id = request_id;
+    size_t at = pending_.size();
+    pending_.resize(at + kHeaderSize + payload.size());
+    proto::encode_header(h, pending_.data() + at);
+    if (!payload.empty()) std::memcpy(pending_.data() + at + kHeaderSize, payload.data(), payload.size());
+  }
+  void send() {
+    ASSERT_EQ(::send(client_.get(), pending_.data(), pending_.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(pending_.size()));
+    pending_.clear();
+  }
+  void half_close() { ::shutdown(client_.get(), SHUT_WR); }
+
+  // The next reply, or nullopt when the brick closed (or 10 s passed).
+  std::optional<Reply> next() {
+    uint8_t hdr[kHeaderSize];
+    if (!read_n(hdr, sizeof hdr)) return std::nullopt;
+    auto h = proto::decode_header(hdr, true);
+    EXPECT_TRUE(h.ok()) << h.error().message();
+    if (!h) return std::nullopt;
+    Reply r{h->opcode, h->request_id, h->status, std::vector<uint8_t>(h->payload_len)};
+    if (!r.payload.empty() && !read_n(r.payload.data(), r.payload.size())) return std::nullopt;
+    return r;
+  }
+
+  // HELLO, ALLOC + MAP read-write of vaddr 0; returns the handle.
+  proto::MapReply hello_and_map() {
+    proto::HelloRequest hello;
+    uint8_t hp[proto::kHelloRequestSize];
+    proto::encode_hello_request(hello, hp);
+    queue(Opcode::kHello, hp, 1);
+    uint8_t ap[proto::kAddrRequestSize];
+    proto::encode_addr_request({0}, ap);
+    queue(Opcode::kAlloc, ap, 2);
+    uint8_t mp[proto::kMapRequestSize];
+    proto::encode_map_request({0, proto::kMapWrite}, mp);
+    queue(Opcode::kMap, mp, 3);
+    send();
+    for (int i = 0; i < 2; i++) {
+      auto r = next();
+      EXPECT_TRUE(r && r->status == 0) << (r ? "request " + std::to_string(r->request_id) + " status " +
+                                                   std::to_string(r->status)
+                                             : std::string("closed"));
+    }
+    auto r = next();
+    EXPECT_TRUE(r && r->status == 0 && r->opcode == Opcode::kMap);
+    auto handle = proto::decode_map_reply(r ? r->payload : std::vector<uint8_t>{});
+    EXPECT_TRUE(handle.ok());
+    return handle.ok() ? *handle : proto::MapReply{};
+  }
+
+  void queue_io(Opcode op, const proto::MapReply& h, uint64_t offset, std::span<const uint8_t> data,
+                uint32_t read_len, uint64_t request_id) {
+    std::vector<uint8_t> p(proto::kIoRequestSize);
+    uint32_t len = op == Opcode::kWrite ? static_cast<uint32_t>(data.size()) : read_len;
+    proto::encode_io_request({h.rkey, h.remote_addr + offset, len}, p.data());
+    p.insert(p.end(), data.begin(), data.end());
+    queue(op, p, request_id);
+  }
+
+ private:
+  bool read_n(uint8_t* p, size_t n) {
+    while (n > 0) {
+      ssize_t r = ::recv(client_.get(), p, n, 0);
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) {
+        if (r < 0) std::fprintf(stderr, "recv: %s\n", std::strerror(errno));
+        return false;
+      }
+      p += r;
+      n -= static_cast<size_t>(r);
+    }
+    return true;
+  }
+
+  std::unique_ptr<Store> store_;
+  std::unique_ptr<Server> server_;
+  UniqueFd client_;
+  std::thread loop_;
+  std::vector<uint8_t> pending_;
+};
+
+// A region with no file to fdatasync (an in-memory store) has nothing to wait
+// for at a sync point: a sync-read is answered with the data, not with EIO
+// from an fdatasync of fd -1.
+TEST(ServerTest, SyncReadOnMemoryStoreReturnsTheData) {
+  ServerHarness s(make_memory_region(8 * proto::kBlockSize));
+  proto::MapReply h = s.hello_and_map();
+  const uint8_t data[] = {'a', 'b', 'c', 'd'};
+  s.queue_io(Opcode::kWrite, h, 4096, data, 0, 10);
+  s.queue_io(Opcode::kRead, h, 4096, {}, sizeof data, 11);
+  s.send();
+  auto w = s.next();
+  ASSERT_TRUE(w);
+  EXPECT_EQ(w->status, 0u);
+  auto r = s.next();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->opcode, Opcode::kRead);
+  EXPECT_EQ(r->status, 0u) << "errno " << proto::errno_from_wire(r->status);
+  EXPECT_EQ(r->payload, std::vector<uint8_t>(data, data + sizeof data));
+}
+
+// A client that half-closes right after its last request still gets every
+// reply (docs/protocol.md §3), also when the brick is waiting for the
+// fdatasync of a sync-read at the moment the end of the stream arrives.
+TEST(ServerTest, HalfCloseDuringSyncReadStillGetsEveryReply) {
+  const char* tmp = std::getenv("TMPDIR");
+  std::string path = std::string(tmp != nullptr ? tmp : "/tmp") + "/pbrick-server-test-XXXXXX";
+  int fd = ::mkstemp(path.data());
+  ASSERT_GE(fd, 0);
+  ::close(fd);
+  ::unlink(path.c_str());
+  auto region = open_pmem_region(RegionOptions{path, 8 * proto::kBlockSize, true});
+  ASSERT_TRUE(region.ok()) << region.error().message();
+  {
+    ServerHarness s(std::move(*region));
+    proto::MapReply h = s.hello_and_map();
+    std::vector<uint8_t> data(256 * 1024, 0x5A);
+    s.queue_io(Opcode::kWrite, h, 0, data, 0, 10);
+    s.queue_io(Opcode::kRead, h, 0, {}, 16, 11);
+    s.queue(Opcode::kStat, {}, 12);
+    s.send();
+    s.half_close();
+    for (uint64_t id : {10u, 11u, 12u}) {
+      auto r = s.next();
+      ASSERT_TRUE(r) << "no reply to request " << id << ": the brick closed first";
+      EXPECT_EQ(r->request_id, id);
+      EXPECT_EQ(r->status, 0u);
+    }
+    EXPECT_FALSE(s.next()) << "the brick closes after the last reply";
+  }
+  ::unlink(path.c_str());
+}
+
+}  // namespace
+}  // namespace pbrick
