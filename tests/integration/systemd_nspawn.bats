@@ -15,8 +15,10 @@ load helpers
 
 ROOT_DIR=$(cd "$BATS_TEST_DIRNAME/../.." && pwd)
 
-# in_ct CMD...: runs CMD inside the container (all its namespaces).
-in_ct() { nsenter -t "$(cat "$BATS_FILE_TMPDIR/ct.pid")" -a "$@"; }
+# in_ct CMD...: runs CMD inside the container: its namespaces and its root
+# (-r: nspawn moves the container's root over / and chroots, so the mount
+# namespace's own root is not it).
+in_ct() { nsenter -t "$(cat "$BATS_FILE_TMPDIR/ct.pid")" -a -r -w "$@"; }
 
 # need_tool CMD PACKAGE: fails (never skips) when CMD is missing.
 need_tool() {
@@ -91,7 +93,7 @@ setup_file() {
   echo "$pid" >"$dir/ct.pid"
   while ((SECONDS < deadline)); do
     if [ -e "/proc/$pid/root/run/systemd/system" ]; then
-      timeout $((deadline - SECONDS + 1)) nsenter -t "$pid" -a systemctl is-system-running --wait \
+      timeout $((deadline - SECONDS + 1)) nsenter -t "$pid" -a -r -w systemctl is-system-running --wait \
         >"$dir/boot.state" 2>&1 || true
       grep -qE '^(running|degraded)$' "$dir/boot.state" && break
     fi
@@ -103,8 +105,8 @@ setup_file() {
     return 1
   fi
   upper_files >"$dir/before-install.files"
-  nsenter -t "$pid" -a sh -c 'cat > /run/pbrick.deb' <"$DEB"
-  if ! nsenter -t "$pid" -a dpkg -i /run/pbrick.deb >"$dir/dpkg-i.log" 2>&1; then
+  nsenter -t "$pid" -a -r -w sh -c 'cat > /run/pbrick.deb' <"$DEB"
+  if ! nsenter -t "$pid" -a -r -w dpkg -i /run/pbrick.deb >"$dir/dpkg-i.log" 2>&1; then
     echo "dpkg -i failed: $(cat "$dir/dpkg-i.log")" >&2
     ct_teardown
     return 1
