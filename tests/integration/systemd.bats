@@ -114,8 +114,21 @@ verify_unit() {
   grep -qx 'Type=notify' "$UNITS/pbrick-nbd@.service"
   grep -q 'config=/etc/pbrick/cluster.yaml volume=%i' "$UNITS/pbrick-nbd@.service"
   grep -qx 'Type=notify' "$UNITS/pbrick-gateway@.service"
-  grep -qx "ExecStart=$STAGE$PREFIX/bin/pbrick-gateway attach --config /etc/pbrick/cluster.yaml --volume %i" \
+  # The gateway unit runs attach through pbrick-gateway-start, which recovers
+  # the device a killed daemon left instead (tests/vm/systemd.bats).
+  grep -qx "ExecStart=$STAGE$PREFIX/libexec/pbrick/pbrick-gateway-start %i" "$UNITS/pbrick-gateway@.service"
+  grep -qx "ExecStartPost=$STAGE$PREFIX/libexec/pbrick/pbrick-gateway-start --record %i \$MAINPID" \
     "$UNITS/pbrick-gateway@.service"
+  local start_script
+  start_script=$(staged pbrick-gateway-start)
+  [ -x "$start_script" ]
+  # Configured for the default prefix, as the units are (unit_dir).
+  grep -qx "gateway=/usr/local/bin/pbrick-gateway" "$start_script"
+  grep -qx 'config=/etc/pbrick/cluster.yaml' "$start_script"
+  grep -qx '.*exec "$gateway" attach --config "$config" --volume "$volume"' "$start_script"
+  run "$start_script"
+  assert_failure 2
+  assert_output --partial 'usage: pbrick-gateway-start VOLUME'
   local plugin
   plugin=$(grep -o '[^ ]*/nbdkit-pbrick-plugin\.so' "$UNITS/pbrick-nbd@.service")
   [ -f "$plugin" ] || fail "pbrick-nbd@.service loads $plugin, which is not installed"
