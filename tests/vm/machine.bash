@@ -8,21 +8,26 @@
 #                                       jobs, logs and disks, the guests see it
 #   machine_disk FILE SIZE              a sparse host file with a fresh ext4
 #   machine_start NAME --disk FILE --job FILE [--forward HOSTPORT:GUESTPORT]...
-#                 [--mem SIZE] [--cpus N]
+#                 [--link LOCALPORT:REMOTEPORT:ADDRESS/PREFIX] [--mem SIZE] [--cpus N]
 #                                       boots NAME in the background; the job
 #                                       (bash, in the guest's tree) runs with
-#                                       FILE mounted at /var/tmp
+#                                       FILE mounted at /var/tmp; --link: a
+#                                       second NIC, eth1 with ADDRESS, on a
+#                                       link to the machine whose ports are
+#                                       the other way round (UDP on 127.0.0.1)
 #   machine_wait NAME REGEX [SECONDS]   until the job prints a matching line
 #   machine_cut NAME                    power cut: SIGKILL of qemu
 #   machine_stop_all                    cuts every machine still running
 #   machine_console NAME [LINES]        the end of NAME's console (kernel log)
-#   machine_free_port                   a free TCP port on 127.0.0.1
+#   machine_free_port [udp]             a free TCP (UDP) port on 127.0.0.1
 #
-#   machine_start_brick NAME DISK HOSTPORT SIZE [pbrick-target args...]
+#   machine_start_brick NAME DISK HOSTPORT SIZE [pbrick-target args...] [-- machine_start args...]
 #                                       a brick VM: pbrick-target serving
 #                                       /var/tmp/brick.store (SIZE) of DISK,
-#                                       reachable at 127.0.0.1:HOSTPORT; returns
-#                                       once it serves
+#                                       reachable at 127.0.0.1:HOSTPORT (and at
+#                                       port 7000 of its --link address: give
+#                                       machine_start arguments after --);
+#                                       returns once it serves
 #
 # A machine is one qemu process: 1 vCPU and 384M unless told otherwise, the
 # host root read-only over 9p as in the bats VM, user networking with
@@ -57,11 +62,14 @@ machine_disk() {
 }
 
 machine_free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  python3 -c 'import socket, sys
+s = socket.socket(type=socket.SOCK_DGRAM if sys.argv[1:] == ["udp"] else socket.SOCK_STREAM)
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])' "$@"
 }
 
 machine_start() {
-  local name=$1 disk='' job='' mem=384M cpus=1 fwd=''
+  local name=$1 disk='' job='' mem=384M cpus=1 fwd='' link=() append=''
   shift
   while (($#)); do
     case $1 in
@@ -70,6 +78,14 @@ machine_start() {
     --mem) mem=$2 ;;
     --cpus) cpus=$2 ;;
     --forward) fwd+=",hostfwd=tcp:127.0.0.1:${2%%:*}-10.0.2.15:${2#*:}" ;;
+    --link)
+      # A point-to-point Ethernet over UDP: survives either end's restart.
+      local ports=${2%:*} addr=${2##*:}
+      local ip=${addr%/*}
+      link=(-netdev "socket,id=n1,localaddr=127.0.0.1:${ports%%:*},udp=127.0.0.1:${ports#*:}"
+        -device "virtio-net-pci,netdev=n1,romfile=,mac=52:54:00:7e:$(printf '%02x:%02x' "$(cut -d. -f3 <<<"$ip")" "${ip##*.}")")
+      append+=" pbrick.eth1=$addr"
+      ;;
     *) echo "machine_start: unknown argument $1" >&2 && return 2 ;;
     esac
     shift 2
@@ -87,8 +103,8 @@ machine_start() {
   : >"$MACHINE_DIR/$name.console"
   # shellcheck disable=SC2054 # commas inside qemu option values
   "$VM_QEMU" "${VM_QEMU_ARGS[@]}" -m "$mem" -smp "$cpus" \
-    -append "$VM_APPEND pbrick.modset=machine pbrick.job=$MACHINE_DIR/$name.job" \
-    -netdev "user,id=n0,restrict=on$fwd" -device virtio-net-pci,netdev=n0,romfile= \
+    -append "$VM_APPEND pbrick.modset=machine pbrick.job=$MACHINE_DIR/$name.job$append" \
+    -netdev "user,id=n0,restrict=on$fwd" -device virtio-net-pci,netdev=n0,romfile= "${link[@]}" \
     -drive "file=$disk,if=virtio,format=raw,cache=writeback,discard=unmap" \
     -monitor none -serial "file:$MACHINE_DIR/$name.console" -serial "file:$MACHINE_DIR/$name.out" \
     </dev/null >"$MACHINE_DIR/$name.qemu" 2>&1 3>&- &
@@ -140,17 +156,19 @@ machine_stop_all() {
 
 # The brick's job: serve the store on the disk, then say where.
 machine_start_brick() {
-  local name=$1 disk=$2 hostport=$3 size=$4 arg
+  local name=$1 disk=$2 hostport=$3 size=$4 targs=()
   shift 4
+  while (($#)) && [ "$1" != -- ]; do targs+=("$1") && shift; done
+  (($#)) && shift # the rest goes to machine_start
   {
     echo 'port=7000'
     printf 'args=('
-    for arg in "$@"; do printf ' %q' "$arg"; done
+    ((${#targs[@]})) && printf ' %q' "${targs[@]}"
     echo ' )'
     # shellcheck disable=SC2016 # expanded in the guest
     printf '%s\n' \
       "\"\$PBRICK_BIN_DIR/target/pbrick-target\" --store /var/tmp/brick.store --size $size \\" \
-      '  --listen "10.0.2.15:$port" --port-file /run/brick.port "${args[@]}" 2>&1 &' \
+      '  --listen "0.0.0.0:$port" --port-file /run/brick.port "${args[@]}" 2>&1 &' \
       'brick=$!' \
       'while ! [ -s /run/brick.port ]; do' \
       '  kill -0 "$brick" 2>/dev/null || { wait "$brick"; echo "PBRICK-MACHINE-FAILED: pbrick-target exited with $?"; exit 1; }' \
@@ -160,7 +178,7 @@ machine_start_brick() {
       'wait "$brick"' \
       'echo "PBRICK-MACHINE-FAILED: pbrick-target exited with $?"'
   } >"$MACHINE_DIR/$name.brick-job"
-  machine_start "$name" --disk "$disk" --forward "$hostport:7000" --job "$MACHINE_DIR/$name.brick-job" &&
+  machine_start "$name" --disk "$disk" --forward "$hostport:7000" --job "$MACHINE_DIR/$name.brick-job" "$@" &&
     machine_wait "$name" '^PBRICK-MACHINE-(READY|FAILED)' "${MACHINE_BOOT_TIMEOUT:-120}" &&
     ! grep -q '^PBRICK-MACHINE-FAILED' "$MACHINE_DIR/$name.out" || {
     tr -d '\r' <"$MACHINE_DIR/$name.out" | tail -n 20 >&2
