@@ -233,6 +233,19 @@ class MemoryRegion final : public PmemRegion {
   uint64_t len_;
 };
 
+// Whether `path` can be mapped with MAP_SYNC, i.e. lives on a file system
+// mounted with DAX whose page faults make the file's metadata durable: the
+// only way a regular file counts as persistent memory for libpmem, short of
+// PMEM_IS_PMEM_FORCE.
+bool supports_map_sync(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return false;
+  void* p = ::mmap(nullptr, page_size(), PROT_READ, MAP_SHARED_VALIDATE | MAP_SYNC, fd.get(), 0);
+  if (p == MAP_FAILED) return false;
+  ::munmap(p, page_size());
+  return true;
+}
+
 std::string pmem_error() {
   const char* msg = pmem_errormsg();
   return msg != nullptr && *msg != '\0' ? msg : std::strerror(errno);
@@ -324,8 +337,21 @@ Result<std::unique_ptr<PmemRegion>> open_pmem_region(const RegionOptions& option
       return err;
     }
   }
-  PBRICK_LOG_INFO("mapped store %s: %s, %s%s", path.c_str(), format_size(mapped_len).c_str(),
-                  pmem ? "persistent memory (cache flush + drain)" : "page cache (msync)",
+  // Say which kind of persistent memory: a file's durability also rests on
+  // MAP_SYNC (its metadata), which only a DAX mount gives.
+  const bool device = exists && S_ISCHR(st.st_mode);
+  const char* kind = "page cache (msync)";
+  if (pmem && device) {
+    kind = "persistent memory, device-dax (cache flush + drain)";
+  } else if (pmem && supports_map_sync(path)) {
+    kind = "persistent memory, DAX file mapped with MAP_SYNC (cache flush + drain)";
+  } else if (pmem) {
+    kind = "persistent memory as PMEM_IS_PMEM_FORCE says (cache flush + drain)";
+    PBRICK_LOG_WARN("store %s cannot be mapped with MAP_SYNC (not on a DAX mount): treated as persistent "
+                    "memory only because PMEM_IS_PMEM_FORCE says so, it does not survive a power loss",
+                    path.c_str());
+  }
+  PBRICK_LOG_INFO("mapped store %s: %s, %s%s", path.c_str(), format_size(mapped_len).c_str(), kind,
                   create ? ", created" : "");
   return std::unique_ptr<PmemRegion>(
       new LibpmemRegion(path, base, mapped_len, pmem, std::move(fd)));

@@ -108,3 +108,71 @@ sha_tree() {
 # dmesg_problems: the kernel log lines that fail a run (tests/vm/run checks
 # the same after the last test).
 dmesg_problems() { dmesg | grep -E 'BUG:|WARNING:|I/O error|Oops|blocked for more than' || true; }
+
+# --- the store of the ublk tests' brick (PBRICK_VM_STORE) ---------------------
+# tests/vm/run gives the VM an emulated NVDIMM for PBRICK_VM_STORE=fsdax or
+# devdax, and init makes a namespace on it (see init):
+#   file (default)  a file in store_dir: the scratch disk (ext4, page cache),
+#                   or /dev/shm over RDMA;
+#   fsdax           a file on the ext4 mounted -o dax at PBRICK_VM_PMEM_DIR: the
+#                   brick maps it with MAP_SYNC (not over RDMA: the kernel does
+#                   not let a NIC pin fsdax pages);
+#   devdax          the whole device PBRICK_VM_PMEM_DEV (its size is the store's).
+# vm_store NAME SIZE: a blank store for NAME: sets VM_STORE (its path) and
+# VM_STORE_ARGS (pbrick-target's --store and, on files, --size SIZE).
+# shellcheck disable=SC2034 # VM_STORE_ARGS is for the caller
+vm_store() {
+  local name=$1 size=$2
+  case ${PBRICK_VM_STORE:-file} in
+  file)
+    VM_STORE=$(store_dir)/$name.store || return 1
+    rm -f "$VM_STORE"
+    VM_STORE_ARGS=(--store "$VM_STORE" --size "$size")
+    ;;
+  fsdax)
+    [ "$PBRICK_TRANSPORT" != rdma ] || {
+      echo "PBRICK_VM_STORE=fsdax: an RDMA brick cannot register fsdax memory; use devdax" >&2
+      return 1
+    }
+    [ -d "${PBRICK_VM_PMEM_DIR:-}" ] || {
+      echo "PBRICK_VM_STORE=fsdax but no DAX file system (PBRICK_VM_PMEM_DIR='${PBRICK_VM_PMEM_DIR:-}'): run under tests/vm/run" >&2
+      return 1
+    }
+    VM_STORE=$PBRICK_VM_PMEM_DIR/$name.store
+    rm -f "$VM_STORE"
+    VM_STORE_ARGS=(--store "$VM_STORE" --size "$size")
+    ;;
+  devdax)
+    [ -c "${PBRICK_VM_PMEM_DEV:-}" ] || {
+      echo "PBRICK_VM_STORE=devdax but no device-dax device (PBRICK_VM_PMEM_DEV='${PBRICK_VM_PMEM_DEV:-}'): run under tests/vm/run" >&2
+      return 1
+    }
+    VM_STORE=$PBRICK_VM_PMEM_DEV
+    devdax_wipe "$VM_STORE" || return 1
+    VM_STORE_ARGS=(--store "$VM_STORE")
+    ;;
+  *)
+    echo "PBRICK_VM_STORE must be file, fsdax or devdax, not '$PBRICK_VM_STORE'" >&2
+    return 1
+    ;;
+  esac
+}
+
+# vm_store_remove: gives back the space of the last vm_store (a file); a
+# devdax store stays until the next vm_store wipes it.
+vm_store_remove() {
+  case ${VM_STORE:-} in '' | /dev/*) ;; *) rm -f "$VM_STORE" ;; esac
+}
+
+# devdax_wipe DEV: zeroes the first 4 KiB of a device-dax device (the store's
+# superblock), so the next brick on it formats a new store. Device-dax has no
+# read/write system calls, only mmap (in units of its 2 MiB alignment).
+devdax_wipe() {
+  python3 -c '
+import mmap, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+m = mmap.mmap(fd, 2 << 20)
+m[:4096] = bytes(4096)
+m.close()
+' "$1" || { echo "cannot wipe the superblock of $1" >&2; return 1; }
+}

@@ -16,7 +16,8 @@
 #
 # The same file runs once per transport and persistence method:
 # PBRICK_TRANSPORT=tcp|rdma (rdma: soft-RoCE on eth0, see rdma_host) and
-# PBRICK_PERSISTENCE=sync-read|rpc (the brick declares DDIO off for sync-read).
+# PBRICK_PERSISTENCE=sync-read|rpc (the brick declares DDIO off for sync-read),
+# and per store: PBRICK_VM_STORE=file|fsdax|devdax (see vm_store in helpers.bash).
 
 load helpers
 
@@ -27,10 +28,12 @@ setup() {
   require_vm
   [ -c /dev/ublk-control ] || skip "no /dev/ublk-control"
   PERSISTENCE=${PBRICK_PERSISTENCE:-sync-read}
-  # On the scratch disk (/var/tmp): the guest's /tmp tmpfs cannot hold a 1G
-  # store. Over RDMA the store must be memory the kernel lets a NIC write
-  # (tmpfs: /dev/shm), not a file on a disk filesystem.
-  BRICK_STORE=$(store_dir)/brick.store
+  # A file on the scratch disk (/var/tmp): the guest's /tmp tmpfs cannot hold
+  # a 1G store. Over RDMA the store must be memory the kernel lets a NIC write
+  # (tmpfs: /dev/shm, or devdax), not a file on a disk filesystem. Or the
+  # emulated NVDIMM (PBRICK_VM_STORE).
+  vm_store brick 1G
+  BRICK_STORE=$VM_STORE
   BRICK_PORT=7190
   TARGET=$(brick_host):$BRICK_PORT
   export TARGET BRICK_PORT
@@ -48,7 +51,7 @@ teardown() {
   fi
   "$GW_BIN" detach -n 0 >/dev/null 2>&1 || true
   brick_teardown
-  rm -f "$BRICK_STORE"
+  vm_store_remove
   # Shown by bats when the test failed.
   if [ -s "$BATS_TEST_TMPDIR/gw.log" ]; then
     echo "--- gateway log:" >&2
@@ -56,10 +59,10 @@ teardown() {
   fi
 }
 
-# brick_up: pbrick-target on $BRICK_STORE (1G) at
+# brick_up: pbrick-target on $BRICK_STORE (1G, or a whole devdax device) at
 # $TARGET; the same store and port every time, so a restart finds its blocks.
 brick_up() {
-  "$TARGET_BIN" --store "$BRICK_STORE" --size 1G --listen "$TARGET" --transport "$PBRICK_TRANSPORT" \
+  "$TARGET_BIN" "${VM_STORE_ARGS[@]}" --listen "$TARGET" --transport "$PBRICK_TRANSPORT" \
     --persistence "$PERSISTENCE" 2>>"$BATS_TEST_TMPDIR/brick.log" &
   BRICK_PID=$!
   echo "$BRICK_PID" >>"$BATS_TEST_TMPDIR/pids"
