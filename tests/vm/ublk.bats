@@ -191,9 +191,9 @@ fio_verify() {
 # does not; 2: the brick could not be asked). brick_lacks VADDR: it lists none
 # there - a check that fails, unlike `! brick_has`, which bats does not count.
 brick_has() {
-  local want=$(($1)) start blocks extents
-  extents=$(ctl --json list | jq -r '.extents[] | "\(.start) \(.blocks)"') || {
-    fail "pbrickctl list failed"
+  local want=$(($1)) start blocks listing extents
+  listing=$(ctl --json list) && extents=$(jq -r '.extents[] | "\(.start) \(.blocks)"' <<<"$listing") || {
+    fail "pbrickctl list failed: $listing"
     return 2
   }
   while read -r start blocks; do
