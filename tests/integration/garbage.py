@@ -10,47 +10,15 @@ import socket
 import struct
 import sys
 
-MAGIC = 0x4B524250
-HDR = struct.Struct("<IBBHIIQQ")  # magic version opcode flags status payload_len request_id reserved
-HELLO, AUTH, STAT, ALLOC, FREE, MAP, UNMAP, LIST, READ, WRITE = range(1, 11)
+from brick_wire import HELLO, AUTH, STAT, ALLOC, MAP, LIST, WRITE, TIMEOUT
+from brick_wire import connect, header, read_reply
+
 EACCES, EPROTO, EBADMSG, EPROTONOSUPPORT, EINVAL = 13, 71, 74, 93, 22
-TIMEOUT = 5.0
 failures = []
-
-
-def header(opcode, payload_len, request_id=1, magic=MAGIC, version=1, flags=0, status=0, reserved=0):
-    return HDR.pack(magic, version, opcode, flags, status, payload_len, request_id, reserved)
 
 
 def hello_payload():
     return struct.pack("<HHIQ", 1, 1, 0, 1) + os.urandom(32)
-
-
-def connect(host, port):
-    s = socket.create_connection((host, port), timeout=TIMEOUT)
-    s.settimeout(TIMEOUT)
-    return s
-
-
-def recv_exact(s, n):
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return buf
-
-
-def read_reply(s):
-    """Returns (opcode, status, payload) or None when the brick closed."""
-    raw = recv_exact(s, HDR.size)
-    if raw is None:
-        return None
-    magic, version, opcode, flags, status, plen, rid, reserved = HDR.unpack(raw)
-    assert magic == MAGIC and flags & 1, "reply without magic or reply flag"
-    payload = recv_exact(s, plen) if plen else b""
-    return opcode, status, payload
 
 
 def expect_closed(s, name):

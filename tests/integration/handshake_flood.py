@@ -19,14 +19,18 @@ import struct
 import sys
 import time
 
-MAGIC = 0x4B524250
-HDR = struct.Struct("<IBBHIIQQ")  # magic version opcode flags status payload_len request_id reserved
-HELLO, AUTH, STAT, WRITE = 1, 2, 3, 10
+import brick_wire
+from brick_wire import HDR, MAGIC, TIMEOUT, connect
+
+HELLO, AUTH, STAT, WRITE = brick_wire.HELLO, brick_wire.AUTH, brick_wire.STAT, brick_wire.WRITE
 EACCES, EAGAIN, EPROTO = 13, 11, 71
 AUTH_REQUIRED = 1
-TIMEOUT = 5.0
 MiB = 1 << 20
 failures = []
+
+
+def read_reply(s):
+    return brick_wire.read_reply(s, reset_is_close=True)
 
 
 def step(ok, what):
@@ -38,37 +42,6 @@ def step(ok, what):
 def frame(opcode, payload=b"", request_id=1, claimed_len=None):
     n = len(payload) if claimed_len is None else claimed_len
     return HDR.pack(MAGIC, 1, opcode, 0, 0, n, request_id, 0) + payload
-
-
-def connect(host, port):
-    s = socket.create_connection((host, port), timeout=TIMEOUT)
-    s.settimeout(TIMEOUT)
-    return s
-
-
-def recv_exact(s, n):
-    buf = b""
-    while len(buf) < n:
-        try:
-            chunk = s.recv(n - len(buf))
-        except ConnectionResetError:
-            return None
-        if not chunk:
-            return None
-        buf += chunk
-    return buf
-
-
-def read_reply(s):
-    """(opcode, status, payload), or None when the brick closed."""
-    raw = recv_exact(s, HDR.size)
-    if raw is None:
-        return None
-    _, _, opcode, flags, status, plen, _, _ = HDR.unpack(raw)
-    if not flags & 1:
-        raise RuntimeError("a frame without the REPLY flag")
-    payload = recv_exact(s, plen) if plen else b""
-    return opcode, status, payload
 
 
 def closed_by_brick(s):
