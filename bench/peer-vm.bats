@@ -131,22 +131,10 @@ proc_ticks() {
   TICKS=$((f[11] + f[12]))
 }
 
-# proc_switches PID: sets SWITCHES to the context switches (voluntary +
-# involuntary) of all the process's threads.
-proc_switches() {
-  local t k v sum=0
-  for t in /proc/"$1"/task/*; do
-    while read -r k v; do
-      case $k in voluntary_ctxt_switches: | nonvoluntary_ctxt_switches:) sum=$((sum + v)) ;; esac
-    done <"$t/status"
-  done
-  SWITCHES=$sum
-}
-
 # run_job LABEL DEV ENGINE RW BS DEPTH [FIO ARGS...]: one time-based fio job;
 # meanwhile samples CPU over a window inside the measured time. Sets
-# RES="rate mean_us p99_us sync_mean_us sync_p99_us sys_us_per_io gw_us brick_us
-# gw_switches brick_switches" (per I/O; gw/brick "-" for the NVMe setups). GW/BRICK: pids of the setup, or empty.
+# RES="rate mean_us p99_us sync_mean_us sync_p99_us sys_us_per_io gw_us brick_us"
+# (gw/brick "-" for the NVMe setups). GW/BRICK: pids of the setup, or empty.
 run_job() {
   local label=$1 dev=$2 engine=$3 rw=$4 bs=$5 depth=$6
   shift 6
@@ -159,15 +147,13 @@ run_job() {
   # The window: from 1.5 s after the start (past fio's start-up and ramp) for
   # RUNTIME - 1 s; CPU per I/O = busy time in the window / (rate x window).
   sleep 1.5
-  local b0 b1 g0=0 g1=0 k0=0 k1=0 t0 t1 gs0=0 gs1=0 ks0=0 ks1=0
+  local b0 b1 g0=0 g1=0 k0=0 k1=0 t0 t1
   sys_busy; b0=$BUSY
   [ -z "$GW" ] || { proc_ticks "$GW"; g0=$TICKS; proc_ticks "$BRICK"; k0=$TICKS; }
-  [ -z "$GW" ] || { proc_switches "$GW"; gs0=$SWITCHES; proc_switches "$BRICK"; ks0=$SWITCHES; }
   t0=$EPOCHREALTIME
   sleep $((RUNTIME - 1))
   sys_busy; b1=$BUSY
   [ -z "$GW" ] || { proc_ticks "$GW"; g1=$TICKS; proc_ticks "$BRICK"; k1=$TICKS; }
-  [ -z "$GW" ] || { proc_switches "$GW"; gs1=$SWITCHES; proc_switches "$BRICK"; ks1=$SWITCHES; }
   t1=$EPOCHREALTIME
   wait "$fpid" || rc=$?
   if [ "$rc" != 0 ]; then
@@ -183,13 +169,12 @@ run_job() {
     { say "fio $label: no JSON"; tail -n 20 "$out" "$out.err" >&2; return 1; }
   case $row in error*) say "fio $label: $row"; return 1 ;; esac
   RES=$(awk -v r="$row" -v t0="$t0" -v t1="$t1" -v b="$((b1 - b0))" -v g="$((g1 - g0))" -v k="$((k1 - k0))" \
-    -v gs="$((gs1 - gs0))" -v ks="$((ks1 - ks0))" -v clk="$CLK" -v pb="${GW:+1}" 'BEGIN {
+    -v clk="$CLK" -v pb="${GW:+1}" 'BEGIN {
       split(r, f, "\t"); ios = f[1] * (t1 - t0)
       if (f[1] <= 0 || ios <= 0) { print "bad"; exit }
       us = 1e6 / clk / ios
-      printf "%.1f %.1f %.1f %.1f %.1f %.1f %s %s %s %s", f[1], f[2], f[3], f[4], f[5], b * us,
-        (pb ? sprintf("%.1f", g * us) : "-"), (pb ? sprintf("%.1f", k * us) : "-"),
-        (pb ? sprintf("%.2f", gs / ios) : "-"), (pb ? sprintf("%.2f", ks / ios) : "-") }')
+      printf "%.1f %.1f %.1f %.1f %.1f %.1f %s %s", f[1], f[2], f[3], f[4], f[5], b * us,
+        (pb ? sprintf("%.1f", g * us) : "-"), (pb ? sprintf("%.1f", k * us) : "-") }')
   [ "$RES" != bad ] || { say "fio $label: no I/O"; return 1; }
 }
 
@@ -281,8 +266,8 @@ run_job() {
   {
     printf '# \n'
     printf '# devices (write_cache):%s\n' "$wc"
-    printf '# %-20s %-5s %-6s %10s %10s %6s  %-21s %-21s %-17s %-24s %s\n' job net unit pbrick nvme-of ratio \
-      "pbrick mean/p99 us" "nvme mean/p99 us" "sys CPU us/IO p|n" "pbrick gw+brick us/IO" "gw+brick cs/IO"
+    printf '# %-20s %-5s %-6s %10s %10s %6s  %-21s %-21s %-17s %s\n' job net unit pbrick nvme-of ratio \
+      "pbrick mean/p99 us" "nvme mean/p99 us" "sys CPU us/IO p|n" "pbrick gw+brick us/IO"
     for job in "${jobs[@]}"; do
       read -r name engine rw bs depth unit lat <<<"$job"
       for t in tcp rdma; do
@@ -296,11 +281,10 @@ run_job() {
           rn=$(awk -v a="${n[1]}" -v b="${n[3]}" -v c="${n[4]}" 'BEGIN { printf "%.0f+%.0f/%.0f", a, b, c }')
         fi
         awk -v j="$name" -v t="$t" -v u="$unit" -v a="${p[0]}" -v b="${n[0]}" -v rp="$rp" -v rn="$rn" \
-          -v sp="${p[5]}" -v sn="${n[5]}" -v g="${p[6]}" -v k="${p[7]}" -v unit="$unit" \
-          -v gs="${p[8]}" -v ks="${p[9]}" 'BEGIN {
+          -v sp="${p[5]}" -v sn="${n[5]}" -v g="${p[6]}" -v k="${p[7]}" -v unit="$unit" 'BEGIN {
           c = (unit == "MiB/s") ? "/MiB" : ""
-          printf "# %-20s %-5s %-6s %10.1f %10.1f %6.2f  %-21s %-21s %-17s %-24s %s\n", j, t, u, a, b, (b > 0 ? a / b : 0),
-            rp, rn, sprintf("%.0f|%.0f%s", sp, sn, c), sprintf("%s+%s%s", g, k, c), sprintf("%s+%s", gs, ks) }'
+          printf "# %-20s %-5s %-6s %10.1f %10.1f %6.2f  %-21s %-21s %-17s %s\n", j, t, u, a, b, (b > 0 ? a / b : 0),
+            rp, rn, sprintf("%.0f|%.0f%s", sp, sn, c), sprintf("%s+%s%s", g, k, c) }'
       done
     done
     printf '# \n'
@@ -309,8 +293,7 @@ run_job() {
     printf '# rxe0 (%s). fio direct=1, size %s, %s s after 1 s ramp; io_uring, the fsync row psync with\n' "$RDMA_HOST" "$SIZE" "$RUNTIME"
     printf '# --fsync=1 (its latency: write clat + fsync mean / fsync p99). ratio = pbrick / nvme-of rate.\n'
     printf '# CPU per I/O (per MiB on 1M rows) over a %s s window inside each job: sys = the whole guest busy\n' $((RUNTIME - 1))
-    printf '# (fio included; p = pbrick, n = nvme-of); gw+brick = pbrick-gateway + pbrick-target utime+stime;\n'
-    printf '# cs/IO: their threads'"'"' context switches (voluntary + involuntary) per I/O in the same window.\n'
+    printf '# (fio included; p = pbrick, n = nvme-of); gw+brick = pbrick-gateway + pbrick-target utime+stime.\n'
   } >&3
 
   for s in pbrick/tcp pbrick/rdma; do
