@@ -10,7 +10,11 @@
 #
 # Every NBD server listens on a unix socket in a temporary directory. Each
 # target is first written once over the whole job size (1 MiB sequential) so
-# reads hit real data, then every job runs on every setup, job by job.
+# reads hit real data, then every job runs on every setup, job by job. Beside
+# every row: the servers' CPU time per I/O (utime+stime of each server process,
+# from /proc/PID/stat, over a window inside the measured time), front end and
+# back end apart. The QD1 rows and the fsync-every-write row (a FLUSH after
+# each 4k write, at QD1) measure latency; their mean and p99 are compared.
 #
 # Usage: bench/nbd.sh [--build DIR] [--runtime SECONDS] [--size SIZE] [--out DIR]
 #   --build DIR      build tree with target/pbrick-target and
@@ -113,9 +117,11 @@ if [ -n "$out" ]; then
   logs=$(cd "$out" && pwd)
 fi
 
+declare -A pid_of  # server name -> pid
 started() {
   names+=("$1")
   pids+=("$2")
+  pid_of[$1]=$2
 }
 
 # check_servers: dies, with the tail of its log, if a server is gone.
@@ -202,8 +208,9 @@ header() {
   echo "  store   : $store_dir/brick.store ($store_bytes bytes, $(df -P "$store_dir" | awk 'NR == 2 { print $1 }'))"
   echo "  jobs    : fio ioengine=nbd, size=$size, ramp ${ramp} s + runtime ${runtime} s each," \
     "exports of $((export_bytes >> 20)) MiB on unix sockets"
-  echo "  load    : $(cut -d' ' -f1-3 /proc/loadavg) at start"
+  echo "  load    : $load_start at start"
 }
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 header_text=$(header)
 echo "$header_text" >&2
 
@@ -222,6 +229,7 @@ run_fio() {
     fio --name="$tag" --ioengine=nbd --uri="$(uri "${sock[$setup]}")" --size="$size_bytes" \
     --output-format=json --output="$json" "$@" 2>"$err" &
   fio_pid=$!
+  if [ -n "${cpu_window:-}" ]; then sample_cpu "$setup" "$tag"; fi
   wait "$fio_pid" || rc=$?
   fio_pid=""
   if ((rc == 0)) && ! jq -e '.jobs[0].error == 0' "$json" >/dev/null 2>&1; then rc=1; fi
@@ -233,6 +241,48 @@ run_fio() {
     check_servers  # a dead server fails every later run: stop here
     return 1
   fi
+}
+
+# proc_ticks NAME: utime+stime ticks of server NAME (all its threads); 0 for "".
+declare -A front_of=([memory]=memory [nbd2]=nbd2 [pbrick]=pbrick)
+declare -A back_of=([memory]="" [nbd2]=nbd2-backend [pbrick]=brick)
+proc_ticks() {
+  local stat fields
+  [ -n "$1" ] || { echo 0; return; }
+  read -r stat <"/proc/${pid_of[$1]}/stat" || { echo 0; return; }
+  # shellcheck disable=SC2206  # the fields after "(comm) ", from field 3 on
+  fields=(${stat##*) })
+  echo $((fields[11] + fields[12]))
+}
+clk=$(getconf CLK_TCK)
+# sample_cpu SETUP TAG: while fio runs, the servers' CPU ticks over a window
+# from 0.5 s after the ramp for $cpu_window seconds, into
+# cpu_ticks[TAG.SETUP] = "front back seconds"; turned into time per I/O with
+# the job's IOPS (fio counts no I/O of the ramp, so the window stays inside
+# the measured time).
+declare -A cpu_ticks
+sample_cpu() {
+  local setup=$1 tag=$2 f0 b0 f1 b1 t0 t1
+  sleep "$(awk -v r="$ramp" 'BEGIN { print r + 0.5 }')"
+  f0=$(proc_ticks "${front_of[$setup]}")
+  b0=$(proc_ticks "${back_of[$setup]}")
+  t0=$EPOCHREALTIME
+  sleep "$cpu_window"
+  f1=$(proc_ticks "${front_of[$setup]}")
+  b1=$(proc_ticks "${back_of[$setup]}")
+  t1=$EPOCHREALTIME
+  cpu_ticks[$tag.$setup]="$((f1 - f0)) $((b1 - b0)) $(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')"
+}
+# cpu_per_io JOB SETUP: "front+back" server CPU µs per I/O (front alone for
+# (a)), or "-".
+cpu_per_io() {
+  local c=${cpu_ticks[$1.$2]:-} i=${iops[$1.$2]:-}
+  if [ -z "$c" ] || [ -z "$i" ]; then echo "-"; return; fi
+  awk -v c="$c" -v i="$i" -v k="$clk" -v back="${back_of[$2]}" 'BEGIN {
+    split(c, f, " "); n = i * f[3]
+    if (n <= 0) { print "-"; exit }
+    if (back == "") printf "%.1f", f[1] * 1e6 / k / n
+    else printf "%.1f+%.1f", f[1] * 1e6 / k / n, f[2] * 1e6 / k / n }'
 }
 
 say "preconditioning: writing $size once on every target (1M sequential, QD8)" >&2
@@ -253,14 +303,17 @@ echo "  the brick holds $allocated blocks of 2 MiB" >&2
 # name rw bs iodepth [extra fio args]
 jobs=(
   "randread-4k-qd1 randread 4k 1"
+  "randwrite-4k-qd1 randwrite 4k 1"
+  "randwrite-4k-fsync1 randwrite 4k 1 --fsync=1"
   "randread-4k-qd32 randread 4k 32"
   "randwrite-4k-qd32 randwrite 4k 32"
   "write-1m-qd8 write 1m 8"
   "read-1m-qd8 read 1m 8"
   "randwrite-4k-qd32-fsync32 randwrite 4k 32 --fsync=32"
 )
-declare -A iops mibs mean p99
+declare -A iops mibs mean p99 smean sp99
 limit=$((ramp + runtime + 60))
+cpu_window=$(awk -v r="$runtime" 'BEGIN { print (r > 1 ? r - 1 : r / 2) }')
 for spec in "${jobs[@]}"; do
   read -r name rw bs qd extra <<<"$spec"
   case $rw in *read) ddir="read" ;; *) ddir="write" ;; esac
@@ -269,11 +322,14 @@ for spec in "${jobs[@]}"; do
     # shellcheck disable=SC2086  # $extra is zero or more fio options
     if run_fio "$s" "$name" "$limit" --rw="$rw" --bs="$bs" --iodepth="$qd" \
       --time_based --runtime="$runtime" --ramp_time="$ramp" $extra; then
-      row=$(jq -r --arg d "$ddir" '.jobs[0][$d] |
+      row=$(jq -r --arg d "$ddir" '.jobs[0] | .sync as $s | .[$d] |
         [.iops, .bw_bytes / 1048576, .clat_ns.mean / 1000,
-         ((.clat_ns.percentile // {})["99.000000"] // 0) / 1000] | @tsv' "$logs/$name.$s.json") || row=""
+         ((.clat_ns.percentile // {})["99.000000"] // 0) / 1000,
+         (($s.lat_ns.mean // 0) / 1000), ((($s.lat_ns.percentile // {})["99.000000"] // 0) / 1000)] | @tsv' \
+        "$logs/$name.$s.json") || row=""
       if [ -n "$row" ]; then
-        read -r "iops[$name.$s]" "mibs[$name.$s]" "mean[$name.$s]" "p99[$name.$s]" <<<"$row"
+        read -r "iops[$name.$s]" "mibs[$name.$s]" "mean[$name.$s]" "p99[$name.$s]" \
+          "smean[$name.$s]" "sp99[$name.$s]" <<<"$row"
       else
         echo "error: no $ddir results in $logs/$name.$s.json" >&2
         failures=$((failures + 1))
@@ -311,19 +367,53 @@ echo "$header_text"
 echo "  load    : $load_end at end"
 echo
 # (µ is two bytes: one more column of width for the printf)
-printf '%-26s %-15s %10s %9s %11s %11s\n' job setup IOPS MiB/s "mean µs" "p99 µs"
-printf '%-26s %-15s %10s %9s %10s %10s\n' "" "" "" "" "(clat)" "(clat)"
+printf '%-26s %-15s %10s %9s %11s %11s  %s\n' job setup IOPS MiB/s "mean µs" "p99 µs" "server CPU µs/IO"
+printf '%-26s %-15s %10s %9s %10s %10s  %s\n' "" "" "" "" "(clat)" "(clat)" "(front+back)"
 for spec in "${jobs[@]}"; do
   read -r name _ <<<"$spec"
   for s in "${setups[@]}"; do
     if [ -n "${iops[$name.$s]:-}" ]; then
-      printf '%-26s %-15s %10.0f %9.1f %10.1f %10.1f\n' "$name" "${label[$s]}" \
-        "${iops[$name.$s]}" "${mibs[$name.$s]}" "${mean[$name.$s]}" "${p99[$name.$s]}"
+      printf '%-26s %-15s %10.0f %9.1f %10.1f %10.1f  %s\n' "$name" "${label[$s]}" \
+        "${iops[$name.$s]}" "${mibs[$name.$s]}" "${mean[$name.$s]}" "${p99[$name.$s]}" "$(cpu_per_io "$name" "$s")"
     else
-      printf '%-26s %-15s %10s %9s %10s %10s\n' "$name" "${label[$s]}" FAILED - - -
+      printf '%-26s %-15s %10s %9s %10s %10s  %s\n' "$name" "${label[$s]}" FAILED - - - -
     fi
   done
 done
+echo
+echo "server CPU: utime+stime per I/O over a window inside each job; front = the nbdkit fio talks to"
+echo "((a), (b)'s nbd plugin, (c)'s pbrick plugin), back = (b)'s memory server, (c)'s brick."
+echo
+# The latency rows: one I/O in flight, so the time per I/O is the figure of merit.
+echo "QD1 latency, mean/p99 µs (fsync row: write clat + flush mean/flush p99; fio's clat, no submission)"
+printf '%-22s %-17s %-17s %-17s %12s %12s\n' job "(a) memory" "(b) nbd>memory" "(c) pbrick" "(c)/(b) time" "(c)/(b) p99"
+for name in randread-4k-qd1 randwrite-4k-qd1 randwrite-4k-fsync1; do
+  cells=()
+  for s in "${setups[@]}"; do
+    if [ -z "${iops[$name.$s]:-}" ]; then cells+=(-); continue; fi
+    if [ "$name" = randwrite-4k-fsync1 ]; then
+      cells+=("$(awk -v m="${mean[$name.$s]}" -v sm="${smean[$name.$s]}" -v sp="${sp99[$name.$s]}" \
+        'BEGIN { printf "%.0f+%.0f/%.0f", m, sm, sp }')")
+    else
+      cells+=("$(printf '%.1f/%.1f' "${mean[$name.$s]}" "${p99[$name.$s]}")")
+    fi
+  done
+  lm=- lp=-
+  if [ -n "${iops[$name.pbrick]:-}" ] && [ -n "${iops[$name.nbd2]:-}" ]; then
+    # Time per I/O from the rates (with the flush, for the fsync row); p99 of the read/write or of the flush.
+    lm=$(awk -v a="${iops[$name.pbrick]}" -v b="${iops[$name.nbd2]}" 'BEGIN { printf "%.2f", b / a }')
+    if [ "$name" = randwrite-4k-fsync1 ]; then
+      lp=$(awk -v a="${sp99[$name.pbrick]}" -v b="${sp99[$name.nbd2]}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
+    else
+      lp=$(awk -v a="${p99[$name.pbrick]}" -v b="${p99[$name.nbd2]}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
+    fi
+  fi
+  printf '%-22s %-17s %-17s %-17s %12s %12s\n' "$name" "${cells[@]}" "$lm" "$lp"
+done
+echo "(c)/(b) time: (c)'s time per I/O (1/IOPS) over (b)'s; target <= 1.00 for the QD1 rows (NBD 4k"
+echo "QD1 latency at most the two-hop proxy's)."
+echo "load: $load_start at start, $load_end at end. Other work on the machine slows every setup:"
+echo "absolute numbers vary with it, ratios measured side by side in one run much less."
 echo
 echo "IOPS ratios (targets: pbrick >= 0.8 x (a) for randread-4k-qd32 and write-1m-qd8; >= 1.5 x (b))"
 printf '%-26s %12s %12s   %s\n' job "pbrick/(a)" "pbrick/(b)" verdict

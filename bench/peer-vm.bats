@@ -1,0 +1,334 @@
+#!/usr/bin/env bats
+# The peer benchmark's guest half (bench/peer-vm.sh boots the VM and runs it):
+# pbrick against the kernel's own NVMe over Fabrics, same transport, same jobs,
+# one run, job by job on each setup so noise hits them alike:
+#   pbrick/tcp   fio on /dev/ublkbN of pbrick-gateway --transport tcp -> brick
+#                on 127.0.0.1 (store in /dev/shm)
+#   nvme/tcp     fio on /dev/nvmeXnY of `nvme connect -t tcp` -> nvmet on
+#                127.0.0.1, namespace a brd ramdisk
+#   pbrick/rdma  the same gateway --transport rdma -> brick over rxe0
+#   nvme/rdma    `nvme connect -t rdma` -> nvmet over rxe0, another brd ramdisk
+# Both gateways: -q 2 -d 64 --persistence rpc. nvmet is set up through
+# configfs, one subsystem per transport (two subsystems with one namespace
+# each, so native multipath never merges them into one device).
+# Reported: rate, mean and p99 latency (QD1 and fsync rows), the ratios
+# pbrick/NVMe-oF, and CPU per I/O: the whole guest's busy time (what the
+# kernel target's threads cost has no process of its own) and, for pbrick,
+# the gateway's and the brick's. Under emulation absolute numbers mean little;
+# the ratios do.
+
+load ../tests/vm/helpers
+
+SIZE=${PBRICK_BENCH_SIZE:-128M}
+RUNTIME=${PBRICK_BENCH_RUNTIME:-4}
+GW_BIN="$PBRICK_BIN_DIR/gateway/pbrick-gateway"
+M=$((1024 * 1024))
+CFS=/sys/kernel/config/nvmet
+NQN_PREFIX=nqn.2026-01.io.pbrick.bench
+
+say() { echo "peer-vm: $*" >&2; }
+
+# modules NAME...: modprobe from the cached kernel tree (tests/vm/run's
+# initramfs does not carry the NVMe modules).
+modules() {
+  local m
+  for m in "$@"; do
+    modprobe -d "$PBRICK_VM_MODROOT" "$m" || { say "modprobe $m failed"; return 1; }
+  done
+}
+
+# brick_on NAME TRANSPORT HOST: pbrick-target on $SHM/NAME.store; sets
+# BRICK_PID and TARGET.
+brick_on() {
+  local name=$1 transport=$2
+  BRICK_HOST=$3
+  rm -f "$BATS_TEST_TMPDIR/$name.port"
+  "$TARGET_BIN" --store "$SHM/$name.store" --size "${STORE_MIB}M" --listen "$BRICK_HOST:0" \
+    --transport "$transport" --persistence rpc --port-file "$BATS_TEST_TMPDIR/$name.port" \
+    2>>"$BATS_TEST_TMPDIR/$name.log" &
+  BRICK_PID=$!
+  wait_for_brick "$name" || { say "the $transport brick did not start"; return 1; }
+}
+
+# gw_attach NAME TARGET TRANSPORT: sets GW_PID and DEV.
+gw_attach() {
+  local name=$1 target=$2 transport=$3 out=$BATS_TEST_TMPDIR/$1.out
+  : >"$out"
+  "$GW_BIN" attach --target "$target" --transport "$transport" --persistence rpc --size "${VOL_MIB}M" \
+    -q 2 -d 64 >"$out" 2>>"$BATS_TEST_TMPDIR/$name.log" &
+  GW_PID=$!
+  echo "$GW_PID" >>"$BATS_TEST_TMPDIR/gw.pids"
+  for _ in $(seq 1 300); do
+    if [ -s "$out" ]; then
+      DEV=$(head -n1 "$out")
+      [ -b "$DEV" ] && return 0
+    fi
+    kill -0 "$GW_PID" 2>/dev/null || { say "gateway $transport exited:"; cat "$BATS_TEST_TMPDIR/$name.log" >&2; return 1; }
+    sleep 0.1
+  done
+  say "gateway $transport printed no device within 30 s"
+  return 1
+}
+
+# nvmet_export N TRTYPE ADDR PORT RAMDEV: subsystem $NQN_PREFIX.N with
+# namespace 1 on RAMDEV, on nvmet port N (TRTYPE at ADDR:PORT).
+nvmet_export() {
+  local n=$1 trtype=$2 addr=$3 svc=$4 ram=$5 s=$CFS/subsystems/$NQN_PREFIX.$1
+  mkdir "$s" || return 1
+  echo 1 >"$s/attr_allow_any_host"
+  mkdir "$s/namespaces/1"
+  echo -n "$ram" >"$s/namespaces/1/device_path"
+  echo 1 >"$s/namespaces/1/enable" || { say "cannot enable the namespace on $ram"; return 1; }
+  mkdir "$CFS/ports/$n"
+  echo "$trtype" >"$CFS/ports/$n/addr_trtype"
+  echo ipv4 >"$CFS/ports/$n/addr_adrfam"
+  echo "$addr" >"$CFS/ports/$n/addr_traddr"
+  echo "$svc" >"$CFS/ports/$n/addr_trsvcid"
+  ln -s "$s" "$CFS/ports/$n/subsystems/" || { say "cannot enable nvmet port $n ($trtype $addr:$svc)"; return 1; }
+  echo "$n" >>"$BATS_TEST_TMPDIR/nvmet.ports"
+}
+
+nvme_namespaces() {
+  local b
+  for b in /sys/block/nvme*; do
+    b=${b##*/}
+    [[ $b =~ ^nvme[0-9]+n[0-9]+$ ]] && echo "$b" # not the hidden per-path nvmeXcYnZ
+  done
+  return 0
+}
+
+# nvme_attach N TRTYPE ADDR PORT: nvme connect to subsystem N; sets DEV.
+nvme_attach() {
+  local n=$1 before b
+  before=" $(nvme_namespaces | tr '\n' ' ') "
+  nvme connect -t "$2" -a "$3" -s "$4" -n "$NQN_PREFIX.$n" --hostnqn="$HOSTNQN" --hostid="$HOSTID" \
+    >"$BATS_TEST_TMPDIR/connect.$n" 2>&1 || { say "nvme connect -t $2 failed:"; cat "$BATS_TEST_TMPDIR/connect.$n" >&2; return 1; }
+  echo "$NQN_PREFIX.$n" >>"$BATS_TEST_TMPDIR/nvme.nqns"
+  for _ in $(seq 1 100); do
+    for b in $(nvme_namespaces); do
+      [[ $before == *" $b "* ]] && continue
+      DEV=/dev/$b
+      [ -b "$DEV" ] && return 0
+    done
+    sleep 0.1
+  done
+  say "no new nvme namespace after nvme connect -t $2"
+  return 1
+}
+
+# sys_busy: sets BUSY to the guest's non-idle CPU ticks (all CPUs, /proc/stat).
+sys_busy() {
+  local u n s q sq st
+  read -r _ u n s _ _ q sq st _ </proc/stat
+  BUSY=$((u + n + s + q + sq + st))
+}
+# proc_ticks PID: sets TICKS to utime+stime of the process (all its threads).
+proc_ticks() {
+  local stat f
+  read -r stat <"/proc/$1/stat" || { say "no /proc/$1/stat"; return 1; }
+  # shellcheck disable=SC2206 # the fields after "(comm) ", from field 3 on
+  f=(${stat##*) })
+  TICKS=$((f[11] + f[12]))
+}
+
+# run_job LABEL DEV ENGINE RW BS DEPTH [FIO ARGS...]: one time-based fio job;
+# meanwhile samples CPU over a window inside the measured time. Sets
+# RES="rate mean_us p99_us sync_mean_us sync_p99_us sys_us_per_io gw_us brick_us"
+# (gw/brick "-" for the NVMe setups). GW/BRICK: pids of the setup, or empty.
+run_job() {
+  local label=$1 dev=$2 engine=$3 rw=$4 bs=$5 depth=$6
+  shift 6
+  local side=read out=$BATS_TEST_TMPDIR/fio-$label.json rc=0 fpid
+  case $rw in *write) side="write" ;; esac
+  timeout -k 10 $((RUNTIME + 90)) fio --name=b --filename="$dev" --direct=1 --ioengine="$engine" --rw="$rw" \
+    --bs="$bs" --iodepth="$depth" --size="$SIZE" --runtime="$RUNTIME" --time_based --ramp_time=1 \
+    --output-format=json "$@" >"$out" 2>"$out.err" &
+  fpid=$!
+  # The window: from 1.5 s after the start (past fio's start-up and ramp) for
+  # RUNTIME - 1 s; CPU per I/O = busy time in the window / (rate x window).
+  sleep 1.5
+  local b0 b1 g0=0 g1=0 k0=0 k1=0 t0 t1
+  sys_busy; b0=$BUSY
+  [ -z "$GW" ] || { proc_ticks "$GW"; g0=$TICKS; proc_ticks "$BRICK"; k0=$TICKS; }
+  t0=$EPOCHREALTIME
+  sleep $((RUNTIME - 1))
+  sys_busy; b1=$BUSY
+  [ -z "$GW" ] || { proc_ticks "$GW"; g1=$TICKS; proc_ticks "$BRICK"; k1=$TICKS; }
+  t1=$EPOCHREALTIME
+  wait "$fpid" || rc=$?
+  if [ "$rc" != 0 ]; then
+    say "fio $label failed (exit $rc):"
+    tail -n 20 "$out.err" >&2
+    return 1
+  fi
+  local row
+  row=$(sed -n '/^{/,$p' "$out" | jq -r --arg s "$side" '.jobs[0] |
+    if .error != 0 then "error \(.error)" else
+    [.[$s].iops, .[$s].clat_ns.mean / 1000, ((.[$s].clat_ns.percentile // {})["99.000000"] // 0) / 1000,
+     ((.sync.lat_ns.mean // 0) / 1000), (((.sync.lat_ns.percentile // {})["99.000000"] // 0) / 1000)] | @tsv end') ||
+    { say "fio $label: no JSON"; tail -n 20 "$out" "$out.err" >&2; return 1; }
+  case $row in error*) say "fio $label: $row"; return 1 ;; esac
+  RES=$(awk -v r="$row" -v t0="$t0" -v t1="$t1" -v b="$((b1 - b0))" -v g="$((g1 - g0))" -v k="$((k1 - k0))" \
+    -v clk="$CLK" -v pb="${GW:+1}" 'BEGIN {
+      split(r, f, "\t"); ios = f[1] * (t1 - t0)
+      if (f[1] <= 0 || ios <= 0) { print "bad"; exit }
+      us = 1e6 / clk / ios
+      printf "%.1f %.1f %.1f %.1f %.1f %.1f %s %s", f[1], f[2], f[3], f[4], f[5], b * us,
+        (pb ? sprintf("%.1f", g * us) : "-"), (pb ? sprintf("%.1f", k * us) : "-") }')
+  [ "$RES" != bad ] || { say "fio $label: no I/O"; return 1; }
+}
+
+@test "fio: pbrick ublk vs kernel NVMe-oF over tcp and rdma" {
+  require_vm
+  [ -c /dev/ublk-control ] || skip "no /dev/ublk-control"
+  command -v nvme >/dev/null || { say "nvme-cli is missing (bench/peer-vm.sh installs it)"; false; }
+  SIZE_BYTES=$(numfmt --from=iec "${SIZE^^}") || { say "--size $SIZE: not a size"; false; }
+  ((RUNTIME >= 3)) || { say "--runtime: at least 3 s (the CPU window is runtime - 1 s)"; false; }
+  VOL_MIB=$(((SIZE_BYTES + 2 * M - 1) / (2 * M) * 2))
+  ((VOL_MIB >= 64)) || VOL_MIB=64
+  STORE_MIB=$((VOL_MIB + 32))
+  SHM=/dev/shm/pbrick-tests$BATS_TEST_TMPDIR # removed by brick_teardown
+  mkdir -p "$SHM"
+  CLK=$(getconf CLK_TCK)
+
+  modules configfs nvmet nvmet-tcp nvmet-rdma nvme-fabrics nvme-tcp nvme-rdma
+  mountpoint -q /sys/kernel/config || mount -t configfs configfs /sys/kernel/config
+  [ -d "$CFS" ] || { say "no $CFS after modprobe nvmet"; false; }
+  RDMA_HOST=$(rdma_host) || { say "no soft-RoCE: rdma link add rxe0 type rxe netdev eth0 failed"; false; }
+  [ -n "$RDMA_HOST" ] || { say "eth0 has no IPv4 address"; false; }
+
+  # Two brd ramdisks of the volume's size (rd_size in KiB), one per transport.
+  if [ ! -b /dev/ram1 ]; then
+    rmmod brd 2>/dev/null || true
+    modprobe -d "$PBRICK_VM_MODROOT" brd rd_nr=2 rd_size=$((VOL_MIB * 1024)) ||
+      { say "modprobe brd rd_nr=2 failed"; false; }
+  fi
+  [ -b /dev/ram0 ] && [ -b /dev/ram1 ] || { say "no /dev/ram0 and /dev/ram1 after modprobe brd"; false; }
+  local uuid
+  uuid=$(cat /proc/sys/kernel/random/uuid)
+  HOSTNQN=nqn.2014-08.org.nvmexpress:uuid:$uuid HOSTID=$uuid
+  nvmet_export 1 tcp 127.0.0.1 4420 /dev/ram0
+  nvmet_export 2 rdma "$RDMA_HOST" 4421 /dev/ram1
+
+  brick_on tcp-brick tcp 127.0.0.1
+  TCP_BRICK=$BRICK_PID
+  brick_on rdma-brick rdma "$RDMA_HOST"
+  RDMA_BRICK=$BRICK_PID
+  declare -A dev gw brick
+  gw_attach gw-tcp "127.0.0.1:$(cat "$BATS_TEST_TMPDIR/tcp-brick.port")" tcp
+  dev[pbrick/tcp]=$DEV gw[pbrick/tcp]=$GW_PID brick[pbrick/tcp]=$TCP_BRICK
+  gw_attach gw-rdma "$RDMA_HOST:$(cat "$BATS_TEST_TMPDIR/rdma-brick.port")" rdma
+  dev[pbrick/rdma]=$DEV gw[pbrick/rdma]=$GW_PID brick[pbrick/rdma]=$RDMA_BRICK
+  nvme_attach 1 tcp 127.0.0.1 4420
+  dev[nvme/tcp]=$DEV gw[nvme/tcp]='' brick[nvme/tcp]=''
+  nvme_attach 2 rdma "$RDMA_HOST" 4421
+  dev[nvme/rdma]=$DEV gw[nvme/rdma]='' brick[nvme/rdma]=''
+  local setups=(pbrick/tcp nvme/tcp pbrick/rdma nvme/rdma) s
+  local wc=""
+  for s in "${setups[@]}"; do
+    wc+=" $s=${dev[$s]}($(cat "/sys/block/${dev[$s]#/dev/}/queue/write_cache"))"
+  done
+
+  # Precondition: real data over the measured range (pbrick serves blocks it
+  # never wrote as zeros without asking the brick; brd likewise for pages).
+  for s in "${setups[@]}"; do
+    timeout 600 fio --name=fill --filename="${dev[$s]}" --direct=1 --ioengine=io_uring --rw=write --bs=1M \
+      --iodepth=8 --size="$SIZE" --output-format=terse >"$BATS_TEST_TMPDIR/fill.out" 2>&1 ||
+      { say "preconditioning $s (${dev[$s]}) failed:"; tail -n 20 "$BATS_TEST_TMPDIR/fill.out" >&2; false; }
+  done
+
+  declare -A res
+  local job name engine rw bs depth extra unit lat
+  local jobs=(
+    "randread-4k-qd32 io_uring randread 4k 32 IOPS -"
+    "randwrite-4k-qd32 io_uring randwrite 4k 32 IOPS -"
+    "read-1m-qd8 io_uring read 1M 8 MiB/s -"
+    "write-1m-qd8 io_uring write 1M 8 MiB/s -"
+    "randread-4k-qd1 io_uring randread 4k 1 IOPS lat"
+    "randwrite-4k-qd1 io_uring randwrite 4k 1 IOPS lat"
+    "randwrite-4k-fsync1 psync randwrite 4k 1 IOPS sync"
+  )
+  for job in "${jobs[@]}"; do
+    read -r name engine rw bs depth unit lat <<<"$job"
+    extra=()
+    [ "$lat" != sync ] || extra=(--fsync=1)
+    for s in "${setups[@]}"; do
+      GW=${gw[$s]} BRICK=${brick[$s]}
+      run_job "$name.${s/\//-}" "${dev[$s]}" "$engine" "$rw" "$bs" "$depth" "${extra[@]}"
+      # bs=1M: IOPS are MiB/s, and CPU per I/O is CPU per MiB.
+      res[$name.$s]=$RES
+      echo "measured: $name $s $RES"
+    done
+  done
+
+  # One line per job and transport: rates, ratio, latencies, CPU.
+  local t p n rp rn
+  {
+    printf '# \n'
+    printf '# devices (write_cache):%s\n' "$wc"
+    printf '# %-20s %-5s %-6s %10s %10s %6s  %-21s %-21s %-17s %s\n' job net unit pbrick nvme-of ratio \
+      "pbrick mean/p99 us" "nvme mean/p99 us" "sys CPU us/IO p|n" "pbrick gw+brick us/IO"
+    for job in "${jobs[@]}"; do
+      read -r name engine rw bs depth unit lat <<<"$job"
+      for t in tcp rdma; do
+        read -r -a p <<<"${res[$name.pbrick/$t]}"
+        read -r -a n <<<"${res[$name.nvme/$t]}"
+        rp=- rn=-
+        if [ "$lat" = lat ]; then
+          rp="${p[1]}/${p[2]}" rn="${n[1]}/${n[2]}"
+        elif [ "$lat" = sync ]; then # the write plus its fsync: write clat + flush lat
+          rp=$(awk -v a="${p[1]}" -v b="${p[3]}" -v c="${p[4]}" 'BEGIN { printf "%.0f+%.0f/%.0f", a, b, c }')
+          rn=$(awk -v a="${n[1]}" -v b="${n[3]}" -v c="${n[4]}" 'BEGIN { printf "%.0f+%.0f/%.0f", a, b, c }')
+        fi
+        awk -v j="$name" -v t="$t" -v u="$unit" -v a="${p[0]}" -v b="${n[0]}" -v rp="$rp" -v rn="$rn" \
+          -v sp="${p[5]}" -v sn="${n[5]}" -v g="${p[6]}" -v k="${p[7]}" -v unit="$unit" 'BEGIN {
+          c = (unit == "MiB/s") ? "/MiB" : ""
+          printf "# %-20s %-5s %-6s %10.1f %10.1f %6.2f  %-21s %-21s %-17s %s\n", j, t, u, a, b, (b > 0 ? a / b : 0),
+            rp, rn, sprintf("%.0f|%.0f%s", sp, sn, c), sprintf("%s+%s%s", g, k, c) }'
+      done
+    done
+    printf '# \n'
+    printf '# pbrick: pbrick-gateway attach -q 2 -d 64 --persistence rpc, ublk -> brick (store /dev/shm);\n'
+    printf '# nvme-of: nvme connect -> nvmet (configfs), namespace a brd ramdisk; tcp on 127.0.0.1, rdma over\n'
+    printf '# rxe0 (%s). fio direct=1, size %s, %s s after 1 s ramp; io_uring, the fsync row psync with\n' "$RDMA_HOST" "$SIZE" "$RUNTIME"
+    printf '# --fsync=1 (its latency: write clat + fsync mean / fsync p99). ratio = pbrick / nvme-of rate.\n'
+    printf '# CPU per I/O (per MiB on 1M rows) over a %s s window inside each job: sys = the whole guest busy\n' $((RUNTIME - 1))
+    printf '# (fio included; p = pbrick, n = nvme-of); gw+brick = pbrick-gateway + pbrick-target utime+stime.\n'
+  } >&3
+
+  for s in pbrick/tcp pbrick/rdma; do
+    kill -TERM "${gw[$s]}"
+    wait "${gw[$s]}" || { say "gateway $s exited non-zero on SIGTERM"; false; }
+  done
+  : >"$BATS_TEST_TMPDIR/gw.pids"
+  [ -z "$(dmesg_problems)" ] || { say "kernel log:"; dmesg_problems >&2; false; }
+}
+
+teardown() {
+  local pid nqn n log
+  if [ -f "$BATS_TEST_TMPDIR/nvme.nqns" ]; then
+    while read -r nqn; do nvme disconnect -n "$nqn" >/dev/null 2>&1 || true; done <"$BATS_TEST_TMPDIR/nvme.nqns"
+  fi
+  if [ -f "$BATS_TEST_TMPDIR/nvmet.ports" ]; then
+    while read -r n; do
+      rm -f "$CFS/ports/$n/subsystems/$NQN_PREFIX.$n"
+      rmdir "$CFS/ports/$n" 2>/dev/null
+      echo 0 >"$CFS/subsystems/$NQN_PREFIX.$n/namespaces/1/enable" 2>/dev/null
+      rmdir "$CFS/subsystems/$NQN_PREFIX.$n/namespaces/1" "$CFS/subsystems/$NQN_PREFIX.$n" 2>/dev/null
+    done <"$BATS_TEST_TMPDIR/nvmet.ports"
+  fi
+  if [ -f "$BATS_TEST_TMPDIR/gw.pids" ]; then
+    while read -r pid; do
+      kill -TERM "$pid" 2>/dev/null || continue
+      timeout 20 tail --pid="$pid" -f /dev/null || kill -KILL "$pid" 2>/dev/null || true
+    done <"$BATS_TEST_TMPDIR/gw.pids"
+  fi
+  vm_teardown
+  for log in gw-tcp gw-rdma tcp-brick rdma-brick; do
+    if [ -s "$BATS_TEST_TMPDIR/$log.log" ]; then
+      echo "--- $log log:" >&2
+      tail -n 30 "$BATS_TEST_TMPDIR/$log.log" >&2
+    fi
+  done
+  return 0
+}

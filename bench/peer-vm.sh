@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# pbrick against the kernel's NVMe over Fabrics in the VM of tests/vm/run:
+# fio on /dev/ublkbN (pbrick-gateway -> brick, store on tmpfs) and on
+# /dev/nvmeXnY (nvme connect -> nvmet, namespace on a brd ramdisk), over TCP
+# (127.0.0.1) and over RDMA (soft-RoCE rxe0), the same jobs, one table of
+# rates, ratios, mean and p99 latency (QD1 and fsync rows) and CPU per I/O.
+# Usage: bench/peer-vm.sh [--runtime SECONDS] [--size SIZE]
+#   --runtime SEC   measured seconds per job after a 1 s ramp (default 4, at least 3)
+#   --size SIZE     bytes each job spans (default 128M)
+# Environment: PBRICK_BIN_DIR (default build/, built if missing); PBRICK_VM_MEM
+# (default 4G: two stores in the guest's /dev/shm and two ramdisks).
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/../scripts/lib.sh"
+
+while (($#)); do
+  case $1 in
+    --runtime) export PBRICK_BENCH_RUNTIME=${2:?--runtime needs seconds}; shift 2 ;;
+    --size) export PBRICK_BENCH_SIZE=${2:?--size needs a size}; shift 2 ;;
+    *) die "usage: bench/peer-vm.sh [--runtime SECONDS] [--size SIZE]" ;;
+  esac
+done
+export PBRICK_BIN_DIR=${PBRICK_BIN_DIR:-$PBRICK_ROOT/build}
+export PBRICK_VM_MEM=${PBRICK_VM_MEM:-4G}
+if [ ! -x "$PBRICK_BIN_DIR/gateway/pbrick-gateway" ]; then
+  ensure_packages "${PBRICK_BUILD_PACKAGES[@]}"
+  build_tree "$PBRICK_BIN_DIR" -DCMAKE_BUILD_TYPE=Release -DPBRICK_TESTS=OFF
+fi
+# The guest runs the host's programs: fio, nvme-cli, the rxe provider.
+ensure_packages fio jq nvme-cli ibverbs-providers librdmacm1 iproute2
+echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), host kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg) at start"
+echo "guest: Debian bookworm-backports 6.12 under qemu (TCG unless KVM works), $PBRICK_VM_MEM: ratios matter, not rates"
+echo "pbrick: $(git -C "$PBRICK_ROOT" describe --always --dirty 2>/dev/null || echo unknown), $(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$PBRICK_BIN_DIR/CMakeCache.txt" 2>/dev/null) ($PBRICK_BIN_DIR)"
+set +e
+"$PBRICK_ROOT/tests/vm/run" "$PBRICK_ROOT/bench/peer-vm.bats" | sed -n 's/^# //p; /^not ok/p'
+rc=${PIPESTATUS[0]}
+set -e
+echo "load $(cut -d' ' -f1-3 /proc/loadavg) at end"
+exit "$rc"
