@@ -12,13 +12,9 @@
 bats_require_minimum_version 1.5.0
 
 load helpers
+load ../container
 
 ROOT_DIR=$(cd "$BATS_TEST_DIRNAME/../.." && pwd)
-
-# in_ct CMD...: runs CMD inside the container: its namespaces and its root
-# (-r: nspawn moves the container's root over / and chroots, so the mount
-# namespace's own root is not it).
-in_ct() { nsenter -t "$(cat "$BATS_FILE_TMPDIR/ct.pid")" -a -r -w "$@"; }
 
 # need_tool CMD PACKAGE: fails (never skips) when CMD is missing.
 need_tool() {
@@ -28,22 +24,8 @@ need_tool() {
 # ct_teardown: stops the container and unmounts the overlay; safe to run
 # twice and after a partial setup.
 ct_teardown() {
-  local dir=$BATS_FILE_TMPDIR pid init
-  if [ -f "$dir/nspawn.pid" ]; then
-    pid=$(cat "$dir/nspawn.pid")
-    init=$(pgrep -P "$pid" | tr '\n' ' ')
-    # SIGTERM: nspawn asks the container's systemd to power off.
-    kill -TERM "$pid" 2>/dev/null && { timeout 20 tail --pid="$pid" -f /dev/null || true; }
-    # Still there (e.g. stopped while it started): SIGKILL to the
-    # container's PID 1 ends every process in it, then nspawn.
-    # shellcheck disable=SC2086 # a list of pids
-    [ -z "$init" ] || kill -KILL $init 2>/dev/null || true
-    kill -KILL "$pid" 2>/dev/null && { timeout 10 tail --pid="$pid" -f /dev/null || true; }
-    rm -f "$dir/nspawn.pid"
-  fi
-  if mountpoint -q "$dir/root"; then umount "$dir/root" || umount -l "$dir/root"; fi
-  if mountpoint -q "$dir/upper"; then umount "$dir/upper" || umount -l "$dir/upper"; fi
-  return 0
+  ct_stop 20
+  ct_unmount
 }
 
 # upper_files: what the container changed, as paths below its root (the
@@ -65,48 +47,11 @@ setup_file() {
     }
   fi
   echo "$DEB" >"$dir/deb.path"
-  mkdir -p "$dir/upper" "$dir/root"
-  mount -t tmpfs -o mode=0755 pbrick-ct "$dir/upper"
-  mkdir -p "$dir/upper/u" "$dir/upper/w"
-  mount -t overlay pbrick-ct -o "lowerdir=/,upperdir=$dir/upper/u,workdir=$dir/upper/w" "$dir/root"
-  # basic.target: the host's own services (enabled in multi-user.target)
-  # stay off; a private network: only the container's loopback.
-  systemd-nspawn --directory="$dir/root" --volatile=no --boot --register=no --keep-unit \
-    --private-network --machine="pbrick-test-$$" systemd.unit=basic.target \
-    </dev/null >"$dir/nspawn.log" 2>&1 3>&- &
-  echo $! >"$dir/nspawn.pid"
-  # Boot deadline: generous, the machine may be busy.
-  local pid="" deadline=$((SECONDS + 90))
-  while ((SECONDS < deadline)); do
-    # The container's PID 1: nspawn's child that runs systemd (nspawn
-    # forks a short-lived helper first).
-    pid=$(pgrep -x -P "$(cat "$dir/nspawn.pid")" systemd || true)
-    [ -n "$pid" ] && break
-    kill -0 "$(cat "$dir/nspawn.pid")" 2>/dev/null || break
-    sleep 0.1
-  done
-  if [ -z "$pid" ]; then
-    echo "systemd-nspawn did not start systemd: $(cat "$dir/nspawn.log")" >&2
-    ct_teardown
-    return 1
-  fi
-  echo "$pid" >"$dir/ct.pid"
-  while ((SECONDS < deadline)); do
-    if [ -e "/proc/$pid/root/run/systemd/system" ]; then
-      timeout $((deadline - SECONDS + 1)) nsenter -t "$pid" -a -r -w systemctl is-system-running --wait \
-        >"$dir/boot.state" 2>&1 || true
-      grep -qE '^(running|degraded)$' "$dir/boot.state" && break
-    fi
-    sleep 0.2
-  done
-  if ! grep -qE '^(running|degraded)$' "$dir/boot.state" 2>/dev/null; then
-    echo "container did not boot within 90 s: $(cat "$dir/boot.state" "$dir/nspawn.log" 2>&1)" >&2
-    ct_teardown
-    return 1
-  fi
+  ct_mount_overlay || return 1
+  ct_boot --deadline 90 --poll 0.1 || return 1
   upper_files >"$dir/before-install.files"
-  nsenter -t "$pid" -a -r -w sh -c 'cat > /run/pbrick.deb' <"$DEB"
-  if ! nsenter -t "$pid" -a -r -w dpkg -i /run/pbrick.deb >"$dir/dpkg-i.log" 2>&1; then
+  in_ct sh -c 'cat > /run/pbrick.deb' <"$DEB"
+  if ! in_ct dpkg -i /run/pbrick.deb >"$dir/dpkg-i.log" 2>&1; then
     echo "dpkg -i failed: $(cat "$dir/dpkg-i.log")" >&2
     ct_teardown
     return 1
@@ -121,9 +66,6 @@ setup() {
   [ -f "$BATS_FILE_TMPDIR/ct.pid" ] || fail "no container: $(cat "$BATS_FILE_TMPDIR/nspawn.log" 2>/dev/null)"
   DEB=$(cat "$BATS_FILE_TMPDIR/deb.path")
 }
-
-# unit_prop UNIT PROPERTY: one property's value.
-unit_prop() { in_ct systemctl show -P "$2" "$1"; }
 
 # wait_active UNIT SECONDS [NOT_PID]: until UNIT is active (with a main pid
 # other than NOT_PID).

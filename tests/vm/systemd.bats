@@ -12,37 +12,25 @@
 #      same /dev/ublkbN, the data written before reads back
 
 load helpers
+load ../container
 
-# in_ct CMD...: runs CMD inside the container: its namespaces and its root
-# (-r: nspawn moves the container's root over / and chroots, so the mount
-# namespace's own root is not it).
-in_ct() { nsenter -t "$(cat "$BATS_FILE_TMPDIR/ct.pid")" -a -r -w "$@"; }
-
+# ct_teardown: the mirror, the container, a device a killed gateway left
+# behind, the overlay; safe to run twice and after a partial setup.
 ct_teardown() {
-  local dir=$BATS_FILE_TMPDIR pid init
+  local dir=$BATS_FILE_TMPDIR
   if [ -f "$dir/mirror.pid" ]; then
     kill "$(cat "$dir/mirror.pid")" 2>/dev/null || true
     rm -f "$dir/mirror.pid"
   fi
-  if [ -f "$dir/nspawn.pid" ]; then
-    pid=$(cat "$dir/nspawn.pid")
-    init=$(pgrep -P "$pid" | tr '\n' ' ')
-    # SIGTERM: the container's systemd stops the units (the gateway deletes
-    # its device) and powers off.
-    kill -TERM "$pid" 2>/dev/null && { timeout 60 tail --pid="$pid" -f /dev/null || true; }
-    # shellcheck disable=SC2086 # a list of pids
-    [ -z "$init" ] || kill -KILL $init 2>/dev/null || true
-    kill -KILL "$pid" 2>/dev/null && { timeout 10 tail --pid="$pid" -f /dev/null || true; }
-    rm -f "$dir/nspawn.pid"
-  fi
+  # SIGTERM: the container's systemd stops the units (the gateway deletes
+  # its device) and powers off.
+  ct_stop 60
   # A device a killed gateway left behind.
   local c
   for c in /sys/class/ublk-char/ublkc*; do
     [ -e "$c" ] && "$PBRICK_BIN_DIR/gateway/pbrick-gateway" detach -n "${c##*ublkc}" >/dev/null 2>&1
   done
-  if mountpoint -q "$dir/root"; then umount "$dir/root" || umount -l "$dir/root"; fi
-  if mountpoint -q "$dir/upper"; then umount "$dir/upper" || umount -l "$dir/upper"; fi
-  return 0
+  ct_unmount
 }
 
 # mirror_dev_nodes ROOT: a stand-in for udev: makes the ublk nodes the kernel
@@ -65,6 +53,13 @@ mirror_dev_nodes() {
   done
 }
 
+# start_mirror PID: mirror_dev_nodes into the /dev of the container whose
+# PID 1 is PID (its own tmpfs: reached through its root), in the background.
+start_mirror() {
+  mirror_dev_nodes "/proc/$1/root" </dev/null >/dev/null 2>&1 3>&- &
+  echo $! >"$BATS_FILE_TMPDIR/mirror.pid"
+}
+
 setup_file() {
   [ "${PBRICK_VM:-}" = 1 ] || return 0 # setup() skips
   [ -c /dev/ublk-control ] || return 0
@@ -76,14 +71,7 @@ setup_file() {
   fi
   # nspawn needs the cgroup hierarchy the guest's init does not mount.
   mountpoint -q /sys/fs/cgroup || mount -t cgroup2 cgroup2 /sys/fs/cgroup
-  mkdir -p "$dir/upper" "$dir/root"
-  mount -t tmpfs -o mode=0755 pbrick-ct "$dir/upper"
-  mkdir -p "$dir/upper/u" "$dir/upper/w"
-  if ! mount -t overlay pbrick-ct -o "lowerdir=/,upperdir=$dir/upper/u,workdir=$dir/upper/w" "$dir/root"; then
-    echo "cannot mount an overlay on the guest's root" >&2
-    ct_teardown
-    return 1
-  fi
+  ct_mount_overlay || return 1
   dpkg-deb -x "$PBRICK_DEB" "$dir/root"
   cat >"$dir/root/etc/pbrick/cluster.yaml" <<'EOF'
 cluster: {name: vm}
@@ -104,40 +92,9 @@ EOF
     systemd-sysctl systemd-update-utmp; do
     skip+=("systemd.mask=$u.service")
   done
-  systemd-nspawn --directory="$dir/root" --volatile=no --boot --register=no --keep-unit \
-    --private-network --bind=/dev/ublk-control --machine="pbrick-vm-$$" systemd.unit=basic.target "${skip[@]}" \
-    </dev/null >"$dir/nspawn.log" 2>&1 3>&- &
-  echo $! >"$dir/nspawn.pid"
-  local pid="" deadline=$((SECONDS + 120))
-  while ((SECONDS < deadline)); do
-    pid=$(pgrep -x -P "$(cat "$dir/nspawn.pid")" systemd || true)
-    [ -n "$pid" ] && break
-    kill -0 "$(cat "$dir/nspawn.pid")" 2>/dev/null || break
-    sleep 0.2
-  done
-  if [ -z "$pid" ]; then
-    echo "systemd-nspawn did not start systemd: $(cat "$dir/nspawn.log")" >&2
-    ct_teardown
-    return 1
-  fi
-  echo "$pid" >"$dir/ct.pid"
-  # The container's /dev is its own tmpfs: reach it through its root.
-  mirror_dev_nodes "/proc/$pid/root" </dev/null >/dev/null 2>&1 3>&- &
-  echo $! >"$dir/mirror.pid"
-  while ((SECONDS < deadline)); do
-    if [ -e "/proc/$pid/root/run/systemd/system" ]; then
-      timeout $((deadline - SECONDS + 1)) nsenter -t "$pid" -a -r -w systemctl is-system-running --wait \
-        >"$dir/boot.state" 2>&1 || true
-      grep -qE '^(running|degraded)$' "$dir/boot.state" && break
-    fi
-    sleep 0.5
-  done
-  if ! grep -qE '^(running|degraded)$' "$dir/boot.state" 2>/dev/null; then
-    echo "the container did not boot within 120 s: $(cat "$dir/boot.state" "$dir/nspawn.log" 2>&1)" >&2
-    ct_teardown
-    return 1
-  fi
-  nsenter -t "$pid" -a -r -w systemctl daemon-reload
+  ct_boot --deadline 120 --poll 0.2 --on-pid1 start_mirror -- \
+    --bind=/dev/ublk-control "${skip[@]}" || return 1
+  in_ct systemctl daemon-reload
   echo "$SECONDS" >"$dir/setup.end"
 }
 
@@ -151,8 +108,6 @@ setup() {
   [ -c /dev/ublk-control ] || skip "no /dev/ublk-control"
   [ -f "$BATS_FILE_TMPDIR/ct.pid" ] || fail "no container: $(cat "$BATS_FILE_TMPDIR/nspawn.log" 2>/dev/null)"
 }
-
-unit_prop() { in_ct systemctl show -P "$2" "$1"; }
 
 # gateway_dev: the device pbrick-gateway@vol0 says it serves (its STATUS=).
 gateway_dev() { unit_prop pbrick-gateway@vol0 StatusText | grep -o '/dev/ublkb[0-9]*'; }
