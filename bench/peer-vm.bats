@@ -18,6 +18,7 @@
 # the ratios do.
 
 load ../tests/vm/helpers
+load vm_bench
 
 SIZE=${PBRICK_BENCH_SIZE:-128M}
 RUNTIME=${PBRICK_BENCH_RUNTIME:-4}
@@ -35,39 +36,6 @@ modules() {
   for m in "$@"; do
     modprobe -d "$PBRICK_VM_MODROOT" "$m" || { say "modprobe $m failed"; return 1; }
   done
-}
-
-# brick_on NAME TRANSPORT HOST: pbrick-target on $SHM/NAME.store; sets
-# BRICK_PID and TARGET.
-brick_on() {
-  local name=$1 transport=$2
-  BRICK_HOST=$3
-  rm -f "$BATS_TEST_TMPDIR/$name.port"
-  "$TARGET_BIN" --store "$SHM/$name.store" --size "${STORE_MIB}M" --listen "$BRICK_HOST:0" \
-    --transport "$transport" --persistence rpc --port-file "$BATS_TEST_TMPDIR/$name.port" \
-    2>>"$BATS_TEST_TMPDIR/$name.log" &
-  BRICK_PID=$!
-  wait_for_brick "$name" || { say "the $transport brick did not start"; return 1; }
-}
-
-# gw_attach NAME TARGET TRANSPORT: sets GW_PID and DEV.
-gw_attach() {
-  local name=$1 target=$2 transport=$3 out=$BATS_TEST_TMPDIR/$1.out
-  : >"$out"
-  "$GW_BIN" attach --target "$target" --transport "$transport" --persistence rpc --size "${VOL_MIB}M" \
-    -q 2 -d 64 >"$out" 2>>"$BATS_TEST_TMPDIR/$name.log" &
-  GW_PID=$!
-  echo "$GW_PID" >>"$BATS_TEST_TMPDIR/gw.pids"
-  for _ in $(seq 1 300); do
-    if [ -s "$out" ]; then
-      DEV=$(head -n1 "$out")
-      [ -b "$DEV" ] && return 0
-    fi
-    kill -0 "$GW_PID" 2>/dev/null || { say "gateway $transport exited:"; cat "$BATS_TEST_TMPDIR/$name.log" >&2; return 1; }
-    sleep 0.1
-  done
-  say "gateway $transport printed no device within 30 s"
-  return 1
 }
 
 # nvmet_export N TRTYPE ADDR PORT RAMDEV: subsystem $NQN_PREFIX.N with
@@ -122,10 +90,6 @@ sys_busy() {
   read -r _ u n s _ _ q sq st _ </proc/stat
   BUSY=$((u + n + s + q + sq + st))
 }
-# proc_ticks PID: sets TICKS to utime+stime of the process (all its threads).
-proc_ticks() {
-  local stat f
-  read -r stat <"/proc/$1/stat" || { say "no /proc/$1/stat"; return 1; }
   # shellcheck disable=SC2206 # the fields after "(comm) ", from field 3 on
   f=(${stat##*) })
   TICKS=$((f[11] + f[12]))

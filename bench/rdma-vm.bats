@@ -14,6 +14,7 @@
 # absolute numbers mean little; the ratios do.
 
 load ../tests/vm/helpers
+load vm_bench
 
 SIZE=${PBRICK_BENCH_SIZE:-256M}
 RUNTIME=${PBRICK_BENCH_RUNTIME:-5}
@@ -111,46 +112,6 @@ fio_raw() {
   fio_result "$label" "$out" write "$unit" "$rc"
 }
 
-# brick_on NAME TRANSPORT HOST: pbrick-target on $SHM/NAME.store (tmpfs,
-# STORE_MIB) listening on HOST:0 over TRANSPORT; sets BRICK_PID and TARGET.
-brick_on() {
-  local name=$1 transport=$2
-  BRICK_HOST=$3
-  rm -f "$BATS_TEST_TMPDIR/$name.port"
-  "$TARGET_BIN" --store "$SHM/$name.store" --size "${STORE_MIB}M" --listen "$BRICK_HOST:0" \
-    --transport "$transport" --persistence rpc --port-file "$BATS_TEST_TMPDIR/$name.port" \
-    2>>"$BATS_TEST_TMPDIR/$name.log" &
-  BRICK_PID=$!
-  wait_for_brick "$name" || { say "the $transport brick did not start (log above)"; return 1; }
-}
-
-# gw_attach NAME TARGET TRANSPORT: pbrick-gateway attach in the background,
-# -q 2 -d 64 as in bench/ublk-vm.bats; waits for the device it prints; sets
-# GW_PID and DEV. Logs go to $BATS_TEST_TMPDIR/NAME.log.
-gw_attach() {
-  local name=$1 target=$2 transport=$3 out=$BATS_TEST_TMPDIR/$1.out
-  : >"$out"
-  "$GW_BIN" attach --target "$target" --transport "$transport" --persistence rpc --size "${VOL_MIB}M" \
-    -q 2 -d 64 >"$out" 2>>"$BATS_TEST_TMPDIR/$name.log" &
-  GW_PID=$!
-  echo "$GW_PID" >>"$BATS_TEST_TMPDIR/gw.pids"
-  for _ in $(seq 1 300); do
-    if [ -s "$out" ]; then
-      DEV=$(head -n1 "$out")
-      [ -b "$DEV" ] && return 0
-    fi
-    if ! kill -0 "$GW_PID" 2>/dev/null; then
-      say "pbrick-gateway attach --transport $transport exited without a device:"
-      cat "$BATS_TEST_TMPDIR/$name.log" >&2
-      return 1
-    fi
-    sleep 0.1
-  done
-  say "pbrick-gateway attach --transport $transport did not print a device within 30 s:"
-  cat "$BATS_TEST_TMPDIR/$name.log" >&2
-  return 1
-}
-
 # gw_detach NAME PID DEV: SIGTERM; the gateway must exit 0 and DEV go away.
 gw_detach() {
   local name=$1 pid=$2 dev=$3 rc=0
@@ -169,10 +130,6 @@ gw_detach() {
   return 1
 }
 
-# cpu_ticks PID: sets TICKS to its utime+stime (fields 14 and 15 of /proc/PID/stat).
-cpu_ticks() {
-  local stat f
-  read -r stat <"/proc/$1/stat" || { say "no /proc/$1/stat: the brick is gone"; return 1; }
   # shellcheck disable=SC2206 # the fields after "(comm) ", from field 3 on
   f=(${stat##*) })
   TICKS=$((f[11] + f[12]))
@@ -233,9 +190,9 @@ brick_holds() {
 
   CLK=$(getconf CLK_TCK)
   local cpu=() r0 r1 t0 t1
-  cpu_ticks "$RDMA_BRICK_PID"
+  proc_ticks "$RDMA_BRICK_PID"
   r0=$TICKS
-  cpu_ticks "$TCP_BRICK_PID"
+  proc_ticks "$TCP_BRICK_PID"
   t0=$TICKS
   cpu_row "start, attach" 0 "$r0" 0 "$t0"
 
@@ -248,9 +205,9 @@ brick_holds() {
   done
   brick_holds rdma "$RDMA_TARGET" rdma
   brick_holds tcp "$TCP_TARGET" tcp
-  cpu_ticks "$RDMA_BRICK_PID"
+  proc_ticks "$RDMA_BRICK_PID"
   r1=$TICKS
-  cpu_ticks "$TCP_BRICK_PID"
+  proc_ticks "$TCP_BRICK_PID"
   t1=$TICKS
   cpu_row "fill $SIZE (1M)" "$r0" "$r1" "$t0" "$t1"
 
@@ -259,17 +216,17 @@ brick_holds() {
     "read-1m-qd8 read 1M 8 read MiB/s" "write-1m-qd8 write 1M 8 write MiB/s" \
     "randread-4k-qd1 randread 4k 1 read IOPS"; do
     read -r name rw bs depth verb unit <<<"$job"
-    cpu_ticks "$RDMA_BRICK_PID"
+    proc_ticks "$RDMA_BRICK_PID"
     b0=$TICKS
     fio_dev "$name.rdma" "$DEV_RDMA" "$rw" "$bs" "$depth" "$unit"
     r=$RATE
-    cpu_ticks "$RDMA_BRICK_PID"
+    proc_ticks "$RDMA_BRICK_PID"
     b1=$TICKS
-    cpu_ticks "$TCP_BRICK_PID"
+    proc_ticks "$TCP_BRICK_PID"
     c0=$TICKS
     fio_dev "$name.tcp" "$DEV_TCP" "$rw" "$bs" "$depth" "$unit"
     t=$RATE
-    cpu_ticks "$TCP_BRICK_PID"
+    proc_ticks "$TCP_BRICK_PID"
     c1=$TICKS
     fio_raw "$name.raw" "$verb" "$bs" "$depth" $((RAW_PORT0 + n)) "$unit"
     w=$RATE
