@@ -90,10 +90,6 @@ sys_busy() {
   read -r _ u n s _ _ q sq st _ </proc/stat
   BUSY=$((u + n + s + q + sq + st))
 }
-  # shellcheck disable=SC2206 # the fields after "(comm) ", from field 3 on
-  f=(${stat##*) })
-  TICKS=$((f[11] + f[12]))
-}
 
 # run_job LABEL DEV ENGINE RW BS DEPTH [FIO ARGS...]: one time-based fio job;
 # meanwhile samples CPU over a window inside the measured time. Sets

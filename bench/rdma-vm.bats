@@ -130,11 +130,6 @@ gw_detach() {
   return 1
 }
 
-  # shellcheck disable=SC2206 # the fields after "(comm) ", from field 3 on
-  f=(${stat##*) })
-  TICKS=$((f[11] + f[12]))
-}
-
 # cpu_row LABEL A0 A1 B0 B1: a line of the CPU table: the rdma brick's ticks
 # A0 -> A1 and the tcp brick's B0 -> B1, in seconds.
 cpu_row() {

@@ -2,6 +2,7 @@
 # a brick on tmpfs, a ublk gateway on it, a process's CPU ticks. The .bats file
 # sets TARGET_BIN, GW_BIN, SHM, STORE_MIB, VOL_MIB and defines say().
 # shellcheck shell=bash
+# shellcheck disable=SC2034 # BRICK_*, GW_PID, DEV and TICKS are set for the caller
 
 # brick_on NAME TRANSPORT HOST: pbrick-target on $SHM/NAME.store (tmpfs,
 # STORE_MIB) listening on HOST:0 over TRANSPORT; sets BRICK_PID and TARGET.
@@ -47,3 +48,7 @@ gw_attach() {
 proc_ticks() {
   local stat f
   read -r stat <"/proc/$1/stat" || { say "no /proc/$1/stat: the process is gone"; return 1; }
+  # shellcheck disable=SC2206 # the fields after "(comm) ", from field 3 on
+  f=(${stat##*) })
+  TICKS=$((f[11] + f[12]))
+}
