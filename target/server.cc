@@ -460,25 +460,28 @@ bool Server::Impl::out_room(Connection& c, size_t need) {
   return false;
 }
 
+namespace {
+
+// Replaces `buf` by one of `capacity` bytes holding its unread bytes
+// [start, end) at the front.
+void regrow(std::unique_ptr<uint8_t[]>& buf, size_t& cap, size_t& start, size_t& end, size_t capacity) {
+  std::unique_ptr<uint8_t[]> bigger(new uint8_t[capacity]);
+  std::memcpy(bigger.get(), buf.get() + start, end - start);
+  end -= start;
+  start = 0;
+  buf = std::move(bigger);
+  cap = capacity;
+}
+
+}  // namespace
+
 void Server::Impl::grow_buffers(Connection& c) {
   if (c.state != Connection::State::kReady) return;
   // A TCP recv or send in flight holds a pointer into the old buffer; an
   // RDMA connection copies messages in and out, so nothing holds one.
-  if (c.in_cap < kInCapacity && !c.recv_inflight) {
-    std::unique_ptr<uint8_t[]> in(new uint8_t[kInCapacity]);
-    std::memcpy(in.get(), c.in.get() + c.in_start, c.in_end - c.in_start);
-    c.in_end -= c.in_start;
-    c.in_start = 0;
-    c.in = std::move(in);
-    c.in_cap = kInCapacity;
-  }
+  if (c.in_cap < kInCapacity && !c.recv_inflight) regrow(c.in, c.in_cap, c.in_start, c.in_end, kInCapacity);
   if (c.out_cap < kOutCapacity && (c.rdma || !c.send_inflight)) {
-    std::unique_ptr<uint8_t[]> out(new uint8_t[kOutCapacity]);
-    std::memcpy(out.get(), c.out.get() + c.out_start, c.out_end - c.out_start);
-    c.out_end -= c.out_start;
-    c.out_start = 0;
-    c.out = std::move(out);
-    c.out_cap = kOutCapacity;
+    regrow(c.out, c.out_cap, c.out_start, c.out_end, kOutCapacity);
   }
 }
 
