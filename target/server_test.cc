@@ -90,6 +90,20 @@ class FaultyBrick {
   std::thread thread_;
 };
 
+// A one-queue engine on a 16 MiB volume of `brick` (the volume's open error,
+// if any, is the result's).
+Result<std::unique_ptr<Engine>> start_engine(FaultyBrick& brick) {
+  VolumeOptions vo;
+  vo.brick = brick.options();
+  vo.size = 16 * kMiB;
+  auto volume = Volume::Open(vo);
+  if (!volume.ok()) return volume.error().wrap("opening the volume");
+  EngineOptions eo;
+  eo.queues = 1;
+  eo.depth = 8;
+  return Engine::Start(std::move(*volume), eo);
+}
+
 std::vector<uint8_t> pattern(size_t n, uint8_t seed) {
   std::vector<uint8_t> v(n);
   for (size_t i = 0; i < n; i++) v[i] = static_cast<uint8_t>(seed + i * 7);
@@ -309,15 +323,7 @@ TEST(ServerListen, BindGivesUpWithAClearError) {
 TEST(GatewayOverFaultyBrick, FlushAfterADiscardReportsTheFailedFdatasync) {
   FaultyBrick brick;
   brick.start();
-  VolumeOptions vo;
-  vo.brick = brick.options();
-  vo.size = 16 * kMiB;
-  auto volume = Volume::Open(vo);
-  ASSERT_TRUE(volume.ok()) << volume.error().message();
-  EngineOptions eo;
-  eo.queues = 1;
-  eo.depth = 8;
-  auto engine = Engine::Start(std::move(*volume), eo);
+  auto engine = start_engine(brick);
   ASSERT_TRUE(engine.ok()) << engine.error().message();
   Engine& e = **engine;
   auto data = pattern(4096, 5);
@@ -402,15 +408,7 @@ TEST(TcpChannelSync, ARefusedSyncReadIsNotACompletedSync) {
 TEST(GatewayOverFaultyBrick, FlushAfterADiscardIsConfirmedByPersist) {
   FaultyBrick brick;
   brick.start();
-  VolumeOptions vo;
-  vo.brick = brick.options();
-  vo.size = 16 * kMiB;
-  auto volume = Volume::Open(vo);
-  ASSERT_TRUE(volume.ok()) << volume.error().message();
-  EngineOptions eo;
-  eo.queues = 1;
-  eo.depth = 8;
-  auto engine = Engine::Start(std::move(*volume), eo);
+  auto engine = start_engine(brick);
   ASSERT_TRUE(engine.ok()) << engine.error().message();
   Engine& e = **engine;
   auto data = pattern(4096, 5);
