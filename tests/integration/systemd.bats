@@ -114,6 +114,13 @@ verify_unit() {
   grep -qx 'Type=notify' "$UNITS/pbrick-nbd@.service"
   grep -q 'config=/etc/pbrick/cluster.yaml volume=%i' "$UNITS/pbrick-nbd@.service"
   grep -qx 'Type=notify' "$UNITS/pbrick-gateway@.service"
+  # Every unit whose daemon may speak RDMA lets it pin memory and reach the
+  # RDMA address families (a cluster file may say transport: rdma for any).
+  for u in pbrick-target@.service pbrick-gateway@.service pbrick-nbd@.service; do
+    grep -qx 'LimitMEMLOCK=infinity' "$UNITS/$u" || fail "$u: no LimitMEMLOCK=infinity (RDMA memory registration)"
+    grep -qE '^RestrictAddressFamilies=.*AF_NETLINK' "$UNITS/$u" || fail "$u: AF_NETLINK not allowed (librdmacm)"
+    grep -qE '^RestrictAddressFamilies=.*AF_IB' "$UNITS/$u" || fail "$u: AF_IB not allowed (librdmacm)"
+  done
   # The gateway unit runs attach through pbrick-gateway-start, which recovers
   # the device a killed daemon left instead (tests/vm/systemd.bats).
   grep -qx "ExecStart=$STAGE$PREFIX/libexec/pbrick/pbrick-gateway-start %i" "$UNITS/pbrick-gateway@.service"
