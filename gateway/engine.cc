@@ -121,6 +121,7 @@ class Engine::Loop {
 
   // Any thread: whether this loop's channels carried writes not synced yet.
   bool needs_sync() const { return channels_.needs_sync(); }
+  uint64_t syncs_sent(uint32_t brick) const { return channels_.syncs_sent(brick); }
 
   // From caller threads: queue work and wake the loop.
   void submit(const Handoff* items, size_t n) {
@@ -356,6 +357,12 @@ Status Engine::sync_loops(bool all) {
       return *over;
     }
   }
+}
+
+uint64_t Engine::syncs_sent(uint32_t brick) const {
+  uint64_t n = 0;
+  for (const auto& loop : loops_) n += loop->syncs_sent(brick);
+  return n;
 }
 
 Status Engine::discard(uint64_t count, uint64_t offset, bool fua) {

@@ -60,6 +60,10 @@ class Engine {
   // back as zeros); the partial blocks at either end are zero-filled.
   Status discard(uint64_t count, uint64_t offset, bool fua);
 
+  // Syncs sent to brick `brick` (of the volume's layout) so far, over all
+  // loops (statistics: a FLUSH asks only the bricks that were written).
+  uint64_t syncs_sent(uint32_t brick) const;
+
   class Loop;
 
  private:

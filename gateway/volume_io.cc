@@ -217,6 +217,7 @@ struct VolumeChannels::Link {
   // it anyway, so a FLUSH reports a brick it cannot reach instead of
   // succeeding without asking it.
   std::atomic<bool> down{false};
+  std::atomic<uint64_t> syncs_sent{0};
 
   bool needs_sync() const {
     return writes.load(std::memory_order_acquire) != synced.load(std::memory_order_acquire) ||
@@ -268,6 +269,10 @@ bool VolumeChannels::needs_sync() const {
   return false;
 }
 
+uint64_t VolumeChannels::syncs_sent(uint32_t brick) const {
+  return links_[brick]->syncs_sent.load(std::memory_order_relaxed);
+}
+
 void VolumeChannels::sync(SyncJob& job) {
   if (job.parts.size() < links_.size()) job.parts.resize(links_.size());
   job.status = 0;
@@ -287,6 +292,7 @@ void VolumeChannels::sync(SyncJob& job) {
     part.op.ctx = &part;
     part.op.done = sync_part_done;
     job.pending++;
+    link.syncs_sent.fetch_add(1, std::memory_order_relaxed);
     link.backlog.push(&part.op, true);
   }
   if (job.pending == 0) job.done(&job);

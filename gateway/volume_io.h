@@ -190,6 +190,8 @@ class VolumeChannels final : public PieceSink {
   // writes), or has no connection. Any thread: a FLUSH reads it to skip loops
   // with nothing to sync.
   bool needs_sync() const;
+  // Syncs sent to `brick` so far (statistics). Any thread.
+  uint64_t syncs_sent(uint32_t brick) const;
 
   // Once per loop iteration: finishes teardowns, reconnects a brick that has
   // ops waiting (at most every 100 ms; a failed attempt fails them with its
