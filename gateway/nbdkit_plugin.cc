@@ -85,6 +85,7 @@ int config_u32(const char* key, const char* value, uint32_t min, uint32_t max, u
 int pbrick_config(const char* key, const char* value) {
   std::string k = key;
   if (k == "target") {
+    g_config.targets.clear();  // a later target= replaces an earlier one, like every parameter
     Status st = g_config.add_targets(value, "target");
     if (!st) return nbdkit_error("pbrick: %s", st.error().context().c_str()), -1;
   } else if (k == "layout") {

@@ -36,6 +36,8 @@ struct Volume::Brick {
 
   mutable std::mutex refusal_mu;
   std::string refusal;  // under refusal_mu
+
+  std::atomic<uint64_t> write_failures{0};
 };
 
 Volume::Volume(const VolumeOptions& options)
@@ -65,6 +67,13 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeOptions& options) {
   }
   if (options.layout == Layout::kStripe && n < 2) {
     return Error(EINVAL, "layout stripe takes at least two bricks");
+  }
+  for (size_t i = 0; i < options.bricks.size(); i++) {
+    for (size_t j = 0; j < i; j++) {
+      if (options.bricks[i].endpoint.to_string() == options.bricks[j].endpoint.to_string()) {
+        return Error(EINVAL, "brick " + options.bricks[i].endpoint.to_string() + " is named twice");
+      }
+    }
   }
   uint64_t blocks = (options.size + proto::kBlockSize - 1) / proto::kBlockSize;
   uint64_t per_brick = (blocks + n - 1) / n;
@@ -156,6 +165,12 @@ std::string Volume::refusal(uint32_t b) const {
   const Brick& brick = *bricks_[b];
   std::lock_guard lock(brick.refusal_mu);
   return brick.refusal;
+}
+
+void Volume::note_write_failed(uint32_t b) { bricks_[b]->write_failures.fetch_add(1, std::memory_order_release); }
+
+uint64_t Volume::write_failures(uint32_t b) const {
+  return bricks_[b]->write_failures.load(std::memory_order_acquire);
 }
 
 void Volume::clear_handles(uint32_t b) {

@@ -120,6 +120,13 @@ class Volume {
   // its last connection succeeded. Any thread.
   std::string refusal(uint32_t brick) const;
 
+  // A WRITE to `brick` failed (its range is undefined now): the next FLUSH
+  // asks that brick even where no write reached it, so a flush after failed
+  // writes reports a brick it cannot reach instead of succeeding without it.
+  // Any thread.
+  void note_write_failed(uint32_t brick);
+  uint64_t write_failures(uint32_t brick) const;
+
   // Frees a whole block (unmap + free); it then reads as zeros. When the brick
   // refuses because someone else maps it (EBUSY), returns EBUSY so the caller
   // can zero it through the data path instead.

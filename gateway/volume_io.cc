@@ -13,6 +13,14 @@ constexpr auto kReconnectInterval = std::chrono::milliseconds(100);
 constexpr auto kFirstBackoff = std::chrono::milliseconds(20);
 constexpr auto kMaxBackoff = std::chrono::milliseconds(500);
 
+// A request failed: each brick its unfinished WRITE pieces were for owes the
+// next FLUSH a report (Volume::note_write_failed).
+void note_failed_writes(Volume& volume, std::span<IoPiece> pieces) {
+  for (const IoPiece& p : pieces) {
+    if (p.is_write && p.status != 0) volume.note_write_failed(p.brick);
+  }
+}
+
 }  // namespace
 
 Fate fate_of(int status) {
@@ -101,6 +109,7 @@ Result<size_t> queue_round(Volume& volume, std::span<IoPiece> pieces, PieceSink&
           p.status = 0;
           continue;
         }
+        note_failed_writes(volume, pieces);
         return mapped.error();
       }
       h = *mapped;
@@ -152,13 +161,18 @@ IoRetry::Step IoRetry::settle(Volume& volume, std::span<IoPiece> pieces, std::st
         error_ = io_error(volume, p.brick, p.status,
                           std::string(what) + " of " + std::to_string(p.len) + " bytes in block " +
                               std::to_string(p.block));
+        note_failed_writes(volume, pieces);
         return Step::kFail;
     }
   }
-  if (lost != 0) return later(volume, lost_brick, lost, what);
-  if (!again) return Step::kDone;
-  if (IoClock::now() >= deadline_) return later(volume, lost_brick, ETIMEDOUT, what);
-  return Step::kNow;
+  Step step = Step::kDone;
+  if (lost != 0) {
+    step = later(volume, lost_brick, lost, what);
+  } else if (again) {
+    step = IoClock::now() >= deadline_ ? later(volume, lost_brick, ETIMEDOUT, what) : Step::kNow;
+  }
+  if (step == Step::kFail) note_failed_writes(volume, pieces);
+  return step;
 }
 
 IoRetry::Step IoRetry::settle_sync(const Volume& volume, int status, uint32_t brick, std::string_view what) {
@@ -213,15 +227,14 @@ struct VolumeChannels::Link {
   // needs a sync while they differ. Written by the loop, read by any thread.
   std::atomic<uint64_t> writes{0};
   std::atomic<uint64_t> synced{0};
-  // The channel has no connection (as of the last dispatch): a sync goes to
-  // it anyway, so a FLUSH reports a brick it cannot reach instead of
-  // succeeding without asking it.
-  std::atomic<bool> down{false};
+  // Volume::write_failures of the brick that the last completed sync saw:
+  // while they differ, a sync goes to the brick anyway (see volume.h).
+  std::atomic<uint64_t> failures_synced{0};
   std::atomic<uint64_t> syncs_sent{0};
 
-  bool needs_sync() const {
+  bool needs_sync(const Volume& volume) const {
     return writes.load(std::memory_order_acquire) != synced.load(std::memory_order_acquire) ||
-           down.load(std::memory_order_acquire);
+           volume.write_failures(ring.brick) != failures_synced.load(std::memory_order_acquire);
   }
 };
 
@@ -264,7 +277,7 @@ void VolumeChannels::push(uint32_t brick, DataChannel::Op* op) {
 
 bool VolumeChannels::needs_sync() const {
   for (const auto& link : links_) {
-    if (link->needs_sync()) return true;
+    if (link->needs_sync(volume_)) return true;
   }
   return false;
 }
@@ -280,13 +293,14 @@ void VolumeChannels::sync(SyncJob& job) {
   job.pending = 0;
   for (uint32_t b = 0; b < links_.size(); b++) {
     Link& link = *links_[b];
-    if (!link.needs_sync()) continue;
+    if (!link.needs_sync(volume_)) continue;
     uint64_t writes = link.writes.load(std::memory_order_relaxed);
     SyncJob::Part& part = job.parts[b];
     part.job = &job;
     part.channels = this;
     part.brick = b;
     part.covers = writes;
+    part.failures = volume_.write_failures(b);
     part.op = DataChannel::Op{};
     part.op.buf = &part.scratch;
     part.op.ctx = &part;
@@ -307,6 +321,9 @@ void VolumeChannels::sync_part_done(DataChannel::Op* op, int status) {
     Link& link = *part->channels->links_[part->brick];
     uint64_t synced = link.synced.load(std::memory_order_relaxed);
     if (part->covers > synced) link.synced.store(part->covers, std::memory_order_release);
+    if (part->failures > link.failures_synced.load(std::memory_order_relaxed)) {
+      link.failures_synced.store(part->failures, std::memory_order_release);
+    }
   } else if (job.status == 0 || fate_of(job.status) != Fate::kFail) {
     job.status = status;
     job.brick = part->brick;
@@ -348,7 +365,6 @@ void VolumeChannels::dispatch() {
     // Hands what was just queued to the transport in one batch.
     st = link.channel->flush(link.ring);
     if (!st) teardown(link, st.error());
-    link.down.store(!link.channel->connected() || link.channel->tearing_down(), std::memory_order_release);
   }
 }
 

@@ -22,8 +22,9 @@
 //     brick serving another store, or any other error, fails at once.
 //  4. FUA and FLUSH: VolumeChannels::sync() syncs exactly the channels of a
 //     loop that carried writes since their last completed sync (nothing when
-//     there were none), and those without a connection (a FLUSH reports a
-//     brick it cannot reach); FLUSH asks every loop whose needs_sync() is true.
+//     there were none), and those of bricks where a write failed since (a
+//     FLUSH after failed writes reports a brick it cannot reach instead of
+//     succeeding without it); FLUSH asks every loop whose needs_sync() is true.
 //
 // VolumeChannels is the data side of one event loop: one DataChannel to every
 // brick of the volume, driven from the loop's Uring, with the reconnect,
@@ -151,7 +152,8 @@ struct SyncJob {
     SyncJob* job = nullptr;
     VolumeChannels* channels = nullptr;
     uint32_t brick = 0;
-    uint64_t covers = 0;  // the brick's write count when the sync was queued
+    uint64_t covers = 0;    // the brick's write count when the sync was queued
+    uint64_t failures = 0;  // and its Volume::write_failures
     uint8_t scratch = 0;
   };
   std::vector<Part> parts;  // one per brick
@@ -187,8 +189,8 @@ class VolumeChannels final : public PieceSink {
   void sync(SyncJob& job);
   // Whether a brick was written since its last completed sync (a lost
   // connection keeps it so: the next sync on the new one covers those
-  // writes), or has no connection. Any thread: a FLUSH reads it to skip loops
-  // with nothing to sync.
+  // writes), or had a write fail since. Any thread: a FLUSH reads it to skip
+  // loops with nothing to sync.
   bool needs_sync() const;
   // Syncs sent to `brick` so far (statistics). Any thread.
   uint64_t syncs_sent(uint32_t brick) const;
