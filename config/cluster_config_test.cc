@@ -762,18 +762,23 @@ volumes:
   EXPECT_EQ(c.volumes[0].bricks, (std::vector<std::string>{"b1"}));
   EXPECT_EQ(c.volumes[0].layout, Layout::kSingle);
 
-  expect_one(three + "  - {name: v, size: 1G, bricks: [b0, b9], layout: stripe, base: 0}\n", 7, 38,
-             "volumes[0].bricks[1]: unknown brick 'b9' (known bricks: b0, b1, b2)");
-  expect_one(three + "  - {name: v, size: 1G, bricks: [b0, b0], layout: stripe, base: 0}\n", 7, 38,
-             "volumes[0].bricks[1]: brick 'b0' is named twice");
-  expect_one(three + "  - {name: v, size: 1G, bricks: [b0, b1], base: 0}\n", 7, 33,
-             "volumes[0].bricks: layout single takes one brick, not 2 (use 'layout: stripe')");
-  expect_one(three + "  - {name: v, size: 1G, brick: b0, layout: stripe, base: 0}\n", 7, 32,
-             "volumes[0].brick: layout stripe takes at least two bricks");
-  expect_one(three + "  - {name: v, size: 1G, bricks: [b0, b1], layout: mirror, base: 0}\n", 7, 51,
-             "volumes[0].layout");
-  expect_one(three + "  - {name: v, size: 1G, layout: stripe, base: 0}\n", 7, 5,
-             "volumes[0].brick: missing required key 'brick'");
+  struct Case {
+    const char* volume;
+    int column;
+    const char* error;
+  };
+  const Case cases[] = {
+      {"bricks: [b0, b9], layout: stripe", 38, "volumes[0].bricks[1]: unknown brick 'b9' (known bricks: b0, b1, b2)"},
+      {"bricks: [b0, b0], layout: stripe", 38, "volumes[0].bricks[1]: brick 'b0' is named twice"},
+      {"bricks: [b0, b1]", 33, "volumes[0].bricks: layout single takes one brick, not 2 (use 'layout: stripe')"},
+      {"brick: b0, layout: stripe", 32, "volumes[0].brick: layout stripe takes at least two bricks"},
+      {"bricks: [b0, b1], layout: mirror", 51, "volumes[0].layout"},
+      {"layout: stripe", 5, "volumes[0].brick: missing required key 'brick'"},
+  };
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.volume);
+    expect_one(three + "  - {name: v, size: 1G, " + k.volume + ", base: 0}\n", 7, k.column, k.error);
+  }
 }
 
 }  // namespace

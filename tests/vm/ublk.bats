@@ -123,6 +123,20 @@ mkfs_mount() {
   mount "$DEV" "$MNT"
 }
 
+# reattach_verify ATTACH_ARGS...: attaches again, and the tree at $MNT/tree
+# has the checksums of $BATS_TEST_TMPDIR/before; fsck finds nothing; detaches;
+# the kernel logged no problem.
+reattach_verify() {
+  gw_attach "$@"
+  mount "$DEV" "$MNT"
+  sha_tree "$MNT/tree" >"$BATS_TEST_TMPDIR/after"
+  umount "$MNT"
+  diff "$BATS_TEST_TMPDIR/before" "$BATS_TEST_TMPDIR/after"
+  fsck.ext4 -f -n "$DEV"
+  gw_detach
+  [ -z "$(dmesg_problems)" ]
+}
+
 make_tree() {
   local d=$1 i
   mkdir -p "$d"/{big,mid/a/b,small}
@@ -153,14 +167,7 @@ make_tree() {
   run "$GW_BIN" list --json
   assert_output "[]"
 
-  gw_attach --size 1G -q 2 -d 32
-  mount "$DEV" "$MNT"
-  sha_tree "$MNT/tree" >"$BATS_TEST_TMPDIR/after"
-  umount "$MNT"
-  diff "$BATS_TEST_TMPDIR/before" "$BATS_TEST_TMPDIR/after"
-  fsck.ext4 -f -n "$DEV"
-  gw_detach
-  [ -z "$(dmesg_problems)" ]
+  reattach_verify --size 1G -q 2 -d 32
 }
 
 # fio_verify NAME BS IODEPTH: two jobs of random writes on disjoint 16 MiB
@@ -398,12 +405,5 @@ stripe_brick() {
       ((start + blocks * 2 * M <= 27 * 2 * M))
     done < <(jq -r '.extents[] | "\(.start) \(.blocks)"' <<<"$output")
   done
-  gw_attach "${more[@]}"
-  mount "$DEV" "$MNT"
-  sha_tree "$MNT/tree" >"$BATS_TEST_TMPDIR/after"
-  umount "$MNT"
-  diff "$BATS_TEST_TMPDIR/before" "$BATS_TEST_TMPDIR/after"
-  fsck.ext4 -f -n "$DEV"
-  gw_detach
-  [ -z "$(dmesg_problems)" ]
+  reattach_verify "${more[@]}"
 }
