@@ -1,7 +1,7 @@
-// The ublk queue's use of the volume I/O core (volume_io.h), under the names
-// its kernel-free tests drive: a request's pieces, planned by the core's
-// plan_rw / plan_discard, go out kMaxPiecesPerRound per round through one
-// ChannelBacklog per brick.
+// The volume I/O core (volume_io.h) as the ublk queue uses it - pieces
+// planned by plan_rw / plan_discard, sent kMaxPiecesPerRound per round - for
+// a caller that feeds a single-brick volume's channel from one ChannelBacklog
+// instead of VolumeChannels (the kernel-free tests of the queue's planning).
 //
 // Not thread-safe: the owning queue's thread only.
 #pragma once
