@@ -126,6 +126,7 @@ constexpr EnumEntry<DdioMode> kDdioModes[] = {
 constexpr EnumEntry<Persistence> kPersistences[] = {{"sync-read", Persistence::kSyncRead},
                                                     {"rpc", Persistence::kRpc}};
 constexpr EnumEntry<Frontend> kFrontends[] = {{"ublk", Frontend::kUblk}, {"nbd", Frontend::kNbd}};
+constexpr EnumEntry<Layout> kLayouts[] = {{"single", Layout::kSingle}, {"stripe", Layout::kStripe}};
 
 template <typename E, size_t N>
 const char* enum_name(const EnumEntry<E> (&table)[N], E value) {
@@ -535,9 +536,7 @@ class Parser {
   }
 
   void parse_volume(const YAML::Node& node, const std::string& path) {
-    static const KeySpec kSpec{
-        {"name", "size", "brick", "base", "queues", "depth", "frontend"},
-        {{"bricks", "a volume lives on a single brick for now: use 'brick: NAME'"}}};
+    static const KeySpec kSpec{{"name", "size", "brick", "bricks", "layout", "base", "queues", "depth", "frontend"}, {}};
     VolumeConfig& v = config_->volumes.emplace_back();
     SourcePos pos = to_pos(node.Mark());
     config_->positions[path] = pos;
@@ -545,11 +544,51 @@ class Parser {
     if (!f) return;
     get_string(*f, "name", path, pos, true, &v.name);
     get_size(*f, "size", path, pos, true, &v.size);
-    get_string(*f, "brick", path, pos, true, &v.brick);
+    // `brick: NAME` is the one-brick form of `bricks: [NAME, ...]`.
+    auto list = f->find("bricks");
+    bool has_list = list != f->end() && !list->second.value.IsNull();
+    if (get_string(*f, "brick", path, pos, !has_list, &v.brick)) v.bricks = {v.brick};
+    if (has_list) {
+      std::string bpath = path + ".bricks";
+      SourcePos bpos = value_pos(list->second);
+      config_->positions[bpath] = bpos;
+      if (f->count("brick") != 0) {
+        invalid(bpos, bpath, "give either 'brick: NAME' or 'bricks: [NAME, ...]', not both");
+      } else {
+        v.bricks = get_names(list->second.value, bpath, "brick");
+        if (!v.bricks.empty()) v.brick = v.bricks[0];
+      }
+    }
+    get_enum(*f, "layout", path, pos, kLayouts, &v.layout);
     get_u64(*f, "base", path, pos, true, &v.base);
     get_u32(*f, "queues", path, pos, false, &v.queues);
     get_u32(*f, "depth", path, pos, false, &v.depth);
     get_enum(*f, "frontend", path, pos, kFrontends, &v.frontend);
+  }
+
+  // A list of names (`what`s) at `path`; an item that is not a scalar is
+  // reported and kept as "" so indexes stay aligned with the file.
+  std::vector<std::string> get_names(const YAML::Node& value, const std::string& path, const char* what) {
+    std::vector<std::string> out;
+    if (!value.IsSequence()) {
+      invalid(to_pos(value.Mark()), path,
+              std::string("expected a list of ") + what + " names, got " + node_kind(value));
+      config_->unparsed.insert(path);
+      return out;
+    }
+    size_t i = 0;
+    for (const YAML::Node& item : value) {
+      std::string ipath = index_path(path, i++);
+      SourcePos ipos = to_pos(item.Mark());
+      config_->positions[ipath] = ipos;
+      if (!item.IsScalar()) {
+        invalid(ipos, ipath, std::string("expected a ") + what + " name, got " + node_kind(item));
+        out.emplace_back();
+        continue;
+      }
+      out.push_back(item.Scalar());
+    }
+    return out;
   }
 
   void parse_gateway(const YAML::Node& node, const std::string& path) {
@@ -564,24 +603,8 @@ class Parser {
     auto it = f->find("volumes");
     if (it == f->end() || it->second.value.IsNull()) return;
     std::string vpath = path + ".volumes";
-    SourcePos vpos = value_pos(it->second);
-    config_->positions[vpath] = vpos;
-    if (!it->second.value.IsSequence()) {
-      invalid(vpos, vpath, "expected a list of volume names, got " + std::string(node_kind(it->second.value)));
-      return;
-    }
-    size_t i = 0;
-    for (const YAML::Node& item : it->second.value) {
-      std::string ipath = index_path(vpath, i++);
-      SourcePos ipos = to_pos(item.Mark());
-      config_->positions[ipath] = ipos;
-      if (!item.IsScalar()) {
-        invalid(ipos, ipath, "expected a volume name, got " + std::string(node_kind(item)));
-        g.volumes.emplace_back();  // keep indexes aligned with the file
-        continue;
-      }
-      g.volumes.push_back(item.Scalar());
-    }
+    config_->positions[vpath] = value_pos(it->second);
+    g.volumes = get_names(it->second.value, vpath, "volume");
   }
 
   const std::string& file_;
@@ -766,9 +789,7 @@ class Validator {
           error(p + ".size", "base " + format_hex(v.base) + " + size overflows the 64-bit address space");
         }
       }
-      if (bricks_known && known(p + ".brick") && !c_.find_brick(v.brick)) {
-        error(p + ".brick", "unknown brick " + quote(v.brick) + known_names_of_bricks());
-      }
+      check_volume_bricks(v, p, bricks_known);
       if (known(p + ".queues") && (v.queues == 0 || v.queues > kMaxQueues)) {
         error(p + ".queues", "queues " + std::to_string(v.queues) + " is out of range (1-" +
                                  std::to_string(kMaxQueues) + ")");
@@ -780,6 +801,32 @@ class Validator {
     }
     check_overlaps();
   }
+
+  // The bricks a volume names exist, each once, as many as its layout takes.
+  void check_volume_bricks(const VolumeConfig& v, const std::string& p, bool bricks_known) {
+    std::vector<std::string> bricks = v.brick_names();
+    bool listed = positions_has(p + ".bricks") || bricks.size() > 1;
+    if (!known(listed ? p + ".bricks" : p + ".brick")) return;
+    for (size_t j = 0; j < bricks.size(); j++) {
+      std::string bp = listed ? index_path(p + ".bricks", j) : p + ".brick";
+      if (bricks[j].empty()) continue;  // reported by the parser
+      if (bricks_known && !c_.find_brick(bricks[j])) {
+        error(bp, "unknown brick " + quote(bricks[j]) + known_names_of_bricks());
+      }
+      for (size_t k = 0; k < j; k++) {
+        if (bricks[k] == bricks[j]) error(bp, "brick " + quote(bricks[j]) + " is named twice");
+      }
+    }
+    if (!known(p + ".layout")) return;
+    if (v.layout == Layout::kSingle && bricks.size() > 1) {
+      error(p + ".bricks", "layout single takes one brick, not " + std::to_string(bricks.size()) +
+                               " (use 'layout: stripe')");
+    } else if (v.layout == Layout::kStripe && bricks.size() < 2) {
+      error(listed ? p + ".bricks" : p + ".brick", "layout stripe takes at least two bricks");
+    }
+  }
+
+  bool positions_has(const std::string& path) const { return c_.positions.count(path) != 0; }
 
   // When an entry's name could not be parsed, a reference to it would be
   // reported as unknown too; skip reference checks rather than cascade.
@@ -931,6 +978,11 @@ const BrickConfig* ClusterConfig::find_brick(const std::string& name) const {
     if (b.name == name) return &b;
   }
   return nullptr;
+}
+
+std::vector<std::string> VolumeConfig::brick_names() const {
+  if (bricks.empty() && !brick.empty()) return {brick};
+  return bricks;
 }
 
 const VolumeConfig* ClusterConfig::find_volume(const std::string& name) const {

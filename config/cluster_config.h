@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "common/layout.h"
 #include "common/result.h"
 #include "common/transport.h"
 
@@ -59,11 +60,17 @@ struct BrickConfig {
 struct VolumeConfig {
   std::string name;
   uint64_t size = 0;   // bytes, a non-zero multiple of kBlockSize
-  std::string brick;   // name of the brick that holds the volume
-  uint64_t base = 0;   // virtual base address on the brick, kBlockSize aligned
+  std::string brick;   // name of the (first) brick that holds the volume: bricks[0]
+  // Every brick of the volume in layout order (`brick: B` is `bricks: [B]`).
+  std::vector<std::string> bricks;
+  Layout layout = Layout::kSingle;
+  uint64_t base = 0;   // virtual base address on each brick, kBlockSize aligned
   uint32_t queues = 1;
   uint32_t depth = 64;
   Frontend frontend = Frontend::kNbd;
+
+  // `bricks`, or {brick} for a config built in code that set only `brick`.
+  std::vector<std::string> brick_names() const;
 };
 
 struct GatewayConfig {

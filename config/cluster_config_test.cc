@@ -366,8 +366,8 @@ TEST(ClusterConfigTest, UnknownKeysAtEveryLevel) {
   expect_one(valid_with("size: 1G}", "size: 1G, sise: 2G}"), 6, 55, "bricks[0].store.sise: unknown key 'sise'");
   expect_one(valid_with("size: 1G}", "size: 1G}\n    nic: {netdev: eth0, ddoi: off}"), 7, 25,
              "bricks[0].nic.ddoi: unknown key 'ddoi' (did you mean 'ddio'?)");
-  expect_one(valid_with("    base: 0x0\n", "    base: 0x0\n    bricks: [brick0]\n"), 12, 5,
-             "volumes[0].bricks: unknown key 'bricks' (a volume lives on a single brick for now: use 'brick: NAME')");
+  expect_one(valid_with("    base: 0x0\n", "    base: 0x0\n    bricks: [brick0]\n"), 12, 13,
+             "volumes[0].bricks: give either 'brick: NAME' or 'bricks: [NAME, ...]', not both");
   expect_one(valid_with("    volumes: [vol0]", "    volumes: [vol0]\n    hots: x"), 16, 5,
              "gateways[0].hots: unknown key 'hots' (did you mean 'host'?)");
   // "x-" keys are reserved for anchors at the top level only.
@@ -737,6 +737,48 @@ TEST(ConfigCheckMainTest, UsageErrors) {
   EXPECT_EQ(run_check({"check", "--frobnicate", "a.yaml"}, &out, &err), 2);
   EXPECT_EQ(run_check({"check", "--help"}, &out, &err), 0);
   EXPECT_NE(out.find("usage:"), std::string::npos);
+}
+
+// A volume over several bricks: `bricks:` in layout order and `layout:`;
+// `brick:` stays the one-brick form. Unknown or repeated bricks, and a brick
+// count that does not fit the layout, are errors at the right place.
+TEST(ClusterConfigTest, StripedVolumesNameTheirBricksInOrder) {
+  const std::string three = R"(cluster: {name: demo}
+bricks:
+  - {name: b0, host: h0, store: {path: /s, size: 1G}}
+  - {name: b1, host: h1, store: {path: /s, size: 1G}}
+  - {name: b2, host: h2, store: {path: /s, size: 1G}}
+volumes:
+)";
+  ClusterConfig c;
+  auto errors = check(three + "  - {name: v, size: 3G, bricks: [b2, b0, b1], layout: stripe, base: 0}\n", &c);
+  ASSERT_TRUE(errors.empty()) << dump(errors);
+  ASSERT_EQ(c.volumes.size(), 1u);
+  EXPECT_EQ(c.volumes[0].bricks, (std::vector<std::string>{"b2", "b0", "b1"}));
+  EXPECT_EQ(c.volumes[0].brick, "b2");
+  EXPECT_EQ(c.volumes[0].layout, Layout::kStripe);
+  errors = check(three + "  - {name: v, size: 1G, brick: b1, base: 0}\n", &c);
+  ASSERT_TRUE(errors.empty()) << dump(errors);
+  EXPECT_EQ(c.volumes[0].bricks, (std::vector<std::string>{"b1"}));
+  EXPECT_EQ(c.volumes[0].layout, Layout::kSingle);
+
+  struct Case {
+    const char* volume;
+    int column;
+    const char* error;
+  };
+  const Case cases[] = {
+      {"bricks: [b0, b9], layout: stripe", 38, "volumes[0].bricks[1]: unknown brick 'b9' (known bricks: b0, b1, b2)"},
+      {"bricks: [b0, b0], layout: stripe", 38, "volumes[0].bricks[1]: brick 'b0' is named twice"},
+      {"bricks: [b0, b1]", 33, "volumes[0].bricks: layout single takes one brick, not 2 (use 'layout: stripe')"},
+      {"brick: b0, layout: stripe", 32, "volumes[0].brick: layout stripe takes at least two bricks"},
+      {"bricks: [b0, b1], layout: mirror", 51, "volumes[0].layout"},
+      {"layout: stripe", 5, "volumes[0].brick: missing required key 'brick'"},
+  };
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.volume);
+    expect_one(three + "  - {name: v, size: 1G, " + k.volume + ", base: 0}\n", 7, k.column, k.error);
+  }
 }
 
 }  // namespace

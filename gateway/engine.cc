@@ -1,62 +1,64 @@
 #include "gateway/engine.h"
 
-#include <liburing.h>
 #include <sys/eventfd.h>
-#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <future>
 #include <mutex>
-#include <span>
+#include <optional>
 #include <thread>
 
 #include "common/log.h"
 #include "common/unique_fd.h"
-#include "common/units.h"
 #include "common/uring.h"
-#include "gateway/data_channel.h"
-#include "gateway/retry.h"
+#include "gateway/volume_io.h"
 
 namespace pbrick {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-constexpr size_t kMaxPieces = Engine::kMaxRequest / proto::kBlockSize + 1;
-constexpr long long kTickNanos = 200ll * 1000 * 1000;
+constexpr long long kTickNanos = 100ll * 1000 * 1000;
 
-// user_data of the loop's SQEs: the operation kind in bits 0..7; for the
-// channel's own SQEs (kChannel) its event number in bits 8..15.
-enum class LoopOp : uint64_t { kEvent = 1, kChannel, kTick, kCancel };
+// Kinds of the loop's SQEs (Uring's user_data packing); channel SQEs carry
+// VolumeChannels' payload.
+enum Kind : uint8_t { kEvent = 1, kChannel, kTick, kCancel };
+
+// What a caller hands its loop: a piece's op for a brick, or a sync job.
+struct Handoff {
+  uint32_t brick = 0;
+  DataChannel::Op* op = nullptr;
+  SyncJob* sync = nullptr;
+};
 
 // Per caller thread: the pieces of its one outstanding request and the count
 // of those still in flight. Thread-local, so it outlives every completion that
 // touches it (a request's own stack frame would not), and nothing is allocated
-// per request.
-struct Piece {
-  DataChannel::Op op;
-  std::atomic<uint32_t>* pending = nullptr;
-  int status = 0;
-  uint64_t block = 0;
-};
-
-struct Waiter {
+// per request once its vectors have grown.
+struct Waiter final : PieceSink {
   std::atomic<uint32_t> pending{0};
-  Piece pieces[kMaxPieces];
-  DataChannel::Op* batch[kMaxPieces];
-  // A FLUSH's sync on each loop: grown on this thread's first flush of an
-  // engine with more loops than before, so steady state allocates nothing.
-  std::vector<Piece> syncs;
-  uint8_t sync_scratch = 0;
+  std::vector<IoPiece> pieces;
+  std::vector<Handoff> batch;
+  // A FLUSH's sync job on each loop.
+  std::vector<SyncJob> syncs;
+  IoRetry retry;
+
+  void push(uint32_t brick, DataChannel::Op* op) override { batch.push_back({brick, op, nullptr}); }
+  void one_done() {
+    if (pending.fetch_sub(1, std::memory_order_acq_rel) == 1) pending.notify_one();
+  }
 };
 
 thread_local Waiter t_waiter;
 
 void piece_done(DataChannel::Op* op, int status) {
-  Piece* p = static_cast<Piece*>(op->ctx);
+  IoPiece* p = static_cast<IoPiece*>(op->ctx);
   p->status = status;
-  if (p->pending->fetch_sub(1, std::memory_order_acq_rel) == 1) p->pending->notify_one();
+  static_cast<Waiter*>(p->request)->one_done();
 }
+
+void sync_done(SyncJob* job) { static_cast<Waiter*>(job->ctx)->one_done(); }
 
 void wait_for(std::atomic<uint32_t>& pending) {
   for (uint32_t v = pending.load(std::memory_order_acquire); v != 0; v = pending.load(std::memory_order_acquire)) {
@@ -64,16 +66,34 @@ void wait_for(std::atomic<uint32_t>& pending) {
   }
 }
 
+// What a blocking caller does with the core's verdict on its request: the
+// request's result when it is over, nothing when it goes on (after sleeping
+// until its retry time when the core says so).
+std::optional<Status> wait_out(const IoRetry& retry, IoRetry::Step step) {
+  switch (step) {
+    case IoRetry::Step::kDone:
+      return Status::Ok();
+    case IoRetry::Step::kNow:
+      return std::nullopt;
+    case IoRetry::Step::kLater:
+      std::this_thread::sleep_until(retry.retry_at());
+      return std::nullopt;
+    case IoRetry::Step::kFail:
+      break;
+  }
+  return Status(retry.error());
+}
+
 }  // namespace
 
-// One event loop: a thread, an io_uring, and one DataChannel to the brick.
-class Engine::Loop final : public ChannelRing {
+// One event loop: a thread, a Uring, and a channel to every brick.
+class Engine::Loop {
  public:
   Loop(Volume& volume, uint32_t depth, uint32_t index)
-      : volume_(volume), channel_(DataChannel::Create(volume.options().brick.transport, depth)), index_(index) {
+      : channels_(volume, depth, ring_, kChannel, kCancel, "queue " + std::to_string(index)), index_(index) {
     incoming_.reserve(4 * depth);
     taken_.reserve(4 * depth);
-    backlog_.reserve(4 * depth);
+    channels_.reserve(4 * depth);
   }
 
   ~Loop() { stop(); }
@@ -81,12 +101,14 @@ class Engine::Loop final : public ChannelRing {
   Status start() {
     event_fd_.reset(::eventfd(0, EFD_CLOEXEC));
     if (!event_fd_.valid()) return errno_error("eventfd");
-    int err = init_event_ring(256, &ring_);
-    if (err < 0) return Error(-err, "io_uring_queue_init");
-    ring_ready_ = true;
-    PBRICK_TRY(volume_.connect_channel(*channel_));
-    thread_ = std::thread([this] { run(); });
-    return Status::Ok();
+    PBRICK_TRY(ring_.init(256));
+    PBRICK_TRY(channels_.connect());
+    std::promise<Status> ready;
+    auto started = ready.get_future();
+    thread_ = std::thread([this, &ready] { run(ready); });
+    Status st = started.get();
+    if (!st) thread_.join();
+    return st;
   }
 
   void stop() {
@@ -95,18 +117,18 @@ class Engine::Loop final : public ChannelRing {
       wake();
       thread_.join();
     }
-    if (ring_ready_) {
-      io_uring_queue_exit(&ring_);
-      ring_ready_ = false;
-    }
   }
 
-  // From caller threads: queue ops (sync marks a sync request) and wake the loop.
-  void submit(DataChannel::Op** ops, size_t n, bool sync) {
+  // Any thread: whether this loop's channels carried writes not synced yet.
+  bool needs_sync() const { return channels_.needs_sync(); }
+  uint64_t syncs_sent(uint32_t brick) const { return channels_.syncs_sent(brick); }
+
+  // From caller threads: queue work and wake the loop.
+  void submit(const Handoff* items, size_t n) {
     bool need_wake;
     {
       std::lock_guard lock(mu_);
-      for (size_t i = 0; i < n; i++) incoming_.push_back({ops[i], sync});
+      incoming_.insert(incoming_.end(), items, items + n);
       // One eventfd write per batch the loop takes, not one per caller: a
       // wake already on its way will make the loop take this batch too.
       need_wake = !wake_pending_;
@@ -116,140 +138,86 @@ class Engine::Loop final : public ChannelRing {
   }
 
  private:
-  struct Pending {
-    DataChannel::Op* op;
-    bool sync;
-  };
-
   void wake() {
     uint64_t one = 1;
     ssize_t ignored = ::write(event_fd_.get(), &one, sizeof one);
     (void)ignored;
   }
 
-  io_uring_sqe* sqe(LoopOp kind, uint8_t event = 0) {
-    io_uring_sqe* s = io_uring_get_sqe(&ring_);
-    while (s == nullptr) {
-      io_uring_submit(&ring_);
-      s = io_uring_get_sqe(&ring_);
-    }
-    io_uring_sqe_set_data64(s, static_cast<uint64_t>(kind) | (uint64_t{event} << 8));
-    sqes_inflight_++;
-    return s;
-  }
-
-  io_uring_sqe* channel_sqe(uint8_t event) override { return sqe(LoopOp::kChannel, event); }
-  void cancel_channel_sqe(uint8_t event) override {
-    io_uring_prep_cancel64(sqe(LoopOp::kCancel), static_cast<uint64_t>(LoopOp::kChannel) | (uint64_t{event} << 8), 0);
-  }
-
-  void teardown(const Error& why) {
-    if (!channel_->connected() || channel_->tearing_down()) return;
-    if (why.errnum() != ESHUTDOWN) {
-      PBRICK_LOG_WARN("queue %u: connection to brick %s lost: %s", index_,
-                      volume_.options().brick.endpoint.to_string().c_str(), why.message().c_str());
-    }
-    channel_->teardown(why.errnum());
-  }
-
-  void fail(const Pending& p, int status) { p.op->done(p.op, status); }
-
-  void dispatch() {
-    Status flushed = channel_->flush(*this);  // completes a finished teardown
-    if (!flushed) teardown(flushed.error());
-    for (const Pending& p : taken_) backlog_.push(p.op, p.sync);
-    taken_.clear();
-    if (!backlog_.empty() && !channel_->connected()) {
-      // Reconnect, at most every 100 ms; meanwhile fail fast and let the
-      // callers retry until their deadline. A brick that serves another
-      // store fails them with kErrWrongStore: no retry makes it ours.
-      auto now = Clock::now();
-      Status st = Error(ECONNREFUSED, "reconnect pending");
-      if (now - last_connect_attempt_ >= std::chrono::milliseconds(100)) {
-        last_connect_attempt_ = now;
-        st = volume_.connect_channel(*channel_);
-        if (st.ok()) {
-          PBRICK_LOG_NOTICE("queue %u: reconnected to brick %s", index_,
-                            volume_.options().brick.endpoint.to_string().c_str());
-        }
-      }
-      if (!st.ok()) {
-        int err = st.error().errnum();
-        backlog_.fail_all(is_connection_error(err) || err == kErrWrongStore ? err : ECONNREFUSED);
-      }
-    }
-    backlog_.feed(*channel_);
-    // Hands what was just queued to the transport in one batch.
-    flushed = channel_->flush(*this);
-    if (!flushed) teardown(flushed.error());
-  }
-
   void arm_event() {
-    io_uring_prep_read(sqe(LoopOp::kEvent), event_fd_.get(), &event_buf_, sizeof event_buf_, 0);
+    io_uring_prep_read(ring_.sqe(Uring::pack(kEvent, 0)), event_fd_.get(), &event_buf_, sizeof event_buf_, 0);
   }
 
   void arm_tick() {
     tick_ts_.tv_sec = 0;
     tick_ts_.tv_nsec = kTickNanos;
-    io_uring_prep_timeout(sqe(LoopOp::kTick), &tick_ts_, 0, 0);
+    io_uring_prep_timeout(ring_.sqe(Uring::pack(kTick, 0)), &tick_ts_, 0, 0);
   }
 
-  void on_cqe(io_uring_cqe* cqe) {
-    sqes_inflight_--;
-    int res = cqe->res;
-    uint64_t ud = io_uring_cqe_get_data64(cqe);
-    switch (static_cast<LoopOp>(ud & 0xFF)) {
-      case LoopOp::kEvent: {
+  void dispatch() {
+    for (const Handoff& h : taken_) {
+      if (h.sync != nullptr) {
+        channels_.sync(*h.sync);
+      } else {
+        channels_.push(h.brick, h.op);
+      }
+    }
+    taken_.clear();
+    channels_.dispatch();
+  }
+
+  void on_cqe(uint64_t ud, int res) {
+    switch (Uring::kind_of(ud)) {
+      case kEvent: {
         std::lock_guard lock(mu_);
         taken_.swap(incoming_);
         wake_pending_ = false;
         if (!stopping_.load(std::memory_order_acquire)) arm_event();
         break;
       }
-      case LoopOp::kChannel: {
-        Status st = channel_->on_cqe(static_cast<uint8_t>(ud >> 8), res);
-        if (!st) teardown(st.error());
+      case kChannel:
+        channels_.on_cqe(Uring::payload_of(ud), res);
         break;
-      }
-      case LoopOp::kTick:
+      case kTick:
         if (!stopping_.load(std::memory_order_acquire)) {
-          auto timeout = std::chrono::milliseconds(volume_.options().io_timeout_ms);
-          if (channel_->connected() && channel_->inflight() > 0 &&
-              Clock::now() - channel_->last_progress() > timeout) {
-            teardown(Error(ETIMEDOUT, "no reply within " + std::to_string(timeout.count()) + " ms"));
-          }
+          channels_.on_tick();
           arm_tick();
         }
         break;
-      case LoopOp::kCancel:
+      default:
         break;
     }
   }
 
-  void run() {
+  static void fail(const Handoff& h, int status) {
+    if (h.sync != nullptr) {
+      h.sync->status = status;
+      h.sync->done(h.sync);
+    } else {
+      h.op->done(h.op, status);
+    }
+  }
+
+  void run(std::promise<Status>& ready) {
+    Status st = ring_.enable();
+    ready.set_value(st);  // `ready` is gone after this
+    if (!st) return;
     arm_event();
     arm_tick();
     bool cancelled = false;
-    while (sqes_inflight_ > 0) {
+    while (ring_.inflight() > 0) {
       if (stopping_.load(std::memory_order_acquire) && !cancelled) {
         cancelled = true;
-        teardown(Error(ESHUTDOWN, "stopping"));
-        channel_->stop(*this);
-        io_uring_prep_cancel64(sqe(LoopOp::kCancel), static_cast<uint64_t>(LoopOp::kTick), 0);
-        io_uring_prep_cancel64(sqe(LoopOp::kCancel), static_cast<uint64_t>(LoopOp::kEvent), 0);
+        channels_.stop();
+        ring_.cancel(Uring::pack(kCancel, 0), Uring::pack(kTick, 0));
+        ring_.cancel(Uring::pack(kCancel, 0), Uring::pack(kEvent, 0));
       }
-      int err = io_uring_submit_and_wait(&ring_, 1);
+      int err = ring_.submit_and_wait(1);
       if (err < 0 && err != -EINTR) {
         PBRICK_LOG_ERROR("queue %u: io_uring_submit_and_wait: %s", index_, std::strerror(-err));
         break;
       }
-      unsigned head, count = 0;
-      io_uring_cqe* cqe;
-      io_uring_for_each_cqe(&ring_, head, cqe) {
-        on_cqe(cqe);
-        count++;
-      }
-      io_uring_cq_advance(&ring_, count);
+      ring_.drain([this](uint64_t ud, int res) { on_cqe(ud, res); });
       dispatch();
     }
     // Whatever is still queued fails: the engine is going away.
@@ -258,30 +226,24 @@ class Engine::Loop final : public ChannelRing {
       taken_.insert(taken_.end(), incoming_.begin(), incoming_.end());
       incoming_.clear();
     }
-    backlog_.fail_all(ESHUTDOWN);
-    for (const Pending& p : taken_) fail(p, ESHUTDOWN);
+    channels_.finish(ESHUTDOWN);
+    for (const Handoff& h : taken_) fail(h, ESHUTDOWN);
     taken_.clear();
-    channel_->disconnect(ESHUTDOWN);
   }
 
-  Volume& volume_;
-  std::unique_ptr<DataChannel> channel_;
+  Uring ring_;  // before channels_, which arm SQEs on it
+  VolumeChannels channels_;
   uint32_t index_;
   std::thread thread_;
   std::atomic<bool> stopping_{false};
   UniqueFd event_fd_;
-  io_uring ring_{};
-  bool ring_ready_ = false;
   uint64_t event_buf_ = 0;
   __kernel_timespec tick_ts_{};
-  uint64_t sqes_inflight_ = 0;
-  Clock::time_point last_connect_attempt_{};
 
   std::mutex mu_;
-  std::vector<Pending> incoming_;  // filled by callers under mu_
+  std::vector<Handoff> incoming_;  // filled by callers under mu_
   bool wake_pending_ = false;      // under mu_: an eventfd write is on its way
-  std::vector<Pending> taken_;     // swapped out of incoming_ by the loop
-  ChannelBacklog backlog_;         // waiting for a free slot or a connection
+  std::vector<Handoff> taken_;     // swapped out of incoming_ by the loop
 };
 
 Engine::Engine(std::unique_ptr<Volume> volume, const EngineOptions& options)
@@ -318,77 +280,27 @@ Status Engine::transfer(bool is_write, uint8_t* buf, uint64_t count, uint64_t of
                              std::to_string(offset) + " is outside the volume or too large");
   }
   Waiter& w = t_waiter;
-  size_t npieces = 0;
-  for (uint64_t done = 0; done < count; npieces++) {
-    uint64_t pos = offset + done;
-    uint64_t in_block = pos % proto::kBlockSize;
-    uint64_t len = std::min<uint64_t>(count - done, proto::kBlockSize - in_block);
-    Piece& p = w.pieces[npieces];
-    p.block = pos / proto::kBlockSize;
-    p.status = -1;  // not done yet
-    p.pending = &w.pending;
-    p.op.opcode = is_write ? proto::Opcode::kWrite : proto::Opcode::kRead;
-    p.op.length = static_cast<uint32_t>(len);
-    p.op.buf = buf + done;
-    p.op.remote_addr = in_block;  // offset within the block until the handle is known
-    p.op.done = piece_done;
-    p.op.ctx = &p;
-    done += len;
-  }
+  w.pieces.clear();
+  plan_rw(*volume_, is_write, offset, count, buf, &w, w.pieces);
+  return run_pieces(is_write ? "write" : "read");
+}
 
-  RetryDeadline retry(std::chrono::milliseconds(volume_->options().io_timeout_ms), std::chrono::milliseconds(20),
-                      std::chrono::milliseconds(500));
+Status Engine::run_pieces(const char* what) {
+  Waiter& w = t_waiter;
   Loop& loop = my_loop();
+  w.retry.start(std::chrono::milliseconds(volume_->options().io_timeout_ms));
   for (;;) {
-    size_t batch = 0;
-    for (size_t i = 0; i < npieces; i++) {
-      Piece& p = w.pieces[i];
-      if (p.status == 0) continue;
-      uint64_t in_block = (p.op.buf - buf + offset) % proto::kBlockSize;
-      if (!is_write && !volume_->allocated(p.block)) {
-        std::memset(p.op.buf, 0, p.op.length);  // never written: zeros, no round trip
-        p.status = 0;
-        continue;
-      }
-      auto h = volume_->cached(p.block);
-      if (!h) {
-        auto mapped = volume_->map_block(p.block, is_write);
-        if (!mapped) {
-          if (!is_write && mapped.error().errnum() == ENOENT) {
-            std::memset(p.op.buf, 0, p.op.length);
-            p.status = 0;
-            continue;
-          }
-          return mapped.error();
-        }
-        h = *mapped;
-      }
-      p.op.rkey = h->rkey;
-      p.op.remote_addr = h->remote_addr + in_block;
-      w.batch[batch++] = &p.op;
-    }
-    if (batch == 0) return Status::Ok();
-    w.pending.store(static_cast<uint32_t>(batch), std::memory_order_release);
-    loop.submit(w.batch, batch, false);
+    w.batch.clear();
+    // A whole request per round: it is at most kMaxRequest (or a discard's
+    // zero-fill pieces), and the loop's backlog holds what its channels cannot
+    // take yet.
+    auto queued = queue_round(*volume_, w.pieces, w, piece_done, SIZE_MAX);
+    if (!queued) return queued.error();
+    if (*queued == 0) return Status::Ok();
+    w.pending.store(static_cast<uint32_t>(*queued), std::memory_order_release);
+    loop.submit(w.batch.data(), w.batch.size());
     wait_for(w.pending);
-
-    bool lost_connection = false;
-    for (size_t i = 0; i < npieces; i++) {
-      Piece& p = w.pieces[i];
-      if (p.status <= 0) continue;
-      if (p.status == EKEYREJECTED) {
-        // The mapping died (brick restart, discard, reconnect): map again.
-        volume_->invalidate(p.block, p.op.rkey);
-      } else if (is_connection_error(p.status) || p.status == ESHUTDOWN) {
-        lost_connection = true;
-      } else {
-        return io_error(p.status, std::string(is_write ? "write" : "read") + " at " + std::to_string(offset));
-      }
-    }
-    if (lost_connection && !retry.wait()) {
-      return Error(EIO, "brick " + volume_->options().brick.endpoint.to_string() + " unreachable for " +
-                            std::to_string(volume_->options().io_timeout_ms) + " ms");
-    }
+    if (auto over = wait_out(w.retry, w.retry.settle(*volume_, w.pieces, what))) return *over;
   }
 }
 
@@ -405,56 +317,52 @@ Status Engine::write(const void* buf, uint64_t count, uint64_t offset, bool fua)
 
 Status Engine::flush() { return sync_loops(true); }
 
-// Sync-read on our own loop (FUA) or on every loop (FLUSH), retrying through
-// reconnects: the brick persists what it holds at the sync point, whichever
-// connection carried the writes.
+// FUA: the bricks our own loop wrote to; FLUSH: those of every loop. Only
+// loops with writes not synced yet are asked (the core keeps that so across
+// reconnects), and each syncs only the bricks it wrote to. Retried through
+// reconnects until the io_timeout.
 Status Engine::sync_loops(bool all) {
   Waiter& w = t_waiter;
-  size_t n = all ? loops_.size() : 1;
-  if (w.syncs.size() < n) w.syncs.resize(n);
-  std::span<Piece> syncs(w.syncs.data(), n);
-  for (Piece& p : syncs) p.status = -1;
-  RetryDeadline retry(std::chrono::milliseconds(volume_->options().io_timeout_ms), std::chrono::milliseconds(20),
-                      std::chrono::milliseconds(500));
+  if (w.syncs.size() < loops_.size()) w.syncs.resize(loops_.size());
+  Loop& mine = my_loop();
+  w.retry.start(std::chrono::milliseconds(volume_->options().io_timeout_ms));
   for (;;) {
-    uint32_t submitted = 0;
-    for (const Piece& p : syncs) submitted += p.status != 0;
-    if (submitted == 0) return Status::Ok();
-    w.pending.store(submitted, std::memory_order_release);
-    for (size_t i = 0; i < n; i++) {
-      Piece& p = syncs[i];
-      if (p.status == 0) continue;
-      p.pending = &w.pending;
-      p.op = DataChannel::Op{};
-      p.op.buf = &w.sync_scratch;
-      p.op.done = piece_done;
-      p.op.ctx = &p;
-      DataChannel::Op* op = &p.op;
-      (all ? *loops_[i] : my_loop()).submit(&op, 1, true);
+    uint32_t asked = 0;
+    for (size_t i = 0; i < loops_.size(); i++) {
+      Loop& loop = *loops_[i];
+      SyncJob& job = w.syncs[i];
+      job.status = -1;  // not asked
+      if ((!all && &loop != &mine) || !loop.needs_sync()) continue;
+      job.status = 0;
+      job.done = sync_done;
+      job.ctx = &w;
+      asked++;
+    }
+    if (asked == 0) return Status::Ok();
+    w.pending.store(asked, std::memory_order_release);
+    for (size_t i = 0; i < loops_.size(); i++) {
+      if (w.syncs[i].status == -1) continue;
+      Handoff h{0, nullptr, &w.syncs[i]};
+      loops_[i]->submit(&h, 1);
     }
     wait_for(w.pending);
-    bool again = false;
-    for (const Piece& p : syncs) {
-      if (p.status <= 0) continue;
-      if (is_connection_error(p.status) || p.status == ESHUTDOWN) {
-        again = true;
-      } else {
-        return io_error(p.status, "flush");
-      }
+    // The worst outcome decides: an error that fails over one that is retried.
+    const SyncJob* worst = nullptr;
+    for (const SyncJob& job : w.syncs) {
+      if (job.status <= 0) continue;
+      if (worst == nullptr || fate_of(job.status) == Fate::kFail) worst = &job;
     }
-    if (!again) return Status::Ok();
-    if (!retry.wait()) {
-      return Error(EIO, "flush: brick " + volume_->options().brick.endpoint.to_string() + " unreachable");
+    if (worst == nullptr) return Status::Ok();
+    if (auto over = wait_out(w.retry, w.retry.settle_sync(*volume_, worst->status, worst->brick, "flush"))) {
+      return *over;
     }
   }
 }
 
-Error Engine::io_error(int status, const std::string& what) const {
-  if (status == kErrWrongStore) {
-    std::string why = volume_->refusal();
-    return Error(status, what + ": " + (why.empty() ? "the brick serves another store" : why));
-  }
-  return Error(status, what);
+uint64_t Engine::syncs_sent(uint32_t brick) const {
+  uint64_t n = 0;
+  for (const auto& loop : loops_) n += loop->syncs_sent(brick);
+  return n;
 }
 
 Status Engine::discard(uint64_t count, uint64_t offset, bool fua) {
@@ -462,25 +370,11 @@ Status Engine::discard(uint64_t count, uint64_t offset, bool fua) {
     return Error(EINVAL, "discard of " + std::to_string(count) + " bytes at " + std::to_string(offset) +
                              " is outside the volume");
   }
-  bool zeroed = false;
-  uint64_t end = offset + count;
-  for (uint64_t pos = offset; pos < end;) {
-    uint64_t block = pos / proto::kBlockSize;
-    uint64_t block_start = block * proto::kBlockSize;
-    uint64_t block_end = std::min(block_start + proto::kBlockSize, size());
-    uint64_t piece_end = std::min(end, block_end);
-    bool whole = pos == block_start && piece_end == block_end && block_end - block_start == proto::kBlockSize;
-    if (volume_->allocated(block)) {
-      Status st = whole ? volume_->discard_block(block) : Error(EBUSY, "partial");
-      if (!st) {
-        if (st.error().errnum() != EBUSY) return st;
-        // Partial block, or someone else maps it: write zeros instead.
-        PBRICK_TRY(transfer(true, zeros_.data(), piece_end - pos, pos));
-        zeroed = true;
-      }
-    }
-    pos = piece_end;
-  }
+  Waiter& w = t_waiter;
+  w.pieces.clear();
+  PBRICK_TRY(plan_discard(*volume_, offset, count, zeros_.data(), &w, w.pieces));
+  bool zeroed = !w.pieces.empty();
+  PBRICK_TRY(run_pieces("discard"));
   if (fua && zeroed) return sync_loops(false);
   return Status::Ok();
 }

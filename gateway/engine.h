@@ -1,18 +1,21 @@
 // The volume engine for frontends whose callers block per request (the nbdkit
 // plugin: nbdkit runs each NBD request on one of its worker threads).
 //
-// The engine runs `queues` event loops, each one thread with one io_uring and
-// one pipelined DataChannel per brick. A caller thread is bound to one loop
-// (round robin on first use), splits its request at 2 MiB block boundaries,
-// resolves each block's handle (the Volume's slow path runs here, on the
-// caller's thread, never on a loop), hands the pieces to its loop in one batch
-// and sleeps until they complete. So many requests are in flight per
+// The engine is the volume I/O core (volume_io.h) plus a thread hand-off: it
+// runs `queues` event loops, each one thread with one io_uring and one
+// pipelined DataChannel to every brick of the volume (VolumeChannels). A
+// caller thread is bound to one loop (round robin on first use); the core
+// plans its request and resolves each piece's handle on the caller's thread
+// (the Volume's slow path runs there, never on a loop); the engine hands the
+// pieces to the caller's loop in one batch and sleeps until they complete,
+// then lets the core decide what next. So many requests are in flight per
 // connection, no thread exists per request, and nothing is allocated per
-// request in steady state (pieces live on the caller's stack).
+// request in steady state (pieces live in a thread-local of the caller).
 //
-// FLUSH issues a sync-read on every loop whose connection carried writes since
-// its last sync and completes after all of them: a flush from any caller
-// persists the writes every caller has seen completed (NBD multi-conn safe).
+// FLUSH asks every loop whose channels carried writes since their last sync
+// to sync exactly those bricks, and completes after all of them: a flush from
+// any caller persists the writes every caller has seen completed (NBD
+// multi-conn safe). A loop with nothing to sync is not woken.
 //
 // Thread-safe: read/write/flush/discard from any number of threads.
 #pragma once
@@ -47,8 +50,8 @@ class Engine {
   uint64_t size() const { return volume_->size(); }
 
   // Byte ranges must lie inside the volume and count <= kMaxRequest (EINVAL).
-  // Errors: EIO once the brick stayed unreachable for the volume's io_timeout;
-  // kErrWrongStore at once while the brick serves another store than the one
+  // Errors: EIO once a brick stayed unreachable for the volume's io_timeout;
+  // kErrWrongStore at once while a brick serves another store than the one
   // the volume was opened on (see volume.h).
   Status read(void* buf, uint64_t count, uint64_t offset);
   Status write(const void* buf, uint64_t count, uint64_t offset, bool fua);
@@ -57,16 +60,20 @@ class Engine {
   // back as zeros); the partial blocks at either end are zero-filled.
   Status discard(uint64_t count, uint64_t offset, bool fua);
 
+  // Syncs sent to brick `brick` (of the volume's layout) so far, over all
+  // loops (statistics: a FLUSH asks only the bricks that were written).
+  uint64_t syncs_sent(uint32_t brick) const;
+
   class Loop;
 
  private:
   Engine(std::unique_ptr<Volume> volume, const EngineOptions& options);
   Loop& my_loop();
   Status transfer(bool is_write, uint8_t* buf, uint64_t count, uint64_t offset);
+  // Sends the calling thread's planned pieces round by round until they are
+  // done or the core gives up.
+  Status run_pieces(const char* what);
   Status sync_loops(bool all);
-  // The error of I/O whose piece failed with `status`; a refused brick (one
-  // that serves another store) is named with both stores.
-  Error io_error(int status, const std::string& what) const;
 
   std::unique_ptr<Volume> volume_;
   EngineOptions options_;

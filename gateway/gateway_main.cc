@@ -39,7 +39,8 @@ constexpr const char* kStateDir = "/run/pbrick";
 constexpr uint32_t kMaxIoBytes = 512u << 10;
 
 constexpr const char* kUsage =
-    "Usage: pbrick-gateway attach --target HOST:PORT --size SIZE [options]\n"
+    "Usage: pbrick-gateway attach --target HOST:PORT [--target HOST:PORT --layout stripe ...]\n"
+    "                             --size SIZE [options]\n"
     "       pbrick-gateway attach --config FILE --volume NAME [options]\n"
     "       pbrick-gateway list [--json]\n"
     "       pbrick-gateway detach -n ID\n"
@@ -50,9 +51,13 @@ constexpr const char* kUsage =
     "attach: creates the device, prints its path (/dev/ublkbN) on stdout once it\n"
     "  exists, tells systemd READY=1 and serves in the foreground until SIGTERM or\n"
     "  SIGINT, which stop and delete the device (exit 0).\n"
-    "  --target HOST:PORT      the brick\n"
+    "  --target HOST:PORT      the brick; repeat it (or HOST:PORT,HOST:PORT) for the\n"
+    "                          bricks of a striped volume, in layout order\n"
+    "  --layout L              single (default: one brick) or stripe (block i on brick\n"
+    "                          i mod N at base + (i div N) x 2 MiB; docs/layout.md)\n"
     "  --size SIZE             volume size (a multiple of 4096)\n"
-    "  --base ADDR             brick virtual address of the volume (2 MiB aligned; default 0)\n"
+    "  --base ADDR             brick virtual address of the volume on each brick\n"
+    "                          (2 MiB aligned; default 0)\n"
     "  --key-file FILE         cluster key\n"
     "  --transport T           tcp (default) or rdma: one RC queue pair per queue, data by\n"
     "                          one-sided RDMA READ/WRITE from registered per-tag buffers\n"
@@ -95,10 +100,14 @@ Status save_conf(uint32_t id, const AttachParams& p) {
   FILE* f = std::fopen(tmp.c_str(), "w");
   if (f == nullptr) return errno_error("writing " + tmp);
   std::fprintf(f, "target=%s\nsize=%llu\nbase=%llu\nkey_file=%s\nqueues=%u\ndepth=%u\nlogical_block_size=%u\ntimeout=%u\n",
-               p.target->to_string().c_str(), static_cast<unsigned long long>(p.size),
+               p.targets_string().c_str(), static_cast<unsigned long long>(p.size),
                static_cast<unsigned long long>(*p.base), p.key_file.c_str(), *p.queues, *p.depth,
                p.logical_block_size, p.timeout_ms);
   std::fprintf(f, "transport=%s\n", transport_name(p.transport.value_or(Transport::kTcp)));
+  std::fprintf(f, "layout=%s\n", layout_name(p.layout.value_or(Layout::kSingle)));
+  std::string keys;
+  for (const std::string& k : p.brick_key_files) keys += (keys.empty() ? "" : ",") + k;
+  if (!keys.empty()) std::fprintf(f, "brick_key_files=%s\n", keys.c_str());
   if (p.persistence) std::fprintf(f, "persistence=%s\n", persistence_name(*p.persistence));
   if (std::fclose(f) != 0 || std::rename(tmp.c_str(), path.c_str()) != 0) return errno_error("writing " + path);
   return Status::Ok();
@@ -115,9 +124,19 @@ Result<AttachParams> load_conf(uint32_t id) {
     if (eq != std::string::npos) kv[line.substr(0, eq)] = line.substr(eq + 1);
   }
   AttachParams p;
-  auto ep = parse_endpoint(kv["target"], path + ": target");
-  if (!ep) return ep.error();
-  p.target = *ep;
+  PBRICK_TRY(p.add_targets(kv["target"], path + ": target"));
+  if (kv.count("layout") != 0) {
+    auto l = parse_layout(kv["layout"], path + ": layout");
+    if (!l) return l.error();
+    p.layout = *l;
+  }
+  for (size_t start = 0; kv.count("brick_key_files") != 0;) {
+    const std::string& keys = kv["brick_key_files"];
+    size_t comma = keys.find(',', start);
+    p.brick_key_files.push_back(keys.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
   auto num = [&](const char* k) -> Result<uint64_t> { return parse_u64(kv[k], path + ": " + k); };
   auto size = num("size"), base = num("base"), q = num("queues"), d = num("depth"), lbs = num("logical_block_size"),
        to = num("timeout");
@@ -206,9 +225,10 @@ int serve(UblkControl& ctrl, Server& s, const AttachParams& p) {
   std::printf("/dev/ublkb%u\n", id);
   std::fflush(stdout);
   sd_notifyf(0, "READY=1\nSTATUS=serving /dev/ublkb%u: %s on brick %s", id, format_size(p.size).c_str(),
-             p.target->to_string().c_str());
-  PBRICK_LOG_INFO("/dev/ublkb%u: %s at %s on brick %s, %u queues x %u deep", id, format_size(p.size).c_str(),
-                  format_hex(*p.base).c_str(), p.target->to_string().c_str(), *p.queues, *p.depth);
+             p.targets_string().c_str());
+  PBRICK_LOG_INFO("/dev/ublkb%u: %s at %s on brick %s (layout %s), %u queues x %u deep", id,
+                  format_size(p.size).c_str(), format_hex(*p.base).c_str(), p.targets_string().c_str(),
+                  layout_name(p.layout.value_or(Layout::kSingle)), *p.queues, *p.depth);
   sigset_t mask;
   sigemptyset(&mask);
   sigaddset(&mask, SIGTERM);
@@ -237,7 +257,20 @@ int serve(UblkControl& ctrl, Server& s, const AttachParams& p) {
 }
 
 int attach_main(int argc, char** argv) {
-  enum { kTarget = 1000, kSize, kBase, kKeyFile, kConfig, kVolume, kLbs, kTimeout, kLogLevel, kTransport, kPersistence };
+  enum {
+    kTarget = 1000,
+    kSize,
+    kBase,
+    kKeyFile,
+    kConfig,
+    kVolume,
+    kLbs,
+    kTimeout,
+    kLogLevel,
+    kTransport,
+    kPersistence,
+    kLayout
+  };
   static const option kOptions[] = {
       {"target", required_argument, nullptr, kTarget},
       {"size", required_argument, nullptr, kSize},
@@ -252,6 +285,7 @@ int attach_main(int argc, char** argv) {
       {"log-level", required_argument, nullptr, kLogLevel},
       {"transport", required_argument, nullptr, kTransport},
       {"persistence", required_argument, nullptr, kPersistence},
+      {"layout", required_argument, nullptr, kLayout},
       {"help", no_argument, nullptr, 'h'},
       {nullptr, 0, nullptr, 0},
   };
@@ -263,9 +297,14 @@ int attach_main(int argc, char** argv) {
   while ((opt = getopt_long(argc, argv, "q:d:h", kOptions, nullptr)) != -1) {
     switch (opt) {
       case kTarget: {
-        auto ep = parse_endpoint(optarg, "--target");
-        if (!ep) return usage_error(ep.error().context());
-        p.target = *ep;
+        Status st = p.add_targets(optarg, "--target");
+        if (!st) return usage_error(st.error().context());
+        break;
+      }
+      case kLayout: {
+        auto r = parse_layout(optarg, "--layout");
+        if (!r) return usage_error(r.error().context());
+        p.layout = *r;
         break;
       }
       case kSize: {

@@ -1,9 +1,9 @@
 // nbdkit-pbrick-plugin: serves a pbrick volume over NBD through nbdkit, which
 // brings TLS, filters, multi-conn and structured replies.
 //
-//   nbdkit .../nbdkit-pbrick-plugin.so target=HOST:PORT size=SIZE [base=ADDR]
-//          [key-file=FILE] [queues=N] [depth=N] [timeout=MS] [transport=tcp|rdma]
-//          [persistence=sync-read|rpc]
+//   nbdkit .../nbdkit-pbrick-plugin.so target=HOST:PORT[,HOST:PORT...] size=SIZE
+//          [layout=single|stripe] [base=ADDR] [key-file=FILE] [queues=N] [depth=N]
+//          [timeout=MS] [transport=tcp|rdma] [persistence=sync-read|rpc]
 //   nbdkit .../nbdkit-pbrick-plugin.so config=FILE volume=NAME [...]
 //
 // With config=, the volume's size, base, queues and depth and its brick's
@@ -85,9 +85,13 @@ int config_u32(const char* key, const char* value, uint32_t min, uint32_t max, u
 int pbrick_config(const char* key, const char* value) {
   std::string k = key;
   if (k == "target") {
-    auto ep = parse_endpoint(value, "target");
-    if (!ep) return nbdkit_error("pbrick: %s", ep.error().context().c_str()), -1;
-    g_config.target = *ep;
+    g_config.targets.clear();  // a later target= replaces an earlier one, like every parameter
+    Status st = g_config.add_targets(value, "target");
+    if (!st) return nbdkit_error("pbrick: %s", st.error().context().c_str()), -1;
+  } else if (k == "layout") {
+    auto l = parse_layout(value, "layout");
+    if (!l) return nbdkit_error("pbrick: %s", l.error().context().c_str()), -1;
+    g_config.layout = *l;
   } else if (k == "size") {
     auto s = parse_size(value, "size");
     if (!s) return nbdkit_error("pbrick: %s", s.error().context().c_str()), -1;
@@ -157,10 +161,11 @@ int pbrick_after_fork() {
   g_engine = std::move(*engine);
   // nbdkit's sockets already listen: tell a Type=notify unit we are serving.
   sd_notifyf(0, "READY=1\nSTATUS=serving %s of %s on brick %s", g_config.volume.empty() ? "volume" : g_config.volume.c_str(),
-             format_size(g_config.size).c_str(), g_config.target->to_string().c_str());
-  nbdkit_debug("pbrick: volume of %llu bytes at %s on brick %s, %u queues x %u deep",
+             format_size(g_config.size).c_str(), g_config.targets_string().c_str());
+  nbdkit_debug("pbrick: volume of %llu bytes at %s on brick %s (layout %s), %u queues x %u deep",
                static_cast<unsigned long long>(g_config.size), format_hex(*g_config.base).c_str(),
-               g_config.target->to_string().c_str(), *g_config.queues, *g_config.depth);
+               g_config.targets_string().c_str(), layout_name(*g_config.layout), *g_config.queues,
+               *g_config.depth);
   return 0;
 }
 
@@ -244,9 +249,12 @@ nbdkit_plugin make_plugin() {
   p.config = pbrick_config;
   p.config_complete = pbrick_config_complete;
   p.config_help =
-      "target=HOST:PORT  (required) brick address\n"
+      "target=HOST:PORT  (required) brick address; HOST:PORT,HOST:PORT,... for the\n"
+      "                  bricks of a striped volume, in layout order\n"
       "size=SIZE         (required) volume size, e.g. 1G\n"
-      "base=ADDR         brick virtual address of the volume (2 MiB aligned, default 0)\n"
+      "layout=L          single (default, one brick) or stripe (block i on brick i mod N)\n"
+      "base=ADDR         brick virtual address of the volume on each brick (2 MiB aligned,\n"
+      "                  default 0)\n"
       "key-file=FILE     cluster key\n"
       "transport=T       tcp (default) or rdma\n"
       "persistence=P     sync-read or rpc (default sync-read over tcp, rpc over rdma)\n"

@@ -18,22 +18,19 @@ const char* ublk_state_name(uint16_t state) {
 }
 
 UblkControl::UblkControl(UblkControl&& other) noexcept
-    : fd_(std::move(other.fd_)), ring_(other.ring_), ring_ready_(other.ring_ready_),
-      ioctl_encode_(other.ioctl_encode_), features_(other.features_) {
-  other.ring_ready_ = false;
-}
+    : fd_(std::move(other.fd_)), ring_(std::move(other.ring_)), ioctl_encode_(other.ioctl_encode_),
+      features_(other.features_) {}
 
-UblkControl::~UblkControl() {
-  if (ring_ready_) io_uring_queue_exit(&ring_);
-}
+UblkControl::~UblkControl() = default;
 
 Result<UblkControl> UblkControl::Open() {
   UblkControl c;
   c.fd_.reset(::open("/dev/ublk-control", O_RDWR | O_CLOEXEC));
   if (!c.fd_.valid()) return errno_error("open /dev/ublk-control (is ublk_drv loaded?)");
-  int err = io_uring_queue_init(4, &c.ring_, IORING_SETUP_SQE128);
-  if (err < 0) return Error(-err, "io_uring_queue_init(SQE128) for ublk control");
-  c.ring_ready_ = true;
+  c.ring_ = std::make_unique<Uring>();
+  Status st = c.ring_->init(4, IORING_SETUP_SQE128);
+  if (st) st = c.ring_->enable();
+  if (!st) return st.error().wrap("io_uring (SQE128) for ublk control");
   // GET_FEATURES exists only ioctl-encoded; a kernel without it predates the
   // encoding too.
   uint64_t features = 0;
@@ -50,8 +47,7 @@ Result<UblkControl> UblkControl::Open() {
 
 Result<int> UblkControl::command(unsigned nr, bool read_dir, uint32_t dev_id, void* buf, uint16_t len,
                                  uint64_t data0, const char* what) {
-  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-  if (sqe == nullptr) return Error(EBUSY, what);
+  io_uring_sqe* sqe = ring_->sqe(nr);
   std::memset(sqe, 0, 2 * sizeof(*sqe));  // SQE128
   sqe->opcode = IORING_OP_URING_CMD;
   sqe->fd = fd_.get();
@@ -67,15 +63,12 @@ Result<int> UblkControl::command(unsigned nr, bool read_dir, uint32_t dev_id, vo
   cmd->len = len;
   cmd->data[0] = data0;
   io_uring_sqe_set_data64(sqe, nr);
-  int err = io_uring_submit(&ring_);
-  if (err < 0) return Error(-err, std::string(what) + ": io_uring_submit");
-  io_uring_cqe* cqe = nullptr;
-  do {
-    err = io_uring_wait_cqe(&ring_, &cqe);
-  } while (err == -EINTR);
-  if (err < 0) return Error(-err, std::string(what) + ": io_uring_wait_cqe");
-  int res = cqe->res;
-  io_uring_cqe_seen(&ring_, cqe);
+  int res = 0;
+  while (ring_->inflight() > 0) {
+    int err = ring_->submit_and_wait(1);
+    if (err < 0 && err != -EINTR) return Error(-err, std::string(what) + ": io_uring_submit_and_wait");
+    ring_->drain([&res](uint64_t, int r) { res = r; });
+  }
   if (res < 0) return Error(-res, std::string(what) + " of ublk device " + std::to_string(static_cast<int32_t>(dev_id)));
   return res;
 }

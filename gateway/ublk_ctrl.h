@@ -8,7 +8,8 @@
 // kernel since 6.0 that has GET_FEATURES; 6.12 requires it unless built with
 // the legacy opcodes), else with the legacy bare numbers.
 //
-// Not thread-safe: one thread drives one UblkControl.
+// Not thread-safe: the thread that opened a UblkControl drives it (its ring
+// is a single-issuer one where the kernel has those, common/uring.h).
 #pragma once
 
 #include <linux/ublk_cmd.h>
@@ -17,8 +18,10 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <memory>
 
 #include "common/result.h"
+#include "common/uring.h"
 #include "common/unique_fd.h"
 
 // --- uapi additions (kernel 6.1 .. 6.12), defined only where missing ----------
@@ -89,8 +92,7 @@ class UblkControl {
                       const char* what);
 
   UniqueFd fd_;
-  io_uring ring_{};
-  bool ring_ready_ = false;
+  std::unique_ptr<Uring> ring_;  // SQE128, driven by the thread that opened it
   bool ioctl_encode_ = true;
   uint64_t features_ = 0;
 };

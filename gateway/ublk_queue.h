@@ -1,42 +1,36 @@
 // One ublk hardware queue of pbrick-gateway: a thread pinned to one CPU, one
-// io_uring, and one pipelined DataChannel to the brick driven from that same
-// ring. The ring carries both the ublk URING_CMDs (FETCH_REQ and
-// COMMIT_AND_FETCH_REQ on /dev/ublkcN, one per tag, always one outstanding)
-// and the brick socket's sendmsg/recv, so a request goes from the kernel to
-// the brick and back without a thread hop.
+// io_uring (common/uring.h), and the volume I/O core's channels to every brick
+// (VolumeChannels, volume_io.h) driven from that same ring. The ring carries
+// both the ublk URING_CMDs (FETCH_REQ and COMMIT_AND_FETCH_REQ on /dev/ublkcN,
+// one per tag, always one outstanding) and the bricks' sockets (or RDMA
+// completion channels), so a request goes from the kernel to a brick and back
+// without a thread hop.
 //
-// user_data of every SQE on a queue ring:
-//   bits 56..63  kind: 1 ublk tag command (FETCH or COMMIT_AND_FETCH)
-//                      2 brick sendmsg, 3 brick recv
-//                      4 tick timer (retries, reconnects, stall detection)
-//                      5 eventfd read (messages from other queues)
-//                      6 cancel
-//   bits 0..15   the tag, for kind 1; 0 otherwise
+// Kinds of the ring's SQEs (Uring's user_data packing; payload in brackets):
+//   1 ublk tag command, FETCH or COMMIT_AND_FETCH [the tag]
+//   2 a brick channel's SQE [VolumeChannels' brick and event]
+//   4 tick timer (retries, reconnects, stall detection)
+//   5 eventfd read (messages from other queues)
+//   6 cancel
 //
 // Copy mode: each tag owns a buffer of max_io_buf_bytes (one aligned
 // allocation of depth x max_io_buf_bytes per queue), passed as the `addr` of
 // its FETCH/COMMIT_AND_FETCH; the kernel copies WRITE data into it before it
 // hands the request over and READ data out of it on commit.
 //
-// Per request (ublk_plan.h, which tests drive without a kernel): READ/WRITE
-// are split at 2 MiB block boundaries (at most two pieces, max_io_buf_bytes
-// <= 2 MiB). The handle comes from Volume::cached();
-// a block not mapped yet is mapped with Volume::map_block ON THIS THREAD (a
-// blocking control round trip that stalls this queue meanwhile: acceptable
-// for v1, it happens once per block). Reads of unallocated blocks are zeros
-// without a round trip. EKEYREJECTED invalidates the handle and retries;
-// connection loss reconnects the channel (at most every 100 ms) and retries
-// until the volume's io_timeout, then the request completes with -EIO; a
-// brick that serves another store than the volume's fails it at once with
-// -EIO. Every op reaches the channel through a ChannelBacklog that holds what
-// does not fit its slots (a discard's zero-fill pieces, the syncs of every
-// queue's FLUSHes) until slots free up.
-// FUA writes are followed by a sync-read on this queue's channel. FLUSH must
-// persist writes completed on any queue, so it asks every queue (itself
-// included, through the same message path) to sync its own channel and
-// completes when all have: the only cross-thread hop, and only for FLUSH.
-// DISCARD and WRITE_ZEROES free whole 2 MiB blocks (Volume::discard_block,
-// blocking, on this thread) and zero-fill partial blocks with writes.
+// What a request does to the volume is the core's (volume_io.h): its pieces,
+// their handles, zero-filled reads of unallocated blocks, discards, retries
+// and timeouts, which bricks a sync goes to. The queue only turns a tag into
+// a core request and the outcome into a COMMIT. A block not mapped yet is
+// mapped ON THIS THREAD (a blocking control round trip that stalls this queue
+// meanwhile; it happens once per block). Requests waiting for a retry are
+// resent from the tick. Errors are committed as -EIO (-ENOSPC, -EINVAL,
+// -EOPNOTSUPP where they apply).
+// FUA writes are followed by a sync of the bricks this queue wrote to. FLUSH
+// must persist writes completed on any queue, so it asks every queue that has
+// unsynced writes (itself included, through the same message path) to sync
+// its own channels and completes when all have: the only cross-thread hop,
+// and only for FLUSH.
 //
 // Every request is committed with a result on every path.
 #pragma once
@@ -56,8 +50,6 @@
 #include "gateway/data_channel.h"
 #include "gateway/volume.h"
 
-struct io_uring_sqe;
-struct io_uring_cqe;
 
 namespace pbrick {
 
@@ -74,7 +66,7 @@ struct UblkDevice {
   std::vector<UblkQueue*> queues;
 };
 
-class UblkQueue final : public ChannelRing {
+class UblkQueue final {
  public:
   UblkQueue(UblkDevice& dev, uint16_t q_id, int cpu);
   ~UblkQueue();
@@ -90,37 +82,32 @@ class UblkQueue final : public ChannelRing {
   // or the device going away).
   void join();
 
-  // From any thread: sync this queue's channel for FLUSH tag `tag` of queue
+  // From any thread: sync this queue's channels for FLUSH tag `tag` of queue
   // `owner`; the owner is told through its inbox when the last one finishes.
   void post_sync(UblkQueue* owner, uint16_t tag);
+  // Any thread: whether this queue's channels carried writes not synced yet.
+  bool needs_sync() const;
 
   struct Tag;
-  struct SyncJob;
+  struct SyncWork;
 
  private:
   void run();
   void post_flush_done(uint16_t tag);
   void post(bool flush_done, UblkQueue* owner, uint16_t tag);
-  void on_cqe(io_uring_cqe* cqe);
+  void on_cqe(uint64_t user_data, int res);
   void handle_request(Tag& t);
   void submit_data(Tag& t);
   void advance(Tag& t);
   void do_discard(Tag& t);
   void start_sync_group(Tag& t, bool all_queues);
-  void start_sync_job(SyncJob* job);
-  void advance_sync(SyncJob* job);
-  void finish_sync(SyncJob* job, int status);
+  void start_sync(UblkQueue* owner, uint16_t tag);
+  void advance_sync(SyncWork* work);
+  void finish_sync(SyncWork* work, int status);
+  void finish_group(Tag& t);
   void commit(Tag& t, int result);
-  // 0 when the channel is connected (reconnecting at most every 100 ms),
-  // else the errno to fail waiting ops with.
-  int ensure_connected();
-  void teardown(const Error& why);
-  io_uring_sqe* channel_sqe(uint8_t event) override;
-  void cancel_channel_sqe(uint8_t event) override;
-  void dispatch_channel();
   void on_tick();
   void take_inbox();
-  io_uring_sqe* get_sqe(uint64_t user_data);
   void arm_event();
   void arm_tick();
 

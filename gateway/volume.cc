@@ -28,11 +28,31 @@ bool is_connection_error(int errnum) {
   }
 }
 
+struct Volume::Brick {
+  ClientOptions options;  // store_uuid set once the brick was opened
+
+  std::mutex control_mu;  // serialises the control connection
+  std::unique_ptr<BrickClient> control;
+
+  mutable std::mutex refusal_mu;
+  std::string refusal;  // under refusal_mu
+
+  std::atomic<uint64_t> write_failures{0};
+};
+
 Volume::Volume(const VolumeOptions& options)
     : options_(options),
       block_count_((options.size + proto::kBlockSize - 1) / proto::kBlockSize),
       handles_(block_count_),
-      allocated_((block_count_ + 63) / 64) {}
+      allocated_((block_count_ + 63) / 64) {
+  if (options_.bricks.empty()) options_.bricks.push_back(options_.brick);
+  for (const ClientOptions& o : options_.bricks) {
+    bricks_.push_back(std::make_unique<Brick>());
+    bricks_.back()->options = o;
+  }
+}
+
+Volume::~Volume() = default;
 
 Result<std::unique_ptr<Volume>> Volume::Open(const VolumeOptions& options) {
   if (options.size == 0 || options.size % 4096 != 0) {
@@ -41,78 +61,121 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeOptions& options) {
   if (options.base % proto::kBlockSize != 0) {
     return Error(EINVAL, "volume base " + format_hex(options.base) + " must be 2 MiB aligned");
   }
+  size_t n = std::max<size_t>(options.bricks.size(), 1);
+  if (options.layout == Layout::kSingle && n != 1) {
+    return Error(EINVAL, "layout single takes one brick, not " + std::to_string(n));
+  }
+  if (options.layout == Layout::kStripe && n < 2) {
+    return Error(EINVAL, "layout stripe takes at least two bricks");
+  }
+  for (size_t i = 0; i < options.bricks.size(); i++) {
+    for (size_t j = 0; j < i; j++) {
+      if (options.bricks[i].endpoint.to_string() == options.bricks[j].endpoint.to_string()) {
+        return Error(EINVAL, "brick " + options.bricks[i].endpoint.to_string() + " is named twice");
+      }
+    }
+  }
   uint64_t blocks = (options.size + proto::kBlockSize - 1) / proto::kBlockSize;
-  if (options.base + (blocks - 1) * proto::kBlockSize < options.base) {
+  uint64_t per_brick = (blocks + n - 1) / n;
+  if (options.base + (per_brick - 1) * proto::kBlockSize < options.base) {
     return Error(EINVAL, "volume at " + format_hex(options.base) + " of " + format_size(options.size) +
                              " runs past the end of the brick's address space");
   }
   std::unique_ptr<Volume> volume(new Volume(options));
-  std::lock_guard lock(volume->control_mu_);
-  PBRICK_TRY(volume->connect_control());
-  // From now on every connection must reach this store (see volume.h).
-  if (!volume->options_.brick.store_uuid) volume->options_.brick.store_uuid = volume->control_->hello().brick_uuid;
+  for (uint32_t b = 0; b < volume->brick_count(); b++) {
+    Status st = volume->open_brick(b);
+    if (!st) return volume->brick_count() == 1 ? st.error() : st.error().wrap("brick " + volume->brick_name(b));
+  }
+  for (uint32_t b = 0; b < volume->brick_count(); b++) volume->options_.bricks[b] = volume->bricks_[b]->options;
+  volume->options_.brick = volume->bricks_[0]->options;
+  return volume;
+}
+
+Status Volume::open_brick(uint32_t b) {
+  Brick& brick = *bricks_[b];
+  std::lock_guard lock(brick.control_mu);
+  PBRICK_TRY(connect_control(b));
+  // From now on every connection to this brick must reach this store (see
+  // volume.h).
+  if (!brick.options.store_uuid) brick.options.store_uuid = brick.control->hello().brick_uuid;
   // Learn which of our blocks the brick already holds, one LIST page at a time.
-  uint64_t cursor = options.base;
-  uint64_t end = options.base + (blocks - 1) * proto::kBlockSize;
+  const uint64_t n = bricks_.size();
+  uint64_t on_brick = block_count_ > b ? (block_count_ - b + n - 1) / n : 0;
+  if (on_brick == 0) return Status::Ok();
+  uint64_t cursor = options_.base;
+  uint64_t end = options_.base + (on_brick - 1) * proto::kBlockSize;
   for (;;) {
-    auto page = volume->control_->list(cursor, proto::kMaxListExtents);
+    auto page = brick.control->list(cursor, proto::kMaxListExtents);
     if (!page) return page.error().wrap("volume open");
     for (const auto& e : page->extents) {
       for (uint64_t i = 0; i < e.block_count; i++) {
         uint64_t vaddr = e.start_vaddr + i * proto::kBlockSize;
-        if (vaddr < options.base || vaddr > end) continue;
-        volume->set_allocated((vaddr - options.base) / proto::kBlockSize, true);
+        if (vaddr < options_.base || vaddr > end) continue;
+        set_allocated((vaddr - options_.base) / proto::kBlockSize * n + b, true);
       }
     }
     if ((page->list_flags & proto::kListMore) == 0 || page->next_cursor > end || page->next_cursor <= cursor) break;
     cursor = page->next_cursor;
   }
-  return volume;
-}
-
-Status Volume::connect_control() {
-  control_.reset();
-  clear_all_handles();  // mappings belong to the control connection and die with it
-  auto client = BrickClient::Connect(options_.brick);
-  if (!client) {
-    note_connect(client.error());
-    return client.error();
-  }
-  control_ = std::move(*client);
-  note_connect(Status::Ok());
   return Status::Ok();
 }
 
-Status Volume::connect_channel(DataChannel& channel) {
-  ClientOptions o = options_.brick;
+const ClientOptions& Volume::brick_options(uint32_t b) const { return bricks_[b]->options; }
+
+std::string Volume::brick_name(uint32_t b) const { return bricks_[b]->options.endpoint.to_string(); }
+
+Status Volume::connect_control(uint32_t b) {
+  Brick& brick = *bricks_[b];
+  brick.control.reset();
+  clear_handles(b);  // mappings belong to the control connection and die with it
+  auto client = BrickClient::Connect(brick.options);
+  if (!client) {
+    note_connect(b, client.error());
+    return client.error();
+  }
+  brick.control = std::move(*client);
+  note_connect(b, Status::Ok());
+  return Status::Ok();
+}
+
+Status Volume::connect_channel(DataChannel& channel, uint32_t b) {
+  ClientOptions o = bricks_[b]->options;
   // A data channel's handshake must not stall its loop for long.
   o.timeout_ms = std::min(o.timeout_ms, 2000);
   Status st = channel.connect(o);
-  note_connect(st);
+  note_connect(b, st);
   return st;
 }
 
-void Volume::note_connect(const Status& st) {
-  std::lock_guard lock(refusal_mu_);
+void Volume::note_connect(uint32_t b, const Status& st) {
+  Brick& brick = *bricks_[b];
+  std::lock_guard lock(brick.refusal_mu);
   if (st.ok()) {
-    refusal_.clear();
+    brick.refusal.clear();
     return;
   }
-  if (st.error().errnum() != kErrWrongStore || st.error().context() == refusal_) return;
-  refusal_ = st.error().context();
+  if (st.error().errnum() != kErrWrongStore || st.error().context() == brick.refusal) return;
+  brick.refusal = st.error().context();
   PBRICK_LOG_ERROR("volume at %s: %s; its I/O fails until the brick of store %s is back",
                    format_hex(options_.base).c_str(), st.error().message().c_str(),
-                   format_uuid(*options_.brick.store_uuid).c_str());
+                   format_uuid(*brick.options.store_uuid).c_str());
 }
 
-std::string Volume::refusal() const {
-  std::lock_guard lock(refusal_mu_);
-  return refusal_;
+std::string Volume::refusal(uint32_t b) const {
+  const Brick& brick = *bricks_[b];
+  std::lock_guard lock(brick.refusal_mu);
+  return brick.refusal;
 }
 
-void Volume::clear_all_handles() {
+void Volume::note_write_failed(uint32_t b) { bricks_[b]->write_failures.fetch_add(1, std::memory_order_release); }
+
+uint64_t Volume::write_failures(uint32_t b) const {
+  return bricks_[b]->write_failures.load(std::memory_order_acquire);
+}
+
+void Volume::clear_handles(uint32_t b) {
   std::unique_lock lock(handles_mu_);
-  for (auto& h : handles_) h = BlockHandle{};
+  for (uint64_t i = b; i < handles_.size(); i += bricks_.size()) handles_[i] = BlockHandle{};
 }
 
 void Volume::set_allocated(uint64_t index, bool value) {
@@ -140,42 +203,44 @@ void Volume::invalidate(uint64_t index, uint32_t rkey) {
   if (handles_[index].rkey == rkey) handles_[index] = BlockHandle{};
 }
 
-// Runs fn on the control connection, reconnecting (with backoff) while the
-// failure is a lost connection, until io_timeout_ms has passed.
+// Runs fn on the brick's control connection (its control_mu held),
+// reconnecting (with backoff) while the failure is a lost connection, until
+// io_timeout_ms has passed.
 template <typename Fn>
-auto Volume::with_control(Fn&& fn) -> decltype(fn(std::declval<BrickClient&>())) {
+auto Volume::with_control(uint32_t b, Fn&& fn) -> decltype(fn(std::declval<BrickClient&>())) {
+  Brick& brick = *bricks_[b];
   RetryDeadline retry(std::chrono::milliseconds(options_.io_timeout_ms), std::chrono::milliseconds(50),
                       std::chrono::milliseconds(1000));
   for (;;) {
     Error last(EIO, "");
-    if (control_) {
-      auto r = fn(*control_);
+    if (brick.control) {
+      auto r = fn(*brick.control);
       if (r.ok() || !is_connection_error(r.error().errnum())) return r;
       last = r.error();
-      control_.reset();
-      clear_all_handles();
+      brick.control.reset();
+      clear_handles(b);
     } else {
-      Status st = connect_control();
+      Status st = connect_control(b);
       if (st.ok()) continue;
       last = st.error();
       if (!is_connection_error(last.errnum()) && last.errnum() != ENOENT) return last;
     }
-    PBRICK_LOG_WARN("brick %s: %s; reconnecting", options_.brick.endpoint.to_string().c_str(),
-                    last.message().c_str());
+    PBRICK_LOG_WARN("brick %s: %s; reconnecting", brick_name(b).c_str(), last.message().c_str());
     if (!retry.wait()) {
-      return Error(EIO, "brick " + options_.brick.endpoint.to_string() + " unreachable for " +
-                            std::to_string(options_.io_timeout_ms) + " ms (last error: " + last.message() + ")");
+      return Error(EIO, "brick " + brick_name(b) + " unreachable for " + std::to_string(options_.io_timeout_ms) +
+                            " ms (last error: " + last.message() + ")");
     }
   }
 }
 
 Result<BlockHandle> Volume::map_block(uint64_t index, bool for_write) {
-  std::lock_guard lock(control_mu_);
+  uint32_t b = brick_of(index);
+  std::lock_guard lock(bricks_[b]->control_mu);
   // Another thread may have mapped it while we waited for the lock.
   if (auto h = cached(index)) return *h;
   uint64_t vaddr = block_vaddr(index);
   if (!for_write && !allocated(index)) return Error(ENOENT, "block " + format_hex(vaddr) + " not allocated");
-  auto mapped = with_control([&](BrickClient& c) -> Result<proto::MapReply> {
+  auto mapped = with_control(b, [&](BrickClient& c) -> Result<proto::MapReply> {
     if (for_write && !allocated(index)) {
       Status st = c.alloc(vaddr);
       if (!st && st.error().errnum() != EEXIST) return st.error();
@@ -194,7 +259,8 @@ Result<BlockHandle> Volume::map_block(uint64_t index, bool for_write) {
 }
 
 Status Volume::discard_block(uint64_t index) {
-  std::lock_guard lock(control_mu_);
+  uint32_t b = brick_of(index);
+  std::lock_guard lock(bricks_[b]->control_mu);
   if (!allocated(index)) return Status::Ok();
   uint64_t vaddr = block_vaddr(index);
   bool was_mapped = cached(index).has_value();
@@ -202,7 +268,7 @@ Status Volume::discard_block(uint64_t index) {
     std::unique_lock hl(handles_mu_);
     handles_[index] = BlockHandle{};
   }
-  auto r = with_control([&](BrickClient& c) -> Result<bool> {
+  auto r = with_control(b, [&](BrickClient& c) -> Result<bool> {
     if (was_mapped) {
       Status st = c.unmap(vaddr);
       if (!st && st.error().errnum() != ENOENT) return st.error();

@@ -1,23 +1,33 @@
-// A volume: a byte range of `size` bytes laid over a brick's virtual address
-// space from `base`, so many volumes can share one brick. Byte offset o lives
-// in block (o / 2 MiB), whose brick virtual address is base + block * 2 MiB.
+// A volume: a byte range of `size` bytes laid over one or more bricks' virtual
+// address spaces from `base`, so many volumes can share a brick. Byte offset o
+// lives in volume block i = o / 2 MiB. Layout single: block i is at
+// base + i * 2 MiB of the one brick. Layout stripe over N bricks: block i is
+// on brick i mod N at base + (i div N) * 2 MiB (the same base on every brick;
+// docs/layout.md).
 //
-// A volume talks only to the store it was opened on: Open records the store's
-// uuid (HELLO's brick_uuid) in options().brick.store_uuid, and every later
-// connection - the control connection and every data channel, on every
-// reconnect - refuses a brick that serves another store (kErrWrongStore): its
-// I/O fails, it never reads or writes another store's blocks.
+// A volume talks only to the stores it was opened on: Open records each
+// brick's store uuid (HELLO's brick_uuid) in its ClientOptions::store_uuid,
+// and every later connection to that brick - its control connection and
+// every data channel, on every reconnect - refuses a brick that serves
+// another store (kErrWrongStore): its I/O fails, it never reads or writes
+// another store's blocks.
 //
-// The Volume owns the control path: one blocking connection to the brick that
+// The Volume owns the control path: per brick one blocking connection that
 // allocates, maps, unmaps and frees blocks, and the table of mapped handles
 // that every data channel reads. Handles are mapped read-write and shared and
-// belong to the control connection; any data connection may use the rkey (the
-// brick's rkeys are not tied to a connection, like one RDMA protection domain).
+// belong to their brick's control connection; any data connection to that
+// brick may use the rkey (the brick's rkeys are not tied to a connection, like
+// one RDMA protection domain).
+//
+// Where a brick is opened and reconnected (one place each, for checks that
+// must run on every brick at attach and on every reconnect of its control
+// connection): open_brick() and connect_control().
 //
 // Thread-safe: the fast-path lookups (cached(), allocated()) take a shared lock
-// or read an atomic; the slow path (map_block, discard_block) is serialised on
-// the control connection and may block for network round trips, so frontends
-// call it from their submitting threads, never from a data event loop.
+// or read an atomic; the slow path (map_block, discard_block) is serialised per
+// brick on its control connection and may block for network round trips, so
+// frontends call it from their submitting threads, never from a data event
+// loop. A brick that is down blocks only the slow path of its own blocks.
 #pragma once
 
 #include <atomic>
@@ -30,17 +40,23 @@
 #include <vector>
 
 #include "common/client.h"
+#include "common/layout.h"
 #include "common/result.h"
 
 namespace pbrick {
 
 struct VolumeOptions {
+  // Layout single: the brick. With `bricks` given, ignored (Open sets it to
+  // bricks[0]).
   ClientOptions brick;
   uint64_t size = 0;  // bytes; a multiple of 4096
-  uint64_t base = 0;  // brick virtual address of the volume's first block; 2 MiB aligned
+  uint64_t base = 0;  // brick virtual address of the volume's first block on each brick; 2 MiB aligned
   // How long I/O waits for a brick that went away (reconnecting and re-mapping)
   // before it fails with EIO.
   uint32_t io_timeout_ms = 30000;
+  Layout layout = Layout::kSingle;
+  // The bricks in layout order (stripe: at least two); empty means `brick`.
+  std::vector<ClientOptions> bricks = {};
 };
 
 class DataChannel;
@@ -55,17 +71,29 @@ bool is_connection_error(int errnum);
 
 class Volume {
  public:
-  // Connects the control path, records the brick's store (unless
-  // options.brick.store_uuid names it already: then a brick serving another
-  // store is refused) and learns which blocks are allocated (LIST).
+  // Opens every brick (open_brick): connects its control path, records its
+  // store (unless its store_uuid names it already: then a brick serving
+  // another store is refused) and learns which blocks are allocated (LIST).
   // EINVAL for a size that is zero or not a multiple of 4096, a base that is
-  // not 2 MiB aligned, or a range that wraps the 64-bit address space.
+  // not 2 MiB aligned, a range that wraps the 64-bit address space, or a brick
+  // count that does not fit the layout.
   static Result<std::unique_ptr<Volume>> Open(const VolumeOptions& options);
+  ~Volume();
 
   const VolumeOptions& options() const { return options_; }
   uint64_t size() const { return options_.size; }
   uint64_t block_count() const { return block_count_; }
-  uint64_t block_vaddr(uint64_t index) const { return options_.base + index * proto::kBlockSize; }
+  Layout layout() const { return options_.layout; }
+
+  // The layout: which brick holds volume block `index`, and where on it.
+  uint32_t brick_count() const { return static_cast<uint32_t>(bricks_.size()); }
+  uint32_t brick_of(uint64_t index) const { return static_cast<uint32_t>(index % bricks_.size()); }
+  uint64_t block_vaddr(uint64_t index) const {
+    return options_.base + (index / bricks_.size()) * proto::kBlockSize;
+  }
+  const ClientOptions& brick_options(uint32_t brick) const;
+  // "HOST:PORT" of a brick, for messages.
+  std::string brick_name(uint32_t brick) const;
 
   // The cached handle of a block, if it is mapped.
   std::optional<BlockHandle> cached(uint64_t index) const;
@@ -82,15 +110,22 @@ class Volume {
   // it is dead (EKEYREJECTED), so the next access maps again.
   void invalidate(uint64_t index, uint32_t rkey);
 
-  // (Re)connects a data channel of this volume to its brick, with the
-  // volume's store check and a short handshake timeout. Any thread (each on
+  // (Re)connects a data channel to brick `brick` of this volume, with the
+  // brick's store check and a short handshake timeout. Any thread (each on
   // its own channel).
-  Status connect_channel(DataChannel& channel);
+  Status connect_channel(DataChannel& channel, uint32_t brick);
 
-  // Why the brick was last refused for serving another store (brick and both
+  // Why `brick` was last refused for serving another store (brick and both
   // store uuids), for the errors of I/O that failed because of it; empty when
-  // the last connection succeeded. Any thread.
-  std::string refusal() const;
+  // its last connection succeeded. Any thread.
+  std::string refusal(uint32_t brick) const;
+
+  // A WRITE to `brick` failed (its range is undefined now): the next FLUSH
+  // asks that brick even where no write reached it, so a flush after failed
+  // writes reports a brick it cannot reach instead of succeeding without it.
+  // Any thread.
+  void note_write_failed(uint32_t brick);
+  uint64_t write_failures(uint32_t brick) const;
 
   // Frees a whole block (unmap + free); it then reads as zeros. When the brick
   // refuses because someone else maps it (EBUSY), returns EBUSY so the caller
@@ -98,28 +133,28 @@ class Volume {
   Status discard_block(uint64_t index);
 
  private:
+  struct Brick;
   explicit Volume(const VolumeOptions& options);
-  Status connect_control();  // with control_mu_ held
+  // Opening one brick at attach: connect, record the store, LIST its blocks.
+  Status open_brick(uint32_t brick);
+  // (Re)connecting one brick's control connection, with its control_mu held:
+  // at open and on every reconnect.
+  Status connect_control(uint32_t brick);
   template <typename Fn>
-  auto with_control(Fn&& fn) -> decltype(fn(std::declval<BrickClient&>()));
+  auto with_control(uint32_t brick, Fn&& fn) -> decltype(fn(std::declval<BrickClient&>()));
   // Logs a refusal of the brick once (not on every reconnect attempt of every
   // channel) and keeps it for refusal(); a success forgets it.
-  void note_connect(const Status& st);
+  void note_connect(uint32_t brick, const Status& st);
   void set_allocated(uint64_t index, bool value);
-  void clear_all_handles();
+  void clear_handles(uint32_t brick);
 
   VolumeOptions options_;
   uint64_t block_count_ = 0;
-
-  mutable std::mutex refusal_mu_;
-  std::string refusal_;  // under refusal_mu_
-
-  std::mutex control_mu_;  // serialises the control connection
-  std::unique_ptr<BrickClient> control_;
+  std::vector<std::unique_ptr<Brick>> bricks_;
 
   mutable std::shared_mutex handles_mu_;
-  std::vector<BlockHandle> handles_;             // by block index
-  std::vector<std::atomic<uint64_t>> allocated_;  // bitset by block index
+  std::vector<BlockHandle> handles_;             // by volume block index
+  std::vector<std::atomic<uint64_t>> allocated_;  // bitset by volume block index
 };
 
 }  // namespace pbrick

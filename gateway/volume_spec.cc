@@ -5,18 +5,45 @@
 
 namespace pbrick {
 
+Status VolumeSpec::add_targets(std::string_view list, std::string_view what) {
+  for (size_t start = 0;;) {
+    size_t comma = list.find(',', start);
+    std::string_view one = list.substr(start, comma == std::string_view::npos ? std::string_view::npos : comma - start);
+    auto ep = parse_endpoint(one, what);
+    if (!ep) return ep.error();
+    targets.push_back(*ep);
+    if (comma == std::string_view::npos) return Status::Ok();
+    start = comma + 1;
+  }
+}
+
+std::string VolumeSpec::targets_string() const {
+  std::string out;
+  for (const Endpoint& e : targets) out += (out.empty() ? "" : ",") + e.to_string();
+  return out;
+}
+
 Status VolumeSpec::complete_from_config(const std::string& path, const std::string& name) {
   auto cluster = load_cluster_config(path);
   if (!cluster) return cluster.error();
   const VolumeConfig* v = cluster->find_volume(name);
   if (v == nullptr) return Error(ENOENT, "no volume named '" + name + "' in " + path);
-  const BrickConfig* b = cluster->find_brick(v->brick);
-  if (!transport) transport = b->transport;
-  if (!persistence) persistence = b->persistence;
-  if (!target) target = Endpoint{b->host, static_cast<uint16_t>(b->port)};
+  std::vector<const BrickConfig*> bricks;
+  for (const std::string& b : v->brick_names()) bricks.push_back(cluster->find_brick(b));
+  // A loaded file is validated: the volume has its bricks, and they exist.
+  const BrickConfig* first = bricks.front();
+  if (!transport) transport = first->transport;
+  if (!persistence) persistence = first->persistence;
+  bool given = !targets.empty();
+  if (brick_key_files.empty()) {
+    for (const BrickConfig* b : bricks) brick_key_files.push_back(b->key_file);
+  }
+  if (!given) {
+    for (const BrickConfig* b : bricks) targets.push_back(Endpoint{b->host, static_cast<uint16_t>(b->port)});
+  }
+  if (!layout) layout = v->layout;
   if (size == 0) size = v->size;
   if (!base) base = v->base;
-  if (key_file.empty()) key_file = b->key_file;
   if (!queues) queues = v->queues;
   if (!depth) depth = v->depth;
   return Status::Ok();
@@ -26,7 +53,16 @@ Status VolumeSpec::finalize(uint32_t default_queues, uint32_t default_depth, boo
   auto name = [plugin_style](const char* key) {
     return plugin_style ? std::string(key) + "=" : "--" + std::string(key);
   };
-  if (!target) return Error(EINVAL, plugin_style ? "target=HOST:PORT is required" : "--target is required");
+  if (targets.empty()) return Error(EINVAL, plugin_style ? "target=HOST:PORT is required" : "--target is required");
+  if (!layout) layout = Layout::kSingle;
+  if (*layout == Layout::kSingle && targets.size() > 1) {
+    return Error(EINVAL, std::to_string(targets.size()) + " bricks given (" + targets_string() + "): " +
+                             name("layout") + (plugin_style ? "stripe" : " stripe") + " spreads a volume over them");
+  }
+  if (*layout == Layout::kStripe && targets.size() < 2) {
+    return Error(EINVAL, name("layout") + (plugin_style ? "" : " ") + "stripe takes at least two bricks (" +
+                             (plugin_style ? "target=A,B" : "--target A --target B") + ")");
+  }
   if (size == 0) return Error(EINVAL, name("size") + " is required");
   if (size % 4096 != 0) return Error(EINVAL, name("size") + " must be a multiple of 4096");
   if (!base) base = 0;
@@ -38,21 +74,29 @@ Status VolumeSpec::finalize(uint32_t default_queues, uint32_t default_depth, boo
 
 Result<VolumeOptions> VolumeSpec::volume_options() const {
   VolumeOptions vo;
-  vo.brick.endpoint = *target;
-  vo.brick.transport = transport.value_or(Transport::kTcp);
-  Persistence p = persistence.value_or(vo.brick.transport == Transport::kRdma ? Persistence::kRpc
-                                                                               : Persistence::kSyncRead);
+  ClientOptions common;
+  common.transport = transport.value_or(Transport::kTcp);
+  Persistence p = persistence.value_or(common.transport == Transport::kRdma ? Persistence::kRpc
+                                                                              : Persistence::kSyncRead);
   // The persistence method is what the connections offer in HELLO; a brick
   // that cannot honour sync-read over RDMA refuses it there.
-  vo.brick.features = p == Persistence::kRpc ? proto::kFeaturePersistRpc : proto::kFeatureSyncRead;
+  common.features = p == Persistence::kRpc ? proto::kFeaturePersistRpc : proto::kFeatureSyncRead;
   vo.size = size;
   vo.base = base.value_or(0);
   vo.io_timeout_ms = timeout_ms;
-  if (!key_file.empty()) {
-    auto key = load_key_file(key_file);
-    if (!key) return key.error().wrap("key-file");
-    vo.brick.key = std::move(*key);
+  vo.layout = layout.value_or(Layout::kSingle);
+  for (size_t i = 0; i < targets.size(); i++) {
+    ClientOptions o = common;
+    o.endpoint = targets[i];
+    const std::string& key_path = !key_file.empty() ? key_file : i < brick_key_files.size() ? brick_key_files[i] : "";
+    if (!key_path.empty()) {
+      auto key = load_key_file(key_path);
+      if (!key) return key.error().wrap("key-file");
+      o.key = std::move(*key);
+    }
+    vo.bricks.push_back(std::move(o));
   }
+  vo.brick = vo.bricks.front();
   return vo;
 }
 

@@ -8,8 +8,11 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "common/client.h"
+#include "common/layout.h"
 #include "common/result.h"
 #include "common/transport.h"
 #include "gateway/volume.h"
@@ -17,23 +20,31 @@
 namespace pbrick {
 
 struct VolumeSpec {
-  std::optional<Endpoint> target;
+  std::vector<Endpoint> targets;  // the bricks in layout order
+  std::optional<Layout> layout;   // default single (one target)
   uint64_t size = 0;
   std::optional<uint64_t> base;
-  std::string key_file;
+  std::string key_file;                     // given by the user: every brick's key
+  std::vector<std::string> brick_key_files;  // from the cluster file, per brick
   std::optional<uint32_t> queues, depth;
   uint32_t timeout_ms = 30000;
   std::optional<Transport> transport;      // default tcp
   std::optional<Persistence> persistence;  // default: sync-read over tcp, rpc over rdma
+
+  // Appends the bricks of `list`, "HOST:PORT[,HOST:PORT...]". EINVAL naming
+  // `what` (the flag or parameter).
+  Status add_targets(std::string_view list, std::string_view what);
+  // The bricks as add_targets() reads them back.
+  std::string targets_string() const;
 
   // Fills what is unset from volume `name` of cluster file `path` and its
   // brick. EINVAL carrying every error of the file, ENOENT for an unknown
   // volume.
   Status complete_from_config(const std::string& path, const std::string& name);
 
-  // Checks what is required and applies the defaults (base 0, `queues`,
-  // `depth`). EINVAL naming the parameter as the user spells it: "--size"
-  // when `plugin_style` is false, "size=" when true.
+  // Checks what is required and applies the defaults (layout single, base 0,
+  // `queues`, `depth`). EINVAL naming the parameter as the user spells it:
+  // "--size" when `plugin_style` is false, "size=" when true.
   Status finalize(uint32_t default_queues, uint32_t default_depth, bool plugin_style);
 
   // The options Volume::Open takes; loads the key file. Call after finalize().

@@ -1,0 +1,404 @@
+#include "gateway/volume_io.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "common/log.h"
+#include "common/units.h"
+
+namespace pbrick {
+namespace {
+
+constexpr auto kReconnectInterval = std::chrono::milliseconds(100);
+constexpr auto kFirstBackoff = std::chrono::milliseconds(20);
+constexpr auto kMaxBackoff = std::chrono::milliseconds(500);
+
+// A request failed: each brick its unfinished WRITE pieces were for owes the
+// next FLUSH a report (Volume::note_write_failed).
+void note_failed_writes(Volume& volume, std::span<IoPiece> pieces) {
+  for (const IoPiece& p : pieces) {
+    if (p.is_write && p.status != 0) volume.note_write_failed(p.brick);
+  }
+}
+
+}  // namespace
+
+Fate fate_of(int status) {
+  if (status == 0) return Fate::kDone;
+  if (status == EKEYREJECTED) return Fate::kRemap;
+  if (is_connection_error(status)) return Fate::kReconnect;  // ESHUTDOWN included
+  return Fate::kFail;
+}
+
+Error io_error(const Volume& volume, uint32_t brick, int status, std::string_view what) {
+  if (status == kErrWrongStore) {
+    std::string why = volume.refusal(brick);
+    return Error(status, std::string(what) + ": " + (why.empty() ? "brick " + volume.brick_name(brick) +
+                                                                        " serves another store"
+                                                                  : why));
+  }
+  if (volume.brick_count() == 1) return Error(status, std::string(what));
+  return Error(status, std::string(what) + " on brick " + volume.brick_name(brick));
+}
+
+void plan_rw(const Volume& volume, bool is_write, uint64_t offset, uint64_t len, uint8_t* buf, void* request,
+             std::vector<IoPiece>& pieces) {
+  for (uint64_t done = 0; done < len;) {
+    uint64_t pos = offset + done;
+    IoPiece& p = pieces.emplace_back();
+    p.request = request;
+    p.block = pos / proto::kBlockSize;
+    p.brick = volume.brick_of(p.block);
+    p.in_block = static_cast<uint32_t>(pos % proto::kBlockSize);
+    p.len = static_cast<uint32_t>(std::min<uint64_t>(len - done, proto::kBlockSize - p.in_block));
+    p.buf = buf + done;
+    p.is_write = is_write;
+    done += p.len;
+  }
+}
+
+Status plan_discard(Volume& volume, uint64_t offset, uint64_t len, uint8_t* zeros, void* request,
+                    std::vector<IoPiece>& pieces) {
+  uint64_t size = volume.size();
+  uint64_t end = offset + len;
+  for (uint64_t pos = offset; pos < end;) {
+    uint64_t block = pos / proto::kBlockSize;
+    uint64_t block_start = block * proto::kBlockSize;
+    uint64_t block_end = std::min(block_start + proto::kBlockSize, size);
+    uint64_t piece_end = std::min(end, block_end);
+    bool whole = pos == block_start && piece_end == block_end && block_end - block_start == proto::kBlockSize;
+    if (volume.allocated(block)) {
+      Status st = whole ? volume.discard_block(block) : Status(Error(EBUSY, "partial"));
+      if (!st) {
+        if (st.error().errnum() != EBUSY) return st;
+        IoPiece& p = pieces.emplace_back();
+        p.request = request;
+        p.block = block;
+        p.brick = volume.brick_of(block);
+        p.in_block = static_cast<uint32_t>(pos - block_start);
+        p.len = static_cast<uint32_t>(piece_end - pos);
+        p.buf = zeros;
+        p.is_write = true;
+      }
+    }
+    pos = piece_end;
+  }
+  return Status::Ok();
+}
+
+Result<size_t> queue_round(Volume& volume, std::span<IoPiece> pieces, PieceSink& sink,
+                           void (*done)(DataChannel::Op* op, int status), size_t max) {
+  size_t queued = 0;
+  for (IoPiece& p : pieces) {
+    if (p.status == 0) continue;
+    if (queued == max) {
+      p.status = -1;  // the next round's
+      continue;
+    }
+    if (!p.is_write && !volume.allocated(p.block)) {
+      std::memset(p.buf, 0, p.len);  // never written: zeros, no round trip
+      p.status = 0;
+      continue;
+    }
+    auto h = volume.cached(p.block);
+    if (!h) {
+      auto mapped = volume.map_block(p.block, p.is_write);
+      if (!mapped) {
+        if (!p.is_write && mapped.error().errnum() == ENOENT) {
+          std::memset(p.buf, 0, p.len);
+          p.status = 0;
+          continue;
+        }
+        note_failed_writes(volume, pieces);
+        return mapped.error();
+      }
+      h = *mapped;
+    }
+    p.op = DataChannel::Op{};
+    p.op.opcode = p.is_write ? proto::Opcode::kWrite : proto::Opcode::kRead;
+    p.op.rkey = h->rkey;
+    p.op.remote_addr = h->remote_addr + p.in_block;
+    p.op.length = p.len;
+    p.op.buf = p.buf;
+    p.op.ctx = &p;
+    p.op.done = done;
+    p.status = -1;
+    sink.push(p.brick, &p.op);
+    queued++;
+  }
+  return queued;
+}
+
+void IoRetry::start(std::chrono::milliseconds timeout) {
+  deadline_ = IoClock::now() + timeout;
+  backoff_ = kFirstBackoff;
+}
+
+IoRetry::Step IoRetry::settle(Volume& volume, std::span<IoPiece> pieces, std::string_view what) {
+  bool again = false;
+  int lost = 0;
+  uint32_t lost_brick = 0;
+  for (IoPiece& p : pieces) {
+    if (p.status == 0) continue;
+    if (p.status == -1) {
+      again = true;  // beyond the last round's pieces
+      continue;
+    }
+    switch (fate_of(p.status)) {
+      case Fate::kDone:
+        break;
+      case Fate::kRemap:
+        volume.invalidate(p.block, p.op.rkey);  // the mapping died: map again
+        p.status = -1;
+        again = true;
+        break;
+      case Fate::kReconnect:
+        lost = p.status;
+        lost_brick = p.brick;
+        p.status = -1;
+        break;
+      case Fate::kFail:
+        error_ = io_error(volume, p.brick, p.status,
+                          std::string(what) + " of " + std::to_string(p.len) + " bytes in block " +
+                              std::to_string(p.block));
+        note_failed_writes(volume, pieces);
+        return Step::kFail;
+    }
+  }
+  Step step = Step::kDone;
+  if (lost != 0) {
+    step = later(volume, lost_brick, lost, what);
+  } else if (again) {
+    step = IoClock::now() >= deadline_ ? later(volume, lost_brick, ETIMEDOUT, what) : Step::kNow;
+  }
+  if (step == Step::kFail) note_failed_writes(volume, pieces);
+  return step;
+}
+
+IoRetry::Step IoRetry::settle_sync(const Volume& volume, int status, uint32_t brick, std::string_view what) {
+  switch (fate_of(status)) {
+    case Fate::kDone:
+      return Step::kDone;
+    case Fate::kReconnect:
+      return later(volume, brick, status, what);
+    case Fate::kRemap:
+    case Fate::kFail:
+      break;
+  }
+  error_ = io_error(volume, brick, status, what);
+  return Step::kFail;
+}
+
+// A brick was unreachable: again after the backoff, the last attempt at the
+// deadline (not a backoff step before it), then EIO.
+IoRetry::Step IoRetry::later(const Volume& volume, uint32_t brick, int status, std::string_view what) {
+  auto now = IoClock::now();
+  if (now >= deadline_) {
+    error_ = Error(EIO, std::string(what) + ": brick " + volume.brick_name(brick) + " unreachable for " +
+                            std::to_string(volume.options().io_timeout_ms) + " ms (last error: " +
+                            std::strerror(status) + ")");
+    return Step::kFail;
+  }
+  retry_at_ = std::min(now + backoff_, deadline_);
+  backoff_ = std::min(backoff_ * 2, std::chrono::duration_cast<std::chrono::milliseconds>(kMaxBackoff));
+  return Step::kLater;
+}
+
+// One brick's connection, with the ops waiting for it and its write tracking.
+struct VolumeChannels::LinkRing final : ChannelRing {
+  VolumeChannels* owner = nullptr;
+  uint32_t brick = 0;
+
+  uint64_t user_data(uint8_t event) const {
+    return Uring::pack(owner->channel_kind_, (uint64_t{brick} << 8) | event);
+  }
+  io_uring_sqe* channel_sqe(uint8_t event) override { return owner->ring_.sqe(user_data(event)); }
+  void cancel_channel_sqe(uint8_t event) override {
+    owner->ring_.cancel(Uring::pack(owner->cancel_kind_, 0), user_data(event));
+  }
+};
+
+struct VolumeChannels::Link {
+  std::unique_ptr<DataChannel> channel;
+  ChannelBacklog backlog;
+  LinkRing ring;
+  IoClock::time_point last_connect_attempt{};
+  // WRITEs pushed, and the count the last completed sync covered: the brick
+  // needs a sync while they differ. Written by the loop, read by any thread.
+  std::atomic<uint64_t> writes{0};
+  std::atomic<uint64_t> synced{0};
+  // Volume::write_failures of the brick that the last completed sync saw:
+  // while they differ, a sync goes to the brick anyway (see volume.h).
+  std::atomic<uint64_t> failures_synced{0};
+  std::atomic<uint64_t> syncs_sent{0};
+
+  bool needs_sync(const Volume& volume) const {
+    return writes.load(std::memory_order_acquire) != synced.load(std::memory_order_acquire) ||
+           volume.write_failures(ring.brick) != failures_synced.load(std::memory_order_acquire);
+  }
+};
+
+VolumeChannels::VolumeChannels(Volume& volume, uint32_t depth, Uring& ring, uint8_t channel_kind,
+                               uint8_t cancel_kind, std::string label)
+    : volume_(volume), ring_(ring), channel_kind_(channel_kind), cancel_kind_(cancel_kind), label_(std::move(label)) {
+  for (uint32_t b = 0; b < volume.brick_count(); b++) {
+    auto link = std::make_unique<Link>();
+    link->channel = DataChannel::Create(volume.brick_options(b).transport, depth);
+    link->ring.owner = this;
+    link->ring.brick = b;
+    links_.push_back(std::move(link));
+  }
+}
+
+VolumeChannels::~VolumeChannels() = default;
+
+Status VolumeChannels::add_buffer_region(uint8_t* base, size_t len) {
+  for (auto& link : links_) PBRICK_TRY(link->channel->add_buffer_region(base, len));
+  return Status::Ok();
+}
+
+Status VolumeChannels::connect() {
+  for (uint32_t b = 0; b < links_.size(); b++) {
+    Status st = volume_.connect_channel(*links_[b]->channel, b);
+    if (!st) return links_.size() == 1 ? st.error() : st.error().wrap("brick " + volume_.brick_name(b));
+  }
+  return Status::Ok();
+}
+
+void VolumeChannels::reserve(size_t n) {
+  for (auto& link : links_) link->backlog.reserve(n);
+}
+
+void VolumeChannels::push(uint32_t brick, DataChannel::Op* op) {
+  Link& link = *links_[brick];
+  if (op->opcode == proto::Opcode::kWrite) link.writes.fetch_add(1, std::memory_order_release);
+  link.backlog.push(op, false);
+}
+
+bool VolumeChannels::needs_sync() const {
+  for (const auto& link : links_) {
+    if (link->needs_sync(volume_)) return true;
+  }
+  return false;
+}
+
+uint64_t VolumeChannels::syncs_sent(uint32_t brick) const {
+  return links_[brick]->syncs_sent.load(std::memory_order_relaxed);
+}
+
+void VolumeChannels::sync(SyncJob& job) {
+  if (job.parts.size() < links_.size()) job.parts.resize(links_.size());
+  job.status = 0;
+  job.brick = 0;
+  job.pending = 0;
+  for (uint32_t b = 0; b < links_.size(); b++) {
+    Link& link = *links_[b];
+    if (!link.needs_sync(volume_)) continue;
+    uint64_t writes = link.writes.load(std::memory_order_relaxed);
+    SyncJob::Part& part = job.parts[b];
+    part.job = &job;
+    part.channels = this;
+    part.brick = b;
+    part.covers = writes;
+    part.failures = volume_.write_failures(b);
+    part.op = DataChannel::Op{};
+    part.op.buf = &part.scratch;
+    part.op.ctx = &part;
+    part.op.done = sync_part_done;
+    job.pending++;
+    link.syncs_sent.fetch_add(1, std::memory_order_relaxed);
+    link.backlog.push(&part.op, true);
+  }
+  if (job.pending == 0) job.done(&job);
+}
+
+void VolumeChannels::sync_part_done(DataChannel::Op* op, int status) {
+  auto* part = static_cast<SyncJob::Part*>(op->ctx);
+  SyncJob& job = *part->job;
+  if (status == 0) {
+    // Every WRITE pushed before the sync is durable now; what was pushed
+    // since still needs a sync.
+    Link& link = *part->channels->links_[part->brick];
+    uint64_t synced = link.synced.load(std::memory_order_relaxed);
+    if (part->covers > synced) link.synced.store(part->covers, std::memory_order_release);
+    if (part->failures > link.failures_synced.load(std::memory_order_relaxed)) {
+      link.failures_synced.store(part->failures, std::memory_order_release);
+    }
+  } else if (job.status == 0 || fate_of(job.status) != Fate::kFail) {
+    job.status = status;
+    job.brick = part->brick;
+  }
+  if (--job.pending == 0) job.done(&job);
+}
+
+void VolumeChannels::teardown(Link& link, const Error& why) {
+  if (!link.channel->connected() || link.channel->tearing_down()) return;
+  if (why.errnum() != ESHUTDOWN) {
+    PBRICK_LOG_WARN("%s: connection to brick %s lost: %s", label_.c_str(), volume_.brick_name(link.ring.brick).c_str(),
+                    why.message().c_str());
+  }
+  link.channel->teardown(why.errnum());
+}
+
+void VolumeChannels::dispatch() {
+  for (auto& lp : links_) {
+    Link& link = *lp;
+    Status st = link.channel->flush(link.ring);  // completes a finished teardown
+    if (!st) teardown(link, st.error());
+    if (!link.backlog.empty() && !link.channel->connected()) {
+      auto now = IoClock::now();
+      if (now - link.last_connect_attempt >= kReconnectInterval) {
+        link.last_connect_attempt = now;
+        st = volume_.connect_channel(*link.channel, link.ring.brick);
+        if (st.ok()) {
+          PBRICK_LOG_NOTICE("%s: reconnected to brick %s", label_.c_str(), volume_.brick_name(link.ring.brick).c_str());
+        } else {
+          // The waiting ops' requests retry until their deadline, unless the
+          // brick serves another store: no retry makes it ours.
+          int err = st.error().errnum();
+          link.backlog.fail_all(is_connection_error(err) || err == kErrWrongStore ? err : ENOTCONN);
+        }
+      }
+      // Otherwise the ops wait for the next attempt.
+    }
+    link.backlog.feed(*link.channel);
+    // Hands what was just queued to the transport in one batch.
+    st = link.channel->flush(link.ring);
+    if (!st) teardown(link, st.error());
+  }
+}
+
+void VolumeChannels::on_cqe(uint64_t payload, int res) {
+  uint32_t brick = static_cast<uint32_t>(payload >> 8);
+  if (brick >= links_.size()) return;
+  Link& link = *links_[brick];
+  Status st = link.channel->on_cqe(static_cast<uint8_t>(payload & 0xFF), res);
+  if (!st) teardown(link, st.error());
+}
+
+void VolumeChannels::on_tick() {
+  auto timeout = std::chrono::milliseconds(volume_.options().io_timeout_ms);
+  auto now = IoClock::now();
+  for (auto& link : links_) {
+    DataChannel& c = *link->channel;
+    if (c.connected() && c.inflight() > 0 && now - c.last_progress() > timeout) {
+      teardown(*link, Error(ETIMEDOUT, "no reply within " + std::to_string(timeout.count()) + " ms"));
+    }
+  }
+}
+
+void VolumeChannels::stop() {
+  for (auto& link : links_) {
+    teardown(*link, Error(ESHUTDOWN, "stopping"));
+    link->channel->stop(link->ring);
+  }
+}
+
+void VolumeChannels::finish(int status) {
+  for (auto& link : links_) {
+    link->backlog.fail_all(status);
+    link->channel->disconnect(status);
+  }
+}
+
+}  // namespace pbrick

@@ -1,0 +1,227 @@
+// The volume I/O core: what every frontend does with a volume's data, written
+// once. The nbdkit engine (engine.h) adds only its hand-off from caller
+// threads to event loops, the ublk queue (ublk_queue.h) only FETCH/COMMIT and
+// its ring; neither knows about blocks, bricks, handles or retries.
+//
+// A request (READ / WRITE / DISCARD / WRITE_ZEROES of a byte range, FUA, FLUSH)
+// goes through the core like this:
+//
+//  1. plan_rw() / plan_discard() turn it into IoPieces, one per (brick, block)
+//     it touches: the layout (Volume::brick_of, block_vaddr) decides where each
+//     lives. A discard frees whole blocks at once and becomes zero-fill WRITE
+//     pieces only for what it cannot free (partial blocks; blocks someone else
+//     maps, whose FREE the brick refuses with EBUSY).
+//  2. queue_round() resolves each piece still to do: reads of unallocated
+//     blocks are zeros without a round trip; a block not mapped yet is mapped
+//     (allocated first for a write: thin provisioning), blocking; the rest go
+//     to the PieceSink (the loop's channel to the piece's brick).
+//  3. Once every op of the round completed, IoRetry::settle() applies the one
+//     set of retry rules (fate_of): EKEYREJECTED forgets the handle and sends
+//     again at once (remapped); a lost connection sends again after a backoff
+//     until the volume's io_timeout, then fails with EIO naming the brick; a
+//     brick serving another store, or any other error, fails at once.
+//  4. FUA and FLUSH: VolumeChannels::sync() syncs exactly the channels of a
+//     loop that carried writes since their last completed sync (nothing when
+//     there were none), and those of bricks where a write failed since (a
+//     FLUSH after failed writes reports a brick it cannot reach instead of
+//     succeeding without it); FLUSH asks every loop whose needs_sync() is true.
+//
+// VolumeChannels is the data side of one event loop: one DataChannel to every
+// brick of the volume, driven from the loop's Uring, with the reconnect,
+// stall-detection and write-tracking rules every loop shares.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/result.h"
+#include "common/uring.h"
+#include "gateway/data_channel.h"
+#include "gateway/volume.h"
+
+namespace pbrick {
+
+using IoClock = std::chrono::steady_clock;
+
+// What a completed op's status means for its request; the only place that
+// decides which errors are retried.
+enum class Fate {
+  kDone,       // 0
+  kRemap,      // EKEYREJECTED: the handle died (brick restart, discard, remap): map again, send again
+  kReconnect,  // the connection is gone (is_connection_error, ESHUTDOWN): send again after a backoff
+  kFail,       // anything else, kErrWrongStore included: the request fails
+};
+Fate fate_of(int status);
+
+// The error of I/O to `brick` that failed with `status`: a brick refused for
+// serving another store is named with both stores (Volume::refusal).
+Error io_error(const Volume& volume, uint32_t brick, int status, std::string_view what);
+
+// A piece of a request: bytes inside one block, on the block's brick.
+struct IoPiece {
+  DataChannel::Op op;
+  void* request = nullptr;  // the owner's request
+  uint64_t block = 0;       // volume block index
+  uint32_t brick = 0;       // Volume::brick_of(block)
+  uint32_t in_block = 0;
+  uint8_t* buf = nullptr;
+  uint32_t len = 0;
+  bool is_write = false;
+  int status = -1;  // -1: to do; 0: done; > 0: errno of the last attempt
+};
+
+// Where a round's ops go: the channel of a loop to the piece's brick.
+class PieceSink {
+ public:
+  virtual void push(uint32_t brick, DataChannel::Op* op) = 0;
+
+ protected:
+  ~PieceSink() = default;
+};
+
+// Pieces a request sends per round by default; the rest wait for the next.
+inline constexpr size_t kMaxPiecesPerRound = 8;
+
+// READ / WRITE of `len` bytes at `offset` of the volume through `buf`:
+// appends one piece per block touched.
+void plan_rw(const Volume& volume, bool is_write, uint64_t offset, uint64_t len, uint8_t* buf, void* request,
+             std::vector<IoPiece>& pieces);
+
+// DISCARD / WRITE_ZEROES of `len` bytes at `offset`: frees each whole
+// allocated block (Volume::discard_block: blocking control round trips) and
+// appends a zero-fill WRITE piece from `zeros` (one block of zeros) for each
+// allocated range it does not free. Error: a FREE that failed otherwise.
+Status plan_discard(Volume& volume, uint64_t offset, uint64_t len, uint8_t* zeros, void* request,
+                    std::vector<IoPiece>& pieces);
+
+// One round of a request: resolves the handle of each piece still to do
+// (see above; may block on the control path) and pushes up to `max` of them
+// to `sink`; each completes through `done` (op.ctx is the piece). Pieces
+// beyond `max` stay to do for the next round. Returns how many were pushed
+// (0: none needs the network), or the error of a failed mapping.
+Result<size_t> queue_round(Volume& volume, std::span<IoPiece> pieces, PieceSink& sink,
+                           void (*done)(DataChannel::Op* op, int status), size_t max = kMaxPiecesPerRound);
+
+// The retry and timeout rules of one request (see above). Owned by the
+// request; one thread at a time.
+class IoRetry {
+ public:
+  enum class Step { kDone, kNow, kLater, kFail };
+
+  // A new request: it waits for an unreachable brick until `timeout` from now.
+  void start(std::chrono::milliseconds timeout);
+
+  // After every op of a round completed: forgets dead handles and says what
+  // next. kNow: queue the next round; kLater: at retry_at(); kFail: error().
+  Step settle(Volume& volume, std::span<IoPiece> pieces, std::string_view what);
+  // The same for a sync that completed with `status` (SyncJob::status).
+  Step settle_sync(const Volume& volume, int status, uint32_t brick, std::string_view what);
+
+  IoClock::time_point retry_at() const { return retry_at_; }
+  const Error& error() const { return error_; }
+
+ private:
+  Step later(const Volume& volume, uint32_t brick, int status, std::string_view what);
+
+  IoClock::time_point deadline_{};
+  IoClock::time_point retry_at_{};
+  std::chrono::milliseconds backoff_{20};
+  Error error_{0, ""};
+};
+
+class VolumeChannels;
+
+// A sync of one loop's channels (FUA, or a FLUSH's share on that loop).
+// Reused; nothing is allocated once `parts` has grown to the brick count.
+struct SyncJob {
+  // Called on the loop thread once every brick's sync is back (at once, from
+  // VolumeChannels::sync, when no brick needed one).
+  void (*done)(SyncJob* job) = nullptr;
+  void* ctx = nullptr;
+  int status = 0;       // 0, or an errno: one that fails (Fate::kFail) over one that is retried
+  uint32_t brick = 0;   // the brick `status` came from
+
+  struct Part {
+    DataChannel::Op op;
+    SyncJob* job = nullptr;
+    VolumeChannels* channels = nullptr;
+    uint32_t brick = 0;
+    uint64_t covers = 0;    // the brick's write count when the sync was queued
+    uint64_t failures = 0;  // and its Volume::write_failures
+    uint8_t scratch = 0;
+  };
+  std::vector<Part> parts;  // one per brick
+  uint32_t pending = 0;
+};
+
+// One event loop's connections to every brick of a volume (see above).
+//
+// SQEs of the channels carry Uring::pack(channel_kind, brick << 8 | event);
+// the loop passes their completions to on_cqe(payload, res), and cancels
+// through SQEs of cancel_kind whose completions it ignores.
+//
+// Thread: the loop's thread only, except needs_sync() (any thread).
+class VolumeChannels final : public PieceSink {
+ public:
+  VolumeChannels(Volume& volume, uint32_t depth, Uring& ring, uint8_t channel_kind, uint8_t cancel_kind,
+                 std::string label);
+  ~VolumeChannels();
+  VolumeChannels(const VolumeChannels&) = delete;
+  VolumeChannels& operator=(const VolumeChannels&) = delete;
+
+  // Registers memory the ops' buffers live in with every channel (RDMA). Before connect().
+  Status add_buffer_region(uint8_t* base, size_t len);
+  // Connects every brick, blocking; before the loop runs.
+  Status connect();
+  // Reserves room for `n` ops waiting per brick (steady state allocates nothing).
+  void reserve(size_t n);
+
+  // A READ or WRITE op for `brick`; it waits until the channel has room and a
+  // connection. A WRITE marks the brick as needing a sync.
+  void push(uint32_t brick, DataChannel::Op* op) override;
+  // Syncs every brick for which needs_sync() holds (see SyncJob).
+  void sync(SyncJob& job);
+  // Whether a brick was written since its last completed sync (a lost
+  // connection keeps it so: the next sync on the new one covers those
+  // writes), or had a write fail since. Any thread: a FLUSH reads it to skip
+  // loops with nothing to sync.
+  bool needs_sync() const;
+  // Syncs sent to `brick` so far (statistics). Any thread.
+  uint64_t syncs_sent(uint32_t brick) const;
+
+  // Once per loop iteration: finishes teardowns, reconnects a brick that has
+  // ops waiting (at most every 100 ms; a failed attempt fails them with its
+  // errno; a failed handshake counts as a lost connection unless the brick
+  // serves another store), feeds the channels and hands their work to the ring.
+  void dispatch();
+  // A completion of a channel SQE.
+  void on_cqe(uint64_t payload, int res);
+  // Periodically (the loop's tick): tears down a connection that had ops in
+  // flight and made no progress for the volume's io_timeout.
+  void on_tick();
+  // The loop is stopping: tear down, arm nothing more, cancel what is armed.
+  void stop();
+  // At loop exit, once no SQE is in flight: fails every op still waiting or
+  // in flight with `status`.
+  void finish(int status);
+
+ private:
+  struct Link;
+  struct LinkRing;
+  void teardown(Link& link, const Error& why);
+  static void sync_part_done(DataChannel::Op* op, int status);
+
+  Volume& volume_;
+  Uring& ring_;
+  uint8_t channel_kind_, cancel_kind_;
+  std::string label_;
+  std::vector<std::unique_ptr<Link>> links_;  // by brick
+};
+
+}  // namespace pbrick

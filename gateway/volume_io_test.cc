@@ -1,0 +1,262 @@
+// The volume I/O core over several real bricks (gateway/test_brick.h) in
+// layout stripe, through the engine: where blocks land, which bricks a FLUSH
+// syncs, and what a brick that is down does to I/O on the others.
+#include "gateway/volume_io.h"
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <filesystem>
+#include <random>
+#include <thread>
+
+#include "common/crc32c.h"
+#include "gateway/engine.h"
+#include "gateway/test_brick.h"
+
+namespace pbrick {
+namespace {
+
+constexpr uint64_t kMiB = 1 << 20;
+constexpr uint64_t kBlock = proto::kBlockSize;
+constexpr uint32_t kBricks = 3;
+
+std::vector<uint8_t> random_bytes(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<uint8_t> v(n);
+  for (auto& b : v) b = static_cast<uint8_t>(rng());
+  return v;
+}
+
+struct StripeOptions {
+  uint64_t size = 32 * kMiB;
+  uint64_t base = 0;
+  uint32_t timeout_ms = 10000;
+  uint32_t queues = 2;
+};
+
+class StripeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/pbrick-stripe-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    for (uint32_t b = 0; b < kBricks; b++) {
+      std::string d = dir_ + "/brick" + std::to_string(b);
+      ASSERT_EQ(::mkdir(d.c_str(), 0700), 0);
+      bricks_.push_back(std::make_unique<TestBrick>(d));
+      PBRICK_ASSERT_OK(bricks_.back()->start());
+    }
+  }
+  void TearDown() override {
+    engine_.reset();
+    bricks_.clear();
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
+  }
+
+  Status open(const StripeOptions& so = {}) {
+    VolumeOptions vo;
+    vo.layout = Layout::kStripe;
+    for (auto& b : bricks_) vo.bricks.push_back(b->client());
+    vo.size = so.size;
+    vo.base = so.base;
+    vo.io_timeout_ms = so.timeout_ms;
+    auto volume = Volume::Open(vo);
+    if (!volume) return volume.error().wrap("Volume::Open");
+    auto engine = Engine::Start(std::move(*volume), {.queues = so.queues, .depth = 16});
+    if (!engine) return engine.error().wrap("Engine::Start");
+    engine_ = std::move(*engine);
+    return Status::Ok();
+  }
+
+  std::vector<uint64_t> syncs() const {
+    std::vector<uint64_t> v;
+    for (uint32_t b = 0; b < kBricks; b++) v.push_back(engine_->syncs_sent(b));
+    return v;
+  }
+
+  std::string dir_;
+  std::vector<std::unique_ptr<TestBrick>> bricks_;
+  std::unique_ptr<Engine> engine_;
+};
+
+// Block i is on brick i mod 3 at base + (i div 3) * 2 MiB: the layout, the
+// pieces a request becomes, and the bytes on each brick (read straight from
+// the brick) agree.
+TEST_F(StripeTest, BlockILivesOnBrickIMod3AtBasePlusIDiv3Blocks) {
+  const uint64_t base = 4 * kMiB;
+  PBRICK_ASSERT_OK(open({.base = base}));
+  Volume& v = engine_->volume();
+  ASSERT_EQ(v.brick_count(), kBricks);
+  for (uint64_t i = 0; i < v.block_count(); i++) {
+    EXPECT_EQ(v.brick_of(i), i % kBricks) << "block " << i;
+    EXPECT_EQ(v.block_vaddr(i), base + (i / kBricks) * kBlock) << "block " << i;
+  }
+  std::vector<IoPiece> pieces;
+  plan_rw(v, true, kMiB, 5 * kMiB, nullptr, nullptr, pieces);
+  ASSERT_EQ(pieces.size(), 3u);
+  for (uint32_t i = 0; i < 3; i++) {
+    EXPECT_EQ(pieces[i].block, i);
+    EXPECT_EQ(pieces[i].brick, i);
+  }
+  EXPECT_EQ(pieces[0].in_block, kMiB);
+  EXPECT_EQ(pieces[0].len, kMiB);
+  EXPECT_EQ(pieces[2].len, kBlock);
+
+  constexpr uint64_t kBlocks = 7;
+  auto data = random_bytes(kBlocks * kBlock, 21);
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));
+  PBRICK_ASSERT_OK(engine_->flush());
+  for (uint32_t b = 0; b < kBricks; b++) {
+    auto c = BrickClient::Connect(bricks_[b]->client());
+    ASSERT_TRUE(c.ok()) << c.error().message();
+    auto extents = (*c)->list_all();
+    ASSERT_TRUE(extents.ok()) << extents.error().message();
+    std::vector<uint64_t> held, want;
+    for (const auto& e : *extents) {
+      for (uint64_t k = 0; k < e.block_count; k++) held.push_back(e.start_vaddr + k * kBlock);
+    }
+    for (uint64_t i = b; i < kBlocks; i += kBricks) want.push_back(base + (i / kBricks) * kBlock);
+    EXPECT_EQ(held, want) << "brick " << b;
+    for (uint64_t i = b; i < kBlocks; i += kBricks) {
+      auto h = (*c)->map(base + (i / kBricks) * kBlock, proto::kMapShared);
+      ASSERT_TRUE(h.ok()) << h.error().message();
+      std::vector<uint8_t> back(kBlock);
+      PBRICK_ASSERT_OK((*c)->read(h->rkey, h->remote_addr, back));
+      EXPECT_EQ(crc32c(back.data(), kBlock), crc32c(data.data() + i * kBlock, kBlock)) << "block " << i;
+    }
+  }
+  std::vector<uint8_t> back(data.size());
+  PBRICK_ASSERT_OK(engine_->read(back.data(), back.size(), 0));
+  EXPECT_EQ(crc32c(back.data(), back.size()), crc32c(data.data(), data.size()));
+}
+
+// FLUSH and FUA sync exactly the bricks written since their last completed
+// sync, and a reconnect in between does not make a brick forget it owes one.
+TEST_F(StripeTest, FlushSyncsExactlyTheBricksThatWereWritten) {
+  PBRICK_ASSERT_OK(open({.queues = 1}));
+  Engine& e = *engine_;
+  auto data = random_bytes(64 * 1024, 22);
+  using V = std::vector<uint64_t>;
+  PBRICK_ASSERT_OK(e.flush());
+  EXPECT_EQ(syncs(), (V{0, 0, 0})) << "nothing written, nothing to sync";
+  PBRICK_ASSERT_OK(e.write(data.data(), data.size(), 1 * kBlock, false));  // block 1: brick 1
+  PBRICK_ASSERT_OK(e.flush());
+  EXPECT_EQ(syncs(), (V{0, 1, 0}));
+  PBRICK_ASSERT_OK(e.flush());
+  EXPECT_EQ(syncs(), (V{0, 1, 0})) << "a second flush has nothing to sync";
+  PBRICK_ASSERT_OK(e.write(data.data(), data.size(), 3 * kBlock, false));  // brick 0
+  PBRICK_ASSERT_OK(e.write(data.data(), data.size(), 5 * kBlock, false));  // brick 2
+  PBRICK_ASSERT_OK(e.flush());
+  EXPECT_EQ(syncs(), (V{1, 1, 1}));
+  PBRICK_ASSERT_OK(e.write(data.data(), data.size(), 4 * kBlock, true));  // FUA, brick 1
+  EXPECT_EQ(syncs(), (V{1, 2, 1}));
+  std::vector<uint8_t> back(data.size());
+  PBRICK_ASSERT_OK(e.read(back.data(), back.size(), 0));  // reads need no sync
+  PBRICK_ASSERT_OK(e.flush());
+  EXPECT_EQ(syncs(), (V{1, 2, 1}));
+
+  // A write to brick 1, acknowledged, not synced; brick 1 restarts on its
+  // store and the channel reconnects (a read of its block); the next FLUSH
+  // still syncs brick 1.
+  auto later = random_bytes(64 * 1024, 23);
+  PBRICK_ASSERT_OK(e.write(later.data(), later.size(), 7 * kBlock, false));  // block 7: brick 1
+  bricks_[1]->stop();
+  PBRICK_ASSERT_OK(bricks_[1]->start());
+  PBRICK_ASSERT_OK(e.read(back.data(), back.size(), 1 * kBlock));
+  EXPECT_EQ(back, data);
+  PBRICK_ASSERT_OK(e.flush());
+  EXPECT_EQ(syncs()[0], 1u);
+  EXPECT_EQ(syncs()[1], 3u) << "the reconnect dropped brick 1's unsynced write from the flush";
+  EXPECT_EQ(syncs()[2], 1u);
+  PBRICK_ASSERT_OK(e.read(back.data(), back.size(), 7 * kBlock));
+  EXPECT_EQ(back, later);
+}
+
+// One brick of three down: I/O to its blocks waits out the timeout and fails
+// with EIO, I/O to the other bricks' blocks goes on meanwhile with the right
+// data, and once the brick is back its blocks read what was written.
+TEST_F(StripeTest, ABrickDownFailsItsBlocksAfterTheTimeoutAndNotTheOthers) {
+  constexpr uint32_t kTimeoutMs = 2000;
+  PBRICK_ASSERT_OK(open({.timeout_ms = kTimeoutMs}));
+  Engine& e = *engine_;
+  constexpr uint64_t kBlocks = 6;
+  auto data = random_bytes(kBlocks * kBlock, 24);
+  PBRICK_ASSERT_OK(e.write(data.data(), data.size(), 0, false));
+  PBRICK_ASSERT_OK(e.flush());
+  bricks_[2]->stop();  // blocks 2 and 5
+
+  std::atomic<bool> failed_done{false};
+  Status failed;
+  std::chrono::steady_clock::duration failed_after{};
+  std::thread t([&] {
+    std::vector<uint8_t> buf(4096, 0xEE);
+    auto start = std::chrono::steady_clock::now();
+    failed = e.read(buf.data(), buf.size(), 5 * kBlock);
+    failed_after = std::chrono::steady_clock::now() - start;
+    failed_done = true;
+  });
+  // Meanwhile the other bricks' blocks, all of them read and written before
+  // the down brick's read gives up.
+  auto start = std::chrono::steady_clock::now();
+  for (int round = 0; round < 3; round++) {
+    for (uint64_t i : {0u, 1u, 3u, 4u}) {
+      std::vector<uint8_t> back(kBlock);
+      PBRICK_ASSERT_OK(e.read(back.data(), back.size(), i * kBlock));
+      EXPECT_EQ(crc32c(back.data(), kBlock), crc32c(data.data() + i * kBlock, kBlock)) << "block " << i;
+      PBRICK_ASSERT_OK(e.write(data.data() + i * kBlock, 4096, i * kBlock, false));
+    }
+  }
+  auto others = std::chrono::steady_clock::now() - start;
+  EXPECT_LT(others, std::chrono::milliseconds(kTimeoutMs));
+  EXPECT_FALSE(failed_done.load()) << "the read of the down brick's block ended before the timeout";
+  t.join();
+  ASSERT_FALSE(failed.ok());
+  EXPECT_EQ(failed.error().errnum(), EIO) << failed.error().message();
+  EXPECT_NE(failed.error().message().find(bricks_[2]->client().endpoint.to_string()), std::string::npos)
+      << failed.error().message();
+  EXPECT_GE(failed_after, std::chrono::milliseconds(kTimeoutMs));
+  EXPECT_LT(failed_after, std::chrono::milliseconds(kTimeoutMs * 5));
+  // A request that spans a good and the down brick fails as a whole.
+  std::vector<uint8_t> span(2 * kBlock);
+  Status st = e.read(span.data(), span.size(), 1 * kBlock);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().errnum(), EIO);
+
+  PBRICK_ASSERT_OK(bricks_[2]->start());
+  std::vector<uint8_t> back(data.size());
+  PBRICK_ASSERT_OK(e.read(back.data(), back.size(), 0));
+  EXPECT_EQ(crc32c(back.data(), back.size()), crc32c(data.data(), data.size()));
+  PBRICK_ASSERT_OK(e.flush());
+}
+
+TEST_F(StripeTest, TheBrickCountMustFitTheLayout) {
+  VolumeOptions vo;
+  vo.size = 8 * kMiB;
+  vo.layout = Layout::kStripe;
+  vo.bricks = {bricks_[0]->client()};
+  auto one = Volume::Open(vo);
+  ASSERT_FALSE(one.ok());
+  EXPECT_EQ(one.error().errnum(), EINVAL);
+  EXPECT_NE(one.error().message().find("layout stripe takes at least two bricks"), std::string::npos);
+  vo.layout = Layout::kSingle;
+  vo.bricks = {bricks_[0]->client(), bricks_[1]->client()};
+  auto two = Volume::Open(vo);
+  ASSERT_FALSE(two.ok());
+  EXPECT_EQ(two.error().errnum(), EINVAL);
+  EXPECT_NE(two.error().message().find("layout single takes one brick, not 2"), std::string::npos);
+  vo.layout = Layout::kStripe;
+  vo.bricks = {bricks_[0]->client(), bricks_[1]->client(), bricks_[0]->client()};
+  auto twice = Volume::Open(vo);
+  ASSERT_FALSE(twice.ok());
+  EXPECT_EQ(twice.error().errnum(), EINVAL);
+  EXPECT_NE(twice.error().message().find("brick " + bricks_[0]->client().endpoint.to_string() + " is named twice"),
+            std::string::npos)
+      << twice.error().message();
+}
+
+}  // namespace
+}  // namespace pbrick
