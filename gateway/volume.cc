@@ -51,6 +51,10 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeOptions& options) {
   PBRICK_TRY(volume->connect_control());
   // From now on every connection must reach this store (see volume.h).
   if (!volume->options_.brick.store_uuid) volume->options_.brick.store_uuid = volume->control_->hello().brick_uuid;
+  ClaimBrick brick{volume->control_.get(), options.brick.endpoint.to_string(), options.base};
+  auto claim = VolumeClaim::Acquire({&brick, 1}, {options.name, VolumeLayout::kSingle, options.size, options.read_only});
+  if (!claim) return claim.error().wrap("volume open");
+  volume->claim_ = std::move(*claim);
   // Learn which of our blocks the brick already holds, one LIST page at a time.
   uint64_t cursor = options.base;
   uint64_t end = options.base + (blocks - 1) * proto::kBlockSize;
@@ -77,6 +81,11 @@ Status Volume::connect_control() {
   if (!client) {
     note_connect(client.error());
     return client.error();
+  }
+  if (claim_) {
+    Status st = claim_->reacquire(0, ClaimBrick{client->get(), options_.brick.endpoint.to_string(), options_.base});
+    note_connect(st);
+    if (!st) return st;
   }
   control_ = std::move(*client);
   note_connect(Status::Ok());
@@ -175,12 +184,13 @@ Result<BlockHandle> Volume::map_block(uint64_t index, bool for_write) {
   if (auto h = cached(index)) return *h;
   uint64_t vaddr = block_vaddr(index);
   if (!for_write && !allocated(index)) return Error(ENOENT, "block " + format_hex(vaddr) + " not allocated");
+  if (for_write && options_.read_only) return Error(EROFS, "volume attached read-only");
   auto mapped = with_control([&](BrickClient& c) -> Result<proto::MapReply> {
     if (for_write && !allocated(index)) {
       Status st = c.alloc(vaddr);
       if (!st && st.error().errnum() != EEXIST) return st.error();
     }
-    return c.map(vaddr, proto::kMapWrite | proto::kMapShared);
+    return c.map(vaddr, options_.read_only ? proto::kMapShared : proto::kMapWrite | proto::kMapShared);
   });
   if (!mapped) {
     if (mapped.error().errnum() == ENOENT) set_allocated(index, false);
@@ -195,6 +205,7 @@ Result<BlockHandle> Volume::map_block(uint64_t index, bool for_write) {
 
 Status Volume::discard_block(uint64_t index) {
   std::lock_guard lock(control_mu_);
+  if (options_.read_only) return Error(EROFS, "volume attached read-only");
   if (!allocated(index)) return Status::Ok();
   uint64_t vaddr = block_vaddr(index);
   bool was_mapped = cached(index).has_value();

@@ -31,6 +31,7 @@
 
 #include "common/client.h"
 #include "common/result.h"
+#include "gateway/volume_claim.h"
 
 namespace pbrick {
 
@@ -41,6 +42,11 @@ struct VolumeOptions {
   // How long I/O waits for a brick that went away (reconnecting and re-mapping)
   // before it fails with EIO.
   uint32_t io_timeout_ms = 30000;
+  // The volume's name in its label (gateway/volume_label.h); empty: unnamed.
+  std::string name{};
+  // Read-only attaches map blocks read-only and share the volume with its
+  // writer; read-write attaches hold it exclusively (gateway/volume_claim.h).
+  bool read_only = false;
 };
 
 class DataChannel;
@@ -57,7 +63,9 @@ class Volume {
  public:
   // Connects the control path, records the brick's store (unless
   // options.brick.store_uuid names it already: then a brick serving another
-  // store is refused) and learns which blocks are allocated (LIST).
+  // store is refused), checks and claims the volume's label (VolumeClaim:
+  // EBUSY naming the holder when another writer has it) and learns which
+  // blocks are allocated (LIST).
   // EINVAL for a size that is zero or not a multiple of 4096, a base that is
   // not 2 MiB aligned, or a range that wraps the 64-bit address space.
   static Result<std::unique_ptr<Volume>> Open(const VolumeOptions& options);
@@ -116,6 +124,7 @@ class Volume {
 
   std::mutex control_mu_;  // serialises the control connection
   std::unique_ptr<BrickClient> control_;
+  std::optional<VolumeClaim> claim_;  // set by Open; retaken on every reconnect of control_
 
   mutable std::shared_mutex handles_mu_;
   std::vector<BlockHandle> handles_;             // by block index
