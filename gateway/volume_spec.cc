@@ -14,6 +14,7 @@ Status VolumeSpec::complete_from_config(const std::string& path, const std::stri
   if (!transport) transport = b->transport;
   if (!persistence) persistence = b->persistence;
   if (!target) target = Endpoint{b->host, static_cast<uint16_t>(b->port)};
+  if (label_name.empty()) label_name = v->name;
   if (size == 0) size = v->size;
   if (!base) base = v->base;
   if (key_file.empty()) key_file = b->key_file;
@@ -48,6 +49,8 @@ Result<VolumeOptions> VolumeSpec::volume_options() const {
   vo.size = size;
   vo.base = base.value_or(0);
   vo.io_timeout_ms = timeout_ms;
+  vo.name = label_name;
+  vo.read_only = read_only;
   if (!key_file.empty()) {
     auto key = load_key_file(key_file);
     if (!key) return key.error().wrap("key-file");

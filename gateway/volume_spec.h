@@ -25,6 +25,8 @@ struct VolumeSpec {
   uint32_t timeout_ms = 30000;
   std::optional<Transport> transport;      // default tcp
   std::optional<Persistence> persistence;  // default: sync-read over tcp, rpc over rdma
+  std::string label_name;  // the volume's name in its label; from the cluster file
+  bool read_only = false;  // share the volume with its writer; never write
 
   // Fills what is unset from volume `name` of cluster file `path` and its
   // brick. EINVAL carrying every error of the file, ENOENT for an unknown
