@@ -18,6 +18,7 @@
 #include <string_view>
 #include <utility>
 
+#include "common/label_area.h"
 #include "common/unique_fd.h"
 #include "common/units.h"
 
@@ -126,6 +127,8 @@ constexpr EnumEntry<DdioMode> kDdioModes[] = {
 constexpr EnumEntry<Persistence> kPersistences[] = {{"sync-read", Persistence::kSyncRead},
                                                     {"rpc", Persistence::kRpc}};
 constexpr EnumEntry<Frontend> kFrontends[] = {{"ublk", Frontend::kUblk}, {"nbd", Frontend::kNbd}};
+constexpr EnumEntry<VolumeLayoutKind> kLayouts[] = {{"single", VolumeLayoutKind::kSingle},
+                                                    {"stripe", VolumeLayoutKind::kStripe}};
 
 template <typename E, size_t N>
 const char* enum_name(const EnumEntry<E> (&table)[N], E value) {
@@ -536,8 +539,7 @@ class Parser {
 
   void parse_volume(const YAML::Node& node, const std::string& path) {
     static const KeySpec kSpec{
-        {"name", "size", "brick", "base", "queues", "depth", "frontend"},
-        {{"bricks", "a volume lives on a single brick for now: use 'brick: NAME'"}}};
+        {"name", "size", "brick", "bricks", "layout", "base", "queues", "depth", "frontend"}, {}};
     VolumeConfig& v = config_->volumes.emplace_back();
     SourcePos pos = to_pos(node.Mark());
     config_->positions[path] = pos;
@@ -545,7 +547,21 @@ class Parser {
     if (!f) return;
     get_string(*f, "name", path, pos, true, &v.name);
     get_size(*f, "size", path, pos, true, &v.size);
-    get_string(*f, "brick", path, pos, true, &v.brick);
+    bool has_list = f->count("bricks") != 0;
+    if (has_list && f->count("brick") != 0) {
+      invalid(to_pos(f->at("bricks").key.Mark()), path + ".bricks",
+              "give either 'brick: NAME' or 'bricks: [NAME, ...]', not both");
+      config_->unparsed.insert(path + ".brick");
+    } else if (has_list) {
+      get_name_list(*f, "bricks", path, "brick", &v.bricks);
+      if (!v.bricks.empty()) v.brick = v.bricks[0];
+      if (auto bp = config_->positions.find(path + ".bricks"); bp != config_->positions.end()) {
+        config_->positions[path + ".brick"] = bp->second;
+      }
+    } else if (get_string(*f, "brick", path, pos, true, &v.brick)) {
+      v.bricks = {v.brick};
+    }
+    get_enum(*f, "layout", path, pos, kLayouts, &v.layout);
     get_u64(*f, "base", path, pos, true, &v.base);
     get_u32(*f, "queues", path, pos, false, &v.queues);
     get_u32(*f, "depth", path, pos, false, &v.depth);
@@ -561,13 +577,20 @@ class Parser {
     if (!f) return;
     get_string(*f, "name", path, pos, true, &g.name);
     get_string(*f, "host", path, pos, true, &g.host);
-    auto it = f->find("volumes");
-    if (it == f->end() || it->second.value.IsNull()) return;
-    std::string vpath = path + ".volumes";
+    get_name_list(*f, "volumes", path, "volume", &g.volumes);
+  }
+
+  // A list of names (`volumes: [a, b]`, `bricks: [a, b]`); an entry that is
+  // not a scalar is reported and kept as "" so indexes match the file.
+  void get_name_list(const Fields& f, const std::string& key, const std::string& path, const std::string& what,
+                     std::vector<std::string>* out) {
+    auto it = f.find(key);
+    if (it == f.end() || it->second.value.IsNull()) return;
+    std::string vpath = path + "." + key;
     SourcePos vpos = value_pos(it->second);
     config_->positions[vpath] = vpos;
     if (!it->second.value.IsSequence()) {
-      invalid(vpos, vpath, "expected a list of volume names, got " + std::string(node_kind(it->second.value)));
+      invalid(vpos, vpath, "expected a list of " + what + " names, got " + std::string(node_kind(it->second.value)));
       return;
     }
     size_t i = 0;
@@ -576,11 +599,11 @@ class Parser {
       SourcePos ipos = to_pos(item.Mark());
       config_->positions[ipath] = ipos;
       if (!item.IsScalar()) {
-        invalid(ipos, ipath, "expected a volume name, got " + std::string(node_kind(item)));
-        g.volumes.emplace_back();  // keep indexes aligned with the file
+        invalid(ipos, ipath, "expected a " + what + " name, got " + std::string(node_kind(item)));
+        out->emplace_back();  // keep indexes aligned with the file
         continue;
       }
-      g.volumes.push_back(item.Scalar());
+      out->push_back(item.Scalar());
     }
   }
 
@@ -766,9 +789,7 @@ class Validator {
           error(p + ".size", "base " + format_hex(v.base) + " + size overflows the 64-bit address space");
         }
       }
-      if (bricks_known && known(p + ".brick") && !c_.find_brick(v.brick)) {
-        error(p + ".brick", "unknown brick " + quote(v.brick) + known_names_of_bricks());
-      }
+      if (bricks_known && known(p + ".brick")) check_volume_bricks(i);
       if (known(p + ".queues") && (v.queues == 0 || v.queues > kMaxQueues)) {
         error(p + ".queues", "queues " + std::to_string(v.queues) + " is out of range (1-" +
                                  std::to_string(kMaxQueues) + ")");
@@ -801,28 +822,101 @@ class Validator {
     return out.empty() ? "" : out + ")";
   }
 
+  // The bricks of volume i: each exists, none twice, all on one transport;
+  // `layout: single` has exactly one.
+  void check_volume_bricks(size_t i) {
+    const VolumeConfig& v = c_.volumes[i];
+    const std::vector<std::string> bricks = v.all_bricks();
+    std::string p = index_path("volumes", i);
+    bool listed = c_.positions.count(p + ".bricks") != 0;
+    if (bricks.empty()) {
+      error(listed ? p + ".bricks" : p + ".brick", "a volume needs at least one brick");
+      return;
+    }
+    if (v.layout == VolumeLayoutKind::kSingle && bricks.size() != 1) {
+      error(p + ".layout", "layout single takes one brick, got " + std::to_string(bricks.size()) +
+                               " (use layout: stripe)");
+    }
+    if (bricks.size() > kMaxVolumeBricks) {
+      error(p + ".bricks", std::to_string(bricks.size()) + " bricks; a volume has at most " +
+                               std::to_string(kMaxVolumeBricks));
+    }
+    std::map<std::string, size_t> seen;
+    const BrickConfig* first = nullptr;
+    for (size_t j = 0; j < bricks.size(); j++) {
+      std::string bp = listed ? index_path(p + ".bricks", j) : p + ".brick";
+      if (!known(bp) || bricks[j].empty()) continue;
+      const BrickConfig* b = c_.find_brick(bricks[j]);
+      if (b == nullptr) {
+        error(bp, "unknown brick " + quote(bricks[j]) + known_names_of_bricks());
+        continue;
+      }
+      auto [it, inserted] = seen.emplace(bricks[j], j);
+      if (!inserted) {
+        error(bp, "brick " + quote(bricks[j]) + " is already brick " + std::to_string(it->second) +
+                      " of this volume");
+      }
+      if (first == nullptr) {
+        first = b;
+      } else if (b->transport != first->transport) {
+        error(bp, "brick " + quote(b->name) + " uses transport " + transport_name(b->transport) + ", brick " +
+                      quote(first->name) + " " + transport_name(first->transport) +
+                      ": the bricks of a volume share one transport");
+      }
+    }
+  }
+
   bool range_usable(size_t i) const {
     const VolumeConfig& v = c_.volumes[i];
     std::string p = index_path("volumes", i);
     return known(p + ".brick") && known(p + ".base") && known(p + ".size") && v.size != 0 &&
-           v.size <= UINT64_MAX - v.base && c_.find_brick(v.brick);
+           v.size <= UINT64_MAX - v.base && v.base % kBlockSize == 0 && !v.all_bricks().empty();
   }
 
-  // Two volumes on one brick must not share any block: [base, base+size)
-  // ranges are half-open. Reported once, at the later volume's base.
+  // What volume i occupies on each of its bricks: data [base, base + share)
+  // with share = size (single) or ceil(blocks / N) blocks (stripe), and its
+  // label area of two blocks at kLabelAreaStart + 2 * base (docs/layout.md,
+  // "Volume label").
+  uint64_t share_of(const VolumeConfig& v) const {
+    uint64_t blocks = (v.size + kBlockSize - 1) / kBlockSize;
+    uint64_t n = v.all_bricks().size();
+    return (blocks + n - 1) / n * kBlockSize;
+  }
+  static std::string range(uint64_t start, uint64_t end) {
+    return "[" + format_hex(start) + ", " + format_hex(end) + ")";
+  }
+
+  // Two volumes on one brick must not share any block, neither of data nor of
+  // their label areas: ranges are half-open. Data must stay below the label
+  // areas. Reported once, at the later volume's base.
   void check_overlaps() {
     for (size_t j = 0; j < c_.volumes.size(); j++) {
       if (!range_usable(j)) continue;
       const VolumeConfig& b = c_.volumes[j];
+      const std::string bpath = index_path("volumes", j) + ".base";
+      if (b.base > kMaxLabelledBase || share_of(b) > kLabelAreaStart - b.base) {
+        error(bpath, "data " + range(b.base, b.base + share_of(b)) + " on each brick must end at or below " +
+                         format_hex(kLabelAreaStart) + ", where label areas live (base at most " +
+                         format_hex(kMaxLabelledBase) + ")");
+        continue;
+      }
       for (size_t i = 0; i < j; i++) {
         if (!range_usable(i)) continue;
         const VolumeConfig& a = c_.volumes[i];
-        if (a.brick != b.brick) continue;
-        if (a.base < b.base + b.size && b.base < a.base + a.size) {
-          error(index_path("volumes", j) + ".base",
-                "range [" + format_hex(b.base) + ", " + format_hex(b.base + b.size) + ") overlaps volume " +
-                    quote(a.name) + " [" + format_hex(a.base) + ", " + format_hex(a.base + a.size) + ") on brick " +
-                    quote(b.brick));
+        if (a.base > kMaxLabelledBase || share_of(a) > kLabelAreaStart - a.base) continue;
+        const std::vector<std::string> a_bricks = a.all_bricks();
+        for (const std::string& brick : b.all_bricks()) {
+          if (std::find(a_bricks.begin(), a_bricks.end(), brick) == a_bricks.end()) continue;
+          uint64_t as = a.base, ae = a.base + share_of(a), bs = b.base, be = b.base + share_of(b);
+          uint64_t al = kLabelAreaStart + 2 * a.base, bl = kLabelAreaStart + 2 * b.base;
+          if (as < be && bs < ae) {
+            error(bpath, "range " + range(bs, be) + " overlaps volume " + quote(a.name) + " " + range(as, ae) +
+                             " on brick " + quote(brick));
+          } else if (al < bl + kLabelArea && bl < al + kLabelArea) {
+            error(bpath, "label area " + range(bl, bl + kLabelArea) + " overlaps that of volume " + quote(a.name) +
+                             " " + range(al, al + kLabelArea) + " on brick " + quote(brick));
+          }
+          break;  // one error per pair of volumes
         }
       }
     }
@@ -910,6 +1004,7 @@ Result<std::string> read_file(const std::string& path) {
 
 const char* ddio_mode_name(DdioMode m) { return enum_name(kDdioModes, m); }
 const char* frontend_name(Frontend f) { return enum_name(kFrontends, f); }
+const char* layout_name(VolumeLayoutKind l) { return enum_name(kLayouts, l); }
 
 std::string ConfigError::to_string() const {
   std::string out;
@@ -950,7 +1045,8 @@ const GatewayConfig* ClusterConfig::find_gateway(const std::string& name) const 
 std::vector<const VolumeConfig*> ClusterConfig::volumes_on(const std::string& brick) const {
   std::vector<const VolumeConfig*> out;
   for (const VolumeConfig& v : volumes) {
-    if (v.brick == brick) out.push_back(&v);
+    const std::vector<std::string> all = v.all_bricks();
+    if (std::find(all.begin(), all.end(), brick) != all.end()) out.push_back(&v);
   }
   return out;
 }

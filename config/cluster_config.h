@@ -28,9 +28,13 @@ namespace pbrick {
 // kUnmanaged: pbrick never touches the registers and assumes nothing.
 enum class DdioMode { kOff, kOn, kUnmanaged };
 enum class Frontend { kUblk, kNbd };
+// How a volume's blocks lie on its bricks: kSingle, one brick; kStripe, block
+// i on brick i mod N at that brick's base + (i div N) * 2 MiB.
+enum class VolumeLayoutKind { kSingle, kStripe };
 
 const char* ddio_mode_name(DdioMode m);
 const char* frontend_name(Frontend f);
+const char* layout_name(VolumeLayoutKind l);
 
 struct StoreConfig {
   std::string path;   // absolute path of the pmem file / devdax device
@@ -59,7 +63,16 @@ struct BrickConfig {
 struct VolumeConfig {
   std::string name;
   uint64_t size = 0;   // bytes, a non-zero multiple of kBlockSize
-  std::string brick;   // name of the brick that holds the volume
+  std::string brick;   // name of the (first) brick that holds the volume
+  // Every brick of the volume, in order: `bricks: [a, b, c]`, or {brick} for
+  // `brick: a`. Exactly one of the two keys is given.
+  std::vector<std::string> bricks;
+  VolumeLayoutKind layout = VolumeLayoutKind::kSingle;  // `layout:`; default single
+
+  // `bricks`, or {brick} for a config built in code that set only `brick`.
+  std::vector<std::string> all_bricks() const {
+    return bricks.empty() && !brick.empty() ? std::vector<std::string>{brick} : bricks;
+  }
   uint64_t base = 0;   // virtual base address on the brick, kBlockSize aligned
   uint32_t queues = 1;
   uint32_t depth = 64;
@@ -110,7 +123,7 @@ struct ClusterConfig {
   const BrickConfig* find_brick(const std::string& name) const;
   const VolumeConfig* find_volume(const std::string& name) const;
   const GatewayConfig* find_gateway(const std::string& name) const;
-  // Volumes stored on `brick`, in file order.
+  // Volumes stored on `brick` (as any of their bricks), in file order.
   std::vector<const VolumeConfig*> volumes_on(const std::string& brick) const;
 };
 

@@ -61,6 +61,8 @@ constexpr const char* kUsage =
     "                          brick persists on request); default sync-read over tcp,\n"
     "                          rpc over rdma (docs/persistence.md)\n"
     "  --config FILE --volume NAME   take the above from the cluster file (flags win)\n"
+    "  --name NAME             the volume's name, kept in its label on first attach and\n"
+    "                          checked on every later one (default: --volume's)\n"
     "  --read-only             share the volume with its writer, never write; without it\n"
     "                          the attach holds the volume alone (EBUSY naming the holder\n"
     "                          when another attach has it)\n"
@@ -243,7 +245,7 @@ int serve(UblkControl& ctrl, Server& s, const AttachParams& p) {
 }
 
 int attach_main(int argc, char** argv) {
-  enum { kTarget = 1000, kSize, kBase, kKeyFile, kConfig, kVolume, kLbs, kTimeout, kLogLevel, kTransport, kPersistence, kReadOnly };
+  enum { kTarget = 1000, kSize, kBase, kKeyFile, kConfig, kVolume, kLbs, kTimeout, kLogLevel, kTransport, kPersistence, kReadOnly, kName };
   static const option kOptions[] = {
       {"target", required_argument, nullptr, kTarget},
       {"size", required_argument, nullptr, kSize},
@@ -259,6 +261,7 @@ int attach_main(int argc, char** argv) {
       {"transport", required_argument, nullptr, kTransport},
       {"persistence", required_argument, nullptr, kPersistence},
       {"read-only", no_argument, nullptr, kReadOnly},
+      {"name", required_argument, nullptr, kName},
       {"help", no_argument, nullptr, 'h'},
       {nullptr, 0, nullptr, 0},
   };
@@ -301,6 +304,7 @@ int attach_main(int argc, char** argv) {
         break;
       }
       case kReadOnly: p.read_only = true; break;
+      case kName: p.label_name = optarg; break;
       case kConfig: config_file = optarg; break;
       case kVolume: volume_name = optarg; break;
       case 'q':

@@ -3,7 +3,7 @@
 //
 //   nbdkit .../nbdkit-pbrick-plugin.so target=HOST:PORT size=SIZE [base=ADDR]
 //          [key-file=FILE] [queues=N] [depth=N] [timeout=MS] [transport=tcp|rdma]
-//          [persistence=sync-read|rpc] [read-only=true]
+//          [persistence=sync-read|rpc] [name=NAME] [read-only=true]
 //   nbdkit .../nbdkit-pbrick-plugin.so config=FILE volume=NAME [...]
 //
 // With config=, the volume's size, base, queues and depth and its brick's
@@ -114,6 +114,8 @@ int pbrick_config(const char* key, const char* value) {
     uint32_t v;
     if (config_u32(key, value, 1, 4096, &v) != 0) return -1;
     g_config.depth = v;
+  } else if (k == "name") {
+    g_config.label_name = value;
   } else if (k == "read-only") {
     int b = nbdkit_parse_bool(value);
     if (b == -1) return -1;
@@ -257,6 +259,7 @@ nbdkit_plugin make_plugin() {
       "queues=N          connections to the brick (default 2)\n"
       "depth=N           requests in flight per connection (default 128)\n"
       "timeout=MS        how long I/O waits for a brick that went away (default 30000)\n"
+      "name=NAME         the volume's name, kept in its label (default: volume=)\n"
       "read-only=BOOL    share the volume with its writer and never write (default false:\n"
       "                  hold the volume alone; a second holder gets EBUSY naming the first)\n"
       "config=FILE       cluster file (with volume=NAME): the rest comes from there\n"

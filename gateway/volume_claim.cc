@@ -236,29 +236,31 @@ Result<VolumeClaim> VolumeClaim::Acquire(std::span<const ClaimBrick> bricks, con
 Status VolumeClaim::reacquire(size_t index, const ClaimBrick& b) const {
   auto vaddr = label_vaddr(b.base);
   if (!vaddr) return vaddr.error();
-  if (!read_only_) PBRICK_TRY(take_lock(b, index, *vaddr));
-  auto bytes = read_label_block(*b.control, *vaddr);
-  Status st = Status::Ok();
-  if (!bytes) {
-    st = bytes.error().wrap(where(b, index) + ": read label");
-  } else {
+  const std::string vol = "volume " + format_uuid(label_.volume_uuid);
+  auto check = [&]() -> Status {
+    auto bytes = read_label_block(*b.control, *vaddr);
+    if (!bytes) return bytes.error().wrap(where(b, index) + ": read label");
     auto r = bytes->empty() ? Result<LabelRead>(LabelRead{}) : read_label_slots(*bytes);
-    const std::string vol = "volume " + format_uuid(label_.volume_uuid);
-    if (!r) {
-      st = r.error().wrap(where(b, index));
-    } else if (!r->label) {
-      st = Error(kErrWrongStore, where(b, index) + " no longer holds the label of " + vol);
-    } else if (!r->label->same_identity(label_) || r->label->index != index ||
-               r->label->generation != label_.generation) {
-      st = Error(kErrWrongStore, where(b, index) + " now holds another label (generation " +
-                                     std::to_string(r->label->generation) + ") than the one " + vol +
-                                     " was attached with (generation " + std::to_string(label_.generation) + ")");
-    } else if (!read_only_) {
-      auto holder = encode_holder(this_holder(label_.volume_uuid));
-      st = write_label_block(*b.control, *vaddr, kHolderOffset, holder).wrap_error(where(b, index));
+    if (!r) return r.error().wrap(where(b, index));
+    if (!r->label) return Error(kErrWrongStore, where(b, index) + " no longer holds the label of " + vol);
+    if (!r->label->same_identity(label_) || r->label->index != index || r->label->generation != label_.generation) {
+      return Error(kErrWrongStore, where(b, index) + " now holds another label (generation " +
+                                       std::to_string(r->label->generation) + ") than the one " + vol +
+                                       " was attached with (generation " + std::to_string(label_.generation) + ")");
     }
+    return Status::Ok();
+  };
+  // Checked before the lock is taken (which allocates nothing on a brick that
+  // holds the label), and again under it.
+  PBRICK_TRY(check());
+  if (read_only_) return Status::Ok();
+  PBRICK_TRY(take_lock(b, index, *vaddr));
+  Status st = check();
+  if (st) {
+    auto holder = encode_holder(this_holder(label_.volume_uuid));
+    st = write_label_block(*b.control, *vaddr, kHolderOffset, holder).wrap_error(where(b, index));
   }
-  if (!st && !read_only_) (void)b.control->unmap(lock_vaddr_of(*vaddr));
+  if (!st) (void)b.control->unmap(lock_vaddr_of(*vaddr));
   return st;
 }
 

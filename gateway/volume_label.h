@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "common/label_area.h"
 #include "common/protocol.h"
 #include "common/result.h"
 
@@ -37,15 +38,10 @@ using Uuid = std::array<uint8_t, proto::kUuidSize>;
 enum class VolumeLayout : uint32_t { kSingle = 0, kStripe = 1 };
 const char* volume_layout_name(VolumeLayout layout);
 
-// Data addresses of every volume must end at or below this; label areas live
-// above it (docs/layout.md).
-inline constexpr uint64_t kLabelAreaStart = 1ull << 63;
-// Largest base a labelled volume may have: its label area must fit below 2^64.
-inline constexpr uint64_t kMaxLabelledBase = (1ull << 62) - proto::kBlockSize;
 inline constexpr uint64_t kLabelSlotSize = 4096;
 inline constexpr uint64_t kHolderOffset = 2 * kLabelSlotSize;
 inline constexpr uint64_t kLabelReadSize = 3 * kLabelSlotSize;  // both slots + the holder record
-inline constexpr uint32_t kMaxLabelBricks = 64;
+inline constexpr uint32_t kMaxLabelBricks = kMaxVolumeBricks;
 inline constexpr size_t kMaxVolumeNameLength = 63;
 
 // Label flags.

@@ -10,6 +10,10 @@ Status VolumeSpec::complete_from_config(const std::string& path, const std::stri
   if (!cluster) return cluster.error();
   const VolumeConfig* v = cluster->find_volume(name);
   if (v == nullptr) return Error(ENOENT, "no volume named '" + name + "' in " + path);
+  if (v->all_bricks().size() != 1) {
+    return Error(EINVAL, "volume '" + name + "' of " + path + " spans " + std::to_string(v->all_bricks().size()) +
+                             " bricks (layout " + layout_name(v->layout) + "); this gateway serves one-brick volumes");
+  }
   const BrickConfig* b = cluster->find_brick(v->brick);
   if (!transport) transport = b->transport;
   if (!persistence) persistence = b->persistence;
