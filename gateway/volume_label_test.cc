@@ -410,11 +410,20 @@ TEST_F(VolumeClaimTest, WrongOrderAndReformattedBrickChangeNothing) {
     PBRICK_ASSERT_OK(a);
     PBRICK_ASSERT_OK(VolumeClaim::Acquire(a->claim, stripe(12 * kMiB)));
   }
+  // Every brick's extents and the crc of its label slots.
   auto before = [&] {
-    std::vector<std::vector<proto::Extent>> out;
+    std::vector<std::pair<std::vector<proto::Extent>, uint32_t>> out;
     for (auto& b : bricks_) {
       auto c = BrickClient::Connect(b->client());
-      out.push_back(c ? (*c)->list_all().value() : std::vector<proto::Extent>{});
+      EXPECT_TRUE(c.ok());
+      if (!c) return out;
+      uint32_t crc = 0;
+      if (auto m = (*c)->map(*label_vaddr(0), proto::kMapShared)) {
+        std::vector<uint8_t> bytes(2 * kLabelSlotSize);
+        EXPECT_TRUE((*c)->read(m->rkey, m->remote_addr, bytes).ok());
+        crc = crc32c(bytes.data(), bytes.size());
+      }
+      out.emplace_back((*c)->list_all().value(), crc);
     }
     return out;
   };
@@ -436,9 +445,11 @@ TEST_F(VolumeClaimTest, WrongOrderAndReformattedBrickChangeNothing) {
   EXPECT_NE(r.error().context().find("brick 2 (brick-2) serves store"), std::string::npos) << r.error().context();
   a->clients.clear();
   auto after = before();
+  ASSERT_EQ(after.size(), 3u);
+  EXPECT_NE(extents[0].second, 0u);
   EXPECT_EQ(after[0], extents[0]);
   EXPECT_EQ(after[1], extents[1]);
-  EXPECT_TRUE(after[2].empty());  // nothing allocated on the new store
+  EXPECT_TRUE(after[2].first.empty());  // nothing allocated on the new store
 }
 
 TEST_F(VolumeClaimTest, GrowUpdatesEveryBrickAndReacquireChecksTheLabel) {
