@@ -2,6 +2,7 @@
 // the cluster file, the frontends' flags and the volume.
 #pragma once
 
+#include <cstdint>
 #include <string_view>
 
 #include "common/result.h"
@@ -11,7 +12,9 @@ namespace pbrick {
 // kSingle: one brick holds every block of the volume.
 // kStripe: N bricks; block i lives on brick (i mod N) at the volume's base +
 //   (i div N) * 2 MiB of that brick.
-enum class Layout { kSingle, kStripe };
+// The values are the volume label's layout field (docs/layout.md): never
+// renumber them.
+enum class Layout : uint32_t { kSingle = 0, kStripe = 1 };
 
 const char* layout_name(Layout l);
 

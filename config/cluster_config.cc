@@ -18,6 +18,7 @@
 #include <string_view>
 #include <utility>
 
+#include "common/label_area.h"
 #include "common/unique_fd.h"
 #include "common/units.h"
 
@@ -807,6 +808,10 @@ class Validator {
     std::vector<std::string> bricks = v.brick_names();
     bool listed = positions_has(p + ".bricks") || bricks.size() > 1;
     if (!known(listed ? p + ".bricks" : p + ".brick")) return;
+    if (bricks.empty()) {
+      if (listed) error(p + ".bricks", "a volume needs at least one brick");
+      return;
+    }
     for (size_t j = 0; j < bricks.size(); j++) {
       std::string bp = listed ? index_path(p + ".bricks", j) : p + ".brick";
       if (bricks[j].empty()) continue;  // reported by the parser
@@ -816,6 +821,17 @@ class Validator {
       for (size_t k = 0; k < j; k++) {
         if (bricks[k] == bricks[j]) error(bp, "brick " + quote(bricks[j]) + " is named twice");
       }
+      const BrickConfig* b = c_.find_brick(bricks[j]);
+      const BrickConfig* first = c_.find_brick(bricks[0]);
+      if (b != nullptr && first != nullptr && b->transport != first->transport) {
+        error(bp, "brick " + quote(b->name) + " uses transport " + transport_name(b->transport) + ", brick " +
+                      quote(first->name) + " " + transport_name(first->transport) +
+                      ": the bricks of a volume share one transport");
+      }
+    }
+    if (bricks.size() > kMaxVolumeBricks) {
+      error(p + ".bricks", std::to_string(bricks.size()) + " bricks; a volume has at most " +
+                               std::to_string(kMaxVolumeBricks));
     }
     if (!known(p + ".layout")) return;
     if (v.layout == Layout::kSingle && bricks.size() > 1) {
@@ -852,24 +868,53 @@ class Validator {
     const VolumeConfig& v = c_.volumes[i];
     std::string p = index_path("volumes", i);
     return known(p + ".brick") && known(p + ".base") && known(p + ".size") && v.size != 0 &&
-           v.size <= UINT64_MAX - v.base && c_.find_brick(v.brick);
+           v.size <= UINT64_MAX - v.base && v.base % kBlockSize == 0 && !v.brick_names().empty();
   }
 
-  // Two volumes on one brick must not share any block: [base, base+size)
-  // ranges are half-open. Reported once, at the later volume's base.
+  // What volume i occupies on each of its bricks: data [base, base + share)
+  // with share = size (single) or ceil(blocks / N) blocks (stripe), and its
+  // label area of two blocks at kLabelAreaStart + 2 * base (docs/layout.md,
+  // "Volume label").
+  uint64_t share_of(const VolumeConfig& v) const {
+    uint64_t blocks = (v.size + kBlockSize - 1) / kBlockSize;
+    uint64_t n = v.brick_names().size();
+    return (blocks + n - 1) / n * kBlockSize;
+  }
+  static std::string range(uint64_t start, uint64_t end) {
+    return "[" + format_hex(start) + ", " + format_hex(end) + ")";
+  }
+
+  // Two volumes on one brick must not share any block, neither of data nor of
+  // their label areas: ranges are half-open. Data must stay below the label
+  // areas. Reported once, at the later volume's base.
   void check_overlaps() {
     for (size_t j = 0; j < c_.volumes.size(); j++) {
       if (!range_usable(j)) continue;
       const VolumeConfig& b = c_.volumes[j];
+      const std::string bpath = index_path("volumes", j) + ".base";
+      if (b.base > kMaxLabelledBase || share_of(b) > kLabelAreaStart - b.base) {
+        error(bpath, "data " + range(b.base, b.base + share_of(b)) + " on each brick must end at or below " +
+                         format_hex(kLabelAreaStart) + ", where label areas live (base at most " +
+                         format_hex(kMaxLabelledBase) + ")");
+        continue;
+      }
       for (size_t i = 0; i < j; i++) {
         if (!range_usable(i)) continue;
         const VolumeConfig& a = c_.volumes[i];
-        if (a.brick != b.brick) continue;
-        if (a.base < b.base + b.size && b.base < a.base + a.size) {
-          error(index_path("volumes", j) + ".base",
-                "range [" + format_hex(b.base) + ", " + format_hex(b.base + b.size) + ") overlaps volume " +
-                    quote(a.name) + " [" + format_hex(a.base) + ", " + format_hex(a.base + a.size) + ") on brick " +
-                    quote(b.brick));
+        if (a.base > kMaxLabelledBase || share_of(a) > kLabelAreaStart - a.base) continue;
+        const std::vector<std::string> a_bricks = a.brick_names();
+        for (const std::string& brick : b.brick_names()) {
+          if (std::find(a_bricks.begin(), a_bricks.end(), brick) == a_bricks.end()) continue;
+          uint64_t as = a.base, ae = a.base + share_of(a), bs = b.base, be = b.base + share_of(b);
+          uint64_t al = kLabelAreaStart + 2 * a.base, bl = kLabelAreaStart + 2 * b.base;
+          if (as < be && bs < ae) {
+            error(bpath, "range " + range(bs, be) + " overlaps volume " + quote(a.name) + " " + range(as, ae) +
+                             " on brick " + quote(brick));
+          } else if (al < bl + kLabelArea && bl < al + kLabelArea) {
+            error(bpath, "label area " + range(bl, bl + kLabelArea) + " overlaps that of volume " + quote(a.name) +
+                             " " + range(al, al + kLabelArea) + " on brick " + quote(brick));
+          }
+          break;  // one error per pair of volumes
         }
       }
     }
@@ -1002,7 +1047,8 @@ const GatewayConfig* ClusterConfig::find_gateway(const std::string& name) const 
 std::vector<const VolumeConfig*> ClusterConfig::volumes_on(const std::string& brick) const {
   std::vector<const VolumeConfig*> out;
   for (const VolumeConfig& v : volumes) {
-    if (v.brick == brick) out.push_back(&v);
+    const std::vector<std::string> all = v.brick_names();
+    if (std::find(all.begin(), all.end(), brick) != all.end()) out.push_back(&v);
   }
   return out;
 }

@@ -117,7 +117,7 @@ struct ClusterConfig {
   const BrickConfig* find_brick(const std::string& name) const;
   const VolumeConfig* find_volume(const std::string& name) const;
   const GatewayConfig* find_gateway(const std::string& name) const;
-  // Volumes stored on `brick`, in file order.
+  // Volumes stored on `brick` (as any of their bricks), in file order.
   std::vector<const VolumeConfig*> volumes_on(const std::string& brick) const;
 };
 

@@ -783,3 +783,45 @@ volumes:
 
 }  // namespace
 }  // namespace pbrick
+
+namespace pbrick {
+namespace {
+
+// A striped volume names its bricks in order; `brick:` volumes list their one
+// brick; volumes_on() finds a volume on each of its bricks.
+TEST(ClusterConfigTest, StripedVolumeListsItsBricksInOrder) {
+  ClusterConfig c;
+  auto errors = check(R"(cluster: {name: demo}
+bricks:
+  - {name: b0, host: 127.0.0.1, port: 7100, store: {path: /srv/b0.store, size: 1G}}
+  - {name: b1, host: 127.0.0.1, port: 7101, store: {path: /srv/b1.store, size: 1G}}
+volumes:
+  - {name: s0, size: 3G, bricks: [b1, b0], layout: stripe, base: 0}
+  - {name: v1, size: 2M, brick: b0, base: 0x60000000}
+gateways: []
+)",
+                      &c);
+  ASSERT_TRUE(errors.empty()) << dump(errors);
+  ASSERT_EQ(c.volumes.size(), 2u);
+  EXPECT_EQ(c.volumes[0].bricks, (std::vector<std::string>{"b1", "b0"}));
+  EXPECT_EQ(c.volumes[0].brick, "b1");
+  EXPECT_EQ(c.volumes[0].layout, Layout::kStripe);
+  EXPECT_EQ(c.volumes[1].bricks, (std::vector<std::string>{"b0"}));
+  EXPECT_EQ(c.volumes[1].layout, Layout::kSingle);
+  EXPECT_EQ(c.volumes_on("b0").size(), 2u);
+  EXPECT_EQ(c.volumes_on("b1").size(), 1u);
+  // s0's share of each brick is [0, 1.5G): a volume at 1G on b0 overlaps it.
+  expect_one(R"(cluster: {name: demo}
+bricks:
+  - {name: b0, host: 127.0.0.1, port: 7100, store: {path: /srv/b0.store, size: 1G}}
+  - {name: b1, host: 127.0.0.1, port: 7101, store: {path: /srv/b1.store, size: 1G}}
+volumes:
+  - {name: s0, size: 3G, bricks: [b1, b0], layout: stripe, base: 0}
+  - {name: v1, size: 2M, brick: b0, base: 0x40000000}
+gateways: []
+)",
+             7, 43, "volumes[1].base: range [0x40000000, 0x40200000) overlaps volume 's0' [0x0, 0x60000000) on brick 'b0'");
+}
+
+}  // namespace
+}  // namespace pbrick

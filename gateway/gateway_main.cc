@@ -66,6 +66,11 @@ constexpr const char* kUsage =
     "                          brick persists on request); default sync-read over tcp,\n"
     "                          rpc over rdma (docs/persistence.md)\n"
     "  --config FILE --volume NAME   take the above from the cluster file (flags win)\n"
+    "  --name NAME             the volume's name, kept in its label on first attach and\n"
+    "                          checked on every later one (default: --volume's)\n"
+    "  --read-only             share the volume with its writer, never write; without it\n"
+    "                          the attach holds the volume alone (EBUSY naming the holder\n"
+    "                          when another attach has it)\n"
     "  -q, --queues N          hardware queues, one pinned thread each (default 1)\n"
     "  -d, --depth N           queue depth (default 64)\n"
     "  --logical-block-size B  512 or 4096 (default 4096)\n"
@@ -109,6 +114,7 @@ Status save_conf(uint32_t id, const AttachParams& p) {
   for (const std::string& k : p.brick_key_files) keys += (keys.empty() ? "" : ",") + k;
   if (!keys.empty()) std::fprintf(f, "brick_key_files=%s\n", keys.c_str());
   if (p.persistence) std::fprintf(f, "persistence=%s\n", persistence_name(*p.persistence));
+  std::fprintf(f, "name=%s\nread_only=%d\n", p.label_name.c_str(), p.read_only ? 1 : 0);
   if (std::fclose(f) != 0 || std::rename(tmp.c_str(), path.c_str()) != 0) return errno_error("writing " + path);
   return Status::Ok();
 }
@@ -150,6 +156,8 @@ Result<AttachParams> load_conf(uint32_t id) {
   p.logical_block_size = static_cast<uint32_t>(*lbs);
   p.timeout_ms = static_cast<uint32_t>(*to);
   p.key_file = kv["key_file"];
+  p.label_name = kv["name"];
+  p.read_only = kv["read_only"] == "1";
   if (kv.count("transport") != 0) {
     auto t = parse_transport(kv["transport"], path + ": transport");
     if (!t) return t.error();
@@ -269,7 +277,9 @@ int attach_main(int argc, char** argv) {
     kLogLevel,
     kTransport,
     kPersistence,
-    kLayout
+    kLayout,
+    kReadOnly,
+    kName
   };
   static const option kOptions[] = {
       {"target", required_argument, nullptr, kTarget},
@@ -286,6 +296,8 @@ int attach_main(int argc, char** argv) {
       {"transport", required_argument, nullptr, kTransport},
       {"persistence", required_argument, nullptr, kPersistence},
       {"layout", required_argument, nullptr, kLayout},
+      {"read-only", no_argument, nullptr, kReadOnly},
+      {"name", required_argument, nullptr, kName},
       {"help", no_argument, nullptr, 'h'},
       {nullptr, 0, nullptr, 0},
   };
@@ -332,6 +344,8 @@ int attach_main(int argc, char** argv) {
         p.persistence = *r;
         break;
       }
+      case kReadOnly: p.read_only = true; break;
+      case kName: p.label_name = optarg; break;
       case kConfig: config_file = optarg; break;
       case kVolume: volume_name = optarg; break;
       case 'q':
@@ -412,7 +426,7 @@ int attach_main(int argc, char** argv) {
   ublk_params params{};
   params.types = UBLK_PARAM_TYPE_BASIC | UBLK_PARAM_TYPE_DISCARD;
   uint8_t shift = p.logical_block_size == 512 ? 9 : 12;
-  params.basic.attrs = UBLK_ATTR_VOLATILE_CACHE | UBLK_ATTR_FUA;
+  params.basic.attrs = UBLK_ATTR_VOLATILE_CACHE | UBLK_ATTR_FUA | (p.read_only ? UBLK_ATTR_READ_ONLY : 0);
   params.basic.logical_bs_shift = shift;
   params.basic.physical_bs_shift = 12;
   params.basic.io_min_shift = shift;

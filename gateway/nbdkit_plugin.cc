@@ -4,6 +4,7 @@
 //   nbdkit .../nbdkit-pbrick-plugin.so target=HOST:PORT[,HOST:PORT...] size=SIZE
 //          [layout=single|stripe] [base=ADDR] [key-file=FILE] [queues=N] [depth=N]
 //          [timeout=MS] [transport=tcp|rdma] [persistence=sync-read|rpc]
+//          [name=NAME] [read-only=true]
 //   nbdkit .../nbdkit-pbrick-plugin.so config=FILE volume=NAME [...]
 //
 // With config=, the volume's size, base, queues and depth and its brick's
@@ -118,6 +119,12 @@ int pbrick_config(const char* key, const char* value) {
     uint32_t v;
     if (config_u32(key, value, 1, 4096, &v) != 0) return -1;
     g_config.depth = v;
+  } else if (k == "name") {
+    g_config.label_name = value;
+  } else if (k == "read-only") {
+    int b = nbdkit_parse_bool(value);
+    if (b == -1) return -1;
+    g_config.read_only = b == 1;
   } else if (k == "config") {
     g_config.config_file = value;
   } else if (k == "volume") {
@@ -180,7 +187,7 @@ void* pbrick_open(int /*readonly*/) {
 }
 
 int64_t pbrick_get_size(void*) { return static_cast<int64_t>(g_engine->size()); }
-int pbrick_can_write(void*) { return 1; }
+int pbrick_can_write(void*) { return g_config.read_only ? 0 : 1; }
 int pbrick_can_flush(void*) { return 1; }
 int pbrick_can_trim(void*) { return 1; }
 int pbrick_can_zero(void*) { return 1; }
@@ -261,6 +268,9 @@ nbdkit_plugin make_plugin() {
       "queues=N          connections to the brick (default 2)\n"
       "depth=N           requests in flight per connection (default 128)\n"
       "timeout=MS        how long I/O waits for a brick that went away (default 30000)\n"
+      "name=NAME         the volume's name, kept in its label (default: volume=)\n"
+      "read-only=BOOL    share the volume with its writer and never write (default false:\n"
+      "                  hold the volume alone; a second holder gets EBUSY naming the first)\n"
       "config=FILE       cluster file (with volume=NAME): the rest comes from there\n"
       "volume=NAME       the volume of config= to serve";
   p.magic_config_key = nullptr;

@@ -88,6 +88,16 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeOptions& options) {
   }
   for (uint32_t b = 0; b < volume->brick_count(); b++) volume->options_.bricks[b] = volume->bricks_[b]->options;
   volume->options_.brick = volume->bricks_[0]->options;
+  // Every brick is connected and its store known: check the volume's labels
+  // as a set and take the one-writer lock (volume_claim.h). Nothing is written
+  // on any brick unless every brick passed.
+  std::vector<ClaimBrick> claim_bricks;
+  for (uint32_t b = 0; b < volume->brick_count(); b++) {
+    claim_bricks.push_back({volume->bricks_[b]->control.get(), volume->brick_name(b), options.base});
+  }
+  auto claim = VolumeClaim::Acquire(claim_bricks, {options.name, options.layout, options.size, options.read_only});
+  if (!claim) return claim.error().wrap("volume open");
+  volume->claim_ = std::move(*claim);
   return volume;
 }
 
@@ -132,6 +142,11 @@ Status Volume::connect_control(uint32_t b) {
   if (!client) {
     note_connect(b, client.error());
     return client.error();
+  }
+  if (claim_) {
+    Status st = claim_->reacquire(b, ClaimBrick{client->get(), brick_name(b), options_.base});
+    note_connect(b, st);
+    if (!st) return st;
   }
   brick.control = std::move(*client);
   note_connect(b, Status::Ok());
@@ -240,12 +255,13 @@ Result<BlockHandle> Volume::map_block(uint64_t index, bool for_write) {
   if (auto h = cached(index)) return *h;
   uint64_t vaddr = block_vaddr(index);
   if (!for_write && !allocated(index)) return Error(ENOENT, "block " + format_hex(vaddr) + " not allocated");
+  if (for_write && options_.read_only) return Error(EROFS, "volume attached read-only");
   auto mapped = with_control(b, [&](BrickClient& c) -> Result<proto::MapReply> {
     if (for_write && !allocated(index)) {
       Status st = c.alloc(vaddr);
       if (!st && st.error().errnum() != EEXIST) return st.error();
     }
-    return c.map(vaddr, proto::kMapWrite | proto::kMapShared);
+    return c.map(vaddr, options_.read_only ? proto::kMapShared : proto::kMapWrite | proto::kMapShared);
   });
   if (!mapped) {
     if (mapped.error().errnum() == ENOENT) set_allocated(index, false);
@@ -261,6 +277,7 @@ Result<BlockHandle> Volume::map_block(uint64_t index, bool for_write) {
 Status Volume::discard_block(uint64_t index) {
   uint32_t b = brick_of(index);
   std::lock_guard lock(bricks_[b]->control_mu);
+  if (options_.read_only) return Error(EROFS, "volume attached read-only");
   if (!allocated(index)) return Status::Ok();
   uint64_t vaddr = block_vaddr(index);
   bool was_mapped = cached(index).has_value();

@@ -42,6 +42,8 @@
 #include "common/client.h"
 #include "common/layout.h"
 #include "common/result.h"
+#include "gateway/volume_claim.h"
+#include "gateway/volume_claim.h"
 
 namespace pbrick {
 
@@ -57,6 +59,11 @@ struct VolumeOptions {
   Layout layout = Layout::kSingle;
   // The bricks in layout order (stripe: at least two); empty means `brick`.
   std::vector<ClientOptions> bricks = {};
+  // The volume's name in its label (gateway/volume_label.h); empty: unnamed.
+  std::string name{};
+  // Read-only attaches map blocks read-only and share the volume with its
+  // writer; read-write attaches hold it exclusively (gateway/volume_claim.h).
+  bool read_only = false;
 };
 
 class DataChannel;
@@ -73,7 +80,9 @@ class Volume {
  public:
   // Opens every brick (open_brick): connects its control path, records its
   // store (unless its store_uuid names it already: then a brick serving
-  // another store is refused) and learns which blocks are allocated (LIST).
+  // another store is refused) and learns which blocks are allocated (LIST);
+  // then checks and claims the volume's labels on all of them (VolumeClaim:
+  // EBUSY naming the holder when another writer has the volume).
   // EINVAL for a size that is zero or not a multiple of 4096, a base that is
   // not 2 MiB aligned, a range that wraps the 64-bit address space, or a brick
   // count that does not fit the layout.
@@ -151,6 +160,9 @@ class Volume {
   VolumeOptions options_;
   uint64_t block_count_ = 0;
   std::vector<std::unique_ptr<Brick>> bricks_;
+  // Set by Open once every brick's label passed; retaken on every reconnect
+  // of a brick's control connection (connect_control).
+  std::optional<VolumeClaim> claim_;
 
   mutable std::shared_mutex handles_mu_;
   std::vector<BlockHandle> handles_;             // by volume block index

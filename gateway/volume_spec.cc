@@ -42,6 +42,7 @@ Status VolumeSpec::complete_from_config(const std::string& path, const std::stri
     for (const BrickConfig* b : bricks) targets.push_back(Endpoint{b->host, static_cast<uint16_t>(b->port)});
   }
   if (!layout) layout = v->layout;
+  if (label_name.empty()) label_name = v->name;
   if (size == 0) size = v->size;
   if (!base) base = v->base;
   if (!queues) queues = v->queues;
@@ -85,6 +86,8 @@ Result<VolumeOptions> VolumeSpec::volume_options() const {
   vo.base = base.value_or(0);
   vo.io_timeout_ms = timeout_ms;
   vo.layout = layout.value_or(Layout::kSingle);
+  vo.name = label_name;
+  vo.read_only = read_only;
   for (size_t i = 0; i < targets.size(); i++) {
     ClientOptions o = common;
     o.endpoint = targets[i];

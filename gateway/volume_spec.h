@@ -30,6 +30,8 @@ struct VolumeSpec {
   uint32_t timeout_ms = 30000;
   std::optional<Transport> transport;      // default tcp
   std::optional<Persistence> persistence;  // default: sync-read over tcp, rpc over rdma
+  std::string label_name;  // the volume's name in its label; from the cluster file
+  bool read_only = false;  // share the volume with its writer; never write
 
   // Appends the bricks of `list`, "HOST:PORT[,HOST:PORT...]". EINVAL naming
   // `what` (the flag or parameter).

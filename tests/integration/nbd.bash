@@ -90,8 +90,14 @@ assert_qio_ok() {
   refute_output --regexp '(failed|error|Error)'
 }
 
-# brick_list: the brick's extents as [[start, blocks], ...] (compact JSON).
-brick_list() { ctl --json list | jq -c '[.extents[] | [.start, .blocks]]'; }
+# The brick's data extents: a volume keeps its label area (two blocks at
+# 0x8000000000000000 + 2 * base, docs/layout.md "Volume label") above every
+# data address; label.bats checks that area, these helpers leave it out.
+DATA_EXTENTS='[.extents[] | select(.start | test("^0x([0-9a-f]{1,15}|[0-7][0-9a-f]{15})$"))]'
+# brick_list: the brick's data extents as [[start, blocks], ...] (compact JSON).
+brick_list() { ctl --json list | jq -c "$DATA_EXTENTS | map([.start, .blocks])"; }
+# data_blocks: how many data blocks the brick holds.
+data_blocks() { ctl --json list | jq "$DATA_EXTENTS | map(.blocks) | add // 0"; }
 
 # restart_brick NAME [start_brick args...]: starts brick NAME again on its
 # store and on the port it had (BRICK_PORT), so clients reconnect to it.

@@ -31,7 +31,7 @@ teardown() {
   assert_equal "$(jq .is_read_only <<<"$export_json")" false
   assert_equal "$(jq .block_size_maximum <<<"$export_json")" $((16 * 1024 * 1024))
   # Connecting and reading never-written space allocated nothing.
-  assert_equal "$(ctl --json list | jq .allocated_blocks)" 0
+  assert_equal "$(data_blocks)" 0
 }
 
 @test "nbdcopy: 256 MiB of random data in and back out, 128 blocks allocated from 0x0" {
@@ -40,10 +40,8 @@ teardown() {
   head -c $((256 * 1024 * 1024)) /dev/urandom >"$BATS_TEST_TMPDIR/in"
   run nbdcopy --flush "$BATS_TEST_TMPDIR/in" "$NBD_URI"
   assert_success
-  run ctl --json list
-  assert_success
-  assert_equal "$(jq .allocated_blocks <<<"$output")" 128
-  assert_equal "$(jq -c '[.extents[] | [.start, .blocks]]' <<<"$output")" '[["0x0",128]]'
+  assert_equal "$(data_blocks)" 128
+  assert_equal "$(brick_list)" '[["0x0",128]]'
   # The whole export back, over 4 new connections: the data, then zeros.
   run nbdcopy -C 4 "$NBD_URI" "$BATS_TEST_TMPDIR/out"
   assert_success
@@ -75,7 +73,7 @@ teardown() {
   run qemu-img compare -f raw -F raw "$BATS_TEST_TMPDIR/other.img" "$NBD_URI"
   assert_failure 1
   assert_output --partial 'Content mismatch at offset 34603008'
-  assert_equal "$(ctl --json list | jq -c '[.extents[] | [.start, .blocks]]')" '[["0x0",32]]'
+  assert_equal "$(brick_list)" '[["0x0",32]]'
 }
 
 @test "qemu-io: patterns at unaligned offsets and across blocks; discard and write -z read back as zeros" {
@@ -192,10 +190,8 @@ fio_verify() {
   start_nbd
   run qio "write -P 0x11 0 $M2" "write -P 0x22 10M 64k" "write -P 0x33 800M 4k" flush
   assert_qio_ok
-  run ctl --json list
-  assert_equal "$(jq .allocated_blocks <<<"$output")" 3
-  assert_equal "$(jq -c '[.extents[] | [.start, .blocks]]' <<<"$output")" \
-    '[["0x0",1],["0xa00000",1],["0x32000000",1]]'
+  assert_equal "$(data_blocks)" 3
+  assert_equal "$(brick_list)" '[["0x0",1],["0xa00000",1],["0x32000000",1]]'
   # Reading never-written space, and zeroing it, allocates nothing.
   run qio "read -P 0 $M2 8M" "read -P 0 512M $M2" "write -z 100M 4M" "write -z $((200 * 1024 * 1024 + 4096)) 8k" \
     "discard 300M 4k" "read -P 0 100M 4M" "read -P 0 200M $M2"
@@ -204,9 +200,8 @@ fio_verify() {
   # Discard of one whole block frees it; it reads as zeros; the others stay.
   run qio "discard 10M $M2" "read -P 0 10M $M2" "read -P 0x11 0 $M2" "read -P 0x33 800M 4k"
   assert_qio_ok
-  run ctl --json list
-  assert_equal "$(jq .allocated_blocks <<<"$output")" 2
-  assert_equal "$(jq -c '[.extents[] | [.start, .blocks]]' <<<"$output")" '[["0x0",1],["0x32000000",1]]'
+  assert_equal "$(data_blocks)" 2
+  assert_equal "$(brick_list)" '[["0x0",1],["0x32000000",1]]'
   # Writing there again allocates it again, with only the new data.
   run qio "write -P 0x44 $((10 * 1024 * 1024 + 512)) 512" "read -P 0 10M 512" \
     "read -P 0x44 $((10 * 1024 * 1024 + 512)) 512" "read -P 0 $((10 * 1024 * 1024 + 1024)) $((M2 - 1024))"
@@ -309,7 +304,7 @@ fio_verify() {
   fpid=$!
   # Once fio is writing, stop the brick for 2 s.
   for _ in $(seq 1 200); do
-    [ "$(ctl --json list | jq .allocated_blocks)" -ge 4 ] && break
+    [ "$(data_blocks)" -ge 4 ] && break
     sleep 0.02
   done
   stop_brick TERM
@@ -398,7 +393,7 @@ fio_verify() {
   run qio "write -P 0x3c 1M 2M" "read -P 0x3c 1M 2M" flush
   assert_qio_ok
   run ctl --key-file "$BATS_TEST_TMPDIR/key" --json list
-  assert_equal "$(jq -c '[.extents[] | [.start, .blocks]]' <<<"$output")" '[["0x0",2]]'
+  assert_equal "$(jq -c "$DATA_EXTENTS | map([.start, .blocks])" <<<"$output")" '[["0x0",2]]'
   stop_nbd
   # Without a key: nbdkit does not start, and its log names the reason.
   run start_nbd --name nokey

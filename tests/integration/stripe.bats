@@ -30,9 +30,10 @@ start_bricks() {
   done
 }
 
-# list_of TARGET: that brick's extents as [[start, blocks], ...].
+# list_of TARGET: that brick's data extents as [[start, blocks], ...] (the
+# volume's label area is left out: DATA_EXTENTS, nbd.bash).
 list_of() {
-  "$CTL_BIN" --target "$1" --transport "$PBRICK_TRANSPORT" --json list | jq -c '[.extents[] | [.start, .blocks]]'
+  "$CTL_BIN" --target "$1" --transport "$PBRICK_TRANSPORT" --json list | jq -c "$DATA_EXTENTS | map([.start, .blocks])"
 }
 
 @test "stripe over 3 bricks: 96 MiB (more than any one brick holds) written and verified by fio; each brick holds its third" {

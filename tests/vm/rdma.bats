@@ -111,8 +111,7 @@ seconds() { awk -v t="$1" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t /
   # threads; a tick or two of the brick's 1 s timer is all it may spend.
   (((c2 - c1) * 100 < 20 * $(getconf CLK_TCK)))
   # Every block was allocated and mapped once, by the control path.
-  run ctl --json stat
-  assert_equal "$(jq .allocated_blocks <<<"$output")" 512
+  assert_equal "$(data_blocks)" 512
 }
 
 @test "rdma: the nbdkit plugin over RDMA round-trips data through its bounce buffers" {

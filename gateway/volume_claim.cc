@@ -1,0 +1,267 @@
+#include "gateway/volume_claim.h"
+
+#include <errno.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <ctime>
+#include <thread>
+#include <vector>
+
+#include "common/auth.h"
+#include "common/log.h"
+#include "common/units.h"
+
+namespace pbrick {
+
+namespace {
+
+// How long an exclusive MAP that meets EBUSY is retried: a holder that was
+// just killed is dropped once the brick has processed its connection's close.
+constexpr auto kLockRetryFor = std::chrono::milliseconds(1500);
+
+std::string where(const ClaimBrick& b, size_t index) {
+  return "brick " + std::to_string(index) + " (" + b.endpoint + ")";
+}
+
+uint64_t unix_now() { return static_cast<uint64_t>(std::time(nullptr)); }
+
+// Maps the label block shared (read-only or read-write), runs fn(handle), unmaps.
+template <typename Fn>
+Status with_label_block(BrickClient& c, uint64_t vaddr, bool write, Fn&& fn) {
+  auto m = c.map(vaddr, proto::kMapShared | (write ? proto::kMapWrite : 0));
+  if (!m) return m.error();
+  Status st = fn(*m);
+  Status un = c.unmap(vaddr);
+  if (!st) return st;
+  return un;
+}
+
+// The label block's bytes (both slots and the holder record), or an empty
+// vector when the block is not allocated (no label).
+Result<std::vector<uint8_t>> read_label_block(BrickClient& c, uint64_t vaddr) {
+  std::vector<uint8_t> bytes(kLabelReadSize);
+  Status st = with_label_block(c, vaddr, false, [&](const proto::MapReply& m) {
+    return c.read(m.rkey, m.remote_addr, bytes);
+  });
+  if (!st) {
+    if (st.error().errnum() == ENOENT) return std::vector<uint8_t>{};
+    return st.error();
+  }
+  return bytes;
+}
+
+// Writes `data` at `offset` of the label block (allocating it on first use)
+// and returns once the brick has made it durable: PERSIST where granted, else
+// a READ on the same connection (sync-read, docs/persistence.md), which also
+// proves the bytes arrived.
+Status write_label_block(BrickClient& c, uint64_t vaddr, uint64_t offset, std::span<const uint8_t> data) {
+  Status st = c.alloc(vaddr);
+  if (!st && st.error().errnum() != EEXIST) return st;
+  return with_label_block(c, vaddr, true, [&](const proto::MapReply& m) -> Status {
+    PBRICK_TRY(c.write(m.rkey, m.remote_addr + offset, data));
+    const uint64_t features = c.hello().features;
+    if (features & proto::kFeaturePersistRpc) {
+      proto::PersistRange r{m.rkey, m.remote_addr + offset, data.size()};
+      return c.persist({&r, 1});
+    }
+    if (features & proto::kFeatureSyncRead) {
+      std::vector<uint8_t> back(data.size());
+      PBRICK_TRY(c.read(m.rkey, m.remote_addr + offset, back));
+      if (!std::equal(back.begin(), back.end(), data.begin())) {
+        return Error(EIO, "label write at " + format_hex(vaddr) + " did not read back");
+      }
+      return Status::Ok();
+    }
+    return Error(EOPNOTSUPP, "the brick granted neither PERSIST nor sync-read: a label cannot be made durable");
+  });
+}
+
+Status write_label(BrickClient& c, uint64_t vaddr, const VolumeLabel& l) {
+  auto bytes = encode_label(l);
+  return write_label_block(c, vaddr, (l.generation % 2) * kLabelSlotSize, bytes);
+}
+
+HolderRecord this_holder(const Uuid& volume) {
+  HolderRecord h;
+  h.volume_uuid = volume;
+  h.pid = static_cast<uint64_t>(getpid());
+  h.since = unix_now();
+  char host[256] = {};
+  if (gethostname(host, sizeof host - 1) == 0) h.host = host;
+  h.program = program_invocation_short_name;
+  auto clip = [](std::string& s, size_t n) {
+    if (s.size() > n) s.resize(n);
+    for (char& ch : s) {
+      if (ch < 0x20 || ch >= 0x7f) ch = '?';
+    }
+  };
+  clip(h.host, 63);
+  clip(h.program, 31);
+  return h;
+}
+
+// Maps the lock block exclusively; the mapping lives as long as the connection.
+Status take_lock(const ClaimBrick& b, size_t index, uint64_t label) {
+  BrickClient& c = *b.control;
+  const uint64_t lock = lock_vaddr_of(label);
+  Status st = c.alloc(lock);
+  if (!st && st.error().errnum() != EEXIST) return st.error().wrap(where(b, index) + ": lock");
+  auto deadline = std::chrono::steady_clock::now() + kLockRetryFor;
+  for (;;) {
+    auto m = c.map(lock, 0);  // read-only, exclusive
+    if (m) return Status::Ok();
+    if (m.error().errnum() != EBUSY) return m.error().wrap(where(b, index) + ": lock");
+    if (std::chrono::steady_clock::now() >= deadline) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  std::string holder = "an attachment that has not recorded itself yet";
+  auto bytes = read_label_block(c, label);
+  if (bytes && bytes->size() == kLabelReadSize) {
+    auto h = decode_holder(std::span<const uint8_t>(*bytes).subspan(kHolderOffset, kLabelSlotSize));
+    if (h) holder = h->to_string();
+  }
+  return Error(EBUSY, "volume at " + format_hex(b.base) + " on " + where(b, index) + " is held by " + holder);
+}
+
+Result<std::vector<BrickSeen>> read_all(std::span<const ClaimBrick> bricks) {
+  std::vector<BrickSeen> seen;
+  for (size_t i = 0; i < bricks.size(); i++) {
+    const ClaimBrick& b = bricks[i];
+    auto vaddr = label_vaddr(b.base);
+    if (!vaddr) return vaddr.error().wrap(where(b, i));
+    BrickSeen s;
+    s.endpoint = b.endpoint;
+    s.store = b.control->hello().brick_uuid;
+    s.base = b.base;
+    auto bytes = read_label_block(*b.control, *vaddr);
+    if (!bytes) return bytes.error().wrap(where(b, i) + ": read label");
+    if (!bytes->empty()) {
+      auto r = read_label_slots(*bytes);
+      if (!r) return r.error().wrap(where(b, i));
+      s.read = std::move(*r);
+    }
+    seen.push_back(std::move(s));
+  }
+  return seen;
+}
+
+Result<LabelPlan> check_all(std::span<const ClaimBrick> bricks, const LabelRequest& request, const Uuid& fresh) {
+  auto seen = read_all(bricks);
+  if (!seen) return seen.error();
+  return plan_labels(*seen, request, unix_now(), fresh);
+}
+
+}  // namespace
+
+Result<VolumeClaim> VolumeClaim::Acquire(std::span<const ClaimBrick> bricks, const LabelRequest& request) {
+  // Data blocks must stay below the label areas (volume_label.h).
+  const uint64_t blocks = (request.size + proto::kBlockSize - 1) / proto::kBlockSize;
+  for (size_t i = 0; i < bricks.size(); i++) {
+    uint64_t per_brick = (blocks + bricks.size() - 1) / bricks.size();
+    if (bricks[i].base > kMaxLabelledBase || per_brick > (kLabelAreaStart - bricks[i].base) / proto::kBlockSize) {
+      return Error(EINVAL, where(bricks[i], i) + ": volume of " + format_size(request.size) + " at " +
+                               format_hex(bricks[i].base) + " reaches " + format_hex(kLabelAreaStart) +
+                               ", where label areas live");
+    }
+  }
+  Uuid fresh{};
+  PBRICK_TRY(random_bytes(fresh.data(), fresh.size()));
+  fresh[6] = static_cast<uint8_t>((fresh[6] & 0x0f) | 0x40);  // RFC 4122 version 4
+  fresh[8] = static_cast<uint8_t>((fresh[8] & 0x3f) | 0x80);
+  // Check first, touching nothing, so a refused attach changes no brick.
+  auto plan = check_all(bricks, request, fresh);
+  if (!plan) return plan.error();
+  if (request.read_only) return VolumeClaim(plan->target, true);
+
+  size_t locked = 0;
+  auto release = [&] {
+    for (size_t i = 0; i < locked; i++) {
+      (void)bricks[i].control->unmap(lock_vaddr_of(*label_vaddr(bricks[i].base)));
+    }
+  };
+  for (; locked < bricks.size(); locked++) {
+    Status st = take_lock(bricks[locked], locked, *label_vaddr(bricks[locked].base));
+    if (!st) {
+      release();
+      return st.error();
+    }
+  }
+  // Under the lock: nobody else writes the labels now; read them again (an
+  // attach that held the volume a moment ago may have changed them).
+  plan = check_all(bricks, request, fresh);
+  if (!plan) {
+    release();
+    return plan.error();
+  }
+  auto fail = [&](size_t i, const Error& e) -> Error {
+    release();
+    return e.wrap(where(bricks[i], i) + ": write label");
+  };
+  HolderRecord holder = this_holder(plan->target.volume_uuid);
+  auto holder_bytes = encode_holder(holder);
+  for (size_t i = 0; i < bricks.size(); i++) {
+    Status st = write_label_block(*bricks[i].control, *label_vaddr(bricks[i].base), kHolderOffset, holder_bytes);
+    if (!st) return fail(i, st.error());
+  }
+  VolumeLabel l = plan->target;
+  if (plan->action == LabelPlan::Action::kCreate) {
+    // Phase 1: every brick durably holds the uncommitted label before any
+    // brick commits: a set without a committed label is no volume.
+    VolumeLabel prepared = l;
+    prepared.flags = 0;
+    prepared.generation = l.generation - 1;
+    for (size_t i = 0; i < bricks.size(); i++) {
+      prepared.index = static_cast<uint32_t>(i);
+      Status st = write_label(*bricks[i].control, *label_vaddr(bricks[i].base), prepared);
+      if (!st) return fail(i, st.error());
+    }
+    PBRICK_LOG_INFO("volume %s: labelled %zu brick(s), %s", format_uuid(l.volume_uuid).c_str(), bricks.size(),
+                    format_size(l.size).c_str());
+  }
+  if (plan->action != LabelPlan::Action::kNone) {
+    // Phase 2 (or an update): commit, brick by brick. An interruption leaves
+    // committed labels of two generations with one identity, which the next
+    // read-write attach finishes (plan_labels).
+    for (size_t i = 0; i < bricks.size(); i++) {
+      l.index = static_cast<uint32_t>(i);
+      Status st = write_label(*bricks[i].control, *label_vaddr(bricks[i].base), l);
+      if (!st) return fail(i, st.error());
+    }
+  }
+  l.index = 0;
+  return VolumeClaim(std::move(l), false);
+}
+
+Status VolumeClaim::reacquire(size_t index, const ClaimBrick& b) const {
+  auto vaddr = label_vaddr(b.base);
+  if (!vaddr) return vaddr.error();
+  const std::string vol = "volume " + format_uuid(label_.volume_uuid);
+  auto check = [&]() -> Status {
+    auto bytes = read_label_block(*b.control, *vaddr);
+    if (!bytes) return bytes.error().wrap(where(b, index) + ": read label");
+    auto r = bytes->empty() ? Result<LabelRead>(LabelRead{}) : read_label_slots(*bytes);
+    if (!r) return r.error().wrap(where(b, index));
+    if (!r->label) return Error(kErrWrongStore, where(b, index) + " no longer holds the label of " + vol);
+    if (!r->label->same_identity(label_) || r->label->index != index || r->label->generation != label_.generation) {
+      return Error(kErrWrongStore, where(b, index) + " now holds another label (generation " +
+                                       std::to_string(r->label->generation) + ") than the one " + vol +
+                                       " was attached with (generation " + std::to_string(label_.generation) + ")");
+    }
+    return Status::Ok();
+  };
+  // Checked before the lock is taken (which allocates nothing on a brick that
+  // holds the label), and again under it.
+  PBRICK_TRY(check());
+  if (read_only_) return Status::Ok();
+  PBRICK_TRY(take_lock(b, index, *vaddr));
+  Status st = check();
+  if (st) {
+    auto holder = encode_holder(this_holder(label_.volume_uuid));
+    st = write_label_block(*b.control, *vaddr, kHolderOffset, holder).wrap_error(where(b, index));
+  }
+  if (!st) (void)b.control->unmap(lock_vaddr_of(*vaddr));
+  return st;
+}
+
+}  // namespace pbrick

@@ -1,0 +1,63 @@
+// Attaching a volume: its label on every brick (gateway/volume_label.h) is read
+// and checked, the one-writer lock is taken, and the labels are written when
+// the attach creates or grows the volume. The brick side of it, over each
+// brick's control connection; the checks themselves are plan_labels().
+//
+// One writer per volume: a read-write attach maps each brick's lock block
+// exclusively (MAP without kMapShared) on that brick's control connection, and
+// keeps the mapping as long as the connection lives. The brick refuses every
+// other mapping of the block with EBUSY and drops the mapping when the
+// connection dies, so a killed holder frees the volume by itself. The holder
+// records who it is in the label block (shared-mappable), so a refused
+// attacher names it. Read-only attaches check the labels but take no lock.
+//
+// Order of writes (docs/layout.md, "Volume label"): nothing is written before
+// every brick's label was read and the whole set checked, so a refused attach
+// changes no brick; a first attach writes an uncommitted label on every brick,
+// durably, before it commits any, so a half-written set is never a volume.
+//
+// Not thread-safe: the caller serialises it with the control connections it
+// borrows (Volume does it under its control mutex).
+#pragma once
+
+#include <span>
+#include <string>
+
+#include "common/client.h"
+#include "common/result.h"
+#include "gateway/volume_label.h"
+
+namespace pbrick {
+
+struct ClaimBrick {
+  BrickClient* control = nullptr;  // connected; borrowed for the call
+  std::string endpoint;            // for messages
+  uint64_t base = 0;               // the volume's base on this brick
+};
+
+class VolumeClaim {
+ public:
+  // Reads and checks every brick's label, then (read-write) takes every
+  // brick's lock in brick order and writes what the plan says. EBUSY naming
+  // the holder when another attachment holds the volume; the errors of
+  // plan_labels() for a brick that does not belong. Nothing is written on any
+  // brick unless every check passed; a lock taken before a failure is released.
+  static Result<VolumeClaim> Acquire(std::span<const ClaimBrick> bricks, const LabelRequest& request);
+
+  // After brick `index`'s control connection was re-established: checks that
+  // it still serves this volume's label (same volume, place and generation)
+  // and, read-write, takes its lock again (EBUSY naming the holder if someone
+  // else took it meanwhile: I/O must fail, never two writers).
+  Status reacquire(size_t index, const ClaimBrick& brick) const;
+
+  // The committed label every brick holds (its `index` is brick 0's).
+  const VolumeLabel& label() const { return label_; }
+
+ private:
+  VolumeClaim(VolumeLabel label, bool read_only) : label_(std::move(label)), read_only_(read_only) {}
+
+  VolumeLabel label_;
+  bool read_only_ = false;
+};
+
+}  // namespace pbrick

@@ -1,0 +1,508 @@
+// The volume label: its byte format (docs/layout.md, "Volume label"), the
+// checks of a brick set, and the claim against real bricks over TCP.
+#include "gateway/volume_label.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+
+#include "common/crc32c.h"
+#include "gateway/test_brick.h"
+#include "gateway/volume.h"
+#include "gateway/volume_claim.h"
+
+namespace pbrick {
+namespace {
+
+constexpr uint64_t kMiB = 1 << 20;
+
+Uuid uuid_of(uint8_t seed) {
+  Uuid u{};
+  for (size_t i = 0; i < u.size(); i++) u[i] = static_cast<uint8_t>(seed + i);
+  return u;
+}
+
+VolumeLabel sample(uint32_t bricks = 3) {
+  VolumeLabel l;
+  l.flags = kLabelCommitted;
+  l.generation = 7;
+  l.volume_uuid = uuid_of(0x10);
+  l.name = "db-1";
+  l.layout = bricks == 1 ? Layout::kSingle : Layout::kStripe;
+  l.index = bricks - 1;
+  l.size = 96 * kMiB;
+  l.created = 1700000000;
+  for (uint32_t i = 0; i < bricks; i++) l.bricks.push_back({uuid_of(static_cast<uint8_t>(0x40 + 0x10 * i)), 4 * kMiB * i});
+  return l;
+}
+
+void reseal(std::array<uint8_t, kLabelSlotSize>& slot) {
+  uint32_t crc = crc32c(slot.data(), kLabelSlotSize - 4);
+  std::memcpy(slot.data() + kLabelSlotSize - 4, &crc, 4);  // little-endian host (x86-64, aarch64)
+}
+
+TEST(VolumeLabelCodec, RoundTripsEveryField) {
+  VolumeLabel l = sample();
+  auto bytes = encode_label(l);
+  auto d = decode_label(bytes);
+  ASSERT_TRUE(d.ok()) << d.error().message();
+  EXPECT_EQ(d->flags, l.flags);
+  EXPECT_EQ(d->generation, 7u);
+  EXPECT_EQ(d->volume_uuid, l.volume_uuid);
+  EXPECT_EQ(d->name, "db-1");
+  EXPECT_EQ(d->layout, Layout::kStripe);
+  EXPECT_EQ(d->index, 2u);
+  EXPECT_EQ(d->size, 96 * kMiB);
+  EXPECT_EQ(d->created, 1700000000u);
+  EXPECT_EQ(d->bricks, l.bricks);
+}
+
+// The offsets docs/layout.md gives, checked byte by byte.
+TEST(VolumeLabelCodec, MatchesTheDocumentedLayout) {
+  auto b = encode_label(sample());
+  EXPECT_EQ(std::memcmp(b.data(), "PBRKVLBL", 8), 0);
+  EXPECT_EQ(b[8], 1);    // version
+  EXPECT_EQ(b[12], 1);   // flags: committed
+  EXPECT_EQ(b[16], 7);   // generation
+  EXPECT_EQ(b[24], 0x10);  // volume uuid
+  EXPECT_EQ(b[40], 1);   // layout stripe
+  EXPECT_EQ(b[44], 2);   // index
+  EXPECT_EQ(b[48], 3);   // brick count
+  EXPECT_EQ(b[52], 4);   // name length
+  EXPECT_EQ(std::memcmp(b.data() + 56, "db-1", 4), 0);
+  EXPECT_EQ(b[120 + 3], 0x06);  // size 96 MiB = 0x06000000
+  EXPECT_EQ(b[144], 0x40);      // brick 0 store uuid
+  EXPECT_EQ(b[144 + 32], 0x50);  // brick 1 store uuid
+  EXPECT_EQ(b[144 + 32 + 16 + 2], 0x40);  // brick 1 base 4 MiB = 0x400000
+  uint32_t crc;
+  std::memcpy(&crc, b.data() + 4092, 4);
+  EXPECT_EQ(crc, crc32c(b.data(), 4092));
+}
+
+TEST(VolumeLabelCodec, RefusesDamageAndOutOfDomainFields) {
+  auto good = encode_label(sample());
+  struct Case {
+    size_t offset;
+    uint8_t value;
+    int errnum;
+    bool reseal;
+  };
+  const Case cases[] = {
+      {0, 'X', EBADMSG, true},          // magic
+      {8, 2, EBADMSG, true},            // version
+      {10, 1, EBADMSG, true},           // reserved
+      {12, 2, EINVAL, true},            // unknown flag
+      {40, 2, EINVAL, true},            // layout
+      {44, 3, EINVAL, true},            // index == count
+      {48, 0, EINVAL, true},            // no bricks
+      {48, 65, EINVAL, true},           // too many bricks
+      {52, 64, EINVAL, true},           // name too long
+      {57, '/', EINVAL, true},          // name character
+      {70, 'x', EBADMSG, true},         // bytes after the name
+      {121, 1, EINVAL, true},           // size not a multiple of 4096
+      {136, 1, EBADMSG, true},          // reserved
+      {144 + 16, 1, EINVAL, true},      // brick base not 2 MiB aligned
+      {144 + 24, 1, EBADMSG, true},     // brick entry reserved
+      {144 + 3 * 32, 1, EBADMSG, true},  // after the brick table
+      {2000, 1, EBADMSG, false},        // any flipped byte: the CRC
+  };
+  for (const Case& c : cases) {
+    auto b = good;
+    b[c.offset] = c.value;
+    if (c.reseal) reseal(b);
+    auto d = decode_label(b);
+    ASSERT_FALSE(d.ok()) << "offset " << c.offset;
+    EXPECT_EQ(d.error().errnum(), c.errnum) << "offset " << c.offset << ": " << d.error().message();
+  }
+  EXPECT_EQ(decode_label(std::span(good).first(100)).error().errnum(), EBADMSG);
+  // Generation 0 and a single layout with several bricks are never written.
+  auto b = good;
+  std::memset(b.data() + 16, 0, 8);
+  reseal(b);
+  EXPECT_EQ(decode_label(b).error().errnum(), EINVAL);
+  b = good;
+  b[40] = 0;
+  reseal(b);
+  EXPECT_EQ(decode_label(b).error().errnum(), EINVAL);
+}
+
+TEST(VolumeLabelCodec, EveryBitFlipIsRefused) {
+  auto good = encode_label(sample());
+  for (size_t bit = 0; bit < kLabelSlotSize * 8; bit += 7) {
+    auto b = good;
+    b[bit / 8] ^= static_cast<uint8_t>(1u << (bit % 8));
+    EXPECT_FALSE(decode_label(b).ok()) << "bit " << bit;
+  }
+}
+
+TEST(VolumeLabelSlots, NewestValidSlotWinsAndTornSlotsFallBack) {
+  std::vector<uint8_t> block(kLabelReadSize, 0);
+  auto r = read_label_slots(block);
+  ASSERT_TRUE(r.ok());
+  EXPECT_FALSE(r->label);  // all zeros: no label
+  VolumeLabel a = sample(), b = sample();
+  b.generation = 8;
+  b.size = 128 * kMiB;
+  auto ab = encode_label(a), bb = encode_label(b);
+  std::memcpy(block.data() + kLabelSlotSize, ab.data(), kLabelSlotSize);  // generation 7: slot B
+  std::memcpy(block.data(), bb.data(), kLabelSlotSize);                   // generation 8: slot A
+  r = read_label_slots(block);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->label->generation, 8u);
+  EXPECT_FALSE(r->torn);
+  block[100] ^= 1;  // generation 8 torn: 7 is used
+  r = read_label_slots(block);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->label->generation, 7u);
+  EXPECT_TRUE(r->torn);
+  block[kLabelSlotSize + 100] ^= 1;  // both damaged: never "no label"
+  r = read_label_slots(block);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().errnum(), EUCLEAN);
+}
+
+TEST(VolumeLabelHolder, RoundTripsAndRefusesDamage) {
+  HolderRecord h{uuid_of(1), 4242, 1764676800, "host-a", "pbrick-gateway"};
+  auto b = encode_holder(h);
+  auto d = decode_holder(b);
+  ASSERT_TRUE(d.ok()) << d.error().message();
+  EXPECT_EQ(d->to_string(), "pbrick-gateway pid 4242 on host-a since 2025-12-02T12:00:00Z");
+  std::memset(b.data() + 48, 'x', 64);  // host not terminated
+  reseal(b);
+  EXPECT_EQ(decode_holder(b).error().errnum(), EINVAL);
+  b = encode_holder(h);
+  b[48 + 10] = 'x';  // a byte after the terminator
+  reseal(b);
+  EXPECT_EQ(decode_holder(b).error().errnum(), EBADMSG);
+  b = encode_holder(h);
+  b[48] = 0x07;  // not printable
+  reseal(b);
+  EXPECT_EQ(decode_holder(b).error().errnum(), EINVAL);
+  b = encode_holder(h);
+  b[3000] = 1;
+  EXPECT_EQ(decode_holder(b).error().errnum(), EBADMSG);
+}
+
+TEST(VolumeLabelArea, AboveEveryDataRangeAndDisjointPerBase) {
+  EXPECT_EQ(*label_vaddr(0), 1ull << 63);
+  EXPECT_EQ(*label_vaddr(2 * kMiB), (1ull << 63) + 4 * kMiB);
+  EXPECT_EQ(lock_vaddr_of(*label_vaddr(0)), (1ull << 63) + 2 * kMiB);
+  EXPECT_EQ(label_vaddr(kMaxLabelledBase + 2 * kMiB).error().errnum(), EINVAL);
+  EXPECT_EQ(label_vaddr(4096).error().errnum(), EINVAL);
+  EXPECT_EQ(lock_vaddr_of(*label_vaddr(kMaxLabelledBase)), UINT64_MAX - 2 * kMiB + 1);
+}
+
+// ---- plan_labels --------------------------------------------------------------
+
+std::vector<BrickSeen> labelled(const VolumeLabel& l) {
+  std::vector<BrickSeen> seen;
+  for (size_t i = 0; i < l.bricks.size(); i++) {
+    BrickSeen s;
+    s.endpoint = "10.0.0." + std::to_string(i) + ":7000";
+    s.store = l.bricks[i].store;
+    s.base = l.bricks[i].base;
+    VolumeLabel mine = l;
+    mine.index = static_cast<uint32_t>(i);
+    s.read.label = mine;
+    seen.push_back(s);
+  }
+  return seen;
+}
+
+LabelRequest request_for(const VolumeLabel& l) { return {l.name, l.layout, l.size, false}; }
+
+TEST(PlanLabels, FirstAttachCreatesTwoPhaseLabelsAndMatchingAttachWritesNothing) {
+  VolumeLabel l = sample();
+  auto seen = labelled(l);
+  for (auto& s : seen) s.read.label.reset();
+  auto p = plan_labels(seen, request_for(l), 99, uuid_of(0x77));
+  ASSERT_TRUE(p.ok()) << p.error().message();
+  EXPECT_EQ(p->action, LabelPlan::Action::kCreate);
+  EXPECT_EQ(p->target.volume_uuid, uuid_of(0x77));
+  EXPECT_EQ(p->target.generation, 2u);
+  EXPECT_EQ(p->target.bricks, l.bricks);
+  p = plan_labels(labelled(l), request_for(l), 99, uuid_of(0x77));
+  ASSERT_TRUE(p.ok()) << p.error().message();
+  EXPECT_EQ(p->action, LabelPlan::Action::kNone);
+  EXPECT_EQ(p->target.volume_uuid, l.volume_uuid);
+}
+
+TEST(PlanLabels, UncommittedSetIsNoVolume) {
+  VolumeLabel l = sample();
+  l.flags = 0;
+  auto seen = labelled(l);
+  seen[2].read.label.reset();  // the first attach died in phase 1
+  auto p = plan_labels(seen, request_for(l), 99, uuid_of(0x77));
+  ASSERT_TRUE(p.ok()) << p.error().message();
+  EXPECT_EQ(p->action, LabelPlan::Action::kCreate);
+  EXPECT_EQ(p->target.generation, l.generation + 2);
+  LabelRequest ro = request_for(l);
+  ro.read_only = true;
+  EXPECT_EQ(plan_labels(seen, ro, 99, uuid_of(0x77)).error().errnum(), EROFS);
+}
+
+TEST(PlanLabels, InterruptedCommitIsFinished) {
+  VolumeLabel l = sample();
+  auto seen = labelled(l);
+  seen[1].read.label->flags = 0;
+  seen[1].read.label->generation = l.generation - 1;
+  auto p = plan_labels(seen, request_for(l), 99, uuid_of(0x77));
+  ASSERT_TRUE(p.ok()) << p.error().message();
+  EXPECT_EQ(p->action, LabelPlan::Action::kUpdate);
+  EXPECT_EQ(p->target.generation, l.generation + 1);
+  EXPECT_TRUE(p->target.committed());
+}
+
+TEST(PlanLabels, GrowIsAcceptedShrinkRefused) {
+  VolumeLabel l = sample();
+  LabelRequest r = request_for(l);
+  r.size = l.size + 2 * kMiB;
+  auto p = plan_labels(labelled(l), r, 99, uuid_of(0x77));
+  ASSERT_TRUE(p.ok()) << p.error().message();
+  EXPECT_EQ(p->action, LabelPlan::Action::kUpdate);
+  EXPECT_EQ(p->target.size, r.size);
+  EXPECT_EQ(p->target.generation, 8u);
+  r.read_only = true;
+  EXPECT_EQ(plan_labels(labelled(l), r, 99, uuid_of(0x77)).error().errnum(), EROFS);
+  r = request_for(l);
+  r.size = l.size - 4096;
+  auto s = plan_labels(labelled(l), r, 99, uuid_of(0x77));
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().errnum(), EINVAL);
+  EXPECT_NE(s.error().context().find("shrinking volume"), std::string::npos) << s.error().context();
+  // An interrupted grow: brick 0 has the new size, the rest the old one.
+  auto seen = labelled(l);
+  seen[0].read.label->size = l.size + 2 * kMiB;
+  seen[0].read.label->generation = 8;
+  s = plan_labels(seen, request_for(l), 99, uuid_of(0x77));
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.error().context().find("was interrupted"), std::string::npos) << s.error().context();
+}
+
+TEST(PlanLabels, WrongOrderNamesTheBrickAndItsPlace) {
+  VolumeLabel l = sample();
+  auto seen = labelled(l);
+  std::swap(seen[0], seen[1]);
+  std::swap(seen[0].base, seen[1].base);
+  auto p = plan_labels(seen, request_for(l), 99, uuid_of(0x77));
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.error().errnum(), kErrWrongStore);
+  EXPECT_NE(p.error().context().find("brick 0 (10.0.0.1:7000) is brick 1 of volume"), std::string::npos)
+      << p.error().context();
+  EXPECT_NE(p.error().context().find("wrong brick order"), std::string::npos);
+}
+
+TEST(PlanLabels, ReformattedBrickIsRefused) {
+  VolumeLabel l = sample();
+  auto seen = labelled(l);
+  seen[2].store = uuid_of(0xee);  // new store, label gone
+  seen[2].read.label.reset();
+  auto p = plan_labels(seen, request_for(l), 99, uuid_of(0x77));
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.error().errnum(), kErrWrongStore);
+  EXPECT_NE(p.error().context().find("brick 2 (10.0.0.2:7000) serves store"), std::string::npos)
+      << p.error().context();
+  EXPECT_NE(p.error().context().find("reformatted"), std::string::npos);
+  // Same store, label lost.
+  seen = labelled(l);
+  seen[1].read.label.reset();
+  p = plan_labels(seen, request_for(l), 99, uuid_of(0x77));
+  ASSERT_FALSE(p.ok());
+  EXPECT_NE(p.error().context().find("brick 1 (10.0.0.1:7000) holds no label"), std::string::npos)
+      << p.error().context();
+}
+
+TEST(PlanLabels, AnotherVolumesLabelAndMismatchesAreRefused) {
+  VolumeLabel l = sample();
+  auto seen = labelled(l);
+  seen[1].read.label->volume_uuid = uuid_of(0x99);
+  auto p = plan_labels(seen, request_for(l), 99, uuid_of(0x77));
+  ASSERT_FALSE(p.ok());
+  EXPECT_NE(p.error().context().find("holds the label of another volume"), std::string::npos)
+      << p.error().context();
+  LabelRequest r = request_for(l);
+  r.name = "other";
+  EXPECT_EQ(plan_labels(labelled(l), r, 99, uuid_of(0x77)).error().errnum(), EINVAL);
+  r = request_for(l);
+  r.layout = Layout::kSingle;
+  EXPECT_EQ(plan_labels(labelled(l), r, 99, uuid_of(0x77)).error().errnum(), EINVAL);  // single with 3 bricks
+  auto two = labelled(l);
+  two.pop_back();
+  EXPECT_EQ(plan_labels(two, request_for(l), 99, uuid_of(0x77)).error().errnum(), EINVAL);
+}
+
+// ---- The claim against real bricks ---------------------------------------------
+
+class VolumeClaimTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/pbrick-label-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    for (auto& b : bricks_) {
+      std::filesystem::create_directory(dir_ + "/" + std::to_string(&b - bricks_));
+      b = std::make_unique<TestBrick>(dir_ + "/" + std::to_string(&b - bricks_));
+      PBRICK_ASSERT_OK(b->start());
+    }
+  }
+  void TearDown() override {
+    for (auto& b : bricks_) b.reset();
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
+  }
+  struct Attachment {
+    std::vector<std::unique_ptr<BrickClient>> clients;
+    std::vector<ClaimBrick> claim;
+  };
+  Result<Attachment> connect(std::initializer_list<int> order, uint64_t base = 0) {
+    Attachment a;
+    for (int i : order) {
+      auto c = BrickClient::Connect(bricks_[i]->client());
+      if (!c) return c.error();
+      a.claim.push_back({c->get(), "brick-" + std::to_string(i), base});
+      a.clients.push_back(std::move(*c));
+    }
+    return a;
+  }
+  std::string dir_;
+  std::unique_ptr<TestBrick> bricks_[3];
+};
+
+LabelRequest stripe(uint64_t size) { return {"vol", Layout::kStripe, size, false}; }
+
+TEST_F(VolumeClaimTest, SecondWriterGetsEbusyNamingTheHolderUntilTheHolderIsGone) {
+  auto a = connect({0, 1, 2});
+  PBRICK_ASSERT_OK(a);
+  auto first = VolumeClaim::Acquire(a->claim, stripe(12 * kMiB));
+  PBRICK_ASSERT_OK(first);
+  EXPECT_EQ(first->label().bricks.size(), 3u);
+  auto b = connect({0, 1, 2});
+  PBRICK_ASSERT_OK(b);
+  auto second = VolumeClaim::Acquire(b->claim, stripe(12 * kMiB));
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.error().errnum(), EBUSY);
+  char host[256] = {};
+  gethostname(host, sizeof host - 1);
+  EXPECT_NE(second.error().context().find("is held by " + std::string(program_invocation_short_name) + " pid " +
+                                          std::to_string(getpid()) + " on " + host),
+            std::string::npos)
+      << second.error().context();
+  // A reader shares.
+  LabelRequest ro = stripe(12 * kMiB);
+  ro.read_only = true;
+  auto c = connect({0, 1, 2});
+  PBRICK_ASSERT_OK(c);
+  auto reader = VolumeClaim::Acquire(c->claim, ro);
+  PBRICK_ASSERT_OK(reader);
+  EXPECT_EQ(reader->label().volume_uuid, first->label().volume_uuid);
+  // The holder's connections die: the volume is free.
+  a->clients.clear();
+  auto third = VolumeClaim::Acquire(b->claim, stripe(12 * kMiB));
+  PBRICK_ASSERT_OK(third);
+  EXPECT_EQ(third->label().volume_uuid, first->label().volume_uuid);
+  EXPECT_EQ(third->label().generation, first->label().generation);
+}
+
+TEST_F(VolumeClaimTest, WrongOrderAndReformattedBrickChangeNothing) {
+  {
+    auto a = connect({0, 1, 2});
+    PBRICK_ASSERT_OK(a);
+    PBRICK_ASSERT_OK(VolumeClaim::Acquire(a->claim, stripe(12 * kMiB)));
+  }
+  // Every brick's extents and the crc of its label slots.
+  auto before = [&] {
+    std::vector<std::pair<std::vector<proto::Extent>, uint32_t>> out;
+    for (auto& b : bricks_) {
+      auto c = BrickClient::Connect(b->client());
+      EXPECT_TRUE(c.ok());
+      if (!c) return out;
+      uint32_t crc = 0;
+      if (auto m = (*c)->map(*label_vaddr(0), proto::kMapShared)) {
+        std::vector<uint8_t> bytes(2 * kLabelSlotSize);
+        EXPECT_TRUE((*c)->read(m->rkey, m->remote_addr, bytes).ok());
+        crc = crc32c(bytes.data(), bytes.size());
+      }
+      out.emplace_back((*c)->list_all().value(), crc);
+    }
+    return out;
+  };
+  auto extents = before();
+  auto a = connect({1, 0, 2});
+  PBRICK_ASSERT_OK(a);
+  auto r = VolumeClaim::Acquire(a->claim, stripe(12 * kMiB));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().errnum(), kErrWrongStore);
+  EXPECT_NE(r.error().context().find("brick 0 (brick-1) is brick 1 of volume"), std::string::npos)
+      << r.error().context();
+  a->clients.clear();
+  bricks_[2]->stop();
+  PBRICK_ASSERT_OK(bricks_[2]->start("reformatted.store"));
+  a = connect({0, 1, 2});
+  PBRICK_ASSERT_OK(a);
+  r = VolumeClaim::Acquire(a->claim, stripe(12 * kMiB));
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().context().find("brick 2 (brick-2) serves store"), std::string::npos) << r.error().context();
+  a->clients.clear();
+  auto after = before();
+  ASSERT_EQ(after.size(), 3u);
+  EXPECT_NE(extents[0].second, 0u);
+  EXPECT_EQ(after[0], extents[0]);
+  EXPECT_EQ(after[1], extents[1]);
+  EXPECT_TRUE(after[2].first.empty());  // nothing allocated on the new store
+}
+
+TEST_F(VolumeClaimTest, GrowUpdatesEveryBrickAndReacquireChecksTheLabel) {
+  auto a = connect({0, 1});
+  PBRICK_ASSERT_OK(a);
+  auto first = VolumeClaim::Acquire(a->claim, stripe(8 * kMiB));
+  PBRICK_ASSERT_OK(first);
+  a->clients.clear();
+  a = connect({0, 1});
+  PBRICK_ASSERT_OK(a);
+  auto grown = VolumeClaim::Acquire(a->claim, stripe(16 * kMiB));
+  PBRICK_ASSERT_OK(grown);
+  EXPECT_EQ(grown->label().generation, first->label().generation + 1);
+  EXPECT_EQ(grown->label().size, 16 * kMiB);
+  // The stale claim no longer matches the label on a reconnect.
+  a->clients.clear();
+  a = connect({0, 1});
+  PBRICK_ASSERT_OK(a);
+  Status st = first->reacquire(1, a->claim[1]);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().errnum(), kErrWrongStore);
+  PBRICK_ASSERT_OK(grown->reacquire(1, a->claim[1]));
+  // A shrink is refused.
+  auto b = connect({0, 1});
+  PBRICK_ASSERT_OK(b);
+  a->clients.clear();
+  auto s = VolumeClaim::Acquire(b->claim, stripe(8 * kMiB));
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().errnum(), EINVAL);
+}
+
+// Volume::Open claims the volume: a second read-write open is refused, a
+// read-only one shares and cannot write.
+TEST_F(VolumeClaimTest, VolumeOpenHoldsTheVolume) {
+  VolumeOptions vo;
+  vo.brick = bricks_[0]->client();
+  vo.size = 4 * kMiB;
+  vo.io_timeout_ms = 2000;
+  auto v1 = Volume::Open(vo);
+  PBRICK_ASSERT_OK(v1);
+  auto v2 = Volume::Open(vo);
+  ASSERT_FALSE(v2.ok());
+  EXPECT_EQ(v2.error().errnum(), EBUSY);
+  vo.read_only = true;
+  auto ro = Volume::Open(vo);
+  PBRICK_ASSERT_OK(ro);
+  auto w = (*ro)->map_block(0, true);
+  ASSERT_FALSE(w.ok());
+  EXPECT_EQ(w.error().errnum(), EROFS);
+  v1->reset();
+  vo.read_only = false;
+  PBRICK_ASSERT_OK(Volume::Open(vo));
+}
+
+}  // namespace
+}  // namespace pbrick
