@@ -102,7 +102,8 @@ HolderRecord this_holder(const Uuid& volume) {
 }
 
 // Maps the lock block exclusively; the mapping lives as long as the connection.
-Status take_lock(const ClaimBrick& b, size_t index, uint64_t label) {
+// `held_by_us` (optional) is set when the holder record names this process.
+Status take_lock(const ClaimBrick& b, size_t index, uint64_t label, bool* held_by_us = nullptr) {
   BrickClient& c = *b.control;
   const uint64_t lock = lock_vaddr_of(label);
   Status st = c.alloc(lock);
@@ -119,7 +120,11 @@ Status take_lock(const ClaimBrick& b, size_t index, uint64_t label) {
   auto bytes = read_label_block(c, label);
   if (bytes && bytes->size() == kLabelReadSize) {
     auto h = decode_holder(std::span<const uint8_t>(*bytes).subspan(kHolderOffset, kLabelSlotSize));
-    if (h) holder = h->to_string();
+    if (h) {
+      holder = h->to_string();
+      HolderRecord me = this_holder(h->volume_uuid);
+      if (held_by_us != nullptr) *held_by_us = h->pid == me.pid && h->host == me.host && h->program == me.program;
+    }
   }
   return Error(EBUSY, "volume at " + format_hex(b.base) + " on " + where(b, index) + " is held by " + holder);
 }
@@ -254,7 +259,16 @@ Status VolumeClaim::reacquire(size_t index, const ClaimBrick& b) const {
   // holds the label), and again under it.
   PBRICK_TRY(check());
   if (read_only_) return Status::Ok();
-  PBRICK_TRY(take_lock(b, index, *vaddr));
+  bool ours = false;
+  Status locked = take_lock(b, index, *vaddr, &ours);
+  if (!locked && ours) {
+    // Our previous connection still holds the lock: the brick has not yet
+    // noticed it is dead. A connection error, so the caller retries until its
+    // I/O timeout instead of failing at once.
+    return Error(ETIMEDOUT, locked.error().context() + " (this process's previous connection; waiting for the brick "
+                                                        "to drop it)");
+  }
+  PBRICK_TRY(locked);
   Status st = check();
   if (st) {
     auto holder = encode_holder(this_holder(label_.volume_uuid));

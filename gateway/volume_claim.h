@@ -47,7 +47,9 @@ class VolumeClaim {
   // After brick `index`'s control connection was re-established: checks that
   // it still serves this volume's label (same volume, place and generation)
   // and, read-write, takes its lock again (EBUSY naming the holder if someone
-  // else took it meanwhile: I/O must fail, never two writers).
+  // else took it meanwhile: I/O must fail, never two writers; ETIMEDOUT, a
+  // connection error to retry, while this process's previous connection still
+  // holds it because the brick has not yet noticed that connection died).
   Status reacquire(size_t index, const ClaimBrick& brick) const;
 
   // The committed label every brick holds (its `index` is brick 0's).

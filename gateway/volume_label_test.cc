@@ -472,6 +472,13 @@ TEST_F(VolumeClaimTest, GrowUpdatesEveryBrickAndReacquireChecksTheLabel) {
   ASSERT_FALSE(st.ok());
   EXPECT_EQ(st.error().errnum(), kErrWrongStore);
   PBRICK_ASSERT_OK(grown->reacquire(1, a->claim[1]));
+  // While a connection of this process still holds the lock, a reconnect
+  // waits (ETIMEDOUT: retried) rather than failing as if another writer had it.
+  auto other = connect({0, 1});
+  PBRICK_ASSERT_OK(other);
+  st = grown->reacquire(1, other->claim[1]);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().errnum(), ETIMEDOUT) << st.error().message();
   // A shrink is refused.
   auto b = connect({0, 1});
   PBRICK_ASSERT_OK(b);
