@@ -5,9 +5,10 @@
 namespace pbrick {
 
 PersistenceLedger::Outcome PersistenceLedger::sync_point(SyncState& s, Waiter who, uint64_t target) {
-  if (target != 0 && region_.sync_fd() < 0) {
+  if (target != 0 && !needs_fdatasync()) {
     // pmem: TCP WRITEs are non-temporal stores of this thread; draining them
-    // is all it takes, for orphaned ones too.
+    // is all it takes, for orphaned ones too. A memory file system: the
+    // page cache is the medium, nothing to write back.
     region_.drain();
     target = 0;
     orphan_needs_sync_ = 0;

@@ -12,7 +12,11 @@
 //
 // On pmem (sync_fd() < 0) there is no fdatasync: TCP WRITEs are
 // non-temporal stores of the loop thread and draining them is all a sync
-// point takes.
+// point takes. A file on a memory file system (tmpfs, hugetlbfs, ramfs:
+// PmemRegion::nothing_to_write_back()) needs none either - fdatasync is a
+// no-op there, and issuing it only costs a hop through an io-wq worker - so
+// its sync points are answered at once. Every other file store waits for a
+// real fdatasync.
 //
 // Threading: the Server's loop thread only, like the region it drives.
 // Starting an fdatasync is the owner's (SyncStarter: it owns the ring);
@@ -70,7 +74,7 @@ class PersistenceLedger {
   // the ranges just flushed and every earlier TCP WRITE). On pmem it drains
   // instead and returns 0.
   uint64_t persist_target() {
-    if (region_.sync_fd() < 0) {
+    if (!needs_fdatasync()) {
       region_.drain();
       return 0;
     }
@@ -99,6 +103,8 @@ class PersistenceLedger {
   uint64_t orphan_needs_sync() const { return orphan_needs_sync_; }
 
  private:
+  bool needs_fdatasync() const { return region_.sync_fd() >= 0 && !region_.nothing_to_write_back(); }
+
   PmemRegion& region_;
   SyncStarter& starter_;
   uint64_t syncs_started_ = 0;

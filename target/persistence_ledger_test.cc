@@ -18,7 +18,7 @@ using Waiter = PersistenceLedger::Waiter;
 // (a negative result marks the region failed, for good).
 class LedgerRegion final : public PmemRegion {
  public:
-  explicit LedgerRegion(bool pmem) : pmem_(pmem) {}
+  explicit LedgerRegion(bool pmem, bool memory_fs = false) : pmem_(pmem), memory_fs_(memory_fs) {}
   uint8_t* base() override { return bytes_; }
   uint64_t size() const override { return sizeof bytes_; }
   bool is_pmem() const override { return pmem_; }
@@ -28,11 +28,13 @@ class LedgerRegion final : public PmemRegion {
   Status store_word_persist(uint64_t, uint64_t) override { return Status::Ok(); }
   Status zero(uint64_t, uint64_t) override { return Status::Ok(); }
   int sync_fd() const override { return pmem_ ? -1 : 0; }
+  bool nothing_to_write_back() const override { return memory_fs_; }
 
   int drains = 0;
 
  private:
   bool pmem_;
+  bool memory_fs_;
   uint8_t bytes_[64] = {};
 };
 
@@ -161,6 +163,25 @@ TEST(LedgerPmemTest, PmemDrainsInsteadOfAnFdatasync) {
   EXPECT_EQ(ledger.persist_target(), 0u);
   EXPECT_EQ(region.drains, 2);
   EXPECT_TRUE(starter.started.empty());
+}
+
+// A file on tmpfs, hugetlbfs or ramfs: fdatasync would be a no-op, so sync
+// points are answered at once, without one (and without the io-wq hop).
+// Every other file store waits for a real fdatasync (the tests above).
+TEST(LedgerMemoryFsTest, AStoreOnAMemoryFileSystemAnswersSyncPointsWithoutAnFdatasync) {
+  LedgerRegion region(/*pmem=*/false, /*memory_fs=*/true);
+  Starter starter;
+  PersistenceLedger ledger(region, starter);
+  SyncState a, b;
+  ledger.note_write(a);
+  ledger.note_write(b);
+  ledger.orphan(b);
+  EXPECT_EQ(ledger.sync_point(a, {1, 1}, ledger.read_target(a)), Outcome::kDurable);
+  EXPECT_FALSE(a.awaiting_sync);
+  EXPECT_EQ(ledger.orphan_needs_sync(), 0u);
+  EXPECT_EQ(ledger.persist_target(), 0u);
+  EXPECT_EQ(ledger.sync_point(a, {1, 1}, 0), Outcome::kDurable);
+  EXPECT_TRUE(starter.started.empty()) << "no fdatasync on a memory file system";
 }
 
 }  // namespace
