@@ -391,6 +391,27 @@ void encode_persist_request(const PersistRequest& m, uint8_t* out) {
 
 // ---- Decoding ------------------------------------------------------------------
 
+size_t frame_size(std::span<const uint8_t> header) {
+  Reader r(header.subspan(12, 4));
+  return kHeaderSize + r.u32();
+}
+
+std::optional<FrameHeader> salvage_request_header(std::span<const uint8_t> header) {
+  Reader r(header);
+  if (r.u32() != kMagic) return std::nullopt;
+  FrameHeader h;
+  r.u8();  // version
+  h.opcode = static_cast<Opcode>(r.u8());
+  Reader id(header.subspan(16, 8));
+  h.request_id = id.u64();
+  return h;
+}
+
+uint32_t peek_io_length(std::span<const uint8_t> payload) {
+  Reader r(payload.subspan(16, 4));
+  return r.u32();
+}
+
 Result<FrameHeader> decode_header(std::span<const uint8_t> bytes, bool expect_reply) {
   if (bytes.size() < kHeaderSize) {
     return Error(EBADMSG, "frame header: truncated (" + std::to_string(bytes.size()) + " of " +

@@ -20,6 +20,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -294,6 +295,20 @@ size_t persist_request_size(size_t range_count);
 // (version), EBADMSG (unknown opcode, payload length not allowed for the opcode).
 // For a reply with nonzero status the payload must be empty.
 Result<FrameHeader> decode_header(std::span<const uint8_t> bytes, bool expect_reply);
+
+// Peeks at fields of a frame without validating it, for a peer that must size
+// a buffer or say why it closes before (or instead of) decode_header():
+// The frame's whole size as its header says: kHeaderSize + payload_len. Only
+// for frames this side encoded itself (`header` holds at least kHeaderSize bytes).
+size_t frame_size(std::span<const uint8_t> header);
+// What of a request header that decode_header() refused can still be echoed
+// in the error reply: its opcode byte (as it came, possibly unknown) and its
+// request id. nullopt when the magic is not ours: the peer does not speak
+// this protocol and nothing in the header can be believed.
+std::optional<FrameHeader> salvage_request_header(std::span<const uint8_t> header);
+// The length field of a READ or WRITE request's fixed part (`payload` holds
+// at least kIoRequestSize bytes), unvalidated: decode_io_request() checks it.
+uint32_t peek_io_length(std::span<const uint8_t> payload);
 
 // Payload decoders: `bytes` is exactly the payload. EBADMSG on a wrong size or a
 // nonzero reserved field, EINVAL on a field value outside its domain (documented

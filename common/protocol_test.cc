@@ -169,6 +169,37 @@ TEST(ProtocolLayout, HelloRequestFrameMatchesSpecExample) {
   EXPECT_EQ(std::memcmp(frame.data(), "PBRK", 4), 0);
 }
 
+TEST(ProtocolPeek, FrameSizeSalvagedHeaderAndIoLength) {
+  FrameHeader h;
+  h.opcode = Opcode::kWrite;
+  h.payload_len = 4096 + kIoRequestSize;
+  h.request_id = 0x1122334455667788ull;
+  uint8_t frame[kHeaderSize + kIoRequestSize];
+  encode_header(h, frame);
+  IoRequest io;
+  io.rkey = 7;
+  io.remote_addr = 1ull << 21;
+  io.length = 4096;
+  encode_io_request(io, frame + kHeaderSize);
+  EXPECT_EQ(frame_size({frame, kHeaderSize}), kHeaderSize + 4096 + kIoRequestSize);
+  EXPECT_EQ(peek_io_length({frame + kHeaderSize, kIoRequestSize}), 4096u);
+
+  // A header decode_header() refuses (reserved field set) still names its
+  // request id and opcode for the error reply...
+  frame[24] = 1;
+  ASSERT_FALSE(decode_header({frame, kHeaderSize}, false).ok());
+  auto echo = salvage_request_header({frame, kHeaderSize});
+  ASSERT_TRUE(echo.has_value());
+  EXPECT_EQ(echo->request_id, 0x1122334455667788ull);
+  EXPECT_EQ(echo->opcode, Opcode::kWrite);
+  // ...an unknown opcode byte comes back as it was...
+  frame[5] = 0xEE;
+  EXPECT_EQ(static_cast<uint8_t>(salvage_request_header({frame, kHeaderSize})->opcode), 0xEE);
+  // ...but with a wrong magic nothing can be believed.
+  frame[0] ^= 0xFF;
+  EXPECT_FALSE(salvage_request_header({frame, kHeaderSize}).has_value());
+}
+
 TEST(ProtocolLayout, HeaderFieldOffsets) {
   FrameHeader h;
   h.opcode = Opcode::kWrite;

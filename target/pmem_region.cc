@@ -13,9 +13,11 @@
 
 #include <fcntl.h>
 #include <libpmem.h>
+#include <linux/magic.h>
 #include <liburing.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -67,8 +69,8 @@ void store_word(uint8_t* addr, uint64_t value) {
 
 class LibpmemRegion final : public PmemRegion {
  public:
-  LibpmemRegion(std::string path, uint8_t* addr, uint64_t len, bool pmem, UniqueFd fd)
-      : path_(std::move(path)), addr_(addr), len_(len), pmem_(pmem), fd_(std::move(fd)) {}
+  LibpmemRegion(std::string path, uint8_t* addr, uint64_t len, bool pmem, UniqueFd fd, bool memory_fs)
+      : path_(std::move(path)), addr_(addr), len_(len), pmem_(pmem), memory_fs_(memory_fs), fd_(std::move(fd)) {}
 
   ~LibpmemRegion() override {
     if (pmem_unmap(addr_, len_) != 0) {
@@ -164,12 +166,14 @@ class LibpmemRegion final : public PmemRegion {
   }
 
   int sync_fd() const override { return pmem_ ? -1 : fd_.get(); }
+  bool nothing_to_write_back() const override { return memory_fs_; }
 
  private:
   std::string path_;
   uint8_t* addr_;
   uint64_t len_;
   bool pmem_;
+  bool memory_fs_;  // tmpfs, hugetlbfs, ramfs: fdatasync has nothing to do
   UniqueFd fd_;  // O_RDWR, for hole punching and the server's fdatasync; -1 on pmem
   bool punch_supported_ = true;
 };
@@ -340,7 +344,9 @@ Result<std::unique_ptr<PmemRegion>> open_pmem_region(const RegionOptions& option
   // Say which kind of persistent memory: a file's durability also rests on
   // MAP_SYNC (its metadata), which only a DAX mount gives.
   const bool device = exists && S_ISCHR(st.st_mode);
-  const char* kind = "page cache (msync)";
+  const bool memory_fs = !pmem && on_memory_fs(fd.get());
+  const char* kind = memory_fs ? "page cache of a memory file system (nothing to write back: no fdatasync)"
+                               : "page cache (msync)";
   if (pmem && device) {
     kind = "persistent memory, device-dax (cache flush + drain)";
   } else if (pmem && supports_map_sync(path)) {
@@ -354,7 +360,20 @@ Result<std::unique_ptr<PmemRegion>> open_pmem_region(const RegionOptions& option
   PBRICK_LOG_INFO("mapped store %s: %s, %s%s", path.c_str(), format_size(mapped_len).c_str(), kind,
                   create ? ", created" : "");
   return std::unique_ptr<PmemRegion>(
-      new LibpmemRegion(path, base, mapped_len, pmem, std::move(fd)));
+      new LibpmemRegion(path, base, mapped_len, pmem, std::move(fd), memory_fs));
+}
+
+bool on_memory_fs(int fd) {
+  struct statfs sfs {};
+  if (::fstatfs(fd, &sfs) != 0) return false;  // unknown: keep the fdatasync
+  switch (static_cast<unsigned long>(sfs.f_type)) {
+    case TMPFS_MAGIC:
+    case HUGETLBFS_MAGIC:
+    case RAMFS_MAGIC:
+      return true;
+    default:
+      return false;
+  }
 }
 
 std::unique_ptr<PmemRegion> make_memory_region(uint64_t size) {

@@ -54,6 +54,13 @@ class PmemRegion {
   // medium is pmem (then drain() is all persistence needs).
   virtual int sync_fd() const = 0;
 
+  // True when the file system under the store keeps nothing to write back -
+  // tmpfs, hugetlbfs or ramfs, told by fstatfs at open - so fdatasync is a
+  // no-op there (memory is the medium). A sync point then needs no fdatasync
+  // (persistence_ledger.h). False for pmem (it drains) and for every other
+  // file system, where a sync point always waits for an fdatasync.
+  virtual bool nothing_to_write_back() const { return false; }
+
   // The asynchronous fdatasync, only when sync_fd() >= 0: prep_sync() fills
   // `sqe` (of the caller's ring) with an operation that makes durable every
   // store made through the mapping before the operation starts; sync_done()
@@ -88,11 +95,16 @@ struct RegionOptions {
 };
 
 // Maps a devdax device, an fsdax file or any regular file with libpmem.
+// A file on tmpfs, hugetlbfs or ramfs says nothing_to_write_back().
 // A file that exists with a different size than `size` is refused (EINVAL) so a
 // typo never truncates or grows a store; a new file is created at `size`.
 Result<std::unique_ptr<PmemRegion>> open_pmem_region(const RegionOptions& options);
 
 // A region in anonymous memory, for tests and fuzzers; is_pmem() is false.
 std::unique_ptr<PmemRegion> make_memory_region(uint64_t size);
+
+// Whether the file system of `fd` is one that keeps nothing to write back
+// (tmpfs, hugetlbfs, ramfs); false when fstatfs fails.
+bool on_memory_fs(int fd);
 
 }  // namespace pbrick

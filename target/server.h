@@ -6,13 +6,11 @@
 // (target/rdma_listener.h) and never sees data: clients READ and WRITE the
 // registered blocks with one-sided RDMA.
 //
-// user_data packing of every SQE (see UserData in server.cc):
-//   bits 63..56  operation kind (accept, recv, send, fsync, signal, watchdog,
-//                cancel, stop, RDMA CM poll, completion channel poll)
-//   bits 55..32  connection generation (low 24 bits), detects a reused slot
-//   bits 31..0   connection slot index
-// except for an fdatasync, which is the store's and no connection's: bits
-// 55..0 hold its number (see "Sync points" in server.cc).
+// The pieces, one file each, are listed in target/server_impl.h: the event
+// loop, listening and connection slots, the handshake, request dispatch, a
+// connection and its transport (TCP or RDMA behind one interface), the handle
+// table, the persistence ledger (which fdatasync covers which WRITEs) and the
+// ring with its user_data packing (event_ring.h).
 //
 // Threading: Create(), run() and the destructor on the same thread. The Store
 // is used only from that thread while run() executes.

@@ -1,0 +1,287 @@
+// Listening and accepting (TCP and RDMA CM), and the connection slots:
+// admission of new connections, the handshake budget, closing.
+#include "target/listener.h"
+
+#include <arpa/inet.h>
+#include <liburing.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+
+#include <chrono>
+#include <cstring>
+#include <thread>
+
+#include "common/log.h"
+#include "target/server_impl.h"
+
+namespace pbrick {
+
+Result<UniqueFd> listen_tcp(const Endpoint& endpoint, uint32_t bind_retry_ms, uint16_t* port) {
+  using Clock = std::chrono::steady_clock;
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  std::string port_text = std::to_string(endpoint.port);
+  const std::string where = "listen " + endpoint.to_string();
+  int rc = ::getaddrinfo(endpoint.host.c_str(), port_text.c_str(), &hints, &res);
+  if (rc != 0) return Error(EINVAL, where + ": " + gai_strerror(rc));
+  Error last(EADDRNOTAVAIL, where);
+  UniqueFd listening;
+  for (addrinfo* ai = res; ai != nullptr && !listening.valid(); ai = ai->ai_next) {
+    UniqueFd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol));
+    if (!fd.valid()) {
+      last = errno_error(where + ": socket");
+      continue;
+    }
+    int one = 1;
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    // A brick restarted right after kill -9 can find its port still held by
+    // the old process's io_uring, which the kernel tears down asynchronously:
+    // SO_REUSEADDR does not help against a socket that is still listening.
+    const auto deadline = Clock::now() + std::chrono::milliseconds(bind_retry_ms);
+    bool retrying = false;
+    int rc_bind;
+    while ((rc_bind = ::bind(fd.get(), ai->ai_addr, ai->ai_addrlen)) != 0 && errno == EADDRINUSE &&
+           Clock::now() < deadline) {
+      if (!retrying) {
+        PBRICK_LOG_NOTICE("%s: address in use (a brick stopped a moment ago may still hold it); "
+                          "retrying for up to %u ms", where.c_str(), bind_retry_ms);
+        retrying = true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    if (rc_bind != 0) {
+      last = errno == EADDRINUSE
+                 ? Error(EADDRINUSE, where + ": bind: address still in use after " +
+                                         std::to_string(bind_retry_ms) +
+                                         " ms (is another brick serving this port?)")
+                 : errno_error(where + ": bind");
+      continue;
+    }
+    if (retrying) PBRICK_LOG_NOTICE("%s: bound after retrying", where.c_str());
+    if (::listen(fd.get(), 128) != 0) {
+      last = errno_error(where + ": listen");
+      continue;
+    }
+    listening = std::move(fd);
+  }
+  ::freeaddrinfo(res);
+  if (!listening.valid()) return last;
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  ::getsockname(listening.get(), reinterpret_cast<sockaddr*>(&ss), &len);
+  *port = ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port
+                                         : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+  return listening;
+}
+
+std::string peer_name(const sockaddr_storage& ss) {
+  char host[NI_MAXHOST], serv[NI_MAXSERV];
+  if (::getnameinfo(reinterpret_cast<const sockaddr*>(&ss), sizeof ss, host, sizeof host, serv, sizeof serv,
+                    NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+    return "?";
+  }
+  return std::string(host) + ":" + serv;
+}
+
+// ---- Server::Impl: listening and accepting -------------------------------------
+
+Status Server::Impl::listen() {
+  if (options_.transport == Transport::kRdma) {
+    auto l = RdmaListener::Create(options_.listen, store_.region().base(), store_.region().size(),
+                                  options_.max_connections + options_.max_handshakes);
+    if (!l) return l.error();
+    listener_ = std::move(*l);
+    port_ = listener_->port();
+    handles_.set_listener(listener_.get());
+    return Status::Ok();
+  }
+  auto fd = listen_tcp(options_.listen, options_.bind_retry_ms, &port_);
+  if (!fd) return fd.error();
+  listen_fd_ = std::move(*fd);
+  return Status::Ok();
+}
+
+Status Server::Impl::adopt(UniqueFd fd) {
+  if (listener_) return Error(EINVAL, "adopt: an RDMA brick serves RDMA connections only");
+  admit_handshake();
+  add_connection(take_slot(), next_generation_++ & 0xFFFFFF, std::make_unique<TcpTransport>(std::move(fd)),
+                 "adopted");
+  return Status::Ok();
+}
+
+void Server::Impl::arm_accept() {
+  if (listener_) return arm_rdma();
+  if (stopping_ || accept_inflight_) return;
+  accept_addrlen_ = sizeof accept_addr_;
+  io_uring_sqe* sqe = ring_.get_sqe();
+  io_uring_prep_accept(sqe, listen_fd_.get(), reinterpret_cast<sockaddr*>(&accept_addr_), &accept_addrlen_,
+                       SOCK_CLOEXEC);
+  io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kAccept, 0, 0));
+  accept_inflight_ = true;
+}
+
+void Server::Impl::arm_rdma() {
+  if (stopping_) return;
+  if (!cm_poll_inflight_) {
+    io_uring_sqe* sqe = ring_.get_sqe();
+    io_uring_prep_poll_add(sqe, listener_->cm_fd(), POLLIN);
+    io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kCmPoll, 0, 0));
+    cm_poll_inflight_ = true;
+  }
+  if (!cq_poll_inflight_ && listener_->cq_fd() >= 0) {
+    io_uring_sqe* sqe = ring_.get_sqe();
+    io_uring_prep_poll_add(sqe, listener_->cq_fd(), POLLIN);
+    io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kCqPoll, 0, 0));
+    cq_poll_inflight_ = true;
+  }
+}
+
+void Server::Impl::on_accept(int res) {
+  accept_inflight_ = false;
+  if (res < 0) {
+    if (!stopping_ && res != -EINVAL) {
+      PBRICK_LOG_WARN("accept: %s", std::strerror(-res));
+      // EMFILE and friends: don't spin; the tick re-arms.
+      if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM) return;
+    }
+    if (!stopping_) arm_accept();
+    return;
+  }
+  UniqueFd fd(res);
+  if (stopping_) return;
+  admit_handshake();
+  // Connections that were evicted or refused are still closing; past this
+  // many objects the brick stops accepting until they are gone.
+  if (open_connections_ >= size_t{options_.max_connections} + 2 * size_t{options_.max_handshakes}) {
+    PBRICK_LOG_WARN("refusing connection from %s: %zu connections open", peer_name(accept_addr_).c_str(),
+                    open_connections_);
+    arm_accept();
+    return;
+  }
+  int one = 1;
+  ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  add_connection(take_slot(), next_generation_++ & 0xFFFFFF, std::make_unique<TcpTransport>(std::move(fd)),
+                 peer_name(accept_addr_));
+  arm_accept();
+}
+
+void Server::Impl::on_cm_events() {
+  for (;;) {
+    auto ev = listener_->next_event();
+    if (!ev) {
+      PBRICK_LOG_ERROR("rdma: %s", ev.error().message().c_str());
+      break;
+    }
+    if (!*ev) break;
+    const RdmaListener::Event& e = **ev;
+    using Kind = RdmaListener::Event::Kind;
+    if (e.kind == Kind::kConnectRequest) {
+      admit_handshake();
+      if (open_connections_ >= listener_->max_connections()) {
+        PBRICK_LOG_WARN("refusing an RDMA connection: %u queue pairs open", listener_->max_connections());
+        listener_->reject(e.id);
+        continue;
+      }
+      uint32_t index = take_slot();
+      uint32_t generation = next_generation_++ & 0xFFFFFF;
+      auto rc = listener_->accept(e.id, generation, index);
+      if (!rc) {
+        PBRICK_LOG_WARN("refusing an RDMA connection: %s", rc.error().message().c_str());
+        free_slots_.push_back(index);
+        continue;
+      }
+      std::string peer = (*rc)->peer();
+      add_connection(index, generation, std::make_unique<RdmaTransport>(std::move(*rc)), std::move(peer));
+      continue;
+    }
+    Connection* c = find(static_cast<uint32_t>(e.context), static_cast<uint32_t>(e.context >> 32));
+    if (c == nullptr) continue;
+    if (e.kind == Kind::kDisconnected) {
+      PBRICK_LOG_DEBUG("%s: %s", c->peer.c_str(), e.name.c_str());
+      c->peer_eof = true;
+      c->drop_output();  // nobody is left to read replies
+      c->begin_close();
+      maybe_close(*c);
+    }
+  }
+  arm_rdma();
+}
+
+// ---- Server::Impl: connection slots ---------------------------------------------
+
+Connection& Server::Impl::add_connection(uint32_t index, uint32_t generation,
+                                         std::unique_ptr<ConnTransport> transport, std::string peer) {
+  conns_[index] = std::make_unique<Connection>(index, generation, std::move(transport), std::move(peer));
+  Connection& c = *conns_[index];
+  open_connections_++;
+  pending_handshakes_++;
+  PBRICK_LOG_DEBUG("%s: connected", c.peer.c_str());
+  c.transport->arm_recv(c, ring_);
+  return c;
+}
+
+uint32_t Server::Impl::take_slot() {
+  if (!free_slots_.empty()) {
+    uint32_t index = free_slots_.back();
+    free_slots_.pop_back();
+    return index;
+  }
+  conns_.emplace_back();
+  return static_cast<uint32_t>(conns_.size() - 1);
+}
+
+Connection* Server::Impl::find(uint32_t index, uint32_t generation) {
+  if (index >= conns_.size() || !conns_[index] || conns_[index]->generation != generation) return nullptr;
+  return conns_[index].get();
+}
+
+void Server::Impl::admit_handshake() {
+  if (pending_handshakes_ < options_.max_handshakes) return;
+  Connection* oldest = nullptr;
+  for (auto& c : conns_) {
+    if (c && c->counts_as_handshake && (oldest == nullptr || c->accepted_at < oldest->accepted_at)) {
+      oldest = c.get();
+    }
+  }
+  if (oldest == nullptr) return;
+  PBRICK_LOG_WARN("%s: closing the oldest connection still in its handshake: %u are (max_handshakes)",
+                  oldest->peer.c_str(), options_.max_handshakes);
+  oldest->counts_as_handshake = false;
+  pending_handshakes_--;
+  oldest->drop_output();
+  close_now(*oldest);
+}
+
+void Server::Impl::close_now(Connection& c) {
+  c.begin_close();
+  if (!c.transport->closes_in_ring()) maybe_close(c);
+}
+
+void Server::Impl::maybe_close(Connection& c) {
+  if (!c.closing) return;
+  if (!c.send_inflight && c.out_start != c.out_end && !stopping_) {
+    c.transport->flush_output(c, ring_);
+    return;
+  }
+  if (!c.idle()) return;
+  size_t revoked = c.rkeys.size();
+  handles_.revoke_all(c.rkeys);
+  // Its unpersisted WRITEs are now covered by the next sync point of any connection.
+  ledger_.orphan(c.sync);
+  c.transport->disconnect();
+  PBRICK_LOG_DEBUG("%s: connection closed (%zu mappings revoked)", c.peer.c_str(), revoked);
+  uint32_t index = c.index;
+  if (c.counts_as_handshake) pending_handshakes_--;
+  if (c.ready()) ready_connections_--;
+  conns_[index].reset();
+  free_slots_.push_back(index);
+  open_connections_--;
+  if (!stopping_) arm_accept();
+}
+
+}  // namespace pbrick

@@ -1,0 +1,278 @@
+// The frame pump and request dispatch: every frame a connection sends, once
+// whole, is checked against the handshake, given room for its reply, held
+// at its sync point while persistence is due, and served.
+#include <endian.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "common/log.h"
+#include "common/units.h"
+#include "target/server_impl.h"
+
+namespace pbrick {
+
+using proto::kHeaderSize;
+using proto::Opcode;
+using Outcome = PersistenceLedger::Outcome;
+
+namespace {
+
+constexpr size_t kListReplyMax = kHeaderSize + proto::kListReplyFixedSize + proto::kMaxListExtents * proto::kExtentSize;
+
+// The output room a request's reply needs at most.
+size_t reply_room(const proto::FrameHeader& h, std::span<const uint8_t> payload) {
+  switch (h.opcode) {
+    case Opcode::kRead: {
+      uint32_t len = proto::peek_io_length(payload);
+      return kHeaderSize + (len > proto::kMaxIoSize ? 0 : len);
+    }
+    case Opcode::kList:
+      return kListReplyMax;
+    default:
+      return kHeaderSize + 256;  // HELLO's reply, the largest fixed one, is 136 bytes
+  }
+}
+
+}  // namespace
+
+void Server::Impl::pump(Connection& c) {
+  bool blocked = false;  // stopped for output room or persistence, not for lack of input
+  while (!c.closing && !c.sync.awaiting_sync) {
+    c.grow_buffers();
+    size_t avail = c.in_end - c.in_start;
+    if (avail < kHeaderSize) break;
+    const uint8_t* frame = c.in.get() + c.in_start;
+    // Every reply needs a header's worth of room, error replies included.
+    if (!c.out_room(kHeaderSize)) {
+      blocked = true;
+      break;
+    }
+    auto hdr = proto::decode_header({frame, kHeaderSize}, /*expect_reply=*/false);
+    if (!hdr) {
+      // Framing can no longer be trusted: say why (echoing what looks like the
+      // request id) and close once the reply is out. A wrong magic means the
+      // peer does not speak this protocol at all: no reply.
+      PBRICK_LOG_WARN("%s: closing connection: %s", c.peer.c_str(), hdr.error().message().c_str());
+      auto echo = proto::salvage_request_header({frame, kHeaderSize});
+      if (echo) c.reply_error(*echo, hdr.error());
+      c.begin_close();
+      break;
+    }
+    if (!handshake_allows(c, *hdr)) break;
+    size_t total = kHeaderSize + hdr->payload_len;
+    if (total > c.in_cap && (!c.ready() || c.recv_inflight)) {
+      // Only a ready connection gets the large buffer (grow_buffers(), once
+      // its recv completed); a HELLO or AUTH frame always fits the small one.
+      if (!c.ready()) {
+        PBRICK_LOG_WARN("%s: closing connection: a %zu-byte frame during the handshake", c.peer.c_str(), total);
+        c.begin_close();
+      }
+      break;
+    }
+    if (avail < total) {
+      // Never move bytes under a recv in flight: it writes at the old in_end.
+      if (c.in_start + total > c.in_cap && !c.recv_inflight) {
+        std::memmove(c.in.get(), frame, avail);
+        c.in_start = 0;
+        c.in_end = avail;
+      }
+      break;
+    }
+    std::span<const uint8_t> payload{frame + kHeaderSize, hdr->payload_len};
+    if (!c.out_room(reply_room(*hdr, payload))) {  // resumes when the pending send completes
+      blocked = true;
+      break;
+    }
+    if (hdr->opcode == Opcode::kPersist && c.ready()) {
+      if (!handle_persist(c, *hdr, payload)) {
+        blocked = true;
+        break;
+      }
+      c.in_start += total;
+      continue;
+    }
+    if (hdr->opcode == Opcode::kRead && c.transport->carries_data() && c.ready()) {
+      // Sync-read: this READ is answered only once every earlier WRITE on this
+      // connection, and every orphaned one, is durable - before any check of
+      // the READ itself, so a READ through a dead handle is a sync point too
+      // and only EIO means persistence failed (docs/protocol.md §11.1).
+      Outcome sync = sync_point(c, ledger_.read_target(c.sync));
+      if (sync == Outcome::kWaiting) {
+        blocked = true;
+        break;
+      }
+      if (sync == Outcome::kFailed) {
+        c.reply_error(*hdr, Error(EIO, "READ: persisting earlier writes failed"));
+        c.in_start += total;
+        continue;
+      }
+    }
+    handle_frame(c, *hdr, payload);
+    c.in_start += total;
+  }
+  if (c.in_start == c.in_end && !c.recv_inflight) c.in_start = c.in_end = 0;
+  // A peer that half-closed after its last request still gets every reply;
+  // once nothing more can be parsed, the connection winds down. A request
+  // waiting for its sync point is not parsed yet: the end of the stream may
+  // arrive before the fdatasync completes.
+  if (c.peer_eof && !blocked && !c.sync.awaiting_sync) c.closing = true;
+  c.transport->flush_output(c, ring_);
+  c.transport->arm_recv(c, ring_);
+  maybe_close(c);
+}
+
+void Server::Impl::handle_frame(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload) {
+  using State = Connection::State;
+  PBRICK_LOG_DEBUG("%s: %s #%llu (%u bytes)", c.peer.c_str(), proto::opcode_name(h.opcode),
+                   static_cast<unsigned long long>(h.request_id), h.payload_len);
+  if (c.state == State::kHello) {
+    handle_hello(c, h, payload);  // handshake_allows() refused anything but HELLO on its header
+    return;
+  }
+  if (h.opcode == Opcode::kHello) {
+    c.reply_error(h, Error(EPROTO, "second HELLO"));
+    c.begin_close();
+    return;
+  }
+  if (c.state == State::kAuth) {
+    handle_auth(c, h, payload);  // handshake_allows() refused anything but AUTH on its header
+    return;
+  }
+
+  switch (h.opcode) {
+    case Opcode::kAuth:
+      c.reply_error(h, Error(EPROTO, "AUTH without a key"));
+      return;
+    case Opcode::kStat: {
+      StoreStats s = store_.stats();
+      proto::StatReply r;
+      r.capacity_blocks = s.capacity_blocks;
+      r.free_blocks = s.free_blocks;
+      r.allocated_blocks = s.allocated_blocks;
+      r.mapped_blocks = s.mapped_blocks;
+      r.brick_uuid = store_.uuid();
+      r.store_kind = store_.region().is_pmem() ? proto::kStorePmem : proto::kStoreFile;
+      proto::encode_stat_reply(r, c.reply_header(h, proto::kStatReplySize));
+      return;
+    }
+    case Opcode::kAlloc:
+    case Opcode::kFree: {
+      auto req = proto::decode_addr_request(payload);
+      if (!req) return c.reply_error(h, req.error());
+      Status st = h.opcode == Opcode::kAlloc ? store_.alloc(req->vaddr) : store_.free(req->vaddr);
+      if (!st) return c.reply_error(h, st.error());
+      c.reply_header(h, 0);
+      return;
+    }
+    case Opcode::kMap:
+      handle_map(c, h, payload);
+      return;
+    case Opcode::kUnmap:
+      handle_unmap(c, h, payload);
+      return;
+    case Opcode::kList: {
+      auto req = proto::decode_list_request(payload);
+      if (!req) return c.reply_error(h, req.error());
+      proto::ListReply r = store_.list(req->cursor, c.transport->max_list_extents(req->max_extents));
+      size_t size = proto::list_reply_size(r.extents.size());
+      proto::encode_list_reply(r, c.reply_header(h, static_cast<uint32_t>(size)));
+      return;
+    }
+    case Opcode::kRead:
+    case Opcode::kWrite:
+      if (!c.transport->carries_data()) {
+        return c.reply_error(h, Error(EOPNOTSUPP, "data moves by one-sided RDMA on an RDMA connection"));
+      }
+      handle_io(c, h, payload);
+      return;
+    case Opcode::kPersist:
+      break;  // handled in pump()
+    case Opcode::kHello:
+      break;  // handled above
+  }
+}
+
+// The one place a MAP is served.
+void Server::Impl::handle_map(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload) {
+  auto req = proto::decode_map_request(payload);
+  if (!req) return c.reply_error(h, req.error());
+  auto reply = handles_.map(c.index, c.rkeys, *req);
+  if (!reply) return c.reply_error(h, reply.error());
+  proto::encode_map_reply(*reply, c.reply_header(h, proto::kMapReplySize));
+}
+
+void Server::Impl::handle_unmap(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload) {
+  auto req = proto::decode_addr_request(payload);
+  if (!req) return c.reply_error(h, req.error());
+  Status st = handles_.unmap(c.rkeys, req->vaddr);
+  if (!st) return c.reply_error(h, st.error());
+  c.reply_header(h, 0);
+}
+
+void Server::Impl::handle_io(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload) {
+  std::span<const uint8_t> data;
+  auto req = proto::decode_io_request(payload, h.opcode, &data);
+  if (!req) return c.reply_error(h, req.error());
+  const Handle* hd = nullptr;
+  auto offset = handles_.resolve(req->rkey, req->remote_addr, req->length, &hd);
+  if (!offset) return c.reply_error(h, offset.error());
+  if (h.opcode == Opcode::kWrite) {
+    if ((hd->map_flags & proto::kMapWrite) == 0) {
+      return c.reply_error(h, Error(EACCES, "WRITE through a read-only mapping"));
+    }
+    store_.region().copy_nodrain(*offset, data.data(), data.size());
+    ledger_.note_write(c.sync);
+    c.reply_header(h, 0);
+    return;
+  }
+  uint8_t* out = c.reply_header(h, req->length);
+  std::memcpy(out, store_.region().base() + *offset, req->length);
+}
+
+// PERSIST names ranges through live handles (or none: every writable
+// mapping). pmem: cache flush + drain of each range (which never modifies the
+// data, so writes other queue pairs make meanwhile are safe). A file store:
+// one fdatasync through io_uring, the reply waiting for it. (Over RDMA a file
+// store can only be tmpfs or hugetlbfs - the kernel refuses to let a NIC pin
+// pages it tracks for writeback - so pages dirtied behind the kernel's back
+// never need writing back.) Returns false while that fdatasync runs.
+bool Server::Impl::handle_persist(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload) {
+  if (c.sync.sync_target != 0) return finish_persist(c, h);  // resumed after its fdatasync
+  auto req = proto::decode_persist_request(payload);
+  if (!req) {
+    c.reply_error(h, req.error());
+    return true;
+  }
+  PmemRegion& region = store_.region();
+  for (const HandleTable::Range& r : handles_.persist_ranges(*req)) {
+    if (!region.is_pmem()) break;
+    Status st = region.persist(r.offset, r.len);
+    if (!st) {
+      // The region is marked failed: sync points answer EIO from now on.
+      PBRICK_LOG_ERROR("%s: PERSIST: %s", c.peer.c_str(), st.error().message().c_str());
+      break;
+    }
+  }
+  // pmem: the drain covers TCP WRITEs (non-temporal stores), also those
+  // through handles that died since. A file store: one fdatasync that starts
+  // now covers the ranges, and every earlier TCP WRITE too.
+  c.sync.sync_target = ledger_.persist_target();
+  return finish_persist(c, h);
+}
+
+bool Server::Impl::finish_persist(Connection& c, const proto::FrameHeader& h) {
+  switch (sync_point(c, c.sync.sync_target)) {
+    case Outcome::kWaiting:
+      return false;
+    case Outcome::kFailed:
+      c.reply_error(h, Error(EIO, "PERSIST: persisting the store failed"));
+      return true;
+    case Outcome::kDurable:
+      c.reply_header(h, 0);
+      return true;
+  }
+  return true;
+}
+
+}  // namespace pbrick
