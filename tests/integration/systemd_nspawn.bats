@@ -167,7 +167,9 @@ vol_sum() {
   in_ct nbdcopy --flush - "$NBD_URI" <"$BATS_FILE_TMPDIR/data"
   assert_equal "$(vol_sum)" "$(cat "$BATS_FILE_TMPDIR/data.sum")"
   run in_ct pbrickctl --target 127.0.0.1:7100 --json list
-  assert_equal "$(jq -c '[.extents[] | [.start, .blocks]]' <<<"$output")" '[["0x0",2]]'
+  # The data blocks, then the volume's label area (docs/layout.md "Volume label").
+  assert_equal "$(jq -c '[.extents[] | [.start, .blocks]]' <<<"$output")" \
+    '[["0x0",2],["0x8000000000000000",1],["0x8000000000200000",1]]'
 }
 
 @test "systemctl kill -s KILL: Restart= brings the brick back and the export resumes" {
