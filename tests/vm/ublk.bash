@@ -1,0 +1,127 @@
+# The ublk tests' gateway and brick helpers (ublk.bats, stripe.bats): setup
+# and teardown of one brick at $TARGET and one gateway, attach/detach, ext4
+# helpers. Loaded after helpers.bash.
+# shellcheck shell=bash
+
+GW_BIN="$PBRICK_BIN_DIR/gateway/pbrick-gateway"
+M=$((1024 * 1024))
+
+setup() {
+  require_vm
+  [ -c /dev/ublk-control ] || skip "no /dev/ublk-control"
+  PERSISTENCE=${PBRICK_PERSISTENCE:-sync-read}
+  # A file on the scratch disk (/var/tmp): the guest's /tmp tmpfs cannot hold
+  # a 1G store. Over RDMA the store must be memory the kernel lets a NIC write
+  # (tmpfs: /dev/shm, or devdax), not a file on a disk filesystem. Or the
+  # emulated NVDIMM (PBRICK_VM_STORE).
+  vm_store brick 1G
+  BRICK_STORE=$VM_STORE
+  BRICK_PORT=7190
+  TARGET=$(brick_host):$BRICK_PORT
+  export TARGET BRICK_PORT
+  GW_PID=
+}
+
+teardown() {
+  local m
+  for m in $(awk -v d="$BATS_TEST_TMPDIR" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r); do
+    umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
+  done
+  if [ -n "$GW_PID" ] && kill -0 "$GW_PID" 2>/dev/null; then
+    kill -TERM "$GW_PID"
+    timeout 20 tail --pid="$GW_PID" -f /dev/null || kill -KILL "$GW_PID"
+  fi
+  "$GW_BIN" detach -n 0 >/dev/null 2>&1 || true
+  brick_teardown
+  vm_store_remove
+  # Shown by bats when the test failed.
+  if [ -s "$BATS_TEST_TMPDIR/gw.log" ]; then
+    echo "--- gateway log:" >&2
+    tail -n 40 "$BATS_TEST_TMPDIR/gw.log" >&2
+  fi
+}
+
+# brick_up: pbrick-target on $BRICK_STORE (1G, or a whole devdax device) at
+# $TARGET; the same store and port every time, so a restart finds its blocks.
+brick_up() {
+  "$TARGET_BIN" "${VM_STORE_ARGS[@]}" --listen "$TARGET" --transport "$PBRICK_TRANSPORT" \
+    --persistence "$PERSISTENCE" 2>>"$BATS_TEST_TMPDIR/brick.log" &
+  BRICK_PID=$!
+  echo "$BRICK_PID" >>"$BATS_TEST_TMPDIR/pids"
+  local i
+  for i in $(seq 1 200); do
+    ctl stat >/dev/null 2>&1 && return 0
+    kill -0 "$BRICK_PID" 2>/dev/null || { cat "$BATS_TEST_TMPDIR/brick.log" >&2; return 1; }
+    sleep 0.05
+  done
+  return 1
+}
+
+# gw_attach ARGS...: starts `pbrick-gateway attach` in the background, waits
+# for the device path it prints; sets GW_PID and DEV.
+gw_attach() {
+  local out=$BATS_TEST_TMPDIR/gw.out
+  : >"$out"
+  "$GW_BIN" attach --target "$TARGET" --transport "$PBRICK_TRANSPORT" --persistence "$PERSISTENCE" "$@" \
+    >"$out" 2>>"$BATS_TEST_TMPDIR/gw.log" &
+  GW_PID=$!
+  local i
+  for i in $(seq 1 300); do
+    if [ -s "$out" ]; then
+      DEV=$(head -n1 "$out")
+      [ -b "$DEV" ] && return 0
+    fi
+    kill -0 "$GW_PID" 2>/dev/null || { cat "$BATS_TEST_TMPDIR/gw.log" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "pbrick-gateway attach did not print a device within 30 s" >&2
+  cat "$BATS_TEST_TMPDIR/gw.log" >&2
+  return 1
+}
+
+# gw_detach: SIGTERM, and the gateway must exit 0 and the device go away.
+gw_detach() {
+  kill -TERM "$GW_PID"
+  local rc=0
+  wait "$GW_PID" || rc=$?
+  GW_PID=
+  [ "$rc" = 0 ] || { echo "gateway exited $rc" >&2; cat "$BATS_TEST_TMPDIR/gw.log" >&2; return 1; }
+  local i
+  for i in $(seq 1 50); do
+    [ -e "$DEV" ] || return 0
+    sleep 0.1
+  done
+  echo "$DEV still exists after detach" >&2
+  return 1
+}
+
+# mkfs_mount: a fresh ext4 on $DEV, mounted at MNT ($BATS_TEST_TMPDIR/mnt).
+mkfs_mount() {
+  mkfs.ext4 -q -F "$DEV"
+  MNT=$BATS_TEST_TMPDIR/mnt
+  mkdir -p "$MNT"
+  mount "$DEV" "$MNT"
+}
+
+# reattach_verify ATTACH_ARGS...: attaches again, and the tree at $MNT/tree
+# has the checksums of $BATS_TEST_TMPDIR/before; fsck finds nothing; detaches;
+# the kernel logged no problem.
+reattach_verify() {
+  gw_attach "$@"
+  mount "$DEV" "$MNT"
+  sha_tree "$MNT/tree" >"$BATS_TEST_TMPDIR/after"
+  umount "$MNT"
+  diff "$BATS_TEST_TMPDIR/before" "$BATS_TEST_TMPDIR/after"
+  fsck.ext4 -f -n "$DEV"
+  gw_detach
+  [ -z "$(dmesg_problems)" ]
+}
+
+make_tree() {
+  local d=$1 i
+  mkdir -p "$d"/{big,mid/a/b,small}
+  head -c $((6 * M)) /dev/urandom >"$d/big/random6M"
+  for i in $(seq 1 12); do head -c $((RANDOM * 4 + i)) /dev/urandom >"$d/mid/$(((i % 2)) && echo a/ || echo a/b/)f$i"; done
+  for i in $(seq 1 40); do head -c $((RANDOM % 4096 + 1)) /dev/urandom >"$d/small/s$i"; done
+  : >"$d/empty"
+}
