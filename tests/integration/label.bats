@@ -4,7 +4,7 @@
 # dies; read-only attaches share; a brick holding another volume's label, and
 # a shrink, are refused with a clear error and change no byte of the brick;
 # a grow is accepted. (Brick order and reformatted members of multi-brick
-# volumes: gateway/volume_label_test.cc, VolumeClaimTest.*.)
+# volumes: stripe.bats over NBD, gateway/volume_label_test.cc VolumeClaimTest.*.)
 
 load helpers
 load nbd

@@ -2,7 +2,8 @@
 # A volume striped over three bricks (layout stripe: block i on brick i mod 3
 # at (i div 3) x 2 MiB), served over NBD by nbdkit-pbrick-plugin.so: data
 # that outgrows any one brick, each brick's share of the blocks as the brick
-# itself lists them, and what one brick being down does to the volume.
+# itself lists them, what one brick being down does to the volume, and the
+# volume label refusing its bricks in another order or with one reformatted.
 
 load helpers
 load nbd
@@ -111,4 +112,50 @@ list_of() {
   BRICK_PORT=$P2 restart_brick b2
   run qio "read -P 0x52 $((2 * M2)) $M2" "read -P 0x55 $((5 * M2)) $M2" "read -P 0x61 $M2 4096" flush
   assert_qio_ok
+}
+
+# sums_of TARGET: sha256 of the volume's label slots (base 0) and of every data
+# block on that brick, one per line (the holder record, rewritten by every
+# writer, is left out).
+sums_of() {
+  local start blocks i
+  TARGET=$1 ctl read 0x8000000000000000 0 8192 | sha256sum | cut -d' ' -f1
+  while read -r start blocks; do
+    for ((i = 0; i < blocks; i++)); do
+      TARGET=$1 ctl read $((start + i * M2)) 0 "$M2" | sha256sum | cut -d' ' -f1
+    done
+  done < <(TARGET=$1 ctl --json list | jq -r "$DATA_EXTENTS | .[] | \"\(.start) \(.blocks)\"")
+}
+
+@test "stripe: the bricks in another order, or one brick reformatted, are refused naming the brick; no brick changes" {
+  start_bricks
+  start_nbd target="$T0,$T1,$T2" layout=stripe size=32M name=s0
+  run qio "write -P 0x3c 0 20M" flush
+  assert_qio_ok
+  stop_nbd
+  local s0 s1 s2
+  s0=$(sums_of "$T0") s1=$(sums_of "$T1") s2=$(sums_of "$T2")
+  # 10 data blocks over 3 bricks (4, 3, 3) plus each brick's label slots.
+  assert_equal "$(wc -l <<<"$s0") $(wc -l <<<"$s1") $(wc -l <<<"$s2")" "5 4 4"
+
+  run start_nbd --name swapped target="$T1,$T0,$T2" layout=stripe size=32M name=s0
+  assert_failure
+  grep -q "brick 0 ($T1) is brick 1 of volume .*: wrong brick order" "$BATS_TEST_TMPDIR/swapped.nbdkit.log" ||
+    fail "$(cat "$BATS_TEST_TMPDIR/swapped.nbdkit.log")"
+  assert_equal "$(sums_of "$T0")" "$s0"
+  assert_equal "$(sums_of "$T1")" "$s1"
+  assert_equal "$(sums_of "$T2")" "$s2"
+
+  # Brick 2 reformatted: a new, empty store on the same address.
+  kill -TERM "$B2"
+  wait "$B2" 2>/dev/null || true
+  rm -f "$(store_dir)/b2.store"
+  BRICK_PORT=$P2 restart_brick b2
+  run start_nbd --name reformatted target="$T0,$T1,$T2" layout=stripe size=32M name=s0
+  assert_failure
+  grep -q "brick 2 ($T2) serves store .*, but the label on brick 0 ($T0) names store .* a wrong or reformatted brick" \
+    "$BATS_TEST_TMPDIR/reformatted.nbdkit.log" || fail "$(cat "$BATS_TEST_TMPDIR/reformatted.nbdkit.log")"
+  assert_equal "$(sums_of "$T0")" "$s0"
+  assert_equal "$(sums_of "$T1")" "$s1"
+  assert_equal "$(TARGET=$T2 ctl --json list | jq -c '.extents')" '[]'
 }
