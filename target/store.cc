@@ -33,6 +33,11 @@ constexpr uint32_t kLayoutVersionV1 = 1;
 constexpr size_t kSbMagic = 0;
 constexpr size_t kSbVersion = 8;
 constexpr size_t kSbFlags = 12;
+// Flags: the store has a slow tier (docs/layout.md, "Slow tier"); set once,
+// when a slow tier is first attached, and never cleared. A build that knows no
+// flags refuses the store, as does Open() without the slow tier.
+constexpr uint32_t kSbFlagSlowTier = 1u << 0;
+constexpr uint32_t kKnownSbFlags = kSbFlagSlowTier;
 constexpr size_t kSbUuid = 16;
 constexpr size_t kSbRegionSize = 32;
 constexpr size_t kSbBlockSize = 40;
@@ -197,6 +202,10 @@ Result<std::unique_ptr<Store>> Store::Open(std::unique_ptr<PmemRegion> region,
     if (!slow) return slow.error();
     store->slow_ = std::move(*slow);
     slow_formatted = slow_blank || options.force_format;
+    if (!store->has_slow_flag_ || store->slow_flag_pending_) PBRICK_TRY(store->set_slow_flag());
+  } else if (store->has_slow_flag_) {
+    return corrupt("the store has a slow tier (superblock flag), and its blocks may be there: give the brick "
+                   "its slow tier (--slow-store)");
   }
   std::string first_problem;
   uint64_t problems = 0;
@@ -306,6 +315,14 @@ Status Store::format() {
 
 // The superblock checksum the bytes at `sb` would have with `version` in the
 // version field: an upgrade writes that checksum before the version (upgrade_map()).
+// The same with `flags` in the flags field (set_slow_flag()).
+static uint32_t superblock_crc_with_flags(const uint8_t* sb, uint32_t flags) {
+  std::array<uint8_t, kSbCrc> copy;
+  std::memcpy(copy.data(), sb, kSbCrc);
+  put32(copy.data() + kSbFlags, flags);
+  return crc32c(copy.data(), kSbCrc);
+}
+
 static uint32_t superblock_crc_with_version(const uint8_t* sb, uint32_t version) {
   std::array<uint8_t, kSbCrc> copy;
   std::memcpy(copy.data(), sb, kSbCrc);
@@ -328,12 +345,16 @@ Status Store::load() {
   uint32_t stored_crc = load32(sb + kSbCrc);
   uint32_t crc = crc32c(sb, kSbCrc);
   bool upgrade_interrupted = false;
+  bool slow_flag_pending = false;
   if (stored_crc != crc) {
     // The one state a crash can leave with a checksum that does not match:
     // an upgrade wrote the version-2 checksum but not yet the version word.
+    // Or setting the slow tier flag wrote the new checksum but not the flag.
     if (version == kLayoutVersionV1 &&
         stored_crc == superblock_crc_with_version(sb, kLayoutVersion)) {
       upgrade_interrupted = true;
+    } else if (stored_crc == superblock_crc_with_flags(sb, load32(sb + kSbFlags) | kSbFlagSlowTier)) {
+      slow_flag_pending = true;
     } else {
       return corrupt("superblock checksum mismatch (stored " + hex(stored_crc) + ", computed " +
                      hex(crc) + "): the superblock is corrupt");
@@ -341,7 +362,7 @@ Status Store::load() {
   }
   // Past the checksum, anything unexpected was written that way: by a newer
   // layout or a bug, not by media corruption. Refuse rather than guess.
-  if (uint32_t flags = load32(sb + kSbFlags); flags != 0) {
+  if (uint32_t flags = load32(sb + kSbFlags); (flags & ~kKnownSbFlags) != 0) {
     return corrupt("superblock has unknown flags " + hex(flags));
   }
   if (!all_zero(sb + kSbReserved, kSbCrc - kSbReserved)) {
@@ -385,6 +406,8 @@ Status Store::load() {
   slots_offset_ = slots_offset;
   layout_version_ = version;
   upgrade_interrupted_ = upgrade_interrupted;
+  has_slow_flag_ = slow_flag_pending || (load32(sb + kSbFlags) & kSbFlagSlowTier) != 0;
+  slow_flag_pending_ = slow_flag_pending;
   return Status::Ok();
 }
 
@@ -905,6 +928,25 @@ bool Store::moving(uint64_t vaddr) const {
 std::optional<uint64_t> Store::demotion_candidate() const {
   if (lru_.empty()) return std::nullopt;
   return lru_.front();
+}
+
+// Setting the slow tier flag changes two words of the superblock: first the
+// checksum word gets the checksum of the superblock with the flag, then the
+// word holding version and flags gets the flag. load() takes a superblock whose
+// checksum matches only with the flag as having it (and this completes it).
+Status Store::set_slow_flag() {
+  PmemRegion& r = *region_;
+  std::array<uint8_t, kSuperblockSize> sb;
+  std::memcpy(sb.data(), r.base(), kSuperblockSize);
+  put32(sb.data() + kSbFlags, load32(sb.data() + kSbFlags) | kSbFlagSlowTier);
+  put32(sb.data() + kSbCrc, crc32c(sb.data(), kSbCrc));
+  constexpr size_t kCrcWord = kSbCrc - 4;
+  auto fail = [](const Error& e) { return e.wrap("mark the store as having a slow tier"); };
+  if (Status s = r.store_word_persist(kCrcWord, word_of(sb.data() + kCrcWord)); !s) return fail(s.error());
+  if (Status s = r.store_word_persist(kSbVersion, word_of(sb.data() + kSbVersion)); !s) return fail(s.error());
+  has_slow_flag_ = true;
+  slow_flag_pending_ = false;
+  return Status::Ok();
 }
 
 }  // namespace pbrick

@@ -201,7 +201,8 @@ class Store {
   // Validates every map entry and fills index_ and the free lists; each
   // invalid entry goes to `problem` (and is left out of the index).
   void scan_map(const ProblemSink& problem);
-  Status upgrade_map();  // version 1 -> 2, docs/layout.md "Upgrade from version 1"
+  Status upgrade_map();
+  Status set_slow_flag();  // docs/layout.md, "Slow tier"  // version 1 -> 2, docs/layout.md "Upgrade from version 1"
   Status check_vaddr(const char* op, uint64_t vaddr) const;
   // EUCLEAN unless the block's map entry on media is what the index says.
   Status verify_entry(const char* op, uint64_t vaddr, const BlockInfo& block) const;
@@ -231,6 +232,8 @@ class Store {
   std::unique_ptr<SlowTier> slow_;
   // Check(): a fast store alone; entries on the slow tier are accepted unchecked.
   bool slow_unchecked_ = false;
+  bool has_slow_flag_ = false;      // superblock flag: the store has a slow tier
+  bool slow_flag_pending_ = false;  // its checksum was written, the flag not yet
   uint64_t slow_blocks_in_fast_map_ = 0;  // set by scan_map, for Open()'s blank-slow-tier refusal
   std::list<uint64_t> lru_;              // fast unpinned blocks, least recently unmapped first
   std::vector<uint32_t> free_entries_;   // min-heap of map entries with key 0

@@ -166,11 +166,40 @@ TEST(SlowTier, RefusesToOpenWithoutTheSlowTierItsBlocksAreOn) {
   }
   auto without = open(im, /*with_slow=*/false);
   ASSERT_FALSE(without);
-  EXPECT_NE(without.error().message().find("has no slow tier"), std::string::npos) << without.error().message();
+  EXPECT_NE(without.error().message().find("the store has a slow tier (superblock flag)"), std::string::npos)
+      << without.error().message();
   std::fill(im.slow.begin(), im.slow.end(), 0);  // a blank file in its place
   auto blank = open(im);
   ASSERT_FALSE(blank);
   EXPECT_NE(blank.error().message().find("blank"), std::string::npos) << blank.error().message();
+}
+
+// Attaching a slow tier sets a superblock flag with two stores (checksum, then
+// flag word): a crash between them leaves a store that still opens, as having
+// the flag, and only with its slow tier.
+TEST(SlowTier, FlagSurvivesACrashBetweenItsTwoStores) {
+  Images im;
+  ASSERT_TRUE(Store::Open(std::make_unique<SnapRegion>(&im.fast, &im.event), StoreOpenOptions{}));
+  EXPECT_EQ(im.fast[12], 0);  // flags
+  std::vector<std::vector<uint8_t>> crashes;
+  im.event = [&] { crashes.push_back(im.fast); };
+  ASSERT_TRUE(open(im));
+  im.event = nullptr;
+  EXPECT_EQ(im.fast[12], 1);
+  int refused = 0;
+  for (const auto& fast : crashes) {
+    Images c;
+    c.fast = fast;
+    c.slow = im.slow;
+    auto with = open(c);
+    ASSERT_TRUE(with) << with.error().message();
+    EXPECT_EQ(c.fast[12], 1);
+    c.fast = fast;
+    if (!open(c, /*with_slow=*/false)) ++refused;
+  }
+  // Once the checksum word is written (the last crash points), the store
+  // needs its slow tier.
+  EXPECT_GE(refused, 1);
 }
 
 TEST(SlowTier, DemotionCandidateIsTheLeastRecentlyUnmapped) {
