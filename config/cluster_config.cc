@@ -491,7 +491,8 @@ class Parser {
   void parse_brick(const YAML::Node& node, const std::string& path) {
     static const KeySpec kSpec{
         {"name", "host", "port", "transport", "store", "nic", "persistence", "key_file"}, {}};
-    static const KeySpec kStore{{"path", "size"}, {}};
+    static const KeySpec kStore{{"path", "size", "slow"}, {}};
+    static const KeySpec kSlow{{"path", "size"}, {}};
     static const KeySpec kNic{{"netdev", "rdma_device", "ddio"}, {}};
     BrickConfig& b = config_->bricks.emplace_back();
     b.port = kDefaultPort;
@@ -519,6 +520,15 @@ class Parser {
       if (auto sf = map_fields(it->second.value, store_path, spos, kStore)) {
         get_string(*sf, "path", store_path, spos, true, &b.store.path);
         get_size(*sf, "size", store_path, spos, true, &b.store.size);
+        std::string slow_path = store_path + ".slow";
+        if (auto st = sf->find("slow"); st != sf->end() && !st->second.value.IsNull()) {
+          SourcePos slpos = value_pos(st->second);
+          config_->positions[slow_path] = slpos;
+          if (auto slf = map_fields(st->second.value, slow_path, slpos, kSlow)) {
+            get_string(*slf, "path", slow_path, slpos, true, &b.store.slow_path);
+            get_size(*slf, "size", slow_path, slpos, true, &b.store.slow_size);
+          }
+        }
       }
     }
 
@@ -708,6 +718,27 @@ class Validator {
             error(p + ".store.path", "store " + quote(b.store.path) + " on " + b.host + " is already used by brick " +
                                          quote(it->second));
           }
+        }
+      }
+      if (known(p + ".store.slow.path") && !b.store.slow_path.empty()) {
+        if (b.store.slow_path[0] != '/') {
+          error(p + ".store.slow.path", "slow tier path " + quote(b.store.slow_path) + " must be an absolute path");
+        } else if (b.store.slow_path == b.store.path) {
+          error(p + ".store.slow.path", "slow tier path " + quote(b.store.slow_path) + " is the store itself");
+        } else if (known(p + ".host")) {
+          auto [it, inserted] = stores.emplace(b.host + "\n" + b.store.slow_path, b.name);
+          if (!inserted) {
+            error(p + ".store.slow.path", "slow tier " + quote(b.store.slow_path) + " on " + b.host +
+                                              " is already used by brick " + quote(it->second));
+          }
+        }
+      }
+      if (known(p + ".store.slow.size") && !b.store.slow_path.empty()) {
+        if (b.store.slow_size == 0) {
+          error(p + ".store.slow.size", "slow tier size must not be zero");
+        } else if (b.store.slow_size % kBlockSize != 0) {
+          error(p + ".store.slow.size", "slow tier size " + std::to_string(b.store.slow_size) +
+                                            " is not a multiple of the 2 MiB block size");
         }
       }
       if (known(p + ".store.size")) {

@@ -35,6 +35,9 @@ const char* frontend_name(Frontend f);
 struct StoreConfig {
   std::string path;   // absolute path of the pmem file / devdax device
   uint64_t size = 0;  // bytes, a non-zero multiple of kBlockSize
+  // store.slow: the slow tier (optional; empty path: none).
+  std::string slow_path;  // absolute path of a file or block device on SSD/disk
+  uint64_t slow_size = 0;  // bytes, a non-zero multiple of kBlockSize
 };
 
 struct NicConfig {

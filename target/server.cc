@@ -25,6 +25,7 @@
 #include "common/units.h"
 #include "common/uring.h"
 #include "target/rdma_listener.h"
+#include "target/tiering.h"
 
 namespace pbrick {
 namespace {
@@ -33,7 +34,10 @@ using proto::kHeaderSize;
 using proto::Opcode;
 using Clock = std::chrono::steady_clock;
 
-enum class OpKind : uint8_t { kAccept = 1, kRecv, kSend, kFsync, kSignal, kTick, kCancel, kStop, kCmPoll, kCqPoll };
+enum class OpKind : uint8_t {
+  kAccept = 1, kRecv, kSend, kFsync, kSignal, kTick, kCancel, kStop, kCmPoll, kCqPoll,
+  kTierPoll, kTierWake,  // tiering: the mover's eventfd; a deferred wake of MAPs waiting for it
+};
 
 struct UserData {
   static uint64_t pack(OpKind kind, uint32_t generation, uint32_t index) {
@@ -81,7 +85,10 @@ struct Connection {
   // waits for fdatasync number `sync_target` while `awaiting_sync`.
   uint64_t needs_sync = 0;
   uint64_t sync_target = 0;
+  // Also set while a MAP at the head of `in` waits for its block's promotion
+  // (tiering hooks below), which resumes it (pump) like a sync completion.
   bool awaiting_sync = false;
+  uint64_t features = 0;  // negotiated in HELLO
   Clock::time_point accepted_at;
   std::string peer;
   bool counts_as_handshake = true;  // one of pending_handshakes_ (not yet ready, not evicted)
@@ -219,6 +226,19 @@ class Server::Impl {
   void revoke(uint32_t rkey);
   Result<uint32_t> fresh_rkey();
 
+  // ---- Tiering hooks (target/tiering.h) -------------------------------------
+  enum class TierMap { kProceed, kWait, kReplied };
+  // Before a MAP: promotes a slow block first (kWait: c waits, its MAP still at
+  // the head of `in`), or answers ENOBUFS when every fast slot is mapped.
+  TierMap tier_before_map(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload);
+  void arm_tier_poll();
+  void post_tier_wake();  // from Tiering's wake callback: resumes waiters from the loop, never nested
+  void on_tier_wake();
+  bool tier_poll_inflight_ = false;
+  bool tier_wake_posted_ = false;
+  std::vector<std::pair<uint32_t, uint32_t>> tier_waiters_;  // (slot, generation)
+  std::vector<std::pair<uint32_t, uint32_t>> tier_waking_;
+
   Store& store_;
   ServerOptions options_;
   std::unique_ptr<RdmaListener> listener_;  // before conns_ and handles_: they go first
@@ -301,6 +321,7 @@ Status Server::Impl::init() {
   int err = init_event_ring(kRingEntries, &ring_);
   if (err < 0) return Error(-err, "io_uring_queue_init");
   ring_ready_ = true;
+  if (options_.tiering) options_.tiering->set_wake([this] { post_tier_wake(); });  // tiering hook
   return Status::Ok();
 }
 
@@ -618,6 +639,18 @@ void Server::Impl::pump(Connection& c) {
         continue;
       }
     }
+    if (hdr->opcode == Opcode::kMap && c.state == Connection::State::kReady && options_.tiering) {
+      // Tiering hook: MAP of a slow block promotes it first.
+      TierMap t = tier_before_map(c, *hdr, {frame + kHeaderSize, hdr->payload_len});
+      if (t == TierMap::kWait) {
+        blocked = true;
+        break;
+      }
+      if (t == TierMap::kReplied) {
+        c.in_start += total;
+        continue;
+      }
+    }
     handle_frame(c, *hdr, {frame + kHeaderSize, hdr->payload_len});
     c.in_start += total;
   }
@@ -663,6 +696,10 @@ void Server::Impl::handle_frame(Connection& c, const proto::FrameHeader& h, std:
       r.mapped_blocks = s.mapped_blocks;
       r.brick_uuid = store_.uuid();
       r.store_kind = store_.region().is_pmem() ? proto::kStorePmem : proto::kStoreFile;
+      if ((c.features & proto::kFeatureTiers) != 0) {  // tiering hook: per-tier counts
+        r.slow_capacity_blocks = static_cast<uint32_t>(s.slow_capacity_blocks);
+        r.slow_free_blocks = static_cast<uint32_t>(s.slow_free_blocks);
+      }
       proto::encode_stat_reply(r, reply_header(c, h, proto::kStatReplySize));
       return;
     }
@@ -749,6 +786,7 @@ void Server::Impl::handle_hello(Connection& c, const proto::FrameHeader& h, std:
   }
   r.brick_uuid = store_.uuid();
   r.boot_id = boot_id_;
+  c.features = r.features;
   c.client_nonce = req->client_nonce;
   if (options_.key) {
     Status st = random_bytes(c.server_nonce.data(), c.server_nonce.size());
@@ -1343,6 +1381,7 @@ void Server::Impl::on_tick() {
     }
   }
   if (!accept_inflight_) arm_accept();
+  if (options_.tiering) options_.tiering->tick();  // tiering hook: background demotion step
 }
 
 void Server::Impl::handle_cqe(io_uring_cqe* cqe) {
@@ -1387,6 +1426,17 @@ void Server::Impl::handle_cqe(io_uring_cqe* cqe) {
     case OpKind::kFsync:
       on_sync_done(ud & kSyncNumberMask, res);
       return;
+    case OpKind::kTierPoll:  // tiering hook
+      tier_poll_inflight_ = false;
+      if (!stopping_) {
+        options_.tiering->on_event();
+        arm_tier_poll();
+      }
+      return;
+    case OpKind::kTierWake:  // tiering hook
+      tier_wake_posted_ = false;
+      on_tier_wake();
+      return;
     case OpKind::kRecv:
     case OpKind::kSend:
       break;
@@ -1426,6 +1476,7 @@ Status Server::Impl::run() {
   arm_signal();
   arm_tick();
   arm_accept();
+  arm_tier_poll();  // tiering hook
   uint64_t usec = 0;
   if (sd_watchdog_enabled(0, &usec) > 0) watchdog_usec_ = usec;
   last_watchdog_ = Clock::now();
@@ -1462,7 +1513,7 @@ Status Server::Impl::run() {
       sqe = get_sqe();
       io_uring_prep_cancel64(sqe, UserData::pack(OpKind::kAccept, 0, 0), 0);
       io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kCancel, 0, 0));
-      for (OpKind kind : {OpKind::kCmPoll, OpKind::kCqPoll}) {
+      for (OpKind kind : {OpKind::kCmPoll, OpKind::kCqPoll, OpKind::kTierPoll}) {
         sqe = get_sqe();
         io_uring_prep_cancel64(sqe, UserData::pack(kind, 0, 0), 0);
         io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kCancel, 0, 0));
@@ -1487,6 +1538,55 @@ Status Server::Impl::run() {
   }
   PBRICK_LOG_NOTICE("stopped");
   return Status::Ok();
+}
+
+// ---- Tiering hooks ---------------------------------------------------------------
+
+Server::Impl::TierMap Server::Impl::tier_before_map(Connection& c, const proto::FrameHeader& h,
+                                                    std::span<const uint8_t> payload) {
+  auto req = proto::decode_map_request(payload);
+  if (!req) return TierMap::kProceed;  // handle_map replies the error
+  switch (options_.tiering->prepare_map(req->vaddr)) {
+    case Tiering::MapReadiness::kReady:
+      return TierMap::kProceed;
+    case Tiering::MapReadiness::kWait:
+      c.awaiting_sync = true;
+      tier_waiters_.emplace_back(c.index, c.generation);
+      return TierMap::kWait;
+    case Tiering::MapReadiness::kNoFastSlot:
+      break;
+  }
+  reply_error(c, h, Error(ENOBUFS, "map " + format_hex(req->vaddr) +
+                                       ": the block is on the slow tier and every fast slot is mapped; "
+                                       "unmap blocks and retry"));
+  return TierMap::kReplied;
+}
+
+void Server::Impl::arm_tier_poll() {
+  if (!options_.tiering || tier_poll_inflight_) return;
+  tier_poll_inflight_ = true;
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_poll_add(sqe, options_.tiering->event_fd(), POLLIN);
+  io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kTierPoll, 0, 0));
+}
+
+void Server::Impl::post_tier_wake() {
+  if (tier_wake_posted_ || tier_waiters_.empty()) return;
+  tier_wake_posted_ = true;
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_nop(sqe);
+  io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kTierWake, 0, 0));
+}
+
+void Server::Impl::on_tier_wake() {
+  // Each waiter asks again (tier_before_map) and may wait again.
+  tier_waking_.swap(tier_waiters_);
+  for (auto [index, generation] : tier_waking_) {
+    if (index >= conns_.size() || !conns_[index] || conns_[index]->generation != generation) continue;
+    conns_[index]->awaiting_sync = false;
+    pump(*conns_[index]);
+  }
+  tier_waking_.clear();
 }
 
 Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

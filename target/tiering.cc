@@ -73,7 +73,9 @@ Tiering::MapReadiness Tiering::prepare_map(uint64_t vaddr) {
     promote_set_.insert(vaddr);
   }
   start_next();
-  return MapReadiness::kWait;
+  // The caller waits for the wake that the end of the move in flight brings;
+  // with none in flight nothing could make room (start_next dropped it).
+  return current_ ? MapReadiness::kWait : MapReadiness::kNoFastSlot;
 }
 
 void Tiering::refill() {

@@ -58,8 +58,8 @@ class Tiering {
 
   // Before a MAP of `vaddr`: kReady when MAP may proceed (the block is on the
   // fast tier, or does not exist: MAP reports that); kWait when a promotion
-  // is queued or running (the caller waits for the wake callback and asks
-  // again); kNoFastSlot when every fast slot is mapped, so nothing can make
+  // is queued or running (a move is then always in flight: the caller waits
+  // for the wake callback its end brings, and asks again); kNoFastSlot when every fast slot is mapped, so nothing can make
   // room for it.
   enum class MapReadiness { kReady, kWait, kNoFastSlot };
   MapReadiness prepare_map(uint64_t vaddr);
