@@ -546,7 +546,7 @@ class Parser {
 
   void parse_volume(const YAML::Node& node, const std::string& path) {
     static const KeySpec kSpec{
-        {"name", "size", "brick", "base", "queues", "depth", "frontend"},
+        {"name", "size", "brick", "base", "queues", "depth", "frontend", "max_mapped"},
         {{"bricks", "a volume lives on a single brick for now: use 'brick: NAME'"}}};
     VolumeConfig& v = config_->volumes.emplace_back();
     SourcePos pos = to_pos(node.Mark());
@@ -559,6 +559,7 @@ class Parser {
     get_u64(*f, "base", path, pos, true, &v.base);
     get_u32(*f, "queues", path, pos, false, &v.queues);
     get_u32(*f, "depth", path, pos, false, &v.depth);
+    get_u64(*f, "max_mapped", path, pos, false, &v.max_mapped);
     get_enum(*f, "frontend", path, pos, kFrontends, &v.frontend);
   }
 
@@ -803,6 +804,10 @@ class Validator {
       if (known(p + ".queues") && (v.queues == 0 || v.queues > kMaxQueues)) {
         error(p + ".queues", "queues " + std::to_string(v.queues) + " is out of range (1-" +
                                  std::to_string(kMaxQueues) + ")");
+      }
+      if (known(p + ".max_mapped") && v.max_mapped != 0 && v.max_mapped < kMinMaxMapped) {
+        error(p + ".max_mapped", "max_mapped " + std::to_string(v.max_mapped) + " is below the minimum of " +
+                                     std::to_string(kMinMaxMapped) + " blocks (0: no bound)");
       }
       if (known(p + ".depth") && (!is_power_of_two(v.depth) || v.depth > kMaxDepth)) {
         error(p + ".depth", "depth " + std::to_string(v.depth) + " must be a power of two between 1 and " +

@@ -67,7 +67,14 @@ struct VolumeConfig {
   uint32_t queues = 1;
   uint32_t depth = 64;
   Frontend frontend = Frontend::kNbd;
+  // Blocks the gateway keeps mapped at most (0: no bound; else >= kMinMaxMapped).
+  uint64_t max_mapped = 0;
 };
+
+// The smallest bound on mapped blocks: one request of the largest size (16 MiB)
+// touches up to 9 blocks, and concurrent requests must not keep unmapping
+// each other's blocks before they are used.
+inline constexpr uint64_t kMinMaxMapped = 16;
 
 struct GatewayConfig {
   std::string name;

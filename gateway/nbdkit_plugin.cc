@@ -120,6 +120,10 @@ int pbrick_config(const char* key, const char* value) {
     g_config.volume = value;
   } else if (k == "timeout") {
     return config_u32(key, value, 100, 3600000, &g_config.timeout_ms);
+  } else if (k == "max-mapped") {
+    auto v = parse_u64(value, "max-mapped");
+    if (!v) return nbdkit_error("pbrick: %s", v.error().context().c_str()), -1;
+    g_config.max_mapped = *v;
   } else {
     nbdkit_error("pbrick: unknown parameter '%s' (see nbdkit pbrick --help)", key);
     return -1;
@@ -253,6 +257,8 @@ nbdkit_plugin make_plugin() {
       "queues=N          connections to the brick (default 2)\n"
       "depth=N           requests in flight per connection (default 128)\n"
       "timeout=MS        how long I/O waits for a brick that went away (default 30000)\n"
+      "max-mapped=N      keep at most N blocks mapped, unmapping the least recently used\n"
+      "                  (0: no bound; at least 16), so a tiered brick can demote them\n"
       "config=FILE       cluster file (with volume=NAME): the rest comes from there\n"
       "volume=NAME       the volume of config= to serve";
   p.magic_config_key = nullptr;

@@ -32,6 +32,7 @@ Volume::Volume(const VolumeOptions& options)
     : options_(options),
       block_count_((options.size + proto::kBlockSize - 1) / proto::kBlockSize),
       handles_(block_count_),
+      used_(block_count_),
       allocated_((block_count_ + 63) / 64) {}
 
 Result<std::unique_ptr<Volume>> Volume::Open(const VolumeOptions& options) {
@@ -113,6 +114,41 @@ std::string Volume::refusal() const {
 void Volume::clear_all_handles() {
   std::unique_lock lock(handles_mu_);
   for (auto& h : handles_) h = BlockHandle{};
+  mapped_ = 0;
+}
+
+uint64_t Volume::mapped_count() const {
+  std::shared_lock lock(handles_mu_);
+  return mapped_;
+}
+
+bool Volume::unmap_lru() {
+  uint64_t victim = 0;
+  uint64_t oldest = UINT64_MAX;
+  {
+    std::unique_lock lock(handles_mu_);
+    for (uint64_t i = 0; i < handles_.size(); ++i) {
+      if (handles_[i].rkey == 0) continue;
+      uint64_t stamp = used_[i].load(std::memory_order_relaxed);
+      if (stamp < oldest) {
+        oldest = stamp;
+        victim = i;
+      }
+    }
+    if (oldest == UINT64_MAX) return false;
+    // Forget it first: new I/O maps again; I/O already using the rkey gets
+    // EKEYREJECTED once the brick revoked it, and maps again too.
+    handles_[victim] = BlockHandle{};
+    --mapped_;
+  }
+  if (control_) {
+    Status st = control_->unmap(block_vaddr(victim));
+    if (!st && st.error().errnum() != ENOENT) {
+      PBRICK_LOG_WARN("volume at %s: unmap of idle block %s: %s", format_hex(options_.base).c_str(),
+                      format_hex(block_vaddr(victim)).c_str(), st.error().message().c_str());
+    }
+  }
+  return true;
 }
 
 void Volume::set_allocated(uint64_t index, bool value) {
@@ -132,12 +168,16 @@ std::optional<BlockHandle> Volume::cached(uint64_t index) const {
   std::shared_lock lock(handles_mu_);
   const BlockHandle& h = handles_[index];
   if (h.rkey == 0) return std::nullopt;
+  used_[index].store(use_clock_.fetch_add(1, std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   return h;
 }
 
 void Volume::invalidate(uint64_t index, uint32_t rkey) {
   std::unique_lock lock(handles_mu_);
-  if (handles_[index].rkey == rkey) handles_[index] = BlockHandle{};
+  if (handles_[index].rkey == rkey && rkey != 0) {
+    handles_[index] = BlockHandle{};
+    --mapped_;
+  }
 }
 
 // Runs fn on the control connection, reconnecting (with backoff) while the
@@ -175,13 +215,27 @@ Result<BlockHandle> Volume::map_block(uint64_t index, bool for_write) {
   if (auto h = cached(index)) return *h;
   uint64_t vaddr = block_vaddr(index);
   if (!for_write && !allocated(index)) return Error(ENOENT, "block " + format_hex(vaddr) + " not allocated");
-  auto mapped = with_control([&](BrickClient& c) -> Result<proto::MapReply> {
-    if (for_write && !allocated(index)) {
-      Status st = c.alloc(vaddr);
-      if (!st && st.error().errnum() != EEXIST) return st.error();
+  if (options_.max_mapped != 0) {
+    while (mapped_count() >= options_.max_mapped && unmap_lru()) {
     }
-    return c.map(vaddr, proto::kMapWrite | proto::kMapShared);
-  });
+  }
+  RetryDeadline full(std::chrono::milliseconds(options_.io_timeout_ms), std::chrono::milliseconds(5),
+                     std::chrono::milliseconds(200));
+  Result<proto::MapReply> mapped = Error(EIO, "");
+  for (;;) {
+    mapped = with_control([&](BrickClient& c) -> Result<proto::MapReply> {
+      if (for_write && !allocated(index)) {
+        Status st = c.alloc(vaddr);
+        if (!st && st.error().errnum() != EEXIST) return st.error();
+      }
+      return c.map(vaddr, proto::kMapWrite | proto::kMapShared);
+    });
+    if (mapped || mapped.error().errnum() != ENOBUFS) break;
+    // The block is on the brick's slow tier and every fast slot is mapped:
+    // let go of our least recently used block so the brick can demote it, or
+    // (holding none) wait for other clients to let go.
+    if (!unmap_lru() && !full.wait()) break;
+  }
   if (!mapped) {
     if (mapped.error().errnum() == ENOENT) set_allocated(index, false);
     return mapped.error();
@@ -189,7 +243,9 @@ Result<BlockHandle> Volume::map_block(uint64_t index, bool for_write) {
   set_allocated(index, true);
   BlockHandle h{mapped->rkey, mapped->remote_addr};
   std::unique_lock hl(handles_mu_);
+  if (handles_[index].rkey == 0) ++mapped_;
   handles_[index] = h;
+  used_[index].store(use_clock_.fetch_add(1, std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   return h;
 }
 
@@ -200,6 +256,7 @@ Status Volume::discard_block(uint64_t index) {
   bool was_mapped = cached(index).has_value();
   {
     std::unique_lock hl(handles_mu_);
+    if (handles_[index].rkey != 0) --mapped_;
     handles_[index] = BlockHandle{};
   }
   auto r = with_control([&](BrickClient& c) -> Result<bool> {

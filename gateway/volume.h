@@ -41,6 +41,11 @@ struct VolumeOptions {
   // How long I/O waits for a brick that went away (reconnecting and re-mapping)
   // before it fails with EIO.
   uint32_t io_timeout_ms = 30000;
+  // At most this many blocks stay mapped (0: no bound): mapping one more first
+  // unmaps the least recently used, so the brick may move idle blocks to its
+  // slow tier. Independently, a MAP the brick refuses with ENOBUFS (every fast
+  // slot mapped) unmaps least recently used blocks and retries.
+  uint64_t max_mapped = 0;
 };
 
 class DataChannel;
@@ -67,7 +72,7 @@ class Volume {
   uint64_t block_count() const { return block_count_; }
   uint64_t block_vaddr(uint64_t index) const { return options_.base + index * proto::kBlockSize; }
 
-  // The cached handle of a block, if it is mapped.
+  // The cached handle of a block, if it is mapped; marks it used (LRU).
   std::optional<BlockHandle> cached(uint64_t index) const;
   // Whether the brick holds the block (reads of other blocks return zeros
   // without a network round trip).
@@ -75,7 +80,9 @@ class Volume {
 
   // Maps the block, allocating it first when `for_write` (thin provisioning).
   // For a read of a block that is not allocated: ENOENT. Retries through
-  // reconnects until io_timeout_ms, then EIO.
+  // reconnects until io_timeout_ms, then EIO. May unmap least recently used
+  // blocks first (max_mapped, ENOBUFS): I/O racing with such an unmap gets
+  // EKEYREJECTED from the brick and maps again, like after a brick restart.
   Result<BlockHandle> map_block(uint64_t index, bool for_write);
 
   // Forgets `rkey` for the block if it is still the cached one: the brick said
@@ -107,6 +114,10 @@ class Volume {
   void note_connect(const Status& st);
   void set_allocated(uint64_t index, bool value);
   void clear_all_handles();
+  // With control_mu_ held: unmaps the least recently used mapped block; false
+  // when none is mapped.
+  bool unmap_lru();
+  uint64_t mapped_count() const;
 
   VolumeOptions options_;
   uint64_t block_count_ = 0;
@@ -119,6 +130,11 @@ class Volume {
 
   mutable std::shared_mutex handles_mu_;
   std::vector<BlockHandle> handles_;             // by block index
+  uint64_t mapped_ = 0;                          // handles with rkey != 0, under handles_mu_
+  // Last use of each block's handle (a stamp of use_clock_): the LRU order.
+  // Relaxed atomics: a stale stamp only makes an unmap choice less exact.
+  mutable std::vector<std::atomic<uint64_t>> used_;
+  mutable std::atomic<uint64_t> use_clock_{0};
   std::vector<std::atomic<uint64_t>> allocated_;  // bitset by block index
 };
 

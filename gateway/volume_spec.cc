@@ -19,6 +19,7 @@ Status VolumeSpec::complete_from_config(const std::string& path, const std::stri
   if (key_file.empty()) key_file = b->key_file;
   if (!queues) queues = v->queues;
   if (!depth) depth = v->depth;
+  if (!max_mapped) max_mapped = v->max_mapped;
   return Status::Ok();
 }
 
@@ -33,6 +34,9 @@ Status VolumeSpec::finalize(uint32_t default_queues, uint32_t default_depth, boo
   if (*base % proto::kBlockSize != 0) return Error(EINVAL, name("base") + " must be 2 MiB aligned");
   if (!queues) queues = default_queues;
   if (!depth) depth = default_depth;
+  if (max_mapped && *max_mapped != 0 && *max_mapped < kMinMaxMapped) {
+    return Error(EINVAL, name("max-mapped") + " must be 0 (no bound) or at least " + std::to_string(kMinMaxMapped));
+  }
   return Status::Ok();
 }
 
@@ -48,6 +52,7 @@ Result<VolumeOptions> VolumeSpec::volume_options() const {
   vo.size = size;
   vo.base = base.value_or(0);
   vo.io_timeout_ms = timeout_ms;
+  vo.max_mapped = max_mapped.value_or(0);
   if (!key_file.empty()) {
     auto key = load_key_file(key_file);
     if (!key) return key.error().wrap("key-file");

@@ -23,6 +23,7 @@ struct VolumeSpec {
   std::string key_file;
   std::optional<uint32_t> queues, depth;
   uint32_t timeout_ms = 30000;
+  std::optional<uint64_t> max_mapped;  // VolumeOptions::max_mapped
   std::optional<Transport> transport;      // default tcp
   std::optional<Persistence> persistence;  // default: sync-read over tcp, rpc over rdma
 
