@@ -165,7 +165,7 @@ constexpr WireCode kWireCodes[] = {
     {EBUSY, 16},     {EEXIST, 17},    {EINVAL, 22},       {EFBIG, 27},
     {ENOSPC, 28},    {EROFS, 30},     {ERANGE, 34},       {ENOSYS, 38},
     {EPROTO, 71},    {EBADMSG, 74},   {EOVERFLOW, 75},    {EPROTONOSUPPORT, 93},
-    {ENOTSUP, 95},   {ESHUTDOWN, 108}, {ETIMEDOUT, 110},  {EUCLEAN, 117},
+    {ENOTSUP, 95},   {ENOBUFS, 105},  {ESHUTDOWN, 108},   {ETIMEDOUT, 110},  {EUCLEAN, 117},
     {EKEYREJECTED, 129},
 };
 constexpr uint32_t kWireEIO = 5;
