@@ -183,7 +183,8 @@ Result<std::unique_ptr<BrickClient>> BrickClient::Connect(const ClientOptions& o
 Result<std::unique_ptr<BrickClient>> BrickClient::Handshake(std::unique_ptr<BrickClient> client,
                                                             const ClientOptions& options, uint64_t features) {
   proto::HelloRequest hello;
-  hello.features = features;
+  // Every client understands the STAT reply's slow tier counts.
+  hello.features = features | proto::kFeatureTiers;
   PBRICK_TRY(random_bytes(hello.client_nonce.data(), hello.client_nonce.size()));
   uint8_t payload[proto::kHelloRequestSize];
   proto::encode_hello_request(hello, payload);

@@ -165,7 +165,7 @@ constexpr WireCode kWireCodes[] = {
     {EBUSY, 16},     {EEXIST, 17},    {EINVAL, 22},       {EFBIG, 27},
     {ENOSPC, 28},    {EROFS, 30},     {ERANGE, 34},       {ENOSYS, 38},
     {EPROTO, 71},    {EBADMSG, 74},   {EOVERFLOW, 75},    {EPROTONOSUPPORT, 93},
-    {ENOTSUP, 95},   {ESHUTDOWN, 108}, {ETIMEDOUT, 110},  {EUCLEAN, 117},
+    {ENOTSUP, 95},   {ENOBUFS, 105},  {ESHUTDOWN, 108},   {ETIMEDOUT, 110},  {EUCLEAN, 117},
     {EKEYREJECTED, 129},
 };
 constexpr uint32_t kWireEIO = 5;
@@ -356,7 +356,8 @@ void encode_stat_reply(const StatReply& m, uint8_t* out) {
   w.u32(m.block_size);
   w.u16(m.protocol_version);
   w.u16(m.store_kind);
-  w.u64(0);  // reserved: room for one more counter without a new version
+  w.u32(m.slow_capacity_blocks);
+  w.u32(m.slow_free_blocks);
   assert(w.pos() == out + kStatReplySize);
 }
 
@@ -715,8 +716,13 @@ Result<StatReply> decode_stat_reply(std::span<const uint8_t> bytes) {
   m.block_size = r.u32();
   m.protocol_version = r.u16();
   m.store_kind = r.u16();
-  uint64_t reserved = r.u64();
-  if (reserved != 0) return bad_reserved(kWhat);
+  m.slow_capacity_blocks = r.u32();
+  m.slow_free_blocks = r.u32();
+  if (m.slow_capacity_blocks > m.capacity_blocks || m.slow_free_blocks > m.slow_capacity_blocks) {
+    return bad_field(kWhat, "slow tier of " + std::to_string(m.slow_capacity_blocks) + " blocks, " +
+                                std::to_string(m.slow_free_blocks) + " free, in a capacity of " +
+                                std::to_string(m.capacity_blocks));
+  }
   // Every address calculation in a client assumes 2 MiB blocks.
   if (m.block_size != kBlockSize) {
     return bad_field(kWhat, "block_size " + std::to_string(m.block_size) + ", expected " +

@@ -81,11 +81,16 @@ inline constexpr uint64_t kFeatureRdma = 1ull << 2;
 // peer that has not proved the cluster key learns nothing of the brick's
 // memory. A brick with a key refuses RDMA clients that do not offer it.
 inline constexpr uint64_t kFeatureAuthTrailer = 1ull << 3;
+// The STAT reply carries the slow tier's capacity and free blocks (bytes
+// 56..63, zero without this feature); LIST extents carry a tier (always did).
+// Granted whenever offered: a brick without a slow tier reports 0 slow blocks.
+inline constexpr uint64_t kFeatureTiers = 1ull << 4;
 // Every bit this version defines. A brick grants only the bits that hold on the
 // connection at hand (kFeatureRdma on RDMA connections only, kFeatureSyncRead
 // over RDMA only with --persistence sync-read), so it must not simply grant
 // `offered & kKnownFeatures`.
-inline constexpr uint64_t kKnownFeatures = kFeatureSyncRead | kFeaturePersistRpc | kFeatureRdma | kFeatureAuthTrailer;
+inline constexpr uint64_t kKnownFeatures =
+    kFeatureSyncRead | kFeaturePersistRpc | kFeatureRdma | kFeatureAuthTrailer | kFeatureTiers;
 
 // HELLO reply flags.
 inline constexpr uint32_t kHelloAuthRequired = 1u << 0;
@@ -216,6 +221,10 @@ struct StatReply {
   uint32_t block_size = static_cast<uint32_t>(kBlockSize);
   uint16_t protocol_version = kVersion1;
   uint16_t store_kind = kStoreFile;
+  // With kFeatureTiers: the part of capacity_blocks and free_blocks (which
+  // count both tiers) that is on the slow tier; zero without the feature.
+  uint32_t slow_capacity_blocks = 0;
+  uint32_t slow_free_blocks = 0;
 };
 inline constexpr size_t kStatReplySize = 64;
 

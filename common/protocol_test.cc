@@ -278,7 +278,7 @@ TEST(ProtocolLayout, ConstantsMatchSpec) {
   EXPECT_EQ(kFeaturePersistRpc, 2u);
   EXPECT_EQ(kFeatureRdma, 4u);
   EXPECT_EQ(kFeatureAuthTrailer, 8u);
-  EXPECT_EQ(kKnownFeatures, 15u);
+  EXPECT_EQ(kKnownFeatures, 31u);
   EXPECT_EQ(static_cast<int>(Opcode::kPersist), 11);
   EXPECT_EQ(kHelloRdmaTrailerSize, 16u);
   EXPECT_EQ(kPersistRequestFixedSize, 8u);
@@ -997,9 +997,29 @@ TEST(ProtocolPayloadReject, ListRequestReservedIsEbadmsg) {
                            [](const Bytes& b) { return decode_list_request(b); });
 }
 
-TEST(ProtocolPayloadReject, StatReplyReservedIsEbadmsg) {
-  expect_reserved_rejected(stat_reply_bytes({}), {{56, 8}},
-                           [](const Bytes& b) { return decode_stat_reply(b); });
+TEST(ProtocolPayload, StatReplySlowTierBytes) {
+  StatReply m;
+  m.capacity_blocks = 100;
+  m.free_blocks = 60;
+  m.slow_capacity_blocks = 0x01020304;
+  m.capacity_blocks = 0x01020304 + 16;
+  m.slow_free_blocks = 0x00A0B0C0;
+  Bytes b = stat_reply_bytes(m);
+  EXPECT_EQ(Bytes(b.begin() + 56, b.end()), (Bytes{0x04, 0x03, 0x02, 0x01, 0xC0, 0xB0, 0xA0, 0x00}));
+  auto d = decode_stat_reply(b);
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->slow_capacity_blocks, 0x01020304u);
+  EXPECT_EQ(d->slow_free_blocks, 0x00A0B0C0u);
+}
+
+TEST(ProtocolPayloadReject, StatSlowTierLargerThanCapacityIsEinval) {
+  StatReply m;
+  m.capacity_blocks = 10;
+  m.slow_capacity_blocks = 11;
+  EXPECT_EQ(err_of(decode_stat_reply(stat_reply_bytes(m))), EINVAL);
+  m.slow_capacity_blocks = 5;
+  m.slow_free_blocks = 6;
+  EXPECT_EQ(err_of(decode_stat_reply(stat_reply_bytes(m))), EINVAL);
 }
 
 TEST(ProtocolPayloadReject, IoRequestReservedIsEbadmsg) {
@@ -1169,7 +1189,8 @@ TEST(ProtocolStatus, WireCodesAreLinuxErrnoNumbersAndRoundTrip) {
       {ENOMEM, 12},   {EACCES, 13},      {EFAULT, 14},       {EBUSY, 16},    {EEXIST, 17},
       {EINVAL, 22},   {EFBIG, 27},       {ENOSPC, 28},       {EROFS, 30},    {ERANGE, 34},
       {ENOSYS, 38},   {EPROTO, 71},      {EBADMSG, 74},      {EOVERFLOW, 75}, {EPROTONOSUPPORT, 93},
-      {ENOTSUP, 95},  {ESHUTDOWN, 108},  {ETIMEDOUT, 110},   {EUCLEAN, 117}, {EKEYREJECTED, 129},
+      {ENOTSUP, 95},  {ENOBUFS, 105},    {ESHUTDOWN, 108},   {ETIMEDOUT, 110}, {EUCLEAN, 117},
+      {EKEYREJECTED, 129},
   };
   for (auto [errnum, wire] : kCodes) {
     EXPECT_EQ(wire_status(errnum), wire) << errno_name(errnum);

@@ -493,7 +493,8 @@ class Parser {
   void parse_brick(const YAML::Node& node, const std::string& path) {
     static const KeySpec kSpec{
         {"name", "host", "port", "transport", "store", "nic", "persistence", "key_file"}, {}};
-    static const KeySpec kStore{{"path", "size"}, {}};
+    static const KeySpec kStore{{"path", "size", "slow"}, {}};
+    static const KeySpec kSlow{{"path", "size"}, {}};
     static const KeySpec kNic{{"netdev", "rdma_device", "ddio"}, {}};
     BrickConfig& b = config_->bricks.emplace_back();
     b.port = kDefaultPort;
@@ -521,6 +522,15 @@ class Parser {
       if (auto sf = map_fields(it->second.value, store_path, spos, kStore)) {
         get_string(*sf, "path", store_path, spos, true, &b.store.path);
         get_size(*sf, "size", store_path, spos, true, &b.store.size);
+        std::string slow_path = store_path + ".slow";
+        if (auto st = sf->find("slow"); st != sf->end() && !st->second.value.IsNull()) {
+          SourcePos slpos = value_pos(st->second);
+          config_->positions[slow_path] = slpos;
+          if (auto slf = map_fields(st->second.value, slow_path, slpos, kSlow)) {
+            get_string(*slf, "path", slow_path, slpos, true, &b.store.slow_path);
+            get_size(*slf, "size", slow_path, slpos, true, &b.store.slow_size);
+          }
+        }
       }
     }
 
@@ -537,7 +547,8 @@ class Parser {
   }
 
   void parse_volume(const YAML::Node& node, const std::string& path) {
-    static const KeySpec kSpec{{"name", "size", "brick", "bricks", "layout", "base", "queues", "depth", "frontend"}, {}};
+    static const KeySpec kSpec{
+        {"name", "size", "brick", "bricks", "layout", "base", "queues", "depth", "frontend", "max_mapped"}, {}};
     VolumeConfig& v = config_->volumes.emplace_back();
     SourcePos pos = to_pos(node.Mark());
     config_->positions[path] = pos;
@@ -564,6 +575,7 @@ class Parser {
     get_u64(*f, "base", path, pos, true, &v.base);
     get_u32(*f, "queues", path, pos, false, &v.queues);
     get_u32(*f, "depth", path, pos, false, &v.depth);
+    get_u64(*f, "max_mapped", path, pos, false, &v.max_mapped);
     get_enum(*f, "frontend", path, pos, kFrontends, &v.frontend);
   }
 
@@ -734,6 +746,27 @@ class Validator {
           }
         }
       }
+      if (known(p + ".store.slow.path") && !b.store.slow_path.empty()) {
+        if (b.store.slow_path[0] != '/') {
+          error(p + ".store.slow.path", "slow tier path " + quote(b.store.slow_path) + " must be an absolute path");
+        } else if (b.store.slow_path == b.store.path) {
+          error(p + ".store.slow.path", "slow tier path " + quote(b.store.slow_path) + " is the store itself");
+        } else if (known(p + ".host")) {
+          auto [it, inserted] = stores.emplace(b.host + "\n" + b.store.slow_path, b.name);
+          if (!inserted) {
+            error(p + ".store.slow.path", "slow tier " + quote(b.store.slow_path) + " on " + b.host +
+                                              " is already used by brick " + quote(it->second));
+          }
+        }
+      }
+      if (known(p + ".store.slow.size") && !b.store.slow_path.empty()) {
+        if (b.store.slow_size == 0) {
+          error(p + ".store.slow.size", "slow tier size must not be zero");
+        } else if (b.store.slow_size % kBlockSize != 0) {
+          error(p + ".store.slow.size", "slow tier size " + std::to_string(b.store.slow_size) +
+                                            " is not a multiple of the 2 MiB block size");
+        }
+      }
       if (known(p + ".store.size")) {
         if (b.store.size == 0) {
           error(p + ".store.size", "store size must not be zero");
@@ -794,6 +827,10 @@ class Validator {
       if (known(p + ".queues") && (v.queues == 0 || v.queues > kMaxQueues)) {
         error(p + ".queues", "queues " + std::to_string(v.queues) + " is out of range (1-" +
                                  std::to_string(kMaxQueues) + ")");
+      }
+      if (known(p + ".max_mapped") && v.max_mapped != 0 && v.max_mapped < kMinMaxMapped) {
+        error(p + ".max_mapped", "max_mapped " + std::to_string(v.max_mapped) + " is below the minimum of " +
+                                     std::to_string(kMinMaxMapped) + " blocks (0: no bound)");
       }
       if (known(p + ".depth") && (!is_power_of_two(v.depth) || v.depth > kMaxDepth)) {
         error(p + ".depth", "depth " + std::to_string(v.depth) + " must be a power of two between 1 and " +

@@ -36,6 +36,9 @@ const char* frontend_name(Frontend f);
 struct StoreConfig {
   std::string path;   // absolute path of the pmem file / devdax device
   uint64_t size = 0;  // bytes, a non-zero multiple of kBlockSize
+  // store.slow: the slow tier (optional; empty path: none).
+  std::string slow_path;  // absolute path of a file or block device on SSD/disk
+  uint64_t slow_size = 0;  // bytes, a non-zero multiple of kBlockSize
 };
 
 struct NicConfig {
@@ -68,10 +71,17 @@ struct VolumeConfig {
   uint32_t queues = 1;
   uint32_t depth = 64;
   Frontend frontend = Frontend::kNbd;
+  // Blocks the gateway keeps mapped at most (0: no bound; else >= kMinMaxMapped).
+  uint64_t max_mapped = 0;
 
   // `bricks`, or {brick} for a config built in code that set only `brick`.
   std::vector<std::string> brick_names() const;
 };
+
+// The smallest bound on mapped blocks: one request of the largest size (16 MiB)
+// touches up to 9 blocks, and concurrent requests must not keep unmapping
+// each other's blocks before they are used.
+inline constexpr uint64_t kMinMaxMapped = 16;
 
 struct GatewayConfig {
   std::string name;

@@ -349,6 +349,31 @@ TEST(ClusterConfigTest, QueuesAndDepthRange) {
   EXPECT_TRUE(check(with("depth: 1024")).empty());
 }
 
+TEST(ClusterConfigTest, SlowTier) {
+  const std::string with_slow =
+      valid_with("size: 1G}", "size: 32M, slow: {path: /var/lib/pbrick/b0.slow, size: 1G}}");
+  ClusterConfig c;
+  ASSERT_TRUE(check(with_slow, &c).empty()) << dump(check(with_slow));
+  EXPECT_EQ(c.bricks[0].store.slow_path, "/var/lib/pbrick/b0.slow");
+  EXPECT_EQ(c.bricks[0].store.slow_size, 1ull << 30);
+  ASSERT_TRUE(check(kValid, &c).empty());
+  EXPECT_EQ(c.bricks[0].store.slow_path, "");
+  auto errors = check(valid_with("size: 1G}", "size: 1G, slow: {path: rel.slow, size: 3M}}"));
+  ASSERT_EQ(errors.size(), 2u) << dump(errors);
+  EXPECT_NE(dump(errors).find("bricks[0].store.slow.path: slow tier path 'rel.slow' must be an absolute path"),
+            std::string::npos)
+      << dump(errors);
+  EXPECT_NE(dump(errors).find("bricks[0].store.slow.size: slow tier size 3145728 is not a multiple"),
+            std::string::npos)
+      << dump(errors);
+  errors = check(valid_with("size: 1G}", "size: 1G, slow: {path: /var/lib/pbrick/b0.store, size: 1G}}"));
+  ASSERT_EQ(errors.size(), 1u) << dump(errors);
+  EXPECT_NE(errors[0].to_string().find("is the store itself"), std::string::npos) << dump(errors);
+  errors = check(valid_with("size: 1G}", "size: 1G, slow: {path: /x}}"));
+  ASSERT_EQ(errors.size(), 1u) << dump(errors);
+  EXPECT_NE(errors[0].to_string().find("bricks[0].store.slow"), std::string::npos) << dump(errors);
+}
+
 TEST(ClusterConfigTest, SizesMustBeWholeBlocks) {
   expect_one(valid_with("size: 1G}", "size: 0}"), 6, 51, "bricks[0].store.size: store size must not be zero");
   expect_one(valid_with("size: 1G}", "size: 1025M}"), 6, 51, "is not a multiple of the 2 MiB block size");
@@ -642,7 +667,7 @@ TEST(ClusterConfigTest, ValidatesHandBuiltConfig) {
   b.name = "b0";
   b.host = "h";
   b.port = 7100;
-  b.store = {"/s", 4 << 20};
+  b.store = {"/s", 4 << 20, "", 0};
   b.persistence = Persistence::kSyncRead;
   b.transport = Transport::kRdma;
   b.nic.rdma_device = "rxe0";

@@ -270,10 +270,15 @@ int cmd_stat(BrickClient& client) {
   if (g_json) {
     std::printf(
         "{\"uuid\":\"%s\",\"protocol_version\":%u,\"store\":\"%s\",\"block_size\":%u,"
-        "\"capacity_blocks\":%llu,\"free_blocks\":%llu,\"allocated_blocks\":%llu,\"mapped_blocks\":%llu}\n",
+        "\"capacity_blocks\":%llu,\"free_blocks\":%llu,\"allocated_blocks\":%llu,\"mapped_blocks\":%llu,"
+        "\"fast_capacity_blocks\":%llu,\"fast_free_blocks\":%llu,\"slow_capacity_blocks\":%u,"
+        "\"slow_free_blocks\":%u}\n",
         format_uuid(s->brick_uuid).c_str(), s->protocol_version, kind, s->block_size,
         static_cast<unsigned long long>(s->capacity_blocks), static_cast<unsigned long long>(s->free_blocks),
-        static_cast<unsigned long long>(s->allocated_blocks), static_cast<unsigned long long>(s->mapped_blocks));
+        static_cast<unsigned long long>(s->allocated_blocks), static_cast<unsigned long long>(s->mapped_blocks),
+        static_cast<unsigned long long>(s->capacity_blocks - s->slow_capacity_blocks),
+        static_cast<unsigned long long>(s->free_blocks - s->slow_free_blocks), s->slow_capacity_blocks,
+        s->slow_free_blocks);
     return 0;
   }
   auto line = [](const char* k, uint64_t blocks) {
@@ -288,6 +293,16 @@ int cmd_stat(BrickClient& client) {
   line("allocated", s->allocated_blocks);
   line("mapped", s->mapped_blocks);
   line("free", s->free_blocks);
+  if (s->slow_capacity_blocks > 0) {
+    // Per tier: capacity, used, free.
+    auto tier = [](const char* name, uint64_t capacity, uint64_t free) {
+      std::printf("%-10s %llu blocks (%s): %llu used, %llu free\n", name, static_cast<unsigned long long>(capacity),
+                  format_size(capacity * proto::kBlockSize).c_str(), static_cast<unsigned long long>(capacity - free),
+                  static_cast<unsigned long long>(free));
+    };
+    tier("fast tier", s->capacity_blocks - s->slow_capacity_blocks, s->free_blocks - s->slow_free_blocks);
+    tier("slow tier", s->slow_capacity_blocks, s->slow_free_blocks);
+  }
   return 0;
 }
 
@@ -307,12 +322,13 @@ int cmd_list(BrickClient& client) {
     std::printf("]}\n");
     return 0;
   }
-  std::printf("%-20s %-20s %10s %-10s %s\n", "START", "END", "BLOCKS", "SIZE", "STATE");
+  std::printf("%-20s %-20s %10s %-10s %-8s %s\n", "START", "END", "BLOCKS", "SIZE", "STATE", "TIER");
   for (const auto& e : *extents) {
     uint64_t end = e.start_vaddr + (e.block_count - 1) * proto::kBlockSize + (proto::kBlockSize - 1);
-    std::printf("%-20s %-20s %10llu %-10s %s\n", format_hex(e.start_vaddr).c_str(), format_hex(end).c_str(),
+    const std::string tier = e.tier == 0 ? "fast" : e.tier == 1 ? "slow" : std::to_string(e.tier);
+    std::printf("%-20s %-20s %10llu %-10s %-8s %s\n", format_hex(e.start_vaddr).c_str(), format_hex(end).c_str(),
                 static_cast<unsigned long long>(e.block_count), format_size(e.block_count * proto::kBlockSize).c_str(),
-                (e.extent_flags & proto::kExtentMapped) ? "mapped" : "unmapped");
+                (e.extent_flags & proto::kExtentMapped) ? "mapped" : "unmapped", tier.c_str());
   }
   std::printf("%llu blocks allocated in %zu extents\n", static_cast<unsigned long long>(total), extents->size());
   return 0;

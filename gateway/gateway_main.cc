@@ -75,6 +75,8 @@ constexpr const char* kUsage =
     "  -d, --depth N           queue depth (default 64)\n"
     "  --logical-block-size B  512 or 4096 (default 4096)\n"
     "  --timeout MS            how long I/O waits for an unreachable brick (default 30000)\n"
+    "  --max-mapped N          keep at most N blocks mapped on each brick, unmapping its least recently used\n"
+    "                          (0: no bound; at least 16), so a tiered brick can demote them\n"
     "  The volume parameters are kept in /run/pbrick/ublk-ID.conf for recover.\n"
     "list: the ublk devices (id, state, queues, depth, daemon pid).\n"
     "detach -n ID: stops and deletes device ID (asks its daemon to, when it runs).\n"
@@ -115,6 +117,7 @@ Status save_conf(uint32_t id, const AttachParams& p) {
   if (!keys.empty()) std::fprintf(f, "brick_key_files=%s\n", keys.c_str());
   if (p.persistence) std::fprintf(f, "persistence=%s\n", persistence_name(*p.persistence));
   std::fprintf(f, "name=%s\nread_only=%d\n", p.label_name.c_str(), p.read_only ? 1 : 0);
+  if (p.max_mapped) std::fprintf(f, "max_mapped=%llu\n", static_cast<unsigned long long>(*p.max_mapped));
   if (std::fclose(f) != 0 || std::rename(tmp.c_str(), path.c_str()) != 0) return errno_error("writing " + path);
   return Status::Ok();
 }
@@ -158,6 +161,11 @@ Result<AttachParams> load_conf(uint32_t id) {
   p.key_file = kv["key_file"];
   p.label_name = kv["name"];
   p.read_only = kv["read_only"] == "1";
+  if (kv.count("max_mapped") != 0) {
+    auto mm = num("max_mapped");
+    if (!mm) return mm.error();
+    p.max_mapped = *mm;
+  }
   if (kv.count("transport") != 0) {
     auto t = parse_transport(kv["transport"], path + ": transport");
     if (!t) return t.error();
@@ -279,7 +287,8 @@ int attach_main(int argc, char** argv) {
     kPersistence,
     kLayout,
     kReadOnly,
-    kName
+    kName,
+    kMaxMapped
   };
   static const option kOptions[] = {
       {"target", required_argument, nullptr, kTarget},
@@ -292,6 +301,7 @@ int attach_main(int argc, char** argv) {
       {"depth", required_argument, nullptr, 'd'},
       {"logical-block-size", required_argument, nullptr, kLbs},
       {"timeout", required_argument, nullptr, kTimeout},
+      {"max-mapped", required_argument, nullptr, kMaxMapped},
       {"log-level", required_argument, nullptr, kLogLevel},
       {"transport", required_argument, nullptr, kTransport},
       {"persistence", required_argument, nullptr, kPersistence},
@@ -371,6 +381,12 @@ int attach_main(int argc, char** argv) {
         auto r = parse_u64(optarg, "--timeout");
         if (!r || *r < 100 || *r > 3600000) return usage_error("--timeout must be 100..3600000 ms");
         p.timeout_ms = static_cast<uint32_t>(*r);
+        break;
+      }
+      case kMaxMapped: {
+        auto r = parse_u64(optarg, "--max-mapped");
+        if (!r) return usage_error(r.error().context());
+        p.max_mapped = *r;
         break;
       }
       case kLogLevel: {

@@ -131,6 +131,10 @@ int pbrick_config(const char* key, const char* value) {
     g_config.volume = value;
   } else if (k == "timeout") {
     return config_u32(key, value, 100, 3600000, &g_config.timeout_ms);
+  } else if (k == "max-mapped") {
+    auto v = parse_u64(value, "max-mapped");
+    if (!v) return nbdkit_error("pbrick: %s", v.error().context().c_str()), -1;
+    g_config.max_mapped = *v;
   } else {
     nbdkit_error("pbrick: unknown parameter '%s' (see nbdkit pbrick --help)", key);
     return -1;
@@ -271,6 +275,8 @@ nbdkit_plugin make_plugin() {
       "name=NAME         the volume's name, kept in its label (default: volume=)\n"
       "read-only=BOOL    share the volume with its writer and never write (default false:\n"
       "                  hold the volume alone; a second holder gets EBUSY naming the first)\n"
+      "max-mapped=N      keep at most N blocks mapped on each brick, unmapping its least recently used\n"
+      "                  (0: no bound; at least 16), so a tiered brick can demote them\n"
       "config=FILE       cluster file (with volume=NAME): the rest comes from there\n"
       "volume=NAME       the volume of config= to serve";
   p.magic_config_key = nullptr;

@@ -38,12 +38,15 @@ struct Volume::Brick {
   std::string refusal;  // under refusal_mu
 
   std::atomic<uint64_t> write_failures{0};
+
+  uint64_t mapped = 0;  // its blocks' handles with rkey != 0, under the Volume's handles_mu_
 };
 
 Volume::Volume(const VolumeOptions& options)
     : options_(options),
       block_count_((options.size + proto::kBlockSize - 1) / proto::kBlockSize),
       handles_(block_count_),
+      used_(block_count_),
       allocated_((block_count_ + 63) / 64) {
   if (options_.bricks.empty()) options_.bricks.push_back(options_.brick);
   for (const ClientOptions& o : options_.bricks) {
@@ -191,6 +194,42 @@ uint64_t Volume::write_failures(uint32_t b) const {
 void Volume::clear_handles(uint32_t b) {
   std::unique_lock lock(handles_mu_);
   for (uint64_t i = b; i < handles_.size(); i += bricks_.size()) handles_[i] = BlockHandle{};
+  bricks_[b]->mapped = 0;
+}
+
+uint64_t Volume::mapped_count(uint32_t b) const {
+  std::shared_lock lock(handles_mu_);
+  return bricks_[b]->mapped;
+}
+
+bool Volume::unmap_lru(uint32_t b) {
+  Brick& brick = *bricks_[b];
+  uint64_t victim = 0;
+  uint64_t oldest = UINT64_MAX;
+  {
+    std::unique_lock lock(handles_mu_);
+    for (uint64_t i = b; i < handles_.size(); i += bricks_.size()) {
+      if (handles_[i].rkey == 0) continue;
+      uint64_t stamp = used_[i].load(std::memory_order_relaxed);
+      if (stamp < oldest) {
+        oldest = stamp;
+        victim = i;
+      }
+    }
+    if (oldest == UINT64_MAX) return false;
+    // Forget it first: new I/O maps again; I/O already using the rkey gets
+    // EKEYREJECTED once the brick revoked it, and maps again too.
+    handles_[victim] = BlockHandle{};
+    --brick.mapped;
+  }
+  if (brick.control) {
+    Status st = brick.control->unmap(block_vaddr(victim));
+    if (!st && st.error().errnum() != ENOENT) {
+      PBRICK_LOG_WARN("brick %s: unmap of idle block %s: %s", brick_name(b).c_str(),
+                      format_hex(block_vaddr(victim)).c_str(), st.error().message().c_str());
+    }
+  }
+  return true;
 }
 
 void Volume::set_allocated(uint64_t index, bool value) {
@@ -210,12 +249,16 @@ std::optional<BlockHandle> Volume::cached(uint64_t index) const {
   std::shared_lock lock(handles_mu_);
   const BlockHandle& h = handles_[index];
   if (h.rkey == 0) return std::nullopt;
+  used_[index].store(use_clock_.fetch_add(1, std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   return h;
 }
 
 void Volume::invalidate(uint64_t index, uint32_t rkey) {
   std::unique_lock lock(handles_mu_);
-  if (handles_[index].rkey == rkey) handles_[index] = BlockHandle{};
+  if (handles_[index].rkey == rkey && rkey != 0) {
+    handles_[index] = BlockHandle{};
+    --bricks_[brick_of(index)]->mapped;
+  }
 }
 
 // Runs fn on the brick's control connection (its control_mu held),
@@ -256,13 +299,27 @@ Result<BlockHandle> Volume::map_block(uint64_t index, bool for_write) {
   uint64_t vaddr = block_vaddr(index);
   if (!for_write && !allocated(index)) return Error(ENOENT, "block " + format_hex(vaddr) + " not allocated");
   if (for_write && options_.read_only) return Error(EROFS, "volume attached read-only");
-  auto mapped = with_control(b, [&](BrickClient& c) -> Result<proto::MapReply> {
-    if (for_write && !allocated(index)) {
-      Status st = c.alloc(vaddr);
-      if (!st && st.error().errnum() != EEXIST) return st.error();
+  if (options_.max_mapped != 0) {
+    while (mapped_count(b) >= options_.max_mapped && unmap_lru(b)) {
     }
-    return c.map(vaddr, options_.read_only ? proto::kMapShared : proto::kMapWrite | proto::kMapShared);
-  });
+  }
+  RetryDeadline full(std::chrono::milliseconds(options_.io_timeout_ms), std::chrono::milliseconds(5),
+                     std::chrono::milliseconds(200));
+  Result<proto::MapReply> mapped = Error(EIO, "");
+  for (;;) {
+    mapped = with_control(b, [&](BrickClient& c) -> Result<proto::MapReply> {
+      if (for_write && !allocated(index)) {
+        Status st = c.alloc(vaddr);
+        if (!st && st.error().errnum() != EEXIST) return st.error();
+      }
+      return c.map(vaddr, options_.read_only ? proto::kMapShared : proto::kMapWrite | proto::kMapShared);
+    });
+    if (mapped || mapped.error().errnum() != ENOBUFS) break;
+    // The block is on the brick's slow tier and every fast slot is mapped:
+    // let go of our least recently used block on that brick so it can demote
+    // it, or (holding none there) wait for other clients to let go.
+    if (!unmap_lru(b) && !full.wait()) break;
+  }
   if (!mapped) {
     if (mapped.error().errnum() == ENOENT) set_allocated(index, false);
     return mapped.error();
@@ -270,7 +327,9 @@ Result<BlockHandle> Volume::map_block(uint64_t index, bool for_write) {
   set_allocated(index, true);
   BlockHandle h{mapped->rkey, mapped->remote_addr};
   std::unique_lock hl(handles_mu_);
+  if (handles_[index].rkey == 0) ++bricks_[b]->mapped;
   handles_[index] = h;
+  used_[index].store(use_clock_.fetch_add(1, std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   return h;
 }
 
@@ -283,6 +342,7 @@ Status Volume::discard_block(uint64_t index) {
   bool was_mapped = cached(index).has_value();
   {
     std::unique_lock hl(handles_mu_);
+    if (handles_[index].rkey != 0) --bricks_[b]->mapped;
     handles_[index] = BlockHandle{};
   }
   auto r = with_control(b, [&](BrickClient& c) -> Result<bool> {

@@ -64,6 +64,12 @@ struct VolumeOptions {
   // Read-only attaches map blocks read-only and share the volume with its
   // writer; read-write attaches hold it exclusively (gateway/volume_claim.h).
   bool read_only = false;
+  // At most this many blocks stay mapped on each brick (0: no bound): mapping
+  // one more first unmaps that brick's least recently used, so the brick may
+  // move idle blocks to its slow tier. Independently, a MAP the brick refuses
+  // with ENOBUFS (every fast slot mapped) unmaps that brick's least recently
+  // used blocks and retries.
+  uint64_t max_mapped = 0;
 };
 
 class DataChannel;
@@ -104,7 +110,7 @@ class Volume {
   // "HOST:PORT" of a brick, for messages.
   std::string brick_name(uint32_t brick) const;
 
-  // The cached handle of a block, if it is mapped.
+  // The cached handle of a block, if it is mapped; marks it used (LRU).
   std::optional<BlockHandle> cached(uint64_t index) const;
   // Whether the brick holds the block (reads of other blocks return zeros
   // without a network round trip).
@@ -112,7 +118,9 @@ class Volume {
 
   // Maps the block, allocating it first when `for_write` (thin provisioning).
   // For a read of a block that is not allocated: ENOENT. Retries through
-  // reconnects until io_timeout_ms, then EIO.
+  // reconnects until io_timeout_ms, then EIO. May unmap least recently used
+  // blocks first (max_mapped, ENOBUFS): I/O racing with such an unmap gets
+  // EKEYREJECTED from the brick and maps again, like after a brick restart.
   Result<BlockHandle> map_block(uint64_t index, bool for_write);
 
   // Forgets `rkey` for the block if it is still the cached one: the brick said
@@ -156,6 +164,11 @@ class Volume {
   void note_connect(uint32_t brick, const Status& st);
   void set_allocated(uint64_t index, bool value);
   void clear_handles(uint32_t brick);
+  // With the brick's control_mu held: unmaps its least recently used mapped
+  // block; false when none of its blocks is mapped. (Per brick: a victim on
+  // another brick would need that brick's control_mu too.)
+  bool unmap_lru(uint32_t brick);
+  uint64_t mapped_count(uint32_t brick) const;
 
   VolumeOptions options_;
   uint64_t block_count_ = 0;
@@ -166,6 +179,10 @@ class Volume {
 
   mutable std::shared_mutex handles_mu_;
   std::vector<BlockHandle> handles_;             // by volume block index
+  // Last use of each block's handle (a stamp of use_clock_): the LRU order.
+  // Relaxed atomics: a stale stamp only makes an unmap choice less exact.
+  mutable std::vector<std::atomic<uint64_t>> used_;
+  mutable std::atomic<uint64_t> use_clock_{0};
   std::vector<std::atomic<uint64_t>> allocated_;  // bitset by volume block index
 };
 

@@ -47,6 +47,7 @@ Status VolumeSpec::complete_from_config(const std::string& path, const std::stri
   if (!base) base = v->base;
   if (!queues) queues = v->queues;
   if (!depth) depth = v->depth;
+  if (!max_mapped) max_mapped = v->max_mapped;
   return Status::Ok();
 }
 
@@ -70,6 +71,9 @@ Status VolumeSpec::finalize(uint32_t default_queues, uint32_t default_depth, boo
   if (*base % proto::kBlockSize != 0) return Error(EINVAL, name("base") + " must be 2 MiB aligned");
   if (!queues) queues = default_queues;
   if (!depth) depth = default_depth;
+  if (max_mapped && *max_mapped != 0 && *max_mapped < kMinMaxMapped) {
+    return Error(EINVAL, name("max-mapped") + " must be 0 (no bound) or at least " + std::to_string(kMinMaxMapped));
+  }
   return Status::Ok();
 }
 
@@ -88,6 +92,7 @@ Result<VolumeOptions> VolumeSpec::volume_options() const {
   vo.layout = layout.value_or(Layout::kSingle);
   vo.name = label_name;
   vo.read_only = read_only;
+  vo.max_mapped = max_mapped.value_or(0);
   for (size_t i = 0; i < targets.size(); i++) {
     ClientOptions o = common;
     o.endpoint = targets[i];

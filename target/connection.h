@@ -57,6 +57,10 @@ struct Connection {
   bool recv_inflight = false;
   bool send_inflight = false;
   SyncState sync;  // persistence_ledger.h
+  // A MAP at the head of `in` waits for its block's promotion (target/tiering.h);
+  // the server's tier wake resumes it (pump) like a sync completion.
+  bool awaiting_tier = false;
+  uint64_t features = 0;  // negotiated in HELLO (proto::kFeature*)
   Clock::time_point accepted_at;
   std::string peer;
   bool counts_as_handshake = true;  // one of the pending handshakes (not yet ready, not evicted)
@@ -71,6 +75,8 @@ struct Connection {
 
   bool idle() const { return !recv_inflight && !send_inflight; }
   bool ready() const { return state == State::kReady; }
+  // Parsing stopped until a completion resumes it (an fdatasync or a promotion).
+  bool waiting() const { return sync.awaiting_sync || awaiting_tier; }
 
   // Whether `need` more bytes fit `out`, moving unsent bytes to the front
   // when no send holds a pointer into it.

@@ -21,7 +21,10 @@
 
 namespace pbrick {
 
-enum class OpKind : uint8_t { kAccept = 1, kRecv, kSend, kFsync, kSignal, kTick, kCancel, kStop, kCmPoll, kCqPoll };
+enum class OpKind : uint8_t {
+  kAccept = 1, kRecv, kSend, kFsync, kSignal, kTick, kCancel, kStop, kCmPoll, kCqPoll,
+  kTierPoll, kTierWake,  // tiering: the mover's eventfd; a deferred wake of MAPs waiting for it
+};
 
 struct UserData {
   static uint64_t pack(OpKind kind, uint32_t generation, uint32_t index) {

@@ -14,6 +14,7 @@
 #include "config/cluster_config.h"
 #include "target/server.h"
 #include "target/store.h"
+#include "target/tiering.h"
 
 namespace {
 
@@ -32,6 +33,9 @@ constexpr const char* kUsage =
     "  --transport T         tcp (default) or rdma (RDMA CM on --listen; data by one-sided RDMA)\n"
     "  --persistence P       rpc (default) or sync-read: declares the storage NIC's DDIO off, so\n"
     "                        an RDMA READ after RDMA WRITEs makes them durable (docs/persistence.md)\n"
+    "  --slow-store PATH     slow tier (a file or device on SSD or disk): capacity beyond the store;\n"
+    "                        unmapped blocks move there and come back when mapped\n"
+    "  --slow-size SIZE      slow tier size; must match an existing slow tier\n"
     "  --key-file FILE       cluster key: clients must prove they know it\n"
     "  --force-format        format PATH even if it holds data (destroys it)\n"
     "  --max-connections N   default 128\n"
@@ -49,7 +53,7 @@ int usage_error(const std::string& message) {
 int main(int argc, char** argv) {
   using namespace pbrick;
   enum { kStore = 1000, kSize, kListen, kKeyFile, kForceFormat, kMaxConn, kPortFile, kLogLevel, kConfig, kBrick,
-         kTransport, kPersistence };
+         kTransport, kPersistence, kSlowStore, kSlowSize };
   static const option kOptions[] = {
       {"store", required_argument, nullptr, kStore},
       {"size", required_argument, nullptr, kSize},
@@ -63,11 +67,15 @@ int main(int argc, char** argv) {
       {"brick", required_argument, nullptr, kBrick},
       {"transport", required_argument, nullptr, kTransport},
       {"persistence", required_argument, nullptr, kPersistence},
+      {"slow-store", required_argument, nullptr, kSlowStore},
+      {"slow-size", required_argument, nullptr, kSlowSize},
       {"help", no_argument, nullptr, 'h'},
       {nullptr, 0, nullptr, 0},
   };
   std::string store_path, listen_text, key_file, port_file, config_file, brick_name;
   uint64_t size = 0;
+  std::string slow_path;
+  uint64_t slow_size = 0;
   bool force_format = false;
   std::optional<Transport> transport;
   std::optional<Persistence> persistence;
@@ -77,6 +85,13 @@ int main(int argc, char** argv) {
   while ((opt = getopt_long(argc, argv, "h", kOptions, nullptr)) != -1) {
     switch (opt) {
       case kStore: store_path = optarg; break;
+      case kSlowStore: slow_path = optarg; break;
+      case kSlowSize: {
+        auto r = parse_size(optarg, "--slow-size");
+        if (!r) return usage_error(r.error().message());
+        slow_size = *r;
+        break;
+      }
       case kSize: {
         auto r = parse_size(optarg, "--size");
         if (!r) return usage_error(r.error().context());
@@ -133,10 +148,13 @@ int main(int argc, char** argv) {
     if (!persistence) persistence = brick->persistence;
     if (store_path.empty()) store_path = brick->store.path;
     if (size == 0) size = brick->store.size;
+    if (slow_path.empty()) slow_path = brick->store.slow_path;
+    if (slow_size == 0) slow_size = brick->store.slow_size;
     if (listen_text.empty()) listen_text = Endpoint{brick->host, static_cast<uint16_t>(brick->port)}.to_string();
     if (key_file.empty()) key_file = brick->key_file;
   }
   if (store_path.empty()) return usage_error("--store is required");
+  if (slow_size != 0 && slow_path.empty()) return usage_error("--slow-size needs --slow-store");
   if (listen_text.empty()) return usage_error("--listen is required");
   auto listen = parse_endpoint(listen_text, "--listen", /*allow_port_zero=*/true);
   if (!listen) return usage_error(listen.error().context());
@@ -172,9 +190,18 @@ int main(int argc, char** argv) {
     PBRICK_LOG_ERROR("%s", region.error().message().c_str());
     return 1;
   }
+  std::unique_ptr<PmemRegion> slow_region;
+  if (!slow_path.empty()) {
+    auto slow = open_pmem_region({slow_path, slow_size, true});
+    if (!slow) {
+      PBRICK_LOG_ERROR("--slow-store: %s", slow.error().message().c_str());
+      return 1;
+    }
+    slow_region = std::move(*slow);
+  }
   StoreOpenOptions store_options;
   store_options.force_format = force_format;
-  auto store = Store::Open(std::move(*region), store_options);
+  auto store = Store::Open(std::move(*region), store_options, std::move(slow_region));
   if (!store) {
     PBRICK_LOG_ERROR("%s", store.error().message().c_str());
     return 1;
@@ -189,6 +216,18 @@ int main(int argc, char** argv) {
     // good for development, gone with the host's power.
     PBRICK_LOG_WARN("RDMA on a file store (%s): a brick process crash loses nothing, a power loss of this host "
                     "loses the store; serve a devdax device in production", store_path.c_str());
+  }
+  std::unique_ptr<Tiering> tiering;
+  if (!slow_path.empty()) {
+    TieringOptions tiering_options;
+    tiering_options.slow_path = slow_path;
+    auto t = Tiering::Create(**store, tiering_options);
+    if (!t) {
+      PBRICK_LOG_ERROR("%s", t.error().message().c_str());
+      return 1;
+    }
+    tiering = std::move(*t);
+    server_options.tiering = tiering.get();
   }
   auto server = Server::Create(**store, server_options);
   if (!server) {

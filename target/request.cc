@@ -1,6 +1,7 @@
 // The frame pump and request dispatch: every frame a connection sends, once
 // whole, is checked against the handshake, given room for its reply, held
-// at its sync point while persistence is due, and served.
+// at its sync point while persistence is due (or, for a MAP, while its
+// block is promoted from the slow tier), and served.
 #include <endian.h>
 
 #include <algorithm>
@@ -38,7 +39,7 @@ size_t reply_room(const proto::FrameHeader& h, std::span<const uint8_t> payload)
 
 void Server::Impl::pump(Connection& c) {
   bool blocked = false;  // stopped for output room or persistence, not for lack of input
-  while (!c.closing && !c.sync.awaiting_sync) {
+  while (!c.closing && !c.waiting()) {
     c.grow_buffers();
     size_t avail = c.in_end - c.in_start;
     if (avail < kHeaderSize) break;
@@ -108,15 +109,28 @@ void Server::Impl::pump(Connection& c) {
         continue;
       }
     }
+    if (hdr->opcode == Opcode::kMap && c.ready() && options_.tiering) {
+      // MAP of a slow block promotes it first; c waits with the MAP still at
+      // the head of `in`, and asks again when the tier wake resumes it.
+      TierMap t = tier_before_map(c, *hdr, payload);
+      if (t == TierMap::kWait) {
+        blocked = true;
+        break;
+      }
+      if (t == TierMap::kReplied) {
+        c.in_start += total;
+        continue;
+      }
+    }
     handle_frame(c, *hdr, payload);
     c.in_start += total;
   }
   if (c.in_start == c.in_end && !c.recv_inflight) c.in_start = c.in_end = 0;
   // A peer that half-closed after its last request still gets every reply;
   // once nothing more can be parsed, the connection winds down. A request
-  // waiting for its sync point is not parsed yet: the end of the stream may
-  // arrive before the fdatasync completes.
-  if (c.peer_eof && !blocked && !c.sync.awaiting_sync) c.closing = true;
+  // waiting for its sync point (or its block's promotion) is not parsed yet:
+  // the end of the stream may arrive before the fdatasync completes.
+  if (c.peer_eof && !blocked && !c.waiting()) c.closing = true;
   c.transport->flush_output(c, ring_);
   c.transport->arm_recv(c, ring_);
   maybe_close(c);
@@ -153,6 +167,10 @@ void Server::Impl::handle_frame(Connection& c, const proto::FrameHeader& h, std:
       r.mapped_blocks = s.mapped_blocks;
       r.brick_uuid = store_.uuid();
       r.store_kind = store_.region().is_pmem() ? proto::kStorePmem : proto::kStoreFile;
+      if ((c.features & proto::kFeatureTiers) != 0) {  // per-tier counts, only for a peer that knows them
+        r.slow_capacity_blocks = static_cast<uint32_t>(s.slow_capacity_blocks);
+        r.slow_free_blocks = static_cast<uint32_t>(s.slow_free_blocks);
+      }
       proto::encode_stat_reply(r, c.reply_header(h, proto::kStatReplySize));
       return;
     }
@@ -191,6 +209,26 @@ void Server::Impl::handle_frame(Connection& c, const proto::FrameHeader& h, std:
     case Opcode::kHello:
       break;  // handled above
   }
+}
+
+Server::Impl::TierMap Server::Impl::tier_before_map(Connection& c, const proto::FrameHeader& h,
+                                                    std::span<const uint8_t> payload) {
+  auto req = proto::decode_map_request(payload);
+  if (!req) return TierMap::kProceed;  // handle_map replies the error
+  switch (options_.tiering->prepare_map(req->vaddr)) {
+    case Tiering::MapReadiness::kReady:
+      return TierMap::kProceed;
+    case Tiering::MapReadiness::kWait:
+      c.awaiting_tier = true;
+      tier_waiters_.emplace_back(c.index, c.generation);
+      return TierMap::kWait;
+    case Tiering::MapReadiness::kNoFastSlot:
+      break;
+  }
+  c.reply_error(h, Error(ENOBUFS, "map " + format_hex(req->vaddr) +
+                                      ": the block is on the slow tier and every fast slot is mapped; "
+                                      "unmap blocks and retry"));
+  return TierMap::kReplied;
 }
 
 // The one place a MAP is served.

@@ -2,6 +2,7 @@
 #include "target/server.h"
 
 #include <liburing.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
@@ -71,7 +72,9 @@ Status Server::Impl::init() {
   if (!signal_fd_.valid()) return errno_error("signalfd");
   stop_fd_.reset(::eventfd(0, EFD_CLOEXEC));
   if (!stop_fd_.valid()) return errno_error("eventfd");
-  return ring_.init(kRingEntries);
+  PBRICK_TRY(ring_.init(kRingEntries));
+  if (options_.tiering) options_.tiering->set_wake([this] { post_tier_wake(); });
+  return Status::Ok();
 }
 
 void Server::Impl::stop() {
@@ -110,6 +113,34 @@ void Server::Impl::on_sync_done(uint64_t number, int res) {
     c->sync.awaiting_sync = false;
     pump(*c);
   }
+}
+
+void Server::Impl::arm_tier_poll() {
+  if (!options_.tiering || tier_poll_inflight_) return;
+  tier_poll_inflight_ = true;
+  io_uring_sqe* sqe = ring_.get_sqe();
+  io_uring_prep_poll_add(sqe, options_.tiering->event_fd(), POLLIN);
+  io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kTierPoll, 0, 0));
+}
+
+void Server::Impl::post_tier_wake() {
+  if (tier_wake_posted_ || tier_waiters_.empty()) return;
+  tier_wake_posted_ = true;
+  io_uring_sqe* sqe = ring_.get_sqe();
+  io_uring_prep_nop(sqe);
+  io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kTierWake, 0, 0));
+}
+
+void Server::Impl::on_tier_wake() {
+  // Each waiter asks again (tier_before_map) and may wait again.
+  tier_waking_.swap(tier_waiters_);
+  for (auto [index, generation] : tier_waking_) {
+    Connection* c = find(index, generation);
+    if (c == nullptr) continue;
+    c->awaiting_tier = false;
+    pump(*c);
+  }
+  tier_waking_.clear();
 }
 
 void Server::Impl::on_cq() {
@@ -154,6 +185,7 @@ void Server::Impl::on_tick() {
     }
   }
   if (!accept_inflight_) arm_accept();
+  if (options_.tiering) options_.tiering->tick();  // background demotion step
 }
 
 void Server::Impl::handle_cqe(io_uring_cqe* cqe) {
@@ -198,6 +230,17 @@ void Server::Impl::handle_cqe(io_uring_cqe* cqe) {
     case OpKind::kFsync:
       on_sync_done(UserData::sync_number(ud), res);
       return;
+    case OpKind::kTierPoll:
+      tier_poll_inflight_ = false;
+      if (!stopping_) {
+        options_.tiering->on_event();
+        arm_tier_poll();
+      }
+      return;
+    case OpKind::kTierWake:
+      tier_wake_posted_ = false;
+      on_tier_wake();
+      return;
     case OpKind::kRecv:
     case OpKind::kSend:
       break;
@@ -223,7 +266,7 @@ void Server::Impl::begin_stop() {
     }
   }
   for (OpKind kind : {OpKind::kTick, OpKind::kSignal, OpKind::kStop, OpKind::kAccept, OpKind::kCmPoll,
-                      OpKind::kCqPoll}) {
+                      OpKind::kCqPoll, OpKind::kTierPoll}) {
     io_uring_sqe* sqe = ring_.get_sqe();
     io_uring_prep_cancel64(sqe, UserData::pack(kind, 0, 0), 0);
     io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kCancel, 0, 0));
@@ -234,6 +277,7 @@ Status Server::Impl::run() {
   arm_signal();
   arm_tick();
   arm_accept();
+  arm_tier_poll();
   uint64_t usec = 0;
   if (sd_watchdog_enabled(0, &usec) > 0) watchdog_usec_ = usec;
   last_watchdog_ = Clock::now();

@@ -1,7 +1,7 @@
 // Server::Impl, the brick server's state, shared by the files that make it
 // up (one concern each, every function a member run on the loop thread):
 //   server.cc      the event loop: ring, signals, tick, watchdog and status,
-//                  completion dispatch, stopping
+//                  completion dispatch, the tier mover's poll and wake, stopping
 //   listener.cc    accepting (TCP listen socket, RDMA CM events) and the
 //                  connection slots: admission, handshake budget, closing
 //   session.cc     the handshake: HELLO, AUTH, admission past it
@@ -36,6 +36,7 @@
 #include "target/persistence_ledger.h"
 #include "target/rdma_listener.h"
 #include "target/server.h"
+#include "target/tiering.h"
 
 namespace pbrick {
 
@@ -63,6 +64,13 @@ class Server::Impl final : private PersistenceLedger::SyncStarter {
   void begin_stop();
   void start_sync(uint64_t number) override;  // PersistenceLedger::SyncStarter
   void on_sync_done(uint64_t number, int res);
+  // The tier mover (options_.tiering, when the store has a slow tier): its
+  // eventfd polled on the ring; its wake callback posts a NOP whose
+  // completion resumes the MAPs waiting for a promotion, from the loop and
+  // never nested inside the mover's own completion handling.
+  void arm_tier_poll();
+  void post_tier_wake();
+  void on_tier_wake();
 
   // ---- listener.cc: accepting, slots, closing
   Status listen();
@@ -109,6 +117,11 @@ class Server::Impl final : private PersistenceLedger::SyncStarter {
   // PERSIST: false when it waits for an fdatasync (pump resumes it).
   bool handle_persist(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload);
   bool finish_persist(Connection& c, const proto::FrameHeader& h);
+  // Before a MAP when the store has a slow tier: kProceed; kWait when the
+  // block is being promoted (c waits, its MAP still at the head of `in`);
+  // kReplied when it answered ENOBUFS (every fast slot is mapped).
+  enum class TierMap { kProceed, kWait, kReplied };
+  TierMap tier_before_map(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload);
   PersistenceLedger::Outcome sync_point(Connection& c, uint64_t target) {
     return ledger_.sync_point(c.sync, {c.index, c.generation}, target);
   }
@@ -139,6 +152,12 @@ class Server::Impl final : private PersistenceLedger::SyncStarter {
   bool cm_poll_inflight_ = false;
   bool cq_poll_inflight_ = false;
   std::vector<uint32_t> pending_;  // connections touched by the current CQ batch
+
+  // Tiering.
+  bool tier_poll_inflight_ = false;
+  bool tier_wake_posted_ = false;
+  std::vector<std::pair<uint32_t, uint32_t>> tier_waiters_;  // (slot, generation) of MAPs waiting
+  std::vector<std::pair<uint32_t, uint32_t>> tier_waking_;
 
   // Connections.
   std::vector<std::unique_ptr<Connection>> conns_;  // slot index -> connection or null

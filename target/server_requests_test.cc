@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <thread>
 #include <vector>
@@ -17,6 +18,7 @@
 #include "common/protocol.h"
 #include "target/pmem_region.h"
 #include "target/store.h"
+#include "target/tiering.h"
 
 namespace pbrick {
 namespace {
@@ -34,12 +36,19 @@ struct Reply {
 // A brick over `region` serving one socketpair connection on its own thread.
 class ServerHarness {
  public:
-  explicit ServerHarness(std::unique_ptr<PmemRegion> region) {
-    auto store = Store::Open(std::move(region), StoreOpenOptions{});
-    EXPECT_TRUE(store.ok()) << store.error().message();
-    store_ = std::move(*store);
+  explicit ServerHarness(std::unique_ptr<PmemRegion> region)
+      : ServerHarness([&] {
+          auto store = Store::Open(std::move(region), StoreOpenOptions{});
+          EXPECT_TRUE(store.ok()) << store.error().message();
+          return store.ok() ? std::move(*store) : nullptr;
+        }()) {}
+  // A brick over `store`, with `tiering` (owned by the caller, outliving the
+  // harness) when the store has a slow tier.
+  explicit ServerHarness(std::unique_ptr<Store> store, Tiering* tiering = nullptr) {
+    store_ = std::move(store);
     ServerOptions options;
     options.listen = Endpoint{"127.0.0.1", 0};
+    options.tiering = tiering;
     auto server = Server::Create(*store_, options);
     EXPECT_TRUE(server.ok()) << server.error().message();
     server_ = std::move(*server);
@@ -52,6 +61,7 @@ class ServerHarness {
     loop_ = std::thread([this] { EXPECT_TRUE(server_->run().ok()); });
   }
   ~ServerHarness() {
+    if (!server_) return;
     server_->stop();
     loop_.join();
   }
@@ -73,6 +83,13 @@ class ServerHarness {
     pending_.clear();
   }
   void half_close() { ::shutdown(client_.get(), SHUT_WR); }
+  // Stops the brick and hands its store back (for a next harness).
+  std::unique_ptr<Store> release_store() {
+    server_->stop();
+    loop_.join();
+    server_.reset();
+    return std::move(store_);
+  }
 
   // The next reply, or nullopt when the brick closed (or 10 s passed).
   std::optional<Reply> next() {
@@ -193,6 +210,73 @@ TEST(ServerTest, HalfCloseDuringSyncReadStillGetsEveryReply) {
     EXPECT_FALSE(s.next()) << "the brick closes after the last reply";
   }
   ::unlink(path.c_str());
+}
+
+// The server's tiering hooks: a MAP of a block on the slow tier waits for its
+// promotion (the requests behind it on the connection wait with it, replies
+// stay in order) and then succeeds - MAP of a slow block fails in the store,
+// so its success shows the promotion ran first; STAT carries the slow tier's
+// counts only for a client that offered TIERS.
+TEST(ServerTest, MapOfASlowBlockWaitsForItsPromotionAndStatShowsTiers) {
+  const std::string dir =
+      std::filesystem::temp_directory_path() / ("pbrick-server-tier-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  {
+    auto fast = open_pmem_region({dir + "/fast", 16ull << 20, true});
+    ASSERT_TRUE(fast) << fast.error().message();
+    auto slow = open_pmem_region({dir + "/slow", 16ull << 20, true});
+    ASSERT_TRUE(slow) << slow.error().message();
+    auto store = Store::Open(std::move(*fast), StoreOpenOptions{}, std::move(*slow));
+    ASSERT_TRUE(store) << store.error().message();
+    const uint64_t fast_slots = (*store)->stats().fast_capacity_blocks;
+    const uint64_t slow_slots = (*store)->stats().slow_capacity_blocks;
+    // Every fast slot taken, then one block on the slow tier.
+    for (uint64_t i = 0; i <= fast_slots; i++) ASSERT_TRUE((*store)->alloc(i * proto::kBlockSize));
+    const uint64_t slow_block = fast_slots * proto::kBlockSize;
+    ASSERT_EQ(*(*store)->tier_of(slow_block), kTierSlow);
+    auto tiering = Tiering::Create(**store, TieringOptions{dir + "/slow", 1, 1ull << 30});
+    ASSERT_TRUE(tiering) << tiering.error().message();
+
+    for (bool tiers : {false, true}) {
+      ServerHarness s(std::move(*store), tiering->get());
+      proto::HelloRequest hello;
+      hello.features = tiers ? proto::kFeatureTiers : 0;
+      uint8_t hp[proto::kHelloRequestSize];
+      proto::encode_hello_request(hello, hp);
+      s.queue(Opcode::kHello, hp, 1);
+      s.queue(Opcode::kStat, {}, 2);
+      uint8_t mp[proto::kMapRequestSize];
+      proto::encode_map_request({slow_block, proto::kMapWrite}, mp);
+      s.queue(Opcode::kMap, mp, 3);
+      s.queue(Opcode::kStat, {}, 4);
+      s.send();
+      for (uint64_t id : {1u, 2u, 3u, 4u}) {
+        auto r = s.next();
+        ASSERT_TRUE(r) << "no reply to request " << id;
+        EXPECT_EQ(r->request_id, id);
+        EXPECT_EQ(r->status, 0u) << "request " << id << ": errno " << proto::errno_from_wire(r->status);
+        if (r->opcode != Opcode::kStat) continue;
+        auto stat = proto::decode_stat_reply(r->payload);
+        ASSERT_TRUE(stat) << stat.error().message();
+        EXPECT_EQ(stat->slow_capacity_blocks, tiers ? slow_slots : 0u);
+        // At least one block is on the slow tier (the one mapped, or the one
+        // demoted to make room for it; background demotion may add more).
+        if (tiers) {
+          EXPECT_LT(stat->slow_free_blocks, slow_slots);
+        } else {
+          EXPECT_EQ(stat->slow_free_blocks, 0u);
+        }
+        if (id == 4) {
+          EXPECT_EQ(stat->mapped_blocks, 1u);
+        }
+      }
+      store = s.release_store();
+    }
+    EXPECT_GE((*tiering)->promotions(), 1u);
+    EXPECT_EQ(*(*store)->tier_of(slow_block), kTierFast);
+    tiering->reset();
+  }
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

@@ -64,6 +64,7 @@ void Server::Impl::handle_hello(Connection& c, const proto::FrameHeader& h, std:
   }
   r.brick_uuid = store_.uuid();
   r.boot_id = boot_id_;
+  c.features = r.features;
   c.client_nonce = req->client_nonce;
   if (options_.key) {
     Status st = random_bytes(c.server_nonce.data(), c.server_nonce.size());

@@ -16,12 +16,13 @@
 #include "common/crc32c.h"
 #include "common/log.h"
 #include "common/units.h"
+#include "target/media_util.h"
 
 namespace pbrick {
 namespace {
 
 // ---- Superblock (offset 0, 4096 bytes, little-endian) -------------------------
-constexpr uint64_t kSuperblockSize = 4096;
+using namespace media;  // little-endian words, geometry (target/media_util.h)
 constexpr char kMagic[8] = {'P', 'B', 'R', 'K', 'S', 'T', 'O', 'R'};
 // Written over the magic while a format is in progress (see format()).
 constexpr char kFormatMarker[8] = {'P', 'B', 'R', 'K', 'I', 'N', 'I', 'T'};
@@ -32,6 +33,11 @@ constexpr uint32_t kLayoutVersionV1 = 1;
 constexpr size_t kSbMagic = 0;
 constexpr size_t kSbVersion = 8;
 constexpr size_t kSbFlags = 12;
+// Flags: the store has a slow tier (docs/layout.md, "Slow tier"); set once,
+// when a slow tier is first attached, and never cleared. A build that knows no
+// flags refuses the store, as does Open() without the slow tier.
+constexpr uint32_t kSbFlagSlowTier = 1u << 0;
+constexpr uint32_t kKnownSbFlags = kSbFlagSlowTier;
 constexpr size_t kSbUuid = 16;
 constexpr size_t kSbRegionSize = 32;
 constexpr size_t kSbBlockSize = 40;
@@ -44,8 +50,6 @@ constexpr size_t kSbReserved = 88;  // zeros up to kSbCrc
 constexpr size_t kSbCrc = 4092;     // crc32c of bytes [0, kSbCrc)
 
 // ---- Map (16-byte entries from kMapOffset) -------------------------------------
-constexpr uint64_t kMapOffset = kSuperblockSize;
-constexpr uint64_t kMapEntrySize = 16;
 // Key word: 0 = free; else the 2 MiB-aligned vaddr in bits 21..63 and a tag in
 // bits 0..20. Version 2 tags an allocated entry with two bits (VALID, bit 0,
 // and VALID2, bit 1), so no single flipped bit turns a free key (0) into an
@@ -69,42 +73,6 @@ constexpr uint8_t kTierPmem = 0;
 // 2^32 - 1 slots, about 8 PiB, far beyond any pmem device.
 constexpr uint64_t kMaxSlots = std::numeric_limits<uint32_t>::max();
 
-// ---- Little-endian helpers -------------------------------------------------------
-uint64_t le64(uint64_t v) {
-  if constexpr (std::endian::native == std::endian::big) v = __builtin_bswap64(v);
-  return v;
-}
-uint32_t le32(uint32_t v) {
-  if constexpr (std::endian::native == std::endian::big) v = __builtin_bswap32(v);
-  return v;
-}
-uint64_t load64(const uint8_t* p) {
-  uint64_t v;
-  std::memcpy(&v, p, sizeof v);
-  return le64(v);
-}
-uint32_t load32(const uint8_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, sizeof v);
-  return le32(v);
-}
-void put64(uint8_t* p, uint64_t v) {
-  v = le64(v);
-  std::memcpy(p, &v, sizeof v);
-}
-void put32(uint8_t* p, uint32_t v) {
-  v = le32(v);
-  std::memcpy(p, &v, sizeof v);
-}
-// The native-order word whose in-memory bytes are `bytes`, for store_word_persist.
-uint64_t word_of(const void* bytes) {
-  uint64_t v;
-  std::memcpy(&v, bytes, sizeof v);
-  return v;
-}
-
-uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) & ~(a - 1); }
-
 // The 24-bit checksum of a version-2 map entry: CRC-32C of 20 bytes (the key
 // word, the location word with its check bits zero, the entry index, all
 // little-endian), low 24 bits. It covers the entry index so that an entry copied
@@ -122,53 +90,9 @@ uint64_t make_location(uint32_t entry, uint64_t key, uint64_t slot, uint8_t tier
   return location | (static_cast<uint64_t>(entry_check(entry, key, location)) << kLocationCheckShift);
 }
 
-bool all_zero(const uint8_t* p, size_t len) {
-  for (size_t i = 0; i < len; ++i) {
-    if (p[i] != 0) return false;
-  }
-  return true;
-}
-
-// ---- Geometry ----------------------------------------------------------------------
-// slots_offset for a map of n entries: the map end rounded up to 2 MiB, so every
-// slot is one 2 MiB-aligned range of the region.
-uint64_t slots_offset_for(uint64_t n) {
-  return align_up(kMapOffset + kMapEntrySize * n, kBlockSize);
-}
-
-bool fits(uint64_t n, uint64_t region_size) {
-  uint64_t slots_bytes = n * kBlockSize;  // n <= region_size / 2 MiB: no overflow
-  return slots_bytes <= region_size && slots_offset_for(n) <= region_size - slots_bytes;
-}
-
-// The largest n with align_up(4096 + 16 n, 2 MiB) + n * 2 MiB <= region_size.
-// Since that left side is at least 4096 + n * (2 MiB + 16), n cannot exceed
-// n0 = (region_size - 4096) / (2 MiB + 16); and n0 - 1 always fits (rounding
-// adds less than one block, which the dropped slot pays for), so the loop runs
-// at most once.
-uint64_t slot_count_for(uint64_t region_size) {
-  if (region_size < kMapOffset) return 0;
-  uint64_t n = (region_size - kMapOffset) / (kBlockSize + kMapEntrySize);
-  while (n > 0 && !fits(n, region_size)) --n;
-  return n;
-}
-
 std::string hex(uint64_t v) { return format_hex(v); }
 
 Error corrupt(const std::string& what) { return Error(EUCLEAN, what); }
-
-Status fill_random(uint8_t* out, size_t len) {
-  while (len > 0) {
-    ssize_t n = ::getrandom(out, len, 0);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return errno_error("getrandom");
-    }
-    out += n;
-    len -= static_cast<size_t>(n);
-  }
-  return Status::Ok();
-}
 
 // For a map entry that does not verify: which single flipped bit would explain
 // it, as a hint for the operator (the store never repairs by itself). A bit of
@@ -239,7 +163,8 @@ Status check_region_size(uint64_t size) {
 Store::Store(std::unique_ptr<PmemRegion> region) : region_(std::move(region)) {}
 
 Result<std::unique_ptr<Store>> Store::Open(std::unique_ptr<PmemRegion> region,
-                                           const StoreOpenOptions& options) {
+                                           const StoreOpenOptions& options,
+                                           std::unique_ptr<PmemRegion> slow_region) {
   if (!region) return Error(EINVAL, "open store: no region");
   PBRICK_TRY(check_region_size(region->size()));
 
@@ -267,6 +192,21 @@ Result<std::unique_ptr<Store>> Store::Open(std::unique_ptr<PmemRegion> region,
   } else {
     PBRICK_TRY(store->load());
   }
+  bool slow_formatted = false;
+  if (slow_region) {
+    const bool slow_blank = all_zero(slow_region->base(), std::min<uint64_t>(slow_region->size(), kSuperblockSize));
+    SlowTierOpenOptions slow_options;
+    slow_options.force_format = options.force_format;
+    slow_options.format_if_blank = options.format_if_blank;
+    auto slow = SlowTier::Open(std::move(slow_region), store->uuid_, slow_options);
+    if (!slow) return slow.error();
+    store->slow_ = std::move(*slow);
+    slow_formatted = slow_blank || options.force_format;
+    if (!store->has_slow_flag_ || store->slow_flag_pending_) PBRICK_TRY(store->set_slow_flag());
+  } else if (store->has_slow_flag_) {
+    return corrupt("the store has a slow tier (superblock flag), and its blocks may be there: give the brick "
+                   "its slow tier (--slow-store)");
+  }
   std::string first_problem;
   uint64_t problems = 0;
   store->scan_map([&](uint64_t, std::string what) {
@@ -277,6 +217,11 @@ Result<std::unique_ptr<Store>> Store::Open(std::unique_ptr<PmemRegion> region,
       first_problem += " (and " + std::to_string(problems - 1) + " more problems in the map)";
     }
     return corrupt(first_problem + "; `pbrickctl fsck` lists every problem");
+  }
+  if (slow_formatted && store->slow_blocks_in_fast_map_ > 0) {
+    return corrupt("the store has " + std::to_string(store->slow_blocks_in_fast_map_) +
+                   " blocks on its slow tier, but the slow tier given is blank (or was just formatted): "
+                   "give the brick its own slow tier");
   }
   if (store->layout_version_ == kLayoutVersionV1) PBRICK_TRY(store->upgrade_map());
   return store;
@@ -297,6 +242,7 @@ StoreCheckReport Store::Check(const uint8_t* base, uint64_t size) {
     return report;
   }
   Store store(std::make_unique<ReadOnlyRegion>(base, size));
+  store.slow_unchecked_ = true;
   if (Status s = store.load(); !s) {
     report.superblock_error = s.error().context();
     return report;
@@ -369,6 +315,14 @@ Status Store::format() {
 
 // The superblock checksum the bytes at `sb` would have with `version` in the
 // version field: an upgrade writes that checksum before the version (upgrade_map()).
+// The same with `flags` in the flags field (set_slow_flag()).
+static uint32_t superblock_crc_with_flags(const uint8_t* sb, uint32_t flags) {
+  std::array<uint8_t, kSbCrc> copy;
+  std::memcpy(copy.data(), sb, kSbCrc);
+  put32(copy.data() + kSbFlags, flags);
+  return crc32c(copy.data(), kSbCrc);
+}
+
 static uint32_t superblock_crc_with_version(const uint8_t* sb, uint32_t version) {
   std::array<uint8_t, kSbCrc> copy;
   std::memcpy(copy.data(), sb, kSbCrc);
@@ -391,12 +345,16 @@ Status Store::load() {
   uint32_t stored_crc = load32(sb + kSbCrc);
   uint32_t crc = crc32c(sb, kSbCrc);
   bool upgrade_interrupted = false;
+  bool slow_flag_pending = false;
   if (stored_crc != crc) {
     // The one state a crash can leave with a checksum that does not match:
     // an upgrade wrote the version-2 checksum but not yet the version word.
+    // Or setting the slow tier flag wrote the new checksum but not the flag.
     if (version == kLayoutVersionV1 &&
         stored_crc == superblock_crc_with_version(sb, kLayoutVersion)) {
       upgrade_interrupted = true;
+    } else if (stored_crc == superblock_crc_with_flags(sb, load32(sb + kSbFlags) | kSbFlagSlowTier)) {
+      slow_flag_pending = true;
     } else {
       return corrupt("superblock checksum mismatch (stored " + hex(stored_crc) + ", computed " +
                      hex(crc) + "): the superblock is corrupt");
@@ -404,7 +362,7 @@ Status Store::load() {
   }
   // Past the checksum, anything unexpected was written that way: by a newer
   // layout or a bug, not by media corruption. Refuse rather than guess.
-  if (uint32_t flags = load32(sb + kSbFlags); flags != 0) {
+  if (uint32_t flags = load32(sb + kSbFlags); (flags & ~kKnownSbFlags) != 0) {
     return corrupt("superblock has unknown flags " + hex(flags));
   }
   if (!all_zero(sb + kSbReserved, kSbCrc - kSbReserved)) {
@@ -448,6 +406,8 @@ Status Store::load() {
   slots_offset_ = slots_offset;
   layout_version_ = version;
   upgrade_interrupted_ = upgrade_interrupted;
+  has_slow_flag_ = slow_flag_pending || (load32(sb + kSbFlags) & kSbFlagSlowTier) != 0;
+  slow_flag_pending_ = slow_flag_pending;
   return Status::Ok();
 }
 
@@ -455,19 +415,24 @@ void Store::scan_map(const ProblemSink& problem) {
   constexpr uint32_t kNoEntry = std::numeric_limits<uint32_t>::max();
   index_.clear();
   free_slots_.clear();
+  slow_free_slots_.clear();
   free_entries_.clear();
   v1_entries_.clear();
+  lru_.clear();
   mapped_blocks_ = 0;
+  slow_blocks_in_fast_map_ = 0;
 
   // A version-1 store may hold entries of both formats: version 1, and (after
   // an interrupted upgrade) version 2 or its first half, the new location
-  // under the old key.
+  // under the old key. The slow tier's map never held version-1 entries.
   const bool v1_store = layout_version_ == kLayoutVersionV1;
-  const uint8_t* base = region_->base();
-  std::vector<uint32_t> slot_owner(slot_count_, kNoEntry);
-  for (uint64_t e = 0; e < slot_count_; ++e) {
+  const uint64_t slow_slots = slow_ ? slow_->slot_count() : 0;
+  std::vector<uint32_t> slot_owner[2] = {std::vector<uint32_t>(slot_count_, kNoEntry),
+                                         std::vector<uint32_t>(slow_slots, kNoEntry)};
+  const uint64_t entries = entry_count();
+  for (uint64_t e = 0; e < entries; ++e) {
     const auto entry = static_cast<uint32_t>(e);
-    const uint8_t* p = base + entry_offset(entry);
+    const uint8_t* p = entry_ptr(entry);
     const uint64_t key = load64(p);
     const uint64_t location = load64(p + 8);
     // A free entry is exactly key 0; its location word is stale and ignored.
@@ -478,7 +443,8 @@ void Store::scan_map(const ProblemSink& problem) {
     const std::string where = "map entry " + std::to_string(e) + ": ";
     const uint64_t tag = key & kKeyTagMask;
     const uint64_t vaddr = key & kKeyVaddrMask;
-    if (tag != kKeyTag && !(v1_store && tag == kKeyTagV1)) {
+    const bool v1_allowed = v1_store && e < slot_count_;
+    if (tag != kKeyTag && !(v1_allowed && tag == kKeyTagV1)) {
       problem(e, where + "key " + hex(key) + " has reserved bits set or lacks the VALID bits " +
                      "(bits 0..20 of an allocated entry's key are " + hex(kKeyTag) + ")" +
                      single_bit_hint(entry, key, location, slot_count_));
@@ -503,37 +469,60 @@ void Store::scan_map(const ProblemSink& problem) {
       slot = location & kLocationSlotMask;
       tier = static_cast<unsigned>((location >> kLocationTierShift) & 0xFF);
     }
-    if (tier != kTierPmem) {
+    if (tier != kTierFast && tier != kTierSlow) {
       problem(e, where + "block " + hex(vaddr) + " is on tier " + std::to_string(tier) +
                      ", which this build does not support");
       continue;
     }
-    if (slot >= slot_count_) {
-      problem(e, where + "block " + hex(vaddr) + " points to slot " + std::to_string(slot) +
-                     ", out of range (the store has " + std::to_string(slot_count_) + " slots)");
+    if (tier == kTierSlow && e < slot_count_) ++slow_blocks_in_fast_map_;
+    if (tier == kTierSlow && !slow_) {
+      if (slow_unchecked_) {  // Check() of the fast store alone
+        index_.emplace(vaddr, BlockInfo{slot, entry, 0, kTierSlow, false, false, 0, location, {}});
+        continue;
+      }
+      problem(e, where + "block " + hex(vaddr) + " is on the slow tier, but the brick has no slow tier "
+                     "(give it --slow-store)");
       continue;
     }
-    if (slot_owner[slot] != kNoEntry) {
-      problem(e, where + "block " + hex(vaddr) + " uses slot " + std::to_string(slot) +
-                     ", which map entry " + std::to_string(slot_owner[slot]) + " also uses");
+    const uint64_t tier_slots = tier == kTierFast ? slot_count_ : slow_slots;
+    if (slot >= tier_slots) {
+      problem(e, where + "block " + hex(vaddr) + " points to slot " + std::to_string(slot) + " of the " +
+                     (tier == kTierFast ? "fast" : "slow") + " tier, out of range (it has " +
+                     std::to_string(tier_slots) + " slots)");
       continue;
     }
-    const uint64_t v2_location = make_location(entry, vaddr | kKeyTag, slot, kTierPmem);
-    auto [it, inserted] = index_.emplace(vaddr, BlockInfo{slot, entry, 0, kTierPmem, v2_location});
+    if (slot_owner[tier][slot] != kNoEntry) {
+      problem(e, where + "block " + hex(vaddr) + " uses " + (tier == kTierFast ? "" : "slow tier ") + "slot " +
+                     std::to_string(slot) + ", which map entry " + std::to_string(slot_owner[tier][slot]) +
+                     " also uses");
+      continue;
+    }
+    const auto t = static_cast<uint8_t>(tier);
+    const uint64_t v2_location = make_location(entry, vaddr | kKeyTag, slot, t);
+    auto [it, inserted] = index_.emplace(vaddr, BlockInfo{slot, entry, 0, t, false, false, 0, v2_location, {}});
     if (!inserted) {
       problem(e, where + "block " + hex(vaddr) + " is also mapped by map entry " +
                      std::to_string(it->second.entry));
       continue;
     }
-    slot_owner[slot] = entry;
+    slot_owner[tier][slot] = entry;
     if (tag != kKeyTag) v1_entries_.push_back(entry);
   }
   for (uint64_t s = 0; s < slot_count_; ++s) {
-    if (slot_owner[s] == kNoEntry) free_slots_.push_back(s);
+    if (slot_owner[0][s] == kNoEntry) free_slots_.push_back(s);
+  }
+  for (uint64_t s = 0; s < slow_slots; ++s) {
+    if (slot_owner[1][s] == kNoEntry) slow_free_slots_.push_back(s);
   }
   // Ascending vectors are already valid min-heaps; make_heap documents the intent.
   std::make_heap(free_slots_.begin(), free_slots_.end(), std::greater<>());
+  std::make_heap(slow_free_slots_.begin(), slow_free_slots_.end(), std::greater<>());
   std::make_heap(free_entries_.begin(), free_entries_.end(), std::greater<>());
+  // Nothing is mapped after an open: every fast block is a demotion candidate,
+  // in address order.
+  for (auto& [vaddr, block] : index_) {
+    if (block.tier == kTierFast) lru_add(vaddr, block);
+  }
 }
 
 // Upgrade protocol (docs/layout.md, "Upgrade from version 1"). Every word
@@ -596,7 +585,36 @@ Status Store::upgrade_map() {
   return Status::Ok();
 }
 
-uint64_t Store::entry_offset(uint32_t entry) const { return map_offset_ + entry * kMapEntrySize; }
+uint64_t Store::entry_count() const { return slot_count_ + (slow_ ? slow_->slot_count() : 0); }
+
+uint64_t Store::entry_offset(uint32_t entry) const {
+  if (entry < slot_count_) return map_offset_ + entry * kMapEntrySize;
+  return slow_->map_offset() + (entry - slot_count_) * kMapEntrySize;
+}
+
+PmemRegion& Store::entry_region(uint32_t entry) const {
+  return entry < slot_count_ ? *region_ : slow_->region();
+}
+
+const uint8_t* Store::entry_ptr(uint32_t entry) const { return entry_region(entry).base() + entry_offset(entry); }
+
+PmemRegion& Store::tier_region(uint8_t tier) const { return tier == kTierFast ? *region_ : slow_->region(); }
+
+uint64_t Store::tier_slot_offset(uint8_t tier, uint64_t slot) const {
+  return tier == kTierFast ? slots_offset_ + slot * kBlockSize : slow_->slot_byte_offset(slot);
+}
+
+void Store::lru_add(uint64_t vaddr, BlockInfo& block, bool coldest) {
+  if (block.in_lru) return;
+  block.lru = coldest ? lru_.insert(lru_.begin(), vaddr) : lru_.insert(lru_.end(), vaddr);
+  block.in_lru = true;
+}
+
+void Store::lru_remove(BlockInfo& block) {
+  if (!block.in_lru) return;
+  lru_.erase(block.lru);
+  block.in_lru = false;
+}
 
 Status Store::check_vaddr(const char* op, uint64_t vaddr) const {
   if ((vaddr & (kBlockSize - 1)) != 0) {
@@ -606,7 +624,7 @@ Status Store::check_vaddr(const char* op, uint64_t vaddr) const {
 }
 
 Status Store::verify_entry(const char* op, uint64_t vaddr, const BlockInfo& block) const {
-  const uint8_t* p = region_->base() + entry_offset(block.entry);
+  const uint8_t* p = entry_ptr(block.entry);
   const uint64_t key = load64(p);
   const uint64_t location = load64(p + 8);
   const uint64_t want_key = vaddr | kKeyTag;
@@ -633,15 +651,18 @@ Status Store::alloc(uint64_t vaddr) {
     PBRICK_TRY(verify_entry("alloc", vaddr, it->second));
     return Error(EEXIST, "alloc " + hex(vaddr) + ": block already allocated");
   }
-  if (free_slots_.empty() || free_entries_.empty()) {
-    return Error(ENOSPC, "alloc " + hex(vaddr) + ": no free slot (all " +
-                             std::to_string(slot_count_) + " blocks are allocated)");
+  const uint8_t tier = !free_slots_.empty() ? kTierFast : kTierSlow;
+  std::vector<uint64_t>& free_slots = tier_free(tier);
+  if (free_slots.empty() || free_entries_.empty()) {
+    return Error(ENOSPC, "alloc " + hex(vaddr) + ": no free slot (all " + std::to_string(entry_count()) +
+                             " blocks are allocated)");
   }
-  const uint64_t slot = free_slots_.front();
+  const uint64_t slot = free_slots.front();
   const uint32_t entry = free_entries_.front();
   const uint64_t off = entry_offset(entry);
+  PmemRegion& map_region = entry_region(entry);
   const std::string what = "alloc " + hex(vaddr);
-  if (const uint64_t key = load64(region_->base() + off); key != 0) {
+  if (const uint64_t key = load64(entry_ptr(entry)); key != 0) {
     // Something wrote a free entry. Never reuse it; the next Open() reports it.
     std::pop_heap(free_entries_.begin(), free_entries_.end(), std::greater<>());
     free_entries_.pop_back();
@@ -652,28 +673,29 @@ Status Store::alloc(uint64_t vaddr) {
     return corrupt(problem);
   }
 
-  if (Status s = region_->zero(slots_offset_ + slot * kBlockSize, kBlockSize); !s) {
+  if (Status s = tier_region(tier).zero(tier_slot_offset(tier, slot), kBlockSize); !s) {
     return s.error().wrap(what);
   }
   // The location carries the checksum of the key it is about to get.
   const uint64_t key = vaddr | kKeyTag;
-  const uint64_t location = make_location(entry, key, slot, kTierPmem);
-  if (Status s = region_->store_word_persist(off + 8, le64(location)); !s) {
+  const uint64_t location = make_location(entry, key, slot, tier);
+  if (Status s = map_region.store_word_persist(off + 8, le64(location)); !s) {
     return s.error().wrap(what);
   }
-  if (Status s = region_->store_word_persist(off, le64(key)); !s) {
+  if (Status s = map_region.store_word_persist(off, le64(key)); !s) {
     // Persistence failed, so the key may or may not be on media. Put key 0 back
     // (best effort) so memory at least agrees with the index, which still has
     // the entry free.
-    (void)region_->store_word_persist(off, 0);
+    (void)map_region.store_word_persist(off, 0);
     return s.error().wrap(what);
   }
 
-  std::pop_heap(free_slots_.begin(), free_slots_.end(), std::greater<>());
-  free_slots_.pop_back();
+  std::pop_heap(free_slots.begin(), free_slots.end(), std::greater<>());
+  free_slots.pop_back();
   std::pop_heap(free_entries_.begin(), free_entries_.end(), std::greater<>());
   free_entries_.pop_back();
-  index_.emplace(vaddr, BlockInfo{slot, entry, 0, kTierPmem, location});
+  auto it = index_.emplace(vaddr, BlockInfo{slot, entry, 0, tier, false, false, 0, location, {}}).first;
+  if (tier == kTierFast) lru_add(vaddr, it->second);
   return Status::Ok();
 }
 
@@ -690,19 +712,23 @@ Status Store::free(uint64_t vaddr) {
     return Error(EBUSY, "free " + hex(vaddr) + ": block is mapped (" + std::to_string(block.pins) +
                             " mappings)");
   }
+  if (block.moving) return Error(EBUSY, "free " + hex(vaddr) + ": block is moving between tiers; retry");
   const uint64_t off = entry_offset(block.entry);
-  if (Status s = region_->store_word_persist(off, 0); !s) {
-    (void)region_->store_word_persist(off, le64(vaddr | kKeyTag));  // as in alloc
+  PmemRegion& map_region = entry_region(block.entry);
+  if (Status s = map_region.store_word_persist(off, 0); !s) {
+    (void)map_region.store_word_persist(off, le64(vaddr | kKeyTag));  // as in alloc
     return s.error().wrap("free " + hex(vaddr));
   }
 
+  lru_remove(it->second);
   index_.erase(it);
-  free_slots_.push_back(block.slot);
-  std::push_heap(free_slots_.begin(), free_slots_.end(), std::greater<>());
+  std::vector<uint64_t>& free_slots = tier_free(block.tier);
+  free_slots.push_back(block.slot);
+  std::push_heap(free_slots.begin(), free_slots.end(), std::greater<>());
   free_entries_.push_back(block.entry);
   std::push_heap(free_entries_.begin(), free_entries_.end(), std::greater<>());
 
-  if (Status s = region_->zero(slots_offset_ + block.slot * kBlockSize, kBlockSize); !s) {
+  if (Status s = tier_region(block.tier).zero(tier_slot_offset(block.tier, block.slot), kBlockSize); !s) {
     PBRICK_LOG_WARN("free %s: could not zero slot %llu (alloc will): %s", hex(vaddr).c_str(),
                     static_cast<unsigned long long>(block.slot), s.error().message().c_str());
   }
@@ -714,6 +740,9 @@ Result<uint64_t> Store::slot_offset(uint64_t vaddr) const {
   auto it = index_.find(vaddr);
   if (it == index_.end()) return Error(ENOENT, "block " + hex(vaddr) + ": not allocated");
   PBRICK_TRY(verify_entry("block", vaddr, it->second));
+  if (it->second.tier != kTierFast || it->second.moving) {
+    return Error(EAGAIN, "block " + hex(vaddr) + ": on the slow tier or moving; promote it first");
+  }
   return slots_offset_ + it->second.slot * kBlockSize;
 }
 
@@ -726,6 +755,10 @@ Status Store::pin(uint64_t vaddr) {
   if (block.pins == std::numeric_limits<uint32_t>::max()) {
     return Error(EBUSY, "map " + hex(vaddr) + ": too many mappings");
   }
+  if (block.tier != kTierFast || block.moving) {
+    return Error(EAGAIN, "map " + hex(vaddr) + ": on the slow tier or moving; promote it first");
+  }
+  lru_remove(block);
   if (block.pins++ == 0) ++mapped_blocks_;
   return Status::Ok();
 }
@@ -738,7 +771,10 @@ void Store::unpin(uint64_t vaddr) {
     assert(false && "unpin of a block that is not pinned");
     return;
   }
-  if (--it->second.pins == 0) --mapped_blocks_;
+  if (--it->second.pins == 0) {
+    --mapped_blocks_;
+    lru_add(vaddr, it->second);
+  }
 }
 
 uint32_t Store::pin_count(uint64_t vaddr) const {
@@ -788,11 +824,129 @@ proto::ListReply Store::list(uint64_t cursor, uint32_t max_extents) const {
 
 StoreStats Store::stats() const {
   StoreStats s;
-  s.capacity_blocks = slot_count_;
-  s.free_blocks = free_slots_.size();
+  s.fast_capacity_blocks = slot_count_;
+  s.fast_free_blocks = free_slots_.size();
+  s.slow_capacity_blocks = slow_ ? slow_->slot_count() : 0;
+  s.slow_free_blocks = slow_free_slots_.size();
+  s.capacity_blocks = s.fast_capacity_blocks + s.slow_capacity_blocks;
+  s.free_blocks = s.fast_free_blocks + s.slow_free_blocks;
   s.allocated_blocks = index_.size();
   s.mapped_blocks = mapped_blocks_;
   return s;
+}
+
+// Move protocol (docs/layout.md, "Move"): the caller has made the copy in the
+// reserved slot durable before commit_move(); the flip is one store of the
+// entry's location word (same key, new slot and tier, new check), so a crash
+// leaves the entry naming exactly one of the two copies, both complete. The old
+// slot becomes free only after the flip; its stale bytes are overwritten by the
+// next move into it or zeroed by the next alloc.
+Result<Store::Move> Store::begin_move(uint64_t vaddr, uint8_t to_tier) {
+  PBRICK_TRY(check_vaddr("move", vaddr));
+  if (!slow_) return Error(EINVAL, "move " + hex(vaddr) + ": the brick has no slow tier");
+  auto it = index_.find(vaddr);
+  if (it == index_.end()) return Error(ENOENT, "move " + hex(vaddr) + ": block not allocated");
+  BlockInfo& block = it->second;
+  PBRICK_TRY(verify_entry("move", vaddr, block));
+  if (block.pins > 0) return Error(EBUSY, "move " + hex(vaddr) + ": block is mapped");
+  if (block.moving) return Error(EBUSY, "move " + hex(vaddr) + ": block is already moving");
+  if (block.tier == to_tier) return Error(EALREADY, "move " + hex(vaddr) + ": already on that tier");
+  std::vector<uint64_t>& free_slots = tier_free(to_tier);
+  if (free_slots.empty()) {
+    return Error(ENOSPC, "move " + hex(vaddr) + ": no free slot on the " +
+                             (to_tier == kTierFast ? "fast" : "slow") + " tier");
+  }
+  std::pop_heap(free_slots.begin(), free_slots.end(), std::greater<>());
+  block.dest_slot = free_slots.back();
+  free_slots.pop_back();
+  block.moving = true;
+  lru_remove(block);
+  Move m;
+  m.vaddr = vaddr;
+  m.from_tier = block.tier;
+  m.to_tier = to_tier;
+  m.from_offset = tier_slot_offset(block.tier, block.slot);
+  m.to_offset = tier_slot_offset(to_tier, block.dest_slot);
+  return m;
+}
+
+Status Store::commit_move(uint64_t vaddr) {
+  auto it = index_.find(vaddr);
+  if (it == index_.end() || !it->second.moving) {
+    return Error(EINVAL, "commit move " + hex(vaddr) + ": no move in progress");
+  }
+  BlockInfo& block = it->second;
+  const std::string what = "move " + hex(vaddr);
+  if (Status s = verify_entry("move", vaddr, block); !s) {
+    abort_move(vaddr);
+    return s;
+  }
+  const auto to_tier = static_cast<uint8_t>(block.tier == kTierFast ? kTierSlow : kTierFast);
+  const uint64_t location = make_location(block.entry, vaddr | kKeyTag, block.dest_slot, to_tier);
+  PmemRegion& map_region = entry_region(block.entry);
+  if (Status s = map_region.store_word_persist(entry_offset(block.entry) + 8, le64(location)); !s) {
+    // Whether the new word reached the medium is unknown; put the old one back
+    // (best effort) so memory agrees with the index, which keeps the old copy.
+    (void)map_region.store_word_persist(entry_offset(block.entry) + 8, le64(block.location));
+    abort_move(vaddr);
+    return s.error().wrap(what);
+  }
+  std::vector<uint64_t>& old_free = tier_free(block.tier);
+  old_free.push_back(block.slot);
+  std::push_heap(old_free.begin(), old_free.end(), std::greater<>());
+  block.slot = block.dest_slot;
+  block.tier = to_tier;
+  block.location = location;
+  block.moving = false;
+  if (to_tier == kTierFast) lru_add(vaddr, block);
+  return Status::Ok();
+}
+
+void Store::abort_move(uint64_t vaddr) {
+  auto it = index_.find(vaddr);
+  if (it == index_.end() || !it->second.moving) return;
+  BlockInfo& block = it->second;
+  const auto to_tier = static_cast<uint8_t>(block.tier == kTierFast ? kTierSlow : kTierFast);
+  std::vector<uint64_t>& free_slots = tier_free(to_tier);
+  free_slots.push_back(block.dest_slot);
+  std::push_heap(free_slots.begin(), free_slots.end(), std::greater<>());
+  block.moving = false;
+  if (block.tier == kTierFast) lru_add(vaddr, block, /*coldest=*/true);
+}
+
+Result<uint8_t> Store::tier_of(uint64_t vaddr) const {
+  auto it = index_.find(vaddr);
+  if (it == index_.end()) return Error(ENOENT, "block " + hex(vaddr) + ": not allocated");
+  return it->second.tier;
+}
+
+bool Store::moving(uint64_t vaddr) const {
+  auto it = index_.find(vaddr);
+  return it != index_.end() && it->second.moving;
+}
+
+std::optional<uint64_t> Store::demotion_candidate() const {
+  if (lru_.empty()) return std::nullopt;
+  return lru_.front();
+}
+
+// Setting the slow tier flag changes two words of the superblock: first the
+// checksum word gets the checksum of the superblock with the flag, then the
+// word holding version and flags gets the flag. load() takes a superblock whose
+// checksum matches only with the flag as having it (and this completes it).
+Status Store::set_slow_flag() {
+  PmemRegion& r = *region_;
+  std::array<uint8_t, kSuperblockSize> sb;
+  std::memcpy(sb.data(), r.base(), kSuperblockSize);
+  put32(sb.data() + kSbFlags, load32(sb.data() + kSbFlags) | kSbFlagSlowTier);
+  put32(sb.data() + kSbCrc, crc32c(sb.data(), kSbCrc));
+  constexpr size_t kCrcWord = kSbCrc - 4;
+  auto fail = [](const Error& e) { return e.wrap("mark the store as having a slow tier"); };
+  if (Status s = r.store_word_persist(kCrcWord, word_of(sb.data() + kCrcWord)); !s) return fail(s.error());
+  if (Status s = r.store_word_persist(kSbVersion, word_of(sb.data() + kSbVersion)); !s) return fail(s.error());
+  has_slow_flag_ = true;
+  slow_flag_pending_ = false;
+  return Status::Ok();
 }
 
 }  // namespace pbrick

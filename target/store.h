@@ -22,7 +22,9 @@
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <list>
 #include <map>
+#include <optional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -31,6 +33,7 @@
 #include "common/result.h"
 #include "common/units.h"
 #include "target/pmem_region.h"
+#include "target/slow_tier.h"
 
 namespace pbrick {
 
@@ -46,11 +49,19 @@ struct StoreOpenOptions {
 };
 
 struct StoreStats {
-  uint64_t capacity_blocks = 0;
-  uint64_t free_blocks = 0;
+  uint64_t capacity_blocks = 0;  // both tiers
+  uint64_t free_blocks = 0;      // both tiers
   uint64_t allocated_blocks = 0;
   uint64_t mapped_blocks = 0;  // blocks with pin count > 0
+  uint64_t fast_capacity_blocks = 0;
+  uint64_t fast_free_blocks = 0;
+  uint64_t slow_capacity_blocks = 0;  // 0 without a slow tier
+  uint64_t slow_free_blocks = 0;
 };
+
+// Tiers, as in the map entry's location word and the LIST extent's tier.
+inline constexpr uint8_t kTierFast = 0;
+inline constexpr uint8_t kTierSlow = 1;
 
 // What an offline check of a store found (Store::Check, `pbrickctl fsck`).
 struct StoreCheckReport {
@@ -86,8 +97,15 @@ class Store {
   // A map entry whose checksum does not match is refused the same way, naming
   // the entry, the block it claims and what is wrong. A version-1 store is
   // upgraded to version 2 before Open() returns.
+  //
+  // With `slow_region`, the store has a slow tier in it (target/slow_tier.h),
+  // opened (or formatted, by the same options) for this store; the map then
+  // spans both tiers (docs/layout.md, "Slow tier"). A store whose map names
+  // blocks on the slow tier is refused without one, and with a slow tier that
+  // had to be formatted (a blank file cannot hold those blocks).
   static Result<std::unique_ptr<Store>> Open(std::unique_ptr<PmemRegion> region,
-                                             const StoreOpenOptions& options);
+                                             const StoreOpenOptions& options,
+                                             std::unique_ptr<PmemRegion> slow_region = nullptr);
 
   // Checks the store image [base, base + size) the way Open() does, but reports
   // every problem instead of the first, and never writes. `base` must stay
@@ -99,6 +117,8 @@ class Store {
 
   // Allocates a block at `vaddr`; the block reads as zeros. EINVAL when vaddr is
   // not 2 MiB aligned, EEXIST when already allocated, ENOSPC when no slot is free.
+  // The block lands on the fast tier when a fast slot is free, on the slow
+  // tier otherwise.
   Status alloc(uint64_t vaddr);
 
   // Returns the block's space. EINVAL (unaligned), ENOENT (not allocated),
@@ -110,12 +130,14 @@ class Store {
   // quarantined until the store is checked offline.
   Status free(uint64_t vaddr);
 
-  // Byte offset of the block's slot within the region. EINVAL/ENOENT as above.
+  // Byte offset of the block's slot within the region. EINVAL/ENOENT as above;
+  // EAGAIN when the block is not on the fast tier or is moving (promote first).
   Result<uint64_t> slot_offset(uint64_t vaddr) const;
 
   // Pin counts back the "mapped" state: a pinned block cannot be freed (and,
-  // later, will not be moved to a slower tier). unpin() of an unpinned block is
-  // a programming error.
+  // be moved to another tier). pin() refuses (EAGAIN) a block that is not on
+  // the fast tier or is moving. unpin() of an unpinned block is a programming
+  // error.
   Status pin(uint64_t vaddr);
   void unpin(uint64_t vaddr);
   uint32_t pin_count(uint64_t vaddr) const;
@@ -126,6 +148,34 @@ class Store {
   proto::ListReply list(uint64_t cursor, uint32_t max_extents) const;
 
   StoreStats stats() const;
+
+  // ---- Tiering (driven by target/tiering.h) ----------------------------------
+  // Moving a block: begin_move() reserves a free slot on `to_tier` and marks the
+  // block moving (not mappable, not freeable); the caller copies the 2 MiB from
+  // `from_offset` of the source tier's medium to `to_offset` of the destination
+  // tier's medium and makes the copy durable; commit_move() then flips the
+  // block's location word with one failure-atomic 8-byte store and returns the
+  // old slot to the free list. A crash before the flip leaves the old copy as
+  // the block, after it the new one; the other slot is free either way
+  // (docs/layout.md, "Move"). abort_move() gives up a move before its flip.
+  struct Move {
+    uint64_t vaddr = 0;
+    uint8_t from_tier = 0, to_tier = 0;
+    uint64_t from_offset = 0, to_offset = 0;  // byte offsets within each tier's medium
+  };
+  // EINVAL (unaligned, no slow tier), ENOENT (not allocated), EBUSY (mapped or
+  // already moving), EALREADY (already on `to_tier`), ENOSPC (no free slot there).
+  Result<Move> begin_move(uint64_t vaddr, uint8_t to_tier);
+  Status commit_move(uint64_t vaddr);
+  void abort_move(uint64_t vaddr);
+  // ENOENT when not allocated; otherwise the tier the block is on now.
+  Result<uint8_t> tier_of(uint64_t vaddr) const;
+  bool moving(uint64_t vaddr) const;
+  // The fast-tier block unmapped longest ago (allocated, never mapped since the
+  // store was opened, counts as unmapped at that time) that is not moving; none
+  // when every fast block is mapped or moving.
+  std::optional<uint64_t> demotion_candidate() const;
+  SlowTier* slow_tier() { return slow_.get(); }
   const std::array<uint8_t, 16>& uuid() const { return uuid_; }
   PmemRegion& region() { return *region_; }
 
@@ -134,8 +184,12 @@ class Store {
     uint64_t slot = 0;
     uint32_t entry = 0;
     uint32_t pins = 0;
-    uint8_t tier = 0;       // always 0 (this region) until slower tiers exist
+    uint8_t tier = 0;       // kTierFast or kTierSlow
+    bool moving = false;    // between begin_move and commit_move/abort_move
+    bool in_lru = false;    // on lru_: fast, unpinned, not moving
+    uint64_t dest_slot = 0; // while moving: the reserved slot on the other tier
     uint64_t location = 0;  // the entry's location word as it must be on media
+    std::list<uint64_t>::iterator lru;
   };
   // Receives each problem scan_map() finds: map entry index and message.
   using ProblemSink = std::function<void(uint64_t entry, std::string what)>;
@@ -147,11 +201,22 @@ class Store {
   // Validates every map entry and fills index_ and the free lists; each
   // invalid entry goes to `problem` (and is left out of the index).
   void scan_map(const ProblemSink& problem);
-  Status upgrade_map();  // version 1 -> 2, docs/layout.md "Upgrade from version 1"
+  Status upgrade_map();
+  Status set_slow_flag();  // docs/layout.md, "Slow tier"  // version 1 -> 2, docs/layout.md "Upgrade from version 1"
   Status check_vaddr(const char* op, uint64_t vaddr) const;
   // EUCLEAN unless the block's map entry on media is what the index says.
   Status verify_entry(const char* op, uint64_t vaddr, const BlockInfo& block) const;
+  // Map entries are numbered across both maps: the fast store's first, then
+  // the slow tier's. entry_offset() is within entry_region().
   uint64_t entry_offset(uint32_t entry) const;
+  PmemRegion& entry_region(uint32_t entry) const;
+  const uint8_t* entry_ptr(uint32_t entry) const;
+  uint64_t entry_count() const;
+  PmemRegion& tier_region(uint8_t tier) const;
+  uint64_t tier_slot_offset(uint8_t tier, uint64_t slot) const;
+  std::vector<uint64_t>& tier_free(uint8_t tier) { return tier == kTierFast ? free_slots_ : slow_free_slots_; }
+  void lru_add(uint64_t vaddr, BlockInfo& block, bool coldest = false);
+  void lru_remove(BlockInfo& block);
 
   std::unique_ptr<PmemRegion> region_;
   std::array<uint8_t, 16> uuid_{};
@@ -162,7 +227,15 @@ class Store {
   bool upgrade_interrupted_ = false;
   std::vector<uint32_t> v1_entries_;  // entries to convert to version 2 (upgrade_map)
   std::map<uint64_t, BlockInfo> index_;  // vaddr -> block
-  std::vector<uint64_t> free_slots_;     // min-heap: the lowest free slot is reused first
+  std::vector<uint64_t> free_slots_;     // fast tier, min-heap: the lowest free slot is reused first
+  std::vector<uint64_t> slow_free_slots_;  // slow tier, min-heap
+  std::unique_ptr<SlowTier> slow_;
+  // Check(): a fast store alone; entries on the slow tier are accepted unchecked.
+  bool slow_unchecked_ = false;
+  bool has_slow_flag_ = false;      // superblock flag: the store has a slow tier
+  bool slow_flag_pending_ = false;  // its checksum was written, the flag not yet
+  uint64_t slow_blocks_in_fast_map_ = 0;  // set by scan_map, for Open()'s blank-slow-tier refusal
+  std::list<uint64_t> lru_;              // fast unpinned blocks, least recently unmapped first
   std::vector<uint32_t> free_entries_;   // min-heap of map entries with key 0
   uint64_t mapped_blocks_ = 0;
 };

@@ -675,7 +675,7 @@ TEST_F(CorruptMap, DuplicateSlot) {
 TEST_F(CorruptMap, SlotOutOfRange) {
   set64(entry(2) + 8, v2_location(2, v2_key(2 * kBlockSize), 6));
   expect_open_fails(borrow(*mem_), EUCLEAN,
-                    "map entry 2: block 0x400000 points to slot 6, out of range");
+                    "map entry 2: block 0x400000 points to slot 6 of the fast tier, out of range");
 }
 TEST_F(CorruptMap, ReservedKeyBits) {
   set64(entry(3), get64(entry(3)) | 0x400);
@@ -686,8 +686,13 @@ TEST_F(CorruptMap, NonzeroKeyWithoutValidBit) {
   expect_open_fails(borrow(*mem_), EUCLEAN, "map entry 5: key 0x1000000 has reserved bits set");
 }
 TEST_F(CorruptMap, UnknownTier) {
+  set64(entry(0) + 8, v2_location(0, v2_key(0), 0, 2));
+  expect_open_fails(borrow(*mem_), EUCLEAN, "map entry 0: block 0x0 is on tier 2");
+}
+TEST_F(CorruptMap, SlowTierBlockWithoutASlowTier) {
   set64(entry(0) + 8, v2_location(0, v2_key(0), 0, 1));
-  expect_open_fails(borrow(*mem_), EUCLEAN, "map entry 0: block 0x0 is on tier 1");
+  expect_open_fails(borrow(*mem_), EUCLEAN,
+                    "map entry 0: block 0x0 is on the slow tier, but the brick has no slow tier");
 }
 TEST_F(CorruptMap, StaleLocationOfFreeEntryIsIgnored) {
   set64(entry(5) + 8, 0xDEADBEEFDEADBEEFull);  // key is 0: the entry is free

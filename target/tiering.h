@@ -1,0 +1,113 @@
+// The brick's data mover between its fast store and its slow tier: background
+// demotion of the least recently unmapped blocks below a low watermark of free
+// fast slots (rate-limited), and promotion of a slow block when a client maps
+// it (demoting a cold block first when no fast slot is free).
+//
+// Policy is deliberately simple (one move in flight, promotions first, LRU of
+// unmapped blocks); the mechanism is Store::begin_move / commit_move, which
+// keeps exactly one valid copy of every block at every instant.
+//
+// All I/O goes through an io_uring of its own with O_DIRECT on the slow tier's
+// file, so the event loop never blocks on it: the loop polls event_fd() and
+// calls on_event() when it is readable.
+//
+// Thread-compatible: the brick's event loop thread is the only caller.
+#pragma once
+
+#include <liburing.h>
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+
+#include "common/result.h"
+#include "common/unique_fd.h"
+#include "target/store.h"
+
+namespace pbrick {
+
+struct TieringOptions {
+  // The slow tier's file or device (the one the store opened), reopened here
+  // with O_DIRECT for slot I/O.
+  std::string slow_path;
+  // Free fast slots the background demotion keeps; 0: an eighth of the fast
+  // tier, at least 1 and at most all but one slot.
+  uint64_t low_watermark = 0;
+  // Background demotion rate; promotions (and the demotions that make room
+  // for them) are not limited.
+  uint64_t demote_bytes_per_sec = 256ull << 20;
+};
+
+class Tiering {
+ public:
+  // `store` must have a slow tier and outlive the Tiering.
+  static Result<std::unique_ptr<Tiering>> Create(Store& store, const TieringOptions& options);
+  ~Tiering();
+
+  Tiering(const Tiering&) = delete;
+  Tiering& operator=(const Tiering&) = delete;
+
+  // Readable (eventfd) when I/O completed: the loop then calls on_event().
+  int event_fd() const { return event_fd_.get(); }
+  void on_event();
+
+  // Before a MAP of `vaddr`: kReady when MAP may proceed (the block is on the
+  // fast tier, or does not exist: MAP reports that); kWait when a promotion
+  // is queued or running (a move is then always in flight: the caller waits
+  // for the wake callback its end brings, and asks again); kNoFastSlot when every fast slot is mapped, so nothing can make
+  // room for it.
+  enum class MapReadiness { kReady, kWait, kNoFastSlot };
+  MapReadiness prepare_map(uint64_t vaddr);
+
+  // Called whenever a move finished (or a queued promotion was dropped): the
+  // loop resumes the MAPs waiting in prepare_map().
+  void set_wake(std::function<void()> wake) { wake_ = std::move(wake); }
+
+  // Periodic step (the loop's tick): refills the demotion budget and starts a
+  // background demotion when the fast tier is below its low watermark.
+  void tick();
+
+  uint64_t low_watermark() const { return low_watermark_; }
+  uint64_t promotions() const { return promotions_; }
+  uint64_t demotions() const { return demotions_; }
+  bool busy() const { return current_.has_value(); }
+
+ private:
+  Tiering(Store& store, const TieringOptions& options);
+  Status init();
+  void start_next();
+  bool start_move(uint64_t vaddr, uint8_t to_tier);
+  void on_copied(int res);
+  void on_synced(int res);
+  void finish(bool ok);
+  void refill();
+
+  enum class Stage { kCopy, kSync };
+  Store& store_;
+  TieringOptions options_;
+  uint64_t low_watermark_ = 1;
+  io_uring ring_{};
+  bool ring_ready_ = false;
+  UniqueFd slow_fd_;
+  UniqueFd event_fd_;
+  std::function<void()> wake_;
+  std::optional<Store::Move> current_;
+  Stage stage_ = Stage::kCopy;
+  std::chrono::steady_clock::time_point move_started_;
+  std::deque<uint64_t> promote_queue_;
+  std::set<uint64_t> promote_set_;
+  // Promoted since the last tick and maybe not mapped yet by the MAP that
+  // asked: background demotion leaves the fast tier alone until the next tick
+  // rather than send such a block straight back down.
+  std::set<uint64_t> just_promoted_;
+  double budget_bytes_ = 0;
+  std::chrono::steady_clock::time_point last_refill_;
+  uint64_t promotions_ = 0, demotions_ = 0;
+};
+
+}  // namespace pbrick

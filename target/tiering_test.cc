@@ -1,0 +1,353 @@
+// Tiering: the slow tier's binding to its store, allocation across tiers, the
+// move protocol at every crash point, and the data mover over real files.
+#include "target/tiering.h"
+
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/crc32c.h"
+#include "common/units.h"
+#include "target/pmem_region.h"
+#include "target/slow_tier.h"
+#include "target/store.h"
+
+namespace pbrick {
+namespace {
+
+constexpr uint64_t kRegion = 8ull << 20;  // 3 slots
+
+// A region over an image the test owns, calling `event` before and after each
+// persistence step: the crash points of an operation.
+class SnapRegion final : public PmemRegion {
+ public:
+  SnapRegion(std::vector<uint8_t>* image, std::function<void()>* event) : image_(image), event_(event) {}
+  uint8_t* base() override { return image_->data(); }
+  uint64_t size() const override { return image_->size(); }
+  bool is_pmem() const override { return false; }
+  void copy_nodrain(uint64_t off, const void* src, size_t len) override { std::memcpy(base() + off, src, len); }
+  void drain() override {}
+  Status persist(uint64_t, uint64_t) override {
+    fire();
+    return Status::Ok();
+  }
+  Status store_word_persist(uint64_t off, uint64_t value) override {
+    fire();
+    std::memcpy(base() + off, &value, sizeof value);
+    fire();
+    return Status::Ok();
+  }
+  Status zero(uint64_t off, uint64_t len) override {
+    fire();
+    std::memset(base() + off, 0, len);
+    fire();
+    return Status::Ok();
+  }
+  int sync_fd() const override { return -1; }
+
+ private:
+  void fire() {
+    if (*event_) (*event_)();
+  }
+  std::vector<uint8_t>* image_;
+  std::function<void()>* event_;
+};
+
+struct Images {
+  std::vector<uint8_t> fast = std::vector<uint8_t>(kRegion);
+  std::vector<uint8_t> slow = std::vector<uint8_t>(kRegion);
+  std::function<void()> event;
+};
+
+Result<std::unique_ptr<Store>> open(Images& im, bool with_slow = true) {
+  return Store::Open(std::make_unique<SnapRegion>(&im.fast, &im.event), StoreOpenOptions{},
+                     with_slow ? std::make_unique<SnapRegion>(&im.slow, &im.event) : nullptr);
+}
+
+uint64_t va(int i) { return static_cast<uint64_t>(i) * kBlockSize; }
+
+// Fills block `vaddr` (on the fast tier) with a pattern; returns its checksum.
+uint32_t fill(Store& s, uint64_t vaddr, uint8_t seed) {
+  auto off = s.slot_offset(vaddr);
+  EXPECT_TRUE(off) << off.error().message();
+  uint8_t* p = s.region().base() + *off;
+  for (uint64_t i = 0; i < kBlockSize; i += 4096) std::memset(p + i, seed + i / 4096, 4096);
+  return crc32c(p, kBlockSize);
+}
+
+// The checksum of block `vaddr` wherever it is, read from its tier's medium.
+uint32_t sum(Store& s, uint64_t vaddr) {
+  auto tier = s.tier_of(vaddr);
+  EXPECT_TRUE(tier);
+  if (*tier == kTierFast) return crc32c(s.region().base() + *s.slot_offset(vaddr), kBlockSize);
+  // A slow block: move it up to read it, as MAP does.
+  auto m = s.begin_move(vaddr, kTierFast);
+  EXPECT_TRUE(m) << m.error().message();
+  s.region().copy_nodrain(m->to_offset, s.slow_tier()->region().base() + m->from_offset, kBlockSize);
+  EXPECT_TRUE(s.commit_move(vaddr));
+  return crc32c(s.region().base() + *s.slot_offset(vaddr), kBlockSize);
+}
+
+// The mover's steps, done synchronously: copy, persist the copy, flip.
+// `mid_copy` (if set) runs with half of the copy made: a crash point too.
+std::function<void()> mid_copy;
+Status move(Store& s, uint64_t vaddr, uint8_t to) {
+  auto m = s.begin_move(vaddr, to);
+  if (!m) return m.error();
+  PmemRegion& from = m->from_tier == kTierFast ? s.region() : s.slow_tier()->region();
+  PmemRegion& dest = to == kTierFast ? s.region() : s.slow_tier()->region();
+  dest.copy_nodrain(m->to_offset, from.base() + m->from_offset, kBlockSize / 2);
+  if (mid_copy) mid_copy();
+  dest.copy_nodrain(m->to_offset + kBlockSize / 2, from.base() + m->from_offset + kBlockSize / 2, kBlockSize / 2);
+  PBRICK_TRY(dest.persist(m->to_offset, kBlockSize));
+  return s.commit_move(vaddr);
+}
+
+TEST(SlowTier, CapacityIsFastPlusSlowAndAllocSpillsToSlow) {
+  Images im;
+  auto s = open(im);
+  ASSERT_TRUE(s) << s.error().message();
+  StoreStats st = (*s)->stats();
+  EXPECT_EQ(st.fast_capacity_blocks, 3u);
+  EXPECT_EQ(st.slow_capacity_blocks, 3u);
+  EXPECT_EQ(st.capacity_blocks, 6u);
+  for (int i = 0; i < 6; ++i) ASSERT_TRUE((*s)->alloc(va(i))) << i;
+  EXPECT_EQ(*(*s)->tier_of(va(2)), kTierFast);
+  EXPECT_EQ(*(*s)->tier_of(va(3)), kTierSlow);
+  EXPECT_EQ((*s)->alloc(va(6)).error().errnum(), ENOSPC);
+  // A slow block cannot be mapped until promoted.
+  EXPECT_EQ((*s)->pin(va(3)).error().errnum(), EAGAIN);
+  EXPECT_EQ((*s)->slot_offset(va(3)).error().errnum(), EAGAIN);
+  proto::ListReply l = (*s)->list(0, 16);
+  ASSERT_EQ(l.extents.size(), 2u);
+  EXPECT_EQ(l.extents[0].tier, 0u);
+  EXPECT_EQ(l.extents[0].block_count, 3u);
+  EXPECT_EQ(l.extents[1].tier, 1u);
+  EXPECT_EQ(l.extents[1].block_count, 3u);
+  // Reopened, the blocks are where they were.
+  s->reset();
+  auto again = open(im);
+  ASSERT_TRUE(again) << again.error().message();
+  EXPECT_EQ(*(*again)->tier_of(va(4)), kTierSlow);
+  EXPECT_EQ((*again)->stats().allocated_blocks, 6u);
+  // A slow block is freed like any other; its slot is reused.
+  ASSERT_TRUE((*again)->free(va(4)));
+  ASSERT_TRUE((*again)->alloc(va(9)));
+  EXPECT_EQ(*(*again)->tier_of(va(9)), kTierSlow);
+}
+
+TEST(SlowTier, RefusesASlowTierOfAnotherStore) {
+  Images a;
+  ASSERT_TRUE(open(a));
+  Images b;
+  ASSERT_TRUE(open(b));
+  b.slow = a.slow;  // b's brick given a's slow tier
+  auto s = open(b);
+  ASSERT_FALSE(s);
+  EXPECT_EQ(s.error().errnum(), EUCLEAN);
+  EXPECT_NE(s.error().message().find("belongs to the store"), std::string::npos) << s.error().message();
+}
+
+TEST(SlowTier, RefusesToOpenWithoutTheSlowTierItsBlocksAreOn) {
+  Images im;
+  {
+    auto s = open(im);
+    ASSERT_TRUE(s);
+    ASSERT_TRUE((*s)->alloc(va(0)));
+    ASSERT_TRUE(move(**s, va(0), kTierSlow));
+  }
+  auto without = open(im, /*with_slow=*/false);
+  ASSERT_FALSE(without);
+  EXPECT_NE(without.error().message().find("the store has a slow tier (superblock flag)"), std::string::npos)
+      << without.error().message();
+  std::fill(im.slow.begin(), im.slow.end(), 0);  // a blank file in its place
+  auto blank = open(im);
+  ASSERT_FALSE(blank);
+  EXPECT_NE(blank.error().message().find("blank"), std::string::npos) << blank.error().message();
+}
+
+// Attaching a slow tier sets a superblock flag with two stores (checksum, then
+// flag word): a crash between them leaves a store that still opens, as having
+// the flag, and only with its slow tier.
+TEST(SlowTier, FlagSurvivesACrashBetweenItsTwoStores) {
+  Images im;
+  ASSERT_TRUE(Store::Open(std::make_unique<SnapRegion>(&im.fast, &im.event), StoreOpenOptions{}));
+  EXPECT_EQ(im.fast[12], 0);  // flags
+  std::vector<std::vector<uint8_t>> crashes;
+  im.event = [&] { crashes.push_back(im.fast); };
+  ASSERT_TRUE(open(im));
+  im.event = nullptr;
+  EXPECT_EQ(im.fast[12], 1);
+  int refused = 0;
+  for (const auto& fast : crashes) {
+    Images c;
+    c.fast = fast;
+    c.slow = im.slow;
+    auto with = open(c);
+    ASSERT_TRUE(with) << with.error().message();
+    EXPECT_EQ(c.fast[12], 1);
+    c.fast = fast;
+    if (!open(c, /*with_slow=*/false)) ++refused;
+  }
+  // Once the checksum word is written (the last crash points), the store
+  // needs its slow tier.
+  EXPECT_GE(refused, 1);
+}
+
+TEST(SlowTier, DemotionCandidateIsTheLeastRecentlyUnmapped) {
+  Images im;
+  auto s = open(im);
+  ASSERT_TRUE(s);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE((*s)->alloc(va(i)));
+  EXPECT_EQ(*(*s)->demotion_candidate(), va(0));
+  ASSERT_TRUE((*s)->pin(va(0)));
+  EXPECT_EQ(*(*s)->demotion_candidate(), va(1));
+  ASSERT_TRUE((*s)->pin(va(1)));
+  ASSERT_TRUE((*s)->pin(va(2)));
+  EXPECT_FALSE((*s)->demotion_candidate());
+  (*s)->unpin(va(2));
+  (*s)->unpin(va(0));
+  EXPECT_EQ(*(*s)->demotion_candidate(), va(2));
+  // A mapped block never moves.
+  EXPECT_EQ((*s)->begin_move(va(1), kTierSlow).error().errnum(), EBUSY);
+  // A moving block is neither mappable nor freeable, and an aborted move leaves it.
+  ASSERT_TRUE((*s)->begin_move(va(2), kTierSlow));
+  EXPECT_EQ((*s)->pin(va(2)).error().errnum(), EAGAIN);
+  EXPECT_EQ((*s)->free(va(2)).error().errnum(), EBUSY);
+  (*s)->abort_move(va(2));
+  EXPECT_EQ(*(*s)->tier_of(va(2)), kTierFast);
+  EXPECT_EQ((*s)->stats().slow_free_blocks, 3u);
+  ASSERT_TRUE((*s)->pin(va(2)));
+}
+
+// Every crash point of a demotion and of a promotion: an image taken before and
+// after every persistence step opens, holds every block exactly once with its
+// data, and keeps working.
+void crash_points(bool promote) {
+  Images im;
+  std::map<uint64_t, uint32_t> sums;
+  {
+    auto s = open(im);
+    ASSERT_TRUE(s);
+    for (int i = 0; i < 3; ++i) {
+      ASSERT_TRUE((*s)->alloc(va(i)));
+      sums[va(i)] = fill(**s, va(i), static_cast<uint8_t>(i * 7 + 1));
+    }
+    ASSERT_TRUE((*s)->alloc(va(3)));  // on the slow tier: zeros
+    sums[va(3)] = crc32c(std::vector<uint8_t>(kBlockSize).data(), kBlockSize);
+    if (promote) {
+      ASSERT_TRUE(move(**s, va(1), kTierSlow));  // a free fast slot to promote into
+    }
+  }
+  const uint64_t target = promote ? va(3) : va(0);
+  std::vector<std::pair<std::vector<uint8_t>, std::vector<uint8_t>>> crashes;
+  {
+    auto s = open(im);
+    ASSERT_TRUE(s);
+    im.event = [&] { crashes.emplace_back(im.fast, im.slow); };
+    mid_copy = im.event;
+    ASSERT_TRUE(move(**s, target, promote ? kTierFast : kTierSlow));
+    im.event = nullptr;
+    mid_copy = nullptr;
+  }
+  // Half copied, copy persisted, before and after the flip.
+  ASSERT_EQ(crashes.size(), 4u);
+  int old_seen = 0, new_seen = 0;
+  for (size_t k = 0; k < crashes.size(); ++k) {
+    SCOPED_TRACE("crash point " + std::to_string(k));
+    Images c;
+    c.fast = crashes[k].first;
+    c.slow = crashes[k].second;
+    auto s = open(c);
+    ASSERT_TRUE(s) << s.error().message();
+    EXPECT_EQ((*s)->stats().allocated_blocks, 4u);
+    EXPECT_EQ((*s)->stats().free_blocks, 2u);
+    const uint8_t tier = *(*s)->tier_of(target);
+    ((tier == kTierSlow) != promote ? old_seen : new_seen)++;
+    for (auto [vaddr, crc] : sums) {
+      if ((*s)->stats().fast_free_blocks == 0 && *(*s)->tier_of(vaddr) == kTierSlow) {
+        ASSERT_TRUE(move(**s, *(*s)->demotion_candidate(), kTierSlow));
+      }
+      EXPECT_EQ(sum(**s, vaddr), crc) << format_hex(vaddr);
+    }
+    // It keeps working: a new block, and every block freed.
+    ASSERT_TRUE((*s)->alloc(va(20)));
+    for (auto [vaddr, crc] : sums) ASSERT_TRUE((*s)->free(vaddr));
+    EXPECT_EQ((*s)->stats().free_blocks, 5u);
+  }
+  EXPECT_GT(old_seen, 0);
+  EXPECT_GT(new_seen, 0);
+}
+
+TEST(TierMoveCrash, DemotionAtEveryCrashPoint) { crash_points(/*promote=*/false); }
+TEST(TierMoveCrash, PromotionAtEveryCrashPoint) { crash_points(/*promote=*/true); }
+
+// The data mover over real files on a disk file system (O_DIRECT): background
+// demotion down to the watermark, then promotion on MAP, data intact.
+TEST(Tiering, DemotesInTheBackgroundAndPromotesOnMap) {
+  const std::string dir = std::filesystem::temp_directory_path() / ("pbrick-tiering-" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  auto fast = open_pmem_region({dir + "/fast", 16ull << 20, true});
+  ASSERT_TRUE(fast) << fast.error().message();
+  auto slow = open_pmem_region({dir + "/slow", 16ull << 20, true});
+  ASSERT_TRUE(slow) << slow.error().message();
+  auto s = Store::Open(std::move(*fast), StoreOpenOptions{}, std::move(*slow));
+  ASSERT_TRUE(s) << s.error().message();
+  Store& store = **s;
+  const uint64_t fast_slots = store.stats().fast_capacity_blocks;
+  std::map<uint64_t, uint32_t> sums;
+  for (uint64_t i = 0; i < fast_slots; ++i) {
+    ASSERT_TRUE(store.alloc(va(static_cast<int>(i))));
+    sums[va(static_cast<int>(i))] = fill(store, va(static_cast<int>(i)), static_cast<uint8_t>(i + 3));
+  }
+  auto t = Tiering::Create(store, TieringOptions{dir + "/slow", 2, 1ull << 30});
+  ASSERT_TRUE(t) << t.error().message();
+  int wakes = 0;
+  (*t)->set_wake([&] { ++wakes; });
+  auto wait_idle = [&] {
+    for (int i = 0; i < 1000 && (*t)->busy(); ++i) {
+      pollfd p{(*t)->event_fd(), POLLIN, 0};
+      ASSERT_GE(::poll(&p, 1, 5000), 0);
+      (*t)->on_event();
+    }
+    ASSERT_FALSE((*t)->busy());
+  };
+  (*t)->tick();
+  wait_idle();
+  EXPECT_EQ(store.stats().fast_free_blocks, 2u);
+  EXPECT_EQ((*t)->demotions(), 2u);
+  EXPECT_EQ(*store.tier_of(va(0)), kTierSlow);  // least recently unmapped first
+  EXPECT_EQ(*store.tier_of(va(1)), kTierSlow);
+  // MAP of a slow block waits for its promotion.
+  for (uint64_t i = 2; i < fast_slots; ++i) ASSERT_TRUE(store.pin(va(static_cast<int>(i))));
+  EXPECT_EQ((*t)->prepare_map(va(0)), Tiering::MapReadiness::kWait);
+  wait_idle();
+  EXPECT_EQ((*t)->prepare_map(va(0)), Tiering::MapReadiness::kReady);
+  EXPECT_EQ((*t)->promotions(), 1u);
+  EXPECT_GT(wakes, 0);
+  ASSERT_TRUE(store.pin(va(0)));
+  // Fill the fast tier with mapped blocks: a slow block can no longer come up.
+  EXPECT_EQ((*t)->prepare_map(va(1)), Tiering::MapReadiness::kWait);
+  wait_idle();
+  ASSERT_TRUE(store.pin(va(1)));
+  ASSERT_TRUE(store.alloc(va(40)));
+  EXPECT_EQ(*store.tier_of(va(40)), kTierSlow);
+  EXPECT_EQ((*t)->prepare_map(va(40)), Tiering::MapReadiness::kNoFastSlot);
+  for (auto [vaddr, crc] : sums) {
+    EXPECT_EQ(crc32c(store.region().base() + *store.slot_offset(vaddr), kBlockSize), crc) << format_hex(vaddr);
+  }
+  t->reset();
+  s->reset();
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace pbrick
