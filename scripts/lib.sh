@@ -20,7 +20,7 @@ PBRICK_TEST_PACKAGES=(
   python3 procps psmisc jq xxd systemd
   nbdkit libnbd-bin qemu-utils fio python3-fusepy
   ibverbs-providers rdma-core rdmacm-utils ibverbs-utils iproute2
-  dpkg-dev lintian systemd-container
+  dpkg-dev lintian systemd-container ccache
 )
 
 say() { printf '\n==> %s\n' "$*"; }
