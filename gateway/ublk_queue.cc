@@ -11,6 +11,7 @@
 #include "common/log.h"
 #include "common/protocol.h"
 #include "common/uring.h"
+#include "gateway/block_mapper.h"
 #include "gateway/data_channel.h"
 #include "gateway/ublk_ctrl.h"
 #include "gateway/volume_io.h"
@@ -91,6 +92,8 @@ struct UblkQueue::Impl {
 
   UniqueFd event_fd;
   uint64_t event_buf = 0;
+  // After event_fd: its workers wake the ring through it until they are joined.
+  std::unique_ptr<BlockMapper> mapper;
   __kernel_timespec tick_ts{};
   uint32_t aborted = 0;
   bool stopping = false;
@@ -158,6 +161,13 @@ Status UblkQueue::start() {
   m.retry_tags.reserve(dev_.depth);
   m.event_fd.reset(::eventfd(0, EFD_CLOEXEC));
   if (!m.event_fd.valid()) return errno_error("eventfd");
+  // Mappings of blocks not mapped yet run on the mapper's workers, which wake
+  // this queue through its eventfd; a tag waits in at most one of them.
+  m.mapper = std::make_unique<BlockMapper>(*dev_.volume, dev_.depth, [fd = m.event_fd.get()] {
+    uint64_t one = 1;
+    ssize_t ignored = ::write(fd, &one, sizeof one);
+    (void)ignored;
+  });
   // Every brick's channel on the ring: two SQEs each, on top of the tags'.
   Status st = m.ring.init(dev_.depth + 32 + 2 * dev_.volume->brick_count());
   if (!st) return st.error().wrap("queue " + std::to_string(q_id_));
@@ -275,16 +285,18 @@ void UblkQueue::handle_request(Tag& t) {
 
 // (Re)queues the pieces not done yet: one round.
 void UblkQueue::submit_data(Tag& t) {
-  auto queued = queue_round(*dev_.volume, t.pieces, *impl_->channels, [](DataChannel::Op* op, int status) {
+  auto done = [](DataChannel::Op* op, int status) {
     IoPiece* piece = static_cast<IoPiece*>(op->ctx);
     piece->status = status;
     Tag* tag = static_cast<Tag*>(piece->request);
     if (--tag->pending == 0) tag->q->impl_->ready_tags.push_back(tag);
-  });
+  };
+  auto queued = queue_round(*dev_.volume, t.pieces, *impl_->channels, done, kMaxPiecesPerRound, impl_->mapper.get());
   if (!queued) {
     PBRICK_LOG_ERROR("ublk%u queue %u: %s", dev_.dev_id, q_id_, queued.error().message().c_str());
     return commit(t, to_blk_errno(queued.error().errnum()));
   }
+  if (*queued == kWaitingForMap) return;  // take_maps() plans it again
   if (*queued == 0) return advance(t);
   t.pending = static_cast<uint32_t>(*queued);
 }
@@ -393,6 +405,18 @@ void UblkQueue::finish_group(Tag& t) {
   commit(t, t.op == UBLK_IO_OP_WRITE ? static_cast<int>(t.len) : 0);
 }
 
+// Tags whose block's mapping finished: planned again, or failed with the
+// mapping's error (a brick unreachable for the io_timeout: EIO naming it).
+void UblkQueue::take_maps() {
+  impl_->mapper->take_done([this](void* request, const Status& st) {
+    Tag& t = *static_cast<Tag*>(request);
+    if (st) return submit_data(t);
+    note_failed_writes(*dev_.volume, t.pieces);
+    PBRICK_LOG_ERROR("ublk%u queue %u: %s", dev_.dev_id, q_id_, st.error().message().c_str());
+    commit(t, to_blk_errno(st.error().errnum()));
+  });
+}
+
 void UblkQueue::take_inbox() {
   Impl& m = *impl_;
   {
@@ -462,6 +486,7 @@ void UblkQueue::on_cqe(uint64_t ud, int res) {
       break;
     case kEvent:
       take_inbox();
+      take_maps();
       if (!m.stopping) arm_event();
       break;
     default:

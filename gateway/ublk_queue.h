@@ -10,7 +10,7 @@
 //   1 ublk tag command, FETCH or COMMIT_AND_FETCH [the tag]
 //   2 a brick channel's SQE [VolumeChannels' brick and event]
 //   4 tick timer (retries, reconnects, stall detection)
-//   5 eventfd read (messages from other queues)
+//   5 eventfd read (messages from other queues, mappings finished)
 //   6 cancel
 //
 // Copy mode: each tag owns a buffer of max_io_buf_bytes (one aligned
@@ -22,9 +22,12 @@
 // their handles, zero-filled reads of unallocated blocks, discards, retries
 // and timeouts, which bricks a sync goes to. The queue only turns a tag into
 // a core request and the outcome into a COMMIT. A block not mapped yet is
-// mapped ON THIS THREAD (a blocking control round trip that stalls this queue
-// meanwhile; it happens once per block). Requests waiting for a retry are
-// resent from the tick. Errors are committed as -EIO (-ENOSPC, -EINVAL,
+// mapped by the queue's BlockMapper (block_mapper.h): its control workers do
+// the blocking ALLOC + MAP (a brick that is down: until the io_timeout) and
+// wake this ring through the eventfd; the tags waiting for that block are
+// parked meanwhile (several on one block share one mapping), then planned
+// again, or failed with the mapping's error; every other tag keeps flowing.
+// Requests waiting for a retry are resent from the tick. Errors are committed as -EIO (-ENOSPC, -EINVAL,
 // -EOPNOTSUPP where they apply).
 // FUA writes are followed by a sync of the bricks this queue wrote to. FLUSH
 // must persist writes completed on any queue, so it asks every queue that has
@@ -108,6 +111,7 @@ class UblkQueue final {
   void commit(Tag& t, int result);
   void on_tick();
   void take_inbox();
+  void take_maps();
   void arm_event();
   void arm_tick();
 

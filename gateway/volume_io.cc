@@ -5,6 +5,7 @@
 
 #include "common/log.h"
 #include "common/units.h"
+#include "gateway/block_mapper.h"
 
 namespace pbrick {
 namespace {
@@ -13,15 +14,15 @@ constexpr auto kReconnectInterval = std::chrono::milliseconds(100);
 constexpr auto kFirstBackoff = std::chrono::milliseconds(20);
 constexpr auto kMaxBackoff = std::chrono::milliseconds(500);
 
+}  // namespace
+
 // A request failed: each brick its unfinished WRITE pieces were for owes the
 // next FLUSH a report (Volume::note_write_failed).
-void note_failed_writes(Volume& volume, std::span<IoPiece> pieces) {
+void note_failed_writes(Volume& volume, std::span<const IoPiece> pieces) {
   for (const IoPiece& p : pieces) {
     if (p.is_write && p.status != 0) volume.note_write_failed(p.brick);
   }
 }
-
-}  // namespace
 
 Fate fate_of(int status) {
   if (status == 0) return Fate::kDone;
@@ -87,11 +88,13 @@ Status plan_discard(Volume& volume, uint64_t offset, uint64_t len, uint8_t* zero
 }
 
 Result<size_t> queue_round(Volume& volume, std::span<IoPiece> pieces, PieceSink& sink,
-                           void (*done)(DataChannel::Op* op, int status), size_t max) {
-  size_t queued = 0;
+                           void (*done)(DataChannel::Op* op, int status), size_t max, BlockMapper* mapper) {
+  // First every piece of the round gets its handle (or its zeros), then the
+  // round is sent: a request that waits for a mapping sends nothing meanwhile.
+  size_t round = 0;
   for (IoPiece& p : pieces) {
     if (p.status == 0) continue;
-    if (queued == max) {
+    if (round == max) {
       p.status = -1;  // the next round's
       continue;
     }
@@ -102,6 +105,7 @@ Result<size_t> queue_round(Volume& volume, std::span<IoPiece> pieces, PieceSink&
     }
     auto h = volume.cached(p.block);
     if (!h) {
+      if (mapper != nullptr && mapper->park(p.request, p.block, p.is_write)) return kWaitingForMap;
       auto mapped = volume.map_block(p.block, p.is_write);
       if (!mapped) {
         if (!p.is_write && mapped.error().errnum() == ENOENT) {
@@ -123,6 +127,13 @@ Result<size_t> queue_round(Volume& volume, std::span<IoPiece> pieces, PieceSink&
     p.op.ctx = &p;
     p.op.done = done;
     p.status = -1;
+    round++;
+  }
+  // The round's pieces are the first `round` not done.
+  size_t queued = 0;
+  for (IoPiece& p : pieces) {
+    if (queued == round) break;
+    if (p.status == 0) continue;
     sink.push(p.brick, &p.op);
     queued++;
   }

@@ -13,7 +13,9 @@
 //     maps, whose FREE the brick refuses with EBUSY).
 //  2. queue_round() resolves each piece still to do: reads of unallocated
 //     blocks are zeros without a round trip; a block not mapped yet is mapped
-//     (allocated first for a write: thin provisioning), blocking; the rest go
+//     (allocated first for a write: thin provisioning), on the caller's
+//     thread, or, given a BlockMapper (block_mapper.h), on its control
+//     worker while the request waits and the loop serves others; the rest go
 //     to the PieceSink (the loop's channel to the piece's brick).
 //  3. Once every op of the round completed, IoRetry::settle() applies the one
 //     set of retry rules (fate_of): EKEYREJECTED forgets the handle and sends
@@ -100,13 +102,28 @@ void plan_rw(const Volume& volume, bool is_write, uint64_t offset, uint64_t len,
 Status plan_discard(Volume& volume, uint64_t offset, uint64_t len, uint8_t* zeros, void* request,
                     std::vector<IoPiece>& pieces);
 
+class BlockMapper;
+
+// queue_round's answer when the request waits for a block's mapping.
+inline constexpr size_t kWaitingForMap = SIZE_MAX;
+
 // One round of a request: resolves the handle of each piece still to do
-// (see above; may block on the control path) and pushes up to `max` of them
-// to `sink`; each completes through `done` (op.ctx is the piece). Pieces
-// beyond `max` stay to do for the next round. Returns how many were pushed
-// (0: none needs the network), or the error of a failed mapping.
+// (see above) and pushes up to `max` of them to `sink`; each completes
+// through `done` (op.ctx is the piece). Pieces beyond `max` stay to do for
+// the next round. Returns how many were pushed (0: none needs the network),
+// or the error of a failed mapping. Without `mapper` a block not mapped yet
+// is mapped here, blocking on the control path; with it, the request parks
+// on the block (BlockMapper::park, piece.request identifies it), nothing is
+// pushed and the answer is kWaitingForMap: the mapper hands the request back
+// when the block is mapped, to be planned again with queue_round.
 Result<size_t> queue_round(Volume& volume, std::span<IoPiece> pieces, PieceSink& sink,
-                           void (*done)(DataChannel::Op* op, int status), size_t max = kMaxPiecesPerRound);
+                           void (*done)(DataChannel::Op* op, int status), size_t max = kMaxPiecesPerRound,
+                           BlockMapper* mapper = nullptr);
+
+// A request failed: each brick its unfinished WRITE pieces were for owes the
+// next FLUSH a report (Volume::note_write_failed). For a request that failed
+// outside queue_round and IoRetry (its mapping, by a BlockMapper).
+void note_failed_writes(Volume& volume, std::span<const IoPiece> pieces);
 
 // The retry and timeout rules of one request (see above). Owned by the
 // request; one thread at a time.
