@@ -87,6 +87,17 @@ void Tiering::refill() {
 }
 
 void Tiering::tick() {
+  if (promotions_ + demotions_ != reported_moves_) {
+    reported_moves_ = promotions_ + demotions_;
+    const StoreStats s = store_.stats();
+    PBRICK_LOG_INFO("tiering: %llu promotions, %llu demotions since start; %llu of %llu fast blocks free, "
+                    "%llu of %llu slow blocks free",
+                    static_cast<unsigned long long>(promotions_), static_cast<unsigned long long>(demotions_),
+                    static_cast<unsigned long long>(s.fast_free_blocks),
+                    static_cast<unsigned long long>(s.fast_capacity_blocks),
+                    static_cast<unsigned long long>(s.slow_free_blocks),
+                    static_cast<unsigned long long>(s.slow_capacity_blocks));
+  }
   just_promoted_.clear();
   refill();
   start_next();
