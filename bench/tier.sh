@@ -16,6 +16,11 @@
 # over the measured time) and the blocks moved during the job (the brick's
 # "tiering: P promotions, D demotions since start" log lines).
 #
+# First touch: a 4 KiB read in each 2 MiB block in turn (QD1 and QD8): each
+# maps its block, on 4x mostly a promotion (the promoted count says how many),
+# on fits a MAP without a move; the difference of their latencies is what a
+# promotion adds to an I/O.
+#
 # Promotion latency: on the 4x brick, `pbrickctl map` of blocks the brick
 # lists on the slow tier (each MAP copies the block up, demoting a cold one
 # first when no fast slot is free) and of blocks on the fast tier (the same
@@ -148,7 +153,7 @@ header=$(
   echo "  set     : $((set_bytes / M)) MiB volume, nbdkit max-mapped=16; fast tiers: fits $((big_fast / M)) MiB," \
     "4x $((small_fast / M)) MiB (/dev/shm); slow tiers $((slow_bytes / M)) MiB on $(df -P "$tmp" | awk 'NR == 2 { print $1 }')" \
     "($(findmnt -no FSTYPE -T "$tmp"))"
-  echo "  jobs    : fio ioengine=nbd, 4k randread QD1, ramp ${ramp} s + ${runtime} s each"
+  echo "  jobs    : fio ioengine=nbd, 4k randread QD1 (ramp ${ramp} s + ${runtime} s each); first touch: one 4k read per 2 MiB block"
   echo "  load    : $load_start at start"
 )
 echo "$header" >&2
@@ -161,36 +166,54 @@ for s in "${setups[@]}"; do
 done
 
 rows=()
+# job NAME SETUP FIO-ARGS...: one measured fio run on SETUP, a table row.
+job() {
+  local name=$1 s=$2 p0 d0 p1 d1 c0 c1 t0 t1 rc=0 json
+  shift 2
+  say "$name on $s" >&2
+  read -r p0 d0 < <(moves "$s")
+  json=$logs/$name.$s.json
+  timeout -k 10 $((ramp + runtime + 120)) fio --name=read --ioengine=nbd \
+    --uri="nbd+unix:///?socket=$tmp/$s.sock" --size="$set_bytes" --output-format=json --output="$json" "$@" \
+    2>"$json.err" &
+  fio_pid=$!
+  local timed=0
+  [[ " $* " == *" --time_based "* ]] && timed=1
+  ((timed)) && sleep "$ramp.5"
+  c0=$(($(ticks "${nbd_pid[$s]}") + $(ticks "${brick_pid[$s]}")))
+  t0=$EPOCHREALTIME
+  # A time-based job measures over its runtime; a job over the set (first
+  # touch) until it ends.
+  for _ in $(seq 1 $(((runtime - 1) * 10))); do kill -0 "$fio_pid" 2>/dev/null || break; sleep 0.1; done
+  c1=$(($(ticks "${nbd_pid[$s]}") + $(ticks "${brick_pid[$s]}")))
+  t1=$EPOCHREALTIME
+  wait "$fio_pid" || rc=$?
+  fio_pid=""
+  if ((rc != 0)) || ! jq -e '.jobs[0].error == 0' "$json" >/dev/null; then
+    tail "$json.err" >&2
+    failures=$((failures + 1))
+    return 0
+  fi
+  read -r p1 d1 < <(moves "$s")
+  rows+=("$(jq -r --arg n "$name" --arg s "$s" --argjson c $((c1 - c0)) --argjson k "$clk" \
+    --arg t0 "$t0" --arg t1 "$t1" --argjson timed "$timed" --arg mv "$((p1 - p0)) / $((d1 - d0))" '.jobs[0].read as $r |
+    "| \($n) | \($s) | \($r.iops | floor) | \($r.clat_ns.mean / 1000 | floor) | " +
+    "\($r.clat_ns.percentile["50.000000"] / 1000 | floor) | \($r.clat_ns.percentile["99.000000"] / 1000 | floor) | " +
+    "\($c * 1e6 / $k / (if $timed == 1 then $r.iops * (($t1 | tonumber) - ($t0 | tonumber)) else $r.total_ios end) | floor) | \($mv) |"' "$json")")
+}
 for dist in zipf:1.2 random; do
   for s in "${setups[@]}"; do
-    say "randread 4k QD1, $dist, on $s" >&2
-    read -r p0 d0 < <(moves "$s")
-    json=$logs/read-${dist%%:*}.$s.json
-    timeout -k 10 $((ramp + runtime + 60)) fio --name=read --ioengine=nbd \
-      --uri="nbd+unix:///?socket=$tmp/$s.sock" --rw=randread --bs=4k --iodepth=1 --size="$set_bytes" \
-      --random_distribution="$dist" --time_based --runtime="$runtime" --ramp_time="$ramp" \
-      --output-format=json --output="$json" 2>"$json.err" &
-    fio_pid=$!
-    sleep $((ramp)).5
-    c0=$(($(ticks "${nbd_pid[$s]}") + $(ticks "${brick_pid[$s]}")))
-    t0=$EPOCHREALTIME
-    sleep $((runtime - 1))
-    c1=$(($(ticks "${nbd_pid[$s]}") + $(ticks "${brick_pid[$s]}")))
-    t1=$EPOCHREALTIME
-    rc=0
-    wait "$fio_pid" || rc=$?
-    fio_pid=""
-    if ((rc != 0)) || ! jq -e '.jobs[0].error == 0' "$json" >/dev/null; then
-      tail "$json.err" >&2
-      failures=$((failures + 1))
-      continue
-    fi
-    read -r p1 d1 < <(moves "$s")
-    rows+=("$(jq -r --arg s "$s" --arg d "$dist" --argjson c $((c1 - c0)) --argjson k "$clk" \
-      --arg t0 "$t0" --arg t1 "$t1" --arg mv "$((p1 - p0)) / $((d1 - d0))" '.jobs[0].read as $r |
-      "| \($d) | \($s) | \($r.iops | floor) | \($r.clat_ns.mean / 1000 | floor) | " +
-      "\($r.clat_ns.percentile["50.000000"] / 1000 | floor) | \($r.clat_ns.percentile["99.000000"] / 1000 | floor) | " +
-      "\($c * 1e6 / $k / ($r.iops * (($t1 | tonumber) - ($t0 | tonumber))) | floor) | \($mv) |"' "$json")")
+    job "randread 4k QD1 ${dist%%:*}" "$s" --rw=randread --bs=4k --iodepth=1 --random_distribution="$dist" \
+      --time_based --runtime="$runtime" --ramp_time="$ramp"
+  done
+done
+# First touch: one 4 KiB read in every 2 MiB block, in order - each read
+# maps its block (the gateway holds 16), on 4x mostly a promotion; at QD8
+# eight such MAPs wait at once (their promotions share batches).
+for qd in 1 8; do
+  for s in "${setups[@]}"; do
+    job "first touch QD$qd" "$s" --rw=read:$((2 * M - 4096)) --bs=4k --iodepth="$qd" \
+      --io_size=$((set_bytes / (2 * M) * 4096))
   done
 done
 
@@ -221,7 +244,7 @@ n_slow=$(wc -l <"$logs/map-slow.txt") n_fast=$(wc -l <"$logs/map-fast.txt")
 echo "$header"
 echo "  load    : $(cut -d' ' -f1-3 /proc/loadavg) at the end"
 echo
-echo "| distribution | setup | IOPS | mean µs | p50 µs | p99 µs | CPU µs/IO (nbdkit+brick) | promoted / demoted |"
+echo "| job | setup | IOPS | mean µs | p50 µs | p99 µs | CPU µs/IO (nbdkit+brick) | promoted / demoted |"
 echo "|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
 echo

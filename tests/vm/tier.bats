@@ -37,6 +37,7 @@ tier_blocks() {
 }
 
 @test "tier: ext4 on a volume 2.4x the fast tier, --max-mapped 16: demoted on write, promoted on read, checksums" {
+  local t0=$EPOCHSECONDS
   tier_brick_up
   run ctl --json stat
   assert_success
@@ -74,7 +75,7 @@ tier_blocks() {
   fsck.ext4 -f -n "$DEV"
   gw_detach
   read -r p1 d1 < <(tier_moves)
-  echo "# reading back: $((p1 - p0)) promotions, $((d1 - d0)) demotions" >&3
+  echo "# reading back: $((p1 - p0)) promotions, $((d1 - d0)) demotions; $((EPOCHSECONDS - t0)) s in all" >&3
   assert [ "$((p1 - p0))" -ge 8 ]
   assert [ "$((d1 - d0))" -ge 1 ]
   assert [ -z "$(dmesg_problems)" ]
