@@ -259,26 +259,17 @@ StoreCheckReport Store::Check(const uint8_t* base, uint64_t size) {
   return report;
 }
 
-// Format protocol (docs/layout.md, "Format"). Every crash window is safe:
-//   1. the magic word becomes "PBRKINIT" (one 8-byte store): from here on the
-//      region reads as "format interrupted", never as the old store, so no
-//      mixture of the old superblock with a half-zeroed map can ever open;
-//   2. the map (and the padding up to the first slot) is zeroed durably;
-//   3. the new superblock, with "PBRKINIT" still in its magic word, is written
-//      and persisted: still "interrupted" whatever subset of it reached media;
-//   4. commit point: the magic word becomes "PBRKSTOR" (one 8-byte store). The
-//      checksum was computed over the final bytes, magic included.
-// Slots are not touched: alloc zeros a slot before a block can use it.
+// Format protocol (docs/layout.md, "Format"): media::write_formatted() with
+// the "PBRKINIT" marker and the "PBRKSTOR" magic.
 Status Store::format() {
   PmemRegion& r = *region_;
   const uint64_t size = r.size();
   const uint64_t slots = slot_count_for(size);
   const uint64_t slots_offset = slots_offset_for(slots);
 
-  std::array<uint8_t, 16> uuid{};
-  PBRICK_TRY(fill_random(uuid.data(), uuid.size()));
-  uuid[6] = static_cast<uint8_t>((uuid[6] & 0x0F) | 0x40);  // RFC 4122 version 4
-  uuid[8] = static_cast<uint8_t>((uuid[8] & 0x3F) | 0x80);  // RFC 4122 variant
+  auto random = random_uuid();
+  if (!random) return random.error();
+  const std::array<uint8_t, 16> uuid = *random;
 
   std::array<uint8_t, kSuperblockSize> sb{};
   std::memcpy(sb.data() + kSbMagic, kMagic, sizeof kMagic);
@@ -294,12 +285,8 @@ Status Store::format() {
   put64(sb.data() + kSbFormatTime, static_cast<uint64_t>(std::time(nullptr)));
   put32(sb.data() + kSbCrc, crc32c(sb.data(), kSbCrc));
 
-  auto fail = [](const Error& e) { return e.wrap("format store"); };
-  if (Status s = r.store_word_persist(kSbMagic, word_of(kFormatMarker)); !s) return fail(s.error());
-  if (Status s = r.zero(kMapOffset, slots_offset - kMapOffset); !s) return fail(s.error());
-  r.copy_nodrain(kSbMagic + 8, sb.data() + 8, kSuperblockSize - 8);
-  if (Status s = r.persist(0, kSuperblockSize); !s) return fail(s.error());
-  if (Status s = r.store_word_persist(kSbMagic, word_of(kMagic)); !s) return fail(s.error());
+  static_assert(kSbMagic == 0, "write_formatted() writes the magic word at offset 0");
+  PBRICK_TRY(write_formatted(r, sb, kFormatMarker, kMagic, slots_offset, "format store"));
 
   uuid_ = uuid;
   layout_version_ = kLayoutVersion;
