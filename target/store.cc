@@ -227,7 +227,7 @@ Result<std::unique_ptr<Store>> Store::Open(std::unique_ptr<PmemRegion> region,
   return store;
 }
 
-StoreCheckReport Store::Check(const uint8_t* base, uint64_t size) {
+StoreCheckReport Store::Check(const uint8_t* base, uint64_t size, const uint8_t* slow_base, uint64_t slow_size) {
   StoreCheckReport report;
   if (Status s = check_region_size(size); !s) {
     report.superblock_error = s.error().context();
@@ -242,10 +242,22 @@ StoreCheckReport Store::Check(const uint8_t* base, uint64_t size) {
     return report;
   }
   Store store(std::make_unique<ReadOnlyRegion>(base, size));
-  store.slow_unchecked_ = true;
+  store.slow_unchecked_ = slow_base == nullptr;
   if (Status s = store.load(); !s) {
     report.superblock_error = s.error().context();
     return report;
+  }
+  if (slow_base != nullptr) {
+    // Never formats: a blank or half-formatted slow tier is a problem here.
+    auto slow = SlowTier::Open(std::make_unique<ReadOnlyRegion>(slow_base, slow_size), store.uuid_,
+                               SlowTierOpenOptions{.force_format = false, .format_if_blank = false});
+    if (!slow) {
+      report.superblock_error = slow.error().context();
+      return report;
+    }
+    store.slow_ = std::move(*slow);
+    report.slow_checked = true;
+    report.slow_slot_count = store.slow_->slot_count();
   }
   store.scan_map([&](uint64_t entry, std::string what) {
     report.map_problems.push_back({entry, std::move(what)});
@@ -254,6 +266,7 @@ StoreCheckReport Store::Check(const uint8_t* base, uint64_t size) {
   report.upgrade_interrupted = store.upgrade_interrupted_;
   report.uuid = store.uuid_;
   report.slot_count = store.slot_count_;
+  for (const auto& [vaddr, block] : store.index_) report.slow_blocks += block.tier == kTierSlow ? 1 : 0;
   report.allocated_blocks = store.index_.size();
   report.entries_to_upgrade = store.v1_entries_.size();
   return report;
