@@ -2,8 +2,7 @@
 # Brick tiering end to end: a small fast store over a larger slow tier (a file
 # on the disk file system), data checked through NBD with fio and through
 # pbrickctl, the slow tier's binding to its store, fsck of both tiers, and
-# kill -9 of the brick
-# while blocks move between the tiers.
+# kill -9 of the brick while blocks move between the tiers.
 
 load helpers
 load nbd
