@@ -47,6 +47,19 @@ slow_args() { echo "--slow-store $BATS_TEST_TMPDIR/$1.slow --slow-size $2"; }
   run "$TARGET_BIN" --store "$(store_dir)/a.store" --size 16M --slow-size 64M --listen 127.0.0.1:0
   assert_failure 2
   assert_output --partial "--slow-size needs --slow-store"
+  run "$TARGET_BIN" --store "$(store_dir)/a.store" --size 16M --slow-store "$BATS_TEST_TMPDIR/a.slow" \
+    --slow-size 64M --slow-low-watermark 0 --listen 127.0.0.1:0
+  assert_failure 2
+  assert_output --partial "--slow-low-watermark must be at least 1"
+  run "$TARGET_BIN" --store "$(store_dir)/a.store" --size 16M --slow-store "$BATS_TEST_TMPDIR/a.slow" \
+    --slow-size 64M --slow-demote-rate 1M --listen 127.0.0.1:0
+  assert_failure 2
+  assert_output --partial "--slow-demote-rate must be at least 2M"
+  # The brick says what it was given.
+  # shellcheck disable=SC2046
+  start_brick a --size 16M $(slow_args a 64M) --slow-low-watermark 3 --slow-demote-rate 8M
+  grep -q "low watermark 3 free fast blocks, demotion up to 8.0 MiB/s" "$BATS_TEST_TMPDIR/a.log" ||
+    fail "the brick did not log its tiering settings: $(cat "$BATS_TEST_TMPDIR/a.log")"
 }
 
 @test "fsck --slow-store checks the slow tier's map entries and its binding; without it they go unchecked" {
