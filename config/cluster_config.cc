@@ -494,7 +494,7 @@ class Parser {
     static const KeySpec kSpec{
         {"name", "host", "port", "transport", "store", "nic", "persistence", "key_file"}, {}};
     static const KeySpec kStore{{"path", "size", "slow"}, {}};
-    static const KeySpec kSlow{{"path", "size"}, {}};
+    static const KeySpec kSlow{{"path", "size", "low_watermark", "demote_rate"}, {}};
     static const KeySpec kNic{{"netdev", "rdma_device", "ddio"}, {}};
     BrickConfig& b = config_->bricks.emplace_back();
     b.port = kDefaultPort;
@@ -529,6 +529,8 @@ class Parser {
           if (auto slf = map_fields(st->second.value, slow_path, slpos, kSlow)) {
             get_string(*slf, "path", slow_path, slpos, true, &b.store.slow_path);
             get_size(*slf, "size", slow_path, slpos, true, &b.store.slow_size);
+            get_u64(*slf, "low_watermark", slow_path, slpos, false, &b.store.slow_low_watermark);
+            get_size(*slf, "demote_rate", slow_path, slpos, false, &b.store.slow_demote_rate);
           }
         }
       }
@@ -758,6 +760,14 @@ class Validator {
                                               " is already used by brick " + quote(it->second));
           }
         }
+      }
+      if (c_.positions.count(p + ".store.slow.low_watermark") && b.store.slow_low_watermark == 0) {
+        error(p + ".store.slow.low_watermark", "low watermark must be at least 1 free fast block (leave it out for "
+                                               "the default, an eighth of the store)");
+      }
+      if (c_.positions.count(p + ".store.slow.demote_rate") && b.store.slow_demote_rate < kBlockSize) {
+        error(p + ".store.slow.demote_rate", "demotion rate " + std::to_string(b.store.slow_demote_rate) +
+                                                 " is below one 2 MiB block a second");
       }
       if (known(p + ".store.slow.size") && !b.store.slow_path.empty()) {
         if (b.store.slow_size == 0) {

@@ -39,6 +39,12 @@ struct StoreConfig {
   // store.slow: the slow tier (optional; empty path: none).
   std::string slow_path;  // absolute path of a file or block device on SSD/disk
   uint64_t slow_size = 0;  // bytes, a non-zero multiple of kBlockSize
+  // store.slow.low_watermark: free fast blocks the brick keeps by demoting
+  // (0: the brick's default, an eighth of the fast tier).
+  uint64_t slow_low_watermark = 0;
+  // store.slow.demote_rate: background demotion, bytes per second (0: the
+  // brick's default, 256 MiB/s).
+  uint64_t slow_demote_rate = 0;
 };
 
 struct NicConfig {

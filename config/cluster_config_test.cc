@@ -356,6 +356,20 @@ TEST(ClusterConfigTest, SlowTier) {
   ASSERT_TRUE(check(with_slow, &c).empty()) << dump(check(with_slow));
   EXPECT_EQ(c.bricks[0].store.slow_path, "/var/lib/pbrick/b0.slow");
   EXPECT_EQ(c.bricks[0].store.slow_size, 1ull << 30);
+  EXPECT_EQ(c.bricks[0].store.slow_low_watermark, 0u);  // the brick's defaults
+  EXPECT_EQ(c.bricks[0].store.slow_demote_rate, 0u);
+  const std::string tuned = valid_with(
+      "size: 1G}", "size: 32M, slow: {path: /var/lib/pbrick/b0.slow, size: 1G, low_watermark: 4, demote_rate: 64M}}");
+  ASSERT_TRUE(check(tuned, &c).empty()) << dump(check(tuned));
+  EXPECT_EQ(c.bricks[0].store.slow_low_watermark, 4u);
+  EXPECT_EQ(c.bricks[0].store.slow_demote_rate, 64ull << 20);
+  auto bad = check(valid_with(
+      "size: 1G}", "size: 32M, slow: {path: /var/lib/pbrick/b0.slow, size: 1G, low_watermark: 0, demote_rate: 1M}}"));
+  EXPECT_NE(dump(bad).find("bricks[0].store.slow.low_watermark: low watermark must be at least 1"), std::string::npos)
+      << dump(bad);
+  EXPECT_NE(dump(bad).find("bricks[0].store.slow.demote_rate: demotion rate 1048576 is below one 2 MiB block"),
+            std::string::npos)
+      << dump(bad);
   ASSERT_TRUE(check(kValid, &c).empty());
   EXPECT_EQ(c.bricks[0].store.slow_path, "");
   auto errors = check(valid_with("size: 1G}", "size: 1G, slow: {path: rel.slow, size: 3M}}"));

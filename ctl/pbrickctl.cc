@@ -52,12 +52,16 @@ constexpr const char* kUsage =
     "  rwrite RKEY RADDR          one-sided WRITE of stdin through a raw handle\n"
     "\n"
     "Store commands (offline, on the brick's host; the brick must be stopped):\n"
-    "  fsck --store PATH          check a store file or device read-only: the\n"
+    "  fsck --store PATH [--slow-store PATH]\n"
+    "                             check a store file or device read-only: the\n"
     "                             superblock, every map entry's checksum, duplicate\n"
     "                             blocks and slots, out-of-range locations; every\n"
-    "                             problem is printed naming its map entry. Exit\n"
-    "                             status: 0 clean, 1 problems found, 3 the store\n"
-    "                             cannot be opened or read. Never writes.\n"
+    "                             problem is printed naming its map entry. With\n"
+    "                             --slow-store, its slow tier too: its superblock,\n"
+    "                             that it belongs to this store, its map entries and\n"
+    "                             slots (without it, blocks on the slow tier are not\n"
+    "                             checked). Exit status: 0 clean, 1 problems found,\n"
+    "                             3 the store cannot be opened or read. Never writes.\n"
     "\n"
     "Cluster commands:\n"
     "  config check FILE          validate a cluster file; prints every error with\n"
@@ -195,7 +199,7 @@ class ReadOnlyMapping {
 int cmd_fsck(const std::vector<std::string>& args) {
   constexpr int kProblemsFound = 1;
   constexpr int kCannotOpen = 3;
-  std::string path;
+  std::string path, slow_path;
   for (size_t i = 1; i < args.size(); i++) {
     if (args[i] == "--store" && i + 1 < args.size()) {
       path = args[++i];
@@ -203,6 +207,12 @@ int cmd_fsck(const std::vector<std::string>& args) {
       path = args[i].substr(8);
     } else if (args[i] == "--store") {
       return usage_error("fsck: --store needs a PATH");
+    } else if (args[i] == "--slow-store" && i + 1 < args.size()) {
+      slow_path = args[++i];
+    } else if (args[i].rfind("--slow-store=", 0) == 0) {
+      slow_path = args[i].substr(13);
+    } else if (args[i] == "--slow-store") {
+      return usage_error("fsck: --slow-store needs a PATH");
     } else {
       return usage_error("fsck: unexpected argument '" + args[i] + "'");
     }
@@ -217,7 +227,22 @@ int cmd_fsck(const std::vector<std::string>& args) {
     }
     return kCannotOpen;
   }
-  const StoreCheckReport r = Store::Check((*mapping)->base(), (*mapping)->size());
+  Result<std::unique_ptr<ReadOnlyMapping>> slow_mapping = std::unique_ptr<ReadOnlyMapping>();
+  if (!slow_path.empty()) {
+    slow_mapping = ReadOnlyMapping::Open(slow_path);
+    if (!slow_mapping) {
+      std::fprintf(stderr, "pbrickctl: fsck: cannot read the slow tier: %s\n",
+                   slow_mapping.error().message().c_str());
+      if (g_json) {
+        std::printf("{\"store\":%s,\"clean\":false,\"error\":%s}\n", json_string(path).c_str(),
+                    json_string(slow_mapping.error().message()).c_str());
+      }
+      return kCannotOpen;
+    }
+  }
+  const ReadOnlyMapping* slow = slow_mapping->get();
+  const StoreCheckReport r = Store::Check((*mapping)->base(), (*mapping)->size(), slow ? slow->base() : nullptr,
+                                          slow ? slow->size() : 0);
   if (g_json) {
     std::printf("{\"store\":%s,\"clean\":%s,\"superblock_error\":%s", json_string(path).c_str(),
                 r.clean() ? "true" : "false",
@@ -229,6 +254,11 @@ int cmd_fsck(const std::vector<std::string>& args) {
           r.layout_version, r.upgrade_interrupted ? "true" : "false", format_uuid(r.uuid).c_str(),
           static_cast<unsigned long long>(r.slot_count), static_cast<unsigned long long>(r.allocated_blocks),
           static_cast<unsigned long long>(r.entries_to_upgrade));
+      if (r.slow_checked) {
+        std::printf(",\"slow_store\":%s,\"slow_slot_count\":%llu,\"slow_blocks\":%llu",
+                    json_string(slow_path).c_str(), static_cast<unsigned long long>(r.slow_slot_count),
+                    static_cast<unsigned long long>(r.slow_blocks));
+      }
     }
     std::printf(",\"problems\":[");
     for (size_t i = 0; i < r.map_problems.size(); i++) {
@@ -247,6 +277,10 @@ int cmd_fsck(const std::vector<std::string>& args) {
   std::printf("store %s: layout version %u, uuid %s, %llu slots, %llu blocks allocated\n", path.c_str(),
               r.layout_version, format_uuid(r.uuid).c_str(), static_cast<unsigned long long>(r.slot_count),
               static_cast<unsigned long long>(r.allocated_blocks));
+  if (r.slow_checked) {
+    std::printf("store %s: slow tier %s, %llu slots, %llu of the blocks on it\n", path.c_str(), slow_path.c_str(),
+                static_cast<unsigned long long>(r.slow_slot_count), static_cast<unsigned long long>(r.slow_blocks));
+  }
   if (r.layout_version == 1) {
     std::printf("store %s: %llu map entries without checksums (layout version 1%s); the brick upgrades them "
                 "when it next opens the store\n",

@@ -36,6 +36,10 @@ constexpr const char* kUsage =
     "  --slow-store PATH     slow tier (a file or device on SSD or disk): capacity beyond the store;\n"
     "                        unmapped blocks move there and come back when mapped\n"
     "  --slow-size SIZE      slow tier size; must match an existing slow tier\n"
+    "  --slow-low-watermark N  free fast blocks kept by demoting unmapped ones (default: an eighth of\n"
+    "                        the store's blocks)\n"
+    "  --slow-demote-rate SIZE  background demotion per second (default 256M; promotions, and the\n"
+    "                        demotions that make room for them, are not limited)\n"
     "  --key-file FILE       cluster key: clients must prove they know it\n"
     "  --force-format        format PATH even if it holds data (destroys it)\n"
     "  --max-connections N   default 128\n"
@@ -53,7 +57,7 @@ int usage_error(const std::string& message) {
 int main(int argc, char** argv) {
   using namespace pbrick;
   enum { kStore = 1000, kSize, kListen, kKeyFile, kForceFormat, kMaxConn, kPortFile, kLogLevel, kConfig, kBrick,
-         kTransport, kPersistence, kSlowStore, kSlowSize };
+         kTransport, kPersistence, kSlowStore, kSlowSize, kSlowLowWatermark, kSlowDemoteRate };
   static const option kOptions[] = {
       {"store", required_argument, nullptr, kStore},
       {"size", required_argument, nullptr, kSize},
@@ -69,6 +73,8 @@ int main(int argc, char** argv) {
       {"persistence", required_argument, nullptr, kPersistence},
       {"slow-store", required_argument, nullptr, kSlowStore},
       {"slow-size", required_argument, nullptr, kSlowSize},
+      {"slow-low-watermark", required_argument, nullptr, kSlowLowWatermark},
+      {"slow-demote-rate", required_argument, nullptr, kSlowDemoteRate},
       {"help", no_argument, nullptr, 'h'},
       {nullptr, 0, nullptr, 0},
   };
@@ -76,6 +82,7 @@ int main(int argc, char** argv) {
   uint64_t size = 0;
   std::string slow_path;
   uint64_t slow_size = 0;
+  uint64_t slow_low_watermark = 0, slow_demote_rate = 0;
   bool force_format = false;
   std::optional<Transport> transport;
   std::optional<Persistence> persistence;
@@ -90,6 +97,20 @@ int main(int argc, char** argv) {
         auto r = parse_size(optarg, "--slow-size");
         if (!r) return usage_error(r.error().message());
         slow_size = *r;
+        break;
+      }
+      case kSlowLowWatermark: {
+        auto r = parse_u64(optarg, "--slow-low-watermark");
+        if (!r) return usage_error(r.error().message());
+        if (*r == 0) return usage_error("--slow-low-watermark must be at least 1 (free fast blocks)");
+        slow_low_watermark = *r;
+        break;
+      }
+      case kSlowDemoteRate: {
+        auto r = parse_size(optarg, "--slow-demote-rate");
+        if (!r) return usage_error(r.error().message());
+        if (*r < kBlockSize) return usage_error("--slow-demote-rate must be at least 2M (one block a second)");
+        slow_demote_rate = *r;
         break;
       }
       case kSize: {
@@ -150,11 +171,16 @@ int main(int argc, char** argv) {
     if (size == 0) size = brick->store.size;
     if (slow_path.empty()) slow_path = brick->store.slow_path;
     if (slow_size == 0) slow_size = brick->store.slow_size;
+    if (slow_low_watermark == 0) slow_low_watermark = brick->store.slow_low_watermark;
+    if (slow_demote_rate == 0) slow_demote_rate = brick->store.slow_demote_rate;
     if (listen_text.empty()) listen_text = Endpoint{brick->host, static_cast<uint16_t>(brick->port)}.to_string();
     if (key_file.empty()) key_file = brick->key_file;
   }
   if (store_path.empty()) return usage_error("--store is required");
   if (slow_size != 0 && slow_path.empty()) return usage_error("--slow-size needs --slow-store");
+  if ((slow_low_watermark != 0 || slow_demote_rate != 0) && slow_path.empty()) {
+    return usage_error("--slow-low-watermark and --slow-demote-rate need --slow-store");
+  }
   if (listen_text.empty()) return usage_error("--listen is required");
   auto listen = parse_endpoint(listen_text, "--listen", /*allow_port_zero=*/true);
   if (!listen) return usage_error(listen.error().context());
@@ -221,6 +247,8 @@ int main(int argc, char** argv) {
   if (!slow_path.empty()) {
     TieringOptions tiering_options;
     tiering_options.slow_path = slow_path;
+    tiering_options.low_watermark = slow_low_watermark;  // 0: the default
+    if (slow_demote_rate != 0) tiering_options.demote_bytes_per_sec = slow_demote_rate;
     auto t = Tiering::Create(**store, tiering_options);
     if (!t) {
       PBRICK_LOG_ERROR("%s", t.error().message().c_str());

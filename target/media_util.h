@@ -1,6 +1,8 @@
 // Helpers shared by the on-media formats of the fast store (store.cc) and the
 // slow tier (slow_tier.cc): little-endian words, the slot geometry both use
-// (docs/layout.md, "Sizing"), and random uuids. Pure functions; any thread.
+// (docs/layout.md, "Sizing"), random uuids, and the format sequence both
+// follow. Pure functions, any thread - but write_formatted(), which writes the
+// caller's region (the caller's thread).
 #pragma once
 
 #include <sys/random.h>
@@ -14,6 +16,7 @@
 
 #include "common/result.h"
 #include "common/units.h"
+#include "target/pmem_region.h"
 
 namespace pbrick::media {
 
@@ -104,6 +107,30 @@ inline Result<std::array<uint8_t, 16>> random_uuid() {
   uuid[6] = static_cast<uint8_t>((uuid[6] & 0x0F) | 0x40);  // version 4
   uuid[8] = static_cast<uint8_t>((uuid[8] & 0x3F) | 0x80);  // variant
   return uuid;
+}
+
+// The format protocol of a store or a slow tier (docs/layout.md, "Format"),
+// every crash window safe:
+//   1. the magic word becomes `marker` (one 8-byte store): from here on the
+//      region reads as "format interrupted", never as what it held before, so
+//      no mixture of an old superblock with a half-zeroed map can ever open;
+//   2. the map (and the padding up to the first slot, `slots_offset`) is
+//      zeroed durably;
+//   3. the new superblock `sb`, with `marker` still in its magic word, is
+//      written and persisted: still "interrupted" whatever subset reached
+//      media;
+//   4. commit point: the magic word becomes `magic` (one 8-byte store); `sb`'s
+//      checksum was computed over the final bytes, `magic` included.
+// Slots are not touched. Errors are wrapped with `what` ("format store").
+inline Status write_formatted(PmemRegion& r, const std::array<uint8_t, kSuperblockSize>& sb, const char (&marker)[8],
+                              const char (&magic)[8], uint64_t slots_offset, const char* what) {
+  auto fail = [what](const Error& e) { return e.wrap(what); };
+  if (Status s = r.store_word_persist(0, word_of(marker)); !s) return fail(s.error());
+  if (Status s = r.zero(kMapOffset, slots_offset - kMapOffset); !s) return fail(s.error());
+  r.copy_nodrain(8, sb.data() + 8, kSuperblockSize - 8);
+  if (Status s = r.persist(0, kSuperblockSize); !s) return fail(s.error());
+  if (Status s = r.store_word_persist(0, word_of(magic)); !s) return fail(s.error());
+  return Status::Ok();
 }
 
 }  // namespace pbrick::media

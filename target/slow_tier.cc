@@ -94,12 +94,8 @@ Status SlowTier::format(const std::array<uint8_t, 16>& fast_uuid) {
   put64(sb.data() + kSbFormatTime, static_cast<uint64_t>(std::time(nullptr)));
   put32(sb.data() + kSbCrc, crc32c(sb.data(), kSbCrc));
 
-  auto fail = [](const Error& e) { return e.wrap("format slow tier"); };
-  if (Status s = r.store_word_persist(kSbMagic, word_of(kSlowFormatMarker)); !s) return fail(s.error());
-  if (Status s = r.zero(kMapOffset, slots_offset - kMapOffset); !s) return fail(s.error());
-  r.copy_nodrain(kSbMagic + 8, sb.data() + 8, kSuperblockSize - 8);
-  if (Status s = r.persist(0, kSuperblockSize); !s) return fail(s.error());
-  if (Status s = r.store_word_persist(kSbMagic, word_of(kSlowMagic)); !s) return fail(s.error());
+  static_assert(kSbMagic == 0, "write_formatted() writes the magic word at offset 0");
+  PBRICK_TRY(write_formatted(r, sb, kSlowFormatMarker, kSlowMagic, slots_offset, "format slow tier"));
 
   uuid_ = *uuid;
   fast_uuid_ = fast_uuid;

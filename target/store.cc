@@ -227,7 +227,7 @@ Result<std::unique_ptr<Store>> Store::Open(std::unique_ptr<PmemRegion> region,
   return store;
 }
 
-StoreCheckReport Store::Check(const uint8_t* base, uint64_t size) {
+StoreCheckReport Store::Check(const uint8_t* base, uint64_t size, const uint8_t* slow_base, uint64_t slow_size) {
   StoreCheckReport report;
   if (Status s = check_region_size(size); !s) {
     report.superblock_error = s.error().context();
@@ -242,10 +242,22 @@ StoreCheckReport Store::Check(const uint8_t* base, uint64_t size) {
     return report;
   }
   Store store(std::make_unique<ReadOnlyRegion>(base, size));
-  store.slow_unchecked_ = true;
+  store.slow_unchecked_ = slow_base == nullptr;
   if (Status s = store.load(); !s) {
     report.superblock_error = s.error().context();
     return report;
+  }
+  if (slow_base != nullptr) {
+    // Never formats: a blank or half-formatted slow tier is a problem here.
+    auto slow = SlowTier::Open(std::make_unique<ReadOnlyRegion>(slow_base, slow_size), store.uuid_,
+                               SlowTierOpenOptions{.force_format = false, .format_if_blank = false});
+    if (!slow) {
+      report.superblock_error = slow.error().context();
+      return report;
+    }
+    store.slow_ = std::move(*slow);
+    report.slow_checked = true;
+    report.slow_slot_count = store.slow_->slot_count();
   }
   store.scan_map([&](uint64_t entry, std::string what) {
     report.map_problems.push_back({entry, std::move(what)});
@@ -254,31 +266,23 @@ StoreCheckReport Store::Check(const uint8_t* base, uint64_t size) {
   report.upgrade_interrupted = store.upgrade_interrupted_;
   report.uuid = store.uuid_;
   report.slot_count = store.slot_count_;
+  for (const auto& [vaddr, block] : store.index_) report.slow_blocks += block.tier == kTierSlow ? 1 : 0;
   report.allocated_blocks = store.index_.size();
   report.entries_to_upgrade = store.v1_entries_.size();
   return report;
 }
 
-// Format protocol (docs/layout.md, "Format"). Every crash window is safe:
-//   1. the magic word becomes "PBRKINIT" (one 8-byte store): from here on the
-//      region reads as "format interrupted", never as the old store, so no
-//      mixture of the old superblock with a half-zeroed map can ever open;
-//   2. the map (and the padding up to the first slot) is zeroed durably;
-//   3. the new superblock, with "PBRKINIT" still in its magic word, is written
-//      and persisted: still "interrupted" whatever subset of it reached media;
-//   4. commit point: the magic word becomes "PBRKSTOR" (one 8-byte store). The
-//      checksum was computed over the final bytes, magic included.
-// Slots are not touched: alloc zeros a slot before a block can use it.
+// Format protocol (docs/layout.md, "Format"): media::write_formatted() with
+// the "PBRKINIT" marker and the "PBRKSTOR" magic.
 Status Store::format() {
   PmemRegion& r = *region_;
   const uint64_t size = r.size();
   const uint64_t slots = slot_count_for(size);
   const uint64_t slots_offset = slots_offset_for(slots);
 
-  std::array<uint8_t, 16> uuid{};
-  PBRICK_TRY(fill_random(uuid.data(), uuid.size()));
-  uuid[6] = static_cast<uint8_t>((uuid[6] & 0x0F) | 0x40);  // RFC 4122 version 4
-  uuid[8] = static_cast<uint8_t>((uuid[8] & 0x3F) | 0x80);  // RFC 4122 variant
+  auto random = random_uuid();
+  if (!random) return random.error();
+  const std::array<uint8_t, 16> uuid = *random;
 
   std::array<uint8_t, kSuperblockSize> sb{};
   std::memcpy(sb.data() + kSbMagic, kMagic, sizeof kMagic);
@@ -294,12 +298,8 @@ Status Store::format() {
   put64(sb.data() + kSbFormatTime, static_cast<uint64_t>(std::time(nullptr)));
   put32(sb.data() + kSbCrc, crc32c(sb.data(), kSbCrc));
 
-  auto fail = [](const Error& e) { return e.wrap("format store"); };
-  if (Status s = r.store_word_persist(kSbMagic, word_of(kFormatMarker)); !s) return fail(s.error());
-  if (Status s = r.zero(kMapOffset, slots_offset - kMapOffset); !s) return fail(s.error());
-  r.copy_nodrain(kSbMagic + 8, sb.data() + 8, kSuperblockSize - 8);
-  if (Status s = r.persist(0, kSuperblockSize); !s) return fail(s.error());
-  if (Status s = r.store_word_persist(kSbMagic, word_of(kMagic)); !s) return fail(s.error());
+  static_assert(kSbMagic == 0, "write_formatted() writes the magic word at offset 0");
+  PBRICK_TRY(write_formatted(r, sb, kFormatMarker, kMagic, slots_offset, "format store"));
 
   uuid_ = uuid;
   layout_version_ = kLayoutVersion;

@@ -81,6 +81,10 @@ struct StoreCheckReport {
   uint64_t allocated_blocks = 0;
   // Entries still in the version-1 format (no checksum): Open() converts them.
   uint64_t entries_to_upgrade = 0;
+  // Check() with a slow tier: its slots; its blocks are among allocated_blocks.
+  bool slow_checked = false;
+  uint64_t slow_slot_count = 0;
+  uint64_t slow_blocks = 0;
   std::vector<Problem> map_problems;
 
   bool clean() const { return superblock_error.empty() && map_problems.empty(); }
@@ -109,8 +113,14 @@ class Store {
 
   // Checks the store image [base, base + size) the way Open() does, but reports
   // every problem instead of the first, and never writes. `base` must stay
-  // unchanged during the call (check a stopped brick's store).
-  static StoreCheckReport Check(const uint8_t* base, uint64_t size);
+  // unchanged during the call (check a stopped brick's store). With the slow
+  // tier's image [slow_base, slow_base + slow_size), its superblock and its
+  // binding to this store are checked as Open() checks them (a problem there
+  // is a superblock_error naming the slow tier), and the map entries of
+  // both tiers as Open() would (slots in range, no slot used twice on either
+  // tier); without it, entries naming the slow tier are accepted unchecked.
+  static StoreCheckReport Check(const uint8_t* base, uint64_t size, const uint8_t* slow_base = nullptr,
+                                uint64_t slow_size = 0);
 
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;

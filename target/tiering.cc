@@ -1,7 +1,9 @@
-// The data mover (see tiering.h). One move at a time:
-//   copy (io_uring read or write of 2 MiB, O_DIRECT, between the fast store's
-//   mapping and the slow file) -> make the copy durable (fdatasync of the
-//   destination, or a cache flush on pmem) -> Store::commit_move (the flip).
+// The data mover (see tiering.h). A batch of moves in one direction:
+//   copies (io_uring reads or writes of 2 MiB, O_DIRECT, between the fast
+//   store's mapping and the slow file, all in flight at once) -> once every
+//   copy completed, one sync of the destination (fdatasync, or a cache flush
+//   on pmem) -> Store::commit_move of each block whose copy succeeded (the
+//   flips). A flip never precedes the sync that covers its copy.
 #include "target/tiering.h"
 
 #include <fcntl.h>
@@ -42,7 +44,7 @@ Status Tiering::init() {
   int efd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (efd < 0) return errno_error("tiering: eventfd");
   event_fd_ = UniqueFd(efd);
-  if (int err = init_event_ring(8, &ring_); err < 0) return Error(-err, "tiering: io_uring_queue_init");
+  if (int err = init_event_ring(16, &ring_); err < 0) return Error(-err, "tiering: io_uring_queue_init");
   ring_ready_ = true;
   if (int err = io_uring_register_eventfd(&ring_, event_fd_.get()); err < 0) {
     return Error(-err, "tiering: io_uring_register_eventfd");
@@ -66,16 +68,18 @@ Tiering::MapReadiness Tiering::prepare_map(uint64_t vaddr) {
   if (store_.moving(vaddr)) return MapReadiness::kWait;
   if (*tier == kTierFast) return MapReadiness::kReady;
   if (promote_set_.count(vaddr) == 0) {
-    if (store_.stats().fast_free_blocks == 0 && !store_.demotion_candidate() && !current_) {
+    if (store_.stats().fast_free_blocks == 0 && !store_.demotion_candidate() && !busy()) {
       return MapReadiness::kNoFastSlot;
     }
     promote_queue_.push_back(vaddr);
     promote_set_.insert(vaddr);
   }
   start_next();
-  // The caller waits for the wake that the end of the move in flight brings;
-  // with none in flight nothing could make room (start_next dropped it).
-  return current_ ? MapReadiness::kWait : MapReadiness::kNoFastSlot;
+  // Still queued: a batch in flight ends with a wake (start_next drops the
+  // queued promotions when nothing in flight could make room).
+  if (promote_set_.count(vaddr) != 0) return MapReadiness::kWait;
+  tier = store_.tier_of(vaddr);
+  return !tier || *tier == kTierFast ? MapReadiness::kReady : MapReadiness::kNoFastSlot;
 }
 
 void Tiering::refill() {
@@ -87,72 +91,147 @@ void Tiering::refill() {
 }
 
 void Tiering::tick() {
+  if (promotions_ + demotions_ != reported_moves_) {
+    reported_moves_ = promotions_ + demotions_;
+    const StoreStats s = store_.stats();
+    PBRICK_LOG_INFO("tiering: %llu promotions, %llu demotions since start, in %llu batches (one sync each); "
+                    "%llu of %llu fast blocks free, %llu of %llu slow blocks free",
+                    static_cast<unsigned long long>(promotions_), static_cast<unsigned long long>(demotions_),
+                    static_cast<unsigned long long>(batches_),
+                    static_cast<unsigned long long>(s.fast_free_blocks),
+                    static_cast<unsigned long long>(s.fast_capacity_blocks),
+                    static_cast<unsigned long long>(s.slow_free_blocks),
+                    static_cast<unsigned long long>(s.slow_capacity_blocks));
+  }
+  if (unsubmitted_) submit();
   just_promoted_.clear();
   refill();
   start_next();
 }
 
-bool Tiering::start_move(uint64_t vaddr, uint8_t to_tier) {
-  auto m = store_.begin_move(vaddr, to_tier);
+uint64_t Tiering::waiting_promotions() const {
+  uint64_t n = 0;
+  for (uint64_t vaddr : promote_queue_) n += store_.moving(vaddr) ? 0 : 1;
+  return n;
+}
+
+void Tiering::drop_waiting_promotions() {
+  bool dropped = false;
+  for (auto it = promote_queue_.begin(); it != promote_queue_.end();) {
+    if (store_.moving(*it)) {
+      ++it;
+      continue;
+    }
+    promote_set_.erase(*it);
+    it = promote_queue_.erase(it);
+    dropped = true;
+  }
+  if (dropped && wake_) wake_();
+}
+
+bool Tiering::add_move(Batch& b, uint64_t vaddr) {
+  auto m = store_.begin_move(vaddr, b.to_tier);
   if (!m) {
     PBRICK_LOG_WARN("tiering: %s", m.error().message().c_str());
     return false;
   }
-  current_ = *m;
-  stage_ = Stage::kCopy;
-  move_started_ = std::chrono::steady_clock::now();
-  PmemRegion& fast = store_.region();
-  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);  // one operation in flight: never full
-  if (to_tier == kTierSlow) {
-    fast.drain();  // TCP WRITEs to pmem are non-temporal stores of this thread
-    io_uring_prep_write(sqe, slow_fd_.get(), fast.base() + m->from_offset, kBlockSize, m->to_offset);
-  } else {
-    io_uring_prep_read(sqe, slow_fd_.get(), fast.base() + m->to_offset, kBlockSize, m->from_offset);
-  }
-  io_uring_sqe_set_data64(sqe, kUdCopy);
-  if (int err = io_uring_submit(&ring_); err < 0) {
-    PBRICK_LOG_ERROR("tiering: io_uring_submit: %s", std::strerror(-err));
-    store_.abort_move(vaddr);
-    current_.reset();
-    return false;
-  }
+  b.moves.push_back(*m);
+  b.copied.push_back(0);
   return true;
 }
 
-void Tiering::start_next() {
-  while (!current_) {
-    if (!promote_queue_.empty()) {
-      const uint64_t vaddr = promote_queue_.front();
-      auto tier = store_.tier_of(vaddr);
-      if (!tier || *tier != kTierSlow || store_.moving(vaddr)) {
-        promote_queue_.pop_front();
-        promote_set_.erase(vaddr);
-        if (wake_) wake_();
+void Tiering::submit_copies(Batch& b) {
+  if (b.moves.empty()) return;
+  b.started = std::chrono::steady_clock::now();
+  b.copies_pending = b.moves.size();
+  PmemRegion& fast = store_.region();
+  if (b.to_tier == kTierSlow) fast.drain();  // TCP WRITEs to pmem are non-temporal stores of this thread
+  const uint64_t lane = b.to_tier == kTierFast ? 0 : 1;
+  for (size_t i = 0; i < b.moves.size(); ++i) {
+    const Store::Move& m = b.moves[i];
+    // Two batches of kMaxBatch copies and a sync each: the ring never fills.
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+    if (b.to_tier == kTierSlow) {
+      io_uring_prep_write(sqe, slow_fd_.get(), fast.base() + m.from_offset, kBlockSize, m.to_offset);
+    } else {
+      io_uring_prep_read(sqe, slow_fd_.get(), fast.base() + m.to_offset, kBlockSize, m.from_offset);
+    }
+    io_uring_sqe_set_data64(sqe, kUdCopy << 16 | lane << 8 | i);
+  }
+  submit();
+}
+
+// The SQEs prepared stay in the ring when io_uring_enter fails (they are
+// visible to the kernel already): never give up their moves, which would
+// let a later submit copy into a reused slot. Submit them again at the tick.
+void Tiering::submit() {
+  if (int err = io_uring_submit(&ring_); err < 0) {
+    if (!unsubmitted_) PBRICK_LOG_ERROR("tiering: io_uring_submit: %s (trying again)", std::strerror(-err));
+    unsubmitted_ = true;
+  } else {
+    unsubmitted_ = false;
+  }
+}
+
+void Tiering::start_promotions() {
+  if (up_.busy()) return;
+  for (auto it = promote_queue_.begin(); it != promote_queue_.end() && up_.moves.size() < kMaxBatch;) {
+    const uint64_t vaddr = *it;
+    auto tier = store_.tier_of(vaddr);
+    if (!tier || *tier != kTierSlow || store_.moving(vaddr)) {
+      // Freed, or already up: its MAP proceeds (a block moving down is
+      // waited for: it is on no lane of ours to promote yet).
+      if (tier && *tier == kTierSlow) {
+        ++it;
         continue;
       }
-      if (store_.stats().fast_free_blocks > 0) {
-        if (start_move(vaddr, kTierFast)) return;
-        promote_queue_.pop_front();
-        promote_set_.erase(vaddr);
-        if (wake_) wake_();
-        continue;
-      }
-      auto victim = store_.demotion_candidate();
-      if (victim && start_move(*victim, kTierSlow)) return;
-      // Every fast block is mapped: the waiting MAP asks again and gets the error.
-      promote_queue_.pop_front();
       promote_set_.erase(vaddr);
+      it = promote_queue_.erase(it);
       if (wake_) wake_();
       continue;
     }
-    const StoreStats s = store_.stats();
-    if (s.fast_free_blocks >= low_watermark_ || s.slow_free_blocks == 0) return;
-    if (budget_bytes_ < static_cast<double>(kBlockSize)) return;
-    auto victim = store_.demotion_candidate();
-    if (!victim || just_promoted_.count(*victim) != 0) return;
-    budget_bytes_ -= static_cast<double>(kBlockSize);
-    if (!start_move(*victim, kTierSlow)) return;
+    if (store_.stats().fast_free_blocks == 0) break;  // start_demotions makes room
+    if (!add_move(up_, vaddr)) {
+      promote_set_.erase(vaddr);
+      it = promote_queue_.erase(it);
+      if (wake_) wake_();
+      continue;
+    }
+    ++it;
   }
+  submit_copies(up_);
+}
+
+void Tiering::start_demotions() {
+  if (down_.busy()) return;
+  const StoreStats s = store_.stats();
+  // Room for the promotions waiting (not limited), then the watermark
+  // (rate-limited); never a block promoted since the last tick for the latter.
+  const uint64_t waiting = waiting_promotions();
+  uint64_t for_room = waiting > s.fast_free_blocks ? waiting - s.fast_free_blocks : 0;
+  uint64_t background = s.fast_free_blocks + for_room < low_watermark_ ? low_watermark_ - s.fast_free_blocks - for_room : 0;
+  while (down_.moves.size() < kMaxBatch && (for_room > 0 || background > 0)) {
+    if (store_.stats().slow_free_blocks == 0) break;
+    auto victim = store_.demotion_candidate();
+    if (!victim) break;
+    if (for_room == 0) {
+      if (budget_bytes_ < static_cast<double>(kBlockSize) || just_promoted_.count(*victim) != 0) break;
+      budget_bytes_ -= static_cast<double>(kBlockSize);
+      --background;
+    } else {
+      --for_room;
+    }
+    if (!add_move(down_, *victim)) break;
+  }
+  submit_copies(down_);
+  // Promotions wait for room that nothing in flight will make: every fast
+  // block is mapped. Their MAPs ask again and get kNoFastSlot.
+  if (waiting > 0 && store_.stats().fast_free_blocks == 0 && !busy()) drop_waiting_promotions();
+}
+
+void Tiering::start_next() {
+  start_promotions();
+  start_demotions();
 }
 
 void Tiering::on_event() {
@@ -164,81 +243,93 @@ void Tiering::on_event() {
     const uint64_t ud = io_uring_cqe_get_data64(cqe);
     const int res = cqe->res;
     io_uring_cqe_seen(&ring_, cqe);
-    if (ud == kUdCopy) {
-      on_copied(res);
-    } else if (ud == kUdSync) {
-      on_synced(res);
+    Batch& b = (ud >> 8 & 0xff) == 0 ? up_ : down_;
+    if (ud >> 16 == kUdCopy) {
+      on_copied(b, ud & 0xff, res);
+    } else if (ud >> 16 == kUdSync) {
+      on_synced(b, res);
     }
   }
 }
 
-void Tiering::on_copied(int res) {
-  if (!current_) return;
-  const Store::Move& m = *current_;
+void Tiering::on_copied(Batch& b, size_t index, int res) {
+  if (index >= b.moves.size() || b.copies_pending == 0) return;
+  const Store::Move& m = b.moves[index];
   if (res != static_cast<int>(kBlockSize)) {
     PBRICK_LOG_ERROR("tiering: move %s to the %s tier: copy: %s", format_hex(m.vaddr).c_str(),
                      m.to_tier == kTierFast ? "fast" : "slow",
                      res < 0 ? std::strerror(-res) : ("short transfer of " + std::to_string(res) + " bytes").c_str());
-    return finish(false);
+  } else {
+    b.copied[index] = 1;
   }
-  stage_ = Stage::kSync;
+  if (--b.copies_pending > 0) return;
+  if (std::find(b.copied.begin(), b.copied.end(), 1) == b.copied.end()) return finish(b, false);
+  // Every copy is complete: one sync makes all of them durable.
   PmemRegion& fast = store_.region();
+  const uint64_t lane = b.to_tier == kTierFast ? 0 : 1;
   io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-  if (m.to_tier == kTierSlow) {
+  if (b.to_tier == kTierSlow) {
     io_uring_prep_fsync(sqe, slow_fd_.get(), IORING_FSYNC_DATASYNC);
   } else if (fast.sync_fd() >= 0) {
     fast.prep_sync(sqe);
   } else {
-    // pmem (or memory): the device wrote the slot; flushing its cache lines
-    // makes it durable where DDIO left them in the CPU's cache.
-    Status st = fast.persist(m.to_offset, kBlockSize);
-    if (!st) PBRICK_LOG_ERROR("tiering: move %s: %s", format_hex(m.vaddr).c_str(), st.error().message().c_str());
-    return finish(static_cast<bool>(st));
+    // pmem (or memory): the device wrote the slots; flushing their cache
+    // lines makes them durable where DDIO left them in the CPU's cache.
+    bool ok = true;
+    for (size_t i = 0; i < b.moves.size() && ok; ++i) {
+      if (!b.copied[i]) continue;
+      Status st = fast.persist(b.moves[i].to_offset, kBlockSize);
+      if (!st) {
+        PBRICK_LOG_ERROR("tiering: move %s: %s", format_hex(b.moves[i].vaddr).c_str(), st.error().message().c_str());
+        ok = false;
+      }
+    }
+    return finish(b, ok);
   }
-  io_uring_sqe_set_data64(sqe, kUdSync);
-  if (int err = io_uring_submit(&ring_); err < 0) {
-    PBRICK_LOG_ERROR("tiering: io_uring_submit: %s", std::strerror(-err));
-    finish(false);
-  }
+  io_uring_sqe_set_data64(sqe, kUdSync << 16 | lane << 8);
+  submit();
 }
 
-void Tiering::on_synced(int res) {
-  if (!current_) return;
-  const Store::Move& m = *current_;
-  Status st = m.to_tier == kTierSlow ? (res < 0 ? Status(Error(-res, "fdatasync of the slow tier")) : Status::Ok())
+void Tiering::on_synced(Batch& b, int res) {
+  if (!b.busy()) return;
+  Status st = b.to_tier == kTierSlow ? (res < 0 ? Status(Error(-res, "fdatasync of the slow tier")) : Status::Ok())
                                      : store_.region().sync_done(res);
-  if (!st) {
-    PBRICK_LOG_ERROR("tiering: move %s: %s", format_hex(m.vaddr).c_str(), st.error().message().c_str());
-  }
-  finish(static_cast<bool>(st));
+  if (!st) PBRICK_LOG_ERROR("tiering: %zu moves: %s", b.moves.size(), st.error().message().c_str());
+  finish(b, static_cast<bool>(st));
 }
 
-void Tiering::finish(bool ok) {
-  const Store::Move m = *current_;
-  current_.reset();
-  if (ok) {
-    Status st = store_.commit_move(m.vaddr);
-    if (!st) {
+// Flips every move whose copy is durable (`synced`: the sync after all the
+// batch's copies succeeded), gives up the others.
+void Tiering::finish(Batch& b, bool synced) {
+  const auto us =
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - b.started).count();
+  bool any = false;
+  for (size_t i = 0; i < b.moves.size(); ++i) {
+    const Store::Move& m = b.moves[i];
+    if (!synced || !b.copied[i]) {
+      store_.abort_move(m.vaddr);
+    } else if (Status st = store_.commit_move(m.vaddr); !st) {
       PBRICK_LOG_ERROR("tiering: %s", st.error().message().c_str());
     } else {
-      const auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() -
-                                                                            move_started_).count();
+      any = true;
       if (m.to_tier == kTierFast) {
         ++promotions_;
         just_promoted_.insert(m.vaddr);
       } else {
         ++demotions_;
       }
-      PBRICK_LOG_DEBUG("tiering: %s %s in %lld us", m.to_tier == kTierFast ? "promoted" : "demoted",
-                       format_hex(m.vaddr).c_str(), static_cast<long long>(us));
     }
-  } else {
-    store_.abort_move(m.vaddr);
+    if (m.to_tier == kTierFast) {
+      promote_set_.erase(m.vaddr);
+      std::erase(promote_queue_, m.vaddr);
+    }
   }
-  if (m.to_tier == kTierFast) {
-    promote_set_.erase(m.vaddr);
-    std::erase(promote_queue_, m.vaddr);
-  }
+  if (any) ++batches_;
+  PBRICK_LOG_DEBUG("tiering: %s %zu blocks in %lld us", b.to_tier == kTierFast ? "promoted" : "demoted",
+                   b.moves.size(), static_cast<long long>(us));
+  b.moves.clear();
+  b.copied.clear();
+  b.copies_pending = 0;
   if (wake_) wake_();
   refill();
   start_next();

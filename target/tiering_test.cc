@@ -290,6 +290,83 @@ void crash_points(bool promote) {
 TEST(TierMoveCrash, DemotionAtEveryCrashPoint) { crash_points(/*promote=*/false); }
 TEST(TierMoveCrash, PromotionAtEveryCrashPoint) { crash_points(/*promote=*/true); }
 
+// A batch as the mover makes it (target/tiering.h): every copy, then one sync
+// of the destination covering them all, then the flips one by one. Every
+// crash point - mid-copy, before and after the sync, between the flips -
+// leaves each block exactly once with its data; some crash points have one
+// block moved and the other not.
+void batch_crash_points(bool promote) {
+  Images im;
+  std::map<uint64_t, uint32_t> sums;
+  {
+    auto s = open(im);
+    ASSERT_TRUE(s);
+    for (int i = 0; i < 3; ++i) {
+      ASSERT_TRUE((*s)->alloc(va(i)));
+      sums[va(i)] = fill(**s, va(i), static_cast<uint8_t>(i * 5 + 2));
+    }
+    if (promote) {  // two blocks down, so that two come up in one batch
+      ASSERT_TRUE(move(**s, va(0), kTierSlow));
+      ASSERT_TRUE(move(**s, va(1), kTierSlow));
+    }
+  }
+  const std::vector<uint64_t> batch = {va(0), va(1)};
+  const uint8_t to = promote ? kTierFast : kTierSlow;
+  std::vector<std::pair<std::vector<uint8_t>, std::vector<uint8_t>>> crashes;
+  {
+    auto s = open(im);
+    ASSERT_TRUE(s);
+    im.event = [&] { crashes.emplace_back(im.fast, im.slow); };
+    std::vector<Store::Move> moves;
+    for (uint64_t v : batch) {
+      auto m = (*s)->begin_move(v, to);
+      ASSERT_TRUE(m) << m.error().message();
+      moves.push_back(*m);
+    }
+    PmemRegion& from = promote ? (*s)->slow_tier()->region() : (*s)->region();
+    PmemRegion& dest = promote ? (*s)->region() : (*s)->slow_tier()->region();
+    for (const auto& m : moves) dest.copy_nodrain(m.to_offset, from.base() + m.from_offset, kBlockSize / 2);
+    im.event();  // mid-copy
+    for (const auto& m : moves) {
+      dest.copy_nodrain(m.to_offset + kBlockSize / 2, from.base() + m.from_offset + kBlockSize / 2, kBlockSize / 2);
+    }
+    ASSERT_TRUE(dest.persist(0, dest.size()));  // the one sync
+    for (uint64_t v : batch) ASSERT_TRUE((*s)->commit_move(v));
+    im.event = nullptr;
+  }
+  // Mid-copy, the sync, before and after each of the two flips.
+  ASSERT_EQ(crashes.size(), 6u);
+  int none = 0, some = 0, all = 0;
+  for (size_t k = 0; k < crashes.size(); ++k) {
+    SCOPED_TRACE("crash point " + std::to_string(k));
+    Images c;
+    c.fast = crashes[k].first;
+    c.slow = crashes[k].second;
+    auto s = open(c);
+    ASSERT_TRUE(s) << s.error().message();
+    EXPECT_EQ((*s)->stats().allocated_blocks, 3u);
+    EXPECT_EQ((*s)->stats().free_blocks, 3u);
+    int moved = 0;
+    for (uint64_t v : batch) moved += *(*s)->tier_of(v) == to ? 1 : 0;
+    (moved == 0 ? none : moved == 2 ? all : some)++;
+    for (auto [vaddr, crc] : sums) {
+      if ((*s)->stats().fast_free_blocks == 0 && *(*s)->tier_of(vaddr) == kTierSlow) {
+        ASSERT_TRUE(move(**s, *(*s)->demotion_candidate(), kTierSlow));
+      }
+      EXPECT_EQ(sum(**s, vaddr), crc) << format_hex(vaddr);
+    }
+    ASSERT_TRUE((*s)->alloc(va(20)));
+    for (auto [vaddr, crc] : sums) ASSERT_TRUE((*s)->free(vaddr));
+    EXPECT_EQ((*s)->stats().free_blocks, 5u);
+  }
+  EXPECT_GT(none, 0);
+  EXPECT_GT(some, 0);
+  EXPECT_GT(all, 0);
+}
+
+TEST(TierMoveCrash, DemotionBatchAtEveryCrashPoint) { batch_crash_points(/*promote=*/false); }
+TEST(TierMoveCrash, PromotionBatchAtEveryCrashPoint) { batch_crash_points(/*promote=*/true); }
+
 // The data mover over real files on a disk file system (O_DIRECT): background
 // demotion down to the watermark, then promotion on MAP, data intact.
 TEST(Tiering, DemotesInTheBackgroundAndPromotesOnMap) {
@@ -324,19 +401,23 @@ TEST(Tiering, DemotesInTheBackgroundAndPromotesOnMap) {
   wait_idle();
   EXPECT_EQ(store.stats().fast_free_blocks, 2u);
   EXPECT_EQ((*t)->demotions(), 2u);
+  EXPECT_EQ((*t)->batches(), 1u);  // both copies, then one fdatasync
   EXPECT_EQ(*store.tier_of(va(0)), kTierSlow);  // least recently unmapped first
   EXPECT_EQ(*store.tier_of(va(1)), kTierSlow);
   // MAP of a slow block waits for its promotion.
   for (uint64_t i = 2; i < fast_slots; ++i) ASSERT_TRUE(store.pin(va(static_cast<int>(i))));
+  // Two MAPs: the first starts a batch at once, the second waits for the
+  // next (a batch takes what is queued when its direction is free).
   EXPECT_EQ((*t)->prepare_map(va(0)), Tiering::MapReadiness::kWait);
-  wait_idle();
-  EXPECT_EQ((*t)->prepare_map(va(0)), Tiering::MapReadiness::kReady);
-  EXPECT_EQ((*t)->promotions(), 1u);
-  EXPECT_GT(wakes, 0);
-  ASSERT_TRUE(store.pin(va(0)));
-  // Fill the fast tier with mapped blocks: a slow block can no longer come up.
   EXPECT_EQ((*t)->prepare_map(va(1)), Tiering::MapReadiness::kWait);
   wait_idle();
+  EXPECT_EQ((*t)->prepare_map(va(0)), Tiering::MapReadiness::kReady);
+  EXPECT_EQ((*t)->prepare_map(va(1)), Tiering::MapReadiness::kReady);
+  EXPECT_EQ((*t)->promotions(), 2u);
+  EXPECT_EQ((*t)->batches(), 3u);
+  EXPECT_GT(wakes, 0);
+  // Fill the fast tier with mapped blocks: a slow block can no longer come up.
+  ASSERT_TRUE(store.pin(va(0)));
   ASSERT_TRUE(store.pin(va(1)));
   ASSERT_TRUE(store.alloc(va(40)));
   EXPECT_EQ(*store.tier_of(va(40)), kTierSlow);

@@ -1,8 +1,8 @@
 #!/usr/bin/env bats
 # Brick tiering end to end: a small fast store over a larger slow tier (a file
 # on the disk file system), data checked through NBD with fio and through
-# pbrickctl, the slow tier's binding to its store, and kill -9 of the brick
-# while blocks move between the tiers.
+# pbrickctl, the slow tier's binding to its store, fsck of both tiers, and
+# kill -9 of the brick while blocks move between the tiers.
 
 load helpers
 load nbd
@@ -47,6 +47,54 @@ slow_args() { echo "--slow-store $BATS_TEST_TMPDIR/$1.slow --slow-size $2"; }
   run "$TARGET_BIN" --store "$(store_dir)/a.store" --size 16M --slow-size 64M --listen 127.0.0.1:0
   assert_failure 2
   assert_output --partial "--slow-size needs --slow-store"
+  run "$TARGET_BIN" --store "$(store_dir)/a.store" --size 16M --slow-store "$BATS_TEST_TMPDIR/a.slow" \
+    --slow-size 64M --slow-low-watermark 0 --listen 127.0.0.1:0
+  assert_failure 2
+  assert_output --partial "--slow-low-watermark must be at least 1"
+  run "$TARGET_BIN" --store "$(store_dir)/a.store" --size 16M --slow-store "$BATS_TEST_TMPDIR/a.slow" \
+    --slow-size 64M --slow-demote-rate 1M --listen 127.0.0.1:0
+  assert_failure 2
+  assert_output --partial "--slow-demote-rate must be at least 2M"
+  # The brick says what it was given.
+  # shellcheck disable=SC2046
+  start_brick a --size 16M $(slow_args a 64M) --slow-low-watermark 3 --slow-demote-rate 8M
+  grep -q "low watermark 3 free fast blocks, demotion up to 8.0 MiB/s" "$BATS_TEST_TMPDIR/a.log" ||
+    fail "the brick did not log its tiering settings: $(cat "$BATS_TEST_TMPDIR/a.log")"
+}
+
+@test "fsck --slow-store checks the slow tier's map entries and its binding; without it they go unchecked" {
+  # shellcheck disable=SC2046
+  start_brick f --size 16M $(slow_args f 64M)
+  for i in $(seq 0 11); do
+    head -c 4096 /dev/urandom | ctl write $((i * M2)) 0 >/dev/null
+  done
+  stop_brick
+  local store slow
+  store="$(store_dir)/f.store" slow="$BATS_TEST_TMPDIR/f.slow"
+  run "$CTL_BIN" fsck --store "$store" --slow-store "$slow"
+  assert_success
+  # 7 fast slots: blocks 7..11 on the slow tier, their entries in its map.
+  assert_output --partial "slow tier $slow, 31 slots, 5 of the blocks on it"
+  assert_output --partial "clean"
+  run "$CTL_BIN" --json fsck --store "$store" --slow-store "$slow"
+  assert_success
+  assert_equal "$(jq -c '[.clean, .slow_slot_count, .slow_blocks, .allocated_blocks]' <<<"$output")" '[true,31,5,12]'
+  # One bit of the slow tier's first map entry (entry 7, after the store's 7).
+  python3 -c 'import sys
+with open(sys.argv[1], "r+b") as f:
+    f.seek(4096 + 8); b = f.read(1); f.seek(4096 + 8); f.write(bytes([b[0] ^ 1]))' "$slow"
+  run "$CTL_BIN" fsck --store "$store" --slow-store "$slow"
+  assert_failure 1
+  assert_output --regexp "map entry 7: .*checksum mismatch"
+  # The store alone: the slow tier's entries are not read.
+  run "$CTL_BIN" fsck --store "$store"
+  assert_success
+  # A slow tier of another store.
+  start_brick g --size 16M
+  stop_brick
+  run "$CTL_BIN" fsck --store "$(store_dir)/g.store" --slow-store "$slow"
+  assert_failure 1
+  assert_output --regexp "slow tier: belongs to the store [0-9a-f-]+, not to this brick's store"
 }
 
 @test "fio verify: 512 MiB volume through NBD on a 32 MiB fast + 1 GiB slow brick" {
