@@ -45,10 +45,14 @@ struct Volume::Brick {
 Volume::Volume(const VolumeOptions& options)
     : options_(options),
       block_count_((options.size + proto::kBlockSize - 1) / proto::kBlockSize),
-      handles_(block_count_),
-      used_(block_count_),
-      allocated_((block_count_ + 63) / 64) {
+      placement_{static_cast<uint32_t>(std::max<size_t>(options.bricks.size(), 1)),
+                 options.layout == Layout::kMirror ? options.copies : 1},
+      handles_(block_count_ * placement_.copies),
+      used_(block_count_ * placement_.copies),
+      allocated_((block_count_ * placement_.copies + 63) / 64) {
   if (options_.bricks.empty()) options_.bricks.push_back(options_.brick);
+  options_.copies = placement_.copies;
+  if (options_.layout == Layout::kMirror) mirror_ = std::make_unique<MirrorState>(placement_.bricks);
   for (const ClientOptions& o : options_.bricks) {
     bricks_.push_back(std::make_unique<Brick>());
     bricks_.back()->options = o;
@@ -71,6 +75,11 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeOptions& options) {
   if (options.layout == Layout::kStripe && n < 2) {
     return Error(EINVAL, "layout stripe takes at least two bricks");
   }
+  if (options.layout == Layout::kMirror &&
+      (options.copies < kMinCopies || options.copies > kMaxCopies || options.copies > n)) {
+    return Error(EINVAL, "layout mirror keeps 2 or 3 copies on at least as many bricks, not " +
+                             std::to_string(options.copies) + " copies on " + std::to_string(n) + " bricks");
+  }
   for (size_t i = 0; i < options.bricks.size(); i++) {
     for (size_t j = 0; j < i; j++) {
       if (options.bricks[i].endpoint.to_string() == options.bricks[j].endpoint.to_string()) {
@@ -79,7 +88,8 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeOptions& options) {
     }
   }
   uint64_t blocks = (options.size + proto::kBlockSize - 1) / proto::kBlockSize;
-  uint64_t per_brick = (blocks + n - 1) / n;
+  Placement placement{static_cast<uint32_t>(n), options.layout == Layout::kMirror ? options.copies : 1};
+  uint64_t per_brick = placement.slots_per_brick(blocks);
   if (options.base + (per_brick - 1) * proto::kBlockSize < options.base) {
     return Error(EINVAL, "volume at " + format_hex(options.base) + " of " + format_size(options.size) +
                              " runs past the end of the brick's address space");
@@ -98,7 +108,8 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeOptions& options) {
   for (uint32_t b = 0; b < volume->brick_count(); b++) {
     claim_bricks.push_back({volume->bricks_[b]->control.get(), volume->brick_name(b), options.base});
   }
-  auto claim = VolumeClaim::Acquire(claim_bricks, {options.name, options.layout, options.size, options.read_only});
+  auto claim = VolumeClaim::Acquire(claim_bricks, {options.name, options.layout, options.size, options.read_only,
+                                                   volume->copies()});
   if (!claim) return claim.error().wrap("volume open");
   volume->claim_ = std::move(*claim);
   return volume;
@@ -112,8 +123,7 @@ Status Volume::open_brick(uint32_t b) {
   // volume.h).
   if (!brick.options.store_uuid) brick.options.store_uuid = brick.control->hello().brick_uuid;
   // Learn which of our blocks the brick already holds, one LIST page at a time.
-  const uint64_t n = bricks_.size();
-  uint64_t on_brick = block_count_ > b ? (block_count_ - b + n - 1) / n : 0;
+  uint64_t on_brick = placement_.slots_per_brick(block_count_);
   if (on_brick == 0) return Status::Ok();
   uint64_t cursor = options_.base;
   uint64_t end = options_.base + (on_brick - 1) * proto::kBlockSize;
@@ -124,7 +134,8 @@ Status Volume::open_brick(uint32_t b) {
       for (uint64_t i = 0; i < e.block_count; i++) {
         uint64_t vaddr = e.start_vaddr + i * proto::kBlockSize;
         if (vaddr < options_.base || vaddr > end) continue;
-        set_allocated((vaddr - options_.base) / proto::kBlockSize * n + b, true);
+        auto unit = placement_.unit_at(b, (vaddr - options_.base) / proto::kBlockSize, block_count_);
+        if (unit) set_allocated(*unit, true);
       }
     }
     if ((page->list_flags & proto::kListMore) == 0 || page->next_cursor > end || page->next_cursor <= cursor) break;
@@ -191,9 +202,17 @@ uint64_t Volume::write_failures(uint32_t b) const {
   return bricks_[b]->write_failures.load(std::memory_order_acquire);
 }
 
+template <typename Fn>
+void Volume::for_each_unit_on(uint32_t b, Fn&& fn) const {
+  const uint64_t slots = placement_.slots_per_brick(block_count_);
+  for (uint64_t slot = 0; slot < slots; slot++) {
+    if (auto unit = placement_.unit_at(b, slot, block_count_)) fn(*unit);
+  }
+}
+
 void Volume::clear_handles(uint32_t b) {
   std::unique_lock lock(handles_mu_);
-  for (uint64_t i = b; i < handles_.size(); i += bricks_.size()) handles_[i] = BlockHandle{};
+  for_each_unit_on(b, [&](uint64_t i) { handles_[i] = BlockHandle{}; });
   bricks_[b]->mapped = 0;
 }
 
@@ -208,14 +227,14 @@ bool Volume::unmap_lru(uint32_t b) {
   uint64_t oldest = UINT64_MAX;
   {
     std::unique_lock lock(handles_mu_);
-    for (uint64_t i = b; i < handles_.size(); i += bricks_.size()) {
-      if (handles_[i].rkey == 0) continue;
+    for_each_unit_on(b, [&](uint64_t i) {
+      if (handles_[i].rkey == 0) return;
       uint64_t stamp = used_[i].load(std::memory_order_relaxed);
       if (stamp < oldest) {
         oldest = stamp;
         victim = i;
       }
-    }
+    });
     if (oldest == UINT64_MAX) return false;
     // Forget it first: new I/O maps again; I/O already using the rkey gets
     // EKEYREJECTED once the brick revoked it, and maps again too.

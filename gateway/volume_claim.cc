@@ -163,7 +163,9 @@ Result<VolumeClaim> VolumeClaim::Acquire(std::span<const ClaimBrick> bricks, con
   // Data blocks must stay below the label areas (volume_label.h).
   const uint64_t blocks = (request.size + proto::kBlockSize - 1) / proto::kBlockSize;
   for (size_t i = 0; i < bricks.size(); i++) {
-    uint64_t per_brick = (blocks + bricks.size() - 1) / bricks.size();
+    uint64_t per_brick = Placement{static_cast<uint32_t>(bricks.size()),
+                                   request.layout == Layout::kMirror ? request.copies : 1}
+                             .slots_per_brick(blocks);
     if (bricks[i].base > kMaxLabelledBase || per_brick > (kLabelAreaStart - bricks[i].base) / proto::kBlockSize) {
       return Error(EINVAL, where(bricks[i], i) + ": volume of " + format_size(request.size) + " at " +
                                format_hex(bricks[i].base) + " reaches " + format_hex(kLabelAreaStart) +

@@ -5,6 +5,7 @@
 
 #include "common/log.h"
 #include "common/units.h"
+#include "gateway/mirror.h"
 
 namespace pbrick {
 namespace {
@@ -45,15 +46,10 @@ void plan_rw(const Volume& volume, bool is_write, uint64_t offset, uint64_t len,
              std::vector<IoPiece>& pieces) {
   for (uint64_t done = 0; done < len;) {
     uint64_t pos = offset + done;
-    IoPiece& p = pieces.emplace_back();
-    p.request = request;
-    p.block = pos / proto::kBlockSize;
-    p.brick = volume.brick_of(p.block);
-    p.in_block = static_cast<uint32_t>(pos % proto::kBlockSize);
-    p.len = static_cast<uint32_t>(std::min<uint64_t>(len - done, proto::kBlockSize - p.in_block));
-    p.buf = buf + done;
-    p.is_write = is_write;
-    done += p.len;
+    uint32_t in_block = static_cast<uint32_t>(pos % proto::kBlockSize);
+    uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(len - done, proto::kBlockSize - in_block));
+    plan_block(volume, is_write, pos / proto::kBlockSize, in_block, n, buf + done, request, pieces);
+    done += n;
   }
 }
 
@@ -67,20 +63,25 @@ Status plan_discard(Volume& volume, uint64_t offset, uint64_t len, uint8_t* zero
     uint64_t block_end = std::min(block_start + proto::kBlockSize, size);
     uint64_t piece_end = std::min(end, block_end);
     bool whole = pos == block_start && piece_end == block_end && block_end - block_start == proto::kBlockSize;
-    if (volume.allocated(block)) {
-      Status st = whole ? volume.discard_block(block) : Status(Error(EBUSY, "partial"));
+    // Each copy of the block (one unless mirrored) is freed, or zeroed
+    // through the data path when it cannot be.
+    size_t first = pieces.size();
+    plan_block(volume, true, block, static_cast<uint32_t>(pos - block_start), static_cast<uint32_t>(piece_end - pos),
+               zeros, request, pieces);
+    size_t kept = first;
+    for (size_t k = first; k < pieces.size(); k++) {
+      uint64_t unit = pieces[k].block;
+      if (!volume.allocated(unit)) continue;
+      Status st = whole ? volume.discard_block(unit) : Status(Error(EBUSY, "partial"));
       if (!st) {
-        if (st.error().errnum() != EBUSY) return st;
-        IoPiece& p = pieces.emplace_back();
-        p.request = request;
-        p.block = block;
-        p.brick = volume.brick_of(block);
-        p.in_block = static_cast<uint32_t>(pos - block_start);
-        p.len = static_cast<uint32_t>(piece_end - pos);
-        p.buf = zeros;
-        p.is_write = true;
+        if (st.error().errnum() != EBUSY) {
+          pieces.resize(first);
+          return st;
+        }
+        pieces[kept++] = pieces[k];
       }
     }
+    pieces.resize(kept);
     pos = piece_end;
   }
   return Status::Ok();
@@ -160,7 +161,7 @@ IoRetry::Step IoRetry::settle(Volume& volume, std::span<IoPiece> pieces, std::st
       case Fate::kFail:
         error_ = io_error(volume, p.brick, p.status,
                           std::string(what) + " of " + std::to_string(p.len) + " bytes in block " +
-                              std::to_string(p.block));
+                              std::to_string(volume.placement().block_of(p.block)));
         note_failed_writes(volume, pieces);
         return Step::kFail;
     }

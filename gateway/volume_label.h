@@ -68,10 +68,11 @@ struct VolumeLabel {
   uint32_t index = 0;        // this brick's place in `bricks`
   uint64_t size = 0;         // volume size in bytes
   uint64_t created = 0;      // unix seconds of the first attach; informational
+  uint32_t copies = 1;       // layout mirror: 2..3 (<= bricks); 1 otherwise
   std::vector<LabelBrick> bricks;  // in volume order; 1..kMaxLabelBricks
 
   bool committed() const { return (flags & kLabelCommitted) != 0; }
-  // Same volume, layout, name and brick order (size, generation, flags and
+  // Same volume, layout, copies, name and brick order (size, generation, flags and
   // index may differ).
   bool same_identity(const VolumeLabel& other) const;
 };
@@ -113,6 +114,7 @@ struct LabelRequest {
   Layout layout = Layout::kSingle;
   uint64_t size = 0;
   bool read_only = false;
+  uint32_t copies = 1;  // layout mirror: 2..3
 };
 struct BrickSeen {
   std::string endpoint;  // for messages: "host:port"

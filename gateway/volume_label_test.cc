@@ -79,6 +79,37 @@ TEST(VolumeLabelCodec, MatchesTheDocumentedLayout) {
   uint32_t crc;
   std::memcpy(&crc, b.data() + 4092, 4);
   EXPECT_EQ(crc, crc32c(b.data(), 4092));
+  EXPECT_EQ(b[136], 0);  // copies: 0 outside layout mirror
+}
+
+// Layout mirror: `copies` at offset 136, 2..3 and at most the brick count.
+TEST(VolumeLabelCodec, MirrorKeepsItsCopies) {
+  VolumeLabel l = sample();
+  l.layout = Layout::kMirror;
+  l.copies = 2;
+  auto b = encode_label(l);
+  EXPECT_EQ(b[40], 2);   // layout mirror
+  EXPECT_EQ(b[136], 2);  // copies
+  auto d = decode_label(b);
+  ASSERT_TRUE(d.ok()) << d.error().message();
+  EXPECT_EQ(d->layout, Layout::kMirror);
+  EXPECT_EQ(d->copies, 2u);
+  for (uint8_t bad : {0, 1, 4}) {
+    auto c = b;
+    c[136] = bad;
+    reseal(c);
+    auto r = decode_label(c);
+    ASSERT_FALSE(r.ok()) << "copies " << int(bad);
+    EXPECT_EQ(r.error().errnum(), EINVAL) << r.error().message();
+  }
+  // Three copies need three bricks.
+  VolumeLabel two = sample(2);
+  two.layout = Layout::kMirror;
+  two.copies = 2;
+  auto c = encode_label(two);
+  c[136] = 3;
+  reseal(c);
+  EXPECT_EQ(decode_label(c).error().errnum(), EINVAL);
 }
 
 TEST(VolumeLabelCodec, RefusesDamageAndOutOfDomainFields) {
@@ -102,7 +133,8 @@ TEST(VolumeLabelCodec, RefusesDamageAndOutOfDomainFields) {
       {57, '/', EINVAL, true},          // name character
       {70, 'x', EBADMSG, true},         // bytes after the name
       {121, 1, EINVAL, true},           // size not a multiple of 4096
-      {136, 1, EBADMSG, true},          // reserved
+      {136, 2, EINVAL, true},           // copies outside layout mirror
+      {140, 1, EBADMSG, true},          // reserved
       {144 + 16, 1, EINVAL, true},      // brick base not 2 MiB aligned
       {144 + 24, 1, EBADMSG, true},     // brick entry reserved
       {144 + 3 * 32, 1, EBADMSG, true},  // after the brick table
