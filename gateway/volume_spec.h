@@ -22,6 +22,7 @@ namespace pbrick {
 struct VolumeSpec {
   std::vector<Endpoint> targets;  // the bricks in layout order
   std::optional<Layout> layout;   // default single (one target)
+  std::optional<uint32_t> copies;  // layout mirror: 2 or 3 (default 2); only with mirror
   uint64_t size = 0;
   std::optional<uint64_t> base;
   std::string key_file;                     // given by the user: every brick's key
