@@ -58,6 +58,9 @@ constexpr const char* kUsage =
     "                          block i on brick (i + j) mod N; docs/layout.md)\n"
     "  --copies C              layout mirror: copies of every block, 2 (default) or 3,\n"
     "                          at most the number of bricks\n"
+    "  --leg-timeout MS        layout mirror: a copy whose brick fails this long is marked\n"
+    "                          stale (recorded in the other bricks' labels) and I/O goes on\n"
+    "                          without it (default min(5000, --timeout / 2))\n"
     "  --size SIZE             volume size (a multiple of 4096)\n"
     "  --base ADDR             brick virtual address of the volume on each brick\n"
     "                          (2 MiB aligned; default 0)\n"
@@ -116,6 +119,7 @@ Status save_conf(uint32_t id, const AttachParams& p) {
   std::fprintf(f, "transport=%s\n", transport_name(p.transport.value_or(Transport::kTcp)));
   std::fprintf(f, "layout=%s\n", layout_name(p.layout.value_or(Layout::kSingle)));
   if (p.copies) std::fprintf(f, "copies=%u\n", *p.copies);
+  if (p.leg_timeout_ms) std::fprintf(f, "leg_timeout=%u\n", *p.leg_timeout_ms);
   std::string keys;
   for (const std::string& k : p.brick_key_files) keys += (keys.empty() ? "" : ",") + k;
   if (!keys.empty()) std::fprintf(f, "brick_key_files=%s\n", keys.c_str());
@@ -165,6 +169,11 @@ Result<AttachParams> load_conf(uint32_t id) {
   p.key_file = kv["key_file"];
   p.label_name = kv["name"];
   p.read_only = kv["read_only"] == "1";
+  if (kv.count("leg_timeout") != 0) {
+    auto c = num("leg_timeout");
+    if (!c) return c.error();
+    p.leg_timeout_ms = static_cast<uint32_t>(*c);
+  }
   if (kv.count("copies") != 0) {
     auto c = num("copies");
     if (!c) return c.error();
@@ -298,7 +307,8 @@ int attach_main(int argc, char** argv) {
     kReadOnly,
     kName,
     kMaxMapped,
-    kCopies
+    kCopies,
+    kLegTimeout
   };
   static const option kOptions[] = {
       {"target", required_argument, nullptr, kTarget},
@@ -317,6 +327,7 @@ int attach_main(int argc, char** argv) {
       {"persistence", required_argument, nullptr, kPersistence},
       {"layout", required_argument, nullptr, kLayout},
       {"copies", required_argument, nullptr, kCopies},
+      {"leg-timeout", required_argument, nullptr, kLegTimeout},
       {"read-only", no_argument, nullptr, kReadOnly},
       {"name", required_argument, nullptr, kName},
       {"help", no_argument, nullptr, 'h'},
@@ -338,6 +349,12 @@ int attach_main(int argc, char** argv) {
         auto r = parse_layout(optarg, "--layout");
         if (!r) return usage_error(r.error().context());
         p.layout = *r;
+        break;
+      }
+      case kLegTimeout: {
+        auto r = parse_u64(optarg, "--leg-timeout");
+        if (!r || *r < 50 || *r > 3600000) return usage_error("--leg-timeout must be 50..3600000 ms");
+        p.leg_timeout_ms = static_cast<uint32_t>(*r);
         break;
       }
       case kCopies: {

@@ -7,13 +7,15 @@ namespace pbrick {
 
 const char* copy_state_name(CopyState s) {
   switch (s) {
+    case CopyState::kStale:
+      return "stale";
     case CopyState::kInSync:
       break;
   }
   return "in-sync";
 }
 
-MirrorState::MirrorState(uint32_t bricks) : states_(new std::atomic<CopyState>[bricks]) {
+MirrorState::MirrorState(uint32_t bricks) : bricks_(bricks), states_(new std::atomic<CopyState>[bricks]) {
   for (uint32_t b = 0; b < bricks; b++) states_[b].store(CopyState::kInSync, std::memory_order_relaxed);
 }
 
@@ -24,6 +26,51 @@ uint32_t MirrorState::read_copy(const Placement& placement, uint64_t block) cons
     if (in_sync(placement.brick_of(placement.unit(block, copy)))) return copy;
   }
   return turn % placement.copies;  // none in sync: the attach refuses that, so only in a race with a failure
+}
+
+bool MirrorState::may_lose(const Placement& pl, uint32_t brick) const {
+  for (uint32_t first = 0; first < bricks_; first++) {
+    bool any = false;
+    for (uint32_t j = 0; j < pl.copies; j++) {
+      uint32_t b = (first + j) % bricks_;
+      if (b != brick && in_sync(b)) any = true;
+    }
+    if (!any) return false;
+  }
+  return true;
+}
+
+Result<bool> skip_stale_copy(Volume& volume, IoPiece& p) {
+  if (!p.is_write || volume.mirror() == nullptr || volume.mirror()->in_sync(p.brick)) return false;
+  PBRICK_TRY(volume.mark_dirty(volume.placement().block_of(p.block)));
+  p.status = 0;
+  return true;
+}
+
+Result<bool> leg_failed(Volume& volume, IoPiece& p) {
+  MirrorState* mirror = volume.mirror();
+  if (mirror == nullptr) return false;
+  const Placement& pl = volume.placement();
+  const uint64_t block = pl.block_of(p.block);
+  if (!p.is_write) {
+    for (uint32_t k = 1; k < pl.copies; k++) {
+      uint64_t unit = pl.unit(block, (pl.copy_of(p.block) + k) % pl.copies);
+      if (mirror->in_sync(pl.brick_of(unit))) {
+        p.block = unit;
+        p.brick = pl.brick_of(unit);
+        p.status = -1;
+        return true;
+      }
+    }
+    return false;
+  }
+  if (mirror->in_sync(p.brick)) {
+    if (!mirror->may_lose(pl, p.brick)) return false;
+    PBRICK_TRY(volume.mark_stale(p.brick));
+  }
+  PBRICK_TRY(volume.mark_dirty(block));
+  p.status = 0;
+  return true;
 }
 
 void plan_block(const Volume& volume, bool is_write, uint64_t block, uint32_t in_block, uint32_t len, uint8_t* buf,
@@ -45,9 +92,7 @@ void plan_block(const Volume& volume, bool is_write, uint64_t block, uint32_t in
   } else if (!is_write) {
     add(mirror->read_copy(pl, block));
   } else {
-    for (uint32_t copy = 0; copy < pl.copies; copy++) {
-      if (mirror->in_sync(pl.brick_of(pl.unit(block, copy)))) add(copy);
-    }
+    for (uint32_t copy = 0; copy < pl.copies; copy++) add(copy);
   }
 }
 

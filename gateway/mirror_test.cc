@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <chrono>
 #include <filesystem>
 #include <map>
 #include <random>
@@ -19,6 +20,7 @@
 #include "gateway/engine.h"
 #include "gateway/test_brick.h"
 #include "gateway/volume_io.h"
+#include "gateway/volume_label.h"
 
 namespace pbrick {
 namespace {
@@ -235,6 +237,99 @@ TEST_F(MirrorTest, CopiesAreCheckedAtOpenAndAgainstTheLabel) {
   auto v = Volume::Open(stripe);
   ASSERT_FALSE(v.ok());
   EXPECT_NE(v.error().message().find("layout mirror by the label"), std::string::npos) << v.error().message();
+}
+
+// What brick `b`'s label block says: the newest label and the first bytes of
+// its dirty bitmap, read straight from the brick.
+struct SeenLabel {
+  VolumeLabel label;
+  std::vector<uint8_t> dirty;
+};
+Result<SeenLabel> label_on(const TestBrick& brick, uint64_t base = 0) {
+  auto c = BrickClient::Connect(brick.client());
+  if (!c) return c.error();
+  uint64_t vaddr = *label_vaddr(base);
+  auto m = (*c)->map(vaddr, proto::kMapShared);
+  if (!m) return m.error();
+  std::vector<uint8_t> bytes(kDirtyOffset + 8);
+  PBRICK_TRY((*c)->read(m->rkey, m->remote_addr, bytes));
+  auto r = read_label_slots(bytes);
+  if (!r) return r.error();
+  if (!r->label) return Error(ENOENT, "no label");
+  return SeenLabel{*r->label, std::vector<uint8_t>(bytes.begin() + kDirtyOffset, bytes.end())};
+}
+
+// A brick of a 2-copy mirror dies: writes complete with no error once the
+// leg timeout passed; before the first of them completed, the survivor's
+// label recorded the dead brick stale (generation + 1) and the bitmap the
+// written blocks, and only those; reads never touch the dead copy; the
+// dirty bit of a block is written once, not per write.
+TEST_F(MirrorTest, ADeadLegIsMarkedStaleDurablyBeforeTheWriteCompletes) {
+  start_bricks(2);
+  VolumeOptions vo = options(2);
+  vo.leg_timeout_ms = 300;
+  PBRICK_ASSERT_OK(open(vo));
+  auto data = random_data(4 * kBlock, 3);
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));
+  PBRICK_ASSERT_OK(engine_->flush());
+  auto before = label_on(*bricks_[0]);
+  PBRICK_ASSERT_OK(before);
+  EXPECT_EQ(before->label.bricks[1].stale_since, 0u);
+
+  bricks_[1]->stop();
+  auto more = random_data(4096, 4);
+  auto t0 = std::chrono::steady_clock::now();
+  PBRICK_ASSERT_OK(engine_->write(more.data(), more.size(), kBlock + 8192, false));  // block 1
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(300));
+  // Durable before the write completed: the survivor's label says so now.
+  auto after = label_on(*bricks_[0]);
+  PBRICK_ASSERT_OK(after);
+  EXPECT_EQ(after->label.generation, before->label.generation + 1);
+  EXPECT_NE(after->label.bricks[1].stale_since, 0u);
+  EXPECT_EQ(after->label.bricks[0].stale_since, 0u);
+  EXPECT_EQ(after->dirty[0], 0x02) << "block 1 only";
+  Volume& v = engine_->volume();
+  EXPECT_EQ(v.mirror()->state(1), CopyState::kStale);
+  EXPECT_EQ(v.dirty_count(), 1u);
+  // More writes to block 1 and one to block 3: no further generation, one more bit.
+  for (int k = 0; k < 3; k++) PBRICK_ASSERT_OK(engine_->write(more.data(), 4096, kBlock + k * 4096, false));
+  PBRICK_ASSERT_OK(engine_->write(more.data(), 4096, 3 * kBlock, true));
+  PBRICK_ASSERT_OK(engine_->flush());
+  after = label_on(*bricks_[0]);
+  PBRICK_ASSERT_OK(after);
+  EXPECT_EQ(after->label.generation, before->label.generation + 1);
+  EXPECT_EQ(after->dirty[0], 0x0a) << "blocks 1 and 3";
+  EXPECT_EQ(v.dirty_count(), 2u);
+  // Every byte reads back right, from the one in-sync copy.
+  std::memcpy(data.data() + kBlock, more.data(), 4096);
+  std::memcpy(data.data() + kBlock + 4096, more.data(), 4096);
+  std::memcpy(data.data() + kBlock + 8192, more.data(), 4096);
+  std::memcpy(data.data() + 3 * kBlock, more.data(), 4096);
+  for (int round = 0; round < 3; round++) {
+    std::vector<uint8_t> back(data.size());
+    PBRICK_ASSERT_OK(engine_->read(back.data(), back.size(), 0));
+    EXPECT_EQ(crc32c(back.data(), back.size()), crc32c(data.data(), data.size())) << "round " << round;
+  }
+}
+
+// Both copies of a block unreachable: the last in-sync copy is never given
+// up; the write fails with EIO after the I/O timeout.
+TEST_F(MirrorTest, TheLastInSyncCopyIsNeverGivenUp) {
+  start_bricks(2);
+  VolumeOptions vo = options(2);
+  vo.leg_timeout_ms = 200;
+  vo.io_timeout_ms = 1500;
+  PBRICK_ASSERT_OK(open(vo));
+  auto data = random_data(4096, 5);
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));
+  bricks_[1]->stop();
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 4096, false));
+  EXPECT_EQ(engine_->volume().mirror()->state(1), CopyState::kStale);
+  bricks_[0]->stop();
+  Status st = engine_->write(data.data(), data.size(), 8192, false);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().errnum(), EIO) << st.error().message();
+  EXPECT_EQ(engine_->volume().mirror()->state(0), CopyState::kInSync);
 }
 
 }  // namespace

@@ -93,6 +93,10 @@ int pbrick_config(const char* key, const char* value) {
     auto l = parse_layout(value, "layout");
     if (!l) return nbdkit_error("pbrick: %s", l.error().context().c_str()), -1;
     g_config.layout = *l;
+  } else if (k == "leg-timeout") {
+    uint32_t v;
+    if (config_u32(key, value, 50, 3600000, &v) != 0) return -1;
+    g_config.leg_timeout_ms = v;
   } else if (k == "copies") {
     uint32_t v;
     if (config_u32(key, value, kMinCopies, kMaxCopies, &v) != 0) return -1;
@@ -270,6 +274,8 @@ nbdkit_plugin make_plugin() {
       "layout=L          single (default, one brick), stripe (block i on brick i mod N)\n"
       "                  or mirror (copy j of block i on brick (i + j) mod N)\n"
       "copies=C          layout mirror: copies of every block, 2 (default) or 3\n"
+      "leg-timeout=MS    layout mirror: a copy failing this long is marked stale and I/O\n"
+      "                  goes on without it (default min(5000, timeout / 2))\n"
       "base=ADDR         brick virtual address of the volume on each brick (2 MiB aligned,\n"
       "                  default 0)\n"
       "key-file=FILE     cluster key\n"

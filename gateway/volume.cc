@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <ctime>
 #include <thread>
 
 #include "common/log.h"
@@ -49,7 +50,8 @@ Volume::Volume(const VolumeOptions& options)
                  options.layout == Layout::kMirror ? options.copies : 1},
       handles_(block_count_ * placement_.copies),
       used_(block_count_ * placement_.copies),
-      allocated_((block_count_ * placement_.copies + 63) / 64) {
+      allocated_((block_count_ * placement_.copies + 63) / 64),
+      dirty_(options.layout == Layout::kMirror ? (block_count_ + 63) / 64 : 0) {
   if (options_.bricks.empty()) options_.bricks.push_back(options_.brick);
   options_.copies = placement_.copies;
   if (options_.layout == Layout::kMirror) mirror_ = std::make_unique<MirrorState>(placement_.bricks);
@@ -79,6 +81,15 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeOptions& options) {
       (options.copies < kMinCopies || options.copies > kMaxCopies || options.copies > n)) {
     return Error(EINVAL, "layout mirror keeps 2 or 3 copies on at least as many bricks, not " +
                              std::to_string(options.copies) + " copies on " + std::to_string(n) + " bricks");
+  }
+  if (options.layout == Layout::kMirror && options.size / proto::kBlockSize > kMaxMirrorBlocks) {
+    return Error(EINVAL, "a mirrored volume has at most " + std::to_string(kMaxMirrorBlocks) +
+                             " blocks (its dirty bitmap fills the label block)");
+  }
+  if (options.layout == Layout::kMirror && options.leg_timeout_ms >= options.io_timeout_ms) {
+    return Error(EINVAL, "the leg timeout (" + std::to_string(options.leg_timeout_ms) +
+                             " ms) must be shorter than the I/O timeout (" + std::to_string(options.io_timeout_ms) +
+                             " ms)");
   }
   for (size_t i = 0; i < options.bricks.size(); i++) {
     for (size_t j = 0; j < i; j++) {
@@ -112,6 +123,7 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeOptions& options) {
                                                    volume->copies()});
   if (!claim) return claim.error().wrap("volume open");
   volume->claim_ = std::move(*claim);
+  if (volume->mirror_) PBRICK_TRY(volume->load_mirror_state());
   return volume;
 }
 
@@ -286,7 +298,9 @@ void Volume::invalidate(uint64_t index, uint32_t rkey) {
 template <typename Fn>
 auto Volume::with_control(uint32_t b, Fn&& fn) -> decltype(fn(std::declval<BrickClient&>())) {
   Brick& brick = *bricks_[b];
-  RetryDeadline retry(std::chrono::milliseconds(options_.io_timeout_ms), std::chrono::milliseconds(50),
+  // A mirror's copy waits only the leg timeout: then I/O goes on without it.
+  const uint32_t timeout_ms = mirror_ ? options_.leg_timeout_ms : options_.io_timeout_ms;
+  RetryDeadline retry(std::chrono::milliseconds(timeout_ms), std::chrono::milliseconds(50),
                       std::chrono::milliseconds(1000));
   for (;;) {
     Error last(EIO, "");
@@ -304,7 +318,7 @@ auto Volume::with_control(uint32_t b, Fn&& fn) -> decltype(fn(std::declval<Brick
     }
     PBRICK_LOG_WARN("brick %s: %s; reconnecting", brick_name(b).c_str(), last.message().c_str());
     if (!retry.wait()) {
-      return Error(EIO, "brick " + brick_name(b) + " unreachable for " + std::to_string(options_.io_timeout_ms) +
+      return Error(EIO, "brick " + brick_name(b) + " unreachable for " + std::to_string(timeout_ms) +
                             " ms (last error: " + last.message() + ")");
     }
   }
@@ -350,6 +364,96 @@ Result<BlockHandle> Volume::map_block(uint64_t index, bool for_write) {
   handles_[index] = h;
   used_[index].store(use_clock_.fetch_add(1, std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   return h;
+}
+
+Status Volume::load_mirror_state() {
+  const VolumeLabel l = claim_->label();
+  int source = -1;
+  for (uint32_t b = 0; b < brick_count(); b++) {
+    if (l.bricks[b].stale_since != 0) {
+      mirror_->set_state(b, CopyState::kStale);
+      PBRICK_LOG_WARN("volume %s: brick %s holds stale copies (stale since %llu); they are not read",
+                      format_uuid(l.volume_uuid).c_str(), brick_name(b).c_str(),
+                      static_cast<unsigned long long>(l.bricks[b].stale_since));
+    } else if (source < 0) {
+      source = static_cast<int>(b);
+    }
+  }
+  if (source < 0) return Error(EIO, "volume " + format_uuid(l.volume_uuid) + ": no brick holds in-sync copies");
+  if (source == 0 && std::all_of(l.bricks.begin(), l.bricks.end(), [](const LabelBrick& lb) {
+        return lb.stale_since == 0;
+      })) {
+    return Status::Ok();  // nothing is stale: the bitmap is clear
+  }
+  // The dirty bits recorded so far, so later ones are added to them.
+  Brick& brick = *bricks_[source];
+  std::lock_guard lock(brick.control_mu);
+  auto bytes = VolumeClaim::read_dirty(ClaimBrick{brick.control.get(), brick_name(source), options_.base},
+                                       (block_count_ + 7) / 8);
+  if (!bytes) return bytes.error().wrap("volume open: dirty bitmap on brick " + brick_name(source));
+  for (uint64_t i = 0; i < block_count_; i++) {
+    if (((*bytes)[i / 8] >> (i % 8)) & 1) dirty_[i / 64].fetch_or(1ull << (i % 64), std::memory_order_relaxed);
+  }
+  return Status::Ok();
+}
+
+VolumeLabel Volume::label() const { return claim_->label(); }
+
+bool Volume::dirty(uint64_t block) const {
+  return !dirty_.empty() && ((dirty_[block / 64].load(std::memory_order_acquire) >> (block % 64)) & 1);
+}
+
+uint64_t Volume::dirty_count() const {
+  uint64_t n = 0;
+  for (const auto& w : dirty_) n += static_cast<uint64_t>(__builtin_popcountll(w.load(std::memory_order_acquire)));
+  return n;
+}
+
+Status Volume::mark_stale(uint32_t b) {
+  std::lock_guard label_lock(label_mu_);
+  if (!mirror_->in_sync(b)) return Status::Ok();
+  if (!mirror_->may_lose(placement_, b)) {
+    return Error(EIO, "brick " + brick_name(b) + " holds the last in-sync copy of some blocks");
+  }
+  VolumeLabel next = claim_->stale_label(b, static_cast<uint64_t>(std::time(nullptr)));
+  for (uint32_t s = 0; s < brick_count(); s++) {
+    if (s == b || !mirror_->in_sync(s)) continue;
+    std::lock_guard lock(bricks_[s]->control_mu);
+    auto r = with_control(s, [&](BrickClient& c) -> Result<bool> {
+      PBRICK_TRY(VolumeClaim::write_label_to(ClaimBrick{&c, brick_name(s), options_.base}, s, next));
+      return true;
+    });
+    if (!r) return r.error().wrap("recording brick " + brick_name(b) + " stale on brick " + brick_name(s));
+  }
+  claim_->commit(next);
+  mirror_->set_state(b, CopyState::kStale);
+  PBRICK_LOG_WARN("volume %s: brick %s is stale (generation %llu); the volume is degraded",
+                  format_uuid(next.volume_uuid).c_str(), brick_name(b).c_str(),
+                  static_cast<unsigned long long>(next.generation));
+  return Status::Ok();
+}
+
+Status Volume::mark_dirty(uint64_t block) {
+  if (dirty(block)) return Status::Ok();
+  std::lock_guard label_lock(label_mu_);
+  if (dirty(block)) return Status::Ok();
+  // The byte holds the bits already durable and this one: the bitmap only
+  // grows while a copy is stale, and this attachment is its only writer.
+  uint8_t byte = static_cast<uint8_t>(1u << (block % 8));
+  for (uint64_t i = block & ~uint64_t{7}; i < std::min(block_count_, (block & ~uint64_t{7}) + 8); i++) {
+    if (dirty(i)) byte = static_cast<uint8_t>(byte | (1u << (i % 8)));
+  }
+  for (uint32_t s = 0; s < brick_count(); s++) {
+    if (!mirror_->in_sync(s)) continue;
+    std::lock_guard lock(bricks_[s]->control_mu);
+    auto r = with_control(s, [&](BrickClient& c) -> Result<bool> {
+      PBRICK_TRY(VolumeClaim::record_dirty(ClaimBrick{&c, brick_name(s), options_.base}, block / 8, byte));
+      return true;
+    });
+    if (!r) return r.error().wrap("recording block " + std::to_string(block) + " dirty on brick " + brick_name(s));
+  }
+  dirty_[block / 64].fetch_or(1ull << (block % 64), std::memory_order_release);
+  return Status::Ok();
 }
 
 Status Volume::discard_block(uint64_t index) {

@@ -63,6 +63,10 @@ struct VolumeOptions {
   // Layout mirror: copies of every block, kMinCopies..kMaxCopies and at most
   // the brick count; 1 for the other layouts.
   uint32_t copies = 1;
+  // Layout mirror: how long a copy's brick may fail (lost connection, no
+  // reply) before the copy is marked stale and I/O goes on without it;
+  // shorter than io_timeout_ms.
+  uint32_t leg_timeout_ms = 5000;
   // The bricks in layout order (stripe: at least two); empty means `brick`.
   std::vector<ClientOptions> bricks = {};
   // The volume's name in its label (gateway/volume_label.h); empty: unnamed.
@@ -156,6 +160,18 @@ class Volume {
   void note_write_failed(uint32_t brick);
   uint64_t write_failures(uint32_t brick) const;
 
+  // Layout mirror. mark_stale: records durably in the labels of the other
+  // in-sync bricks (generation + 1) that `brick`'s copies are stale, then
+  // stops reading them. mark_dirty: sets block `block`'s dirty bit durably
+  // in the bitmap of every in-sync brick, once per block (later calls return
+  // at once). Both block on control round trips; any thread.
+  Status mark_stale(uint32_t brick);
+  Status mark_dirty(uint64_t block);
+  bool dirty(uint64_t block) const;
+  uint64_t dirty_count() const;
+  // The volume's label as this attachment last wrote or read it.
+  VolumeLabel label() const;
+
   // Frees a whole block (unmap + free); it then reads as zeros. When the brick
   // refuses because someone else maps it (EBUSY), returns EBUSY so the caller
   // can zero it through the data path instead.
@@ -183,6 +199,9 @@ class Volume {
   // block; false when none of its blocks is mapped. (Per brick: a victim on
   // another brick would need that brick's control_mu too.)
   bool unmap_lru(uint32_t brick);
+  // Layout mirror, at Open: copy states from the label, dirty bits from an
+  // in-sync brick's bitmap.
+  Status load_mirror_state();
   uint64_t mapped_count(uint32_t brick) const;
 
   VolumeOptions options_;
@@ -201,6 +220,10 @@ class Volume {
   mutable std::vector<std::atomic<uint64_t>> used_;
   mutable std::atomic<uint64_t> use_clock_{0};
   std::vector<std::atomic<uint64_t>> allocated_;  // bitset by unit
+  // Layout mirror: serialises label updates (mark_stale, mark_dirty); taken
+  // before any brick's control_mu.
+  std::mutex label_mu_;
+  std::vector<std::atomic<uint64_t>> dirty_;  // bitset by block: durable in the labels
 };
 
 }  // namespace pbrick

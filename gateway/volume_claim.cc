@@ -240,20 +240,59 @@ Result<VolumeClaim> VolumeClaim::Acquire(std::span<const ClaimBrick> bricks, con
   return VolumeClaim(std::move(l), false);
 }
 
+VolumeLabel VolumeClaim::current() const {
+  std::lock_guard lock(*mu_);
+  return label_;
+}
+
+VolumeLabel VolumeClaim::stale_label(size_t stale, uint64_t now) const {
+  VolumeLabel l = current();
+  l.generation++;
+  l.bricks[stale].stale_since = now;
+  return l;
+}
+
+Status VolumeClaim::write_label_to(const ClaimBrick& b, size_t index, const VolumeLabel& label) {
+  VolumeLabel l = label;
+  l.index = static_cast<uint32_t>(index);
+  return write_label(*b.control, *label_vaddr(b.base), l);
+}
+
+void VolumeClaim::commit(const VolumeLabel& label) {
+  std::lock_guard lock(*mu_);
+  label_ = label;
+  label_.index = 0;
+}
+
+Status VolumeClaim::record_dirty(const ClaimBrick& b, uint64_t index, uint8_t byte) {
+  return write_label_block(*b.control, *label_vaddr(b.base), kDirtyOffset + index, {&byte, 1});
+}
+
+Result<std::vector<uint8_t>> VolumeClaim::read_dirty(const ClaimBrick& b, size_t bytes) {
+  std::vector<uint8_t> out(bytes);
+  if (bytes == 0) return out;
+  Status st = with_label_block(*b.control, *label_vaddr(b.base), false, [&](const proto::MapReply& m) {
+    return b.control->read(m.rkey, m.remote_addr + kDirtyOffset, out);
+  });
+  if (!st) return st.error();
+  return out;
+}
+
 Status VolumeClaim::reacquire(size_t index, const ClaimBrick& b) const {
   auto vaddr = label_vaddr(b.base);
   if (!vaddr) return vaddr.error();
-  const std::string vol = "volume " + format_uuid(label_.volume_uuid);
+  const VolumeLabel label = current();
+  const std::string vol = "volume " + format_uuid(label.volume_uuid);
   auto check = [&]() -> Status {
     auto bytes = read_label_block(*b.control, *vaddr);
     if (!bytes) return bytes.error().wrap(where(b, index) + ": read label");
     auto r = bytes->empty() ? Result<LabelRead>(LabelRead{}) : read_label_slots(*bytes);
     if (!r) return r.error().wrap(where(b, index));
     if (!r->label) return Error(kErrWrongStore, where(b, index) + " no longer holds the label of " + vol);
-    if (!r->label->same_identity(label_) || r->label->index != index || r->label->generation != label_.generation) {
+    if (!r->label->same_identity(label) || r->label->index != index || r->label->generation != label.generation) {
       return Error(kErrWrongStore, where(b, index) + " now holds another label (generation " +
                                        std::to_string(r->label->generation) + ") than the one " + vol +
-                                       " was attached with (generation " + std::to_string(label_.generation) + ")");
+                                       " was attached with (generation " + std::to_string(label.generation) + ")");
     }
     return Status::Ok();
   };
@@ -273,7 +312,7 @@ Status VolumeClaim::reacquire(size_t index, const ClaimBrick& b) const {
   PBRICK_TRY(locked);
   Status st = check();
   if (st) {
-    auto holder = encode_holder(this_holder(label_.volume_uuid));
+    auto holder = encode_holder(this_holder(label.volume_uuid));
     st = write_label_block(*b.control, *vaddr, kHolderOffset, holder).wrap_error(where(b, index));
   }
   if (!st) (void)b.control->unmap(lock_vaddr_of(*vaddr));

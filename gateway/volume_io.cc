@@ -71,6 +71,14 @@ Status plan_discard(Volume& volume, uint64_t offset, uint64_t len, uint8_t* zero
     size_t kept = first;
     for (size_t k = first; k < pieces.size(); k++) {
       uint64_t unit = pieces[k].block;
+      auto stale = skip_stale_copy(volume, pieces[k]);  // mirror: recorded dirty instead
+      if (!stale || *stale) {
+        if (!stale) {
+          pieces.resize(first);
+          return stale.error();
+        }
+        continue;
+      }
       if (!volume.allocated(unit)) continue;
       Status st = whole ? volume.discard_block(unit) : Status(Error(EBUSY, "partial"));
       if (!st) {
@@ -96,6 +104,14 @@ Result<size_t> queue_round(Volume& volume, std::span<IoPiece> pieces, PieceSink&
       p.status = -1;  // the next round's
       continue;
     }
+    auto stale = skip_stale_copy(volume, p);  // mirror: a stale copy's miss is recorded, not sent
+    if (!stale) {
+      note_failed_writes(volume, pieces);
+      return stale.error();
+    }
+    if (*stale) continue;
+    uint32_t moves = 0;  // mirror: a read whose copy could not be mapped tries the others
+  resolve:
     if (!p.is_write && !volume.allocated(p.block)) {
       std::memset(p.buf, 0, p.len);  // never written: zeros, no round trip
       p.status = 0;
@@ -109,6 +125,18 @@ Result<size_t> queue_round(Volume& volume, std::span<IoPiece> pieces, PieceSink&
           std::memset(p.buf, 0, p.len);
           p.status = 0;
           continue;
+        }
+        if (mapped.error().errnum() == EIO || is_connection_error(mapped.error().errnum())) {
+          auto handled = moves < volume.copies() ? leg_failed(volume, p) : Result<bool>(false);
+          if (handled && *handled) {
+            if (p.is_write) continue;  // the copy is stale now, the miss recorded
+            moves++;
+            goto resolve;  // the read, on another copy
+          }
+          if (!handled) {
+            note_failed_writes(volume, pieces);
+            return handled.error();
+          }
         }
         note_failed_writes(volume, pieces);
         return mapped.error();
@@ -131,7 +159,8 @@ Result<size_t> queue_round(Volume& volume, std::span<IoPiece> pieces, PieceSink&
 }
 
 void IoRetry::start(std::chrono::milliseconds timeout) {
-  deadline_ = IoClock::now() + timeout;
+  started_ = IoClock::now();
+  deadline_ = started_ + timeout;
   backoff_ = kFirstBackoff;
 }
 
@@ -153,11 +182,28 @@ IoRetry::Step IoRetry::settle(Volume& volume, std::span<IoPiece> pieces, std::st
         p.status = -1;
         again = true;
         break;
-      case Fate::kReconnect:
+      case Fate::kReconnect: {
+        // Mirror: a read goes to another copy at once; a write's copy is
+        // left behind (stale) once its brick failed for the leg timeout.
+        if (volume.mirror() != nullptr &&
+            (!p.is_write || !volume.mirror()->in_sync(p.brick) ||
+             IoClock::now() - started_ >= std::chrono::milliseconds(volume.options().leg_timeout_ms))) {
+          auto handled = leg_failed(volume, p);
+          if (!handled) {
+            error_ = handled.error();
+            note_failed_writes(volume, pieces);
+            return Step::kFail;
+          }
+          if (*handled) {
+            if (p.status == -1) again = true;
+            break;
+          }
+        }
         lost = p.status;
         lost_brick = p.brick;
         p.status = -1;
         break;
+      }
       case Fate::kFail:
         error_ = io_error(volume, p.brick, p.status,
                           std::string(what) + " of " + std::to_string(p.len) + " bytes in block " +
@@ -234,6 +280,9 @@ struct VolumeChannels::Link {
   std::atomic<uint64_t> syncs_sent{0};
 
   bool needs_sync(const Volume& volume) const {
+    // A mirror's stale copy is synced by its resync, not by FLUSH: the
+    // writes it missed are in the in-sync bricks' dirty bitmaps.
+    if (volume.mirror() != nullptr && !volume.mirror()->in_sync(ring.brick)) return false;
     return writes.load(std::memory_order_acquire) != synced.load(std::memory_order_acquire) ||
            volume.write_failures(ring.brick) != failures_synced.load(std::memory_order_acquire);
   }
@@ -378,7 +427,9 @@ void VolumeChannels::on_cqe(uint64_t payload, int res) {
 }
 
 void VolumeChannels::on_tick() {
-  auto timeout = std::chrono::milliseconds(volume_.options().io_timeout_ms);
+  // A mirror's copy that does not answer is given up after the leg timeout.
+  auto timeout = std::chrono::milliseconds(volume_.mirror() != nullptr ? volume_.options().leg_timeout_ms
+                                                                        : volume_.options().io_timeout_ms);
   auto now = IoClock::now();
   for (auto& link : links_) {
     DataChannel& c = *link->channel;

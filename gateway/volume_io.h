@@ -130,6 +130,7 @@ class IoRetry {
  private:
   Step later(const Volume& volume, uint32_t brick, int status, std::string_view what);
 
+  IoClock::time_point started_{};
   IoClock::time_point deadline_{};
   IoClock::time_point retry_at_{};
   std::chrono::milliseconds backoff_{20};

@@ -147,6 +147,7 @@ std::array<uint8_t, kLabelSlotSize> encode_label(const VolumeLabel& l) {
     uint8_t* e = p + kOffBricks + i * kBrickEntrySize;
     std::memcpy(e, l.bricks[i].store.data(), proto::kUuidSize);
     put64(e + 16, l.bricks[i].base);
+    put64(e + 24, l.layout == Layout::kMirror ? l.bricks[i].stale_since : 0);
   }
   seal(out, kLabelMagic);
   return out;
@@ -200,7 +201,10 @@ Result<VolumeLabel> decode_label(std::span<const uint8_t> slot) {
     if (b.base % proto::kBlockSize != 0 || b.base > kMaxLabelledBase) {
       return Error(EINVAL, "volume label: brick " + std::to_string(i) + " base " + format_hex(b.base));
     }
-    if (!all_zero(e + 24, 8)) return Error(EBADMSG, "volume label: nonzero reserved bytes");
+    b.stale_since = get64(e + 24);
+    if (l.layout != Layout::kMirror && b.stale_since != 0) {
+      return Error(EBADMSG, "volume label: nonzero reserved bytes");
+    }
     l.bricks.push_back(b);
   }
   // Blocks beyond the volume's end on a brick must stay below the label areas.

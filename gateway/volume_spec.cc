@@ -77,8 +77,15 @@ Status VolumeSpec::finalize(uint32_t default_queues, uint32_t default_depth, boo
                                " copies takes at least " + std::to_string(*copies) + " bricks, not " +
                                std::to_string(targets.size()) + " (" + targets_string() + ")");
     }
+    if (!leg_timeout_ms) leg_timeout_ms = std::min<uint32_t>(5000, timeout_ms / 2);
+    if (*leg_timeout_ms >= timeout_ms) {
+      return Error(EINVAL, name("leg-timeout") + " (" + std::to_string(*leg_timeout_ms) + " ms) must be shorter than " +
+                               name("timeout") + " (" + std::to_string(timeout_ms) + " ms)");
+    }
   } else if (copies) {
     return Error(EINVAL, name("copies") + " goes with " + name("layout") + (plugin_style ? "" : " ") + "mirror");
+  } else if (leg_timeout_ms) {
+    return Error(EINVAL, name("leg-timeout") + " goes with " + name("layout") + (plugin_style ? "" : " ") + "mirror");
   }
   if (size == 0) return Error(EINVAL, name("size") + " is required");
   if (size % 4096 != 0) return Error(EINVAL, name("size") + " must be a multiple of 4096");
@@ -104,6 +111,7 @@ Result<VolumeOptions> VolumeSpec::volume_options() const {
   vo.size = size;
   vo.base = base.value_or(0);
   vo.io_timeout_ms = timeout_ms;
+  vo.leg_timeout_ms = leg_timeout_ms.value_or(std::min<uint32_t>(5000, timeout_ms / 2));
   vo.layout = layout.value_or(Layout::kSingle);
   vo.copies = vo.layout == Layout::kMirror ? copies.value_or(kMinCopies) : 1;
   vo.name = label_name;
