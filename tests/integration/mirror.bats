@@ -102,3 +102,51 @@ sums_of() {
   grep -q "keeps 2 copies by the label on brick 0 ($T0), but 3 were given" "$BATS_TEST_TMPDIR/other.nbdkit.log" ||
     fail "$(cat "$BATS_TEST_TMPDIR/other.nbdkit.log")"
 }
+
+@test "mirror: kill -9 a brick under fio verify; no error reaches fio; the copy stays stale across a restart and is never read" {
+  start_bricks 2
+  start_nbd target="$T0,$T1" layout=mirror size=32M timeout=3000 leg-timeout=300
+  local out="$BATS_TEST_TMPDIR/fio.json"
+  local common=(--name=mirror --ioengine=nbd --uri="$NBD_URI" --rw=randwrite --bs=16k --iodepth=8 --size=32M
+    --verify=crc32c --verify_fatal=1 --verify_state_save=0 --output-format=json --output="$out")
+  (sleep 0.3 && kill -9 "$B1") &
+  local killer=$!
+  run fio "${common[@]}" --do_verify=1
+  wait "$killer"
+  assert_success
+  assert_equal "$(jq '.jobs[0].error' "$out")" 0
+  assert_equal "$(jq '.jobs[0].read.io_bytes' "$out")" $((32 * 1024 * 1024))
+  # A write missed brick 1 (only writes mark a copy stale): it is stale, the volume degraded.
+  grep -q "brick $T1 is stale (generation [0-9]*); the volume is degraded" "$NBD_LOG" || fail "$(cat "$NBD_LOG")"
+  run qio flush
+  assert_qio_ok
+  stop_nbd
+
+  # Brick 1 back with its store (it holds the writes before the kill only):
+  # a new attach takes the labels' word for it and never reads that copy.
+  BRICK_PORT=$P1 restart_brick b1
+  start_nbd --name again target="$T0,$T1" layout=mirror size=32M timeout=3000 leg-timeout=300
+  grep -q "brick $T1 holds stale copies" "$NBD_LOG" || fail "$(cat "$NBD_LOG")"
+  run fio "${common[@]}" --uri="$NBD_URI" --verify_only=1
+  assert_success
+  assert_equal "$(jq '.jobs[0].error' "$out")" 0
+  assert_equal "$(jq '.jobs[0].read.io_bytes' "$out")" $((32 * 1024 * 1024))
+  # The in-sync brick gone too: reads fail with EIO, never serve the stale copy.
+  kill -9 "$B0"
+  run qio "read 0 64k"
+  assert_failure
+  assert_output --partial 'Input/output error'
+}
+
+@test "mirror: an attach with a brick unreachable fails naming it" {
+  start_bricks 2
+  start_nbd target="$T0,$T1" layout=mirror size=8M
+  run qio "write -P 0x11 0 64k" flush
+  assert_qio_ok
+  stop_nbd
+  kill -9 "$B1"
+  wait "$B1" 2>/dev/null || true
+  run start_nbd --name missing target="$T0,$T1" layout=mirror size=8M timeout=1000 leg-timeout=200
+  assert_failure
+  grep -q "brick $T1" "$BATS_TEST_TMPDIR/missing.nbdkit.log" || fail "$(cat "$BATS_TEST_TMPDIR/missing.nbdkit.log")"
+}
