@@ -346,6 +346,29 @@ Result<LabelPlan> plan_labels(std::span<const BrickSeen> bricks, const LabelRequ
   if (!req.name.empty() && !auth->name.empty() && req.name != auth->name) {
     return Error(EINVAL, "the label on " + auth_brick + " names " + vol + ", not '" + req.name + "'");
   }
+  if (auth->layout == Layout::kMirror) {
+    // Mirror: the generations order the copies. Two labels that each mark
+    // another brick stale, with neither newer than the other, or a brick
+    // the authority calls stale that itself went on to mark an in-sync one
+    // stale, were written by two attachments that each saw half the bricks:
+    // no order is right, so none is taken.
+    for (size_t i = 0; i < n; i++) {
+      const auto& l = bricks[i].read.label;
+      if (!l || !l->committed() || l->volume_uuid != auth->volume_uuid || l->bricks.size() != n) continue;
+      for (size_t j = 0; j < n; j++) {
+        bool here = l->bricks[j].stale_since != 0, there = auth->bricks[j].stale_since != 0;
+        if (here == there) continue;
+        if (l->generation == auth->generation || (here && !there && auth->bricks[i].stale_since != 0)) {
+          return Error(EUCLEAN, brick_desc(i, bricks[i]) + " (generation " + std::to_string(l->generation) +
+                                    ") and " + auth_brick + " (generation " + std::to_string(auth->generation) +
+                                    ") disagree about which copies of " + vol + " are current (brick " +
+                                    std::to_string(j) + " " + (here ? "stale" : "in sync") + " by one, " +
+                                    (there ? "stale" : "in sync") +
+                                    " by the other): written apart, they cannot be ordered");
+        }
+      }
+    }
+  }
   bool needs_write = false;
   uint64_t max_size = 0, min_size = UINT64_MAX;
   for (size_t i = 0; i < n; i++) {

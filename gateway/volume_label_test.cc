@@ -543,5 +543,53 @@ TEST_F(VolumeClaimTest, VolumeOpenHoldsTheVolume) {
   PBRICK_ASSERT_OK(Volume::Open(vo));
 }
 
+
+// Layout mirror: the label of the highest generation decides which copies are
+// current (and keeps them so through the rewrite); labels that cannot be
+// ordered - the same generation with different stale copies, or a stale brick
+// that marked an in-sync one stale - are refused naming both bricks.
+TEST(VolumeLabelPlan, MirrorGenerationsOrderTheCopies) {
+  VolumeLabel l = sample(2);
+  l.layout = Layout::kMirror;
+  l.copies = 2;
+  auto seen_of = [&](const VolumeLabel& a, const VolumeLabel& b) {
+    std::vector<BrickSeen> seen(2);
+    for (size_t i = 0; i < 2; i++) {
+      seen[i].endpoint = "h" + std::to_string(i) + ":7000";
+      seen[i].store = l.bricks[i].store;
+      seen[i].base = l.bricks[i].base;
+      seen[i].read.label = i == 0 ? a : b;
+      seen[i].read.label->index = static_cast<uint32_t>(i);
+    }
+    return seen;
+  };
+  LabelRequest req{l.name, Layout::kMirror, l.size, false, 2};
+  // Brick 1 went stale at generation 8; its own label is still at 7.
+  VolumeLabel newer = l;
+  newer.generation = 8;
+  newer.bricks[1].stale_since = 1700000100;
+  auto plan = plan_labels(seen_of(newer, l), req, 99, uuid_of(0x77));
+  ASSERT_TRUE(plan.ok()) << plan.error().message();
+  EXPECT_EQ(plan->action, LabelPlan::Action::kUpdate);
+  EXPECT_EQ(plan->target.generation, 9u);
+  EXPECT_EQ(plan->target.bricks[1].stale_since, 1700000100u) << "stays stale through the rewrite";
+  EXPECT_EQ(plan->target.bricks[0].stale_since, 0u);
+  // Each half marked the other stale at the same generation.
+  VolumeLabel other = l;
+  other.generation = 8;
+  other.bricks[0].stale_since = 1700000200;
+  plan = plan_labels(seen_of(newer, other), req, 99, uuid_of(0x77));
+  ASSERT_FALSE(plan.ok());
+  EXPECT_EQ(plan.error().errnum(), EUCLEAN);
+  EXPECT_NE(plan.error().message().find("cannot be ordered"), std::string::npos) << plan.error().message();
+  EXPECT_NE(plan.error().message().find("h0:7000"), std::string::npos) << plan.error().message();
+  EXPECT_NE(plan.error().message().find("h1:7000"), std::string::npos) << plan.error().message();
+  // Brick 1, stale by brick 0's generation 9, marked brick 0 stale at 8.
+  newer.generation = 9;
+  plan = plan_labels(seen_of(newer, other), req, 99, uuid_of(0x77));
+  ASSERT_FALSE(plan.ok());
+  EXPECT_EQ(plan.error().errnum(), EUCLEAN) << plan.error().message();
+}
+
 }  // namespace
 }  // namespace pbrick
