@@ -61,6 +61,8 @@ constexpr const char* kUsage =
     "  --leg-timeout MS        layout mirror: a copy whose brick fails this long is marked\n"
     "                          stale (recorded in the other bricks' labels) and I/O goes on\n"
     "                          without it (default min(5000, --timeout / 2))\n"
+    "  --degraded              layout mirror: attach even with bricks unreachable; their\n"
+    "                          copies become stale (without it such an attach fails)\n"
     "  --size SIZE             volume size (a multiple of 4096)\n"
     "  --base ADDR             brick virtual address of the volume on each brick\n"
     "                          (2 MiB aligned; default 0)\n"
@@ -125,6 +127,7 @@ Status save_conf(uint32_t id, const AttachParams& p) {
   if (!keys.empty()) std::fprintf(f, "brick_key_files=%s\n", keys.c_str());
   if (p.persistence) std::fprintf(f, "persistence=%s\n", persistence_name(*p.persistence));
   std::fprintf(f, "name=%s\nread_only=%d\n", p.label_name.c_str(), p.read_only ? 1 : 0);
+  if (p.degraded) std::fprintf(f, "degraded=1\n");
   if (p.max_mapped) std::fprintf(f, "max_mapped=%llu\n", static_cast<unsigned long long>(*p.max_mapped));
   if (std::fclose(f) != 0 || std::rename(tmp.c_str(), path.c_str()) != 0) return errno_error("writing " + path);
   return Status::Ok();
@@ -169,6 +172,7 @@ Result<AttachParams> load_conf(uint32_t id) {
   p.key_file = kv["key_file"];
   p.label_name = kv["name"];
   p.read_only = kv["read_only"] == "1";
+  p.degraded = kv["degraded"] == "1";
   if (kv.count("leg_timeout") != 0) {
     auto c = num("leg_timeout");
     if (!c) return c.error();
@@ -308,7 +312,8 @@ int attach_main(int argc, char** argv) {
     kName,
     kMaxMapped,
     kCopies,
-    kLegTimeout
+    kLegTimeout,
+    kDegraded
   };
   static const option kOptions[] = {
       {"target", required_argument, nullptr, kTarget},
@@ -328,6 +333,7 @@ int attach_main(int argc, char** argv) {
       {"layout", required_argument, nullptr, kLayout},
       {"copies", required_argument, nullptr, kCopies},
       {"leg-timeout", required_argument, nullptr, kLegTimeout},
+      {"degraded", no_argument, nullptr, kDegraded},
       {"read-only", no_argument, nullptr, kReadOnly},
       {"name", required_argument, nullptr, kName},
       {"help", no_argument, nullptr, 'h'},
@@ -390,6 +396,7 @@ int attach_main(int argc, char** argv) {
         break;
       }
       case kReadOnly: p.read_only = true; break;
+      case kDegraded: p.degraded = true; break;
       case kName: p.label_name = optarg; break;
       case kConfig: config_file = optarg; break;
       case kVolume: volume_name = optarg; break;

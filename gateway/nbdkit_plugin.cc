@@ -129,6 +129,10 @@ int pbrick_config(const char* key, const char* value) {
     g_config.depth = v;
   } else if (k == "name") {
     g_config.label_name = value;
+  } else if (k == "degraded") {
+    int b = nbdkit_parse_bool(value);
+    if (b == -1) return -1;
+    g_config.degraded = b == 1;
   } else if (k == "read-only") {
     int b = nbdkit_parse_bool(value);
     if (b == -1) return -1;
@@ -276,6 +280,8 @@ nbdkit_plugin make_plugin() {
       "copies=C          layout mirror: copies of every block, 2 (default) or 3\n"
       "leg-timeout=MS    layout mirror: a copy failing this long is marked stale and I/O\n"
       "                  goes on without it (default min(5000, timeout / 2))\n"
+      "degraded=true     layout mirror: attach even with bricks unreachable; their copies\n"
+      "                  become stale (without it such an attach fails)\n"
       "base=ADDR         brick virtual address of the volume on each brick (2 MiB aligned,\n"
       "                  default 0)\n"
       "key-file=FILE     cluster key\n"

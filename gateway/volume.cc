@@ -106,8 +106,20 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeOptions& options) {
                              " runs past the end of the brick's address space");
   }
   std::unique_ptr<Volume> volume(new Volume(options));
+  std::vector<uint32_t> missing;  // a mirror's bricks not reached (--degraded)
   for (uint32_t b = 0; b < volume->brick_count(); b++) {
     Status st = volume->open_brick(b);
+    if (!st && options.layout == Layout::kMirror && is_connection_error(st.error().errnum())) {
+      if (!options.degraded) {
+        return st.error().wrap("brick " + volume->brick_name(b) +
+                               " of a mirror is unreachable (attach with --degraded, degraded=true, to run without it)");
+      }
+      PBRICK_LOG_WARN("brick %s unreachable (%s): attaching degraded without it", volume->brick_name(b).c_str(),
+                      st.error().message().c_str());
+      missing.push_back(b);
+      volume->bricks_[b]->control.reset();
+      continue;
+    }
     if (!st) return volume->brick_count() == 1 ? st.error() : st.error().wrap("brick " + volume->brick_name(b));
   }
   for (uint32_t b = 0; b < volume->brick_count(); b++) volume->options_.bricks[b] = volume->bricks_[b]->options;
@@ -123,7 +135,15 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeOptions& options) {
                                                    volume->copies()});
   if (!claim) return claim.error().wrap("volume open");
   volume->claim_ = std::move(*claim);
-  if (volume->mirror_) PBRICK_TRY(volume->load_mirror_state());
+  if (volume->mirror_) {
+    const VolumeLabel l = volume->claim_->label();
+    for (uint32_t b : missing) volume->bricks_[b]->options.store_uuid = l.bricks[b].store;  // only that store, later
+    PBRICK_TRY(volume->load_mirror_state());
+    for (uint32_t b : missing) {
+      Status st = volume->mark_stale(b);
+      if (!st) return st.error().wrap("volume open, degraded");
+    }
+  }
   return volume;
 }
 
@@ -375,11 +395,13 @@ Status Volume::load_mirror_state() {
       PBRICK_LOG_WARN("volume %s: brick %s holds stale copies (stale since %llu); they are not read",
                       format_uuid(l.volume_uuid).c_str(), brick_name(b).c_str(),
                       static_cast<unsigned long long>(l.bricks[b].stale_since));
-    } else if (source < 0) {
+    } else if (source < 0 && bricks_[b]->control) {  // not a brick missing at a degraded attach
       source = static_cast<int>(b);
     }
   }
-  if (source < 0) return Error(EIO, "volume " + format_uuid(l.volume_uuid) + ": no brick holds in-sync copies");
+  if (source < 0) {
+    return Error(EIO, "volume " + format_uuid(l.volume_uuid) + ": no reachable brick holds in-sync copies");
+  }
   if (source == 0 && std::all_of(l.bricks.begin(), l.bricks.end(), [](const LabelBrick& lb) {
         return lb.stale_since == 0;
       })) {

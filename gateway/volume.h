@@ -67,6 +67,10 @@ struct VolumeOptions {
   // reply) before the copy is marked stale and I/O goes on without it;
   // shorter than io_timeout_ms.
   uint32_t leg_timeout_ms = 5000;
+  // Layout mirror: attach even when some bricks cannot be reached (like
+  // `mdadm --run`); their copies become stale. Without it such an attach
+  // fails, so two gateways that each see half the bricks do not both write.
+  bool degraded = false;
   // The bricks in layout order (stripe: at least two); empty means `brick`.
   std::vector<ClientOptions> bricks = {};
   // The volume's name in its label (gateway/volume_label.h); empty: unnamed.

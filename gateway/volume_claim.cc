@@ -137,6 +137,12 @@ Result<std::vector<BrickSeen>> read_all(std::span<const ClaimBrick> bricks) {
     if (!vaddr) return vaddr.error().wrap(where(b, i));
     BrickSeen s;
     s.endpoint = b.endpoint;
+    s.base = b.base;
+    if (b.control == nullptr) {  // a mirror's brick missing at a --degraded attach
+      s.absent = true;
+      seen.push_back(std::move(s));
+      continue;
+    }
     s.store = b.control->hello().brick_uuid;
     s.base = b.base;
     auto bytes = read_label_block(*b.control, *vaddr);
@@ -184,10 +190,12 @@ Result<VolumeClaim> VolumeClaim::Acquire(std::span<const ClaimBrick> bricks, con
   size_t locked = 0;
   auto release = [&] {
     for (size_t i = 0; i < locked; i++) {
+      if (bricks[i].control == nullptr) continue;
       (void)bricks[i].control->unmap(lock_vaddr_of(*label_vaddr(bricks[i].base)));
     }
   };
   for (; locked < bricks.size(); locked++) {
+    if (bricks[locked].control == nullptr) continue;
     Status st = take_lock(bricks[locked], locked, *label_vaddr(bricks[locked].base));
     if (!st) {
       release();
@@ -208,6 +216,7 @@ Result<VolumeClaim> VolumeClaim::Acquire(std::span<const ClaimBrick> bricks, con
   HolderRecord holder = this_holder(plan->target.volume_uuid);
   auto holder_bytes = encode_holder(holder);
   for (size_t i = 0; i < bricks.size(); i++) {
+    if (bricks[i].control == nullptr) continue;
     Status st = write_label_block(*bricks[i].control, *label_vaddr(bricks[i].base), kHolderOffset, holder_bytes);
     if (!st) return fail(i, st.error());
   }
@@ -231,6 +240,7 @@ Result<VolumeClaim> VolumeClaim::Acquire(std::span<const ClaimBrick> bricks, con
     // committed labels of two generations with one identity, which the next
     // read-write attach finishes (plan_labels).
     for (size_t i = 0; i < bricks.size(); i++) {
+      if (bricks[i].control == nullptr) continue;
       l.index = static_cast<uint32_t>(i);
       Status st = write_label(*bricks[i].control, *label_vaddr(bricks[i].base), l);
       if (!st) return fail(i, st.error());

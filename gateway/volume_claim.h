@@ -32,7 +32,9 @@
 namespace pbrick {
 
 struct ClaimBrick {
-  BrickClient* control = nullptr;  // connected; borrowed for the call
+  // Connected; borrowed for the call. Null: a mirror's brick missing at a
+  // --degraded attach (plan_labels takes its place on the others' word).
+  BrickClient* control = nullptr;
   std::string endpoint;            // for messages
   uint64_t base = 0;               // the volume's base on this brick
 };

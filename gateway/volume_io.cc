@@ -309,6 +309,7 @@ Status VolumeChannels::add_buffer_region(uint8_t* base, size_t len) {
 
 Status VolumeChannels::connect() {
   for (uint32_t b = 0; b < links_.size(); b++) {
+    if (volume_.mirror() != nullptr && !volume_.mirror()->in_sync(b)) continue;  // a stale copy gets no I/O
     Status st = volume_.connect_channel(*links_[b]->channel, b);
     if (!st) return links_.size() == 1 ? st.error() : st.error().wrap("brick " + volume_.brick_name(b));
   }

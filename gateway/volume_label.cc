@@ -308,6 +308,14 @@ Result<LabelPlan> plan_labels(std::span<const BrickSeen> bricks, const LabelRequ
     }
   }
   LabelPlan plan;
+  for (size_t i = 0; i < n; i++) {
+    if (!bricks[i].absent) continue;
+    if (req.layout != Layout::kMirror) return Error(EINVAL, brick_desc(i, bricks[i]) + " is missing");
+    if (auth == nullptr) {
+      return Error(ENODEV, brick_desc(i, bricks[i]) + " is missing and the volume has no label yet: a new mirror "
+                                                      "starts with every brick");
+    }
+  }
   if (auth == nullptr) {
     // No brick holds a committed label: a first attach, or one that was
     // interrupted before any brick committed (so no data was written through
@@ -354,7 +362,10 @@ Result<LabelPlan> plan_labels(std::span<const BrickSeen> bricks, const LabelRequ
     // no order is right, so none is taken.
     for (size_t i = 0; i < n; i++) {
       const auto& l = bricks[i].read.label;
-      if (!l || !l->committed() || l->volume_uuid != auth->volume_uuid || l->bricks.size() != n) continue;
+      if (bricks[i].absent || !l || !l->committed() || l->volume_uuid != auth->volume_uuid ||
+          l->bricks.size() != n) {
+        continue;
+      }
       for (size_t j = 0; j < n; j++) {
         bool here = l->bricks[j].stale_since != 0, there = auth->bricks[j].stale_since != 0;
         if (here == there) continue;
@@ -373,6 +384,7 @@ Result<LabelPlan> plan_labels(std::span<const BrickSeen> bricks, const LabelRequ
   uint64_t max_size = 0, min_size = UINT64_MAX;
   for (size_t i = 0; i < n; i++) {
     const BrickSeen& b = bricks[i];
+    if (b.absent) continue;  // a mirror's missing brick: Volume::Open marks it stale
     const std::string desc = brick_desc(i, b);
     const LabelBrick& want = auth->bricks[i];
     if (b.store != want.store) {

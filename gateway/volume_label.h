@@ -132,6 +132,9 @@ struct BrickSeen {
   Uuid store{};          // from HELLO
   uint64_t base = 0;
   LabelRead read;
+  // Layout mirror, attached --degraded: the brick could not be reached; its
+  // place is taken on the other bricks' word (it becomes stale).
+  bool absent = false;
 };
 
 // What the attach must do, decided before anything is written.

@@ -116,6 +116,7 @@ Result<VolumeOptions> VolumeSpec::volume_options() const {
   vo.copies = vo.layout == Layout::kMirror ? copies.value_or(kMinCopies) : 1;
   vo.name = label_name;
   vo.read_only = read_only;
+  vo.degraded = degraded;
   vo.max_mapped = max_mapped.value_or(0);
   for (size_t i = 0; i < targets.size(); i++) {
     ClientOptions o = common;

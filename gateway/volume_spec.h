@@ -35,6 +35,7 @@ struct VolumeSpec {
   std::optional<Persistence> persistence;  // default: sync-read over tcp, rpc over rdma
   std::string label_name;  // the volume's name in its label; from the cluster file
   bool read_only = false;  // share the volume with its writer; never write
+  bool degraded = false;   // layout mirror: attach without the bricks that cannot be reached
 
   // Appends the bricks of `list`, "HOST:PORT[,HOST:PORT...]". EINVAL naming
   // `what` (the flag or parameter).

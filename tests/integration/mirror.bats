@@ -138,7 +138,7 @@ sums_of() {
   assert_output --partial 'Input/output error'
 }
 
-@test "mirror: an attach with a brick unreachable fails naming it" {
+@test "mirror: an attach with a brick unreachable needs degraded=true; that brick's copy turns stale" {
   start_bricks 2
   start_nbd target="$T0,$T1" layout=mirror size=8M
   run qio "write -P 0x11 0 64k" flush
@@ -148,5 +148,17 @@ sums_of() {
   wait "$B1" 2>/dev/null || true
   run start_nbd --name missing target="$T0,$T1" layout=mirror size=8M timeout=1000 leg-timeout=200
   assert_failure
-  grep -q "brick $T1" "$BATS_TEST_TMPDIR/missing.nbdkit.log" || fail "$(cat "$BATS_TEST_TMPDIR/missing.nbdkit.log")"
+  grep -q "brick $T1 of a mirror is unreachable (attach with --degraded, degraded=true, to run without it)" \
+    "$BATS_TEST_TMPDIR/missing.nbdkit.log" || fail "$(cat "$BATS_TEST_TMPDIR/missing.nbdkit.log")"
+  start_nbd --name degraded target="$T0,$T1" layout=mirror size=8M timeout=1000 leg-timeout=200 degraded=true
+  grep -q "brick $T1 is stale" "$NBD_LOG" || fail "$(cat "$NBD_LOG")"
+  run qio "read -P 0x11 0 64k" "write -P 0x22 64k 64k" flush "read -P 0x22 64k 64k"
+  assert_qio_ok
+  stop_nbd
+  # Brick 1 back: an attach with every brick keeps its copy stale and never reads it.
+  BRICK_PORT=$P1 restart_brick b1
+  start_nbd --name whole target="$T0,$T1" layout=mirror size=8M timeout=1000 leg-timeout=200
+  grep -q "brick $T1 holds stale copies" "$NBD_LOG" || fail "$(cat "$NBD_LOG")"
+  run qio "read -P 0x11 0 64k" "read -P 0x22 64k 64k" "read -P 0x11 0 64k" "read -P 0x22 64k 64k"
+  assert_qio_ok
 }
