@@ -332,5 +332,39 @@ TEST_F(MirrorTest, TheLastInSyncCopyIsNeverGivenUp) {
   EXPECT_EQ(engine_->volume().mirror()->state(0), CopyState::kInSync);
 }
 
+// 4 bricks, 2 copies (RAID10-like): bricks 0 and 2 down hold no block's
+// both copies, so every write and read goes on without error; then brick 3
+// down too: block 2 (bricks 2 and 3) has no copy left and fails with EIO
+// after the I/O timeout, never returning other data.
+TEST_F(MirrorTest, FourBricksTwoCopiesSurviveAnyBricksThatShareNoBlock) {
+  start_bricks(4);
+  VolumeOptions vo = options(2, 16 * kMiB);
+  vo.leg_timeout_ms = 200;
+  vo.io_timeout_ms = 1500;
+  PBRICK_ASSERT_OK(open(vo));
+  auto data = random_data(8 * kBlock, 11);
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));
+  bricks_[0]->stop();
+  bricks_[2]->stop();
+  auto more = random_data(8 * 4096, 12);
+  for (uint64_t i = 0; i < 8; i++) {
+    PBRICK_ASSERT_OK(engine_->write(more.data() + i * 4096, 4096, i * kBlock, false));
+    std::memcpy(data.data() + i * kBlock, more.data() + i * 4096, 4096);
+  }
+  PBRICK_ASSERT_OK(engine_->flush());
+  std::vector<uint8_t> back(data.size());
+  PBRICK_ASSERT_OK(engine_->read(back.data(), back.size(), 0));
+  EXPECT_EQ(crc32c(back.data(), back.size()), crc32c(data.data(), data.size()));
+  EXPECT_EQ(engine_->volume().dirty_count(), 8u);
+  bricks_[3]->stop();
+  std::vector<uint8_t> one(4096, 0xee);
+  Status st = engine_->read(one.data(), one.size(), 2 * kBlock);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().errnum(), EIO) << st.error().message();
+  EXPECT_EQ(one, std::vector<uint8_t>(4096, 0xee)) << "no bytes were returned";
+  PBRICK_ASSERT_OK(engine_->read(one.data(), one.size(), 1 * kBlock));  // block 1: bricks 1 and 2 -> brick 1
+  EXPECT_EQ(crc32c(one.data(), 4096), crc32c(data.data() + kBlock, 4096));
+}
+
 }  // namespace
 }  // namespace pbrick

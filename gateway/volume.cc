@@ -434,25 +434,53 @@ uint64_t Volume::dirty_count() const {
 Status Volume::mark_stale(uint32_t b) {
   std::lock_guard label_lock(label_mu_);
   if (!mirror_->in_sync(b)) return Status::Ok();
-  if (!mirror_->may_lose(placement_, b)) {
-    return Error(EIO, "brick " + brick_name(b) + " holds the last in-sync copy of some blocks");
+  // The bricks to mark stale: `b`, and every in-sync brick that cannot take
+  // the label either (it failed too). Each attempt uses a new generation, so
+  // labels of one generation always agree.
+  std::vector<uint32_t> going{b};
+  const uint64_t now = static_cast<uint64_t>(std::time(nullptr));
+  for (uint64_t attempt = 1;; attempt++) {
+    for (uint32_t first = 0; first < brick_count(); first++) {
+      bool any = false;
+      for (uint32_t j = 0; j < placement_.copies; j++) {
+        uint32_t c = (first + j) % brick_count();
+        any = any || (mirror_->in_sync(c) && std::find(going.begin(), going.end(), c) == going.end());
+      }
+      if (!any) {
+        return Error(EIO, "brick " + brick_name(b) + ": no other in-sync copy of some blocks is reachable");
+      }
+    }
+    VolumeLabel next = claim_->label();
+    next.generation += attempt;
+    for (uint32_t g : going) {
+      if (next.bricks[g].stale_since == 0) next.bricks[g].stale_since = now;
+    }
+    bool lost_one = false;
+    for (uint32_t s = 0; s < brick_count() && !lost_one; s++) {
+      if (!mirror_->in_sync(s) || std::find(going.begin(), going.end(), s) != going.end()) continue;
+      std::lock_guard lock(bricks_[s]->control_mu);
+      auto r = with_control(s, [&](BrickClient& c) -> Result<bool> {
+        PBRICK_TRY(VolumeClaim::write_label_to(ClaimBrick{&c, brick_name(s), options_.base}, s, next));
+        return true;
+      });
+      if (r) continue;
+      if (r.error().errnum() != EIO && !is_connection_error(r.error().errnum())) {
+        return r.error().wrap("recording brick " + brick_name(b) + " stale on brick " + brick_name(s));
+      }
+      PBRICK_LOG_WARN("brick %s: %s", brick_name(s).c_str(), r.error().message().c_str());
+      going.push_back(s);
+      lost_one = true;
+    }
+    if (lost_one) continue;
+    claim_->commit(next);
+    for (uint32_t g : going) {
+      mirror_->set_state(g, CopyState::kStale);
+      PBRICK_LOG_WARN("volume %s: brick %s is stale (generation %llu); the volume is degraded",
+                      format_uuid(next.volume_uuid).c_str(), brick_name(g).c_str(),
+                      static_cast<unsigned long long>(next.generation));
+    }
+    return Status::Ok();
   }
-  VolumeLabel next = claim_->stale_label(b, static_cast<uint64_t>(std::time(nullptr)));
-  for (uint32_t s = 0; s < brick_count(); s++) {
-    if (s == b || !mirror_->in_sync(s)) continue;
-    std::lock_guard lock(bricks_[s]->control_mu);
-    auto r = with_control(s, [&](BrickClient& c) -> Result<bool> {
-      PBRICK_TRY(VolumeClaim::write_label_to(ClaimBrick{&c, brick_name(s), options_.base}, s, next));
-      return true;
-    });
-    if (!r) return r.error().wrap("recording brick " + brick_name(b) + " stale on brick " + brick_name(s));
-  }
-  claim_->commit(next);
-  mirror_->set_state(b, CopyState::kStale);
-  PBRICK_LOG_WARN("volume %s: brick %s is stale (generation %llu); the volume is degraded",
-                  format_uuid(next.volume_uuid).c_str(), brick_name(b).c_str(),
-                  static_cast<unsigned long long>(next.generation));
-  return Status::Ok();
 }
 
 Status Volume::mark_dirty(uint64_t block) {

@@ -255,13 +255,6 @@ VolumeLabel VolumeClaim::current() const {
   return label_;
 }
 
-VolumeLabel VolumeClaim::stale_label(size_t stale, uint64_t now) const {
-  VolumeLabel l = current();
-  l.generation++;
-  l.bricks[stale].stale_since = now;
-  return l;
-}
-
 Status VolumeClaim::write_label_to(const ClaimBrick& b, size_t index, const VolumeLabel& label) {
   VolumeLabel l = label;
   l.index = static_cast<uint32_t>(index);

@@ -59,13 +59,12 @@ class VolumeClaim {
   // The committed label every brick holds (its `index` is brick 0's).
   VolumeLabel label() const { return current(); }
 
-  // Layout mirror, read-write, recording that brick `stale` is stale since
-  // `now`: stale_label() is the label at generation + 1 with it marked;
-  // write_label_to() writes it to one brick, durably (slot by generation,
-  // so a torn write leaves the previous one); once every in-sync brick has
-  // it, commit() makes it the label reconnects expect. The caller
-  // serialises these (Volume's label mutex) and holds each brick's control.
-  VolumeLabel stale_label(size_t stale, uint64_t now) const;
+  // Layout mirror, read-write, recording stale copies (Volume::mark_stale
+  // builds the label at a higher generation): write_label_to() writes it to
+  // one brick, durably (slot by generation, so a torn write leaves the
+  // previous one); once every in-sync brick has it, commit() makes it the
+  // label reconnects expect. The caller serialises these (Volume's label
+  // mutex) and holds each brick's control.
   static Status write_label_to(const ClaimBrick& brick, size_t index, const VolumeLabel& label);
   void commit(const VolumeLabel& label);
   // Layout mirror: writes `byte` (bits of the dirty bitmap, volume.h) at
