@@ -127,7 +127,7 @@ constexpr EnumEntry<DdioMode> kDdioModes[] = {
 constexpr EnumEntry<Persistence> kPersistences[] = {{"sync-read", Persistence::kSyncRead},
                                                     {"rpc", Persistence::kRpc}};
 constexpr EnumEntry<Frontend> kFrontends[] = {{"ublk", Frontend::kUblk}, {"nbd", Frontend::kNbd}};
-constexpr EnumEntry<Layout> kLayouts[] = {{"single", Layout::kSingle}, {"stripe", Layout::kStripe}};
+constexpr EnumEntry<Layout> kLayouts[] = {{"single", Layout::kSingle}, {"stripe", Layout::kStripe}, {"mirror", Layout::kMirror}};
 
 template <typename E, size_t N>
 const char* enum_name(const EnumEntry<E> (&table)[N], E value) {
@@ -550,7 +550,8 @@ class Parser {
 
   void parse_volume(const YAML::Node& node, const std::string& path) {
     static const KeySpec kSpec{
-        {"name", "size", "brick", "bricks", "layout", "base", "queues", "depth", "frontend", "max_mapped"}, {}};
+        {"name", "size", "brick", "bricks", "layout", "copies", "base", "queues", "depth", "frontend", "max_mapped"},
+        {}};
     VolumeConfig& v = config_->volumes.emplace_back();
     SourcePos pos = to_pos(node.Mark());
     config_->positions[path] = pos;
@@ -574,6 +575,9 @@ class Parser {
       }
     }
     get_enum(*f, "layout", path, pos, kLayouts, &v.layout);
+    uint32_t copies = 0;
+    if (get_u32(*f, "copies", path, pos, false, &copies) && f->count("copies") != 0) v.copies = copies;
+    if (v.layout == Layout::kMirror && f->count("copies") == 0) v.copies = kMinCopies;
     get_u64(*f, "base", path, pos, true, &v.base);
     get_u32(*f, "queues", path, pos, false, &v.queues);
     get_u32(*f, "depth", path, pos, false, &v.depth);
@@ -887,6 +891,18 @@ class Validator {
     } else if (v.layout == Layout::kStripe && bricks.size() < 2) {
       error(listed ? p + ".bricks" : p + ".brick", "layout stripe takes at least two bricks");
     }
+    if (v.layout != Layout::kMirror) {
+      if (positions_has(p + ".copies")) error(p + ".copies", "copies go with 'layout: mirror'");
+    } else if (known(p + ".copies")) {
+      if (v.copies < kMinCopies || v.copies > kMaxCopies) {
+        error(positions_has(p + ".copies") ? p + ".copies" : p + ".layout",
+              "layout mirror keeps 2 or 3 copies, not " + std::to_string(v.copies));
+      } else if (bricks.size() < v.copies) {
+        error(listed ? p + ".bricks" : p + ".brick",
+              "layout mirror with " + std::to_string(v.copies) + " copies takes at least " +
+                  std::to_string(v.copies) + " bricks, not " + std::to_string(bricks.size()));
+      }
+    }
   }
 
   bool positions_has(const std::string& path) const { return c_.positions.count(path) != 0; }
@@ -919,13 +935,14 @@ class Validator {
   }
 
   // What volume i occupies on each of its bricks: data [base, base + share)
-  // with share = size (single) or ceil(blocks / N) blocks (stripe), and its
+  // with share = size (single), ceil(blocks / N) blocks (stripe) or
+  // ceil(blocks / N) * copies blocks (mirror; Placement), and its
   // label area of two blocks at kLabelAreaStart + 2 * base (docs/layout.md,
   // "Volume label").
   uint64_t share_of(const VolumeConfig& v) const {
     uint64_t blocks = (v.size + kBlockSize - 1) / kBlockSize;
-    uint64_t n = v.brick_names().size();
-    return (blocks + n - 1) / n * kBlockSize;
+    Placement placement{static_cast<uint32_t>(v.brick_names().size()), v.layout == Layout::kMirror ? v.copies : 1};
+    return placement.slots_per_brick(blocks) * kBlockSize;
   }
   static std::string range(uint64_t start, uint64_t end) {
     return "[" + format_hex(start) + ", " + format_hex(end) + ")";

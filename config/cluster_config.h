@@ -73,6 +73,9 @@ struct VolumeConfig {
   // Every brick of the volume in layout order (`brick: B` is `bricks: [B]`).
   std::vector<std::string> bricks;
   Layout layout = Layout::kSingle;
+  // Layout mirror: copies of every block (2 or 3, at most the brick count;
+  // default 2); 1 for the other layouts, which take no `copies:`.
+  uint32_t copies = 1;
   uint64_t base = 0;   // virtual base address on each brick, kBlockSize aligned
   uint32_t queues = 1;
   uint32_t depth = 64;

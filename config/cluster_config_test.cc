@@ -811,13 +811,55 @@ volumes:
       {"bricks: [b0, b0], layout: stripe", 38, "volumes[0].bricks[1]: brick 'b0' is named twice"},
       {"bricks: [b0, b1]", 33, "volumes[0].bricks: layout single takes one brick, not 2 (use 'layout: stripe')"},
       {"brick: b0, layout: stripe", 32, "volumes[0].brick: layout stripe takes at least two bricks"},
-      {"bricks: [b0, b1], layout: mirror", 51, "volumes[0].layout"},
+      {"bricks: [b0, b1], layout: raid5", 51, "volumes[0].layout"},
       {"layout: stripe", 5, "volumes[0].brick: missing required key 'brick'"},
   };
   for (const Case& k : cases) {
     SCOPED_TRACE(k.volume);
     expect_one(three + "  - {name: v, size: 1G, " + k.volume + ", base: 0}\n", 7, k.column, k.error);
   }
+}
+
+// Layout mirror: `copies:` 2 (default) or 3, at most the brick count, only
+// with mirror; a mirror's share of each brick is ceil(blocks / N) * copies
+// blocks, which the overlap check uses.
+TEST(ClusterConfigTest, MirroredVolumesKeepTwoOrThreeCopies) {
+  const std::string three = R"(cluster: {name: demo}
+bricks:
+  - {name: b0, host: h0, store: {path: /s, size: 1G}}
+  - {name: b1, host: h1, store: {path: /s, size: 1G}}
+  - {name: b2, host: h2, store: {path: /s, size: 1G}}
+volumes:
+)";
+  ClusterConfig c;
+  auto errors = check(three + "  - {name: v, size: 1G, bricks: [b0, b1], layout: mirror, base: 0}\n", &c);
+  ASSERT_TRUE(errors.empty()) << dump(errors);
+  EXPECT_EQ(c.volumes[0].layout, Layout::kMirror);
+  EXPECT_EQ(c.volumes[0].copies, 2u);
+  errors = check(three + "  - {name: v, size: 1G, bricks: [b0, b1, b2], layout: mirror, copies: 3, base: 0}\n", &c);
+  ASSERT_TRUE(errors.empty()) << dump(errors);
+  EXPECT_EQ(c.volumes[0].copies, 3u);
+
+  struct Case {
+    const char* volume;
+    int column;
+    const char* error;
+  };
+  const Case cases[] = {
+      {"bricks: [b0, b1], layout: mirror, copies: 3", 33,
+       "volumes[0].bricks: layout mirror with 3 copies takes at least 3 bricks, not 2"},
+      {"bricks: [b0, b1, b2], layout: mirror, copies: 4", 71, "volumes[0].copies: layout mirror keeps 2 or 3 copies, not 4"},
+      {"bricks: [b0, b1], layout: stripe, copies: 2", 67, "volumes[0].copies: copies go with 'layout: mirror'"},
+      {"brick: b0, layout: mirror", 32, "volumes[0].brick: layout mirror with 2 copies takes at least 2 bricks, not 1"},
+  };
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.volume);
+    expect_one(three + "  - {name: v, size: 1G, " + k.volume + ", base: 0}\n", 7, k.column, k.error);
+  }
+  // 2 GiB over 2 bricks with 2 copies takes [0, 2G) of each: a volume at 1G overlaps it.
+  expect_one(three + "  - {name: m, size: 2G, bricks: [b0, b1], layout: mirror, base: 0}\n" +
+                 "  - {name: v, size: 2M, brick: b1, base: 0x40000000}\n",
+             8, 42, "volumes[1].base: range [0x40000000, 0x40200000) overlaps volume 'm' [0x0, 0x80000000) on brick 'b1'");
 }
 
 }  // namespace

@@ -39,7 +39,7 @@ constexpr const char* kStateDir = "/run/pbrick";
 constexpr uint32_t kMaxIoBytes = 512u << 10;
 
 constexpr const char* kUsage =
-    "Usage: pbrick-gateway attach --target HOST:PORT [--target HOST:PORT --layout stripe ...]\n"
+    "Usage: pbrick-gateway attach --target HOST:PORT [--target HOST:PORT --layout stripe|mirror ...]\n"
     "                             --size SIZE [options]\n"
     "       pbrick-gateway attach --config FILE --volume NAME [options]\n"
     "       pbrick-gateway list [--json]\n"
@@ -52,9 +52,17 @@ constexpr const char* kUsage =
     "  exists, tells systemd READY=1 and serves in the foreground until SIGTERM or\n"
     "  SIGINT, which stop and delete the device (exit 0).\n"
     "  --target HOST:PORT      the brick; repeat it (or HOST:PORT,HOST:PORT) for the\n"
-    "                          bricks of a striped volume, in layout order\n"
-    "  --layout L              single (default: one brick) or stripe (block i on brick\n"
-    "                          i mod N at base + (i div N) x 2 MiB; docs/layout.md)\n"
+    "                          bricks of a striped or mirrored volume, in layout order\n"
+    "  --layout L              single (default: one brick), stripe (block i on brick\n"
+    "                          i mod N at base + (i div N) x 2 MiB) or mirror (copy j of\n"
+    "                          block i on brick (i + j) mod N; docs/layout.md)\n"
+    "  --copies C              layout mirror: copies of every block, 2 (default) or 3,\n"
+    "                          at most the number of bricks\n"
+    "  --leg-timeout MS        layout mirror: a copy whose brick fails this long is marked\n"
+    "                          stale (recorded in the other bricks' labels) and I/O goes on\n"
+    "                          without it (default min(5000, --timeout / 2))\n"
+    "  --degraded              layout mirror: attach even with bricks unreachable; their\n"
+    "                          copies become stale (without it such an attach fails)\n"
     "  --size SIZE             volume size (a multiple of 4096)\n"
     "  --base ADDR             brick virtual address of the volume on each brick\n"
     "                          (2 MiB aligned; default 0)\n"
@@ -112,11 +120,14 @@ Status save_conf(uint32_t id, const AttachParams& p) {
                p.logical_block_size, p.timeout_ms);
   std::fprintf(f, "transport=%s\n", transport_name(p.transport.value_or(Transport::kTcp)));
   std::fprintf(f, "layout=%s\n", layout_name(p.layout.value_or(Layout::kSingle)));
+  if (p.copies) std::fprintf(f, "copies=%u\n", *p.copies);
+  if (p.leg_timeout_ms) std::fprintf(f, "leg_timeout=%u\n", *p.leg_timeout_ms);
   std::string keys;
   for (const std::string& k : p.brick_key_files) keys += (keys.empty() ? "" : ",") + k;
   if (!keys.empty()) std::fprintf(f, "brick_key_files=%s\n", keys.c_str());
   if (p.persistence) std::fprintf(f, "persistence=%s\n", persistence_name(*p.persistence));
   std::fprintf(f, "name=%s\nread_only=%d\n", p.label_name.c_str(), p.read_only ? 1 : 0);
+  if (p.degraded) std::fprintf(f, "degraded=1\n");
   if (p.max_mapped) std::fprintf(f, "max_mapped=%llu\n", static_cast<unsigned long long>(*p.max_mapped));
   if (std::fclose(f) != 0 || std::rename(tmp.c_str(), path.c_str()) != 0) return errno_error("writing " + path);
   return Status::Ok();
@@ -161,6 +172,17 @@ Result<AttachParams> load_conf(uint32_t id) {
   p.key_file = kv["key_file"];
   p.label_name = kv["name"];
   p.read_only = kv["read_only"] == "1";
+  p.degraded = kv["degraded"] == "1";
+  if (kv.count("leg_timeout") != 0) {
+    auto c = num("leg_timeout");
+    if (!c) return c.error();
+    p.leg_timeout_ms = static_cast<uint32_t>(*c);
+  }
+  if (kv.count("copies") != 0) {
+    auto c = num("copies");
+    if (!c) return c.error();
+    p.copies = static_cast<uint32_t>(*c);
+  }
   if (kv.count("max_mapped") != 0) {
     auto mm = num("max_mapped");
     if (!mm) return mm.error();
@@ -288,7 +310,10 @@ int attach_main(int argc, char** argv) {
     kLayout,
     kReadOnly,
     kName,
-    kMaxMapped
+    kMaxMapped,
+    kCopies,
+    kLegTimeout,
+    kDegraded
   };
   static const option kOptions[] = {
       {"target", required_argument, nullptr, kTarget},
@@ -306,6 +331,9 @@ int attach_main(int argc, char** argv) {
       {"transport", required_argument, nullptr, kTransport},
       {"persistence", required_argument, nullptr, kPersistence},
       {"layout", required_argument, nullptr, kLayout},
+      {"copies", required_argument, nullptr, kCopies},
+      {"leg-timeout", required_argument, nullptr, kLegTimeout},
+      {"degraded", no_argument, nullptr, kDegraded},
       {"read-only", no_argument, nullptr, kReadOnly},
       {"name", required_argument, nullptr, kName},
       {"help", no_argument, nullptr, 'h'},
@@ -327,6 +355,19 @@ int attach_main(int argc, char** argv) {
         auto r = parse_layout(optarg, "--layout");
         if (!r) return usage_error(r.error().context());
         p.layout = *r;
+        break;
+      }
+      case kLegTimeout: {
+        auto r = parse_u64(optarg, "--leg-timeout");
+        if (!r || *r < 50 || *r > 3600000) return usage_error("--leg-timeout must be 50..3600000 ms");
+        p.leg_timeout_ms = static_cast<uint32_t>(*r);
+        break;
+      }
+      case kCopies: {
+        auto r = parse_u64(optarg, "--copies");
+        if (!r) return usage_error(r.error().context());
+        if (*r < kMinCopies || *r > kMaxCopies) return usage_error("--copies must be 2 or 3");
+        p.copies = static_cast<uint32_t>(*r);
         break;
       }
       case kSize: {
@@ -355,6 +396,7 @@ int attach_main(int argc, char** argv) {
         break;
       }
       case kReadOnly: p.read_only = true; break;
+      case kDegraded: p.degraded = true; break;
       case kName: p.label_name = optarg; break;
       case kConfig: config_file = optarg; break;
       case kVolume: volume_name = optarg; break;

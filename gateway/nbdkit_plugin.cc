@@ -2,7 +2,7 @@
 // brings TLS, filters, multi-conn and structured replies.
 //
 //   nbdkit .../nbdkit-pbrick-plugin.so target=HOST:PORT[,HOST:PORT...] size=SIZE
-//          [layout=single|stripe] [base=ADDR] [key-file=FILE] [queues=N] [depth=N]
+//          [layout=single|stripe|mirror] [copies=2|3] [base=ADDR] [key-file=FILE] [queues=N] [depth=N]
 //          [timeout=MS] [transport=tcp|rdma] [persistence=sync-read|rpc]
 //          [name=NAME] [read-only=true]
 //   nbdkit .../nbdkit-pbrick-plugin.so config=FILE volume=NAME [...]
@@ -93,6 +93,14 @@ int pbrick_config(const char* key, const char* value) {
     auto l = parse_layout(value, "layout");
     if (!l) return nbdkit_error("pbrick: %s", l.error().context().c_str()), -1;
     g_config.layout = *l;
+  } else if (k == "leg-timeout") {
+    uint32_t v;
+    if (config_u32(key, value, 50, 3600000, &v) != 0) return -1;
+    g_config.leg_timeout_ms = v;
+  } else if (k == "copies") {
+    uint32_t v;
+    if (config_u32(key, value, kMinCopies, kMaxCopies, &v) != 0) return -1;
+    g_config.copies = v;
   } else if (k == "size") {
     auto s = parse_size(value, "size");
     if (!s) return nbdkit_error("pbrick: %s", s.error().context().c_str()), -1;
@@ -121,6 +129,10 @@ int pbrick_config(const char* key, const char* value) {
     g_config.depth = v;
   } else if (k == "name") {
     g_config.label_name = value;
+  } else if (k == "degraded") {
+    int b = nbdkit_parse_bool(value);
+    if (b == -1) return -1;
+    g_config.degraded = b == 1;
   } else if (k == "read-only") {
     int b = nbdkit_parse_bool(value);
     if (b == -1) return -1;
@@ -261,9 +273,15 @@ nbdkit_plugin make_plugin() {
   p.config_complete = pbrick_config_complete;
   p.config_help =
       "target=HOST:PORT  (required) brick address; HOST:PORT,HOST:PORT,... for the\n"
-      "                  bricks of a striped volume, in layout order\n"
+      "                  bricks of a striped or mirrored volume, in layout order\n"
       "size=SIZE         (required) volume size, e.g. 1G\n"
-      "layout=L          single (default, one brick) or stripe (block i on brick i mod N)\n"
+      "layout=L          single (default, one brick), stripe (block i on brick i mod N)\n"
+      "                  or mirror (copy j of block i on brick (i + j) mod N)\n"
+      "copies=C          layout mirror: copies of every block, 2 (default) or 3\n"
+      "leg-timeout=MS    layout mirror: a copy failing this long is marked stale and I/O\n"
+      "                  goes on without it (default min(5000, timeout / 2))\n"
+      "degraded=true     layout mirror: attach even with bricks unreachable; their copies\n"
+      "                  become stale (without it such an attach fails)\n"
       "base=ADDR         brick virtual address of the volume on each brick (2 MiB aligned,\n"
       "                  default 0)\n"
       "key-file=FILE     cluster key\n"

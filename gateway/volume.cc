@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <ctime>
 #include <thread>
 
 #include "common/log.h"
@@ -45,10 +46,15 @@ struct Volume::Brick {
 Volume::Volume(const VolumeOptions& options)
     : options_(options),
       block_count_((options.size + proto::kBlockSize - 1) / proto::kBlockSize),
-      handles_(block_count_),
-      used_(block_count_),
-      allocated_((block_count_ + 63) / 64) {
+      placement_{static_cast<uint32_t>(std::max<size_t>(options.bricks.size(), 1)),
+                 options.layout == Layout::kMirror ? options.copies : 1},
+      handles_(block_count_ * placement_.copies),
+      used_(block_count_ * placement_.copies),
+      allocated_((block_count_ * placement_.copies + 63) / 64),
+      dirty_(options.layout == Layout::kMirror ? (block_count_ + 63) / 64 : 0) {
   if (options_.bricks.empty()) options_.bricks.push_back(options_.brick);
+  options_.copies = placement_.copies;
+  if (options_.layout == Layout::kMirror) mirror_ = std::make_unique<MirrorState>(placement_.bricks);
   for (const ClientOptions& o : options_.bricks) {
     bricks_.push_back(std::make_unique<Brick>());
     bricks_.back()->options = o;
@@ -71,6 +77,20 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeOptions& options) {
   if (options.layout == Layout::kStripe && n < 2) {
     return Error(EINVAL, "layout stripe takes at least two bricks");
   }
+  if (options.layout == Layout::kMirror &&
+      (options.copies < kMinCopies || options.copies > kMaxCopies || options.copies > n)) {
+    return Error(EINVAL, "layout mirror keeps 2 or 3 copies on at least as many bricks, not " +
+                             std::to_string(options.copies) + " copies on " + std::to_string(n) + " bricks");
+  }
+  if (options.layout == Layout::kMirror && options.size / proto::kBlockSize > kMaxMirrorBlocks) {
+    return Error(EINVAL, "a mirrored volume has at most " + std::to_string(kMaxMirrorBlocks) +
+                             " blocks (its dirty bitmap fills the label block)");
+  }
+  if (options.layout == Layout::kMirror && options.leg_timeout_ms >= options.io_timeout_ms) {
+    return Error(EINVAL, "the leg timeout (" + std::to_string(options.leg_timeout_ms) +
+                             " ms) must be shorter than the I/O timeout (" + std::to_string(options.io_timeout_ms) +
+                             " ms)");
+  }
   for (size_t i = 0; i < options.bricks.size(); i++) {
     for (size_t j = 0; j < i; j++) {
       if (options.bricks[i].endpoint.to_string() == options.bricks[j].endpoint.to_string()) {
@@ -79,14 +99,27 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeOptions& options) {
     }
   }
   uint64_t blocks = (options.size + proto::kBlockSize - 1) / proto::kBlockSize;
-  uint64_t per_brick = (blocks + n - 1) / n;
+  Placement placement{static_cast<uint32_t>(n), options.layout == Layout::kMirror ? options.copies : 1};
+  uint64_t per_brick = placement.slots_per_brick(blocks);
   if (options.base + (per_brick - 1) * proto::kBlockSize < options.base) {
     return Error(EINVAL, "volume at " + format_hex(options.base) + " of " + format_size(options.size) +
                              " runs past the end of the brick's address space");
   }
   std::unique_ptr<Volume> volume(new Volume(options));
+  std::vector<uint32_t> missing;  // a mirror's bricks not reached (--degraded)
   for (uint32_t b = 0; b < volume->brick_count(); b++) {
     Status st = volume->open_brick(b);
+    if (!st && options.layout == Layout::kMirror && is_connection_error(st.error().errnum())) {
+      if (!options.degraded) {
+        return st.error().wrap("brick " + volume->brick_name(b) +
+                               " of a mirror is unreachable (attach with --degraded, degraded=true, to run without it)");
+      }
+      PBRICK_LOG_WARN("brick %s unreachable (%s): attaching degraded without it", volume->brick_name(b).c_str(),
+                      st.error().message().c_str());
+      missing.push_back(b);
+      volume->bricks_[b]->control.reset();
+      continue;
+    }
     if (!st) return volume->brick_count() == 1 ? st.error() : st.error().wrap("brick " + volume->brick_name(b));
   }
   for (uint32_t b = 0; b < volume->brick_count(); b++) volume->options_.bricks[b] = volume->bricks_[b]->options;
@@ -98,9 +131,19 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeOptions& options) {
   for (uint32_t b = 0; b < volume->brick_count(); b++) {
     claim_bricks.push_back({volume->bricks_[b]->control.get(), volume->brick_name(b), options.base});
   }
-  auto claim = VolumeClaim::Acquire(claim_bricks, {options.name, options.layout, options.size, options.read_only});
+  auto claim = VolumeClaim::Acquire(claim_bricks, {options.name, options.layout, options.size, options.read_only,
+                                                   volume->copies()});
   if (!claim) return claim.error().wrap("volume open");
   volume->claim_ = std::move(*claim);
+  if (volume->mirror_) {
+    const VolumeLabel l = volume->claim_->label();
+    for (uint32_t b : missing) volume->bricks_[b]->options.store_uuid = l.bricks[b].store;  // only that store, later
+    PBRICK_TRY(volume->load_mirror_state());
+    for (uint32_t b : missing) {
+      Status st = volume->mark_stale(b);
+      if (!st) return st.error().wrap("volume open, degraded");
+    }
+  }
   return volume;
 }
 
@@ -112,8 +155,7 @@ Status Volume::open_brick(uint32_t b) {
   // volume.h).
   if (!brick.options.store_uuid) brick.options.store_uuid = brick.control->hello().brick_uuid;
   // Learn which of our blocks the brick already holds, one LIST page at a time.
-  const uint64_t n = bricks_.size();
-  uint64_t on_brick = block_count_ > b ? (block_count_ - b + n - 1) / n : 0;
+  uint64_t on_brick = placement_.slots_per_brick(block_count_);
   if (on_brick == 0) return Status::Ok();
   uint64_t cursor = options_.base;
   uint64_t end = options_.base + (on_brick - 1) * proto::kBlockSize;
@@ -124,7 +166,8 @@ Status Volume::open_brick(uint32_t b) {
       for (uint64_t i = 0; i < e.block_count; i++) {
         uint64_t vaddr = e.start_vaddr + i * proto::kBlockSize;
         if (vaddr < options_.base || vaddr > end) continue;
-        set_allocated((vaddr - options_.base) / proto::kBlockSize * n + b, true);
+        auto unit = placement_.unit_at(b, (vaddr - options_.base) / proto::kBlockSize, block_count_);
+        if (unit) set_allocated(*unit, true);
       }
     }
     if ((page->list_flags & proto::kListMore) == 0 || page->next_cursor > end || page->next_cursor <= cursor) break;
@@ -191,9 +234,17 @@ uint64_t Volume::write_failures(uint32_t b) const {
   return bricks_[b]->write_failures.load(std::memory_order_acquire);
 }
 
+template <typename Fn>
+void Volume::for_each_unit_on(uint32_t b, Fn&& fn) const {
+  const uint64_t slots = placement_.slots_per_brick(block_count_);
+  for (uint64_t slot = 0; slot < slots; slot++) {
+    if (auto unit = placement_.unit_at(b, slot, block_count_)) fn(*unit);
+  }
+}
+
 void Volume::clear_handles(uint32_t b) {
   std::unique_lock lock(handles_mu_);
-  for (uint64_t i = b; i < handles_.size(); i += bricks_.size()) handles_[i] = BlockHandle{};
+  for_each_unit_on(b, [&](uint64_t i) { handles_[i] = BlockHandle{}; });
   bricks_[b]->mapped = 0;
 }
 
@@ -208,14 +259,14 @@ bool Volume::unmap_lru(uint32_t b) {
   uint64_t oldest = UINT64_MAX;
   {
     std::unique_lock lock(handles_mu_);
-    for (uint64_t i = b; i < handles_.size(); i += bricks_.size()) {
-      if (handles_[i].rkey == 0) continue;
+    for_each_unit_on(b, [&](uint64_t i) {
+      if (handles_[i].rkey == 0) return;
       uint64_t stamp = used_[i].load(std::memory_order_relaxed);
       if (stamp < oldest) {
         oldest = stamp;
         victim = i;
       }
-    }
+    });
     if (oldest == UINT64_MAX) return false;
     // Forget it first: new I/O maps again; I/O already using the rkey gets
     // EKEYREJECTED once the brick revoked it, and maps again too.
@@ -267,7 +318,9 @@ void Volume::invalidate(uint64_t index, uint32_t rkey) {
 template <typename Fn>
 auto Volume::with_control(uint32_t b, Fn&& fn) -> decltype(fn(std::declval<BrickClient&>())) {
   Brick& brick = *bricks_[b];
-  RetryDeadline retry(std::chrono::milliseconds(options_.io_timeout_ms), std::chrono::milliseconds(50),
+  // A mirror's copy waits only the leg timeout: then I/O goes on without it.
+  const uint32_t timeout_ms = mirror_ ? options_.leg_timeout_ms : options_.io_timeout_ms;
+  RetryDeadline retry(std::chrono::milliseconds(timeout_ms), std::chrono::milliseconds(50),
                       std::chrono::milliseconds(1000));
   for (;;) {
     Error last(EIO, "");
@@ -285,7 +338,7 @@ auto Volume::with_control(uint32_t b, Fn&& fn) -> decltype(fn(std::declval<Brick
     }
     PBRICK_LOG_WARN("brick %s: %s; reconnecting", brick_name(b).c_str(), last.message().c_str());
     if (!retry.wait()) {
-      return Error(EIO, "brick " + brick_name(b) + " unreachable for " + std::to_string(options_.io_timeout_ms) +
+      return Error(EIO, "brick " + brick_name(b) + " unreachable for " + std::to_string(timeout_ms) +
                             " ms (last error: " + last.message() + ")");
     }
   }
@@ -331,6 +384,126 @@ Result<BlockHandle> Volume::map_block(uint64_t index, bool for_write) {
   handles_[index] = h;
   used_[index].store(use_clock_.fetch_add(1, std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   return h;
+}
+
+Status Volume::load_mirror_state() {
+  const VolumeLabel l = claim_->label();
+  int source = -1;
+  for (uint32_t b = 0; b < brick_count(); b++) {
+    if (l.bricks[b].stale_since != 0) {
+      mirror_->set_state(b, CopyState::kStale);
+      PBRICK_LOG_WARN("volume %s: brick %s holds stale copies (stale since %llu); they are not read",
+                      format_uuid(l.volume_uuid).c_str(), brick_name(b).c_str(),
+                      static_cast<unsigned long long>(l.bricks[b].stale_since));
+    } else if (source < 0 && bricks_[b]->control) {  // not a brick missing at a degraded attach
+      source = static_cast<int>(b);
+    }
+  }
+  if (source < 0) {
+    return Error(EIO, "volume " + format_uuid(l.volume_uuid) + ": no reachable brick holds in-sync copies");
+  }
+  if (source == 0 && std::all_of(l.bricks.begin(), l.bricks.end(), [](const LabelBrick& lb) {
+        return lb.stale_since == 0;
+      })) {
+    return Status::Ok();  // nothing is stale: the bitmap is clear
+  }
+  // The dirty bits recorded so far, so later ones are added to them.
+  Brick& brick = *bricks_[source];
+  std::lock_guard lock(brick.control_mu);
+  auto bytes = VolumeClaim::read_dirty(ClaimBrick{brick.control.get(), brick_name(source), options_.base},
+                                       (block_count_ + 7) / 8);
+  if (!bytes) return bytes.error().wrap("volume open: dirty bitmap on brick " + brick_name(source));
+  for (uint64_t i = 0; i < block_count_; i++) {
+    if (((*bytes)[i / 8] >> (i % 8)) & 1) dirty_[i / 64].fetch_or(1ull << (i % 64), std::memory_order_relaxed);
+  }
+  return Status::Ok();
+}
+
+VolumeLabel Volume::label() const { return claim_->label(); }
+
+bool Volume::dirty(uint64_t block) const {
+  return !dirty_.empty() && ((dirty_[block / 64].load(std::memory_order_acquire) >> (block % 64)) & 1);
+}
+
+uint64_t Volume::dirty_count() const {
+  uint64_t n = 0;
+  for (const auto& w : dirty_) n += static_cast<uint64_t>(__builtin_popcountll(w.load(std::memory_order_acquire)));
+  return n;
+}
+
+Status Volume::mark_stale(uint32_t b) {
+  std::lock_guard label_lock(label_mu_);
+  if (!mirror_->in_sync(b)) return Status::Ok();
+  // The bricks to mark stale: `b`, and every in-sync brick that cannot take
+  // the label either (it failed too). Each attempt uses a new generation, so
+  // labels of one generation always agree.
+  std::vector<uint32_t> going{b};
+  const uint64_t now = static_cast<uint64_t>(std::time(nullptr));
+  for (uint64_t attempt = 1;; attempt++) {
+    for (uint32_t first = 0; first < brick_count(); first++) {
+      bool any = false;
+      for (uint32_t j = 0; j < placement_.copies; j++) {
+        uint32_t c = (first + j) % brick_count();
+        any = any || (mirror_->in_sync(c) && std::find(going.begin(), going.end(), c) == going.end());
+      }
+      if (!any) {
+        return Error(EIO, "brick " + brick_name(b) + ": no other in-sync copy of some blocks is reachable");
+      }
+    }
+    VolumeLabel next = claim_->label();
+    next.generation += attempt;
+    for (uint32_t g : going) {
+      if (next.bricks[g].stale_since == 0) next.bricks[g].stale_since = now;
+    }
+    bool lost_one = false;
+    for (uint32_t s = 0; s < brick_count() && !lost_one; s++) {
+      if (!mirror_->in_sync(s) || std::find(going.begin(), going.end(), s) != going.end()) continue;
+      std::lock_guard lock(bricks_[s]->control_mu);
+      auto r = with_control(s, [&](BrickClient& c) -> Result<bool> {
+        PBRICK_TRY(VolumeClaim::write_label_to(ClaimBrick{&c, brick_name(s), options_.base}, s, next));
+        return true;
+      });
+      if (r) continue;
+      if (r.error().errnum() != EIO && !is_connection_error(r.error().errnum())) {
+        return r.error().wrap("recording brick " + brick_name(b) + " stale on brick " + brick_name(s));
+      }
+      PBRICK_LOG_WARN("brick %s: %s", brick_name(s).c_str(), r.error().message().c_str());
+      going.push_back(s);
+      lost_one = true;
+    }
+    if (lost_one) continue;
+    claim_->commit(next);
+    for (uint32_t g : going) {
+      mirror_->set_state(g, CopyState::kStale);
+      PBRICK_LOG_WARN("volume %s: brick %s is stale (generation %llu); the volume is degraded",
+                      format_uuid(next.volume_uuid).c_str(), brick_name(g).c_str(),
+                      static_cast<unsigned long long>(next.generation));
+    }
+    return Status::Ok();
+  }
+}
+
+Status Volume::mark_dirty(uint64_t block) {
+  if (dirty(block)) return Status::Ok();
+  std::lock_guard label_lock(label_mu_);
+  if (dirty(block)) return Status::Ok();
+  // The byte holds the bits already durable and this one: the bitmap only
+  // grows while a copy is stale, and this attachment is its only writer.
+  uint8_t byte = static_cast<uint8_t>(1u << (block % 8));
+  for (uint64_t i = block & ~uint64_t{7}; i < std::min(block_count_, (block & ~uint64_t{7}) + 8); i++) {
+    if (dirty(i)) byte = static_cast<uint8_t>(byte | (1u << (i % 8)));
+  }
+  for (uint32_t s = 0; s < brick_count(); s++) {
+    if (!mirror_->in_sync(s)) continue;
+    std::lock_guard lock(bricks_[s]->control_mu);
+    auto r = with_control(s, [&](BrickClient& c) -> Result<bool> {
+      PBRICK_TRY(VolumeClaim::record_dirty(ClaimBrick{&c, brick_name(s), options_.base}, block / 8, byte));
+      return true;
+    });
+    if (!r) return r.error().wrap("recording block " + std::to_string(block) + " dirty on brick " + brick_name(s));
+  }
+  dirty_[block / 64].fetch_or(1ull << (block % 64), std::memory_order_release);
+  return Status::Ok();
 }
 
 Status Volume::discard_block(uint64_t index) {

@@ -3,7 +3,10 @@
 // lives in volume block i = o / 2 MiB. Layout single: block i is at
 // base + i * 2 MiB of the one brick. Layout stripe over N bricks: block i is
 // on brick i mod N at base + (i div N) * 2 MiB (the same base on every brick;
-// docs/layout.md).
+// docs/layout.md). Layout mirror keeps C copies of every block (Placement in
+// common/layout.h); the volume's control path works on *units*, one copy of
+// one block each (unit == block when C is 1), and which copies a request uses
+// is gateway/mirror.h's business.
 //
 // A volume talks only to the stores it was opened on: Open records each
 // brick's store uuid (HELLO's brick_uuid) in its ClientOptions::store_uuid,
@@ -42,7 +45,7 @@
 #include "common/client.h"
 #include "common/layout.h"
 #include "common/result.h"
-#include "gateway/volume_claim.h"
+#include "gateway/mirror.h"
 #include "gateway/volume_claim.h"
 
 namespace pbrick {
@@ -57,6 +60,17 @@ struct VolumeOptions {
   // before it fails with EIO.
   uint32_t io_timeout_ms = 30000;
   Layout layout = Layout::kSingle;
+  // Layout mirror: copies of every block, kMinCopies..kMaxCopies and at most
+  // the brick count; 1 for the other layouts.
+  uint32_t copies = 1;
+  // Layout mirror: how long a copy's brick may fail (lost connection, no
+  // reply) before the copy is marked stale and I/O goes on without it;
+  // shorter than io_timeout_ms.
+  uint32_t leg_timeout_ms = 5000;
+  // Layout mirror: attach even when some bricks cannot be reached (like
+  // `mdadm --run`); their copies become stale. Without it such an attach
+  // fails, so two gateways that each see half the bricks do not both write.
+  bool degraded = false;
   // The bricks in layout order (stripe: at least two); empty means `brick`.
   std::vector<ClientOptions> bricks = {};
   // The volume's name in its label (gateway/volume_label.h); empty: unnamed.
@@ -99,13 +113,19 @@ class Volume {
   uint64_t size() const { return options_.size; }
   uint64_t block_count() const { return block_count_; }
   Layout layout() const { return options_.layout; }
+  const Placement& placement() const { return placement_; }
+  // Layout mirror: which bricks hold in-sync copies; null for the others.
+  const MirrorState* mirror() const { return mirror_.get(); }
+  MirrorState* mirror() { return mirror_.get(); }
+  uint32_t copies() const { return placement_.copies; }
+  // Units (copies of blocks): the index space of the methods below.
+  uint64_t unit_count() const { return block_count_ * placement_.copies; }
 
-  // The layout: which brick holds volume block `index`, and where on it.
+  // The layout: which brick holds unit `index` (a copy of a block; the block
+  // itself unless mirrored), and where on it.
   uint32_t brick_count() const { return static_cast<uint32_t>(bricks_.size()); }
-  uint32_t brick_of(uint64_t index) const { return static_cast<uint32_t>(index % bricks_.size()); }
-  uint64_t block_vaddr(uint64_t index) const {
-    return options_.base + (index / bricks_.size()) * proto::kBlockSize;
-  }
+  uint32_t brick_of(uint64_t index) const { return placement_.brick_of(index); }
+  uint64_t block_vaddr(uint64_t index) const { return options_.base + placement_.slot_of(index) * proto::kBlockSize; }
   const ClientOptions& brick_options(uint32_t brick) const;
   // "HOST:PORT" of a brick, for messages.
   std::string brick_name(uint32_t brick) const;
@@ -144,6 +164,18 @@ class Volume {
   void note_write_failed(uint32_t brick);
   uint64_t write_failures(uint32_t brick) const;
 
+  // Layout mirror. mark_stale: records durably in the labels of the other
+  // in-sync bricks (generation + 1) that `brick`'s copies are stale, then
+  // stops reading them. mark_dirty: sets block `block`'s dirty bit durably
+  // in the bitmap of every in-sync brick, once per block (later calls return
+  // at once). Both block on control round trips; any thread.
+  Status mark_stale(uint32_t brick);
+  Status mark_dirty(uint64_t block);
+  bool dirty(uint64_t block) const;
+  uint64_t dirty_count() const;
+  // The volume's label as this attachment last wrote or read it.
+  VolumeLabel label() const;
+
   // Frees a whole block (unmap + free); it then reads as zeros. When the brick
   // refuses because someone else maps it (EBUSY), returns EBUSY so the caller
   // can zero it through the data path instead.
@@ -164,26 +196,38 @@ class Volume {
   void note_connect(uint32_t brick, const Status& st);
   void set_allocated(uint64_t index, bool value);
   void clear_handles(uint32_t brick);
+  // Calls fn(unit) for every unit on `brick`, in address order.
+  template <typename Fn>
+  void for_each_unit_on(uint32_t brick, Fn&& fn) const;
   // With the brick's control_mu held: unmaps its least recently used mapped
   // block; false when none of its blocks is mapped. (Per brick: a victim on
   // another brick would need that brick's control_mu too.)
   bool unmap_lru(uint32_t brick);
+  // Layout mirror, at Open: copy states from the label, dirty bits from an
+  // in-sync brick's bitmap.
+  Status load_mirror_state();
   uint64_t mapped_count(uint32_t brick) const;
 
   VolumeOptions options_;
   uint64_t block_count_ = 0;
+  Placement placement_;
+  std::unique_ptr<MirrorState> mirror_;
   std::vector<std::unique_ptr<Brick>> bricks_;
   // Set by Open once every brick's label passed; retaken on every reconnect
   // of a brick's control connection (connect_control).
   std::optional<VolumeClaim> claim_;
 
   mutable std::shared_mutex handles_mu_;
-  std::vector<BlockHandle> handles_;             // by volume block index
+  std::vector<BlockHandle> handles_;             // by unit
   // Last use of each block's handle (a stamp of use_clock_): the LRU order.
   // Relaxed atomics: a stale stamp only makes an unmap choice less exact.
   mutable std::vector<std::atomic<uint64_t>> used_;
   mutable std::atomic<uint64_t> use_clock_{0};
-  std::vector<std::atomic<uint64_t>> allocated_;  // bitset by volume block index
+  std::vector<std::atomic<uint64_t>> allocated_;  // bitset by unit
+  // Layout mirror: serialises label updates (mark_stale, mark_dirty); taken
+  // before any brick's control_mu.
+  std::mutex label_mu_;
+  std::vector<std::atomic<uint64_t>> dirty_;  // bitset by block: durable in the labels
 };
 
 }  // namespace pbrick

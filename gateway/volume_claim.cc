@@ -137,6 +137,12 @@ Result<std::vector<BrickSeen>> read_all(std::span<const ClaimBrick> bricks) {
     if (!vaddr) return vaddr.error().wrap(where(b, i));
     BrickSeen s;
     s.endpoint = b.endpoint;
+    s.base = b.base;
+    if (b.control == nullptr) {  // a mirror's brick missing at a --degraded attach
+      s.absent = true;
+      seen.push_back(std::move(s));
+      continue;
+    }
     s.store = b.control->hello().brick_uuid;
     s.base = b.base;
     auto bytes = read_label_block(*b.control, *vaddr);
@@ -163,7 +169,9 @@ Result<VolumeClaim> VolumeClaim::Acquire(std::span<const ClaimBrick> bricks, con
   // Data blocks must stay below the label areas (volume_label.h).
   const uint64_t blocks = (request.size + proto::kBlockSize - 1) / proto::kBlockSize;
   for (size_t i = 0; i < bricks.size(); i++) {
-    uint64_t per_brick = (blocks + bricks.size() - 1) / bricks.size();
+    uint64_t per_brick = Placement{static_cast<uint32_t>(bricks.size()),
+                                   request.layout == Layout::kMirror ? request.copies : 1}
+                             .slots_per_brick(blocks);
     if (bricks[i].base > kMaxLabelledBase || per_brick > (kLabelAreaStart - bricks[i].base) / proto::kBlockSize) {
       return Error(EINVAL, where(bricks[i], i) + ": volume of " + format_size(request.size) + " at " +
                                format_hex(bricks[i].base) + " reaches " + format_hex(kLabelAreaStart) +
@@ -182,10 +190,12 @@ Result<VolumeClaim> VolumeClaim::Acquire(std::span<const ClaimBrick> bricks, con
   size_t locked = 0;
   auto release = [&] {
     for (size_t i = 0; i < locked; i++) {
+      if (bricks[i].control == nullptr) continue;
       (void)bricks[i].control->unmap(lock_vaddr_of(*label_vaddr(bricks[i].base)));
     }
   };
   for (; locked < bricks.size(); locked++) {
+    if (bricks[locked].control == nullptr) continue;
     Status st = take_lock(bricks[locked], locked, *label_vaddr(bricks[locked].base));
     if (!st) {
       release();
@@ -206,6 +216,7 @@ Result<VolumeClaim> VolumeClaim::Acquire(std::span<const ClaimBrick> bricks, con
   HolderRecord holder = this_holder(plan->target.volume_uuid);
   auto holder_bytes = encode_holder(holder);
   for (size_t i = 0; i < bricks.size(); i++) {
+    if (bricks[i].control == nullptr) continue;
     Status st = write_label_block(*bricks[i].control, *label_vaddr(bricks[i].base), kHolderOffset, holder_bytes);
     if (!st) return fail(i, st.error());
   }
@@ -229,6 +240,7 @@ Result<VolumeClaim> VolumeClaim::Acquire(std::span<const ClaimBrick> bricks, con
     // committed labels of two generations with one identity, which the next
     // read-write attach finishes (plan_labels).
     for (size_t i = 0; i < bricks.size(); i++) {
+      if (bricks[i].control == nullptr) continue;
       l.index = static_cast<uint32_t>(i);
       Status st = write_label(*bricks[i].control, *label_vaddr(bricks[i].base), l);
       if (!st) return fail(i, st.error());
@@ -238,20 +250,52 @@ Result<VolumeClaim> VolumeClaim::Acquire(std::span<const ClaimBrick> bricks, con
   return VolumeClaim(std::move(l), false);
 }
 
+VolumeLabel VolumeClaim::current() const {
+  std::lock_guard lock(*mu_);
+  return label_;
+}
+
+Status VolumeClaim::write_label_to(const ClaimBrick& b, size_t index, const VolumeLabel& label) {
+  VolumeLabel l = label;
+  l.index = static_cast<uint32_t>(index);
+  return write_label(*b.control, *label_vaddr(b.base), l);
+}
+
+void VolumeClaim::commit(const VolumeLabel& label) {
+  std::lock_guard lock(*mu_);
+  label_ = label;
+  label_.index = 0;
+}
+
+Status VolumeClaim::record_dirty(const ClaimBrick& b, uint64_t index, uint8_t byte) {
+  return write_label_block(*b.control, *label_vaddr(b.base), kDirtyOffset + index, {&byte, 1});
+}
+
+Result<std::vector<uint8_t>> VolumeClaim::read_dirty(const ClaimBrick& b, size_t bytes) {
+  std::vector<uint8_t> out(bytes);
+  if (bytes == 0) return out;
+  Status st = with_label_block(*b.control, *label_vaddr(b.base), false, [&](const proto::MapReply& m) {
+    return b.control->read(m.rkey, m.remote_addr + kDirtyOffset, out);
+  });
+  if (!st) return st.error();
+  return out;
+}
+
 Status VolumeClaim::reacquire(size_t index, const ClaimBrick& b) const {
   auto vaddr = label_vaddr(b.base);
   if (!vaddr) return vaddr.error();
-  const std::string vol = "volume " + format_uuid(label_.volume_uuid);
+  const VolumeLabel label = current();
+  const std::string vol = "volume " + format_uuid(label.volume_uuid);
   auto check = [&]() -> Status {
     auto bytes = read_label_block(*b.control, *vaddr);
     if (!bytes) return bytes.error().wrap(where(b, index) + ": read label");
     auto r = bytes->empty() ? Result<LabelRead>(LabelRead{}) : read_label_slots(*bytes);
     if (!r) return r.error().wrap(where(b, index));
     if (!r->label) return Error(kErrWrongStore, where(b, index) + " no longer holds the label of " + vol);
-    if (!r->label->same_identity(label_) || r->label->index != index || r->label->generation != label_.generation) {
+    if (!r->label->same_identity(label) || r->label->index != index || r->label->generation != label.generation) {
       return Error(kErrWrongStore, where(b, index) + " now holds another label (generation " +
                                        std::to_string(r->label->generation) + ") than the one " + vol +
-                                       " was attached with (generation " + std::to_string(label_.generation) + ")");
+                                       " was attached with (generation " + std::to_string(label.generation) + ")");
     }
     return Status::Ok();
   };
@@ -271,7 +315,7 @@ Status VolumeClaim::reacquire(size_t index, const ClaimBrick& b) const {
   PBRICK_TRY(locked);
   Status st = check();
   if (st) {
-    auto holder = encode_holder(this_holder(label_.volume_uuid));
+    auto holder = encode_holder(this_holder(label.volume_uuid));
     st = write_label_block(*b.control, *vaddr, kHolderOffset, holder).wrap_error(where(b, index));
   }
   if (!st) (void)b.control->unmap(lock_vaddr_of(*vaddr));

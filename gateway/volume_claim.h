@@ -20,6 +20,8 @@
 // borrows (Volume does it under its control mutex).
 #pragma once
 
+#include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 
@@ -30,7 +32,9 @@
 namespace pbrick {
 
 struct ClaimBrick {
-  BrickClient* control = nullptr;  // connected; borrowed for the call
+  // Connected; borrowed for the call. Null: a mirror's brick missing at a
+  // --degraded attach (plan_labels takes its place on the others' word).
+  BrickClient* control = nullptr;
   std::string endpoint;            // for messages
   uint64_t base = 0;               // the volume's base on this brick
 };
@@ -53,11 +57,29 @@ class VolumeClaim {
   Status reacquire(size_t index, const ClaimBrick& brick) const;
 
   // The committed label every brick holds (its `index` is brick 0's).
-  const VolumeLabel& label() const { return label_; }
+  VolumeLabel label() const { return current(); }
+
+  // Layout mirror, read-write, recording stale copies (Volume::mark_stale
+  // builds the label at a higher generation): write_label_to() writes it to
+  // one brick, durably (slot by generation, so a torn write leaves the
+  // previous one); once every in-sync brick has it, commit() makes it the
+  // label reconnects expect. The caller serialises these (Volume's label
+  // mutex) and holds each brick's control.
+  static Status write_label_to(const ClaimBrick& brick, size_t index, const VolumeLabel& label);
+  void commit(const VolumeLabel& label);
+  // Layout mirror: writes `byte` (bits of the dirty bitmap, volume.h) at
+  // byte `index` of the bitmap of `brick`, durably.
+  static Status record_dirty(const ClaimBrick& brick, uint64_t index, uint8_t byte);
+  // The first `bytes` bytes of `brick`'s dirty bitmap.
+  static Result<std::vector<uint8_t>> read_dirty(const ClaimBrick& brick, size_t bytes);
 
  private:
   VolumeClaim(VolumeLabel label, bool read_only) : label_(std::move(label)), read_only_(read_only) {}
+  VolumeLabel current() const;
 
+  // Guards label_ once the claim is held (commit() against reacquire() on
+  // another brick's reconnect); a pointer so the claim stays movable.
+  std::shared_ptr<std::mutex> mu_ = std::make_shared<std::mutex>();
   VolumeLabel label_;
   bool read_only_ = false;
 };

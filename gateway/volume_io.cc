@@ -6,6 +6,7 @@
 #include "common/log.h"
 #include "common/units.h"
 #include "gateway/block_mapper.h"
+#include "gateway/mirror.h"
 
 namespace pbrick {
 namespace {
@@ -46,15 +47,10 @@ void plan_rw(const Volume& volume, bool is_write, uint64_t offset, uint64_t len,
              std::vector<IoPiece>& pieces) {
   for (uint64_t done = 0; done < len;) {
     uint64_t pos = offset + done;
-    IoPiece& p = pieces.emplace_back();
-    p.request = request;
-    p.block = pos / proto::kBlockSize;
-    p.brick = volume.brick_of(p.block);
-    p.in_block = static_cast<uint32_t>(pos % proto::kBlockSize);
-    p.len = static_cast<uint32_t>(std::min<uint64_t>(len - done, proto::kBlockSize - p.in_block));
-    p.buf = buf + done;
-    p.is_write = is_write;
-    done += p.len;
+    uint32_t in_block = static_cast<uint32_t>(pos % proto::kBlockSize);
+    uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(len - done, proto::kBlockSize - in_block));
+    plan_block(volume, is_write, pos / proto::kBlockSize, in_block, n, buf + done, request, pieces);
+    done += n;
   }
 }
 
@@ -68,20 +64,33 @@ Status plan_discard(Volume& volume, uint64_t offset, uint64_t len, uint8_t* zero
     uint64_t block_end = std::min(block_start + proto::kBlockSize, size);
     uint64_t piece_end = std::min(end, block_end);
     bool whole = pos == block_start && piece_end == block_end && block_end - block_start == proto::kBlockSize;
-    if (volume.allocated(block)) {
-      Status st = whole ? volume.discard_block(block) : Status(Error(EBUSY, "partial"));
+    // Each copy of the block (one unless mirrored) is freed, or zeroed
+    // through the data path when it cannot be.
+    size_t first = pieces.size();
+    plan_block(volume, true, block, static_cast<uint32_t>(pos - block_start), static_cast<uint32_t>(piece_end - pos),
+               zeros, request, pieces);
+    size_t kept = first;
+    for (size_t k = first; k < pieces.size(); k++) {
+      uint64_t unit = pieces[k].block;
+      auto stale = skip_stale_copy(volume, pieces[k]);  // mirror: recorded dirty instead
+      if (!stale || *stale) {
+        if (!stale) {
+          pieces.resize(first);
+          return stale.error();
+        }
+        continue;
+      }
+      if (!volume.allocated(unit)) continue;
+      Status st = whole ? volume.discard_block(unit) : Status(Error(EBUSY, "partial"));
       if (!st) {
-        if (st.error().errnum() != EBUSY) return st;
-        IoPiece& p = pieces.emplace_back();
-        p.request = request;
-        p.block = block;
-        p.brick = volume.brick_of(block);
-        p.in_block = static_cast<uint32_t>(pos - block_start);
-        p.len = static_cast<uint32_t>(piece_end - pos);
-        p.buf = zeros;
-        p.is_write = true;
+        if (st.error().errnum() != EBUSY) {
+          pieces.resize(first);
+          return st;
+        }
+        pieces[kept++] = pieces[k];
       }
     }
+    pieces.resize(kept);
     pos = piece_end;
   }
   return Status::Ok();
@@ -98,6 +107,14 @@ Result<size_t> queue_round(Volume& volume, std::span<IoPiece> pieces, PieceSink&
       p.status = -1;  // the next round's
       continue;
     }
+    auto stale = skip_stale_copy(volume, p);  // mirror: a stale copy's miss is recorded, not sent
+    if (!stale) {
+      note_failed_writes(volume, pieces);
+      return stale.error();
+    }
+    if (*stale) continue;
+    uint32_t moves = 0;  // mirror: a read whose copy could not be mapped tries the others
+  resolve:
     if (!p.is_write && !volume.allocated(p.block)) {
       std::memset(p.buf, 0, p.len);  // never written: zeros, no round trip
       p.status = 0;
@@ -105,13 +122,31 @@ Result<size_t> queue_round(Volume& volume, std::span<IoPiece> pieces, PieceSink&
     }
     auto h = volume.cached(p.block);
     if (!h) {
-      if (mapper != nullptr && mapper->park(p.request, p.block, p.is_write)) return kWaitingForMap;
+      // A mirror maps here, not on the mapper's workers: a copy whose mapping
+      // fails must be marked stale and the piece moved to another copy
+      // (leg_failed below), which the mapper's all-or-nothing outcome per
+      // request cannot do.
+      if (mapper != nullptr && volume.copies() == 1 && mapper->park(p.request, p.block, p.is_write)) {
+        return kWaitingForMap;
+      }
       auto mapped = volume.map_block(p.block, p.is_write);
       if (!mapped) {
         if (!p.is_write && mapped.error().errnum() == ENOENT) {
           std::memset(p.buf, 0, p.len);
           p.status = 0;
           continue;
+        }
+        if (mapped.error().errnum() == EIO || is_connection_error(mapped.error().errnum())) {
+          auto handled = moves < volume.copies() ? leg_failed(volume, p) : Result<bool>(false);
+          if (handled && *handled) {
+            if (p.is_write) continue;  // the copy is stale now, the miss recorded
+            moves++;
+            goto resolve;  // the read, on another copy
+          }
+          if (!handled) {
+            note_failed_writes(volume, pieces);
+            return handled.error();
+          }
         }
         note_failed_writes(volume, pieces);
         return mapped.error();
@@ -141,7 +176,8 @@ Result<size_t> queue_round(Volume& volume, std::span<IoPiece> pieces, PieceSink&
 }
 
 void IoRetry::start(std::chrono::milliseconds timeout) {
-  deadline_ = IoClock::now() + timeout;
+  started_ = IoClock::now();
+  deadline_ = started_ + timeout;
   backoff_ = kFirstBackoff;
 }
 
@@ -163,15 +199,32 @@ IoRetry::Step IoRetry::settle(Volume& volume, std::span<IoPiece> pieces, std::st
         p.status = -1;
         again = true;
         break;
-      case Fate::kReconnect:
+      case Fate::kReconnect: {
+        // Mirror: a read goes to another copy at once; a write's copy is
+        // left behind (stale) once its brick failed for the leg timeout.
+        if (volume.mirror() != nullptr &&
+            (!p.is_write || !volume.mirror()->in_sync(p.brick) ||
+             IoClock::now() - started_ >= std::chrono::milliseconds(volume.options().leg_timeout_ms))) {
+          auto handled = leg_failed(volume, p);
+          if (!handled) {
+            error_ = handled.error();
+            note_failed_writes(volume, pieces);
+            return Step::kFail;
+          }
+          if (*handled) {
+            if (p.status == -1) again = true;
+            break;
+          }
+        }
         lost = p.status;
         lost_brick = p.brick;
         p.status = -1;
         break;
+      }
       case Fate::kFail:
         error_ = io_error(volume, p.brick, p.status,
                           std::string(what) + " of " + std::to_string(p.len) + " bytes in block " +
-                              std::to_string(p.block));
+                              std::to_string(volume.placement().block_of(p.block)));
         note_failed_writes(volume, pieces);
         return Step::kFail;
     }
@@ -244,6 +297,9 @@ struct VolumeChannels::Link {
   std::atomic<uint64_t> syncs_sent{0};
 
   bool needs_sync(const Volume& volume) const {
+    // A mirror's stale copy is synced by its resync, not by FLUSH: the
+    // writes it missed are in the in-sync bricks' dirty bitmaps.
+    if (volume.mirror() != nullptr && !volume.mirror()->in_sync(ring.brick)) return false;
     return writes.load(std::memory_order_acquire) != synced.load(std::memory_order_acquire) ||
            volume.write_failures(ring.brick) != failures_synced.load(std::memory_order_acquire);
   }
@@ -270,6 +326,7 @@ Status VolumeChannels::add_buffer_region(uint8_t* base, size_t len) {
 
 Status VolumeChannels::connect() {
   for (uint32_t b = 0; b < links_.size(); b++) {
+    if (volume_.mirror() != nullptr && !volume_.mirror()->in_sync(b)) continue;  // a stale copy gets no I/O
     Status st = volume_.connect_channel(*links_[b]->channel, b);
     if (!st) return links_.size() == 1 ? st.error() : st.error().wrap("brick " + volume_.brick_name(b));
   }
@@ -388,7 +445,9 @@ void VolumeChannels::on_cqe(uint64_t payload, int res) {
 }
 
 void VolumeChannels::on_tick() {
-  auto timeout = std::chrono::milliseconds(volume_.options().io_timeout_ms);
+  // A mirror's copy that does not answer is given up after the leg timeout.
+  auto timeout = std::chrono::milliseconds(volume_.mirror() != nullptr ? volume_.options().leg_timeout_ms
+                                                                        : volume_.options().io_timeout_ms);
   auto now = IoClock::now();
   for (auto& link : links_) {
     DataChannel& c = *link->channel;

@@ -8,7 +8,8 @@
 //
 //  1. plan_rw() / plan_discard() turn it into IoPieces, one per (brick, block)
 //     it touches: the layout (Volume::brick_of, block_vaddr) decides where each
-//     lives. A discard frees whole blocks at once and becomes zero-fill WRITE
+//     lives; a mirrored volume's writes become one piece per in-sync copy and
+//     its reads take one copy (gateway/mirror.h). A discard frees whole blocks at once and becomes zero-fill WRITE
 //     pieces only for what it cannot free (partial blocks; blocks someone else
 //     maps, whose FREE the brick refuses with EBUSY).
 //  2. queue_round() resolves each piece still to do: reads of unallocated
@@ -69,7 +70,7 @@ Error io_error(const Volume& volume, uint32_t brick, int status, std::string_vie
 struct IoPiece {
   DataChannel::Op op;
   void* request = nullptr;  // the owner's request
-  uint64_t block = 0;       // volume block index
+  uint64_t block = 0;       // the unit: volume block index * copies + copy (the block unless mirrored)
   uint32_t brick = 0;       // Volume::brick_of(block)
   uint32_t in_block = 0;
   uint8_t* buf = nullptr;
@@ -146,6 +147,7 @@ class IoRetry {
  private:
   Step later(const Volume& volume, uint32_t brick, int status, std::string_view what);
 
+  IoClock::time_point started_{};
   IoClock::time_point deadline_{};
   IoClock::time_point retry_at_{};
   std::chrono::milliseconds backoff_{20};

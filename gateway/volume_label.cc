@@ -20,7 +20,7 @@ constexpr size_t kCrcOffset = kLabelSlotSize - 4;
 // Label slot offsets (docs/layout.md, "Volume label").
 constexpr size_t kOffFlags = 12, kOffGeneration = 16, kOffVolumeUuid = 24, kOffLayout = 40, kOffIndex = 44,
                  kOffBrickCount = 48, kOffNameLen = 52, kOffName = 56, kOffSize = 120, kOffCreated = 128,
-                 kOffBricks = 144, kBrickEntrySize = 32;
+                 kOffCopies = 136, kOffBricks = 144, kBrickEntrySize = 32;
 // Holder record offsets.
 constexpr size_t kOffHolderUuid = 16, kOffPid = 32, kOffSince = 40, kOffHost = 48, kHostField = 64,
                  kOffProgram = 112, kProgramField = 32, kHolderEnd = 144;
@@ -123,7 +123,8 @@ Result<uint64_t> label_vaddr(uint64_t base) {
 }
 
 bool VolumeLabel::same_identity(const VolumeLabel& o) const {
-  return volume_uuid == o.volume_uuid && name == o.name && layout == o.layout && bricks == o.bricks;
+  return volume_uuid == o.volume_uuid && name == o.name && layout == o.layout && copies == o.copies &&
+         bricks == o.bricks;
 }
 
 std::array<uint8_t, kLabelSlotSize> encode_label(const VolumeLabel& l) {
@@ -141,10 +142,12 @@ std::array<uint8_t, kLabelSlotSize> encode_label(const VolumeLabel& l) {
   std::memcpy(p + kOffName, l.name.data(), name_len);
   put64(p + kOffSize, l.size);
   put64(p + kOffCreated, l.created);
+  put32(p + kOffCopies, l.layout == Layout::kMirror ? l.copies : 0);
   for (size_t i = 0; i < n; i++) {
     uint8_t* e = p + kOffBricks + i * kBrickEntrySize;
     std::memcpy(e, l.bricks[i].store.data(), proto::kUuidSize);
     put64(e + 16, l.bricks[i].base);
+    put64(e + 24, l.layout == Layout::kMirror ? l.bricks[i].stale_since : 0);
   }
   seal(out, kLabelMagic);
   return out;
@@ -160,7 +163,7 @@ Result<VolumeLabel> decode_label(std::span<const uint8_t> slot) {
   if (l.generation == 0) return Error(EINVAL, "volume label: generation 0");
   std::memcpy(l.volume_uuid.data(), p + kOffVolumeUuid, proto::kUuidSize);
   uint32_t layout = get32(p + kOffLayout);
-  if (layout > static_cast<uint32_t>(Layout::kStripe)) {
+  if (layout > static_cast<uint32_t>(Layout::kMirror)) {
     return Error(EINVAL, "volume label: unknown layout " + std::to_string(layout));
   }
   l.layout = static_cast<Layout>(layout);
@@ -179,7 +182,17 @@ Result<VolumeLabel> decode_label(std::span<const uint8_t> slot) {
   l.size = get64(p + kOffSize);
   if (l.size == 0 || l.size % 4096 != 0) return Error(EINVAL, "volume label: size " + std::to_string(l.size));
   l.created = get64(p + kOffCreated);
-  if (!all_zero(p + 136, 8)) return Error(EBADMSG, "volume label: nonzero reserved bytes");
+  uint32_t copies = get32(p + kOffCopies);
+  if (l.layout == Layout::kMirror) {
+    if (copies < kMinCopies || copies > kMaxCopies || copies > n) {
+      return Error(EINVAL, "volume label: layout mirror with " + std::to_string(copies) + " copies on " +
+                               std::to_string(n) + " bricks");
+    }
+    l.copies = copies;
+  } else if (copies != 0) {
+    return Error(EINVAL, "volume label: copies " + std::to_string(copies) + " outside layout mirror");
+  }
+  if (!all_zero(p + 140, 4)) return Error(EBADMSG, "volume label: nonzero reserved bytes");
   for (uint32_t i = 0; i < n; i++) {
     const uint8_t* e = p + kOffBricks + i * kBrickEntrySize;
     LabelBrick b;
@@ -188,12 +201,15 @@ Result<VolumeLabel> decode_label(std::span<const uint8_t> slot) {
     if (b.base % proto::kBlockSize != 0 || b.base > kMaxLabelledBase) {
       return Error(EINVAL, "volume label: brick " + std::to_string(i) + " base " + format_hex(b.base));
     }
-    if (!all_zero(e + 24, 8)) return Error(EBADMSG, "volume label: nonzero reserved bytes");
+    b.stale_since = get64(e + 24);
+    if (l.layout != Layout::kMirror && b.stale_since != 0) {
+      return Error(EBADMSG, "volume label: nonzero reserved bytes");
+    }
     l.bricks.push_back(b);
   }
   // Blocks beyond the volume's end on a brick must stay below the label areas.
   uint64_t blocks = (l.size + proto::kBlockSize - 1) / proto::kBlockSize;
-  uint64_t per_brick = (blocks + n - 1) / n;
+  uint64_t per_brick = Placement{n, l.copies}.slots_per_brick(blocks);
   for (const LabelBrick& b : l.bricks) {
     if (per_brick > (kLabelAreaStart - b.base) / proto::kBlockSize) {
       return Error(EINVAL, "volume label: data of " + format_size(l.size) + " at " + format_hex(b.base) +
@@ -272,6 +288,11 @@ Result<LabelPlan> plan_labels(std::span<const BrickSeen> bricks, const LabelRequ
   if (req.layout == Layout::kSingle && n != 1) {
     return Error(EINVAL, "layout single takes one brick, not " + std::to_string(n));
   }
+  const uint32_t req_copies = req.layout == Layout::kMirror ? req.copies : 1;
+  if (req.layout == Layout::kMirror && (req_copies < kMinCopies || req_copies > kMaxCopies || req_copies > n)) {
+    return Error(EINVAL, "layout mirror keeps 2 or 3 copies on at least as many bricks, not " +
+                             std::to_string(req_copies) + " on " + std::to_string(n));
+  }
   if (!valid_name(req.name)) return Error(EINVAL, "volume name '" + req.name + "' is not 0..63 of [A-Za-z0-9._-]");
   // The authority: the committed label of the highest generation on any brick.
   const VolumeLabel* auth = nullptr;
@@ -287,6 +308,14 @@ Result<LabelPlan> plan_labels(std::span<const BrickSeen> bricks, const LabelRequ
     }
   }
   LabelPlan plan;
+  for (size_t i = 0; i < n; i++) {
+    if (!bricks[i].absent) continue;
+    if (req.layout != Layout::kMirror) return Error(EINVAL, brick_desc(i, bricks[i]) + " is missing");
+    if (auth == nullptr) {
+      return Error(ENODEV, brick_desc(i, bricks[i]) + " is missing and the volume has no label yet: a new mirror "
+                                                      "starts with every brick");
+    }
+  }
   if (auth == nullptr) {
     // No brick holds a committed label: a first attach, or one that was
     // interrupted before any brick committed (so no data was written through
@@ -302,6 +331,7 @@ Result<LabelPlan> plan_labels(std::span<const BrickSeen> bricks, const LabelRequ
     t.volume_uuid = fresh_uuid;
     t.name = req.name;
     t.layout = req.layout;
+    t.copies = req_copies;
     t.size = req.size;
     t.created = now;
     for (const BrickSeen& b : bricks) t.bricks.push_back(LabelBrick{b.store, b.base});
@@ -317,13 +347,44 @@ Result<LabelPlan> plan_labels(std::span<const BrickSeen> bricks, const LabelRequ
     return Error(EINVAL, vol + " has layout " + layout_name(auth->layout) + " by the label on " + auth_brick +
                              ", but layout " + layout_name(req.layout) + " was given");
   }
+  if (auth->copies != req_copies) {
+    return Error(EINVAL, vol + " keeps " + std::to_string(auth->copies) + " copies by the label on " + auth_brick +
+                             ", but " + std::to_string(req_copies) + " were given");
+  }
   if (!req.name.empty() && !auth->name.empty() && req.name != auth->name) {
     return Error(EINVAL, "the label on " + auth_brick + " names " + vol + ", not '" + req.name + "'");
+  }
+  if (auth->layout == Layout::kMirror) {
+    // Mirror: the generations order the copies. Two labels that each mark
+    // another brick stale, with neither newer than the other, or a brick
+    // the authority calls stale that itself went on to mark an in-sync one
+    // stale, were written by two attachments that each saw half the bricks:
+    // no order is right, so none is taken.
+    for (size_t i = 0; i < n; i++) {
+      const auto& l = bricks[i].read.label;
+      if (bricks[i].absent || !l || !l->committed() || l->volume_uuid != auth->volume_uuid ||
+          l->bricks.size() != n) {
+        continue;
+      }
+      for (size_t j = 0; j < n; j++) {
+        bool here = l->bricks[j].stale_since != 0, there = auth->bricks[j].stale_since != 0;
+        if (here == there) continue;
+        if (l->generation == auth->generation || (here && !there && auth->bricks[i].stale_since != 0)) {
+          return Error(EUCLEAN, brick_desc(i, bricks[i]) + " (generation " + std::to_string(l->generation) +
+                                    ") and " + auth_brick + " (generation " + std::to_string(auth->generation) +
+                                    ") disagree about which copies of " + vol + " are current (brick " +
+                                    std::to_string(j) + " " + (here ? "stale" : "in sync") + " by one, " +
+                                    (there ? "stale" : "in sync") +
+                                    " by the other): written apart, they cannot be ordered");
+        }
+      }
+    }
   }
   bool needs_write = false;
   uint64_t max_size = 0, min_size = UINT64_MAX;
   for (size_t i = 0; i < n; i++) {
     const BrickSeen& b = bricks[i];
+    if (b.absent) continue;  // a mirror's missing brick: Volume::Open marks it stale
     const std::string desc = brick_desc(i, b);
     const LabelBrick& want = auth->bricks[i];
     if (b.store != want.store) {

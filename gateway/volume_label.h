@@ -56,8 +56,19 @@ inline uint64_t lock_vaddr_of(uint64_t label_vaddr) { return label_vaddr + proto
 struct LabelBrick {
   Uuid store{};       // the brick's store uuid (HELLO brick_uuid)
   uint64_t base = 0;  // the volume's base on that brick
-  bool operator==(const LabelBrick&) const = default;
+  // Layout mirror: unix seconds since which this brick's copies are stale
+  // (it missed writes, recorded in the dirty bitmap); 0: in sync. Always 0
+  // for the other layouts.
+  uint64_t stale_since = 0;
+  // The brick's identity in the volume (store and base), not its state.
+  bool operator==(const LabelBrick& o) const { return store == o.store && base == o.base; }
 };
+
+// Layout mirror: the dirty bitmap in the label block of every in-sync brick,
+// one bit per volume block (byte i / 8, bit i % 8) that a stale copy missed
+// a write to since it became stale (docs/layout.md, "Mirror: stale copies").
+inline constexpr uint64_t kDirtyOffset = 4 * kLabelSlotSize;
+inline constexpr uint64_t kMaxMirrorBlocks = (proto::kBlockSize - kDirtyOffset) * 8;
 
 struct VolumeLabel {
   uint32_t flags = 0;        // kLabelCommitted once every brick holds the label
@@ -68,10 +79,11 @@ struct VolumeLabel {
   uint32_t index = 0;        // this brick's place in `bricks`
   uint64_t size = 0;         // volume size in bytes
   uint64_t created = 0;      // unix seconds of the first attach; informational
+  uint32_t copies = 1;       // layout mirror: 2..3 (<= bricks); 1 otherwise
   std::vector<LabelBrick> bricks;  // in volume order; 1..kMaxLabelBricks
 
   bool committed() const { return (flags & kLabelCommitted) != 0; }
-  // Same volume, layout, name and brick order (size, generation, flags and
+  // Same volume, layout, copies, name and brick order (size, generation, flags and
   // index may differ).
   bool same_identity(const VolumeLabel& other) const;
 };
@@ -113,12 +125,16 @@ struct LabelRequest {
   Layout layout = Layout::kSingle;
   uint64_t size = 0;
   bool read_only = false;
+  uint32_t copies = 1;  // layout mirror: 2..3
 };
 struct BrickSeen {
   std::string endpoint;  // for messages: "host:port"
   Uuid store{};          // from HELLO
   uint64_t base = 0;
   LabelRead read;
+  // Layout mirror, attached --degraded: the brick could not be reached; its
+  // place is taken on the other bricks' word (it becomes stale).
+  bool absent = false;
 };
 
 // What the attach must do, decided before anything is written.

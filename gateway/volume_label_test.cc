@@ -79,6 +79,37 @@ TEST(VolumeLabelCodec, MatchesTheDocumentedLayout) {
   uint32_t crc;
   std::memcpy(&crc, b.data() + 4092, 4);
   EXPECT_EQ(crc, crc32c(b.data(), 4092));
+  EXPECT_EQ(b[136], 0);  // copies: 0 outside layout mirror
+}
+
+// Layout mirror: `copies` at offset 136, 2..3 and at most the brick count.
+TEST(VolumeLabelCodec, MirrorKeepsItsCopies) {
+  VolumeLabel l = sample();
+  l.layout = Layout::kMirror;
+  l.copies = 2;
+  auto b = encode_label(l);
+  EXPECT_EQ(b[40], 2);   // layout mirror
+  EXPECT_EQ(b[136], 2);  // copies
+  auto d = decode_label(b);
+  ASSERT_TRUE(d.ok()) << d.error().message();
+  EXPECT_EQ(d->layout, Layout::kMirror);
+  EXPECT_EQ(d->copies, 2u);
+  for (uint8_t bad : {0, 1, 4}) {
+    auto c = b;
+    c[136] = bad;
+    reseal(c);
+    auto r = decode_label(c);
+    ASSERT_FALSE(r.ok()) << "copies " << int(bad);
+    EXPECT_EQ(r.error().errnum(), EINVAL) << r.error().message();
+  }
+  // Three copies need three bricks.
+  VolumeLabel two = sample(2);
+  two.layout = Layout::kMirror;
+  two.copies = 2;
+  auto c = encode_label(two);
+  c[136] = 3;
+  reseal(c);
+  EXPECT_EQ(decode_label(c).error().errnum(), EINVAL);
 }
 
 TEST(VolumeLabelCodec, RefusesDamageAndOutOfDomainFields) {
@@ -102,7 +133,8 @@ TEST(VolumeLabelCodec, RefusesDamageAndOutOfDomainFields) {
       {57, '/', EINVAL, true},          // name character
       {70, 'x', EBADMSG, true},         // bytes after the name
       {121, 1, EINVAL, true},           // size not a multiple of 4096
-      {136, 1, EBADMSG, true},          // reserved
+      {136, 2, EINVAL, true},           // copies outside layout mirror
+      {140, 1, EBADMSG, true},          // reserved
       {144 + 16, 1, EINVAL, true},      // brick base not 2 MiB aligned
       {144 + 24, 1, EBADMSG, true},     // brick entry reserved
       {144 + 3 * 32, 1, EBADMSG, true},  // after the brick table
@@ -509,6 +541,54 @@ TEST_F(VolumeClaimTest, VolumeOpenHoldsTheVolume) {
   v1->reset();
   vo.read_only = false;
   PBRICK_ASSERT_OK(Volume::Open(vo));
+}
+
+
+// Layout mirror: the label of the highest generation decides which copies are
+// current (and keeps them so through the rewrite); labels that cannot be
+// ordered - the same generation with different stale copies, or a stale brick
+// that marked an in-sync one stale - are refused naming both bricks.
+TEST(VolumeLabelPlan, MirrorGenerationsOrderTheCopies) {
+  VolumeLabel l = sample(2);
+  l.layout = Layout::kMirror;
+  l.copies = 2;
+  auto seen_of = [&](const VolumeLabel& a, const VolumeLabel& b) {
+    std::vector<BrickSeen> seen(2);
+    for (size_t i = 0; i < 2; i++) {
+      seen[i].endpoint = "h" + std::to_string(i) + ":7000";
+      seen[i].store = l.bricks[i].store;
+      seen[i].base = l.bricks[i].base;
+      seen[i].read.label = i == 0 ? a : b;
+      seen[i].read.label->index = static_cast<uint32_t>(i);
+    }
+    return seen;
+  };
+  LabelRequest req{l.name, Layout::kMirror, l.size, false, 2};
+  // Brick 1 went stale at generation 8; its own label is still at 7.
+  VolumeLabel newer = l;
+  newer.generation = 8;
+  newer.bricks[1].stale_since = 1700000100;
+  auto plan = plan_labels(seen_of(newer, l), req, 99, uuid_of(0x77));
+  ASSERT_TRUE(plan.ok()) << plan.error().message();
+  EXPECT_EQ(plan->action, LabelPlan::Action::kUpdate);
+  EXPECT_EQ(plan->target.generation, 9u);
+  EXPECT_EQ(plan->target.bricks[1].stale_since, 1700000100u) << "stays stale through the rewrite";
+  EXPECT_EQ(plan->target.bricks[0].stale_since, 0u);
+  // Each half marked the other stale at the same generation.
+  VolumeLabel other = l;
+  other.generation = 8;
+  other.bricks[0].stale_since = 1700000200;
+  plan = plan_labels(seen_of(newer, other), req, 99, uuid_of(0x77));
+  ASSERT_FALSE(plan.ok());
+  EXPECT_EQ(plan.error().errnum(), EUCLEAN);
+  EXPECT_NE(plan.error().message().find("cannot be ordered"), std::string::npos) << plan.error().message();
+  EXPECT_NE(plan.error().message().find("h0:7000"), std::string::npos) << plan.error().message();
+  EXPECT_NE(plan.error().message().find("h1:7000"), std::string::npos) << plan.error().message();
+  // Brick 1, stale by brick 0's generation 9, marked brick 0 stale at 8.
+  newer.generation = 9;
+  plan = plan_labels(seen_of(newer, other), req, 99, uuid_of(0x77));
+  ASSERT_FALSE(plan.ok());
+  EXPECT_EQ(plan.error().errnum(), EUCLEAN) << plan.error().message();
 }
 
 }  // namespace

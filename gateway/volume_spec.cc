@@ -42,6 +42,7 @@ Status VolumeSpec::complete_from_config(const std::string& path, const std::stri
     for (const BrickConfig* b : bricks) targets.push_back(Endpoint{b->host, static_cast<uint16_t>(b->port)});
   }
   if (!layout) layout = v->layout;
+  if (!copies && v->layout == Layout::kMirror) copies = v->copies;
   if (label_name.empty()) label_name = v->name;
   if (size == 0) size = v->size;
   if (!base) base = v->base;
@@ -59,11 +60,32 @@ Status VolumeSpec::finalize(uint32_t default_queues, uint32_t default_depth, boo
   if (!layout) layout = Layout::kSingle;
   if (*layout == Layout::kSingle && targets.size() > 1) {
     return Error(EINVAL, std::to_string(targets.size()) + " bricks given (" + targets_string() + "): " +
-                             name("layout") + (plugin_style ? "stripe" : " stripe") + " spreads a volume over them");
+                             name("layout") + (plugin_style ? "stripe" : " stripe") + " spreads a volume over them, " +
+                             name("layout") + (plugin_style ? "mirror" : " mirror") + " copies it");
   }
   if (*layout == Layout::kStripe && targets.size() < 2) {
     return Error(EINVAL, name("layout") + (plugin_style ? "" : " ") + "stripe takes at least two bricks (" +
                              (plugin_style ? "target=A,B" : "--target A --target B") + ")");
+  }
+  if (*layout == Layout::kMirror) {
+    if (!copies) copies = kMinCopies;
+    if (*copies < kMinCopies || *copies > kMaxCopies) {
+      return Error(EINVAL, name("copies") + " must be 2 or 3, not " + std::to_string(*copies));
+    }
+    if (targets.size() < *copies) {
+      return Error(EINVAL, name("layout") + (plugin_style ? "" : " ") + "mirror with " + std::to_string(*copies) +
+                               " copies takes at least " + std::to_string(*copies) + " bricks, not " +
+                               std::to_string(targets.size()) + " (" + targets_string() + ")");
+    }
+    if (!leg_timeout_ms) leg_timeout_ms = std::min<uint32_t>(5000, timeout_ms / 2);
+    if (*leg_timeout_ms >= timeout_ms) {
+      return Error(EINVAL, name("leg-timeout") + " (" + std::to_string(*leg_timeout_ms) + " ms) must be shorter than " +
+                               name("timeout") + " (" + std::to_string(timeout_ms) + " ms)");
+    }
+  } else if (copies) {
+    return Error(EINVAL, name("copies") + " goes with " + name("layout") + (plugin_style ? "" : " ") + "mirror");
+  } else if (leg_timeout_ms) {
+    return Error(EINVAL, name("leg-timeout") + " goes with " + name("layout") + (plugin_style ? "" : " ") + "mirror");
   }
   if (size == 0) return Error(EINVAL, name("size") + " is required");
   if (size % 4096 != 0) return Error(EINVAL, name("size") + " must be a multiple of 4096");
@@ -89,9 +111,12 @@ Result<VolumeOptions> VolumeSpec::volume_options() const {
   vo.size = size;
   vo.base = base.value_or(0);
   vo.io_timeout_ms = timeout_ms;
+  vo.leg_timeout_ms = leg_timeout_ms.value_or(std::min<uint32_t>(5000, timeout_ms / 2));
   vo.layout = layout.value_or(Layout::kSingle);
+  vo.copies = vo.layout == Layout::kMirror ? copies.value_or(kMinCopies) : 1;
   vo.name = label_name;
   vo.read_only = read_only;
+  vo.degraded = degraded;
   vo.max_mapped = max_mapped.value_or(0);
   for (size_t i = 0; i < targets.size(); i++) {
     ClientOptions o = common;

@@ -22,17 +22,20 @@ namespace pbrick {
 struct VolumeSpec {
   std::vector<Endpoint> targets;  // the bricks in layout order
   std::optional<Layout> layout;   // default single (one target)
+  std::optional<uint32_t> copies;  // layout mirror: 2 or 3 (default 2); only with mirror
   uint64_t size = 0;
   std::optional<uint64_t> base;
   std::string key_file;                     // given by the user: every brick's key
   std::vector<std::string> brick_key_files;  // from the cluster file, per brick
   std::optional<uint32_t> queues, depth;
   uint32_t timeout_ms = 30000;
+  std::optional<uint32_t> leg_timeout_ms;  // layout mirror; default min(5000, timeout / 2)
   std::optional<uint64_t> max_mapped;  // VolumeOptions::max_mapped
   std::optional<Transport> transport;      // default tcp
   std::optional<Persistence> persistence;  // default: sync-read over tcp, rpc over rdma
   std::string label_name;  // the volume's name in its label; from the cluster file
   bool read_only = false;  // share the volume with its writer; never write
+  bool degraded = false;   // layout mirror: attach without the bricks that cannot be reached
 
   // Appends the bricks of `list`, "HOST:PORT[,HOST:PORT...]". EINVAL naming
   // `what` (the flag or parameter).

@@ -1,0 +1,370 @@
+// Layout mirror: where each copy of a block lives (Placement), which pieces a
+// request becomes (plan_block through plan_rw / plan_discard), and the bytes
+// each brick holds after writes through the engine over real bricks
+// (gateway/test_brick.h).
+#include "gateway/mirror.h"
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <chrono>
+#include <filesystem>
+#include <map>
+#include <random>
+#include <set>
+
+#include "common/crc32c.h"
+#include "common/label_area.h"
+#include "gateway/engine.h"
+#include "gateway/test_brick.h"
+#include "gateway/volume_io.h"
+#include "gateway/volume_label.h"
+
+namespace pbrick {
+namespace {
+
+constexpr uint64_t kMiB = 1 << 20;
+constexpr uint64_t kBlock = proto::kBlockSize;
+
+// Every (brick, slot) holds at most one unit, each unit's inverse is itself,
+// copies of a block are on distinct bricks, and no brick uses more slots
+// than slots_per_brick.
+TEST(MirrorPlacement, CopiesOfABlockAreOnDistinctBricksAndNoSlotIsShared) {
+  for (uint32_t n = 1; n <= 5; n++) {
+    for (uint32_t c = 1; c <= std::min(n, 3u); c++) {
+      Placement pl{n, c};
+      for (uint64_t blocks : {1ull, 2ull, 7ull, 24ull}) {
+        std::set<std::pair<uint32_t, uint64_t>> used;
+        for (uint64_t i = 0; i < blocks; i++) {
+          std::set<uint32_t> on;
+          for (uint32_t j = 0; j < c; j++) {
+            uint64_t u = pl.unit(i, j);
+            EXPECT_EQ(pl.block_of(u), i);
+            EXPECT_EQ(pl.copy_of(u), j);
+            EXPECT_EQ(pl.brick_of(u), (i + j) % n) << "n " << n << " c " << c << " block " << i;
+            EXPECT_LT(pl.slot_of(u), pl.slots_per_brick(blocks));
+            EXPECT_TRUE(used.insert({pl.brick_of(u), pl.slot_of(u)}).second)
+                << "n " << n << " c " << c << " block " << i << " copy " << j;
+            auto back = pl.unit_at(pl.brick_of(u), pl.slot_of(u), blocks);
+            ASSERT_TRUE(back.has_value());
+            EXPECT_EQ(*back, u);
+            on.insert(pl.brick_of(u));
+          }
+          EXPECT_EQ(on.size(), c);
+        }
+      }
+    }
+  }
+  // With one copy it is the stripe formula.
+  Placement stripe{3, 1};
+  for (uint64_t i = 0; i < 10; i++) {
+    EXPECT_EQ(stripe.brick_of(i), i % 3);
+    EXPECT_EQ(stripe.slot_of(i), i / 3);
+  }
+  // 4 bricks, 2 copies (RAID10-like): block 5 on bricks 1 and 2, slots 2 and 3.
+  Placement r10{4, 2};
+  EXPECT_EQ(r10.brick_of(r10.unit(5, 0)), 1u);
+  EXPECT_EQ(r10.brick_of(r10.unit(5, 1)), 2u);
+  EXPECT_EQ(r10.slot_of(r10.unit(5, 0)), 2u);
+  EXPECT_EQ(r10.slot_of(r10.unit(5, 1)), 3u);
+}
+
+std::vector<uint8_t> random_data(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<uint8_t> v(n);
+  for (auto& b : v) b = static_cast<uint8_t>(rng());
+  return v;
+}
+
+class MirrorTest : public ::testing::Test {
+ protected:
+  void start_bricks(uint32_t n) {
+    char tmpl[] = "/tmp/pbrick-mirror-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    for (uint32_t b = 0; b < n; b++) {
+      std::string d = dir_ + "/brick" + std::to_string(b);
+      ASSERT_EQ(::mkdir(d.c_str(), 0700), 0);
+      bricks_.push_back(std::make_unique<TestBrick>(d));
+      PBRICK_ASSERT_OK(bricks_.back()->start());
+    }
+  }
+  void TearDown() override {
+    engine_.reset();
+    bricks_.clear();
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
+  }
+
+  VolumeOptions options(uint32_t copies, uint64_t size = 24 * kMiB, uint64_t base = 0) const {
+    VolumeOptions vo;
+    vo.layout = Layout::kMirror;
+    vo.copies = copies;
+    for (auto& b : bricks_) vo.bricks.push_back(b->client());
+    vo.size = size;
+    vo.base = base;
+    vo.io_timeout_ms = 10000;
+    return vo;
+  }
+
+  Status open(const VolumeOptions& vo) {
+    auto volume = Volume::Open(vo);
+    if (!volume) return volume.error().wrap("Volume::Open");
+    auto engine = Engine::Start(std::move(*volume), {.queues = 2, .depth = 16});
+    if (!engine) return engine.error().wrap("Engine::Start");
+    engine_ = std::move(*engine);
+    return Status::Ok();
+  }
+
+  // The data blocks brick `b` holds (below the label areas), by address, with
+  // the CRC of each.
+  std::map<uint64_t, uint32_t> brick_blocks(uint32_t b) {
+    std::map<uint64_t, uint32_t> out;
+    auto c = BrickClient::Connect(bricks_[b]->client());
+    EXPECT_TRUE(c.ok()) << c.error().message();
+    if (!c.ok()) return out;
+    auto extents = (*c)->list_all();
+    EXPECT_TRUE(extents.ok()) << extents.error().message();
+    if (!extents.ok()) return out;
+    for (const auto& e : *extents) {
+      for (uint64_t k = 0; k < e.block_count; k++) {
+        uint64_t vaddr = e.start_vaddr + k * kBlock;
+        if (vaddr >= kLabelAreaStart) continue;
+        auto h = (*c)->map(vaddr, proto::kMapShared);
+        EXPECT_TRUE(h.ok()) << h.error().message();
+        if (!h.ok()) continue;
+        std::vector<uint8_t> back(kBlock);
+        EXPECT_TRUE((*c)->read(h->rkey, h->remote_addr, back).ok());
+        out[vaddr] = crc32c(back.data(), kBlock);
+        (void)(*c)->unmap(vaddr);
+      }
+    }
+    return out;
+  }
+
+  std::string dir_;
+  std::vector<std::unique_ptr<TestBrick>> bricks_;
+  std::unique_ptr<Engine> engine_;
+};
+
+// A write becomes one piece per copy, on the copy's brick; a read one piece,
+// and successive reads of a block take turns over its copies.
+TEST_F(MirrorTest, WritesGoToEveryCopyAndReadsTakeTurns) {
+  start_bricks(2);
+  PBRICK_ASSERT_OK(open(options(2)));
+  Volume& v = engine_->volume();
+  ASSERT_EQ(v.copies(), 2u);
+  std::vector<IoPiece> pieces;
+  plan_rw(v, true, kMiB, 2 * kMiB, nullptr, nullptr, pieces);  // blocks 0 and 1
+  ASSERT_EQ(pieces.size(), 4u);
+  std::set<std::pair<uint64_t, uint32_t>> got;
+  for (const IoPiece& p : pieces) got.insert({p.block, p.brick});
+  // unit = block * 2 + copy; copy j of block i on brick (i + j) mod 2.
+  EXPECT_EQ(got, (std::set<std::pair<uint64_t, uint32_t>>{{0, 0}, {1, 1}, {2, 1}, {3, 0}}));
+  std::set<uint32_t> read_bricks;
+  for (int k = 0; k < 4; k++) {
+    pieces.clear();
+    plan_rw(v, false, 0, 4096, nullptr, nullptr, pieces);
+    ASSERT_EQ(pieces.size(), 1u);
+    read_bricks.insert(pieces[0].brick);
+  }
+  EXPECT_EQ(read_bricks, (std::set<uint32_t>{0, 1}));
+}
+
+// Over 3 bricks with 2 copies: after writes and a FLUSH, each brick holds
+// exactly the copies the placement gives it, at the placement's addresses,
+// with the written bytes; every brick was synced; reads return the data.
+TEST_F(MirrorTest, EachBrickHoldsItsCopiesWithTheWrittenBytes) {
+  start_bricks(3);
+  const uint64_t base = 8 * kMiB;
+  PBRICK_ASSERT_OK(open(options(2, 24 * kMiB, base)));
+  constexpr uint64_t kBlocks = 7;
+  auto data = random_data(kBlocks * kBlock, 7);
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));
+  PBRICK_ASSERT_OK(engine_->flush());
+  for (uint32_t b = 0; b < 3; b++) EXPECT_GE(engine_->syncs_sent(b), 1u) << "brick " << b;
+  Placement pl{3, 2};
+  std::vector<std::map<uint64_t, uint32_t>> want(3);
+  for (uint64_t i = 0; i < kBlocks; i++) {
+    for (uint32_t j = 0; j < 2; j++) {
+      uint64_t u = pl.unit(i, j);
+      want[pl.brick_of(u)][base + pl.slot_of(u) * kBlock] = crc32c(data.data() + i * kBlock, kBlock);
+    }
+  }
+  for (uint32_t b = 0; b < 3; b++) EXPECT_EQ(brick_blocks(b), want[b]) << "brick " << b;
+  for (int round = 0; round < 2; round++) {  // reads from either copy
+    std::vector<uint8_t> back(data.size());
+    PBRICK_ASSERT_OK(engine_->read(back.data(), back.size(), 0));
+    EXPECT_EQ(crc32c(back.data(), back.size()), crc32c(data.data(), data.size()));
+  }
+}
+
+// A discard frees every copy of a whole block, and zeroes every copy of a
+// partial one.
+TEST_F(MirrorTest, DiscardReachesEveryCopy) {
+  start_bricks(2);
+  PBRICK_ASSERT_OK(open(options(2)));
+  auto data = random_data(2 * kBlock, 9);
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));
+  PBRICK_ASSERT_OK(engine_->flush());
+  EXPECT_EQ(brick_blocks(0).size(), 2u);
+  EXPECT_EQ(brick_blocks(1).size(), 2u);
+  PBRICK_ASSERT_OK(engine_->discard(kBlock, 0, false));  // block 0 whole
+  PBRICK_ASSERT_OK(engine_->discard(4096, kBlock, false));  // the first 4 KiB of block 1
+  PBRICK_ASSERT_OK(engine_->flush());
+  std::vector<uint8_t> want(kBlock, 0);
+  std::memcpy(want.data() + 4096, data.data() + kBlock + 4096, kBlock - 4096);
+  uint32_t crc = crc32c(want.data(), kBlock);
+  for (uint32_t b = 0; b < 2; b++) {
+    auto held = brick_blocks(b);
+    ASSERT_EQ(held.size(), 1u) << "brick " << b;
+    EXPECT_EQ(held.begin()->second, crc) << "brick " << b;
+  }
+}
+
+// Copies must fit the bricks; a label of a mirror refuses another copy count.
+TEST_F(MirrorTest, CopiesAreCheckedAtOpenAndAgainstTheLabel) {
+  start_bricks(2);
+  for (uint32_t bad : {0u, 1u, 3u}) {
+    auto v = Volume::Open(options(bad));
+    ASSERT_FALSE(v.ok()) << bad;
+    EXPECT_EQ(v.error().errnum(), EINVAL) << v.error().message();
+  }
+  { PBRICK_ASSERT_OK(Volume::Open(options(2))); }
+  VolumeOptions stripe = options(2);
+  stripe.layout = Layout::kStripe;
+  auto v = Volume::Open(stripe);
+  ASSERT_FALSE(v.ok());
+  EXPECT_NE(v.error().message().find("layout mirror by the label"), std::string::npos) << v.error().message();
+}
+
+// What brick `b`'s label block says: the newest label and the first bytes of
+// its dirty bitmap, read straight from the brick.
+struct SeenLabel {
+  VolumeLabel label;
+  std::vector<uint8_t> dirty;
+};
+Result<SeenLabel> label_on(const TestBrick& brick, uint64_t base = 0) {
+  auto c = BrickClient::Connect(brick.client());
+  if (!c) return c.error();
+  uint64_t vaddr = *label_vaddr(base);
+  auto m = (*c)->map(vaddr, proto::kMapShared);
+  if (!m) return m.error();
+  std::vector<uint8_t> bytes(kDirtyOffset + 8);
+  PBRICK_TRY((*c)->read(m->rkey, m->remote_addr, bytes));
+  auto r = read_label_slots(bytes);
+  if (!r) return r.error();
+  if (!r->label) return Error(ENOENT, "no label");
+  return SeenLabel{*r->label, std::vector<uint8_t>(bytes.begin() + kDirtyOffset, bytes.end())};
+}
+
+// A brick of a 2-copy mirror dies: writes complete with no error once the
+// leg timeout passed; before the first of them completed, the survivor's
+// label recorded the dead brick stale (generation + 1) and the bitmap the
+// written blocks, and only those; reads never touch the dead copy; the
+// dirty bit of a block is written once, not per write.
+TEST_F(MirrorTest, ADeadLegIsMarkedStaleDurablyBeforeTheWriteCompletes) {
+  start_bricks(2);
+  VolumeOptions vo = options(2);
+  vo.leg_timeout_ms = 300;
+  PBRICK_ASSERT_OK(open(vo));
+  auto data = random_data(4 * kBlock, 3);
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));
+  PBRICK_ASSERT_OK(engine_->flush());
+  auto before = label_on(*bricks_[0]);
+  PBRICK_ASSERT_OK(before);
+  EXPECT_EQ(before->label.bricks[1].stale_since, 0u);
+
+  bricks_[1]->stop();
+  auto more = random_data(4096, 4);
+  auto t0 = std::chrono::steady_clock::now();
+  PBRICK_ASSERT_OK(engine_->write(more.data(), more.size(), kBlock + 8192, false));  // block 1
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(300));
+  // Durable before the write completed: the survivor's label says so now.
+  auto after = label_on(*bricks_[0]);
+  PBRICK_ASSERT_OK(after);
+  EXPECT_EQ(after->label.generation, before->label.generation + 1);
+  EXPECT_NE(after->label.bricks[1].stale_since, 0u);
+  EXPECT_EQ(after->label.bricks[0].stale_since, 0u);
+  EXPECT_EQ(after->dirty[0], 0x02) << "block 1 only";
+  Volume& v = engine_->volume();
+  EXPECT_EQ(v.mirror()->state(1), CopyState::kStale);
+  EXPECT_EQ(v.dirty_count(), 1u);
+  // More writes to block 1 and one to block 3: no further generation, one more bit.
+  for (int k = 0; k < 3; k++) PBRICK_ASSERT_OK(engine_->write(more.data(), 4096, kBlock + k * 4096, false));
+  PBRICK_ASSERT_OK(engine_->write(more.data(), 4096, 3 * kBlock, true));
+  PBRICK_ASSERT_OK(engine_->flush());
+  after = label_on(*bricks_[0]);
+  PBRICK_ASSERT_OK(after);
+  EXPECT_EQ(after->label.generation, before->label.generation + 1);
+  EXPECT_EQ(after->dirty[0], 0x0a) << "blocks 1 and 3";
+  EXPECT_EQ(v.dirty_count(), 2u);
+  // Every byte reads back right, from the one in-sync copy.
+  std::memcpy(data.data() + kBlock, more.data(), 4096);
+  std::memcpy(data.data() + kBlock + 4096, more.data(), 4096);
+  std::memcpy(data.data() + kBlock + 8192, more.data(), 4096);
+  std::memcpy(data.data() + 3 * kBlock, more.data(), 4096);
+  for (int round = 0; round < 3; round++) {
+    std::vector<uint8_t> back(data.size());
+    PBRICK_ASSERT_OK(engine_->read(back.data(), back.size(), 0));
+    EXPECT_EQ(crc32c(back.data(), back.size()), crc32c(data.data(), data.size())) << "round " << round;
+  }
+}
+
+// Both copies of a block unreachable: the last in-sync copy is never given
+// up; the write fails with EIO after the I/O timeout.
+TEST_F(MirrorTest, TheLastInSyncCopyIsNeverGivenUp) {
+  start_bricks(2);
+  VolumeOptions vo = options(2);
+  vo.leg_timeout_ms = 200;
+  vo.io_timeout_ms = 1500;
+  PBRICK_ASSERT_OK(open(vo));
+  auto data = random_data(4096, 5);
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));
+  bricks_[1]->stop();
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 4096, false));
+  EXPECT_EQ(engine_->volume().mirror()->state(1), CopyState::kStale);
+  bricks_[0]->stop();
+  Status st = engine_->write(data.data(), data.size(), 8192, false);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().errnum(), EIO) << st.error().message();
+  EXPECT_EQ(engine_->volume().mirror()->state(0), CopyState::kInSync);
+}
+
+// 4 bricks, 2 copies (RAID10-like): bricks 0 and 2 down hold no block's
+// both copies, so every write and read goes on without error; then brick 3
+// down too: block 2 (bricks 2 and 3) has no copy left and fails with EIO
+// after the I/O timeout, never returning other data.
+TEST_F(MirrorTest, FourBricksTwoCopiesSurviveAnyBricksThatShareNoBlock) {
+  start_bricks(4);
+  VolumeOptions vo = options(2, 16 * kMiB);
+  vo.leg_timeout_ms = 200;
+  vo.io_timeout_ms = 1500;
+  PBRICK_ASSERT_OK(open(vo));
+  auto data = random_data(8 * kBlock, 11);
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));
+  bricks_[0]->stop();
+  bricks_[2]->stop();
+  auto more = random_data(8 * 4096, 12);
+  for (uint64_t i = 0; i < 8; i++) {
+    PBRICK_ASSERT_OK(engine_->write(more.data() + i * 4096, 4096, i * kBlock, false));
+    std::memcpy(data.data() + i * kBlock, more.data() + i * 4096, 4096);
+  }
+  PBRICK_ASSERT_OK(engine_->flush());
+  std::vector<uint8_t> back(data.size());
+  PBRICK_ASSERT_OK(engine_->read(back.data(), back.size(), 0));
+  EXPECT_EQ(crc32c(back.data(), back.size()), crc32c(data.data(), data.size()));
+  EXPECT_EQ(engine_->volume().dirty_count(), 8u);
+  bricks_[3]->stop();
+  std::vector<uint8_t> one(4096, 0xee);
+  Status st = engine_->read(one.data(), one.size(), 2 * kBlock);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().errnum(), EIO) << st.error().message();
+  EXPECT_EQ(one, std::vector<uint8_t>(4096, 0xee)) << "no bytes were returned";
+  PBRICK_ASSERT_OK(engine_->read(one.data(), one.size(), 1 * kBlock));  // block 1: bricks 1 and 2 -> brick 1
+  EXPECT_EQ(crc32c(one.data(), 4096), crc32c(data.data() + kBlock, 4096));
+}
+
+}  // namespace
+}  // namespace pbrick

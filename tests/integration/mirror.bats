@@ -1,0 +1,164 @@
+#!/usr/bin/env bats
+# Mirrored volumes (layout mirror: copy j of block i on brick (i + j) mod N at
+# base + ((i div N) x copies + j) x 2 MiB) served over NBD by
+# nbdkit-pbrick-plugin.so: every write reaches every copy, both bricks of a
+# 2-copy mirror hold identical blocks, and the copies land where the layout
+# says.
+
+load helpers
+load nbd
+
+M2=$((2 * 1024 * 1024))
+
+setup() {
+  requires nbdkit nbdinfo qemu-io fio jq setsid
+}
+
+teardown() {
+  nbd_teardown
+  brick_teardown
+}
+
+# start_bricks N: N bricks; sets T0.., P0.. (their ports) and B0.. (their pids).
+start_bricks() {
+  local i
+  for ((i = 0; i < $1; i++)); do
+    start_brick "b$i"
+    printf -v "T$i" %s "$TARGET"
+    printf -v "P$i" %s "$BRICK_PORT"
+    printf -v "B$i" %s "$BRICK_PID"
+  done
+}
+
+list_of() {
+  "$CTL_BIN" --target "$1" --transport "$PBRICK_TRANSPORT" --json list | jq -c "$DATA_EXTENTS | map([.start, .blocks])"
+}
+
+# sums_of TARGET: "ADDRESS SHA256" of every data block on that brick, by
+# address, read straight from the brick.
+sums_of() {
+  local start blocks i
+  while read -r start blocks; do
+    for ((i = 0; i < blocks; i++)); do
+      echo "$((start + i * M2)) $(TARGET=$1 ctl read $((start + i * M2)) 0 "$M2" | sha256sum | cut -d' ' -f1)"
+    done
+  done < <(TARGET=$1 ctl --json list | jq -r "$DATA_EXTENTS | .[] | \"\(.start) \(.blocks)\"")
+}
+
+@test "mirror, 2 copies: fio verify; both bricks hold every block, identical" {
+  start_bricks 2
+  start_nbd target="$T0,$T1" layout=mirror copies=2 size=32M
+  local out="$BATS_TEST_TMPDIR/fio.json"
+  run fio --name=mirror --ioengine=nbd --uri="$NBD_URI" --rw=randwrite --bs=64k --iodepth=16 --size=32M \
+    --verify=crc32c --verify_fatal=1 --verify_state_save=0 --do_verify=1 --output-format=json --output="$out"
+  assert_success
+  assert_equal "$(jq '.jobs[0].error' "$out")" 0
+  assert_equal "$(jq '.jobs[0].read.io_bytes' "$out")" $((32 * 1024 * 1024))
+  run qio flush
+  assert_qio_ok
+  # 16 blocks, one copy of each on each brick: 16 slots from 0x0.
+  assert_equal "$(list_of "$T0")" '[["0x0",16]]'
+  assert_equal "$(list_of "$T1")" '[["0x0",16]]'
+  # Copy 0 of block i is on brick i mod 2 at slot (i div 2) x 2 + 0, copy 1
+  # on the other brick at slot (i div 2) x 2 + 1: brick 0's slot 2k holds
+  # what brick 1's slot 2k + 1 holds, and the other way round.
+  local s0 s1 pairs=0 addr sum
+  s0=$(sums_of "$T0") s1=$(sums_of "$T1")
+  declare -A on1
+  while read -r addr sum; do on1[$addr]=$sum; done <<<"$s1"
+  while read -r addr sum; do
+    local slot=$((addr / M2)) twin
+    if ((slot % 2 == 0)); then twin=$(((slot + 1) * M2)); else twin=$(((slot - 1) * M2)); fi
+    assert_equal "$sum" "${on1[$twin]}"
+    pairs=$((pairs + 1))
+  done <<<"$s0"
+  assert_equal "$pairs" 16
+}
+
+@test "mirror over 3 bricks, 2 copies: each copy lands where the layout says" {
+  start_bricks 3
+  start_nbd target="$T0,$T1,$T2" layout=mirror size=64M base=0x40000000
+  # Block 4: copies on bricks 1 (slot 2) and 2 (slot 3). Block 5: bricks 2
+  # (slot 2) and 0 (slot 3).
+  run qio "write -P 0x41 $((4 * M2)) $M2" "write -P 0x42 $((5 * M2)) 4096" flush \
+    "read -P 0x41 $((4 * M2)) $M2" "read -P 0x41 $((4 * M2)) $M2" "read -P 0x42 $((5 * M2)) 4096" \
+    "read -P 0x42 $((5 * M2)) 4096" "read -P 0 $((5 * M2 + 4096)) 4096"
+  assert_qio_ok
+  assert_equal "$(list_of "$T0")" '[["0x40600000",1]]'
+  assert_equal "$(list_of "$T1")" '[["0x40400000",1]]'
+  assert_equal "$(list_of "$T2")" '[["0x40400000",2]]'
+  assert_equal "$(TARGET=$T1 ctl read 0x40400000 0 $M2 | sha256sum)" "$(TARGET=$T2 ctl read 0x40600000 0 $M2 | sha256sum)"
+  # Parameter errors name the parameter.
+  run start_nbd --name three target="$T0,$T1" layout=mirror copies=3 size=8M
+  assert_failure
+  assert_output --partial 'layout=mirror with 3 copies takes at least 3 bricks, not 2'
+  run start_nbd --name stripe target="$T0,$T1" layout=stripe copies=2 size=8M
+  assert_failure
+  assert_output --partial 'copies= goes with layout=mirror'
+  # The label keeps the copy count: the volume at 0x40000000 is refused with another.
+  stop_nbd
+  run start_nbd --name other target="$T0,$T1,$T2" layout=mirror copies=3 size=64M base=0x40000000
+  assert_failure
+  grep -q "keeps 2 copies by the label on brick 0 ($T0), but 3 were given" "$BATS_TEST_TMPDIR/other.nbdkit.log" ||
+    fail "$(cat "$BATS_TEST_TMPDIR/other.nbdkit.log")"
+}
+
+@test "mirror: kill -9 a brick under fio verify; no error reaches fio; the copy stays stale across a restart and is never read" {
+  start_bricks 2
+  start_nbd target="$T0,$T1" layout=mirror size=32M timeout=3000 leg-timeout=300
+  local out="$BATS_TEST_TMPDIR/fio.json"
+  local common=(--name=mirror --ioengine=nbd --uri="$NBD_URI" --rw=randwrite --bs=16k --iodepth=8 --size=32M
+    --verify=crc32c --verify_fatal=1 --verify_state_save=0 --output-format=json --output="$out")
+  (sleep 0.3 && kill -9 "$B1") &
+  local killer=$!
+  run fio "${common[@]}" --do_verify=1
+  wait "$killer"
+  assert_success
+  assert_equal "$(jq '.jobs[0].error' "$out")" 0
+  assert_equal "$(jq '.jobs[0].read.io_bytes' "$out")" $((32 * 1024 * 1024))
+  # A write missed brick 1 (only writes mark a copy stale): it is stale, the volume degraded.
+  grep -q "brick $T1 is stale (generation [0-9]*); the volume is degraded" "$NBD_LOG" || fail "$(cat "$NBD_LOG")"
+  run qio flush
+  assert_qio_ok
+  stop_nbd
+
+  # Brick 1 back with its store (it holds the writes before the kill only):
+  # a new attach takes the labels' word for it and never reads that copy.
+  BRICK_PORT=$P1 restart_brick b1
+  start_nbd --name again target="$T0,$T1" layout=mirror size=32M timeout=3000 leg-timeout=300
+  grep -q "brick $T1 holds stale copies" "$NBD_LOG" || fail "$(cat "$NBD_LOG")"
+  run fio "${common[@]}" --uri="$NBD_URI" --verify_only=1
+  assert_success
+  assert_equal "$(jq '.jobs[0].error' "$out")" 0
+  assert_equal "$(jq '.jobs[0].read.io_bytes' "$out")" $((32 * 1024 * 1024))
+  # The in-sync brick gone too: reads fail with EIO, never serve the stale copy.
+  kill -9 "$B0"
+  run qio "read 0 64k"
+  assert_failure
+  assert_output --partial 'Input/output error'
+}
+
+@test "mirror: an attach with a brick unreachable needs degraded=true; that brick's copy turns stale" {
+  start_bricks 2
+  start_nbd target="$T0,$T1" layout=mirror size=8M
+  run qio "write -P 0x11 0 64k" flush
+  assert_qio_ok
+  stop_nbd
+  kill -9 "$B1"
+  wait "$B1" 2>/dev/null || true
+  run start_nbd --name missing target="$T0,$T1" layout=mirror size=8M timeout=1000 leg-timeout=200
+  assert_failure
+  grep -q "brick $T1 of a mirror is unreachable (attach with --degraded, degraded=true, to run without it)" \
+    "$BATS_TEST_TMPDIR/missing.nbdkit.log" || fail "$(cat "$BATS_TEST_TMPDIR/missing.nbdkit.log")"
+  start_nbd --name degraded target="$T0,$T1" layout=mirror size=8M timeout=1000 leg-timeout=200 degraded=true
+  grep -q "brick $T1 is stale" "$NBD_LOG" || fail "$(cat "$NBD_LOG")"
+  run qio "read -P 0x11 0 64k" "write -P 0x22 64k 64k" flush "read -P 0x22 64k 64k"
+  assert_qio_ok
+  stop_nbd
+  # Brick 1 back: an attach with every brick keeps its copy stale and never reads it.
+  BRICK_PORT=$P1 restart_brick b1
+  start_nbd --name whole target="$T0,$T1" layout=mirror size=8M timeout=1000 leg-timeout=200
+  grep -q "brick $T1 holds stale copies" "$NBD_LOG" || fail "$(cat "$NBD_LOG")"
+  run qio "read -P 0x11 0 64k" "read -P 0x22 64k 64k" "read -P 0x11 0 64k" "read -P 0x22 64k 64k"
+  assert_qio_ok
+}
