@@ -11,6 +11,9 @@
 # Both gateways: -q 2 -d 64 --persistence rpc. nvmet is set up through
 # configfs, one subsystem per transport (two subsystems with one namespace
 # each, so native multipath never merges them into one device).
+# Then the floor of a 4k QD1 read in this VM: null_blk (block layer and fio
+# only) and a pbrick read the gateway answers without the brick (ublk's round
+# trip through user space).
 # Reported: rate, mean and p99 latency (QD1 and fsync rows), the ratios
 # pbrick/NVMe-oF, and CPU per I/O: the whole guest's busy time (what the
 # kernel target's threads cost has no process of its own) and, for pbrick,
