@@ -11,6 +11,9 @@
 # Both gateways: -q 2 -d 64 --persistence rpc. nvmet is set up through
 # configfs, one subsystem per transport (two subsystems with one namespace
 # each, so native multipath never merges them into one device).
+# Then the floor of a 4k QD1 read in this VM: null_blk (block layer and fio
+# only) and a pbrick read the gateway answers without the brick (ublk's round
+# trip through user space).
 # Reported: rate, mean and p99 latency (QD1 and fsync rows), the ratios
 # pbrick/NVMe-oF, and CPU per I/O: the whole guest's busy time (what the
 # kernel target's threads cost has no process of its own) and, for pbrick,
@@ -146,7 +149,11 @@ run_job() {
   ((RUNTIME >= 3)) || { say "--runtime: at least 3 s (the CPU window is runtime - 1 s)"; false; }
   VOL_MIB=$(((SIZE_BYTES + 2 * M - 1) / (2 * M) * 2))
   ((VOL_MIB >= 64)) || VOL_MIB=64
-  STORE_MIB=$((VOL_MIB + 32))
+  # The gateways' volumes are twice the measured range: the half never
+  # written is the floor rows' (a read of a block the volume never wrote is
+  # answered by the gateway without the brick). Stores are sparse on tmpfs.
+  GW_VOL_MIB=$((2 * VOL_MIB))
+  STORE_MIB=$((GW_VOL_MIB + 32))
   SHM=/dev/shm/pbrick-tests$BATS_TEST_TMPDIR # removed by brick_teardown
   mkdir -p "$SHM"
   CLK=$(getconf CLK_TCK)
@@ -221,6 +228,25 @@ run_job() {
     done
   done
 
+  # The floor of a QD1 read in this VM, in the same run: null_blk (the block
+  # layer and fio, no device: irqmode=0 completes in the submitter) and a
+  # pbrick read the gateway answers itself (a block the volume never wrote:
+  # ublk's round trip through the gateway, no brick). Any ublk server pays the
+  # second; the kernel's NVMe-oF/TCP pays neither user-space round trip.
+  if [ ! -b /dev/nullb0 ]; then
+    modprobe -d "$PBRICK_VM_MODROOT" null_blk nr_devices=1 queue_mode=2 irqmode=0 gb=1 bs=4096 ||
+      { say "modprobe null_blk failed"; false; }
+  fi
+  [ -b /dev/nullb0 ] || { say "no /dev/nullb0 after modprobe null_blk"; false; }
+  GW='' BRICK=''
+  run_job floor-nullb /dev/nullb0 io_uring randread 4k 1
+  res[floor.nullb]=$RES
+  echo "measured: randread-4k-qd1 null_blk $RES"
+  GW=${gw[pbrick/tcp]} BRICK=${brick[pbrick/tcp]}
+  run_job floor-unwritten "${dev[pbrick/tcp]}" io_uring randread 4k 1 --offset=$((VOL_MIB * M))
+  res[floor.unwritten]=$RES
+  echo "measured: randread-4k-qd1 pbrick/tcp unwritten half $RES"
+
   # One line per job and transport: rates, ratio, latencies, CPU.
   local t p n rp rn
   {
@@ -246,6 +272,18 @@ run_job() {
           printf "# %-20s %-5s %-6s %10.1f %10.1f %6.2f  %-21s %-21s %-17s %s\n", j, t, u, a, b, (b > 0 ? a / b : 0),
             rp, rn, sprintf("%.0f|%.0f%s", sp, sn, c), sprintf("%s+%s%s", g, k, c) }'
       done
+    done
+    printf '# \n'
+    printf '# floor of randread-4k-qd1 (io_uring, direct), same run: IOPS, mean/p99 us, sys CPU us/IO, gw+brick us/IO\n'
+    local f
+    for f in "null_blk (irqmode=0): block layer + fio:nullb" \
+      "pbrick/tcp, never-written half: + ublk round trip via gateway:unwritten" \
+      "pbrick/tcp, written: + brick over TCP:/randread-4k-qd1.pbrick/tcp" \
+      "nvme/tcp (nvmet, brd):/randread-4k-qd1.nvme/tcp"; do
+      local key=${f##*:}
+      if [[ $key == /* ]]; then key=${key#/}; else key=floor.$key; fi
+      read -r -a p <<<"${res[$key]}"
+      printf '# %-52s %8.1f  %9s  %6s  %s\n' "${f%:*}" "${p[0]}" "${p[1]}/${p[2]}" "${p[5]}" "${p[6]}+${p[7]}"
     done
     printf '# \n'
     printf '# pbrick: pbrick-gateway attach -q 2 -d 64 --persistence rpc, ublk -> brick (store /dev/shm);\n'

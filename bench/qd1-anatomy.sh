@@ -13,6 +13,7 @@
 # or say how busy it was beside the numbers.
 #
 # Usage: bench/qd1-anatomy.sh [--setup pbrick|nbd2] [--build DIR] [--seconds S] [--ios N] [--out DIR]
+#                             [--plugin-args 'KEY=VALUE ...']
 #   --setup       pbrick (default), or nbd2: bench/nbd.sh's peer (b), nbdkit's
 #                 nbd plugin -> a second nbdkit memory server, measured alike
 #                 (its "brick" rows are then the memory server)
@@ -21,12 +22,14 @@
 #   --seconds S   length of the counting run per job (default 6; window S - 2)
 #   --ios N       I/Os of the strace run per job (default 5000)
 #   --out DIR     keep the fio JSON and strace outputs in DIR
+#   --plugin-args more nbdkit-pbrick-plugin parameters, e.g. 'poll-us=50'
+#                 (pbrick setup only)
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/../scripts/lib.sh"
 
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
-build=$PBRICK_ROOT/build-bench ios=5000 seconds=6 out="" setup=pbrick
+build=$PBRICK_ROOT/build-bench ios=5000 seconds=6 out="" setup=pbrick plugin_args=()
 while (($#)); do
   case $1 in
     --build) build=${2:?--build needs a directory}; shift 2 ;;
@@ -34,6 +37,7 @@ while (($#)); do
     --setup) setup=${2:?--setup needs pbrick or nbd2}; shift 2 ;;
     --seconds) seconds=${2:?--seconds needs a number}; shift 2 ;;
     --out) out=${2:?--out needs a directory}; shift 2 ;;
+    --plugin-args) read -r -a plugin_args <<<"${2?--plugin-args needs parameters}"; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
   esac
@@ -77,7 +81,7 @@ if [ "$setup" = pbrick ]; then
   for _ in $(seq 1 100); do [ -s "$tmp/brick.port" ] && break; sleep 0.1; done
   [ -s "$tmp/brick.port" ] || { cat "$logs/brick.log" >&2; die "pbrick-target did not start"; }
   nbdkit -f --exit-with-parent -U "$sock" "$plugin" target="127.0.0.1:$(cat "$tmp/brick.port")" size=512M \
-    >"$logs/nbdkit.log" 2>&1 &
+    "${plugin_args[@]}" >"$logs/nbdkit.log" 2>&1 &
 else
   nbdkit -f --exit-with-parent -U "$tmp/back.sock" memory 512M >"$logs/brick.log" 2>&1 &
   brick_pid=$!
@@ -113,7 +117,7 @@ threads() {
 
 clk=$(getconf CLK_TCK)
 echo "4k QD1 anatomy, $(date -u '+%F %T UTC'), $(nproc) CPUs, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg);"
-echo "setup $setup; pbrick $(git -C "$PBRICK_ROOT" describe --always --dirty 2>/dev/null || echo unknown), $ios I/Os per job"
+echo "setup $setup${plugin_args:+ (${plugin_args[*]})}; pbrick $(git -C "$PBRICK_ROOT" describe --always --dirty 2>/dev/null || echo unknown), $ios I/Os per job"
 for job in read write+flush; do
   case $job in
     read) args=(--rw=randread) ;;

@@ -89,8 +89,10 @@ std::optional<Status> wait_out(const IoRetry& retry, IoRetry::Step step) {
 // One event loop: a thread, a Uring, and a channel to every brick.
 class Engine::Loop {
  public:
-  Loop(Volume& volume, uint32_t depth, uint32_t index)
-      : channels_(volume, depth, ring_, kChannel, kCancel, "queue " + std::to_string(index)), index_(index) {
+  Loop(Volume& volume, uint32_t depth, uint32_t index, std::chrono::microseconds poll)
+      : channels_(volume, depth, ring_, kChannel, kCancel, "queue " + std::to_string(index)),
+        index_(index),
+        poll_(poll) {
     incoming_.reserve(4 * depth);
     taken_.reserve(4 * depth);
     channels_.reserve(4 * depth);
@@ -122,6 +124,9 @@ class Engine::Loop {
   // Any thread: whether this loop's channels carried writes not synced yet.
   bool needs_sync() const { return channels_.needs_sync(); }
   uint64_t syncs_sent(uint32_t brick) const { return channels_.syncs_sent(brick); }
+  Engine::PollStats poll_stats() const {
+    return {polls_won_.load(std::memory_order_relaxed), polls_lost_.load(std::memory_order_relaxed)};
+  }
 
   // From caller threads: queue work and wake the loop.
   void submit(const Handoff* items, size_t n) {
@@ -212,13 +217,17 @@ class Engine::Loop {
         ring_.cancel(Uring::pack(kCancel, 0), Uring::pack(kTick, 0));
         ring_.cancel(Uring::pack(kCancel, 0), Uring::pack(kEvent, 0));
       }
-      int err = ring_.submit_and_wait(1);
+      // Poll only while a reply is due: an idle loop sleeps at once.
+      auto poll = channels_.busy() ? poll_ : std::chrono::microseconds(0);
+      int err = ring_.submit_and_wait_polling(poll);
       if (err < 0 && err != -EINTR) {
         PBRICK_LOG_ERROR("queue %u: io_uring_submit_and_wait: %s", index_, std::strerror(-err));
         break;
       }
       ring_.drain([this](uint64_t ud, int res) { on_cqe(ud, res); });
       dispatch();
+      polls_won_.store(ring_.polls_won(), std::memory_order_relaxed);
+      polls_lost_.store(ring_.polls_lost(), std::memory_order_relaxed);
     }
     // Whatever is still queued fails: the engine is going away.
     {
@@ -234,6 +243,8 @@ class Engine::Loop {
   Uring ring_;  // before channels_, which arm SQEs on it
   VolumeChannels channels_;
   uint32_t index_;
+  std::chrono::microseconds poll_;
+  std::atomic<uint64_t> polls_won_{0}, polls_lost_{0};  // copies of ring_'s, for other threads
   std::thread thread_;
   std::atomic<bool> stopping_{false};
   UniqueFd event_fd_;
@@ -258,9 +269,10 @@ Result<std::unique_ptr<Engine>> Engine::Start(std::unique_ptr<Volume> volume, co
     return Error(EINVAL, "queues must be 1.." + std::to_string(kMaxQueues));
   }
   if (options.depth == 0 || options.depth > 4096) return Error(EINVAL, "depth must be 1..4096");
+  if (options.poll_us > kMaxPollUs) return Error(EINVAL, "poll must be 0.." + std::to_string(kMaxPollUs) + " us");
   std::unique_ptr<Engine> engine(new Engine(std::move(volume), options));
   for (uint32_t i = 0; i < options.queues; i++) {
-    auto loop = std::make_unique<Loop>(*engine->volume_, options.depth, i);
+    auto loop = std::make_unique<Loop>(*engine->volume_, options.depth, i, std::chrono::microseconds(options.poll_us));
     Status st = loop->start();
     if (!st) return st.error().wrap("queue " + std::to_string(i));
     engine->loops_.push_back(std::move(loop));
@@ -363,6 +375,16 @@ uint64_t Engine::syncs_sent(uint32_t brick) const {
   uint64_t n = 0;
   for (const auto& loop : loops_) n += loop->syncs_sent(brick);
   return n;
+}
+
+Engine::PollStats Engine::poll_stats() const {
+  PollStats total;
+  for (const auto& loop : loops_) {
+    PollStats p = loop->poll_stats();
+    total.won += p.won;
+    total.lost += p.lost;
+  }
+  return total;
 }
 
 Status Engine::discard(uint64_t count, uint64_t offset, bool fua) {

@@ -28,6 +28,7 @@ struct OpenOptions {
   uint32_t timeout_ms = 10000;
   uint32_t queues = 2;
   uint32_t depth = 16;
+  uint32_t poll_us = 0;
 };
 
 class EngineTest : public ::testing::Test {
@@ -58,6 +59,7 @@ class EngineTest : public ::testing::Test {
     EngineOptions eo;
     eo.queues = oo.queues;
     eo.depth = oo.depth;
+    eo.poll_us = oo.poll_us;
     auto engine = Engine::Start(std::move(*volume), eo);
     if (!engine) return engine.error().wrap("Engine::Start");
     engine_ = std::move(*engine);
@@ -325,6 +327,40 @@ TEST_P(EngineQueuesTest, EveryLoopFlushesAndDataKeepsItsChecksums) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Queues, EngineQueuesTest, ::testing::Values(10u, Engine::kMaxQueues));
+
+// With bounded polling the data path is the same (checksums through
+// write, FLUSH, read), every wait with I/O in flight goes through the poll,
+// and a loop with nothing in flight never polls (its 100 ms ticks while idle
+// add no poll).
+TEST_F(EngineTest, PollingLoopsKeepDataAndNeverPollWhenIdle) {
+  PBRICK_ASSERT_OK(open({.size = 16 * kMiB, .poll_us = 200}));
+  Engine& e = *engine_;
+  auto data = random_bytes_of(3 * kMiB, 7);
+  for (uint64_t off = 0; off < data.size(); off += 4096) {
+    ASSERT_TRUE(e.write(data.data() + off, 4096, off, false).ok()) << off;
+  }
+  ASSERT_TRUE(e.flush().ok());
+  std::vector<uint8_t> back(data.size());
+  for (uint64_t off = 0; off < back.size(); off += 64 * 1024) {
+    ASSERT_TRUE(e.read(back.data() + off, 64 * 1024, off).ok()) << off;
+  }
+  EXPECT_EQ(crc32c(back.data(), back.size()), crc32c(data.data(), data.size()));
+  Engine::PollStats busy = e.poll_stats();
+  EXPECT_GE(busy.won + busy.lost, 768u + 48u) << "a wait with I/O in flight did not poll";
+  std::this_thread::sleep_for(std::chrono::milliseconds(350));
+  Engine::PollStats idle = e.poll_stats();
+  EXPECT_EQ(idle.won, busy.won);
+  EXPECT_EQ(idle.lost, busy.lost);
+}
+
+TEST_F(EngineTest, PollBoundAboveTheMaximumIsRefused) {
+  auto volume = Volume::Open({.brick = brick_->client(), .size = 4 * kMiB});
+  ASSERT_TRUE(volume.ok()) << volume.error().message();
+  auto engine = Engine::Start(std::move(*volume), {.poll_us = Engine::kMaxPollUs + 1});
+  ASSERT_FALSE(engine.ok());
+  EXPECT_EQ(engine.error().errnum(), EINVAL);
+  EXPECT_NE(engine.error().message().find("poll must be 0..1000 us"), std::string::npos) << engine.error().message();
+}
 
 TEST_F(EngineTest, QueuesOutsideOneToMaxAreRefused) {
   auto volume = Volume::Open({.brick = brick_->client(), .size = 4 * kMiB});

@@ -4,7 +4,7 @@
 //   nbdkit .../nbdkit-pbrick-plugin.so target=HOST:PORT[,HOST:PORT...] size=SIZE
 //          [layout=single|stripe|mirror] [copies=2|3] [base=ADDR] [key-file=FILE] [queues=N] [depth=N]
 //          [timeout=MS] [transport=tcp|rdma] [persistence=sync-read|rpc]
-//          [name=NAME] [read-only=true]
+//          [name=NAME] [read-only=true] [poll-us=N]
 //   nbdkit .../nbdkit-pbrick-plugin.so config=FILE volume=NAME [...]
 //
 // With config=, the volume's size, base, queues and depth and its brick's
@@ -41,6 +41,7 @@ struct Config : VolumeSpec {
 
 Config g_config;
 std::unique_ptr<Engine> g_engine;
+uint32_t g_poll_us = 0;  // poll-us=: EngineOptions::poll_us
 
 // The one place where pbrick errors become NBD errors: the errno goes to
 // nbdkit (which maps it onto the NBD wire), the message to its log.
@@ -141,6 +142,8 @@ int pbrick_config(const char* key, const char* value) {
     g_config.config_file = value;
   } else if (k == "volume") {
     g_config.volume = value;
+  } else if (k == "poll-us") {
+    return config_u32(key, value, 0, Engine::kMaxPollUs, &g_poll_us);
   } else if (k == "timeout") {
     return config_u32(key, value, 100, 3600000, &g_config.timeout_ms);
   } else if (k == "max-mapped") {
@@ -179,6 +182,7 @@ int pbrick_after_fork() {
   EngineOptions engine_options;
   engine_options.queues = *g_config.queues;
   engine_options.depth = *g_config.depth;
+  engine_options.poll_us = g_poll_us;
   auto engine = Engine::Start(std::move(*volume), engine_options);
   if (!engine) return report(engine.error());
   g_engine = std::move(*engine);
@@ -193,7 +197,14 @@ int pbrick_after_fork() {
 }
 
 void pbrick_unload() {
-  if (g_engine) sd_notify(0, "STOPPING=1");
+  if (g_engine) {
+    sd_notify(0, "STOPPING=1");
+    if (g_poll_us > 0) {
+      Engine::PollStats p = g_engine->poll_stats();
+      nbdkit_debug("pbrick: poll-us=%u: %llu waits ended by polling, %llu slept", g_poll_us,
+                   static_cast<unsigned long long>(p.won), static_cast<unsigned long long>(p.lost));
+    }
+  }
   g_engine.reset();
 }
 
@@ -290,6 +301,8 @@ nbdkit_plugin make_plugin() {
       "queues=N          connections to the brick (default 2)\n"
       "depth=N           requests in flight per connection (default 128)\n"
       "timeout=MS        how long I/O waits for a brick that went away (default 30000)\n"
+      "poll-us=N         while I/O is in flight, poll for its completion up to N us before\n"
+      "                  sleeping (0..1000, default 0: never): less latency for a busy core\n"
       "name=NAME         the volume's name, kept in its label (default: volume=)\n"
       "read-only=BOOL    share the volume with its writer and never write (default false:\n"
       "                  hold the volume alone; a second holder gets EBUSY naming the first)\n"

@@ -354,6 +354,13 @@ uint64_t VolumeChannels::syncs_sent(uint32_t brick) const {
   return links_[brick]->syncs_sent.load(std::memory_order_relaxed);
 }
 
+bool VolumeChannels::busy() const {
+  for (const auto& link : links_) {
+    if (!link->backlog.empty() || link->channel->inflight() > 0) return true;
+  }
+  return false;
+}
+
 void VolumeChannels::sync(SyncJob& job) {
   if (job.parts.size() < links_.size()) job.parts.resize(links_.size());
   job.status = 0;

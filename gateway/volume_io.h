@@ -213,6 +213,9 @@ class VolumeChannels final : public PieceSink {
   bool needs_sync() const;
   // Syncs sent to `brick` so far (statistics). Any thread.
   uint64_t syncs_sent(uint32_t brick) const;
+  // Whether an op or a sync is waiting for a channel or in flight on one: a
+  // completion is due (the loop may poll for it instead of sleeping).
+  bool busy() const;
 
   // Once per loop iteration: finishes teardowns, reconnects a brick that has
   // ops waiting (at most every 100 ms; a failed attempt fails them with its

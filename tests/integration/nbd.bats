@@ -185,6 +185,17 @@ fio_verify() {
   [ "$(jq '.jobs[0].error' "$BATS_TEST_TMPDIR/bad.json")" != 0 ]
 }
 
+@test "poll-us=: verified 4k QD1 and QD32 I/O with bounded polling; a bound above 1000 is refused" {
+  start_brick b
+  start_nbd poll-us=50
+  fio_verify 4k 1 8M
+  fio_verify 4k 32 8M
+  stop_nbd
+  run start_nbd --name toolong poll-us=1001
+  assert_failure
+  assert_output --partial 'pbrick: poll-us=1001: expected a number in 0..1000'
+}
+
 @test "thin provisioning: writes allocate their blocks only, discard frees them at the brick" {
   start_brick b
   start_nbd
