@@ -2,6 +2,7 @@
 
 #include <cctype>
 #include <cstdio>
+#include <ctime>
 
 namespace pbrick {
 namespace {
@@ -91,6 +92,14 @@ std::string format_size(uint64_t bytes) {
     std::snprintf(buf, sizeof buf, "%.1f %s", value, kUnits[unit]);
   }
   return buf;
+}
+
+std::string format_time(uint64_t unix_seconds) {
+  char when[32] = "?";
+  time_t t = static_cast<time_t>(unix_seconds);
+  struct tm tm{};
+  if (gmtime_r(&t, &tm) != nullptr) std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return when;
 }
 
 std::string format_hex(uint64_t value) {

@@ -27,4 +27,7 @@ std::string format_size(uint64_t bytes);
 // "0x0000000000200000"-style lower-case hex with 0x prefix, no padding.
 std::string format_hex(uint64_t value);
 
+// Unix seconds as "2026-12-02T12:00:00Z" (UTC); "?" when out of range.
+std::string format_time(uint64_t unix_seconds);
+
 }  // namespace pbrick

@@ -277,6 +277,7 @@ Result<std::unique_ptr<Engine>> Engine::Start(std::unique_ptr<Volume> volume, co
     if (!st) return st.error().wrap("queue " + std::to_string(i));
     engine->loops_.push_back(std::move(loop));
   }
+  engine->resync_ = MirrorResync::Start(*engine->volume_);
   return engine;
 }
 
@@ -308,10 +309,11 @@ Status Engine::run_pieces(const char* what) {
     // take yet.
     auto queued = queue_round(*volume_, w.pieces, w, piece_done, SIZE_MAX);
     if (!queued) return queued.error();
-    if (*queued == 0) return Status::Ok();
-    w.pending.store(static_cast<uint32_t>(*queued), std::memory_order_release);
-    loop.submit(w.batch.data(), w.batch.size());
-    wait_for(w.pending);
+    if (*queued != 0) {  // 0: done, or held back (settle says which)
+      w.pending.store(static_cast<uint32_t>(*queued), std::memory_order_release);
+      loop.submit(w.batch.data(), w.batch.size());
+      wait_for(w.pending);
+    }
     if (auto over = wait_out(w.retry, w.retry.settle(*volume_, w.pieces, what))) return *over;
   }
 }

@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "common/result.h"
+#include "gateway/resync.h"
 #include "gateway/volume.h"
 
 namespace pbrick {
@@ -59,6 +60,8 @@ class Engine {
   Engine& operator=(const Engine&) = delete;
 
   Volume& volume() { return *volume_; }
+  // Mirror: the resync thread (null for the other layouts).
+  MirrorResync* resync() { return resync_.get(); }
   uint64_t size() const { return volume_->size(); }
 
   // Byte ranges must lie inside the volume and count <= kMaxRequest (EINVAL).
@@ -98,6 +101,9 @@ class Engine {
   EngineOptions options_;
   std::vector<std::unique_ptr<Loop>> loops_;
   std::vector<uint8_t> zeros_;  // one block of zeros for zero-filling
+  // Mirror: resyncs stale copies once their bricks are back (resync.h).
+  // Last: stopped before the loops and the volume go.
+  std::unique_ptr<MirrorResync> resync_;
 };
 
 }  // namespace pbrick

@@ -27,6 +27,7 @@
 #include "common/units.h"
 #include "config/cluster_config.h"
 #include "gateway/ublk_ctrl.h"
+#include "gateway/resync.h"
 #include "gateway/ublk_queue.h"
 #include "gateway/volume.h"
 #include "gateway/volume_spec.h"
@@ -86,7 +87,8 @@ constexpr const char* kUsage =
     "  --max-mapped N          keep at most N blocks mapped on each brick, unmapping its least recently used\n"
     "                          (0: no bound; at least 16), so a tiered brick can demote them\n"
     "  The volume parameters are kept in /run/pbrick/ublk-ID.conf for recover.\n"
-    "list: the ublk devices (id, state, queues, depth, daemon pid).\n"
+    "list: the ublk devices (id, state, queues, depth, daemon pid) and, for a mirror,\n"
+    "  each copy's brick and state: in-sync, stale since T, resyncing N % with an ETA\n"
     "detach -n ID: stops and deletes device ID (asks its daemon to, when it runs).\n"
     "recover -n ID: after the daemon of ID died (kill -9, crash), serves ID again\n"
     "  with the parameters of /run/pbrick/ublk-ID.conf, in the foreground like\n"
@@ -108,6 +110,25 @@ struct AttachParams : VolumeSpec {
 };
 
 std::string conf_path(uint32_t id) { return std::string(kStateDir) + "/ublk-" + std::to_string(id) + ".conf"; }
+// A mirrored volume's copies as its daemon last saw them (mirror_json), for list.
+std::string state_path(uint32_t id) { return std::string(kStateDir) + "/ublk-" + std::to_string(id) + ".copies"; }
+
+// Replaces `path` with `text` whole (a reader never sees half of it).
+Status write_whole(const std::string& path, const std::string& text) {
+  ::mkdir(kStateDir, 0755);
+  std::string tmp = path + ".tmp";
+  FILE* f = std::fopen(tmp.c_str(), "w");
+  if (f == nullptr) return errno_error("writing " + tmp);
+  bool ok = std::fputs(text.c_str(), f) >= 0;
+  ok = std::fclose(f) == 0 && ok;
+  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) return errno_error("writing " + path);
+  return Status::Ok();
+}
+
+std::string read_whole(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
 
 Status save_conf(uint32_t id, const AttachParams& p) {
   ::mkdir(kStateDir, 0755);
@@ -262,8 +283,18 @@ int serve(UblkControl& ctrl, Server& s, const AttachParams& p) {
   uint32_t id = s.dev.dev_id;
   std::printf("/dev/ublkb%u\n", id);
   std::fflush(stdout);
-  sd_notifyf(0, "READY=1\nSTATUS=serving /dev/ublkb%u: %s on brick %s", id, format_size(p.size).c_str(),
-             p.targets_string().c_str());
+  const std::string serving = "serving /dev/ublkb" + std::to_string(id) + ": " + format_size(p.size) + " on brick " +
+                              p.targets_string();
+  sd_notifyf(0, "READY=1\nSTATUS=%s", serving.c_str());
+  // A mirror: the STATUS line says "degraded" while a copy is not in sync;
+  // list shows each copy (state_path).
+  std::unique_ptr<MirrorResync> resync = MirrorResync::Start(*s.volume, [&, id] {
+    std::string summary = mirror_summary(*s.volume);
+    sd_notifyf(0, "STATUS=%s (mirror: %s)", serving.c_str(), summary.c_str());
+    PBRICK_LOG_INFO("/dev/ublkb%u: mirror: %s", id, summary.c_str());
+    Status st = write_whole(state_path(id), mirror_json(*s.volume) + "\n");
+    if (!st) PBRICK_LOG_WARN("%s", st.error().message().c_str());
+  });
   PBRICK_LOG_INFO("/dev/ublkb%u: %s at %s on brick %s (layout %s), %u queues x %u deep", id,
                   format_size(p.size).c_str(), format_hex(*p.base).c_str(), p.targets_string().c_str(),
                   layout_name(p.layout.value_or(Layout::kSingle)), *p.queues, *p.depth);
@@ -276,6 +307,8 @@ int serve(UblkControl& ctrl, Server& s, const AttachParams& p) {
   }
   sd_notify(0, "STOPPING=1");
   PBRICK_LOG_INFO("/dev/ublkb%u: %s: stopping", id, strsignal(sig));
+  resync.reset();
+  ::unlink(state_path(id).c_str());
   int rc = 0;
   Status st = ctrl.stop_dev(id);
   if (!st) {
@@ -616,6 +649,31 @@ std::vector<uint32_t> device_ids() {
   return ids;
 }
 
+// The copies of a mirror_json text as "H:P in-sync, H:P stale since T, H:P
+// resyncing 42 % ETA 12 s".
+std::string copies_text(const std::string& json) {
+  std::string out;
+  auto field = [](const std::string& obj, const std::string& key) -> std::string {
+    size_t k = obj.find("\"" + key + "\":");
+    if (k == std::string::npos) return "";
+    size_t v = k + key.size() + 3;
+    if (v < obj.size() && obj[v] == '"') return obj.substr(v + 1, obj.find('"', v + 1) - v - 1);
+    return obj.substr(v, obj.find_first_of(",}", v) - v);
+  };
+  for (size_t at = json.find("{\"target\""); at != std::string::npos; at = json.find("{\"target\"", at + 1)) {
+    std::string obj = json.substr(at, json.find('}', at) - at + 1);
+    std::string state = field(obj, "state");
+    if (!out.empty()) out += ", ";
+    out += field(obj, "target") + " " + state;
+    if (state == "stale") out += " since " + field(obj, "stale_since");
+    if (state == "resyncing") {
+      out += " " + field(obj, "resync_percent") + " %";
+      if (!field(obj, "eta_s").empty()) out += " ETA " + field(obj, "eta_s") + " s";
+    }
+  }
+  return out;
+}
+
 int list_main(int argc, char** argv) {
   bool json = false;
   for (int i = 1; i < argc; i++) {
@@ -629,15 +687,20 @@ int list_main(int argc, char** argv) {
   for (uint32_t id : device_ids()) {
     auto info = ctrl->get_dev_info(id);
     if (!info) continue;
+    // A mirror's copies, as its daemon (alive) last wrote them.
+    std::string copies;
+    if (info->ublksrv_pid > 0 && ::kill(info->ublksrv_pid, 0) == 0) copies = read_whole(state_path(id));
+    while (!copies.empty() && copies.back() == '\n') copies.pop_back();
     if (json) {
       std::printf("%s{\"id\":%u,\"state\":\"%s\",\"queues\":%u,\"depth\":%u,\"max_io_bytes\":%u,\"pid\":%d,"
-                  "\"flags\":%llu}",
+                  "\"flags\":%llu%s%s}",
                   first ? "" : ",", id, ublk_state_name(info->state), info->nr_hw_queues, info->queue_depth,
-                  info->max_io_buf_bytes, info->ublksrv_pid, static_cast<unsigned long long>(info->flags));
+                  info->max_io_buf_bytes, info->ublksrv_pid, static_cast<unsigned long long>(info->flags),
+                  copies.empty() ? "" : ",\"mirror\":", copies.c_str());
     } else {
-      if (first) std::printf("%-4s %-9s %6s %6s %8s\n", "ID", "STATE", "QUEUES", "DEPTH", "PID");
-      std::printf("%-4u %-9s %6u %6u %8d\n", id, ublk_state_name(info->state), info->nr_hw_queues,
-                  info->queue_depth, info->ublksrv_pid);
+      if (first) std::printf("%-4s %-9s %6s %6s %8s  %s\n", "ID", "STATE", "QUEUES", "DEPTH", "PID", "COPIES");
+      std::printf("%-4u %-9s %6u %6u %8d  %s\n", id, ublk_state_name(info->state), info->nr_hw_queues,
+                  info->queue_depth, info->ublksrv_pid, copies.empty() ? "-" : copies_text(copies).c_str());
     }
     first = false;
   }

@@ -9,14 +9,72 @@ const char* copy_state_name(CopyState s) {
   switch (s) {
     case CopyState::kStale:
       return "stale";
+    case CopyState::kResyncing:
+      return "resyncing";
     case CopyState::kInSync:
       break;
   }
   return "in-sync";
 }
 
-MirrorState::MirrorState(uint32_t bricks) : bricks_(bricks), states_(new std::atomic<CopyState>[bricks]) {
+MirrorState::MirrorState(uint32_t bricks)
+    : bricks_(bricks),
+      states_(new std::atomic<CopyState>[bricks]),
+      progress_(new ProgressSlot[bricks]),
+      slots_(new WriteSlot[kWriteSlots]) {
   for (uint32_t b = 0; b < bricks; b++) states_[b].store(CopyState::kInSync, std::memory_order_relaxed);
+}
+
+MirrorState::Progress MirrorState::progress(uint32_t brick) const {
+  const ProgressSlot& s = progress_[brick];
+  return Progress{s.done.load(std::memory_order_relaxed), s.total.load(std::memory_order_relaxed),
+                  s.started.load(std::memory_order_relaxed)};
+}
+
+void MirrorState::set_progress(uint32_t brick, const Progress& p) {
+  ProgressSlot& s = progress_[brick];
+  s.done.store(p.done, std::memory_order_relaxed);
+  s.total.store(p.total, std::memory_order_relaxed);
+  s.started.store(p.started, std::memory_order_relaxed);
+}
+
+bool begin_writes(const Volume& volume, std::span<IoPiece> pieces) {
+  MirrorState* mirror = const_cast<MirrorState*>(volume.mirror());
+  if (mirror == nullptr) return false;
+  auto holds_one = [&] {
+    for (const IoPiece& p : pieces) {
+      if (p.is_write && mirror->held(volume.placement().block_of(p.block))) return true;
+    }
+    return false;
+  };
+  bool started = false;
+  for (const IoPiece& p : pieces) started = started || p.counted;
+  // Not counted while held: a count (and its write_seq step) would make the
+  // resync copy the block again.
+  if (!started && holds_one()) return true;
+  bool starting = false;
+  for (IoPiece& p : pieces) {
+    if (!p.is_write || p.counted) continue;
+    mirror->write_begin(volume.placement().block_of(p.block));
+    p.counted = true;
+    starting = true;
+  }
+  // Counted first, then the hold read (the resync holds, then reads the
+  // counts): one of the two sees the other. A request under way is never
+  // held back: the resync waits for it.
+  if (!starting || !holds_one()) return false;
+  end_writes(volume, pieces);
+  return true;
+}
+
+void end_writes(const Volume& volume, std::span<IoPiece> pieces) {
+  MirrorState* mirror = const_cast<MirrorState*>(volume.mirror());
+  if (mirror == nullptr) return;
+  for (IoPiece& p : pieces) {
+    if (!p.counted) continue;
+    mirror->write_end(volume.placement().block_of(p.block));
+    p.counted = false;
+  }
 }
 
 uint32_t MirrorState::read_copy(const Placement& placement, uint64_t block) const {
@@ -41,8 +99,9 @@ bool MirrorState::may_lose(const Placement& pl, uint32_t brick) const {
 }
 
 Result<bool> skip_stale_copy(Volume& volume, IoPiece& p) {
-  if (!p.is_write || volume.mirror() == nullptr || volume.mirror()->in_sync(p.brick)) return false;
-  PBRICK_TRY(volume.mark_dirty(volume.placement().block_of(p.block)));
+  if (!p.is_write || volume.mirror() == nullptr || volume.mirror()->state(p.brick) != CopyState::kStale) return false;
+  auto missed = volume.record_miss(volume.placement().block_of(p.block), p.brick);
+  if (!missed || !*missed) return missed;  // an error, or the brick is resyncing now: send it
   p.status = 0;
   return true;
 }
@@ -64,14 +123,18 @@ Result<bool> leg_failed(Volume& volume, IoPiece& p) {
     }
     return false;
   }
-  if (mirror->in_sync(p.brick)) {
+  if (mirror->state(p.brick) == CopyState::kResyncing) {
+    volume.abort_resync(p.brick, "a write to it failed");  // stale again, before the miss is recorded
+  } else if (mirror->in_sync(p.brick)) {
     if (!mirror->may_lose(pl, p.brick)) return false;
     Status st = volume.mark_stale(p.brick);
     // EIO: no other copy of some blocks can take the record either; the
     // piece waits for its brick like any other, until the I/O timeout.
     if (!st) return st.error().errnum() == EIO ? Result<bool>(false) : Result<bool>(st.error());
   }
-  PBRICK_TRY(volume.mark_dirty(block));
+  auto missed = volume.record_miss(block, p.brick);
+  if (!missed) return missed.error();
+  if (!*missed) return false;  // neither stale nor resyncing now (replaced): fail as any piece
   p.status = 0;
   return true;
 }

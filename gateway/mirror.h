@@ -15,14 +15,22 @@
 //    block take turns over its copies (spread over the bricks).
 //  - FLUSH/FUA need nothing here: the channels of every brick that carried a
 //    write since its last sync are synced (VolumeChannels::sync).
+//  - A stale brick that is back is resynced (gateway/resync.h): while its
+//    dirty blocks are copied it is *resyncing*: writes reach it like an
+//    in-sync copy, reads never do. A copy must not overwrite a write that
+//    landed meanwhile, so every write counts itself on its block from its
+//    first round until it completed (begin_writes / end_writes); the copy of
+//    a block starts only with no write counted on it and is done again when
+//    one started meanwhile (MirrorState::write_seq).
 //
 // MirrorState is the volume's record of which bricks hold in-sync copies.
-// Thread-safe: states are atomics read on every request.
+// Thread-safe: states and counters are atomics read on every request.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "common/layout.h"
@@ -36,6 +44,7 @@ class Volume;
 enum class CopyState : uint8_t {
   kInSync = 0,  // every block's copy on the brick is current
   kStale = 1,   // the brick missed writes (recorded in the labels); never read
+  kResyncing = 2,  // still stale in the labels; its dirty blocks are being copied; written, never read
 };
 const char* copy_state_name(CopyState s);
 
@@ -55,11 +64,64 @@ class MirrorState {
   // The copy of `block` a read uses: the next in-sync one in turn.
   uint32_t read_copy(const Placement& placement, uint64_t block) const;
 
+  // Writes that may still land on some copy of `block`: counted from the
+  // first round of a request until it completed or failed (a resync waits
+  // until none is counted on the block it holds). Blocks share
+  // counters (a hash of the block): a collision only makes a resync wait
+  // or copy again. write_seq() changes with every begin.
+  void write_begin(uint64_t block) {
+    WriteSlot& s = slots_[block % kWriteSlots];
+    s.in_flight.fetch_add(1, std::memory_order_seq_cst);
+    s.seq.fetch_add(1, std::memory_order_seq_cst);
+  }
+  void write_end(uint64_t block) { slots_[block % kWriteSlots].in_flight.fetch_sub(1, std::memory_order_seq_cst); }
+  uint64_t write_seq(uint64_t block) const { return slots_[block % kWriteSlots].seq.load(std::memory_order_seq_cst); }
+  bool writes_in_flight(uint64_t block) const {
+    return slots_[block % kWriteSlots].in_flight.load(std::memory_order_seq_cst) != 0;
+  }
+
+  // The block a resync copies now (resync.h): a request that would start
+  // writing to it waits until it is released. One block at a time.
+  void hold(uint64_t block) { held_.store(block + 1, std::memory_order_seq_cst); }
+  void release() { held_.store(0, std::memory_order_seq_cst); }
+  bool held(uint64_t block) const { return held_.load(std::memory_order_seq_cst) == block + 1; }
+
+  // Resync progress of a brick (gateway/resync.h): blocks copied of blocks to
+  // copy, and when it started (unix seconds; 0: none running, and done and
+  // total are those of the last resync that finished).
+  struct Progress {
+    uint64_t done = 0;
+    uint64_t total = 0;
+    uint64_t started = 0;
+  };
+  Progress progress(uint32_t brick) const;
+  void set_progress(uint32_t brick, const Progress& p);
+
  private:
+  static constexpr size_t kWriteSlots = 4096;
+  struct WriteSlot {
+    std::atomic<uint32_t> in_flight{0};
+    std::atomic<uint64_t> seq{0};
+  };
+  struct ProgressSlot {
+    std::atomic<uint64_t> done{0}, total{0}, started{0};
+  };
   uint32_t bricks_;
   std::unique_ptr<std::atomic<CopyState>[]> states_;
+  std::unique_ptr<ProgressSlot[]> progress_;
+  std::unique_ptr<WriteSlot[]> slots_;
   mutable std::atomic<uint32_t> read_turn_{0};
+  std::atomic<uint64_t> held_{0};  // block + 1; 0: none
 };
+
+// The writes of a request's pieces, on MirrorState's counters (see above):
+// begin_writes at its every round (counts each piece once), end_writes once
+// it completed or failed. Nothing for the other layouts.
+// begin_writes is true when the request must wait instead (a resync holds
+// a block it writes, and it has not started: nothing of it was sent or
+// skipped); it is then not counted.
+bool begin_writes(const Volume& volume, std::span<IoPiece> pieces);
+void end_writes(const Volume& volume, std::span<IoPiece> pieces);
 
 // Appends the pieces of `len` bytes at `in_block` of volume block `block`
 // (through `buf`) for `request`: one per copy it goes to (see above); the
@@ -74,7 +136,7 @@ Result<bool> leg_failed(Volume& volume, IoPiece& piece);
 
 // A WRITE piece for a copy that is stale: its block is marked dirty,
 // durably, and the piece is done without being sent. False for any other
-// piece.
+// piece (a resyncing copy is written).
 Result<bool> skip_stale_copy(Volume& volume, IoPiece& piece);
 
 void plan_block(const Volume& volume, bool is_write, uint64_t block, uint32_t in_block, uint32_t len, uint8_t* buf,

@@ -154,6 +154,11 @@ Status Volume::open_brick(uint32_t b) {
   // From now on every connection to this brick must reach this store (see
   // volume.h).
   if (!brick.options.store_uuid) brick.options.store_uuid = brick.control->hello().brick_uuid;
+  return learn_allocated(b);
+}
+
+Status Volume::learn_allocated(uint32_t b) {
+  Brick& brick = *bricks_[b];
   // Learn which of our blocks the brick already holds, one LIST page at a time.
   uint64_t on_brick = placement_.slots_per_brick(block_count_);
   if (on_brick == 0) return Status::Ok();
@@ -190,7 +195,10 @@ Status Volume::connect_control(uint32_t b) {
     return client.error();
   }
   if (claim_) {
-    Status st = claim_->reacquire(b, ClaimBrick{client->get(), brick_name(b), options_.base});
+    // A mirror's stale brick holds an older label (it missed the ones
+    // that call it stale).
+    const bool stale = mirror_ && !mirror_->in_sync(b);
+    Status st = claim_->reacquire(b, ClaimBrick{client->get(), brick_name(b), options_.base}, stale);
     note_connect(b, st);
     if (!st) return st;
   }
@@ -434,20 +442,80 @@ uint64_t Volume::dirty_count() const {
 Status Volume::mark_stale(uint32_t b) {
   std::lock_guard label_lock(label_mu_);
   if (!mirror_->in_sync(b)) return Status::Ok();
-  // The bricks to mark stale: `b`, and every in-sync brick that cannot take
-  // the label either (it failed too). Each attempt uses a new generation, so
-  // labels of one generation always agree.
-  std::vector<uint32_t> going{b};
+  auto joined = write_label_set({b}, std::nullopt, std::nullopt);
+  if (!joined) return joined.error();
+  return Status::Ok();
+}
+
+Status Volume::try_reach(uint32_t b) {
+  std::lock_guard lock(bricks_[b]->control_mu);
+  return connect_control(b);
+}
+
+Status Volume::begin_resync(uint32_t b) {
+  std::lock_guard label_lock(label_mu_);
+  if (mirror_->state(b) != CopyState::kStale) return Error(EALREADY, "brick " + brick_name(b) + " is not stale");
+  {
+    // Which of its units it holds: a block freed while it was stale is freed
+    // on it too. Nothing maps or writes its units while it is stale.
+    std::lock_guard lock(bricks_[b]->control_mu);
+    if (!bricks_[b]->control) PBRICK_TRY(connect_control(b));
+    for_each_unit_on(b, [&](uint64_t u) { set_allocated(u, false); });
+    PBRICK_TRY(learn_allocated(b).wrap_error("brick " + brick_name(b)));
+  }
+  // From here on writes reach it; the bitmap read after this store holds
+  // every block a write skipped it for (record_miss).
+  mirror_->set_state(b, CopyState::kResyncing);
+  return Status::Ok();
+}
+
+void Volume::abort_resync(uint32_t b, const std::string& why) {
+  std::lock_guard label_lock(label_mu_);
+  if (mirror_->state(b) != CopyState::kResyncing) return;
+  mirror_->set_state(b, CopyState::kStale);
+  PBRICK_LOG_WARN("volume %s: resync of brick %s stopped (%s); it stays stale", format_uuid(claim_->label().volume_uuid).c_str(),
+                  brick_name(b).c_str(), why.c_str());
+}
+
+Status Volume::finish_resync(uint32_t b) {
+  std::lock_guard label_lock(label_mu_);
+  if (mirror_->state(b) != CopyState::kResyncing) return Error(ECANCELED, "resync of brick " + brick_name(b) + " stopped");
+  auto joined = write_label_set({}, b, std::nullopt);
+  if (!joined) return joined.error();
+  if (!*joined) return Error(EIO, "brick " + brick_name(b) + " could not take the label that says it is in sync");
+  for (uint32_t s = 0; s < brick_count(); s++) {
+    if (!mirror_->in_sync(s)) return Status::Ok();  // another copy is stale: its misses stay recorded
+  }
+  // No copy is stale: the bitmap is cleared (after the label: a bit left set
+  // only makes a later resync copy more).
+  for (auto& w : dirty_) w.store(0, std::memory_order_release);
+  for (uint32_t s = 0; s < brick_count(); s++) {
+    std::lock_guard lock(bricks_[s]->control_mu);
+    auto r = with_control(s, [&](BrickClient& c) -> Result<bool> {
+      PBRICK_TRY(VolumeClaim::fill_dirty(ClaimBrick{&c, brick_name(s), options_.base}, (block_count_ + 7) / 8, 0));
+      return true;
+    });
+    if (!r) PBRICK_LOG_WARN("brick %s: clearing the dirty bitmap: %s", brick_name(s).c_str(), r.error().message().c_str());
+  }
+  return Status::Ok();
+}
+
+Result<bool> Volume::write_label_set(std::vector<uint32_t> going, std::optional<uint32_t> joining,
+                                     std::optional<LabelBrick> joining_as) {
+  // Each attempt uses a new generation, so labels of one generation always
+  // agree: a brick that cannot take the label goes stale too (going), a
+  // joining brick that cannot take it stays stale.
   const uint64_t now = static_cast<uint64_t>(std::time(nullptr));
+  auto listed = [](const std::vector<uint32_t>& v, uint32_t x) { return std::find(v.begin(), v.end(), x) != v.end(); };
+  const std::string what = going.empty() ? "in sync" : "stale";
   for (uint64_t attempt = 1;; attempt++) {
+    auto holds = [&](uint32_t c) { return (mirror_->in_sync(c) && !listed(going, c)) || joining == c; };
     for (uint32_t first = 0; first < brick_count(); first++) {
       bool any = false;
-      for (uint32_t j = 0; j < placement_.copies; j++) {
-        uint32_t c = (first + j) % brick_count();
-        any = any || (mirror_->in_sync(c) && std::find(going.begin(), going.end(), c) == going.end());
-      }
+      for (uint32_t j = 0; j < placement_.copies; j++) any = any || holds((first + j) % brick_count());
       if (!any) {
-        return Error(EIO, "brick " + brick_name(b) + ": no other in-sync copy of some blocks is reachable");
+        return Error(EIO, "brick " + brick_name(going.empty() ? *joining : going.front()) +
+                              ": no other in-sync copy of some blocks is reachable");
       }
     }
     VolumeLabel next = claim_->label();
@@ -455,9 +523,13 @@ Status Volume::mark_stale(uint32_t b) {
     for (uint32_t g : going) {
       if (next.bricks[g].stale_since == 0) next.bricks[g].stale_since = now;
     }
+    if (joining) {
+      if (joining_as) next.bricks[*joining] = *joining_as;
+      next.bricks[*joining].stale_since = 0;
+    }
     bool lost_one = false;
     for (uint32_t s = 0; s < brick_count() && !lost_one; s++) {
-      if (!mirror_->in_sync(s) || std::find(going.begin(), going.end(), s) != going.end()) continue;
+      if (!holds(s)) continue;
       std::lock_guard lock(bricks_[s]->control_mu);
       auto r = with_control(s, [&](BrickClient& c) -> Result<bool> {
         PBRICK_TRY(VolumeClaim::write_label_to(ClaimBrick{&c, brick_name(s), options_.base}, s, next));
@@ -465,10 +537,15 @@ Status Volume::mark_stale(uint32_t b) {
       });
       if (r) continue;
       if (r.error().errnum() != EIO && !is_connection_error(r.error().errnum())) {
-        return r.error().wrap("recording brick " + brick_name(b) + " stale on brick " + brick_name(s));
+        return r.error().wrap("recording brick " + brick_name(going.empty() ? *joining : going.front()) + " " +
+                              what + " on brick " + brick_name(s));
       }
       PBRICK_LOG_WARN("brick %s: %s", brick_name(s).c_str(), r.error().message().c_str());
-      going.push_back(s);
+      if (joining == s) {
+        joining.reset();  // it stays stale
+      } else {
+        going.push_back(s);
+      }
       lost_one = true;
     }
     if (lost_one) continue;
@@ -479,13 +556,39 @@ Status Volume::mark_stale(uint32_t b) {
                       format_uuid(next.volume_uuid).c_str(), brick_name(g).c_str(),
                       static_cast<unsigned long long>(next.generation));
     }
-    return Status::Ok();
+    if (joining) {
+      mirror_->set_state(*joining, CopyState::kInSync);
+      PBRICK_LOG_NOTICE("volume %s: brick %s is in sync (generation %llu)", format_uuid(next.volume_uuid).c_str(),
+                        brick_name(*joining).c_str(), static_cast<unsigned long long>(next.generation));
+    }
+    return joining.has_value();
   }
 }
 
 Status Volume::mark_dirty(uint64_t block) {
   if (dirty(block)) return Status::Ok();
   std::lock_guard label_lock(label_mu_);
+  return mark_dirty_locked(block);
+}
+
+Result<bool> Volume::record_miss(uint64_t block, uint32_t brick) {
+  // Fast path: the bit is durable already; a resync that begins after this
+  // read copies the block once this request's writes are done (they count
+  // on the block since before the state was read, mirror.h).
+  if (mirror_->state(brick) == CopyState::kStale && dirty(block)) return true;
+  std::lock_guard label_lock(label_mu_);
+  if (mirror_->state(brick) != CopyState::kStale) return false;
+  PBRICK_TRY(mark_dirty_locked(block));
+  return true;
+}
+
+std::vector<bool> Volume::dirty_blocks() const {
+  std::vector<bool> out(block_count_);
+  for (uint64_t i = 0; i < block_count_; i++) out[i] = dirty(i);
+  return out;
+}
+
+Status Volume::mark_dirty_locked(uint64_t block) {
   if (dirty(block)) return Status::Ok();
   // The byte holds the bits already durable and this one: the bitmap only
   // grows while a copy is stale, and this attachment is its only writer.

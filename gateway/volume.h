@@ -173,6 +173,27 @@ class Volume {
   Status mark_dirty(uint64_t block);
   bool dirty(uint64_t block) const;
   uint64_t dirty_count() const;
+  // A write to `block` skips `brick`'s copy: true once the block's dirty bit
+  // is durable, with `brick` still stale; false when `brick` is no longer
+  // stale (resyncing: the copy must be written). Checked under the label
+  // mutex the state changes under, so no miss is recorded after a resync
+  // began reading the bitmap.
+  Result<bool> record_miss(uint64_t block, uint32_t brick);
+
+  // Layout mirror, resync (gateway/resync.h), from the resync thread:
+  // try_reach: one attempt to connect a stale brick's control connection
+  // (its store, its label: older than the volume's, same place; the lock).
+  // begin_resync: stale -> resyncing, from now on written; learns which of
+  // its units the brick holds. finish_resync: resyncing -> in sync, durably:
+  // a new label generation on every brick says so (and once no brick is
+  // stale, the dirty bitmap is cleared); ECANCELED when it was aborted.
+  // abort_resync (any thread): resyncing -> stale; the labels still say so.
+  Status try_reach(uint32_t brick);
+  Status begin_resync(uint32_t brick);
+  Status finish_resync(uint32_t brick);
+  void abort_resync(uint32_t brick, const std::string& why);
+  // Every block's dirty bit (a copy of the in-memory bitmap).
+  std::vector<bool> dirty_blocks() const;
   // The volume's label as this attachment last wrote or read it.
   VolumeLabel label() const;
 
@@ -206,6 +227,18 @@ class Volume {
   // Layout mirror, at Open: copy states from the label, dirty bits from an
   // in-sync brick's bitmap.
   Status load_mirror_state();
+  // With the brick's control_mu held: which of our units it holds (LIST).
+  Status learn_allocated(uint32_t brick);
+  // With label_mu_ held: writes the label at a new generation to every
+  // brick that holds in-sync copies afterwards, durably: `going` become
+  // stale, `joining` (resynced; with `joining_as`, a replaced brick's new
+  // identity) in sync. A brick that cannot take it goes stale too (the
+  // joining one stays stale), with one more generation. True when `joining`
+  // joined. EIO when some block would have no in-sync copy left.
+  Result<bool> write_label_set(std::vector<uint32_t> going, std::optional<uint32_t> joining,
+                               std::optional<LabelBrick> joining_as);
+  // With label_mu_ held: mark_dirty's work.
+  Status mark_dirty_locked(uint64_t block);
   uint64_t mapped_count(uint32_t brick) const;
 
   VolumeOptions options_;

@@ -271,6 +271,12 @@ Status VolumeClaim::record_dirty(const ClaimBrick& b, uint64_t index, uint8_t by
   return write_label_block(*b.control, *label_vaddr(b.base), kDirtyOffset + index, {&byte, 1});
 }
 
+Status VolumeClaim::fill_dirty(const ClaimBrick& b, size_t bytes, uint8_t value) {
+  if (bytes == 0) return Status::Ok();
+  std::vector<uint8_t> fill(bytes, value);
+  return write_label_block(*b.control, *label_vaddr(b.base), kDirtyOffset, fill);
+}
+
 Result<std::vector<uint8_t>> VolumeClaim::read_dirty(const ClaimBrick& b, size_t bytes) {
   std::vector<uint8_t> out(bytes);
   if (bytes == 0) return out;
@@ -281,7 +287,7 @@ Result<std::vector<uint8_t>> VolumeClaim::read_dirty(const ClaimBrick& b, size_t
   return out;
 }
 
-Status VolumeClaim::reacquire(size_t index, const ClaimBrick& b) const {
+Status VolumeClaim::reacquire(size_t index, const ClaimBrick& b, bool stale) const {
   auto vaddr = label_vaddr(b.base);
   if (!vaddr) return vaddr.error();
   const VolumeLabel label = current();
@@ -292,6 +298,17 @@ Status VolumeClaim::reacquire(size_t index, const ClaimBrick& b) const {
     auto r = bytes->empty() ? Result<LabelRead>(LabelRead{}) : read_label_slots(*bytes);
     if (!r) return r.error().wrap(where(b, index));
     if (!r->label) return Error(kErrWrongStore, where(b, index) + " no longer holds the label of " + vol);
+    if (stale && r->label->same_identity(label) && r->label->index == index &&
+        r->label->generation < label.generation) {
+      for (size_t k = 0; k < label.bricks.size(); k++) {
+        if (label.bricks[k].stale_since == 0 && r->label->bricks[k].stale_since != 0) {
+          return Error(kErrWrongStore, where(b, index) + " was written without brick " + std::to_string(k) +
+                                           " (its label, generation " + std::to_string(r->label->generation) +
+                                           ", calls it stale): copies that cannot be ordered");
+        }
+      }
+      return Status::Ok();
+    }
     if (!r->label->same_identity(label) || r->label->index != index || r->label->generation != label.generation) {
       return Error(kErrWrongStore, where(b, index) + " now holds another label (generation " +
                                        std::to_string(r->label->generation) + ") than the one " + vol +

@@ -54,7 +54,11 @@ class VolumeClaim {
   // else took it meanwhile: I/O must fail, never two writers; ETIMEDOUT, a
   // connection error to retry, while this process's previous connection still
   // holds it because the brick has not yet noticed that connection died).
-  Status reacquire(size_t index, const ClaimBrick& brick) const;
+  // Layout mirror, `stale`: the brick's copies are stale, so its label is an
+  // older generation of the same volume at the same place; refused
+  // (kErrWrongStore, naming the brick) when it calls stale a brick this
+  // label holds in sync: another attachment wrote to it alone (split brain).
+  Status reacquire(size_t index, const ClaimBrick& brick, bool stale = false) const;
 
   // The committed label every brick holds (its `index` is brick 0's).
   VolumeLabel label() const { return current(); }
@@ -72,6 +76,10 @@ class VolumeClaim {
   static Status record_dirty(const ClaimBrick& brick, uint64_t index, uint8_t byte);
   // The first `bytes` bytes of `brick`'s dirty bitmap.
   static Result<std::vector<uint8_t>> read_dirty(const ClaimBrick& brick, size_t bytes);
+  // Layout mirror: the first `bytes` bytes of `brick`'s bitmap set to
+  // `value` (0: clear, once no copy is stale; 0xff: a replaced brick's
+  // every block), durably.
+  static Status fill_dirty(const ClaimBrick& brick, size_t bytes, uint8_t value);
 
  private:
   VolumeClaim(VolumeLabel label, bool read_only) : label_(std::move(label)), read_only_(read_only) {}

@@ -14,6 +14,7 @@ namespace {
 constexpr auto kReconnectInterval = std::chrono::milliseconds(100);
 constexpr auto kFirstBackoff = std::chrono::milliseconds(20);
 constexpr auto kMaxBackoff = std::chrono::milliseconds(500);
+constexpr auto kHeldWait = std::chrono::milliseconds(2);
 
 }  // namespace
 
@@ -27,6 +28,7 @@ void note_failed_writes(Volume& volume, std::span<const IoPiece> pieces) {
 
 Fate fate_of(int status) {
   if (status == 0) return Fate::kDone;
+  if (status == kErrHeld) return Fate::kWait;
   if (status == EKEYREJECTED) return Fate::kRemap;
   if (is_connection_error(status)) return Fate::kReconnect;  // ESHUTDOWN included
   return Fate::kFail;
@@ -96,10 +98,34 @@ Status plan_discard(Volume& volume, uint64_t offset, uint64_t len, uint8_t* zero
   return Status::Ok();
 }
 
+namespace {
+Result<size_t> queue_pieces(Volume& volume, std::span<IoPiece> pieces, PieceSink& sink,
+                            void (*done)(DataChannel::Op* op, int status), size_t max, BlockMapper* mapper);
+}  // namespace
+
 Result<size_t> queue_round(Volume& volume, std::span<IoPiece> pieces, PieceSink& sink,
                            void (*done)(DataChannel::Op* op, int status), size_t max, BlockMapper* mapper) {
   // First every piece of the round gets its handle (or its zeros), then the
   // round is sent: a request that waits for a mapping sends nothing meanwhile.
+  // A mirror's writes count on their blocks first, before any copy is
+  // skipped as stale (mirror.h: a resync must see them).
+  if (begin_writes(volume, pieces)) {
+    // A resync copies a block this request writes: nothing is sent; the
+    // request waits a moment (Fate::kWait) and starts again.
+    for (IoPiece& p : pieces) {
+      if (p.status != 0) p.status = kErrHeld;
+    }
+    return 0;
+  }
+  Result<size_t> queued = queue_pieces(volume, pieces, sink, done, max, mapper);
+  if (!queued || *queued == 0) end_writes(volume, pieces);  // failed, or nothing left to send: complete
+  return queued;
+}
+
+namespace {
+
+Result<size_t> queue_pieces(Volume& volume, std::span<IoPiece> pieces, PieceSink& sink,
+                            void (*done)(DataChannel::Op* op, int status), size_t max, BlockMapper* mapper) {
   size_t round = 0;
   for (IoPiece& p : pieces) {
     if (p.status == 0) continue;
@@ -175,6 +201,8 @@ Result<size_t> queue_round(Volume& volume, std::span<IoPiece> pieces, PieceSink&
   return queued;
 }
 
+}  // namespace
+
 void IoRetry::start(std::chrono::milliseconds timeout) {
   started_ = IoClock::now();
   deadline_ = started_ + timeout;
@@ -183,6 +211,7 @@ void IoRetry::start(std::chrono::milliseconds timeout) {
 
 IoRetry::Step IoRetry::settle(Volume& volume, std::span<IoPiece> pieces, std::string_view what) {
   bool again = false;
+  bool held = false;
   int lost = 0;
   uint32_t lost_brick = 0;
   for (IoPiece& p : pieces) {
@@ -199,6 +228,10 @@ IoRetry::Step IoRetry::settle(Volume& volume, std::span<IoPiece> pieces, std::st
         p.status = -1;
         again = true;
         break;
+      case Fate::kWait:
+        p.status = -1;
+        held = true;
+        break;
       case Fate::kReconnect: {
         // Mirror: a read goes to another copy at once; a write's copy is
         // left behind (stale) once its brick failed for the leg timeout.
@@ -209,6 +242,7 @@ IoRetry::Step IoRetry::settle(Volume& volume, std::span<IoPiece> pieces, std::st
           if (!handled) {
             error_ = handled.error();
             note_failed_writes(volume, pieces);
+            end_writes(volume, pieces);
             return Step::kFail;
           }
           if (*handled) {
@@ -226,16 +260,21 @@ IoRetry::Step IoRetry::settle(Volume& volume, std::span<IoPiece> pieces, std::st
                           std::string(what) + " of " + std::to_string(p.len) + " bytes in block " +
                               std::to_string(volume.placement().block_of(p.block)));
         note_failed_writes(volume, pieces);
+        end_writes(volume, pieces);
         return Step::kFail;
     }
   }
   Step step = Step::kDone;
   if (lost != 0) {
     step = later(volume, lost_brick, lost, what);
+  } else if (held) {
+    retry_at_ = IoClock::now() + kHeldWait;  // a block copy takes milliseconds; no backoff, no deadline
+    step = Step::kLater;
   } else if (again) {
     step = IoClock::now() >= deadline_ ? later(volume, lost_brick, ETIMEDOUT, what) : Step::kNow;
   }
   if (step == Step::kFail) note_failed_writes(volume, pieces);
+  if (step == Step::kDone || step == Step::kFail) end_writes(volume, pieces);
   return step;
 }
 
@@ -246,6 +285,7 @@ IoRetry::Step IoRetry::settle_sync(const Volume& volume, int status, uint32_t br
     case Fate::kReconnect:
       return later(volume, brick, status, what);
     case Fate::kRemap:
+    case Fate::kWait:  // never a sync's status
     case Fate::kFail:
       break;
   }

@@ -58,8 +58,12 @@ enum class Fate {
   kDone,       // 0
   kRemap,      // EKEYREJECTED: the handle died (brick restart, discard, remap): map again, send again
   kReconnect,  // the connection is gone (is_connection_error, ESHUTDOWN): send again after a backoff
+  kWait,       // kErrHeld: a mirror's resync holds the block (nothing was sent): again in a moment
   kFail,       // anything else, kErrWrongStore included: the request fails
 };
+// The status queue_round gives the pieces of a request it held back
+// (mirror.h); no errno, so no brick's reply is ever taken for it.
+inline constexpr int kErrHeld = 0x10000;
 Fate fate_of(int status);
 
 // The error of I/O to `brick` that failed with `status`: a brick refused for
@@ -76,6 +80,9 @@ struct IoPiece {
   uint8_t* buf = nullptr;
   uint32_t len = 0;
   bool is_write = false;
+  // Mirror: counted on its block's write counters (begin_writes, mirror.h)
+  // until its request completed.
+  bool counted = false;
   int status = -1;  // -1: to do; 0: done; > 0: errno of the last attempt
 };
 

@@ -241,11 +241,7 @@ Result<LabelRead> read_label_slots(std::span<const uint8_t> block) {
 }
 
 std::string HolderRecord::to_string() const {
-  char when[32] = "?";
-  time_t t = static_cast<time_t>(since);
-  struct tm tm{};
-  if (gmtime_r(&t, &tm) != nullptr) std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return program + " pid " + std::to_string(pid) + " on " + host + " since " + when;
+  return program + " pid " + std::to_string(pid) + " on " + host + " since " + format_time(since);
 }
 
 std::array<uint8_t, kLabelSlotSize> encode_holder(const HolderRecord& h) {

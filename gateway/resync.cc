@@ -1,0 +1,306 @@
+#include "gateway/resync.h"
+
+#include <chrono>
+#include <cstring>
+#include <ctime>
+#include <vector>
+
+#include "common/client.h"
+#include "common/log.h"
+#include "common/units.h"
+#include "gateway/mirror.h"
+#include "gateway/volume.h"
+
+namespace pbrick {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Makes `len` bytes written at `remote_addr` over `c` durable: PERSIST where
+// the brick grants it, else a sync-read (a READ after writes on the same
+// connection, docs/persistence.md).
+Status make_durable(BrickClient& c, uint32_t rkey, uint64_t remote_addr, uint64_t len) {
+  const uint64_t features = c.hello().features;
+  if (features & proto::kFeaturePersistRpc) {
+    proto::PersistRange r{rkey, remote_addr, len};
+    return c.persist({&r, 1});
+  }
+  if (features & proto::kFeatureSyncRead) {
+    uint8_t scratch[8];
+    return c.read(rkey, remote_addr, {scratch, sizeof scratch});
+  }
+  return Error(EOPNOTSUPP, "the brick granted neither PERSIST nor sync-read: a copy cannot be made durable");
+}
+
+// One resync's connections (its own, so copies never wait behind the
+// volume's control path) and its block buffer.
+class Copier {
+ public:
+  Copier(Volume& volume, uint32_t target) : volume_(volume), target_(target), clients_(volume.brick_count()) {
+    buf_.resize(proto::kBlockSize);
+  }
+
+  // Copies block `block` to its copy on the target (see resync.h, step 3).
+  // ECANCELED when the resync was stopped meanwhile.
+  Status copy(uint64_t block, const std::atomic<bool>& stop) {
+    const Placement& pl = volume_.placement();
+    MirrorState& mirror = *volume_.mirror();
+    uint64_t unit = 0;
+    for (uint32_t j = 0; j < pl.copies; j++) {
+      if (pl.brick_of(pl.unit(block, j)) == target_) unit = pl.unit(block, j);
+    }
+    const auto deadline = Clock::now() + std::chrono::milliseconds(volume_.options().io_timeout_ms);
+    mirror.hold(block);
+    struct Release {
+      MirrorState& m;
+      ~Release() { m.release(); }
+    } release{mirror};
+    for (uint32_t attempt = 0;; attempt++) {
+      if (stop.load(std::memory_order_acquire) || mirror.state(target_) != CopyState::kResyncing) {
+        return Error(ECANCELED, "resync stopped");
+      }
+      if (attempt > 0) {
+        if (Clock::now() >= deadline) {
+          return Error(ETIMEDOUT, "block " + std::to_string(block) + ": the writes under way did not finish in " +
+                                      std::to_string(volume_.options().io_timeout_ms) + " ms");
+        }
+        std::this_thread::sleep_for(std::chrono::microseconds(attempt < 10 ? 200 : 2000));
+      }
+      // Held, new writes to the block wait; the ones under way finish.
+      const uint64_t seq = mirror.write_seq(block);
+      if (mirror.writes_in_flight(block)) continue;
+      auto done = copy_once(block, unit);
+      if (!done) return done.error();
+      if (!*done) continue; // a mapping died or a source failed: again
+      if (mirror.write_seq(block) == seq && !mirror.writes_in_flight(block)) return Status::Ok();
+      copied_again_++;  // a write (to another block sharing the counter) began meanwhile
+    }
+  }
+
+  uint64_t copied_again() const { return copied_again_; }
+  uint64_t bytes() const { return bytes_; }
+
+ private:
+  // One attempt: false when it must be made again (a handle died, the
+  // source failed); an error when the target failed.
+  Result<bool> copy_once(uint64_t block, uint64_t unit) {
+    const Placement& pl = volume_.placement();
+    const MirrorState& mirror = *volume_.mirror();
+    uint64_t source = UINT64_MAX;
+    for (uint32_t j = 0; j < pl.copies; j++) {
+      uint64_t u = pl.unit(block, j);
+      if (u != unit && mirror.in_sync(pl.brick_of(u))) source = u;
+    }
+    if (source == UINT64_MAX) return Error(EIO, "block " + std::to_string(block) + " has no in-sync copy");
+    if (!volume_.allocated(source)) {
+      // Never written, or freed while the target was stale: the target's copy goes too.
+      if (volume_.allocated(unit)) {
+        Status st = volume_.discard_block(unit);
+        if (!st) return st.error().wrap("freeing block " + std::to_string(block));
+      }
+      return true;
+    }
+    auto from = volume_.map_block(source, false);
+    if (!from) {
+      if (from.error().errnum() == ENOENT) return false;  // freed meanwhile: the next attempt sees it
+      PBRICK_LOG_WARN("resync: block %llu on brick %s: %s", static_cast<unsigned long long>(block),
+                      volume_.brick_name(pl.brick_of(source)).c_str(), from.error().message().c_str());
+      return false;
+    }
+    auto src = client(pl.brick_of(source));
+    if (!src) return false;
+    Status st = (*src)->read(from->rkey, from->remote_addr, buf_);
+    if (!st) {
+      if (st.error().errnum() == EKEYREJECTED) {
+        volume_.invalidate(source, from->rkey);
+      } else {
+        drop(pl.brick_of(source));
+      }
+      return false;
+    }
+    auto to = volume_.map_block(unit, true);
+    if (!to) return to.error().wrap("mapping block " + std::to_string(block));
+    auto dst = client(target_);
+    if (!dst) return dst.error();
+    st = (*dst)->write(to->rkey, to->remote_addr, buf_);
+    if (st) st = make_durable(**dst, to->rkey, to->remote_addr, buf_.size());
+    if (!st) {
+      if (st.error().errnum() == EKEYREJECTED) {
+        volume_.invalidate(unit, to->rkey);
+        return false;
+      }
+      drop(target_);
+      return st.error().wrap("writing block " + std::to_string(block));
+    }
+    bytes_ += buf_.size();
+    return true;
+  }
+
+  Result<BrickClient*> client(uint32_t b) {
+    if (!clients_[b]) {
+      auto c = BrickClient::Connect(volume_.brick_options(b));
+      if (!c) return c.error().wrap("brick " + volume_.brick_name(b));
+      clients_[b] = std::move(*c);
+    }
+    return clients_[b].get();
+  }
+  void drop(uint32_t b) { clients_[b].reset(); }
+
+  Volume& volume_;
+  uint32_t target_;
+  std::vector<std::unique_ptr<BrickClient>> clients_;
+  std::vector<uint8_t> buf_;
+  uint64_t copied_again_ = 0;
+  uint64_t bytes_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<MirrorResync> MirrorResync::Start(Volume& volume, std::function<void()> on_change) {
+  if (volume.mirror() == nullptr) return nullptr;
+  std::unique_ptr<MirrorResync> r(new MirrorResync(volume, std::move(on_change)));
+  r->thread_ = std::thread([p = r.get()] { p->run(); });
+  return r;
+}
+
+MirrorResync::MirrorResync(Volume& volume, std::function<void()> on_change)
+    : volume_(volume), on_change_(std::move(on_change)) {}
+
+MirrorResync::~MirrorResync() {
+  {
+    std::lock_guard lock(mu_);
+    stop_.store(true, std::memory_order_release);
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void MirrorResync::poke() {
+  {
+    std::lock_guard lock(mu_);
+    poked_ = true;
+  }
+  cv_.notify_all();
+}
+
+std::string mirror_summary(const Volume& volume) {
+  const MirrorState& mirror = *volume.mirror();
+  const VolumeLabel label = volume.label();
+  std::string out;
+  for (uint32_t b = 0; b < volume.brick_count(); b++) {
+    CopyState st = mirror.state(b);
+    if (st == CopyState::kInSync) continue;
+    out += out.empty() ? "degraded: " : "; ";
+    out += "brick " + volume.brick_name(b) + " ";
+    if (st == CopyState::kResyncing) {
+      auto p = mirror.progress(b);
+      out += "resyncing " + std::to_string(p.total ? p.done * 100 / p.total : 0) + " %";
+      if (p.done != 0 && p.started != 0) {
+        uint64_t spent = static_cast<uint64_t>(std::time(nullptr)) - p.started;
+        out += " (ETA " + std::to_string(spent * (p.total - p.done) / p.done) + " s)";
+      }
+    } else {
+      out += "stale since " + format_time(label.bricks[b].stale_since);
+    }
+  }
+  return out.empty() ? "in sync" : out;
+}
+
+std::string mirror_json(const Volume& volume) {
+  const MirrorState& mirror = *volume.mirror();
+  const VolumeLabel label = volume.label();
+  std::string out = "{\"copies\":" + std::to_string(volume.copies()) + ",\"bricks\":[";
+  for (uint32_t b = 0; b < volume.brick_count(); b++) {
+    CopyState st = mirror.state(b);
+    out += b ? ",{" : "{";
+    out += "\"target\":\"" + volume.brick_name(b) + "\",\"state\":\"" + copy_state_name(st) + "\"";
+    if (st != CopyState::kInSync) out += ",\"stale_since\":\"" + format_time(label.bricks[b].stale_since) + "\"";
+    if (st == CopyState::kResyncing) {
+      auto p = mirror.progress(b);
+      out += ",\"resync_percent\":" + std::to_string(p.total ? p.done * 100 / p.total : 0);
+      if (p.done != 0 && p.started != 0) {
+        uint64_t spent = static_cast<uint64_t>(std::time(nullptr)) - p.started;
+        out += ",\"eta_s\":" + std::to_string(spent * (p.total - p.done) / p.done);
+      }
+    }
+    out += "}";
+  }
+  return out + "]}";
+}
+
+void MirrorResync::run() {
+  MirrorState& mirror = *volume_.mirror();
+  std::string shown;
+  while (!stopping()) {
+    // A copy's state may change on any I/O thread (a leg failure): shown
+    // within a second.
+    if (std::string now = mirror_summary(volume_); now != shown) {
+      shown = now;
+      if (on_change_) on_change_();
+    }
+    for (uint32_t b = 0; b < volume_.brick_count() && !stopping(); b++) {
+      if (mirror.state(b) != CopyState::kStale) continue;
+      Status st = volume_.try_reach(b);
+      if (!st) {
+        PBRICK_LOG_DEBUG("resync: brick %s not back yet: %s", volume_.brick_name(b).c_str(),
+                         st.error().message().c_str());
+        continue;
+      }
+      st = resync(b);
+      if (!st) {
+        volume_.abort_resync(b, st.error().message());
+        mirror.set_progress(b, {});
+      }
+      if (on_change_) on_change_();
+    }
+    std::unique_lock lock(mu_);
+    cv_.wait_for(lock, std::chrono::seconds(1), [&] { return poked_ || stopping(); });
+    poked_ = false;
+  }
+}
+
+Status MirrorResync::resync(uint32_t b) {
+  MirrorState& mirror = *volume_.mirror();
+  const Placement& pl = volume_.placement();
+  PBRICK_TRY(volume_.begin_resync(b));
+  // The blocks to copy: read after the brick became resyncing (resync.h, 2).
+  std::vector<bool> dirty = volume_.dirty_blocks();
+  std::vector<uint64_t> blocks;
+  for (uint64_t i = 0; i < volume_.block_count(); i++) {
+    if (!dirty[i]) continue;
+    for (uint32_t j = 0; j < pl.copies; j++) {
+      if (pl.brick_of(pl.unit(i, j)) == b) {
+        blocks.push_back(i);
+        break;
+      }
+    }
+  }
+  const uint64_t started = static_cast<uint64_t>(std::time(nullptr));
+  mirror.set_progress(b, {0, blocks.size(), started});
+  PBRICK_LOG_NOTICE("volume at %s: brick %s is back: resyncing %zu dirty blocks of %llu",
+                    format_hex(volume_.options().base).c_str(), volume_.brick_name(b).c_str(), blocks.size(),
+                    static_cast<unsigned long long>(volume_.block_count()));
+  if (on_change_) on_change_();
+  Copier copier(volume_, b);
+  const auto t0 = Clock::now();
+  auto reported = t0;
+  for (size_t k = 0; k < blocks.size(); k++) {
+    PBRICK_TRY(copier.copy(blocks[k], stop_).wrap_error("resync of brick " + volume_.brick_name(b)));
+    mirror.set_progress(b, {k + 1, blocks.size(), started});
+    if (on_change_ && Clock::now() - reported >= std::chrono::seconds(1)) {
+      reported = Clock::now();
+      on_change_();
+    }
+  }
+  PBRICK_TRY(volume_.finish_resync(b));
+  mirror.set_progress(b, {blocks.size(), blocks.size(), 0});  // the last resync's count stays
+  const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  PBRICK_LOG_NOTICE("volume at %s: brick %s resynced: %zu blocks copied (%llu copied again after a write) in %.1f s, "
+                    "%.1f MiB/s",
+                    format_hex(volume_.options().base).c_str(), volume_.brick_name(b).c_str(), blocks.size(),
+                    static_cast<unsigned long long>(copier.copied_again()), secs,
+                    secs > 0 ? static_cast<double>(copier.bytes()) / (1 << 20) / secs : 0.0);
+  return Status::Ok();
+}
+
+}  // namespace pbrick

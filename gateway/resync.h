@@ -1,0 +1,82 @@
+// Resync of a mirrored volume's stale copies, online (docs/layout.md,
+// "Mirror: stale copies"). One thread per mirrored volume:
+//
+//  1. Every second it tries to reach each stale brick (Volume::try_reach:
+//     the same store, its label an older generation of this volume).
+//  2. Reached: the brick becomes *resyncing* (Volume::begin_resync): from
+//     then on every write reaches it, no read does. The blocks to copy are
+//     the ones whose dirty bit is set (a replaced brick: every block), read
+//     after that switch, so none a write skipped the brick for is missed.
+//  3. Each such block is copied from an in-sync copy: it waits until no
+//     write is counted on the block (MirrorState::writes_in_flight; new
+//     writes to it wait meanwhile, MirrorState::hold), reads
+//     the in-sync copy, writes it to the brick and makes it durable there
+//     (PERSIST, or a sync-read); when a write to the block started
+//     meanwhile (MirrorState::write_seq changed) the block is copied again,
+//     so a copy never overwrites newer data. A block freed meanwhile is
+//     freed on the brick too.
+//  4. Every block copied: Volume::finish_resync writes the label that says
+//     the brick is in sync on every brick (and clears the bitmap once no copy
+//     is stale). A write to the brick that fails, or a failed copy, puts it
+//     back to stale (its dirty bits were never cleared) and it is tried again
+//     later.
+//
+// Progress is in MirrorState::progress(); `on_change` is called (on the
+// resync thread) within a second of every change of a copy's state (a leg
+// failure on an I/O thread included) and about once a second while a resync
+// runs, so a frontend can show it (systemd STATUS, `list`).
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "common/result.h"
+
+namespace pbrick {
+
+class Volume;
+
+// What a mirrored volume's copies are doing, for people and programs:
+// summary: "in sync", "degraded: brick H:P stale since 2026-12-02T12:00:00Z",
+// "degraded: brick H:P resyncing 42 % (ETA 12 s)" (several bricks joined by
+// "; "). json: {"copies":C,"bricks":[{"target":"H:P","state":"in-sync"|
+// "stale"|"resyncing","stale_since":"...","resync_percent":N,"eta_s":N},...]}
+// (stale_since for copies not in sync; the resync keys while resyncing).
+std::string mirror_summary(const Volume& volume);
+std::string mirror_json(const Volume& volume);
+
+class MirrorResync {
+ public:
+  // Starts the thread for a mirrored volume; null for the other layouts.
+  // `volume` must outlive the returned object.
+  static std::unique_ptr<MirrorResync> Start(Volume& volume, std::function<void()> on_change = {});
+  // Stops the thread (a resync under way stops between blocks; the brick
+  // stays stale) and joins it.
+  ~MirrorResync();
+  MirrorResync(const MirrorResync&) = delete;
+  MirrorResync& operator=(const MirrorResync&) = delete;
+
+  // Try stale bricks now instead of at the next second (tests; a replace).
+  void poke();
+
+ private:
+  MirrorResync(Volume& volume, std::function<void()> on_change);
+  void run();
+  Status resync(uint32_t brick);
+  bool stopping() const { return stop_.load(std::memory_order_acquire); }
+
+  Volume& volume_;
+  std::function<void()> on_change_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool poked_ = false;  // under mu_
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+}  // namespace pbrick
