@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <thread>
 
 #include "common/log.h"
 #include "common/units.h"
@@ -71,26 +72,33 @@ Status plan_discard(Volume& volume, uint64_t offset, uint64_t len, uint8_t* zero
     size_t first = pieces.size();
     plan_block(volume, true, block, static_cast<uint32_t>(pos - block_start), static_cast<uint32_t>(piece_end - pos),
                zeros, request, pieces);
+    // Mirror: the block's writes count from here, before any copy is
+    // skipped or freed (mirror.h); a block a resync copies is waited for
+    // (like the blocking FREEs below, on the caller's thread).
+    while (begin_writes(volume, std::span<IoPiece>(pieces).subspan(first))) {
+      std::this_thread::sleep_for(kHeldWait);
+    }
+    auto fail = [&](const Error& e) -> Status {
+      end_writes(volume, pieces);  // the request fails: none of its pieces goes out
+      pieces.resize(first);
+      return e;
+    };
     size_t kept = first;
     for (size_t k = first; k < pieces.size(); k++) {
       uint64_t unit = pieces[k].block;
       auto stale = skip_stale_copy(volume, pieces[k]);  // mirror: recorded dirty instead
-      if (!stale || *stale) {
-        if (!stale) {
-          pieces.resize(first);
-          return stale.error();
+      if (!stale) return fail(stale.error());
+      // A copy skipped or freed is done; the block stays counted while a
+      // zero-fill piece of it is still to go out.
+      if (!*stale && volume.allocated(unit)) {
+        Status st = whole ? volume.discard_block(unit) : Status(Error(EBUSY, "partial"));
+        if (!st && st.error().errnum() != EBUSY) return fail(st.error());
+        if (!st) {
+          pieces[kept++] = pieces[k];
+          continue;
         }
-        continue;
       }
-      if (!volume.allocated(unit)) continue;
-      Status st = whole ? volume.discard_block(unit) : Status(Error(EBUSY, "partial"));
-      if (!st) {
-        if (st.error().errnum() != EBUSY) {
-          pieces.resize(first);
-          return st;
-        }
-        pieces[kept++] = pieces[k];
-      }
+      end_writes(volume, std::span<IoPiece>(&pieces[k], 1));
     }
     pieces.resize(kept);
     pos = piece_end;
