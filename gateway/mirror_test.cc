@@ -12,6 +12,7 @@
 #include <chrono>
 #include <filesystem>
 #include <map>
+#include <mutex>
 #include <random>
 #include <set>
 #include <thread>
@@ -493,6 +494,83 @@ TEST_F(MirrorTest, AReattachKeepsAStaleCopyStaleUntilItsResync) {
   std::vector<uint8_t> back(data.size());
   PBRICK_ASSERT_OK(engine_->read(back.data(), back.size(), 0));
   EXPECT_EQ(crc32c(back.data(), back.size()), crc32c(data.data(), data.size()));
+}
+
+// A brick of a 2-copy mirror is replaced by an empty one while writes go
+// on: every block is copied to it, the label names its store in that
+// place, both bricks then hold identical copies, and with the other brick
+// stopped every byte reads back from the new one. A brick that holds a label
+// or serves a store of the volume is refused.
+TEST_F(MirrorTest, AReplacedBrickGetsAFullCopyWhileWritesGoOn) {
+  start_bricks(3);
+  VolumeOptions vo = options(2, 16 * kMiB);
+  vo.bricks.pop_back();  // bricks 0 and 1; brick 2 is the empty replacement
+  vo.leg_timeout_ms = 300;
+  vo.io_timeout_ms = 3000;
+  PBRICK_ASSERT_OK(open(vo));
+  Volume& v = engine_->volume();
+  const uint64_t blocks = v.block_count();
+  auto data = random_data(blocks * kBlock, 41);
+  for (uint64_t i = 0; i < blocks - 1; i++) {  // the last block stays unwritten
+    PBRICK_ASSERT_OK(engine_->write(data.data() + i * kBlock, kBlock, i * kBlock, false));
+  }
+  std::memset(data.data() + (blocks - 1) * kBlock, 0, kBlock);
+  PBRICK_ASSERT_OK(engine_->flush());
+
+  Status refused = v.replace_brick(1, bricks_[0]->client());
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().errnum(), EEXIST) << refused.error().message();
+  const Uuid old_store = label_on(*bricks_[1])->label.bricks[1].store;
+
+  std::atomic<bool> stop{false};
+  std::mt19937 rng(42);
+  std::mutex data_mu;
+  std::thread writer([&] {
+    std::vector<uint8_t> chunk(4096);
+    while (!stop.load()) {
+      uint64_t offset = (rng() % (blocks - 1)) * kBlock + (rng() % 512) * 4096;
+      for (auto& c : chunk) c = static_cast<uint8_t>(rng());
+      Status st = engine_->write(chunk.data(), chunk.size(), offset, false);
+      EXPECT_TRUE(st.ok()) << st.error().message();
+      std::lock_guard lock(data_mu);
+      std::memcpy(data.data() + offset, chunk.data(), chunk.size());
+    }
+  });
+  PBRICK_ASSERT_OK(v.replace_brick(1, bricks_[2]->client()));
+  EXPECT_NE(v.mirror()->state(1), CopyState::kInSync);
+  engine_->resync()->poke();
+  bool back = wait_in_sync(v, 1);
+  stop = true;
+  writer.join();
+  ASSERT_TRUE(back) << "the replacement never came in sync";
+  EXPECT_EQ(v.mirror()->progress(1).total, blocks) << "every block with a copy on it";
+  PBRICK_ASSERT_OK(engine_->flush());
+
+  auto l0 = label_on(*bricks_[0]);
+  auto l2 = label_on(*bricks_[2]);
+  PBRICK_ASSERT_OK(l0);
+  PBRICK_ASSERT_OK(l2);
+  EXPECT_EQ(l0->label.generation, l2->label.generation);
+  EXPECT_NE(l0->label.bricks[1].store, old_store);
+  EXPECT_EQ(l0->label.bricks[1].stale_since, 0u);
+  EXPECT_EQ(l2->label.index, 1u);
+  Placement pl{2, 2};
+  std::vector<std::map<uint64_t, uint32_t>> want(2);
+  for (uint64_t i = 0; i < blocks - 1; i++) {
+    for (uint32_t j = 0; j < 2; j++) {
+      uint64_t u = pl.unit(i, j);
+      want[pl.brick_of(u)][pl.slot_of(u) * kBlock] = crc32c(data.data() + i * kBlock, kBlock);
+    }
+  }
+  EXPECT_EQ(brick_blocks(0), want[0]);
+  EXPECT_EQ(brick_blocks(2), want[1]);
+
+  bricks_[0]->stop();
+  std::vector<uint8_t> back_data(data.size());
+  for (uint64_t i = 0; i < blocks; i++) {
+    PBRICK_ASSERT_OK(engine_->read(back_data.data() + i * kBlock, kBlock, i * kBlock));
+  }
+  EXPECT_EQ(crc32c(back_data.data(), back_data.size()), crc32c(data.data(), data.size()));
 }
 
 }  // namespace

@@ -30,7 +30,11 @@ bool is_connection_error(int errnum) {
 }
 
 struct Volume::Brick {
-  ClientOptions options;  // store_uuid set once the brick was opened
+  // store_uuid set once the brick was opened. Changed only by replace_brick,
+  // under control_mu and options_mu; read under either.
+  ClientOptions options;
+  mutable std::mutex options_mu;
+  std::atomic<uint64_t> epoch{0};  // +1 when replaced: data channels reconnect
 
   std::mutex control_mu;  // serialises the control connection
   std::unique_ptr<BrickClient> control;
@@ -181,9 +185,17 @@ Status Volume::learn_allocated(uint32_t b) {
   return Status::Ok();
 }
 
-const ClientOptions& Volume::brick_options(uint32_t b) const { return bricks_[b]->options; }
+ClientOptions Volume::brick_options(uint32_t b) const {
+  std::lock_guard lock(bricks_[b]->options_mu);
+  return bricks_[b]->options;
+}
 
-std::string Volume::brick_name(uint32_t b) const { return bricks_[b]->options.endpoint.to_string(); }
+std::string Volume::brick_name(uint32_t b) const {
+  std::lock_guard lock(bricks_[b]->options_mu);
+  return bricks_[b]->options.endpoint.to_string();
+}
+
+uint64_t Volume::brick_epoch(uint32_t b) const { return bricks_[b]->epoch.load(std::memory_order_acquire); }
 
 Status Volume::connect_control(uint32_t b) {
   Brick& brick = *bricks_[b];
@@ -208,7 +220,7 @@ Status Volume::connect_control(uint32_t b) {
 }
 
 Status Volume::connect_channel(DataChannel& channel, uint32_t b) {
-  ClientOptions o = bricks_[b]->options;
+  ClientOptions o = brick_options(b);
   // A data channel's handshake must not stall its loop for long.
   o.timeout_ms = std::min(o.timeout_ms, 2000);
   Status st = channel.connect(o);
@@ -227,7 +239,7 @@ void Volume::note_connect(uint32_t b, const Status& st) {
   brick.refusal = st.error().context();
   PBRICK_LOG_ERROR("volume at %s: %s; its I/O fails until the brick of store %s is back",
                    format_hex(options_.base).c_str(), st.error().message().c_str(),
-                   format_uuid(*brick.options.store_uuid).c_str());
+                   format_uuid(*brick_options(b).store_uuid).c_str());
 }
 
 std::string Volume::refusal(uint32_t b) const {
@@ -447,6 +459,79 @@ Status Volume::mark_stale(uint32_t b) {
   return Status::Ok();
 }
 
+Status Volume::replace_brick(uint32_t b, const ClientOptions& target) {
+  if (!mirror_) return Error(EINVAL, std::string("only a mirror's brick can be replaced, not one of layout ") +
+                                         layout_name(options_.layout));
+  if (b >= brick_count()) return Error(EINVAL, "the volume has no brick " + std::to_string(b));
+  // The new brick: the old one's transport and key, another endpoint, its own store.
+  ClientOptions t = brick_options(b);
+  t.endpoint = target.endpoint;
+  t.store_uuid.reset();
+  const std::string name = t.endpoint.to_string();
+  auto c = BrickClient::Connect(t);
+  if (!c) return c.error().wrap("replacement brick " + name);
+  const Uuid store = (*c)->hello().brick_uuid;
+  {
+    const VolumeLabel l = claim_->label();
+    for (uint32_t s = 0; s < brick_count(); s++) {
+      if (l.bricks[s].store == store) {
+        return Error(EEXIST, name + " serves store " + format_uuid(store) + ", brick " + std::to_string(s) + " (" +
+                                 brick_name(s) + ") of the volume");
+      }
+    }
+  }
+  PBRICK_TRY(VolumeClaim::check_unlabelled(ClaimBrick{c->get(), name, options_.base}));
+  c->reset();
+
+  std::lock_guard label_lock(label_mu_);
+  const std::string old_name = brick_name(b);
+  if (mirror_->state(b) == CopyState::kResyncing) mirror_->set_state(b, CopyState::kStale);
+  if (mirror_->in_sync(b)) {
+    auto r = write_label_set({b}, std::nullopt, std::nullopt);
+    if (!r) return r.error();
+  }
+  // Every block with a copy there is dirty, durably, before the label names
+  // the new store: a restart then copies all of them.
+  uint64_t blocks = 0;
+  for (uint64_t i = 0; i < block_count_; i++) {
+    for (uint32_t j = 0; j < placement_.copies; j++) {
+      if (placement_.brick_of(placement_.unit(i, j)) != b) continue;
+      dirty_[i / 64].fetch_or(1ull << (i % 64), std::memory_order_release);
+      blocks++;
+    }
+  }
+  std::vector<uint8_t> bits((block_count_ + 7) / 8, 0);
+  for (uint64_t i = 0; i < block_count_; i++) {
+    if (dirty(i)) bits[i / 8] = static_cast<uint8_t>(bits[i / 8] | (1u << (i % 8)));
+  }
+  for (uint32_t s = 0; s < brick_count(); s++) {
+    if (!mirror_->in_sync(s)) continue;
+    std::lock_guard lock(bricks_[s]->control_mu);
+    auto r = with_control(s, [&](BrickClient& cc) -> Result<bool> {
+      PBRICK_TRY(VolumeClaim::write_dirty(ClaimBrick{&cc, brick_name(s), options_.base}, bits));
+      return true;
+    });
+    if (!r) return r.error().wrap("recording the blocks of brick " + old_name + " dirty on brick " + brick_name(s));
+  }
+  const uint64_t now = static_cast<uint64_t>(std::time(nullptr));
+  auto r = write_label_set({}, std::nullopt, std::make_pair(b, LabelBrick{store, options_.base, now}));
+  if (!r) return r.error();
+  {
+    // From now on every connection to place b reaches the new store.
+    std::lock_guard lock(bricks_[b]->control_mu);
+    std::lock_guard olock(bricks_[b]->options_mu);
+    bricks_[b]->options = t;
+    bricks_[b]->options.store_uuid = store;
+    bricks_[b]->control.reset();
+  }
+  clear_handles(b);
+  bricks_[b]->epoch.fetch_add(1, std::memory_order_acq_rel);
+  PBRICK_LOG_NOTICE("volume %s: brick %s replaced by %s (store %s); %llu blocks to copy to it",
+                    format_uuid(claim_->label().volume_uuid).c_str(), old_name.c_str(), name.c_str(),
+                    format_uuid(store).c_str(), static_cast<unsigned long long>(blocks));
+  return Status::Ok();
+}
+
 Status Volume::try_reach(uint32_t b) {
   std::lock_guard lock(bricks_[b]->control_mu);
   return connect_control(b);
@@ -489,10 +574,11 @@ Status Volume::finish_resync(uint32_t b) {
   // No copy is stale: the bitmap is cleared (after the label: a bit left set
   // only makes a later resync copy more).
   for (auto& w : dirty_) w.store(0, std::memory_order_release);
+  const std::vector<uint8_t> zeros((block_count_ + 7) / 8, 0);
   for (uint32_t s = 0; s < brick_count(); s++) {
     std::lock_guard lock(bricks_[s]->control_mu);
     auto r = with_control(s, [&](BrickClient& c) -> Result<bool> {
-      PBRICK_TRY(VolumeClaim::fill_dirty(ClaimBrick{&c, brick_name(s), options_.base}, (block_count_ + 7) / 8, 0));
+      PBRICK_TRY(VolumeClaim::write_dirty(ClaimBrick{&c, brick_name(s), options_.base}, zeros));
       return true;
     });
     if (!r) PBRICK_LOG_WARN("brick %s: clearing the dirty bitmap: %s", brick_name(s).c_str(), r.error().message().c_str());
@@ -501,21 +587,21 @@ Status Volume::finish_resync(uint32_t b) {
 }
 
 Result<bool> Volume::write_label_set(std::vector<uint32_t> going, std::optional<uint32_t> joining,
-                                     std::optional<LabelBrick> joining_as) {
+                                     std::optional<std::pair<uint32_t, LabelBrick>> renamed) {
   // Each attempt uses a new generation, so labels of one generation always
   // agree: a brick that cannot take the label goes stale too (going), a
   // joining brick that cannot take it stays stale.
   const uint64_t now = static_cast<uint64_t>(std::time(nullptr));
   auto listed = [](const std::vector<uint32_t>& v, uint32_t x) { return std::find(v.begin(), v.end(), x) != v.end(); };
-  const std::string what = going.empty() ? "in sync" : "stale";
+  const std::string what = !going.empty() ? "stale" : joining ? "in sync" : "replaced";
+  const uint32_t subject = !going.empty() ? going.front() : joining ? *joining : renamed->first;
   for (uint64_t attempt = 1;; attempt++) {
     auto holds = [&](uint32_t c) { return (mirror_->in_sync(c) && !listed(going, c)) || joining == c; };
     for (uint32_t first = 0; first < brick_count(); first++) {
       bool any = false;
       for (uint32_t j = 0; j < placement_.copies; j++) any = any || holds((first + j) % brick_count());
       if (!any) {
-        return Error(EIO, "brick " + brick_name(going.empty() ? *joining : going.front()) +
-                              ": no other in-sync copy of some blocks is reachable");
+        return Error(EIO, "brick " + brick_name(subject) + ": no other in-sync copy of some blocks is reachable");
       }
     }
     VolumeLabel next = claim_->label();
@@ -523,10 +609,8 @@ Result<bool> Volume::write_label_set(std::vector<uint32_t> going, std::optional<
     for (uint32_t g : going) {
       if (next.bricks[g].stale_since == 0) next.bricks[g].stale_since = now;
     }
-    if (joining) {
-      if (joining_as) next.bricks[*joining] = *joining_as;
-      next.bricks[*joining].stale_since = 0;
-    }
+    if (renamed) next.bricks[renamed->first] = renamed->second;
+    if (joining) next.bricks[*joining].stale_since = 0;
     bool lost_one = false;
     for (uint32_t s = 0; s < brick_count() && !lost_one; s++) {
       if (!holds(s)) continue;
@@ -537,8 +621,7 @@ Result<bool> Volume::write_label_set(std::vector<uint32_t> going, std::optional<
       });
       if (r) continue;
       if (r.error().errnum() != EIO && !is_connection_error(r.error().errnum())) {
-        return r.error().wrap("recording brick " + brick_name(going.empty() ? *joining : going.front()) + " " +
-                              what + " on brick " + brick_name(s));
+        return r.error().wrap("recording brick " + brick_name(subject) + " " + what + " on brick " + brick_name(s));
       }
       PBRICK_LOG_WARN("brick %s: %s", brick_name(s).c_str(), r.error().message().c_str());
       if (joining == s) {

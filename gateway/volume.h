@@ -126,9 +126,12 @@ class Volume {
   uint32_t brick_count() const { return static_cast<uint32_t>(bricks_.size()); }
   uint32_t brick_of(uint64_t index) const { return placement_.brick_of(index); }
   uint64_t block_vaddr(uint64_t index) const { return options_.base + placement_.slot_of(index) * proto::kBlockSize; }
-  const ClientOptions& brick_options(uint32_t brick) const;
+  ClientOptions brick_options(uint32_t brick) const;
   // "HOST:PORT" of a brick, for messages.
   std::string brick_name(uint32_t brick) const;
+  // Changes when the brick is replaced (replace_brick): a data channel
+  // connected at another epoch reaches the old brick and must reconnect.
+  uint64_t brick_epoch(uint32_t brick) const;
 
   // The cached handle of a block, if it is mapped; marks it used (LRU).
   std::optional<BlockHandle> cached(uint64_t index) const;
@@ -194,6 +197,16 @@ class Volume {
   void abort_resync(uint32_t brick, const std::string& why);
   // Every block's dirty bit (a copy of the in-memory bitmap).
   std::vector<bool> dirty_blocks() const;
+
+  // Layout mirror: brick `brick` (by place) is replaced by `target`, an
+  // empty brick (no label at the volume's base; not a store of the volume):
+  // the old copy is marked stale first if it was not, every block with a
+  // copy there is marked dirty durably, then a new label generation names
+  // the new store in that place, stale; the resync (resync.h) then copies
+  // every such block. EEXIST for a target that holds a label or serves a
+  // store of the volume; EIO when the copy cannot go (the last in-sync copy
+  // of some block). Blocks on control round trips; any thread but I/O loops.
+  Status replace_brick(uint32_t brick, const ClientOptions& target);
   // The volume's label as this attachment last wrote or read it.
   VolumeLabel label() const;
 
@@ -231,12 +244,12 @@ class Volume {
   Status learn_allocated(uint32_t brick);
   // With label_mu_ held: writes the label at a new generation to every
   // brick that holds in-sync copies afterwards, durably: `going` become
-  // stale, `joining` (resynced; with `joining_as`, a replaced brick's new
-  // identity) in sync. A brick that cannot take it goes stale too (the
+  // stale, `joining` (resynced) in sync, `renamed` (a replaced brick) takes
+  // its new identity and state. A brick that cannot take it goes stale too (the
   // joining one stays stale), with one more generation. True when `joining`
   // joined. EIO when some block would have no in-sync copy left.
   Result<bool> write_label_set(std::vector<uint32_t> going, std::optional<uint32_t> joining,
-                               std::optional<LabelBrick> joining_as);
+                               std::optional<std::pair<uint32_t, LabelBrick>> renamed);
   // With label_mu_ held: mark_dirty's work.
   Status mark_dirty_locked(uint64_t block);
   uint64_t mapped_count(uint32_t brick) const;

@@ -271,10 +271,21 @@ Status VolumeClaim::record_dirty(const ClaimBrick& b, uint64_t index, uint8_t by
   return write_label_block(*b.control, *label_vaddr(b.base), kDirtyOffset + index, {&byte, 1});
 }
 
-Status VolumeClaim::fill_dirty(const ClaimBrick& b, size_t bytes, uint8_t value) {
-  if (bytes == 0) return Status::Ok();
-  std::vector<uint8_t> fill(bytes, value);
-  return write_label_block(*b.control, *label_vaddr(b.base), kDirtyOffset, fill);
+Status VolumeClaim::write_dirty(const ClaimBrick& b, std::span<const uint8_t> bits) {
+  if (bits.empty()) return Status::Ok();
+  return write_label_block(*b.control, *label_vaddr(b.base), kDirtyOffset, bits);
+}
+
+Status VolumeClaim::check_unlabelled(const ClaimBrick& b) {
+  auto vaddr = label_vaddr(b.base);
+  if (!vaddr) return vaddr.error();
+  auto bytes = read_label_block(*b.control, *vaddr);
+  if (!bytes) return bytes.error().wrap(b.endpoint + ": read label");
+  if (bytes->empty()) return Status::Ok();
+  auto r = read_label_slots(*bytes);
+  if (r && !r->label) return Status::Ok();
+  return Error(EEXIST, b.endpoint + " holds a volume label at base " + format_hex(b.base) +
+                           (r ? " (" + volume_desc(*r->label) + ")" : "") + ": not an empty brick");
 }
 
 Result<std::vector<uint8_t>> VolumeClaim::read_dirty(const ClaimBrick& b, size_t bytes) {
@@ -297,7 +308,11 @@ Status VolumeClaim::reacquire(size_t index, const ClaimBrick& b, bool stale) con
     if (!bytes) return bytes.error().wrap(where(b, index) + ": read label");
     auto r = bytes->empty() ? Result<LabelRead>(LabelRead{}) : read_label_slots(*bytes);
     if (!r) return r.error().wrap(where(b, index));
-    if (!r->label) return Error(kErrWrongStore, where(b, index) + " no longer holds the label of " + vol);
+    if (!r->label) {
+      // A stale brick without a label: a replacement not resynced yet.
+      if (stale) return Status::Ok();
+      return Error(kErrWrongStore, where(b, index) + " no longer holds the label of " + vol);
+    }
     if (stale && r->label->same_identity(label) && r->label->index == index &&
         r->label->generation < label.generation) {
       for (size_t k = 0; k < label.bricks.size(); k++) {

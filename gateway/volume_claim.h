@@ -76,10 +76,13 @@ class VolumeClaim {
   static Status record_dirty(const ClaimBrick& brick, uint64_t index, uint8_t byte);
   // The first `bytes` bytes of `brick`'s dirty bitmap.
   static Result<std::vector<uint8_t>> read_dirty(const ClaimBrick& brick, size_t bytes);
-  // Layout mirror: the first `bytes` bytes of `brick`'s bitmap set to
-  // `value` (0: clear, once no copy is stale; 0xff: a replaced brick's
-  // every block), durably.
-  static Status fill_dirty(const ClaimBrick& brick, size_t bytes, uint8_t value);
+  // Layout mirror: the first bytes of `brick`'s bitmap replaced by `bits`
+  // (all zeros: cleared once no copy is stale; a replaced brick's blocks),
+  // durably.
+  static Status write_dirty(const ClaimBrick& brick, std::span<const uint8_t> bits);
+  // Layout mirror, a brick to take another's place: EEXIST when it holds a
+  // label (of any volume) at the volume's base.
+  static Status check_unlabelled(const ClaimBrick& brick);
 
  private:
   VolumeClaim(VolumeLabel label, bool read_only) : label_(std::move(label)), read_only_(read_only) {}

@@ -335,6 +335,7 @@ struct VolumeChannels::Link {
   ChannelBacklog backlog;
   LinkRing ring;
   IoClock::time_point last_connect_attempt{};
+  uint64_t epoch = 0;  // Volume::brick_epoch this link last saw
   // WRITEs pushed, and the count the last completed sync covered: the brick
   // needs a sync while they differ. Written by the loop, read by any thread.
   std::atomic<uint64_t> writes{0};
@@ -346,8 +347,10 @@ struct VolumeChannels::Link {
 
   bool needs_sync(const Volume& volume) const {
     // A mirror's stale copy is synced by its resync, not by FLUSH: the
-    // writes it missed are in the in-sync bricks' dirty bitmaps.
-    if (volume.mirror() != nullptr && !volume.mirror()->in_sync(ring.brick)) return false;
+    // writes it missed are in the in-sync bricks' dirty bitmaps. A
+    // resyncing one is synced (what a FLUSH covered stays durable on it
+    // once it is in sync), but its failure fails no FLUSH (sync_part_done).
+    if (volume.mirror() != nullptr && volume.mirror()->state(ring.brick) == CopyState::kStale) return false;
     return writes.load(std::memory_order_acquire) != synced.load(std::memory_order_acquire) ||
            volume.write_failures(ring.brick) != failures_synced.load(std::memory_order_acquire);
   }
@@ -438,6 +441,13 @@ void VolumeChannels::sync(SyncJob& job) {
 void VolumeChannels::sync_part_done(DataChannel::Op* op, int status) {
   auto* part = static_cast<SyncJob::Part*>(op->ctx);
   SyncJob& job = *part->job;
+  Volume& volume = part->channels->volume_;
+  if (status != 0 && volume.mirror() != nullptr && !volume.mirror()->in_sync(part->brick)) {
+    // A copy not in sync holds nothing a FLUSH promises: it goes (back) to
+    // stale and the FLUSH completes on the others.
+    volume.abort_resync(part->brick, std::string("a sync failed: ") + std::strerror(status));
+    status = 0;
+  }
   if (status == 0) {
     // Every WRITE pushed before the sync is durable now; what was pushed
     // since still needs a sync.
@@ -466,6 +476,10 @@ void VolumeChannels::teardown(Link& link, const Error& why) {
 void VolumeChannels::dispatch() {
   for (auto& lp : links_) {
     Link& link = *lp;
+    if (uint64_t epoch = volume_.brick_epoch(link.ring.brick); epoch != link.epoch) {
+      link.epoch = epoch;  // the brick was replaced: this connection reaches the old one
+      teardown(link, Error(ESHUTDOWN, "brick replaced"));
+    }
     Status st = link.channel->flush(link.ring);  // completes a finished teardown
     if (!st) teardown(link, st.error());
     if (!link.backlog.empty() && !link.channel->connected()) {

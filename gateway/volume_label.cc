@@ -99,10 +99,6 @@ std::string brick_desc(size_t i, const BrickSeen& b) {
   return "brick " + std::to_string(i) + " (" + b.endpoint + ")";
 }
 
-std::string volume_desc(const VolumeLabel& l) {
-  return "volume " + format_uuid(l.volume_uuid) + (l.name.empty() ? "" : " '" + l.name + "'");
-}
-
 std::string brick_order(const VolumeLabel& l) {
   std::string out;
   for (size_t i = 0; i < l.bricks.size(); i++) {
@@ -112,6 +108,11 @@ std::string brick_order(const VolumeLabel& l) {
 }
 
 }  // namespace
+
+std::string volume_desc(const VolumeLabel& l) {
+  return "volume " + format_uuid(l.volume_uuid) + (l.name.empty() ? "" : " '" + l.name + "'");
+}
+
 
 Result<uint64_t> label_vaddr(uint64_t base) {
   if (base % proto::kBlockSize != 0) return Error(EINVAL, "volume base " + format_hex(base) + " is not 2 MiB aligned");
@@ -400,6 +401,10 @@ Result<LabelPlan> plan_labels(std::span<const BrickSeen> bricks, const LabelRequ
                                format_hex(want.base) + " on it");
     }
     const auto& l = b.read.label;
+    if (!l && auth->layout == Layout::kMirror && want.stale_since != 0) {
+      needs_write = true;  // a mirror's replacement brick, stale until its resync copied every block
+      continue;
+    }
     if (!l) {
       return Error(kErrWrongStore, desc + " holds no label of " + vol + " at base " + format_hex(b.base) +
                                        " although " + auth_brick + " does: the label was lost (brick reformatted?)");

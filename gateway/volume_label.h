@@ -88,6 +88,9 @@ struct VolumeLabel {
   bool same_identity(const VolumeLabel& other) const;
 };
 
+// "volume UUID 'NAME'", for messages.
+std::string volume_desc(const VolumeLabel& label);
+
 // One 4096-byte label slot. `label` must satisfy what decode_label checks.
 std::array<uint8_t, kLabelSlotSize> encode_label(const VolumeLabel& label);
 // One slot: EBADMSG for a wrong size, magic, version or CRC or a nonzero
