@@ -27,6 +27,7 @@
 #include "common/units.h"
 #include "config/cluster_config.h"
 #include "gateway/ublk_ctrl.h"
+#include "gateway/control_socket.h"
 #include "gateway/resync.h"
 #include "gateway/ublk_queue.h"
 #include "gateway/volume.h"
@@ -46,6 +47,8 @@ constexpr const char* kUsage =
     "       pbrick-gateway list [--json]\n"
     "       pbrick-gateway detach -n ID\n"
     "       pbrick-gateway recover -n ID\n"
+    "       pbrick-gateway replace -n ID --brick OLD --target NEW\n"
+    "       pbrick-gateway replace -n ID --config FILE --volume NAME\n"
     "\n"
     "Serves a pbrick volume as the block device /dev/ublkbN (Linux ublk_drv).\n"
     "\n"
@@ -93,6 +96,11 @@ constexpr const char* kUsage =
     "recover -n ID: after the daemon of ID died (kill -9, crash), serves ID again\n"
     "  with the parameters of /run/pbrick/ublk-ID.conf, in the foreground like\n"
     "  attach; I/O in flight when the daemon died is reissued.\n"
+    "replace -n ID: a mirror's brick OLD (HOST:PORT as attached, or its place 0..N-1)\n"
+    "  is replaced by the empty brick NEW while device ID stays in use; every block\n"
+    "  is copied to it (progress in list). With --config/--volume: the one brick the\n"
+    "  cluster file names differently from what the device serves.\n"
+    "attach and recover also take:\n"
     "  --log-level LEVEL       error, warning, notice, info (default) or debug\n";
 
 int usage_error(const std::string& message) {
@@ -110,6 +118,8 @@ struct AttachParams : VolumeSpec {
 };
 
 std::string conf_path(uint32_t id) { return std::string(kStateDir) + "/ublk-" + std::to_string(id) + ".conf"; }
+// The daemon's control socket (control_socket.h): replace.
+std::string control_path(uint32_t id) { return std::string(kStateDir) + "/ublk-" + std::to_string(id) + ".sock"; }
 // A mirrored volume's copies as its daemon last saw them (mirror_json), for list.
 std::string state_path(uint32_t id) { return std::string(kStateDir) + "/ublk-" + std::to_string(id) + ".copies"; }
 
@@ -298,6 +308,37 @@ int serve(UblkControl& ctrl, Server& s, const AttachParams& p) {
   PBRICK_LOG_INFO("/dev/ublkb%u: %s at %s on brick %s (layout %s), %u queues x %u deep", id,
                   format_size(p.size).c_str(), format_hex(*p.base).c_str(), p.targets_string().c_str(),
                   layout_name(p.layout.value_or(Layout::kSingle)), *p.queues, *p.depth);
+  // replace: a mirror's brick by an empty one (Volume::replace_brick), then
+  // the resync copies every block to it; recover keeps the new brick list.
+  AttachParams current = p;
+  std::unique_ptr<ControlSocket> control;
+  if (s.volume->mirror() != nullptr) {
+    auto listening = ControlSocket::Listen(control_path(id), [&](const std::vector<std::string>& w)
+                                                                 -> Result<std::string> {
+      if (w.size() != 3 || w[0] != "replace") return Error(EINVAL, "expected: replace OLD NEW");
+      std::optional<uint32_t> place;
+      for (uint32_t b = 0; b < s.volume->brick_count(); b++) {
+        if (s.volume->brick_name(b) == w[1] || std::to_string(b) == w[1]) place = b;
+      }
+      if (!place) return Error(ENOENT, "--brick " + w[1] + ": not a brick of /dev/ublkb" + std::to_string(id));
+      auto target = parse_endpoint(w[2], "--target");
+      if (!target) return target.error();
+      ClientOptions o;
+      o.endpoint = *target;
+      const std::string old_name = s.volume->brick_name(*place);
+      PBRICK_TRY(s.volume->replace_brick(*place, o));
+      current.targets[*place] = *target;
+      Status st = save_conf(id, current);
+      if (!st) PBRICK_LOG_WARN("%s (recover would use the old brick list)", st.error().message().c_str());
+      if (resync) resync->poke();
+      return "brick " + std::to_string(*place) + " (" + old_name + ") replaced by " + w[2] + "; copying every block to it";
+    });
+    if (!listening) {
+      PBRICK_LOG_WARN("%s: replace will not reach this daemon", listening.error().message().c_str());
+    } else {
+      control = std::move(*listening);
+    }
+  }
   sigset_t mask;
   sigemptyset(&mask);
   sigaddset(&mask, SIGTERM);
@@ -307,6 +348,7 @@ int serve(UblkControl& ctrl, Server& s, const AttachParams& p) {
   }
   sd_notify(0, "STOPPING=1");
   PBRICK_LOG_INFO("/dev/ublkb%u: %s: stopping", id, strsignal(sig));
+  control.reset();
   resync.reset();
   ::unlink(state_path(id).c_str());
   int rc = 0;
@@ -708,6 +750,79 @@ int list_main(int argc, char** argv) {
   return 0;
 }
 
+int replace_main(int argc, char** argv) {
+  enum { kBrick = 1000, kTarget, kConfig, kVolume };
+  static const option longopts[] = {{"brick", required_argument, nullptr, kBrick},
+                                    {"target", required_argument, nullptr, kTarget},
+                                    {"config", required_argument, nullptr, kConfig},
+                                    {"volume", required_argument, nullptr, kVolume},
+                                    {nullptr, 0, nullptr, 0}};
+  std::optional<uint32_t> id;
+  std::string brick, target, config, volume;
+  optind = 1;
+  opterr = 0;
+  int opt;
+  while ((opt = getopt_long(argc, argv, "n:", longopts, nullptr)) != -1) {
+    switch (opt) {
+      case 'n': {
+        auto r = parse_u64(optarg, "-n");
+        if (!r || *r > 1u << 20) return usage_error("-n: expected a device id");
+        id = static_cast<uint32_t>(*r);
+        break;
+      }
+      case kBrick: brick = optarg; break;
+      case kTarget: target = optarg; break;
+      case kConfig: config = optarg; break;
+      case kVolume: volume = optarg; break;
+      default: return usage_error("replace: unknown option '" + std::string(argv[optind - 1]) + "'");
+    }
+  }
+  if (optind < argc) return usage_error(std::string("replace: unexpected argument '") + argv[optind] + "'");
+  if (!id) return usage_error("replace: -n ID is required");
+  if (!config.empty() || !volume.empty()) {
+    // The cluster file names the new brick in the old one's place: the one
+    // brick that differs from what the daemon serves is replaced.
+    if (config.empty() || volume.empty()) return usage_error("replace: --config and --volume go together");
+    if (!brick.empty() || !target.empty()) return usage_error("replace: --brick/--target or --config/--volume");
+    auto now = load_conf(*id);
+    if (!now) return fail(now.error());
+    VolumeSpec file;
+    Status st = file.complete_from_config(config, volume);
+    if (!st) return fail(st.error());
+    if (file.targets.size() != now->targets.size()) {
+      return fail(Error(EINVAL, config + ": volume " + volume + " has " + std::to_string(file.targets.size()) +
+                                    " bricks, device " + std::to_string(*id) + " " +
+                                    std::to_string(now->targets.size())));
+    }
+    for (size_t b = 0; b < file.targets.size(); b++) {
+      if (file.targets[b].to_string() == now->targets[b].to_string()) continue;
+      if (!brick.empty()) {
+        return fail(Error(EINVAL, config + ": volume " + volume + " differs from device " + std::to_string(*id) +
+                                      " in more than one brick (" + brick + ", " + now->targets[b].to_string() +
+                                      "): replace one at a time"));
+      }
+      brick = now->targets[b].to_string();
+      target = file.targets[b].to_string();
+    }
+    if (brick.empty()) {
+      return fail(Error(EINVAL, config + ": volume " + volume + " names the bricks device " + std::to_string(*id) +
+                                    " serves already: nothing to replace"));
+    }
+  }
+  if (brick.empty() || target.empty()) return usage_error("replace: --brick OLD and --target NEW are required");
+  auto answer = control_request(control_path(*id), {"replace", brick, target}, 120000);
+  if (!answer) {
+    int e = answer.error().errnum();
+    if (e == ENOENT || e == ECONNREFUSED) {
+      return fail(Error(e, "device " + std::to_string(*id) + ": no daemon serving a mirror answers on " +
+                               control_path(*id)));
+    }
+    return fail(answer.error());
+  }
+  std::printf("%s\n", answer->c_str());
+  return 0;
+}
+
 int detach_main(int argc, char** argv) {
   std::optional<uint32_t> id;
   optind = 1;
@@ -756,5 +871,6 @@ int main(int argc, char** argv) {
   if (cmd == "recover") return recover_main(argc - 1, argv + 1);
   if (cmd == "list") return list_main(argc - 1, argv + 1);
   if (cmd == "detach") return detach_main(argc - 1, argv + 1);
+  if (cmd == "replace") return replace_main(argc - 1, argv + 1);
   return usage_error("unknown command '" + cmd + "'");
 }
