@@ -120,7 +120,7 @@ reattach_verify() {
 # make_tree DIR: a checksummable tree of every size class: a 6 MiB file over
 # several 2 MiB blocks, 12 mid-sized ones (up to 128 KiB) in nested
 # directories, 40 small ones, an empty one. In one process: under emulation
-# every process costs 0.1-0.25 s, and a loop of `head`s took 6-14 s a tree.
+# every process costs 0.1-0.25 s, and a loop of `head`s took 5-15 s a tree.
 make_tree() {
   python3 - "$1" <<'EOF'
 import os, random, sys
