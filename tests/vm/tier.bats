@@ -45,9 +45,12 @@ tier_blocks() {
   gw_attach --size 96M -q 1 -d 32 --max-mapped 16
   mkfs_mount
   mkdir -p "$MNT/tree"
-  local i
-  # 56 MiB in 4 MiB files, more than the fast tier holds.
-  for i in $(seq 1 14); do head -c $((4 * M)) /dev/urandom >"$MNT/tree/f$i"; done
+  # 56 MiB in 4 MiB files, more than the fast tier holds (one process: see
+  # make_tree).
+  python3 -c 'import os, sys
+for i in range(1, 15):
+    with open(f"{sys.argv[1]}/f{i}", "wb") as f:
+        f.write(os.urandom(4 << 20))' "$MNT/tree"
   make_tree "$MNT/tree/small"
   sha_tree "$MNT/tree" >"$BATS_TEST_TMPDIR/before"
   sync
