@@ -65,6 +65,8 @@ class SyncLedger {
   }
   // HELLO on a (re)connect: true when the brick's host rebooted since the
   // last connection while writes were unsynced (the next sync reports EIO).
+  // Whether the next sync reports EIO for writes a reboot may have lost.
+  bool writes_maybe_lost() const { return writes_maybe_lost_; }
   bool on_hello(const std::array<uint8_t, proto::kUuidSize>& boot_id) {
     bool lost = have_boot_id_ && boot_id != boot_id_ && unsynced();
     if (lost) writes_maybe_lost_ = true;
@@ -123,6 +125,9 @@ class DataChannel {
   // persistence method: kFeaturePersistRpc for rpc, else sync-read.
   virtual Status connect(const ClientOptions& options) = 0;
   virtual bool connected() const = 0;
+  // After connect(): the brick's host rebooted since the last connection
+  // while writes were unsynced (they may be lost; the next sync reports EIO).
+  bool writes_maybe_lost() const { return ledger_.writes_maybe_lost(); }
   virtual bool tearing_down() const = 0;
 
   virtual bool full() const = 0;
@@ -149,6 +154,9 @@ class DataChannel {
   // Closes the connection and completes every op in flight with `status`.
   // Only once no SQE of the channel is in flight (at loop exit).
   virtual void disconnect(int status) = 0;
+
+ protected:
+  SyncLedger ledger_;  // the transports keep it (see SyncLedger)
 };
 
 // Ops waiting for room in a DataChannel, oldest first. A loop queues every op

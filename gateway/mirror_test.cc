@@ -573,5 +573,38 @@ TEST_F(MirrorTest, AReplacedBrickGetsAFullCopyWhileWritesGoOn) {
   EXPECT_EQ(crc32c(back_data.data(), back_data.size()), crc32c(data.data(), data.size()));
 }
 
+// The host of a mirror's brick reboots under writes not synced yet (they
+// may be lost there): the next FLUSH completes on the other copy, the
+// rebooted one goes stale with every block of its copy dirty, and its
+// resync copies all of them back.
+TEST_F(MirrorTest, ABrickHostRebootUnderUnsyncedWritesMakesItsCopyStaleWhole) {
+  start_bricks(2);
+  VolumeOptions vo = options(2, 16 * kMiB);
+  vo.leg_timeout_ms = 2000;
+  PBRICK_ASSERT_OK(open(vo));
+  Volume& v = engine_->volume();
+  auto data = random_data(8 * kBlock, 51);
+  for (uint64_t i = 0; i < 8; i++) PBRICK_ASSERT_OK(engine_->write(data.data() + i * kBlock, kBlock, i * kBlock, false));
+  PBRICK_ASSERT_OK(engine_->flush());
+  auto more = random_data(4096, 52);
+  PBRICK_ASSERT_OK(engine_->write(more.data(), more.size(), 3 * kBlock, false));  // not synced
+  std::memcpy(data.data() + 3 * kBlock, more.data(), 4096);
+
+  bricks_[1]->stop();
+  std::array<uint8_t, proto::kUuidSize> other_boot{};
+  other_boot.fill(0x5a);
+  PBRICK_ASSERT_OK(bricks_[1]->start("brick.store", other_boot));
+  // The FLUSH reaches brick 1 again, learns of the reboot, and completes on brick 0.
+  PBRICK_ASSERT_OK(engine_->flush());
+  EXPECT_NE(v.mirror()->state(1), CopyState::kInSync);
+  engine_->resync()->poke();
+  ASSERT_TRUE(wait_in_sync(v, 1));
+  EXPECT_EQ(v.mirror()->progress(1).total, 8u) << "every block of its copy";
+  bricks_[0]->stop();
+  std::vector<uint8_t> back(data.size());
+  for (uint64_t i = 0; i < 8; i++) PBRICK_ASSERT_OK(engine_->read(back.data() + i * kBlock, kBlock, i * kBlock));
+  EXPECT_EQ(crc32c(back.data(), back.size()), crc32c(data.data(), data.size()));
+}
+
 }  // namespace
 }  // namespace pbrick

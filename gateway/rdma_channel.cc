@@ -64,7 +64,7 @@ Status RdmaChannel::connect(const ClientOptions& options) {
     return Error(EOPNOTSUPP, "brick " + options.endpoint.to_string() + " does not offer PERSIST");
   }
   if (ledger_.on_hello(hello.boot_id)) {
-    PBRICK_LOG_ERROR("brick %s restarted after a reboot with unflushed writes: the next flush reports EIO",
+    PBRICK_LOG_ERROR("brick %s restarted after a reboot with unflushed writes: they may be lost there (the next flush reports EIO unless other copies have them)",
                      options.endpoint.to_string().c_str());
   }
   sync_rkey_ = (*client)->sync_region()->rkey;  // Connect() checked there is one

@@ -109,7 +109,6 @@ class RdmaChannel final : public DataChannel {
   bool rpc_ = false;
   uint32_t sync_rkey_ = 0;
   uint64_t sync_addr_ = 0;
-  SyncLedger ledger_;
   std::vector<proto::PersistRange> dirty_;  // rpc: ranges written since the last PERSIST
   bool persist_all_ = false;                // rpc: the next PERSIST names every writable mapping
   uint32_t persists_inflight_ = 0;

@@ -33,7 +33,7 @@ Status TcpChannel::connect(const ClientOptions& options) {
   if (!client) return client.error();
   const auto& boot_id = (*client)->hello().boot_id;
   if (ledger_.on_hello(boot_id)) {
-    PBRICK_LOG_ERROR("brick %s restarted after a reboot with unflushed writes: the next flush reports EIO",
+    PBRICK_LOG_ERROR("brick %s restarted after a reboot with unflushed writes: they may be lost there (the next flush reports EIO unless other copies have them)",
                      options.endpoint.to_string().c_str());
   }
   persist_granted_ = ((*client)->hello().features & proto::kFeaturePersistRpc) != 0;

@@ -93,7 +93,6 @@ class TcpChannel final : public DataChannel {
   std::vector<uint8_t> in_;
   size_t in_start_ = 0, in_end_ = 0;
 
-  SyncLedger ledger_;
   uint32_t last_write_rkey_ = 0;
   uint64_t last_write_addr_ = 0;
   std::chrono::steady_clock::time_point last_progress_{};

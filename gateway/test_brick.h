@@ -40,7 +40,10 @@ class TestBrick {
 
   // Serves the store in file `store_name` of the directory (formatted when it
   // does not exist yet), on the port of the previous start if there was one.
-  Status start(const std::string& store_name = "brick.store") {
+  // `boot_id`: the one HELLO reports (another one stands in for a reboot of
+  // the brick's host); unset: the host's.
+  Status start(const std::string& store_name = "brick.store",
+               std::optional<std::array<uint8_t, proto::kUuidSize>> boot_id = std::nullopt) {
     RegionOptions ro;
     ro.path = dir_ + "/" + store_name;
     ro.size = kStoreSize;
@@ -50,6 +53,7 @@ class TestBrick {
     if (!store) return store.error().wrap("test brick: " + ro.path);
     ServerOptions so;
     so.listen = Endpoint{"127.0.0.1", port_};
+    so.boot_id = boot_id;
     auto server = Server::Create(**store, so);
     if (!server) return server.error().wrap("test brick: listen");
     store_ = std::move(*store);

@@ -35,6 +35,8 @@ struct Volume::Brick {
   ClientOptions options;
   mutable std::mutex options_mu;
   std::atomic<uint64_t> epoch{0};  // +1 when replaced: data channels reconnect
+  // The boot id of its host at the last control connection (under control_mu).
+  std::optional<std::array<uint8_t, proto::kUuidSize>> boot_id;
 
   std::mutex control_mu;  // serialises the control connection
   std::unique_ptr<BrickClient> control;
@@ -215,6 +217,7 @@ Status Volume::connect_control(uint32_t b) {
     if (!st) return st;
   }
   brick.control = std::move(*client);
+  brick.boot_id = brick.control->hello().boot_id;
   note_connect(b, Status::Ok());
   return Status::Ok();
 }
@@ -492,27 +495,8 @@ Status Volume::replace_brick(uint32_t b, const ClientOptions& target) {
   }
   // Every block with a copy there is dirty, durably, before the label names
   // the new store: a restart then copies all of them.
-  uint64_t blocks = 0;
-  for (uint64_t i = 0; i < block_count_; i++) {
-    for (uint32_t j = 0; j < placement_.copies; j++) {
-      if (placement_.brick_of(placement_.unit(i, j)) != b) continue;
-      dirty_[i / 64].fetch_or(1ull << (i % 64), std::memory_order_release);
-      blocks++;
-    }
-  }
-  std::vector<uint8_t> bits((block_count_ + 7) / 8, 0);
-  for (uint64_t i = 0; i < block_count_; i++) {
-    if (dirty(i)) bits[i / 8] = static_cast<uint8_t>(bits[i / 8] | (1u << (i % 8)));
-  }
-  for (uint32_t s = 0; s < brick_count(); s++) {
-    if (!mirror_->in_sync(s)) continue;
-    std::lock_guard lock(bricks_[s]->control_mu);
-    auto r = with_control(s, [&](BrickClient& cc) -> Result<bool> {
-      PBRICK_TRY(VolumeClaim::write_dirty(ClaimBrick{&cc, brick_name(s), options_.base}, bits));
-      return true;
-    });
-    if (!r) return r.error().wrap("recording the blocks of brick " + old_name + " dirty on brick " + brick_name(s));
-  }
+  auto blocks = dirty_all_of(b);
+  if (!blocks) return blocks.error();
   const uint64_t now = static_cast<uint64_t>(std::time(nullptr));
   auto r = write_label_set({}, std::nullopt, std::make_pair(b, LabelBrick{store, options_.base, now}));
   if (!r) return r.error();
@@ -528,13 +512,65 @@ Status Volume::replace_brick(uint32_t b, const ClientOptions& target) {
   bricks_[b]->epoch.fetch_add(1, std::memory_order_acq_rel);
   PBRICK_LOG_NOTICE("volume %s: brick %s replaced by %s (store %s); %llu blocks to copy to it",
                     format_uuid(claim_->label().volume_uuid).c_str(), old_name.c_str(), name.c_str(),
-                    format_uuid(store).c_str(), static_cast<unsigned long long>(blocks));
+                    format_uuid(store).c_str(), static_cast<unsigned long long>(*blocks));
+  return Status::Ok();
+}
+
+Result<uint64_t> Volume::dirty_all_of(uint32_t b) {
+  uint64_t blocks = 0;
+  for (uint64_t i = 0; i < block_count_; i++) {
+    for (uint32_t j = 0; j < placement_.copies; j++) {
+      if (placement_.brick_of(placement_.unit(i, j)) != b) continue;
+      dirty_[i / 64].fetch_or(1ull << (i % 64), std::memory_order_release);
+      blocks++;
+    }
+  }
+  std::vector<uint8_t> bits((block_count_ + 7) / 8, 0);
+  for (uint64_t i = 0; i < block_count_; i++) {
+    if (dirty(i)) bits[i / 8] = static_cast<uint8_t>(bits[i / 8] | (1u << (i % 8)));
+  }
+  for (uint32_t s = 0; s < brick_count(); s++) {
+    if (!mirror_->in_sync(s) || s == b) continue;
+    std::lock_guard lock(bricks_[s]->control_mu);
+    auto r = with_control(s, [&](BrickClient& cc) -> Result<bool> {
+      PBRICK_TRY(VolumeClaim::write_dirty(ClaimBrick{&cc, brick_name(s), options_.base}, bits));
+      return true;
+    });
+    if (!r) return r.error().wrap("recording the blocks of brick " + brick_name(b) + " dirty on brick " + brick_name(s));
+  }
+  return blocks;
+}
+
+Status Volume::lost_writes(uint32_t b) {
+  std::lock_guard label_lock(label_mu_);
+  // First the bits (while it is in sync they mean nothing), then the label
+  // that makes them count: never a stale brick whose misses are not recorded.
+  auto blocks = dirty_all_of(b);
+  if (!blocks) return blocks.error();
+  if (mirror_->state(b) == CopyState::kResyncing) mirror_->set_state(b, CopyState::kStale);
+  if (mirror_->in_sync(b)) {
+    auto r = write_label_set({b}, std::nullopt, std::nullopt);
+    if (!r) return r.error();
+  }
+  PBRICK_LOG_WARN("volume %s: the host of brick %s rebooted under unsynced writes: all %llu blocks of its copy "
+                  "will be copied to it again",
+                  format_uuid(claim_->label().volume_uuid).c_str(), brick_name(b).c_str(),
+                  static_cast<unsigned long long>(*blocks));
   return Status::Ok();
 }
 
 Status Volume::try_reach(uint32_t b) {
-  std::lock_guard lock(bricks_[b]->control_mu);
-  return connect_control(b);
+  std::optional<std::array<uint8_t, proto::kUuidSize>> before, after;
+  {
+    std::lock_guard lock(bricks_[b]->control_mu);
+    before = bricks_[b]->boot_id;
+    PBRICK_TRY(connect_control(b));
+    after = bricks_[b]->boot_id;
+  }
+  // Its host rebooted since this attachment last reached it: writes it took
+  // before it went stale may be lost there, beyond what the bitmap records.
+  if (before && after != before) PBRICK_TRY(lost_writes(b));
+  return Status::Ok();
 }
 
 Status Volume::begin_resync(uint32_t b) {

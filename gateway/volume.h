@@ -207,6 +207,15 @@ class Volume {
   // store of the volume; EIO when the copy cannot go (the last in-sync copy
   // of some block). Blocks on control round trips; any thread but I/O loops.
   Status replace_brick(uint32_t brick, const ClientOptions& target);
+
+  // Layout mirror: `brick`'s host rebooted while writes to it were not
+  // synced (DataChannel::writes_maybe_lost, or a new boot id when a stale
+  // brick is reached again): they may be lost there, so every block with a
+  // copy on it is marked dirty, durably, and it is marked stale (a resync
+  // then copies all of it). EIO when it holds the last in-sync copy of some
+  // block (then the writes are lost as on a single brick: the FLUSH says so).
+  // Blocks on control round trips; called on a loop thread on that rare event.
+  Status lost_writes(uint32_t brick);
   // The volume's label as this attachment last wrote or read it.
   VolumeLabel label() const;
 
@@ -250,6 +259,9 @@ class Volume {
   // joined. EIO when some block would have no in-sync copy left.
   Result<bool> write_label_set(std::vector<uint32_t> going, std::optional<uint32_t> joining,
                                std::optional<std::pair<uint32_t, LabelBrick>> renamed);
+  // With label_mu_ held: every block with a copy on `brick` dirty, durably
+  // in the bitmaps of the in-sync bricks; how many.
+  Result<uint64_t> dirty_all_of(uint32_t brick);
   // With label_mu_ held: mark_dirty's work.
   Status mark_dirty_locked(uint64_t block);
   uint64_t mapped_count(uint32_t brick) const;

@@ -489,6 +489,13 @@ void VolumeChannels::dispatch() {
         st = volume_.connect_channel(*link.channel, link.ring.brick);
         if (st.ok()) {
           PBRICK_LOG_NOTICE("%s: reconnected to brick %s", label_.c_str(), volume_.brick_name(link.ring.brick).c_str());
+          if (volume_.mirror() != nullptr && link.channel->writes_maybe_lost()) {
+            // Its host rebooted under our unsynced writes: that copy goes
+            // stale (whole), and what waits for it goes to the other copies.
+            Status lost = volume_.lost_writes(link.ring.brick);
+            if (!lost) PBRICK_LOG_ERROR("%s: %s", label_.c_str(), lost.error().message().c_str());
+            if (lost) link.backlog.fail_all(ECONNRESET);
+          }
         } else {
           // The waiting ops' requests retry until their deadline, unless the
           // brick serves another store: no retry makes it ours.

@@ -46,7 +46,8 @@ std::array<uint8_t, proto::kUuidSize> read_boot_id() {
 }  // namespace
 
 Server::Impl::Impl(Store& store, const ServerOptions& options)
-    : store_(store), options_(options), ledger_(store.region(), *this), boot_id_(read_boot_id()) {}
+    : store_(store), options_(options), ledger_(store.region(), *this),
+      boot_id_(options.boot_id.value_or(read_boot_id())) {}
 
 Server::Impl::~Impl() = default;
 

@@ -57,6 +57,9 @@ struct ServerOptions {
   // killed a moment ago, which the kernel tears down asynchronously) is tried
   // again for this long before Create() fails.
   uint32_t bind_retry_ms = 5000;
+  // The boot id HELLO reports; unset: the host's. Tests stand in for a
+  // reboot of the brick's host with another one.
+  std::optional<std::array<uint8_t, proto::kUuidSize>> boot_id;
   // The brick's data mover when the store has a slow tier (owned by the
   // caller, outliving the server): MAP promotes slow blocks through it, the
   // tick drives background demotion. Null: a store with one tier.

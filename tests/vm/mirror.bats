@@ -11,6 +11,9 @@
 #      copies of every 4th block gone), reads and writes of those blocks fail
 #      with EIO after the I/O timeout, the others still read back right,
 #      never other data; SIGTERM still stops the gateway cleanly.
+#   3. `list` shows a stale copy; `pbrick-gateway replace` swaps in an empty
+#      brick under fio writes: every block is copied, the copies match
+#      slot by slot, and with the other brick gone fio verifies every byte.
 # The mirror layout does not depend on the transport: scripts/test runs this
 # file in its TCP boot.
 
@@ -130,6 +133,9 @@ PY
   # A write missed brick 1: it is stale, the volume degraded.
   grep -q "brick $T1 is stale (generation [0-9]*); the volume is degraded" "$BATS_TEST_TMPDIR/gw.log" ||
     fail "no 'brick $T1 is stale' in the gateway log"
+  wait_states in-sync,stale 5
+  grep -q "mirror: degraded: brick $T1 stale since" "$BATS_TEST_TMPDIR/gw.log" ||
+    fail "no 'mirror: degraded' (the STATUS line's words) in the gateway log"
   # The device is still up and every block reads back right (from brick 0).
   run fio "${args[@]}" --verify_only=1 --output="$out"
   assert_success
@@ -222,4 +228,81 @@ PY
     dmesg -C
     echo "pbrick mirror.bats: the failed requests on the lost blocks checked and cleared from the log" >/dev/kmsg
   fi
+}
+
+# copy_sums TARGET: "SLOT SHA256" of each of the 8 data slots a 16 MiB
+# 2-brick mirror uses on that brick, read straight from the brick.
+copy_sums() {
+  local slot
+  for slot in 0 1 2 3 4 5 6 7; do
+    echo "$slot $("$CTL_BIN" --target "$1" --transport "$PBRICK_TRANSPORT" read $((slot * 2 * M)) 0 $((2 * M)) |
+      sha256sum | cut -d' ' -f1)"
+  done
+}
+
+# mirror_list_states: each copy's state as `pbrick-gateway list --json` shows
+# it for the one device, joined by commas.
+mirror_list_states() { "$GW_BIN" list --json | jq -r '.[0].mirror.bricks | map(.state) | join(",")'; }
+
+# wait_states WANT SECONDS: until mirror_list_states says WANT.
+wait_states() {
+  local i
+  for ((i = 0; i < $2 * 5; i++)); do
+    [ "$(mirror_list_states)" = "$1" ] && return 0
+    sleep 0.2
+  done
+  fail "list shows copies $(mirror_list_states), not $1, after $2 s: $("$GW_BIN" list)"
+}
+
+@test "ublk: mirror: list shows the stale copy; replace swaps in an empty brick under writes; full copy, identical copies" {
+  requires fio jq
+  kmsg_mark
+  mirror_bricks 3  # m2 is the empty brick that replaces m1
+  gw_attach --target "$T1" --layout mirror --copies 2 --size 16M --timeout 10000 --leg-timeout 500 -q 1 -d 32
+  local id=${DEV#/dev/ublkb}
+  dd if=/dev/urandom of="$DEV" bs=2M count=8 oflag=direct status=none
+  wait_states in-sync,in-sync 5
+
+  # Brick 1 dies; a write misses it: list and the log show it stale.
+  kill -9 "$B1"
+  dd if=/dev/urandom of="$DEV" bs=4k count=1 seek=1000 oflag=direct status=none
+  wait_states in-sync,stale 10
+  run "$GW_BIN" list
+  assert_output --regexp "$T0 in-sync, $T1 stale since 20[0-9-]+T[0-9:]+Z"
+
+  # Replaced by the empty brick while fio writes every block.
+  local out=$BATS_TEST_TMPDIR/fio.json
+  local args=(--name=replace --filename="$DEV" --ioengine=libaio --direct=1 --rw=randwrite --bs=64k --iodepth=8
+    --size=16M --verify=crc32c --verify_state_save=0 --output-format=json --output="$out")
+  fio "${args[@]}" --do_verify=0 &
+  local fio_pid=$!
+  sleep 0.5
+  run "$GW_BIN" replace -n "$id" --brick "$T1" --target "$T2"
+  assert_success
+  assert_output "brick 1 ($T1) replaced by $T2; copying every block to it"
+  wait "$fio_pid" || fail "fio failed during the replace: $(cat "$out")"
+  assert_equal "$(jq '.jobs[0].error' "$out")" 0
+  wait_states in-sync,in-sync 60
+  grep -q "brick $T2 resynced: 8 blocks copied" "$BATS_TEST_TMPDIR/gw.log" || fail "no full copy in the gateway log"
+  grep -q "^target=$T0,$T2$" "/run/pbrick/ublk-$id.conf" || fail "recover would not use the new brick"
+  # The empty brick holds what brick 0 holds: slot 2k on one is slot 2k + 1 on the other.
+  local s0 s2 slot sum
+  s0=$(copy_sums "$T0") s2=$(copy_sums "$T2")
+  declare -A on2
+  while read -r slot sum; do on2[$slot]=$sum; done <<<"$s2"
+  while read -r slot sum; do
+    assert_equal "$sum" "${on2[$((slot ^ 1))]}"
+  done <<<"$s0"
+  # A brick that holds a label (brick 0's store) is refused, naming why.
+  run "$GW_BIN" replace -n "$id" --brick "$T2" --target "$T0"
+  assert_failure
+  assert_output --partial "serves store"
+  # Brick 0 gone: every byte fio wrote reads back from the new copy.
+  kill -9 "$B0"
+  run fio "${args[@]}" --verify_only=1
+  assert_success
+  assert_equal "$(jq '.jobs[0].error' "$out")" 0
+  gw_detach
+  run kernel_problems
+  assert_output ''
 }
