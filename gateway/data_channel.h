@@ -67,6 +67,12 @@ class SyncLedger {
   // last connection while writes were unsynced (the next sync reports EIO).
   // Whether the next sync reports EIO for writes a reboot may have lost.
   bool writes_maybe_lost() const { return writes_maybe_lost_; }
+  // Someone else answers for them (a mirror recopies that brick's copy): no EIO.
+  void forget_lost_writes() {
+    writes_maybe_lost_ = false;
+    synced_seq_ = write_seq_;
+  }
+  const std::array<uint8_t, proto::kUuidSize>& boot_id() const { return boot_id_; }
   bool on_hello(const std::array<uint8_t, proto::kUuidSize>& boot_id) {
     bool lost = have_boot_id_ && boot_id != boot_id_ && unsynced();
     if (lost) writes_maybe_lost_ = true;
@@ -128,6 +134,9 @@ class DataChannel {
   // After connect(): the brick's host rebooted since the last connection
   // while writes were unsynced (they may be lost; the next sync reports EIO).
   bool writes_maybe_lost() const { return ledger_.writes_maybe_lost(); }
+  void forget_lost_writes() { ledger_.forget_lost_writes(); }
+  // The boot id of the brick's host at the last connect().
+  const std::array<uint8_t, proto::kUuidSize>& boot_id() const { return ledger_.boot_id(); }
   virtual bool tearing_down() const = 0;
 
   virtual bool full() const = 0;

@@ -37,6 +37,8 @@ struct Volume::Brick {
   std::atomic<uint64_t> epoch{0};  // +1 when replaced: data channels reconnect
   // The boot id of its host at the last control connection (under control_mu).
   std::optional<std::array<uint8_t, proto::kUuidSize>> boot_id;
+  // The boot whose lost writes lost_writes answered for (under label_mu_).
+  std::optional<std::array<uint8_t, proto::kUuidSize>> lost_writes_boot;
 
   std::mutex control_mu;  // serialises the control connection
   std::unique_ptr<BrickClient> control;
@@ -541,8 +543,9 @@ Result<uint64_t> Volume::dirty_all_of(uint32_t b) {
   return blocks;
 }
 
-Status Volume::lost_writes(uint32_t b) {
+Status Volume::lost_writes(uint32_t b, const std::array<uint8_t, proto::kUuidSize>& boot_id) {
   std::lock_guard label_lock(label_mu_);
+  if (bricks_[b]->lost_writes_boot == boot_id) return Status::Ok();  // this boot's loss is answered for
   // First the bits (while it is in sync they mean nothing), then the label
   // that makes them count: never a stale brick whose misses are not recorded.
   auto blocks = dirty_all_of(b);
@@ -552,6 +555,7 @@ Status Volume::lost_writes(uint32_t b) {
     auto r = write_label_set({b}, std::nullopt, std::nullopt);
     if (!r) return r.error();
   }
+  bricks_[b]->lost_writes_boot = boot_id;
   PBRICK_LOG_WARN("volume %s: the host of brick %s rebooted under unsynced writes: all %llu blocks of its copy "
                   "will be copied to it again",
                   format_uuid(claim_->label().volume_uuid).c_str(), brick_name(b).c_str(),
@@ -569,7 +573,7 @@ Status Volume::try_reach(uint32_t b) {
   }
   // Its host rebooted since this attachment last reached it: writes it took
   // before it went stale may be lost there, beyond what the bitmap records.
-  if (before && after != before) PBRICK_TRY(lost_writes(b));
+  if (before && after && after != before) PBRICK_TRY(lost_writes(b, *after));
   return Status::Ok();
 }
 

@@ -214,8 +214,10 @@ class Volume {
   // copy on it is marked dirty, durably, and it is marked stale (a resync
   // then copies all of it). EIO when it holds the last in-sync copy of some
   // block (then the writes are lost as on a single brick: the FLUSH says so).
+  // Once per boot of that host (`boot_id`): every loop's connection meets it,
+  // and the one full copy covers them all.
   // Blocks on control round trips; called on a loop thread on that rare event.
-  Status lost_writes(uint32_t brick);
+  Status lost_writes(uint32_t brick, const std::array<uint8_t, proto::kUuidSize>& boot_id);
   // The volume's label as this attachment last wrote or read it.
   VolumeLabel label() const;
 

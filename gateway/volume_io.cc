@@ -492,9 +492,12 @@ void VolumeChannels::dispatch() {
           if (volume_.mirror() != nullptr && link.channel->writes_maybe_lost()) {
             // Its host rebooted under our unsynced writes: that copy goes
             // stale (whole), and what waits for it goes to the other copies.
-            Status lost = volume_.lost_writes(link.ring.brick);
+            Status lost = volume_.lost_writes(link.ring.brick, link.channel->boot_id());
             if (!lost) PBRICK_LOG_ERROR("%s: %s", label_.c_str(), lost.error().message().c_str());
-            if (lost) link.backlog.fail_all(ECONNRESET);
+            if (lost) {
+              link.channel->forget_lost_writes();  // the resync answers for them, not an EIO
+              link.backlog.fail_all(ECONNRESET);
+            }
           }
         } else {
           // The waiting ops' requests retry until their deadline, unless the
