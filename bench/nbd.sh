@@ -29,6 +29,8 @@
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/../scripts/lib.sh"
+# shellcheck source=bench/host_bench.bash
+source "$(dirname "$0")/host_bench.bash"
 
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
 
@@ -53,18 +55,7 @@ ensure_packages nbdkit libnbd-bin fio jq
 
 # --- build -------------------------------------------------------------------
 build=${build:-$PBRICK_ROOT/build-bench}
-target_bin=$build/target/pbrick-target
-plugin=$build/gateway/nbdkit-pbrick-plugin.so
-ctl_bin=$build/ctl/pbrickctl
-if [ ! -x "$target_bin" ] || [ ! -f "$plugin" ] || [ ! -x "$ctl_bin" ]; then
-  ensure_packages "${PBRICK_BUILD_PACKAGES[@]}"
-  say "building pbrick (Release) in $build"
-  build_tree "$build" -DCMAKE_BUILD_TYPE=Release -DPBRICK_TESTS=OFF >&2
-fi
-[ -x "$target_bin" ] || die "no pbrick-target in $build/target"
-[ -f "$plugin" ] || die "no nbdkit-pbrick-plugin.so in $build/gateway"
-[ -x "$ctl_bin" ] || die "no pbrickctl in $build/ctl"
-build_type=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$build/CMakeCache.txt" 2>/dev/null || true)
+hb_build "$build"
 
 # --- sizes and places --------------------------------------------------------
 size_bytes=$(numfmt --from=iec "${size^^}" 2>/dev/null) || die "--size: cannot parse '$size'"
@@ -75,39 +66,12 @@ export_bytes=$((size_bytes > 1 << 30 ? size_bytes : 1 << 30))
 export_bytes=$(((export_bytes + block - 1) / block * block))
 store_bytes=$((2 * export_bytes))  # ample room for the store's map and slots
 
-tmp=""
-store_dir=""
-# --- stopping the servers whatever happens --------------------------------------
-pids=()   # servers, in start order
-names=()  # their names (logs are $logs/NAME.log)
-fio_pid=""
-cleanup() {
-  local rc=$? i pid
-  trap - EXIT INT TERM
-  if [ -n "$fio_pid" ]; then  # timeout passes the TERM on to fio
-    kill -TERM "$fio_pid" 2>/dev/null || true
-    wait "$fio_pid" 2>/dev/null || true
-  fi
-  # Newest first, so a front end stops before the server behind it.
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-    pid=${pids[i]}
-    kill -TERM "$pid" 2>/dev/null || continue
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  [ -z "$tmp" ] || rm -rf "$tmp"
-  [ -z "$store_dir" ] || [ "$store_dir" = "$tmp" ] || rm -rf "$store_dir"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/pbrick-bench.XXXXXX")
+hb_dirs+=("$tmp")
 shm_free=$(df -P -B1 /dev/shm 2>/dev/null | awk 'NR == 2 { print $4 }' || true)
 if [ -d /dev/shm ] && [ -w /dev/shm ] && [ -n "$shm_free" ] && ((shm_free > size_bytes + (256 << 20))); then
   store_dir=$(mktemp -d /dev/shm/pbrick-bench.XXXXXX)
+  hb_dirs+=("$store_dir")
 else
   store_dir=$tmp
 fi
@@ -116,50 +80,6 @@ if [ -n "$out" ]; then
   mkdir -p "$out"
   logs=$(cd "$out" && pwd)
 fi
-
-declare -A pid_of  # server name -> pid
-started() {
-  names+=("$1")
-  pids+=("$2")
-  pid_of[$1]=$2
-}
-
-# check_servers: dies, with the tail of its log, if a server is gone.
-check_servers() {
-  local i dead=""
-  for i in "${!pids[@]}"; do
-    if ! kill -0 "${pids[i]}" 2>/dev/null; then
-      printf 'error: server %s (pid %s) exited; the end of %s:\n' "${names[i]}" "${pids[i]}" \
-        "$logs/${names[i]}.log" >&2
-      tail -n 20 "$logs/${names[i]}.log" >&2
-      dead+=" ${names[i]}"
-    fi
-  done
-  [ -z "$dead" ] || die "server(s) gone:$dead"
-}
-
-uri() { printf 'nbd+unix:///?socket=%s' "$1"; }
-
-# wait_nbd SOCKET PID LOG: until an NBD client gets the export's size.
-wait_nbd() {
-  local sock=$1 pid=$2 log=$3
-  for _ in $(seq 1 100); do
-    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$log" >&2; die "server for $sock exited (log: $log)"; }
-    [ -S "$sock" ] && nbdinfo --size "$(uri "$sock")" >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  tail -n 20 "$log" >&2
-  die "server for $sock did not answer within 10 s (log: $log)"
-}
-
-# start_nbdkit NAME SOCKET ARGS...: nbdkit in the foreground of a background job.
-start_nbdkit() {
-  local name=$1 sock=$2
-  shift 2
-  nbdkit -f --exit-with-parent -U "$sock" "$@" >"$logs/$name.log" 2>&1 &
-  started "$name" $!
-  wait_nbd "$sock" "$!" "$logs/$name.log"
-}
 
 setups=(memory nbd2 pbrick)
 declare -A label=(
@@ -180,30 +100,14 @@ start_nbdkit memory "${sock[memory]}" memory "$export_bytes"
 start_nbdkit nbd2-backend "$tmp/nbd2-backend.sock" memory "$export_bytes"
 start_nbdkit nbd2 "${sock[nbd2]}" nbd socket="$tmp/nbd2-backend.sock"
 
-"$target_bin" --store "$store_dir/brick.store" --size "$store_bytes" --listen 127.0.0.1:0 \
-  --port-file "$tmp/brick.port" --log-level warning >"$logs/brick.log" 2>&1 &
-brick_pid=$!
-started brick "$brick_pid"
-for _ in $(seq 1 100); do
-  [ -s "$tmp/brick.port" ] && break
-  kill -0 "$brick_pid" 2>/dev/null || break
-  sleep 0.1
-done
-if [ ! -s "$tmp/brick.port" ]; then
-  tail -n 20 "$logs/brick.log" >&2
-  die "pbrick-target did not start (log: $logs/brick.log)"
-fi
-brick_port=$(cat "$tmp/brick.port")
+start_brick brick 127.0.0.1:0 --store "$store_dir/brick.store" --size "$store_bytes" --log-level warning
 start_nbdkit pbrick "${sock[pbrick]}" "$plugin" target="127.0.0.1:$brick_port" size="$export_bytes"
 
 # --- header -----------------------------------------------------------------
 commit=$(git -C "$PBRICK_ROOT" describe --always --dirty 2>/dev/null || echo unknown)
 header() {
   echo "pbrick NBD benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
-  echo "  machine : $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)," \
-    "$(awk '/^MemTotal/ { printf "%.0f GiB RAM", $2 / 1048576 }' /proc/meminfo)"
-  echo "  kernel  : $(uname -sr)"
-  echo "  tools   : $(fio --version), $(nbdkit --version | head -n 1)"
+  machine_header
   echo "  pbrick  : $commit, build ${build_type:-?} ($build)"
   echo "  store   : $store_dir/brick.store ($store_bytes bytes, $(df -P "$store_dir" | awk 'NR == 2 { print $1 }'))"
   echo "  jobs    : fio ioengine=nbd, size=$size, ramp ${ramp} s + runtime ${runtime} s each," \
@@ -215,75 +119,10 @@ header_text=$(header)
 echo "$header_text" >&2
 
 # --- fio -------------------------------------------------------------------
-failures=0
-
-# run_fio SETUP TAG TIMEOUT FIO-ARGS...: one fio run into $logs/TAG.SETUP.json.
-run_fio() {
-  local setup=$1 tag=$2 limit=$3
-  shift 3
-  local json=$logs/$tag.$setup.json err=$logs/$tag.$setup.err rc=0
-  # In the background so that a signal runs the traps at once (bash defers
-  # them while a foreground child runs); timeout puts fio in its own process
-  # group and passes a TERM on to it.
-  timeout -k 10 "$limit" \
-    fio --name="$tag" --ioengine=nbd --uri="$(uri "${sock[$setup]}")" --size="$size_bytes" \
-    --output-format=json --output="$json" "$@" 2>"$err" &
-  fio_pid=$!
-  if [ -n "${cpu_window:-}" ]; then sample_cpu "$setup" "$tag"; fi
-  wait "$fio_pid" || rc=$?
-  fio_pid=""
-  if ((rc == 0)) && ! jq -e '.jobs[0].error == 0' "$json" >/dev/null 2>&1; then rc=1; fi
-  if ((rc != 0)); then
-    printf 'error: fio %s on %s failed (exit %d%s); stderr:\n' "$tag" "$setup" "$rc" \
-      "$( ((rc == 124)) && echo ', timed out')" >&2
-    tail -n 20 "$err" >&2
-    failures=$((failures + 1))
-    check_servers  # a dead server fails every later run: stop here
-    return 1
-  fi
-}
-
-# proc_ticks NAME: utime+stime ticks of server NAME (all its threads); 0 for "".
+# The CPU counted per setup (host_bench.bash's sample_cpu): front = the nbdkit
+# fio talks to, back = the server behind it.
 declare -A front_of=([memory]=memory [nbd2]=nbd2 [pbrick]=pbrick)
 declare -A back_of=([memory]="" [nbd2]=nbd2-backend [pbrick]=brick)
-proc_ticks() {
-  local stat fields
-  [ -n "$1" ] || { echo 0; return; }
-  read -r stat <"/proc/${pid_of[$1]}/stat" || { echo 0; return; }
-  # shellcheck disable=SC2206  # the fields after "(comm) ", from field 3 on
-  fields=(${stat##*) })
-  echo $((fields[11] + fields[12]))
-}
-clk=$(getconf CLK_TCK)
-# sample_cpu SETUP TAG: while fio runs, the servers' CPU ticks over a window
-# from 0.5 s after the ramp for $cpu_window seconds, into
-# cpu_ticks[TAG.SETUP] = "front back seconds"; turned into time per I/O with
-# the job's IOPS (fio counts no I/O of the ramp, so the window stays inside
-# the measured time).
-declare -A cpu_ticks
-sample_cpu() {
-  local setup=$1 tag=$2 f0 b0 f1 b1 t0 t1
-  sleep "$(awk -v r="$ramp" 'BEGIN { print r + 0.5 }')"
-  f0=$(proc_ticks "${front_of[$setup]}")
-  b0=$(proc_ticks "${back_of[$setup]}")
-  t0=$EPOCHREALTIME
-  sleep "$cpu_window"
-  f1=$(proc_ticks "${front_of[$setup]}")
-  b1=$(proc_ticks "${back_of[$setup]}")
-  t1=$EPOCHREALTIME
-  cpu_ticks[$tag.$setup]="$((f1 - f0)) $((b1 - b0)) $(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')"
-}
-# cpu_per_io JOB SETUP: "front+back" server CPU µs per I/O (front alone for
-# (a)), or "-".
-cpu_per_io() {
-  local c=${cpu_ticks[$1.$2]:-} i=${iops[$1.$2]:-}
-  if [ -z "$c" ] || [ -z "$i" ]; then echo "-"; return; fi
-  awk -v c="$c" -v i="$i" -v k="$clk" -v back="${back_of[$2]}" 'BEGIN {
-    split(c, f, " "); n = i * f[3]
-    if (n <= 0) { print "-"; exit }
-    if (back == "") printf "%.1f", f[1] * 1e6 / k / n
-    else printf "%.1f+%.1f", f[1] * 1e6 / k / n, f[2] * 1e6 / k / n }'
-}
 
 say "preconditioning: writing $size once on every target (1M sequential, QD8)" >&2
 for s in "${setups[@]}"; do
@@ -322,11 +161,7 @@ for spec in "${jobs[@]}"; do
     # shellcheck disable=SC2086  # $extra is zero or more fio options
     if run_fio "$s" "$name" "$limit" --rw="$rw" --bs="$bs" --iodepth="$qd" \
       --time_based --runtime="$runtime" --ramp_time="$ramp" $extra; then
-      row=$(jq -r --arg d "$ddir" '.jobs[0] | .sync as $s | .[$d] |
-        [.iops, .bw_bytes / 1048576, .clat_ns.mean / 1000,
-         ((.clat_ns.percentile // {})["99.000000"] // 0) / 1000,
-         (($s.lat_ns.mean // 0) / 1000), ((($s.lat_ns.percentile // {})["99.000000"] // 0) / 1000)] | @tsv' \
-        "$logs/$name.$s.json") || row=""
+      row=$(fio_row "$logs/$name.$s.json" "$ddir") || row=""
       if [ -n "$row" ]; then
         read -r "iops[$name.$s]" "mibs[$name.$s]" "mean[$name.$s]" "p99[$name.$s]" \
           "smean[$name.$s]" "sp99[$name.$s]" <<<"$row"
@@ -374,7 +209,7 @@ for spec in "${jobs[@]}"; do
   for s in "${setups[@]}"; do
     if [ -n "${iops[$name.$s]:-}" ]; then
       printf '%-26s %-15s %10.0f %9.1f %10.1f %10.1f  %s\n' "$name" "${label[$s]}" \
-        "${iops[$name.$s]}" "${mibs[$name.$s]}" "${mean[$name.$s]}" "${p99[$name.$s]}" "$(cpu_per_io "$name" "$s")"
+        "${iops[$name.$s]}" "${mibs[$name.$s]}" "${mean[$name.$s]}" "${p99[$name.$s]}" "$(cpu_per_io "$name" "$s" "${iops[$name.$s]}")"
     else
       printf '%-26s %-15s %10s %9s %10s %10s  %s\n' "$name" "${label[$s]}" FAILED - - - -
     fi

@@ -41,6 +41,8 @@
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/../scripts/lib.sh"
+# shellcheck source=bench/host_bench.bash
+source "$(dirname "$0")/host_bench.bash"
 
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
 
@@ -68,59 +70,23 @@ slow_bytes=$((2 * set_bytes + 64 * M))
 
 ensure_packages nbdkit libnbd-bin fio jq
 
-build=${build:-$PBRICK_ROOT/build-bench}
-target_bin=$build/target/pbrick-target
-plugin=$build/gateway/nbdkit-pbrick-plugin.so
-ctl_bin=$build/ctl/pbrickctl
-if [ ! -x "$target_bin" ] || [ ! -f "$plugin" ] || [ ! -x "$ctl_bin" ]; then
-  ensure_packages "${PBRICK_BUILD_PACKAGES[@]}"
-  say "building pbrick (Release) in $build" >&2
-  build_tree "$build" -DCMAKE_BUILD_TYPE=Release -DPBRICK_TESTS=OFF >&2
-fi
-[ -x "$target_bin" ] && [ -f "$plugin" ] && [ -x "$ctl_bin" ] || die "no pbrick build in $build"
-build_type=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$build/CMakeCache.txt" 2>/dev/null || true)
+hb_build "${build:-$PBRICK_ROOT/build-bench}"
 
 tmp=$(mktemp -d "${TMPDIR:-/var/tmp}/pbrick-tier-bench.XXXXXX")  # the slow tiers: a disk
 shm=$(mktemp -d /dev/shm/pbrick-tier-bench.XXXXXX)               # the fast stores
+hb_dirs+=("$tmp" "$shm")
 logs=$tmp
 if [ -n "$out" ]; then mkdir -p "$out" && logs=$(cd "$out" && pwd); fi
-pids=() fio_pid=""
-cleanup() {
-  local rc=$? i
-  trap - EXIT INT TERM
-  [ -z "$fio_pid" ] || kill -TERM "$fio_pid" 2>/dev/null || true
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-    kill -TERM "${pids[i]}" 2>/dev/null || continue
-    for _ in $(seq 1 50); do kill -0 "${pids[i]}" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "${pids[i]}" 2>/dev/null || true
-    wait "${pids[i]}" 2>/dev/null || true
-  done
-  rm -rf "$tmp" "$shm"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
-declare -A brick_pid nbd_pid port
+declare -A port
 # start SETUP FAST_BYTES: its brick (fast store in /dev/shm, slow tier on disk)
 # and its nbdkit at $tmp/SETUP.sock.
 start() {
-  local s=$1 fast=$2 i
-  "$target_bin" --store "$shm/$s.store" --size "$fast" --slow-store "$tmp/$s.slow" --slow-size "$slow_bytes" \
-    --listen 127.0.0.1:0 --port-file "$tmp/$s.port" --log-level info >"$logs/$s.brick.log" 2>&1 &
-  brick_pid[$s]=$!
-  pids+=($!)
-  for i in $(seq 1 100); do [ -s "$tmp/$s.port" ] && break; sleep 0.1; done
-  [ -s "$tmp/$s.port" ] || { tail "$logs/$s.brick.log" >&2; die "the $s brick did not start"; }
-  port[$s]=$(cat "$tmp/$s.port")
-  nbdkit -f --exit-with-parent -U "$tmp/$s.sock" "$plugin" target="127.0.0.1:${port[$s]}" size="$set_bytes" \
-    max-mapped=16 >"$logs/$s.nbdkit.log" 2>&1 &
-  nbd_pid[$s]=$!
-  pids+=($!)
-  for i in $(seq 1 100); do nbdinfo --size "nbd+unix:///?socket=$tmp/$s.sock" >/dev/null 2>&1 && return 0; sleep 0.1; done
-  tail "$logs/$s.nbdkit.log" >&2
-  die "nbdkit of $s does not answer"
+  local s=$1 fast=$2
+  start_brick "$s.brick" 127.0.0.1:0 --store "$shm/$s.store" --size "$fast" --slow-store "$tmp/$s.slow" \
+    --slow-size "$slow_bytes" --log-level info
+  port[$s]=$brick_port
+  start_nbdkit "$s.nbdkit" "$tmp/$s.sock" "$plugin" target="127.0.0.1:${port[$s]}" size="$set_bytes" max-mapped=16
 }
 ctl() { local s=$1; shift; "$ctl_bin" --target "127.0.0.1:${port[$s]}" "$@"; }
 # moves SETUP: "P D", the brick's totals so far (its summary line comes within
@@ -130,14 +96,6 @@ moves() {
   sed -n 's/.*tiering: \([0-9]*\) promotions, \([0-9]*\) demotions since start.*/\1 \2/p' \
     "$logs/$1.brick.log" | tail -n 1 | grep . || echo "0 0"
 }
-ticks() { # ticks PID: utime+stime
-  local stat f
-  read -r stat <"/proc/$1/stat"
-  # shellcheck disable=SC2206
-  f=(${stat##*) })
-  echo $((f[11] + f[12]))
-}
-clk=$(getconf CLK_TCK)
 
 setups=(fits 4x)
 start fits "$big_fast"
@@ -146,9 +104,7 @@ commit=$(git -C "$PBRICK_ROOT" describe --always --dirty 2>/dev/null || echo unk
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 header=$(
   echo "pbrick tiering benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
-  echo "  machine : $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)," \
-    "$(awk '/^MemTotal/ { printf "%.0f GiB RAM", $2 / 1048576 }' /proc/meminfo)"
-  echo "  kernel  : $(uname -sr); $(fio --version), $(nbdkit --version | head -n 1)"
+  machine_header
   echo "  pbrick  : $commit, build ${build_type:-?}"
   echo "  set     : $((set_bytes / M)) MiB volume, nbdkit max-mapped=16; fast tiers: fits $((big_fast / M)) MiB," \
     "4x $((small_fast / M)) MiB (/dev/shm); slow tiers $((slow_bytes / M)) MiB on $(df -P "$tmp" | awk 'NR == 2 { print $1 }')" \
@@ -158,7 +114,6 @@ header=$(
 )
 echo "$header" >&2
 
-failures=0
 say "writing the working set once on both (1 MiB sequential, QD8)" >&2
 for s in "${setups[@]}"; do
   fio --name=fill --ioengine=nbd --uri="nbd+unix:///?socket=$tmp/$s.sock" --rw=write --bs=1m --iodepth=8 \
@@ -180,12 +135,12 @@ job() {
   local timed=0
   [[ " $* " == *" --time_based "* ]] && timed=1
   ((timed)) && sleep "$ramp.5"
-  c0=$(($(ticks "${nbd_pid[$s]}") + $(ticks "${brick_pid[$s]}")))
+  c0=$(proc_ticks "$s.nbdkit" "$s.brick")
   t0=$EPOCHREALTIME
   # A time-based job measures over its runtime; a job over the set (first
   # touch) until it ends.
   for _ in $(seq 1 $(((runtime - 1) * 10))); do kill -0 "$fio_pid" 2>/dev/null || break; sleep 0.1; done
-  c1=$(($(ticks "${nbd_pid[$s]}") + $(ticks "${brick_pid[$s]}")))
+  c1=$(proc_ticks "$s.nbdkit" "$s.brick")
   t1=$EPOCHREALTIME
   wait "$fio_pid" || rc=$?
   fio_pid=""
@@ -231,7 +186,6 @@ map_times() {
       awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%d\n", (b - a) * 1e6 }'
     done
 }
-pct() { sort -n | awk -v p="$1" '{ v[NR] = $1 } END { if (!NR) { print "-"; exit } i = int(NR * p / 100 + 0.999); if (i < 1) i = 1; printf "%.2f", v[i] / 1000 }'; }
 say "promotion latency: pbrickctl map of $maps slow and $maps fast blocks on 4x" >&2
 sleep 2  # the background demotion settles at its watermark
 read -r p0 _ < <(moves 4x)
