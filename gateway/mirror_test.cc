@@ -80,6 +80,20 @@ std::vector<uint8_t> random_data(size_t n, uint32_t seed) {
   return v;
 }
 
+// What each brick of `pl` holds after the first `blocks` blocks of `data`
+// were written from `base`: by brick, address -> CRC of the block.
+std::vector<std::map<uint64_t, uint32_t>> expected_blocks(const Placement& pl, const std::vector<uint8_t>& data,
+                                                          uint64_t blocks, uint64_t base = 0) {
+  std::vector<std::map<uint64_t, uint32_t>> want(pl.bricks);
+  for (uint64_t i = 0; i < blocks; i++) {
+    for (uint32_t j = 0; j < pl.copies; j++) {
+      uint64_t u = pl.unit(i, j);
+      want[pl.brick_of(u)][base + pl.slot_of(u) * kBlock] = crc32c(data.data() + i * kBlock, kBlock);
+    }
+  }
+  return want;
+}
+
 class MirrorTest : public ::testing::Test {
  protected:
   void start_bricks(uint32_t n) {
@@ -187,13 +201,7 @@ TEST_F(MirrorTest, EachBrickHoldsItsCopiesWithTheWrittenBytes) {
   PBRICK_ASSERT_OK(engine_->flush());
   for (uint32_t b = 0; b < 3; b++) EXPECT_GE(engine_->syncs_sent(b), 1u) << "brick " << b;
   Placement pl{3, 2};
-  std::vector<std::map<uint64_t, uint32_t>> want(3);
-  for (uint64_t i = 0; i < kBlocks; i++) {
-    for (uint32_t j = 0; j < 2; j++) {
-      uint64_t u = pl.unit(i, j);
-      want[pl.brick_of(u)][base + pl.slot_of(u) * kBlock] = crc32c(data.data() + i * kBlock, kBlock);
-    }
-  }
+  auto want = expected_blocks(pl, data, kBlocks, base);
   for (uint32_t b = 0; b < 3; b++) EXPECT_EQ(brick_blocks(b), want[b]) << "brick " << b;
   for (int round = 0; round < 2; round++) {  // reads from either copy
     std::vector<uint8_t> back(data.size());
@@ -442,13 +450,7 @@ TEST_F(MirrorTest, AResyncCopiesOnlyTheDirtyBlocksWhileWritesGoOn) {
   // Copy 0 of block i is on brick i mod 2 at slot (i div 2) * 2, copy 1 on
   // the other brick at the next slot: both hold the written bytes.
   Placement pl{2, 2};
-  std::vector<std::map<uint64_t, uint32_t>> want(2);
-  for (uint64_t i = 0; i < blocks; i++) {
-    for (uint32_t j = 0; j < 2; j++) {
-      uint64_t u = pl.unit(i, j);
-      want[pl.brick_of(u)][pl.slot_of(u) * kBlock] = crc32c(data.data() + i * kBlock, kBlock);
-    }
-  }
+  auto want = expected_blocks(pl, data, blocks);
   EXPECT_EQ(brick_blocks(0), want[0]);
   EXPECT_EQ(brick_blocks(1), want[1]);
 
@@ -555,13 +557,7 @@ TEST_F(MirrorTest, AReplacedBrickGetsAFullCopyWhileWritesGoOn) {
   EXPECT_EQ(l0->label.bricks[1].stale_since, 0u);
   EXPECT_EQ(l2->label.index, 1u);
   Placement pl{2, 2};
-  std::vector<std::map<uint64_t, uint32_t>> want(2);
-  for (uint64_t i = 0; i < blocks - 1; i++) {
-    for (uint32_t j = 0; j < 2; j++) {
-      uint64_t u = pl.unit(i, j);
-      want[pl.brick_of(u)][pl.slot_of(u) * kBlock] = crc32c(data.data() + i * kBlock, kBlock);
-    }
-  }
+  auto want = expected_blocks(pl, data, blocks - 1);
   EXPECT_EQ(brick_blocks(0), want[0]);
   EXPECT_EQ(brick_blocks(2), want[1]);
 

@@ -46,6 +46,22 @@ wait_for_log() {
   fail "no line matching '$2' in $1 after 20 s: $(cat "$1")"
 }
 
+# assert_twin_copies TARGET0 TARGET1 N: the two bricks of a 2-brick mirror
+# hold the same N blocks: copy 0 of block i is on brick i mod 2 at slot
+# (i div 2) x 2, copy 1 on the other at the next slot, so slot 2k of one
+# holds what slot 2k + 1 of the other holds.
+assert_twin_copies() {
+  local s0 s1 pairs=0 addr sum
+  s0=$(sums_of "$1") s1=$(sums_of "$2")
+  declare -A on1
+  while read -r addr sum; do on1[$addr]=$sum; done <<<"$s1"
+  while read -r addr sum; do
+    assert_equal "$sum" "${on1[$(((addr / M2 ^ 1) * M2))]}"
+    pairs=$((pairs + 1))
+  done <<<"$s0"
+  assert_equal "$pairs" "$3"
+}
+
 list_of() {
   "$CTL_BIN" --target "$1" --transport "$PBRICK_TRANSPORT" --json list | jq -c "$DATA_EXTENTS | map([.start, .blocks])"
 }
@@ -75,20 +91,7 @@ sums_of() {
   # 16 blocks, one copy of each on each brick: 16 slots from 0x0.
   assert_equal "$(list_of "$T0")" '[["0x0",16]]'
   assert_equal "$(list_of "$T1")" '[["0x0",16]]'
-  # Copy 0 of block i is on brick i mod 2 at slot (i div 2) x 2 + 0, copy 1
-  # on the other brick at slot (i div 2) x 2 + 1: brick 0's slot 2k holds
-  # what brick 1's slot 2k + 1 holds, and the other way round.
-  local s0 s1 pairs=0 addr sum
-  s0=$(sums_of "$T0") s1=$(sums_of "$T1")
-  declare -A on1
-  while read -r addr sum; do on1[$addr]=$sum; done <<<"$s1"
-  while read -r addr sum; do
-    local slot=$((addr / M2)) twin
-    if ((slot % 2 == 0)); then twin=$(((slot + 1) * M2)); else twin=$(((slot - 1) * M2)); fi
-    assert_equal "$sum" "${on1[$twin]}"
-    pairs=$((pairs + 1))
-  done <<<"$s0"
-  assert_equal "$pairs" 16
+  assert_twin_copies "$T0" "$T1" 16
 }
 
 @test "mirror over 3 bricks, 2 copies: each copy lands where the layout says" {
@@ -179,17 +182,7 @@ sums_of() {
   run qio flush
   assert_qio_ok
   # Both bricks hold identical copies, block by block, read from each brick.
-  local s0 s1 pairs=0 addr sum
-  s0=$(sums_of "$T0") s1=$(sums_of "$T1")
-  declare -A on1
-  while read -r addr sum; do on1[$addr]=$sum; done <<<"$s1"
-  while read -r addr sum; do
-    local slot=$((addr / M2)) twin
-    if ((slot % 2 == 0)); then twin=$(((slot + 1) * M2)); else twin=$(((slot - 1) * M2)); fi
-    assert_equal "$sum" "${on1[$twin]}"
-    pairs=$((pairs + 1))
-  done <<<"$s0"
-  assert_equal "$pairs" 16
+  assert_twin_copies "$T0" "$T1" 16
   # The other brick gone: every byte reads back right from the resynced one.
   kill -9 "$B0"
   cmds=()
