@@ -90,8 +90,9 @@ constexpr const char* kUsage =
     "  --max-mapped N          keep at most N blocks mapped on each brick, unmapping its least recently used\n"
     "                          (0: no bound; at least 16), so a tiered brick can demote them\n"
     "  The volume parameters are kept in /run/pbrick/ublk-ID.conf for recover.\n"
-    "list: the ublk devices (id, state, queues, depth, daemon pid) and, for a mirror,\n"
-    "  each copy's brick and state: in-sync, stale since T, resyncing N % with an ETA\n"
+    "list: the ublk devices (id, state, queues, depth, daemon pid) and, for a mirror, a\n"
+    "  line \"copies:\" with each copy's brick and state: in-sync, stale since T,\n"
+    "  resyncing N % with an ETA\n"
     "detach -n ID: stops and deletes device ID (asks its daemon to, when it runs).\n"
     "recover -n ID: after the daemon of ID died (kill -9, crash), serves ID again\n"
     "  with the parameters of /run/pbrick/ublk-ID.conf, in the foreground like\n"
@@ -740,9 +741,11 @@ int list_main(int argc, char** argv) {
                   info->max_io_buf_bytes, info->ublksrv_pid, static_cast<unsigned long long>(info->flags),
                   copies.empty() ? "" : ",\"mirror\":", copies.c_str());
     } else {
-      if (first) std::printf("%-4s %-9s %6s %6s %8s  %s\n", "ID", "STATE", "QUEUES", "DEPTH", "PID", "COPIES");
-      std::printf("%-4u %-9s %6u %6u %8d  %s\n", id, ublk_state_name(info->state), info->nr_hw_queues,
-                  info->queue_depth, info->ublksrv_pid, copies.empty() ? "-" : copies_text(copies).c_str());
+      if (first) std::printf("%-4s %-9s %6s %6s %8s\n", "ID", "STATE", "QUEUES", "DEPTH", "PID");
+      std::printf("%-4u %-9s %6u %6u %8d\n", id, ublk_state_name(info->state), info->nr_hw_queues,
+                  info->queue_depth, info->ublksrv_pid);
+      // A mirror: its copies on a line of their own, so the columns stay the same for every device.
+      if (!copies.empty()) std::printf("     copies: %s\n", copies_text(copies).c_str());
     }
     first = false;
   }

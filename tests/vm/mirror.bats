@@ -268,7 +268,7 @@ wait_states() {
   dd if=/dev/urandom of="$DEV" bs=4k count=1 seek=1000 oflag=direct status=none
   wait_states in-sync,stale 10
   run "$GW_BIN" list
-  assert_output --regexp "$T0 in-sync, $T1 stale since 20[0-9-]+T[0-9:]+Z"
+  assert_output --regexp "copies: $T0 in-sync, $T1 stale since 20[0-9-]+T[0-9:]+Z"
 
   # Replaced by the empty brick while fio writes every block.
   local out=$BATS_TEST_TMPDIR/fio.json
