@@ -38,8 +38,8 @@ void MirrorState::set_progress(uint32_t brick, const Progress& p) {
   s.started.store(p.started, std::memory_order_relaxed);
 }
 
-bool begin_writes(const Volume& volume, std::span<IoPiece> pieces) {
-  MirrorState* mirror = const_cast<MirrorState*>(volume.mirror());
+bool begin_writes(Volume& volume, std::span<IoPiece> pieces) {
+  MirrorState* mirror = volume.mirror();
   if (mirror == nullptr) return false;
   auto holds_one = [&] {
     for (const IoPiece& p : pieces) {
@@ -67,8 +67,8 @@ bool begin_writes(const Volume& volume, std::span<IoPiece> pieces) {
   return true;
 }
 
-void end_writes(const Volume& volume, std::span<IoPiece> pieces) {
-  MirrorState* mirror = const_cast<MirrorState*>(volume.mirror());
+void end_writes(Volume& volume, std::span<IoPiece> pieces) {
+  MirrorState* mirror = volume.mirror();
   if (mirror == nullptr) return;
   for (IoPiece& p : pieces) {
     if (!p.counted) continue;

@@ -120,8 +120,8 @@ class MirrorState {
 // begin_writes is true when the request must wait instead (a resync holds
 // a block it writes, and it has not started: nothing of it was sent or
 // skipped); it is then not counted.
-bool begin_writes(const Volume& volume, std::span<IoPiece> pieces);
-void end_writes(const Volume& volume, std::span<IoPiece> pieces);
+bool begin_writes(Volume& volume, std::span<IoPiece> pieces);
+void end_writes(Volume& volume, std::span<IoPiece> pieces);
 
 // Appends the pieces of `len` bytes at `in_block` of volume block `block`
 // (through `buf`) for `request`: one per copy it goes to (see above); the
