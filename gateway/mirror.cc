@@ -20,9 +20,13 @@ const char* copy_state_name(CopyState s) {
 MirrorState::MirrorState(uint32_t bricks)
     : bricks_(bricks),
       states_(new std::atomic<CopyState>[bricks]),
+      reachable_(new std::atomic<bool>[bricks]),
       progress_(new ProgressSlot[bricks]),
       slots_(new WriteSlot[kWriteSlots]) {
-  for (uint32_t b = 0; b < bricks; b++) states_[b].store(CopyState::kInSync, std::memory_order_relaxed);
+  for (uint32_t b = 0; b < bricks; b++) {
+    states_[b].store(CopyState::kInSync, std::memory_order_relaxed);
+    reachable_[b].store(true, std::memory_order_relaxed);
+  }
 }
 
 MirrorState::Progress MirrorState::progress(uint32_t brick) const {
@@ -78,20 +82,38 @@ void end_writes(Volume& volume, std::span<IoPiece> pieces) {
 }
 
 uint32_t MirrorState::read_copy(const Placement& placement, uint64_t block) const {
-  uint32_t turn = read_turn_.fetch_add(1, std::memory_order_relaxed);
+  const uint32_t turn = read_turn_.fetch_add(1, std::memory_order_relaxed);
+  std::optional<uint32_t> unreachable;
   for (uint32_t k = 0; k < placement.copies; k++) {
-    uint32_t copy = (turn + k) % placement.copies;
-    if (in_sync(placement.brick_of(placement.unit(block, copy)))) return copy;
+    const uint32_t copy = (turn + k) % placement.copies;
+    const uint32_t brick = placement.brick_of(placement.unit(block, copy));
+    if (!in_sync(brick)) continue;
+    if (reachable(brick)) return copy;
+    if (!unreachable) unreachable = copy;
   }
-  return turn % placement.copies;  // none in sync: the attach refuses that, so only in a race with a failure
+  // None in sync: the attach refuses that, so only in a race with a failure.
+  return unreachable.value_or(turn % placement.copies);
 }
 
-bool MirrorState::may_lose(const Placement& pl, uint32_t brick) const {
+std::optional<uint32_t> MirrorState::other_copy(const Placement& pl, uint64_t unit) const {
+  const uint64_t block = pl.block_of(unit);
+  std::optional<uint32_t> unreachable;
+  for (uint32_t k = 1; k < pl.copies; k++) {
+    const uint32_t copy = (pl.copy_of(unit) + k) % pl.copies;
+    const uint32_t brick = pl.brick_of(pl.unit(block, copy));
+    if (!in_sync(brick)) continue;
+    if (reachable(brick)) return copy;
+    if (!unreachable) unreachable = copy;
+  }
+  return unreachable;
+}
+
+bool MirrorState::covered_without(const Placement& pl, uint32_t brick, bool reachable_only) const {
   for (uint32_t first = 0; first < bricks_; first++) {
     bool any = false;
     for (uint32_t j = 0; j < pl.copies; j++) {
       uint32_t b = (first + j) % bricks_;
-      if (b != brick && in_sync(b)) any = true;
+      if (b != brick && in_sync(b) && (!reachable_only || reachable(b))) any = true;
     }
     if (!any) return false;
   }
@@ -112,16 +134,12 @@ Result<bool> leg_failed(Volume& volume, IoPiece& p) {
   const Placement& pl = volume.placement();
   const uint64_t block = pl.block_of(p.block);
   if (!p.is_write) {
-    for (uint32_t k = 1; k < pl.copies; k++) {
-      uint64_t unit = pl.unit(block, (pl.copy_of(p.block) + k) % pl.copies);
-      if (mirror->in_sync(pl.brick_of(unit))) {
-        p.block = unit;
-        p.brick = pl.brick_of(unit);
-        p.status = -1;
-        return true;
-      }
-    }
-    return false;
+    auto copy = mirror->other_copy(pl, p.block);
+    if (!copy) return false;
+    p.block = pl.unit(block, *copy);
+    p.brick = pl.brick_of(p.block);
+    p.status = -1;
+    return true;
   }
   if (mirror->state(p.brick) == CopyState::kResyncing) {
     volume.abort_resync(p.brick, "a write to it failed");  // stale again, before the miss is recorded

@@ -12,7 +12,11 @@
 //    before the write that missed it completes (leg_failed); the request
 //    completes on the other copies with no error.
 //  - A READ becomes one piece, on one in-sync copy; successive reads of a
-//    block take turns over its copies (spread over the bricks).
+//    block take turns over its copies (spread over the bricks). A read that
+//    finds its brick unreachable moves to another in-sync copy at once, and
+//    the brick is left out of the turns (set_reachable) until a connection
+//    to it succeeds again: reads never pay a dead copy's timeouts over and
+//    over while nothing writes (a write would mark it stale).
 //  - FLUSH/FUA need nothing here: the channels of every brick that carried a
 //    write since its last sync are synced (VolumeChannels::sync).
 //  - A stale brick that is back is resynced (gateway/resync.h): while its
@@ -30,6 +34,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -59,10 +64,29 @@ class MirrorState {
   void set_state(uint32_t brick, CopyState s) { states_[brick].store(s, std::memory_order_release); }
   // Whether marking `brick` stale leaves every block an in-sync copy (no C
   // cyclically consecutive bricks all stale).
-  bool may_lose(const Placement& placement, uint32_t brick) const;
+  bool may_lose(const Placement& placement, uint32_t brick) const { return covered_without(placement, brick, false); }
+  // The same, counting only reachable in-sync bricks: whether I/O can go on
+  // without `brick` now. A connection to a brick that cannot be spared waits
+  // for its replies up to the I/O timeout, not the leg timeout.
+  bool may_spare(const Placement& placement, uint32_t brick) const { return covered_without(placement, brick, true); }
 
-  // The copy of `block` a read uses: the next in-sync one in turn.
+  // Whether the last connection attempt to `brick` (or the last I/O on it)
+  // failed for a lost connection: reads take the other in-sync copies while
+  // there is one (see above). Set by the I/O core and Volume::note_connect;
+  // a brick left out is tried again by the resync thread (gateway/resync.h)
+  // every second.
+  bool reachable(uint32_t brick) const { return reachable_[brick].load(std::memory_order_acquire); }
+  // True when that changed it.
+  bool set_reachable(uint32_t brick, bool reachable) {
+    return reachable_[brick].exchange(reachable, std::memory_order_acq_rel) != reachable;
+  }
+
+  // The copy of `block` a read uses: the next in-sync and reachable one in
+  // turn, else the next in-sync one (unreachable; the read waits for it).
   uint32_t read_copy(const Placement& placement, uint64_t block) const;
+  // The copy a read of unit `unit` moves to when its brick failed: the next
+  // in-sync copy of the block after it, reachable ones first; none: nullopt.
+  std::optional<uint32_t> other_copy(const Placement& placement, uint64_t unit) const;
 
   // Writes that may still land on some copy of `block`: counted from the
   // first round of a request until it completed or failed (a resync waits
@@ -98,6 +122,8 @@ class MirrorState {
   void set_progress(uint32_t brick, const Progress& p);
 
  private:
+  bool covered_without(const Placement& placement, uint32_t brick, bool reachable_only) const;
+
   static constexpr size_t kWriteSlots = 4096;
   struct WriteSlot {
     std::atomic<uint32_t> in_flight{0};
@@ -108,6 +134,7 @@ class MirrorState {
   };
   uint32_t bricks_;
   std::unique_ptr<std::atomic<CopyState>[]> states_;
+  std::unique_ptr<std::atomic<bool>[]> reachable_;
   std::unique_ptr<ProgressSlot[]> progress_;
   std::unique_ptr<WriteSlot[]> slots_;
   mutable std::atomic<uint32_t> read_turn_{0};

@@ -498,6 +498,72 @@ TEST_F(MirrorTest, AReattachKeepsAStaleCopyStaleUntilItsResync) {
   EXPECT_EQ(crc32c(back.data(), back.size()), crc32c(data.data(), data.size()));
 }
 
+// Reads of a 2-copy mirror while brick 1 is down and nothing is written (so
+// it stays in sync): the first read that meets it moves to brick 0, and the
+// reads after it leave brick 1 alone instead of each waiting the leg timeout
+// for it again (mapping its copies, the volume just attached). Brick 0, now
+// the one reachable copy, turns slow beyond the leg timeout: its replies are
+// waited for (up to the I/O timeout), its connection is not torn down over
+// and over. Brick 1 back: the resync thread finds it within seconds and reads
+// use it again.
+TEST_F(MirrorTest, ReadsLeaveAnUnreachableCopyAloneAndWaitForTheLastOne) {
+  start_bricks(2);
+  SlowLink link(bricks_[0]->client());
+  PBRICK_ASSERT_OK(link.start());
+  VolumeOptions vo = options(2, 16 * kMiB);
+  vo.bricks[0] = link.client();
+  vo.leg_timeout_ms = 500;
+  vo.io_timeout_ms = 8000;
+  PBRICK_ASSERT_OK(open(vo));
+  constexpr uint64_t kBlocks = 8;
+  auto data = random_data(kBlocks * kBlock, 41);
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));
+  PBRICK_ASSERT_OK(engine_->flush());
+  engine_.reset();
+  PBRICK_ASSERT_OK(open(vo));  // nothing mapped
+  Volume& v = engine_->volume();
+
+  bricks_[1]->stop();
+  auto read_all = [&](int rounds, uint64_t blocks) {
+    std::vector<uint8_t> back(4096);
+    for (uint64_t i = 0; i < blocks; i++) {
+      for (int r = 0; r < rounds; r++) {  // successive reads of a block take turns over its copies
+        const uint64_t off = i * kBlock + static_cast<uint64_t>(r) * 4096;
+        Status st = engine_->read(back.data(), back.size(), off);
+        if (!st) return st;
+        if (crc32c(back.data(), 4096) != crc32c(data.data() + off, 4096)) {
+          return Status(Error(EILSEQ, "other data at " + std::to_string(off)));
+        }
+      }
+    }
+    return Status::Ok();
+  };
+  auto t0 = std::chrono::steady_clock::now();
+  PBRICK_ASSERT_OK(read_all(4, kBlocks));
+  // At most one read paid the leg timeout (32 reads, half of them brick 1's turn).
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(1500));
+  EXPECT_EQ(v.mirror()->state(1), CopyState::kInSync);
+  EXPECT_FALSE(v.mirror()->reachable(1));
+
+  link.set_delay(std::chrono::milliseconds(1200));
+  t0 = std::chrono::steady_clock::now();
+  PBRICK_ASSERT_OK(read_all(1, 2));
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(1200));
+  link.set_delay(std::chrono::milliseconds(0));
+
+  PBRICK_ASSERT_OK(bricks_[1]->start());
+  for (int waited = 0; waited < 5000 && !v.mirror()->reachable(1); waited += 20) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(v.mirror()->reachable(1));
+  std::set<uint32_t> read_bricks;
+  std::vector<IoPiece> pieces;
+  for (int k = 0; k < 4; k++) plan_rw(v, false, 0, 4096, nullptr, nullptr, pieces);
+  for (const IoPiece& p : pieces) read_bricks.insert(p.brick);
+  EXPECT_EQ(read_bricks, (std::set<uint32_t>{0, 1}));
+  PBRICK_ASSERT_OK(read_all(2, kBlocks));
+}
+
 // A brick of a 2-copy mirror is replaced by an empty one while writes go
 // on: every block is copied to it, the label names its store in that
 // place, both bricks then hold identical copies, and with the other brick

@@ -239,6 +239,15 @@ void MirrorResync::run() {
       if (on_change_) on_change_();
     }
     for (uint32_t b = 0; b < volume_.brick_count() && !stopping(); b++) {
+      if (mirror.in_sync(b) && !mirror.reachable(b)) {
+        // Left out of the reads since its I/O failed: back when this works.
+        Status st = volume_.probe(b);
+        if (!st) {
+          PBRICK_LOG_DEBUG("brick %s still unreachable: %s", volume_.brick_name(b).c_str(),
+                           st.error().message().c_str());
+        }
+        continue;
+      }
       if (mirror.state(b) != CopyState::kStale) continue;
       Status st = volume_.try_reach(b);
       if (!st) {

@@ -2,7 +2,9 @@
 // "Mirror: stale copies"). One thread per mirrored volume:
 //
 //  1. Every second it tries to reach each stale brick (Volume::try_reach:
-//     the same store, its label an older generation of this volume).
+//     the same store, its label an older generation of this volume), and
+//     each in-sync brick that reads leave alone since its I/O failed
+//     (Volume::probe; MirrorState::reachable).
 //  2. Reached: the brick becomes *resyncing* (Volume::begin_resync): from
 //     then on every write reaches it, no read does. The blocks to copy are
 //     the ones whose dirty bit is set (a replaced brick: every block), read

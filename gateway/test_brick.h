@@ -3,15 +3,27 @@
 // loopback, which can be stopped and started again on the same port - on the
 // same store, or on another one (a replaced brick).
 //
+// SlowLink stands between a gateway and a brick and holds the brick's
+// replies back for a while: a slow brick (or network) that still answers.
+//
 // Errors come back as Status/Result: a test ASSERTs on them, so a failed
 // precondition stops it.
 #pragma once
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "common/client.h"
 #include "common/result.h"
@@ -92,6 +104,114 @@ class TestBrick {
   std::unique_ptr<Store> store_;
   std::unique_ptr<Server> server_;
   std::thread thread_;
+};
+
+// A TCP relay on 127.0.0.1 in front of a brick: every chunk of bytes the
+// brick sends is passed on `delay` after it arrived (0: at once); requests
+// go through at once. Threads of the test; stop() (or the destructor) ends
+// every connection.
+class SlowLink {
+ public:
+  explicit SlowLink(ClientOptions brick) : brick_(std::move(brick)) {}
+  ~SlowLink() { stop(); }
+  SlowLink(const SlowLink&) = delete;
+  SlowLink& operator=(const SlowLink&) = delete;
+
+  Status start() {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return errno_error("slow link: socket");
+    listen_fd_ = UniqueFd(fd);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd, 16) != 0 ||
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+      return errno_error("slow link: listen");
+    }
+    port_ = ntohs(a.sin_port);
+    accept_thread_ = std::thread([this] { accept_loop(); });
+    return Status::Ok();
+  }
+
+  void set_delay(std::chrono::milliseconds d) { delay_ms_.store(d.count()); }
+
+  // The brick as the gateway reaches it through the link.
+  ClientOptions client() const {
+    ClientOptions o = brick_;
+    o.endpoint = Endpoint{"127.0.0.1", port_};
+    return o;
+  }
+
+  void stop() {
+    if (!accept_thread_.joinable()) return;
+    stopping_ = true;
+    ::shutdown(listen_fd_.get(), SHUT_RDWR);
+    accept_thread_.join();
+    std::vector<std::thread> pumps;
+    {
+      std::lock_guard lock(mu_);
+      for (const UniqueFd& s : sockets_) ::shutdown(s.get(), SHUT_RDWR);
+      pumps.swap(pumps_);
+    }
+    for (std::thread& t : pumps) t.join();
+  }
+
+ private:
+  void accept_loop() {
+    while (!stopping_) {
+      int client = ::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC);
+      if (client < 0) return;
+      int brick = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_port = htons(brick_.endpoint.port);
+      ::inet_pton(AF_INET, brick_.endpoint.host.c_str(), &a.sin_addr);
+      if (brick < 0 || ::connect(brick, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+        if (brick >= 0) ::close(brick);
+        ::close(client);  // as a dead brick would: the connection ends
+        continue;
+      }
+      int one = 1;
+      ::setsockopt(client, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      ::setsockopt(brick, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      std::lock_guard lock(mu_);
+      sockets_.emplace_back(client);
+      sockets_.emplace_back(brick);
+      pumps_.emplace_back([this, client, brick] { pump(client, brick, false); });
+      pumps_.emplace_back([this, client, brick] { pump(brick, client, true); });
+    }
+  }
+
+  // Copies from `from` to `to` until either end closes, then closes both
+  // directions of both.
+  void pump(int from, int to, bool delayed) {
+    std::vector<uint8_t> buf(1 << 16);
+    for (;;) {
+      ssize_t n = ::recv(from, buf.data(), buf.size(), 0);
+      if (n <= 0) break;
+      if (long d = delayed ? delay_ms_.load() : 0; d > 0) std::this_thread::sleep_for(std::chrono::milliseconds(d));
+      ssize_t off = 0;
+      while (off < n) {
+        ssize_t w = ::send(to, buf.data() + off, static_cast<size_t>(n - off), MSG_NOSIGNAL);
+        if (w <= 0) break;
+        off += w;
+      }
+      if (off < n) break;
+    }
+    ::shutdown(from, SHUT_RDWR);
+    ::shutdown(to, SHUT_RDWR);
+  }
+
+  ClientOptions brick_;
+  uint16_t port_ = 0;
+  UniqueFd listen_fd_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<long> delay_ms_{0};
+  std::thread accept_thread_;
+  std::mutex mu_;
+  std::vector<UniqueFd> sockets_;  // under mu_; closed when the link is destroyed
+  std::vector<std::thread> pumps_;  // under mu_
 };
 
 }  // namespace pbrick

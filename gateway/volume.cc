@@ -234,6 +234,7 @@ Status Volume::connect_channel(DataChannel& channel, uint32_t b) {
 }
 
 void Volume::note_connect(uint32_t b, const Status& st) {
+  if (mirror_ && (st.ok() || is_connection_error(st.error().errnum()))) note_reachable(b, st.ok());
   Brick& brick = *bricks_[b];
   std::lock_guard lock(brick.refusal_mu);
   if (st.ok()) {
@@ -245,6 +246,17 @@ void Volume::note_connect(uint32_t b, const Status& st) {
   PBRICK_LOG_ERROR("volume at %s: %s; its I/O fails until the brick of store %s is back",
                    format_hex(options_.base).c_str(), st.error().message().c_str(),
                    format_uuid(*brick_options(b).store_uuid).c_str());
+}
+
+void Volume::note_reachable(uint32_t b, bool reachable) {
+  if (!mirror_ || !mirror_->set_reachable(b, reachable)) return;
+  if (reachable) {
+    PBRICK_LOG_NOTICE("volume at %s: brick %s is reachable again: reads use its copies",
+                      format_hex(options_.base).c_str(), brick_name(b).c_str());
+  } else {
+    PBRICK_LOG_WARN("volume at %s: brick %s is unreachable: reads use the other copies while there are",
+                    format_hex(options_.base).c_str(), brick_name(b).c_str());
+  }
 }
 
 std::string Volume::refusal(uint32_t b) const {
@@ -575,6 +587,16 @@ Status Volume::try_reach(uint32_t b) {
   // before it went stale may be lost there, beyond what the bitmap records.
   if (before && after && after != before) PBRICK_TRY(lost_writes(b, *after));
   return Status::Ok();
+}
+
+Status Volume::probe(uint32_t b) {
+  std::lock_guard lock(bricks_[b]->control_mu);
+  Brick& brick = *bricks_[b];
+  if (brick.control && brick.control->stat().ok()) {
+    note_reachable(b, true);
+    return Status::Ok();
+  }
+  return connect_control(b);  // notes the outcome
 }
 
 Status Volume::begin_resync(uint32_t b) {

@@ -182,6 +182,13 @@ class Volume {
   // mutex the state changes under, so no miss is recorded after a resync
   // began reading the bitmap.
   Result<bool> record_miss(uint64_t block, uint32_t brick);
+  // Layout mirror: I/O to `brick` (or a connection attempt) found it
+  // reachable or not (MirrorState::reachable); logs a change. Any thread.
+  void note_reachable(uint32_t brick, bool reachable);
+  // From the resync thread, for an in-sync brick left out of the reads: one
+  // request on its control connection, connecting it first when there is
+  // none or it fails; reachable again when that works.
+  Status probe(uint32_t brick);
 
   // Layout mirror, resync (gateway/resync.h), from the resync thread:
   // try_reach: one attempt to connect a stale brick's control connection

@@ -241,8 +241,11 @@ IoRetry::Step IoRetry::settle(Volume& volume, std::span<IoPiece> pieces, std::st
         held = true;
         break;
       case Fate::kReconnect: {
-        // Mirror: a read goes to another copy at once; a write's copy is
-        // left behind (stale) once its brick failed for the leg timeout.
+        // Mirror: a read goes to another copy at once (and later reads
+        // leave the brick alone until it is reachable again); a write's
+        // copy is left behind (stale) once its brick failed for the leg
+        // timeout.
+        if (volume.mirror() != nullptr) volume.note_reachable(p.brick, false);
         if (volume.mirror() != nullptr &&
             (!p.is_write || !volume.mirror()->in_sync(p.brick) ||
              IoClock::now() - started_ >= std::chrono::milliseconds(volume.options().leg_timeout_ms))) {
@@ -524,12 +527,18 @@ void VolumeChannels::on_cqe(uint64_t payload, int res) {
 }
 
 void VolumeChannels::on_tick() {
-  // A mirror's copy that does not answer is given up after the leg timeout.
-  auto timeout = std::chrono::milliseconds(volume_.mirror() != nullptr ? volume_.options().leg_timeout_ms
-                                                                        : volume_.options().io_timeout_ms);
+  // A mirror's copy that does not answer is given up after the leg timeout
+  // when the others can go on without it; one they cannot spare (the last
+  // reachable copy of some block) is slow, not gone: tearing its connection
+  // down would only make every request start over on it.
+  const MirrorState* mirror = volume_.mirror();
+  const auto io_timeout = std::chrono::milliseconds(volume_.options().io_timeout_ms);
+  const auto leg_timeout = std::chrono::milliseconds(volume_.options().leg_timeout_ms);
   auto now = IoClock::now();
   for (auto& link : links_) {
     DataChannel& c = *link->channel;
+    auto timeout = mirror != nullptr && mirror->may_spare(volume_.placement(), link->ring.brick) ? leg_timeout
+                                                                                                : io_timeout;
     if (c.connected() && c.inflight() > 0 && now - c.last_progress() > timeout) {
       teardown(*link, Error(ETIMEDOUT, "no reply within " + std::to_string(timeout.count()) + " ms"));
     }
