@@ -65,6 +65,8 @@ constexpr const char* kUsage =
     "  --leg-timeout MS        layout mirror: a copy whose brick fails this long is marked\n"
     "                          stale (recorded in the other bricks' labels) and I/O goes on\n"
     "                          without it (default min(5000, --timeout / 2))\n"
+    "  --resync-rate MIB       layout mirror: a resync copies at most MIB MiB a second\n"
+    "                          (default 0: as fast as it goes)\n"
     "  --degraded              layout mirror: attach even with bricks unreachable; their\n"
     "                          copies become stale (without it such an attach fails)\n"
     "  --size SIZE             volume size (a multiple of 4096)\n"
@@ -154,6 +156,7 @@ Status save_conf(uint32_t id, const AttachParams& p) {
   std::fprintf(f, "layout=%s\n", layout_name(p.layout.value_or(Layout::kSingle)));
   if (p.copies) std::fprintf(f, "copies=%u\n", *p.copies);
   if (p.leg_timeout_ms) std::fprintf(f, "leg_timeout=%u\n", *p.leg_timeout_ms);
+  if (p.resync_mib_per_s) std::fprintf(f, "resync_rate=%u\n", *p.resync_mib_per_s);
   std::string keys;
   for (const std::string& k : p.brick_key_files) keys += (keys.empty() ? "" : ",") + k;
   if (!keys.empty()) std::fprintf(f, "brick_key_files=%s\n", keys.c_str());
@@ -209,6 +212,11 @@ Result<AttachParams> load_conf(uint32_t id) {
     auto c = num("leg_timeout");
     if (!c) return c.error();
     p.leg_timeout_ms = static_cast<uint32_t>(*c);
+  }
+  if (kv.count("resync_rate") != 0) {
+    auto c = num("resync_rate");
+    if (!c) return c.error();
+    p.resync_mib_per_s = static_cast<uint32_t>(*c);
   }
   if (kv.count("copies") != 0) {
     auto c = num("copies");
@@ -389,6 +397,7 @@ int attach_main(int argc, char** argv) {
     kMaxMapped,
     kCopies,
     kLegTimeout,
+    kResyncRate,
     kDegraded
   };
   static const option kOptions[] = {
@@ -409,6 +418,7 @@ int attach_main(int argc, char** argv) {
       {"layout", required_argument, nullptr, kLayout},
       {"copies", required_argument, nullptr, kCopies},
       {"leg-timeout", required_argument, nullptr, kLegTimeout},
+      {"resync-rate", required_argument, nullptr, kResyncRate},
       {"degraded", no_argument, nullptr, kDegraded},
       {"read-only", no_argument, nullptr, kReadOnly},
       {"name", required_argument, nullptr, kName},
@@ -437,6 +447,12 @@ int attach_main(int argc, char** argv) {
         auto r = parse_u64(optarg, "--leg-timeout");
         if (!r || *r < 50 || *r > 3600000) return usage_error("--leg-timeout must be 50..3600000 ms");
         p.leg_timeout_ms = static_cast<uint32_t>(*r);
+        break;
+      }
+      case kResyncRate: {
+        auto r = parse_u64(optarg, "--resync-rate");
+        if (!r || *r > 1000000) return usage_error("--resync-rate must be 0..1000000 MiB a second");
+        p.resync_mib_per_s = static_cast<uint32_t>(*r);
         break;
       }
       case kCopies: {

@@ -1,5 +1,7 @@
 #include "gateway/mirror.h"
 
+#include <algorithm>
+
 #include "gateway/volume.h"
 #include "gateway/volume_io.h"
 
@@ -20,13 +22,28 @@ const char* copy_state_name(CopyState s) {
 MirrorState::MirrorState(uint32_t bricks)
     : bricks_(bricks),
       states_(new std::atomic<CopyState>[bricks]),
-      reachable_(new std::atomic<bool>[bricks]),
+      unreachable_since_(new std::atomic<int64_t>[bricks]),
       progress_(new ProgressSlot[bricks]),
       slots_(new WriteSlot[kWriteSlots]) {
   for (uint32_t b = 0; b < bricks; b++) {
     states_[b].store(CopyState::kInSync, std::memory_order_relaxed);
-    reachable_[b].store(true, std::memory_order_relaxed);
+    unreachable_since_[b].store(0, std::memory_order_relaxed);
   }
+}
+
+bool MirrorState::set_reachable(uint32_t brick, bool reachable) {
+  int64_t since = unreachable_since_[brick].load(std::memory_order_acquire);
+  if (reachable) return since != 0 && unreachable_since_[brick].exchange(0, std::memory_order_acq_rel) != 0;
+  if (since != 0) return false;
+  int64_t now = std::max<int64_t>(1, std::chrono::steady_clock::now().time_since_epoch().count());
+  return unreachable_since_[brick].compare_exchange_strong(since, now, std::memory_order_acq_rel);
+}
+
+bool MirrorState::unreachable_for(uint32_t brick, std::chrono::milliseconds d) const {
+  int64_t since = unreachable_since_[brick].load(std::memory_order_acquire);
+  if (since == 0) return false;
+  auto at = std::chrono::steady_clock::time_point(std::chrono::steady_clock::duration(since));
+  return std::chrono::steady_clock::now() - at >= d;
 }
 
 MirrorState::Progress MirrorState::progress(uint32_t brick) const {

@@ -32,6 +32,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -75,11 +76,12 @@ class MirrorState {
   // there is one (see above). Set by the I/O core and Volume::note_connect;
   // a brick left out is tried again by the resync thread (gateway/resync.h)
   // every second.
-  bool reachable(uint32_t brick) const { return reachable_[brick].load(std::memory_order_acquire); }
+  bool reachable(uint32_t brick) const { return unreachable_since_[brick].load(std::memory_order_acquire) == 0; }
   // True when that changed it.
-  bool set_reachable(uint32_t brick, bool reachable) {
-    return reachable_[brick].exchange(reachable, std::memory_order_acq_rel) != reachable;
-  }
+  bool set_reachable(uint32_t brick, bool reachable);
+  // Unreachable (as above) since at least `d` ago: I/O that would wait for
+  // it (a mapping, the leg timeout of a write) has waited long enough.
+  bool unreachable_for(uint32_t brick, std::chrono::milliseconds d) const;
 
   // The copy of `block` a read uses: the next in-sync and reachable one in
   // turn, else the next in-sync one (unreachable; the read waits for it).
@@ -134,7 +136,8 @@ class MirrorState {
   };
   uint32_t bricks_;
   std::unique_ptr<std::atomic<CopyState>[]> states_;
-  std::unique_ptr<std::atomic<bool>[]> reachable_;
+  // steady_clock nanoseconds since epoch when it became unreachable; 0: reachable.
+  std::unique_ptr<std::atomic<int64_t>[]> unreachable_since_;
   std::unique_ptr<ProgressSlot[]> progress_;
   std::unique_ptr<WriteSlot[]> slots_;
   mutable std::atomic<uint32_t> read_turn_{0};

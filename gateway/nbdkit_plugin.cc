@@ -98,6 +98,10 @@ int pbrick_config(const char* key, const char* value) {
     uint32_t v;
     if (config_u32(key, value, 50, 3600000, &v) != 0) return -1;
     g_config.leg_timeout_ms = v;
+  } else if (k == "resync-rate") {
+    uint32_t v;
+    if (config_u32(key, value, 0, 1000000, &v) != 0) return -1;
+    g_config.resync_mib_per_s = v;
   } else if (k == "copies") {
     uint32_t v;
     if (config_u32(key, value, kMinCopies, kMaxCopies, &v) != 0) return -1;
@@ -291,6 +295,8 @@ nbdkit_plugin make_plugin() {
       "copies=C          layout mirror: copies of every block, 2 (default) or 3\n"
       "leg-timeout=MS    layout mirror: a copy failing this long is marked stale and I/O\n"
       "                  goes on without it (default min(5000, timeout / 2))\n"
+      "resync-rate=MIB   layout mirror: a resync copies at most MIB MiB a second\n"
+      "                  (default 0: as fast as it goes)\n"
       "degraded=true     layout mirror: attach even with bricks unreachable; their copies\n"
       "                  become stale (without it such an attach fails)\n"
       "base=ADDR         brick virtual address of the volume on each brick (2 MiB aligned,\n"

@@ -293,9 +293,18 @@ Status MirrorResync::resync(uint32_t b) {
   Copier copier(volume_, b);
   const auto t0 = Clock::now();
   auto reported = t0;
+  const uint64_t rate = uint64_t{volume_.options().resync_mib_per_s} << 20;  // bytes a second; 0: no bound
   for (size_t k = 0; k < blocks.size(); k++) {
     PBRICK_TRY(copier.copy(blocks[k], stop_).wrap_error("resync of brick " + volume_.brick_name(b)));
     mirror.set_progress(b, {k + 1, blocks.size(), started});
+    if (rate != 0) {
+      // Ahead of the rate: wait until the bytes copied so far are due (a
+      // stop ends the wait; the loop's next copy then sees it).
+      auto due = t0 + std::chrono::duration_cast<Clock::duration>(
+                          std::chrono::duration<double>(static_cast<double>(copier.bytes()) / static_cast<double>(rate)));
+      std::unique_lock lock(mu_);
+      cv_.wait_until(lock, due, [&] { return stopping(); });
+    }
     if (on_change_ && Clock::now() - reported >= std::chrono::seconds(1)) {
       reported = Clock::now();
       on_change_();

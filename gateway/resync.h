@@ -16,7 +16,8 @@
 //     (PERSIST, or a sync-read); when a write to the block started
 //     meanwhile (MirrorState::write_seq changed) the block is copied again,
 //     so a copy never overwrites newer data. A block freed meanwhile is
-//     freed on the brick too.
+//     freed on the brick too. With VolumeOptions::resync_mib_per_s the
+//     copies wait so that they stay within that rate.
 //  4. Every block copied: Volume::finish_resync writes the label that says
 //     the brick is in sync on every brick (and clears the bitmap once no copy
 //     is stale). A write to the brick that fails, or a failed copy, puts it

@@ -67,6 +67,10 @@ struct VolumeOptions {
   // reply) before the copy is marked stale and I/O goes on without it;
   // shorter than io_timeout_ms.
   uint32_t leg_timeout_ms = 5000;
+  // Layout mirror: the most a resync copies per second, in MiB, so the
+  // volume's own I/O keeps its share of the bricks and the network (like
+  // md's sync_speed_max); 0: as fast as it goes.
+  uint32_t resync_mib_per_s = 0;
   // Layout mirror: attach even when some bricks cannot be reached (like
   // `mdadm --run`); their copies become stale. Without it such an attach
   // fails, so two gateways that each see half the bricks do not both write.

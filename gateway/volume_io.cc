@@ -163,6 +163,26 @@ Result<size_t> queue_pieces(Volume& volume, std::span<IoPiece> pieces, PieceSink
       if (mapper != nullptr && volume.copies() == 1 && mapper->park(p.request, p.block, p.is_write)) {
         return kWaitingForMap;
       }
+      const MirrorState* mirror = volume.mirror();
+      if (mirror != nullptr && mirror->unreachable_for(p.brick, std::chrono::milliseconds(volume.options().leg_timeout_ms))) {
+        // Its brick has been unreachable for the leg timeout already: no
+        // mapping attempt, which would block this thread that long again. A
+        // read tries another copy; else the piece waits like one whose
+        // connection is lost (IoRetry: a write's copy is given up, the last
+        // copy waited for until the I/O timeout) and the resync thread's
+        // probe tells when the brick is back.
+        if (!p.is_write && moves < volume.copies()) {
+          auto other = mirror->other_copy(volume.placement(), p.block);
+          if (other) {
+            p.block = volume.placement().unit(volume.placement().block_of(p.block), *other);
+            p.brick = volume.placement().brick_of(p.block);
+            moves++;
+            goto resolve;
+          }
+        }
+        p.status = ETIMEDOUT;
+        continue;
+      }
       auto mapped = volume.map_block(p.block, p.is_write);
       if (!mapped) {
         if (!p.is_write && mapped.error().errnum() == ENOENT) {
@@ -181,6 +201,13 @@ Result<size_t> queue_pieces(Volume& volume, std::span<IoPiece> pieces, PieceSink
             note_failed_writes(volume, pieces);
             return handled.error();
           }
+          if (volume.mirror() != nullptr && !volume.mirror()->reachable(p.brick)) {
+            // The last copy that can take the piece, unreachable for the leg
+            // timeout: waited for like a lost connection (IoRetry), up to the
+            // I/O timeout, as in any layout.
+            p.status = ETIMEDOUT;
+            continue;
+          }
         }
         note_failed_writes(volume, pieces);
         return mapped.error();
@@ -198,11 +225,12 @@ Result<size_t> queue_pieces(Volume& volume, std::span<IoPiece> pieces, PieceSink
     p.status = -1;
     round++;
   }
-  // The round's pieces are the first `round` not done.
+  // The round's pieces are the first `round` still to do (a piece left
+  // waiting for its unreachable brick carries that status instead).
   size_t queued = 0;
   for (IoPiece& p : pieces) {
     if (queued == round) break;
-    if (p.status == 0) continue;
+    if (p.status != -1) continue;
     sink.push(p.brick, &p.op);
     queued++;
   }
@@ -246,9 +274,10 @@ IoRetry::Step IoRetry::settle(Volume& volume, std::span<IoPiece> pieces, std::st
         // copy is left behind (stale) once its brick failed for the leg
         // timeout.
         if (volume.mirror() != nullptr) volume.note_reachable(p.brick, false);
+        const auto leg_timeout = std::chrono::milliseconds(volume.options().leg_timeout_ms);
         if (volume.mirror() != nullptr &&
-            (!p.is_write || !volume.mirror()->in_sync(p.brick) ||
-             IoClock::now() - started_ >= std::chrono::milliseconds(volume.options().leg_timeout_ms))) {
+            (!p.is_write || !volume.mirror()->in_sync(p.brick) || IoClock::now() - started_ >= leg_timeout ||
+             volume.mirror()->unreachable_for(p.brick, leg_timeout))) {
           auto handled = leg_failed(volume, p);
           if (!handled) {
             error_ = handled.error();

@@ -86,6 +86,8 @@ Status VolumeSpec::finalize(uint32_t default_queues, uint32_t default_depth, boo
     return Error(EINVAL, name("copies") + " goes with " + name("layout") + (plugin_style ? "" : " ") + "mirror");
   } else if (leg_timeout_ms) {
     return Error(EINVAL, name("leg-timeout") + " goes with " + name("layout") + (plugin_style ? "" : " ") + "mirror");
+  } else if (resync_mib_per_s) {
+    return Error(EINVAL, name("resync-rate") + " goes with " + name("layout") + (plugin_style ? "" : " ") + "mirror");
   }
   if (size == 0) return Error(EINVAL, name("size") + " is required");
   if (size % 4096 != 0) return Error(EINVAL, name("size") + " must be a multiple of 4096");
@@ -112,6 +114,7 @@ Result<VolumeOptions> VolumeSpec::volume_options() const {
   vo.base = base.value_or(0);
   vo.io_timeout_ms = timeout_ms;
   vo.leg_timeout_ms = leg_timeout_ms.value_or(std::min<uint32_t>(5000, timeout_ms / 2));
+  vo.resync_mib_per_s = resync_mib_per_s.value_or(0);
   vo.layout = layout.value_or(Layout::kSingle);
   vo.copies = vo.layout == Layout::kMirror ? copies.value_or(kMinCopies) : 1;
   vo.name = label_name;

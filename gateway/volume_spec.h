@@ -30,6 +30,7 @@ struct VolumeSpec {
   std::optional<uint32_t> queues, depth;
   uint32_t timeout_ms = 30000;
   std::optional<uint32_t> leg_timeout_ms;  // layout mirror; default min(5000, timeout / 2)
+  std::optional<uint32_t> resync_mib_per_s;  // layout mirror; VolumeOptions::resync_mib_per_s (default 0)
   std::optional<uint64_t> max_mapped;  // VolumeOptions::max_mapped
   std::optional<Transport> transport;      // default tcp
   std::optional<Persistence> persistence;  // default: sync-read over tcp, rpc over rdma

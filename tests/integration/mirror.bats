@@ -114,6 +114,12 @@ sums_of() {
   run start_nbd --name stripe target="$T0,$T1" layout=stripe copies=2 size=8M
   assert_failure
   assert_output --partial 'copies= goes with layout=mirror'
+  run start_nbd --name rate target="$T0,$T1" layout=stripe resync-rate=10 size=8M
+  assert_failure
+  assert_output --partial 'resync-rate= goes with layout=mirror'
+  run start_nbd --name rate2 target="$T0,$T1" layout=mirror resync-rate=-1 size=8M
+  assert_failure
+  assert_output --partial 'resync-rate'
   # The label keeps the copy count: the volume at 0x40000000 is refused with another.
   stop_nbd
   run start_nbd --name other target="$T0,$T1,$T2" layout=mirror copies=3 size=64M base=0x40000000
