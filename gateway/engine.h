@@ -34,6 +34,7 @@
 #include "common/result.h"
 #include "gateway/resync.h"
 #include "gateway/volume.h"
+#include "gateway/volume_io.h"
 
 namespace pbrick {
 
@@ -52,7 +53,7 @@ class Engine {
   // Largest single request; frontends advertise it (nbdkit block_size maximum).
   static constexpr uint64_t kMaxRequest = 16ull << 20;
   static constexpr uint32_t kMaxQueues = 64;
-  static constexpr uint32_t kMaxPollUs = 1000;
+  static constexpr uint32_t kMaxPollUs = pbrick::kMaxPollUs;
 
   static Result<std::unique_ptr<Engine>> Start(std::unique_ptr<Volume> volume, const EngineOptions& options);
   ~Engine();

@@ -1,5 +1,5 @@
 // pbrick-gateway: the ublk frontend. Serves a pbrick volume as /dev/ublkbN
-// from userspace (ublk_drv), one pinned thread + io_uring per queue.
+// from userspace (ublk_drv), one thread + io_uring per queue.
 #include <dirent.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -31,6 +31,7 @@
 #include "gateway/resync.h"
 #include "gateway/ublk_queue.h"
 #include "gateway/volume.h"
+#include "gateway/volume_io.h"
 #include "gateway/volume_spec.h"
 
 namespace {
@@ -85,7 +86,12 @@ constexpr const char* kUsage =
     "  --read-only             share the volume with its writer, never write; without it\n"
     "                          the attach holds the volume alone (EBUSY naming the holder\n"
     "                          when another attach has it)\n"
-    "  -q, --queues N          hardware queues, one pinned thread each (default 1)\n"
+    "  -q, --queues N          hardware queues, one thread each (default 1)\n"
+    "  --pin-queues            run each queue's thread only on the CPUs whose requests\n"
+    "                          go to its queue (default: wherever the scheduler puts it)\n"
+    "  --poll-us N             while a queue has I/O in flight to a brick, check for the\n"
+    "                          reply for up to N us (0..1000) before sleeping: lower\n"
+    "                          latency at low depth for CPU (default 0: sleep at once)\n"
     "  -d, --depth N           queue depth (default 64)\n"
     "  --logical-block-size B  512 or 4096 (default 4096)\n"
     "  --timeout MS            how long I/O waits for an unreachable brick (default 30000)\n"
@@ -118,6 +124,8 @@ int fail(const Error& e) {
 
 struct AttachParams : VolumeSpec {
   uint32_t logical_block_size = 4096;
+  bool pin_queues = false;  // --pin-queues
+  uint32_t poll_us = 0;     // --poll-us
 };
 
 std::string conf_path(uint32_t id) { return std::string(kStateDir) + "/ublk-" + std::to_string(id) + ".conf"; }
@@ -163,6 +171,8 @@ Status save_conf(uint32_t id, const AttachParams& p) {
   if (p.persistence) std::fprintf(f, "persistence=%s\n", persistence_name(*p.persistence));
   std::fprintf(f, "name=%s\nread_only=%d\n", p.label_name.c_str(), p.read_only ? 1 : 0);
   if (p.degraded) std::fprintf(f, "degraded=1\n");
+  if (p.pin_queues) std::fprintf(f, "pin_queues=1\n");
+  if (p.poll_us) std::fprintf(f, "poll_us=%u\n", p.poll_us);
   if (p.max_mapped) std::fprintf(f, "max_mapped=%llu\n", static_cast<unsigned long long>(*p.max_mapped));
   if (std::fclose(f) != 0 || std::rename(tmp.c_str(), path.c_str()) != 0) return errno_error("writing " + path);
   return Status::Ok();
@@ -208,6 +218,13 @@ Result<AttachParams> load_conf(uint32_t id) {
   p.label_name = kv["name"];
   p.read_only = kv["read_only"] == "1";
   p.degraded = kv["degraded"] == "1";
+  p.pin_queues = kv["pin_queues"] == "1";
+  if (kv.count("poll_us") != 0) {
+    auto c = num("poll_us");
+    if (!c) return c.error();
+    if (*c > kMaxPollUs) return Error(EINVAL, path + ": poll_us must be 0.." + std::to_string(kMaxPollUs));
+    p.poll_us = static_cast<uint32_t>(*c);
+  }
   if (kv.count("leg_timeout") != 0) {
     auto c = num("leg_timeout");
     if (!c) return c.error();
@@ -258,26 +275,27 @@ Result<UniqueFd> open_cdev(uint32_t id) {
   return errno_error("open " + path);
 }
 
-// The queues of one served device; CPUs handed out round robin over the
-// CPUs this process may run on.
+// The queues of one served device. Their threads run where the scheduler
+// puts them, or with --pin-queues on the CPUs whose requests the kernel hands
+// to their queue (docs/performance.md, "Run 5": pinned threads share their
+// CPU with the submitter and cost more per I/O in the VM).
 struct Server {
   std::unique_ptr<Volume> volume;
   UblkDevice dev;
   UniqueFd cdev;
   std::vector<std::unique_ptr<UblkQueue>> queues;
 
-  Status start_queues(uint32_t nr_queues) {
-    cpu_set_t allowed;
-    std::vector<int> cpus;
-    if (sched_getaffinity(0, sizeof allowed, &allowed) == 0) {
-      for (int c = 0; c < CPU_SETSIZE; c++) {
-        if (CPU_ISSET(c, &allowed)) cpus.push_back(c);
-      }
-    }
+  Status start_queues(UblkControl& ctrl, uint32_t nr_queues, const AttachParams& p) {
     dev.cdev_fd = cdev.get();
+    dev.poll = std::chrono::microseconds(p.poll_us);
     for (uint32_t q = 0; q < nr_queues; q++) {
-      int cpu = cpus.empty() ? -1 : cpus[q % cpus.size()];
-      queues.push_back(std::make_unique<UblkQueue>(dev, static_cast<uint16_t>(q), cpu));
+      std::optional<cpu_set_t> cpus;
+      if (p.pin_queues) {
+        auto mask = ctrl.get_queue_affinity(dev.dev_id, static_cast<uint16_t>(q));
+        if (!mask) return mask.error();
+        cpus = *mask;
+      }
+      queues.push_back(std::make_unique<UblkQueue>(dev, static_cast<uint16_t>(q), cpus));
       dev.queues.push_back(queues.back().get());
     }
     for (auto& q : queues) PBRICK_TRY(q->start());
@@ -398,7 +416,9 @@ int attach_main(int argc, char** argv) {
     kCopies,
     kLegTimeout,
     kResyncRate,
-    kDegraded
+    kDegraded,
+    kPinQueues,
+    kPollUs
   };
   static const option kOptions[] = {
       {"target", required_argument, nullptr, kTarget},
@@ -420,6 +440,8 @@ int attach_main(int argc, char** argv) {
       {"leg-timeout", required_argument, nullptr, kLegTimeout},
       {"resync-rate", required_argument, nullptr, kResyncRate},
       {"degraded", no_argument, nullptr, kDegraded},
+      {"pin-queues", no_argument, nullptr, kPinQueues},
+      {"poll-us", required_argument, nullptr, kPollUs},
       {"read-only", no_argument, nullptr, kReadOnly},
       {"name", required_argument, nullptr, kName},
       {"help", no_argument, nullptr, 'h'},
@@ -489,6 +511,13 @@ int attach_main(int argc, char** argv) {
       }
       case kReadOnly: p.read_only = true; break;
       case kDegraded: p.degraded = true; break;
+      case kPinQueues: p.pin_queues = true; break;
+      case kPollUs: {
+        auto r = parse_u64(optarg, "--poll-us");
+        if (!r || *r > kMaxPollUs) return usage_error("--poll-us must be 0.." + std::to_string(kMaxPollUs) + " us");
+        p.poll_us = static_cast<uint32_t>(*r);
+        break;
+      }
       case kName: p.label_name = optarg; break;
       case kConfig: config_file = optarg; break;
       case kVolume: volume_name = optarg; break;
@@ -607,7 +636,7 @@ int attach_main(int argc, char** argv) {
   s.dev.depth = info.queue_depth;
   s.dev.max_io_bytes = info.max_io_buf_bytes;
   s.dev.ioctl_encode = (ctrl->features() & UBLK_F_CMD_IOCTL_ENCODE) != 0;
-  st = s.start_queues(*p.queues);
+  st = s.start_queues(*ctrl, *p.queues, p);
   if (st) st = ctrl->start_dev(id, getpid());
   if (!st) {
     // Queue threads may hold FETCHes on the device: DEL_DEV would wait for
@@ -680,7 +709,7 @@ int recover_main(int argc, char** argv) {
   s.dev.ioctl_encode = (ctrl->features() & UBLK_F_CMD_IOCTL_ENCODE) != 0;
   p->queues = info->nr_hw_queues;
   p->depth = info->queue_depth;
-  st = s.start_queues(info->nr_hw_queues);
+  st = s.start_queues(*ctrl, info->nr_hw_queues, *p);
   if (st) st = ctrl->end_user_recovery(*id, getpid());
   if (!st) {
     // As in attach: exiting releases what the queues hold; the device stays

@@ -111,6 +111,16 @@ Result<ublksrv_ctrl_dev_info> UblkControl::get_dev_info(uint32_t dev_id) {
   return info;
 }
 
+Result<cpu_set_t> UblkControl::get_queue_affinity(uint32_t dev_id, uint16_t q_id) {
+  cpu_set_t cpus;
+  CPU_ZERO(&cpus);
+  // The queue's number travels in data[0]; the kernel fills in a bitmap of
+  // its possible CPUs, at most `len` bytes of it.
+  auto r = command(UBLK_CMD_GET_QUEUE_AFFINITY, true, dev_id, &cpus, sizeof cpus, q_id, "GET_QUEUE_AFFINITY");
+  if (!r) return r.error();
+  return cpus;
+}
+
 Status UblkControl::start_user_recovery(uint32_t dev_id) {
   auto r = command(UBLK_CMD_START_USER_RECOVERY, false, dev_id, nullptr, 0, 0, "START_USER_RECOVERY");
   if (!r) return r.error();

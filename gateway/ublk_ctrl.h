@@ -14,6 +14,7 @@
 
 #include <linux/ublk_cmd.h>
 #include <liburing.h>
+#include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/types.h>
 
@@ -82,6 +83,8 @@ class UblkControl {
   Status stop_dev(uint32_t dev_id);
   Status del_dev(uint32_t dev_id);  // waits until the char device is released
   Result<ublksrv_ctrl_dev_info> get_dev_info(uint32_t dev_id);
+  // The CPUs whose requests the kernel hands to queue `q_id` (after ADD_DEV).
+  Result<cpu_set_t> get_queue_affinity(uint32_t dev_id, uint16_t q_id);
   Status start_user_recovery(uint32_t dev_id);
   Status end_user_recovery(uint32_t dev_id, pid_t daemon_pid);
 

@@ -1,5 +1,6 @@
 #include "gateway/ublk_queue.h"
 
+#include <pthread.h>
 #include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -130,7 +131,8 @@ struct UblkQueue::Impl {
   Status ready_status;
 };
 
-UblkQueue::UblkQueue(UblkDevice& dev, uint16_t q_id, int cpu) : dev_(dev), q_id_(q_id), cpu_(cpu) {}
+UblkQueue::UblkQueue(UblkDevice& dev, uint16_t q_id, std::optional<cpu_set_t> cpus)
+    : dev_(dev), q_id_(q_id), cpus_(cpus) {}
 
 UblkQueue::~UblkQueue() { join(); }
 
@@ -187,6 +189,7 @@ Status UblkQueue::start() {
   if (st.ok()) st = m.channels->connect();
   if (!st) return st.error().wrap("queue " + std::to_string(q_id_));
   thread_ = std::thread([this] { run(); });
+  pthread_setname_np(thread_.native_handle(), ("pbrick-q" + std::to_string(q_id_)).c_str());  // ps, top, tests
   return Status::Ok();
 }
 
@@ -496,13 +499,8 @@ void UblkQueue::on_cqe(uint64_t ud, int res) {
 
 void UblkQueue::run() {
   Impl& m = *impl_;
-  if (cpu_ >= 0) {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu_, &set);
-    if (sched_setaffinity(0, sizeof set, &set) != 0) {
-      PBRICK_LOG_WARN("ublk%u queue %u: cannot pin to CPU %d: %s", dev_.dev_id, q_id_, cpu_, std::strerror(errno));
-    }
+  if (cpus_ && sched_setaffinity(0, sizeof *cpus_, &*cpus_) != 0) {
+    PBRICK_LOG_WARN("ublk%u queue %u: cannot pin to its CPUs: %s", dev_.dev_id, q_id_, std::strerror(errno));
   }
   Status st = m.ring.enable();  // this thread issues every SQE of the ring
   int err = 0;
@@ -530,7 +528,7 @@ void UblkQueue::run() {
       m.ring.cancel(Uring::pack(kCancel, 0), Uring::pack(kEvent, 0));
     }
     if (m.ring.inflight() == 0) break;
-    err = m.ring.submit_and_wait(1);
+    err = m.ring.submit_and_wait_polling(m.channels->busy() ? dev_.poll : std::chrono::microseconds(0));
     if (err < 0 && err != -EINTR) {
       PBRICK_LOG_ERROR("ublk%u queue %u: io_uring_submit_and_wait: %s", dev_.dev_id, q_id_, std::strerror(-err));
       break;
@@ -550,6 +548,12 @@ void UblkQueue::run() {
     }
   }
   m.channels->finish(ESHUTDOWN);
+  if (dev_.poll.count() > 0) {
+    PBRICK_LOG_INFO("ublk%u queue %u: --poll-us %lld: %llu waits ended by polling, %llu slept after it", dev_.dev_id,
+                    q_id_, static_cast<long long>(dev_.poll.count()),
+                    static_cast<unsigned long long>(m.ring.polls_won()),
+                    static_cast<unsigned long long>(m.ring.polls_lost()));
+  }
 }
 
 }  // namespace pbrick

@@ -1,5 +1,5 @@
-// One ublk hardware queue of pbrick-gateway: a thread pinned to one CPU, one
-// io_uring (common/uring.h), and the volume I/O core's channels to every brick
+// One ublk hardware queue of pbrick-gateway: a thread (on any CPU, or with
+// attach --pin-queues on the CPUs the kernel maps to the queue), one io_uring (common/uring.h), and the volume I/O core's channels to every brick
 // (VolumeChannels, volume_io.h) driven from that same ring. The ring carries
 // both the ublk URING_CMDs (FETCH_REQ and COMMIT_AND_FETCH_REQ on /dev/ublkcN,
 // one per tag, always one outstanding) and the bricks' sockets (or RDMA
@@ -36,15 +36,22 @@
 // and only for FLUSH.
 //
 // Every request is committed with a result on every path.
+//
+// Waiting: the thread sleeps in io_uring_submit_and_wait. With a poll bound
+// (UblkDevice::poll) it first checks the ring without sleeping, for up to the
+// bound, but only while its channels have I/O in flight to a brick
+// (VolumeChannels::busy): an idle queue never spins.
 #pragma once
 
 #include <linux/ublk_cmd.h>
+#include <sched.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -67,11 +74,16 @@ struct UblkDevice {
   int cdev_fd = -1;
   bool ioctl_encode = true;  // UBLK_U_IO_* (ioctl-encoded) rather than the legacy numbers
   std::vector<UblkQueue*> queues;
+  // While a queue has I/O in flight to a brick, it checks its ring for up to
+  // this long before it sleeps (0: it sleeps at once; attach --poll-us).
+  std::chrono::microseconds poll{0};
 };
 
 class UblkQueue final {
  public:
-  UblkQueue(UblkDevice& dev, uint16_t q_id, int cpu);
+  // `cpus`: the CPUs the queue's thread may run on (nullopt: any, as the
+  // process may).
+  UblkQueue(UblkDevice& dev, uint16_t q_id, std::optional<cpu_set_t> cpus);
   ~UblkQueue();
   UblkQueue(const UblkQueue&) = delete;
   UblkQueue& operator=(const UblkQueue&) = delete;
@@ -117,7 +129,7 @@ class UblkQueue final {
 
   UblkDevice& dev_;
   uint16_t q_id_;
-  int cpu_;
+  std::optional<cpu_set_t> cpus_;
   struct Impl;
   std::unique_ptr<Impl> impl_;
   std::thread thread_;

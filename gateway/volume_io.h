@@ -161,6 +161,10 @@ class IoRetry {
   Error error_{0, ""};
 };
 
+// The longest a frontend's loop may poll its ring for a completion before it
+// sleeps (nbdkit poll-us=, pbrick-gateway attach --poll-us).
+inline constexpr uint32_t kMaxPollUs = 1000;
+
 class VolumeChannels;
 
 // A sync of one loop's channels (FUA, or a FLUSH's share on that loop).
@@ -221,7 +225,8 @@ class VolumeChannels final : public PieceSink {
   // Syncs sent to `brick` so far (statistics). Any thread.
   uint64_t syncs_sent(uint32_t brick) const;
   // Whether an op or a sync is waiting for a channel or in flight on one: a
-  // completion is due (the loop may poll for it instead of sleeping).
+  // completion is due (the loop may poll for it instead of sleeping, for up
+  // to kMaxPollUs).
   bool busy() const;
 
   // Once per loop iteration: finishes teardowns, reconnects a brick that has
