@@ -12,8 +12,9 @@
 # configfs, one subsystem per transport (two subsystems with one namespace
 # each, so native multipath never merges them into one device).
 # Then the floor of a 4k QD1 read in this VM: null_blk (block layer and fio
-# only) and a pbrick read the gateway answers without the brick (ublk's round
-# trip through user space).
+# only), a pbrick read the gateway answers without the brick (ublk's round
+# trip through user space), and a bare request/reply between two processes
+# over loopback TCP (bench/tcp_round_trip: what the brick leg costs at least).
 # Reported: rate, mean and p99 latency (QD1 and fsync rows), the ratios
 # pbrick/NVMe-oF, and CPU per I/O: the whole guest's busy time (what the
 # kernel target's threads cost has no process of its own) and, for pbrick,
@@ -246,6 +247,12 @@ run_job() {
   run_job floor-unwritten "${dev[pbrick/tcp]}" io_uring randread 4k 1 --offset=$((VOL_MIB * M))
   res[floor.unwritten]=$RES
   echo "measured: randread-4k-qd1 pbrick/tcp unwritten half $RES"
+  # The brick leg's own floor: a 64-byte request and a 4 KiB reply between two
+  # processes over loopback TCP, one at a time (bench/tcp_round_trip.cc).
+  local rtt
+  rtt=$("$PBRICK_BIN_DIR/bench/tcp_round_trip" 2000) || { say "bench/tcp_round_trip failed"; false; }
+  res[floor.rtt]=$(awk '{ print $4, $6, $8, $10 }' <<<"$rtt")
+  echo "measured: $rtt"
 
   # One line per job and transport: rates, ratio, latencies, CPU.
   local t p n rp rn
@@ -285,8 +292,12 @@ run_job() {
       read -r -a p <<<"${res[$key]}"
       printf '# %-52s %8.1f  %9s  %6s  %s\n' "${f%:*}" "${p[0]}" "${p[1]}/${p[2]}" "${p[5]}" "${p[6]}+${p[7]}"
     done
+    read -r -a p <<<"${res[floor.rtt]}"
+    printf '# %-52s %8s  %9s  %6s  %s\n' "loopback TCP round trip, 2 processes, 64 B + 4 KiB" - "${p[0]}/${p[1]}" - \
+      "${p[2]}+${p[3]} (client+server)"
     printf '# \n'
-    printf '# pbrick: pbrick-gateway attach -q 2 -d 64 --persistence rpc, ublk -> brick (store /dev/shm);\n'
+    printf '# pbrick: pbrick-gateway attach -q 2 -d 64 --persistence rpc%s, ublk -> brick (store /dev/shm);\n' \
+      "${PBRICK_BENCH_GW_ARGS:+ $PBRICK_BENCH_GW_ARGS}"
     printf '# nvme-of: nvme connect -> nvmet (configfs), namespace a brd ramdisk; tcp on 127.0.0.1, rdma over\n'
     printf '# rxe0 (%s). fio direct=1, size %s, %s s after 1 s ramp; io_uring, the fsync row psync with\n' "$RDMA_HOST" "$SIZE" "$RUNTIME"
     printf '# --fsync=1 (its latency: write clat + fsync mean / fsync p99). ratio = pbrick / nvme-of rate.\n'

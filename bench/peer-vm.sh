@@ -6,9 +6,11 @@
 # rates, ratios, mean and p99 latency (QD1 and fsync rows) and CPU per I/O,
 # then the floor of a 4k QD1 read in the VM (null_blk; a ublk read the
 # gateway answers without the brick).
-# Usage: bench/peer-vm.sh [--runtime SECONDS] [--size SIZE]
+# Usage: bench/peer-vm.sh [--runtime SECONDS] [--size SIZE] [--gateway-args "ARGS"]
 #   --runtime SEC   measured seconds per job after a 1 s ramp (default 4, at least 3)
 #   --size SIZE     bytes each job spans (default 128M)
+#   --gateway-args "ARGS"  more pbrick-gateway attach flags for both gateways,
+#                   e.g. "--poll-us 300" or "--pin-queues"
 # Environment: PBRICK_BIN_DIR (default build/, built if missing); PBRICK_VM_MEM
 # (default 4G: two stores in the guest's /dev/shm and two ramdisks).
 set -euo pipefail
@@ -19,12 +21,13 @@ while (($#)); do
   case $1 in
     --runtime) export PBRICK_BENCH_RUNTIME=${2:?--runtime needs seconds}; shift 2 ;;
     --size) export PBRICK_BENCH_SIZE=${2:?--size needs a size}; shift 2 ;;
-    *) die "usage: bench/peer-vm.sh [--runtime SECONDS] [--size SIZE]" ;;
+    --gateway-args) export PBRICK_BENCH_GW_ARGS=${2?--gateway-args needs flags}; shift 2 ;;
+    *) die "usage: bench/peer-vm.sh [--runtime SECONDS] [--size SIZE] [--gateway-args \"ARGS\"]" ;;
   esac
 done
 export PBRICK_BIN_DIR=${PBRICK_BIN_DIR:-$PBRICK_ROOT/build}
 export PBRICK_VM_MEM=${PBRICK_VM_MEM:-4G}
-if [ ! -x "$PBRICK_BIN_DIR/gateway/pbrick-gateway" ]; then
+if [ ! -x "$PBRICK_BIN_DIR/gateway/pbrick-gateway" ] || [ ! -x "$PBRICK_BIN_DIR/bench/tcp_round_trip" ]; then
   ensure_packages "${PBRICK_BUILD_PACKAGES[@]}"
   build_tree "$PBRICK_BIN_DIR" -DCMAKE_BUILD_TYPE=Release -DPBRICK_TESTS=OFF
 fi

@@ -19,13 +19,15 @@ brick_on() {
 
 # gw_attach NAME TARGET TRANSPORT: pbrick-gateway attach in the background,
 # -q 2 -d 64 as in bench/ublk-vm.bats (GW_QUEUES overrides -q), a volume of
-# GW_VOL_MIB (default VOL_MIB); waits for the device it prints; sets GW_PID and
-# DEV. Logs go to $BATS_TEST_TMPDIR/NAME.log.
+# GW_VOL_MIB (default VOL_MIB), and the words of PBRICK_BENCH_GW_ARGS (e.g.
+# "--poll-us 300"); waits for the device it prints; sets GW_PID and DEV. Logs go
+# to $BATS_TEST_TMPDIR/NAME.log.
 gw_attach() {
   local name=$1 target=$2 transport=$3 out=$BATS_TEST_TMPDIR/$1.out
   : >"$out"
+  # shellcheck disable=SC2086 # PBRICK_BENCH_GW_ARGS is a list of words
   "$GW_BIN" attach --target "$target" --transport "$transport" --persistence rpc --size "${GW_VOL_MIB:-$VOL_MIB}M" \
-    -q "${GW_QUEUES:-2}" -d 64 >"$out" 2>>"$BATS_TEST_TMPDIR/$name.log" &
+    -q "${GW_QUEUES:-2}" -d 64 ${PBRICK_BENCH_GW_ARGS:-} >"$out" 2>>"$BATS_TEST_TMPDIR/$name.log" &
   GW_PID=$!
   echo "$GW_PID" >>"$BATS_TEST_TMPDIR/gw.pids"
   for _ in $(seq 1 300); do
