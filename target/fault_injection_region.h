@@ -53,6 +53,7 @@ class FaultInjectionRegion final : public PmemRegion {
   uint8_t* base() override { return inner_->base(); }
   uint64_t size() const override { return inner_->size(); }
   bool is_pmem() const override { return pmem_; }
+  PersistenceDomain persistence_domain() const override { return inner_->persistence_domain(); }
   void copy_nodrain(uint64_t off, const void* src, size_t len) override { inner_->copy_nodrain(off, src, len); }
   void drain() override { inner_->drain(); }
   Status persist(uint64_t off, uint64_t len) override;

@@ -20,9 +20,13 @@
 #include <sys/vfs.h>
 #include <unistd.h>
 
+#include <sys/sysmacros.h>
+
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <new>
 #include <utility>
 
@@ -69,8 +73,10 @@ void store_word(uint8_t* addr, uint64_t value) {
 
 class LibpmemRegion final : public PmemRegion {
  public:
-  LibpmemRegion(std::string path, uint8_t* addr, uint64_t len, bool pmem, UniqueFd fd, bool memory_fs)
-      : path_(std::move(path)), addr_(addr), len_(len), pmem_(pmem), memory_fs_(memory_fs), fd_(std::move(fd)) {}
+  LibpmemRegion(std::string path, uint8_t* addr, uint64_t len, bool pmem, UniqueFd fd, bool memory_fs,
+                PersistenceDomain domain)
+      : path_(std::move(path)), addr_(addr), len_(len), pmem_(pmem), memory_fs_(memory_fs), domain_(domain),
+        fd_(std::move(fd)) {}
 
   ~LibpmemRegion() override {
     if (pmem_unmap(addr_, len_) != 0) {
@@ -85,6 +91,7 @@ class LibpmemRegion final : public PmemRegion {
   uint8_t* base() override { return addr_; }
   uint64_t size() const override { return len_; }
   bool is_pmem() const override { return pmem_; }
+  PersistenceDomain persistence_domain() const override { return domain_; }
 
   void copy_nodrain(uint64_t off, const void* src, size_t len) override {
     if (!in_range(off, len, len_)) {
@@ -174,6 +181,7 @@ class LibpmemRegion final : public PmemRegion {
   uint64_t len_;
   bool pmem_;
   bool memory_fs_;  // tmpfs, hugetlbfs, ramfs: fdatasync has nothing to do
+  PersistenceDomain domain_;
   UniqueFd fd_;  // O_RDWR, for hole punching and the server's fdatasync; -1 on pmem
   bool punch_supported_ = true;
 };
@@ -347,20 +355,59 @@ Result<std::unique_ptr<PmemRegion>> open_pmem_region(const RegionOptions& option
   const bool memory_fs = !pmem && on_memory_fs(fd.get());
   const char* kind = memory_fs ? "page cache of a memory file system (nothing to write back: no fdatasync)"
                                : "page cache (msync)";
+  PersistenceDomain domain = PersistenceDomain::kUnknown;
   if (pmem && device) {
     kind = "persistent memory, device-dax (cache flush + drain)";
+    domain = region_persistence_domain("/sys", true, st.st_rdev);
   } else if (pmem && supports_map_sync(path)) {
     kind = "persistent memory, DAX file mapped with MAP_SYNC (cache flush + drain)";
+    struct stat file_st {};
+    if (::stat(path.c_str(), &file_st) == 0) domain = region_persistence_domain("/sys", false, file_st.st_dev);
   } else if (pmem) {
     kind = "persistent memory as PMEM_IS_PMEM_FORCE says (cache flush + drain)";
     PBRICK_LOG_WARN("store %s cannot be mapped with MAP_SYNC (not on a DAX mount): treated as persistent "
                     "memory only because PMEM_IS_PMEM_FORCE says so, it does not survive a power loss",
                     path.c_str());
   }
-  PBRICK_LOG_INFO("mapped store %s: %s, %s%s", path.c_str(), format_size(mapped_len).c_str(), kind,
+  PBRICK_LOG_INFO("mapped store %s: %s, %s%s%s%s", path.c_str(), format_size(mapped_len).c_str(), kind,
+                  pmem ? ", persistence domain " : "", pmem ? persistence_domain_name(domain) : "",
                   create ? ", created" : "");
   return std::unique_ptr<PmemRegion>(
-      new LibpmemRegion(path, base, mapped_len, pmem, std::move(fd), memory_fs));
+      new LibpmemRegion(path, base, mapped_len, pmem, std::move(fd), memory_fs, domain));
+}
+
+const char* persistence_domain_name(PersistenceDomain domain) {
+  switch (domain) {
+    case PersistenceDomain::kCpuCache:
+      return "cpu_cache";
+    case PersistenceDomain::kMemoryController:
+      return "memory_controller";
+    case PersistenceDomain::kUnknown:
+      break;
+  }
+  return "unknown";
+}
+
+PersistenceDomain region_persistence_domain(const std::string& sysfs, bool char_device, dev_t dev) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::path root = fs::weakly_canonical(sysfs, ec);
+  if (ec) return PersistenceDomain::kUnknown;
+  fs::path link = fs::path(sysfs) / "dev" / (char_device ? "char" : "block") /
+                  (std::to_string(major(dev)) + ":" + std::to_string(minor(dev)));
+  fs::path dir = fs::canonical(link, ec);
+  if (ec) return PersistenceDomain::kUnknown;
+  // Up from the device to the region, never above the sysfs root.
+  for (; dir.has_relative_path() && dir != root && dir != dir.parent_path(); dir = dir.parent_path()) {
+    std::ifstream attr(dir / "persistence_domain");
+    if (!attr.is_open()) continue;
+    std::string word;
+    attr >> word;  // "cpu_cache\n", "memory_controller\n" or "\n"
+    if (word == "cpu_cache") return PersistenceDomain::kCpuCache;
+    if (word == "memory_controller") return PersistenceDomain::kMemoryController;
+    return PersistenceDomain::kUnknown;
+  }
+  return PersistenceDomain::kUnknown;
 }
 
 bool on_memory_fs(int fd) {

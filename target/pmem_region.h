@@ -12,9 +12,22 @@
 
 #include "common/result.h"
 
+#include <sys/types.h>
+
 struct io_uring_sqe;
 
 namespace pbrick {
+
+// Where a store reaching the CPU counts as durable, as the platform firmware
+// tells the kernel for an NVDIMM region (sysfs `persistence_domain`):
+//   kCpuCache: the CPU caches are flushed on power loss (eADR), so anything a
+//     CPU or a NIC wrote into them - DDIO on or off, or soft-RoCE's memcpy - is
+//     durable once it is there;
+//   kMemoryController: only what reached the memory controller (ADR): a CPU
+//     store needs a cache flush, a NIC's write needs DDIO off;
+//   kUnknown: not an NVDIMM region, or the platform does not say.
+enum class PersistenceDomain { kUnknown, kMemoryController, kCpuCache };
+const char* persistence_domain_name(PersistenceDomain domain);
 
 class PmemRegion {
  public:
@@ -28,6 +41,10 @@ class PmemRegion {
   // True for real persistent memory (CPU cache flush + drain makes stores
   // durable); false for a page-cache-backed file (msync/fdatasync needed).
   virtual bool is_pmem() const = 0;
+
+  // The platform's persistence domain for this region (kUnknown unless it is
+  // persistent memory whose NVDIMM region sysfs describes).
+  virtual PersistenceDomain persistence_domain() const { return PersistenceDomain::kUnknown; }
 
   // Copies `len` bytes to [off, off+len) with non-temporal stores where the
   // medium is pmem. Durable only after drain() (pmem) or persist() of the range.
@@ -102,6 +119,14 @@ Result<std::unique_ptr<PmemRegion>> open_pmem_region(const RegionOptions& option
 
 // A region in anonymous memory, for tests and fuzzers; is_pmem() is false.
 std::unique_ptr<PmemRegion> make_memory_region(uint64_t size);
+
+// The persistence domain of the NVDIMM region under device `dev` (a character
+// device such as /dev/dax0.0 when `char_device`, else the block device a file
+// lives on): /sys/dev/{char,block}/MAJ:MIN resolved, then its nearest
+// ancestor with a `persistence_domain` attribute (the region). kUnknown when
+// there is none (not an NVDIMM: a disk, device-mapper, tmpfs) or it is empty.
+// `sysfs` is "/sys" except in tests.
+PersistenceDomain region_persistence_domain(const std::string& sysfs, bool char_device, dev_t dev);
 
 // Whether the file system of `fd` is one that keeps nothing to write back
 // (tmpfs, hugetlbfs, ramfs); false when fstatfs fails.

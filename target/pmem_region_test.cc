@@ -1,12 +1,17 @@
 // Which stores need an fdatasync for a sync point: a file on a memory file
 // system (tmpfs, /dev/shm) says nothing_to_write_back(), a file on a disk
-// file system does not.
+// file system does not. And where the platform says a store is durable: the
+// persistence domain of an NVDIMM region, read from a sysfs tree built here
+// the way the kernel lays it out.
 #include "target/pmem_region.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <filesystem>
+#include <fstream>
 #include <string>
 
 #include "common/unique_fd.h"
@@ -57,6 +62,82 @@ TEST(PmemRegionTest, AFileOnADiskFileSystemNeedsItsFdatasync) {
 
 TEST(PmemRegionTest, AMemoryRegionForTestsIsNotTakenForAMemoryFileSystem) {
   EXPECT_FALSE(make_memory_region(4 * kBlockSize)->nothing_to_write_back());
+}
+
+TEST(PmemRegionTest, AMemoryRegionHasNoPersistenceDomain) {
+  EXPECT_EQ(make_memory_region(4 * kBlockSize)->persistence_domain(), PersistenceDomain::kUnknown);
+}
+
+// A sysfs tree in a temporary directory: devices/.../ndbus0/region0 with its
+// persistence_domain, a device-dax and a pmem block device under it, a disk
+// elsewhere, and /dev/{char,block}/MAJ:MIN links to them as the kernel makes.
+class SysfsTree : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/pbrick-sysfs-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    root_ = tmpl;
+    namespace fs = std::filesystem;
+    fs::path region = root_ / "devices/platform/ACPI0012:00/ndbus0/region0";
+    fs::create_directories(region / "dax0.0/dax0.0");
+    fs::create_directories(region / "namespace0.1/block/pmem0/pmem0p1");
+    fs::create_directories(root_ / "devices/pci0000:00/0000:00:04.0/virtio1/block/vda");
+    fs::create_directories(root_ / "dev/char");
+    fs::create_directories(root_ / "dev/block");
+    fs::create_directory_symlink("../../devices/platform/ACPI0012:00/ndbus0/region0/dax0.0/dax0.0",
+                                 root_ / "dev/char/252:0");
+    fs::create_directory_symlink("../../devices/platform/ACPI0012:00/ndbus0/region0/namespace0.1/block/pmem0",
+                                 root_ / "dev/block/259:0");
+    fs::create_directory_symlink(
+        "../../devices/platform/ACPI0012:00/ndbus0/region0/namespace0.1/block/pmem0/pmem0p1",
+        root_ / "dev/block/259:1");
+    fs::create_directory_symlink("../../devices/pci0000:00/0000:00:04.0/virtio1/block/vda",
+                                 root_ / "dev/block/254:0");
+    domain_file_ = region / "persistence_domain";
+  }
+  void TearDown() override { std::filesystem::remove_all(root_); }
+
+  void platform_says(const std::string& text) { std::ofstream(domain_file_) << text; }
+  PersistenceDomain of(bool char_device, unsigned maj, unsigned min) {
+    return region_persistence_domain(root_.string(), char_device, makedev(maj, min));
+  }
+
+  std::filesystem::path root_, domain_file_;
+};
+
+TEST_F(SysfsTree, ADevdaxDeviceTakesItsRegionsDomain) {
+  platform_says("cpu_cache\n");
+  EXPECT_EQ(of(true, 252, 0), PersistenceDomain::kCpuCache);
+  platform_says("memory_controller\n");
+  EXPECT_EQ(of(true, 252, 0), PersistenceDomain::kMemoryController);
+}
+
+TEST_F(SysfsTree, AFileOnAPmemBlockDeviceOrItsPartitionTakesTheRegionsDomain) {
+  platform_says("cpu_cache\n");
+  EXPECT_EQ(of(false, 259, 0), PersistenceDomain::kCpuCache);
+  EXPECT_EQ(of(false, 259, 1), PersistenceDomain::kCpuCache);
+}
+
+TEST_F(SysfsTree, APlatformThatSaysNothingIsUnknown) {
+  platform_says("\n");  // the kernel's answer without the NFIT's capabilities
+  EXPECT_EQ(of(true, 252, 0), PersistenceDomain::kUnknown);
+  platform_says("something_new\n");
+  EXPECT_EQ(of(true, 252, 0), PersistenceDomain::kUnknown);
+}
+
+TEST_F(SysfsTree, NotAnNvdimmIsUnknown) {
+  platform_says("cpu_cache\n");
+  EXPECT_EQ(of(false, 254, 0), PersistenceDomain::kUnknown) << "a virtio disk";
+  EXPECT_EQ(of(false, 8, 0), PersistenceDomain::kUnknown) << "no such device";
+  EXPECT_EQ(of(true, 252, 0), PersistenceDomain::kCpuCache);
+  EXPECT_EQ(of(false, 252, 0), PersistenceDomain::kUnknown) << "252:0 is a character device";
+}
+
+TEST_F(SysfsTree, TheWalkStopsAtTheSysfsRoot) {
+  // An attribute above the tree's root is not the device's.
+  platform_says("cpu_cache\n");
+  std::ofstream(root_ / "persistence_domain") << "cpu_cache\n";
+  EXPECT_EQ(of(false, 254, 0), PersistenceDomain::kUnknown);
 }
 
 }  // namespace

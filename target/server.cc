@@ -45,6 +45,10 @@ std::array<uint8_t, proto::kUuidSize> read_boot_id() {
 
 }  // namespace
 
+bool sync_read_persists_over_rdma(Persistence declared, PersistenceDomain domain) {
+  return declared == Persistence::kSyncRead || domain == PersistenceDomain::kCpuCache;
+}
+
 Server::Impl::Impl(Store& store, const ServerOptions& options)
     : store_(store), options_(options), ledger_(store.region(), *this),
       boot_id_(options.boot_id.value_or(read_boot_id())) {}
@@ -282,9 +286,17 @@ Status Server::Impl::run() {
   uint64_t usec = 0;
   if (sd_watchdog_enabled(0, &usec) > 0) watchdog_usec_ = usec;
   last_watchdog_ = Clock::now();
-  PBRICK_LOG_NOTICE("serving on %s (%s store, %s)", Endpoint{options_.listen.host, port_}.to_string().c_str(),
+  const char* sync_read = "served (over TCP the brick persists before it answers)";
+  if (options_.transport == Transport::kRdma) {
+    sync_read = options_.persistence == Persistence::kSyncRead ? "served (DDIO off, as --persistence declares)"
+                : store_.region().persistence_domain() == PersistenceDomain::kCpuCache
+                    ? "served (the store's persistence domain includes the CPU caches)"
+                    : "refused (neither DDIO off declared nor a cpu_cache persistence domain): PERSIST only";
+  }
+  PBRICK_LOG_NOTICE("serving on %s (%s store, %s; sync-read %s)",
+                    Endpoint{options_.listen.host, port_}.to_string().c_str(),
                     store_.region().is_pmem() ? "pmem" : "file",
-                    options_.key ? "cluster key required" : "no authentication");
+                    options_.key ? "cluster key required" : "no authentication", sync_read);
   sd_notify(0, "READY=1");
   update_status();
   if (watchdog_usec_ != 0) sd_notify(0, "WATCHDOG=1");

@@ -25,9 +25,18 @@
 #include "common/result.h"
 #include "common/transport.h"
 #include "common/unique_fd.h"
+#include "target/pmem_region.h"
 #include "target/store.h"
 
 namespace pbrick {
+
+// Whether an RDMA READ after RDMA WRITEs on one queue pair makes them durable
+// on this brick (docs/persistence.md "sync-read"): the operator declared DDIO
+// off (`declared` kSyncRead), or the store is persistent memory on a platform
+// that flushes the CPU caches on power loss (eADR: `domain` kCpuCache), where
+// whatever the NIC wrote into the caches - DDIO on, or soft-RoCE's memcpy - is
+// already durable.
+bool sync_read_persists_over_rdma(Persistence declared, PersistenceDomain domain);
 
 struct ServerOptions {
   Endpoint listen;
@@ -36,9 +45,10 @@ struct ServerOptions {
   Transport transport = Transport::kTcp;
   // kSyncRead declares that the storage NIC writes straight to the persistence
   // domain (DDIO off), so an RDMA READ after RDMA WRITEs makes them durable;
-  // without it an RDMA client asking for sync-read is refused. PERSIST (rpc)
-  // is always served; over TCP the brick's CPU persists before answering a
-  // sync-read, so both work there.
+  // without it (and without a store whose persistence domain includes the CPU
+  // caches: sync_read_persists_over_rdma) an RDMA client asking for sync-read
+  // is refused. PERSIST (rpc) is always served; over TCP the brick's CPU
+  // persists before answering a sync-read, so both work there.
   Persistence persistence = Persistence::kRpc;
   std::optional<ClusterKey> key;
   // Connections past their handshake (HELLO, and AUTH when a key is set); one

@@ -128,6 +128,18 @@ int sync_read(BrickClient& c, const proto::MapReply& m) {
   return errnum_of(c.read(m.rkey, m.remote_addr, {&byte, 1}));
 }
 
+// persistence.md, "sync-read": an RDMA READ after RDMA WRITEs is a persistence
+// point where the NIC's writes bypass the caches (DDIO off, declared by the
+// operator) or where the caches themselves are durable (eADR: the region's
+// persistence domain is cpu_cache); nowhere else.
+TEST(ServerPersistence, SyncReadOverRdmaNeedsDdioOffOrACpuCacheDomain) {
+  EXPECT_TRUE(sync_read_persists_over_rdma(Persistence::kSyncRead, PersistenceDomain::kUnknown));
+  EXPECT_TRUE(sync_read_persists_over_rdma(Persistence::kSyncRead, PersistenceDomain::kMemoryController));
+  EXPECT_TRUE(sync_read_persists_over_rdma(Persistence::kRpc, PersistenceDomain::kCpuCache));
+  EXPECT_FALSE(sync_read_persists_over_rdma(Persistence::kRpc, PersistenceDomain::kMemoryController));
+  EXPECT_FALSE(sync_read_persists_over_rdma(Persistence::kRpc, PersistenceDomain::kUnknown));
+}
+
 // persistence.md, "Failed persistence": the persistence step comes before the
 // READ's own checks, so a sync-read through a handle that died since (UNMAP,
 // FREE, a reconnect) still reports the failed fdatasync.

@@ -53,9 +53,11 @@ void Server::Impl::handle_hello(Connection& c, const proto::FrameHeader& h, std:
                       c.peer.c_str());
       return refuse(Error(EPROTONOSUPPORT, "RDMA with a cluster key needs AUTH_TRAILER"));
     }
-    if ((req->features & proto::kFeatureSyncRead) != 0 && options_.persistence != Persistence::kSyncRead) {
+    if ((req->features & proto::kFeatureSyncRead) != 0 &&
+        !sync_read_persists_over_rdma(options_.persistence, store_.region().persistence_domain())) {
       PBRICK_LOG_WARN("%s: refused: sync-read persistence asked for, but this brick has not declared DDIO off "
-                      "on its storage NIC (start it with --persistence sync-read once DDIO is off)",
+                      "on its storage NIC (start it with --persistence sync-read once DDIO is off) and its "
+                      "store's persistence domain does not include the CPU caches",
                       c.peer.c_str());
       return refuse(Error(EOPNOTSUPP, "sync-read needs DDIO off"));
     }

@@ -8,11 +8,18 @@
 #      `pbrickctl stat` reports the store as pmem
 #   2. data written to the store survives kill -9 of the brick: a new brick on
 #      the same store serves it back (checksums)
+#   3. the platform's persistence domain (the NVDIMM region's sysfs
+#      persistence_domain: cpu_cache under tests/vm/run's default eADR
+#      platform) reaches the brick, and over RDMA a brick started without
+#      --persistence sync-read serves a sync-read gateway on a cpu_cache
+#      domain (data through ublk and its FLUSH, checksums) and refuses one on
+#      any other
 # The ublk tests (ublk.bats) run on the same store in the same boot.
 
 load helpers
 
 M=$((1024 * 1024))
+GW_BIN="$PBRICK_BIN_DIR/gateway/pbrick-gateway"
 
 setup() {
   require_vm
@@ -25,6 +32,10 @@ setup() {
 }
 
 teardown() {
+  if [ -n "${GW_PID:-}" ]; then
+    kill -TERM "$GW_PID" 2>/dev/null
+    wait "$GW_PID" 2>/dev/null
+  fi
   brick_teardown
   vm_store_remove
 }
@@ -99,4 +110,51 @@ store_vmflags() {
   assert_success
   assert_equal "$(jq -c '[.extents[] | [.start, .blocks]]' <<<"$output")" '[["0x400000",3],["0x6000000",1]]'
   grep -q "persistent memory" "$BATS_TEST_TMPDIR/pmem.log"
+}
+
+@test "pmem: the NVDIMM's persistence domain reaches the brick; on cpu_cache it serves sync-read over RDMA" {
+  local regions domain
+  regions=(/sys/bus/nd/devices/region*/persistence_domain)
+  [ -r "${regions[0]}" ] || { echo "no NVDIMM region in sysfs" >&2; false; }
+  domain=$(cat "${regions[0]}")
+  echo "# the platform says: $domain (PBRICK_VM_PMEM_PERSISTENCE=${PBRICK_VM_PMEM_PERSISTENCE:-cpu})" >&3
+  case ${PBRICK_VM_PMEM_PERSISTENCE:-cpu} in
+  cpu) assert_equal "$domain" cpu_cache ;;
+  mem-ctrl) assert_equal "$domain" memory_controller ;;
+  esac
+  pmem_brick_up # without --persistence: rpc, no DDIO declaration
+  grep -q "mapped store $VM_STORE: .*persistent memory.*, persistence domain $domain" "$BATS_TEST_TMPDIR/pmem.log"
+  if [ "$PBRICK_TRANSPORT" != rdma ]; then
+    grep -q "sync-read served (over TCP the brick persists before it answers)" "$BATS_TEST_TMPDIR/pmem.log"
+    return 0
+  fi
+  local dev out=$BATS_TEST_TMPDIR/gw.out
+  if [ "$domain" != cpu_cache ]; then
+    grep -q "sync-read refused" "$BATS_TEST_TMPDIR/pmem.log"
+    run "$GW_BIN" attach --target "$TARGET" --transport rdma --persistence sync-read --size 64M
+    assert_failure 1
+    assert_output --partial 'refuses sync-read persistence over RDMA'
+    return 0
+  fi
+  grep -q "sync-read served (the store's persistence domain includes the CPU caches)" "$BATS_TEST_TMPDIR/pmem.log"
+  "$GW_BIN" attach --target "$TARGET" --transport rdma --persistence sync-read --size 64M \
+    >"$out" 2>>"$BATS_TEST_TMPDIR/gw.log" &
+  GW_PID=$!
+  for _ in $(seq 1 300); do
+    dev=$(head -n1 "$out")
+    [ -n "$dev" ] && [ -b "$dev" ] && break
+    kill -0 "$GW_PID" || { cat "$BATS_TEST_TMPDIR/gw.log" >&2; false; }
+    sleep 0.1
+  done
+  [ -b "$dev" ]
+  head -c $((8 * M)) /dev/urandom >"$BATS_TEST_TMPDIR/d"
+  # Writes, then the FLUSH (conv=fsync): sync-reads on the queue pairs that wrote.
+  dd if="$BATS_TEST_TMPDIR/d" of="$dev" bs=1M oflag=direct conv=fsync status=none
+  dd if="$dev" of="$BATS_TEST_TMPDIR/d.back" bs=1M count=8 iflag=direct status=none
+  assert_equal "$(sha "$BATS_TEST_TMPDIR/d.back")" "$(sha "$BATS_TEST_TMPDIR/d")"
+  kill -TERM "$GW_PID"
+  wait "$GW_PID"
+  GW_PID=
+  run grep -i 'refused' "$BATS_TEST_TMPDIR/gw.log" "$BATS_TEST_TMPDIR/pmem.log"
+  assert_failure 1
 }
