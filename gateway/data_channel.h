@@ -51,7 +51,10 @@ class SyncLedger {
 
   // A new sync: -1 when it has to go to the brick, else the status to
   // complete it with at once (0: nothing unsynced; EIO, once: writes lost).
-  int start_sync() {
+  // A `chained` sync (Op::chained) is nobody's FLUSH: it must neither report
+  // the loss nor use up its report, so it gets ECANCELED then.
+  int start_sync(bool chained) {
+    if (writes_maybe_lost_ && chained) return ECANCELED;
     if (writes_maybe_lost_) {
       writes_maybe_lost_ = false;
       synced_seq_ = write_seq_;
@@ -113,6 +116,8 @@ class DataChannel {
     // satisfies is_connection_error(); EKEYREJECTED means the handle is dead.
     void (*done)(Op* op, int status) = nullptr;
     void* ctx = nullptr;
+    // A sync chained to a lone write (VolumeChannels::push), not a FLUSH's.
+    bool chained = false;
   };
 
   static std::unique_ptr<DataChannel> Create(Transport transport, uint32_t depth);
@@ -141,6 +146,11 @@ class DataChannel {
 
   virtual bool full() const = 0;
   virtual size_t inflight() const = 0;
+
+  // Whether a sync on this connection costs the brick no CPU: an RDMA
+  // sync-read, which the brick's NIC answers. A PERSIST or a sync-read over
+  // TCP wakes the brick. Valid after connect().
+  virtual bool sync_is_one_sided() const { return false; }
 
   // Queues a READ or WRITE. Requires connected() && !tearing_down() && !full().
   virtual void submit(Op* op) = 0;

@@ -339,6 +339,7 @@ Status Engine::sync_loops(bool all) {
   Waiter& w = t_waiter;
   if (w.syncs.size() < loops_.size()) w.syncs.resize(loops_.size());
   Loop& mine = my_loop();
+  volume_->note_sync_request();
   w.retry.start(std::chrono::milliseconds(volume_->options().io_timeout_ms));
   for (;;) {
     uint32_t asked = 0;

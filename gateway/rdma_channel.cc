@@ -141,7 +141,7 @@ void RdmaChannel::submit(Op* op) {
 }
 
 void RdmaChannel::submit_sync(Op* op) {
-  if (int now = ledger_.start_sync(); now >= 0) {
+  if (int now = ledger_.start_sync(op->chained); now >= 0) {
     op->done(op, now);
     return;
   }

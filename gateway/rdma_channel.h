@@ -54,6 +54,7 @@ class RdmaChannel final : public DataChannel {
   bool tearing_down() const override { return false; }  // teardown() is immediate
   bool full() const override;
   size_t inflight() const override { return depth_ - free_slots_.size(); }
+  bool sync_is_one_sided() const override { return !rpc_; }
   void submit(Op* op) override;
   void submit_sync(Op* op) override;
   std::chrono::steady_clock::time_point last_progress() const override { return last_progress_; }

@@ -153,7 +153,7 @@ void TcpChannel::submit(Op* op) {
 }
 
 void TcpChannel::submit_sync(Op* op) {
-  if (int now = ledger_.start_sync(); now >= 0) {
+  if (int now = ledger_.start_sync(op->chained); now >= 0) {
     op->done(op, now);
     return;
   }

@@ -338,6 +338,7 @@ void UblkQueue::do_discard(Tag& t) {
 // FUA (this queue) or FLUSH (every queue): each queue with unsynced writes
 // syncs its own channels; one with none is not asked.
 void UblkQueue::start_sync_group(Tag& t, bool all_queues) {
+  dev_.volume->note_sync_request();
   t.group_status.store(0, std::memory_order_relaxed);
   // One count for this function itself, so the group cannot finish while it
   // is still asking queues.
@@ -528,7 +529,10 @@ void UblkQueue::run() {
       m.ring.cancel(Uring::pack(kCancel, 0), Uring::pack(kEvent, 0));
     }
     if (m.ring.inflight() == 0) break;
-    err = m.ring.submit_and_wait_polling(m.channels->busy() ? dev_.poll : std::chrono::microseconds(0));
+    // Polling only with --poll-us and a brick I/O in flight: busy() walks the
+    // channels, so it is not asked when polling is off.
+    const bool poll = dev_.poll.count() > 0 && m.channels->busy();
+    err = m.ring.submit_and_wait_polling(poll ? dev_.poll : std::chrono::microseconds(0));
     if (err < 0 && err != -EINTR) {
       PBRICK_LOG_ERROR("ublk%u queue %u: io_uring_submit_and_wait: %s", dev_.dev_id, q_id_, std::strerror(-err));
       break;
@@ -548,6 +552,10 @@ void UblkQueue::run() {
     }
   }
   m.channels->finish(ESHUTDOWN);
+  if (uint64_t chained = m.channels->syncs_chained(); chained > 0) {
+    PBRICK_LOG_INFO("ublk%u queue %u: %llu sync-reads chained to lone writes", dev_.dev_id, q_id_,
+                    static_cast<unsigned long long>(chained));
+  }
   if (dev_.poll.count() > 0) {
     PBRICK_LOG_INFO("ublk%u queue %u: --poll-us %lld: %llu waits ended by polling, %llu slept after it", dev_.dev_id,
                     q_id_, static_cast<long long>(dev_.poll.count()),

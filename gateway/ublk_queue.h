@@ -1,5 +1,6 @@
 // One ublk hardware queue of pbrick-gateway: a thread (on any CPU, or with
-// attach --pin-queues on the CPUs the kernel maps to the queue), one io_uring (common/uring.h), and the volume I/O core's channels to every brick
+// attach --pin-queues on the CPUs the kernel maps to the queue), one io_uring
+// (common/uring.h), and the volume I/O core's channels to every brick
 // (VolumeChannels, volume_io.h) driven from that same ring. The ring carries
 // both the ublk URING_CMDs (FETCH_REQ and COMMIT_AND_FETCH_REQ on /dev/ublkcN,
 // one per tag, always one outstanding) and the bricks' sockets (or RDMA

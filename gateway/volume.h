@@ -171,6 +171,12 @@ class Volume {
   void note_write_failed(uint32_t brick);
   uint64_t write_failures(uint32_t brick) const;
 
+  // FLUSH and FUA requests the frontends were given, counted before they look
+  // for loops to sync (also when none needs one): VolumeChannels chains a
+  // sync to a lone WRITE only while they keep coming (SyncChaining). Any thread.
+  void note_sync_request() { sync_requests_.fetch_add(1, std::memory_order_relaxed); }
+  uint64_t sync_requests() const { return sync_requests_.load(std::memory_order_relaxed); }
+
   // Layout mirror. mark_stale: records durably in the labels of the other
   // in-sync bricks (generation + 1) that `brick`'s copies are stale, then
   // stops reading them. mark_dirty: sets block `block`'s dirty bit durably
@@ -299,6 +305,7 @@ class Volume {
   // before any brick's control_mu.
   std::mutex label_mu_;
   std::vector<std::atomic<uint64_t>> dirty_;  // bitset by block: durable in the labels
+  std::atomic<uint64_t> sync_requests_{0};
 };
 
 }  // namespace pbrick

@@ -376,6 +376,19 @@ struct VolumeChannels::Link {
   // while they differ, a sync goes to the brick anyway (see volume.h).
   std::atomic<uint64_t> failures_synced{0};
   std::atomic<uint64_t> syncs_sent{0};
+  std::atomic<uint64_t> syncs_chained{0};
+  // The sync chained behind a lone WRITE (push), at most one in flight; its
+  // completion moves `synced` like a FLUSH's would. The write's own
+  // completion waits for it (whichever comes second completes the write,
+  // with the write's status), so once a lone write is acknowledged it is
+  // durable, and a FLUSH right after it always finds nothing to sync.
+  SyncChaining chaining;
+  SyncJob::Part chained;
+  DataChannel::Op* chained_write = nullptr;
+  void (*chained_write_done)(DataChannel::Op* op, int status) = nullptr;
+  void* chained_write_ctx = nullptr;
+  int chained_write_status = 0;
+  int chained_pending = 0;  // of the write and its sync
 
   bool needs_sync(const Volume& volume) const {
     // A mirror's stale copy is synced by its resync, not by FLUSH: the
@@ -422,8 +435,62 @@ void VolumeChannels::reserve(size_t n) {
 
 void VolumeChannels::push(uint32_t brick, DataChannel::Op* op) {
   Link& link = *links_[brick];
-  if (op->opcode == proto::Opcode::kWrite) link.writes.fetch_add(1, std::memory_order_release);
+  if (op->opcode != proto::Opcode::kWrite) return link.backlog.push(op, false);
+  uint64_t writes = link.writes.fetch_add(1, std::memory_order_release) + 1;
+  bool lone = link.chained_pending == 0 && link.backlog.empty() && link.channel->inflight() == 0 &&
+              link.channel->connected() && link.channel->sync_is_one_sided();
+  bool chain = link.chaining.chain(lone, volume_.sync_requests());
+  if (!chain) return link.backlog.push(op, false);
+  // Right behind the write, in the same doorbell: when it completes, every
+  // write pushed so far (this one and all before, on this connection or one
+  // lost since) is durable, as after a FLUSH's sync.
+  SyncJob::Part& part = link.chained;
+  link.chained_write = op;
+  link.chained_write_done = op->done;
+  link.chained_write_ctx = op->ctx;
+  link.chained_write_status = 0;
+  link.chained_pending = 2;
+  op->done = chained_write_done;
+  op->ctx = &part;
   link.backlog.push(op, false);
+  part.job = nullptr;
+  part.channels = this;
+  part.brick = brick;
+  part.covers = writes;
+  part.op = DataChannel::Op{};
+  part.op.buf = &part.scratch;
+  part.op.ctx = &part;
+  part.op.done = chained_sync_done;
+  part.op.chained = true;
+  link.syncs_chained.fetch_add(1, std::memory_order_relaxed);
+  link.backlog.push(&part.op, true);
+}
+
+// A chained sync's failure is nobody's error: the write reports its own, and
+// the brick still needs the sync the next FLUSH sends.
+void VolumeChannels::chained_sync_done(DataChannel::Op* op, int status) {
+  auto* part = static_cast<SyncJob::Part*>(op->ctx);
+  Link& link = *part->channels->links_[part->brick];
+  if (status == 0 && part->covers > link.synced.load(std::memory_order_relaxed)) {
+    link.synced.store(part->covers, std::memory_order_release);
+  }
+  if (--link.chained_pending == 0) finish_chained_write(link);
+}
+
+void VolumeChannels::chained_write_done(DataChannel::Op* op, int status) {
+  auto* part = static_cast<SyncJob::Part*>(op->ctx);
+  Link& link = *part->channels->links_[part->brick];
+  link.chained_write_status = status;
+  if (--link.chained_pending == 0) finish_chained_write(link);
+}
+
+// The write goes back to its owner as it came, with its own status.
+void VolumeChannels::finish_chained_write(Link& link) {
+  DataChannel::Op* write = link.chained_write;
+  link.chained_write = nullptr;
+  write->done = link.chained_write_done;
+  write->ctx = link.chained_write_ctx;
+  write->done(write, link.chained_write_status);
 }
 
 bool VolumeChannels::needs_sync() const {
@@ -435,6 +502,12 @@ bool VolumeChannels::needs_sync() const {
 
 uint64_t VolumeChannels::syncs_sent(uint32_t brick) const {
   return links_[brick]->syncs_sent.load(std::memory_order_relaxed);
+}
+
+uint64_t VolumeChannels::syncs_chained() const {
+  uint64_t n = 0;
+  for (const auto& link : links_) n += link->syncs_chained.load(std::memory_order_relaxed);
+  return n;
 }
 
 bool VolumeChannels::busy() const {

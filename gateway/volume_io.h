@@ -28,6 +28,11 @@
 //     there were none), and those of bricks where a write failed since (a
 //     FLUSH after failed writes reports a brick it cannot reach instead of
 //     succeeding without it); FLUSH asks every loop whose needs_sync() is true.
+//     While FLUSH/FUA keep coming, a WRITE sent alone on an RDMA sync-read
+//     connection gets a sync-read chained right behind it (SyncChaining) and
+//     completes with it: a writer at queue depth 1 that flushes after each
+//     write finds the write synced when it flushes, and its FLUSH needs no
+//     round trip.
 //
 // VolumeChannels is the data side of one event loop: one DataChannel to every
 // brick of the volume, driven from the loop's Uring, with the reconnect,
@@ -167,6 +172,34 @@ inline constexpr uint32_t kMaxPollUs = 1000;
 
 class VolumeChannels;
 
+// Whether VolumeChannels::push chains a sync behind a WRITE: only on a
+// connection whose sync costs the brick nothing (an RDMA sync-read: one more
+// work request in the same doorbell, answered by the brick's NIC), with
+// nothing else queued or in flight there (a writer at queue depth 1; deeper
+// queues share one sync per FLUSH anyway), and only while the volume keeps
+// getting FLUSH/FUA requests: at most kMaxUnasked chained writes after the
+// last one, so a writer that stopped flushing stops paying for it.
+// One per link; the loop's thread only.
+class SyncChaining {
+ public:
+  static constexpr uint32_t kMaxUnasked = 8;
+  // `lone_one_sided`: the write is alone on a one-sided-sync connection;
+  // `sync_requests`: Volume::sync_requests() now.
+  bool chain(bool lone_one_sided, uint64_t sync_requests) {
+    if (sync_requests != seen_) {
+      seen_ = sync_requests;
+      unasked_ = 0;
+    }
+    if (!lone_one_sided || sync_requests == 0 || unasked_ >= kMaxUnasked) return false;
+    unasked_++;
+    return true;
+  }
+
+ private:
+  uint64_t seen_ = 0;
+  uint32_t unasked_ = 0;
+};
+
 // A sync of one loop's channels (FUA, or a FLUSH's share on that loop).
 // Reused; nothing is allocated once `parts` has grown to the brick count.
 struct SyncJob {
@@ -213,7 +246,8 @@ class VolumeChannels final : public PieceSink {
   void reserve(size_t n);
 
   // A READ or WRITE op for `brick`; it waits until the channel has room and a
-  // connection. A WRITE marks the brick as needing a sync.
+  // connection. A WRITE marks the brick as needing a sync, and may get one
+  // chained behind it (SyncChaining).
   void push(uint32_t brick, DataChannel::Op* op) override;
   // Syncs every brick for which needs_sync() holds (see SyncJob).
   void sync(SyncJob& job);
@@ -222,8 +256,10 @@ class VolumeChannels final : public PieceSink {
   // writes), or had a write fail since. Any thread: a FLUSH reads it to skip
   // loops with nothing to sync.
   bool needs_sync() const;
-  // Syncs sent to `brick` so far (statistics). Any thread.
+  // Syncs sent to `brick` so far for FLUSH/FUA, and chained to lone writes
+  // (statistics). Any thread.
   uint64_t syncs_sent(uint32_t brick) const;
+  uint64_t syncs_chained() const;
   // Whether an op or a sync is waiting for a channel or in flight on one: a
   // completion is due (the loop may poll for it instead of sleeping, for up
   // to kMaxPollUs).
@@ -250,6 +286,9 @@ class VolumeChannels final : public PieceSink {
   struct LinkRing;
   void teardown(Link& link, const Error& why);
   static void sync_part_done(DataChannel::Op* op, int status);
+  static void chained_sync_done(DataChannel::Op* op, int status);
+  static void chained_write_done(DataChannel::Op* op, int status);
+  static void finish_chained_write(Link& link);
 
   Volume& volume_;
   Uring& ring_;

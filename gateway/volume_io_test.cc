@@ -1,6 +1,7 @@
 // The volume I/O core over several real bricks (gateway/test_brick.h) in
 // layout stripe, through the engine: where blocks land, which bricks a FLUSH
-// syncs, and what a brick that is down does to I/O on the others.
+// syncs, and what a brick that is down does to I/O on the others; when a
+// sync is chained to a lone write.
 #include "gateway/volume_io.h"
 
 #include <gtest/gtest.h>
@@ -264,6 +265,40 @@ TEST_F(StripeTest, TheBrickCountMustFitTheLayout) {
   EXPECT_NE(twice.error().message().find("brick " + bricks_[0]->client().endpoint.to_string() + " is named twice"),
             std::string::npos)
       << twice.error().message();
+}
+
+// A sync chained behind a lone write over an RDMA sync-read connection
+// (VolumeChannels::push): only while FLUSH/FUA requests keep coming, and only
+// for a write alone on a connection whose sync costs the brick nothing.
+TEST(SyncChainingTest, ChainsLoneWritesOnlyWhileFlushesKeepComing) {
+  SyncChaining c;
+  EXPECT_FALSE(c.chain(true, 0)) << "no FLUSH yet: a writer that never flushes never pays for a sync";
+  EXPECT_TRUE(c.chain(true, 1));
+  EXPECT_FALSE(c.chain(false, 1)) << "not alone, or a sync that wakes the brick: never";
+  // A write + FLUSH loop: every write is chained.
+  for (uint64_t flushes = 2; flushes < 100; flushes++) EXPECT_TRUE(c.chain(true, flushes));
+  // The writer stops flushing: kMaxUnasked more writes are chained, then none.
+  uint32_t chained = 0;
+  for (int i = 0; i < 100; i++) chained += c.chain(true, 99) ? 1 : 0;
+  EXPECT_EQ(chained, SyncChaining::kMaxUnasked - 1) << "one was chained with the 99th FLUSH already";
+  EXPECT_TRUE(c.chain(true, 100)) << "a FLUSH again: chaining resumes";
+}
+
+// A chained sync is nobody's FLUSH: after the brick's host rebooted under
+// unsynced writes it must not report the loss, nor use up the report the next
+// FLUSH owes (EIO once).
+TEST(SyncChainingTest, AChainedSyncNeverSwallowsTheReportOfLostWrites) {
+  SyncLedger ledger;
+  std::array<uint8_t, proto::kUuidSize> boot_a{}, boot_b{};
+  boot_b[0] = 1;
+  EXPECT_FALSE(ledger.on_hello(boot_a));
+  ledger.wrote();
+  EXPECT_TRUE(ledger.on_hello(boot_b)) << "rebooted with a write unsynced";
+  ledger.wrote();
+  EXPECT_EQ(ledger.start_sync(/*chained=*/true), ECANCELED);
+  EXPECT_TRUE(ledger.writes_maybe_lost());
+  EXPECT_EQ(ledger.start_sync(/*chained=*/false), EIO) << "the FLUSH still reports it";
+  EXPECT_EQ(ledger.start_sync(/*chained=*/true), 0) << "once";
 }
 
 }  // namespace

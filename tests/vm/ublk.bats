@@ -9,12 +9,16 @@
 #   3. blkdiscard of a 2 MiB-aligned range frees the blocks at the brick and
 #      they read back as zeros
 #   4. kill -9 of the gateway under fio; recover -n 0 brings the device back;
-#      a mounted ext4 stays usable and fsck clean
+#      a mounted ext4 stays usable and fsck clean (a .conf with a value out of
+#      range is refused first, naming the file, and leaves the device recoverable)
 #   5. brick crash (kill -9) and restart on the same port and store under a
 #      mounted ext4: I/O resumes, flushed data reads back intact
 #   6. -q 2 --pin-queues --poll-us 1000: each queue's thread runs on the CPUs
 #      of its queue (sysfs mq/N/cpu_list), waits end by polling, fio verify
 #   7. without --pin-queues the queue threads may run on every CPU
+#   8. a writer that flushes after every write (fio psync --fsync=1, verify):
+#      over RDMA with sync-read each lone write gets a sync-read chained
+#      behind it (the gateway's log counts them), over TCP or rpc none does
 # and the kernel logs no I/O error (tests/vm/run checks dmesg as well).
 #
 # The same file runs once per transport and persistence method:
@@ -116,6 +120,28 @@ fio_verify() {
   gw_detach
 }
 
+# Over RDMA with sync-read, a FLUSH after a lone write finds it synced by the
+# sync-read chained to it (volume_io.h SyncChaining); over TCP or with rpc a
+# sync would wake the brick, so nothing is chained.
+@test "ublk: write + fsync at depth 1: sync-reads chained to lone writes over RDMA sync-read only; fio verify" {
+  requires fio
+  brick_up
+  gw_attach --size 64M -q 2 -d 8
+  fio --name=wf --filename="$DEV" --ioengine=psync --direct=1 --rw=randwrite --bs=4k --fsync=1 --size=2M \
+    --verify=crc32c --verify_fatal=1 --do_verify=1 --output-format=terse >"$BATS_TEST_TMPDIR/fio.out" 2>&1 ||
+    { cat "$BATS_TEST_TMPDIR/fio.out" >&2; false; }
+  gw_detach
+  local chained
+  chained=$(awk '/sync-reads chained to lone writes/ { n += $(NF - 5) } END { print n + 0 }' "$BATS_TEST_TMPDIR/gw.log")
+  echo "# $PBRICK_TRANSPORT, $PERSISTENCE: $chained of 512 writes had a sync-read chained" >&3
+  if [ "$PBRICK_TRANSPORT" = rdma ] && [ "$PERSISTENCE" = sync-read ]; then
+    # All but the first (no FLUSH seen yet) and any that found another op in flight.
+    ((chained >= 450 && chained <= 512)) || fail "expected 450..512 chained sync-reads, the log says $chained"
+  else
+    assert_equal "$chained" 0
+  fi
+}
+
 # brick_has VADDR: the brick lists the 2 MiB block at VADDR (status 1: it
 # does not; 2: the brick could not be asked). brick_lacks VADDR: it lists none
 # there - a check that fails, unlike `! brick_has`, which bats does not count.
@@ -176,6 +202,16 @@ brick_lacks() {
   GW_PID=
   run "$GW_BIN" list --json
   echo "# after kill: $output" >&3
+  # A .conf recover cannot trust is refused before the device is touched,
+  # naming the file and the key; the device then still recovers.
+  local conf=/run/pbrick/ublk-0.conf
+  cp "$conf" "$BATS_TEST_TMPDIR/conf.saved"
+  sed -i '/^poll_us=/d' "$conf"
+  echo poll_us=1001 >>"$conf"
+  run "$GW_BIN" recover -n 0
+  assert_failure 1
+  assert_output --partial "$conf: poll_us must be 0..1000"
+  cp "$BATS_TEST_TMPDIR/conf.saved" "$conf"
   "$GW_BIN" recover -n 0 >"$BATS_TEST_TMPDIR/recover.out" 2>>"$BATS_TEST_TMPDIR/gw.log" &
   GW_PID=$!
   local i
