@@ -7,8 +7,13 @@
 #   nvme/tcp     fio on /dev/nvmeXnY of `nvme connect -t tcp` -> nvmet on
 #                127.0.0.1, namespace a brd ramdisk
 #   pbrick/rdma  the same gateway --transport rdma -> brick over rxe0
+#   pbrick/rdma-sr  the same over rxe0, --persistence sync-read, to a brick on
+#                the emulated NVDIMM (devdax) whose platform declares eADR (the
+#                caches are durable, so a FLUSH is one RDMA READ per queue
+#                pair that wrote); when the VM has one (PBRICK_VM_STORE=devdax)
 #   nvme/rdma    `nvme connect -t rdma` -> nvmet over rxe0, another brd ramdisk
-# Both gateways: -q 2 -d 64 --persistence rpc. nvmet is set up through
+#                (the peer of both RDMA setups)
+# The gateways: -q 2 -d 64, --persistence rpc but for rdma-sr. nvmet is set up through
 # configfs, one subsystem per transport (two subsystems with one namespace
 # each, so native multipath never merges them into one device).
 # Then the floor of a 4k QD1 read in this VM: null_blk (block layer and fio
@@ -182,16 +187,31 @@ run_job() {
   TCP_BRICK=$BRICK_PID
   brick_on rdma-brick rdma "$RDMA_HOST"
   RDMA_BRICK=$BRICK_PID
+  local sr=0
+  if [ -c "${PBRICK_VM_PMEM_DEV:-}" ]; then
+    sr=1
+    devdax_wipe "$PBRICK_VM_PMEM_DEV"
+    brick_on rdma-dax-brick rdma "$RDMA_HOST" "$PBRICK_VM_PMEM_DEV"
+    SR_BRICK=$BRICK_PID
+    grep -q "sync-read served (the store's persistence domain includes the CPU caches)" \
+      "$BATS_TEST_TMPDIR/rdma-dax-brick.log" ||
+      { say "the devdax brick does not serve sync-read (no eADR platform?):"; cat "$BATS_TEST_TMPDIR/rdma-dax-brick.log" >&2; false; }
+  fi
   declare -A dev gw brick
   gw_attach gw-tcp "127.0.0.1:$(cat "$BATS_TEST_TMPDIR/tcp-brick.port")" tcp
   dev[pbrick/tcp]=$DEV gw[pbrick/tcp]=$GW_PID brick[pbrick/tcp]=$TCP_BRICK
   gw_attach gw-rdma "$RDMA_HOST:$(cat "$BATS_TEST_TMPDIR/rdma-brick.port")" rdma
   dev[pbrick/rdma]=$DEV gw[pbrick/rdma]=$GW_PID brick[pbrick/rdma]=$RDMA_BRICK
+  if ((sr)); then
+    GW_PERSISTENCE=sync-read gw_attach gw-rdma-sr "$RDMA_HOST:$(cat "$BATS_TEST_TMPDIR/rdma-dax-brick.port")" rdma
+    dev[pbrick/rdma-sr]=$DEV gw[pbrick/rdma-sr]=$GW_PID brick[pbrick/rdma-sr]=$SR_BRICK
+  fi
   nvme_attach 1 tcp 127.0.0.1 4420
   dev[nvme/tcp]=$DEV gw[nvme/tcp]='' brick[nvme/tcp]=''
   nvme_attach 2 rdma "$RDMA_HOST" 4421
   dev[nvme/rdma]=$DEV gw[nvme/rdma]='' brick[nvme/rdma]=''
-  local setups=(pbrick/tcp nvme/tcp pbrick/rdma nvme/rdma) s
+  local setups=(pbrick/tcp nvme/tcp pbrick/rdma nvme/rdma) s nets=(tcp rdma)
+  if ((sr)); then setups+=(pbrick/rdma-sr); nets+=(rdma-sr); fi
   local wc=""
   for s in "${setups[@]}"; do
     wc+=" $s=${dev[$s]}($(cat "/sys/block/${dev[$s]#/dev/}/queue/write_cache"))"
@@ -263,9 +283,9 @@ run_job() {
       "pbrick mean/p99 us" "nvme mean/p99 us" "sys CPU us/IO p|n" "pbrick gw+brick us/IO"
     for job in "${jobs[@]}"; do
       read -r name engine rw bs depth unit lat <<<"$job"
-      for t in tcp rdma; do
+      for t in "${nets[@]}"; do
         read -r -a p <<<"${res[$name.pbrick/$t]}"
-        read -r -a n <<<"${res[$name.nvme/$t]}"
+        read -r -a n <<<"${res[$name.nvme/${t%-sr}]}"
         rp=- rn=-
         if [ "$lat" = lat ]; then
           rp="${p[1]}/${p[2]}" rn="${n[1]}/${n[2]}"
@@ -298,6 +318,10 @@ run_job() {
     printf '# \n'
     printf '# pbrick: pbrick-gateway attach -q 2 -d 64 --persistence rpc%s, ublk -> brick (store /dev/shm);\n' \
       "${PBRICK_BENCH_GW_ARGS:+ $PBRICK_BENCH_GW_ARGS}"
+    if ((sr)); then
+      printf '# rdma-sr: the same with --persistence sync-read, brick on %s (devdax, persistence domain\n' "$PBRICK_VM_PMEM_DEV"
+      printf '# cpu_cache); its ratios are against nvme/rdma.\n'
+    fi
     printf '# nvme-of: nvme connect -> nvmet (configfs), namespace a brd ramdisk; tcp on 127.0.0.1, rdma over\n'
     printf '# rxe0 (%s). fio direct=1, size %s, %s s after 1 s ramp; io_uring, the fsync row psync with\n' "$RDMA_HOST" "$SIZE" "$RUNTIME"
     printf '# --fsync=1 (its latency: write clat + fsync mean / fsync p99). ratio = pbrick / nvme-of rate.\n'
@@ -305,7 +329,8 @@ run_job() {
     printf '# (fio included; p = pbrick, n = nvme-of); gw+brick = pbrick-gateway + pbrick-target utime+stime.\n'
   } >&3
 
-  for s in pbrick/tcp pbrick/rdma; do
+  for s in "${setups[@]}"; do
+    [[ $s == pbrick/* ]] || continue
     kill -TERM "${gw[$s]}"
     wait "${gw[$s]}" || { say "gateway $s exited non-zero on SIGTERM"; false; }
   done

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # pbrick against the kernel's NVMe over Fabrics in the VM of tests/vm/run:
-# fio on /dev/ublkbN (pbrick-gateway -> brick, store on tmpfs) and on
+# fio on /dev/ublkbN (pbrick-gateway -> brick, store on tmpfs; over RDMA also
+# with sync-read to a brick on an emulated eADR NVDIMM) and on
 # /dev/nvmeXnY (nvme connect -> nvmet, namespace on a brd ramdisk), over TCP
 # (127.0.0.1) and over RDMA (soft-RoCE rxe0), the same jobs, one table of
 # rates, ratios, mean and p99 latency (QD1 and fsync rows) and CPU per I/O,
@@ -12,7 +13,9 @@
 #   --gateway-args "ARGS"  more pbrick-gateway attach flags for both gateways,
 #                   e.g. "--poll-us 300" or "--pin-queues"
 # Environment: PBRICK_BIN_DIR (default build/, built if missing); PBRICK_VM_MEM
-# (default 4G: two stores in the guest's /dev/shm and two ramdisks).
+# (default 4G: two stores in the guest's /dev/shm and two ramdisks);
+# PBRICK_VM_STORE (default devdax: an emulated NVDIMM whose platform declares
+# eADR, for the RDMA sync-read setup; "file" leaves it out).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/../scripts/lib.sh"
@@ -27,6 +30,7 @@ while (($#)); do
 done
 export PBRICK_BIN_DIR=${PBRICK_BIN_DIR:-$PBRICK_ROOT/build}
 export PBRICK_VM_MEM=${PBRICK_VM_MEM:-4G}
+export PBRICK_VM_STORE=${PBRICK_VM_STORE:-devdax} PBRICK_VM_PMEM_SIZE=${PBRICK_VM_PMEM_SIZE:-1G}
 if [ ! -x "$PBRICK_BIN_DIR/gateway/pbrick-gateway" ] || [ ! -x "$PBRICK_BIN_DIR/bench/tcp_round_trip" ]; then
   ensure_packages "${PBRICK_BUILD_PACKAGES[@]}"
   build_tree "$PBRICK_BIN_DIR" -DCMAKE_BUILD_TYPE=Release -DPBRICK_TESTS=OFF
