@@ -378,17 +378,14 @@ struct VolumeChannels::Link {
   std::atomic<uint64_t> syncs_sent{0};
   std::atomic<uint64_t> syncs_chained{0};
   // The sync chained behind a lone WRITE (push), at most one in flight; its
-  // completion moves `synced` like a FLUSH's would. The write's own
-  // completion waits for it (whichever comes second completes the write,
-  // with the write's status), so once a lone write is acknowledged it is
-  // durable, and a FLUSH right after it always finds nothing to sync.
+  // completion moves `synced` like a FLUSH's would. The write completes on
+  // its own; a FLUSH that comes while the chained sync is still on its way
+  // and covers every write so far waits for it (chained_waiters, linked
+  // through SyncJob::Part::next) instead of sending another.
   SyncChaining chaining;
   SyncJob::Part chained;
-  DataChannel::Op* chained_write = nullptr;
-  void (*chained_write_done)(DataChannel::Op* op, int status) = nullptr;
-  void* chained_write_ctx = nullptr;
-  int chained_write_status = 0;
-  int chained_pending = 0;  // of the write and its sync
+  bool chained_inflight = false;
+  SyncJob::Part* chained_waiters = nullptr;
 
   bool needs_sync(const Volume& volume) const {
     // A mirror's stale copy is synced by its resync, not by FLUSH: the
@@ -437,22 +434,15 @@ void VolumeChannels::push(uint32_t brick, DataChannel::Op* op) {
   Link& link = *links_[brick];
   if (op->opcode != proto::Opcode::kWrite) return link.backlog.push(op, false);
   uint64_t writes = link.writes.fetch_add(1, std::memory_order_release) + 1;
-  bool lone = link.chained_pending == 0 && link.backlog.empty() && link.channel->inflight() == 0 &&
+  bool lone = !link.chained_inflight && link.backlog.empty() && link.channel->inflight() == 0 &&
               link.channel->connected() && link.channel->sync_is_one_sided();
   bool chain = link.chaining.chain(lone, volume_.sync_requests());
-  if (!chain) return link.backlog.push(op, false);
+  link.backlog.push(op, false);
+  if (!chain) return;
   // Right behind the write, in the same doorbell: when it completes, every
   // write pushed so far (this one and all before, on this connection or one
   // lost since) is durable, as after a FLUSH's sync.
   SyncJob::Part& part = link.chained;
-  link.chained_write = op;
-  link.chained_write_done = op->done;
-  link.chained_write_ctx = op->ctx;
-  link.chained_write_status = 0;
-  link.chained_pending = 2;
-  op->done = chained_write_done;
-  op->ctx = &part;
-  link.backlog.push(op, false);
   part.job = nullptr;
   part.channels = this;
   part.brick = brick;
@@ -462,35 +452,35 @@ void VolumeChannels::push(uint32_t brick, DataChannel::Op* op) {
   part.op.ctx = &part;
   part.op.done = chained_sync_done;
   part.op.chained = true;
+  link.chained_inflight = true;
   link.syncs_chained.fetch_add(1, std::memory_order_relaxed);
   link.backlog.push(&part.op, true);
 }
 
 // A chained sync's failure is nobody's error: the write reports its own, and
-// the brick still needs the sync the next FLUSH sends.
+// the FLUSH parts that waited for it send their own sync now, which meets
+// whatever made it fail (a lost connection, writes lost to a reboot: EIO)
+// under the usual rules.
 void VolumeChannels::chained_sync_done(DataChannel::Op* op, int status) {
   auto* part = static_cast<SyncJob::Part*>(op->ctx);
   Link& link = *part->channels->links_[part->brick];
+  link.chained_inflight = false;
   if (status == 0 && part->covers > link.synced.load(std::memory_order_relaxed)) {
     link.synced.store(part->covers, std::memory_order_release);
   }
-  if (--link.chained_pending == 0) finish_chained_write(link);
-}
-
-void VolumeChannels::chained_write_done(DataChannel::Op* op, int status) {
-  auto* part = static_cast<SyncJob::Part*>(op->ctx);
-  Link& link = *part->channels->links_[part->brick];
-  link.chained_write_status = status;
-  if (--link.chained_pending == 0) finish_chained_write(link);
-}
-
-// The write goes back to its owner as it came, with its own status.
-void VolumeChannels::finish_chained_write(Link& link) {
-  DataChannel::Op* write = link.chained_write;
-  link.chained_write = nullptr;
-  write->done = link.chained_write_done;
-  write->ctx = link.chained_write_ctx;
-  write->done(write, link.chained_write_status);
+  SyncJob::Part* waiter = link.chained_waiters;
+  link.chained_waiters = nullptr;
+  while (waiter != nullptr) {
+    SyncJob::Part* next = waiter->next;
+    waiter->next = nullptr;
+    if (status == 0) {
+      sync_part_done(&waiter->op, 0);
+    } else {
+      link.syncs_sent.fetch_add(1, std::memory_order_relaxed);
+      link.backlog.push(&waiter->op, true);
+    }
+    waiter = next;
+  }
 }
 
 bool VolumeChannels::needs_sync() const {
@@ -537,6 +527,14 @@ void VolumeChannels::sync(SyncJob& job) {
     part.op.ctx = &part;
     part.op.done = sync_part_done;
     job.pending++;
+    if (link.chained_inflight && link.chained.covers == writes &&
+        part.failures == link.failures_synced.load(std::memory_order_relaxed)) {
+      // The sync chained to the last write is on its way and covers every
+      // write: this part completes with it.
+      part.next = link.chained_waiters;
+      link.chained_waiters = &part;
+      continue;
+    }
     link.syncs_sent.fetch_add(1, std::memory_order_relaxed);
     link.backlog.push(&part.op, true);
   }
@@ -658,6 +656,8 @@ void VolumeChannels::finish(int status) {
   for (auto& link : links_) {
     link->backlog.fail_all(status);
     link->channel->disconnect(status);
+    // FLUSH parts that waited for a chained sync came back to the backlog.
+    link->backlog.fail_all(status);
   }
 }
 

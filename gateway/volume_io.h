@@ -29,10 +29,10 @@
 //     FLUSH after failed writes reports a brick it cannot reach instead of
 //     succeeding without it); FLUSH asks every loop whose needs_sync() is true.
 //     While FLUSH/FUA keep coming, a WRITE sent alone on an RDMA sync-read
-//     connection gets a sync-read chained right behind it (SyncChaining) and
-//     completes with it: a writer at queue depth 1 that flushes after each
-//     write finds the write synced when it flushes, and its FLUSH needs no
-//     round trip.
+//     connection gets a sync-read chained right behind it (SyncChaining): a
+//     writer at queue depth 1 that flushes after each write finds the write
+//     synced, or its sync on the way, when it flushes, and its FLUSH sends
+//     nothing (it waits for that sync if it has not completed yet).
 //
 // VolumeChannels is the data side of one event loop: one DataChannel to every
 // brick of the volume, driven from the loop's Uring, with the reconnect,
@@ -218,6 +218,7 @@ struct SyncJob {
     uint64_t covers = 0;    // the brick's write count when the sync was queued
     uint64_t failures = 0;  // and its Volume::write_failures
     uint8_t scratch = 0;
+    Part* next = nullptr;   // waiting for the same chained sync (VolumeChannels)
   };
   std::vector<Part> parts;  // one per brick
   uint32_t pending = 0;
@@ -287,8 +288,6 @@ class VolumeChannels final : public PieceSink {
   void teardown(Link& link, const Error& why);
   static void sync_part_done(DataChannel::Op* op, int status);
   static void chained_sync_done(DataChannel::Op* op, int status);
-  static void chained_write_done(DataChannel::Op* op, int status);
-  static void finish_chained_write(Link& link);
 
   Volume& volume_;
   Uring& ring_;

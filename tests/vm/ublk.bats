@@ -131,12 +131,18 @@ fio_verify() {
     --verify=crc32c --verify_fatal=1 --do_verify=1 --output-format=terse >"$BATS_TEST_TMPDIR/fio.out" 2>&1 ||
     { cat "$BATS_TEST_TMPDIR/fio.out" >&2; false; }
   gw_detach
-  local chained
-  chained=$(awk '/sync-reads chained to lone writes/ { n += $(NF - 5) } END { print n + 0 }' "$BATS_TEST_TMPDIR/gw.log")
+  local chained sent
+  read -r chained sent < <(awk '{
+      if (match($0, /[0-9]+ sync-reads chained to lone writes, [0-9]+ syncs sent/)) {
+        split(substr($0, RSTART, RLENGTH), f, " "); c += f[1]; s += f[7] } }
+    END { print c + 0, s + 0 }' "$BATS_TEST_TMPDIR/gw.log")
   echo "# $PBRICK_TRANSPORT, $PERSISTENCE: $chained of 512 writes had a sync-read chained" >&3
   if [ "$PBRICK_TRANSPORT" = rdma ] && [ "$PERSISTENCE" = sync-read ]; then
-    # All but the first (no FLUSH seen yet) and any that found another op in flight.
+    echo "# the FLUSHes sent $sent syncs of their own" >&3
+    # All but the first (no FLUSH seen yet) and any that found another op in
+    # flight; the FLUSHes after them sent (almost) nothing of their own.
     ((chained >= 450 && chained <= 512)) || fail "expected 450..512 chained sync-reads, the log says $chained"
+    ((sent <= 512 - chained + 8)) || fail "the FLUSHes sent $sent syncs of their own after $chained chained ones"
   else
     assert_equal "$chained" 0
   fi
