@@ -399,11 +399,11 @@ struct VolumeChannels::Link {
 };
 
 VolumeChannels::VolumeChannels(Volume& volume, uint32_t depth, Uring& ring, uint8_t channel_kind,
-                               uint8_t cancel_kind, std::string label)
+                               uint8_t cancel_kind, std::string label, const ChannelFactory& make_channel)
     : volume_(volume), ring_(ring), channel_kind_(channel_kind), cancel_kind_(cancel_kind), label_(std::move(label)) {
   for (uint32_t b = 0; b < volume.brick_count(); b++) {
     auto link = std::make_unique<Link>();
-    link->channel = DataChannel::Create(volume.brick_options(b).transport, depth);
+    link->channel = make_channel ? make_channel(b, depth) : DataChannel::Create(volume.brick_options(b).transport, depth);
     link->ring.owner = this;
     link->ring.brick = b;
     links_.push_back(std::move(link));

@@ -42,6 +42,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -233,8 +234,12 @@ struct SyncJob {
 // Thread: the loop's thread only, except needs_sync() (any thread).
 class VolumeChannels final : public PieceSink {
  public:
+  // Makes the channel to `brick` (tests inject their own transport); the
+  // default is DataChannel::Create with the brick's transport.
+  using ChannelFactory = std::function<std::unique_ptr<DataChannel>(uint32_t brick, uint32_t depth)>;
+
   VolumeChannels(Volume& volume, uint32_t depth, Uring& ring, uint8_t channel_kind, uint8_t cancel_kind,
-                 std::string label);
+                 std::string label, const ChannelFactory& make_channel = nullptr);
   ~VolumeChannels();
   VolumeChannels(const VolumeChannels&) = delete;
   VolumeChannels& operator=(const VolumeChannels&) = delete;

@@ -1,7 +1,7 @@
 // The volume I/O core over several real bricks (gateway/test_brick.h) in
 // layout stripe, through the engine: where blocks land, which bricks a FLUSH
 // syncs, and what a brick that is down does to I/O on the others; when a
-// sync is chained to a lone write.
+// sync is chained to a lone write, and what a FLUSH does with a chained sync.
 #include "gateway/volume_io.h"
 
 #include <gtest/gtest.h>
@@ -299,6 +299,171 @@ TEST(SyncChainingTest, AChainedSyncNeverSwallowsTheReportOfLostWrites) {
   EXPECT_TRUE(ledger.writes_maybe_lost());
   EXPECT_EQ(ledger.start_sync(/*chained=*/false), EIO) << "the FLUSH still reports it";
   EXPECT_EQ(ledger.start_sync(/*chained=*/true), 0) << "once";
+}
+
+// A channel whose ops the test completes one by one, in any order, with any
+// status; its syncs are one-sided (as an RDMA sync-read's), so VolumeChannels
+// chains them to lone writes.
+class ScriptedChannel final : public DataChannel {
+ public:
+  struct Sent {
+    Op* op;
+    bool sync;
+  };
+
+  Status connect(const ClientOptions&) override { return Status::Ok(); }
+  bool connected() const override { return true; }
+  bool tearing_down() const override { return false; }
+  bool full() const override { return false; }
+  size_t inflight() const override { return inflight_.size(); }
+  bool sync_is_one_sided() const override { return true; }
+  void submit(Op* op) override { inflight_.push_back({op, false}); }
+  void submit_sync(Op* op) override { inflight_.push_back({op, true}); }
+  std::chrono::steady_clock::time_point last_progress() const override { return {}; }
+  void teardown(int) override {}
+  Status flush(ChannelRing&) override { return Status::Ok(); }
+  Status on_cqe(uint8_t, int) override { return Status::Ok(); }
+  void stop(ChannelRing&) override {}
+  void disconnect(int status) override {
+    while (!inflight_.empty()) complete(0, status);
+  }
+
+  const std::vector<Sent>& inflight_ops() const { return inflight_; }
+  // Completes the i-th op in flight with `status`.
+  void complete(size_t i, int status) {
+    Op* op = inflight_.at(i).op;
+    inflight_.erase(inflight_.begin() + static_cast<std::ptrdiff_t>(i));
+    op->done(op, status);
+  }
+
+ private:
+  std::vector<Sent> inflight_;
+};
+
+// The sync chained to a lone write (VolumeChannels::push) and a FLUSH that
+// comes while it is on its way: the FLUSH completes with it, or, when it
+// fails, sends its own; it never completes on a sync that did not happen.
+class ChainedSyncTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/pbrick-chained-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    brick_ = std::make_unique<TestBrick>(dir_);
+    PBRICK_ASSERT_OK(brick_->start());
+    auto volume = Volume::Open({.brick = brick_->client(), .size = 32 * kMiB});
+    ASSERT_TRUE(volume.ok()) << volume.error().message();
+    volume_ = std::move(*volume);
+    channels_ = std::make_unique<VolumeChannels>(*volume_, 16, ring_, 1, 2, "test",
+                                                 [this](uint32_t, uint32_t) {
+                                                   auto c = std::make_unique<ScriptedChannel>();
+                                                   channel_ = c.get();
+                                                   return c;
+                                                 });
+    job_.ctx = this;
+    job_.done = [](SyncJob* job) { static_cast<ChainedSyncTest*>(job->ctx)->flushes_done_++; };
+    write_.opcode = proto::Opcode::kWrite;
+    write_.buf = data_;
+    write_.length = sizeof data_;
+    write_.ctx = &write_status_;
+    write_.done = [](DataChannel::Op* op, int status) { *static_cast<int*>(op->ctx) = status; };
+  }
+  void TearDown() override {
+    channels_.reset();
+    volume_.reset();
+    brick_.reset();
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
+  }
+
+  // A FLUSH was asked for, then one WRITE goes out alone: it is chained.
+  void lone_write_after_a_flush() {
+    volume_->note_sync_request();
+    channels_->push(0, &write_);
+    channels_->dispatch();
+    ASSERT_EQ(channel_->inflight_ops().size(), 2u);
+    EXPECT_FALSE(channel_->inflight_ops()[0].sync);
+    ASSERT_TRUE(channel_->inflight_ops()[1].sync);
+    EXPECT_TRUE(channel_->inflight_ops()[1].op->chained);
+    EXPECT_EQ(channels_->syncs_chained(), 1u);
+  }
+
+  std::string dir_;
+  std::unique_ptr<TestBrick> brick_;
+  std::unique_ptr<Volume> volume_;
+  Uring ring_;  // never initialized: the scripted channel arms nothing
+  std::unique_ptr<VolumeChannels> channels_;
+  ScriptedChannel* channel_ = nullptr;
+  SyncJob job_;
+  int flushes_done_ = 0;
+  uint8_t data_[4096] = {};
+  DataChannel::Op write_;
+  int write_status_ = -1;
+};
+
+TEST_F(ChainedSyncTest, AFlushWaitsForTheChainedSyncAndSendsNothing) {
+  lone_write_after_a_flush();
+  channels_->sync(job_);
+  EXPECT_EQ(flushes_done_, 0) << "the chained sync has not completed";
+  EXPECT_EQ(channel_->inflight_ops().size(), 2u) << "the FLUSH sent no sync of its own";
+  channel_->complete(0, 0);
+  EXPECT_EQ(write_status_, 0);
+  EXPECT_EQ(flushes_done_, 0) << "a completed write is not a durable one";
+  channel_->complete(0, 0);
+  EXPECT_EQ(flushes_done_, 1);
+  EXPECT_EQ(job_.status, 0);
+  EXPECT_EQ(channels_->syncs_sent(0), 0u);
+  EXPECT_FALSE(channels_->needs_sync());
+}
+
+TEST_F(ChainedSyncTest, AFlushWaitingForAChainedSyncThatFailsSendsItsOwn) {
+  lone_write_after_a_flush();
+  channels_->sync(job_);
+  channel_->complete(0, 0);
+  channel_->complete(0, ECONNRESET);  // the chained sync-read
+  EXPECT_EQ(flushes_done_, 0) << "a FLUSH completed on a sync that failed";
+  EXPECT_TRUE(channels_->needs_sync());
+  EXPECT_EQ(channels_->syncs_sent(0), 1u);
+  channels_->dispatch();
+  ASSERT_EQ(channel_->inflight_ops().size(), 1u);
+  ASSERT_TRUE(channel_->inflight_ops()[0].sync);
+  EXPECT_FALSE(channel_->inflight_ops()[0].op->chained) << "the FLUSH's own sync";
+  channel_->complete(0, EIO);
+  EXPECT_EQ(flushes_done_, 1);
+  EXPECT_EQ(job_.status, EIO) << "the FLUSH reports what its own sync met";
+  EXPECT_TRUE(channels_->needs_sync());
+}
+
+TEST_F(ChainedSyncTest, AFlushAfterAWriteTheChainedSyncDoesNotCoverSendsItsOwn) {
+  lone_write_after_a_flush();
+  DataChannel::Op second = write_;
+  int second_status = -1;
+  second.ctx = &second_status;
+  channels_->push(0, &second);  // not alone: no second chained sync
+  channels_->dispatch();
+  EXPECT_EQ(channels_->syncs_chained(), 1u);
+  channels_->sync(job_);
+  EXPECT_EQ(channels_->syncs_sent(0), 1u);
+  channels_->dispatch();
+  ASSERT_EQ(channel_->inflight_ops().size(), 4u);
+  channel_->complete(0, 0);
+  channel_->complete(0, 0);  // the chained sync: covers the first write only
+  EXPECT_EQ(flushes_done_, 0);
+  EXPECT_TRUE(channels_->needs_sync());
+  channel_->complete(0, 0);
+  EXPECT_EQ(second_status, 0);
+  channel_->complete(0, 0);
+  EXPECT_EQ(flushes_done_, 1);
+  EXPECT_EQ(job_.status, 0);
+  EXPECT_FALSE(channels_->needs_sync());
+}
+
+TEST_F(ChainedSyncTest, StoppingFailsAFlushThatWaitsForAChainedSync) {
+  lone_write_after_a_flush();
+  channels_->sync(job_);
+  channels_->finish(ESHUTDOWN);
+  EXPECT_EQ(write_status_, ESHUTDOWN);
+  EXPECT_EQ(flushes_done_, 1) << "the waiting FLUSH was dropped";
+  EXPECT_EQ(job_.status, ESHUTDOWN);
 }
 
 }  // namespace
