@@ -403,7 +403,8 @@ VolumeChannels::VolumeChannels(Volume& volume, uint32_t depth, Uring& ring, uint
     : volume_(volume), ring_(ring), channel_kind_(channel_kind), cancel_kind_(cancel_kind), label_(std::move(label)) {
   for (uint32_t b = 0; b < volume.brick_count(); b++) {
     auto link = std::make_unique<Link>();
-    link->channel = make_channel ? make_channel(b, depth) : DataChannel::Create(volume.brick_options(b).transport, depth);
+    link->channel =
+        make_channel ? make_channel(b, depth) : DataChannel::Create(volume.brick_options(b).transport, depth);
     link->ring.owner = this;
     link->ring.brick = b;
     links_.push_back(std::move(link));
