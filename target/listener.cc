@@ -18,8 +18,32 @@
 
 namespace pbrick {
 
-Result<UniqueFd> listen_tcp(const Endpoint& endpoint, uint32_t bind_retry_ms, uint16_t* port) {
+Status bind_with_retry(const std::string& where, const std::string& what, uint32_t retry_ms,
+                       const std::function<int()>& bind) {
   using Clock = std::chrono::steady_clock;
+  // A brick restarted right after kill -9 can find its port still held by
+  // the old process's io_uring or RDMA CM ids, which the kernel tears down
+  // asynchronously: SO_REUSEADDR does not help against a listening socket.
+  const auto deadline = Clock::now() + std::chrono::milliseconds(retry_ms);
+  bool retrying = false;
+  while (bind() != 0) {
+    if (errno != EADDRINUSE) return errno_error(where + ": " + what);
+    if (Clock::now() >= deadline) {
+      return Error(EADDRINUSE, where + ": " + what + ": address still in use after " + std::to_string(retry_ms) +
+                                   " ms (is another brick serving this port?)");
+    }
+    if (!retrying) {
+      PBRICK_LOG_NOTICE("%s: address in use (a brick stopped a moment ago may still hold it); "
+                        "retrying for up to %u ms", where.c_str(), retry_ms);
+      retrying = true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (retrying) PBRICK_LOG_NOTICE("%s: bound after retrying", where.c_str());
+  return Status::Ok();
+}
+
+Result<UniqueFd> listen_tcp(const Endpoint& endpoint, uint32_t bind_retry_ms, uint16_t* port) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -39,30 +63,12 @@ Result<UniqueFd> listen_tcp(const Endpoint& endpoint, uint32_t bind_retry_ms, ui
     }
     int one = 1;
     ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    // A brick restarted right after kill -9 can find its port still held by
-    // the old process's io_uring, which the kernel tears down asynchronously:
-    // SO_REUSEADDR does not help against a socket that is still listening.
-    const auto deadline = Clock::now() + std::chrono::milliseconds(bind_retry_ms);
-    bool retrying = false;
-    int rc_bind;
-    while ((rc_bind = ::bind(fd.get(), ai->ai_addr, ai->ai_addrlen)) != 0 && errno == EADDRINUSE &&
-           Clock::now() < deadline) {
-      if (!retrying) {
-        PBRICK_LOG_NOTICE("%s: address in use (a brick stopped a moment ago may still hold it); "
-                          "retrying for up to %u ms", where.c_str(), bind_retry_ms);
-        retrying = true;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    if (rc_bind != 0) {
-      last = errno == EADDRINUSE
-                 ? Error(EADDRINUSE, where + ": bind: address still in use after " +
-                                         std::to_string(bind_retry_ms) +
-                                         " ms (is another brick serving this port?)")
-                 : errno_error(where + ": bind");
+    Status bound = bind_with_retry(where, "bind", bind_retry_ms,
+                                   [&] { return ::bind(fd.get(), ai->ai_addr, ai->ai_addrlen); });
+    if (!bound) {
+      last = bound.error();
       continue;
     }
-    if (retrying) PBRICK_LOG_NOTICE("%s: bound after retrying", where.c_str());
     if (::listen(fd.get(), 128) != 0) {
       last = errno_error(where + ": listen");
       continue;
@@ -93,7 +99,7 @@ std::string peer_name(const sockaddr_storage& ss) {
 Status Server::Impl::listen() {
   if (options_.transport == Transport::kRdma) {
     auto l = RdmaListener::Create(options_.listen, store_.region().base(), store_.region().size(),
-                                  options_.max_connections + options_.max_handshakes);
+                                  options_.max_connections + options_.max_handshakes, options_.bind_retry_ms);
     if (!l) return l.error();
     listener_ = std::move(*l);
     port_ = listener_->port();

@@ -10,6 +10,7 @@
 #include "common/auth.h"
 #include "common/log.h"
 #include "common/protocol.h"
+#include "target/listener.h"
 
 namespace pbrick {
 namespace {
@@ -106,7 +107,7 @@ Status RdmaConn::repost(uint32_t slot) {
 RdmaListener::~RdmaListener() = default;
 
 Result<std::unique_ptr<RdmaListener>> RdmaListener::Create(const Endpoint& listen, uint8_t* base, uint64_t size,
-                                                           uint32_t max_connections) {
+                                                           uint32_t max_connections, uint32_t bind_retry_ms) {
   std::unique_ptr<RdmaListener> l(new RdmaListener());
   l->max_connections_ = max_connections;
   l->base_ = base;
@@ -121,9 +122,9 @@ Result<std::unique_ptr<RdmaListener>> RdmaListener::Create(const Endpoint& liste
   l->listen_id_.reset(raw);
   auto addr = rdma::resolve(listen, true);
   if (!addr) return addr.error().wrap(where);
-  if (rdma_bind_addr(raw, reinterpret_cast<sockaddr*>(&*addr)) != 0) {
-    return errno_error(where + ": rdma_bind_addr (no RDMA device on that address?)");
-  }
+  // A failed rdma_bind_addr leaves the id unbound (idle): it can be bound again.
+  PBRICK_TRY(bind_with_retry(where, "rdma_bind_addr (no RDMA device on that address?)", bind_retry_ms,
+                             [&] { return rdma_bind_addr(raw, reinterpret_cast<sockaddr*>(&*addr)); }));
   if (rdma_listen(raw, 128) != 0) return errno_error(where + ": rdma_listen");
   // Bound to one device's address: set the device up now, so the sync page and
   // the CQ exist before the first client.

@@ -83,9 +83,10 @@ class RdmaListener {
   // Binds RDMA CM to `listen` and listens. Port 0 picks a free port. The store
   // mapping [base, base + size) is what MAP registers blocks of.
   // At most `max_connections` (fewer when the device's CQ cannot hold their
-  // completions: max_connections()).
+  // completions: max_connections()). A port still in use is tried again for
+  // `bind_retry_ms` (bind_with_retry).
   static Result<std::unique_ptr<RdmaListener>> Create(const Endpoint& listen, uint8_t* base, uint64_t size,
-                                                      uint32_t max_connections);
+                                                      uint32_t max_connections, uint32_t bind_retry_ms);
   uint32_t max_connections() const { return max_connections_; }
   ~RdmaListener();
 

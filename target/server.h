@@ -63,9 +63,9 @@ struct ServerOptions {
   // A connection that has not finished HELLO (and AUTH, when a key is set)
   // within this time is closed, so idle half-open peers cannot pin slots.
   uint32_t handshake_timeout_ms = 10000;
-  // A TCP port still held (EADDRINUSE: typically by the io_uring of a brick
-  // killed a moment ago, which the kernel tears down asynchronously) is tried
-  // again for this long before Create() fails.
+  // A port still held (EADDRINUSE: typically by the io_uring or the RDMA CM
+  // ids of a brick killed a moment ago, which the kernel tears down
+  // asynchronously) is tried again for this long before Create() fails.
   uint32_t bind_retry_ms = 5000;
   // The boot id HELLO reports; unset: the host's. Tests stand in for a
   // reboot of the brick's host with another one.

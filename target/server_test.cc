@@ -18,6 +18,7 @@
 #include "gateway/engine.h"
 #include "gateway/tcp_channel.h"
 #include "target/fault_injection_region.h"
+#include "target/listener.h"
 #include "target/store.h"
 
 namespace pbrick {
@@ -328,6 +329,45 @@ TEST(ServerListen, BindGivesUpWithAClearError) {
       << server.error().message();
   EXPECT_NE(server.error().message().find("still in use after 300 ms"), std::string::npos)
       << server.error().message();
+}
+
+// The bind both listeners share (TCP and RDMA CM): a port still in use is
+// tried again until it is free; any other error is not.
+TEST(ServerListen, BindRetriesOnlyAnAddressInUse) {
+  int calls = 0;
+  Status st = bind_with_retry("listen rdma 10.0.0.1:7000", "rdma_bind_addr", 5000, [&] {
+    if (++calls < 4) {
+      errno = EADDRINUSE;
+      return -1;
+    }
+    return 0;
+  });
+  EXPECT_TRUE(st.ok()) << st.error().message();
+  EXPECT_EQ(calls, 4);
+
+  calls = 0;
+  st = bind_with_retry("listen rdma 10.0.0.1:7000", "rdma_bind_addr (no RDMA device on that address?)", 5000, [&] {
+    calls++;
+    errno = EADDRNOTAVAIL;
+    return -1;
+  });
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(calls, 1) << "only EADDRINUSE is retried";
+  EXPECT_EQ(st.error().errnum(), EADDRNOTAVAIL);
+  EXPECT_NE(st.error().message().find("listen rdma 10.0.0.1:7000: rdma_bind_addr (no RDMA device on that address?)"),
+            std::string::npos)
+      << st.error().message();
+
+  auto start = std::chrono::steady_clock::now();
+  st = bind_with_retry("listen rdma 10.0.0.1:7000", "rdma_bind_addr", 200, [] {
+    errno = EADDRINUSE;
+    return -1;
+  });
+  ASSERT_FALSE(st.ok());
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 200ms);
+  EXPECT_EQ(st.error().errnum(), EADDRINUSE);
+  EXPECT_NE(st.error().message().find("rdma_bind_addr: address still in use after 200 ms"), std::string::npos)
+      << st.error().message();
 }
 
 // The gateway's side of "Failed persistence": a FLUSH whose sync-read goes

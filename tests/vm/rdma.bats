@@ -11,6 +11,8 @@
 #   6. before AUTH nothing of the store is reachable: HELLO names no rkey or
 #      address, and the NIC refuses RDMA READs of peers that did not
 #      authenticate, even through a real handle of another connection
+#   7. a brick killed with -9 while a client is connected starts again at
+#      once on the same RDMA port
 # The brick API tests (tests/integration/brick.bats) and the ublk tests run
 # over RDMA as well (scripts/test runs them with PBRICK_TRANSPORT=rdma).
 
@@ -79,6 +81,28 @@ seconds() { awk -v t="$1" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t /
   # The same brick serves rpc clients.
   run ctl --json stat
   assert_success
+}
+
+@test "rdma: a brick killed with -9 under a connected client comes back at once on the same RDMA port" {
+  start_brick b
+  local port=$BRICK_PORT
+  ctl alloc 0x0
+  hold_map 0x0 # a client with a connection and a registered block at the kill
+  stop_brick KILL
+  # At once, on the same port: the kernel may still hold the old RDMA CM
+  # ids for a moment; the brick waits for them (bind_with_retry) instead of
+  # failing with EADDRINUSE.
+  "$TARGET_BIN" --store "$(store_dir)/b.store" --listen "$BRICK_HOST:$port" --transport rdma \
+    --port-file "$BATS_TEST_TMPDIR/b2.port" 2>>"$BATS_TEST_TMPDIR/b2.log" &
+  BRICK_PID=$!
+  wait_for_brick b2 || { cat "$BATS_TEST_TMPDIR/b2.log" >&2; false; }
+  assert_equal "$BRICK_PORT" "$port"
+  run ctl --json list
+  assert_success
+  assert_equal "$(jq "$DATA_EXTENTS | map(.blocks) | add // 0" <<<"$output")" 1
+  if grep -h "address in use" "$BATS_TEST_TMPDIR/b2.log"; then
+    echo "# the port was still held; bound after retrying" >&3
+  fi
 }
 
 @test "rdma: fio rewriting 512 MiB through ublk costs the brick no CPU (data path is one-sided)" {
