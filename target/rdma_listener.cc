@@ -123,8 +123,12 @@ Result<std::unique_ptr<RdmaListener>> RdmaListener::Create(const Endpoint& liste
   auto addr = rdma::resolve(listen, true);
   if (!addr) return addr.error().wrap(where);
   // A failed rdma_bind_addr leaves the id unbound (idle): it can be bound again.
-  PBRICK_TRY(bind_with_retry(where, "rdma_bind_addr (no RDMA device on that address?)", bind_retry_ms,
-                             [&] { return rdma_bind_addr(raw, reinterpret_cast<sockaddr*>(&*addr)); }));
+  Status bound = bind_with_retry(where, "rdma_bind_addr", bind_retry_ms,
+                                 [&] { return rdma_bind_addr(raw, reinterpret_cast<sockaddr*>(&*addr)); });
+  if (!bound && bound.error().errnum() != EADDRINUSE) {
+    return Error(bound.error().errnum(), bound.error().context() + " (no RDMA device on that address?)");
+  }
+  PBRICK_TRY(bound);
   if (rdma_listen(raw, 128) != 0) return errno_error(where + ": rdma_listen");
   // Bound to one device's address: set the device up now, so the sync page and
   // the CQ exist before the first client.

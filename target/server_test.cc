@@ -346,7 +346,7 @@ TEST(ServerListen, BindRetriesOnlyAnAddressInUse) {
   EXPECT_EQ(calls, 4);
 
   calls = 0;
-  st = bind_with_retry("listen rdma 10.0.0.1:7000", "rdma_bind_addr (no RDMA device on that address?)", 5000, [&] {
+  st = bind_with_retry("listen rdma 10.0.0.1:7000", "rdma_bind_addr", 5000, [&] {
     calls++;
     errno = EADDRNOTAVAIL;
     return -1;
@@ -354,8 +354,7 @@ TEST(ServerListen, BindRetriesOnlyAnAddressInUse) {
   ASSERT_FALSE(st.ok());
   EXPECT_EQ(calls, 1) << "only EADDRINUSE is retried";
   EXPECT_EQ(st.error().errnum(), EADDRNOTAVAIL);
-  EXPECT_NE(st.error().message().find("listen rdma 10.0.0.1:7000: rdma_bind_addr (no RDMA device on that address?)"),
-            std::string::npos)
+  EXPECT_NE(st.error().message().find("listen rdma 10.0.0.1:7000: rdma_bind_addr: "), std::string::npos)
       << st.error().message();
 
   auto start = std::chrono::steady_clock::now();
