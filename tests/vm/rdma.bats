@@ -89,9 +89,9 @@ seconds() { awk -v t="$1" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t /
   ctl alloc 0x0
   hold_map 0x0 # a client with a connection and a registered block at the kill
   stop_brick KILL
-  # At once, on the same port: the kernel may still hold the old RDMA CM
-  # ids for a moment; the brick waits for them (bind_with_retry) instead of
-  # failing with EADDRINUSE.
+  # At once, on the same port. The kernel may still hold the old RDMA CM ids
+  # for a moment, and the brick then waits for them (bind_with_retry, whose
+  # unit test shows the retry); under rxe the port has been free in time.
   "$TARGET_BIN" --store "$(store_dir)/b.store" --listen "$BRICK_HOST:$port" --transport rdma \
     --port-file "$BATS_TEST_TMPDIR/b2.port" 2>>"$BATS_TEST_TMPDIR/b2.log" &
   BRICK_PID=$!
