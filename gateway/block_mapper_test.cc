@@ -8,12 +8,10 @@
 
 #include <gtest/gtest.h>
 #include <sys/eventfd.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstring>
-#include <filesystem>
 #include <functional>
 #include <random>
 
@@ -208,21 +206,13 @@ class Loop {
 class BlockMapperTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/pbrick-mapper-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    for (uint32_t b = 0; b < 2; b++) {
-      std::string d = dir_ + "/brick" + std::to_string(b);
-      ASSERT_EQ(::mkdir(d.c_str(), 0700), 0);
-      bricks_.push_back(std::make_unique<TestBrick>(d));
-      PBRICK_ASSERT_OK(bricks_.back()->start());
-    }
+    PBRICK_ASSERT_OK(dir_.make("mapper"));
+    PBRICK_ASSERT_OK(start_test_bricks(dir_.path(), 2, &bricks_));
   }
   void TearDown() override {
     loop_.reset();
     volume_.reset();
     bricks_.clear();
-    if (!dir_.empty()) std::filesystem::remove_all(dir_);
   }
 
   // A striped volume on both bricks (block i on brick i mod 2), its loop.
@@ -251,7 +241,7 @@ class BlockMapperTest : public ::testing::Test {
     return r;
   }
 
-  std::string dir_;
+  TestDir dir_;  // before the bricks: removed after they stop
   std::vector<std::unique_ptr<TestBrick>> bricks_;
   std::unique_ptr<Volume> volume_;
   std::unique_ptr<Loop> loop_;

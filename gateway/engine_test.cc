@@ -7,7 +7,6 @@
 
 #include <atomic>
 #include <cstdlib>
-#include <filesystem>
 #include <random>
 #include <thread>
 
@@ -34,16 +33,13 @@ struct OpenOptions {
 class EngineTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/pbrick-engine-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    brick_ = std::make_unique<TestBrick>(dir_);
+    PBRICK_ASSERT_OK(dir_.make("engine"));
+    brick_ = std::make_unique<TestBrick>(dir_.path());
     PBRICK_ASSERT_OK(brick_->start());
   }
   void TearDown() override {
     engine_.reset();
     brick_.reset();
-    if (!dir_.empty()) std::filesystem::remove_all(dir_);
   }
 
   // Opens a volume on the brick and starts engine_ on it. A test asserts on
@@ -86,7 +82,7 @@ class EngineTest : public ::testing::Test {
     return v;
   }
 
-  std::string dir_;
+  TestDir dir_;  // before the bricks: removed after they stop
   std::unique_ptr<TestBrick> brick_;
   std::unique_ptr<Engine> engine_;
 };

@@ -2,9 +2,7 @@
 // blocks stay mapped on a brick, and mapping one more lets go of the least
 // recently used, so the brick may demote it (docs/config.md, max_mapped).
 #include <gtest/gtest.h>
-#include <sys/stat.h>
 
-#include <filesystem>
 #include <set>
 #include <vector>
 
@@ -38,11 +36,10 @@ std::set<uint64_t> mapped_blocks(const TestBrick& brick) {
 }
 
 TEST(MaxMapped, KeepsAtMostNMappedAndLetsGoOfTheLeastRecentlyUsed) {
-  char tmpl[] = "/tmp/pbrick-maxmapped-XXXXXX";
-  ASSERT_NE(mkdtemp(tmpl), nullptr);
-  const std::string dir = tmpl;
+  TestDir dir;
+  PBRICK_ASSERT_OK(dir.make("maxmapped"));
   {
-    TestBrick brick(dir);
+    TestBrick brick(dir.path());
     PBRICK_ASSERT_OK(brick.start());
     VolumeOptions vo;
     vo.bricks.push_back(brick.client());
@@ -71,7 +68,6 @@ TEST(MaxMapped, KeepsAtMostNMappedAndLetsGoOfTheLeastRecentlyUsed) {
     EXPECT_EQ(mapped_blocks(brick).size(), 16u);
     EXPECT_EQ(mapped_blocks(brick).count(0), 1u);
   }
-  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

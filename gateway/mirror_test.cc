@@ -5,12 +5,10 @@
 #include "gateway/mirror.h"
 
 #include <gtest/gtest.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstring>
 #include <chrono>
-#include <filesystem>
 #include <map>
 #include <mutex>
 #include <random>
@@ -97,20 +95,12 @@ std::vector<std::map<uint64_t, uint32_t>> expected_blocks(const Placement& pl, c
 class MirrorTest : public ::testing::Test {
  protected:
   void start_bricks(uint32_t n) {
-    char tmpl[] = "/tmp/pbrick-mirror-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    for (uint32_t b = 0; b < n; b++) {
-      std::string d = dir_ + "/brick" + std::to_string(b);
-      ASSERT_EQ(::mkdir(d.c_str(), 0700), 0);
-      bricks_.push_back(std::make_unique<TestBrick>(d));
-      PBRICK_ASSERT_OK(bricks_.back()->start());
-    }
+    PBRICK_ASSERT_OK(dir_.make("mirror"));
+    PBRICK_ASSERT_OK(start_test_bricks(dir_.path(), n, &bricks_));
   }
   void TearDown() override {
     engine_.reset();
     bricks_.clear();
-    if (!dir_.empty()) std::filesystem::remove_all(dir_);
   }
 
   VolumeOptions options(uint32_t copies, uint64_t size = 24 * kMiB, uint64_t base = 0) const {
@@ -159,7 +149,7 @@ class MirrorTest : public ::testing::Test {
     return out;
   }
 
-  std::string dir_;
+  TestDir dir_;  // before the bricks: removed after they stop
   std::vector<std::unique_ptr<TestBrick>> bricks_;
   std::unique_ptr<Engine> engine_;
 };

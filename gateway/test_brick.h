@@ -3,6 +3,9 @@
 // loopback, which can be stopped and started again on the same port - on the
 // same store, or on another one (a replaced brick).
 //
+// TestDir is a test's directory under /tmp, removed with what is in it when
+// the test ends; start_test_bricks() starts bricks on subdirectories of it.
+//
 // SlowLink stands between a gateway and a brick and holds the brick's
 // replies back for a while: a slow brick (or network) that still answers.
 //
@@ -15,10 +18,12 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -110,6 +115,44 @@ class TestBrick {
 // brick sends is passed on `delay` after it arrived (0: at once); requests
 // go through at once. Threads of the test; stop() (or the destructor) ends
 // every connection.
+// A directory of one test, /tmp/pbrick-NAME-XXXXXX, made by make() and
+// removed with everything in it when the object goes. A fixture declares it
+// before its bricks, so they are stopped before their stores go.
+class TestDir {
+ public:
+  TestDir() = default;
+  ~TestDir() {
+    if (!path_.empty()) std::filesystem::remove_all(path_);
+  }
+  TestDir(const TestDir&) = delete;
+  TestDir& operator=(const TestDir&) = delete;
+
+  Status make(const std::string& name) {
+    std::string tmpl = "/tmp/pbrick-" + name + "-XXXXXX";
+    if (mkdtemp(tmpl.data()) == nullptr) return errno_error("test directory " + tmpl);
+    path_ = tmpl;
+    return Status::Ok();
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// Starts `count` more bricks, each on its own subdirectory brickN of `dir`
+// (N counting on from the bricks already there), appending them to `bricks`.
+inline Status start_test_bricks(const std::string& dir, uint32_t count,
+                                std::vector<std::unique_ptr<TestBrick>>* bricks) {
+  for (uint32_t i = 0; i < count; i++) {
+    std::string d = dir + "/brick" + std::to_string(bricks->size());
+    if (::mkdir(d.c_str(), 0700) != 0) return errno_error("test brick directory " + d);
+    bricks->push_back(std::make_unique<TestBrick>(d));
+    Status st = bricks->back()->start();
+    if (!st) return st;
+  }
+  return Status::Ok();
+}
+
 class SlowLink {
  public:
   explicit SlowLink(ClientOptions brick) : brick_(std::move(brick)) {}

@@ -8,7 +8,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <filesystem>
 #include <random>
 
 #include "gateway/test_brick.h"
@@ -72,18 +71,15 @@ class TestChannel final : public DataChannel {
 class UblkPlanTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/pbrick-ublk-plan-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    brick_ = std::make_unique<TestBrick>(dir_);
+    PBRICK_ASSERT_OK(dir_.make("ublk-plan"));
+    brick_ = std::make_unique<TestBrick>(dir_.path());
     PBRICK_ASSERT_OK(brick_->start());
   }
   void TearDown() override {
     brick_.reset();
-    if (!dir_.empty()) std::filesystem::remove_all(dir_);
   }
 
-  std::string dir_;
+  TestDir dir_;  // before the bricks: removed after they stop
   std::unique_ptr<TestBrick> brick_;
 };
 

@@ -5,12 +5,10 @@
 #include "gateway/volume_io.h"
 
 #include <gtest/gtest.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
-#include <filesystem>
 #include <random>
 #include <thread>
 
@@ -43,20 +41,12 @@ struct StripeOptions {
 class StripeTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/pbrick-stripe-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    for (uint32_t b = 0; b < kBricks; b++) {
-      std::string d = dir_ + "/brick" + std::to_string(b);
-      ASSERT_EQ(::mkdir(d.c_str(), 0700), 0);
-      bricks_.push_back(std::make_unique<TestBrick>(d));
-      PBRICK_ASSERT_OK(bricks_.back()->start());
-    }
+    PBRICK_ASSERT_OK(dir_.make("stripe"));
+    PBRICK_ASSERT_OK(start_test_bricks(dir_.path(), kBricks, &bricks_));
   }
   void TearDown() override {
     engine_.reset();
     bricks_.clear();
-    if (!dir_.empty()) std::filesystem::remove_all(dir_);
   }
 
   Status open(const StripeOptions& so = {}) {
@@ -80,7 +70,7 @@ class StripeTest : public ::testing::Test {
     return v;
   }
 
-  std::string dir_;
+  TestDir dir_;  // before the bricks: removed after they stop
   std::vector<std::unique_ptr<TestBrick>> bricks_;
   std::unique_ptr<Engine> engine_;
 };
@@ -346,10 +336,8 @@ class ScriptedChannel final : public DataChannel {
 class ChainedSyncTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/pbrick-chained-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    brick_ = std::make_unique<TestBrick>(dir_);
+    PBRICK_ASSERT_OK(dir_.make("chained"));
+    brick_ = std::make_unique<TestBrick>(dir_.path());
     PBRICK_ASSERT_OK(brick_->start());
     auto volume = Volume::Open({.brick = brick_->client(), .size = 32 * kMiB});
     ASSERT_TRUE(volume.ok()) << volume.error().message();
@@ -372,7 +360,6 @@ class ChainedSyncTest : public ::testing::Test {
     channels_.reset();
     volume_.reset();
     brick_.reset();
-    if (!dir_.empty()) std::filesystem::remove_all(dir_);
   }
 
   // A FLUSH was asked for, then one WRITE goes out alone: it is chained.
@@ -387,7 +374,7 @@ class ChainedSyncTest : public ::testing::Test {
     EXPECT_EQ(channels_->syncs_chained(), 1u);
   }
 
-  std::string dir_;
+  TestDir dir_;  // before the bricks: removed after they stop
   std::unique_ptr<TestBrick> brick_;
   std::unique_ptr<Volume> volume_;
   Uring ring_;  // never initialized: the scripted channel arms nothing

@@ -6,7 +6,6 @@
 #include <unistd.h>
 
 #include <cstring>
-#include <filesystem>
 
 #include "common/crc32c.h"
 #include "gateway/test_brick.h"
@@ -370,18 +369,11 @@ TEST(PlanLabels, AnotherVolumesLabelAndMismatchesAreRefused) {
 class VolumeClaimTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/pbrick-label-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    for (auto& b : bricks_) {
-      std::filesystem::create_directory(dir_ + "/" + std::to_string(&b - bricks_));
-      b = std::make_unique<TestBrick>(dir_ + "/" + std::to_string(&b - bricks_));
-      PBRICK_ASSERT_OK(b->start());
-    }
+    PBRICK_ASSERT_OK(dir_.make("label"));
+    PBRICK_ASSERT_OK(start_test_bricks(dir_.path(), 3, &bricks_));
   }
   void TearDown() override {
     for (auto& b : bricks_) b.reset();
-    if (!dir_.empty()) std::filesystem::remove_all(dir_);
   }
   struct Attachment {
     std::vector<std::unique_ptr<BrickClient>> clients;
@@ -397,8 +389,8 @@ class VolumeClaimTest : public ::testing::Test {
     }
     return a;
   }
-  std::string dir_;
-  std::unique_ptr<TestBrick> bricks_[3];
+  TestDir dir_;  // before the bricks: removed after they stop
+  std::vector<std::unique_ptr<TestBrick>> bricks_;
 };
 
 LabelRequest stripe(uint64_t size) { return {"vol", Layout::kStripe, size, false}; }
