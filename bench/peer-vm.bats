@@ -19,7 +19,9 @@
 # Then the floor of a 4k QD1 read in this VM: null_blk (block layer and fio
 # only), a pbrick read the gateway answers without the brick (ublk's round
 # trip through user space), and a bare request/reply between two processes
-# over loopback TCP (bench/tcp_round_trip: what the brick leg costs at least).
+# over loopback TCP (bench/tcp_round_trip: what the brick leg costs at least);
+# over RDMA, one one-sided 4 KiB READ and WRITE at a time between two fio
+# processes (fio's rdma engine: what the RDMA leg costs at least).
 # Reported: rate, mean and p99 latency (QD1 and fsync rows), the ratios
 # pbrick/NVMe-oF, and CPU per I/O: the whole guest's busy time (what the
 # kernel target's threads cost has no process of its own) and, for pbrick,
@@ -273,6 +275,24 @@ run_job() {
   rtt=$("$PBRICK_BIN_DIR/bench/tcp_round_trip" 2000) || { say "bench/tcp_round_trip failed"; false; }
   res[floor.rtt]=$(awk '{ print $4, $6, $8, $10 }' <<<"$rtt")
   echo "measured: $rtt"
+  # The RDMA leg's own floor: one 4 KiB one-sided RDMA READ, then WRITE, at a
+  # time between two fio processes over rxe0 (fio's rdma engine: no block
+  # layer, no gateway, no brick; its client sleeps on a completion channel
+  # as the gateway's rings do). Its CPU per I/O is the client's (fio's
+  # usr+sys share of the run); the server does nothing per I/O.
+  ulimit -l unlimited 2>/dev/null || true # fio's rdma engine registers its buffers
+  local verb raw
+  for verb in read write; do
+    raw=$BATS_TEST_TMPDIR/fio-floor-rdma-$verb.json
+    fio_rdma_raw "floor-rdma-$verb" "$verb" 4k 1 $((7400 + ${#verb})) ||
+      { say "fio's rdma engine, a 4k RDMA $verb at QD1, failed:"; tail -n 30 "$raw.err" >&2; false; }
+    res[floor.rdma-$verb]=$(sed -n '/^{/,$p' "$raw" | jq -r '.jobs[0] | if .error != 0 then "error \(.error)" else
+      [.write.iops, .write.clat_ns.mean / 1000, ((.write.clat_ns.percentile // {})["99.000000"] // 0) / 1000,
+       (.usr_cpu + .sys_cpu) / 100 / .write.iops * 1e6] | @tsv end') ||
+      { say "fio rdma $verb: no JSON"; tail -n 20 "$raw" "$raw.err" >&2; false; }
+    case ${res[floor.rdma-$verb]} in error* | "") say "fio rdma $verb: ${res[floor.rdma-$verb]:-no result}"; false ;; esac
+    echo "measured: 4k RDMA $verb QD1, fio rdma engine: ${res[floor.rdma-$verb]}"
+  done
 
   # One line per job and transport: rates, ratio, latencies, CPU.
   local t p n rp rn
@@ -316,6 +336,23 @@ run_job() {
     printf '# %-52s %8s  %9s  %6s  %s\n' "loopback TCP round trip, 2 processes, 64 B + 4 KiB" - "${p[0]}/${p[1]}" - \
       "${p[2]}+${p[3]} (client+server)"
     printf '# \n'
+    printf '# floor of 4k QD1 over RDMA (rxe0), same run: IOPS, mean/p99 us, sys CPU us/IO, gw+brick (or client) us/IO\n'
+    read -r -a p <<<"${res[floor.unwritten]}"
+    printf '# %-52s %8.1f  %9s  %6s  %s\n' "ublk round trip via gateway (never-written half, above)" "${p[0]}" \
+      "${p[1]}/${p[2]}" "${p[5]}" "${p[6]}+${p[7]}"
+    local rdma_setups=(pbrick/rdma nvme/rdma)
+    ((sr == 0)) || rdma_setups=(pbrick/rdma pbrick/rdma-sr nvme/rdma)
+    for verb in read write; do
+      read -r -a p <<<"${res[floor.rdma-$verb]}"
+      printf '# %-52s %8.1f  %9s  %6s  %s\n' "fio rdma engine: one-sided 4k RDMA $verb, 2 processes" "${p[0]}" \
+        "$(printf '%.1f/%.1f' "${p[1]}" "${p[2]}")" - "$(printf '%.1f' "${p[3]}") (client)"
+      for s in "${rdma_setups[@]}"; do
+        read -r -a p <<<"${res[rand$verb-4k-qd1.$s]}"
+        printf '# %-52s %8.1f  %9s  %6s  %s\n' "$s, rand$verb-4k-qd1 (above)" "${p[0]}" "${p[1]}/${p[2]}" "${p[5]}" \
+          "${p[6]}+${p[7]}"
+      done
+    done
+    printf '# \n'
     printf '# pbrick: pbrick-gateway attach -q 2 -d 64 --persistence rpc%s, ublk -> brick (store /dev/shm);\n' \
       "${PBRICK_BENCH_GW_ARGS:+ $PBRICK_BENCH_GW_ARGS}"
     if ((sr)); then
@@ -356,6 +393,9 @@ teardown() {
       kill -TERM "$pid" 2>/dev/null || continue
       timeout 20 tail --pid="$pid" -f /dev/null || kill -KILL "$pid" 2>/dev/null || true
     done <"$BATS_TEST_TMPDIR/gw.pids"
+  fi
+  if [ -f "$BATS_TEST_TMPDIR/raw.pids" ]; then
+    while read -r pid; do kill -TERM "$pid" 2>/dev/null || true; done <"$BATS_TEST_TMPDIR/raw.pids"
   fi
   vm_teardown
   for log in gw-tcp gw-rdma tcp-brick rdma-brick; do

@@ -5,8 +5,10 @@
 # /dev/nvmeXnY (nvme connect -> nvmet, namespace on a brd ramdisk), over TCP
 # (127.0.0.1) and over RDMA (soft-RoCE rxe0), the same jobs, one table of
 # rates, ratios, mean and p99 latency (QD1 and fsync rows) and CPU per I/O,
-# then the floor of a 4k QD1 read in the VM (null_blk; a ublk read the
-# gateway answers without the brick).
+# then the floor of a 4k QD1 I/O in the VM (null_blk; a ublk read the
+# gateway answers without the brick; a loopback TCP round trip between two
+# processes; one one-sided RDMA READ and WRITE at a time between two fio
+# processes over rxe0).
 # Usage: bench/peer-vm.sh [--runtime SECONDS] [--size SIZE] [--gateway-args "ARGS"]
 #   --runtime SEC   measured seconds per job after a 1 s ramp (default 4, at least 3)
 #   --size SIZE     bytes each job spans (default 128M)

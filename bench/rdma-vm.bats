@@ -60,56 +60,12 @@ fio_dev() {
   fio_result "$label" "$out" "$side" "$unit" "$rc"
 }
 
-# fio_raw LABEL VERB BS DEPTH PORT UNIT: fio's rdma engine, a server (rw=read:
-# DEPTH registered buffers of BS) and a client (rw=write, the side that works)
-# that moves BS to/from them with one-sided RDMA VERB (read|write) at DEPTH;
-# the client's numbers are in its "write" section whatever VERB is. Sets RATE.
+# fio_raw LABEL VERB BS DEPTH PORT UNIT: fio's rdma engine at BS and DEPTH
+# (vm_bench.bash's fio_rdma_raw); sets RATE.
 fio_raw() {
-  local label=$1 verb=$2 bs=$3 depth=$4 port=$5 unit=$6 rc=0
-  local out=$BATS_TEST_TMPDIR/fio-$label.json srv=$BATS_TEST_TMPDIR/fio-$label.srv
-  # cd: fio must not try to lay out a file in the read-only tree; stdbuf: its
-  # "waiting for connection" reaches the log at once.
-  (cd "$BATS_TEST_TMPDIR" && exec timeout -k 5 $((RUNTIME + 150)) stdbuf -oL fio --name=srv --ioengine=rdma \
-    --port="$port" --rw=read --bs="$bs" --iodepth="$depth" --size="$SIZE") >"$srv" 2>&1 &
-  RAW_SRV_PID=$!
-  echo "$RAW_SRV_PID" >>"$BATS_TEST_TMPDIR/raw.pids"
-  local ready=0
-  for _ in $(seq 1 300); do
-    if grep -q 'waiting for connection' "$srv" ||
-      rdma resource show cm_id 2>/dev/null | grep -q "state LISTEN .*:$port "; then
-      ready=1
-      break
-    fi
-    if ! kill -0 "$RAW_SRV_PID" 2>/dev/null; then
-      say "fio rdma server for $label exited before listening:"
-      cat "$srv" >&2
-      return 1
-    fi
-    sleep 0.1
-  done
-  if ((ready == 0)); then
-    say "fio rdma server for $label is not listening on port $port after 30 s:"
-    cat "$srv" >&2
-    return 1
-  fi
-  (cd "$BATS_TEST_TMPDIR" && exec timeout -k 10 $((RUNTIME + 90)) fio --name=raw --ioengine=rdma \
-    --hostname="$RDMA_HOST" --port="$port" --verb="$verb" --rw=write --bs="$bs" --iodepth="$depth" \
-    --size="$SIZE" --runtime="$RUNTIME" --time_based --ramp_time=1 --output-format=json) \
-    >"$out" 2>"$out.err" || rc=$?
-  # The client's end tells the server to finish (not when it failed).
-  if [ "$rc" != 0 ]; then
-    kill -TERM "$RAW_SRV_PID" 2>/dev/null || true
-  elif ! timeout 30 tail --pid="$RAW_SRV_PID" -f /dev/null; then
-    say "fio rdma server for $label still runs 30 s after its client ended; killing it"
-    kill -TERM "$RAW_SRV_PID" 2>/dev/null || true
-  fi
-  wait "$RAW_SRV_PID" 2>/dev/null || true
-  RAW_SRV_PID=
-  if [ "$rc" != 0 ]; then
-    echo "--- server log:" >>"$out.err"
-    cat "$srv" >>"$out.err"
-  fi
-  fio_result "$label" "$out" write "$unit" "$rc"
+  local rc=0
+  fio_rdma_raw "$1" "$2" "$3" "$4" "$5" || rc=$?
+  fio_result "$1" "$BATS_TEST_TMPDIR/fio-$1.json" write "$6" "$rc"
 }
 
 # gw_detach NAME PID DEV: SIGTERM; the gateway must exit 0 and DEV go away.

@@ -1,8 +1,10 @@
 # Helpers shared by the VM benchmarks (bench/peer-vm.bats, bench/rdma-vm.bats):
-# a brick on tmpfs, a ublk gateway on it, a process's CPU ticks. The .bats file
-# sets TARGET_BIN, GW_BIN, SHM, STORE_MIB, VOL_MIB and defines say().
+# a brick on tmpfs, a ublk gateway on it, a process's CPU ticks, fio's rdma
+# engine between two processes. The .bats file sets TARGET_BIN, GW_BIN, SHM,
+# STORE_MIB, VOL_MIB (and SIZE, RUNTIME, RDMA_HOST for fio_rdma_raw), defines
+# say(), and kills the pids in $BATS_TEST_TMPDIR/raw.pids in its teardown.
 # shellcheck shell=bash
-# shellcheck disable=SC2034 # BRICK_*, GW_PID, DEV and TICKS are set for the caller
+# shellcheck disable=SC2034 # BRICK_*, GW_PID, DEV, TICKS and RAW_SRV_PID are set for the caller
 
 # brick_on NAME TRANSPORT HOST [STORE]: pbrick-target on $SHM/NAME.store
 # (tmpfs, STORE_MIB) or on the device STORE (a devdax device, used whole),
@@ -60,3 +62,59 @@ proc_ticks() {
   f=(${stat##*) })
   TICKS=$((f[11] + f[12]))
 }
+
+# fio_rdma_raw LABEL VERB BS DEPTH PORT: fio's rdma engine between two fio
+# processes over rxe0 (RDMA_HOST): a server (rw=read: DEPTH registered buffers
+# of BS) and a client (rw=write, the side that works) that moves BS to/from
+# them with one-sided RDMA VERB (read|write) at DEPTH, for RUNTIME s after 1 s
+# ramp. The client's JSON is $BATS_TEST_TMPDIR/fio-LABEL.json, its numbers in
+# the "write" section whatever VERB is (the server's log is appended to
+# fio-LABEL.json.err when it failed). Returns the client's exit status.
+fio_rdma_raw() {
+  local label=$1 verb=$2 bs=$3 depth=$4 port=$5 rc=0
+  local out=$BATS_TEST_TMPDIR/fio-$label.json srv=$BATS_TEST_TMPDIR/fio-$label.srv
+  # cd: fio must not try to lay out a file in the read-only tree; stdbuf: its
+  # "waiting for connection" reaches the log at once.
+  (cd "$BATS_TEST_TMPDIR" && exec timeout -k 5 $((RUNTIME + 150)) stdbuf -oL fio --name=srv --ioengine=rdma \
+    --port="$port" --rw=read --bs="$bs" --iodepth="$depth" --size="$SIZE") >"$srv" 2>&1 &
+  RAW_SRV_PID=$!
+  echo "$RAW_SRV_PID" >>"$BATS_TEST_TMPDIR/raw.pids"
+  local ready=0
+  for _ in $(seq 1 300); do
+    if grep -q 'waiting for connection' "$srv" ||
+      rdma resource show cm_id 2>/dev/null | grep -q "state LISTEN .*:$port "; then
+      ready=1
+      break
+    fi
+    if ! kill -0 "$RAW_SRV_PID" 2>/dev/null; then
+      say "fio rdma server for $label exited before listening:"
+      cat "$srv" >&2
+      return 1
+    fi
+    sleep 0.1
+  done
+  if ((ready == 0)); then
+    say "fio rdma server for $label is not listening on port $port after 30 s:"
+    cat "$srv" >&2
+    return 1
+  fi
+  (cd "$BATS_TEST_TMPDIR" && exec timeout -k 10 $((RUNTIME + 90)) fio --name=raw --ioengine=rdma \
+    --hostname="$RDMA_HOST" --port="$port" --verb="$verb" --rw=write --bs="$bs" --iodepth="$depth" \
+    --size="$SIZE" --runtime="$RUNTIME" --time_based --ramp_time=1 --output-format=json) \
+    >"$out" 2>"$out.err" || rc=$?
+  # The client's end tells the server to finish (not when it failed).
+  if [ "$rc" != 0 ]; then
+    kill -TERM "$RAW_SRV_PID" 2>/dev/null || true
+  elif ! timeout 30 tail --pid="$RAW_SRV_PID" -f /dev/null; then
+    say "fio rdma server for $label still runs 30 s after its client ended; killing it"
+    kill -TERM "$RAW_SRV_PID" 2>/dev/null || true
+  fi
+  wait "$RAW_SRV_PID" 2>/dev/null || true
+  RAW_SRV_PID=
+  if [ "$rc" != 0 ]; then
+    echo "--- server log:" >>"$out.err"
+    cat "$srv" >>"$out.err"
+  fi
+  return "$rc"
+}
+
