@@ -127,6 +127,7 @@ constexpr EnumEntry<DdioMode> kDdioModes[] = {
 constexpr EnumEntry<Persistence> kPersistences[] = {{"sync-read", Persistence::kSyncRead},
                                                     {"rpc", Persistence::kRpc}};
 constexpr EnumEntry<Frontend> kFrontends[] = {{"ublk", Frontend::kUblk}, {"nbd", Frontend::kNbd}};
+constexpr EnumEntry<bool> kBooleans[] = {{"true", true}, {"false", false}};
 constexpr EnumEntry<Layout> kLayouts[] = {{"single", Layout::kSingle}, {"stripe", Layout::kStripe}, {"mirror", Layout::kMirror}};
 
 template <typename E, size_t N>
@@ -550,7 +551,8 @@ class Parser {
 
   void parse_volume(const YAML::Node& node, const std::string& path) {
     static const KeySpec kSpec{
-        {"name", "size", "brick", "bricks", "layout", "copies", "base", "queues", "depth", "frontend", "max_mapped"},
+        {"name", "size", "brick", "bricks", "layout", "copies", "base", "queues", "depth", "frontend", "max_mapped",
+         "poll_us", "pin_queues"},
         {}};
     VolumeConfig& v = config_->volumes.emplace_back();
     SourcePos pos = to_pos(node.Mark());
@@ -583,6 +585,8 @@ class Parser {
     get_u32(*f, "depth", path, pos, false, &v.depth);
     get_u64(*f, "max_mapped", path, pos, false, &v.max_mapped);
     get_enum(*f, "frontend", path, pos, kFrontends, &v.frontend);
+    get_u32(*f, "poll_us", path, pos, false, &v.poll_us);
+    get_enum(*f, "pin_queues", path, pos, kBooleans, &v.pin_queues);
   }
 
   // A list of names (`what`s) at `path`; an item that is not a scalar is
@@ -849,6 +853,14 @@ class Validator {
       if (known(p + ".depth") && (!is_power_of_two(v.depth) || v.depth > kMaxDepth)) {
         error(p + ".depth", "depth " + std::to_string(v.depth) + " must be a power of two between 1 and " +
                                 std::to_string(kMaxDepth));
+      }
+      if (known(p + ".poll_us") && v.poll_us > kMaxPollUs) {
+        error(p + ".poll_us", "poll_us " + std::to_string(v.poll_us) + " is out of range (0-" +
+                                  std::to_string(kMaxPollUs) + " microseconds)");
+      }
+      if (known(p + ".pin_queues") && known(p + ".frontend") && v.pin_queues && v.frontend != Frontend::kUblk) {
+        error(p + ".pin_queues", "pin_queues pins the ublk frontend's queue threads; this volume's frontend is " +
+                                     std::string(frontend_name(v.frontend)));
       }
     }
     check_overlaps();

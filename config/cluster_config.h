@@ -82,10 +82,21 @@ struct VolumeConfig {
   Frontend frontend = Frontend::kNbd;
   // Blocks the gateway keeps mapped at most (0: no bound; else >= kMinMaxMapped).
   uint64_t max_mapped = 0;
+  // How long the frontend's loops poll for a completion before they sleep, in
+  // microseconds (0: never; at most kMaxPollUs): pbrick-gateway --poll-us,
+  // nbdkit poll-us=.
+  uint32_t poll_us = 0;
+  // Frontend ublk: each queue's thread pinned to the CPUs whose I/O the queue
+  // takes (pbrick-gateway --pin-queues).
+  bool pin_queues = false;
 
   // `bricks`, or {brick} for a config built in code that set only `brick`.
   std::vector<std::string> brick_names() const;
 };
+
+// The longest a frontend's loop may poll its ring for a completion before it
+// sleeps (volume poll_us:, pbrick-gateway attach --poll-us, nbdkit poll-us=).
+inline constexpr uint32_t kMaxPollUs = 1000;
 
 // The smallest bound on mapped blocks: one request of the largest size (16 MiB)
 // touches up to 9 blocks, and concurrent requests must not keep unmapping

@@ -349,6 +349,24 @@ TEST(ClusterConfigTest, QueuesAndDepthRange) {
   EXPECT_TRUE(check(with("depth: 1024")).empty());
 }
 
+TEST(ClusterConfigTest, PollAndPinnedQueues) {
+  auto with = [](const std::string& kv) { return valid_with("base: 0x0", "base: 0x0\n    " + kv); };
+  ClusterConfig c;
+  ASSERT_TRUE(check(kValid, &c).empty());
+  EXPECT_EQ(c.volumes[0].poll_us, 0u);  // the defaults: never poll, nothing pinned
+  EXPECT_FALSE(c.volumes[0].pin_queues);
+  ASSERT_TRUE(check(with("poll_us: 300\n    frontend: ublk\n    pin_queues: true"), &c).empty());
+  EXPECT_EQ(c.volumes[0].poll_us, 300u);
+  EXPECT_TRUE(c.volumes[0].pin_queues);
+  EXPECT_TRUE(check(with("poll_us: 1000")).empty());
+  expect_one(with("poll_us: 1001"), 12, 14,
+             "volumes[0].poll_us: poll_us 1001 is out of range (0-1000 microseconds)");
+  expect_one(with("pin_queues: yes"), 12, 17, "volumes[0].pin_queues: invalid value 'yes' (expected true or false)");
+  expect_one(with("pin_queues: true"), 12, 17,
+             "volumes[0].pin_queues: pin_queues pins the ublk frontend's queue threads; this volume's frontend is nbd");
+  EXPECT_TRUE(check(with("pin_queues: false")).empty());
+}
+
 TEST(ClusterConfigTest, SlowTier) {
   const std::string with_slow =
       valid_with("size: 1G}", "size: 32M, slow: {path: /var/lib/pbrick/b0.slow, size: 1G}}");

@@ -124,8 +124,6 @@ int fail(const Error& e) {
 
 struct AttachParams : VolumeSpec {
   uint32_t logical_block_size = 4096;
-  bool pin_queues = false;  // --pin-queues
-  uint32_t poll_us = 0;     // --poll-us
 };
 
 std::string conf_path(uint32_t id) { return std::string(kStateDir) + "/ublk-" + std::to_string(id) + ".conf"; }
@@ -171,8 +169,8 @@ Status save_conf(uint32_t id, const AttachParams& p) {
   if (p.persistence) std::fprintf(f, "persistence=%s\n", persistence_name(*p.persistence));
   std::fprintf(f, "name=%s\nread_only=%d\n", p.label_name.c_str(), p.read_only ? 1 : 0);
   if (p.degraded) std::fprintf(f, "degraded=1\n");
-  if (p.pin_queues) std::fprintf(f, "pin_queues=1\n");
-  if (p.poll_us) std::fprintf(f, "poll_us=%u\n", p.poll_us);
+  if (p.pin_queues.value_or(false)) std::fprintf(f, "pin_queues=1\n");
+  if (p.poll_us.value_or(0) != 0) std::fprintf(f, "poll_us=%u\n", *p.poll_us);
   if (p.max_mapped) std::fprintf(f, "max_mapped=%llu\n", static_cast<unsigned long long>(*p.max_mapped));
   if (std::fclose(f) != 0 || std::rename(tmp.c_str(), path.c_str()) != 0) return errno_error("writing " + path);
   return Status::Ok();
@@ -287,10 +285,10 @@ struct Server {
 
   Status start_queues(UblkControl& ctrl, uint32_t nr_queues, const AttachParams& p) {
     dev.cdev_fd = cdev.get();
-    dev.poll = std::chrono::microseconds(p.poll_us);
+    dev.poll = std::chrono::microseconds(p.poll_us.value_or(0));
     for (uint32_t q = 0; q < nr_queues; q++) {
       std::optional<cpu_set_t> cpus;
-      if (p.pin_queues) {
+      if (p.pin_queues.value_or(false)) {
         auto mask = ctrl.get_queue_affinity(dev.dev_id, static_cast<uint16_t>(q));
         if (!mask) return mask.error();
         cpus = *mask;

@@ -41,7 +41,6 @@ struct Config : VolumeSpec {
 
 Config g_config;
 std::unique_ptr<Engine> g_engine;
-uint32_t g_poll_us = 0;  // poll-us=: EngineOptions::poll_us
 
 // The one place where pbrick errors become NBD errors: the errno goes to
 // nbdkit (which maps it onto the NBD wire), the message to its log.
@@ -147,7 +146,9 @@ int pbrick_config(const char* key, const char* value) {
   } else if (k == "volume") {
     g_config.volume = value;
   } else if (k == "poll-us") {
-    return config_u32(key, value, 0, Engine::kMaxPollUs, &g_poll_us);
+    uint32_t v;
+    if (config_u32(key, value, 0, Engine::kMaxPollUs, &v) != 0) return -1;
+    g_config.poll_us = v;
   } else if (k == "timeout") {
     return config_u32(key, value, 100, 3600000, &g_config.timeout_ms);
   } else if (k == "max-mapped") {
@@ -186,7 +187,9 @@ int pbrick_after_fork() {
   EngineOptions engine_options;
   engine_options.queues = *g_config.queues;
   engine_options.depth = *g_config.depth;
-  engine_options.poll_us = g_poll_us;
+  // pin_queues (a cluster file's, for a volume it gives frontend: ublk) has
+  // nothing to pin here: nbdkit owns the threads that call the plugin.
+  engine_options.poll_us = g_config.poll_us.value_or(0);
   auto engine = Engine::Start(std::move(*volume), engine_options);
   if (!engine) return report(engine.error());
   g_engine = std::move(*engine);
@@ -203,9 +206,9 @@ int pbrick_after_fork() {
 void pbrick_unload() {
   if (g_engine) {
     sd_notify(0, "STOPPING=1");
-    if (g_poll_us > 0) {
+    if (g_config.poll_us.value_or(0) > 0) {
       Engine::PollStats p = g_engine->poll_stats();
-      nbdkit_debug("pbrick: poll-us=%u: %llu waits ended by polling, %llu slept", g_poll_us,
+      nbdkit_debug("pbrick: poll-us=%u: %llu waits ended by polling, %llu slept", *g_config.poll_us,
                    static_cast<unsigned long long>(p.won), static_cast<unsigned long long>(p.lost));
     }
   }

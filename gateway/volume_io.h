@@ -51,6 +51,7 @@
 
 #include "common/result.h"
 #include "common/uring.h"
+#include "config/cluster_config.h"  // kMaxPollUs
 #include "gateway/data_channel.h"
 #include "gateway/volume.h"
 
@@ -166,10 +167,6 @@ class IoRetry {
   std::chrono::milliseconds backoff_{20};
   Error error_{0, ""};
 };
-
-// The longest a frontend's loop may poll its ring for a completion before it
-// sleeps (nbdkit poll-us=, pbrick-gateway attach --poll-us).
-inline constexpr uint32_t kMaxPollUs = 1000;
 
 class VolumeChannels;
 

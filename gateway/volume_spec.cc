@@ -49,6 +49,8 @@ Status VolumeSpec::complete_from_config(const std::string& path, const std::stri
   if (!queues) queues = v->queues;
   if (!depth) depth = v->depth;
   if (!max_mapped) max_mapped = v->max_mapped;
+  if (!poll_us) poll_us = v->poll_us;
+  if (!pin_queues) pin_queues = v->pin_queues;
   return Status::Ok();
 }
 

@@ -32,6 +32,8 @@ struct VolumeSpec {
   std::optional<uint32_t> leg_timeout_ms;  // layout mirror; default min(5000, timeout / 2)
   std::optional<uint32_t> resync_mib_per_s;  // layout mirror; VolumeOptions::resync_mib_per_s (default 0)
   std::optional<uint64_t> max_mapped;  // VolumeOptions::max_mapped
+  std::optional<uint32_t> poll_us;     // the frontend's bounded polling (0..kMaxPollUs); default 0
+  std::optional<bool> pin_queues;      // pbrick-gateway only: queue threads pinned; default not
   std::optional<Transport> transport;      // default tcp
   std::optional<Persistence> persistence;  // default: sync-read over tcp, rpc over rdma
   std::string label_name;  // the volume's name in its label; from the cluster file

@@ -196,6 +196,28 @@ fio_verify() {
   assert_output --partial 'pbrick: poll-us=1001: expected a number in 0..1000'
 }
 
+@test "poll_us: from the cluster file, unless poll-us= says otherwise" {
+  start_brick b
+  cat >"$BATS_TEST_TMPDIR/cluster.yaml" <<EOF
+cluster: {name: t}
+bricks:
+  - {name: b0, host: 127.0.0.1, port: $BRICK_PORT, store: {path: /var/lib/pbrick/b0.store, size: 64M}}
+volumes:
+  - {name: vol0, size: 64M, brick: b0, base: 0x0, poll_us: 40}
+EOF
+  # The plugin reports its polling at unload (nbdkit -v): only when it polled.
+  PBRICK_NBDKIT_VERBOSE=1 start_nbd config="$BATS_TEST_TMPDIR/cluster.yaml" volume=vol0
+  fio_verify 4k 1 4M
+  stop_nbd
+  grep -q 'pbrick: poll-us=40: [0-9]* waits ended by polling' "$NBD_LOG" ||
+    fail "no poll-us=40 report at unload: $(grep -i poll "$NBD_LOG")"
+  PBRICK_NBDKIT_VERBOSE=1 start_nbd --name off config="$BATS_TEST_TMPDIR/cluster.yaml" volume=vol0 poll-us=0
+  fio_verify 4k 1 4M
+  stop_nbd
+  run grep -c 'waits ended by polling' "$NBD_LOG"
+  assert_output 0
+}
+
 @test "thin provisioning: writes allocate their blocks only, discard frees them at the brick" {
   start_brick b
   start_nbd
