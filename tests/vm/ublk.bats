@@ -268,7 +268,7 @@ brick_lacks() {
   [ -z "$(dmesg_problems)" ]
 }
 
-@test "ublk: --config/--volume, --logical-block-size 512, list, detach -n" {
+@test "ublk: --config/--volume, --logical-block-size 512, list, detach -n; poll_us from the file" {
   brick_up
   cat >"$BATS_TEST_TMPDIR/cluster.yaml" <<YAML
 cluster:
@@ -289,6 +289,7 @@ volumes:
     queues: 1
     depth: 16
     frontend: ublk
+    poll_us: 40
 gateways:
   - name: g0
     host: 127.0.0.1
@@ -326,4 +327,7 @@ YAML
   [ ! -e "$DEV" ]
   run "$GW_BIN" list --json
   assert_output "[]"
+  # The queue polled as the file said (it reports so when it stops).
+  grep -Eq 'queue 0: --poll-us 40: [0-9]+ waits ended by polling' "$BATS_TEST_TMPDIR/gw.log" ||
+    { grep -i poll "$BATS_TEST_TMPDIR/gw.log" >&2; false; }
 }
