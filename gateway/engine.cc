@@ -124,6 +124,7 @@ class Engine::Loop {
   // Any thread: whether this loop's channels carried writes not synced yet.
   bool needs_sync() const { return channels_.needs_sync(); }
   uint64_t syncs_sent(uint32_t brick) const { return channels_.syncs_sent(brick); }
+  uint64_t syncs_chained() const { return channels_.syncs_chained(); }
   Engine::PollStats poll_stats() const {
     return {polls_won_.load(std::memory_order_relaxed), polls_lost_.load(std::memory_order_relaxed)};
   }
@@ -377,6 +378,12 @@ Status Engine::sync_loops(bool all) {
 uint64_t Engine::syncs_sent(uint32_t brick) const {
   uint64_t n = 0;
   for (const auto& loop : loops_) n += loop->syncs_sent(brick);
+  return n;
+}
+
+uint64_t Engine::syncs_chained() const {
+  uint64_t n = 0;
+  for (const auto& loop : loops_) n += loop->syncs_chained();
   return n;
 }
 

@@ -79,6 +79,9 @@ class Engine {
   // Syncs sent to brick `brick` (of the volume's layout) so far, over all
   // loops (statistics: a FLUSH asks only the bricks that were written).
   uint64_t syncs_sent(uint32_t brick) const;
+  // Syncs chained to lone writes so far, over all loops and bricks
+  // (statistics; VolumeOptions::chain_syncs).
+  uint64_t syncs_chained() const;
 
   // Waits of the loops that a completion ended within the poll bound, and
   // waits that slept after it (statistics; both 0 without poll_us).

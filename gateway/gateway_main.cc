@@ -97,6 +97,9 @@ constexpr const char* kUsage =
     "  --timeout MS            how long I/O waits for an unreachable brick (default 30000)\n"
     "  --max-mapped N          keep at most N blocks mapped on each brick, unmapping its least recently used\n"
     "                          (0: no bound; at least 16), so a tiered brick can demote them\n"
+    "  --no-chained-syncs      every FLUSH sends its own syncs (default: while FLUSHes follow\n"
+    "                          writes at depth 1, a sync goes out right behind each write and\n"
+    "                          the FLUSH completes with it, a round trip sooner)\n"
     "  The volume parameters are kept in /run/pbrick/ublk-ID.conf for recover.\n"
     "list: the ublk devices (id, state, queues, depth, daemon pid) and, for a mirror, a\n"
     "  line \"copies:\" with each copy's brick and state: in-sync, stale since T,\n"
@@ -169,6 +172,7 @@ Status save_conf(uint32_t id, const AttachParams& p) {
   if (p.persistence) std::fprintf(f, "persistence=%s\n", persistence_name(*p.persistence));
   std::fprintf(f, "name=%s\nread_only=%d\n", p.label_name.c_str(), p.read_only ? 1 : 0);
   if (p.degraded) std::fprintf(f, "degraded=1\n");
+  if (!p.chain_syncs) std::fprintf(f, "chained_syncs=0\n");
   if (p.pin_queues.value_or(false)) std::fprintf(f, "pin_queues=1\n");
   if (p.poll_us.value_or(0) != 0) std::fprintf(f, "poll_us=%u\n", *p.poll_us);
   if (p.max_mapped) std::fprintf(f, "max_mapped=%llu\n", static_cast<unsigned long long>(*p.max_mapped));
@@ -216,6 +220,7 @@ Result<AttachParams> load_conf(uint32_t id) {
   p.label_name = kv["name"];
   p.read_only = kv["read_only"] == "1";
   p.degraded = kv["degraded"] == "1";
+  p.chain_syncs = kv["chained_syncs"] != "0";
   p.pin_queues = kv["pin_queues"] == "1";
   if (kv.count("poll_us") != 0) {
     auto c = num("poll_us");
@@ -416,7 +421,8 @@ int attach_main(int argc, char** argv) {
     kResyncRate,
     kDegraded,
     kPinQueues,
-    kPollUs
+    kPollUs,
+    kNoChainedSyncs
   };
   static const option kOptions[] = {
       {"target", required_argument, nullptr, kTarget},
@@ -440,6 +446,7 @@ int attach_main(int argc, char** argv) {
       {"degraded", no_argument, nullptr, kDegraded},
       {"pin-queues", no_argument, nullptr, kPinQueues},
       {"poll-us", required_argument, nullptr, kPollUs},
+      {"no-chained-syncs", no_argument, nullptr, kNoChainedSyncs},
       {"read-only", no_argument, nullptr, kReadOnly},
       {"name", required_argument, nullptr, kName},
       {"help", no_argument, nullptr, 'h'},
@@ -510,6 +517,7 @@ int attach_main(int argc, char** argv) {
       case kReadOnly: p.read_only = true; break;
       case kDegraded: p.degraded = true; break;
       case kPinQueues: p.pin_queues = true; break;
+      case kNoChainedSyncs: p.chain_syncs = false; break;
       case kPollUs: {
         auto r = parse_u64(optarg, "--poll-us");
         if (!r || *r > kMaxPollUs) return usage_error("--poll-us must be 0.." + std::to_string(kMaxPollUs) + " us");

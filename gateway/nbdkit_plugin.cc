@@ -137,6 +137,10 @@ int pbrick_config(const char* key, const char* value) {
     int b = nbdkit_parse_bool(value);
     if (b == -1) return -1;
     g_config.degraded = b == 1;
+  } else if (k == "chained-syncs") {
+    int b = nbdkit_parse_bool(value);
+    if (b == -1) return -1;
+    g_config.chain_syncs = b == 1;
   } else if (k == "read-only") {
     int b = nbdkit_parse_bool(value);
     if (b == -1) return -1;
@@ -317,6 +321,9 @@ nbdkit_plugin make_plugin() {
       "                  hold the volume alone; a second holder gets EBUSY naming the first)\n"
       "max-mapped=N      keep at most N blocks mapped on each brick, unmapping its least recently used\n"
       "                  (0: no bound; at least 16), so a tiered brick can demote them\n"
+      "chained-syncs=BOOL  false: every FLUSH sends its own syncs (default true: while FLUSHes\n"
+      "                  follow writes at depth 1, a sync goes out right behind each write\n"
+      "                  and the FLUSH completes with it, a round trip sooner)\n"
       "config=FILE       cluster file (with volume=NAME): the rest comes from there\n"
       "volume=NAME       the volume of config= to serve";
   p.magic_config_key = nullptr;

@@ -552,10 +552,10 @@ void UblkQueue::run() {
     }
   }
   m.channels->finish(ESHUTDOWN);
-  if (uint64_t chained = m.channels->syncs_chained(); chained > 0) {
-    uint64_t sent = 0;
-    for (uint32_t b = 0; b < dev_.volume->brick_count(); b++) sent += m.channels->syncs_sent(b);
-    PBRICK_LOG_INFO("ublk%u queue %u: %llu sync-reads chained to lone writes, %llu syncs sent for FLUSH/FUA",
+  uint64_t chained = m.channels->syncs_chained(), sent = 0;
+  for (uint32_t b = 0; b < dev_.volume->brick_count(); b++) sent += m.channels->syncs_sent(b);
+  if (chained + sent > 0) {
+    PBRICK_LOG_INFO("ublk%u queue %u: %llu syncs chained to lone writes, %llu syncs sent for FLUSH/FUA",
                     dev_.dev_id, q_id_, static_cast<unsigned long long>(chained),
                     static_cast<unsigned long long>(sent));
   }

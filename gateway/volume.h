@@ -88,6 +88,10 @@ struct VolumeOptions {
   // with ENOBUFS (every fast slot mapped) unmaps that brick's least recently
   // used blocks and retries.
   uint64_t max_mapped = 0;
+  // A sync sent right behind a lone write while FLUSHes keep coming, which a
+  // FLUSH then waits for instead of sending its own (SyncChaining in
+  // gateway/volume_io.h). Off: every FLUSH/FUA sends its own syncs.
+  bool chain_syncs = true;
 };
 
 class DataChannel;

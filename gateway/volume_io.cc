@@ -435,12 +435,13 @@ void VolumeChannels::push(uint32_t brick, DataChannel::Op* op) {
   Link& link = *links_[brick];
   if (op->opcode != proto::Opcode::kWrite) return link.backlog.push(op, false);
   uint64_t writes = link.writes.fetch_add(1, std::memory_order_release) + 1;
-  bool lone = !link.chained_inflight && link.backlog.empty() && link.channel->inflight() == 0 &&
-              link.channel->connected() && link.channel->sync_is_one_sided();
-  bool chain = link.chaining.chain(lone, volume_.sync_requests());
+  bool lone = volume_.options().chain_syncs && !link.chained_inflight && link.backlog.empty() &&
+              link.channel->inflight() == 0 && link.channel->connected();
+  bool chain = link.chaining.chain(lone, link.channel->sync_is_one_sided(), volume_.sync_requests(), writes);
   link.backlog.push(op, false);
   if (!chain) return;
-  // Right behind the write, in the same doorbell: when it completes, every
+  // Right behind the write (in the same doorbell over RDMA, the same
+  // sendmsg over TCP): when it completes, every
   // write pushed so far (this one and all before, on this connection or one
   // lost since) is durable, as after a FLUSH's sync.
   SyncJob::Part& part = link.chained;

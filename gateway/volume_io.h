@@ -170,32 +170,51 @@ class IoRetry {
 
 class VolumeChannels;
 
-// Whether VolumeChannels::push chains a sync behind a WRITE: only on a
-// connection whose sync costs the brick nothing (an RDMA sync-read: one more
-// work request in the same doorbell, answered by the brick's NIC), with
-// nothing else queued or in flight there (a writer at queue depth 1; deeper
-// queues share one sync per FLUSH anyway), and only while the volume keeps
-// getting FLUSH/FUA requests: at most kMaxUnasked chained writes after the
-// last one, so a writer that stopped flushing stops paying for it.
+// Whether VolumeChannels::push chains a sync behind a WRITE: only a write
+// with nothing else queued or in flight on its connection (a writer at queue
+// depth 1; deeper queues share one sync per FLUSH anyway), and only while the
+// volume keeps getting FLUSH/FUA requests. How many writes after the last
+// such request are still chained depends on what a sync costs the brick:
+// - one-sided (an RDMA sync-read: one more work request in the same
+//   doorbell, answered by the brick's NIC): up to kMaxUnasked, so a writer
+//   that stopped flushing stops paying for it;
+// - a request the brick serves (over TCP every READ is a sync point, over
+//   RDMA with rpc a PERSIST; on a disk-backed file store either costs an
+//   fdatasync): only the first write
+//   after a FLUSH or FUA, and only while one came after every write on this
+//   connection (fsync after each write, as a log or a database commit does). Then the chained sync is the
+//   one the coming FLUSH would send, one round trip sooner, and a writer that
+//   flushes every few writes gets no sync it would not have caused.
 // One per link; the loop's thread only.
 class SyncChaining {
  public:
   static constexpr uint32_t kMaxUnasked = 8;
-  // `lone_one_sided`: the write is alone on a one-sided-sync connection;
-  // `sync_requests`: Volume::sync_requests() now.
-  bool chain(bool lone_one_sided, uint64_t sync_requests) {
+  // `lone`: the write is alone on its connection; `one_sided`: the
+  // connection's sync costs the brick nothing; `sync_requests`:
+  // Volume::sync_requests() now; `writes`: the link's writes, this one
+  // included.
+  bool chain(bool lone, bool one_sided, uint64_t sync_requests, uint64_t writes) {
+    bool first_since_request = false;
     if (sync_requests != seen_) {
+      // The writes since the last change seen (none before the first).
+      flushed_after_each_ = seen_ != 0 && writes - writes_when_seen_ == 1;
       seen_ = sync_requests;
       unasked_ = 0;
+      first_since_request = true;
+      writes_when_seen_ = writes;
     }
-    if (!lone_one_sided || sync_requests == 0 || unasked_ >= kMaxUnasked) return false;
+    if (!lone || sync_requests == 0) return false;
+    if (!one_sided) return first_since_request && flushed_after_each_;
+    if (unasked_ >= kMaxUnasked) return false;
     unasked_++;
     return true;
   }
 
  private:
   uint64_t seen_ = 0;
-  uint32_t unasked_ = 0;
+  uint32_t unasked_ = 0;             // one-sided: writes chained since seen_ changed
+  uint64_t writes_when_seen_ = 0;    // the link's writes when seen_ last changed
+  bool flushed_after_each_ = false;  // one write between its last two changes
 };
 
 // A sync of one loop's channels (FUA, or a FLUSH's share on that loop).

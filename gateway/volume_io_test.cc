@@ -36,6 +36,7 @@ struct StripeOptions {
   uint64_t base = 0;
   uint32_t timeout_ms = 10000;
   uint32_t queues = 2;
+  bool chain_syncs = true;
 };
 
 class StripeTest : public ::testing::Test {
@@ -56,6 +57,7 @@ class StripeTest : public ::testing::Test {
     vo.size = so.size;
     vo.base = so.base;
     vo.io_timeout_ms = so.timeout_ms;
+    vo.chain_syncs = so.chain_syncs;
     auto volume = Volume::Open(vo);
     if (!volume) return volume.error().wrap("Volume::Open");
     auto engine = Engine::Start(std::move(*volume), {.queues = so.queues, .depth = 16});
@@ -131,8 +133,10 @@ TEST_F(StripeTest, BlockILivesOnBrickIMod3AtBasePlusIDiv3Blocks) {
 
 // FLUSH and FUA sync exactly the bricks written since their last completed
 // sync, and a reconnect in between does not make a brick forget it owes one.
+// FLUSH's own syncs, counted: without syncs chained to lone writes (which
+// would serve some of these FLUSHes; AFlushAfterEachWriteWaitsForTheChainedSync).
 TEST_F(StripeTest, FlushSyncsExactlyTheBricksThatWereWritten) {
-  PBRICK_ASSERT_OK(open({.queues = 1}));
+  PBRICK_ASSERT_OK(open({.queues = 1, .chain_syncs = false}));
   Engine& e = *engine_;
   auto data = random_bytes(64 * 1024, 22);
   using V = std::vector<uint64_t>;
@@ -169,6 +173,34 @@ TEST_F(StripeTest, FlushSyncsExactlyTheBricksThatWereWritten) {
   EXPECT_EQ(syncs()[2], 1u);
   PBRICK_ASSERT_OK(e.read(back.data(), back.size(), 7 * kBlock));
   EXPECT_EQ(back, later);
+}
+
+// fsync after each write over TCP: the sync chained behind each lone write
+// (after the first two FLUSHes show the pattern) serves the FLUSH that
+// follows, which sends nothing of its own. A FLUSH every other write gets no
+// chained sync: each is its own.
+TEST_F(StripeTest, AFlushAfterEachWriteWaitsForTheChainedSync) {
+  PBRICK_ASSERT_OK(open({.queues = 1}));
+  Engine& e = *engine_;
+  auto data = random_bytes(4096, 24);
+  for (int i = 0; i < 20; i++) {
+    PBRICK_ASSERT_OK(e.write(data.data(), data.size(), 1 * kBlock + i * 4096, false));  // brick 1
+    PBRICK_ASSERT_OK(e.flush());
+  }
+  EXPECT_EQ(e.syncs_chained(), 18u) << "every write but the first two";
+  EXPECT_EQ(syncs()[1], 2u) << "only the first two FLUSHes sent a sync";
+  EXPECT_EQ(syncs()[0] + syncs()[2], 0u);
+  for (int i = 0; i < 10; i++) {
+    PBRICK_ASSERT_OK(e.write(data.data(), data.size(), 4 * kBlock + i * 8192, false));  // brick 1
+    PBRICK_ASSERT_OK(e.write(data.data(), data.size(), 4 * kBlock + i * 8192 + 4096, false));
+    PBRICK_ASSERT_OK(e.flush());
+  }
+  EXPECT_EQ(e.syncs_chained(), 19u) << "the first write after the change only";
+  EXPECT_EQ(syncs()[1], 12u) << "each FLUSH of two writes sent its own";
+  // What was written reads back (from a brick that served every sync).
+  std::vector<uint8_t> back(4096);
+  PBRICK_ASSERT_OK(e.read(back.data(), back.size(), 1 * kBlock + 19 * 4096));
+  EXPECT_EQ(back, data);
 }
 
 // One brick of three down: I/O to its blocks waits out the timeout and fails
@@ -259,19 +291,55 @@ TEST_F(StripeTest, TheBrickCountMustFitTheLayout) {
 
 // A sync chained behind a lone write over an RDMA sync-read connection
 // (VolumeChannels::push): only while FLUSH/FUA requests keep coming, and only
-// for a write alone on a connection whose sync costs the brick nothing.
+// for a write alone on its connection.
 TEST(SyncChainingTest, ChainsLoneWritesOnlyWhileFlushesKeepComing) {
   SyncChaining c;
-  EXPECT_FALSE(c.chain(true, 0)) << "no FLUSH yet: a writer that never flushes never pays for a sync";
-  EXPECT_TRUE(c.chain(true, 1));
-  EXPECT_FALSE(c.chain(false, 1)) << "not alone, or a sync that wakes the brick: never";
+  uint64_t writes = 0;
+  auto one_sided = [&](bool lone, uint64_t flushes) { return c.chain(lone, true, flushes, ++writes); };
+  EXPECT_FALSE(one_sided(true, 0)) << "no FLUSH yet: a writer that never flushes never pays for a sync";
+  EXPECT_TRUE(one_sided(true, 1));
+  EXPECT_FALSE(one_sided(false, 1)) << "not alone: never";
   // A write + FLUSH loop: every write is chained.
-  for (uint64_t flushes = 2; flushes < 100; flushes++) EXPECT_TRUE(c.chain(true, flushes));
+  for (uint64_t flushes = 2; flushes < 100; flushes++) EXPECT_TRUE(one_sided(true, flushes));
   // The writer stops flushing: kMaxUnasked more writes are chained, then none.
   uint32_t chained = 0;
-  for (int i = 0; i < 100; i++) chained += c.chain(true, 99) ? 1 : 0;
+  for (int i = 0; i < 100; i++) chained += one_sided(true, 99) ? 1 : 0;
   EXPECT_EQ(chained, SyncChaining::kMaxUnasked - 1) << "one was chained with the 99th FLUSH already";
-  EXPECT_TRUE(c.chain(true, 100)) << "a FLUSH again: chaining resumes";
+  EXPECT_TRUE(one_sided(true, 100)) << "a FLUSH again: chaining resumes";
+}
+
+// Over a connection whose sync is a request the brick serves (TCP), a sync is
+// chained only to a write that a FLUSH follows, as far as the last FLUSHes
+// tell: never one the writer would not have caused.
+TEST(SyncChainingTest, OverTcpChainsOnlyWhileEveryWriteIsFlushed) {
+  SyncChaining c;
+  uint64_t writes = 0, flushes = 0;
+  auto two_sided = [&](bool lone) { return c.chain(lone, false, flushes, ++writes); };
+  EXPECT_FALSE(two_sided(true)) << "no FLUSH yet";
+  flushes++;
+  EXPECT_FALSE(two_sided(true)) << "one FLUSH after one write does not yet make a pattern";
+  // fsync after every write: each write but the first of the run is chained.
+  for (int i = 0; i < 50; i++) {
+    flushes++;
+    EXPECT_TRUE(two_sided(true)) << i;
+  }
+  flushes++;
+  EXPECT_FALSE(two_sided(false)) << "not alone: never";
+  // The writer stops flushing: no more chained syncs at all.
+  EXPECT_FALSE(two_sided(true));
+  EXPECT_FALSE(two_sided(true));
+  // A FLUSH every other write: the FLUSH after the second write would sync
+  // both, so chaining the first would add a sync: nothing is chained.
+  for (int i = 0; i < 20; i++) {
+    flushes++;
+    EXPECT_FALSE(two_sided(true)) << i;
+    EXPECT_FALSE(two_sided(true)) << i;
+  }
+  // Back to fsync after every write: chained again from the second FLUSH on.
+  flushes++;
+  EXPECT_FALSE(two_sided(true));
+  flushes++;
+  EXPECT_TRUE(two_sided(true));
 }
 
 // A chained sync is nobody's FLUSH: after the brick's host rebooted under

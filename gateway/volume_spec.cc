@@ -123,6 +123,7 @@ Result<VolumeOptions> VolumeSpec::volume_options() const {
   vo.read_only = read_only;
   vo.degraded = degraded;
   vo.max_mapped = max_mapped.value_or(0);
+  vo.chain_syncs = chain_syncs;
   for (size_t i = 0; i < targets.size(); i++) {
     ClientOptions o = common;
     o.endpoint = targets[i];

@@ -120,10 +120,13 @@ fio_verify() {
   gw_detach
 }
 
-# Over RDMA with sync-read, a FLUSH after a lone write finds it synced by the
-# sync-read chained to it (volume_io.h SyncChaining); over TCP or with rpc a
-# sync would wake the brick, so nothing is chained.
-@test "ublk: write + fsync at depth 1: sync-reads chained to lone writes over RDMA sync-read only; fio verify" {
+# A FLUSH after a lone write finds it synced by the sync chained to it
+# (volume_io.h SyncChaining): over RDMA with sync-read (a READ the brick's CPU
+# never sees) and, since fio flushes after every write, over TCP and with rpc
+# too (a sync the brick serves, chained only while every write is flushed).
+# Then the same writes flushed every other write: over TCP and with rpc
+# nothing is chained, each FLUSH sends its own.
+@test "ublk: write + fsync at depth 1: syncs chained to lone writes; none over TCP when every other write is flushed; fio verify" {
   requires fio
   brick_up
   gw_attach --size 64M -q 2 -d 8
@@ -132,20 +135,52 @@ fio_verify() {
     { cat "$BATS_TEST_TMPDIR/fio.out" >&2; false; }
   gw_detach
   local chained sent
-  read -r chained sent < <(awk '{
-      if (match($0, /[0-9]+ sync-reads chained to lone writes, [0-9]+ syncs sent/)) {
-        split(substr($0, RSTART, RLENGTH), f, " "); c += f[1]; s += f[7] } }
-    END { print c + 0, s + 0 }' "$BATS_TEST_TMPDIR/gw.log")
-  echo "# $PBRICK_TRANSPORT, $PERSISTENCE: $chained of 512 writes had a sync-read chained" >&3
+  read -r chained sent < <(chain_counts)
+  echo "# $PBRICK_TRANSPORT, $PERSISTENCE: $chained of 512 writes had a sync chained" >&3
+  echo "# the FLUSHes sent $sent syncs of their own" >&3
+  # All but the first one or two (no FLUSH seen yet, or no pattern yet) and
+  # any that found another op in flight; the FLUSHes after them sent (almost)
+  # nothing of their own.
+  ((chained >= 450 && chained <= 512)) || fail "expected 450..512 chained syncs, the log says $chained"
+  ((sent <= 512 - chained + 8)) || fail "the FLUSHes sent $sent syncs of their own after $chained chained ones"
+
+  # fsync every other write (fio's --fsync=2): over TCP and with rpc a
+  # chained sync would be one more than the FLUSHes ask for: none. One queue:
+  # each queue judges the pattern by the writes it carried itself.
+  : >"$BATS_TEST_TMPDIR/gw.log"
+  gw_attach --size 64M -q 1 -d 8
+  fio --name=wf2 --filename="$DEV" --ioengine=psync --direct=1 --rw=randwrite --bs=4k --fsync=2 --size=2M \
+    --verify=crc32c --verify_fatal=1 --do_verify=1 --output-format=terse >"$BATS_TEST_TMPDIR/fio.out" 2>&1 ||
+    { cat "$BATS_TEST_TMPDIR/fio.out" >&2; false; }
+  gw_detach
+  read -r chained sent < <(chain_counts)
+  echo "# fsync every other write: $chained chained, the FLUSHes sent $sent" >&3
   if [ "$PBRICK_TRANSPORT" = rdma ] && [ "$PERSISTENCE" = sync-read ]; then
-    echo "# the FLUSHes sent $sent syncs of their own" >&3
-    # All but the first (no FLUSH seen yet) and any that found another op in
-    # flight; the FLUSHes after them sent (almost) nothing of their own.
-    ((chained >= 450 && chained <= 512)) || fail "expected 450..512 chained sync-reads, the log says $chained"
-    ((sent <= 512 - chained + 8)) || fail "the FLUSHes sent $sent syncs of their own after $chained chained ones"
+    ((chained >= 200)) || fail "expected the lone writes chained over RDMA sync-read, the log says $chained"
   else
     assert_equal "$chained" 0
+    ((sent >= 250)) || fail "expected a sync per FLUSH (256), the log says $sent"
   fi
+
+  # --no-chained-syncs: every FLUSH sends its own, whatever the pattern.
+  : >"$BATS_TEST_TMPDIR/gw.log"
+  gw_attach --size 64M -q 1 -d 8 --no-chained-syncs
+  fio --name=wf3 --filename="$DEV" --ioengine=psync --direct=1 --rw=randwrite --bs=4k --fsync=1 --size=1M \
+    --verify=crc32c --verify_fatal=1 --do_verify=1 --output-format=terse >"$BATS_TEST_TMPDIR/fio.out" 2>&1 ||
+    { cat "$BATS_TEST_TMPDIR/fio.out" >&2; false; }
+  gw_detach
+  read -r chained sent < <(chain_counts)
+  echo "# --no-chained-syncs: $chained chained, the FLUSHes sent $sent" >&3
+  assert_equal "$chained" 0
+  ((sent >= 250)) || fail "expected a sync per FLUSH (256), the log says $sent"
+}
+
+# chain_counts: "CHAINED SENT" summed over the queues' exit reports in gw.log.
+chain_counts() {
+  awk '{
+      if (match($0, /[0-9]+ syncs chained to lone writes, [0-9]+ syncs sent/)) {
+        split(substr($0, RSTART, RLENGTH), f, " "); c += f[1]; s += f[7] } }
+    END { print c + 0, s + 0 }' "$BATS_TEST_TMPDIR/gw.log"
 }
 
 # brick_has VADDR: the brick lists the 2 MiB block at VADDR (status 1: it
