@@ -215,6 +215,12 @@ void pbrick_unload() {
       nbdkit_debug("pbrick: poll-us=%u: %llu waits ended by polling, %llu slept", *g_config.poll_us,
                    static_cast<unsigned long long>(p.won), static_cast<unsigned long long>(p.lost));
     }
+    uint64_t chained = g_engine->syncs_chained(), sent = 0;
+    for (uint32_t b = 0; b < g_config.targets.size(); b++) sent += g_engine->syncs_sent(b);
+    if (chained + sent > 0) {
+      PBRICK_LOG_INFO("%llu syncs chained to lone writes, %llu syncs sent for FLUSH/FUA",
+                      static_cast<unsigned long long>(chained), static_cast<unsigned long long>(sent));
+    }
   }
   g_engine.reset();
 }

@@ -53,6 +53,20 @@ store_dir() {
   fi
 }
 
+# one_brick_cluster FILE [VOLUME-KEYS]: writes a cluster file of the brick
+# start_brick started last (b0 on 127.0.0.1:$BRICK_PORT) and one 64 MiB
+# volume vol0 at base 0 on it; VOLUME-KEYS (", key: value" ...) are added to
+# the volume's flow mapping.
+one_brick_cluster() {
+  cat >"$1" <<EOF
+cluster: {name: t}
+bricks:
+  - {name: b0, host: 127.0.0.1, port: $BRICK_PORT, store: {path: /var/lib/pbrick/b0.store, size: 64M}}
+volumes:
+  - {name: vol0, size: 64M, brick: b0, base: 0x0${2:-}}
+EOF
+}
+
 # start_brick NAME [pbrick-target args...]: starts a brick on
 # $BATS_TEST_TMPDIR/NAME.store (64M unless --size is given) and sets
 # BRICK_PID, BRICK_PORT, TARGET. Logs go to $BATS_TEST_TMPDIR/NAME.log.

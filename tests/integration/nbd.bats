@@ -198,13 +198,7 @@ fio_verify() {
 
 @test "poll_us: from the cluster file, unless poll-us= says otherwise" {
   start_brick b
-  cat >"$BATS_TEST_TMPDIR/cluster.yaml" <<EOF
-cluster: {name: t}
-bricks:
-  - {name: b0, host: 127.0.0.1, port: $BRICK_PORT, store: {path: /var/lib/pbrick/b0.store, size: 64M}}
-volumes:
-  - {name: vol0, size: 64M, brick: b0, base: 0x0, poll_us: 40}
-EOF
+  one_brick_cluster "$BATS_TEST_TMPDIR/cluster.yaml" ", poll_us: 40"
   # The plugin reports its polling at unload (nbdkit -v): only when it polled.
   PBRICK_NBDKIT_VERBOSE=1 start_nbd config="$BATS_TEST_TMPDIR/cluster.yaml" volume=vol0
   fio_verify 4k 1 4M

@@ -300,13 +300,7 @@ first_index() { messages | grep -nE "$1" | head -n 1 | cut -d: -f1 | grep . || e
 @test "nbdkit with the pbrick plugin (config=, volume=): READY=1 + STATUS=serving once listening, STOPPING=1 on SIGTERM" {
   requires nbdkit nbdinfo
   start_brick b
-  cat >"$BATS_TEST_TMPDIR/cluster.yaml" <<EOF
-cluster: {name: t}
-bricks:
-  - {name: b0, host: 127.0.0.1, port: $BRICK_PORT, store: {path: /var/lib/pbrick/b0.store, size: 64M}}
-volumes:
-  - {name: vol0, size: 64M, brick: b0, base: 0x0}
-EOF
+  one_brick_cluster "$BATS_TEST_TMPDIR/cluster.yaml"
   start_listener
   local sock="$BATS_TEST_TMPDIR/nbd.sock" pidfile="$BATS_TEST_TMPDIR/nbd.pid"
   # As pbrick-nbd@.service runs it (--foreground, config=, volume=).

@@ -129,13 +129,8 @@ fio_verify() {
 @test "ublk: write + fsync at depth 1: syncs chained to lone writes; none over TCP when every other write is flushed; fio verify" {
   requires fio
   brick_up
-  gw_attach --size 64M -q 2 -d 8
-  fio --name=wf --filename="$DEV" --ioengine=psync --direct=1 --rw=randwrite --bs=4k --fsync=1 --size=2M \
-    --verify=crc32c --verify_fatal=1 --do_verify=1 --output-format=terse >"$BATS_TEST_TMPDIR/fio.out" 2>&1 ||
-    { cat "$BATS_TEST_TMPDIR/fio.out" >&2; false; }
-  gw_detach
   local chained sent
-  read -r chained sent < <(chain_counts)
+  fsync_round 1 2M -q 2
   echo "# $PBRICK_TRANSPORT, $PERSISTENCE: $chained of 512 writes had a sync chained" >&3
   echo "# the FLUSHes sent $sent syncs of their own" >&3
   # All but the first one or two (no FLUSH seen yet, or no pattern yet) and
@@ -144,16 +139,10 @@ fio_verify() {
   ((chained >= 450 && chained <= 512)) || fail "expected 450..512 chained syncs, the log says $chained"
   ((sent <= 512 - chained + 8)) || fail "the FLUSHes sent $sent syncs of their own after $chained chained ones"
 
-  # fsync every other write (fio's --fsync=2): over TCP and with rpc a
-  # chained sync would be one more than the FLUSHes ask for: none. One queue:
-  # each queue judges the pattern by the writes it carried itself.
-  : >"$BATS_TEST_TMPDIR/gw.log"
-  gw_attach --size 64M -q 1 -d 8
-  fio --name=wf2 --filename="$DEV" --ioengine=psync --direct=1 --rw=randwrite --bs=4k --fsync=2 --size=2M \
-    --verify=crc32c --verify_fatal=1 --do_verify=1 --output-format=terse >"$BATS_TEST_TMPDIR/fio.out" 2>&1 ||
-    { cat "$BATS_TEST_TMPDIR/fio.out" >&2; false; }
-  gw_detach
-  read -r chained sent < <(chain_counts)
+  # fsync every other write: over TCP and with rpc a chained sync would be
+  # one more than the FLUSHes ask for: none. One queue: each queue judges the
+  # pattern by the writes it carried itself.
+  fsync_round 2 2M -q 1
   echo "# fsync every other write: $chained chained, the FLUSHes sent $sent" >&3
   if [ "$PBRICK_TRANSPORT" = rdma ] && [ "$PERSISTENCE" = sync-read ]; then
     ((chained >= 200)) || fail "expected the lone writes chained over RDMA sync-read, the log says $chained"
@@ -163,24 +152,29 @@ fio_verify() {
   fi
 
   # --no-chained-syncs: every FLUSH sends its own, whatever the pattern.
-  : >"$BATS_TEST_TMPDIR/gw.log"
-  gw_attach --size 64M -q 1 -d 8 --no-chained-syncs
-  fio --name=wf3 --filename="$DEV" --ioengine=psync --direct=1 --rw=randwrite --bs=4k --fsync=1 --size=1M \
-    --verify=crc32c --verify_fatal=1 --do_verify=1 --output-format=terse >"$BATS_TEST_TMPDIR/fio.out" 2>&1 ||
-    { cat "$BATS_TEST_TMPDIR/fio.out" >&2; false; }
-  gw_detach
-  read -r chained sent < <(chain_counts)
+  fsync_round 1 1M -q 1 --no-chained-syncs
   echo "# --no-chained-syncs: $chained chained, the FLUSHes sent $sent" >&3
   assert_equal "$chained" 0
   ((sent >= 250)) || fail "expected a sync per FLUSH (256), the log says $sent"
 }
 
-# chain_counts: "CHAINED SENT" summed over the queues' exit reports in gw.log.
-chain_counts() {
-  awk '{
+# fsync_round N SIZE ATTACH-ARGS...: a gateway of its own (-d 8 and the
+# args), fio 4k random writes over SIZE with an fsync every N writes,
+# verified; sets the caller's `chained` and `sent` from the queues' exit
+# reports (syncs chained to lone writes, and the FLUSHes' own).
+fsync_round() {
+  local every=$1 size=$2
+  shift 2
+  : >"$BATS_TEST_TMPDIR/gw.log"
+  gw_attach --size 64M -d 8 "$@"
+  fio --name=wf --filename="$DEV" --ioengine=psync --direct=1 --rw=randwrite --bs=4k --fsync="$every" \
+    --size="$size" --verify=crc32c --verify_fatal=1 --do_verify=1 --output-format=terse \
+    >"$BATS_TEST_TMPDIR/fio.out" 2>&1 || { cat "$BATS_TEST_TMPDIR/fio.out" >&2; false; }
+  gw_detach
+  read -r chained sent < <(awk '{
       if (match($0, /[0-9]+ syncs chained to lone writes, [0-9]+ syncs sent/)) {
         split(substr($0, RSTART, RLENGTH), f, " "); c += f[1]; s += f[7] } }
-    END { print c + 0, s + 0 }' "$BATS_TEST_TMPDIR/gw.log"
+    END { print c + 0, s + 0 }' "$BATS_TEST_TMPDIR/gw.log")
 }
 
 # brick_has VADDR: the brick lists the 2 MiB block at VADDR (status 1: it
