@@ -440,10 +440,10 @@ void VolumeChannels::push(uint32_t brick, DataChannel::Op* op) {
   bool chain = link.chaining.chain(lone, link.channel->sync_is_one_sided(), volume_.sync_requests(), writes);
   link.backlog.push(op, false);
   if (!chain) return;
-  // Right behind the write (in the same doorbell over RDMA, the same
-  // sendmsg over TCP): when it completes, every
-  // write pushed so far (this one and all before, on this connection or one
-  // lost since) is durable, as after a FLUSH's sync.
+  // Right behind the write, in order on the same queue pair or connection (a
+  // sync-read in the same doorbell, over TCP in the same sendmsg): when it
+  // completes, every write pushed so far (this one and all before, on this
+  // connection or one lost since) is durable, as after a FLUSH's sync.
   SyncJob::Part& part = link.chained;
   part.job = nullptr;
   part.channels = this;

@@ -180,10 +180,10 @@ class VolumeChannels;
 //   that stopped flushing stops paying for it;
 // - a request the brick serves (over TCP every READ is a sync point, over
 //   RDMA with rpc a PERSIST; on a disk-backed file store either costs an
-//   fdatasync): only the first write
-//   after a FLUSH or FUA, and only while one came after every write on this
-//   connection (fsync after each write, as a log or a database commit does). Then the chained sync is the
-//   one the coming FLUSH would send, one round trip sooner, and a writer that
+//   fdatasync): only the first write after a FLUSH or FUA, and only while
+//   one came after every write on this connection (fsync after each write,
+//   as a log or a database commit does). Then the chained sync is the one
+//   the coming FLUSH would send, one round trip sooner, and a writer that
 //   flushes every few writes gets no sync it would not have caused.
 // One per link; the loop's thread only.
 class SyncChaining {
