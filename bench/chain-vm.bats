@@ -113,13 +113,8 @@ fsync_job() {
 }
 
 teardown() {
-  local pid log
-  if [ -f "$BATS_TEST_TMPDIR/gw.pids" ]; then
-    while read -r pid; do
-      kill -TERM "$pid" 2>/dev/null || continue
-      timeout 20 tail --pid="$pid" -f /dev/null || kill -KILL "$pid" 2>/dev/null || true
-    done <"$BATS_TEST_TMPDIR/gw.pids"
-  fi
+  local log
+  gw_stop_all
   vm_teardown
   for log in gw-tcp-on gw-tcp-off gw-rdma-on gw-rdma-off tcp-brick rdma-brick; do
     if [ -s "$BATS_TEST_TMPDIR/$log.log" ]; then

@@ -145,13 +145,7 @@ measure() {
 }
 
 teardown() {
-  local pid
-  if [ -f "$BATS_TEST_TMPDIR/gw.pids" ]; then
-    while read -r pid; do
-      kill -TERM "$pid" 2>/dev/null || continue
-      timeout 20 tail --pid="$pid" -f /dev/null || kill -KILL "$pid" 2>/dev/null || true
-    done <"$BATS_TEST_TMPDIR/gw.pids"
-  fi
+  gw_stop_all
   vm_teardown
   for log in "$BATS_TEST_TMPDIR"/*.log; do
     [ -s "$log" ] || continue

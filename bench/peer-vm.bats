@@ -388,12 +388,7 @@ teardown() {
       rmdir "$CFS/subsystems/$NQN_PREFIX.$n/namespaces/1" "$CFS/subsystems/$NQN_PREFIX.$n" 2>/dev/null
     done <"$BATS_TEST_TMPDIR/nvmet.ports"
   fi
-  if [ -f "$BATS_TEST_TMPDIR/gw.pids" ]; then
-    while read -r pid; do
-      kill -TERM "$pid" 2>/dev/null || continue
-      timeout 20 tail --pid="$pid" -f /dev/null || kill -KILL "$pid" 2>/dev/null || true
-    done <"$BATS_TEST_TMPDIR/gw.pids"
-  fi
+  gw_stop_all
   if [ -f "$BATS_TEST_TMPDIR/raw.pids" ]; then
     while read -r pid; do kill -TERM "$pid" 2>/dev/null || true; done <"$BATS_TEST_TMPDIR/raw.pids"
   fi

@@ -54,6 +54,17 @@ gw_attach() {
   return 1
 }
 
+# gw_stop_all: for teardown: SIGTERM to every gateway gw_attach started that
+# still runs, SIGKILL to one still there 20 s later.
+gw_stop_all() {
+  local pid
+  [ -f "$BATS_TEST_TMPDIR/gw.pids" ] || return 0
+  while read -r pid; do
+    kill -TERM "$pid" 2>/dev/null || continue
+    timeout 20 tail --pid="$pid" -f /dev/null || kill -KILL "$pid" 2>/dev/null || true
+  done <"$BATS_TEST_TMPDIR/gw.pids"
+}
+
 # proc_ticks PID: sets TICKS to utime+stime of the process (all its threads).
 proc_ticks() {
   local stat f
