@@ -52,15 +52,14 @@ Status CompletionQueue::create(ibv_context* verbs, int entries) {
   return arm();
 }
 
-void CompletionQueue::consume_events() {
+void CompletionQueue::consume_event() {
   ibv_cq* ev_cq;
   void* ev_ctx;
-  while (ibv_get_cq_event(channel_.get(), &ev_cq, &ev_ctx) == 0) {
-    // Acknowledging takes a mutex in libibverbs: do it in batches.
-    if (++unacked_ >= 64) {
-      ibv_ack_cq_events(cq_.get(), unacked_);
-      unacked_ = 0;
-    }
+  if (ibv_get_cq_event(channel_.get(), &ev_cq, &ev_ctx) != 0) return;  // none (EAGAIN)
+  // Acknowledging takes a mutex in libibverbs: do it in batches.
+  if (++unacked_ >= 64) {
+    ibv_ack_cq_events(cq_.get(), unacked_);
+    unacked_ = 0;
   }
 }
 

@@ -82,18 +82,22 @@ class CompletionQueue {
   Status create(ibv_context* verbs, int entries);
   ibv_cq* cq() const { return cq_.get(); }
   int fd() const { return channel_ ? channel_->fd : -1; }
-  // Takes every pending event off the channel (without blocking) and
-  // acknowledges them in batches; call when fd() is readable.
-  void consume_events();
+  // Takes one event off the channel, if there is one (without blocking), and
+  // acknowledges events in batches; call when fd() is readable. One read, not
+  // a loop until EAGAIN: each event needs an arm, and drain() arms once, so a
+  // second event is rare (a completion that raced the arming) and leaves the
+  // fd readable - it costs one more wake-up, where reading until EAGAIN would
+  // cost a system call on every wake-up.
+  void consume_event();
   // Re-arms notification. Callers poll again afterwards (poll, arm, poll) so a
   // completion that raced the arming is not left waiting for the next event.
   Status arm();
-  // consume_events(), then every work completion to `fn`, in batches: poll
+  // consume_event(), then every work completion to `fn`, in batches: poll
   // until empty, arm, poll again; ends armed. A template, so the callback
   // costs no allocation per batch.
   template <typename Fn>
   Status drain(Fn&& fn) {
-    consume_events();
+    consume_event();
     ibv_wc wcs[32];
     bool armed = false;
     for (;;) {
