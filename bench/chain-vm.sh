@@ -13,6 +13,8 @@
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/../scripts/lib.sh"
+# shellcheck source=bench/vm_host.bash
+source "$(dirname "$0")/vm_host.bash"
 
 usage="usage: bench/chain-vm.sh [--runtime SECONDS] [--size SIZE] [--rounds N]"
 while (($#)); do
@@ -23,19 +25,5 @@ while (($#)); do
     *) die "$usage" ;;
   esac
 done
-export PBRICK_BIN_DIR=${PBRICK_BIN_DIR:-$PBRICK_ROOT/build}
-if [ ! -x "$PBRICK_BIN_DIR/gateway/pbrick-gateway" ]; then
-  ensure_packages "${PBRICK_BUILD_PACKAGES[@]}"
-  build_tree "$PBRICK_BIN_DIR" -DCMAKE_BUILD_TYPE=Release -DPBRICK_TESTS=OFF
-fi
 # The guest runs the host's fio and the rxe provider of libibverbs.
-ensure_packages fio jq ibverbs-providers librdmacm1 iproute2
-echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), host kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg) at start"
-echo "guest: Debian bookworm-backports 6.12 under qemu (TCG unless KVM works): ratios matter, not rates"
-echo "pbrick: $(git -C "$PBRICK_ROOT" describe --always --dirty 2>/dev/null || echo unknown), $(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$PBRICK_BIN_DIR/CMakeCache.txt" 2>/dev/null) ($PBRICK_BIN_DIR)"
-set +e
-"$PBRICK_ROOT/tests/vm/run" "$PBRICK_ROOT/bench/chain-vm.bats" | sed -n 's/^# //p; /^not ok/p'
-rc=${PIPESTATUS[0]}
-set -e
-echo "load $(cut -d' ' -f1-3 /proc/loadavg) at end"
-exit "$rc"
+vm_bench_run chain-vm.bats "" "fio jq ibverbs-providers librdmacm1 iproute2"

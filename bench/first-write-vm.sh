@@ -10,6 +10,8 @@
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/../scripts/lib.sh"
+# shellcheck source=bench/vm_host.bash
+source "$(dirname "$0")/vm_host.bash"
 
 usage="usage: bench/first-write-vm.sh [--before BIN_DIR] [--runtime SECONDS] [--fresh BLOCKS] [--transports LIST]"
 while (($#)); do
@@ -30,13 +32,4 @@ if [ -n "${PBRICK_BENCH_BEFORE_BIN_DIR:-}" ]; then
     [ -x "$PBRICK_BENCH_BEFORE_BIN_DIR/$b" ] || die "--before $PBRICK_BENCH_BEFORE_BIN_DIR: no $b in it"
   done
 fi
-export PBRICK_BIN_DIR=${PBRICK_BIN_DIR:-$PBRICK_ROOT/build}
-if [ ! -x "$PBRICK_BIN_DIR/gateway/pbrick-gateway" ]; then
-  ensure_packages "${PBRICK_BUILD_PACKAGES[@]}"
-  build_tree "$PBRICK_BIN_DIR" -DCMAKE_BUILD_TYPE=Release -DPBRICK_TESTS=OFF
-fi
-ensure_packages fio jq ibverbs-providers librdmacm1 iproute2
-echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), host kernel $(uname -r)"
-echo "guest: Debian bookworm-backports 6.12 under qemu (TCG unless KVM works), ${PBRICK_VM_MEM:-4G}, soft-RoCE rxe0 on eth0: comparisons matter, not rates"
-"$PBRICK_ROOT/tests/vm/run" "$PBRICK_ROOT/bench/first-write-vm.bats" | sed -n 's/^# //p; /^not ok/p'
-exit "${PIPESTATUS[0]}"
+vm_bench_run first-write-vm.bats "soft-RoCE rxe0 on eth0" "fio jq ibverbs-providers librdmacm1 iproute2"

@@ -11,6 +11,8 @@
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/../scripts/lib.sh"
+# shellcheck source=bench/vm_host.bash
+source "$(dirname "$0")/vm_host.bash"
 
 while (($#)); do
   case $1 in
@@ -19,16 +21,7 @@ while (($#)); do
     *) die "usage: bench/rdma-vm.sh [--runtime SECONDS] [--size SIZE]" ;;
   esac
 done
-export PBRICK_BIN_DIR=${PBRICK_BIN_DIR:-$PBRICK_ROOT/build}
 export PBRICK_VM_MEM=${PBRICK_VM_MEM:-4G}
-if [ ! -x "$PBRICK_BIN_DIR/gateway/pbrick-gateway" ]; then
-  ensure_packages "${PBRICK_BUILD_PACKAGES[@]}"
-  build_tree "$PBRICK_BIN_DIR" -DCMAKE_BUILD_TYPE=Release -DPBRICK_TESTS=OFF
-fi
 # The guest runs the host's fio (its rdma engine needs librdmacm) and the rxe
 # provider of libibverbs.
-ensure_packages fio jq ibverbs-providers librdmacm1 iproute2
-echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), host kernel $(uname -r)"
-echo "guest: Debian bookworm-backports 6.12 under qemu (TCG unless KVM works), $PBRICK_VM_MEM, soft-RoCE rxe0 on eth0: ratios matter, not rates"
-"$PBRICK_ROOT/tests/vm/run" "$PBRICK_ROOT/bench/rdma-vm.bats" | sed -n 's/^# //p; /^not ok/p'
-exit "${PIPESTATUS[0]}"
+vm_bench_run rdma-vm.bats "soft-RoCE rxe0 on eth0" "fio jq ibverbs-providers librdmacm1 iproute2"

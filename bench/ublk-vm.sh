@@ -7,6 +7,8 @@
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/../scripts/lib.sh"
+# shellcheck source=bench/vm_host.bash
+source "$(dirname "$0")/vm_host.bash"
 
 while (($#)); do
   case $1 in
@@ -15,13 +17,4 @@ while (($#)); do
     *) die "usage: bench/ublk-vm.sh [--runtime SECONDS] [--size SIZE]" ;;
   esac
 done
-export PBRICK_BIN_DIR=${PBRICK_BIN_DIR:-$PBRICK_ROOT/build}
-if [ ! -x "$PBRICK_BIN_DIR/gateway/pbrick-gateway" ]; then
-  ensure_packages "${PBRICK_BUILD_PACKAGES[@]}"
-  build_tree "$PBRICK_BIN_DIR" -DCMAKE_BUILD_TYPE=Release -DPBRICK_TESTS=OFF
-fi
-ensure_packages fio jq bc nbd-client
-echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), host kernel $(uname -r)"
-echo "guest: Debian bookworm-backports 6.12 under qemu (TCG unless KVM works): ratios matter, not IOPS"
-"$PBRICK_ROOT/tests/vm/run" "$PBRICK_ROOT/bench/ublk-vm.bats" | sed -n 's/^# //p; /^not ok/p'
-exit "${PIPESTATUS[0]}"
+vm_bench_run ublk-vm.bats "" "fio jq bc nbd-client"

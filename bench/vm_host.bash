@@ -1,0 +1,36 @@
+# The host side of the benchmarks that run in the VM of tests/vm/run
+# (bench/chain-vm.sh, first-write-vm.sh, peer-vm.sh, rdma-vm.sh, ublk-vm.sh):
+# the build they measure, the host programs the guest borrows, the header
+# that says what ran where, and the run itself. Source it after scripts/lib.sh.
+# shellcheck shell=bash
+
+# vm_bench_run BATS NOTE PACKAGES [BINARY...]: runs bench/BATS in the VM and
+# prints what its guest half reports (its "# " lines and any failed test),
+# between a header (machine, guest, build; NOTE, when not empty, is added to
+# the guest line) and the host's load at the end; exits with the run's status.
+# PACKAGES (one word list) are the host programs the guest runs (fio, jq,
+# ...); the build in PBRICK_BIN_DIR (default build/) is made, Release, when
+# pbrick-gateway or one of the BINARY paths (relative to it) is missing.
+vm_bench_run() {
+  local bats=$1 note=$2 packages=$3 need build=0 rc
+  shift 3
+  export PBRICK_BIN_DIR=${PBRICK_BIN_DIR:-$PBRICK_ROOT/build}
+  for need in gateway/pbrick-gateway "$@"; do
+    [ -x "$PBRICK_BIN_DIR/$need" ] || build=1
+  done
+  if ((build)); then
+    ensure_packages "${PBRICK_BUILD_PACKAGES[@]}"
+    build_tree "$PBRICK_BIN_DIR" -DCMAKE_BUILD_TYPE=Release -DPBRICK_TESTS=OFF
+  fi
+  # shellcheck disable=SC2086 # a word list
+  ensure_packages $packages
+  echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), host kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg) at start"
+  echo "guest: Debian bookworm-backports 6.12 under qemu (TCG unless KVM works), ${PBRICK_VM_MEM:-4G}${note:+, $note}: ratios matter, not rates"
+  echo "pbrick: $(git -C "$PBRICK_ROOT" describe --always --dirty 2>/dev/null || echo unknown), $(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$PBRICK_BIN_DIR/CMakeCache.txt" 2>/dev/null) ($PBRICK_BIN_DIR)"
+  set +e
+  "$PBRICK_ROOT/tests/vm/run" "$PBRICK_ROOT/bench/$bats" | sed -n 's/^# //p; /^not ok/p'
+  rc=${PIPESTATUS[0]}
+  set -e
+  echo "load $(cut -d' ' -f1-3 /proc/loadavg) at end"
+  exit "$rc"
+}
