@@ -552,7 +552,7 @@ class Parser {
   void parse_volume(const YAML::Node& node, const std::string& path) {
     static const KeySpec kSpec{
         {"name", "size", "brick", "bricks", "layout", "copies", "base", "queues", "depth", "frontend", "max_mapped",
-         "poll_us", "pin_queues"},
+         "poll_us", "pin_queues", "chained_syncs"},
         {}};
     VolumeConfig& v = config_->volumes.emplace_back();
     SourcePos pos = to_pos(node.Mark());
@@ -587,6 +587,7 @@ class Parser {
     get_enum(*f, "frontend", path, pos, kFrontends, &v.frontend);
     get_u32(*f, "poll_us", path, pos, false, &v.poll_us);
     get_enum(*f, "pin_queues", path, pos, kBooleans, &v.pin_queues);
+    get_enum(*f, "chained_syncs", path, pos, kBooleans, &v.chained_syncs);
   }
 
   // A list of names (`what`s) at `path`; an item that is not a scalar is

@@ -89,6 +89,10 @@ struct VolumeConfig {
   // Frontend ublk: each queue's thread pinned to the CPUs whose I/O the queue
   // takes (pbrick-gateway --pin-queues).
   bool pin_queues = false;
+  // A sync sent with a lone write that a FLUSH/FUA will wait for, where the
+  // writer flushes after each write (pbrick-gateway --no-chained-syncs, nbdkit
+  // chained-syncs=false turn it off).
+  bool chained_syncs = true;
 
   // `bricks`, or {brick} for a config built in code that set only `brick`.
   std::vector<std::string> brick_names() const;

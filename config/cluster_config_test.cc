@@ -349,12 +349,13 @@ TEST(ClusterConfigTest, QueuesAndDepthRange) {
   EXPECT_TRUE(check(with("depth: 1024")).empty());
 }
 
-TEST(ClusterConfigTest, PollAndPinnedQueues) {
+TEST(ClusterConfigTest, PollPinnedQueuesAndChainedSyncs) {
   auto with = [](const std::string& kv) { return valid_with("base: 0x0", "base: 0x0\n    " + kv); };
   ClusterConfig c;
   ASSERT_TRUE(check(kValid, &c).empty());
   EXPECT_EQ(c.volumes[0].poll_us, 0u);  // the defaults: never poll, nothing pinned
   EXPECT_FALSE(c.volumes[0].pin_queues);
+  EXPECT_TRUE(c.volumes[0].chained_syncs);
   ASSERT_TRUE(check(with("poll_us: 300\n    frontend: ublk\n    pin_queues: true"), &c).empty());
   EXPECT_EQ(c.volumes[0].poll_us, 300u);
   EXPECT_TRUE(c.volumes[0].pin_queues);
@@ -365,6 +366,10 @@ TEST(ClusterConfigTest, PollAndPinnedQueues) {
   expect_one(with("pin_queues: true"), 12, 17,
              "volumes[0].pin_queues: pin_queues pins the ublk frontend's queue threads; this volume's frontend is nbd");
   EXPECT_TRUE(check(with("pin_queues: false")).empty());
+  ASSERT_TRUE(check(with("chained_syncs: false"), &c).empty());
+  EXPECT_FALSE(c.volumes[0].chained_syncs);
+  expect_one(with("chained_syncs: no"), 12, 20,
+             "volumes[0].chained_syncs: invalid value 'no' (expected true or false)");
 }
 
 TEST(ClusterConfigTest, SlowTier) {

@@ -172,7 +172,7 @@ Status save_conf(uint32_t id, const AttachParams& p) {
   if (p.persistence) std::fprintf(f, "persistence=%s\n", persistence_name(*p.persistence));
   std::fprintf(f, "name=%s\nread_only=%d\n", p.label_name.c_str(), p.read_only ? 1 : 0);
   if (p.degraded) std::fprintf(f, "degraded=1\n");
-  if (!p.chain_syncs) std::fprintf(f, "chained_syncs=0\n");
+  if (!p.chain_syncs.value_or(true)) std::fprintf(f, "chained_syncs=0\n");
   if (p.pin_queues.value_or(false)) std::fprintf(f, "pin_queues=1\n");
   if (p.poll_us.value_or(0) != 0) std::fprintf(f, "poll_us=%u\n", *p.poll_us);
   if (p.max_mapped) std::fprintf(f, "max_mapped=%llu\n", static_cast<unsigned long long>(*p.max_mapped));

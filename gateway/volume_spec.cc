@@ -51,6 +51,7 @@ Status VolumeSpec::complete_from_config(const std::string& path, const std::stri
   if (!max_mapped) max_mapped = v->max_mapped;
   if (!poll_us) poll_us = v->poll_us;
   if (!pin_queues) pin_queues = v->pin_queues;
+  if (!chain_syncs) chain_syncs = v->chained_syncs;
   return Status::Ok();
 }
 
@@ -123,7 +124,7 @@ Result<VolumeOptions> VolumeSpec::volume_options() const {
   vo.read_only = read_only;
   vo.degraded = degraded;
   vo.max_mapped = max_mapped.value_or(0);
-  vo.chain_syncs = chain_syncs;
+  vo.chain_syncs = chain_syncs.value_or(true);
   for (size_t i = 0; i < targets.size(); i++) {
     ClientOptions o = common;
     o.endpoint = targets[i];

@@ -39,7 +39,7 @@ struct VolumeSpec {
   std::string label_name;  // the volume's name in its label; from the cluster file
   bool read_only = false;  // share the volume with its writer; never write
   bool degraded = false;   // layout mirror: attach without the bricks that cannot be reached
-  bool chain_syncs = true;  // VolumeOptions::chain_syncs (--no-chained-syncs, chained-syncs=false)
+  std::optional<bool> chain_syncs;  // VolumeOptions::chain_syncs (--no-chained-syncs, chained-syncs=); default on
 
   // Appends the bricks of `list`, "HOST:PORT[,HOST:PORT...]". EINVAL naming
   // `what` (the flag or parameter).

@@ -28,6 +28,7 @@ volumes:
     queues: 2
     poll_us: 300
     pin_queues: true
+    chained_syncs: false
   - name: plain
     size: 64M
     brick: brick0
@@ -46,13 +47,14 @@ class VolumeSpecTest : public ::testing::Test {
   std::string path_;
 };
 
-TEST_F(VolumeSpecTest, TheClusterFileGivesPollingAndPinnedQueues) {
+TEST_F(VolumeSpecTest, TheClusterFileGivesPollingPinningAndChaining) {
   VolumeSpec spec;
   PBRICK_ASSERT_OK(spec.complete_from_config(path_, "fast"));
   EXPECT_EQ(spec.targets_string(), "127.0.0.1:7000");
   EXPECT_EQ(spec.queues, 2u);
   EXPECT_EQ(spec.poll_us, 300u);
   EXPECT_EQ(spec.pin_queues, true);
+  EXPECT_EQ(spec.chain_syncs, false);
 }
 
 TEST_F(VolumeSpecTest, AVolumeThatSaysNothingNeitherPollsNorPins) {
@@ -60,15 +62,18 @@ TEST_F(VolumeSpecTest, AVolumeThatSaysNothingNeitherPollsNorPins) {
   PBRICK_ASSERT_OK(spec.complete_from_config(path_, "plain"));
   EXPECT_EQ(spec.poll_us.value_or(UINT32_MAX), 0u);
   EXPECT_EQ(spec.pin_queues.value_or(true), false);
+  EXPECT_EQ(spec.chain_syncs.value_or(false), true);  // syncs are chained unless the file says not
 }
 
 TEST_F(VolumeSpecTest, WhatTheUserGaveWinsOverTheFile) {
   VolumeSpec spec;
   spec.poll_us = 0;  // --poll-us 0 on the command line
   spec.queues = 4;
+  spec.chain_syncs = true;  // nbdkit chained-syncs=true
   PBRICK_ASSERT_OK(spec.complete_from_config(path_, "fast"));
   EXPECT_EQ(spec.poll_us, 0u);
   EXPECT_EQ(spec.queues, 4u);
+  EXPECT_EQ(spec.chain_syncs, true);
   EXPECT_EQ(spec.pin_queues, true);  // not given: the file's
 }
 

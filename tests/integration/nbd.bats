@@ -212,6 +212,27 @@ fio_verify() {
   assert_output 0
 }
 
+@test "chained_syncs: from the cluster file, unless chained-syncs= says otherwise" {
+  start_brick b
+  one_brick_cluster "$BATS_TEST_TMPDIR/cluster.yaml" ", chained_syncs: false"
+  # A flush after every write: where chaining is on, the syncs go with the
+  # writes; the plugin counts both kinds at unload.
+  local cmds=() i
+  for i in $(seq 0 15); do cmds+=("write -P $((i + 1)) $((i * 4096)) 4k" flush); done
+  start_nbd config="$BATS_TEST_TMPDIR/cluster.yaml" volume=vol0
+  run qio "${cmds[@]}"
+  assert_qio_ok
+  stop_nbd
+  grep -Eq '(^|[^0-9])0 syncs chained to lone writes, [1-9][0-9]* syncs sent for FLUSH/FUA' "$NBD_LOG" ||
+    fail "chained_syncs: false: $(grep -i 'syncs' "$NBD_LOG")"
+  start_nbd --name on config="$BATS_TEST_TMPDIR/cluster.yaml" volume=vol0 chained-syncs=true
+  run qio "${cmds[@]}" "read -P 1 0 4k" "read -P 16 $((15 * 4096)) 4k"
+  assert_qio_ok
+  stop_nbd
+  grep -Eq '(^|[^0-9])[1-9][0-9]* syncs chained to lone writes' "$NBD_LOG" ||
+    fail "chained-syncs=true over the file's false: $(grep -i 'syncs' "$NBD_LOG")"
+}
+
 @test "thin provisioning: writes allocate their blocks only, discard frees them at the brick" {
   start_brick b
   start_nbd
