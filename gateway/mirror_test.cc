@@ -426,6 +426,11 @@ TEST_F(MirrorTest, AResyncCopiesOnlyTheDirtyBlocksWhileWritesGoOn) {
   auto progress = v.mirror()->progress(1);
   EXPECT_EQ(progress.total, 3u) << "only the blocks written while it was down";
   EXPECT_EQ(progress.done, 3u);
+  // The label that says in sync comes first; the resync's thread clears the
+  // bitmap right after it (Volume::finish_resync), so wait for that too.
+  for (int waited = 0; v.dirty_count() != 0 && waited < 5000; waited += 20) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
   EXPECT_EQ(v.dirty_count(), 0u);
   for (int k = 0; k < 50; k++) PBRICK_ASSERT_OK(write_at((rng() % blocks) * kBlock + (rng() % 500) * 4096, 4096));
   PBRICK_ASSERT_OK(engine_->flush());
