@@ -14,7 +14,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
-#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -28,6 +27,7 @@
 #include "config/cluster_config.h"
 #include "gateway/ublk_ctrl.h"
 #include "gateway/control_socket.h"
+#include "gateway/device_conf.h"
 #include "gateway/resync.h"
 #include "gateway/ublk_queue.h"
 #include "gateway/volume.h"
@@ -125,10 +125,6 @@ int fail(const Error& e) {
   return 1;
 }
 
-struct AttachParams : VolumeSpec {
-  uint32_t logical_block_size = 4096;
-};
-
 std::string conf_path(uint32_t id) { return std::string(kStateDir) + "/ublk-" + std::to_string(id) + ".conf"; }
 // The daemon's control socket (control_socket.h): replace.
 std::string control_path(uint32_t id) { return std::string(kStateDir) + "/ublk-" + std::to_string(id) + ".sock"; }
@@ -154,112 +150,10 @@ std::string read_whole(const std::string& path) {
 
 Status save_conf(uint32_t id, const AttachParams& p) {
   ::mkdir(kStateDir, 0755);
-  std::string path = conf_path(id), tmp = path + ".tmp";
-  FILE* f = std::fopen(tmp.c_str(), "w");
-  if (f == nullptr) return errno_error("writing " + tmp);
-  std::fprintf(f, "target=%s\nsize=%llu\nbase=%llu\nkey_file=%s\nqueues=%u\ndepth=%u\nlogical_block_size=%u\ntimeout=%u\n",
-               p.targets_string().c_str(), static_cast<unsigned long long>(p.size),
-               static_cast<unsigned long long>(*p.base), p.key_file.c_str(), *p.queues, *p.depth,
-               p.logical_block_size, p.timeout_ms);
-  std::fprintf(f, "transport=%s\n", transport_name(p.transport.value_or(Transport::kTcp)));
-  std::fprintf(f, "layout=%s\n", layout_name(p.layout.value_or(Layout::kSingle)));
-  if (p.copies) std::fprintf(f, "copies=%u\n", *p.copies);
-  if (p.leg_timeout_ms) std::fprintf(f, "leg_timeout=%u\n", *p.leg_timeout_ms);
-  if (p.resync_mib_per_s) std::fprintf(f, "resync_rate=%u\n", *p.resync_mib_per_s);
-  std::string keys;
-  for (const std::string& k : p.brick_key_files) keys += (keys.empty() ? "" : ",") + k;
-  if (!keys.empty()) std::fprintf(f, "brick_key_files=%s\n", keys.c_str());
-  if (p.persistence) std::fprintf(f, "persistence=%s\n", persistence_name(*p.persistence));
-  std::fprintf(f, "name=%s\nread_only=%d\n", p.label_name.c_str(), p.read_only ? 1 : 0);
-  if (p.degraded) std::fprintf(f, "degraded=1\n");
-  if (!p.chain_syncs.value_or(true)) std::fprintf(f, "chained_syncs=0\n");
-  if (p.pin_queues.value_or(false)) std::fprintf(f, "pin_queues=1\n");
-  if (p.poll_us.value_or(0) != 0) std::fprintf(f, "poll_us=%u\n", *p.poll_us);
-  if (p.max_mapped) std::fprintf(f, "max_mapped=%llu\n", static_cast<unsigned long long>(*p.max_mapped));
-  if (std::fclose(f) != 0 || std::rename(tmp.c_str(), path.c_str()) != 0) return errno_error("writing " + path);
-  return Status::Ok();
+  return save_device_conf(conf_path(id), p);
 }
 
-Result<AttachParams> load_conf(uint32_t id) {
-  std::string path = conf_path(id);
-  std::ifstream in(path);
-  if (!in) return Error(ENOENT, path + " (written by attach) is missing");
-  std::map<std::string, std::string> kv;
-  std::string line;
-  while (std::getline(in, line)) {
-    auto eq = line.find('=');
-    if (eq != std::string::npos) kv[line.substr(0, eq)] = line.substr(eq + 1);
-  }
-  AttachParams p;
-  PBRICK_TRY(p.add_targets(kv["target"], path + ": target"));
-  if (kv.count("layout") != 0) {
-    auto l = parse_layout(kv["layout"], path + ": layout");
-    if (!l) return l.error();
-    p.layout = *l;
-  }
-  for (size_t start = 0; kv.count("brick_key_files") != 0;) {
-    const std::string& keys = kv["brick_key_files"];
-    size_t comma = keys.find(',', start);
-    p.brick_key_files.push_back(keys.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
-    if (comma == std::string::npos) break;
-    start = comma + 1;
-  }
-  auto num = [&](const char* k) -> Result<uint64_t> { return parse_u64(kv[k], path + ": " + k); };
-  auto size = num("size"), base = num("base"), q = num("queues"), d = num("depth"), lbs = num("logical_block_size"),
-       to = num("timeout");
-  for (auto* r : {&size, &base, &q, &d, &lbs, &to}) {
-    if (!*r) return r->error();
-  }
-  p.size = *size;
-  p.base = *base;
-  p.queues = static_cast<uint32_t>(*q);
-  p.depth = static_cast<uint32_t>(*d);
-  p.logical_block_size = static_cast<uint32_t>(*lbs);
-  p.timeout_ms = static_cast<uint32_t>(*to);
-  p.key_file = kv["key_file"];
-  p.label_name = kv["name"];
-  p.read_only = kv["read_only"] == "1";
-  p.degraded = kv["degraded"] == "1";
-  p.chain_syncs = kv["chained_syncs"] != "0";
-  p.pin_queues = kv["pin_queues"] == "1";
-  if (kv.count("poll_us") != 0) {
-    auto c = num("poll_us");
-    if (!c) return c.error();
-    if (*c > kMaxPollUs) return Error(EINVAL, path + ": poll_us must be 0.." + std::to_string(kMaxPollUs));
-    p.poll_us = static_cast<uint32_t>(*c);
-  }
-  if (kv.count("leg_timeout") != 0) {
-    auto c = num("leg_timeout");
-    if (!c) return c.error();
-    p.leg_timeout_ms = static_cast<uint32_t>(*c);
-  }
-  if (kv.count("resync_rate") != 0) {
-    auto c = num("resync_rate");
-    if (!c) return c.error();
-    p.resync_mib_per_s = static_cast<uint32_t>(*c);
-  }
-  if (kv.count("copies") != 0) {
-    auto c = num("copies");
-    if (!c) return c.error();
-    p.copies = static_cast<uint32_t>(*c);
-  }
-  if (kv.count("max_mapped") != 0) {
-    auto mm = num("max_mapped");
-    if (!mm) return mm.error();
-    p.max_mapped = *mm;
-  }
-  if (kv.count("transport") != 0) {
-    auto t = parse_transport(kv["transport"], path + ": transport");
-    if (!t) return t.error();
-    p.transport = *t;
-  }
-  if (kv.count("persistence") != 0) {
-    auto ps = parse_persistence(kv["persistence"], path + ": persistence");
-    if (!ps) return ps.error();
-    p.persistence = *ps;
-  }
-  return p;
-}
+Result<AttachParams> load_conf(uint32_t id) { return load_device_conf(conf_path(id)); }
 
 Result<std::unique_ptr<Volume>> open_volume(const AttachParams& p) {
   auto vo = p.volume_options();

@@ -1,0 +1,157 @@
+#include "gateway/device_conf.h"
+
+#include <cerrno>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <string_view>
+
+#include "common/layout.h"
+#include "common/transport.h"
+#include "common/units.h"
+#include "config/cluster_config.h"
+
+namespace pbrick {
+
+Status save_device_conf(const std::string& path, const AttachParams& p) {
+  std::string tmp = path + ".tmp";
+  FILE* f = std::fopen(tmp.c_str(), "w");
+  if (f == nullptr) return errno_error("writing " + tmp);
+  std::fprintf(f, "target=%s\nsize=%llu\nbase=%llu\nkey_file=%s\nqueues=%u\ndepth=%u\nlogical_block_size=%u\ntimeout=%u\n",
+               p.targets_string().c_str(), static_cast<unsigned long long>(p.size),
+               static_cast<unsigned long long>(p.base.value_or(0)), p.key_file.c_str(), p.queues.value_or(0),
+               p.depth.value_or(0), p.logical_block_size, p.timeout_ms);
+  std::fprintf(f, "transport=%s\n", transport_name(p.transport.value_or(Transport::kTcp)));
+  std::fprintf(f, "layout=%s\n", layout_name(p.layout.value_or(Layout::kSingle)));
+  if (p.copies) std::fprintf(f, "copies=%u\n", *p.copies);
+  if (p.leg_timeout_ms) std::fprintf(f, "leg_timeout=%u\n", *p.leg_timeout_ms);
+  if (p.resync_mib_per_s) std::fprintf(f, "resync_rate=%u\n", *p.resync_mib_per_s);
+  std::string keys;
+  for (const std::string& k : p.brick_key_files) keys += (keys.empty() ? "" : ",") + k;
+  if (!keys.empty()) std::fprintf(f, "brick_key_files=%s\n", keys.c_str());
+  if (p.persistence) std::fprintf(f, "persistence=%s\n", persistence_name(*p.persistence));
+  std::fprintf(f, "name=%s\nread_only=%d\n", p.label_name.c_str(), p.read_only ? 1 : 0);
+  if (p.degraded) std::fprintf(f, "degraded=1\n");
+  if (!p.chain_syncs.value_or(true)) std::fprintf(f, "chained_syncs=0\n");
+  if (p.pin_queues.value_or(false)) std::fprintf(f, "pin_queues=1\n");
+  if (p.poll_us.value_or(0) != 0) std::fprintf(f, "poll_us=%u\n", *p.poll_us);
+  if (p.max_mapped) std::fprintf(f, "max_mapped=%llu\n", static_cast<unsigned long long>(*p.max_mapped));
+  bool written = std::ferror(f) == 0;
+  if (std::fclose(f) != 0 || !written || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    int err = errno != 0 ? errno : EIO;
+    ::remove(tmp.c_str());
+    return Error(err, "writing " + path);
+  }
+  return Status::Ok();
+}
+
+Result<AttachParams> load_device_conf(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return Error(ENOENT, path + " (written by attach) is missing");
+  std::map<std::string, std::string, std::less<>> kv;
+  std::string line;
+  while (std::getline(in, line)) {
+    auto eq = line.find('=');
+    if (eq != std::string::npos) kv[line.substr(0, eq)] = line.substr(eq + 1);
+  }
+  auto what = [&](std::string_view key) { return path + ": " + std::string(key); };
+  auto has = [&](std::string_view key) { return kv.find(key) != kv.end(); };
+  auto u64 = [&](std::string_view key) -> Result<uint64_t> {
+    auto it = kv.find(key);
+    return parse_u64(it == kv.end() ? std::string_view() : std::string_view(it->second), what(key));
+  };
+  auto u32 = [&](std::string_view key) -> Result<uint32_t> {
+    auto v = u64(key);
+    if (!v) return v.error();
+    if (*v > UINT32_MAX) return Error(EINVAL, what(key) + " is out of range");
+    return static_cast<uint32_t>(*v);
+  };
+  // Written as 0 or 1; a missing one is `absent`.
+  auto flag = [&](std::string_view key, bool absent) -> Result<bool> {
+    auto it = kv.find(key);
+    if (it == kv.end()) return absent;
+    if (it->second == "0" || it->second == "1") return it->second == "1";
+    return Error(EINVAL, what(key) + " must be 0 or 1, not \"" + it->second + "\"");
+  };
+
+  AttachParams p;
+  PBRICK_TRY(p.add_targets(kv["target"], what("target")));
+  auto size = u64("size"), base = u64("base");
+  auto queues = u32("queues"), depth = u32("depth"), lbs = u32("logical_block_size"), timeout = u32("timeout");
+  for (auto* r : {&size, &base}) {
+    if (!*r) return r->error();
+  }
+  for (auto* r : {&queues, &depth, &lbs, &timeout}) {
+    if (!*r) return r->error();
+  }
+  p.size = *size;
+  p.base = *base;
+  p.queues = *queues;
+  p.depth = *depth;
+  p.logical_block_size = *lbs;
+  p.timeout_ms = *timeout;
+  p.key_file = kv["key_file"];
+  p.label_name = kv["name"];
+  for (size_t start = 0; has("brick_key_files");) {
+    const std::string& keys = kv["brick_key_files"];
+    size_t comma = keys.find(',', start);
+    p.brick_key_files.push_back(keys.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+
+  auto read_only = flag("read_only", false), degraded = flag("degraded", false);
+  auto chain_syncs = flag("chained_syncs", true), pin_queues = flag("pin_queues", false);
+  for (auto* r : {&read_only, &degraded, &chain_syncs, &pin_queues}) {
+    if (!*r) return r->error();
+  }
+  p.read_only = *read_only;
+  p.degraded = *degraded;
+  p.chain_syncs = *chain_syncs;
+  p.pin_queues = *pin_queues;
+
+  if (has("poll_us")) {
+    auto c = u32("poll_us");
+    if (!c) return c.error();
+    if (*c > kMaxPollUs) return Error(EINVAL, what("poll_us") + " must be 0.." + std::to_string(kMaxPollUs));
+    p.poll_us = *c;
+  }
+  if (has("leg_timeout")) {
+    auto c = u32("leg_timeout");
+    if (!c) return c.error();
+    p.leg_timeout_ms = *c;
+  }
+  if (has("resync_rate")) {
+    auto c = u32("resync_rate");
+    if (!c) return c.error();
+    p.resync_mib_per_s = *c;
+  }
+  if (has("copies")) {
+    auto c = u32("copies");
+    if (!c) return c.error();
+    p.copies = *c;
+  }
+  if (has("max_mapped")) {
+    auto mm = u64("max_mapped");
+    if (!mm) return mm.error();
+    p.max_mapped = *mm;
+  }
+  if (has("layout")) {
+    auto l = parse_layout(kv["layout"], what("layout"));
+    if (!l) return l.error();
+    p.layout = *l;
+  }
+  if (has("transport")) {
+    auto t = parse_transport(kv["transport"], what("transport"));
+    if (!t) return t.error();
+    p.transport = *t;
+  }
+  if (has("persistence")) {
+    auto ps = parse_persistence(kv["persistence"], what("persistence"));
+    if (!ps) return ps.error();
+    p.persistence = *ps;
+  }
+  return p;
+}
+
+}  // namespace pbrick
