@@ -366,13 +366,22 @@ TEST_F(MirrorTest, FourBricksTwoCopiesSurviveAnyBricksThatShareNoBlock) {
   EXPECT_EQ(crc32c(one.data(), 4096), crc32c(data.data() + kBlock, 4096));
 }
 
+// Checks `done` every `step` until it holds (true) or `limit` has passed
+// (false): for what another thread (the resync, a reconnect) brings about.
+template <typename Predicate>
+bool wait_until(Predicate done, std::chrono::milliseconds limit,
+                std::chrono::milliseconds step = std::chrono::milliseconds(20)) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(step);
+  }
+  return true;
+}
+
 // Waits up to `ms` for brick `b`'s copies to be in sync.
 bool wait_in_sync(const Volume& v, uint32_t b, int ms = 20000) {
-  for (int waited = 0; waited < ms; waited += 20) {
-    if (v.mirror()->in_sync(b)) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return false;
+  return wait_until([&] { return v.mirror()->in_sync(b); }, std::chrono::milliseconds(ms));
 }
 
 // A brick of a 2-copy mirror is down while three blocks are written, then
@@ -428,10 +437,8 @@ TEST_F(MirrorTest, AResyncCopiesOnlyTheDirtyBlocksWhileWritesGoOn) {
   EXPECT_EQ(progress.done, 3u);
   // The label that says in sync comes first; the resync's thread clears the
   // bitmap right after it (Volume::finish_resync), so wait for that too.
-  for (int waited = 0; v.dirty_count() != 0 && waited < 5000; waited += 20) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  EXPECT_EQ(v.dirty_count(), 0u);
+  EXPECT_TRUE(wait_until([&] { return v.dirty_count() == 0; }, std::chrono::seconds(5)))
+      << v.dirty_count() << " blocks still dirty";
   for (int k = 0; k < 50; k++) PBRICK_ASSERT_OK(write_at((rng() % blocks) * kBlock + (rng() % 500) * 4096, 4096));
   PBRICK_ASSERT_OK(engine_->flush());
 
@@ -547,10 +554,7 @@ TEST_F(MirrorTest, ReadsLeaveAnUnreachableCopyAloneAndWaitForTheLastOne) {
   link.set_delay(std::chrono::milliseconds(0));
 
   PBRICK_ASSERT_OK(bricks_[1]->start());
-  for (int waited = 0; waited < 5000 && !v.mirror()->reachable(1); waited += 20) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  EXPECT_TRUE(v.mirror()->reachable(1));
+  EXPECT_TRUE(wait_until([&] { return v.mirror()->reachable(1); }, std::chrono::seconds(5)));
   std::set<uint32_t> read_bricks;
   std::vector<IoPiece> pieces;
   for (int k = 0; k < 4; k++) plan_rw(v, false, 0, 4096, nullptr, nullptr, pieces);
@@ -577,10 +581,9 @@ TEST_F(MirrorTest, AResyncKeepsToItsRate) {
   EXPECT_EQ(v.dirty_count(), 4u);
 
   PBRICK_ASSERT_OK(bricks_[1]->start());
-  for (int waited = 0; waited < 5000 && v.mirror()->state(1) == CopyState::kStale; waited += 2) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  ASSERT_NE(v.mirror()->state(1), CopyState::kStale) << "no resync within 5 s";
+  ASSERT_TRUE(wait_until([&] { return v.mirror()->state(1) != CopyState::kStale; }, std::chrono::seconds(5),
+                         std::chrono::milliseconds(2)))
+      << "no resync within 5 s";
   const auto t0 = std::chrono::steady_clock::now();
   ASSERT_TRUE(wait_in_sync(v, 1));
   const auto took = std::chrono::steady_clock::now() - t0;
