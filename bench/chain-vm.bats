@@ -113,14 +113,5 @@ fsync_job() {
 }
 
 teardown() {
-  local log
-  gw_stop_all
-  vm_teardown
-  for log in gw-tcp-on gw-tcp-off gw-rdma-on gw-rdma-off tcp-brick rdma-brick; do
-    if [ -s "$BATS_TEST_TMPDIR/$log.log" ]; then
-      echo "--- $log log:" >&2
-      tail -n 20 "$BATS_TEST_TMPDIR/$log.log" >&2
-    fi
-  done
-  return 0
+  bench_teardown 20
 }

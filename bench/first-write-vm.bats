@@ -145,12 +145,5 @@ measure() {
 }
 
 teardown() {
-  gw_stop_all
-  vm_teardown
-  for log in "$BATS_TEST_TMPDIR"/*.log; do
-    [ -s "$log" ] || continue
-    echo "--- $log:" >&2
-    tail -n 20 "$log" >&2
-  done
-  return 0
+  bench_teardown 20
 }

@@ -376,7 +376,7 @@ run_job() {
 }
 
 teardown() {
-  local pid nqn n log
+  local nqn n
   if [ -f "$BATS_TEST_TMPDIR/nvme.nqns" ]; then
     while read -r nqn; do nvme disconnect -n "$nqn" >/dev/null 2>&1 || true; done <"$BATS_TEST_TMPDIR/nvme.nqns"
   fi
@@ -388,16 +388,5 @@ teardown() {
       rmdir "$CFS/subsystems/$NQN_PREFIX.$n/namespaces/1" "$CFS/subsystems/$NQN_PREFIX.$n" 2>/dev/null
     done <"$BATS_TEST_TMPDIR/nvmet.ports"
   fi
-  gw_stop_all
-  if [ -f "$BATS_TEST_TMPDIR/raw.pids" ]; then
-    while read -r pid; do kill -TERM "$pid" 2>/dev/null || true; done <"$BATS_TEST_TMPDIR/raw.pids"
-  fi
-  vm_teardown
-  for log in gw-tcp gw-rdma tcp-brick rdma-brick; do
-    if [ -s "$BATS_TEST_TMPDIR/$log.log" ]; then
-      echo "--- $log log:" >&2
-      tail -n 30 "$BATS_TEST_TMPDIR/$log.log" >&2
-    fi
-  done
-  return 0
+  bench_teardown
 }

@@ -218,24 +218,5 @@ brick_holds() {
 }
 
 teardown() {
-  local pid log
-  if [ -f "$BATS_TEST_TMPDIR/raw.pids" ]; then
-    while read -r pid; do kill -TERM "$pid" 2>/dev/null || true; done <"$BATS_TEST_TMPDIR/raw.pids"
-  fi
-  if [ -f "$BATS_TEST_TMPDIR/gw.pids" ]; then
-    while read -r pid; do
-      kill -TERM "$pid" 2>/dev/null || continue
-      timeout 20 tail --pid="$pid" -f /dev/null || kill -KILL "$pid" 2>/dev/null || true
-      wait "$pid" 2>/dev/null || true
-    done <"$BATS_TEST_TMPDIR/gw.pids"
-  fi
-  vm_teardown # stops the bricks, removes the stores
-  # Shown by bats when the test failed.
-  for log in gw-rdma gw-tcp rdma-brick tcp-brick; do
-    if [ -s "$BATS_TEST_TMPDIR/$log.log" ]; then
-      echo "--- $log log:" >&2
-      tail -n 30 "$BATS_TEST_TMPDIR/$log.log" >&2
-    fi
-  done
-  return 0
+  bench_teardown # stops the gateways and bricks, removes the stores, shows the logs
 }

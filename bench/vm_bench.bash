@@ -2,7 +2,7 @@
 # a brick on tmpfs, a ublk gateway on it, a process's CPU ticks, fio's rdma
 # engine between two processes. The .bats file sets TARGET_BIN, GW_BIN, SHM,
 # STORE_MIB, VOL_MIB (and SIZE, RUNTIME, RDMA_HOST for fio_rdma_raw), defines
-# say(), and kills the pids in $BATS_TEST_TMPDIR/raw.pids in its teardown.
+# say(), and calls bench_teardown in its teardown.
 # shellcheck shell=bash
 # shellcheck disable=SC2034 # BRICK_*, GW_PID, DEV, TICKS and RAW_SRV_PID are set for the caller
 
@@ -37,20 +37,33 @@ gw_attach() {
     -q "${GW_QUEUES:-2}" -d 64 ${PBRICK_BENCH_GW_ARGS:-} >"$out" 2>>"$BATS_TEST_TMPDIR/$name.log" &
   GW_PID=$!
   echo "$GW_PID" >>"$BATS_TEST_TMPDIR/gw.pids"
+  await_ready "$GW_PID" "pbrick-gateway attach --transport $transport" gw_printed_device "$out" && return 0
+  cat "$BATS_TEST_TMPDIR/$name.log" >&2
+  return 1
+}
+
+# gw_printed_device OUT: whether attach printed a block device to OUT (sets DEV).
+gw_printed_device() {
+  [ -s "$1" ] || return 1
+  DEV=$(head -n1 "$1")
+  [ -b "$DEV" ]
+}
+
+# await_ready PID WHAT CHECK [ARGS...]: runs CHECK ARGS every 0.1 s until it
+# succeeds (returns 0); says so and returns 1 when the process PID (WHAT)
+# exits first or 30 s pass.
+await_ready() {
+  local pid=$1 what=$2
+  shift 2
   for _ in $(seq 1 300); do
-    if [ -s "$out" ]; then
-      DEV=$(head -n1 "$out")
-      [ -b "$DEV" ] && return 0
-    fi
-    if ! kill -0 "$GW_PID" 2>/dev/null; then
-      say "pbrick-gateway attach --transport $transport exited without a device:"
-      cat "$BATS_TEST_TMPDIR/$name.log" >&2
+    "$@" && return 0
+    if ! kill -0 "$pid" 2>/dev/null; then
+      say "$what exited before it was ready:"
       return 1
     fi
     sleep 0.1
   done
-  say "pbrick-gateway attach --transport $transport did not print a device within 30 s:"
-  cat "$BATS_TEST_TMPDIR/$name.log" >&2
+  say "$what was not ready within 30 s:"
   return 1
 }
 
@@ -90,22 +103,7 @@ fio_rdma_raw() {
     --port="$port" --rw=read --bs="$bs" --iodepth="$depth" --size="$SIZE") >"$srv" 2>&1 &
   RAW_SRV_PID=$!
   echo "$RAW_SRV_PID" >>"$BATS_TEST_TMPDIR/raw.pids"
-  local ready=0
-  for _ in $(seq 1 300); do
-    if grep -q 'waiting for connection' "$srv" ||
-      rdma resource show cm_id 2>/dev/null | grep -q "state LISTEN .*:$port "; then
-      ready=1
-      break
-    fi
-    if ! kill -0 "$RAW_SRV_PID" 2>/dev/null; then
-      say "fio rdma server for $label exited before listening:"
-      cat "$srv" >&2
-      return 1
-    fi
-    sleep 0.1
-  done
-  if ((ready == 0)); then
-    say "fio rdma server for $label is not listening on port $port after 30 s:"
+  if ! await_ready "$RAW_SRV_PID" "fio rdma server for $label (port $port)" fio_rdma_listening "$srv" "$port"; then
     cat "$srv" >&2
     return 1
   fi
@@ -129,3 +127,27 @@ fio_rdma_raw() {
   return "$rc"
 }
 
+# fio_rdma_listening LOG PORT: whether fio's rdma server (its output in LOG)
+# waits for its client on PORT.
+fio_rdma_listening() {
+  grep -q 'waiting for connection' "$1" || rdma resource show cm_id 2>/dev/null | grep -q "state LISTEN .*:$2 "
+}
+
+# bench_teardown [LINES]: a benchmark's teardown after its own devices are
+# gone: TERM to fio's rdma processes (raw.pids), the gateways (gw_stop_all),
+# the bricks and their stores (vm_teardown); then the last LINES (default 30)
+# lines of each log of the test, which bats shows when the test failed.
+bench_teardown() {
+  local pid log
+  if [ -f "$BATS_TEST_TMPDIR/raw.pids" ]; then
+    while read -r pid; do kill -TERM "$pid" 2>/dev/null || true; done <"$BATS_TEST_TMPDIR/raw.pids"
+  fi
+  gw_stop_all
+  vm_teardown
+  for log in "$BATS_TEST_TMPDIR"/*.log; do
+    [ -s "$log" ] || continue
+    echo "--- ${log##*/}:" >&2
+    tail -n "${1:-30}" "$log" >&2
+  done
+  return 0
+}
