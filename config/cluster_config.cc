@@ -493,7 +493,9 @@ class Parser {
   // paths keep matching the file and validation sees every name.
   void parse_brick(const YAML::Node& node, const std::string& path) {
     static const KeySpec kSpec{
-        {"name", "host", "port", "transport", "store", "nic", "persistence", "key_file"}, {}};
+        {"name", "host", "port", "transport", "store", "nic", "persistence", "key_file", "max_connections",
+         "max_handshakes"},
+        {}};
     static const KeySpec kStore{{"path", "size", "slow"}, {}};
     static const KeySpec kSlow{{"path", "size", "low_watermark", "demote_rate"}, {}};
     static const KeySpec kNic{{"netdev", "rdma_device", "ddio"}, {}};
@@ -509,6 +511,8 @@ class Parser {
     get_enum(*f, "transport", path, pos, kTransports, &b.transport);
     get_enum(*f, "persistence", path, pos, kPersistences, &b.persistence);
     get_string(*f, "key_file", path, pos, false, &b.key_file);
+    get_u32(*f, "max_connections", path, pos, false, &b.max_connections);
+    get_u32(*f, "max_handshakes", path, pos, false, &b.max_handshakes);
 
     std::string store_path = path + ".store";
     if (auto it = f->find("store"); it == f->end() || it->second.value.IsNull()) {
@@ -802,6 +806,14 @@ class Validator {
       if (b.nic.ddio != DdioMode::kUnmanaged && known(p + ".nic.netdev") && b.nic.netdev.empty()) {
         error(p + ".nic.ddio", std::string("ddio '") + ddio_mode_name(b.nic.ddio) +
                                    "' requires nic.netdev (the interface whose PCIe root port is configured)");
+      }
+      for (auto [key, value] : {std::pair<const char*, uint32_t>{"max_connections", b.max_connections},
+                                {"max_handshakes", b.max_handshakes}}) {
+        std::string kp = p + "." + key;
+        if (known(kp) && c_.positions.count(kp) != 0 && (value == 0 || value > kMaxBrickConnections)) {
+          error(kp, std::string(key) + " " + std::to_string(value) + " is out of range (1-" +
+                        std::to_string(kMaxBrickConnections) + ")");
+        }
       }
       // Over TCP the brick's CPU persists before it answers the sync READ, so
       // sync-read needs nothing of the NIC there.

@@ -64,7 +64,14 @@ struct BrickConfig {
   // The key actually in force: bricks[i].key_file if given, else
   // cluster.key_file, else empty (no authentication).
   std::string key_file;
+  // pbrick-target --max-connections / --max-handshakes (ServerOptions); 0:
+  // not in the file, the brick's default. 1..kMaxBrickConnections when given.
+  uint32_t max_connections = 0;
+  uint32_t max_handshakes = 0;
 };
+
+// The most connections (or handshakes) a brick can be told to serve at once.
+inline constexpr uint32_t kMaxBrickConnections = 65536;
 
 struct VolumeConfig {
   std::string name;

@@ -372,6 +372,26 @@ TEST(ClusterConfigTest, PollPinnedQueuesAndChainedSyncs) {
              "volumes[0].chained_syncs: invalid value 'no' (expected true or false)");
 }
 
+// A brick's connection budgets (pbrick-target --max-connections,
+// --max-handshakes): 0 when the file says nothing, so the brick's defaults hold.
+TEST(ClusterConfigTest, BrickConnectionBudgets) {
+  auto with = [](const std::string& kv) { return valid_with("host: 127.0.0.1", "host: 127.0.0.1\n    " + kv); };
+  ClusterConfig c;
+  ASSERT_TRUE(check(kValid, &c).empty());
+  EXPECT_EQ(c.bricks[0].max_connections, 0u);
+  EXPECT_EQ(c.bricks[0].max_handshakes, 0u);
+  const std::string tuned = with("max_connections: 512\n    max_handshakes: 256");
+  ASSERT_TRUE(check(tuned, &c).empty()) << dump(check(tuned));
+  EXPECT_EQ(c.bricks[0].max_connections, 512u);
+  EXPECT_EQ(c.bricks[0].max_handshakes, 256u);
+  EXPECT_TRUE(check(with("max_handshakes: 65536")).empty());
+  expect_one(with("max_handshakes: 0"), 6, 21, "bricks[0].max_handshakes: max_handshakes 0 is out of range (1-65536)");
+  expect_one(with("max_connections: 65537"), 6, 22,
+             "bricks[0].max_connections: max_connections 65537 is out of range (1-65536)");
+  expect_one(with("max_connections: many"), 6, 22,
+             "bricks[0].max_connections: expected an integer (decimal or 0x-prefixed hex), got 'many'");
+}
+
 TEST(ClusterConfigTest, SlowTier) {
   const std::string with_slow =
       valid_with("size: 1G}", "size: 32M, slow: {path: /var/lib/pbrick/b0.slow, size: 1G}}");

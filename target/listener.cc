@@ -255,7 +255,7 @@ void Server::Impl::admit_handshake() {
     }
   }
   if (oldest == nullptr) return;
-  PBRICK_LOG_WARN("%s: closing the oldest connection still in its handshake: %u are (max_handshakes)",
+  PBRICK_LOG_WARN("%s: closing the oldest connection still in its handshake: %u are (--max-handshakes)",
                   oldest->peer.c_str(), options_.max_handshakes);
   oldest->counts_as_handshake = false;
   pending_handshakes_--;

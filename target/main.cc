@@ -43,7 +43,9 @@ constexpr const char* kUsage =
     "                        demotions that make room for them, are not limited)\n"
     "  --key-file FILE       cluster key: clients must prove they know it\n"
     "  --force-format        format PATH even if it holds data (destroys it)\n"
-    "  --max-connections N   default 128\n"
+    "  --max-connections N   connections served at once, once past their handshake (default 128)\n"
+    "  --max-handshakes N    connections still in their handshake at once; one more closes the\n"
+    "                        oldest of them (default 64)\n"
     "  --port-file FILE      write the bound port to FILE once serving\n"
     "  --log-level LEVEL     error, warning, notice, info (default) or debug\n"
     "  -h, --help\n";
@@ -57,7 +59,7 @@ int usage_error(const std::string& message) {
 
 int main(int argc, char** argv) {
   using namespace pbrick;
-  enum { kStore = 1000, kSize, kListen, kKeyFile, kForceFormat, kMaxConn, kPortFile, kLogLevel, kConfig, kBrick,
+  enum { kStore = 1000, kSize, kListen, kKeyFile, kForceFormat, kMaxConn, kMaxHandshakes, kPortFile, kLogLevel, kConfig, kBrick,
          kTransport, kPersistence, kSlowStore, kSlowSize, kSlowLowWatermark, kSlowDemoteRate };
   static const option kOptions[] = {
       {"store", required_argument, nullptr, kStore},
@@ -66,6 +68,7 @@ int main(int argc, char** argv) {
       {"key-file", required_argument, nullptr, kKeyFile},
       {"force-format", no_argument, nullptr, kForceFormat},
       {"max-connections", required_argument, nullptr, kMaxConn},
+      {"max-handshakes", required_argument, nullptr, kMaxHandshakes},
       {"port-file", required_argument, nullptr, kPortFile},
       {"log-level", required_argument, nullptr, kLogLevel},
       {"config", required_argument, nullptr, kConfig},
@@ -80,6 +83,7 @@ int main(int argc, char** argv) {
       {nullptr, 0, nullptr, 0},
   };
   std::string store_path, listen_text, key_file, port_file, config_file, brick_name;
+  std::optional<uint32_t> max_connections, max_handshakes;  // flag, else the cluster file's, else the default
   uint64_t size = 0;
   std::string slow_path;
   uint64_t slow_size = 0;
@@ -123,11 +127,15 @@ int main(int argc, char** argv) {
       case kListen: listen_text = optarg; break;
       case kKeyFile: key_file = optarg; break;
       case kForceFormat: force_format = true; break;
-      case kMaxConn: {
-        auto r = parse_u64(optarg, "--max-connections");
+      case kMaxConn:
+      case kMaxHandshakes: {
+        const char* flag = opt == kMaxConn ? "--max-connections" : "--max-handshakes";
+        auto r = parse_u64(optarg, flag);
         if (!r) return usage_error(r.error().context());
-        if (*r == 0 || *r > 65536) return usage_error("--max-connections: must be 1..65536");
-        server_options.max_connections = static_cast<uint32_t>(*r);
+        if (*r == 0 || *r > kMaxBrickConnections) {
+          return usage_error(std::string(flag) + ": must be 1.." + std::to_string(kMaxBrickConnections));
+        }
+        (opt == kMaxConn ? max_connections : max_handshakes) = static_cast<uint32_t>(*r);
         break;
       }
       case kPortFile: port_file = optarg; break;
@@ -176,7 +184,11 @@ int main(int argc, char** argv) {
     if (slow_demote_rate == 0) slow_demote_rate = brick->store.slow_demote_rate;
     if (listen_text.empty()) listen_text = Endpoint{brick->host, static_cast<uint16_t>(brick->port)}.to_string();
     if (key_file.empty()) key_file = brick->key_file;
+    if (!max_connections && brick->max_connections != 0) max_connections = brick->max_connections;
+    if (!max_handshakes && brick->max_handshakes != 0) max_handshakes = brick->max_handshakes;
   }
+  if (max_connections) server_options.max_connections = *max_connections;
+  if (max_handshakes) server_options.max_handshakes = *max_handshakes;
   if (store_path.empty()) return usage_error("--store is required");
   if (slow_size != 0 && slow_path.empty()) return usage_error("--slow-size needs --slow-store");
   if ((slow_low_watermark != 0 || slow_demote_rate != 0) && slow_path.empty()) {

@@ -35,3 +35,48 @@ teardown() { brick_teardown; }
   refute_output --partial FAIL
   kill -0 "$BRICK_PID"
 }
+
+# idle_sockets_close_the_oldest: three sockets that never say HELLO, opened
+# one after another, against a brick that allows two handshakes at once: the
+# brick closes the first (EOF at once, not a read timeout) and keeps the
+# other two.
+idle_sockets_close_the_oldest() {
+  local s1 s2 s3 line rc=0
+  exec {s1}<>"/dev/tcp/127.0.0.1/$BRICK_PORT"
+  sleep 0.2
+  exec {s2}<>"/dev/tcp/127.0.0.1/$BRICK_PORT"
+  sleep 0.2
+  exec {s3}<>"/dev/tcp/127.0.0.1/$BRICK_PORT"
+  read -r -t 5 -u "$s1" line || rc=$?
+  ((rc == 1)) || fail "the oldest idle socket was not closed (read status $rc)"
+  rc=0
+  read -r -t 1 -u "$s2" line || rc=$?
+  ((rc > 128)) || fail "the second idle socket was closed too (read status $rc)"
+  exec {s1}>&- {s2}>&- {s3}>&-
+  grep -q 'closing the oldest connection still in its handshake: 2 are (--max-handshakes)' \
+    "$BATS_TEST_TMPDIR/b.log" || fail "no log line naming --max-handshakes: $(cat "$BATS_TEST_TMPDIR/b.log")"
+}
+
+@test "handshake: --max-handshakes 2 closes the oldest of three idle sockets; 0 is a usage error" {
+  start_brick b --max-handshakes 2
+  idle_sockets_close_the_oldest
+  run "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/x.store" --size 64M --listen 127.0.0.1:0 --max-handshakes 0
+  assert_failure 2
+  assert_output --partial '--max-handshakes: must be 1..65536'
+  [ ! -e "$BATS_TEST_TMPDIR/x.store" ] || fail "a usage error created the store"
+}
+
+@test "handshake: max_handshakes from the cluster file's brick" {
+  cat >"$BATS_TEST_TMPDIR/cluster.yaml" <<YAML
+cluster:
+  name: t
+bricks:
+  - name: brick0
+    host: 127.0.0.1
+    max_handshakes: 2
+    store: {path: $BATS_TEST_TMPDIR/unused.store, size: 64M}
+YAML
+  # --store, --size and --listen (given by start_brick) win over the file.
+  start_brick b --config "$BATS_TEST_TMPDIR/cluster.yaml" --brick brick0
+  idle_sockets_close_the_oldest
+}
