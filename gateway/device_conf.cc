@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <string_view>
 
 #include "common/layout.h"
@@ -110,27 +111,21 @@ Result<AttachParams> load_device_conf(const std::string& path) {
   p.chain_syncs = *chain_syncs;
   p.pin_queues = *pin_queues;
 
-  if (has("poll_us")) {
-    auto c = u32("poll_us");
-    if (!c) return c.error();
-    if (*c > kMaxPollUs) return Error(EINVAL, what("poll_us") + " must be 0.." + std::to_string(kMaxPollUs));
-    p.poll_us = *c;
+  // A setting attach writes only when it was given: unset when absent.
+  auto optional_u32 = [&](std::string_view key, std::optional<uint32_t>* out) -> Status {
+    if (!has(key)) return Status::Ok();
+    auto v = u32(key);
+    if (!v) return v.error();
+    *out = *v;
+    return Status::Ok();
+  };
+  PBRICK_TRY(optional_u32("poll_us", &p.poll_us));
+  if (p.poll_us.value_or(0) > kMaxPollUs) {
+    return Error(EINVAL, what("poll_us") + " must be 0.." + std::to_string(kMaxPollUs));
   }
-  if (has("leg_timeout")) {
-    auto c = u32("leg_timeout");
-    if (!c) return c.error();
-    p.leg_timeout_ms = *c;
-  }
-  if (has("resync_rate")) {
-    auto c = u32("resync_rate");
-    if (!c) return c.error();
-    p.resync_mib_per_s = *c;
-  }
-  if (has("copies")) {
-    auto c = u32("copies");
-    if (!c) return c.error();
-    p.copies = *c;
-  }
+  PBRICK_TRY(optional_u32("leg_timeout", &p.leg_timeout_ms));
+  PBRICK_TRY(optional_u32("resync_rate", &p.resync_mib_per_s));
+  PBRICK_TRY(optional_u32("copies", &p.copies));
   if (has("max_mapped")) {
     auto mm = u64("max_mapped");
     if (!mm) return mm.error();
