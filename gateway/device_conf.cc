@@ -18,7 +18,9 @@ Status save_device_conf(const std::string& path, const AttachParams& p) {
   std::string tmp = path + ".tmp";
   FILE* f = std::fopen(tmp.c_str(), "w");
   if (f == nullptr) return errno_error("writing " + tmp);
-  std::fprintf(f, "target=%s\nsize=%llu\nbase=%llu\nkey_file=%s\nqueues=%u\ndepth=%u\nlogical_block_size=%u\ntimeout=%u\n",
+  std::fprintf(f,
+               "target=%s\nsize=%llu\nbase=%llu\nkey_file=%s\nqueues=%u\ndepth=%u\nlogical_block_size=%u\n"
+               "timeout=%u\n",
                p.targets_string().c_str(), static_cast<unsigned long long>(p.size),
                static_cast<unsigned long long>(p.base.value_or(0)), p.key_file.c_str(), p.queues.value_or(0),
                p.depth.value_or(0), p.logical_block_size, p.timeout_ms);

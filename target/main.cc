@@ -59,8 +59,8 @@ int usage_error(const std::string& message) {
 
 int main(int argc, char** argv) {
   using namespace pbrick;
-  enum { kStore = 1000, kSize, kListen, kKeyFile, kForceFormat, kMaxConn, kMaxHandshakes, kPortFile, kLogLevel, kConfig, kBrick,
-         kTransport, kPersistence, kSlowStore, kSlowSize, kSlowLowWatermark, kSlowDemoteRate };
+  enum { kStore = 1000, kSize, kListen, kKeyFile, kForceFormat, kMaxConn, kMaxHandshakes, kPortFile, kLogLevel,
+         kConfig, kBrick, kTransport, kPersistence, kSlowStore, kSlowSize, kSlowLowWatermark, kSlowDemoteRate };
   static const option kOptions[] = {
       {"store", required_argument, nullptr, kStore},
       {"size", required_argument, nullptr, kSize},
