@@ -39,9 +39,11 @@ Status save_device_conf(const std::string& path, const AttachParams& p) {
   if (p.pin_queues.value_or(false)) std::fprintf(f, "pin_queues=1\n");
   if (p.poll_us.value_or(0) != 0) std::fprintf(f, "poll_us=%u\n", *p.poll_us);
   if (p.max_mapped) std::fprintf(f, "max_mapped=%llu\n", static_cast<unsigned long long>(*p.max_mapped));
-  bool written = std::ferror(f) == 0;
-  if (std::fclose(f) != 0 || !written || std::rename(tmp.c_str(), path.c_str()) != 0) {
-    int err = errno != 0 ? errno : EIO;
+  // The errno of the first step that failed, so the error names its cause.
+  int err = std::ferror(f) != 0 ? (errno != 0 ? errno : EIO) : 0;
+  if (std::fclose(f) != 0 && err == 0) err = errno;
+  if (err == 0 && std::rename(tmp.c_str(), path.c_str()) != 0) err = errno;
+  if (err != 0) {
     ::remove(tmp.c_str());
     return Error(err, "writing " + path);
   }

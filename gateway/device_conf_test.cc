@@ -3,6 +3,7 @@
 #include "gateway/device_conf.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -166,6 +167,24 @@ TEST_F(DeviceConfTest, SavingWhereNoFileCanBeWrittenFailsNamingIt) {
   ASSERT_FALSE(st.ok());
   EXPECT_EQ(st.error().errnum(), ENOENT);
   EXPECT_NE(st.error().message().find(where), std::string::npos) << st.error().message();
+}
+
+// A write that fails (here: the temporary file is /dev/full, so the flush at
+// close gets ENOSPC) leaves the saved file as it was and no temporary behind.
+TEST_F(DeviceConfTest, AFailedWriteKeepsTheOldFileAndSaysWhy) {
+  AttachParams before = minimal();
+  before.chain_syncs = false;
+  PBRICK_ASSERT_OK(save_device_conf(path_, before));
+  ASSERT_EQ(::symlink("/dev/full", (path_ + ".tmp").c_str()), 0);
+  Status st = save_device_conf(path_, minimal());
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().errnum(), ENOSPC) << st.error().message();
+  EXPECT_NE(st.error().message().find(path_), std::string::npos) << st.error().message();
+  struct stat sb;
+  EXPECT_NE(::lstat((path_ + ".tmp").c_str(), &sb), 0) << "the temporary file is removed";
+  auto got = load_device_conf(path_);
+  PBRICK_ASSERT_OK(got);
+  EXPECT_EQ(got->chain_syncs, false) << "the file attach saved before is intact";
 }
 
 }  // namespace
