@@ -21,6 +21,16 @@ mistaken for the right one.
       "verified V records" and exits 0, or names each lost record, prints
       "LOST L of V records" and exits 1; 2 when it could not verify.
 
+  powercut_client.py ballast SOCKET --slots S --regions R --ballast B
+      Writes B records of ballast after the regions (a round of its own, so
+      never mistaken for a cycle's record), sends FLUSH, then reads every one
+      back and compares it. Written before the first cut, it fills the
+      brick's fast tier, so from the first cycle on every new block pushes an
+      older one down, whatever the cycles' speed.
+
+  powercut_client.py verify ... --ballast B
+      Also reads the B ballast records back and compares them.
+
   powercut_client.py settle SOCKET --slots S --regions R
       Sends FLUSH until one succeeds (at most 3): after the brick's reboot the
       gateway reports the loss of unflushed writes once, with EIO.
@@ -34,15 +44,27 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from nbd_flush_writer import RECORD, NbdClient, NbdError, describe, record  # noqa: E402
 
 
+# The ballast's round: cycles are numbered from 0 and never reach it.
+BALLAST_ROUND = 1 << 32
+
+
 def offset(args, cycle, i):
+    if cycle == BALLAST_ROUND:
+        return (args.regions * args.slots + i) * RECORD
     return ((cycle % args.regions) * args.slots + i) * RECORD
+
+
+def check_size(args, c):
+    need = (args.regions * args.slots + args.ballast) * RECORD
+    if need > c.size:
+        sys.exit("export of %d bytes is too small for %d regions of %d records and %d of ballast"
+                 % (c.size, args.regions, args.slots, args.ballast))
 
 
 def write(args):
     skip_flush = os.environ.get("PBRICK_POWERCUT_SKIP_FLUSH") == "1"
     c = NbdClient(args.socket)
-    if args.regions * args.slots * RECORD > c.size:
-        sys.exit("export of %d bytes is too small for %d regions of %d records" % (c.size, args.regions, args.slots))
+    check_size(args, c)
     log = open(args.ack_log, "a")
 
     def ack(n):
@@ -67,12 +89,31 @@ def write(args):
     return 0
 
 
+def ballast(args):
+    c = NbdClient(args.socket)
+    check_size(args, c)
+    for i in range(args.ballast):
+        c.pwrite(offset(args, BALLAST_ROUND, i), record(BALLAST_ROUND, i))
+    c.flush()
+    for i in range(args.ballast):
+        got = c.pread(offset(args, BALLAST_ROUND, i), RECORD)
+        if got != record(BALLAST_ROUND, i):
+            print("ballast record %d read back wrong: found %s" % (i, describe(got)))
+            return 1
+    c.close()
+    print("ballast: %d records written, flushed and read back" % args.ballast)
+    return 0
+
+
 def verify(args):
     c = NbdClient(args.socket)
+    check_size(args, c)
     verified = lost = 0
-    for spec in args.acks:
-        sample = spec.endswith("/s")
-        cycle, n = (int(x) for x in spec.rstrip("/s").split(":"))
+    specs = [(int(cycle), int(n), spec.endswith("/s"))
+             for spec in args.acks for cycle, n in [spec.rstrip("/s").split(":")]]
+    if args.ballast:
+        specs.append((BALLAST_ROUND, args.ballast, False))
+    for cycle, n, sample in specs:
         for i in sorted({0, n - 1}) if sample and n > 0 else range(n):
             got = c.pread(offset(args, cycle, i), RECORD)
             if got == record(cycle, i):
@@ -80,7 +121,8 @@ def verify(args):
             else:
                 lost += 1
                 if lost <= 20:
-                    print("lost: record %d of cycle %d (acknowledged by a FLUSH): found %s" % (i, cycle, describe(got)))
+                    what = "ballast record %d" % i if cycle == BALLAST_ROUND else "record %d of cycle %d" % (i, cycle)
+                    print("lost: %s (acknowledged by a FLUSH): found %s" % (what, describe(got)))
     c.close()
     if lost:
         print("LOST %d of %d records" % (lost, verified + lost))
@@ -111,17 +153,18 @@ def settle(args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["write", "verify", "settle"])
+    ap.add_argument("mode", choices=["write", "ballast", "verify", "settle"])
     ap.add_argument("socket")
     ap.add_argument("--slots", type=int, required=True)
     ap.add_argument("--regions", type=int, required=True)
     ap.add_argument("--cycle", type=int)
     ap.add_argument("--flush-every", type=int, default=8)
     ap.add_argument("--ack-log")
+    ap.add_argument("--ballast", type=int, default=0, help="records of ballast after the regions")
     ap.add_argument("--acked", dest="acks", action="append", default=[], help="CYCLE:RECORDS[/s] (verify)")
     args = ap.parse_args()
     try:
-        return {"write": write, "verify": verify, "settle": settle}[args.mode](args)
+        return {"write": write, "ballast": ballast, "verify": verify, "settle": settle}[args.mode](args)
     except (NbdError, OSError) as e:
         print("powercut_client: %s" % e)
         return 2
