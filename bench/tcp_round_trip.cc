@@ -4,9 +4,13 @@
 // time. Each round trip puts each process to sleep and wakes it once, as a
 // QD1 read does to the gateway's queue thread and the brick's thread.
 //
-// Usage: tcp_round_trip [ROUND_TRIPS]   (default 2000, after 100 not counted)
-// Prints one line: round trips, mean and p99 time per round trip, and each
-// process's CPU time (utime + stime) per round trip.
+// With --unix the two processes talk over a unix stream socket instead: the
+// back hop of bench/nbd.sh's two-hop NBD proxy (b), beside which pbrick's
+// gateway reaches its brick over loopback TCP.
+//
+// Usage: tcp_round_trip [--unix] [ROUND_TRIPS]   (default 2000, after 100 not counted)
+// Prints one line: round trips, mean and p99 time per round trip, each
+// process's CPU time (utime + stime) per round trip, and the socket's kind.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -61,29 +65,40 @@ void no_delay(int fd) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  long rounds = argc > 1 ? std::strtol(argv[1], nullptr, 10) : 2000;
-  if (argc > 2 || rounds < 1 || rounds > 10000000) {
-    std::fprintf(stderr, "usage: tcp_round_trip [ROUND_TRIPS (1..10000000)]\n");
+  bool unix_socket = argc > 1 && std::strcmp(argv[1], "--unix") == 0;
+  int arg = unix_socket ? 2 : 1;
+  long rounds = argc > arg ? std::strtol(argv[arg], nullptr, 10) : 2000;
+  if (argc > arg + 1 || rounds < 1 || rounds > 10000000) {
+    std::fprintf(stderr, "usage: tcp_round_trip [--unix] [ROUND_TRIPS (1..10000000)]\n");
     return 2;
   }
-  int listener = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (listener < 0) die("socket");
+  // TCP: a listener on 127.0.0.1 the server accepts on; unix: a connected pair.
+  int listener = -1, pair[2] = {-1, -1};
   sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t addr_len = sizeof addr;
-  if (::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) die("bind");
-  if (::listen(listener, 1) != 0) die("listen");
-  if (::getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &addr_len) != 0) die("getsockname");
+  if (unix_socket) {
+    if (::socketpair(AF_UNIX, SOCK_STREAM, 0, pair) != 0) die("socketpair");
+  } else {
+    listener = ::socket(AF_INET, SOCK_STREAM, 0);
+    if (listener < 0) die("socket");
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t addr_len = sizeof addr;
+    if (::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) die("bind");
+    if (::listen(listener, 1) != 0) die("listen");
+    if (::getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &addr_len) != 0) die("getsockname");
+  }
   int cpu_pipe[2];
   if (::pipe(cpu_pipe) != 0) die("pipe");
 
   pid_t server = ::fork();
   if (server < 0) die("fork");
   if (server == 0) {  // the "brick": answers each request with a reply
-    int conn = ::accept(listener, nullptr, nullptr);
-    if (conn < 0) die("accept");
-    no_delay(conn);
+    int conn = pair[1];
+    if (!unix_socket) {
+      conn = ::accept(listener, nullptr, nullptr);
+      if (conn < 0) die("accept");
+      no_delay(conn);
+    }
     char request[kRequestBytes];
     std::vector<char> reply(kReplyBytes, 'r');
     double started = 0;
@@ -97,10 +112,15 @@ int main(int argc, char** argv) {
     std::_Exit(0);
   }
 
-  int conn = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (conn < 0) die("socket");
-  if (::connect(conn, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) die("connect");
-  no_delay(conn);
+  int conn = pair[0];
+  if (unix_socket) {
+    ::close(pair[1]);
+  } else {
+    conn = ::socket(AF_INET, SOCK_STREAM, 0);
+    if (conn < 0) die("socket");
+    if (::connect(conn, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) die("connect");
+    no_delay(conn);
+  }
   char request[kRequestBytes] = {};
   std::vector<char> reply(kReplyBytes);
   std::vector<double> times;
@@ -128,7 +148,7 @@ int main(int argc, char** argv) {
   for (double t : times) sum += t;
   std::sort(times.begin(), times.end());
   double p99 = times[std::min(times.size() - 1, times.size() * 99 / 100)];
-  std::printf("round_trips %ld mean_us %.1f p99_us %.1f client_cpu_us %.1f server_cpu_us %.1f\n", rounds,
-              sum / static_cast<double>(rounds), p99, client_cpu, server_cpu);
+  std::printf("round_trips %ld mean_us %.1f p99_us %.1f client_cpu_us %.1f server_cpu_us %.1f socket %s\n", rounds,
+              sum / static_cast<double>(rounds), p99, client_cpu, server_cpu, unix_socket ? "unix" : "tcp");
   return 0;
 }

@@ -43,7 +43,12 @@ inline int init_event_ring(unsigned entries, io_uring* ring) {
 // The CQE of every SQE handed out by sqe() is counted until drain() sees it,
 // so a loop can run until nothing it armed is outstanding.
 //
-// Thread: init() anywhere; everything else on the loop thread only.
+// Thread: init() anywhere; everything else on the loop thread only, with one
+// exception: while the loop sleeps in wait() (never in the submit_* calls),
+// another thread holding the loop's lock may take SQEs with sqe() and read
+// sq_pending() and sq_space_left(); it never submits (a SINGLE_ISSUER ring
+// takes submissions from the loop thread alone), so it must leave sqe()
+// room: sq_space_left() at least what it takes.
 class Uring {
  public:
   static constexpr int kKindShift = 56;
@@ -115,6 +120,22 @@ class Uring {
 
   int submit() { return io_uring_submit(&ring_); }
   int submit_and_wait(unsigned n) { return io_uring_submit_and_wait(&ring_, n); }
+
+  // SQEs handed out by sqe() and not submitted yet, and the room left for
+  // more before sqe() has to submit to make room.
+  unsigned sq_pending() const { return io_uring_sq_ready(&ring_); }
+  unsigned sq_space_left() const { return io_uring_sq_space_left(&ring_); }
+
+  // Sleeps until a completion is there, submitting nothing: for an owner
+  // that lets another thread prepare SQEs (under the owner's lock) while it
+  // sleeps, so the kernel must not read the submission queue meanwhile. The
+  // owner submits what is pending itself, under its lock, before it calls
+  // this. Returns 0 or -errno (-EINTR: woken by a signal).
+  int wait() {
+    io_uring_cqe* cqe = nullptr;
+    int err = io_uring_wait_cqe(&ring_, &cqe);  // enters with nothing to submit
+    return err == -ETIME ? 0 : err;
+  }
 
   // submit_and_wait(1), but first, for up to `poll`, checks the completion
   // queue without sleeping: a reply that comes within the bound costs no

@@ -165,6 +165,13 @@ class DataChannel {
   // `status`, at once or in a later flush() once the transport is quiet.
   virtual void teardown(int status) = 0;
 
+  // Whether flush() first tries to send queued bytes at once, without
+  // blocking, and leaves only what the transport cannot take now to the
+  // ring. For owners that let a caller's thread flush while the loop sleeps
+  // (an SQE prepared then waits for the loop; a direct send does not). Only
+  // TCP has such sends; RDMA posts its work requests directly anyway.
+  virtual void set_send_inline(bool on) { (void)on; }
+
   virtual Status flush(ChannelRing& ring) = 0;
   virtual Status on_cqe(uint8_t event, int res) = 0;
 

@@ -110,10 +110,12 @@ class Engine::Loop {
   Loop(Volume& volume, uint32_t depth, uint32_t index, std::chrono::microseconds poll)
       : channels_(volume, depth, ring_, kChannel, kCancel, "queue " + std::to_string(index)),
         index_(index),
-        poll_(poll) {
+        poll_(poll),
+        direct_(poll.count() == 0) {
     incoming_.reserve(4 * depth);
     taken_.reserve(4 * depth);
     channels_.reserve(4 * depth);
+    channels_.set_send_inline(direct_);
   }
 
   ~Loop() { stop(); }
@@ -146,22 +148,52 @@ class Engine::Loop {
   Engine::PollStats poll_stats() const {
     return {polls_won_.load(std::memory_order_relaxed), polls_lost_.load(std::memory_order_relaxed)};
   }
+  uint64_t direct_submits() const { return direct_submits_.load(std::memory_order_relaxed); }
 
-  // From caller threads: queue work and wake the loop.
+  // From caller threads: hands work to the loop. While the loop sleeps in its
+  // ring, the caller sends the work itself (the loop's channels, under
+  // drive_mu_): a TCP request goes out in the caller's own sendmsg, an RDMA
+  // one in its own ibv_post_send, and the loop wakes only for the reply.
+  // Otherwise (the loop is awake, or polls its ring) the work is queued for
+  // the loop, which takes it before it sleeps again.
   void submit(const Handoff* items, size_t n) {
+    if (submit_directly(items, n)) return;
     bool need_wake;
     {
       std::lock_guard lock(mu_);
       incoming_.insert(incoming_.end(), items, items + n);
-      // One eventfd write per batch the loop takes, not one per caller: a
-      // wake already on its way will make the loop take this batch too.
-      need_wake = !wake_pending_;
-      wake_pending_ = true;
+      // An awake loop looks at incoming_ before it sleeps. One eventfd write
+      // per batch the loop takes, not one per caller: a wake already on its
+      // way will make the loop take this batch too.
+      need_wake = sleeping_ && !wake_pending_;
+      if (need_wake) wake_pending_ = true;
     }
     if (need_wake) wake();
   }
 
  private:
+  // submit(), done by the caller: only while the loop sleeps in wait() (it
+  // holds drive_mu_ at every other time) and the ring has room for what
+  // dispatch() may arm, since a caller must never submit to the loop's ring.
+  // Whatever needs the loop afterwards reaches it through the channels' SQEs:
+  // the reply's completion, or, when an SQE was left to submit (a send the
+  // socket had no room for), an eventfd wake-up.
+  bool submit_directly(const Handoff* items, size_t n) {
+    if (!direct_) return false;
+    std::unique_lock drive(drive_mu_, std::try_to_lock);
+    if (!drive.owns_lock()) return false;
+    if (stopping_.load(std::memory_order_acquire) || ring_.sq_space_left() < channels_.max_sqes_per_dispatch()) {
+      return false;
+    }
+    taken_.insert(taken_.end(), items, items + n);
+    dispatch();
+    direct_submits_.fetch_add(1, std::memory_order_relaxed);
+    bool need_wake = ring_.sq_pending() > 0;
+    drive.unlock();
+    if (need_wake) wake();
+    return true;
+  }
+
   void wake() {
     uint64_t one = 1;
     ssize_t ignored = ::write(event_fd_.get(), &one, sizeof one);
@@ -194,7 +226,8 @@ class Engine::Loop {
     switch (Uring::kind_of(ud)) {
       case kEvent: {
         std::lock_guard lock(mu_);
-        taken_.swap(incoming_);
+        taken_.insert(taken_.end(), incoming_.begin(), incoming_.end());
+        incoming_.clear();
         wake_pending_ = false;
         if (!stopping_.load(std::memory_order_acquire)) arm_event();
         break;
@@ -222,7 +255,40 @@ class Engine::Loop {
     }
   }
 
+  // Before the loop sleeps: takes what callers queued meanwhile (true), or
+  // marks the loop asleep, so the next caller wakes it (false).
+  bool take_incoming_or_sleep() {
+    std::lock_guard lock(mu_);
+    if (!incoming_.empty()) {
+      taken_.insert(taken_.end(), incoming_.begin(), incoming_.end());
+      incoming_.clear();
+      return true;
+    }
+    sleeping_ = true;
+    return false;
+  }
+
+  // Submits what is armed and sleeps until a completion comes. With direct
+  // submits, drive_mu_ is let go for the sleep alone: the kernel must not see
+  // the submission queue while a caller fills it (Uring::wait()).
+  int sleep(std::unique_lock<std::mutex>& drive) {
+    if (!direct_) {
+      // Poll only while a reply is due: an idle loop sleeps at once.
+      auto poll = channels_.busy() ? poll_ : std::chrono::microseconds(0);
+      return ring_.submit_and_wait_polling(poll);
+    }
+    if (ring_.sq_pending() > 0) {
+      int err = ring_.submit();
+      if (err < 0) return err;
+    }
+    drive.unlock();
+    int err = ring_.wait();
+    drive.lock();
+    return err;
+  }
+
   void run(std::promise<Status>& ready) {
+    std::unique_lock drive(drive_mu_);
     Status st = ring_.enable();
     ready.set_value(st);  // `ready` is gone after this
     if (!st) return;
@@ -236,11 +302,16 @@ class Engine::Loop {
         ring_.cancel(Uring::pack(kCancel, 0), Uring::pack(kTick, 0));
         ring_.cancel(Uring::pack(kCancel, 0), Uring::pack(kEvent, 0));
       }
-      // Poll only while a reply is due: an idle loop sleeps at once.
-      auto poll = channels_.busy() ? poll_ : std::chrono::microseconds(0);
-      int err = ring_.submit_and_wait_polling(poll);
+      int err = 0;
+      if (take_incoming_or_sleep()) {
+        if (ring_.sq_pending() > 0) err = ring_.submit();  // what is armed goes on, no wait
+      } else {
+        err = sleep(drive);
+        std::lock_guard lock(mu_);
+        sleeping_ = false;
+      }
       if (err < 0 && err != -EINTR) {
-        PBRICK_LOG_ERROR("queue %u: io_uring_submit_and_wait: %s", index_, std::strerror(-err));
+        PBRICK_LOG_ERROR("queue %u: io_uring_enter: %s", index_, std::strerror(-err));
         break;
       }
       ring_.drain([this](uint64_t ud, int res) { on_cqe(ud, res); });
@@ -270,10 +341,19 @@ class Engine::Loop {
   uint64_t event_buf_ = 0;
   __kernel_timespec tick_ts_{};
 
+  // Whether callers may submit directly (submit()): not with polling, where
+  // the loop never sleeps in wait().
+  const bool direct_;
+  std::atomic<uint64_t> direct_submits_{0};
+  // Held by the loop thread except while it sleeps in its ring (sleep());
+  // a caller holding it drives channels_ and ring_'s SQEs in its place.
+  std::mutex drive_mu_;
+
   std::mutex mu_;
   std::vector<Handoff> incoming_;  // filled by callers under mu_
   bool wake_pending_ = false;      // under mu_: an eventfd write is on its way
-  std::vector<Handoff> taken_;     // swapped out of incoming_ by the loop
+  bool sleeping_ = false;          // under mu_: the loop sleeps (or is about to) and needs a wake-up
+  std::vector<Handoff> taken_;     // under drive_mu_: what the loop took from incoming_, or a caller's own
 };
 
 Engine::Engine(std::unique_ptr<Volume> volume, const EngineOptions& options)
@@ -413,6 +493,12 @@ Engine::PollStats Engine::poll_stats() const {
     total.lost += p.lost;
   }
   return total;
+}
+
+uint64_t Engine::direct_submits() const {
+  uint64_t n = 0;
+  for (const auto& loop : loops_) n += loop->direct_submits();
+  return n;
 }
 
 Status Engine::discard(uint64_t count, uint64_t offset, bool fua) {

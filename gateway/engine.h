@@ -17,11 +17,20 @@
 // any caller persists the writes every caller has seen completed (NBD
 // multi-conn safe). A loop with nothing to sync is not woken.
 //
+// Sending: while a caller's loop sleeps in its ring, the caller sends its
+// pieces itself, on the loop's channels (a TCP sendmsg, an RDMA
+// ibv_post_send) under a lock the loop holds whenever it is awake; the loop
+// wakes for the reply alone. A caller that finds its loop awake queues the
+// pieces for it instead, and the loop takes them before it sleeps again, so
+// no eventfd write is needed then either. Either way one loop thread
+// receives every reply of its channels.
+//
 // Waiting: a loop sleeps in its ring until a completion or a caller's wake-up
 // comes. With poll_us, a loop that has I/O in flight first polls its ring for
 // up to that long (Uring::submit_and_wait_polling), so a brick reply that
 // comes within the bound costs the loop no sleep and wake-up; an idle loop
-// never polls.
+// never polls. A polling loop takes every caller's pieces itself (it never
+// lets go of its lock to sleep in a way a caller could use).
 //
 // Thread-safe: read/write/flush/discard from any number of threads.
 #pragma once
@@ -89,6 +98,9 @@ class Engine {
     uint64_t won = 0, lost = 0;
   };
   PollStats poll_stats() const;
+  // Batches of pieces or syncs the callers sent themselves, over all loops
+  // (statistics: see Sending above; 0 with poll_us).
+  uint64_t direct_submits() const;
 
   class Loop;
 

@@ -326,8 +326,8 @@ INSTANTIATE_TEST_SUITE_P(Queues, EngineQueuesTest, ::testing::Values(10u, Engine
 
 // With bounded polling the data path is the same (checksums through
 // write, FLUSH, read), every wait with I/O in flight goes through the poll,
-// and a loop with nothing in flight never polls (its 100 ms ticks while idle
-// add no poll).
+// a loop with nothing in flight never polls (its 100 ms ticks while idle
+// add no poll), and no caller sends in a polling loop's place.
 TEST_F(EngineTest, PollingLoopsKeepDataAndNeverPollWhenIdle) {
   PBRICK_ASSERT_OK(open({.size = 16 * kMiB, .poll_us = 200}));
   Engine& e = *engine_;
@@ -347,6 +347,40 @@ TEST_F(EngineTest, PollingLoopsKeepDataAndNeverPollWhenIdle) {
   Engine::PollStats idle = e.poll_stats();
   EXPECT_EQ(idle.won, busy.won);
   EXPECT_EQ(idle.lost, busy.lost);
+  EXPECT_EQ(e.direct_submits(), 0u) << "a polling loop let a caller send";
+}
+
+// A caller whose loop sleeps sends its request itself (Engine: Sending): at
+// QD1 nearly every request goes out that way, FLUSH included, and the data
+// is what was written - also for a request larger than the socket takes at
+// once, whose rest the loop sends after the caller's wake-up.
+TEST_F(EngineTest, ACallerWhoseLoopSleepsSendsItsOwnRequests) {
+  PBRICK_ASSERT_OK(open({.size = 32 * kMiB, .queues = 1}));
+  Engine& e = *engine_;
+  auto small = random_bytes_of(2 * kMiB, 11);
+  constexpr uint64_t kSmallIos = 512;  // 4 KiB writes, then 4 KiB reads
+  for (uint64_t off = 0; off < small.size(); off += 4096) {
+    ASSERT_TRUE(e.write(small.data() + off, 4096, off, false).ok()) << off;
+    std::this_thread::sleep_for(std::chrono::microseconds(50));  // the loop goes back to sleep
+  }
+  ASSERT_TRUE(e.flush().ok());
+  std::vector<uint8_t> back(small.size());
+  for (uint64_t off = 0; off < back.size(); off += 4096) {
+    ASSERT_TRUE(e.read(back.data() + off, 4096, off).ok()) << off;
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+  EXPECT_EQ(crc32c(back.data(), back.size()), crc32c(small.data(), small.size()));
+  uint64_t direct = e.direct_submits();
+  EXPECT_GE(direct, (2 * kSmallIos + 1) * 9 / 10) << "callers did not send their own requests";
+  EXPECT_LE(direct, 2 * kSmallIos + 1);
+
+  auto large = random_bytes_of(Engine::kMaxRequest, 12);
+  ASSERT_TRUE(e.write(large.data(), large.size(), 8 * kMiB, true).ok());
+  std::vector<uint8_t> large_back(large.size());
+  ASSERT_TRUE(e.read(large_back.data(), large_back.size(), 8 * kMiB).ok());
+  EXPECT_EQ(crc32c(large_back.data(), large_back.size()), crc32c(large.data(), large.size()));
+  ASSERT_TRUE(e.read(back.data(), back.size(), 0).ok());
+  EXPECT_EQ(crc32c(back.data(), back.size()), crc32c(small.data(), small.size()));
 }
 
 TEST_F(EngineTest, PollBoundAboveTheMaximumIsRefused) {

@@ -3,6 +3,7 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 
+#include <cerrno>
 #include <cstring>
 
 #include "common/log.h"
@@ -65,6 +66,19 @@ Status TcpChannel::flush(ChannelRing& ring) {
   if (!fd_.valid() || tearing_down_) return Status::Ok();
   if (!send_inflight_) {
     size_t n = send_iov(iov_, kMaxIov);
+    if (n > 0 && send_inline_) {
+      msg_ = {};
+      msg_.msg_iov = iov_;
+      msg_.msg_iovlen = n;
+      ssize_t sent = ::sendmsg(fd_.get(), &msg_, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (sent < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        return Error(errno, "send to the brick");
+      }
+      if (sent > 0) {
+        on_sent(static_cast<size_t>(sent));
+        n = send_iov(iov_, kMaxIov);  // what the socket had no room for
+      }
+    }
     if (n > 0) {
       msg_ = {};
       msg_.msg_iov = iov_;

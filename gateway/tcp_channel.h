@@ -1,6 +1,8 @@
 // The TCP DataChannel: READ and WRITE travel as frames on one socket,
 // pipelined, with the send and receive driven by the owner's io_uring (one
-// sendmsg of queued segments and one recv in flight at a time).
+// sendmsg of queued segments and one recv in flight at a time). With
+// set_send_inline(), flush() first sends what the socket takes at once
+// (a non-blocking sendmsg) and leaves only the rest to the ring.
 //
 // Request ids on the wire: bits 0..15 the slot index, bits 16..63 a sequence
 // number, so a stray or duplicated reply is detected instead of completing
@@ -45,6 +47,7 @@ class TcpChannel final : public DataChannel {
   void submit_sync(Op* op) override;
   std::chrono::steady_clock::time_point last_progress() const override { return last_progress_; }
   void teardown(int status) override;
+  void set_send_inline(bool on) override { send_inline_ = on; }
   Status flush(ChannelRing& ring) override;
   Status on_cqe(uint8_t event, int res) override;
   void stop(ChannelRing& ring) override;
@@ -101,6 +104,7 @@ class TcpChannel final : public DataChannel {
 
   // Loop integration.
   bool send_inflight_ = false, recv_inflight_ = false;
+  bool send_inline_ = false;  // flush() sends what the socket takes at once
   bool tearing_down_ = false, stopping_ = false;
   int teardown_status_ = 0;
   iovec iov_[kMaxIov];

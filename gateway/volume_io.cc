@@ -431,6 +431,10 @@ void VolumeChannels::reserve(size_t n) {
   for (auto& link : links_) link->backlog.reserve(n);
 }
 
+void VolumeChannels::set_send_inline(bool on) {
+  for (auto& link : links_) link->channel->set_send_inline(on);
+}
+
 void VolumeChannels::push(uint32_t brick, DataChannel::Op* op) {
   Link& link = *links_[brick];
   if (op->opcode != proto::Opcode::kWrite) return link.backlog.push(op, false);

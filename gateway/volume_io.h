@@ -266,6 +266,10 @@ class VolumeChannels final : public PieceSink {
   Status connect();
   // Reserves room for `n` ops waiting per brick (steady state allocates nothing).
   void reserve(size_t n);
+  // DataChannel::set_send_inline on every brick's channel.
+  void set_send_inline(bool on);
+  // The most SQEs one dispatch() can take from the ring.
+  size_t max_sqes_per_dispatch() const { return kMaxSqesPerLink * links_.size(); }
 
   // A READ or WRITE op for `brick`; it waits until the channel has room and a
   // connection. A WRITE marks the brick as needing a sync, and may get one
@@ -306,6 +310,9 @@ class VolumeChannels final : public PieceSink {
  private:
   struct Link;
   struct LinkRing;
+  // Each of dispatch()'s two flushes of a channel arms at most two SQEs
+  // (TCP: a send and a recv; RDMA: its two polls).
+  static constexpr size_t kMaxSqesPerLink = 4;
   void teardown(Link& link, const Error& why);
   static void sync_part_done(DataChannel::Op* op, int status);
   static void chained_sync_done(DataChannel::Op* op, int status);
