@@ -149,6 +149,7 @@ class Engine::Loop {
     return {polls_won_.load(std::memory_order_relaxed), polls_lost_.load(std::memory_order_relaxed)};
   }
   uint64_t direct_submits() const { return direct_submits_.load(std::memory_order_relaxed); }
+  uint64_t queued_submits() const { return queued_submits_.load(std::memory_order_relaxed); }
 
   // From caller threads: hands work to the loop. While the loop sleeps in its
   // ring, the caller sends the work itself (the loop's channels, under
@@ -162,6 +163,7 @@ class Engine::Loop {
     {
       std::lock_guard lock(mu_);
       incoming_.insert(incoming_.end(), items, items + n);
+      queued_submits_.store(queued_submits_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
       // An awake loop looks at incoming_ before it sleeps. One eventfd write
       // per batch the loop takes, not one per caller: a wake already on its
       // way will make the loop take this batch too.
@@ -345,6 +347,7 @@ class Engine::Loop {
   // the loop never sleeps in wait().
   const bool direct_;
   std::atomic<uint64_t> direct_submits_{0};
+  std::atomic<uint64_t> queued_submits_{0};  // written under mu_
   // Held by the loop thread except while it sleeps in its ring (sleep());
   // a caller holding it drives channels_ and ring_'s SQEs in its place.
   std::mutex drive_mu_;
@@ -495,10 +498,13 @@ Engine::PollStats Engine::poll_stats() const {
   return total;
 }
 
-uint64_t Engine::direct_submits() const {
-  uint64_t n = 0;
-  for (const auto& loop : loops_) n += loop->direct_submits();
-  return n;
+Engine::SubmitStats Engine::submit_stats() const {
+  SubmitStats total;
+  for (const auto& loop : loops_) {
+    total.direct += loop->direct_submits();
+    total.queued += loop->queued_submits();
+  }
+  return total;
 }
 
 Status Engine::discard(uint64_t count, uint64_t offset, bool fua) {

@@ -98,9 +98,13 @@ class Engine {
     uint64_t won = 0, lost = 0;
   };
   PollStats poll_stats() const;
-  // Batches of pieces or syncs the callers sent themselves, over all loops
-  // (statistics: see Sending above; 0 with poll_us).
-  uint64_t direct_submits() const;
+  // Batches of pieces or syncs the callers sent themselves, and those they
+  // queued for a loop, over all loops (statistics: see Sending above; no
+  // direct ones with poll_us).
+  struct SubmitStats {
+    uint64_t direct = 0, queued = 0;
+  };
+  SubmitStats submit_stats() const;
 
   class Loop;
 

@@ -215,8 +215,9 @@ void pbrick_unload() {
       nbdkit_debug("pbrick: poll-us=%u: %llu waits ended by polling, %llu slept", *g_config.poll_us,
                    static_cast<unsigned long long>(p.won), static_cast<unsigned long long>(p.lost));
     } else {
-      nbdkit_debug("pbrick: %llu requests sent by nbdkit's threads themselves",
-                   static_cast<unsigned long long>(g_engine->direct_submits()));
+      Engine::SubmitStats s = g_engine->submit_stats();
+      nbdkit_debug("pbrick: %llu of %llu requests sent by nbdkit's threads themselves",
+                   static_cast<unsigned long long>(s.direct), static_cast<unsigned long long>(s.direct + s.queued));
     }
     uint64_t chained = g_engine->syncs_chained(), sent = 0;
     for (uint32_t b = 0; b < g_config.targets.size(); b++) sent += g_engine->syncs_sent(b);
