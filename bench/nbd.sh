@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# NBD benchmark: pbrick's nbdkit plugin against two NBD peers, measured with
+# NBD benchmark: pbrick's nbdkit plugin against three NBD peers, measured with
 # fio's nbd engine on this machine, in one run.
 #
-#   (a) memory  nbdkit memory plugin: one hop, the reference
-#   (b) nbd2    nbdkit nbd plugin forwarding to a second nbdkit memory server:
-#               two hops, the same job pbrick does (NBD in, remote memory out)
-#   (c) pbrick  nbdkit pbrick plugin -> pbrick-target over TCP 127.0.0.1, on a
-#               file store in /dev/shm (so no disk is measured)
+#   (a)  memory  nbdkit memory plugin: one hop, the reference
+#   (b)  nbd2    nbdkit nbd plugin forwarding to a second nbdkit memory server
+#                over a unix socket: two hops, the same job pbrick does (NBD
+#                in, remote memory out)
+#   (b') nbd2tcp (b) with its second hop over TCP 127.0.0.1, the transport
+#                pbrick's second hop has
+#   (c)  pbrick  nbdkit pbrick plugin -> pbrick-target over TCP 127.0.0.1, on a
+#                file store in /dev/shm (so no disk is measured)
 #
-# Every NBD server listens on a unix socket in a temporary directory. Each
+# Every NBD server fio talks to listens on a unix socket in a temporary directory. Each
 # target is first written once over the whole job size (1 MiB sequential) so
 # reads hit real data, then every job runs on every setup, job by job. Beside
 # every row: the servers' CPU time per I/O (utime+stime of each server process,
@@ -81,15 +84,17 @@ if [ -n "$out" ]; then
   logs=$(cd "$out" && pwd)
 fi
 
-setups=(memory nbd2 pbrick)
+setups=(memory nbd2 nbd2tcp pbrick)
 declare -A label=(
   [memory]="(a) memory"
   [nbd2]="(b) nbd>memory"
+  [nbd2tcp]="(b') over TCP"
   [pbrick]="(c) pbrick"
 )
 declare -A sock=(
   [memory]=$tmp/memory.sock
   [nbd2]=$tmp/nbd2.sock
+  [nbd2tcp]=$tmp/nbd2tcp.sock
   [pbrick]=$tmp/pbrick.sock
 )
 
@@ -99,6 +104,20 @@ start_nbdkit memory "${sock[memory]}" memory "$export_bytes"
 
 start_nbdkit nbd2-backend "$tmp/nbd2-backend.sock" memory "$export_bytes"
 start_nbdkit nbd2 "${sock[nbd2]}" nbd socket="$tmp/nbd2-backend.sock"
+
+# (b'): (b) with its back hop over loopback TCP, as pbrick's gateway reaches
+# its brick, on a port nothing listens on yet.
+b2_port=""
+for p in $(seq 10810 10899); do
+  if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then b2_port=$p && break; fi
+done
+[ -n "$b2_port" ] || die "no free TCP port in 10810-10899 for the (b') memory server"
+nbdkit -f --exit-with-parent -i 127.0.0.1 -p "$b2_port" memory "$export_bytes" >"$logs/nbd2tcp-backend.log" 2>&1 &
+started nbd2tcp-backend $!
+for _ in $(seq 1 100); do nbdinfo --size "nbd://127.0.0.1:$b2_port" >/dev/null 2>&1 && break; sleep 0.1; done
+nbdinfo --size "nbd://127.0.0.1:$b2_port" >/dev/null ||
+  { tail -n 20 "$logs/nbd2tcp-backend.log" >&2; die "the (b') memory server on 127.0.0.1:$b2_port did not answer"; }
+start_nbdkit nbd2tcp "${sock[nbd2tcp]}" nbd hostname=127.0.0.1 port="$b2_port"
 
 start_brick brick 127.0.0.1:0 --store "$store_dir/brick.store" --size "$store_bytes" --log-level warning
 start_nbdkit pbrick "${sock[pbrick]}" "$plugin" target="127.0.0.1:$brick_port" size="$export_bytes"
@@ -121,8 +140,8 @@ echo "$header_text" >&2
 # --- fio -------------------------------------------------------------------
 # The CPU counted per setup (host_bench.bash's sample_cpu): front = the nbdkit
 # fio talks to, back = the server behind it.
-declare -A front_of=([memory]=memory [nbd2]=nbd2 [pbrick]=pbrick)
-declare -A back_of=([memory]="" [nbd2]=nbd2-backend [pbrick]=brick)
+declare -A front_of=([memory]=memory [nbd2]=nbd2 [nbd2tcp]=nbd2tcp [pbrick]=pbrick)
+declare -A back_of=([memory]="" [nbd2]=nbd2-backend [nbd2tcp]=nbd2tcp-backend [pbrick]=brick)
 
 say "preconditioning: writing $size once on every target (1M sequential, QD8)" >&2
 for s in "${setups[@]}"; do
@@ -217,11 +236,12 @@ for spec in "${jobs[@]}"; do
 done
 echo
 echo "server CPU: utime+stime per I/O over a window inside each job; front = the nbdkit fio talks to"
-echo "((a), (b)'s nbd plugin, (c)'s pbrick plugin), back = (b)'s memory server, (c)'s brick."
+echo "((a), (b)'s and (b')'s nbd plugin, (c)'s pbrick plugin), back = their memory server, (c)'s brick."
 echo
 # The latency rows: one I/O in flight, so the time per I/O is the figure of merit.
 echo "QD1 latency, mean/p99 µs (fsync row: write clat + flush mean/flush p99; fio's clat, no submission)"
-printf '%-22s %-17s %-17s %-17s %12s %12s\n' job "(a) memory" "(b) nbd>memory" "(c) pbrick" "(c)/(b) time" "(c)/(b) p99"
+printf '%-22s %-17s %-17s %-17s %-17s %12s %12s %13s\n' job "(a) memory" "(b) nbd>memory" "(b') over TCP" \
+  "(c) pbrick" "(c)/(b) time" "(c)/(b) p99" "(c)/(b') time"
 for name in randread-4k-qd1 randwrite-4k-qd1 randwrite-4k-fsync1; do
   cells=()
   for s in "${setups[@]}"; do
@@ -233,7 +253,10 @@ for name in randread-4k-qd1 randwrite-4k-qd1 randwrite-4k-fsync1; do
       cells+=("$(printf '%.1f/%.1f' "${mean[$name.$s]}" "${p99[$name.$s]}")")
     fi
   done
-  lm=- lp=-
+  lm=- lp=- lt=-
+  if [ -n "${iops[$name.pbrick]:-}" ] && [ -n "${iops[$name.nbd2tcp]:-}" ]; then
+    lt=$(awk -v a="${iops[$name.pbrick]}" -v b="${iops[$name.nbd2tcp]}" 'BEGIN { printf "%.2f", b / a }')
+  fi
   if [ -n "${iops[$name.pbrick]:-}" ] && [ -n "${iops[$name.nbd2]:-}" ]; then
     # Time per I/O from the rates (with the flush, for the fsync row); p99 of the read/write or of the flush.
     lm=$(awk -v a="${iops[$name.pbrick]}" -v b="${iops[$name.nbd2]}" 'BEGIN { printf "%.2f", b / a }')
@@ -243,10 +266,11 @@ for name in randread-4k-qd1 randwrite-4k-qd1 randwrite-4k-fsync1; do
       lp=$(awk -v a="${p99[$name.pbrick]}" -v b="${p99[$name.nbd2]}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
     fi
   fi
-  printf '%-22s %-17s %-17s %-17s %12s %12s\n' "$name" "${cells[@]}" "$lm" "$lp"
+  printf '%-22s %-17s %-17s %-17s %-17s %12s %12s %13s\n' "$name" "${cells[@]}" "$lm" "$lp" "$lt"
 done
 echo "(c)/(b) time: (c)'s time per I/O (1/IOPS) over (b)'s; target <= 1.00 for the QD1 rows (NBD 4k"
-echo "QD1 latency at most the two-hop proxy's)."
+echo "QD1 latency at most the two-hop proxy's). (c)/(b') time: the same against (b) with its second"
+echo "hop over loopback TCP, as pbrick's is: what the unix socket of (b)'s second hop is worth."
 echo "load: $load_start at start, $load_end at end. Other work on the machine slows every setup:"
 echo "absolute numbers vary with it, ratios measured side by side in one run much less."
 echo

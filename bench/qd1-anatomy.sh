@@ -2,8 +2,9 @@
 # Where a 4k QD1 I/O spends its time on the NBD path (fio -> nbdkit + pbrick
 # plugin -> pbrick-target on 127.0.0.1, store in /dev/shm): per I/O, each
 # server thread's context switches (voluntary = it slept and was woken), each
-# process's CPU time and its system calls (strace -c). Two jobs, N I/Os each:
+# process's CPU time and its system calls (strace -c). Three jobs, N I/Os each:
 #   read        4k randread, QD1
+#   write       4k randwrite, QD1
 #   write+flush 4k randwrite, QD1, an NBD FLUSH after every write (fsync=1)
 # The switch counts and CPU come from a time-based run without strace (strace
 # slows every system call), sampled over a window inside it while the NBD
@@ -118,9 +119,10 @@ threads() {
 clk=$(getconf CLK_TCK)
 echo "4k QD1 anatomy, $(date -u '+%F %T UTC'), $(nproc) CPUs, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg);"
 echo "setup $setup${plugin_args:+ (${plugin_args[*]})}; pbrick $(git -C "$PBRICK_ROOT" describe --always --dirty 2>/dev/null || echo unknown), $ios I/Os per job"
-for job in read write+flush; do
+for job in read write write+flush; do
   case $job in
     read) args=(--rw=randread) ;;
+    write) args=(--rw=randwrite) ;;
     write+flush) args=(--rw=randwrite --fsync=1) ;;
   esac
   tag=${job/+/-}
