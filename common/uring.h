@@ -133,8 +133,7 @@ class Uring {
   // this. Returns 0 or -errno (-EINTR: woken by a signal).
   int wait() {
     io_uring_cqe* cqe = nullptr;
-    int err = io_uring_wait_cqe(&ring_, &cqe);  // enters with nothing to submit
-    return err == -ETIME ? 0 : err;
+    return io_uring_wait_cqe(&ring_, &cqe);  // enters with nothing to submit
   }
 
   // submit_and_wait(1), but first, for up to `poll`, checks the completion

@@ -189,7 +189,7 @@ class Engine::Loop {
     }
     taken_.insert(taken_.end(), items, items + n);
     dispatch();
-    direct_submits_.fetch_add(1, std::memory_order_relaxed);
+    direct_submits_.store(direct_submits_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     bool need_wake = ring_.sq_pending() > 0;
     drive.unlock();
     if (need_wake) wake();
@@ -228,8 +228,7 @@ class Engine::Loop {
     switch (Uring::kind_of(ud)) {
       case kEvent: {
         std::lock_guard lock(mu_);
-        taken_.insert(taken_.end(), incoming_.begin(), incoming_.end());
-        incoming_.clear();
+        take_incoming_locked();
         wake_pending_ = false;
         if (!stopping_.load(std::memory_order_acquire)) arm_event();
         break;
@@ -248,6 +247,13 @@ class Engine::Loop {
     }
   }
 
+  // Moves what callers queued into taken_. The loop thread, holding mu_ and
+  // drive_mu_.
+  void take_incoming_locked() {
+    taken_.insert(taken_.end(), incoming_.begin(), incoming_.end());
+    incoming_.clear();
+  }
+
   static void fail(const Handoff& h, int status) {
     if (h.sync != nullptr) {
       h.sync->status = status;
@@ -262,8 +268,7 @@ class Engine::Loop {
   bool take_incoming_or_sleep() {
     std::lock_guard lock(mu_);
     if (!incoming_.empty()) {
-      taken_.insert(taken_.end(), incoming_.begin(), incoming_.end());
-      incoming_.clear();
+      take_incoming_locked();
       return true;
     }
     sleeping_ = true;
@@ -324,8 +329,7 @@ class Engine::Loop {
     // Whatever is still queued fails: the engine is going away.
     {
       std::lock_guard lock(mu_);
-      taken_.insert(taken_.end(), incoming_.begin(), incoming_.end());
-      incoming_.clear();
+      take_incoming_locked();
     }
     channels_.finish(ESHUTDOWN);
     for (const Handoff& h : taken_) fail(h, ESHUTDOWN);
@@ -346,7 +350,9 @@ class Engine::Loop {
   // Whether callers may submit directly (submit()): not with polling, where
   // the loop never sleeps in wait().
   const bool direct_;
-  std::atomic<uint64_t> direct_submits_{0};
+  // Counters written under a lock (one writer at a time, so no locked
+  // read-modify-write), atomic for readers on other threads.
+  std::atomic<uint64_t> direct_submits_{0};  // written under drive_mu_
   std::atomic<uint64_t> queued_submits_{0};  // written under mu_
   // Held by the loop thread except while it sleeps in its ring (sleep());
   // a caller holding it drives channels_ and ring_'s SQEs in its place.

@@ -38,7 +38,12 @@ Status TcpChannel::connect(const ClientOptions& options) {
                      options.endpoint.to_string().c_str());
   }
   persist_granted_ = ((*client)->hello().features & proto::kFeaturePersistRpc) != 0;
-  fd_ = std::move(**client).take_fd();
+  attach(std::move(**client).take_fd());
+  return Status::Ok();
+}
+
+void TcpChannel::attach(UniqueFd fd) {
+  fd_ = std::move(fd);
   // The handshake used timeouts for blocking I/O; the event loop needs none.
   timeval tv{0, 0};
   ::setsockopt(fd_.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
@@ -47,7 +52,6 @@ Status TcpChannel::connect(const ClientOptions& options) {
   seg_head_ = seg_count_ = seg_offset_ = 0;
   last_progress_ = std::chrono::steady_clock::now();
   tearing_down_ = false;
-  return Status::Ok();
 }
 
 void TcpChannel::teardown(int status) {

@@ -38,6 +38,9 @@ class TcpChannel final : public DataChannel {
   TcpChannel& operator=(const TcpChannel&) = delete;
 
   Status connect(const ClientOptions& options) override;
+  // Takes a connected socket whose HELLO is done (connect() does, and tests
+  // with one end of a socketpair): the channel starts with empty queues.
+  void attach(UniqueFd fd);
   bool connected() const override { return fd_.valid(); }
   bool tearing_down() const override { return tearing_down_; }
   bool full() const override { return free_slots_.empty(); }
@@ -62,8 +65,10 @@ class TcpChannel final : public DataChannel {
   std::span<uint8_t> recv_space();
   Status on_received(size_t n);
 
- private:
+  // The events of the channel's SQEs (ChannelRing::channel_sqe).
   enum Event : uint8_t { kSend = 1, kRecv = 2 };
+
+ private:
   static constexpr size_t kMaxIov = 64;
 
   struct Slot {

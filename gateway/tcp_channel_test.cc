@@ -1,15 +1,24 @@
 // TcpChannel's receive side on its own: replies arriving in pieces of any
 // size, several in one piece, a frame straddling the end of the buffer, and
 // replies that match no request. Driven through the byte-moving core
-// (send_iov / recv_space / on_received) with no socket and no ring.
+// (send_iov / recv_space / on_received) with no socket and no ring. Then the
+// inline send (set_send_inline) on one end of a socketpair, with a ring that
+// records the SQEs the channel arms: what the socket takes goes out at once,
+// the rest through the ring, and a send error breaks the connection.
 #include "gateway/tcp_channel.h"
 
 #include <gtest/gtest.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <cstring>
 #include <deque>
+#include <thread>
 #include <vector>
+
+#include "common/crc32c.h"
+#include "gateway/test_brick.h"  // PBRICK_ASSERT_OK
+#include "gateway/volume.h"
 
 namespace pbrick {
 namespace {
@@ -44,6 +53,24 @@ class TcpChannelTest : public ::testing::Test {
     op.remote_addr = 1ull << 21;
     op.length = length;
     op.buf = bufs_[i].data();
+    op.done = record;
+    op.ctx = &dones_[i];
+    channel_.submit(&op);
+    return i;
+  }
+
+  // Submits a WRITE of `data` (which must outlive it); returns its index.
+  size_t write(const std::vector<uint8_t>& data) {
+    size_t i = ops_.size();
+    ops_.emplace_back();
+    dones_.emplace_back();
+    bufs_.emplace_back();
+    DataChannel::Op& op = ops_[i];
+    op.opcode = Opcode::kWrite;
+    op.rkey = 7;
+    op.remote_addr = 1ull << 21;
+    op.length = static_cast<uint32_t>(data.size());
+    op.buf = const_cast<uint8_t*>(data.data());
     op.done = record;
     op.ctx = &dones_[i];
     channel_.submit(&op);
@@ -217,6 +244,135 @@ TEST_F(TcpChannelTest, AReadReplyOfTheWrongLengthBreaksTheConnection) {
   EXPECT_EQ(st.error().errnum(), EPROTO);
   EXPECT_NE(st.error().message().find("wrong length"), std::string::npos);
   EXPECT_EQ(dones_[r].calls, 0) << "nothing was copied into the caller's buffer as if it were the data";
+}
+
+// A ring that records the SQEs a channel arms instead of submitting them.
+class RecordingRing final : public ChannelRing {
+ public:
+  io_uring_sqe* channel_sqe(uint8_t event) override {
+    events.push_back(event);
+    return &sqes_.emplace_back();
+  }
+  void cancel_channel_sqe(uint8_t event) override { cancelled.push_back(event); }
+  size_t count(TcpChannel::Event event) const { return std::count(events.begin(), events.end(), event); }
+
+  std::vector<uint8_t> events, cancelled;
+
+ private:
+  std::deque<io_uring_sqe> sqes_;
+};
+
+// The channel on one end of a socketpair, the test at the other (peer_).
+class TcpChannelSocketTest : public TcpChannelTest {
+ protected:
+  void SetUp() override {
+    int fds[2];
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0) << std::strerror(errno);
+    channel_fd_ = fds[0];
+    channel_.attach(UniqueFd(fds[0]));
+    peer_.reset(fds[1]);
+    channel_.set_send_inline(true);
+  }
+
+  // What the peer can read without waiting.
+  std::vector<uint8_t> peer_bytes() {
+    std::vector<uint8_t> out(1 << 20);
+    ssize_t n = ::recv(peer_.get(), out.data(), out.size(), MSG_DONTWAIT);
+    out.resize(n > 0 ? static_cast<size_t>(n) : 0);
+    return out;
+  }
+
+  RecordingRing ring_;
+  int channel_fd_ = -1;  // owned by channel_
+  UniqueFd peer_;
+};
+
+TEST_F(TcpChannelSocketTest, AnInlineSendPutsTheRequestOnTheSocketAndArmsOnlyTheReceive) {
+  size_t r = read(4096);
+  PBRICK_ASSERT_OK(channel_.flush(ring_));
+  EXPECT_EQ(ring_.count(TcpChannel::kSend), 0u) << "the request went through the ring";
+  EXPECT_EQ(ring_.count(TcpChannel::kRecv), 1u);
+  auto sent = peer_bytes();
+  ASSERT_EQ(sent.size(), kHeaderSize + proto::kIoRequestSize);
+  auto h = proto::decode_header({sent.data(), kHeaderSize}, false);
+  ASSERT_TRUE(h.ok()) << h.error().message();
+  EXPECT_EQ(h->opcode, Opcode::kRead);
+
+  // The reply through the socket, received where the armed recv would put it.
+  auto reply = read_reply(*h, 4096, 5);
+  ASSERT_EQ(::send(peer_.get(), reply.data(), reply.size(), 0), static_cast<ssize_t>(reply.size()));
+  size_t got = 0;
+  while (got < reply.size()) {
+    std::span<uint8_t> space = channel_.recv_space();
+    ssize_t n = ::recv(channel_fd_, space.data(), space.size(), 0);
+    ASSERT_GT(n, 0) << std::strerror(errno);
+    PBRICK_ASSERT_OK(channel_.on_cqe(TcpChannel::kRecv, static_cast<int>(n)));
+    got += static_cast<size_t>(n);
+  }
+  EXPECT_EQ(dones_[r].calls, 1);
+  EXPECT_EQ(dones_[r].status, 0);
+  EXPECT_TRUE(holds(r, 5));
+}
+
+TEST_F(TcpChannelSocketTest, WhatTheSocketCannotTakeAtOnceGoesThroughTheRingInOrder) {
+  int small = 16 << 10;
+  ASSERT_EQ(::setsockopt(channel_fd_, SOL_SOCKET, SO_SNDBUF, &small, sizeof small), 0);
+  std::vector<uint8_t> data(proto::kMaxIoSize);
+  for (size_t i = 0; i < data.size(); i++) data[i] = static_cast<uint8_t>(i * 7 + i / 4096);
+  const size_t total = kHeaderSize + proto::kIoRequestSize + data.size();
+  std::vector<uint8_t> stream;
+  std::thread reader([&] {
+    std::vector<uint8_t> buf(1 << 16);
+    while (stream.size() < total) {
+      ssize_t n = ::recv(peer_.get(), buf.data(), buf.size(), 0);
+      if (n <= 0) break;
+      stream.insert(stream.end(), buf.begin(), buf.begin() + n);
+    }
+  });
+  size_t w = write(data);
+  PBRICK_ASSERT_OK(channel_.flush(ring_));
+  EXPECT_EQ(ring_.count(TcpChannel::kSend), 1u) << "a 2 MiB WRITE fit a 16 KiB socket buffer at once";
+  // Plays the ring's sends (a blocking sendmsg of what the channel queued)
+  // until nothing is left.
+  for (int rounds = 0; rounds < 100000; rounds++) {
+    iovec iov[64];
+    size_t n = channel_.send_iov(iov, 64);
+    if (n == 0) break;
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = n;
+    ssize_t sent = ::sendmsg(channel_fd_, &msg, MSG_NOSIGNAL);
+    ASSERT_GT(sent, 0) << std::strerror(errno);
+    PBRICK_ASSERT_OK(channel_.on_cqe(TcpChannel::kSend, static_cast<int>(sent)));
+    PBRICK_ASSERT_OK(channel_.flush(ring_));
+  }
+  reader.join();
+  ASSERT_EQ(stream.size(), total);
+  auto h = proto::decode_header({stream.data(), kHeaderSize}, false);
+  ASSERT_TRUE(h.ok()) << h.error().message();
+  EXPECT_EQ(h->opcode, Opcode::kWrite);
+  const uint8_t* payload = stream.data() + kHeaderSize + proto::kIoRequestSize;
+  EXPECT_EQ(crc32c(payload, data.size()), crc32c(data.data(), data.size())) << "the WRITE's data arrived changed";
+  EXPECT_EQ(dones_[w].calls, 0) << "completed before its reply";
+}
+
+TEST_F(TcpChannelSocketTest, AnInlineSendToAClosedPeerBreaksTheConnectionAndFailsTheRequest) {
+  peer_.reset();
+  size_t r = read(4096);
+  Status st = channel_.flush(ring_);
+  ASSERT_FALSE(st.ok()) << "a send to a closed peer succeeded";
+  EXPECT_EQ(st.error().errnum(), EPIPE);
+  EXPECT_NE(st.error().message().find("send to the brick"), std::string::npos) << st.error().message();
+  EXPECT_EQ(ring_.count(TcpChannel::kSend), 0u);
+  EXPECT_EQ(dones_[r].calls, 0);
+  // What the loop does with a flush() error (VolumeChannels::teardown): the
+  // request fails with it once nothing of the channel is in flight.
+  channel_.teardown(st.error().errnum());
+  PBRICK_ASSERT_OK(channel_.flush(ring_));
+  EXPECT_FALSE(channel_.connected());
+  EXPECT_EQ(dones_[r].calls, 1);
+  EXPECT_EQ(dones_[r].status, EPIPE);
+  EXPECT_TRUE(is_connection_error(dones_[r].status)) << "the request would not be retried on a new connection";
 }
 
 }  // namespace
