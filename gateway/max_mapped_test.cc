@@ -3,6 +3,7 @@
 // recently used, so the brick may demote it (docs/config.md, max_mapped).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <set>
 #include <vector>
 
@@ -68,6 +69,68 @@ TEST(MaxMapped, KeepsAtMostNMappedAndLetsGoOfTheLeastRecentlyUsed) {
     EXPECT_EQ(mapped_blocks(brick).size(), 16u);
     EXPECT_EQ(mapped_blocks(brick).count(0), 1u);
   }
+}
+
+// A block used between every two new ones keeps its mapping while 47 others
+// come and go through the other 15 slots; every block keeps its data. (The
+// test brick's store holds about 60 blocks.)
+TEST(MaxMapped, ABlockInUseKeepsItsMappingWhileIdleOnesComeAndGo) {
+  TestDir dir;
+  PBRICK_ASSERT_OK(dir.make("maxmapped"));
+  TestBrick brick(dir.path());
+  PBRICK_ASSERT_OK(brick.start());
+  VolumeOptions vo;
+  vo.bricks.push_back(brick.client());
+  vo.size = 64 * kBlock;
+  vo.max_mapped = 16;
+  auto volume = Volume::Open(vo);
+  ASSERT_TRUE(volume.ok()) << volume.error().message();
+  auto engine = Engine::Start(std::move(*volume), {.queues = 1, .depth = 16});
+  ASSERT_TRUE(engine.ok()) << engine.error().message();
+  Engine& e = **engine;
+  auto pattern = [](uint64_t block) { return std::vector<uint8_t>(4096, static_cast<uint8_t>(block * 7 + 1)); };
+  constexpr uint64_t kHot = 0;
+  PBRICK_ASSERT_OK(e.write(pattern(kHot).data(), 4096, kHot * kBlock, false));
+  // Every MAP returns a new rkey: the same one means never unmapped.
+  const std::optional<BlockHandle> hot = e.volume().cached(kHot);
+  ASSERT_TRUE(hot.has_value());
+  std::vector<uint8_t> back(4096);
+  constexpr uint64_t kLast = 47;
+  for (uint64_t i = 1; i <= kLast; i++) {
+    PBRICK_ASSERT_OK(e.write(pattern(i).data(), 4096, i * kBlock, false));
+    const std::optional<BlockHandle> now = e.volume().cached(kHot);
+    ASSERT_TRUE(now.has_value() && now->rkey == hot->rkey) << "the block in use was let go for block " << i;
+    PBRICK_ASSERT_OK(e.read(back.data(), back.size(), kHot * kBlock));
+    ASSERT_EQ(back, pattern(kHot)) << "after block " << i;
+    if (i % 8 == 0) {
+      std::set<uint64_t> mapped = mapped_blocks(brick);
+      EXPECT_EQ(mapped.size(), std::min<uint64_t>(i + 1, 16)) << "after block " << i;
+      EXPECT_EQ(mapped.count(kHot), 1u) << "after block " << i;
+    }
+  }
+  // Discarded blocks leave the count: four new ones then take their places
+  // without letting any other block go.
+  const std::set<uint64_t> before = mapped_blocks(brick);
+  ASSERT_EQ(before.size(), 16u);
+  PBRICK_ASSERT_OK(e.discard(4 * kBlock, (kLast - 3) * kBlock, false));
+  std::set<uint64_t> kept = before;
+  for (uint64_t i = kLast - 3; i <= kLast; i++) kept.erase(i);
+  ASSERT_EQ(mapped_blocks(brick), kept);
+  std::set<uint64_t> want = kept;
+  for (uint64_t i = kLast + 1; i <= kLast + 4; i++) {
+    PBRICK_ASSERT_OK(e.write(pattern(i).data(), 4096, i * kBlock, false));
+    want.insert(i);
+  }
+  EXPECT_EQ(mapped_blocks(brick), want) << "a block was let go although discards had made room";
+  for (uint64_t i = 1; i <= kLast + 4; i++) {
+    PBRICK_ASSERT_OK(e.read(back.data(), back.size(), i * kBlock));
+    if (i > kLast - 4 && i <= kLast) {
+      EXPECT_EQ(back, std::vector<uint8_t>(4096, 0)) << "discarded block " << i;
+    } else {
+      EXPECT_EQ(back, pattern(i)) << "block " << i;
+    }
+  }
+  EXPECT_LE(mapped_blocks(brick).size(), 16u);
 }
 
 }  // namespace

@@ -48,7 +48,10 @@ struct Volume::Brick {
 
   std::atomic<uint64_t> write_failures{0};
 
-  uint64_t mapped = 0;  // its blocks' handles with rkey != 0, under the Volume's handles_mu_
+  // Its units whose handle has rkey != 0, in no order (under the Volume's
+  // handles_mu_): what unmap_lru() chooses from, so an unmap costs a walk of
+  // the blocks mapped on this brick, not of the volume.
+  std::vector<uint64_t> mapped;
 };
 
 Volume::Volume(const VolumeOptions& options)
@@ -58,6 +61,7 @@ Volume::Volume(const VolumeOptions& options)
                  options.layout == Layout::kMirror ? options.copies : 1},
       handles_(block_count_ * placement_.copies),
       used_(block_count_ * placement_.copies),
+      mapped_at_(block_count_ * placement_.copies),
       allocated_((block_count_ * placement_.copies + 63) / 64),
       dirty_(options.layout == Layout::kMirror ? (block_count_ + 63) / 64 : 0) {
   if (options_.bricks.empty()) options_.bricks.push_back(options_.brick);
@@ -281,13 +285,33 @@ void Volume::for_each_unit_on(uint32_t b, Fn&& fn) const {
 
 void Volume::clear_handles(uint32_t b) {
   std::unique_lock lock(handles_mu_);
-  for_each_unit_on(b, [&](uint64_t i) { handles_[i] = BlockHandle{}; });
-  bricks_[b]->mapped = 0;
+  for (uint64_t i : bricks_[b]->mapped) handles_[i] = BlockHandle{};
+  bricks_[b]->mapped.clear();
+}
+
+void Volume::set_handle_locked(uint64_t index, const BlockHandle& h) {
+  if (handles_[index].rkey == 0) {
+    std::vector<uint64_t>& mapped = bricks_[brick_of(index)]->mapped;
+    mapped_at_[index] = mapped.size();
+    mapped.push_back(index);
+  }
+  handles_[index] = h;
+  used_[index].store(use_clock_.fetch_add(1, std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+}
+
+void Volume::forget_handle_locked(uint64_t index) {
+  if (handles_[index].rkey == 0) return;
+  std::vector<uint64_t>& mapped = bricks_[brick_of(index)]->mapped;
+  const uint64_t last = mapped.back();  // takes its place
+  mapped[mapped_at_[index]] = last;
+  mapped_at_[last] = mapped_at_[index];
+  mapped.pop_back();
+  handles_[index] = BlockHandle{};
 }
 
 uint64_t Volume::mapped_count(uint32_t b) const {
   std::shared_lock lock(handles_mu_);
-  return bricks_[b]->mapped;
+  return bricks_[b]->mapped.size();
 }
 
 bool Volume::unmap_lru(uint32_t b) {
@@ -296,19 +320,17 @@ bool Volume::unmap_lru(uint32_t b) {
   uint64_t oldest = UINT64_MAX;
   {
     std::unique_lock lock(handles_mu_);
-    for_each_unit_on(b, [&](uint64_t i) {
-      if (handles_[i].rkey == 0) return;
+    if (brick.mapped.empty()) return false;
+    for (uint64_t i : brick.mapped) {
       uint64_t stamp = used_[i].load(std::memory_order_relaxed);
       if (stamp < oldest) {
         oldest = stamp;
         victim = i;
       }
-    });
-    if (oldest == UINT64_MAX) return false;
+    }
     // Forget it first: new I/O maps again; I/O already using the rkey gets
     // EKEYREJECTED once the brick revoked it, and maps again too.
-    handles_[victim] = BlockHandle{};
-    --brick.mapped;
+    forget_handle_locked(victim);
   }
   if (brick.control) {
     Status st = brick.control->unmap(block_vaddr(victim));
@@ -343,10 +365,7 @@ std::optional<BlockHandle> Volume::cached(uint64_t index) const {
 
 void Volume::invalidate(uint64_t index, uint32_t rkey) {
   std::unique_lock lock(handles_mu_);
-  if (handles_[index].rkey == rkey && rkey != 0) {
-    handles_[index] = BlockHandle{};
-    --bricks_[brick_of(index)]->mapped;
-  }
+  if (handles_[index].rkey == rkey && rkey != 0) forget_handle_locked(index);
 }
 
 // Runs fn on the brick's control connection (its control_mu held),
@@ -417,9 +436,7 @@ Result<BlockHandle> Volume::map_block(uint64_t index, bool for_write) {
   set_allocated(index, true);
   BlockHandle h{mapped->rkey, mapped->remote_addr};
   std::unique_lock hl(handles_mu_);
-  if (handles_[index].rkey == 0) ++bricks_[b]->mapped;
-  handles_[index] = h;
-  used_[index].store(use_clock_.fetch_add(1, std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  set_handle_locked(index, h);
   return h;
 }
 
@@ -763,8 +780,7 @@ Status Volume::discard_block(uint64_t index) {
   bool was_mapped = cached(index).has_value();
   {
     std::unique_lock hl(handles_mu_);
-    if (handles_[index].rkey != 0) --bricks_[b]->mapped;
-    handles_[index] = BlockHandle{};
+    forget_handle_locked(index);
   }
   auto r = with_control(b, [&](BrickClient& c) -> Result<bool> {
     if (was_mapped) {

@@ -262,6 +262,10 @@ class Volume {
   void note_connect(uint32_t brick, const Status& st);
   void set_allocated(uint64_t index, bool value);
   void clear_handles(uint32_t brick);
+  // With handles_mu_ held exclusively: a unit's handle set (kept in its
+  // brick's list of mapped units, stamped as used) or forgotten.
+  void set_handle_locked(uint64_t index, const BlockHandle& h);
+  void forget_handle_locked(uint64_t index);
   // Calls fn(unit) for every unit on `brick`, in address order.
   template <typename Fn>
   void for_each_unit_on(uint32_t brick, Fn&& fn) const;
@@ -304,6 +308,7 @@ class Volume {
   // Relaxed atomics: a stale stamp only makes an unmap choice less exact.
   mutable std::vector<std::atomic<uint64_t>> used_;
   mutable std::atomic<uint64_t> use_clock_{0};
+  std::vector<uint64_t> mapped_at_;  // by unit: its place in its brick's mapped list while mapped (handles_mu_)
   std::vector<std::atomic<uint64_t>> allocated_;  // bitset by unit
   // Layout mirror: serialises label updates (mark_stale, mark_dirty); taken
   // before any brick's control_mu.
