@@ -36,58 +36,69 @@ std::set<uint64_t> mapped_blocks(const TestBrick& brick) {
   return mapped;
 }
 
-TEST(MaxMapped, KeepsAtMostNMappedAndLetsGoOfTheLeastRecentlyUsed) {
-  TestDir dir;
-  PBRICK_ASSERT_OK(dir.make("maxmapped"));
-  {
-    TestBrick brick(dir.path());
-    PBRICK_ASSERT_OK(brick.start());
+// A brick, and on it a volume of `blocks` blocks with max_mapped 16 under an
+// engine of one queue.
+class MaxMapped : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    PBRICK_ASSERT_OK(dir_.make("maxmapped"));
+    brick_ = std::make_unique<TestBrick>(dir_.path());
+    PBRICK_ASSERT_OK(brick_->start());
+  }
+  void TearDown() override {
+    engine_.reset();
+    brick_.reset();
+  }
+
+  Status start(uint64_t blocks) {
     VolumeOptions vo;
-    vo.bricks.push_back(brick.client());
-    vo.size = 32 * kBlock;
+    vo.bricks.push_back(brick_->client());
+    vo.size = blocks * kBlock;
     vo.max_mapped = 16;
     auto volume = Volume::Open(vo);
-    ASSERT_TRUE(volume.ok()) << volume.error().message();
+    if (!volume) return volume.error().wrap("Volume::Open");
     auto engine = Engine::Start(std::move(*volume), {.queues = 1, .depth = 16});
-    ASSERT_TRUE(engine.ok()) << engine.error().message();
-    std::vector<uint8_t> buf(4096, 0x5a);
-    // Blocks 0..19 written in turn: the first four were let go.
-    for (uint64_t i = 0; i < 20; i++) PBRICK_ASSERT_OK((*engine)->write(buf.data(), buf.size(), i * kBlock, false));
-    std::set<uint64_t> want;
-    for (uint64_t i = 4; i < 20; i++) want.insert(i);
-    EXPECT_EQ(mapped_blocks(brick), want);
-    // Block 4 used again, then a new block: 5 is now the least recently used.
-    PBRICK_ASSERT_OK((*engine)->read(buf.data(), buf.size(), 4 * kBlock));
-    PBRICK_ASSERT_OK((*engine)->write(buf.data(), buf.size(), 20 * kBlock, false));
-    want.erase(5);
-    want.insert(20);
-    EXPECT_EQ(mapped_blocks(brick), want);
-    // A block let go is mapped again when used, its data intact.
-    std::vector<uint8_t> back(4096);
-    PBRICK_ASSERT_OK((*engine)->read(back.data(), back.size(), 0));
-    EXPECT_EQ(back, buf);
-    EXPECT_EQ(mapped_blocks(brick).size(), 16u);
-    EXPECT_EQ(mapped_blocks(brick).count(0), 1u);
+    if (!engine) return engine.error().wrap("Engine::Start");
+    engine_ = std::move(*engine);
+    return Status::Ok();
   }
+
+  TestDir dir_;  // before the brick: removed after it stops
+  std::unique_ptr<TestBrick> brick_;
+  std::unique_ptr<Engine> engine_;
+};
+
+TEST_F(MaxMapped, KeepsAtMostNMappedAndLetsGoOfTheLeastRecentlyUsed) {
+  PBRICK_ASSERT_OK(start(32));
+  Engine& e = *engine_;
+  TestBrick& brick = *brick_;
+  std::vector<uint8_t> buf(4096, 0x5a);
+  // Blocks 0..19 written in turn: the first four were let go.
+  for (uint64_t i = 0; i < 20; i++) PBRICK_ASSERT_OK(e.write(buf.data(), buf.size(), i * kBlock, false));
+  std::set<uint64_t> want;
+  for (uint64_t i = 4; i < 20; i++) want.insert(i);
+  EXPECT_EQ(mapped_blocks(brick), want);
+  // Block 4 used again, then a new block: 5 is now the least recently used.
+  PBRICK_ASSERT_OK(e.read(buf.data(), buf.size(), 4 * kBlock));
+  PBRICK_ASSERT_OK(e.write(buf.data(), buf.size(), 20 * kBlock, false));
+  want.erase(5);
+  want.insert(20);
+  EXPECT_EQ(mapped_blocks(brick), want);
+  // A block let go is mapped again when used, its data intact.
+  std::vector<uint8_t> back(4096);
+  PBRICK_ASSERT_OK(e.read(back.data(), back.size(), 0));
+  EXPECT_EQ(back, buf);
+  EXPECT_EQ(mapped_blocks(brick).size(), 16u);
+  EXPECT_EQ(mapped_blocks(brick).count(0), 1u);
 }
 
 // A block used between every two new ones keeps its mapping while 47 others
 // come and go through the other 15 slots; every block keeps its data. (The
 // test brick's store holds about 60 blocks.)
-TEST(MaxMapped, ABlockInUseKeepsItsMappingWhileIdleOnesComeAndGo) {
-  TestDir dir;
-  PBRICK_ASSERT_OK(dir.make("maxmapped"));
-  TestBrick brick(dir.path());
-  PBRICK_ASSERT_OK(brick.start());
-  VolumeOptions vo;
-  vo.bricks.push_back(brick.client());
-  vo.size = 64 * kBlock;
-  vo.max_mapped = 16;
-  auto volume = Volume::Open(vo);
-  ASSERT_TRUE(volume.ok()) << volume.error().message();
-  auto engine = Engine::Start(std::move(*volume), {.queues = 1, .depth = 16});
-  ASSERT_TRUE(engine.ok()) << engine.error().message();
-  Engine& e = **engine;
+TEST_F(MaxMapped, ABlockInUseKeepsItsMappingWhileIdleOnesComeAndGo) {
+  PBRICK_ASSERT_OK(start(64));
+  Engine& e = *engine_;
+  TestBrick& brick = *brick_;
   auto pattern = [](uint64_t block) { return std::vector<uint8_t>(4096, static_cast<uint8_t>(block * 7 + 1)); };
   constexpr uint64_t kHot = 0;
   PBRICK_ASSERT_OK(e.write(pattern(kHot).data(), 4096, kHot * kBlock, false));
