@@ -118,29 +118,37 @@ start_nbdkit() {
 }
 
 # start_brick NAME HOST:PORT ARGS...: pbrick-target listening on HOST:PORT
-# (port 0: any free one) with ARGS (--store, --size, ...); waits until it
-# serves; sets brick_port. A restart of NAME appends to its log
-# ($logs/NAME.log), so the first run's lines stay.
+# (port 0: any free one) or on unix:/PATH with ARGS (--store, --size, ...);
+# waits until it serves; sets brick_port (empty for a unix socket). A restart
+# of NAME appends to its log ($logs/NAME.log), so the first run's lines stay.
 declare -A hb_brick_seen
 start_brick() {
-  local name=$1 listen=$2 pid
+  local name=$1 listen=$2 pid port_file=()
   shift 2
   rm -f "$tmp/$name.port"
   [ -n "${hb_brick_seen[$name]:-}" ] || : >"$logs/$name.log"
   hb_brick_seen[$name]=1
-  "$target_bin" --listen "$listen" --port-file "$tmp/$name.port" "$@" >>"$logs/$name.log" 2>&1 &
+  [[ $listen == unix:* ]] || port_file=(--port-file "$tmp/$name.port")
+  "$target_bin" --listen "$listen" "${port_file[@]}" "$@" >>"$logs/$name.log" 2>&1 &
   pid=$!
   started "$name" "$pid"
+  # Serving: its port file is written, or (a unix socket, which has no port)
+  # it answers STAT.
+  serving() {
+    if ((${#port_file[@]})); then [ -s "$tmp/$name.port" ]; else "$ctl_bin" --target "$listen" stat >/dev/null 2>&1; fi
+  }
   for _ in $(seq 1 100); do
-    [ -s "$tmp/$name.port" ] && break
+    serving && break
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
-  if [ ! -s "$tmp/$name.port" ]; then
+  if ! serving; then
     tail -n 20 "$logs/$name.log" >&2
     die "pbrick-target $name did not start (log: $logs/$name.log)"
   fi
-  brick_port=$(cat "$tmp/$name.port")
+  brick_port=""
+  ((${#port_file[@]})) && brick_port=$(cat "$tmp/$name.port")
+  return 0
 }
 
 # --- CPU ------------------------------------------------------------------------

@@ -10,6 +10,8 @@
 #                pbrick's second hop has
 #   (c)  pbrick  nbdkit pbrick plugin -> pbrick-target over TCP 127.0.0.1, on a
 #                file store in /dev/shm (so no disk is measured)
+#   (c') pbrickunix (c) with its second hop on a unix socket, as (b)'s is: a
+#                second brick on a store of its own listening on unix:PATH
 #
 # Every NBD server fio talks to listens on a unix socket in a temporary directory. Each
 # target is first written once over the whole job size (1 MiB sequential) so
@@ -84,18 +86,20 @@ if [ -n "$out" ]; then
   logs=$(cd "$out" && pwd)
 fi
 
-setups=(memory nbd2 nbd2tcp pbrick)
+setups=(memory nbd2 nbd2tcp pbrick pbrickunix)
 declare -A label=(
   [memory]="(a) memory"
   [nbd2]="(b) nbd>memory"
   [nbd2tcp]="(b') over TCP"
   [pbrick]="(c) pbrick"
+  [pbrickunix]="(c') pbrick unix"
 )
 declare -A sock=(
   [memory]=$tmp/memory.sock
   [nbd2]=$tmp/nbd2.sock
   [nbd2tcp]=$tmp/nbd2tcp.sock
   [pbrick]=$tmp/pbrick.sock
+  [pbrickunix]=$tmp/pbrickunix.sock
 )
 
 # --- servers ---------------------------------------------------------------------
@@ -121,6 +125,11 @@ start_nbdkit nbd2tcp "${sock[nbd2tcp]}" nbd hostname=127.0.0.1 port="$b2_port"
 
 start_brick brick 127.0.0.1:0 --store "$store_dir/brick.store" --size "$store_bytes" --log-level warning
 start_nbdkit pbrick "${sock[pbrick]}" "$plugin" target="127.0.0.1:$brick_port" size="$export_bytes"
+tcp_brick_port=$brick_port
+# (c'): the same on a brick of its own that listens on a unix socket.
+start_brick brickunix "unix:$tmp/brick.sock" --store "$store_dir/brickunix.store" --size "$store_bytes" \
+  --log-level warning
+start_nbdkit pbrickunix "${sock[pbrickunix]}" "$plugin" target="unix:$tmp/brick.sock" size="$export_bytes"
 
 # --- header -----------------------------------------------------------------
 commit=$(git -C "$PBRICK_ROOT" describe --always --dirty 2>/dev/null || echo unknown)
@@ -140,8 +149,9 @@ echo "$header_text" >&2
 # --- fio -------------------------------------------------------------------
 # The CPU counted per setup (host_bench.bash's sample_cpu): front = the nbdkit
 # fio talks to, back = the server behind it.
-declare -A front_of=([memory]=memory [nbd2]=nbd2 [nbd2tcp]=nbd2tcp [pbrick]=pbrick)
-declare -A back_of=([memory]="" [nbd2]=nbd2-backend [nbd2tcp]=nbd2tcp-backend [pbrick]=brick)
+declare -A front_of=([memory]=memory [nbd2]=nbd2 [nbd2tcp]=nbd2tcp [pbrick]=pbrick [pbrickunix]=pbrickunix)
+declare -A back_of=([memory]="" [nbd2]=nbd2-backend [nbd2tcp]=nbd2tcp-backend [pbrick]=brick
+  [pbrickunix]=brickunix)
 
 say "preconditioning: writing $size once on every target (1M sequential, QD8)" >&2
 for s in "${setups[@]}"; do
@@ -152,11 +162,13 @@ for s in "${setups[@]}"; do
 done
 # The gateway serves blocks it never wrote as zeros without asking the brick:
 # make sure the reads below really go to the brick.
-allocated=$("$ctl_bin" --target "127.0.0.1:$brick_port" --json stat | jq '.allocated_blocks') ||
-  die "pbrickctl stat failed on the brick"
-((allocated * block >= size_bytes)) ||
-  die "after preconditioning the brick holds $allocated blocks, less than the $size the jobs read"
-echo "  the brick holds $allocated blocks of 2 MiB" >&2
+for t in "127.0.0.1:$tcp_brick_port" "unix:$tmp/brick.sock"; do
+  allocated=$("$ctl_bin" --target "$t" --json stat | jq '.allocated_blocks') ||
+    die "pbrickctl stat failed on the brick at $t"
+  ((allocated * block >= size_bytes)) ||
+    die "after preconditioning the brick at $t holds $allocated blocks, less than the $size the jobs read"
+  echo "  the brick at $t holds $allocated blocks of 2 MiB" >&2
+done
 
 # name rw bs iodepth [extra fio args]
 jobs=(
@@ -240,8 +252,13 @@ echo "((a), (b)'s and (b')'s nbd plugin, (c)'s pbrick plugin), back = their memo
 echo
 # The latency rows: one I/O in flight, so the time per I/O is the figure of merit.
 echo "QD1 latency, mean/p99 µs (fsync row: write clat + flush mean/flush p99; fio's clat, no submission)"
-printf '%-22s %-17s %-17s %-17s %-17s %12s %12s %13s\n' job "(a) memory" "(b) nbd>memory" "(b') over TCP" \
-  "(c) pbrick" "(c)/(b) time" "(c)/(b) p99" "(c)/(b') time"
+printf '%-22s %-17s %-17s %-17s %-17s %-17s %12s %12s %13s %13s\n' job "(a) memory" "(b) nbd>memory" \
+  "(b') over TCP" "(c) pbrick" "(c') unix" "(c)/(b) time" "(c)/(b) p99" "(c)/(b') time" "(c')/(b) time"
+# time_ratio JOB SETUP OVER: SETUP's time per I/O (1/IOPS) over OVER's, or "-".
+time_ratio() {
+  local a=${iops[$1.$2]:-} b=${iops[$1.$3]:-}
+  if [ -n "$a" ] && [ -n "$b" ]; then awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", b / a }'; else echo "-"; fi
+}
 for name in randread-4k-qd1 randwrite-4k-qd1 randwrite-4k-fsync1; do
   cells=()
   for s in "${setups[@]}"; do
@@ -253,24 +270,22 @@ for name in randread-4k-qd1 randwrite-4k-qd1 randwrite-4k-fsync1; do
       cells+=("$(printf '%.1f/%.1f' "${mean[$name.$s]}" "${p99[$name.$s]}")")
     fi
   done
-  lm=- lp=- lt=-
-  if [ -n "${iops[$name.pbrick]:-}" ] && [ -n "${iops[$name.nbd2tcp]:-}" ]; then
-    lt=$(awk -v a="${iops[$name.pbrick]}" -v b="${iops[$name.nbd2tcp]}" 'BEGIN { printf "%.2f", b / a }')
-  fi
+  # Time per I/O from the rates (with the flush, for the fsync row); p99 of the read/write or of the flush.
+  lp=-
   if [ -n "${iops[$name.pbrick]:-}" ] && [ -n "${iops[$name.nbd2]:-}" ]; then
-    # Time per I/O from the rates (with the flush, for the fsync row); p99 of the read/write or of the flush.
-    lm=$(awk -v a="${iops[$name.pbrick]}" -v b="${iops[$name.nbd2]}" 'BEGIN { printf "%.2f", b / a }')
     if [ "$name" = randwrite-4k-fsync1 ]; then
       lp=$(awk -v a="${sp99[$name.pbrick]}" -v b="${sp99[$name.nbd2]}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
     else
       lp=$(awk -v a="${p99[$name.pbrick]}" -v b="${p99[$name.nbd2]}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
     fi
   fi
-  printf '%-22s %-17s %-17s %-17s %-17s %12s %12s %13s\n' "$name" "${cells[@]}" "$lm" "$lp" "$lt"
+  printf '%-22s %-17s %-17s %-17s %-17s %-17s %12s %12s %13s %13s\n' "$name" "${cells[@]}" \
+    "$(time_ratio "$name" pbrick nbd2)" "$lp" "$(time_ratio "$name" pbrick nbd2tcp)" "$(time_ratio "$name" pbrickunix nbd2)"
 done
 echo "(c)/(b) time: (c)'s time per I/O (1/IOPS) over (b)'s; target <= 1.00 for the QD1 rows (NBD 4k"
 echo "QD1 latency at most the two-hop proxy's). (c)/(b') time: the same against (b) with its second"
-echo "hop over loopback TCP, as pbrick's is: what the unix socket of (b)'s second hop is worth."
+echo "hop over loopback TCP, as (c)'s is. (c')/(b) time: pbrick with its second hop on a unix socket,"
+echo "as (b)'s is (a gateway on its brick's host): the two designs on equal transports both ways."
 echo "load: $load_start at start, $load_end at end. Other work on the machine slows every setup:"
 echo "absolute numbers vary with it, ratios measured side by side in one run much less."
 echo

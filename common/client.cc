@@ -6,7 +6,9 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/types.h>
+#include <sys/un.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -17,6 +19,7 @@
 namespace pbrick {
 
 std::string Endpoint::to_string() const {
+  if (is_unix()) return std::string(kUnixPrefix) + unix_path;
   if (host.find(':') != std::string::npos) return "[" + host + "]:" + std::to_string(port);
   return host + ":" + std::to_string(port);
 }
@@ -29,10 +32,20 @@ std::string format_uuid(const std::array<uint8_t, proto::kUuidSize>& u) {
 }
 
 Result<Endpoint> parse_endpoint(std::string_view text, std::string_view what, bool allow_port_zero) {
-  auto bad = [&](const char* why) {
+  auto bad = [&](const std::string& why) {
     return Error(EINVAL, std::string(what) + ": invalid address '" + std::string(text) + "': " + why);
   };
   Endpoint ep;
+  if (text.starts_with(kUnixPrefix)) {
+    std::string_view path = text.substr(kUnixPrefix.size());
+    if (path.empty() || path.front() != '/') return bad("expected unix:/ABSOLUTE/PATH");
+    if (path.size() >= sizeof(sockaddr_un::sun_path)) {
+      return bad("a unix socket's path has at most " + std::to_string(sizeof(sockaddr_un::sun_path) - 1) + " bytes");
+    }
+    if (path.find('\0') != std::string_view::npos) return bad("NUL in the path");
+    ep.unix_path = std::string(path);
+    return ep;
+  }
   std::string_view port_text;
   if (!text.empty() && text.front() == '[') {
     size_t close = text.find(']');
@@ -55,6 +68,13 @@ Result<Endpoint> parse_endpoint(std::string_view text, std::string_view what, bo
   }
   ep.port = static_cast<uint16_t>(*port);
   return ep;
+}
+
+sockaddr_un unix_address(const Endpoint& ep) {
+  sockaddr_un sun{};
+  sun.sun_family = AF_UNIX;
+  std::memcpy(sun.sun_path, ep.unix_path.data(), std::min(ep.unix_path.size(), sizeof sun.sun_path - 1));
+  return sun;
 }
 
 namespace {
@@ -113,7 +133,25 @@ Status connect_socket(int fd, const sockaddr* addr, socklen_t len, int timeout_m
   }
 }
 
-Result<UniqueFd> connect_tcp(const Endpoint& ep, int timeout_ms) {
+// Sends and receives time out after timeout_ms, as the connect does.
+void set_timeouts(int fd, int timeout_ms) {
+  timeval tv{timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+Result<UniqueFd> connect_unix(const Endpoint& ep, int timeout_ms) {
+  const std::string what = "connect " + ep.to_string();
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) return errno_error(what + ": socket");
+  set_timeouts(fd.get(), timeout_ms);
+  sockaddr_un sun = unix_address(ep);
+  PBRICK_TRY(connect_socket(fd.get(), reinterpret_cast<const sockaddr*>(&sun), sizeof sun, timeout_ms, what));
+  return fd;
+}
+
+Result<UniqueFd> connect_stream(const Endpoint& ep, int timeout_ms) {
+  if (ep.is_unix()) return connect_unix(ep, timeout_ms);
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -128,9 +166,7 @@ Result<UniqueFd> connect_tcp(const Endpoint& ep, int timeout_ms) {
       last = errno_error("connect " + ep.to_string() + ": socket");
       continue;
     }
-    timeval tv{timeout_ms / 1000, (timeout_ms % 1000) * 1000};
-    ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    ::setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    set_timeouts(fd.get(), timeout_ms);
     int one = 1;
     ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     Status st = connect_socket(fd.get(), ai->ai_addr, ai->ai_addrlen, timeout_ms, "connect " + ep.to_string());
@@ -163,7 +199,7 @@ Result<std::unique_ptr<BrickClient>> BrickClient::Connect(const ClientOptions& o
     std::unique_ptr<BrickClient> client(new BrickClient(UniqueFd(), std::move(link), nullptr, options.timeout_ms));
     return Handshake(std::move(client), options, options.features | proto::kFeatureRdma | proto::kFeatureAuthTrailer);
   }
-  auto fd = connect_tcp(options.endpoint, options.timeout_ms);
+  auto fd = connect_stream(options.endpoint, options.timeout_ms);
   if (!fd) return fd.error();
   std::unique_ptr<BrickClient> client(new BrickClient(std::move(*fd), nullptr, nullptr, options.timeout_ms));
   return Handshake(std::move(client), options,

@@ -6,6 +6,8 @@
 // A BrickClient owns one connection. It is not thread-safe: one thread at a time.
 #pragma once
 
+#include <sys/un.h>
+
 #include <array>
 #include <cerrno>
 #include <cstdint>
@@ -14,6 +16,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/auth.h"
@@ -29,15 +32,33 @@ class RdmaLink;
 struct LinkOptions;
 }
 
+// A brick's address: a TCP (or RDMA CM) host and port, or a unix socket's
+// path. A unix socket reaches a brick on the gateway's own host only, over
+// the TCP transport's protocol: it saves the loopback TCP stack on every
+// round trip (docs/performance.md); host and port are then unused.
 struct Endpoint {
+  Endpoint() = default;
+  Endpoint(std::string tcp_host, uint16_t tcp_port) : host(std::move(tcp_host)), port(tcp_port) {}
+
   std::string host;
   uint16_t port = 0;
+  std::string unix_path;
+  bool is_unix() const { return !unix_path.empty(); }
+  // "HOST:PORT", "[V6ADDR]:PORT" or "unix:PATH", as parse_endpoint reads it.
   std::string to_string() const;
 };
 
-// "HOST:PORT", "[V6ADDR]:PORT". `what` names the flag or key for the error.
-// Port 0 ("any free port") is accepted only for listening addresses.
+// "HOST:PORT", "[V6ADDR]:PORT" or "unix:/ABSOLUTE/PATH" (at most 107 bytes,
+// the size of sockaddr_un's path). `what` names the flag or key for the
+// error. Port 0 ("any free port") is accepted only for listening addresses.
 Result<Endpoint> parse_endpoint(std::string_view text, std::string_view what, bool allow_port_zero = false);
+
+// The prefix of a unix socket's address.
+inline constexpr std::string_view kUnixPrefix = "unix:";
+
+// A unix socket endpoint's address, for connect() and bind() (parse_endpoint
+// checked the path's length; a longer one is cut).
+sockaddr_un unix_address(const Endpoint& ep);
 
 struct ClientOptions {
   Endpoint endpoint;

@@ -29,7 +29,7 @@ namespace {
 using namespace pbrick;
 
 constexpr const char* kUsage =
-    "Usage: pbrickctl [--target HOST:PORT | --config FILE --brick NAME] [--key-file FILE]\n"
+    "Usage: pbrickctl [--target HOST:PORT|unix:/PATH | --config FILE --brick NAME] [--key-file FILE]\n"
     "                 [--transport tcp|rdma] [--json] [--timeout MS] COMMAND [ARGS]\n"
     "\n"
     "Brick commands:\n"

@@ -305,7 +305,8 @@ nbdkit_plugin make_plugin() {
   p.config_complete = pbrick_config_complete;
   p.config_help =
       "target=HOST:PORT  (required) brick address; HOST:PORT,HOST:PORT,... for the\n"
-      "                  bricks of a striped or mirrored volume, in layout order\n"
+      "                  bricks of a striped or mirrored volume, in layout order;\n"
+      "                  unix:/PATH for a brick on this host listening there (tcp)\n"
       "size=SIZE         (required) volume size, e.g. 1G\n"
       "layout=L          single (default, one brick), stripe (block i on brick i mod N)\n"
       "                  or mirror (copy j of block i on brick (i + j) mod N)\n"

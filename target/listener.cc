@@ -8,6 +8,9 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstring>
@@ -43,7 +46,51 @@ Status bind_with_retry(const std::string& where, const std::string& what, uint32
   return Status::Ok();
 }
 
-Result<UniqueFd> listen_tcp(const Endpoint& endpoint, uint32_t bind_retry_ms, uint16_t* port) {
+namespace {
+
+// A unix socket's file left by a brick that was killed (nobody accepts on it)
+// is removed; one a live brick serves, or a path that is not a socket, is
+// left alone and the listen fails.
+Status remove_stale_socket(const Endpoint& endpoint, const std::string& where) {
+  struct stat st{};
+  if (::lstat(endpoint.unix_path.c_str(), &st) != 0) {
+    return errno == ENOENT ? Status::Ok() : errno_error(where + ": stat");
+  }
+  if (!S_ISSOCK(st.st_mode)) return Error(EEXIST, where + ": the path exists and is not a socket");
+  UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!probe.valid()) return errno_error(where + ": socket");
+  sockaddr_un sun = unix_address(endpoint);
+  if (::connect(probe.get(), reinterpret_cast<const sockaddr*>(&sun), sizeof sun) == 0) {
+    return Error(EADDRINUSE, where + ": another process serves this socket (is another brick running?)");
+  }
+  if (errno != ECONNREFUSED) return errno_error(where + ": probing the existing socket");
+  PBRICK_LOG_NOTICE("%s: removing the socket a stopped brick left", where.c_str());
+  if (::unlink(endpoint.unix_path.c_str()) != 0 && errno != ENOENT) return errno_error(where + ": unlink");
+  return Status::Ok();
+}
+
+// Owner-only (0600): a unix socket reaches the whole store, so only the
+// brick's user (and root) may connect; bound before listen(), so nobody
+// connects before the mode is set.
+Result<UniqueFd> listen_unix(const Endpoint& endpoint) {
+  const std::string where = "listen " + endpoint.to_string();
+  PBRICK_TRY(remove_stale_socket(endpoint, where));
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) return errno_error(where + ": socket");
+  sockaddr_un sun = unix_address(endpoint);
+  if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&sun), sizeof sun) != 0) return errno_error(where + ": bind");
+  if (::chmod(endpoint.unix_path.c_str(), 0600) != 0) return errno_error(where + ": chmod");
+  if (::listen(fd.get(), 128) != 0) return errno_error(where + ": listen");
+  return fd;
+}
+
+}  // namespace
+
+Result<UniqueFd> listen_stream(const Endpoint& endpoint, uint32_t bind_retry_ms, uint16_t* port) {
+  if (endpoint.is_unix()) {
+    *port = 0;
+    return listen_unix(endpoint);
+  }
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -86,6 +133,7 @@ Result<UniqueFd> listen_tcp(const Endpoint& endpoint, uint32_t bind_retry_ms, ui
 }
 
 std::string peer_name(const sockaddr_storage& ss) {
+  if (ss.ss_family == AF_UNIX) return "local";
   char host[NI_MAXHOST], serv[NI_MAXSERV];
   if (::getnameinfo(reinterpret_cast<const sockaddr*>(&ss), sizeof ss, host, sizeof host, serv, sizeof serv,
                     NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
@@ -106,7 +154,7 @@ Status Server::Impl::listen() {
     handles_.set_listener(listener_.get());
     return Status::Ok();
   }
-  auto fd = listen_tcp(options_.listen, options_.bind_retry_ms, &port_);
+  auto fd = listen_stream(options_.listen, options_.bind_retry_ms, &port_);
   if (!fd) return fd.error();
   listen_fd_ = std::move(*fd);
   return Status::Ok();

@@ -22,8 +22,10 @@ namespace pbrick {
 // resolves to. A port still held (EADDRINUSE: typically by the io_uring of a
 // brick killed a moment ago, which the kernel tears down asynchronously) is
 // tried again for `bind_retry_ms`. Port 0 picks a free port: `*port` is the
-// one bound.
-Result<UniqueFd> listen_tcp(const Endpoint& endpoint, uint32_t bind_retry_ms, uint16_t* port);
+// one bound. A unix socket (`*port` 0) replaces the file a killed brick left
+// (nobody accepts on it), never a live brick's socket or a file that is not
+// a socket, and is made owner-only (0600).
+Result<UniqueFd> listen_stream(const Endpoint& endpoint, uint32_t bind_retry_ms, uint16_t* port);
 
 // The bind of a listener, TCP or RDMA CM: calls `bind` (0, or -1 with errno
 // set) again every 50 ms while it fails with EADDRINUSE, for up to
@@ -33,7 +35,8 @@ Result<UniqueFd> listen_tcp(const Endpoint& endpoint, uint32_t bind_retry_ms, ui
 Status bind_with_retry(const std::string& where, const std::string& what, uint32_t retry_ms,
                        const std::function<int()>& bind);
 
-// "host:port" of a peer address, numeric; "?" when it cannot be named.
+// "host:port" of a peer address, numeric; "local" for a unix socket's peer;
+// "?" when it cannot be named.
 std::string peer_name(const sockaddr_storage& ss);
 
 }  // namespace pbrick

@@ -29,7 +29,8 @@ constexpr const char* kUsage =
     "  --brick NAME          the brick of --config to serve (flags given as well win)\n"
     "  --store PATH          store file or devdax device\n"
     "  --size SIZE           store size (512M, 4G, ...); must match an existing store\n"
-    "  --listen HOST:PORT    address to serve on (port 0 picks a free one)\n"
+    "  --listen HOST:PORT    address to serve on (port 0 picks a free one); or unix:/PATH, a unix\n"
+    "                        socket (mode 0600) for gateways on this host, transport tcp only\n"
     "  --transport T         tcp (default) or rdma (RDMA CM on --listen; data by one-sided RDMA)\n"
     "  --persistence P       rpc (default) or sync-read: declares the storage NIC's DDIO off, so\n"
     "                        an RDMA READ after RDMA WRITEs makes them durable (docs/persistence.md);\n"
@@ -199,6 +200,12 @@ int main(int argc, char** argv) {
   if (!listen) return usage_error(listen.error().context());
   server_options.listen = *listen;
   server_options.transport = transport.value_or(Transport::kTcp);
+  if (listen->is_unix() && server_options.transport == Transport::kRdma) {
+    return usage_error("--listen " + listen_text + ": a unix socket is for --transport tcp; rdma needs HOST:PORT");
+  }
+  if (listen->is_unix() && !port_file.empty()) {
+    return usage_error("--port-file: --listen " + listen_text + " is a unix socket and has no port");
+  }
   server_options.persistence = persistence.value_or(Persistence::kRpc);
   if (!key_file.empty()) {
     auto key = load_key_file(key_file);

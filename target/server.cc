@@ -53,7 +53,11 @@ Server::Impl::Impl(Store& store, const ServerOptions& options)
     : store_(store), options_(options), ledger_(store.region(), *this),
       boot_id_(options.boot_id.value_or(read_boot_id())) {}
 
-Server::Impl::~Impl() = default;
+Server::Impl::~Impl() {
+  // A unix socket's file goes with the brick that served it (one a killed
+  // brick leaves is removed by the next one, listener.cc).
+  if (listen_fd_.valid() && options_.listen.is_unix()) ::unlink(options_.listen.unix_path.c_str());
+}
 
 Status Server::Impl::init() {
   // docs/protocol.md §11: the whole store is persisted before any connection
@@ -168,7 +172,7 @@ void Server::Impl::on_cq() {
 void Server::Impl::update_status() {
   StoreStats s = store_.stats();
   sd_notifyf(0, "STATUS=serving on %s: %zu connections, %llu/%llu blocks allocated, %llu mapped",
-             Endpoint{options_.listen.host, port_}.to_string().c_str(), open_connections_,
+             bound_endpoint().to_string().c_str(), open_connections_,
              static_cast<unsigned long long>(s.allocated_blocks), static_cast<unsigned long long>(s.capacity_blocks),
              static_cast<unsigned long long>(s.mapped_blocks));
 }
@@ -294,7 +298,7 @@ Status Server::Impl::run() {
                     : "refused (neither DDIO off declared nor a cpu_cache persistence domain): PERSIST only";
   }
   PBRICK_LOG_NOTICE("serving on %s (%s store, %s; sync-read %s)",
-                    Endpoint{options_.listen.host, port_}.to_string().c_str(),
+                    bound_endpoint().to_string().c_str(),
                     store_.region().is_pmem() ? "pmem" : "file",
                     options_.key ? "cluster key required" : "no authentication", sync_read);
   sd_notify(0, "READY=1");

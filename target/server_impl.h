@@ -49,6 +49,12 @@ class Server::Impl final : private PersistenceLedger::SyncStarter {
   Status run();
   Status adopt(UniqueFd fd);
   uint16_t port() const { return port_; }
+  // The address served, with the port bound when the options asked for 0.
+  Endpoint bound_endpoint() const {
+    Endpoint e = options_.listen;
+    if (!e.is_unix()) e.port = port_;
+    return e;
+  }
   void stop();
 
  private:

@@ -7,7 +7,10 @@
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <fcntl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -43,9 +46,11 @@ class FaultyBrick {
 
   FaultInjectionRegion& region() { return *region_; }
 
-  void start() {
+  // On loopback TCP (a free port), or on `listen` (a unix socket).
+  void start(const Endpoint& listen = Endpoint{"127.0.0.1", 0}) {
     ServerOptions so;
-    so.listen = Endpoint{"127.0.0.1", 0};
+    so.listen = listen;
+    listen_ = listen;
     auto server = Server::Create(*store_, so);
     ASSERT_TRUE(server.ok()) << server.error().message();
     server_ = std::move(*server);
@@ -63,7 +68,7 @@ class FaultyBrick {
 
   ClientOptions options() const {
     ClientOptions o;
-    o.endpoint = Endpoint{"127.0.0.1", server_->port()};
+    o.endpoint = listen_.is_unix() ? listen_ : Endpoint{"127.0.0.1", server_->port()};
     o.features = proto::kFeatureSyncRead | proto::kFeaturePersistRpc;
     return o;
   }
@@ -87,6 +92,7 @@ class FaultyBrick {
  private:
   FaultInjectionRegion* region_ = nullptr;
   std::unique_ptr<Store> store_;
+  Endpoint listen_;
   std::unique_ptr<Server> server_;
   std::thread thread_;
 };
@@ -367,6 +373,97 @@ TEST(ServerListen, BindRetriesOnlyAnAddressInUse) {
   EXPECT_EQ(st.error().errnum(), EADDRINUSE);
   EXPECT_NE(st.error().message().find("rdma_bind_addr: address still in use after 200 ms"), std::string::npos)
       << st.error().message();
+}
+
+// A unix socket in a fresh directory of its own.
+struct UnixSocketDir {
+  UnixSocketDir() {
+    char tmpl[] = "/tmp/pbrick-unix-XXXXXX";
+    EXPECT_NE(::mkdtemp(tmpl), nullptr);
+    dir = tmpl;
+  }
+  ~UnixSocketDir() {
+    ::unlink(path().c_str());
+    ::rmdir(dir.c_str());
+  }
+  std::string path() const { return dir + "/brick.sock"; }
+  Endpoint endpoint() const {
+    auto e = parse_endpoint("unix:" + path(), "test");
+    EXPECT_TRUE(e.ok());
+    return e.ok() ? *e : Endpoint{};
+  }
+  std::string dir;
+};
+
+// A brick on a unix socket serves the gateway's engine (TcpChannel) as it
+// does over TCP: data round-trips, a FLUSH completes; the socket is owner-only
+// and goes with the brick.
+TEST(ServerListen, AUnixSocketServesTheGatewayOwnerOnly) {
+  UnixSocketDir d;
+  {
+    FaultyBrick brick;
+    brick.start(d.endpoint());
+    struct stat st{};
+    ASSERT_EQ(::lstat(d.path().c_str(), &st), 0);
+    EXPECT_TRUE(S_ISSOCK(st.st_mode));
+    EXPECT_EQ(st.st_mode & 0777, 0600u);
+    auto engine = start_engine(brick);
+    ASSERT_TRUE(engine.ok()) << engine.error().message();
+    Engine& e = **engine;
+    auto data = pattern(64 * 1024, 9);
+    ASSERT_TRUE(e.write(data.data(), data.size(), kBlock + 4096, false).ok());
+    ASSERT_TRUE(e.flush().ok());
+    std::vector<uint8_t> back(data.size());
+    ASSERT_TRUE(e.read(back.data(), back.size(), kBlock + 4096).ok());
+    EXPECT_EQ(back, data);
+    engine->reset();
+    brick.stop();
+  }
+  struct stat st{};
+  EXPECT_NE(::lstat(d.path().c_str(), &st), 0) << "the socket outlived its brick";
+  EXPECT_EQ(errno, ENOENT);
+}
+
+// A socket a killed brick left (nobody accepts on it) is replaced; a live
+// brick's socket and a path that is not a socket are not.
+TEST(ServerListen, AUnixSocketReplacesOnlyADeadBricksSocket) {
+  UnixSocketDir d;
+  auto store = Store::Open(make_memory_region(16 * kMiB), {});
+  ASSERT_TRUE(store.ok());
+  ServerOptions so;
+  so.listen = d.endpoint();
+  {
+    // Bound and closed without unlinking: what kill -9 leaves.
+    UniqueFd dead(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un sun = unix_address(so.listen);
+    ASSERT_EQ(::bind(dead.get(), reinterpret_cast<const sockaddr*>(&sun), sizeof sun), 0);
+  }
+  auto first = Server::Create(**store, so);
+  ASSERT_TRUE(first.ok()) << first.error().message();
+
+  auto store2 = Store::Open(make_memory_region(16 * kMiB), {});
+  ASSERT_TRUE(store2.ok());
+  auto second = Server::Create(**store2, so);
+  ASSERT_FALSE(second.ok()) << "a second brick took over a live brick's socket";
+  EXPECT_EQ(second.error().errnum(), EADDRINUSE);
+  EXPECT_NE(second.error().message().find("listen unix:" + d.path() + ": another process serves this socket"),
+            std::string::npos)
+      << second.error().message();
+  struct stat st{};
+  EXPECT_EQ(::lstat(d.path().c_str(), &st), 0) << "the live brick's socket was removed";
+  first->reset();
+
+  {
+    UniqueFd file(::open(d.path().c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0600));
+    ASSERT_TRUE(file.valid());
+  }
+  auto third = Server::Create(**store2, so);
+  ASSERT_FALSE(third.ok());
+  EXPECT_EQ(third.error().errnum(), EEXIST);
+  EXPECT_NE(third.error().message().find("the path exists and is not a socket"), std::string::npos)
+      << third.error().message();
+  EXPECT_EQ(::lstat(d.path().c_str(), &st), 0);
+  EXPECT_TRUE(S_ISREG(st.st_mode)) << "a file that is not a socket was replaced";
 }
 
 // The gateway's side of "Failed persistence": a FLUSH whose sync-read goes

@@ -464,3 +464,44 @@ fio_verify() {
   run qio "read -P 0x3c 1M 2M" "read -P 0 0 1M"
   assert_qio_ok
 }
+
+@test "unix socket: a brick on this host serves the plugin and pbrickctl on unix:PATH, owner-only, gone at stop" {
+  [ "$PBRICK_TRANSPORT" = tcp ] || skip "inherent: a unix socket serves the TCP transport only"
+  local sock="$BATS_TEST_TMPDIR/b.sock"
+  # What the brick refuses before it touches a store: a relative path, RDMA
+  # on a unix socket, a port file for an address without a port.
+  run "$TARGET_BIN" --store "$(store_dir)/b.store" --size 64M --listen unix:b.sock
+  assert_failure 2
+  assert_output --partial "--listen: invalid address 'unix:b.sock': expected unix:/ABSOLUTE/PATH"
+  run "$TARGET_BIN" --store "$(store_dir)/b.store" --size 64M --listen "unix:$sock" --transport rdma
+  assert_failure 2
+  assert_output --partial "--listen unix:$sock: a unix socket is for --transport tcp; rdma needs HOST:PORT"
+  run "$TARGET_BIN" --store "$(store_dir)/b.store" --size 64M --listen "unix:$sock" --port-file "$BATS_TEST_TMPDIR/p"
+  assert_failure 2
+  assert_output --partial "--port-file: --listen unix:$sock is a unix socket and has no port"
+  [ ! -e "$(store_dir)/b.store" ]
+
+  "$TARGET_BIN" --store "$(store_dir)/b.store" --size 128M --listen "unix:$sock" 2>>"$BATS_TEST_TMPDIR/b.log" &
+  BRICK_PID=$!
+  echo "$BRICK_PID" >>"$BATS_TEST_TMPDIR/pids"
+  local i
+  for i in $(seq 1 200); do
+    grep -q "serving on unix:$sock" "$BATS_TEST_TMPDIR/b.log" && break
+    kill -0 "$BRICK_PID" || { cat "$BATS_TEST_TMPDIR/b.log" >&2; false; }
+    sleep 0.05
+  done
+  assert_equal "$(stat -c '%F %a' "$sock")" "socket 600"
+  TARGET="unix:$sock"
+  start_nbd size=64M
+  head -c $((24 * 1024 * 1024 + 4096)) /dev/urandom >"$BATS_TEST_TMPDIR/in"
+  run nbdcopy --flush "$BATS_TEST_TMPDIR/in" "$NBD_URI"
+  assert_success
+  run nbdcopy "$NBD_URI" "$BATS_TEST_TMPDIR/out"
+  assert_success
+  assert_equal "$(head -c $((24 * 1024 * 1024 + 4096)) "$BATS_TEST_TMPDIR/out" | sha256sum | cut -d' ' -f1)" \
+    "$(sha "$BATS_TEST_TMPDIR/in")"
+  assert_equal "$(data_blocks)" 13
+  stop_nbd
+  stop_brick
+  [ ! -e "$sock" ]
+}
