@@ -77,6 +77,13 @@ sockaddr_un unix_address(const Endpoint& ep) {
   return sun;
 }
 
+void size_unix_send_buffer(int fd) {
+  int bytes = 4 << 20;
+  if (::setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &bytes, sizeof bytes) != 0) {
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);
+  }
+}
+
 namespace {
 
 Status send_all(int fd, const uint8_t* p, size_t len, const char* what) {
@@ -145,6 +152,7 @@ Result<UniqueFd> connect_unix(const Endpoint& ep, int timeout_ms) {
   UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd.valid()) return errno_error(what + ": socket");
   set_timeouts(fd.get(), timeout_ms);
+  size_unix_send_buffer(fd.get());
   sockaddr_un sun = unix_address(ep);
   PBRICK_TRY(connect_socket(fd.get(), reinterpret_cast<const sockaddr*>(&sun), sizeof sun, timeout_ms, what));
   return fd;

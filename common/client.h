@@ -60,6 +60,13 @@ inline constexpr std::string_view kUnixPrefix = "unix:";
 // checked the path's length; a longer one is cut).
 sockaddr_un unix_address(const Endpoint& ep);
 
+// A unix stream socket's send buffer bounds the bytes on their way to the
+// peer: at the usual default (net.core.wmem_default, 208 KiB) a 1 MiB reply
+// or a 2 MiB WRITE takes several wake-ups of each side, where loopback TCP
+// grows its buffers to 4 MiB by itself. Sets 4 MiB, past net.core.wmem_max
+// when the process may (CAP_NET_ADMIN: SO_SNDBUFFORCE). Both ends call it.
+void size_unix_send_buffer(int fd);
+
 struct ClientOptions {
   Endpoint endpoint;
   std::optional<ClusterKey> key;

@@ -217,8 +217,12 @@ void Server::Impl::on_accept(int res) {
     arm_accept();
     return;
   }
-  int one = 1;
-  ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (options_.listen.is_unix()) {
+    size_unix_send_buffer(fd.get());
+  } else {
+    int one = 1;
+    ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  }
   add_connection(take_slot(), next_generation_++ & 0xFFFFFF, std::make_unique<TcpTransport>(std::move(fd)),
                  peer_name(accept_addr_));
   arm_accept();

@@ -13,7 +13,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <future>
 #include <thread>
 
@@ -407,6 +409,23 @@ TEST(ServerListen, AUnixSocketServesTheGatewayOwnerOnly) {
     ASSERT_EQ(::lstat(d.path().c_str(), &st), 0);
     EXPECT_TRUE(S_ISSOCK(st.st_mode));
     EXPECT_EQ(st.st_mode & 0777, 0600u);
+    {
+      // The client's end holds a 2 MiB frame at once (size_unix_send_buffer):
+      // 4 MiB, or as much as net.core.wmem_max lets a process without
+      // CAP_NET_ADMIN have (the kernel reports twice what was set).
+      auto c = BrickClient::Connect(brick.options());
+      ASSERT_TRUE(c.ok()) << c.error().message();
+      UniqueFd fd = std::move(**c).take_fd();
+      int sndbuf = 0;
+      socklen_t len = sizeof sndbuf;
+      ASSERT_EQ(::getsockopt(fd.get(), SOL_SOCKET, SO_SNDBUF, &sndbuf, &len), 0);
+      long wmem_max = 4 << 20;
+      if (FILE* f = std::fopen("/proc/sys/net/core/wmem_max", "r")) {
+        if (std::fscanf(f, "%ld", &wmem_max) != 1) wmem_max = 4 << 20;
+        std::fclose(f);
+      }
+      EXPECT_GE(sndbuf, ::geteuid() == 0 ? 4 << 20 : std::min(4L << 20, wmem_max));
+    }
     auto engine = start_engine(brick);
     ASSERT_TRUE(engine.ok()) << engine.error().message();
     Engine& e = **engine;
