@@ -329,6 +329,17 @@ TEST_F(TcpChannelSocketTest, WhatTheSocketCannotTakeAtOnceGoesThroughTheRingInOr
       stream.insert(stream.end(), buf.begin(), buf.begin() + n);
     }
   });
+  // Joined on every way out, a failed ASSERT's return included: shutting the
+  // peer down ends the reader's recv.
+  struct JoinOnExit {
+    std::thread& thread;
+    int fd;
+    ~JoinOnExit() {
+      if (!thread.joinable()) return;
+      ::shutdown(fd, SHUT_RDWR);
+      thread.join();
+    }
+  } join_reader{reader, peer_.get()};
   size_t w = write(data);
   PBRICK_ASSERT_OK(channel_.flush(ring_));
   EXPECT_EQ(ring_.count(TcpChannel::kSend), 1u) << "a 2 MiB WRITE fit a 16 KiB socket buffer at once";
