@@ -493,8 +493,8 @@ class Parser {
   // paths keep matching the file and validation sees every name.
   void parse_brick(const YAML::Node& node, const std::string& path) {
     static const KeySpec kSpec{
-        {"name", "host", "port", "transport", "store", "nic", "persistence", "key_file", "max_connections",
-         "max_handshakes"},
+        {"name", "host", "port", "socket", "transport", "store", "nic", "persistence", "key_file",
+         "max_connections", "max_handshakes"},
         {}};
     static const KeySpec kStore{{"path", "size", "slow"}, {}};
     static const KeySpec kSlow{{"path", "size", "low_watermark", "demote_rate"}, {}};
@@ -508,6 +508,7 @@ class Parser {
     get_string(*f, "name", path, pos, true, &b.name);
     get_string(*f, "host", path, pos, true, &b.host);
     get_u32(*f, "port", path, pos, false, &b.port);
+    get_string(*f, "socket", path, pos, false, &b.socket);
     get_enum(*f, "transport", path, pos, kTransports, &b.transport);
     get_enum(*f, "persistence", path, pos, kPersistences, &b.persistence);
     get_string(*f, "key_file", path, pos, false, &b.key_file);
@@ -729,7 +730,7 @@ class Validator {
     if (known("bricks") && c_.bricks.empty()) error("bricks", "at least one brick is required");
     std::map<std::string, std::string> names;       // name -> path of first definition
     std::map<std::string, std::string> endpoints;   // host:port -> brick name
-    std::map<std::string, std::string> stores;      // host + store path -> brick name
+    std::map<std::string, std::string> stores;      // host + path of a store, slow tier or socket -> brick
     for (size_t i = 0; i < c_.bricks.size(); i++) {
       const BrickConfig& b = c_.bricks[i];
       std::string p = index_path("bricks", i);
@@ -771,6 +772,21 @@ class Validator {
           if (!inserted) {
             error(p + ".store.slow.path", "slow tier " + quote(b.store.slow_path) + " on " + b.host +
                                               " is already used by brick " + quote(it->second));
+          }
+        }
+      }
+      if (known(p + ".socket") && !b.socket.empty()) {
+        auto e = parse_endpoint(std::string(kUnixPrefix) + b.socket, p + ".socket");
+        if (!e) {
+          error(p + ".socket", "socket " + quote(b.socket) + " must be an absolute path of at most " +
+                                   std::to_string(sizeof(sockaddr_un::sun_path) - 1) + " bytes");
+        } else if (b.transport == Transport::kRdma) {
+          error(p + ".socket", "a unix socket is for transport 'tcp'; this brick's transport is 'rdma'");
+        } else if (known(p + ".host")) {
+          auto [it, inserted] = stores.emplace(b.host + "\n" + b.socket, b.name);
+          if (!inserted) {
+            error(p + ".socket", "socket " + quote(b.socket) + " on " + b.host + " is already used by brick " +
+                                     quote(it->second));
           }
         }
       }
@@ -1257,6 +1273,15 @@ int config_check_main(int argc, char** argv) {
               count(result.config.volumes.size(), "volume").c_str(),
               count(result.config.gateways.size(), "gateway").c_str());
   return 0;
+}
+
+Endpoint BrickConfig::endpoint() const {
+  if (!socket.empty()) {
+    Endpoint e;
+    e.unix_path = socket;
+    return e;
+  }
+  return Endpoint{host, static_cast<uint16_t>(port)};
 }
 
 }  // namespace pbrick

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "common/client.h"
 #include "common/layout.h"
 #include "common/result.h"
 #include "common/transport.h"
@@ -57,6 +58,12 @@ struct BrickConfig {
   std::string name;
   std::string host;
   uint32_t port = 0;  // 1..65535 once validated
+  // `socket: /PATH`: the brick listens on this unix socket instead of
+  // host:port, for gateways on its own host (transport tcp only); empty: TCP
+  // or RDMA on host:port.
+  std::string socket;
+  // Where the brick listens and clients reach it: unix:SOCKET, or host:port.
+  Endpoint endpoint() const;
   Transport transport = Transport::kTcp;
   StoreConfig store;
   NicConfig nic;

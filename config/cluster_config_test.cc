@@ -392,6 +392,27 @@ TEST(ClusterConfigTest, BrickConnectionBudgets) {
              "bricks[0].max_connections: expected an integer (decimal or 0x-prefixed hex), got 'many'");
 }
 
+// `socket:` puts a brick on a unix socket instead of host:port: its endpoint
+// (what pbrick-target listens on, what the gateway and pbrickctl reach) is
+// unix:SOCKET.
+TEST(ClusterConfigTest, ABrickOnAUnixSocket) {
+  auto with = [](const std::string& kv) { return valid_with("host: 127.0.0.1", "host: 127.0.0.1\n    " + kv); };
+  ClusterConfig c;
+  ASSERT_TRUE(check(kValid, &c).empty());
+  EXPECT_EQ(c.bricks[0].endpoint().to_string(), "127.0.0.1:7100");
+  const std::string local = with("socket: /run/pbrick/brick0.sock");
+  ASSERT_TRUE(check(local, &c).empty()) << dump(check(local));
+  EXPECT_TRUE(c.bricks[0].endpoint().is_unix());
+  EXPECT_EQ(c.bricks[0].endpoint().to_string(), "unix:/run/pbrick/brick0.sock");
+  expect_one(with("socket: brick0.sock"), 6, 13,
+             "bricks[0].socket: socket 'brick0.sock' must be an absolute path of at most 107 bytes");
+  expect_one(with("socket: /" + std::string(107, 's')), 6, 13, "must be an absolute path of at most 107 bytes");
+  expect_one(with("socket: /run/pbrick/b.sock\n    transport: rdma\n    nic: {rdma_device: rxe0}"), 6, 13,
+             "bricks[0].socket: a unix socket is for transport 'tcp'; this brick's transport is 'rdma'");
+  expect_one(with("socket: /var/lib/pbrick/b0.store"), 6, 13,
+             "bricks[0].socket: socket '/var/lib/pbrick/b0.store' on 127.0.0.1 is already used by brick 'brick0'");
+}
+
 TEST(ClusterConfigTest, SlowTier) {
   const std::string with_slow =
       valid_with("size: 1G}", "size: 32M, slow: {path: /var/lib/pbrick/b0.slow, size: 1G}}");

@@ -697,7 +697,7 @@ int main(int argc, char** argv) {
     config = std::move(*loaded);
     brick = config->find_brick(brick_name);
     if (brick == nullptr) return usage_error("--brick: no brick named '" + brick_name + "' in " + config_file);
-    if (target_text.empty()) target_text = Endpoint{brick->host, static_cast<uint16_t>(brick->port)}.to_string();
+    if (target_text.empty()) target_text = brick->endpoint().to_string();
     if (key_file.empty()) key_file = brick->key_file;
     if (!transport) transport = brick->transport;
   }

@@ -39,7 +39,7 @@ Status VolumeSpec::complete_from_config(const std::string& path, const std::stri
     for (const BrickConfig* b : bricks) brick_key_files.push_back(b->key_file);
   }
   if (!given) {
-    for (const BrickConfig* b : bricks) targets.push_back(Endpoint{b->host, static_cast<uint16_t>(b->port)});
+    for (const BrickConfig* b : bricks) targets.push_back(b->endpoint());
   }
   if (!layout) layout = v->layout;
   if (!copies && v->layout == Layout::kMirror) copies = v->copies;

@@ -77,6 +77,17 @@ TEST_F(VolumeSpecTest, WhatTheUserGaveWinsOverTheFile) {
   EXPECT_EQ(spec.pin_queues, true);  // not given: the file's
 }
 
+// A brick with `socket:` is reached on it, not on host:port.
+TEST_F(VolumeSpecTest, ABrickOnAUnixSocketIsReachedThere) {
+  std::string yaml = kCluster;
+  const std::string port_line = "    port: 7000\n";
+  yaml.replace(yaml.find(port_line), port_line.size(), port_line + "    socket: /run/pbrick/brick0.sock\n");
+  std::ofstream(path_) << yaml;
+  VolumeSpec spec;
+  PBRICK_ASSERT_OK(spec.complete_from_config(path_, "plain"));
+  EXPECT_EQ(spec.targets_string(), "unix:/run/pbrick/brick0.sock");
+}
+
 TEST_F(VolumeSpecTest, AnUnknownVolumeIsENOENT) {
   VolumeSpec spec;
   Status st = spec.complete_from_config(path_, "nope");

@@ -183,7 +183,7 @@ int main(int argc, char** argv) {
     if (slow_size == 0) slow_size = brick->store.slow_size;
     if (slow_low_watermark == 0) slow_low_watermark = brick->store.slow_low_watermark;
     if (slow_demote_rate == 0) slow_demote_rate = brick->store.slow_demote_rate;
-    if (listen_text.empty()) listen_text = Endpoint{brick->host, static_cast<uint16_t>(brick->port)}.to_string();
+    if (listen_text.empty()) listen_text = brick->endpoint().to_string();
     if (key_file.empty()) key_file = brick->key_file;
     if (!max_connections && brick->max_connections != 0) max_connections = brick->max_connections;
     if (!max_handshakes && brick->max_handshakes != 0) max_handshakes = brick->max_handshakes;

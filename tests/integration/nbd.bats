@@ -504,4 +504,26 @@ fio_verify() {
   stop_nbd
   stop_brick
   [ ! -e "$sock" ]
+
+  # The same brick from a cluster file whose brick says socket:, reached by
+  # pbrickctl --config: the data the plugin wrote.
+  cat >"$BATS_TEST_TMPDIR/cluster.yaml" <<EOF
+cluster: {name: t}
+bricks:
+  - {name: b0, host: 127.0.0.1, socket: $sock, store: {path: $(store_dir)/b.store, size: 128M}}
+volumes:
+  - {name: vol0, size: 64M, brick: b0, base: 0x0}
+EOF
+  "$TARGET_BIN" --config "$BATS_TEST_TMPDIR/cluster.yaml" --brick b0 2>>"$BATS_TEST_TMPDIR/b.log" &
+  BRICK_PID=$!
+  echo "$BRICK_PID" >>"$BATS_TEST_TMPDIR/pids"
+  local ctl_config=("$CTL_BIN" --config "$BATS_TEST_TMPDIR/cluster.yaml" --brick b0)
+  for i in $(seq 1 200); do
+    "${ctl_config[@]}" stat >/dev/null 2>&1 && break
+    kill -0 "$BRICK_PID" || { cat "$BATS_TEST_TMPDIR/b.log" >&2; false; }
+    sleep 0.05
+  done
+  assert_equal "$(stat -c '%F %a' "$sock")" "socket 600"
+  "${ctl_config[@]}" read 0x200000 4096 4096 >"$BATS_TEST_TMPDIR/back"
+  cmp "$BATS_TEST_TMPDIR/back" <(dd if="$BATS_TEST_TMPDIR/in" bs=4096 skip=513 count=1 status=none)
 }
