@@ -6,6 +6,8 @@
 #                on 127.0.0.1 (store in /dev/shm)
 #   nvme/tcp     fio on /dev/nvmeXnY of `nvme connect -t tcp` -> nvmet on
 #                127.0.0.1, namespace a brd ramdisk
+#   pbrick/unix  the same gateway -> a brick on a unix socket (a gateway on
+#                its brick's host); its ratios are against nvme/tcp
 #   pbrick/rdma  the same gateway --transport rdma -> brick over rxe0
 #   pbrick/rdma-sr  the same over rxe0, --persistence sync-read, to a brick on
 #                the emulated NVDIMM (devdax) whose platform declares eADR (the
@@ -187,6 +189,15 @@ run_job() {
 
   brick_on tcp-brick tcp 127.0.0.1
   TCP_BRICK=$BRICK_PID
+  # The unix socket's brick (no port: ready once it says where it serves).
+  local unix_sock=$BATS_TEST_TMPDIR/brick.sock
+  "$TARGET_BIN" --store "$SHM/unix-brick.store" --size "${STORE_MIB}M" --listen "unix:$unix_sock" \
+    --persistence rpc 2>>"$BATS_TEST_TMPDIR/unix-brick.log" &
+  UNIX_BRICK=$!
+  echo "$UNIX_BRICK" >>"$BATS_TEST_TMPDIR/pids"
+  await_ready "$UNIX_BRICK" "pbrick-target --listen unix:$unix_sock" \
+    grep -q "serving on unix:$unix_sock" "$BATS_TEST_TMPDIR/unix-brick.log" ||
+    { cat "$BATS_TEST_TMPDIR/unix-brick.log" >&2; false; }
   brick_on rdma-brick rdma "$RDMA_HOST"
   RDMA_BRICK=$BRICK_PID
   local sr=0
@@ -202,6 +213,8 @@ run_job() {
   declare -A dev gw brick
   gw_attach gw-tcp "127.0.0.1:$(cat "$BATS_TEST_TMPDIR/tcp-brick.port")" tcp
   dev[pbrick/tcp]=$DEV gw[pbrick/tcp]=$GW_PID brick[pbrick/tcp]=$TCP_BRICK
+  gw_attach gw-unix "unix:$unix_sock" tcp
+  dev[pbrick/unix]=$DEV gw[pbrick/unix]=$GW_PID brick[pbrick/unix]=$UNIX_BRICK
   gw_attach gw-rdma "$RDMA_HOST:$(cat "$BATS_TEST_TMPDIR/rdma-brick.port")" rdma
   dev[pbrick/rdma]=$DEV gw[pbrick/rdma]=$GW_PID brick[pbrick/rdma]=$RDMA_BRICK
   if ((sr)); then
@@ -212,7 +225,9 @@ run_job() {
   dev[nvme/tcp]=$DEV gw[nvme/tcp]='' brick[nvme/tcp]=''
   nvme_attach 2 rdma "$RDMA_HOST" 4421
   dev[nvme/rdma]=$DEV gw[nvme/rdma]='' brick[nvme/rdma]=''
-  local setups=(pbrick/tcp nvme/tcp pbrick/rdma nvme/rdma) s nets=(tcp rdma)
+  local setups=(pbrick/tcp nvme/tcp pbrick/unix pbrick/rdma nvme/rdma) s nets=(tcp unix rdma)
+  # The NVMe-oF setup each pbrick one is compared with.
+  declare -A peer=([tcp]=nvme/tcp [unix]=nvme/tcp [rdma]=nvme/rdma [rdma-sr]=nvme/rdma)
   if ((sr)); then setups+=(pbrick/rdma-sr); nets+=(rdma-sr); fi
   local wc=""
   for s in "${setups[@]}"; do
@@ -305,7 +320,7 @@ run_job() {
       read -r name engine rw bs depth unit lat <<<"$job"
       for t in "${nets[@]}"; do
         read -r -a p <<<"${res[$name.pbrick/$t]}"
-        read -r -a n <<<"${res[$name.nvme/${t%-sr}]}"
+        read -r -a n <<<"${res[$name.${peer[$t]}]}"
         rp=- rn=-
         if [ "$lat" = lat ]; then
           rp="${p[1]}/${p[2]}" rn="${n[1]}/${n[2]}"
@@ -355,6 +370,7 @@ run_job() {
     printf '# \n'
     printf '# pbrick: pbrick-gateway attach -q 2 -d 64 --persistence rpc%s, ublk -> brick (store /dev/shm);\n' \
       "${PBRICK_BENCH_GW_ARGS:+ $PBRICK_BENCH_GW_ARGS}"
+    printf '# unix: the same to a brick on a unix socket (--listen unix:PATH); its ratios are against nvme/tcp.\n'
     if ((sr)); then
       printf '# rdma-sr: the same with --persistence sync-read, brick on %s (devdax, persistence domain\n' "$PBRICK_VM_PMEM_DEV"
       printf '# cpu_cache); its ratios are against nvme/rdma.\n'

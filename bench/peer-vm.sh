@@ -3,7 +3,8 @@
 # fio on /dev/ublkbN (pbrick-gateway -> brick, store on tmpfs; over RDMA also
 # with sync-read to a brick on an emulated eADR NVDIMM) and on
 # /dev/nvmeXnY (nvme connect -> nvmet, namespace on a brd ramdisk), over TCP
-# (127.0.0.1) and over RDMA (soft-RoCE rxe0), the same jobs, one table of
+# (127.0.0.1; pbrick also to a brick on a unix socket) and over RDMA
+# (soft-RoCE rxe0), the same jobs, one table of
 # rates, ratios, mean and p99 latency (QD1 and fsync rows) and CPU per I/O,
 # then the floor of a 4k QD1 I/O in the VM (null_blk; a ublk read the
 # gateway answers without the brick; a loopback TCP round trip between two
