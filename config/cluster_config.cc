@@ -744,7 +744,10 @@ class Validator {
       if (known(p + ".port") && (b.port == 0 || b.port > 65535)) {
         error(p + ".port", "port " + std::to_string(b.port) + " is out of range (1-65535)");
       }
-      if (known(p + ".host") && known(p + ".port") && valid_host(b.host) && b.port > 0 && b.port <= 65535) {
+      // A brick on a unix socket listens on no port: bricks on one host may
+      // leave theirs at the default.
+      if (b.socket.empty() && known(p + ".host") && known(p + ".port") && valid_host(b.host) && b.port > 0 &&
+          b.port <= 65535) {
         std::string endpoint = b.host + ":" + std::to_string(b.port);
         auto [it, inserted] = endpoints.emplace(endpoint, b.name);
         if (!inserted) error(p + ".port", endpoint + " is already used by brick " + quote(it->second));

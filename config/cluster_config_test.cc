@@ -411,6 +411,25 @@ TEST(ClusterConfigTest, ABrickOnAUnixSocket) {
              "bricks[0].socket: a unix socket is for transport 'tcp'; this brick's transport is 'rdma'");
   expect_one(with("socket: /var/lib/pbrick/b0.store"), 6, 13,
              "bricks[0].socket: socket '/var/lib/pbrick/b0.store' on 127.0.0.1 is already used by brick 'brick0'");
+
+  // Two bricks on one host, each on a socket of its own, both with the
+  // default port they do not listen on; a second brick on the same socket.
+  const std::string both = with("socket: /run/pbrick/brick0.sock");
+  std::string ok = both;
+  ok.replace(ok.find("volumes:"), 8,
+             "  - name: brick1\n    host: 127.0.0.1\n    socket: /run/pbrick/brick1.sock\n"
+             "    store: {path: /var/lib/pbrick/b1.store, size: 1G}\nvolumes:");
+  EXPECT_TRUE(check(ok).empty()) << dump(check(ok));
+  std::string clash = both;
+  clash.replace(clash.find("volumes:"), 8,
+                "  - name: brick1\n    host: 127.0.0.1\n    socket: /run/pbrick/brick0.sock\n"
+                "    store: {path: /var/lib/pbrick/b1.store, size: 1G}\nvolumes:");
+  auto errors = check(clash);
+  ASSERT_EQ(errors.size(), 1u) << dump(errors);
+  EXPECT_NE(errors[0].to_string().find(
+                "bricks[1].socket: socket '/run/pbrick/brick0.sock' on 127.0.0.1 is already used by brick 'brick0'"),
+            std::string::npos)
+      << errors[0].to_string();
 }
 
 TEST(ClusterConfigTest, SlowTier) {
