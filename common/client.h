@@ -56,6 +56,9 @@ Result<Endpoint> parse_endpoint(std::string_view text, std::string_view what, bo
 // The prefix of a unix socket's address.
 inline constexpr std::string_view kUnixPrefix = "unix:";
 
+// Why an RDMA connection or listener refuses a unix socket's address.
+inline constexpr std::string_view kUnixIsForTcp = "a unix socket is for transport tcp; rdma needs HOST:PORT";
+
 // A unix socket endpoint's address, for connect() and bind() (parse_endpoint
 // checked the path's length; a longer one is cut).
 sockaddr_un unix_address(const Endpoint& ep);

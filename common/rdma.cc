@@ -195,7 +195,7 @@ Status RdmaLink::post_recv(uint32_t slot) {
 Status RdmaLink::connect(const Endpoint& ep, const LinkOptions& options, int timeout_ms) {
   disconnect();
   const std::string what = "rdma connect " + ep.to_string();
-  if (ep.is_unix()) return Error(EINVAL, what + ": a unix socket is for transport tcp; rdma needs HOST:PORT");
+  if (ep.is_unix()) return Error(EINVAL, what + ": " + std::string(kUnixIsForTcp));
   if (!events_) {
     events_.reset(rdma_create_event_channel());
     if (!events_) return errno_error(what + ": rdma_create_event_channel (is the rdma_cm module loaded?)");

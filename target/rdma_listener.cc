@@ -113,7 +113,7 @@ Result<std::unique_ptr<RdmaListener>> RdmaListener::Create(const Endpoint& liste
   l->base_ = base;
   l->size_ = size;
   const std::string where = "listen rdma " + listen.to_string();
-  if (listen.is_unix()) return Error(EINVAL, where + ": a unix socket is for transport tcp; rdma needs HOST:PORT");
+  if (listen.is_unix()) return Error(EINVAL, where + ": " + std::string(kUnixIsForTcp));
   l->events_.reset(rdma_create_event_channel());
   if (!l->events_) return errno_error(where + ": rdma_create_event_channel (is the rdma_cm module loaded?)");
   int flags = ::fcntl(l->events_->fd, F_GETFL);

@@ -443,6 +443,31 @@ TEST(ServerListen, AUnixSocketServesTheGatewayOwnerOnly) {
   EXPECT_EQ(errno, ENOENT);
 }
 
+// RDMA has no unix sockets: a brick refuses to listen on one over RDMA, and a
+// client refuses to connect to one, before either touches the RDMA CM.
+TEST(ServerListen, AUnixSocketIsForTheTcpTransportOnly) {
+  UnixSocketDir d;
+  auto store = Store::Open(make_memory_region(16 * kMiB), {});
+  ASSERT_TRUE(store.ok());
+  ServerOptions so;
+  so.listen = d.endpoint();
+  so.transport = Transport::kRdma;
+  auto server = Server::Create(**store, so);
+  ASSERT_FALSE(server.ok());
+  EXPECT_EQ(server.error().errnum(), EINVAL);
+  EXPECT_EQ(server.error().context(), "listen rdma unix:" + d.path() + ": " + std::string(kUnixIsForTcp));
+  struct stat st{};
+  EXPECT_NE(::lstat(d.path().c_str(), &st), 0) << "an RDMA brick created the socket";
+
+  ClientOptions co;
+  co.endpoint = d.endpoint();
+  co.transport = Transport::kRdma;
+  auto client = BrickClient::Connect(co);
+  ASSERT_FALSE(client.ok());
+  EXPECT_EQ(client.error().errnum(), EINVAL);
+  EXPECT_EQ(client.error().context(), "rdma connect unix:" + d.path() + ": " + std::string(kUnixIsForTcp));
+}
+
 // A socket a killed brick left (nobody accepts on it) is replaced; a live
 // brick's socket and a path that is not a socket are not.
 TEST(ServerListen, AUnixSocketReplacesOnlyADeadBricksSocket) {
