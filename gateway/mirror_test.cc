@@ -162,7 +162,8 @@ TEST_F(MirrorTest, WritesGoToEveryCopyAndReadsTakeTurns) {
   Volume& v = engine_->volume();
   ASSERT_EQ(v.copies(), 2u);
   std::vector<IoPiece> pieces;
-  plan_rw(v, true, kMiB, 2 * kMiB, nullptr, nullptr, pieces);  // blocks 0 and 1
+  std::vector<uint8_t> data(2 * kMiB);  // planned, not sent: the pieces point into it
+  plan_rw(v, true, kMiB, data.size(), data.data(), nullptr, pieces);  // blocks 0 and 1
   ASSERT_EQ(pieces.size(), 4u);
   std::set<std::pair<uint64_t, uint32_t>> got;
   for (const IoPiece& p : pieces) got.insert({p.block, p.brick});

@@ -90,7 +90,8 @@ TEST_F(StripeTest, BlockILivesOnBrickIMod3AtBasePlusIDiv3Blocks) {
     EXPECT_EQ(v.block_vaddr(i), base + (i / kBricks) * kBlock) << "block " << i;
   }
   std::vector<IoPiece> pieces;
-  plan_rw(v, true, kMiB, 5 * kMiB, nullptr, nullptr, pieces);
+  std::vector<uint8_t> planned(5 * kMiB);  // planned, not sent: the pieces point into it
+  plan_rw(v, true, kMiB, planned.size(), planned.data(), nullptr, pieces);
   ASSERT_EQ(pieces.size(), 3u);
   for (uint32_t i = 0; i < 3; i++) {
     EXPECT_EQ(pieces[i].block, i);
@@ -99,6 +100,9 @@ TEST_F(StripeTest, BlockILivesOnBrickIMod3AtBasePlusIDiv3Blocks) {
   EXPECT_EQ(pieces[0].in_block, kMiB);
   EXPECT_EQ(pieces[0].len, kMiB);
   EXPECT_EQ(pieces[2].len, kBlock);
+  EXPECT_EQ(pieces[0].buf, planned.data());
+  EXPECT_EQ(pieces[1].buf, planned.data() + kMiB);
+  EXPECT_EQ(pieces[2].buf, planned.data() + kMiB + kBlock);
 
   constexpr uint64_t kBlocks = 7;
   auto data = random_bytes(kBlocks * kBlock, 21);

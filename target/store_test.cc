@@ -911,7 +911,8 @@ TEST_F(StoreUpgrade, VersionOneStoreOpensKeepsItsDataAndIsUpgraded) {
     for (auto [v, slot] : blocks_) {
       EXPECT_EQ(*store->slot_offset(v), kBlockSize + slot * kBlockSize) << format_hex(v);
       const uint8_t* p = block_ptr(*store, v);
-      EXPECT_TRUE(std::all_of(p, p + kBlockSize, [&](uint8_t b) { return b == pattern(v); }));
+      const uint8_t expected = pattern(v);
+      EXPECT_TRUE(std::all_of(p, p + kBlockSize, [expected](uint8_t b) { return b == expected; }));
     }
     const uint8_t* sb = mem_->base();
     EXPECT_EQ(get32(sb + 8), 2u) << "layout_version";
