@@ -75,6 +75,16 @@ build_tree() {
   if ! tree_is_configured "$dir" "${args[@]}"; then
     if [ -f "$dir/CMakeCache.txt" ]; then
       echo "reconfiguring $dir: its cached options differ from ${args[*]}"
+      # CMake answers a new compiler in an existing cache by deleting the
+      # cache and configuring with the compiler alone, every other -D option
+      # dropped: a tree configured with another compiler starts afresh.
+      for t in "${args[@]}"; do
+        [[ $t == -DCMAKE_C_COMPILER=* || $t == -DCMAKE_CXX_COMPILER=* ]] || continue
+        tree_is_configured "$dir" "$t" && continue
+        echo "reconfiguring $dir from scratch: it was configured with another compiler than ${t#-D}"
+        rm -rf "$dir/CMakeCache.txt" "$dir/CMakeFiles"
+        break
+      done
     fi
     cmake -S "$PBRICK_ROOT" -B "$dir" -G Ninja "${args[@]}" || die "cmake configure failed ($dir)"
   fi

@@ -58,3 +58,22 @@ fake_tree() {
   assert_success
   refute_output --partial "reconfiguring"
 }
+
+@test "build_tree configures a tree another compiler configured from scratch, keeping every option" {
+  requires clang++
+  local b=$BATS_TEST_TMPDIR/b gcc clang
+  gcc=$(command -v g++) clang=$(command -v clang++)
+  cmake -S "$PBRICK_ROOT" -B "$b" -G Ninja -DCMAKE_CXX_COMPILER="$gcc" -DPBRICK_TESTS=OFF >/dev/null
+  # CMake alone would drop the other options here (PBRICK_TESTS and
+  # CMAKE_BUILD_TYPE back to their defaults).
+  run build_tree "$b" -DCMAKE_CXX_COMPILER="$clang" -DCMAKE_BUILD_TYPE=Debug -DPBRICK_TESTS=OFF -- rebuild_cache
+  assert_success
+  assert_output --partial "reconfiguring $b from scratch: it was configured with another compiler than CMAKE_CXX_COMPILER=$clang"
+  grep -qx "CMAKE_CXX_COMPILER:[A-Z]*=$clang" "$b/CMakeCache.txt"
+  grep -qx 'CMAKE_BUILD_TYPE:STRING=Debug' "$b/CMakeCache.txt"
+  grep -qx 'PBRICK_TESTS:BOOL=OFF' "$b/CMakeCache.txt"
+  grep -qF "command = $clang " "$b/CMakeFiles/rules.ninja"
+  run build_tree "$b" -DCMAKE_CXX_COMPILER="$clang" -DCMAKE_BUILD_TYPE=Debug -DPBRICK_TESTS=OFF -- rebuild_cache
+  assert_success
+  refute_output --partial "reconfiguring"
+}
