@@ -307,7 +307,7 @@ bricks:
     host: ${TARGET%:*}
     port: $BRICK_PORT
     transport: $PBRICK_TRANSPORT
-    store: {path: "$BRICK_STORE", size: 1G}
+    store: {path: "$BRICK_STORE", size: $BRICK_STORE_SIZE}
     nic: {netdev: eth0, rdma_device: rxe0, ddio: $([ "$PERSISTENCE" = sync-read ] && echo off || echo unmanaged)}
     persistence: $PERSISTENCE
 volumes:
