@@ -394,6 +394,12 @@ struct UnixSocketDir {
     EXPECT_TRUE(e.ok());
     return e.ok() ? *e : Endpoint{};
   }
+  // A brick's options with this socket as its address.
+  ServerOptions server_options() const {
+    ServerOptions so;
+    so.listen = endpoint();
+    return so;
+  }
   std::string dir;
 };
 
@@ -449,8 +455,7 @@ TEST(ServerListen, AUnixSocketIsForTheTcpTransportOnly) {
   UnixSocketDir d;
   auto store = Store::Open(make_memory_region(16 * kMiB), {});
   ASSERT_TRUE(store.ok());
-  ServerOptions so;
-  so.listen = d.endpoint();
+  ServerOptions so = d.server_options();
   so.transport = Transport::kRdma;
   auto server = Server::Create(**store, so);
   ASSERT_FALSE(server.ok());
@@ -474,8 +479,7 @@ TEST(ServerListen, AUnixSocketReplacesOnlyADeadBricksSocket) {
   UnixSocketDir d;
   auto store = Store::Open(make_memory_region(16 * kMiB), {});
   ASSERT_TRUE(store.ok());
-  ServerOptions so;
-  so.listen = d.endpoint();
+  ServerOptions so = d.server_options();
   {
     // Bound and closed without unlinking: what kill -9 leaves.
     UniqueFd dead(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
