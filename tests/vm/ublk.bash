@@ -10,8 +10,8 @@ setup() {
   require_vm
   [ -c /dev/ublk-control ] || skip "no /dev/ublk-control"
   PERSISTENCE=${PBRICK_PERSISTENCE:-sync-read}
-  # A file on the scratch disk (/var/tmp): the guest's /tmp tmpfs cannot hold
-  # a 1G store. Over RDMA the store must be memory the kernel lets a NIC write
+  # A file on the scratch disk (/var/tmp), not in the guest's small /tmp
+  # tmpfs. Over RDMA the store must be memory the kernel lets a NIC write
   # (tmpfs: /dev/shm, or devdax), not a file on a disk filesystem. Or the
   # emulated NVDIMM (PBRICK_VM_STORE). 256M holds what any test here writes
   # (a 1G thin volume takes only the blocks written); a file in /dev/shm is
