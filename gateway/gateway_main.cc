@@ -87,7 +87,7 @@ constexpr const char* kUsage =
     "  --read-only             share the volume with its writer, never write; without it\n"
     "                          the attach holds the volume alone (EBUSY naming the holder\n"
     "                          when another attach has it)\n"
-    "  -q, --queues N          hardware queues, one thread each (default 1)\n"
+    "  -q, --queues N          hardware queues, one thread each (default 1; at most one per CPU)\n"
     "  --pin-queues            run each queue's thread only on the CPUs whose requests\n"
     "                          go to its queue (default: wherever the scheduler puts it)\n"
     "  --poll-us N             while a queue has I/O in flight to a brick, check for the\n"
@@ -496,6 +496,14 @@ int attach_main(int argc, char** argv) {
   Status st = ctrl->add_dev(&info);
   if (!st) return fail(st.error());
   uint32_t id = info.dev_id;
+  // ADD_DEV answers with the device the kernel made, which may have fewer
+  // queues than asked: ublk gives a device at most one per CPU. Serving the
+  // queues asked for would fail on the first one it lacks.
+  if (info.nr_hw_queues != *p.queues) {
+    PBRICK_LOG_NOTICE("--queues %u: the kernel gave /dev/ublkb%u %u (at most one per CPU); serving %u", *p.queues, id,
+                      info.nr_hw_queues, info.nr_hw_queues);
+    p.queues = info.nr_hw_queues;
+  }
   auto cleanup = [&] {
     s.queues.clear();
     s.cdev.reset();

@@ -120,6 +120,31 @@ fio_verify() {
   gw_detach
 }
 
+# ublk gives a device at most one queue per CPU and says so only in ADD_DEV's
+# answer: asked for more, the gateway serves the queues the device has.
+@test "ublk: --queues above the CPU count: the device's one queue per CPU are served, and the gateway says so" {
+  brick_up
+  local cpus
+  cpus=$(nproc)
+  gw_attach --size 64M -q $((cpus + 2)) -d 8
+  assert_equal "$(ls /sys/block/${DEV#/dev/}/mq | wc -l)" "$cpus"
+  assert_equal "$(grep -l '^pbrick-q' /proc/"$GW_PID"/task/*/comm | wc -l)" "$cpus"
+  grep -q -- "--queues $((cpus + 2)): the kernel gave $DEV $cpus (at most one per CPU); serving $cpus" \
+    "$BATS_TEST_TMPDIR/gw.log" || fail "no notice of the queue count: $(cat "$BATS_TEST_TMPDIR/gw.log")"
+  run "$GW_BIN" list
+  assert_line --regexp "^${DEV#/dev/ublkb} +live +$cpus +8 +$GW_PID\$"
+  # Every queue carries I/O: one 4 KiB direct write and read per CPU.
+  head -c 1M /dev/urandom >"$BATS_TEST_TMPDIR/data"
+  local c
+  for c in $(seq 0 $((cpus - 1))); do
+    taskset -c "$c" dd if="$BATS_TEST_TMPDIR/data" of="$DEV" bs=4k count=1 skip="$c" seek="$c" oflag=direct \
+      conv=notrunc status=none
+  done
+  cmp -n $((cpus * 4096)) "$BATS_TEST_TMPDIR/data" <(dd if="$DEV" bs=4k count="$cpus" iflag=direct status=none)
+  gw_detach
+  [ -z "$(dmesg_problems)" ]
+}
+
 # A FLUSH after a lone write finds it synced by the sync chained to it
 # (volume_io.h SyncChaining): over RDMA with sync-read (a READ the brick's CPU
 # never sees) and, since fio flushes after every write, over TCP and with rpc
