@@ -6,6 +6,8 @@
 
 load '/usr/lib/bats/bats-support/load.bash'
 load '/usr/lib/bats/bats-assert/load.bash'
+# Failure locations from the ERR trap instead of bats's trap before every command.
+load "${BASH_SOURCE[0]%/*}/../bats/failure_trace"
 
 : "${PBRICK_BIN_DIR:?PBRICK_BIN_DIR must point at the build directory}"
 TARGET_BIN="$PBRICK_BIN_DIR/target/pbrick-target"
