@@ -98,3 +98,35 @@ XML
   assert_failure
   assert_output --partial "ctest wrote no readable results"
 }
+
+@test "run_ctest: a real ctest's passes, failures, unrunnable tests and empty trees, each in its row" {
+  requires cmake ctest
+  local src=$BATS_TEST_TMPDIR/src
+  mkdir -p "$src"
+  cat >"$src/CMakeLists.txt" <<'CMAKE'
+cmake_minimum_required(VERSION 3.16)
+project(tap_test NONE)
+enable_testing()
+add_test(NAME passes COMMAND true)
+add_test(NAME fails COMMAND false)
+add_test(NAME missing COMMAND /nonexistent/program)
+add_test(NAME skips COMMAND sh -c "exit 77")
+set_tests_properties(skips PROPERTIES SKIP_RETURN_CODE 77)
+CMAKE
+  cmake -S "$src" -B "$BATS_TEST_TMPDIR/tree" >/dev/null
+  # scripts/test runs without errexit (so here behind ||): ctest exits
+  # non-zero, and the row counts what its results say.
+  run_ctest unit "$BATS_TEST_TMPDIR/tree" "$SECONDS" >"$BATS_TEST_TMPDIR/ctest.out" || fail "run_ctest failed"
+  [ "$(cat "$results/counts")" = "1 3 0" ] || fail "counted $(cat "$results/counts")"
+  grep -qx 'unit: missing: Unable to find executable' "$results/skipped-failed"
+  grep -qx 'unit: skips: SKIP_RETURN_CODE=77' "$results/skipped-failed"
+  # A tree without tests, and a directory that is no tree: failures, saying so.
+  sed -i '/add_test\|set_tests_properties/d' "$src/CMakeLists.txt"
+  cmake -S "$src" -B "$BATS_TEST_TMPDIR/empty" >/dev/null
+  run_ctest sanitize "$BATS_TEST_TMPDIR/empty" "$SECONDS" >/dev/null || fail "run_ctest failed"
+  [ "$(sed -n 2p "$results/counts")" = "0 1 0" ]
+  grep -E '^sanitize +0 +1 +0 +0m0[0-9]s  ctest found no tests' "$results/rows" || fail "rows: $(cat "$results/rows")"
+  run_ctest fuzz "$BATS_TEST_TMPDIR/nothing-here" "$SECONDS" >/dev/null 2>&1 || fail "run_ctest failed"
+  [ "$(sed -n 3p "$results/counts")" = "0 1 0" ]
+  grep -E '^fuzz +0 +1 +0 +0m0[0-9]s  ctest did not report a result$' "$results/rows" || fail "rows: $(cat "$results/rows")"
+}
