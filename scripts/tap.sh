@@ -29,6 +29,7 @@
 #   rows              the summary's rows
 #   skipped-inherent  "LABEL: TEST: REASON" for each skip that is allowed
 #   skipped-failed    the same for each skip counted as a failure
+#   finished          each function run_lane ran to its end
 tap_passed=0 tap_failed=0 tap_skipped=0 tap_note=
 
 duration() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
@@ -46,6 +47,30 @@ record() {
 record_failure() {
   tap_passed=0 tap_failed=1 tap_skipped=0
   record "$1" "$2" "$3"
+}
+
+# run_lane NAME FUNCTION...: the functions in order, every output line
+# prefixed with "NAME| " (scripts/test runs its lanes at once). Each function
+# that returns is listed in $results/finished; one that does not (it, or a
+# function before it, exited the lane) is not, and record_unfinished gives it
+# a failed row.
+run_lane() {
+  local name=$1 f
+  shift
+  for f in "$@"; do
+    "$f"
+    echo "$f" >>"$results/finished"
+  done 2>&1 | sed -u "s/^/$name| /"
+}
+
+# record_unfinished FUNCTION...: a failed row, labelled with the function's
+# name less "tier_", for each FUNCTION run_lane did not list as finished.
+record_unfinished() {
+  local f
+  for f in "$@"; do
+    grep -qx "$f" "$results/finished" 2>/dev/null ||
+      record_failure "${f#tier_}" "$SECONDS" "did not finish: its lane exited under it"
+  done
 }
 
 # tally_tap LABEL TAP_FILE: counts the results in TAP_FILE (see above); lists

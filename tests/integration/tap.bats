@@ -130,3 +130,21 @@ CMAKE
   [ "$(sed -n 3p "$results/counts")" = "0 1 0" ]
   grep -E '^fuzz +0 +1 +0 +0m0[0-9]s  ctest did not report a result$' "$results/rows" || fail "rows: $(cat "$results/rows")"
 }
+
+@test "run_lane: a tier that exits its lane, and those after it, are failed rows, not missing ones" {
+  tier_passes() { echo "one"; echo "two" >&2; }
+  tier_exits() { echo "about to exit"; exit 3; }
+  tier_pass() { echo "never printed"; } # a name inside a finished one's
+  run run_lane units tier_passes tier_exits tier_pass
+  assert_success
+  # Every line, stderr too, carries the lane's name.
+  assert_output "$(printf '%s\n' 'units| one' 'units| two' 'units| about to exit')"
+  assert_equal "$(cat "$results/finished")" tier_passes
+  record_unfinished tier_passes tier_exits tier_pass system_vm_runs
+  [ "$(cat "$results/counts")" = "$(printf '%s\n' '0 1 0' '0 1 0' '0 1 0')" ] || fail "counted $(cat "$results/counts")"
+  local rows
+  rows=$(sed -E 's/ +/ /g' "$results/rows")
+  assert_equal "$rows" "$(printf '%s\n' 'exits 0 1 0 0m00s did not finish: its lane exited under it' \
+    'pass 0 1 0 0m00s did not finish: its lane exited under it' \
+    'system_vm_runs 0 1 0 0m00s did not finish: its lane exited under it')"
+}
