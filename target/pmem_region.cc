@@ -258,9 +258,16 @@ bool supports_map_sync(const std::string& path) {
   return true;
 }
 
-std::string pmem_error() {
+// libpmem's message for a failure with errno `errnum`, less the
+// ": strerror(errnum)" libpmem ends it with: Error::message() adds that once.
+std::string pmem_error(int errnum) {
   const char* msg = pmem_errormsg();
-  return msg != nullptr && *msg != '\0' ? msg : std::strerror(errno);
+  std::string text = msg != nullptr ? msg : "";
+  const std::string tail = std::string(": ") + std::strerror(errnum);
+  if (text.size() >= tail.size() && text.compare(text.size() - tail.size(), tail.size(), tail) == 0) {
+    text.resize(text.size() - tail.size());
+  }
+  return text;
 }
 
 }  // namespace
@@ -325,7 +332,8 @@ Result<std::unique_ptr<PmemRegion>> open_pmem_region(const RegionOptions& option
   }
   if (addr == nullptr) {
     int err = errno != 0 ? errno : EIO;
-    return Error(err, "map store " + path + ": " + pmem_error());
+    std::string detail = pmem_error(err);
+    return Error(err, "map store " + path + (detail.empty() ? "" : ": " + detail));
   }
   auto* base = static_cast<uint8_t*>(addr);
 

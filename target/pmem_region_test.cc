@@ -10,6 +10,7 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -58,6 +59,22 @@ TEST(PmemRegionTest, AFileOnADiskFileSystemNeedsItsFdatasync) {
   std::string path = fresh_path(".");
   ASSERT_FALSE(path.empty());
   EXPECT_FALSE(opens_with_nothing_to_write_back(path));
+}
+
+// A store that cannot be mapped names the path and says why once: libpmem's
+// message ends with the errno's text, which Error::message() adds again.
+TEST(PmemRegionTest, AStoreInAMissingDirectoryNamesThePathAndTheErrnoOnce) {
+  const std::string dir = ::testing::TempDir() + "pbrick-region-test-missing-dir";
+  std::filesystem::remove_all(dir);
+  const std::string path = dir + "/store";
+  auto region = open_pmem_region(RegionOptions{path, 4 * kBlockSize, true});
+  ASSERT_FALSE(region.ok());
+  EXPECT_EQ(region.error().errnum(), ENOENT);
+  const std::string message = region.error().message();
+  EXPECT_EQ(message.rfind("map store " + path + ": ", 0), 0u) << message;
+  const std::string why = std::strerror(ENOENT);
+  EXPECT_EQ(message.find(why), message.rfind(why)) << message;
+  EXPECT_TRUE(message.ends_with(": " + why + " (ENOENT)")) << message;
 }
 
 TEST(PmemRegionTest, AMemoryRegionForTestsIsNotTakenForAMemoryFileSystem) {
