@@ -381,6 +381,14 @@ void print_handle(uint64_t vaddr, const proto::MapReply& h) {
   std::fflush(stdout);
 }
 
+// An error reply carries an errno and no text (docs/protocol.md, 3.1): an
+// EINVAL for an address inside a block (a block is named by its first byte)
+// gets the rule it broke.
+Error explain_addr(const Error& e, uint64_t vaddr) {
+  if (e.errnum() != EINVAL || vaddr % proto::kBlockSize == 0) return e;
+  return Error(EINVAL, e.context() + ": ADDR must be a multiple of the " + format_size(proto::kBlockSize) + " block");
+}
+
 int cmd_map(BrickClient& client, const std::vector<std::string>& args) {
   uint32_t flags = proto::kMapWrite;
   bool hold = false;
@@ -396,7 +404,7 @@ int cmd_map(BrickClient& client, const std::vector<std::string>& args) {
   auto vaddr = parse_u64(pos[0], "ADDR");
   if (!vaddr) return usage_error(vaddr.error().context());
   auto h = client.map(*vaddr, flags);
-  if (!h) return fail(h.error());
+  if (!h) return fail(explain_addr(h.error(), *vaddr));
   print_handle(*vaddr, *h);
   if (hold) {
     // Keep the connection (and with it the mapping) until stdin reaches EOF or
@@ -548,7 +556,7 @@ int cmd_addr(BrickClient& client, const std::vector<std::string>& args) {
   auto vaddr = parse_u64(args[1], "ADDR");
   if (!vaddr) return usage_error(vaddr.error().context());
   Status st = args[0] == "alloc" ? client.alloc(*vaddr) : args[0] == "free" ? client.free(*vaddr) : client.unmap(*vaddr);
-  if (!st) return fail(st.error());
+  if (!st) return fail(explain_addr(st.error(), *vaddr));
   if (g_json) std::printf("{\"%s\":\"%s\",\"ok\":true}\n", args[0].c_str(), format_hex(*vaddr).c_str());
   return 0;
 }
