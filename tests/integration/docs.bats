@@ -1,6 +1,7 @@
 #!/usr/bin/env bats
 # The docs name the tests that check their claims (docs/persistence.md: every
 # durability claim) and files of the tree; doc_refs.py finds each of them.
+# The man pages (docs/man) and each program's --help name the same options.
 
 load helpers
 
@@ -50,4 +51,45 @@ DOC
     "$doc:9: no file target/pbrick-gateway" \
     "$doc:9: no file docs/missing.md" \
     "15 references, 9 not found")"
+}
+
+# long_options FILE: the --options FILE names, one per line, sorted, without
+# --help (which not every page lists). man_options leaves out a man page's
+# example blocks (.EX/.EE) and lines about other programs, whose options
+# (systemctl --now, dpkg --purge) are not the page's own.
+long_options() {
+  grep -oE -- '--[a-z][a-z0-9-]*' "$1" | grep -vx -- --help | sort -u
+}
+man_options() {
+  awk '/^\.EX/ {example = 1} /^\.EE/ {example = 0; next} !example' "$1" |
+    grep -vE 'systemctl|journalctl|dpkg' | sed 's/\\-/-/g; s/\\f[BIRP]//g' >"$BATS_TEST_TMPDIR/page"
+  long_options "$BATS_TEST_TMPDIR/page"
+}
+
+@test "docs: each program's man page names the options its --help names, and no others" {
+  local prog name help man
+  for prog in target/pbrick-target gateway/pbrick-gateway ctl/pbrickctl; do
+    name=${prog#*/}
+    "$PBRICK_BIN_DIR/$prog" --help >"$BATS_TEST_TMPDIR/$name.help" || fail "$name --help exited $?"
+    help=$(long_options "$BATS_TEST_TMPDIR/$name.help")
+    man=$(man_options "$root/docs/man/$name.8")
+    (($(wc -l <<<"$help") >= 10)) || fail "$name --help names only: $help"
+    [ "$man" = "$help" ] || fail "$name: only in --help: $(comm -23 <(echo "$help") <(echo "$man") | xargs);" \
+      "only in docs/man/$name.8: $(comm -13 <(echo "$help") <(echo "$man") | xargs)"
+  done
+}
+
+@test "docs: every long option pbrick-target and pbrick-gateway accept is in their --help" {
+  local src prog accepted help
+  for src in target/main.cc:target/pbrick-target gateway/gateway_main.cc:gateway/pbrick-gateway; do
+    prog=${src#*:}
+    # The getopt_long tables: {"name", required_argument, ...}.
+    accepted=$(grep -oE '\{"[a-z][a-z0-9-]*", *(no|required|optional)_argument' "$root/${src%%:*}" |
+      sed -E 's/^\{"([^"]+)".*/--\1/' | grep -vx -- --help | sort -u)
+    (($(wc -l <<<"$accepted") >= 10)) || fail "${src%%:*}: read only: $accepted"
+    "$PBRICK_BIN_DIR/$prog" --help >"$BATS_TEST_TMPDIR/help"
+    help=$(long_options "$BATS_TEST_TMPDIR/help")
+    [ -z "$(comm -23 <(echo "$accepted") <(echo "$help"))" ] ||
+      fail "$prog accepts, and its --help does not name: $(comm -23 <(echo "$accepted") <(echo "$help") | xargs)"
+  done
 }
