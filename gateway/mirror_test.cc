@@ -501,6 +501,66 @@ TEST_F(MirrorTest, AReattachKeepsAStaleCopyStaleUntilItsResync) {
   EXPECT_EQ(crc32c(back.data(), back.size()), crc32c(data.data(), data.size()));
 }
 
+// Two of three copies go stale; a write reaches only brick 1, whose bitmap
+// records it. Brick 0 comes back and is resynced while brick 2 is still
+// away: brick 0, in sync again, must hold that bit too, since the next
+// attachment may take the bitmap from it alone (here: the first in-sync
+// brick). Otherwise brick 2's resync skips the block and brick 2, called in
+// sync, serves its old bytes.
+TEST_F(MirrorTest, ABrickBackInSyncHoldsTheMissesOfACopyStillStale) {
+  start_bricks(3);
+  VolumeOptions vo = options(3, 12 * kMiB);
+  vo.leg_timeout_ms = 300;
+  vo.io_timeout_ms = 3000;
+  PBRICK_ASSERT_OK(open(vo));
+  const uint64_t blocks = engine_->volume().block_count();
+  auto data = random_data(blocks * kBlock, 41);
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));
+  PBRICK_ASSERT_OK(engine_->flush());
+
+  bricks_[0]->stop();
+  bricks_[2]->stop();
+  const uint64_t missed = 3;
+  auto more = random_data(8192, 42);
+  PBRICK_ASSERT_OK(engine_->write(more.data(), more.size(), missed * kBlock + 4096, false));
+  PBRICK_ASSERT_OK(engine_->flush());
+  std::memcpy(data.data() + missed * kBlock + 4096, more.data(), more.size());
+  ASSERT_EQ(engine_->volume().mirror()->state(0), CopyState::kStale);
+  ASSERT_EQ(engine_->volume().mirror()->state(2), CopyState::kStale);
+
+  PBRICK_ASSERT_OK(bricks_[0]->start());
+  engine_->resync()->poke();
+  ASSERT_TRUE(wait_in_sync(engine_->volume(), 0)) << "brick 0 never came back in sync";
+  ASSERT_EQ(engine_->volume().mirror()->state(2), CopyState::kStale);
+  engine_.reset();
+
+  for (uint32_t b : {0u, 1u}) {
+    auto l = label_on(*bricks_[b]);
+    PBRICK_ASSERT_OK(l);
+    EXPECT_EQ(l->label.bricks[0].stale_since, 0u) << "brick " << b;
+    EXPECT_NE(l->label.bricks[2].stale_since, 0u) << "brick " << b;
+    EXPECT_EQ((l->dirty[missed / 8] >> (missed % 8)) & 1, 1) << "brick " << b << "'s bitmap lacks block " << missed;
+  }
+
+  PBRICK_ASSERT_OK(bricks_[2]->start());
+  auto volume = Volume::Open(vo);
+  PBRICK_ASSERT_OK(volume);
+  EXPECT_EQ((*volume)->mirror()->state(2), CopyState::kStale);
+  EXPECT_TRUE((*volume)->dirty(missed));
+  auto engine = Engine::Start(std::move(*volume), {.queues = 1, .depth = 8});
+  PBRICK_ASSERT_OK(engine);
+  engine_ = std::move(*engine);
+  ASSERT_TRUE(wait_in_sync(engine_->volume(), 2)) << "brick 2 never came back in sync";
+  // Brick 2 alone: every read is its copy.
+  bricks_[0]->stop();
+  bricks_[1]->stop();
+  std::vector<uint8_t> back(data.size());
+  PBRICK_ASSERT_OK(engine_->read(back.data(), back.size(), 0));
+  EXPECT_EQ(crc32c(back.data() + missed * kBlock, kBlock), crc32c(data.data() + missed * kBlock, kBlock))
+      << "brick 2 serves block " << missed << " as it was before it went stale";
+  EXPECT_EQ(crc32c(back.data(), back.size()), crc32c(data.data(), data.size()));
+}
+
 // Reads of a 2-copy mirror while brick 1 is down and nothing is written (so
 // it stays in sync): the first read that meets it moves to brick 0, and the
 // reads after it leave brick 1 alone instead of each waiting the leg timeout

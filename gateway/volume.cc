@@ -461,14 +461,27 @@ Status Volume::load_mirror_state() {
       })) {
     return Status::Ok();  // nothing is stale: the bitmap is clear
   }
-  // The dirty bits recorded so far, so later ones are added to them.
-  Brick& brick = *bricks_[source];
-  std::lock_guard lock(brick.control_mu);
-  auto bytes = VolumeClaim::read_dirty(ClaimBrick{brick.control.get(), brick_name(source), options_.base},
-                                       (block_count_ + 7) / 8);
-  if (!bytes) return bytes.error().wrap("volume open: dirty bitmap on brick " + brick_name(source));
-  for (uint64_t i = 0; i < block_count_; i++) {
-    if (((*bytes)[i / 8] >> (i % 8)) & 1) dirty_[i / 64].fetch_or(1ull << (i % 64), std::memory_order_relaxed);
+  // The dirty bits recorded so far, so later ones are added to them: the
+  // source's, and those of every other reachable in-sync brick (a brick that
+  // a gateway before finish_resync wrote the whole bitmap to may hold fewer
+  // than the others; a bit too many only makes a resync copy more).
+  for (uint32_t b = static_cast<uint32_t>(source); b < brick_count(); b++) {
+    Brick& brick = *bricks_[b];
+    if (l.bricks[b].stale_since != 0 || !brick.control) continue;
+    std::lock_guard lock(brick.control_mu);
+    auto bytes = VolumeClaim::read_dirty(ClaimBrick{brick.control.get(), brick_name(b), options_.base},
+                                         (block_count_ + 7) / 8);
+    if (!bytes && b == static_cast<uint32_t>(source)) {
+      return bytes.error().wrap("volume open: dirty bitmap on brick " + brick_name(b));
+    }
+    if (!bytes) {
+      PBRICK_LOG_WARN("volume open: dirty bitmap on brick %s: %s (the other in-sync bricks' are used)",
+                      brick_name(b).c_str(), bytes.error().message().c_str());
+      continue;
+    }
+    for (uint64_t i = 0; i < block_count_; i++) {
+      if (((*bytes)[i / 8] >> (i % 8)) & 1) dirty_[i / 64].fetch_or(1ull << (i % 64), std::memory_order_relaxed);
+    }
   }
   return Status::Ok();
 }
@@ -556,10 +569,7 @@ Result<uint64_t> Volume::dirty_all_of(uint32_t b) {
       blocks++;
     }
   }
-  std::vector<uint8_t> bits((block_count_ + 7) / 8, 0);
-  for (uint64_t i = 0; i < block_count_; i++) {
-    if (dirty(i)) bits[i / 8] = static_cast<uint8_t>(bits[i / 8] | (1u << (i % 8)));
-  }
+  const std::vector<uint8_t> bits = dirty_bitmap();
   for (uint32_t s = 0; s < brick_count(); s++) {
     if (!mirror_->in_sync(s) || s == b) continue;
     std::lock_guard lock(bricks_[s]->control_mu);
@@ -644,6 +654,22 @@ void Volume::abort_resync(uint32_t b, const std::string& why) {
 Status Volume::finish_resync(uint32_t b) {
   std::lock_guard label_lock(label_mu_);
   if (mirror_->state(b) != CopyState::kResyncing) return Error(ECANCELED, "resync of brick " + brick_name(b) + " stopped");
+  // While another copy stays stale, the brick joining must hold its misses
+  // before a label says it is in sync: an in-sync brick's bitmap is the one
+  // the next attachment may read alone (load_mirror_state), and the bits set
+  // while this brick was away were written to the others only. label_mu_
+  // keeps new bits out meanwhile (mark_dirty_locked).
+  bool other_stale = false;
+  for (uint32_t s = 0; s < brick_count(); s++) other_stale = other_stale || (s != b && !mirror_->in_sync(s));
+  if (other_stale) {
+    const std::vector<uint8_t> bits = dirty_bitmap();
+    std::lock_guard lock(bricks_[b]->control_mu);
+    auto r = with_control(b, [&](BrickClient& c) -> Result<bool> {
+      PBRICK_TRY(VolumeClaim::write_dirty(ClaimBrick{&c, brick_name(b), options_.base}, bits));
+      return true;
+    });
+    if (!r) return r.error().wrap("brick " + brick_name(b) + ": recording the misses of the copies still stale");
+  }
   auto joined = write_label_set({}, b, std::nullopt);
   if (!joined) return joined.error();
   if (!*joined) return Error(EIO, "brick " + brick_name(b) + " could not take the label that says it is in sync");
@@ -742,6 +768,14 @@ Result<bool> Volume::record_miss(uint64_t block, uint32_t brick) {
   if (mirror_->state(brick) != CopyState::kStale) return false;
   PBRICK_TRY(mark_dirty_locked(block));
   return true;
+}
+
+std::vector<uint8_t> Volume::dirty_bitmap() const {
+  std::vector<uint8_t> bits((block_count_ + 7) / 8, 0);
+  for (uint64_t i = 0; i < block_count_; i++) {
+    if (dirty(i)) bits[i / 8] = static_cast<uint8_t>(bits[i / 8] | (1u << (i % 8)));
+  }
+  return bits;
 }
 
 std::vector<bool> Volume::dirty_blocks() const {

@@ -291,6 +291,8 @@ class Volume {
   Result<uint64_t> dirty_all_of(uint32_t brick);
   // With label_mu_ held: mark_dirty's work.
   Status mark_dirty_locked(uint64_t block);
+  // The dirty bits as the label block stores them (byte i / 8, bit i % 8).
+  std::vector<uint8_t> dirty_bitmap() const;
   uint64_t mapped_count(uint32_t brick) const;
 
   VolumeOptions options_;
