@@ -253,7 +253,7 @@ int pbrick_extents(void*, uint32_t count, uint64_t offset, uint32_t flags, struc
   for (uint64_t pos = offset; pos < end;) {
     uint64_t block = pos / proto::kBlockSize;
     uint64_t next = std::min(v.size(), (block + 1) * proto::kBlockSize);
-    uint32_t type = v.allocated(block) ? 0 : (NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO);
+    uint32_t type = v.block_allocated(block) ? 0 : (NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO);
     if (nbdkit_add_extent(extents, pos, next - pos, type) == -1) return -1;
     if ((flags & NBDKIT_FLAG_REQ_ONE) != 0) break;
     pos = next;

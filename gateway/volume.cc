@@ -355,6 +355,13 @@ bool Volume::allocated(uint64_t index) const {
   return (allocated_[index / 64].load(std::memory_order_acquire) >> (index % 64)) & 1;
 }
 
+bool Volume::block_allocated(uint64_t block) const {
+  for (uint32_t j = 0; j < placement_.copies; j++) {
+    if (allocated(placement_.unit(block, j))) return true;
+  }
+  return false;
+}
+
 std::optional<BlockHandle> Volume::cached(uint64_t index) const {
   std::shared_lock lock(handles_mu_);
   const BlockHandle& h = handles_[index];

@@ -143,9 +143,12 @@ class Volume {
 
   // The cached handle of a block, if it is mapped; marks it used (LRU).
   std::optional<BlockHandle> cached(uint64_t index) const;
-  // Whether the brick holds the block (reads of other blocks return zeros
+  // Whether the brick holds unit `index` (reads of other units return zeros
   // without a network round trip).
   bool allocated(uint64_t index) const;
+  // Whether volume block `block` may hold data: a copy of it is allocated
+  // (a mirror's block i is units placement().unit(i, j), not unit i).
+  bool block_allocated(uint64_t block) const;
 
   // Maps the block, allocating it first when `for_write` (thin provisioning).
   // For a read of a block that is not allocated: ENOENT. Retries through

@@ -94,6 +94,27 @@ sums_of() {
   assert_twin_copies "$T0" "$T1" 16
 }
 
+@test "mirror: extents report the blocks written as data, the others as holes; nbdcopy keeps every byte" {
+  requires nbdcopy
+  start_bricks 2
+  start_nbd target="$T0,$T1" layout=mirror copies=2 size=16M
+  # Block 2 ([4M, 6M)) and block 5: on a mirror the copies of block i are
+  # not unit i of the allocation map.
+  run qio "write -P 0x6b $((2 * M2)) 64k" "write -P 0x6c $((5 * M2 + 4096)) 4096" flush
+  assert_qio_ok
+  run nbdinfo --map=base:allocation "$NBD_URI"
+  assert_success
+  # "OFFSET LENGTH TYPE DESCRIPTION", adjacent extents of one type merged.
+  assert_equal "$(awk '{print $1, $2, $3}' <<<"$output")" "$(printf '%s\n' "0 $((2 * M2)) 3" \
+    "$((2 * M2)) $M2 0" "$((3 * M2)) $((2 * M2)) 3" "$((5 * M2)) $M2 0" "$((6 * M2)) $((2 * M2)) 3")"
+  nbdcopy "$NBD_URI" "$BATS_TEST_TMPDIR/copy.img"
+  assert_equal "$(sha256sum <"$BATS_TEST_TMPDIR/copy.img")" "$(nbdcopy "$NBD_URI" - | sha256sum)"
+  run qemu-io -f raw -r -c "read -P 0x6b $((2 * M2)) 64k" -c "read -P 0x6c $((5 * M2 + 4096)) 4096" \
+    "$BATS_TEST_TMPDIR/copy.img"
+  assert_success
+  refute_output --partial "fail"
+}
+
 @test "mirror over 3 bricks, 2 copies: each copy lands where the layout says" {
   start_bricks 3
   start_nbd target="$T0,$T1,$T2" layout=mirror size=64M base=0x40000000
