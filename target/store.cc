@@ -195,6 +195,15 @@ Result<std::unique_ptr<Store>> Store::Open(std::unique_ptr<PmemRegion> region,
   bool slow_formatted = false;
   if (slow_region) {
     const bool slow_blank = all_zero(slow_region->base(), std::min<uint64_t>(slow_region->size(), kSuperblockSize));
+    // A store that has had a slow tier keeps map entries there (the map spans
+    // both), for blocks on either tier: a blank one in its place (a lost disk,
+    // a wrong path) would make them vanish and their fast slots look free.
+    // Refused before anything is formatted. (A pending flag: the slow tier was
+    // being attached when the brick stopped, and may never have been written.)
+    if (slow_blank && store->has_slow_flag_ && !store->slow_flag_pending_ && !options.force_format) {
+      return corrupt("the store has a slow tier (superblock flag), but the slow tier given is blank: the blocks "
+                     "and map entries on its own would be lost; give the brick its own slow tier");
+    }
     SlowTierOpenOptions slow_options;
     slow_options.force_format = options.force_format;
     slow_options.format_if_blank = options.format_if_blank;

@@ -174,6 +174,30 @@ TEST(SlowTier, RefusesToOpenWithoutTheSlowTierItsBlocksAreOn) {
   EXPECT_NE(blank.error().message().find("blank"), std::string::npos) << blank.error().message();
 }
 
+// The map spans both tiers: with the fast map's entries used up, a block's
+// entry is in the slow tier's map whichever tier holds its data. A blank
+// slow tier in place of the store's own is refused, and left blank, even
+// when no block's data is on the slow tier.
+TEST(SlowTier, RefusesABlankSlowTierInPlaceOfItsOwn) {
+  Images im;
+  {
+    auto s = open(im);
+    ASSERT_TRUE(s);
+    for (int i = 0; i < 4; ++i) ASSERT_TRUE((*s)->alloc(va(i))) << i;  // 3 fast slots: entry 3 in the slow map
+    ASSERT_TRUE((*s)->free(va(3)));
+    ASSERT_TRUE((*s)->free(va(0)));
+    ASSERT_TRUE((*s)->alloc(va(5)));  // the free fast slot, through map entry 0 or 3
+    ASSERT_TRUE((*s)->alloc(va(6)));
+    for (int i : {1, 2, 5, 6}) ASSERT_TRUE((*s)->tier_of(va(i))) << i;
+  }
+  std::fill(im.slow.begin(), im.slow.end(), 0);
+  auto blank = open(im);
+  ASSERT_FALSE(blank);
+  EXPECT_EQ(blank.error().errnum(), EUCLEAN);
+  EXPECT_NE(blank.error().message().find("the slow tier given is blank"), std::string::npos) << blank.error().message();
+  EXPECT_TRUE(std::all_of(im.slow.begin(), im.slow.end(), [](uint8_t b) { return b == 0; })) << "formatted anyway";
+}
+
 // Attaching a slow tier sets a superblock flag with two stores (checksum, then
 // flag word): a crash between them leaves a store that still opens, as having
 // the flag, and only with its slow tier.

@@ -43,6 +43,12 @@ slow_args() { echo "--slow-store $BATS_TEST_TMPDIR/$1.slow --slow-size $2"; }
   run "$TARGET_BIN" --store "$(store_dir)/a.store" --size 16M --listen 127.0.0.1:0
   assert_failure 1
   assert_output --partial "the store has a slow tier (superblock flag)"
+  # a given a new, blank slow tier (its own lost): refused, and left blank.
+  run "$TARGET_BIN" --store "$(store_dir)/a.store" --size 16M --slow-store "$BATS_TEST_TMPDIR/new.slow" \
+    --slow-size 64M --listen 127.0.0.1:0
+  assert_failure 1
+  assert_output --partial "the slow tier given is blank"
+  cmp -n $((64 << 20)) "$BATS_TEST_TMPDIR/new.slow" /dev/zero
   # --slow-size alone is a usage error.
   run "$TARGET_BIN" --store "$(store_dir)/a.store" --size 16M --slow-size 64M --listen 127.0.0.1:0
   assert_failure 2
