@@ -242,7 +242,10 @@ int pbrick_can_zero(void*) { return 1; }
 int pbrick_can_fua(void*) { return NBDKIT_FUA_NATIVE; }
 int pbrick_can_multi_conn(void*) { return 1; }
 
-int pbrick_can_extents(void*) { return 1; }
+// Not on a read-only attachment: its allocation map is the one it learned at
+// attach, and its writer may have written holes since (nbdkit then reports
+// every block as data).
+int pbrick_can_extents(void*) { return g_config.read_only ? 0 : 1; }
 
 // Thin provisioning made visible: blocks the brick never allocated are holes
 // that read as zeros, so clients such as nbdcopy skip them. Answered from the

@@ -413,7 +413,11 @@ Result<BlockHandle> Volume::map_block(uint64_t index, bool for_write) {
   // Another thread may have mapped it while we waited for the lock.
   if (auto h = cached(index)) return *h;
   uint64_t vaddr = block_vaddr(index);
-  if (!for_write && !allocated(index)) return Error(ENOENT, "block " + format_hex(vaddr) + " not allocated");
+  // A read-only attachment shares the volume with a writer that allocates
+  // blocks after it learned the map: a clear bit means "ask the brick".
+  if (!for_write && !allocated(index) && !options_.read_only) {
+    return Error(ENOENT, "block " + format_hex(vaddr) + " not allocated");
+  }
   if (for_write && options_.read_only) return Error(EROFS, "volume attached read-only");
   if (options_.max_mapped != 0) {
     while (mapped_count(b) >= options_.max_mapped && unmap_lru(b)) {

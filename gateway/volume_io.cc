@@ -149,8 +149,12 @@ Result<size_t> queue_pieces(Volume& volume, std::span<IoPiece> pieces, PieceSink
     if (*stale) continue;
     uint32_t moves = 0;  // mirror: a read whose copy could not be mapped tries the others
   resolve:
-    if (!p.is_write && !volume.allocated(p.block)) {
-      std::memset(p.buf, 0, p.len);  // never written: zeros, no round trip
+    // Never written: zeros, no round trip. Not on a read-only attachment,
+    // whose map is the one it learned at attach (its writer may have written
+    // the block since): map_block asks the brick, and its ENOENT is zeros.
+    const bool unallocated = !volume.allocated(p.block);
+    if (!p.is_write && unallocated && !volume.options().read_only) {
+      std::memset(p.buf, 0, p.len);
       p.status = 0;
       continue;
     }
@@ -160,7 +164,10 @@ Result<size_t> queue_pieces(Volume& volume, std::span<IoPiece> pieces, PieceSink
       // fails must be marked stale and the piece moved to another copy
       // (leg_failed below), which the mapper's all-or-nothing outcome per
       // request cannot do.
-      if (mapper != nullptr && volume.copies() == 1 && mapper->park(p.request, p.block, p.is_write)) {
+      // (Not a read-only attachment's block it does not know allocated: the
+      // mapper's ENOENT would only send the piece here again.)
+      if (mapper != nullptr && volume.copies() == 1 && !(unallocated && volume.options().read_only) &&
+          mapper->park(p.request, p.block, p.is_write)) {
         return kWaitingForMap;
       }
       const MirrorState* mirror = volume.mirror();

@@ -36,7 +36,7 @@ brick_sums() {
 @test "label: a second writer gets EBUSY naming the holder; after kill -9 of the holder it attaches; readers share" {
   start_brick b
   start_nbd --name first name=vol1 size=8M
-  first=$NBD_PID
+  first=$NBD_PID writer_uri=$NBD_URI
   run qio "write -P 0x5a 0 3M" flush
   assert_qio_ok
   # The label block holds the committed label (magic, flags, name).
@@ -58,6 +58,18 @@ brick_sums() {
   run qemu-io -f raw -r -c "read -P 0x5a 0 3M" "$reader_uri"
   assert_success
   refute_output --partial 'Pattern verification failed'
+  # What the writer writes after the reader attached, in blocks the reader
+  # learned as never written, the reader reads once it is flushed; the rest
+  # of such blocks read as zeros; no extent is reported as a hole.
+  NBD_URI=$writer_uri run qio "write -P 0x6b 4M 64k" flush
+  assert_qio_ok
+  run qemu-io -f raw -r -c "read -P 0x6b 4M 64k" -c "read -P 0 $((4 * 1024 * 1024 + 65536)) 64k" \
+    -c "read -P 0 6M 2M" "$reader_uri"
+  assert_success
+  refute_output --partial 'Pattern verification failed'
+  run nbdinfo --map "$reader_uri"
+  assert_success
+  assert_equal "$(awk '{print $1, $2, $3}' <<<"$output")" "0 $((8 * 1024 * 1024)) 0"
   stop_nbd "$NBD_PID"
 
   kill -KILL "$first"
