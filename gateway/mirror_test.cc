@@ -561,6 +561,70 @@ TEST_F(MirrorTest, ABrickBackInSyncHoldsTheMissesOfACopyStillStale) {
   EXPECT_EQ(crc32c(back.data(), back.size()), crc32c(data.data(), data.size()));
 }
 
+// A read-only attachment shares the volume with its writer, whose labels and
+// copies they are: with a copy stale and its brick back, it reads the other
+// copy and resyncs nothing; attached degraded, it marks nothing stale on the
+// bricks. Labels and blocks stay as the writer left them.
+TEST_F(MirrorTest, AReadOnlyAttachmentNeitherResyncsNorMarksACopyStale) {
+  start_bricks(2);
+  VolumeOptions vo = options(2, 8 * kMiB);
+  vo.leg_timeout_ms = 300;
+  vo.io_timeout_ms = 3000;
+  PBRICK_ASSERT_OK(open(vo));
+  auto data = random_data(8 * kMiB, 51);
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));
+  PBRICK_ASSERT_OK(engine_->flush());
+  bricks_[1]->stop();
+  auto more = random_data(4096, 52);
+  PBRICK_ASSERT_OK(engine_->write(more.data(), more.size(), kBlock, false));
+  PBRICK_ASSERT_OK(engine_->flush());
+  std::memcpy(data.data() + kBlock, more.data(), more.size());
+  engine_.reset();
+  PBRICK_ASSERT_OK(bricks_[1]->start());
+  auto before0 = label_on(*bricks_[0]);
+  auto before1 = label_on(*bricks_[1]);
+  PBRICK_ASSERT_OK(before0);
+  PBRICK_ASSERT_OK(before1);
+  const auto blocks1 = brick_blocks(1);
+
+  VolumeOptions ro = vo;
+  ro.read_only = true;
+  PBRICK_ASSERT_OK(open(ro));
+  engine_->resync()->poke();
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  EXPECT_EQ(engine_->volume().mirror()->state(1), CopyState::kStale);
+  std::vector<uint8_t> back(data.size());
+  PBRICK_ASSERT_OK(engine_->read(back.data(), back.size(), 0));
+  EXPECT_EQ(crc32c(back.data(), back.size()), crc32c(data.data(), data.size()));
+  engine_.reset();
+  EXPECT_EQ(brick_blocks(1), blocks1) << "the stale copy was written";
+  for (uint32_t b : {0u, 1u}) {
+    auto l = label_on(*bricks_[b]);
+    PBRICK_ASSERT_OK(l);
+    EXPECT_EQ(l->label.generation, (b == 0 ? before0 : before1)->label.generation) << "brick " << b;
+    EXPECT_EQ(l->dirty, (b == 0 ? before0 : before1)->dirty) << "brick " << b;
+  }
+
+  // Degraded: the writer brings brick 1 back in sync, then brick 1 goes
+  // away and a reader attaches without it.
+  PBRICK_ASSERT_OK(open(vo));
+  ASSERT_TRUE(wait_in_sync(engine_->volume(), 1));
+  engine_.reset();
+  bricks_[1]->stop();
+  auto in_sync = label_on(*bricks_[0]);
+  PBRICK_ASSERT_OK(in_sync);
+  ro.degraded = true;
+  PBRICK_ASSERT_OK(open(ro));
+  EXPECT_EQ(engine_->volume().mirror()->state(1), CopyState::kStale);
+  PBRICK_ASSERT_OK(engine_->read(back.data(), back.size(), 0));
+  EXPECT_EQ(crc32c(back.data(), back.size()), crc32c(data.data(), data.size()));
+  engine_.reset();
+  auto after = label_on(*bricks_[0]);
+  PBRICK_ASSERT_OK(after);
+  EXPECT_EQ(after->label.generation, in_sync->label.generation);
+  EXPECT_EQ(after->label.bricks[1].stale_since, 0u) << "the reader marked brick 1 stale";
+}
+
 // Reads of a 2-copy mirror while brick 1 is down and nothing is written (so
 // it stays in sync): the first read that meets it moves to brick 0, and the
 // reads after it leave brick 1 alone instead of each waiting the leg timeout

@@ -248,7 +248,9 @@ void MirrorResync::run() {
         }
         continue;
       }
-      if (mirror.state(b) != CopyState::kStale) continue;
+      // A read-only attachment resyncs nothing: that writes the copy and the
+      // labels, which are its writer's to write.
+      if (mirror.state(b) != CopyState::kStale || volume_.options().read_only) continue;
       Status st = volume_.try_reach(b);
       if (!st) {
         PBRICK_LOG_DEBUG("resync: brick %s not back yet: %s", volume_.brick_name(b).c_str(),

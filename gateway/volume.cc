@@ -512,6 +512,15 @@ uint64_t Volume::dirty_count() const {
 Status Volume::mark_stale(uint32_t b) {
   std::lock_guard label_lock(label_mu_);
   if (!mirror_->in_sync(b)) return Status::Ok();
+  if (options_.read_only) {
+    // A reader writes no label (its writer may be writing them): it leaves
+    // the copy alone, in this attachment only. Only a degraded attach gets
+    // here: a reader never writes, so no write leg fails.
+    mirror_->set_state(b, CopyState::kStale);
+    PBRICK_LOG_WARN("volume %s: brick %s unreachable: this read-only attachment does not read its copies",
+                    format_uuid(claim_->label().volume_uuid).c_str(), brick_name(b).c_str());
+    return Status::Ok();
+  }
   auto joined = write_label_set({b}, std::nullopt, std::nullopt);
   if (!joined) return joined.error();
   return Status::Ok();
