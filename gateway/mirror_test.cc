@@ -625,6 +625,52 @@ TEST_F(MirrorTest, AReadOnlyAttachmentNeitherResyncsNorMarksACopyStale) {
   EXPECT_EQ(after->label.bricks[1].stale_since, 0u) << "the reader marked brick 1 stale";
 }
 
+// A stale brick back with a label of this attachment's generation that
+// disagrees with it (another attachment reached only that brick, degraded,
+// marked the others stale with the same next generation, and wrote there):
+// refused when reached again, never resynced over as if merely stale.
+TEST_F(MirrorTest, AStaleBrickBackWithAnotherWritersLabelOfTheSameGenerationIsRefused) {
+  start_bricks(2);
+  VolumeOptions vo = options(2, 8 * kMiB);
+  vo.leg_timeout_ms = 300;
+  vo.io_timeout_ms = 2000;
+  PBRICK_ASSERT_OK(open(vo));
+  auto data = random_data(8 * kMiB, 61);
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));
+  PBRICK_ASSERT_OK(engine_->flush());
+  auto in_sync = label_on(*bricks_[1]);
+  PBRICK_ASSERT_OK(in_sync);
+  bricks_[1]->stop();
+  PBRICK_ASSERT_OK(engine_->write(data.data(), 4096, 0, false));
+  PBRICK_ASSERT_OK(engine_->flush());
+  engine_.reset();
+  auto ours = label_on(*bricks_[0]);
+  PBRICK_ASSERT_OK(ours);
+  ASSERT_EQ(ours->label.generation, in_sync->label.generation + 1);
+  ASSERT_NE(ours->label.bricks[1].stale_since, 0u);
+
+  vo.degraded = true;
+  auto volume = Volume::Open(vo);
+  PBRICK_ASSERT_OK(volume);
+  ASSERT_EQ((*volume)->mirror()->state(1), CopyState::kStale);
+  // What the other attachment left on brick 1: the next generation, brick 0
+  // stale, brick 1 in sync.
+  PBRICK_ASSERT_OK(bricks_[1]->start());
+  VolumeLabel theirs = in_sync->label;
+  theirs.generation = ours->label.generation;
+  theirs.bricks[0].stale_since = ours->label.bricks[1].stale_since;
+  {
+    auto c = BrickClient::Connect(bricks_[1]->client());
+    PBRICK_ASSERT_OK(c);
+    PBRICK_ASSERT_OK(VolumeClaim::write_label_to(ClaimBrick{c->get(), "brick 1", 0}, 1, theirs));
+  }
+  Status reached = (*volume)->try_reach(1);
+  ASSERT_FALSE(reached.ok()) << "brick 1 taken back as merely stale";
+  EXPECT_EQ(reached.error().errnum(), kErrWrongStore);
+  EXPECT_NE(reached.error().message().find("that calls brick 0 stale"), std::string::npos) << reached.error().message();
+  EXPECT_EQ((*volume)->mirror()->state(1), CopyState::kStale);
+}
+
 // Reads of a 2-copy mirror while brick 1 is down and nothing is written (so
 // it stays in sync): the first read that meets it moves to brick 0, and the
 // reads after it leave brick 1 alone instead of each waiting the leg timeout

@@ -324,6 +324,21 @@ Status VolumeClaim::reacquire(size_t index, const ClaimBrick& b, bool stale) con
       }
       return Status::Ok();
     }
+    // Labels of one generation agree (every writer's next generation goes to
+    // each brick alike): one that disagrees at this generation was written by
+    // another attachment (a degraded one that reached this brick and not the
+    // others), and this brick holds writes this attachment's copies lack.
+    if (r->label->same_identity(label) && r->label->index == index && r->label->generation == label.generation) {
+      for (size_t k = 0; k < label.bricks.size(); k++) {
+        if ((label.bricks[k].stale_since == 0) != (r->label->bricks[k].stale_since == 0)) {
+          return Error(kErrWrongStore, where(b, index) + " holds a label of generation " +
+                                           std::to_string(label.generation) + " that calls brick " + std::to_string(k) +
+                                           (label.bricks[k].stale_since == 0 ? " stale" : " in sync") +
+                                           " where " + vol + "'s calls it the other: written by another attachment; "
+                                           "copies that cannot be ordered");
+        }
+      }
+    }
     if (!r->label->same_identity(label) || r->label->index != index || r->label->generation != label.generation) {
       return Error(kErrWrongStore, where(b, index) + " now holds another label (generation " +
                                        std::to_string(r->label->generation) + ") than the one " + vol +
