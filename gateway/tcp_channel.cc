@@ -58,6 +58,12 @@ void TcpChannel::teardown(int status) {
   if (!fd_.valid() || tearing_down_) return;
   tearing_down_ = true;
   teardown_status_ = status;
+  // The close aborts (RST) instead of ending the stream: its requests fail
+  // here and may be sent again on a new connection, so what the kernel still
+  // holds of them must never reach the brick after that, as it would from a
+  // graceful close once a partition heals - a WRITE landing after newer data.
+  const linger abort_on_close{1, 0};
+  ::setsockopt(fd_.get(), SOL_SOCKET, SO_LINGER, &abort_on_close, sizeof abort_on_close);
   // Wakes the recv and send in flight; flush() closes once both are back.
   ::shutdown(fd_.get(), SHUT_RDWR);
 }

@@ -8,6 +8,7 @@
 #include "gateway/tcp_channel.h"
 
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -384,6 +385,66 @@ TEST_F(TcpChannelSocketTest, AnInlineSendToAClosedPeerBreaksTheConnectionAndFail
   EXPECT_EQ(dones_[r].calls, 1);
   EXPECT_EQ(dones_[r].status, EPIPE);
   EXPECT_TRUE(is_connection_error(dones_[r].status)) << "the request would not be retried on a new connection";
+}
+
+// Over TCP, a request the channel gave up on (torn down: it fails, and may
+// be sent again on a new connection) must not reach the brick afterwards
+// from the kernel's send queue, as a graceful close would let it once the
+// brick reads again (after a partition heals: an old WRITE over newer data).
+// The brick here does not read until the channel closed; it then gets at
+// most what had already reached its own receive buffer, not what the
+// channel's kernel still held.
+TEST_F(TcpChannelTest, ATornDownTcpConnectionDeliversNothingItStillHeldAfterItCloses) {
+  UniqueFd listener(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  ASSERT_TRUE(listener.valid());
+  int small = 4096;
+  ASSERT_EQ(::setsockopt(listener.get(), SOL_SOCKET, SO_RCVBUF, &small, sizeof small), 0);  // inherited
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0) << std::strerror(errno);
+  ASSERT_EQ(::listen(listener.get(), 1), 0);
+  socklen_t len = sizeof addr;
+  ASSERT_EQ(::getsockname(listener.get(), reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  UniqueFd client(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  ASSERT_TRUE(client.valid());
+  int sndbuf = 256 << 10;
+  ASSERT_EQ(::setsockopt(client.get(), SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf), 0);
+  ASSERT_EQ(::connect(client.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0) << std::strerror(errno);
+  UniqueFd brick(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  ASSERT_TRUE(brick.valid());
+  channel_.attach(std::move(client));
+  channel_.set_send_inline(true);
+
+  RecordingRing ring;
+  std::vector<uint8_t> data(proto::kMaxIoSize, 0x5a);
+  size_t w = write(data);
+  PBRICK_ASSERT_OK(channel_.flush(ring));
+  // What the channel's kernel took: all that was sent, less what waits in
+  // the channel for the ring.
+  iovec iov[64];
+  size_t waiting = 0;
+  for (size_t i = 0, n = channel_.send_iov(iov, 64); i < n; i++) waiting += iov[i].iov_len;
+  const size_t taken = kHeaderSize + proto::kIoRequestSize + data.size() - waiting;
+  ASSERT_GT(taken, 64u << 10) << "too little went into the socket for the test to tell";
+
+  channel_.teardown(ETIMEDOUT);
+  // The ring's recv and send come back, as shutdown() makes them.
+  ASSERT_EQ(ring.count(TcpChannel::kRecv), 1u);
+  (void)channel_.on_cqe(TcpChannel::kRecv, 0);
+  if (ring.count(TcpChannel::kSend) == 1) (void)channel_.on_cqe(TcpChannel::kSend, -EPIPE);
+  PBRICK_ASSERT_OK(channel_.flush(ring));
+  ASSERT_FALSE(channel_.connected());
+  EXPECT_EQ(dones_[w].status, ETIMEDOUT);
+  size_t delivered = 0;
+  std::vector<uint8_t> buf(1 << 16);
+  for (;;) {
+    ssize_t n = ::recv(brick.get(), buf.data(), buf.size(), 0);
+    if (n <= 0) break;  // 0: a graceful end; -1 ECONNRESET: aborted
+    delivered += static_cast<size_t>(n);
+  }
+  EXPECT_LT(delivered, taken / 2) << "the brick got " << delivered << " of the " << taken
+                                  << " bytes the torn-down connection held";
 }
 
 }  // namespace
