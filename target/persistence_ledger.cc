@@ -40,7 +40,14 @@ PersistenceLedger::Outcome PersistenceLedger::sync_point(SyncState& s, Waiter wh
 std::span<const PersistenceLedger::Waiter> PersistenceLedger::on_sync_done(uint64_t number, int res) {
   Status st = region_.sync_done(res);
   if (st) {
-    durable_through_ = std::max(durable_through_, number);
+    succeeded_ahead_.push_back(number);
+    // Advances over every success that now follows on from it.
+    for (auto next = std::find(succeeded_ahead_.begin(), succeeded_ahead_.end(), durable_through_ + 1);
+         next != succeeded_ahead_.end();
+         next = std::find(succeeded_ahead_.begin(), succeeded_ahead_.end(), durable_through_ + 1)) {
+      durable_through_++;
+      succeeded_ahead_.erase(next);
+    }
   } else {
     PBRICK_LOG_ERROR("%s", st.error().message().c_str());
   }

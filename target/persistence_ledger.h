@@ -108,7 +108,12 @@ class PersistenceLedger {
   PmemRegion& region_;
   SyncStarter& starter_;
   uint64_t syncs_started_ = 0;
-  uint64_t durable_through_ = 0;    // highest fdatasync number that succeeded
+  // Highest fdatasync number that succeeded with every earlier one: they may
+  // complete out of order, and Linux reports a failed write-back to only one
+  // of the fdatasyncs of a file description, so a later one's success says
+  // nothing until the earlier ones are back.
+  uint64_t durable_through_ = 0;
+  std::vector<uint64_t> succeeded_ahead_;  // successes above durable_through_ + 1
   uint64_t orphan_needs_sync_ = 0;  // WRITEs of closed connections need this one; 0: none
   std::vector<Waiter> waiters_;     // connections awaiting_sync
   std::vector<Waiter> waking_;      // the waiters one completion resumes

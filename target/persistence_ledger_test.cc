@@ -94,6 +94,45 @@ TEST_F(LedgerTest, AWriteWaitsForAnFdatasyncThatStartedAfterIt) {
   EXPECT_EQ(ledger_.syncs_started(), 2u);
 }
 
+// Two fdatasyncs in flight complete out of order: the later one's success
+// makes nothing durable while the earlier one is out (it may be the one that
+// gets the write-back error, reported once per file description), and when
+// that one fails every sync point fails.
+TEST_F(LedgerTest, ALaterFdatasyncsSuccessWaitsForTheEarlierOnes) {
+  ledger_.note_write(a_);
+  ASSERT_EQ(ledger_.sync_point(a_, wa_, ledger_.read_target(a_)), Outcome::kWaiting);
+  ledger_.note_write(b_);
+  ASSERT_EQ(ledger_.sync_point(b_, wb_, ledger_.read_target(b_)), Outcome::kWaiting);
+  ASSERT_EQ(starter_.started, (std::vector<uint64_t>{1, 2}));
+
+  EXPECT_EQ(woken(ledger_.on_sync_done(2, 0)), (std::vector<Waiter>{wa_, wb_}));
+  EXPECT_EQ(ledger_.durable_through(), 0u);
+  a_.awaiting_sync = b_.awaiting_sync = false;
+  EXPECT_EQ(ledger_.sync_point(b_, wb_, ledger_.read_target(b_)), Outcome::kWaiting);
+  EXPECT_EQ(ledger_.sync_point(a_, wa_, ledger_.read_target(a_)), Outcome::kWaiting);
+  EXPECT_EQ(starter_.started, (std::vector<uint64_t>{1, 2})) << "no third fdatasync: 2 is back, 1 is not";
+
+  EXPECT_EQ(woken(ledger_.on_sync_done(1, -EIO)), (std::vector<Waiter>{wb_, wa_}));
+  a_.awaiting_sync = b_.awaiting_sync = false;
+  EXPECT_EQ(ledger_.sync_point(b_, wb_, ledger_.read_target(b_)), Outcome::kFailed);
+  EXPECT_EQ(ledger_.sync_point(a_, wa_, ledger_.read_target(a_)), Outcome::kFailed);
+}
+
+// Out of order and both successful: durable through both once the earlier is back.
+TEST_F(LedgerTest, OutOfOrderSuccessesAdvanceTogether) {
+  ledger_.note_write(a_);
+  ASSERT_EQ(ledger_.sync_point(a_, wa_, ledger_.read_target(a_)), Outcome::kWaiting);
+  ledger_.note_write(b_);
+  ASSERT_EQ(ledger_.sync_point(b_, wb_, ledger_.read_target(b_)), Outcome::kWaiting);
+  (void)ledger_.on_sync_done(2, 0);
+  EXPECT_EQ(ledger_.durable_through(), 0u);
+  (void)ledger_.on_sync_done(1, 0);
+  EXPECT_EQ(ledger_.durable_through(), 2u);
+  a_.awaiting_sync = b_.awaiting_sync = false;
+  EXPECT_EQ(ledger_.sync_point(b_, wb_, ledger_.read_target(b_)), Outcome::kDurable);
+  EXPECT_EQ(ledger_.sync_point(a_, wa_, ledger_.read_target(a_)), Outcome::kDurable);
+}
+
 TEST_F(LedgerTest, APersistWaitsForAFreshFdatasyncEvenWithNoWrites) {
   uint64_t target = ledger_.persist_target();
   EXPECT_EQ(target, 1u);
@@ -141,7 +180,7 @@ TEST_F(LedgerTest, AFailedFdatasyncFailsEverySyncPointForGood) {
   // marks the pages clean), but it cannot vouch for what 1 lost: b's sync
   // point fails too, and so does one with nothing of its own to cover.
   EXPECT_EQ(woken(ledger_.on_sync_done(2, 0)), std::vector<Waiter>{});
-  EXPECT_EQ(ledger_.durable_through(), 2u);
+  EXPECT_EQ(ledger_.durable_through(), 0u) << "2 follows a failed 1";
   EXPECT_EQ(ledger_.sync_point(b_, wb_, ledger_.read_target(b_)), Outcome::kFailed);
   SyncState fresh;
   EXPECT_EQ(ledger_.sync_point(fresh, {3, 33}, 0), Outcome::kFailed);
