@@ -581,15 +581,18 @@ Status Volume::replace_brick(uint32_t b, const ClientOptions& target) {
 }
 
 Result<uint64_t> Volume::dirty_all_of(uint32_t b) {
-  uint64_t blocks = 0;
+  // The bits go to the bitmaps first and into dirty_ after: a set bit in
+  // dirty_ is one that is durable (record_miss's fast path and
+  // mark_dirty_locked rely on it), and a failed write leaves dirty_ as it was.
+  std::vector<uint8_t> bits = dirty_bitmap();
+  std::vector<uint64_t> of_b;
   for (uint64_t i = 0; i < block_count_; i++) {
     for (uint32_t j = 0; j < placement_.copies; j++) {
       if (placement_.brick_of(placement_.unit(i, j)) != b) continue;
-      dirty_[i / 64].fetch_or(1ull << (i % 64), std::memory_order_release);
-      blocks++;
+      bits[i / 8] = static_cast<uint8_t>(bits[i / 8] | (1u << (i % 8)));
+      of_b.push_back(i);
     }
   }
-  const std::vector<uint8_t> bits = dirty_bitmap();
   for (uint32_t s = 0; s < brick_count(); s++) {
     if (!mirror_->in_sync(s) || s == b) continue;
     std::lock_guard lock(bricks_[s]->control_mu);
@@ -599,7 +602,8 @@ Result<uint64_t> Volume::dirty_all_of(uint32_t b) {
     });
     if (!r) return r.error().wrap("recording the blocks of brick " + brick_name(b) + " dirty on brick " + brick_name(s));
   }
-  return blocks;
+  for (uint64_t i : of_b) dirty_[i / 64].fetch_or(1ull << (i % 64), std::memory_order_release);
+  return static_cast<uint64_t>(of_b.size());
 }
 
 Status Volume::lost_writes(uint32_t b, const std::array<uint8_t, proto::kUuidSize>& boot_id) {
