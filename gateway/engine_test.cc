@@ -393,6 +393,15 @@ TEST_F(EngineTest, PollBoundAboveTheMaximumIsRefused) {
   EXPECT_NE(engine.error().message().find("poll must be 0..1000 us"), std::string::npos) << engine.error().message();
 }
 
+// A size near 2^64 would wrap the block count when rounded up to blocks.
+TEST_F(EngineTest, AVolumeLargerThanABricksAddressSpaceIsRefused) {
+  auto volume = Volume::Open({.brick = brick_->client(), .size = ~uint64_t{4095}});
+  ASSERT_FALSE(volume.ok());
+  EXPECT_EQ(volume.error().errnum(), EINVAL);
+  EXPECT_NE(volume.error().message().find("larger than a brick's address space"), std::string::npos)
+      << volume.error().message();
+}
+
 TEST_F(EngineTest, QueuesOutsideOneToMaxAreRefused) {
   auto volume = Volume::Open({.brick = brick_->client(), .size = 4 * kMiB});
   ASSERT_TRUE(volume.ok()) << volume.error().message();

@@ -82,6 +82,12 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeOptions& options) {
   if (options.base % proto::kBlockSize != 0) {
     return Error(EINVAL, "volume base " + format_hex(options.base) + " must be 2 MiB aligned");
   }
+  // Blocks live below the label area (2^63 on each brick), and the block
+  // count must not wrap when rounded up.
+  if (options.size > kLabelAreaStart) {
+    return Error(EINVAL, "volume size " + std::to_string(options.size) + " is larger than a brick's address space (" +
+                             format_size(kLabelAreaStart) + ")");
+  }
   size_t n = std::max<size_t>(options.bricks.size(), 1);
   if (options.layout == Layout::kSingle && n != 1) {
     return Error(EINVAL, "layout single takes one brick, not " + std::to_string(n));
