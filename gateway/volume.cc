@@ -601,12 +601,8 @@ Result<uint64_t> Volume::dirty_all_of(uint32_t b) {
   }
   for (uint32_t s = 0; s < brick_count(); s++) {
     if (!mirror_->in_sync(s) || s == b) continue;
-    std::lock_guard lock(bricks_[s]->control_mu);
-    auto r = with_control(s, [&](BrickClient& cc) -> Result<bool> {
-      PBRICK_TRY(VolumeClaim::write_dirty(ClaimBrick{&cc, brick_name(s), options_.base}, bits));
-      return true;
-    });
-    if (!r) return r.error().wrap("recording the blocks of brick " + brick_name(b) + " dirty on brick " + brick_name(s));
+    Status st = write_bitmap(s, bits);
+    if (!st) return st.error().wrap("recording the blocks of brick " + brick_name(b) + " dirty on brick " + brick_name(s));
   }
   for (uint64_t i : of_b) dirty_[i / 64].fetch_or(1ull << (i % 64), std::memory_order_release);
   return static_cast<uint64_t>(of_b.size());
@@ -692,13 +688,8 @@ Status Volume::finish_resync(uint32_t b) {
   bool other_stale = false;
   for (uint32_t s = 0; s < brick_count(); s++) other_stale = other_stale || (s != b && !mirror_->in_sync(s));
   if (other_stale) {
-    const std::vector<uint8_t> bits = dirty_bitmap();
-    std::lock_guard lock(bricks_[b]->control_mu);
-    auto r = with_control(b, [&](BrickClient& c) -> Result<bool> {
-      PBRICK_TRY(VolumeClaim::write_dirty(ClaimBrick{&c, brick_name(b), options_.base}, bits));
-      return true;
-    });
-    if (!r) return r.error().wrap("brick " + brick_name(b) + ": recording the misses of the copies still stale");
+    Status st = write_bitmap(b, dirty_bitmap());
+    if (!st) return st.error().wrap("brick " + brick_name(b) + ": recording the misses of the copies still stale");
   }
   auto joined = write_label_set({}, b, std::nullopt);
   if (!joined) return joined.error();
@@ -711,12 +702,8 @@ Status Volume::finish_resync(uint32_t b) {
   for (auto& w : dirty_) w.store(0, std::memory_order_release);
   const std::vector<uint8_t> zeros((block_count_ + 7) / 8, 0);
   for (uint32_t s = 0; s < brick_count(); s++) {
-    std::lock_guard lock(bricks_[s]->control_mu);
-    auto r = with_control(s, [&](BrickClient& c) -> Result<bool> {
-      PBRICK_TRY(VolumeClaim::write_dirty(ClaimBrick{&c, brick_name(s), options_.base}, zeros));
-      return true;
-    });
-    if (!r) PBRICK_LOG_WARN("brick %s: clearing the dirty bitmap: %s", brick_name(s).c_str(), r.error().message().c_str());
+    Status st = write_bitmap(s, zeros);
+    if (!st) PBRICK_LOG_WARN("brick %s: clearing the dirty bitmap: %s", brick_name(s).c_str(), st.error().message().c_str());
   }
   return Status::Ok();
 }
@@ -798,6 +785,16 @@ Result<bool> Volume::record_miss(uint64_t block, uint32_t brick) {
   if (mirror_->state(brick) != CopyState::kStale) return false;
   PBRICK_TRY(mark_dirty_locked(block));
   return true;
+}
+
+Status Volume::write_bitmap(uint32_t b, std::span<const uint8_t> bits) {
+  std::lock_guard lock(bricks_[b]->control_mu);
+  auto r = with_control(b, [&](BrickClient& c) -> Result<bool> {
+    PBRICK_TRY(VolumeClaim::write_dirty(ClaimBrick{&c, brick_name(b), options_.base}, bits));
+    return true;
+  });
+  if (!r) return r.error();
+  return Status::Ok();
 }
 
 std::vector<uint8_t> Volume::dirty_bitmap() const {

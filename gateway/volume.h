@@ -39,6 +39,7 @@
 #include <mutex>
 #include <optional>
 #include <shared_mutex>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -296,6 +297,9 @@ class Volume {
   Status mark_dirty_locked(uint64_t block);
   // The dirty bits as the label block stores them (byte i / 8, bit i % 8).
   std::vector<uint8_t> dirty_bitmap() const;
+  // Writes `bits` as brick `b`'s dirty bitmap (its control connection,
+  // reconnecting as with_control does).
+  Status write_bitmap(uint32_t b, std::span<const uint8_t> bits);
   uint64_t mapped_count(uint32_t brick) const;
 
   VolumeOptions options_;
