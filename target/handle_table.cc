@@ -121,8 +121,11 @@ Status HandleTable::unmap(std::vector<uint32_t>& owned, uint64_t vaddr) {
     }
   }
   if (revoked == 0) {
+    // The store's error for an address that names no block (EINVAL, ENOENT);
+    // a block on the slow tier or moving (EAGAIN for a MAP) is one this
+    // connection has not mapped like any other.
     auto slot = store_.slot_offset(vaddr);
-    if (!slot) return slot.error();
+    if (!slot && slot.error().errnum() != EAGAIN) return slot.error();
     return Error(ENOENT, "unmap " + format_hex(vaddr) + ": not mapped by this connection");
   }
   return Status::Ok();

@@ -16,6 +16,7 @@
 
 #include "common/crc32c.h"
 #include "common/units.h"
+#include "target/handle_table.h"
 #include "target/pmem_region.h"
 #include "target/slow_tier.h"
 #include "target/store.h"
@@ -172,6 +173,23 @@ TEST(SlowTier, RefusesToOpenWithoutTheSlowTierItsBlocksAreOn) {
   auto blank = open(im);
   ASSERT_FALSE(blank);
   EXPECT_NE(blank.error().message().find("blank"), std::string::npos) << blank.error().message();
+}
+
+// UNMAP of a block this connection has not mapped is ENOENT (docs/protocol.md
+// §6) on either tier, not the EAGAIN a MAP of a slow block gets.
+TEST(SlowTier, UnmapOfASlowBlockThisConnectionDidNotMapIsENOENT) {
+  Images im;
+  auto s = open(im);
+  ASSERT_TRUE(s);
+  ASSERT_TRUE((*s)->alloc(va(0)));
+  ASSERT_TRUE(move(**s, va(0), kTierSlow));
+  HandleTable table{**s, nullptr};
+  std::vector<uint32_t> owned;
+  Status st = table.unmap(owned, va(0));
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().errnum(), ENOENT);
+  EXPECT_NE(st.error().message().find("not mapped by this connection"), std::string::npos) << st.error().message();
+  EXPECT_EQ(table.unmap(owned, va(1)).error().errnum(), ENOENT) << "not allocated";
 }
 
 // The map spans both tiers: with the fast map's entries used up, a block's
