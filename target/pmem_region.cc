@@ -73,10 +73,10 @@ void store_word(uint8_t* addr, uint64_t value) {
 
 class LibpmemRegion final : public PmemRegion {
  public:
-  LibpmemRegion(std::string path, uint8_t* addr, uint64_t len, bool pmem, UniqueFd fd, bool memory_fs,
-                PersistenceDomain domain)
+  LibpmemRegion(std::string path, uint8_t* addr, uint64_t len, bool pmem, UniqueFd fd, UniqueFd second_fd,
+                bool memory_fs, PersistenceDomain domain)
       : path_(std::move(path)), addr_(addr), len_(len), pmem_(pmem), memory_fs_(memory_fs), domain_(domain),
-        fd_(std::move(fd)) {}
+        fd_(std::move(fd)), second_fd_(std::move(second_fd)) {}
 
   ~LibpmemRegion() override {
     if (pmem_unmap(addr_, len_) != 0) {
@@ -173,6 +173,9 @@ class LibpmemRegion final : public PmemRegion {
   }
 
   int sync_fd() const override { return pmem_ ? -1 : fd_.get(); }
+  void prep_second_sync(io_uring_sqe* sqe) override {
+    io_uring_prep_fsync(sqe, second_fd_.get(), IORING_FSYNC_DATASYNC);
+  }
   bool nothing_to_write_back() const override { return memory_fs_; }
 
  private:
@@ -183,6 +186,7 @@ class LibpmemRegion final : public PmemRegion {
   bool memory_fs_;  // tmpfs, hugetlbfs, ramfs: fdatasync has nothing to do
   PersistenceDomain domain_;
   UniqueFd fd_;  // O_RDWR, for hole punching and the server's fdatasync; -1 on pmem
+  UniqueFd second_fd_;  // its own open file description, for prep_second_sync(); -1 on pmem
   bool punch_supported_ = true;
 };
 
@@ -348,10 +352,11 @@ Result<std::unique_ptr<PmemRegion>> open_pmem_region(const RegionOptions& option
   // hint from pmem_map_file() is the same verdict for the mapping it made.
   bool pmem = pmem_is_pmem(addr, mapped_len) != 0;
 
-  UniqueFd fd;
+  UniqueFd fd, second_fd;
   if (!pmem) {
     fd.reset(::open(path.c_str(), O_RDWR | O_CLOEXEC));
-    if (!fd.valid()) {
+    if (fd.valid()) second_fd.reset(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+    if (!fd.valid() || !second_fd.valid()) {
       Error err = errno_error("open " + path);
       pmem_unmap(addr, mapped_len);
       return err;
@@ -381,7 +386,7 @@ Result<std::unique_ptr<PmemRegion>> open_pmem_region(const RegionOptions& option
                   pmem ? ", persistence domain " : "", pmem ? persistence_domain_name(domain) : "",
                   create ? ", created" : "");
   return std::unique_ptr<PmemRegion>(
-      new LibpmemRegion(path, base, mapped_len, pmem, std::move(fd), memory_fs, domain));
+      new LibpmemRegion(path, base, mapped_len, pmem, std::move(fd), std::move(second_fd), memory_fs, domain));
 }
 
 const char* persistence_domain_name(PersistenceDomain domain) {

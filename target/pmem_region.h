@@ -85,6 +85,12 @@ class PmemRegion {
   // replaces both to hold or fail syncs (fault_injection_region.h).
   virtual void prep_sync(io_uring_sqe* sqe);
   virtual Status sync_done(int cqe_res);
+  // The same operation for a second issuer (the tiering, on its own ring), on
+  // its own open file description of the store where there is a file: Linux
+  // reports a failed write-back to one fdatasync per file description, so
+  // through a shared one the tiering's fdatasync could take the error that a
+  // sync point's fdatasync then never sees. Its result goes to sync_done().
+  virtual void prep_second_sync(io_uring_sqe* sqe) { prep_sync(sqe); }
 
   // Sticky: true once any step that should have made data of this region
   // durable failed (fdatasync, msync, the fdatasync of a zeroing). Linux marks

@@ -7,6 +7,8 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <liburing.h>
+#include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
@@ -59,6 +61,36 @@ TEST(PmemRegionTest, AFileOnADiskFileSystemNeedsItsFdatasync) {
   std::string path = fresh_path(".");
   ASSERT_FALSE(path.empty());
   EXPECT_FALSE(opens_with_nothing_to_write_back(path));
+}
+
+// The tiering's fdatasync (prep_second_sync) and the sync points' (prep_sync)
+// go to two open file descriptions of the store file: each then sees a failed
+// write-back, which Linux reports to one fdatasync per description.
+TEST(PmemRegionTest, TheSecondSyncUsesItsOwnFileDescriptionOfTheStore) {
+  UniqueFd cwd(::open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  ASSERT_TRUE(cwd.valid());
+  if (on_memory_fs(cwd.get())) GTEST_SKIP() << "inherent: the working directory is on a memory file system";
+  std::string path = fresh_path(".");
+  ASSERT_FALSE(path.empty());
+  auto region = open_pmem_region(RegionOptions{path, 4 * kBlockSize, true});
+  ASSERT_TRUE(region.ok()) << region.error().message();
+  io_uring_sqe first{}, second{};
+  (*region)->prep_sync(&first);
+  (*region)->prep_second_sync(&second);
+  EXPECT_EQ(first.opcode, IORING_OP_FSYNC);
+  EXPECT_EQ(second.opcode, IORING_OP_FSYNC);
+  EXPECT_EQ(second.fsync_flags, IORING_FSYNC_DATASYNC);
+  ASSERT_NE(first.fd, second.fd);
+  struct stat a {}, b {};
+  ASSERT_EQ(::fstat(first.fd, &a), 0);
+  ASSERT_EQ(::fstat(second.fd, &b), 0);
+  EXPECT_EQ(a.st_dev, b.st_dev);
+  EXPECT_EQ(a.st_ino, b.st_ino) << "not the store file";
+  // Two descriptions, not one duplicated: their file offsets are apart.
+  ASSERT_EQ(::lseek(first.fd, 4096, SEEK_SET), 4096);
+  EXPECT_EQ(::lseek(second.fd, 0, SEEK_CUR), 0);
+  region->reset();
+  ::unlink(path.c_str());
 }
 
 // A store that cannot be mapped names the path and says why once: libpmem's

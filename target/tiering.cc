@@ -271,7 +271,7 @@ void Tiering::on_copied(Batch& b, size_t index, int res) {
   if (b.to_tier == kTierSlow) {
     io_uring_prep_fsync(sqe, slow_fd_.get(), IORING_FSYNC_DATASYNC);
   } else if (fast.sync_fd() >= 0) {
-    fast.prep_sync(sqe);
+    fast.prep_second_sync(sqe);  // not the description the sync points' fdatasyncs use
   } else {
     // pmem (or memory): the device wrote the slots; flushing their cache
     // lines makes them durable where DDIO left them in the CPU's cache.
