@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "common/log.h"
 #include "common/rdma.h"
 #include "common/units.h"
 
@@ -228,7 +229,7 @@ Result<std::unique_ptr<BrickClient>> BrickClient::Handshake(std::unique_ptr<Bric
                                                             const ClientOptions& options, uint64_t features) {
   proto::HelloRequest hello;
   // Every client understands the STAT reply's slow tier counts.
-  hello.features = features | proto::kFeatureTiers;
+  hello.features = features | proto::kFeatureTiers | (options.fence ? proto::kFeatureFence : 0);
   PBRICK_TRY(random_bytes(hello.client_nonce.data(), hello.client_nonce.size()));
   uint8_t payload[proto::kHelloRequestSize];
   proto::encode_hello_request(hello, payload);
@@ -283,6 +284,16 @@ Result<std::unique_ptr<BrickClient>> BrickClient::Handshake(std::unique_ptr<Bric
                                      format_uuid(reply->brick_uuid) + ", not store " +
                                      format_uuid(*options.store_uuid) +
                                      " (replaced or reformatted?): refusing it");
+  }
+  if (options.fence && (reply->features & proto::kFeatureFence) != 0) {
+    uint8_t p[proto::kFenceRequestSize];
+    proto::encode_fence_request(*options.fence, p);
+    PBRICK_TRY(client->call(proto::Opcode::kFence, p, {}, "FENCE " + options.endpoint.to_string()));
+    client->fenced_ = true;
+  } else if (options.fence) {
+    PBRICK_LOG_WARN("brick %s does not know FENCE (an older version): what a connection given up on still "
+                    "carried may land after what this one sends",
+                    options.endpoint.to_string().c_str());
   }
   return client;
 }

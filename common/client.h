@@ -81,6 +81,11 @@ struct ClientOptions {
   // the store it was opened on, so a brick replaced or reformatted behind the
   // same address is refused (kErrWrongStore) instead of serving other data.
   std::optional<std::array<uint8_t, proto::kUuidSize>> store_uuid;
+  // Sent as FENCE right after the handshake (docs/protocol.md §7.9), so that
+  // nothing an earlier connection of the same writer and channel still
+  // carries lands after what this one sends. A brick that does not grant
+  // FENCE is used unfenced (BrickClient::fenced() says which).
+  std::optional<proto::FenceRequest> fence;
 };
 
 // The errno of a brick refused because it serves another store than
@@ -105,6 +110,8 @@ class BrickClient {
   ~BrickClient();
 
   const proto::HelloReply& hello() const { return hello_; }
+  // Whether the brick answered the FENCE of ClientOptions::fence.
+  bool fenced() const { return fenced_; }
   // RDMA: the brick's sync region (the RDMA trailer of the HELLO reply, or of
   // the AUTH reply when the brick requires AUTH: docs/protocol.md §9.4).
   struct SyncRegion {
@@ -158,6 +165,7 @@ class BrickClient {
   rdma::RdmaLink* link_ = nullptr;  // owned_link_, or a caller's
   int timeout_ms_ = 10000;
   uint64_t next_request_id_ = 1;
+  bool fenced_ = false;
   proto::HelloReply hello_;
   std::optional<SyncRegion> sync_region_;
   std::vector<uint8_t> reply_;  // payload of the last reply

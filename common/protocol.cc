@@ -131,6 +131,7 @@ LenRange allowed_payload(Opcode op, bool reply, uint32_t status) {
       case Opcode::kPersist:
         return {kPersistRequestFixedSize,
                 kPersistRequestFixedSize + kMaxPersistRanges * kPersistRangeSize};
+      case Opcode::kFence: return {kFenceRequestSize, kFenceRequestSize};
     }
   } else {
     switch (op) {
@@ -146,6 +147,7 @@ LenRange allowed_payload(Opcode op, bool reply, uint32_t status) {
       case Opcode::kRead: return {1, kMaxIoSize};
       case Opcode::kWrite: return {0, 0};
       case Opcode::kPersist: return {0, 0};
+      case Opcode::kFence: return {0, 0};
     }
   }
   // Unreachable: decode_header() checked the opcode range before calling.
@@ -203,6 +205,7 @@ const char* opcode_name(Opcode op) {
     case Opcode::kRead: return "READ";
     case Opcode::kWrite: return "WRITE";
     case Opcode::kPersist: return "PERSIST";
+    case Opcode::kFence: return "FENCE";
   }
   return "?";
 }
@@ -388,6 +391,14 @@ void encode_persist_request(const PersistRequest& m, uint8_t* out) {
     w.u64(range.length);
   }
   assert(w.pos() == out + persist_request_size(m.ranges.size()));
+}
+
+void encode_fence_request(const FenceRequest& m, uint8_t* out) {
+  Writer w(out);
+  w.u64(m.scope);
+  w.bytes(m.writer);
+  w.u64(m.channel);
+  assert(w.pos() == out + kFenceRequestSize);
 }
 
 // ---- Decoding ------------------------------------------------------------------
@@ -813,6 +824,17 @@ Result<PersistRequest> decode_persist_request(std::span<const uint8_t> bytes) {
                                   hex(range.length) + " wraps");
     }
   }
+  return m;
+}
+
+Result<FenceRequest> decode_fence_request(std::span<const uint8_t> bytes) {
+  static const char kWhat[] = "FENCE request";
+  if (bytes.size() != kFenceRequestSize) return bad_size(kWhat, bytes.size(), kFenceRequestSize);
+  Reader r(bytes);
+  FenceRequest m;
+  m.scope = r.u64();
+  r.bytes(&m.writer);
+  m.channel = r.u64();
   return m;
 }
 

@@ -57,8 +57,9 @@ enum class Opcode : uint8_t {
   kRead = 9,
   kWrite = 10,
   kPersist = 11,
+  kFence = 12,
 };
-inline constexpr uint8_t kMaxOpcode = 11;
+inline constexpr uint8_t kMaxOpcode = 12;
 const char* opcode_name(Opcode op);
 
 // Header flags.
@@ -85,12 +86,14 @@ inline constexpr uint64_t kFeatureAuthTrailer = 1ull << 3;
 // 56..63, zero without this feature); LIST extents carry a tier (always did).
 // Granted whenever offered: a brick without a slow tier reports 0 slow blocks.
 inline constexpr uint64_t kFeatureTiers = 1ull << 4;
+// The FENCE opcode is available (docs/protocol.md §7.9).
+inline constexpr uint64_t kFeatureFence = 1ull << 5;
 // Every bit this version defines. A brick grants only the bits that hold on the
 // connection at hand (kFeatureRdma on RDMA connections only, kFeatureSyncRead
 // over RDMA only with --persistence sync-read), so it must not simply grant
 // `offered & kKnownFeatures`.
 inline constexpr uint64_t kKnownFeatures =
-    kFeatureSyncRead | kFeaturePersistRpc | kFeatureRdma | kFeatureAuthTrailer | kFeatureTiers;
+    kFeatureSyncRead | kFeaturePersistRpc | kFeatureRdma | kFeatureAuthTrailer | kFeatureTiers | kFeatureFence;
 
 // HELLO reply flags.
 inline constexpr uint32_t kHelloAuthRequired = 1u << 0;
@@ -251,6 +254,17 @@ inline constexpr size_t kPersistRequestFixedSize = 8;  // range_count + reserved
 inline constexpr size_t kPersistRangeSize = 24;
 inline constexpr uint32_t kMaxPersistRanges = 128;
 
+// FENCE: this connection takes the place of every earlier connection of the
+// same writer and channel in `scope`, and of every connection another writer
+// fenced in `scope`: the brick closes them before it replies, and nothing
+// they sent that it had not yet executed is executed. The reply is empty.
+struct FenceRequest {
+  uint64_t scope = 0;                     // what is written: a volume's base address on the brick
+  std::array<uint8_t, kUuidSize> writer{};  // the writing attachment, random per attachment
+  uint64_t channel = 0;                   // one of the writer's connections to this brick
+};
+inline constexpr size_t kFenceRequestSize = 32;
+
 // ---- RDMA transport ------------------------------------------------------------
 // Every SEND carries exactly one whole frame of at most this many bytes, and
 // every receive buffer is this size (READ/WRITE frames, the only larger ones,
@@ -296,6 +310,7 @@ void encode_io_request(const IoRequest& m, uint8_t* out);  // kIoRequestSize byt
 // Writes persist_request_size(m.ranges.size()) bytes.
 void encode_persist_request(const PersistRequest& m, uint8_t* out);
 size_t persist_request_size(size_t range_count);
+void encode_fence_request(const FenceRequest& m, uint8_t* out);  // kFenceRequestSize bytes
 
 // ---- Decoding ------------------------------------------------------------------
 // Validates a header read from the peer. `expect_reply` says which direction we
@@ -343,5 +358,7 @@ Result<IoRequest> decode_io_request(std::span<const uint8_t> bytes, Opcode op,
 // range_count must match the payload size and reserved fields must be zero
 // (EBADMSG); each range needs length 1..kBlockSize and must not wrap (EINVAL).
 Result<PersistRequest> decode_persist_request(std::span<const uint8_t> bytes);
+// Exactly kFenceRequestSize bytes (EBADMSG); every value of every field is legal.
+Result<FenceRequest> decode_fence_request(std::span<const uint8_t> bytes);
 
 }  // namespace pbrick::proto

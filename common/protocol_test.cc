@@ -273,13 +273,41 @@ TEST(ProtocolLayout, PersistRequestOffsets) {
   EXPECT_EQ(persist_bytes({}), Bytes(8, 0));
 }
 
+TEST(ProtocolLayout, FenceRequestOffsets) {
+  FenceRequest m;
+  m.scope = 0x7f3a00200000u;
+  for (size_t i = 0; i < m.writer.size(); i++) m.writer[i] = static_cast<uint8_t>(0xA0 + i);
+  m.channel = 0x0102030405060708u;
+  Bytes b(kFenceRequestSize);
+  encode_fence_request(m, b.data());
+  EXPECT_EQ(le_at(b, 0, 8), 0x7f3a00200000u);
+  EXPECT_EQ(b[8], 0xA0);
+  EXPECT_EQ(b[23], 0xAF);
+  EXPECT_EQ(le_at(b, 24, 8), 0x0102030405060708u);
+  auto d = decode_fence_request(b);
+  ASSERT_TRUE(d.ok()) << d.error().message();
+  EXPECT_EQ(d->scope, m.scope);
+  EXPECT_EQ(d->writer, m.writer);
+  EXPECT_EQ(d->channel, m.channel);
+  for (size_t size : {size_t{0}, kFenceRequestSize - 1, kFenceRequestSize + 1}) {
+    b.resize(size);
+    auto bad = decode_fence_request(b);
+    ASSERT_FALSE(bad.ok());
+    EXPECT_EQ(bad.error().errnum(), EBADMSG);
+  }
+}
+
 TEST(ProtocolLayout, ConstantsMatchSpec) {
   EXPECT_EQ(kFeatureSyncRead, 1u);
   EXPECT_EQ(kFeaturePersistRpc, 2u);
   EXPECT_EQ(kFeatureRdma, 4u);
   EXPECT_EQ(kFeatureAuthTrailer, 8u);
-  EXPECT_EQ(kKnownFeatures, 31u);
+  EXPECT_EQ(kFeatureTiers, 16u);
+  EXPECT_EQ(kFeatureFence, 32u);
+  EXPECT_EQ(kKnownFeatures, 63u);
   EXPECT_EQ(static_cast<int>(Opcode::kPersist), 11);
+  EXPECT_EQ(static_cast<int>(Opcode::kFence), 12);
+  EXPECT_EQ(kFenceRequestSize, 32u);
   EXPECT_EQ(kHelloRdmaTrailerSize, 16u);
   EXPECT_EQ(kPersistRequestFixedSize, 8u);
   EXPECT_EQ(kPersistRangeSize, 24u);
@@ -356,7 +384,7 @@ TEST(ProtocolRoundTrip, Header) {
       h.opcode = static_cast<Opcode>(op);
       h.flags = is_reply ? kFlagReply : 0;
       // Replies are error replies (empty payload); requests get a legal length.
-      static const uint32_t kRequestLen[] = {0, 48, 32, 0, 8, 8, 16, 8, 16, 24, 24 + 512, 8 + 24};
+      static const uint32_t kRequestLen[] = {0, 48, 32, 0, 8, 8, 16, 8, 16, 24, 24 + 512, 8 + 24, 32};
       static_assert(std::size(kRequestLen) == kMaxOpcode + 1);
       h.status = is_reply ? wire_status(EINVAL) : 0;
       h.payload_len = is_reply ? 0 : kRequestLen[op];
@@ -1211,7 +1239,7 @@ TEST(ProtocolStatus, UnknownCodesBecomeEio) {
 
 TEST(ProtocolStatus, OpcodeNames) {
   const char* const kNames[] = {"HELLO", "AUTH", "STAT", "ALLOC", "FREE",   "MAP",
-                                "UNMAP", "LIST", "READ", "WRITE", "PERSIST"};
+                                "UNMAP", "LIST", "READ", "WRITE", "PERSIST", "FENCE"};
   static_assert(std::size(kNames) == kMaxOpcode);
   for (uint8_t op = 1; op <= kMaxOpcode; op++) {
     EXPECT_STREQ(opcode_name(static_cast<Opcode>(op)), kNames[op - 1]);

@@ -36,7 +36,8 @@ Status make_durable(BrickClient& c, uint32_t rkey, uint64_t remote_addr, uint64_
 // volume's control path) and its block buffer.
 class Copier {
  public:
-  Copier(Volume& volume, uint32_t target) : volume_(volume), target_(target), clients_(volume.brick_count()) {
+  Copier(Volume& volume, uint32_t target, uint64_t channel_id)
+      : volume_(volume), channel_id_(channel_id), target_(target), clients_(volume.brick_count()) {
     buf_.resize(proto::kBlockSize);
   }
 
@@ -138,7 +139,7 @@ class Copier {
 
   Result<BrickClient*> client(uint32_t b) {
     if (!clients_[b]) {
-      auto c = BrickClient::Connect(volume_.brick_options(b));
+      auto c = BrickClient::Connect(volume_.writer_options(b, channel_id_));
       if (!c) return c.error().wrap("brick " + volume_.brick_name(b));
       clients_[b] = std::move(*c);
     }
@@ -147,6 +148,7 @@ class Copier {
   void drop(uint32_t b) { clients_[b].reset(); }
 
   Volume& volume_;
+  const uint64_t channel_id_;
   uint32_t target_;
   std::vector<std::unique_ptr<BrickClient>> clients_;
   std::vector<uint8_t> buf_;
@@ -164,7 +166,7 @@ std::unique_ptr<MirrorResync> MirrorResync::Start(Volume& volume, std::function<
 }
 
 MirrorResync::MirrorResync(Volume& volume, std::function<void()> on_change)
-    : volume_(volume), on_change_(std::move(on_change)) {}
+    : volume_(volume), channel_id_(volume.new_channel_id()), on_change_(std::move(on_change)) {}
 
 MirrorResync::~MirrorResync() {
   {
@@ -292,7 +294,7 @@ Status MirrorResync::resync(uint32_t b) {
                     format_hex(volume_.options().base).c_str(), volume_.brick_name(b).c_str(), blocks.size(),
                     static_cast<unsigned long long>(volume_.block_count()));
   if (on_change_) on_change_();
-  Copier copier(volume_, b);
+  Copier copier(volume_, b, channel_id_);
   const auto t0 = Clock::now();
   auto reported = t0;
   const uint64_t rate = uint64_t{volume_.options().resync_mib_per_s} << 20;  // bytes a second; 0: no bound

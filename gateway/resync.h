@@ -74,6 +74,9 @@ class MirrorResync {
   bool stopping() const { return stop_.load(std::memory_order_acquire); }
 
   Volume& volume_;
+  // What the resync's connections' FENCE names, the same for every resync run,
+  // so that a run's connections cut off what an earlier run's left behind.
+  const uint64_t channel_id_;
   std::function<void()> on_change_;
   std::mutex mu_;
   std::condition_variable cv_;

@@ -62,6 +62,8 @@ void TcpChannel::teardown(int status) {
   // here and may be sent again on a new connection, so what the kernel still
   // holds of them must never reach the brick after that, as it would from a
   // graceful close once a partition heals - a WRITE landing after newer data.
+  // What the brick already received is the new connection's FENCE's to cut
+  // off (docs/protocol.md §7.9).
   const linger abort_on_close{1, 0};
   ::setsockopt(fd_.get(), SOL_SOCKET, SO_LINGER, &abort_on_close, sizeof abort_on_close);
   // Wakes the recv and send in flight; flush() closes once both are back.

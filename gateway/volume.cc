@@ -5,6 +5,7 @@
 #include <ctime>
 #include <thread>
 
+#include "common/auth.h"
 #include "common/log.h"
 #include "common/units.h"
 #include "gateway/data_channel.h"
@@ -153,6 +154,7 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeOptions& options) {
                                                    volume->copies()});
   if (!claim) return claim.error().wrap("volume open");
   volume->claim_ = std::move(*claim);
+  if (!options.read_only) PBRICK_TRY(random_bytes(volume->writer_.data(), volume->writer_.size()));
   if (volume->mirror_) {
     const VolumeLabel l = volume->claim_->label();
     for (uint32_t b : missing) volume->bricks_[b]->options.store_uuid = l.bricks[b].store;  // only that store, later
@@ -234,8 +236,20 @@ Status Volume::connect_control(uint32_t b) {
   return Status::Ok();
 }
 
-Status Volume::connect_channel(DataChannel& channel, uint32_t b) {
+ClientOptions Volume::writer_options(uint32_t b, uint64_t channel) const {
   ClientOptions o = brick_options(b);
+  if (!options_.read_only) {
+    proto::FenceRequest f;
+    f.scope = options_.base;
+    f.writer = writer_;
+    f.channel = channel;
+    o.fence = f;
+  }
+  return o;
+}
+
+Status Volume::connect_channel(DataChannel& channel, uint32_t b, uint64_t channel_id) {
+  ClientOptions o = writer_options(b, channel_id);
   // A data channel's handshake must not stall its loop for long.
   o.timeout_ms = std::min(o.timeout_ms, 2000);
   Status st = channel.connect(o);

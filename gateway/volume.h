@@ -33,6 +33,7 @@
 // loop. A brick that is down blocks only the slow path of its own blocks.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -162,10 +163,20 @@ class Volume {
   // it is dead (EKEYREJECTED), so the next access maps again.
   void invalidate(uint64_t index, uint32_t rkey);
 
-  // (Re)connects a data channel to brick `brick` of this volume, with the
-  // brick's store check and a short handshake timeout. Any thread (each on
-  // its own channel).
-  Status connect_channel(DataChannel& channel, uint32_t brick);
+  // A read-write attachment's data paths write to the bricks through
+  // connections that say FENCE first (docs/protocol.md §7.9): as this
+  // attachment (a random writer id) on a channel of their own, so that a
+  // reconnect cuts off what the connection it replaces still carried, and a
+  // later attachment of the volume cuts off what this one left behind.
+  // A channel id, unique within this attachment. Any thread.
+  uint64_t new_channel_id() { return next_channel_.fetch_add(1, std::memory_order_relaxed); }
+  // brick_options(brick), plus the FENCE of `channel` when read-write.
+  ClientOptions writer_options(uint32_t brick, uint64_t channel) const;
+
+  // (Re)connects data channel `channel_id` (new_channel_id()) to brick
+  // `brick` of this volume, with the brick's store check and a short
+  // handshake timeout. Any thread (each on its own channel).
+  Status connect_channel(DataChannel& channel, uint32_t brick, uint64_t channel_id);
 
   // Why `brick` was last refused for serving another store (brick and both
   // store uuids), for the errors of I/O that failed because of it; empty when
@@ -324,6 +335,8 @@ class Volume {
   std::mutex label_mu_;
   std::vector<std::atomic<uint64_t>> dirty_;  // bitset by block: durable in the labels
   std::atomic<uint64_t> sync_requests_{0};
+  std::array<uint8_t, proto::kUuidSize> writer_{};  // set by Open for a read-write attachment
+  std::atomic<uint64_t> next_channel_{0};
 };
 
 }  // namespace pbrick

@@ -407,7 +407,10 @@ struct VolumeChannels::Link {
 
 VolumeChannels::VolumeChannels(Volume& volume, uint32_t depth, Uring& ring, uint8_t channel_kind,
                                uint8_t cancel_kind, std::string label, const ChannelFactory& make_channel)
-    : volume_(volume), ring_(ring), channel_kind_(channel_kind), cancel_kind_(cancel_kind), label_(std::move(label)) {
+    : volume_(volume),
+      channel_id_(volume.new_channel_id()),
+      ring_(ring),
+      channel_kind_(channel_kind), cancel_kind_(cancel_kind), label_(std::move(label)) {
   for (uint32_t b = 0; b < volume.brick_count(); b++) {
     auto link = std::make_unique<Link>();
     link->channel =
@@ -428,7 +431,7 @@ Status VolumeChannels::add_buffer_region(uint8_t* base, size_t len) {
 Status VolumeChannels::connect() {
   for (uint32_t b = 0; b < links_.size(); b++) {
     if (volume_.mirror() != nullptr && !volume_.mirror()->in_sync(b)) continue;  // a stale copy gets no I/O
-    Status st = volume_.connect_channel(*links_[b]->channel, b);
+    Status st = volume_.connect_channel(*links_[b]->channel, b, channel_id_);
     if (!st) return links_.size() == 1 ? st.error() : st.error().wrap("brick " + volume_.brick_name(b));
   }
   return Status::Ok();
@@ -602,7 +605,7 @@ void VolumeChannels::dispatch() {
       auto now = IoClock::now();
       if (now - link.last_connect_attempt >= kReconnectInterval) {
         link.last_connect_attempt = now;
-        st = volume_.connect_channel(*link.channel, link.ring.brick);
+        st = volume_.connect_channel(*link.channel, link.ring.brick, channel_id_);
         if (st.ok()) {
           PBRICK_LOG_NOTICE("%s: reconnected to brick %s", label_.c_str(), volume_.brick_name(link.ring.brick).c_str());
           if (volume_.mirror() != nullptr && link.channel->writes_maybe_lost()) {

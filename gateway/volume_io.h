@@ -318,6 +318,7 @@ class VolumeChannels final : public PieceSink {
   static void chained_sync_done(DataChannel::Op* op, int status);
 
   Volume& volume_;
+  const uint64_t channel_id_;  // what its connections' FENCE names (Volume::new_channel_id)
   Uring& ring_;
   uint8_t channel_kind_, cancel_kind_;
   std::string label_;

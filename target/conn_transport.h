@@ -52,6 +52,11 @@ class ConnTransport {
   virtual void shutdown_read() = 0;
   // Stopping the brick: every pending operation of the connection completes.
   virtual void shutdown_all() = 0;
+  // Another connection took this one's place (FENCE): the peer loses it now,
+  // before the FENCE is answered. TCP: both directions shut (the Server
+  // parses nothing more of a closing connection); RDMA: the queue pair goes
+  // to the error state, so no one-sided access of it lands any more.
+  virtual void cut_off() = 0;
   // Whether a closing connection finishes through a completion in the ring
   // (TCP: the woken recv); otherwise the Server closes it at once once idle.
   virtual bool closes_in_ring() const = 0;
@@ -79,6 +84,7 @@ class TcpTransport final : public ConnTransport {
   Status allow_remote_access() override { return Status::Ok(); }
   void shutdown_read() override;
   void shutdown_all() override;
+  void cut_off() override { shutdown_all(); }
   bool closes_in_ring() const override { return true; }
   void disconnect() override {}
   void on_ring_completion(Connection& c, OpKind kind, int res) override;
@@ -100,6 +106,7 @@ class RdmaTransport final : public ConnTransport {
   Status allow_remote_access() override { return conn_->allow_remote_access(); }
   void shutdown_read() override {}
   void shutdown_all() override {}
+  void cut_off() override { conn_->disconnect(); }
   bool closes_in_ring() const override { return false; }
   void disconnect() override { conn_->disconnect(); }
   void on_work_completion(Connection& c, const RdmaListener::Completion& wc) override;

@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -61,6 +62,9 @@ struct Connection {
   // the server's tier wake resumes it (pump) like a sync completion.
   bool awaiting_tier = false;
   uint64_t features = 0;  // negotiated in HELLO (proto::kFeature*)
+  // What its FENCE named (docs/protocol.md §7.9); a later FENCE of the same
+  // scope closes this connection unless it names the same writer and another channel.
+  std::optional<proto::FenceRequest> fence;
   Clock::time_point accepted_at;
   std::string peer;
   bool counts_as_handshake = true;  // one of the pending handshakes (not yet ready, not evicted)

@@ -204,6 +204,9 @@ void Server::Impl::handle_frame(Connection& c, const proto::FrameHeader& h, std:
       }
       handle_io(c, h, payload);
       return;
+    case Opcode::kFence:
+      handle_fence(c, h, payload);
+      return;
     case Opcode::kPersist:
       break;  // handled in pump()
     case Opcode::kHello:
@@ -266,6 +269,40 @@ void Server::Impl::handle_io(Connection& c, const proto::FrameHeader& h, std::sp
   }
   uint8_t* out = c.reply_header(h, req->length);
   std::memcpy(out, store_.region().base() + *offset, req->length);
+}
+
+// A writer that gives up on a connection (a timeout, a reset) sends its
+// requests again on a new one, and then newer data. Whatever the old
+// connection still carried - frames in this brick's receive buffer, frames
+// parsed but held at a sync point or behind a promotion, one-sided writes on
+// its queue pair - must not land after that. The FENCE at the head of the new
+// connection cuts every such connection off before it is answered, and the
+// loop, which alone executes requests, parses nothing more of them.
+void Server::Impl::handle_fence(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload) {
+  if ((c.features & proto::kFeatureFence) == 0) {
+    return c.reply_error(h, Error(EOPNOTSUPP, "FENCE without the FENCE feature"));
+  }
+  auto req = proto::decode_fence_request(payload);
+  if (!req) return c.reply_error(h, req.error());
+  for (auto& slot : conns_) {
+    if (!slot || slot.get() == &c || !slot->fence || slot->fence->scope != req->scope) continue;
+    Connection& old = *slot;
+    // The same writer's other channels stay; its old connection of this
+    // channel, and every connection of another writer, go.
+    if (old.fence->writer == req->writer && old.fence->channel != req->channel) continue;
+    PBRICK_LOG_NOTICE("%s: closing the connection: %s took its place (FENCE of scope %s)", old.peer.c_str(),
+                      c.peer.c_str(), format_hex(req->scope).c_str());
+    old.fence.reset();
+    old.drop_output();  // its peer gave it up
+    old.transport->cut_off();
+    // Its executed WRITEs are covered by the next sync point of any connection
+    // from now on, not from whenever its close completes.
+    ledger_.orphan(old.sync);
+    old.begin_close();
+    maybe_close(old);  // at once when nothing of it is in flight (old may be gone after this)
+  }
+  c.fence = *req;
+  c.reply_header(h, 0);
 }
 
 // PERSIST names ranges through live handles (or none: every writable

@@ -120,6 +120,8 @@ class Server::Impl final : private PersistenceLedger::SyncStarter {
   void handle_map(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload);
   void handle_unmap(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload);
   void handle_io(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload);
+  // FENCE: closes the connections `c` takes the place of before it replies.
+  void handle_fence(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload);
   // PERSIST: false when it waits for an fdatasync (pump resumes it).
   bool handle_persist(Connection& c, const proto::FrameHeader& h, std::span<const uint8_t> payload);
   bool finish_persist(Connection& c, const proto::FrameHeader& h);

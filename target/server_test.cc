@@ -620,5 +620,193 @@ TEST(GatewayOverFaultyBrick, FlushAfterADiscardIsConfirmedByPersist) {
   engine->reset();
 }
 
+// ---- FENCE (docs/protocol.md §7.9) --------------------------------------------------
+
+proto::FenceRequest fence_of(uint64_t scope, uint8_t writer, uint64_t channel) {
+  proto::FenceRequest f;
+  f.scope = scope;
+  f.writer.fill(writer);
+  f.channel = channel;
+  return f;
+}
+
+void append_frame(std::vector<uint8_t>& out, proto::Opcode op, uint64_t request_id, std::span<const uint8_t> payload) {
+  proto::FrameHeader h;
+  h.opcode = op;
+  h.request_id = request_id;
+  h.payload_len = static_cast<uint32_t>(payload.size());
+  size_t at = out.size();
+  out.resize(at + proto::kHeaderSize);
+  proto::encode_header(h, out.data() + at);
+  out.insert(out.end(), payload.begin(), payload.end());
+}
+
+void append_write(std::vector<uint8_t>& out, uint64_t request_id, const proto::MapReply& m,
+                  std::span<const uint8_t> data) {
+  std::vector<uint8_t> p(proto::kIoRequestSize);
+  proto::encode_io_request({m.rkey, m.remote_addr, static_cast<uint32_t>(data.size())}, p.data());
+  p.insert(p.end(), data.begin(), data.end());
+  append_frame(out, proto::Opcode::kWrite, request_id, p);
+}
+
+bool recv_exactly(int fd, uint8_t* p, size_t n) {
+  while (n > 0) {
+    ssize_t r = ::recv(fd, p, n, 0);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    p += r;
+    n -= static_cast<size_t>(r);
+  }
+  return true;
+}
+
+// The request ids of the replies that arrive on `fd` until the brick closes
+// it (or its receive timeout passes).
+std::vector<uint64_t> replies_until_closed(int fd) {
+  std::vector<uint64_t> ids;
+  uint8_t hdr[proto::kHeaderSize];
+  while (recv_exactly(fd, hdr, sizeof hdr)) {
+    auto h = proto::decode_header(hdr, /*expect_reply=*/true);
+    if (!h) break;
+    std::vector<uint8_t> payload(h->payload_len);
+    if (!payload.empty() && !recv_exactly(fd, payload.data(), payload.size())) break;
+    ids.push_back(h->request_id);
+  }
+  return ids;
+}
+
+// A gateway that gave up on a connection (its reply was late) sends the
+// request again on a new one, then newer data. A WRITE the old connection
+// still carried - here held behind its PERSIST's fdatasync, as a slow disk
+// holds it - must not land over that newer data: the FENCE at the head of the
+// new connection cuts the old one off before it is answered.
+TEST(ServerFence, AWriteTheOldConnectionStillCarriedNeverLandsOverNewerData) {
+  FaultyBrick brick;
+  brick.start();
+  ClientOptions o = brick.options();
+  o.timeout_ms = 3000;
+  o.fence = fence_of(0, 0xA1, 3);
+  auto old_conn = BrickClient::Connect(o);
+  ASSERT_TRUE(old_conn.ok()) << old_conn.error().message();
+  ASSERT_TRUE((*old_conn)->fenced());
+  ASSERT_TRUE((*old_conn)->alloc(0).ok());
+  auto m = (*old_conn)->map(0, proto::kMapWrite | proto::kMapShared);
+  ASSERT_TRUE(m.ok()) << m.error().message();
+  UniqueFd fd = std::move(**old_conn).take_fd();
+
+  brick.region().hold_syncs(true);
+  std::vector<uint8_t> frames;
+  append_write(frames, 1001, *m, pattern(4096, 1));
+  uint8_t persist[proto::kPersistRequestFixedSize];
+  proto::encode_persist_request({}, persist);
+  append_frame(frames, proto::Opcode::kPersist, 1002, persist);
+  append_write(frames, 1003, *m, pattern(4096, 2));  // what a late delivery would land
+  ASSERT_EQ(::send(fd.get(), frames.data(), frames.size(), MSG_NOSIGNAL), static_cast<ssize_t>(frames.size()));
+  uint8_t hdr[proto::kHeaderSize];
+  ASSERT_TRUE(recv_exactly(fd.get(), hdr, sizeof hdr));
+  auto first = proto::decode_header(hdr, true);
+  ASSERT_TRUE(first.ok());
+  EXPECT_EQ(first->request_id, 1001u);
+  EXPECT_EQ(first->status, 0u);
+  ASSERT_TRUE(brick.wait_syncs_started(1)) << "the PERSIST never started its fdatasync";
+
+  auto fresh = BrickClient::Connect(o);
+  ASSERT_TRUE(fresh.ok()) << fresh.error().message();
+  ASSERT_TRUE((*fresh)->fenced());
+  auto mf = (*fresh)->map(0, proto::kMapWrite | proto::kMapShared);
+  ASSERT_TRUE(mf.ok()) << mf.error().message();
+  auto newer = pattern(4096, 3);
+  ASSERT_TRUE((*fresh)->write(mf->rkey, mf->remote_addr, newer).ok());
+
+  // The fdatasync the old connection waited for completes: were it still
+  // served, its second WRITE would run now.
+  brick.region().hold_syncs(false);
+  brick.region().release_sync(0);
+  std::vector<uint64_t> late = replies_until_closed(fd.get());
+  EXPECT_TRUE(late.empty()) << "the fenced connection was answered " << late.size() << " more time(s), the first "
+                            << late.front();
+
+  std::vector<uint8_t> got(4096);
+  ASSERT_TRUE((*fresh)->read(mf->rkey, mf->remote_addr, got).ok());
+  EXPECT_TRUE(got == newer) << (got == pattern(4096, 2) ? "the old connection's WRITE landed over newer data"
+                                                          : "the block holds neither write");
+}
+
+// Which connections a FENCE cuts off: in its scope, the same writer's
+// connection of the same channel and every connection of another writer;
+// never the same writer's other channels, nor anything of another scope, nor
+// a connection that sent no FENCE.
+TEST(ServerFence, AFenceCutsOffTheSameChannelAndOtherWritersInItsScopeOnly) {
+  FaultyBrick brick;
+  brick.start();
+  auto connect = [&](std::optional<proto::FenceRequest> fence) {
+    ClientOptions o = brick.options();
+    o.fence = fence;
+    auto c = BrickClient::Connect(o);
+    EXPECT_TRUE(c.ok()) << c.error().message();
+    EXPECT_EQ(c.ok() && (*c)->fenced(), fence.has_value());
+    return c.ok() ? std::move(*c) : nullptr;
+  };
+  auto alive = [](BrickClient& c) { return c.stat().ok(); };
+  const uint64_t scope = 4 * kBlock, other_scope = 8 * kBlock;
+  auto a = connect(fence_of(scope, 1, 0));
+  auto b = connect(fence_of(scope, 1, 1));
+  auto c = connect(fence_of(other_scope, 1, 0));
+  auto plain = connect(std::nullopt);
+  ASSERT_TRUE(a && b && c && plain);
+
+  auto a2 = connect(fence_of(scope, 1, 0));  // writer 1 reconnects channel 0
+  ASSERT_TRUE(a2);
+  EXPECT_FALSE(alive(*a)) << "channel 0's old connection still served";
+  EXPECT_TRUE(alive(*b)) << "the same writer's channel 1 was cut off";
+  EXPECT_TRUE(alive(*c)) << "a connection of another scope was cut off";
+  EXPECT_TRUE(alive(*a2));
+
+  auto d = connect(fence_of(scope, 2, 7));  // writer 2 takes the scope over
+  ASSERT_TRUE(d);
+  EXPECT_FALSE(alive(*b)) << "the previous writer's channel 1 still served";
+  EXPECT_FALSE(alive(*a2)) << "the previous writer's channel 0 still served";
+  EXPECT_TRUE(alive(*c));
+  EXPECT_TRUE(alive(*plain)) << "a connection that sent no FENCE was cut off";
+  EXPECT_TRUE(alive(*d));
+}
+
+// The gateway's side of FENCE: a read-write attachment's data paths fence as
+// one writer, each on a channel of its own in the volume's scope, so a
+// reconnect of one cuts off only its own earlier connection; a read-only
+// attachment, which writes nothing, does not fence at all.
+TEST(GatewayFence, AReadWriteAttachmentsChannelsFenceAsOneWriterEachOnItsOwnChannel) {
+  FaultyBrick brick;
+  brick.start();
+  VolumeOptions vo;
+  vo.brick = brick.options();
+  vo.base = 16 * kBlock;
+  vo.size = 4 * kBlock;
+  auto volume = Volume::Open(vo);
+  ASSERT_TRUE(volume.ok()) << volume.error().message();
+  ClientOptions o1 = (*volume)->writer_options(0, (*volume)->new_channel_id());
+  ClientOptions o2 = (*volume)->writer_options(0, (*volume)->new_channel_id());
+  ASSERT_TRUE(o1.fence && o2.fence);
+  EXPECT_EQ(o1.fence->scope, vo.base);
+  EXPECT_EQ(o1.fence->writer, o2.fence->writer);
+  EXPECT_NE(o1.fence->writer, (std::array<uint8_t, proto::kUuidSize>{})) << "no writer id drawn";
+  EXPECT_NE(o1.fence->channel, o2.fence->channel);
+
+  auto first = BrickClient::Connect(o1);
+  auto other = BrickClient::Connect(o2);
+  ASSERT_TRUE(first.ok() && other.ok());
+  auto again = BrickClient::Connect(o1);  // channel 1 reconnects
+  ASSERT_TRUE(again.ok()) << again.error().message();
+  EXPECT_TRUE((*again)->fenced());
+  EXPECT_FALSE((*first)->stat().ok()) << "the connection channel 1 gave up is still served";
+  EXPECT_TRUE((*other)->stat().ok()) << "another channel of the same attachment was cut off";
+
+  VolumeOptions ro = vo;
+  ro.read_only = true;
+  auto reader = Volume::Open(ro);
+  ASSERT_TRUE(reader.ok()) << reader.error().message();
+  EXPECT_FALSE((*reader)->writer_options(0, (*reader)->new_channel_id()).fence) << "a read-only attachment fences";
+}
+
 }  // namespace
 }  // namespace pbrick

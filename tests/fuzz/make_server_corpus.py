@@ -10,8 +10,8 @@ import struct
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus", "server")
 MAGIC = 0x4B524250
 MB2 = 2 << 20
-SYNC_READ, PERSIST_RPC = 1 << 0, 1 << 1
-HELLO, AUTH, STAT, ALLOC, FREE, MAP, UNMAP, LIST, READ, WRITE, PERSIST = range(1, 12)
+SYNC_READ, PERSIST_RPC, FENCE_FEATURE = 1 << 0, 1 << 1, 1 << 5
+HELLO, AUTH, STAT, ALLOC, FREE, MAP, UNMAP, LIST, READ, WRITE, PERSIST, FENCE = range(1, 13)
 NO_KEY, KEY, AUTHENTICATED = 0, 1, 2
 
 
@@ -43,6 +43,10 @@ def persist(ranges, rid):
     return frame(PERSIST, body, rid)
 
 
+def fence(scope, writer, channel, rid):
+    return frame(FENCE, struct.pack("<Q", scope) + bytes([writer]) * 16 + struct.pack("<Q", channel), rid)
+
+
 # The brick's rkeys and addresses are random: a seed cannot know them. In the
 # authenticated session the harness maps vaddr 0 itself and rewrites rkey 1
 # (and the remote_addr's offset) to its handle; other rkeys are refused.
@@ -58,6 +62,10 @@ FILES = {
     "no_key_second_hello": bytes([NO_KEY]) + hello() + hello(rid=2),
     "no_key_frame_before_hello": bytes([NO_KEY]) + addr(ALLOC, 0, 1),
     "no_key_big_frame_before_hello": bytes([NO_KEY]) + frame(WRITE, b"x" * 64, claimed=24 + MB2),
+    "no_key_fences": bytes([NO_KEY]) + hello(features=SYNC_READ | PERSIST_RPC | FENCE_FEATURE) +
+    fence(0, 1, 0, 2) + fence(0, 1, 0, 3) + fence(0, 2, 5, 4) + control + data +
+    frame(FENCE, b"\0" * 31, rid=20),
+    "no_key_fence_not_granted": bytes([NO_KEY]) + hello() + fence(MB2, 1, 1, 2) + frame(STAT, rid=3),
     "key_hello_then_stat": bytes([KEY]) + hello() + frame(STAT, rid=2),
     "key_wrong_auth": bytes([KEY]) + hello() + frame(AUTH, bytes(32), rid=2),
     "key_auth_without_hello": bytes([KEY]) + frame(AUTH, bytes(32)),
