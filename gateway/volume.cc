@@ -49,6 +49,12 @@ struct Volume::Brick {
 
   std::atomic<uint64_t> write_failures{0};
 
+  // Another attachment took the volume's lock on this brick while our control
+  // connection was down (its reacquire said EBUSY): our data channels must not
+  // connect there, as their FENCE would cut the new writer's connections off.
+  // Cleared when a later reacquire takes the lock again.
+  std::atomic<bool> lock_lost{false};
+
   // Its units whose handle has rkey != 0, in no order (under the Volume's
   // handles_mu_): what unmap_lru() chooses from, so an unmap costs a walk of
   // the blocks mapped on this brick, not of the volume.
@@ -228,7 +234,9 @@ Status Volume::connect_control(uint32_t b) {
     const bool stale = mirror_ && !mirror_->in_sync(b);
     Status st = claim_->reacquire(b, ClaimBrick{client->get(), brick_name(b), options_.base}, stale);
     note_connect(b, st);
+    if (!st && st.error().errnum() == EBUSY && !options_.read_only) brick.lock_lost.store(true);
     if (!st) return st;
+    brick.lock_lost.store(false);
   }
   brick.control = std::move(*client);
   brick.boot_id = brick.control->hello().boot_id;
@@ -249,6 +257,10 @@ ClientOptions Volume::writer_options(uint32_t b, uint64_t channel) const {
 }
 
 Status Volume::connect_channel(DataChannel& channel, uint32_t b, uint64_t channel_id) {
+  if (bricks_[b]->lock_lost.load()) {
+    return Error(EBUSY, "brick " + brick_name(b) + ": another attachment holds the volume's lock there now; "
+                                                   "this one sends it nothing more");
+  }
   ClientOptions o = writer_options(b, channel_id);
   // A data channel's handshake must not stall its loop for long.
   o.timeout_ms = std::min(o.timeout_ms, 2000);

@@ -175,7 +175,10 @@ class Volume {
 
   // (Re)connects data channel `channel_id` (new_channel_id()) to brick
   // `brick` of this volume, with the brick's store check and a short
-  // handshake timeout. Any thread (each on its own channel).
+  // handshake timeout. EBUSY, without connecting, once another attachment
+  // took the volume's lock on that brick (the last FENCE wins at the brick,
+  // so a writer that lost the lock must not send one). Any thread (each on
+  // its own channel).
   Status connect_channel(DataChannel& channel, uint32_t brick, uint64_t channel_id);
 
   // Why `brick` was last refused for serving another store (brick and both

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "common/crc32c.h"
+#include "gateway/data_channel.h"
 #include "gateway/test_brick.h"
 #include "gateway/volume.h"
 #include "gateway/volume_claim.h"
@@ -535,6 +536,49 @@ TEST_F(VolumeClaimTest, VolumeOpenHoldsTheVolume) {
   PBRICK_ASSERT_OK(Volume::Open(vo));
 }
 
+
+// FENCE's last sender wins at the brick (docs/protocol.md §7.9), so a writer
+// that lost the volume's lock must send none: after a brick restart another
+// attachment took the lock before this one's control connection came back;
+// from then on this one's data channels do not connect to that brick, and the
+// new writer's connections stay up.
+TEST_F(VolumeClaimTest, AWriterThatLostTheLockSendsNoFenceToCutTheNewWritersConnectionsOff) {
+  VolumeOptions vo;
+  vo.brick = bricks_[0]->client();
+  vo.size = 4 * kMiB;
+  vo.io_timeout_ms = 2000;
+  auto old_writer = Volume::Open(vo);
+  PBRICK_ASSERT_OK(old_writer);
+  bricks_[0]->stop();  // the old writer's control connection (and lock) die with it
+  PBRICK_ASSERT_OK(bricks_[0]->start());
+  auto new_writer = Volume::Open(vo);
+  PBRICK_ASSERT_OK(new_writer);
+  // Its holder record names another process, as a writer on another host's
+  // would (both attachments live in this test's process).
+  auto admin = BrickClient::Connect(bricks_[0]->client());
+  PBRICK_ASSERT_OK(admin);
+  auto label = label_vaddr(0);
+  PBRICK_ASSERT_OK(label);
+  auto lm = (*admin)->map(*label, proto::kMapWrite | proto::kMapShared);
+  PBRICK_ASSERT_OK(lm);
+  HolderRecord elsewhere;
+  elsewhere.pid = 1;
+  elsewhere.host = "host-b";
+  elsewhere.program = "pbrick-gateway";
+  auto record = encode_holder(elsewhere);
+  PBRICK_ASSERT_OK((*admin)->write(lm->rkey, lm->remote_addr + kHolderOffset, record));
+  auto data = BrickClient::Connect((*new_writer)->writer_options(0, (*new_writer)->new_channel_id()));
+  PBRICK_ASSERT_OK(data);
+  ASSERT_TRUE((*data)->fenced());
+
+  auto m = (*old_writer)->map_block(0, true);  // reconnects its control connection: the lock is taken
+  ASSERT_FALSE(m.ok());
+  auto channel = DataChannel::Create(Transport::kTcp, 4);
+  Status st = (*old_writer)->connect_channel(*channel, 0, (*old_writer)->new_channel_id());
+  ASSERT_FALSE(st.ok()) << "the writer that lost the lock connected a data channel";
+  EXPECT_EQ(st.error().errnum(), EBUSY) << st.error().message();
+  EXPECT_TRUE((*data)->stat().ok()) << "the new writer's connection was cut off";
+}
 
 // Layout mirror: the label of the highest generation decides which copies are
 // current (and keeps them so through the rewrite); labels that cannot be

@@ -293,7 +293,9 @@ void Server::Impl::handle_fence(Connection& c, const proto::FrameHeader& h, std:
     PBRICK_LOG_NOTICE("%s: closing the connection: %s took its place (FENCE of scope %s)", old.peer.c_str(),
                       c.peer.c_str(), format_hex(req->scope).c_str());
     old.fence.reset();
-    old.drop_output();  // its peer gave it up
+    // Its peer gave it up: what it still holds of replies goes nowhere (unless
+    // a send in flight points into it; that one fails on the shut socket).
+    if (!old.transport->pins_output(old)) old.drop_output();
     old.transport->cut_off();
     // Its executed WRITEs are covered by the next sync point of any connection
     // from now on, not from whenever its close completes.
