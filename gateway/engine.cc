@@ -513,16 +513,20 @@ Engine::SubmitStats Engine::submit_stats() const {
   return total;
 }
 
-Status Engine::discard(uint64_t count, uint64_t offset, bool fua) {
+Status Engine::discard(uint64_t count, uint64_t offset, bool fua, bool keep_allocated) {
   if (offset > size() || count > size() - offset) {
     return Error(EINVAL, "discard of " + std::to_string(count) + " bytes at " + std::to_string(offset) +
                              " is outside the volume");
   }
   Waiter& w = t_waiter;
   w.pieces.clear();
-  PBRICK_TRY(plan_discard(*volume_, offset, count, zeros_.data(), &w, w.pieces));
+  if (keep_allocated) {
+    plan_zero_fill(*volume_, offset, count, zeros_.data(), &w, w.pieces);
+  } else {
+    PBRICK_TRY(plan_discard(*volume_, offset, count, zeros_.data(), &w, w.pieces));
+  }
   bool zeroed = !w.pieces.empty();
-  PBRICK_TRY(run_pieces("discard"));
+  PBRICK_TRY(run_pieces(keep_allocated ? "zero" : "discard"));
   if (fua && zeroed) return sync_loops(false);
   return Status::Ok();
 }

@@ -82,8 +82,10 @@ class Engine {
   Status write(const void* buf, uint64_t count, uint64_t offset, bool fua);
   Status flush();
   // TRIM and WRITE_ZEROES: whole 2 MiB blocks are freed at the brick (they read
-  // back as zeros); the partial blocks at either end are zero-filled.
-  Status discard(uint64_t count, uint64_t offset, bool fua);
+  // back as zeros); the partial blocks at either end are zero-filled. With
+  // `keep_allocated` (a zero that must leave the range provisioned: NBD's
+  // NO_HOLE) every byte is written with zeros instead, allocating holes.
+  Status discard(uint64_t count, uint64_t offset, bool fua, bool keep_allocated = false);
 
   // Syncs sent to brick `brick` (of the volume's layout) so far, over all
   // loops (statistics: a FLUSH asks only the bricks that were written).

@@ -291,10 +291,12 @@ int pbrick_trim(void*, uint32_t count, uint64_t offset, uint32_t flags) {
   return st ? 0 : report(st.error());
 }
 
-// Whole blocks are freed (they read back as zeros), partial blocks zero-filled:
-// with or without NBDKIT_FLAG_MAY_TRIM the result reads as zeros.
+// With NBDKIT_FLAG_MAY_TRIM whole blocks are freed (they read back as zeros)
+// and partial blocks zero-filled; without it (the client sent NO_HOLE: the
+// range must stay provisioned, later writes must not fail for space) every
+// byte is written with zeros, allocating blocks not yet allocated.
 int pbrick_zero(void*, uint32_t count, uint64_t offset, uint32_t flags) {
-  Status st = g_engine->discard(count, offset, (flags & NBDKIT_FLAG_FUA) != 0);
+  Status st = g_engine->discard(count, offset, (flags & NBDKIT_FLAG_FUA) != 0, (flags & NBDKIT_FLAG_MAY_TRIM) == 0);
   return st ? 0 : report(st.error());
 }
 

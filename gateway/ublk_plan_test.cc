@@ -163,5 +163,99 @@ TEST_F(UblkPlanTest, ADiscardOfBusyBlocksNeverOverfillsTheChannel) {
   }
 }
 
+// The kernel fills a descriptor's op_flags as op | UBLK_IO_F_* (ublk_drv's
+// ublk_req_build_flags), the flags unshifted: a FUA write must be seen as
+// FUA (it is acknowledged only once durable), and WRITE_ZEROES with NOUNMAP
+// as one that must leave its range allocated.
+TEST(UblkRequestTest, FlagsAreReadWhereTheKernelPutsThem) {
+  ublksrv_io_desc d{};
+  d.op_flags = UBLK_IO_OP_WRITE | UBLK_IO_F_FUA;
+  d.start_sector = 8;
+  d.nr_sectors = 16;
+  UblkRequest r = decode_request(d);
+  EXPECT_EQ(r.op, UBLK_IO_OP_WRITE);
+  EXPECT_TRUE(r.fua) << "a FUA write taken for a plain one";
+  EXPECT_FALSE(r.no_unmap);
+  EXPECT_EQ(r.offset, 4096u);
+  EXPECT_EQ(r.len, 8192u);
+
+  d.op_flags = UBLK_IO_OP_WRITE_ZEROES | UBLK_IO_F_NOUNMAP;
+  r = decode_request(d);
+  EXPECT_EQ(r.op, UBLK_IO_OP_WRITE_ZEROES);
+  EXPECT_TRUE(r.no_unmap);
+  EXPECT_FALSE(r.fua);
+
+  // Other flags are neither.
+  d.op_flags = UBLK_IO_OP_WRITE | UBLK_IO_F_FAILFAST_DEV | UBLK_IO_F_META | UBLK_IO_F_SWAP;
+  r = decode_request(d);
+  EXPECT_FALSE(r.fua);
+  EXPECT_FALSE(r.no_unmap);
+  d.start_sector = (uint64_t{1} << 50) - 1;
+  d.nr_sectors = 0xFFFFFFFFu;
+  r = decode_request(d);
+  EXPECT_EQ(r.offset, ((uint64_t{1} << 50) - 1) << 9);
+  EXPECT_EQ(r.len, uint64_t{0xFFFFFFFFu} << 9);
+}
+
+// plan_zero_fill (WRITE_ZEROES with NOUNMAP): every block touched gets a
+// zero-fill WRITE, holes included, so afterwards the whole range is
+// allocated at the brick and reads as zeros; data around it stays.
+TEST_F(UblkPlanTest, AZeroFillLeavesEveryBlockOfItsRangeAllocated) {
+  auto volume = Volume::Open({.brick = brick_->client(), .size = 16 * kMiB});
+  ASSERT_TRUE(volume.ok()) << volume.error().message();
+  auto carrier = BrickClient::Connect(brick_->client());
+  ASSERT_TRUE(carrier.ok()) << carrier.error().message();
+  // Block 0 holds data; blocks 1 and 2 were never written.
+  std::vector<uint8_t> data(kBlock, 0x5A);
+  PBRICK_ASSERT_OK((*carrier)->alloc(0));
+  auto h0 = (*carrier)->map(0, proto::kMapWrite | proto::kMapShared);
+  ASSERT_TRUE(h0.ok()) << h0.error().message();
+  PBRICK_ASSERT_OK((*carrier)->write(h0->rkey, h0->remote_addr, data));
+  PBRICK_ASSERT_OK((*carrier)->unmap(0));
+
+  std::vector<uint8_t> zeros(kBlock, 0);
+  int pending = 0;
+  std::vector<UblkPiece> pieces;
+  const uint64_t offset = kBlock - 4096, len = kBlock + 8192;  // end of 0, all of 1, start of 2
+  plan_zero_fill(**volume, offset, len, zeros.data(), &pending, pieces);
+  ASSERT_EQ(pieces.size(), 3u);
+  for (const UblkPiece& p : pieces) {
+    EXPECT_TRUE(p.is_write);
+    EXPECT_EQ(p.buf, zeros.data()) << "a piece reads past the one block of zeros";
+  }
+  TestChannel channel(8, **carrier);
+  ChannelBacklog backlog;
+  auto done = [](DataChannel::Op* op, int status) {
+    auto* piece = static_cast<UblkPiece*>(op->ctx);
+    piece->status = status;
+    --*static_cast<int*>(piece->request);
+  };
+  for (int rounds = 0;; rounds++) {
+    ASSERT_LT(rounds, 3) << "the pieces did not all go out";
+    auto queued = queue_pieces(**volume, pieces, backlog, done);
+    ASSERT_TRUE(queued.ok()) << queued.error().message();
+    if (*queued == 0) break;
+    pending = static_cast<int>(*queued);
+    while (pending > 0) {
+      backlog.feed(channel);
+      ASSERT_GT(channel.inflight(), 0u);
+      channel.complete_all();
+    }
+  }
+  for (const UblkPiece& p : pieces) EXPECT_EQ(p.status, 0);
+  for (uint64_t b = 0; b < 3; b++) {
+    auto h = (*carrier)->map(b * kBlock, proto::kMapShared);
+    ASSERT_TRUE(h.ok()) << "block " << b << " is not allocated: " << h.error().message();
+    std::vector<uint8_t> back(kBlock);
+    PBRICK_ASSERT_OK((*carrier)->read(h->rkey, h->remote_addr, back));
+    for (uint64_t i = 0; i < kBlock; i++) {
+      uint64_t pos = b * kBlock + i;
+      uint8_t want = pos >= offset && pos < offset + len ? 0 : (b == 0 ? 0x5A : 0);
+      ASSERT_EQ(back[i], want) << "block " << b << " byte " << i;
+    }
+    PBRICK_ASSERT_OK((*carrier)->unmap(b * kBlock));
+  }
+}
+
 }  // namespace
 }  // namespace pbrick

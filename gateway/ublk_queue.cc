@@ -15,6 +15,7 @@
 #include "gateway/block_mapper.h"
 #include "gateway/data_channel.h"
 #include "gateway/ublk_ctrl.h"
+#include "gateway/ublk_plan.h"
 #include "gateway/volume_io.h"
 
 namespace pbrick {
@@ -55,7 +56,8 @@ struct UblkQueue::Tag {
   uint16_t tag = 0;
   uint8_t* buf = nullptr;
   uint8_t op = 0;
-  uint32_t flags = 0;
+  bool fua = false;
+  bool no_unmap = false;
   uint64_t offset = 0;
   uint64_t len = 0;
   bool zeroed = false;
@@ -260,11 +262,12 @@ void UblkQueue::commit(Tag& t, int result) {
 }
 
 void UblkQueue::handle_request(Tag& t) {
-  const ublksrv_io_desc& d = impl_->descs[t.tag];
-  t.op = static_cast<uint8_t>(d.op_flags & 0xff);
-  t.flags = d.op_flags >> 8;
-  t.offset = d.start_sector << 9;
-  t.len = static_cast<uint64_t>(d.nr_sectors) << 9;
+  const UblkRequest r = decode_request(impl_->descs[t.tag]);
+  t.op = r.op;
+  t.fua = r.fua;
+  t.no_unmap = r.no_unmap;
+  t.offset = r.offset;
+  t.len = r.len;
   t.retry.start(std::chrono::milliseconds(dev_.volume->options().io_timeout_ms));
   t.zeroed = false;
   t.pieces.clear();
@@ -280,6 +283,12 @@ void UblkQueue::handle_request(Tag& t) {
     case UBLK_IO_OP_DISCARD:
     case UBLK_IO_OP_WRITE_ZEROES:
       if (t.offset > size || t.len > size - t.offset) return commit(t, -EINVAL);
+      if (t.op == UBLK_IO_OP_WRITE_ZEROES && t.no_unmap) {
+        // The range must stay allocated (REQ_NOUNMAP): zeros are written.
+        plan_zero_fill(*dev_.volume, t.offset, t.len, impl_->zeros.data(), &t, t.pieces);
+        t.zeroed = !t.pieces.empty();
+        return submit_data(t);
+      }
       return do_discard(t);
     default:
       return commit(t, -EOPNOTSUPP);
@@ -318,8 +327,7 @@ void UblkQueue::advance(Tag& t) {
       PBRICK_LOG_ERROR("ublk%u queue %u: %s", dev_.dev_id, q_id_, t.retry.error().message().c_str());
       return commit(t, to_blk_errno(t.retry.error().errnum()));
   }
-  bool fua = (t.flags & UBLK_IO_F_FUA) != 0;
-  if (fua && (t.op == UBLK_IO_OP_WRITE || t.zeroed)) return start_sync_group(t, false);
+  if (t.fua && (t.op == UBLK_IO_OP_WRITE || t.zeroed)) return start_sync_group(t, false);
   commit(t, (t.op == UBLK_IO_OP_READ || t.op == UBLK_IO_OP_WRITE) ? static_cast<int>(t.len) : 0);
 }
 

@@ -46,15 +46,30 @@ Error io_error(const Volume& volume, uint32_t brick, int status, std::string_vie
   return Error(status, std::string(what) + " on brick " + volume.brick_name(brick));
 }
 
-void plan_rw(const Volume& volume, bool is_write, uint64_t offset, uint64_t len, uint8_t* buf, void* request,
-             std::vector<IoPiece>& pieces) {
+namespace {
+// One piece per block touched; each piece's bytes are at `buf` + its offset
+// in the range, or at `buf` itself for every piece when `one_source` (a block
+// of zeros).
+void plan_blocks(const Volume& volume, bool is_write, uint64_t offset, uint64_t len, uint8_t* buf, bool one_source,
+                 void* request, std::vector<IoPiece>& pieces) {
   for (uint64_t done = 0; done < len;) {
     uint64_t pos = offset + done;
     uint32_t in_block = static_cast<uint32_t>(pos % proto::kBlockSize);
     uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(len - done, proto::kBlockSize - in_block));
-    plan_block(volume, is_write, pos / proto::kBlockSize, in_block, n, buf + done, request, pieces);
+    plan_block(volume, is_write, pos / proto::kBlockSize, in_block, n, one_source ? buf : buf + done, request, pieces);
     done += n;
   }
+}
+}  // namespace
+
+void plan_rw(const Volume& volume, bool is_write, uint64_t offset, uint64_t len, uint8_t* buf, void* request,
+             std::vector<IoPiece>& pieces) {
+  plan_blocks(volume, is_write, offset, len, buf, false, request, pieces);
+}
+
+void plan_zero_fill(const Volume& volume, uint64_t offset, uint64_t len, uint8_t* zeros, void* request,
+                    std::vector<IoPiece>& pieces) {
+  plan_blocks(volume, true, offset, len, zeros, true, request, pieces);
 }
 
 Status plan_discard(Volume& volume, uint64_t offset, uint64_t len, uint8_t* zeros, void* request,

@@ -110,6 +110,13 @@ inline constexpr size_t kMaxPiecesPerRound = 8;
 void plan_rw(const Volume& volume, bool is_write, uint64_t offset, uint64_t len, uint8_t* buf, void* request,
              std::vector<IoPiece>& pieces);
 
+// WRITE_ZEROES that must leave the range allocated (ublk's NOUNMAP, NBD's
+// zero without MAY_TRIM): a zero-fill WRITE piece from `zeros` (one block of
+// zeros) for every block touched, allocated ones and holes alike; the writes
+// allocate the holes. Nothing is freed.
+void plan_zero_fill(const Volume& volume, uint64_t offset, uint64_t len, uint8_t* zeros, void* request,
+                    std::vector<IoPiece>& pieces);
+
 // DISCARD / WRITE_ZEROES of `len` bytes at `offset`: frees each whole
 // allocated block (Volume::discard_block: blocking control round trips) and
 // appends a zero-fill WRITE piece from `zeros` (one block of zeros) for each

@@ -233,15 +233,16 @@ fio_verify() {
     fail "chained-syncs=true over the file's false: $(grep -i 'syncs' "$NBD_LOG")"
 }
 
-@test "thin provisioning: writes allocate their blocks only, discard frees them at the brick" {
+@test "thin provisioning: writes allocate their blocks only, discard frees them, a zero without MAY_TRIM provisions" {
   start_brick b
   start_nbd
   run qio "write -P 0x11 0 $M2" "write -P 0x22 10M 64k" "write -P 0x33 800M 4k" flush
   assert_qio_ok
   assert_equal "$(data_blocks)" 3
   assert_equal "$(brick_list)" '[["0x0",1],["0xa00000",1],["0x32000000",1]]'
-  # Reading never-written space, and zeroing it, allocates nothing.
-  run qio "read -P 0 $M2 8M" "read -P 0 512M $M2" "write -z 100M 4M" "write -z $((200 * 1024 * 1024 + 4096)) 8k" \
+  # Reading never-written space, and zeroing it where holes may stay (-u:
+  # MAY_TRIM), allocates nothing.
+  run qio "read -P 0 $M2 8M" "read -P 0 512M $M2" "write -z -u 100M 4M" "write -z -u $((200 * 1024 * 1024 + 4096)) 8k" \
     "discard 300M 4k" "read -P 0 100M 4M" "read -P 0 200M $M2"
   assert_qio_ok
   assert_equal "$(brick_list)" '[["0x0",1],["0xa00000",1],["0x32000000",1]]'
@@ -259,6 +260,13 @@ fio_verify() {
   run qio "write -P 0x55 20M 6M" "discard 21M 4M" "read -P 0x55 20M 1M" "read -P 0 21M 4M" "read -P 0x55 25M 1M"
   assert_qio_ok
   assert_equal "$(brick_list)" '[["0x0",1],["0xa00000",1],["0x1400000",1],["0x1800000",1],["0x32000000",1]]'
+  # Zeroing without -u (NO_HOLE: the range must stay provisioned, so later
+  # writes cannot fail for space) writes zeros: an allocated block stays, the
+  # holes are allocated, and all of it reads as zeros.
+  run qio "write -z 20M $M2" "write -z 100M 4M" "read -P 0 20M $M2" "read -P 0 100M 4M"
+  assert_qio_ok
+  assert_equal "$(brick_list)" \
+    '[["0x0",1],["0xa00000",1],["0x1400000",1],["0x1800000",1],["0x6400000",2],["0x32000000",1]]'
 }
 
 @test "base=: two volumes at different base addresses on one brick are independent" {

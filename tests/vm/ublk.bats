@@ -224,7 +224,7 @@ brick_lacks() {
   ((status == 1)) || fail "the brick still lists a block at $1"
 }
 
-@test "ublk: blkdiscard of whole 2 MiB blocks frees them at the brick; discarded ranges read zeros" {
+@test "ublk: blkdiscard of whole 2 MiB blocks frees them at the brick; blkdiscard -z keeps its range allocated; both read zeros" {
   brick_up
   gw_attach --size 1G -q 2 -d 32
   # Blocks 2..5 (4 MiB .. 12 MiB) written.
@@ -240,9 +240,15 @@ brick_lacks() {
   blkdiscard -o $((9 * M)) -l $((1 * M)) "$DEV"
   brick_has $((4 * 2 * M))
   cmp -n $((1 * M)) <(dd if="$DEV" bs=1M skip=9 count=1 iflag=direct status=none) /dev/zero
-  # Zeroing (WRITE_ZEROES) of block 5.
+  # Zeroing (BLKZEROOUT: WRITE_ZEROES with NOUNMAP) of block 5 and of block
+  # 7, never written: zeros are written, block 5 stays and block 7 is
+  # allocated - the range must stay provisioned.
   blkdiscard -z -o $((10 * M)) -l $((2 * M)) "$DEV"
+  blkdiscard -z -o $((14 * M)) -l $((2 * M)) "$DEV"
   cmp -n $((2 * M)) <(dd if="$DEV" bs=1M skip=10 count=2 iflag=direct status=none) /dev/zero
+  cmp -n $((2 * M)) <(dd if="$DEV" bs=1M skip=14 count=2 iflag=direct status=none) /dev/zero
+  brick_has $((5 * 2 * M))
+  brick_has $((7 * 2 * M))
   gw_detach
   [ -z "$(dmesg_problems)" ]
 }
