@@ -85,7 +85,11 @@ class SyncLedger {
   }
 
  private:
-  uint64_t write_seq_ = 0;
+  // One write owed from the start: what an earlier process wrote on the
+  // brick may still be unsynced (a gateway killed after acknowledging
+  // writes, the kernel reissuing their FLUSH to the recovered one), so the
+  // first sync goes to the brick whatever this channel wrote.
+  uint64_t write_seq_ = 1;
   uint64_t synced_seq_ = 0;
   bool writes_maybe_lost_ = false;
   std::array<uint8_t, proto::kUuidSize> boot_id_{};

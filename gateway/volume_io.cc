@@ -392,7 +392,9 @@ struct VolumeChannels::Link {
   uint64_t epoch = 0;  // Volume::brick_epoch this link last saw
   // WRITEs pushed, and the count the last completed sync covered: the brick
   // needs a sync while they differ. Written by the loop, read by any thread.
-  std::atomic<uint64_t> writes{0};
+  // One is owed from the start (SyncLedger): the first FLUSH reaches every
+  // brick, covering what an earlier process may have left unsynced there.
+  std::atomic<uint64_t> writes{1};
   std::atomic<uint64_t> synced{0};
   // Volume::write_failures of the brick that the last completed sync saw:
   // while they differ, a sync goes to the brick anyway (see volume.h).
