@@ -138,6 +138,10 @@ void check_payload(Opcode op, bool reply, Span p) {
       case Opcode::kPersist:
         check_round_trip(p, decode_persist_request, persist_request_bytes, "PERSIST request");
         return;
+      case Opcode::kFence:
+        check_round_trip(p, decode_fence_request,
+                         fixed<FenceRequest, encode_fence_request, kFenceRequestSize>, "FENCE request");
+        return;
       case Opcode::kStat:
         return;  // no payload
     }

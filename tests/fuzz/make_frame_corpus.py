@@ -49,6 +49,8 @@ WRITE_REQ = struct.pack("<IIQII", 0x1234ABCD, 0, 0x7F3A00000010, 8, 0) + b"pbric
 PERSIST_REQ = (struct.pack("<II", 2, 0) + struct.pack("<IIQQ", 0x1234ABCD, 0, 0x7F3A00000000, 4096) +
                struct.pack("<IIQQ", 0x1234ABCD, 0, 0x7F3A00100010, 8))
 PERSIST_ALL_REQ = struct.pack("<II", 0, 0)  # every block mapped writable
+# FENCE: scope, writer (16 bytes), channel.
+FENCE_REQ = struct.pack("<Q", 0x40000000) + bytes(range(0xA0, 0xB0)) + struct.pack("<Q", 3)
 
 FILES = {
     "hello_request": frame(1, HELLO_REQ),
@@ -77,6 +79,8 @@ FILES = {
     "auth_reply_rdma": frame(2, AUTH_REP_RDMA, reply=True, rid=2),
     "persist_request": frame(11, PERSIST_REQ),
     "persist_request_all": frame(11, PERSIST_ALL_REQ),
+    "fence_request": frame(12, FENCE_REQ),
+    "fence_reply": frame(12, reply=True),
     "persist_reply": frame(11, reply=True),
     "persist_reply_ekeyrejected": frame(11, reply=True, status=129),
     # A client's session: HELLO, AUTH, ALLOC, MAP, WRITE, READ (sync-read).
