@@ -14,6 +14,12 @@ namespace {
 
 enum WrKind : uint64_t { kRecv = 1, kSendMessage = 2, kOneSided = 3 };
 
+// Message send slots: twice the messages a client may have outstanding. A
+// slot comes back with its send completion, which RC does not order before
+// the peer's reply: a reply can free a credit (the brick's receive) while
+// the request's own slot still waits for its completion.
+constexpr uint32_t kSendSlots = 2 * proto::kRdmaMaxOutstanding;
+
 uint64_t pack_wr(WrKind kind, uint32_t epoch, uint64_t low) {
   return (static_cast<uint64_t>(kind) << 60) | (static_cast<uint64_t>(epoch & 0xFFF) << 48) |
          (low & ((1ull << 48) - 1));
@@ -170,11 +176,10 @@ Status RdmaLink::setup_device(ibv_context* verbs, const LinkOptions& options) {
   if (!pd_) return errno_error("ibv_alloc_pd");
   // Twice what one QP can have outstanding: the flushed completions of a torn
   // down QP may still sit in the CQ when its successor's start to arrive.
-  int entries = static_cast<int>(2 * (options.one_sided_depth + 2 * proto::kRdmaMaxOutstanding + 8));
+  int entries = static_cast<int>(2 * (options.one_sided_depth + kSendSlots + proto::kRdmaMaxOutstanding + 8));
   PBRICK_TRY(cq_.create(verbs, entries));
-  constexpr size_t kSlots = proto::kRdmaMaxOutstanding;
-  recv_bufs_.assign(kSlots * proto::kRdmaMessageSize, 0);
-  send_bufs_.assign(kSlots * proto::kRdmaMessageSize, 0);
+  recv_bufs_.assign(proto::kRdmaMaxOutstanding * proto::kRdmaMessageSize, 0);
+  send_bufs_.assign(kSendSlots * proto::kRdmaMessageSize, 0);
   recv_mr_.reset(ibv_reg_mr(pd_.get(), recv_bufs_.data(), recv_bufs_.size(), IBV_ACCESS_LOCAL_WRITE));
   send_mr_.reset(ibv_reg_mr(pd_.get(), send_bufs_.data(), send_bufs_.size(), IBV_ACCESS_LOCAL_WRITE));
   if (!recv_mr_ || !send_mr_) return errno_error("ibv_reg_mr of the message buffers");
@@ -246,7 +251,7 @@ Status RdmaLink::connect(const Endpoint& ep, const LinkOptions& options, int tim
   attr.send_cq = cq_.cq();
   attr.recv_cq = cq_.cq();
   attr.qp_type = IBV_QPT_RC;
-  attr.cap.max_send_wr = options.one_sided_depth + proto::kRdmaMaxOutstanding + 4;
+  attr.cap.max_send_wr = options.one_sided_depth + kSendSlots + 4;
   attr.cap.max_recv_wr = proto::kRdmaMaxOutstanding;
   attr.cap.max_send_sge = options.max_sge;
   attr.cap.max_recv_sge = 1;
@@ -254,8 +259,8 @@ Status RdmaLink::connect(const Endpoint& ep, const LinkOptions& options, int tim
   epoch_++;
   id_ = std::move(id);
   free_send_slots_.clear();
+  for (uint32_t i = 0; i < kSendSlots; i++) free_send_slots_.push_back(i);
   for (uint32_t i = 0; i < proto::kRdmaMaxOutstanding; i++) {
-    free_send_slots_.push_back(i);
     Status st = post_recv(i);
     if (!st) {
       disconnect();
@@ -302,6 +307,7 @@ Status RdmaLink::send_message(std::span<const uint8_t> frame) {
   if (!id_) return Error(ENOTCONN, "rdma send: not connected");
   if (frame.size() > proto::kRdmaMessageSize) return Error(EMSGSIZE, "rdma send: frame larger than a message");
   if (free_send_slots_.empty()) return Error(EAGAIN, "rdma send: every message slot is in flight");
+  PBRICK_TRY(post_queued());
   uint32_t slot = free_send_slots_.back();
   free_send_slots_.pop_back();
   uint8_t* buf = send_bufs_.data() + size_t{slot} * proto::kRdmaMessageSize;

@@ -175,8 +175,11 @@ class RdmaLink {
   int completion_fd() const { return cq_.fd(); }
   int cm_fd() const;
 
-  // Copies `frame` into a send slot and posts it. EAGAIN when every slot is
-  // waiting for its completion (the owner keeps below kRdmaMaxOutstanding).
+  // Copies `frame` into a send slot and posts it, after every one-sided WR
+  // queued before it (post_queued() first): an RC queue pair executes WRs in
+  // the order they are posted, and a message (a PERSIST) must reach the brick
+  // after the WRITEs it covers. EAGAIN when every slot is waiting for its
+  // completion (the owner keeps below kRdmaMaxOutstanding).
   Status send_message(std::span<const uint8_t> frame);
 
   // Queues a one-sided READ or WRITE; post_queued() hands every queued WR to
@@ -184,6 +187,8 @@ class RdmaLink {
   void queue_rdma(ibv_wr_opcode opcode, const ibv_sge* sges, int nsge, uint32_t rkey, uint64_t remote_addr,
                   uint64_t cookie);
   Status post_queued();
+  // One-sided WRs queued and not yet posted.
+  size_t queued() const { return queued_.size(); }
 
   // Drains the CQ without blocking, calling `fn` for every message received
   // and every one-sided completion of this connection; message receives are

@@ -20,6 +20,12 @@
 //     refused with a remote access error, handle addresses are unrelated to
 //     each other, and the real handle works from another authenticated
 //     connection (handles are shared between authenticated connections).
+//   rdma_probe order HOST:PORT VADDR
+//     A message goes out after the one-sided WRs queued before it, as a
+//     PERSIST must reach the brick after the WRITEs it covers: on one link a
+//     WRITE of a pattern is queued (not posted), then a PERSIST is sent.
+//     Nothing may be left queued, the WRITE completes before the PERSIST's
+//     reply arrives, the reply is OK, and the pattern reads back.
 #include <cstdio>
 #include <cstring>
 #include <optional>
@@ -387,11 +393,84 @@ int preauth(const Endpoint& ep, const std::string& key_file, uint64_t vaddr) {
   return g_failures == 0 ? 0 : 1;
 }
 
+int order(const Endpoint& ep, uint64_t vaddr) {
+  rdma::RdmaLink link;
+  std::vector<uint8_t> pattern(256 * 1024), back(pattern.size());
+  for (size_t i = 0; i < pattern.size(); i++) pattern[i] = static_cast<uint8_t>(i * 13 + 5);
+  Status st = link.add_region(pattern.data(), pattern.size());
+  if (!st) {
+    step(false, "register the pattern: " + st.error().message());
+    return 1;
+  }
+  auto c = BrickClient::Connect(options_for(ep), &link, rdma::LinkOptions{});
+  if (!c) {
+    step(false, "connect: " + c.error().message());
+    return 1;
+  }
+  st = (*c)->alloc(vaddr);
+  step(st.ok() || st.error().errnum() == EEXIST, "alloc " + format_hex(vaddr));
+  auto h = (*c)->map(vaddr, proto::kMapWrite);
+  if (!h) {
+    step(false, "map: " + h.error().message());
+    return 1;
+  }
+  ibv_sge sge{reinterpret_cast<uint64_t>(pattern.data()), static_cast<uint32_t>(pattern.size()),
+              link.lkey(pattern.data(), pattern.size())};
+  link.queue_rdma(IBV_WR_RDMA_WRITE, &sge, 1, h->rkey, h->remote_addr, 1);
+  step(link.queued() == 1, "a 256 KiB RDMA WRITE queued, not posted");
+  proto::PersistRequest req;
+  req.ranges.push_back({h->rkey, h->remote_addr, pattern.size()});
+  std::vector<uint8_t> msg(proto::kHeaderSize + proto::persist_request_size(1));
+  proto::FrameHeader hdr;
+  hdr.opcode = proto::Opcode::kPersist;
+  hdr.request_id = 0x7700;
+  hdr.payload_len = static_cast<uint32_t>(msg.size() - proto::kHeaderSize);
+  proto::encode_header(hdr, msg.data());
+  proto::encode_persist_request(req, msg.data() + proto::kHeaderSize);
+  st = link.send_message(msg);
+  step(st.ok(), "PERSIST of the range sent" + (st.ok() ? "" : ": " + st.error().message()));
+  step(link.queued() == 0, "sending the message posted the WRITE queued before it (" +
+                               std::to_string(link.queued()) + " left queued)");
+  bool wrote = false, replied = false, write_first = false;
+  int write_status = -1;
+  uint32_t reply_status = ~0u;
+  for (int i = 0; i < 100 && !(wrote && replied); i++) {
+    Status w = link.wait(100, [&](const rdma::RdmaLink::Completion& comp) {
+      if (comp.kind == rdma::RdmaLink::Completion::Kind::kOneSided && comp.cookie == 1) {
+        wrote = true;
+        write_status = comp.status;
+        write_first = !replied;
+      } else if (comp.kind == rdma::RdmaLink::Completion::Kind::kMessage &&
+                 comp.message.size() >= proto::kHeaderSize) {
+        auto rh = proto::decode_header(comp.message.first(proto::kHeaderSize), true);
+        if (rh && rh->request_id == 0x7700) {
+          replied = true;
+          reply_status = rh->status;
+        }
+      }
+    });
+    if (!w.ok() && w.error().errnum() != ETIMEDOUT) {
+      step(false, "waiting for the completions: " + w.error().message());
+      return 1;
+    }
+  }
+  step(wrote && write_status == 0, "the WRITE completed" + (wrote ? "" : std::string(": never")));
+  step(replied && reply_status == 0, "the PERSIST was answered OK");
+  step(write_first, "the WRITE completed before the PERSIST's reply came");
+  st = (*c)->read(h->rkey, h->remote_addr, back);
+  step(st.ok() && back == pattern, "the pattern reads back");
+  return g_failures == 0 ? 0 : 1;
+}
+
 }  // namespace
+
+constexpr char kUsage[] =
+    "usage: rdma_probe revoke HOST:PORT VADDR | garbage HOST:PORT | preauth HOST:PORT KEYFILE VADDR |\n"
+    "                  order HOST:PORT VADDR\n";
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::fprintf(stderr, "usage: rdma_probe revoke HOST:PORT VADDR | garbage HOST:PORT | preauth HOST:PORT KEYFILE VADDR\n");
+    std::fputs(kUsage, stderr);
     return 2;
   }
   std::string mode = argv[1];
@@ -406,11 +485,16 @@ int main(int argc, char** argv) {
     return revoke(*ep, *vaddr);
   }
   if (mode == "garbage" && argc == 3) return garbage(*ep);
+  if (mode == "order" && argc == 4) {
+    auto vaddr = pbrick::parse_u64(argv[3], "VADDR");
+    if (!vaddr) return 2;
+    return order(*ep, *vaddr);
+  }
   if (mode == "preauth" && argc == 5) {
     auto vaddr = pbrick::parse_u64(argv[4], "VADDR");
     if (!vaddr) return 2;
     return preauth(*ep, argv[3], *vaddr);
   }
-  std::fprintf(stderr, "usage: rdma_probe revoke HOST:PORT VADDR | garbage HOST:PORT | preauth HOST:PORT KEYFILE VADDR\n");
+  std::fputs(kUsage, stderr);
   return 2;
 }

@@ -13,6 +13,8 @@
 #      authenticate, even through a real handle of another connection
 #   7. a brick killed with -9 while a client is connected starts again at
 #      once on the same RDMA port
+#   8. a message (PERSIST) goes out after the one-sided WRITEs queued before
+#      it on the same queue pair, as the WRITEs it covers must land first
 # The brick API tests (tests/integration/brick.bats) and the ublk tests run
 # over RDMA as well (scripts/test runs them with PBRICK_TRANSPORT=rdma).
 
@@ -60,6 +62,14 @@ seconds() { awk -v t="$1" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t /
   assert_success
   assert_output --partial "refused by the NIC"
   kill -0 "$BRICK_PID"
+}
+
+@test "rdma: a PERSIST goes out after the WRITEs queued before it on its queue pair" {
+  start_brick b
+  run "$PROBE_BIN" order "$TARGET" 0x400000
+  printf '# %s\n' "${lines[@]}" >&3
+  assert_success
+  refute_output --partial "FAIL"
 }
 
 @test "rdma: malformed messages close their own connection only" {
