@@ -181,11 +181,11 @@ void RdmaChannel::send_persist(uint32_t index) {
   s.sent = true;
   persists_inflight_++;
   Status st = link_.send_message({message_.data(), proto::kHeaderSize + payload});
-  if (!st) fail_connection(ECONNRESET, st.error().message());
+  if (!st) fail_connection(st.error().message());
 }
 
-void RdmaChannel::fail_connection(int status, const std::string& why) {
-  if (error_.ok()) error_ = Error(status, why);
+void RdmaChannel::fail_connection(const std::string& why) {
+  if (error_.ok()) error_ = Error(ECONNRESET, why);
 }
 
 void RdmaChannel::complete(uint32_t index, int status) {
@@ -209,8 +209,10 @@ void RdmaChannel::on_completion(const rdma::RdmaLink::Completion& c) {
   int status = c.status;
   if (status != 0) {
     // The QP is in the error state now: everything after this WR is flushed.
-    if (status != ECONNRESET) fail_connection(status, "brick " + c.error);
-    else fail_connection(ECONNRESET, "work request flushed");
+    // This op keeps its own status (EKEYREJECTED: map again); the connection's
+    // is ECONNRESET, so the other ops in flight, a sync among them, are sent
+    // again after the reconnect instead of taking this one's error.
+    fail_connection(status != ECONNRESET ? "brick " + c.error : "work request flushed");
   } else if (s.kind == Kind::kSyncRead) {
     ledger_.synced(s.covers_write_seq);
   } else if (s.nchunks > 0 && s.op->opcode == Opcode::kRead) {
@@ -223,13 +225,13 @@ void RdmaChannel::on_completion(const rdma::RdmaLink::Completion& c) {
 }
 
 void RdmaChannel::on_reply(std::span<const uint8_t> message) {
-  if (message.size() < proto::kHeaderSize) return fail_connection(EPROTO, "short message from the brick");
+  if (message.size() < proto::kHeaderSize) return fail_connection("short message from the brick");
   auto h = proto::decode_header(message.first(proto::kHeaderSize), /*expect_reply=*/true);
-  if (!h) return fail_connection(EPROTO, h.error().message());
+  if (!h) return fail_connection(h.error().message());
   uint32_t index = static_cast<uint32_t>(h->request_id & kSlotMask);
   if (h->opcode != Opcode::kPersist || index >= depth_ || slots_[index].op == nullptr ||
       slots_[index].kind != Kind::kPersist || slots_[index].sequence != (h->request_id >> 16)) {
-    return fail_connection(EPROTO, "reply from brick matches no request in flight");
+    return fail_connection("reply from brick matches no request in flight");
   }
   int status = h->status == 0 ? 0 : proto::errno_from_wire(h->status);
   Slot& s = slots_[index];
@@ -284,11 +286,11 @@ Status RdmaChannel::on_cqe(uint8_t event, int res) {
     cq_poll_inflight_ = false;
     if (res < 0 && res != -ECANCELED) return Error(-res, "poll on the completion channel");
     Status st = link_.poll([this](const rdma::RdmaLink::Completion& c) { on_completion(c); });
-    if (!st && link_.connected()) fail_connection(st.error().errnum(), st.error().message());
+    if (!st && link_.connected()) fail_connection(st.error().message());
   } else {
     cm_poll_inflight_ = false;
     Status st = link_.check_cm_events();  // drains the channel even between connections
-    if (!st && link_.connected()) fail_connection(ECONNRESET, st.error().message());
+    if (!st && link_.connected()) fail_connection(st.error().message());
   }
   Status error = error_;
   error_ = Status::Ok();

@@ -10,8 +10,9 @@
 // arm, poll). Every work completion's status is checked: a failed one fails
 // its op (EKEYREJECTED for a remote access error: the handle is dead, the
 // owner maps again) and breaks the QP, so the channel asks the loop to tear
-// down; flushed WRs then fail with ECONNRESET and are retried by the owner
-// after the reconnect, under the same deadline rules as over TCP. The CM
+// down; the other ops in flight (flushed WRs, syncs) then fail with
+// ECONNRESET and are retried by the owner after the reconnect, under the
+// same deadline rules as over TCP. The CM
 // channel is polled too, so a brick that disconnects is noticed at once.
 //
 // Syncs, by the method negotiated in HELLO:
@@ -91,7 +92,10 @@ class RdmaChannel final : public DataChannel {
   // Sends the PERSIST of slot `index`: the dirty ranges, or none (= every
   // writable mapping) after an overflow or a reconnect.
   void send_persist(uint32_t index);
-  void fail_connection(int status, const std::string& why);
+  // The connection is broken: the loop tears it down, and every op still in
+  // flight completes with ECONNRESET, to be sent again after the reconnect
+  // (as over TCP); only the op whose work request failed keeps its status.
+  void fail_connection(const std::string& why);
 
   const uint32_t depth_;
   rdma::RdmaLink link_;
