@@ -107,6 +107,20 @@ void RdmaTransport::on_work_completion(Connection& c, const RdmaListener::Comple
     return;
   }
   auto msg = conn_->received(wc.slot, wc.byte_len);
+  if (msg.size() < proto::kHeaderSize || proto::frame_size(msg) != msg.size()) {
+    // Every message is exactly one frame (docs/protocol.md §9.2): one whose
+    // header claims another length would glue the next messages' bytes into
+    // its payload. A header-level violation (§5): EBADMSG, then closed.
+    PBRICK_LOG_WARN("%s: closing connection: a %zu-byte message that is not one whole frame", c.peer.c_str(),
+                    msg.size());
+    auto echo = msg.size() >= proto::kHeaderSize ? proto::salvage_request_header(msg.first(proto::kHeaderSize))
+                                                 : std::nullopt;
+    if (echo && c.out_room(proto::kHeaderSize)) {
+      c.reply_error(*echo, Error(EBADMSG, "message size does not match the frame's payload_len"));
+    }
+    c.begin_close();
+    return;
+  }
   if (c.in_cap - c.in_end < msg.size()) {
     c.grow_buffers();
     std::memmove(c.in.get(), c.in.get() + c.in_start, c.in_end - c.in_start);

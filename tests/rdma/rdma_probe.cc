@@ -186,6 +186,23 @@ int garbage(const Endpoint& ep) {
   std::string want = "a READ reply, status " + std::to_string(proto::wire_status(EOPNOTSUPP));
   step(!stat.ok() && stat.error().context().find(want) != std::string::npos,
        "the READ frame is refused with EOPNOTSUPP: " + (stat.ok() ? std::string("no error") : stat.error().message()));
+  // A greeted client's message that is not one whole frame (a MAP header
+  // claiming its 16-byte payload, sent without it): EBADMSG for the MAP, then
+  // closed - the next message (STAT) is never glued into the MAP's payload.
+  auto c3 = BrickClient::Connect(options_for(ep));
+  if (!c3) {
+    step(false, "connect: " + c3.error().message());
+    return 1;
+  }
+  st = (*c3)->send_raw(frame(proto::Opcode::kMap, {}, proto::kMapRequestSize));
+  step(st.ok(), "a MAP header without its payload sent as one message");
+  stat = (*c3)->stat();
+  want = "a MAP reply, status " + std::to_string(proto::wire_status(EBADMSG));
+  step(!stat.ok() && stat.error().context().find(want) != std::string::npos,
+       "the short message is refused with EBADMSG: " + (stat.ok() ? std::string("no error") : stat.error().message()));
+  stat = (*c3)->stat();
+  step(!stat.ok(), "and its connection closed: " + (stat.ok() ? std::string("a STAT was answered") : stat.error().message()));
+
   auto c2 = BrickClient::Connect(options_for(ep));
   step(c2.ok() && (*c2)->stat().ok(), "a well-behaved client is served afterwards");
   return g_failures == 0 ? 0 : 1;

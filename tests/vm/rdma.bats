@@ -2,7 +2,9 @@
 # RDMA-only behaviour, on soft-RoCE (rxe0 over eth0) in the VM of tests/vm/run:
 #   1. revocation is done by the NIC: after UNMAP, a queue pair that kept the
 #      old rkey gets a remote access error, and the brick keeps serving
-#   2. malformed messages close only their own connection
+#   2. malformed messages close only their own connection; a greeted
+#      client's message that is not exactly one frame is refused (EBADMSG),
+#      never glued to the next message
 #   3. a brick that has not declared DDIO off refuses sync-read clients, with
 #      a message on both sides
 #   4. the data path does not run on the brick's CPU: its user+system time
