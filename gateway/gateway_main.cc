@@ -108,7 +108,8 @@ constexpr const char* kUsage =
     "detach -n ID: stops and deletes device ID (asks its daemon to, when it runs).\n"
     "recover -n ID: after the daemon of ID died (kill -9, crash), serves ID again\n"
     "  with the parameters of /run/pbrick/ublk-ID.conf, in the foreground like\n"
-    "  attach; I/O in flight when the daemon died is reissued.\n"
+    "  attach; I/O in flight when the daemon died is reissued. A brick that refuses\n"
+    "  data connections then does not stop it: its I/O waits for the brick.\n"
     "replace -n ID: a mirror's brick OLD (HOST:PORT as attached, or its place 0..N-1)\n"
     "  is replaced by the empty brick NEW while device ID stays in use; every block\n"
     "  is copied to it (progress in list). With --config/--volume: the one brick the\n"
@@ -616,13 +617,16 @@ int recover_main(int argc, char** argv) {
   s.dev.depth = info->queue_depth;
   s.dev.max_io_bytes = info->max_io_buf_bytes;
   s.dev.ioctl_encode = (ctrl->features() & UBLK_F_CMD_IOCTL_ENCODE) != 0;
+  s.dev.connect_lazily = true;  // the kernel is recovering: every queue must start
   p->queues = info->nr_hw_queues;
   p->depth = info->queue_depth;
   st = s.start_queues(*ctrl, info->nr_hw_queues, *p);
   if (st) st = ctrl->end_user_recovery(*id, getpid());
   if (!st) {
-    // As in attach: exiting releases what the queues hold; the device stays
-    // quiesced for another recover (or detach).
+    // Exiting releases what the queues hold. The kernel takes another
+    // recover only once every queue fetched its tags, so a queue that could
+    // not start (the queues connect lazily here: only mmap, ring or memory
+    // registration fail) may leave the device to detach.
     PBRICK_LOG_ERROR("%s", st.error().message().c_str());
     std::_Exit(1);
   }

@@ -188,7 +188,15 @@ Status UblkQueue::start() {
   // between them and the bricks (ublk copies between them and the bio).
   st = m.channels->add_buffer_region(m.bufs, m.bufs_len);
   if (st.ok()) st = m.channels->add_buffer_region(m.zeros.data(), m.zeros.size());  // WRITE_ZEROES source
-  if (st.ok()) st = m.channels->connect();
+  if (st.ok()) {
+    Status connected = m.channels->connect();
+    if (!connected && dev_.connect_lazily) {
+      PBRICK_LOG_WARN("ublk%u queue %u: %s: connecting again when it has I/O", dev_.dev_id, q_id_,
+                      connected.error().message().c_str());
+    } else {
+      st = connected;
+    }
+  }
   if (!st) return st.error().wrap("queue " + std::to_string(q_id_));
   thread_ = std::thread([this] { run(); });
   pthread_setname_np(thread_.native_handle(), ("pbrick-q" + std::to_string(q_id_)).c_str());  // ps, top, tests

@@ -78,6 +78,12 @@ struct UblkDevice {
   // While a queue has I/O in flight to a brick, it checks its ring for up to
   // this long before it sleeps (0: it sleeps at once; attach --poll-us).
   std::chrono::microseconds poll{0};
+  // recover: a queue whose bricks refuse its data connections at start still
+  // starts, and connects when it has I/O (which waits for the bricks until
+  // the I/O timeout, as after any connection loss). Once the kernel began
+  // the recovery, a queue that fails to start leaves the device beyond any
+  // later recover.
+  bool connect_lazily = false;
 };
 
 class UblkQueue final {

@@ -48,7 +48,7 @@ teardown() {
 # $TARGET; the same store and port every time, so a restart finds its blocks.
 brick_up() {
   "$TARGET_BIN" "${VM_STORE_ARGS[@]}" --listen "$TARGET" --transport "$PBRICK_TRANSPORT" \
-    --persistence "$PERSISTENCE" 2>>"$BATS_TEST_TMPDIR/brick.log" &
+    --persistence "$PERSISTENCE" "$@" 2>>"$BATS_TEST_TMPDIR/brick.log" &
   BRICK_PID=$!
   echo "$BRICK_PID" >>"$BATS_TEST_TMPDIR/pids"
   local i

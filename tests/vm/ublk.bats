@@ -299,6 +299,38 @@ brick_lacks() {
   [ -z "$(dmesg_problems)" ]
 }
 
+@test "ublk: recover while the brick refuses data connections: every queue starts, I/O resumes once it serves" {
+  brick_up
+  gw_attach --size 64M -q 2 -d 8
+  head -c $((4 * M)) /dev/urandom >"$BATS_TEST_TMPDIR/data"
+  dd if="$BATS_TEST_TMPDIR/data" of="$DEV" bs=1M oflag=direct conv=fsync status=none
+  kill -KILL "$GW_PID"
+  wait "$GW_PID" 2>/dev/null || true
+  GW_PID=
+  # The brick now serves one connection past its handshake: recover's
+  # control connection gets it, the queues' data connections get EAGAIN.
+  stop_brick TERM
+  brick_up --max-connections 1
+  "$GW_BIN" recover -n 0 >"$BATS_TEST_TMPDIR/recover.out" 2>>"$BATS_TEST_TMPDIR/gw.log" &
+  GW_PID=$!
+  local i
+  for i in $(seq 1 300); do
+    [ -s "$BATS_TEST_TMPDIR/recover.out" ] && break
+    kill -0 "$GW_PID" 2>/dev/null || { cat "$BATS_TEST_TMPDIR/gw.log" >&2; false; }
+    sleep 0.1
+  done
+  assert_equal "$(cat "$BATS_TEST_TMPDIR/recover.out")" /dev/ublkb0
+  run "$GW_BIN" list --json
+  assert_equal "$(jq -r '.[0].state' <<<"$output")" live
+  grep -q "connecting again when it has I/O" "$BATS_TEST_TMPDIR/gw.log"
+  # The brick serves as usual again: what was written reads back.
+  stop_brick TERM
+  brick_up
+  cmp "$BATS_TEST_TMPDIR/data" <(dd if="$DEV" bs=1M count=4 iflag=direct status=none)
+  gw_detach
+  [ -z "$(dmesg_problems)" ]
+}
+
 @test "ublk: brick crash (kill -9) and restart under a mounted ext4: I/O resumes, flushed data intact" {
   brick_up
   gw_attach --size 1G -q 2 -d 32
