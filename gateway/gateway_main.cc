@@ -550,9 +550,17 @@ int attach_main(int argc, char** argv) {
   if (st) st = ctrl->start_dev(id, getpid());
   if (!st) {
     // Queue threads may hold FETCHes on the device: DEL_DEV would wait for
-    // them. Exiting releases them; the added device stays for detach.
-    PBRICK_LOG_ERROR("%s; remove the device with: pbrick-gateway detach -n %u", st.error().message().c_str(), id);
+    // them. DEL_DEV_ASYNC removes it once exiting releases them, so a
+    // failing attach leaves nothing behind (a service restarting it would
+    // otherwise add a device per attempt).
     ::unlink(conf_path(id).c_str());
+    Status removed = ctrl->del_dev_async(id);
+    if (removed) {
+      PBRICK_LOG_ERROR("%s", st.error().message().c_str());
+    } else {
+      PBRICK_LOG_ERROR("%s; remove the device with: pbrick-gateway detach -n %u (%s)", st.error().message().c_str(), id,
+                       removed.error().message().c_str());
+    }
     std::_Exit(1);
   }
   return serve(*ctrl, s, p);

@@ -104,6 +104,12 @@ Status UblkControl::del_dev(uint32_t dev_id) {
   return Status::Ok();
 }
 
+Status UblkControl::del_dev_async(uint32_t dev_id) {
+  auto r = command(UBLK_CMD_DEL_DEV_ASYNC, true, dev_id, nullptr, 0, 0, "DEL_DEV_ASYNC");
+  if (!r) return r.error();
+  return Status::Ok();
+}
+
 Result<ublksrv_ctrl_dev_info> UblkControl::get_dev_info(uint32_t dev_id) {
   ublksrv_ctrl_dev_info info{};
   auto r = command(UBLK_CMD_GET_DEV_INFO, true, dev_id, &info, sizeof info, 0, "GET_DEV_INFO");

@@ -50,6 +50,11 @@
 #ifndef UBLK_U_IO_COMMIT_AND_FETCH_REQ
 #define UBLK_U_IO_COMMIT_AND_FETCH_REQ _IOWR('u', UBLK_IO_COMMIT_AND_FETCH_REQ, struct ublksrv_io_cmd)
 #endif
+// Linux 6.11+: DEL_DEV that returns at once; the device goes once its char
+// device is released (by the exit of a daemon whose queues still hold it).
+#ifndef UBLK_CMD_DEL_DEV_ASYNC
+#define UBLK_CMD_DEL_DEV_ASYNC 0x14
+#endif
 #ifndef UBLK_S_DEV_FAIL_IO
 #define UBLK_S_DEV_FAIL_IO 3
 #endif
@@ -82,6 +87,9 @@ class UblkControl {
   Status start_dev(uint32_t dev_id, pid_t daemon_pid);  // blocks until every queue fetched
   Status stop_dev(uint32_t dev_id);
   Status del_dev(uint32_t dev_id);  // waits until the char device is released
+  // Deletes without waiting (EOPNOTSUPP before Linux 6.11): for a daemon that
+  // fails with its queues still holding the char device and then exits.
+  Status del_dev_async(uint32_t dev_id);
   Result<ublksrv_ctrl_dev_info> get_dev_info(uint32_t dev_id);
   // The CPUs whose requests the kernel hands to queue `q_id` (after ADD_DEV).
   Result<cpu_set_t> get_queue_affinity(uint32_t dev_id, uint16_t q_id);

@@ -299,6 +299,31 @@ brick_lacks() {
   [ -z "$(dmesg_problems)" ]
 }
 
+@test "ublk: an attach that fails once the device exists removes it; the next attach gets the same id" {
+  # The brick serves one connection past its handshake: the attach's control
+  # connection gets it, its queues' data connections get EAGAIN.
+  brick_up --max-connections 1
+  run "$GW_BIN" attach --target "$TARGET" --transport "$PBRICK_TRANSPORT" --persistence "$PERSISTENCE" \
+    --size 64M -q 2 -d 8
+  assert_failure 1
+  assert_output --partial "EAGAIN"
+  refute_output --partial "remove the device with"
+  local i
+  for i in $(seq 1 50); do
+    [ -e /dev/ublkc0 ] || break
+    sleep 0.1
+  done
+  [ ! -e /dev/ublkc0 ] || fail "the failed attach left /dev/ublkc0"
+  run "$GW_BIN" list --json
+  assert_output "[]"
+  stop_brick TERM
+  brick_up
+  gw_attach --size 64M -q 2 -d 8
+  assert_equal "$DEV" /dev/ublkb0
+  gw_detach
+  [ -z "$(dmesg_problems)" ]
+}
+
 @test "ublk: recover while the brick refuses data connections: every queue starts, I/O resumes once it serves" {
   brick_up
   gw_attach --size 64M -q 2 -d 8
