@@ -66,7 +66,10 @@ Tiering::MapReadiness Tiering::prepare_map(uint64_t vaddr) {
   auto tier = store_.tier_of(vaddr);
   if (!tier) return MapReadiness::kReady;  // MAP reports ENOENT
   if (store_.moving(vaddr)) return MapReadiness::kWait;
-  if (*tier == kTierFast) return MapReadiness::kReady;
+  if (*tier == kTierFast) {
+    promoted_for_map_.erase(vaddr);  // its MAP is served now: it may go down again
+    return MapReadiness::kReady;
+  }
   if (promote_set_.count(vaddr) == 0) {
     if (store_.stats().fast_free_blocks == 0 && !store_.demotion_candidate() && !busy()) {
       return MapReadiness::kNoFastSlot;
@@ -105,6 +108,7 @@ void Tiering::tick() {
   }
   if (unsubmitted_) submit();
   just_promoted_.clear();
+  promoted_for_map_.clear();  // a MAP that never came back (its connection died) holds nothing longer
   refill();
   start_next();
 }
@@ -214,6 +218,11 @@ void Tiering::start_demotions() {
     if (store_.stats().slow_free_blocks == 0) break;
     auto victim = store_.demotion_candidate();
     if (!victim) break;
+    // A block promoted for a MAP that has not been served yet is not sent
+    // back down, not even to make room: demoting it for another waiting MAP
+    // would make the two trade the slot for ever. That MAP is then told there
+    // is no fast slot.
+    if (promoted_for_map_.count(*victim) != 0) break;
     if (for_room == 0) {
       if (budget_bytes_ < static_cast<double>(kBlockSize) || just_promoted_.count(*victim) != 0) break;
       budget_bytes_ -= static_cast<double>(kBlockSize);
@@ -315,6 +324,7 @@ void Tiering::finish(Batch& b, bool synced) {
       if (m.to_tier == kTierFast) {
         ++promotions_;
         just_promoted_.insert(m.vaddr);
+        promoted_for_map_.insert(m.vaddr);
       } else {
         ++demotions_;
       }

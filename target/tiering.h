@@ -140,6 +140,10 @@ class Tiering {
   // asked: background demotion leaves the fast tier alone until the next tick
   // rather than send such a block straight back down.
   std::set<uint64_t> just_promoted_;
+  // Promoted, and the MAP that asked has not asked again (prepare_map
+  // answering kReady) since: not even a demotion that makes room for another
+  // MAP takes such a block. Cleared at each tick too.
+  std::set<uint64_t> promoted_for_map_;
   double budget_bytes_ = 0;
   std::chrono::steady_clock::time_point last_refill_;
   uint64_t promotions_ = 0, demotions_ = 0, batches_ = 0;

@@ -472,5 +472,47 @@ TEST(Tiering, DemotesInTheBackgroundAndPromotesOnMap) {
   std::filesystem::remove_all(dir);
 }
 
+// Two MAPs race for the one fast slot not mapped. The block promoted for the
+// first must not go straight back down to make room for the second before
+// its own MAP is served: each promotion would demote the other's block, for
+// ever, and neither MAP would be answered. The second is told there is no
+// fast slot (its MAP answers ENOBUFS; the gateway unmaps and retries).
+TEST(Tiering, ABlockPromotedForAMapIsNotDemotedForAnotherBeforeItsMapIsServed) {
+  const std::string dir = std::filesystem::temp_directory_path() / ("pbrick-tiering-race-" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  auto fast = open_pmem_region({dir + "/fast", 16ull << 20, true});
+  ASSERT_TRUE(fast) << fast.error().message();
+  auto slow = open_pmem_region({dir + "/slow", 16ull << 20, true});
+  ASSERT_TRUE(slow) << slow.error().message();
+  auto s = Store::Open(std::move(*fast), StoreOpenOptions{}, std::move(*slow));
+  ASSERT_TRUE(s) << s.error().message();
+  Store& store = **s;
+  const uint64_t fast_slots = store.stats().fast_capacity_blocks;
+  for (uint64_t i = 0; i < fast_slots; ++i) ASSERT_TRUE(store.alloc(va(static_cast<int>(i))));
+  const uint64_t x = va(40), y = va(41);
+  ASSERT_TRUE(store.alloc(x));
+  ASSERT_TRUE(store.alloc(y));
+  ASSERT_EQ(*store.tier_of(x), kTierSlow);
+  ASSERT_EQ(*store.tier_of(y), kTierSlow);
+  for (uint64_t i = 1; i < fast_slots; ++i) ASSERT_TRUE(store.pin(va(static_cast<int>(i))));  // va(0) only is free to go
+  auto t = Tiering::Create(store, TieringOptions{dir + "/slow", 0, 1ull << 30});
+  ASSERT_TRUE(t) << t.error().message();
+  EXPECT_EQ((*t)->prepare_map(x), Tiering::MapReadiness::kWait);
+  EXPECT_EQ((*t)->prepare_map(y), Tiering::MapReadiness::kWait);
+  for (int i = 0; i < 200 && (*t)->busy(); ++i) {
+    pollfd p{(*t)->event_fd(), POLLIN, 0};
+    ASSERT_GE(::poll(&p, 1, 5000), 0);
+    (*t)->on_event();
+  }
+  ASSERT_FALSE((*t)->busy()) << "still moving after " << (*t)->promotions() << " promotions and "
+                             << (*t)->demotions() << " demotions";
+  EXPECT_EQ((*t)->promotions(), 1u);
+  EXPECT_EQ((*t)->prepare_map(x), Tiering::MapReadiness::kReady) << "the first MAP's block went back down";
+  EXPECT_EQ(*store.tier_of(y), kTierSlow);
+  t->reset();
+  s->reset();
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace pbrick
