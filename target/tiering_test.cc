@@ -409,25 +409,54 @@ void batch_crash_points(bool promote) {
 TEST(TierMoveCrash, DemotionBatchAtEveryCrashPoint) { batch_crash_points(/*promote=*/false); }
 TEST(TierMoveCrash, PromotionBatchAtEveryCrashPoint) { batch_crash_points(/*promote=*/true); }
 
+// A store of 16 MiB fast over 16 MiB slow, both files in a directory of the
+// test's own (removed with what is in it when the test ends).
+class TieredStore {
+ public:
+  explicit TieredStore(const std::string& name)
+      : dir_(std::filesystem::temp_directory_path() / (name + "-" + std::to_string(getpid()))) {
+    std::filesystem::create_directories(dir_);
+    auto fast = open_pmem_region({dir_ + "/fast", 16ull << 20, true});
+    auto slow = open_pmem_region({dir_ + "/slow", 16ull << 20, true});
+    if (!fast || !slow) {
+      error_ = (!fast ? fast.error() : slow.error()).message();
+      return;
+    }
+    auto s = Store::Open(std::move(*fast), StoreOpenOptions{}, std::move(*slow));
+    if (!s) {
+      error_ = s.error().message();
+      return;
+    }
+    store_ = std::move(*s);
+  }
+  ~TieredStore() {
+    store_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+  // Empty when the store opened.
+  const std::string& error() const { return error_; }
+  Store& store() { return *store_; }
+  std::string slow_path() const { return dir_ + "/slow"; }
+
+ private:
+  std::string dir_;
+  std::string error_;
+  std::unique_ptr<Store> store_;
+};
+
 // The data mover over real files on a disk file system (O_DIRECT): background
 // demotion down to the watermark, then promotion on MAP, data intact.
 TEST(Tiering, DemotesInTheBackgroundAndPromotesOnMap) {
-  const std::string dir = std::filesystem::temp_directory_path() / ("pbrick-tiering-" + std::to_string(getpid()));
-  std::filesystem::create_directories(dir);
-  auto fast = open_pmem_region({dir + "/fast", 16ull << 20, true});
-  ASSERT_TRUE(fast) << fast.error().message();
-  auto slow = open_pmem_region({dir + "/slow", 16ull << 20, true});
-  ASSERT_TRUE(slow) << slow.error().message();
-  auto s = Store::Open(std::move(*fast), StoreOpenOptions{}, std::move(*slow));
-  ASSERT_TRUE(s) << s.error().message();
-  Store& store = **s;
+  TieredStore tiered("pbrick-tiering");
+  ASSERT_EQ(tiered.error(), "");
+  Store& store = tiered.store();
   const uint64_t fast_slots = store.stats().fast_capacity_blocks;
   std::map<uint64_t, uint32_t> sums;
   for (uint64_t i = 0; i < fast_slots; ++i) {
     ASSERT_TRUE(store.alloc(va(static_cast<int>(i))));
     sums[va(static_cast<int>(i))] = fill(store, va(static_cast<int>(i)), static_cast<uint8_t>(i + 3));
   }
-  auto t = Tiering::Create(store, TieringOptions{dir + "/slow", 2, 1ull << 30});
+  auto t = Tiering::Create(store, TieringOptions{tiered.slow_path(), 2, 1ull << 30});
   ASSERT_TRUE(t) << t.error().message();
   int wakes = 0;
   (*t)->set_wake([&] { ++wakes; });
@@ -468,8 +497,6 @@ TEST(Tiering, DemotesInTheBackgroundAndPromotesOnMap) {
     EXPECT_EQ(crc32c(store.region().base() + *store.slot_offset(vaddr), kBlockSize), crc) << format_hex(vaddr);
   }
   t->reset();
-  s->reset();
-  std::filesystem::remove_all(dir);
 }
 
 // Two MAPs race for the one fast slot not mapped. The block promoted for the
@@ -478,15 +505,9 @@ TEST(Tiering, DemotesInTheBackgroundAndPromotesOnMap) {
 // ever, and neither MAP would be answered. The second is told there is no
 // fast slot (its MAP answers ENOBUFS; the gateway unmaps and retries).
 TEST(Tiering, ABlockPromotedForAMapIsNotDemotedForAnotherBeforeItsMapIsServed) {
-  const std::string dir = std::filesystem::temp_directory_path() / ("pbrick-tiering-race-" + std::to_string(getpid()));
-  std::filesystem::create_directories(dir);
-  auto fast = open_pmem_region({dir + "/fast", 16ull << 20, true});
-  ASSERT_TRUE(fast) << fast.error().message();
-  auto slow = open_pmem_region({dir + "/slow", 16ull << 20, true});
-  ASSERT_TRUE(slow) << slow.error().message();
-  auto s = Store::Open(std::move(*fast), StoreOpenOptions{}, std::move(*slow));
-  ASSERT_TRUE(s) << s.error().message();
-  Store& store = **s;
+  TieredStore tiered("pbrick-tiering-race");
+  ASSERT_EQ(tiered.error(), "");
+  Store& store = tiered.store();
   const uint64_t fast_slots = store.stats().fast_capacity_blocks;
   for (uint64_t i = 0; i < fast_slots; ++i) ASSERT_TRUE(store.alloc(va(static_cast<int>(i))));
   const uint64_t x = va(40), y = va(41);
@@ -494,8 +515,9 @@ TEST(Tiering, ABlockPromotedForAMapIsNotDemotedForAnotherBeforeItsMapIsServed) {
   ASSERT_TRUE(store.alloc(y));
   ASSERT_EQ(*store.tier_of(x), kTierSlow);
   ASSERT_EQ(*store.tier_of(y), kTierSlow);
-  for (uint64_t i = 1; i < fast_slots; ++i) ASSERT_TRUE(store.pin(va(static_cast<int>(i))));  // va(0) only is free to go
-  auto t = Tiering::Create(store, TieringOptions{dir + "/slow", 0, 1ull << 30});
+  // Every fast block mapped but va(0), the only one free to go down.
+  for (uint64_t i = 1; i < fast_slots; ++i) ASSERT_TRUE(store.pin(va(static_cast<int>(i))));
+  auto t = Tiering::Create(store, TieringOptions{tiered.slow_path(), 0, 1ull << 30});
   ASSERT_TRUE(t) << t.error().message();
   EXPECT_EQ((*t)->prepare_map(x), Tiering::MapReadiness::kWait);
   EXPECT_EQ((*t)->prepare_map(y), Tiering::MapReadiness::kWait);
@@ -510,8 +532,6 @@ TEST(Tiering, ABlockPromotedForAMapIsNotDemotedForAnotherBeforeItsMapIsServed) {
   EXPECT_EQ((*t)->prepare_map(x), Tiering::MapReadiness::kReady) << "the first MAP's block went back down";
   EXPECT_EQ(*store.tier_of(y), kTierSlow);
   t->reset();
-  s->reset();
-  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

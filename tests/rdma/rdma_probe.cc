@@ -201,7 +201,8 @@ int garbage(const Endpoint& ep) {
   step(!stat.ok() && stat.error().context().find(want) != std::string::npos,
        "the short message is refused with EBADMSG: " + (stat.ok() ? std::string("no error") : stat.error().message()));
   stat = (*c3)->stat();
-  step(!stat.ok(), "and its connection closed: " + (stat.ok() ? std::string("a STAT was answered") : stat.error().message()));
+  step(!stat.ok(),
+       "and its connection closed: " + (stat.ok() ? std::string("a STAT was answered") : stat.error().message()));
 
   auto c2 = BrickClient::Connect(options_for(ep));
   step(c2.ok() && (*c2)->stat().ok(), "a well-behaved client is served afterwards");

@@ -60,6 +60,22 @@ brick_up() {
   return 1
 }
 
+# gw_recover ID: starts `pbrick-gateway recover -n ID` in the background and
+# waits for the device path it prints (its output is in recover.out); sets
+# GW_PID. Fails, with the gateway's log, when the gateway exits first.
+gw_recover() {
+  "$GW_BIN" recover -n "$1" >"$BATS_TEST_TMPDIR/recover.out" 2>>"$BATS_TEST_TMPDIR/gw.log" &
+  GW_PID=$!
+  local i
+  for i in $(seq 1 300); do
+    [ -s "$BATS_TEST_TMPDIR/recover.out" ] && return 0
+    kill -0 "$GW_PID" 2>/dev/null || { cat "$BATS_TEST_TMPDIR/gw.log" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "pbrick-gateway recover did not print a device within 30 s" >&2
+  return 1
+}
+
 # gw_attach ARGS...: starts `pbrick-gateway attach` in the background, waits
 # for the device path it prints; sets GW_PID and DEV.
 gw_attach() {

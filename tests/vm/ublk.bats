@@ -224,7 +224,7 @@ brick_lacks() {
   ((status == 1)) || fail "the brick still lists a block at $1"
 }
 
-@test "ublk: blkdiscard of whole 2 MiB blocks frees them at the brick; blkdiscard -z keeps its range allocated; both read zeros" {
+@test "ublk: blkdiscard frees whole 2 MiB blocks at the brick; blkdiscard -z keeps its range allocated; both read zeros" {
   brick_up
   gw_attach --size 1G -q 2 -d 32
   # Blocks 2..5 (4 MiB .. 12 MiB) written.
@@ -278,14 +278,7 @@ brick_lacks() {
   assert_failure 1
   assert_output --partial "$conf: poll_us must be 0..1000"
   cp "$BATS_TEST_TMPDIR/conf.saved" "$conf"
-  "$GW_BIN" recover -n 0 >"$BATS_TEST_TMPDIR/recover.out" 2>>"$BATS_TEST_TMPDIR/gw.log" &
-  GW_PID=$!
-  local i
-  for i in $(seq 1 300); do
-    [ -s "$BATS_TEST_TMPDIR/recover.out" ] && break
-    kill -0 "$GW_PID" 2>/dev/null || { cat "$BATS_TEST_TMPDIR/gw.log" >&2; false; }
-    sleep 0.1
-  done
+  gw_recover 0
   assert_equal "$(cat "$BATS_TEST_TMPDIR/recover.out")" /dev/ublkb0
   run "$GW_BIN" list --json
   assert_equal "$(jq -r '.[0].state' <<<"$output")" live
@@ -336,14 +329,7 @@ brick_lacks() {
   # control connection gets it, the queues' data connections get EAGAIN.
   stop_brick TERM
   brick_up --max-connections 1
-  "$GW_BIN" recover -n 0 >"$BATS_TEST_TMPDIR/recover.out" 2>>"$BATS_TEST_TMPDIR/gw.log" &
-  GW_PID=$!
-  local i
-  for i in $(seq 1 300); do
-    [ -s "$BATS_TEST_TMPDIR/recover.out" ] && break
-    kill -0 "$GW_PID" 2>/dev/null || { cat "$BATS_TEST_TMPDIR/gw.log" >&2; false; }
-    sleep 0.1
-  done
+  gw_recover 0
   assert_equal "$(cat "$BATS_TEST_TMPDIR/recover.out")" /dev/ublkb0
   run "$GW_BIN" list --json
   assert_equal "$(jq -r '.[0].state' <<<"$output")" live
