@@ -506,6 +506,7 @@ int attach_main(int argc, char** argv) {
     p.queues = info.nr_hw_queues;
   }
   auto cleanup = [&] {
+    ::unlink(conf_path(id).c_str());
     s.queues.clear();
     s.cdev.reset();
     Status d = ctrl->del_dev(id);
@@ -532,6 +533,7 @@ int attach_main(int argc, char** argv) {
     return fail(st.error());
   }
   AttachParams saved = p;
+  ::unlink(conf_path(id).c_str());  // a file an earlier device of this id left must not outlive a failed save
   st = save_conf(id, saved);
   if (!st) PBRICK_LOG_WARN("%s (recover will not find the volume)", st.error().message().c_str());
 
@@ -591,6 +593,22 @@ int recover_main(int argc, char** argv) {
   if (!ctrl) return fail(ctrl.error());
   auto info = ctrl->get_dev_info(*id);
   if (!info) return fail(info.error());
+  // The file must describe this device: one left by another attach of the
+  // same id would put another volume under it. Checked before the volume is
+  // opened and the kernel asked to recover: a refusal leaves both as they were.
+  auto params = ctrl->get_params(*id);
+  if (!params) return fail(params.error());
+  const uint64_t device_bytes = params->basic.dev_sectors << 9;
+  const uint32_t device_lbs = 1u << params->basic.logical_bs_shift;
+  const bool device_ro = (params->basic.attrs & UBLK_ATTR_READ_ONLY) != 0;
+  if (device_bytes != p->size || device_lbs != p->logical_block_size || device_ro != p->read_only) {
+    return fail(Error(EINVAL, conf_path(*id) + " describes " + format_size(p->size) + ", " +
+                                  std::to_string(p->logical_block_size) + "-byte blocks" +
+                                  (p->read_only ? ", read-only" : "") + ", but device " + std::to_string(*id) +
+                                  " has " + format_size(device_bytes) + ", " + std::to_string(device_lbs) +
+                                  "-byte blocks" + (device_ro ? ", read-only" : "") +
+                                  ": not recovering it with another volume"));
+  }
   Server s;
   auto volume = open_volume(*p);
   if (!volume) return fail(volume.error());

@@ -86,6 +86,14 @@ Status UblkControl::set_params(uint32_t dev_id, ublk_params* params) {
   return Status::Ok();
 }
 
+Result<ublk_params> UblkControl::get_params(uint32_t dev_id) {
+  ublk_params params{};
+  params.len = sizeof params;
+  auto r = command(UBLK_CMD_GET_PARAMS, true, dev_id, &params, sizeof params, 0, "GET_PARAMS");
+  if (!r) return r.error();
+  return params;
+}
+
 Status UblkControl::start_dev(uint32_t dev_id, pid_t pid) {
   auto r = command(UBLK_CMD_START_DEV, false, dev_id, nullptr, 0, static_cast<uint64_t>(pid), "START_DEV");
   if (!r) return r.error();

@@ -84,6 +84,8 @@ class UblkControl {
   // dev_info->dev_id == UINT32_MAX lets the kernel pick the id; it is filled in.
   Status add_dev(ublksrv_ctrl_dev_info* info);
   Status set_params(uint32_t dev_id, ublk_params* params);
+  // The parameters SET_PARAMS gave the device (its size, block size, attrs).
+  Result<ublk_params> get_params(uint32_t dev_id);
   Status start_dev(uint32_t dev_id, pid_t daemon_pid);  // blocks until every queue fetched
   Status stop_dev(uint32_t dev_id);
   Status del_dev(uint32_t dev_id);  // waits until the char device is released

@@ -277,6 +277,13 @@ brick_lacks() {
   run "$GW_BIN" recover -n 0
   assert_failure 1
   assert_output --partial "$conf: poll_us must be 0..1000"
+  # One that describes another volume than the device's (another attach of
+  # the same id left it) is refused before the volume is opened.
+  cp "$BATS_TEST_TMPDIR/conf.saved" "$conf"
+  sed -i 's/^size=.*/size=2147483648/' "$conf"
+  run timeout 60 "$GW_BIN" recover -n 0  # a recover that went ahead would serve in the foreground
+  assert_failure 1
+  assert_output --partial "$conf describes 2.0 GiB, 4096-byte blocks, but device 0 has 1.0 GiB"
   cp "$BATS_TEST_TMPDIR/conf.saved" "$conf"
   gw_recover 0
   assert_equal "$(cat "$BATS_TEST_TMPDIR/recover.out")" /dev/ublkb0
