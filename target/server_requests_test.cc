@@ -279,5 +279,35 @@ TEST(ServerTest, MapOfASlowBlockWaitsForItsPromotionAndStatShowsTiers) {
   std::filesystem::remove_all(dir);
 }
 
+// FENCE is served only to a connection whose HELLO was granted the FENCE
+// feature (docs/protocol.md §7.9): otherwise EOPNOTSUPP, and the connection
+// goes on serving.
+TEST(ServerTest, FenceWithoutTheFenceFeatureIsRefusedAndTheConnectionServesOn) {
+  ServerHarness s(make_memory_region(8 * proto::kBlockSize));
+  proto::HelloRequest hello;  // no kFeatureFence
+  uint8_t hp[proto::kHelloRequestSize];
+  proto::encode_hello_request(hello, hp);
+  s.queue(Opcode::kHello, hp, 1);
+  proto::FenceRequest fence;
+  fence.scope = proto::kBlockSize;
+  fence.writer.fill(7);
+  uint8_t fp[proto::kFenceRequestSize];
+  proto::encode_fence_request(fence, fp);
+  s.queue(Opcode::kFence, fp, 2);
+  s.queue(Opcode::kStat, {}, 3);
+  s.send();
+  auto h = s.next();
+  ASSERT_TRUE(h);
+  ASSERT_EQ(h->status, 0u);
+  auto f = s.next();
+  ASSERT_TRUE(f) << "the brick closed instead of refusing the FENCE";
+  EXPECT_EQ(f->request_id, 2u);
+  EXPECT_EQ(f->status, proto::wire_status(EOPNOTSUPP));
+  auto st = s.next();
+  ASSERT_TRUE(st) << "the brick closed after refusing the FENCE";
+  EXPECT_EQ(st->request_id, 3u);
+  EXPECT_EQ(st->status, 0u);
+}
+
 }  // namespace
 }  // namespace pbrick
