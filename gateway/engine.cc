@@ -523,7 +523,16 @@ Status Engine::discard(uint64_t count, uint64_t offset, bool fua, bool keep_allo
   if (keep_allocated) {
     plan_zero_fill(*volume_, offset, count, zeros_.data(), &w, w.pieces);
   } else {
-    PBRICK_TRY(plan_discard(*volume_, offset, count, zeros_.data(), &w, w.pieces));
+    // A block a mirror's resync holds is waited for here, on the caller's
+    // thread: it has no other request under way that the resync could be
+    // waiting for.
+    for (uint64_t pos = offset, end = offset + count;;) {
+      auto planned = plan_discard(*volume_, pos, end - pos, zeros_.data(), &w, w.pieces);
+      if (!planned) return planned.error();
+      pos = *planned;
+      if (pos == end) break;
+      std::this_thread::sleep_for(kHeldWait);
+    }
   }
   bool zeroed = !w.pieces.empty();
   PBRICK_TRY(run_pieces(keep_allocated ? "zero" : "discard"));

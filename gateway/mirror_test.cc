@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstring>
 #include <chrono>
 #include <map>
@@ -222,6 +223,88 @@ TEST_F(MirrorTest, DiscardReachesEveryCopy) {
     ASSERT_EQ(held.size(), 1u) << "brick " << b;
     EXPECT_EQ(held.begin()->second, crc) << "brick " << b;
   }
+}
+
+// A discard that reaches a block a resync holds stops there without waiting
+// (the ublk queue thread calling it may have a write under way that the
+// resync waits for, completed only on that thread): what it planned before
+// the block stays planned, nothing from the block on is freed, and it goes
+// on from there once the block is released.
+TEST_F(MirrorTest, ADiscardStopsAtABlockAResyncHoldsAndGoesOnFromItLater) {
+  start_bricks(2);
+  PBRICK_ASSERT_OK(open(options(2)));
+  Volume& v = engine_->volume();
+  auto data = random_data(4 * kBlock, 31);
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));
+  PBRICK_ASSERT_OK(engine_->flush());
+  const Placement& pl = v.placement();
+  auto copies_allocated = [&](uint64_t block) {
+    return v.allocated(pl.unit(block, 0)) && v.allocated(pl.unit(block, 1));
+  };
+  auto copies_freed = [&](uint64_t block) {
+    return !v.allocated(pl.unit(block, 0)) && !v.allocated(pl.unit(block, 1));
+  };
+
+  // Block 0 from 1 MiB on (partial: zero-filled), 1 and 2 whole (freed),
+  // 3 up to 1 MiB (partial).
+  const uint64_t offset = 1 * kMiB, end = 3 * kBlock + 1 * kMiB;
+  std::vector<uint8_t> zeros(kBlock, 0);
+  int request = 0;
+  std::vector<IoPiece> pieces;
+  v.mirror()->hold(2);
+  std::atomic<bool> released{false};
+  std::thread watchdog([&] {  // a plan_discard that waited for the hold would otherwise never return
+    std::this_thread::sleep_for(std::chrono::seconds(3));
+    released.store(true);
+    v.mirror()->release();
+  });
+  auto planned = plan_discard(v, offset, end - offset, zeros.data(), &request, pieces);
+  const bool waited = released.load();
+  v.mirror()->release();
+  watchdog.join();
+  PBRICK_ASSERT_OK(planned);
+  EXPECT_FALSE(waited) << "plan_discard waited for the resync's hold";
+  EXPECT_EQ(*planned, 2 * kBlock) << "it stops at the start of the held block";
+  ASSERT_EQ(pieces.size(), 2u) << "block 0's zero-fill, one piece per copy";
+  for (const IoPiece& p : pieces) {
+    EXPECT_EQ(pl.block_of(p.block), 0u);
+    EXPECT_FALSE(p.counted) << "not counted while the request waits";
+  }
+  EXPECT_FALSE(v.mirror()->writes_in_flight(0));
+  EXPECT_TRUE(copies_allocated(0));
+  EXPECT_TRUE(copies_freed(1));
+  EXPECT_TRUE(copies_allocated(2)) << "nothing from the held block on is freed";
+  EXPECT_TRUE(copies_allocated(3));
+
+  // Released: the rest, appended to the same pieces.
+  planned = plan_discard(v, *planned, end - *planned, zeros.data(), &request, pieces);
+  PBRICK_ASSERT_OK(planned);
+  EXPECT_EQ(*planned, end);
+  ASSERT_EQ(pieces.size(), 4u);
+  EXPECT_EQ(pl.block_of(pieces[2].block), 3u);
+  EXPECT_EQ(pl.block_of(pieces[3].block), 3u);
+  EXPECT_TRUE(copies_freed(2));
+  EXPECT_TRUE(copies_allocated(3));
+  end_writes(v, pieces);
+  for (uint64_t block = 0; block < 4; block++) EXPECT_FALSE(v.mirror()->writes_in_flight(block)) << block;
+
+  // Through the engine the same discard waits for the hold on the caller's
+  // thread and completes: blocks 0 and 3 keep the bytes outside the range.
+  PBRICK_ASSERT_OK(engine_->write(data.data() + 2 * kBlock, kBlock, 2 * kBlock, false));
+  v.mirror()->hold(2);
+  std::thread releaser([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    v.mirror()->release();
+  });
+  Status discarded = engine_->discard(end - offset, offset, false);
+  releaser.join();
+  PBRICK_ASSERT_OK(discarded);
+  EXPECT_TRUE(copies_freed(2));
+  std::vector<uint8_t> back(4 * kBlock);
+  PBRICK_ASSERT_OK(engine_->read(back.data(), back.size(), 0));
+  std::vector<uint8_t> want(data);
+  std::memset(want.data() + offset, 0, end - offset);
+  EXPECT_EQ(crc32c(back.data(), back.size()), crc32c(want.data(), want.size()));
 }
 
 // Copies must fit the bricks; a label of a mirror refuses another copy count.

@@ -111,7 +111,9 @@ TEST_F(UblkPlanTest, ADiscardOfBusyBlocksNeverOverfillsTheChannel) {
   std::vector<UblkPiece> pieces;
   // [1 MiB, 23 MiB): block 0 partial, 1..9 busy, 10 whole and free, 11 partial.
   const uint64_t offset = 1 * kMiB, len = 22 * kMiB;
-  PBRICK_ASSERT_OK(plan_discard(**volume, offset, len, zeros.data(), &pending, pieces));
+  auto planned = plan_discard(**volume, offset, len, zeros.data(), &pending, pieces);
+  PBRICK_ASSERT_OK(planned);
+  ASSERT_EQ(*planned, offset + len);
   ASSERT_EQ(pieces.size(), 11u);
 
   auto carrier = BrickClient::Connect(brick_->client());

@@ -61,6 +61,8 @@ struct UblkQueue::Tag {
   uint64_t offset = 0;
   uint64_t len = 0;
   bool zeroed = false;
+  // DISCARD / WRITE_ZEROES: where plan_discard goes on (offset + len: planned).
+  uint64_t discard_from = 0;
   std::vector<IoPiece> pieces;
   uint32_t pending = 0;
   IoRetry retry;
@@ -297,6 +299,7 @@ void UblkQueue::handle_request(Tag& t) {
         t.zeroed = !t.pieces.empty();
         return submit_data(t);
       }
+      t.discard_from = t.offset;
       return do_discard(t);
     default:
       return commit(t, -EOPNOTSUPP);
@@ -340,14 +343,32 @@ void UblkQueue::advance(Tag& t) {
 }
 
 // DISCARD / WRITE_ZEROES: the core frees whole blocks and plans zero-fill
-// writes for the rest.
+// writes for the rest. A block a mirror's resync holds is planned again from
+// retry_tags: this thread must not sleep on it, since a write of this queue
+// that the resync waits for completes only here.
 void UblkQueue::do_discard(Tag& t) {
-  Status st = plan_discard(*dev_.volume, t.offset, t.len, impl_->zeros.data(), &t, t.pieces);
-  if (!st) {
-    PBRICK_LOG_ERROR("ublk%u queue %u: discard: %s", dev_.dev_id, q_id_, st.error().message().c_str());
-    return commit(t, to_blk_errno(st.error().errnum()));
+  const uint64_t end = t.offset + t.len;
+  auto planned = plan_discard(*dev_.volume, t.discard_from, end - t.discard_from, impl_->zeros.data(), &t, t.pieces);
+  if (!planned) {
+    PBRICK_LOG_ERROR("ublk%u queue %u: discard: %s", dev_.dev_id, q_id_, planned.error().message().c_str());
+    return commit(t, to_blk_errno(planned.error().errnum()));
+  }
+  t.discard_from = *planned;
+  if (t.discard_from != end) {
+    t.retry.wait_held();
+    impl_->retry_tags.push_back(&t);
+    return;
   }
   t.zeroed = !t.pieces.empty();
+  submit_data(t);
+}
+
+// A tag whose retry time came: its discard goes on being planned, or its
+// pieces not done yet go out again.
+void UblkQueue::resume(Tag& t) {
+  const bool planning = (t.op == UBLK_IO_OP_DISCARD || t.op == UBLK_IO_OP_WRITE_ZEROES) && !t.no_unmap &&
+                        t.discard_from != t.offset + t.len;
+  if (planning) return do_discard(t);
   submit_data(t);
 }
 
@@ -474,7 +495,7 @@ void UblkQueue::on_tick() {
   m.channels->on_tick();
   auto now = Clock::now();
   take_due(m.retry_tags, m.tags_scratch, now);
-  for (Tag* t : m.tags_scratch) submit_data(*t);
+  for (Tag* t : m.tags_scratch) resume(*t);
   take_due(m.retry_syncs, m.syncs_scratch, now);
   for (SyncWork* w : m.syncs_scratch) m.channels->sync(w->job);
 }

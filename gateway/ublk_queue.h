@@ -122,6 +122,7 @@ class UblkQueue final {
   void submit_data(Tag& t);
   void advance(Tag& t);
   void do_discard(Tag& t);
+  void resume(Tag& t);
   void start_sync_group(Tag& t, bool all_queues);
   void start_sync(UblkQueue* owner, uint16_t tag);
   void advance_sync(SyncWork* work);

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <thread>
 
 #include "common/log.h"
 #include "common/units.h"
@@ -15,7 +14,6 @@ namespace {
 constexpr auto kReconnectInterval = std::chrono::milliseconds(100);
 constexpr auto kFirstBackoff = std::chrono::milliseconds(20);
 constexpr auto kMaxBackoff = std::chrono::milliseconds(500);
-constexpr auto kHeldWait = std::chrono::milliseconds(2);
 
 }  // namespace
 
@@ -72,8 +70,8 @@ void plan_zero_fill(const Volume& volume, uint64_t offset, uint64_t len, uint8_t
   plan_blocks(volume, true, offset, len, zeros, true, request, pieces);
 }
 
-Status plan_discard(Volume& volume, uint64_t offset, uint64_t len, uint8_t* zeros, void* request,
-                    std::vector<IoPiece>& pieces) {
+Result<uint64_t> plan_discard(Volume& volume, uint64_t offset, uint64_t len, uint8_t* zeros, void* request,
+                              std::vector<IoPiece>& pieces) {
   uint64_t size = volume.size();
   uint64_t end = offset + len;
   for (uint64_t pos = offset; pos < end;) {
@@ -88,12 +86,14 @@ Status plan_discard(Volume& volume, uint64_t offset, uint64_t len, uint8_t* zero
     plan_block(volume, true, block, static_cast<uint32_t>(pos - block_start), static_cast<uint32_t>(piece_end - pos),
                zeros, request, pieces);
     // Mirror: the block's writes count from here, before any copy is
-    // skipped or freed (mirror.h); a block a resync copies is waited for
-    // (like the blocking FREEs below, on the caller's thread).
-    while (begin_writes(volume, std::span<IoPiece>(pieces).subspan(first))) {
-      std::this_thread::sleep_for(kHeldWait);
+    // skipped or freed (mirror.h). A block a resync copies is not waited for
+    // here: the caller goes on from it later.
+    if (begin_writes(volume, std::span<IoPiece>(pieces).subspan(first))) {
+      pieces.resize(first);
+      end_writes(volume, pieces);
+      return pos;
     }
-    auto fail = [&](const Error& e) -> Status {
+    auto fail = [&](const Error& e) -> Error {
       end_writes(volume, pieces);  // the request fails: none of its pieces goes out
       pieces.resize(first);
       return e;
@@ -118,7 +118,7 @@ Status plan_discard(Volume& volume, uint64_t offset, uint64_t len, uint8_t* zero
     pieces.resize(kept);
     pos = piece_end;
   }
-  return Status::Ok();
+  return end;
 }
 
 namespace {
@@ -330,7 +330,7 @@ IoRetry::Step IoRetry::settle(Volume& volume, std::span<IoPiece> pieces, std::st
   if (lost != 0) {
     step = later(volume, lost_brick, lost, what);
   } else if (held) {
-    retry_at_ = IoClock::now() + kHeldWait;  // a block copy takes milliseconds; no backoff, no deadline
+    wait_held();
     step = Step::kLater;
   } else if (again) {
     step = IoClock::now() >= deadline_ ? later(volume, lost_brick, ETIMEDOUT, what) : Step::kNow;
@@ -338,6 +338,10 @@ IoRetry::Step IoRetry::settle(Volume& volume, std::span<IoPiece> pieces, std::st
   if (step == Step::kFail) note_failed_writes(volume, pieces);
   if (step == Step::kDone || step == Step::kFail) end_writes(volume, pieces);
   return step;
+}
+
+void IoRetry::wait_held() {
+  retry_at_ = IoClock::now() + kHeldWait;  // a block copy takes milliseconds; no backoff, no deadline
 }
 
 IoRetry::Step IoRetry::settle_sync(const Volume& volume, int status, uint32_t brick, std::string_view what) {

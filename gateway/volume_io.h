@@ -71,6 +71,8 @@ enum class Fate {
 // The status queue_round gives the pieces of a request it held back
 // (mirror.h); no errno, so no brick's reply is ever taken for it.
 inline constexpr int kErrHeld = 0x10000;
+// How long a request a resync holds back waits before it tries again.
+inline constexpr auto kHeldWait = std::chrono::milliseconds(2);
 Fate fate_of(int status);
 
 // The error of I/O to `brick` that failed with `status`: a brick refused for
@@ -120,9 +122,16 @@ void plan_zero_fill(const Volume& volume, uint64_t offset, uint64_t len, uint8_t
 // DISCARD / WRITE_ZEROES of `len` bytes at `offset`: frees each whole
 // allocated block (Volume::discard_block: blocking control round trips) and
 // appends a zero-fill WRITE piece from `zeros` (one block of zeros) for each
-// allocated range it does not free. Error: a FREE that failed otherwise.
-Status plan_discard(Volume& volume, uint64_t offset, uint64_t len, uint8_t* zeros, void* request,
-                    std::vector<IoPiece>& pieces);
+// allocated range it does not free. Returns where it stopped: `offset + len`
+// when the whole range is planned; before it, the start of a block a
+// mirror's resync holds (nothing from there on is freed or planned). It does
+// not wait there: a write the caller's thread has under way may be what the
+// resync waits for. The caller plans the rest from that position a moment
+// later (kHeldWait), appending to the same `pieces`; the pieces planned so far
+// are then not counted on their blocks' write counters (mirror.h), which
+// queue_round's first round does. Error: a FREE that failed otherwise.
+Result<uint64_t> plan_discard(Volume& volume, uint64_t offset, uint64_t len, uint8_t* zeros, void* request,
+                              std::vector<IoPiece>& pieces);
 
 class BlockMapper;
 
@@ -161,6 +170,9 @@ class IoRetry {
   Step settle(Volume& volume, std::span<IoPiece> pieces, std::string_view what);
   // The same for a sync that completed with `status` (SyncJob::status).
   Step settle_sync(const Volume& volume, int status, uint32_t brick, std::string_view what);
+  // A resync holds a block the request must plan (plan_discard): again at
+  // retry_at(), kHeldWait from now.
+  void wait_held();
 
   IoClock::time_point retry_at() const { return retry_at_; }
   const Error& error() const { return error_; }
