@@ -1235,7 +1235,9 @@ ConfigParseResult check_cluster_config_file(const std::string& path) {
 
 Result<ClusterConfig> load_cluster_config(const std::string& path) {
   auto text = read_file(path);
-  if (!text) return text.error();
+  // The reason goes into the context: callers print the context alone (an
+  // EINVAL's is the list of mistakes, its strerror only noise).
+  if (!text) return Error(text.error().errnum(), text.error().message());
   ConfigParseResult result = check_cluster_config(*text, path);
   if (result.errors.empty()) return std::move(result.config);
   std::string joined;

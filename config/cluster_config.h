@@ -192,7 +192,8 @@ ConfigParseResult check_cluster_config_file(const std::string& path);
 
 // The convenience form: the config, or EINVAL whose context holds every error
 // (ConfigError::to_string()) joined by newlines; ENOENT/EACCES/... when the
-// file cannot be read.
+// file cannot be read, with the reason in the context too ("open FILE: No
+// such file or directory (ENOENT)"), so printing context() is enough.
 Result<ClusterConfig> load_cluster_config(const std::string& path);
 
 // `pbrickctl config check FILE`: argv[0] is the subcommand name ("check",

@@ -74,7 +74,8 @@ constexpr const char* kUsage =
     "ADDR, OFFSET, RKEY and RADDR are hex (0x...) or decimal; LENGTH accepts K, M, G.\n"
     "--target defaults to $PBRICK_TARGET, --config to $PBRICK_CONFIG, --key-file to\n"
     "$PBRICK_KEY_FILE; with --config and --brick, the brick's address and key come\n"
-    "from the cluster file, and so does the transport (--transport wins; default tcp).\n"
+    "from the cluster file (neither variable applies; --target with --brick is an\n"
+    "error, --key-file wins), and so does the transport (--transport wins).\n"
     "Exit status: 0 success, 1 operation failed, 2 usage error.\n";
 
 bool g_json = false;
@@ -601,8 +602,11 @@ int run_sub(int (*fn)(int, char**), std::vector<std::string> args) {
 int main(int argc, char** argv) {
   set_log_prefix(false);
   signal(SIGPIPE, SIG_IGN);
-  std::string target_text = getenv("PBRICK_TARGET") ? getenv("PBRICK_TARGET") : "";
-  std::string key_file = getenv("PBRICK_KEY_FILE") ? getenv("PBRICK_KEY_FILE") : "";
+  // PBRICK_TARGET / PBRICK_KEY_FILE are defaults for --target / --key-file
+  // only: a brick named by --config/--brick brings its own address and key.
+  const std::string env_target = getenv("PBRICK_TARGET") ? getenv("PBRICK_TARGET") : "";
+  const std::string env_key_file = getenv("PBRICK_KEY_FILE") ? getenv("PBRICK_KEY_FILE") : "";
+  std::string target_text, key_file;
   std::string config_file = getenv("PBRICK_CONFIG") ? getenv("PBRICK_CONFIG") : "";
   std::string brick_name;
   int timeout_ms = 10000;
@@ -638,10 +642,14 @@ int main(int argc, char** argv) {
       const char* v = value("--config");
       if (!v) return usage_error("--config needs a FILE");
       config_file = v;
+    } else if (a.rfind("--config=", 0) == 0) {
+      config_file = a.substr(9);
     } else if (a == "--brick") {
       const char* v = value("--brick");
       if (!v) return usage_error("--brick needs a NAME");
       brick_name = v;
+    } else if (a.rfind("--brick=", 0) == 0) {
+      brick_name = a.substr(8);
     } else if (a == "--transport" || a.rfind("--transport=", 0) == 0) {
       const char* v = a == "--transport" ? value("--transport") : argv[i] + 12;
       if (!v) return usage_error("--transport needs tcp or rdma");
@@ -689,6 +697,8 @@ int main(int argc, char** argv) {
     for (size_t k = 2; k < args.size(); k++) {
       if (args[k] == "--brick" && k + 1 < args.size()) {
         brick_name = args[++k];
+      } else if (args[k].rfind("--brick=", 0) == 0) {
+        brick_name = args[k].substr(8);
       } else {
         return usage_error("ddio apply: unexpected argument '" + args[k] + "'");
       }
@@ -696,6 +706,9 @@ int main(int argc, char** argv) {
     if (config_file.empty() || brick_name.empty()) return usage_error("ddio apply needs --config FILE and --brick NAME");
   }
   if (!brick_name.empty() && config_file.empty()) return usage_error("--brick needs --config FILE");
+  if (!brick_name.empty() && !target_text.empty()) {
+    return usage_error("--target and --brick both say which brick: give one of them");
+  }
   if (!config_file.empty() && !brick_name.empty()) {
     auto loaded = load_cluster_config(config_file);
     if (!loaded) {
@@ -705,9 +718,13 @@ int main(int argc, char** argv) {
     config = std::move(*loaded);
     brick = config->find_brick(brick_name);
     if (brick == nullptr) return usage_error("--brick: no brick named '" + brick_name + "' in " + config_file);
-    if (target_text.empty()) target_text = brick->endpoint().to_string();
+    target_text = brick->endpoint().to_string();
     if (key_file.empty()) key_file = brick->key_file;
     if (!transport) transport = brick->transport;
+  }
+  if (brick == nullptr) {
+    if (target_text.empty()) target_text = env_target;
+    if (key_file.empty()) key_file = env_key_file;
   }
   if (cmd == "ddio") return cmd_ddio_apply(*config, *brick);
   static const char* const kCommands[] = {"stat", "list", "alloc", "free", "map", "unmap",

@@ -309,6 +309,13 @@ EOF
   run "$CTL_BIN" config check "$BATS_TEST_TMPDIR"
   assert_failure 1
   assert_output --partial 'Is a directory'
+  # The daemons and the brick commands say why too.
+  run --separate-stderr "$TARGET_BIN" --config "$BATS_TEST_TMPDIR/nope.yaml" --brick brick0
+  assert_failure 1
+  assert_equal "$stderr" "pbrick-target: open $BATS_TEST_TMPDIR/nope.yaml: No such file or directory (ENOENT)"
+  run --separate-stderr "$CTL_BIN" --config "$BATS_TEST_TMPDIR/nope.yaml" --brick brick0 stat
+  assert_failure 1
+  assert_equal "$stderr" "pbrickctl: open $BATS_TEST_TMPDIR/nope.yaml: No such file or directory (ENOENT)"
 }
 
 @test "an unset \${VAR} without a default is a positioned error, everywhere the file is read" {
@@ -394,6 +401,16 @@ serve_example() {
   run "${IN_NETNS[@]}" "$CTL_BIN" --config "$config" --brick brick0 stat
   assert_success
   assert_line --regexp "^capacity +$blocks blocks"
+  # The brick's address and key come from the file, not from the variables
+  # meant for --target / --key-file (a stale PBRICK_TARGET would send the
+  # command to another brick); --target with --brick is refused.
+  PBRICK_TARGET=127.0.0.1:1 PBRICK_KEY_FILE=/nonexistent run "${IN_NETNS[@]}" "$CTL_BIN" \
+    --config="$config" --brick=brick0 --json stat
+  assert_success
+  assert_equal "$(jq .capacity_blocks <<<"$output")" "$blocks"
+  run --separate-stderr "${IN_NETNS[@]}" "$CTL_BIN" --config "$config" --brick brick0 --target 127.0.0.1:1 stat
+  assert_failure 2
+  assert_equal "${stderr%%$'\n'*}" "pbrickctl: --target and --brick both say which brick: give one of them"
 }
 
 # The commands serve_example runs, prefixed: empty (this host's network), or
