@@ -731,6 +731,7 @@ class Validator {
     std::map<std::string, std::string> names;       // name -> path of first definition
     std::map<std::string, std::string> endpoints;   // host:port -> brick name
     std::map<std::string, std::string> stores;      // host + path of a store, slow tier or socket -> brick
+    std::map<std::string, const BrickConfig*> ddio_ports;  // host + netdev -> the first brick setting its DDIO
     for (size_t i = 0; i < c_.bricks.size(); i++) {
       const BrickConfig& b = c_.bricks[i];
       std::string p = index_path("bricks", i);
@@ -793,11 +794,13 @@ class Validator {
           }
         }
       }
-      if (c_.positions.count(p + ".store.slow.low_watermark") && b.store.slow_low_watermark == 0) {
+      if (known(p + ".store.slow.low_watermark") && c_.positions.count(p + ".store.slow.low_watermark") &&
+          b.store.slow_low_watermark == 0) {
         error(p + ".store.slow.low_watermark", "low watermark must be at least 1 free fast block (leave it out for "
                                                "the default, an eighth of the store)");
       }
-      if (c_.positions.count(p + ".store.slow.demote_rate") && b.store.slow_demote_rate < kBlockSize) {
+      if (known(p + ".store.slow.demote_rate") && c_.positions.count(p + ".store.slow.demote_rate") &&
+          b.store.slow_demote_rate < kBlockSize) {
         error(p + ".store.slow.demote_rate", "demotion rate " + std::to_string(b.store.slow_demote_rate) +
                                                  " is below one 2 MiB block a second");
       }
@@ -825,6 +828,18 @@ class Validator {
       if (b.nic.ddio != DdioMode::kUnmanaged && known(p + ".nic.netdev") && b.nic.netdev.empty()) {
         error(p + ".nic.ddio", std::string("ddio '") + ddio_mode_name(b.nic.ddio) +
                                    "' requires nic.netdev (the interface whose PCIe root port is configured)");
+      }
+      // One NIC's root port has one DDIO setting: a brick applying 'on' there
+      // would silently undo the 'off' a sync-read brick's durability rests on.
+      if (b.nic.ddio != DdioMode::kUnmanaged && !b.nic.netdev.empty() && known(p + ".nic.ddio") &&
+          known(p + ".nic.netdev") && known(p + ".host")) {
+        auto [it, inserted] = ddio_ports.emplace(b.host + "\n" + b.nic.netdev, &b);
+        if (!inserted && it->second->nic.ddio != b.nic.ddio) {
+          error(p + ".nic.ddio", std::string("ddio '") + ddio_mode_name(b.nic.ddio) + "' on " + b.nic.netdev +
+                                     " of " + b.host + " contradicts brick " + quote(it->second->name) +
+                                     ", which sets it '" + ddio_mode_name(it->second->nic.ddio) +
+                                     "' (the NIC's root port has one setting)");
+        }
       }
       for (auto [key, value] : {std::pair<const char*, uint32_t>{"max_connections", b.max_connections},
                                 {"max_handshakes", b.max_handshakes}}) {

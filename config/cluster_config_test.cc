@@ -2,6 +2,8 @@
 
 #include <dirent.h>
 #include <gtest/gtest.h>
+
+#include <tuple>
 #include <unistd.h>
 
 #include <algorithm>
@@ -624,6 +626,43 @@ TEST(ClusterConfigTest, ManagedDdioNeedsNetdev) {
   expect_one(valid_with("size: 1G}", "size: 1G}\n    nic: {ddio: on}"), 7, 17,
              "bricks[0].nic.ddio: ddio 'on' requires nic.netdev");
   EXPECT_TRUE(check(valid_with("size: 1G}", "size: 1G}\n    nic: {ddio: unmanaged}")).empty());
+}
+
+// Two bricks of one host on one NIC cannot want its root port's DDIO both
+// ways: the second 'pbrickctl ddio apply' would undo the first, and with it
+// the durability of a sync-read brick's acknowledged writes.
+TEST(ClusterConfigTest, BricksSharingANicAgreeOnItsDdio) {
+  auto two = [](const std::string& ddio0, const std::string& ddio1, const std::string& host1,
+                const std::string& netdev1) {
+    return valid_with("store: {path: /var/lib/pbrick/b0.store, size: 1G}",
+                      "store: {path: /var/lib/pbrick/b0.store, size: 1G}\n"
+                      "    nic: {netdev: eth0, ddio: " + ddio0 + "}\n"
+                      "  - name: brick1\n"
+                      "    host: " + host1 + "\n"
+                      "    port: 7101\n"
+                      "    store: {path: /var/lib/pbrick/b1.store, size: 1G}\n"
+                      "    nic: {netdev: " + netdev1 + ", ddio: " + ddio1 + "}");
+  };
+  expect_one(two("off", "on", "127.0.0.1", "eth0"), 12, 31,
+             "bricks[1].nic.ddio: ddio 'on' on eth0 of 127.0.0.1 contradicts brick 'brick0', which sets it 'off'");
+  expect_one(two("on", "off", "127.0.0.1", "eth0"), 12, 31, "contradicts brick 'brick0', which sets it 'on'");
+  for (auto [ddio1, host1, netdev1] : {std::tuple<const char*, const char*, const char*>{"off", "127.0.0.1", "eth0"},
+                                       {"unmanaged", "127.0.0.1", "eth0"},
+                                       {"on", "127.0.0.1", "eth1"},
+                                       {"on", "10.0.0.2", "eth0"}}) {
+    SCOPED_TRACE(std::string(ddio1) + " " + host1 + " " + netdev1);
+    auto errors = check(two("off", ddio1, host1, netdev1));
+    EXPECT_TRUE(errors.empty()) << dump(errors);
+  }
+}
+
+// A value that does not parse is one mistake, reported once.
+TEST(ClusterConfigTest, AnUnparsedTieringValueIsOneError) {
+  auto errors = check(valid_with(
+      "size: 1G}", "size: 32M, slow: {path: /var/lib/pbrick/b0.slow, size: 1G, low_watermark: 1k, demote_rate: 1.5G}}"));
+  ASSERT_EQ(errors.size(), 2u) << dump(errors);
+  EXPECT_EQ(errors[0].path, "bricks[0].store.slow.low_watermark");
+  EXPECT_EQ(errors[1].path, "bricks[0].store.slow.demote_rate");
 }
 
 TEST(ClusterConfigTest, OneVolumeOneGateway) {
