@@ -307,6 +307,43 @@ TEST_F(MirrorTest, ADiscardStopsAtABlockAResyncHoldsAndGoesOnFromItLater) {
   EXPECT_EQ(crc32c(back.data(), back.size()), crc32c(want.data(), want.size()));
 }
 
+// A write whose copy on one brick landed while its other copy still waits
+// for a brick that is down stays counted on its block between its rounds:
+// a resync of the block in that gap would otherwise copy the old bytes
+// over the copy that landed, and, the write's count and sequence unchanged,
+// take its copy for current.
+TEST_F(MirrorTest, AWriteWaitingForACopyStaysCountedBetweenItsRounds) {
+  start_bricks(2);
+  VolumeOptions vo = options(2);
+  vo.leg_timeout_ms = 20;
+  PBRICK_ASSERT_OK(open(vo));
+  Volume& v = engine_->volume();
+  bricks_[1]->stop();
+  v.mirror()->set_reachable(1, false);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // past the leg timeout
+
+  struct NoSink final : PieceSink {
+    void push(uint32_t, DataChannel::Op*) override { ADD_FAILURE() << "nothing can be sent"; }
+  } sink;
+  std::vector<uint8_t> buf(4096, 0x5a);
+  int request = 0;
+  std::vector<IoPiece> pieces;
+  plan_rw(v, true, 0, buf.size(), buf.data(), &request, pieces);
+  ASSERT_EQ(pieces.size(), 2u);
+  ASSERT_NE(pieces[0].brick, pieces[1].brick);
+  IoPiece& landed = pieces[0].brick == 0 ? pieces[0] : pieces[1];
+  landed.status = 0;  // its copy on brick 0 is written
+  auto queued = queue_round(v, pieces, sink, [](DataChannel::Op*, int) {});
+  PBRICK_ASSERT_OK(queued);
+  EXPECT_EQ(*queued, 0u) << "brick 1 has been unreachable for the leg timeout: no attempt";
+  EXPECT_TRUE(v.mirror()->writes_in_flight(0)) << "the write is under way: a resync must wait for it";
+  IoRetry retry;
+  retry.start(std::chrono::milliseconds(vo.io_timeout_ms));
+  EXPECT_EQ(retry.settle(v, pieces, "write"), IoRetry::Step::kDone) << "brick 1's copy is given up: stale";
+  EXPECT_EQ(v.mirror()->state(1), CopyState::kStale);
+  EXPECT_FALSE(v.mirror()->writes_in_flight(0)) << "completed: no longer counted";
+}
+
 // Copies must fit the bricks; a label of a mirror refuses another copy count.
 TEST_F(MirrorTest, CopiesAreCheckedAtOpenAndAgainstTheLabel) {
   start_bricks(2);

@@ -141,7 +141,10 @@ Result<size_t> queue_round(Volume& volume, std::span<IoPiece> pieces, PieceSink&
     return 0;
   }
   Result<size_t> queued = queue_pieces(volume, pieces, sink, done, max, mapper);
-  if (!queued || *queued == 0) end_writes(volume, pieces);  // failed, or nothing left to send: complete
+  // Failed: the request is over. Nothing sent is not enough: a piece may
+  // wait for its brick (ETIMEDOUT) after others landed, and the request stays
+  // counted until IoRetry::settle says it completed or failed.
+  if (!queued) end_writes(volume, pieces);
   return queued;
 }
 
