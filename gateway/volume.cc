@@ -805,8 +805,13 @@ Status Volume::mark_dirty(uint64_t block) {
 Result<bool> Volume::record_miss(uint64_t block, uint32_t brick) {
   // Fast path: the bit is durable already; a resync that begins after this
   // read copies the block once this request's writes are done (they count
-  // on the block since before the state was read, mirror.h).
-  if (mirror_->state(brick) == CopyState::kStale && dirty(block)) return true;
+  // on the block since before the state was read, mirror.h). The bit is read
+  // first: set under label_mu_ after a begin_resync, it shows the brick
+  // resyncing to the state read that follows it. Read the other way round,
+  // a stale state read before begin_resync and a bit set by another copy's
+  // miss after the resync took its list of blocks would skip this copy of a
+  // block the resync never copies.
+  if (dirty(block) && mirror_->state(brick) == CopyState::kStale) return true;
   std::lock_guard label_lock(label_mu_);
   if (mirror_->state(brick) != CopyState::kStale) return false;
   PBRICK_TRY(mark_dirty_locked(block));
