@@ -79,11 +79,12 @@ bricks:
   - name: brick0
     host: 127.0.0.1
     port: 7100
-    store: {path: /var/lib/pbrick/brick0.store, size: 64M}
+    store: {path: /var/lib/pbrick/brick0.store, size: 128M}
 volumes:
   - {name: vol0, size: 64M, brick: brick0, base: 0x0, queues: 1, depth: 16, frontend: ublk}
+  - {name: vol1, size: 32M, brick: brick0, base: 0x4000000, queues: 1, depth: 16, frontend: ublk}
 gateways:
-  - {name: client0, host: 127.0.0.1, volumes: [vol0]}
+  - {name: client0, host: 127.0.0.1, volumes: [vol0, vol1]}
 EOF
   # Under emulation every process counts: boot without the units that only
   # tidy up a long-lived system (each took 5-20 s here).
@@ -165,4 +166,30 @@ dev_sum() { dd if="$1" bs=1M count=4 iflag=direct status=none | sha256sum | cut 
   run in_ct journalctl -u pbrick-gateway@vol0 --no-pager -o cat
   assert_line "volume vol0: taking over $dev, whose daemon died"
   assert_equal "$(dev_sum "$dev")" "$(sha256sum <"$BATS_FILE_TMPDIR/data" | cut -d' ' -f1)"
+}
+
+@test "systemd: a device id the unit remembers that went to another volume is not taken over" {
+  local dev id
+  dev=$(gateway_dev)
+  id=${dev#/dev/ublkb}
+  # The daemon dies and the unit is stopped before Restart= ran: the unit
+  # keeps the id (not a clean stop), the quiesced device stays.
+  in_ct systemctl kill -s KILL pbrick-gateway@vol0
+  in_ct systemctl stop pbrick-gateway@vol0
+  [ -e "/sys/class/ublk-char/ublkc$id" ] || fail "the device went with its daemon"
+  # By hand: that device is removed, and vol1's gateway gets its id.
+  in_ct pbrick-gateway detach -n "$id"
+  in_ct systemctl start pbrick-gateway@vol1 ||
+    fail "vol1: $(in_ct journalctl -u pbrick-gateway@vol1 --no-pager | tail -n 20)"
+  assert_equal "$(unit_prop pbrick-gateway@vol1 StatusText | grep -o '/dev/ublkb[0-9]*')" "$dev"
+  # vol0's unit attaches a device of its own; vol1's is left alone.
+  in_ct systemctl start pbrick-gateway@vol0 ||
+    fail "vol0: $(in_ct journalctl -u pbrick-gateway@vol0 --no-pager | tail -n 20)"
+  local dev0
+  dev0=$(gateway_dev)
+  [ "$dev0" != "$dev" ] || fail "vol0 took over vol1's $dev"
+  assert_equal "$(unit_prop pbrick-gateway@vol1 ActiveState)" active
+  assert_equal "$(dev_sectors "$dev")" $((32 * 2048))
+  assert_equal "$(dev_sum "$dev0")" "$(sha256sum <"$BATS_FILE_TMPDIR/data" | cut -d' ' -f1)"
+  in_ct systemctl stop pbrick-gateway@vol0 pbrick-gateway@vol1
 }
