@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
@@ -18,7 +19,6 @@ namespace pbrick {
 namespace {
 
 constexpr size_t kMaxLine = 4096;
-constexpr int kClientTimeoutMs = 5000;  // a peer that does not send its line in time is dropped
 
 Result<sockaddr_un> address_of(const std::string& path) {
   sockaddr_un addr{};
@@ -28,18 +28,26 @@ Result<sockaddr_un> address_of(const std::string& path) {
   return addr;
 }
 
-// Reads one line (without its '\n') within the timeout.
-Result<std::string> read_line(int fd, int timeout_ms) {
+// Reads one line (without its '\n'), the whole of it within the timeout (a
+// peer sending a byte now and then gets no more time), or until `stop_fd`
+// (when not -1) becomes readable: ECANCELED.
+Result<std::string> read_line(int fd, int timeout_ms, int stop_fd = -1) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   std::string line;
   char c;
   while (line.size() < kMaxLine) {
-    pollfd p{fd, POLLIN, 0};
-    int r = ::poll(&p, 1, timeout_ms);
-    if (r == 0) return Error(ETIMEDOUT, "control socket: no answer in " + std::to_string(timeout_ms) + " ms");
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      return Error(ETIMEDOUT, "control socket: no whole line in " + std::to_string(timeout_ms) + " ms");
+    }
+    pollfd p[2] = {{fd, POLLIN, 0}, {stop_fd, POLLIN, 0}};
+    int r = ::poll(p, stop_fd < 0 ? 1 : 2, static_cast<int>(left.count()));
+    if (r == 0) continue;  // the deadline, checked above
     if (r < 0) {
       if (errno == EINTR) continue;
       return errno_error("control socket: poll");
     }
+    if (stop_fd >= 0 && p[1].revents != 0) return Error(ECANCELED, "control socket: the daemon is stopping");
     ssize_t n = ::read(fd, &c, 1);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return errno_error("control socket: read");
@@ -68,7 +76,8 @@ std::vector<std::string> words_of(const std::string& line) {
 
 }  // namespace
 
-Result<std::unique_ptr<ControlSocket>> ControlSocket::Listen(const std::string& path, Handler handler) {
+Result<std::unique_ptr<ControlSocket>> ControlSocket::Listen(const std::string& path, Handler handler,
+                                                             int client_timeout_ms) {
   auto addr = address_of(path);
   if (!addr) return addr.error();
   UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
@@ -81,14 +90,16 @@ Result<std::unique_ptr<ControlSocket>> ControlSocket::Listen(const std::string& 
   if (::listen(fd.get(), 4) != 0) return errno_error("control socket: listen " + path);
   UniqueFd stop(::eventfd(0, EFD_CLOEXEC));
   if (!stop.valid()) return errno_error("control socket: eventfd");
-  std::unique_ptr<ControlSocket> s(new ControlSocket(path, std::move(fd), std::move(stop), std::move(handler)));
+  std::unique_ptr<ControlSocket> s(
+      new ControlSocket(path, std::move(fd), std::move(stop), std::move(handler), client_timeout_ms));
   s->thread_ = std::thread([p = s.get()] { p->run(); });
   return s;
 }
 
-ControlSocket::ControlSocket(std::string path, UniqueFd listen_fd, UniqueFd stop_fd, Handler handler)
+ControlSocket::ControlSocket(std::string path, UniqueFd listen_fd, UniqueFd stop_fd, Handler handler,
+                             int client_timeout_ms)
     : path_(std::move(path)), listen_fd_(std::move(listen_fd)), stop_fd_(std::move(stop_fd)),
-      handler_(std::move(handler)) {}
+      handler_(std::move(handler)), client_timeout_ms_(client_timeout_ms) {}
 
 ControlSocket::~ControlSocket() {
   uint64_t one = 1;
@@ -107,13 +118,23 @@ void ControlSocket::run() {
     }
     if (p[1].revents != 0) return;
     UniqueFd conn(::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
-    if (!conn.valid()) continue;
+    if (!conn.valid()) {
+      // Out of descriptors or memory, the peer still queued: the listening
+      // socket stays readable, so wait a moment (or for the stop) rather
+      // than spin.
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        pollfd stop{stop_fd_.get(), POLLIN, 0};
+        (void)::poll(&stop, 1, 100);
+      }
+      continue;
+    }
     serve_one(conn.get());
   }
 }
 
 void ControlSocket::serve_one(int fd) {
-  auto line = read_line(fd, kClientTimeoutMs);
+  auto line = read_line(fd, client_timeout_ms_, stop_fd_.get());
+  if (!line && line.error().errnum() == ECANCELED) return;
   std::string answer;
   if (!line) {
     answer = "error " + std::to_string(line.error().errnum()) + " " + line.error().context();

@@ -23,21 +23,28 @@ class ControlSocket {
   // result's text, or "error ERRNO MESSAGE").
   using Handler = std::function<Result<std::string>(const std::vector<std::string>& words)>;
 
+  // A peer that has not sent its whole line this long after it connected
+  // is answered ETIMEDOUT and dropped.
+  static constexpr int kClientTimeoutMs = 5000;
+
   // Listens at `path` (a stale socket file there is replaced) and serves
-  // until destroyed, which also removes the file.
-  static Result<std::unique_ptr<ControlSocket>> Listen(const std::string& path, Handler handler);
+  // until destroyed, which also removes the file; destroying it does not
+  // wait for a peer still sending its line.
+  static Result<std::unique_ptr<ControlSocket>> Listen(const std::string& path, Handler handler,
+                                                       int client_timeout_ms = kClientTimeoutMs);
   ~ControlSocket();
   ControlSocket(const ControlSocket&) = delete;
   ControlSocket& operator=(const ControlSocket&) = delete;
 
  private:
-  ControlSocket(std::string path, UniqueFd listen_fd, UniqueFd stop_fd, Handler handler);
+  ControlSocket(std::string path, UniqueFd listen_fd, UniqueFd stop_fd, Handler handler, int client_timeout_ms);
   void run();
   void serve_one(int fd);
 
   std::string path_;
   UniqueFd listen_fd_, stop_fd_;
   Handler handler_;
+  int client_timeout_ms_;
   std::thread thread_;
 };
 

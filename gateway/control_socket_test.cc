@@ -9,9 +9,11 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <string>
+#include <thread>
 
 namespace pbrick {
 namespace {
@@ -65,6 +67,60 @@ TEST_F(ControlSocketTest, WordsReachTheHandlerAndItsAnswerComesBack) {
   auto none = control_request(path_, {"replace", "a:1", "b:2"}, 2000);
   ASSERT_FALSE(none.ok());
   EXPECT_EQ(none.error().errnum(), ENOENT);
+}
+
+int connect_to(const std::string& path) {
+  int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strcpy(addr.sun_path, path.c_str());
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// A peer dribbling its line a byte at a time gets the timeout once for the
+// whole line, not once per byte; and a daemon stopping does not wait for
+// such a peer.
+TEST_F(ControlSocketTest, APeerSendingItsLineSlowlyIsDroppedAndDoesNotHoldTheStop) {
+  auto s = ControlSocket::Listen(
+      path_, [](const std::vector<std::string>&) -> Result<std::string> { return std::string("served"); }, 600);
+  ASSERT_TRUE(s.ok()) << s.error().message();
+  int fd = connect_to(path_);
+  ASSERT_GE(fd, 0);
+  const auto start = std::chrono::steady_clock::now();
+  std::string answer;
+  for (int k = 0; k < 40; k++) {  // 40 bytes, one each 100 ms: 4 s in all
+    if (::send(fd, "r", 1, MSG_NOSIGNAL) != 1) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    char buf[256];
+    ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n > 0) {
+      answer.assign(buf, static_cast<size_t>(n));
+      break;
+    }
+  }
+  const auto took = std::chrono::steady_clock::now() - start;
+  ::close(fd);
+  EXPECT_EQ(answer.rfind("error " + std::to_string(ETIMEDOUT) + " ", 0), 0u) << answer;
+  EXPECT_LT(took, std::chrono::milliseconds(2000)) << "answered only after the peer stopped sending";
+  EXPECT_TRUE(control_request(path_, {"status"}, 2000).ok()) << "the next peer is served";
+
+  // Stopping while a peer has sent half a line: at once, not after its
+  // timeout (here the default, 5 s).
+  auto slow = ControlSocket::Listen(
+      dir_ + "/ublk-1.sock", [](const std::vector<std::string>&) -> Result<std::string> { return std::string(); });
+  ASSERT_TRUE(slow.ok()) << slow.error().message();
+  fd = connect_to(dir_ + "/ublk-1.sock");
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::send(fd, "rep", 3, MSG_NOSIGNAL), 3);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the socket's thread reads it
+  const auto stopping = std::chrono::steady_clock::now();
+  slow->reset();
+  EXPECT_LT(std::chrono::steady_clock::now() - stopping, std::chrono::milliseconds(1000));
+  ::close(fd);
 }
 
 }  // namespace
