@@ -615,7 +615,14 @@ class Parser {
         out.emplace_back();
         continue;
       }
-      out.push_back(item.Scalar());
+      auto expanded = expand_env(item.Scalar());  // a list item is a value too
+      if (!expanded) {
+        invalid(ipos, ipath, expanded.error().context());
+        config_->unparsed.insert(ipath);
+        out.emplace_back();
+        continue;
+      }
+      out.push_back(*expanded);
     }
     return out;
   }
@@ -652,10 +659,14 @@ bool valid_name(const std::string& name) {
   return true;
 }
 
+// A name or address that HOST:PORT can carry: no brackets (an IPv6 address
+// is written bare; the address gets them when a port is added), and not
+// "unix", which would turn "unix:PORT" into a socket path.
 bool valid_host(const std::string& host) {
-  if (host.empty() || host.size() > 253) return false;
+  if (host.empty() || host.size() > 253 || host == "unix") return false;
   for (char c : host) {
-    if (std::isspace(static_cast<unsigned char>(c)) || std::iscntrl(static_cast<unsigned char>(c)) || c == '/') {
+    if (std::isspace(static_cast<unsigned char>(c)) || std::iscntrl(static_cast<unsigned char>(c)) || c == '/' ||
+        c == '[' || c == ']') {
       return false;
     }
   }
@@ -998,10 +1009,13 @@ class Validator {
   // ceil(blocks / N) * copies blocks (mirror; Placement), and its
   // label area of two blocks at kLabelAreaStart + 2 * base (docs/layout.md,
   // "Volume label").
+  // Bytes of each brick the volume takes; UINT64_MAX when that does not fit
+  // 64 bits (the range check then refuses it).
   uint64_t share_of(const VolumeConfig& v) const {
-    uint64_t blocks = (v.size + kBlockSize - 1) / kBlockSize;
+    uint64_t blocks = v.size / kBlockSize + (v.size % kBlockSize != 0);
     Placement placement{static_cast<uint32_t>(v.brick_names().size()), v.layout == Layout::kMirror ? v.copies : 1};
-    return placement.slots_per_brick(blocks) * kBlockSize;
+    uint64_t slots = placement.slots_per_brick(blocks);
+    return slots > UINT64_MAX / kBlockSize ? UINT64_MAX : slots * kBlockSize;
   }
   static std::string range(uint64_t start, uint64_t end) {
     return "[" + format_hex(start) + ", " + format_hex(end) + ")";

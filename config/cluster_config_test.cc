@@ -139,6 +139,20 @@ TEST(ClusterConfigTest, EnvironmentVariablesExpandInValues) {
   ASSERT_EQ(errors.size(), 1u) << dump(errors);
   EXPECT_NE(errors[0].message.find("unterminated"), std::string::npos);
   unsetenv("PBRICK_TEST_DIR");
+
+  // List items are values too: a gateway's volumes, a volume's bricks.
+  setenv("PBRICK_TEST_VOLUME", "vol0", 1);
+  ClusterConfig listed;
+  ok = check(valid_with("volumes: [vol0]", "volumes: [\"${PBRICK_TEST_VOLUME}\"]"), &listed);
+  ASSERT_TRUE(ok.empty()) << dump(ok);
+  EXPECT_EQ(listed.gateways[0].volumes, std::vector<std::string>{"vol0"});
+  unsetenv("PBRICK_TEST_VOLUME");
+  ok = check(valid_with("volumes: [vol0]", "volumes: [\"${PBRICK_TEST_UNSET:-vol0}\"]"));
+  EXPECT_TRUE(ok.empty()) << dump(ok);
+  errors = check(valid_with("volumes: [vol0]", "volumes: [\"${PBRICK_TEST_UNSET}\"]"));
+  ASSERT_EQ(errors.size(), 1u) << dump(errors);
+  EXPECT_EQ(errors[0].path, "gateways[0].volumes[0]");
+  EXPECT_NE(errors[0].message.find("environment variable PBRICK_TEST_UNSET is not set"), std::string::npos);
 }
 
 TEST(ClusterConfigTest, TwoBrickRdmaExampleLoads) {
@@ -684,6 +698,35 @@ TEST(ClusterConfigTest, NamesHostsAndPaths) {
              "bricks[0].key_file: key file 'k' must be an absolute path");
   expect_one(valid_with("    host: 127.0.0.1\n    store", "    host: \"a b\"\n    store"), 5, 11,
              "bricks[0].host: invalid host 'a b'");
+  // HOST:PORT must read back as that host: no brackets (an IPv6 address is
+  // written bare), and not "unix" ("unix:7100" is a socket path).
+  for (const char* host : {"\"[::1]\"", "unix"}) {
+    SCOPED_TRACE(host);
+    expect_one(valid_with("    host: 127.0.0.1\n    store", std::string("    host: ") + host + "\n    store"), 5, 11,
+               "bricks[0].host: invalid host");
+  }
+  ClusterConfig c;
+  auto v6 = check(valid_with("    host: 127.0.0.1\n    store", "    host: \"::1\"\n    store"), &c);
+  ASSERT_TRUE(v6.empty()) << dump(v6);
+  EXPECT_EQ(c.bricks[0].endpoint().to_string(), "[::1]:7100");
+}
+
+// A size whose share of each brick does not fit 64 bits is refused, not
+// wrapped to a small range that then overlaps nothing.
+TEST(ClusterConfigTest, AVolumeTooLargeForTheAddressSpaceIsRefused) {
+  const std::string two = R"(cluster: {name: demo}
+bricks:
+  - {name: b0, host: h0, store: {path: /s, size: 1G}}
+  - {name: b1, host: h1, store: {path: /s, size: 1G}}
+volumes:
+  - {name: small, size: 1G, bricks: [b0, b1], layout: mirror, base: 0x40000000}
+)";
+  // 2^64 - 2 MiB mirrored on two bricks: 2^43 slots of 2 MiB on each, 2^64
+  // bytes, which wrapped to 0 and overlapped nothing.
+  auto errors = check(two + "  - {name: huge, size: 18446744073707454464, bricks: [b0, b1], layout: mirror, base: 0}\n");
+  ASSERT_EQ(errors.size(), 1u) << dump(errors);
+  EXPECT_EQ(errors[0].path, "volumes[1].base");
+  EXPECT_NE(errors[0].to_string().find("must end at or below"), std::string::npos) << errors[0].to_string();
 }
 
 TEST(ClusterConfigTest, EndpointAndStoreClashes) {
