@@ -296,6 +296,31 @@ vol_sum() {
   assert_equal "$(vol_sum)" "$(cat "$BATS_FILE_TMPDIR/data.sum")"
 }
 
+@test "a store outside /var/lib/pbrick is read-only to the brick until ReadWritePaths= has it (docs/config.md)" {
+  local dropin=/run/systemd/system/pbrick-target@brick0.service.d/store-dir.conf
+  in_ct systemctl stop pbrick-nbd@vol0 pbrick-target@brick0
+  in_ct mkdir -p /srv/pbrick "${dropin%/*}"
+  # The shipped file puts the store in ${PBRICK_STATE_DIR:-/var/lib/pbrick}.
+  printf '[Service]\nEnvironment=PBRICK_STATE_DIR=/srv/pbrick\n' | in_ct sh -c "cat > $dropin"
+  in_ct systemctl daemon-reload
+  run in_ct systemctl start pbrick-target@brick0
+  assert_failure
+  run in_ct journalctl -u pbrick-target@brick0 --no-pager -o cat -n 30
+  assert_output --partial '/srv/pbrick/brick0.store'
+  assert_output --partial 'Read-only file system'
+  in_ct systemctl stop pbrick-target@brick0
+  in_ct systemctl reset-failed pbrick-target@brick0
+  # The drop-in docs/config.md gives.
+  printf 'ReadWritePaths=/srv/pbrick\n' | in_ct sh -c "cat >> $dropin"
+  in_ct systemctl daemon-reload
+  in_ct systemctl start pbrick-target@brick0 ||
+    fail "$(in_ct journalctl -u pbrick-target@brick0 --no-pager -o cat -n 20)"
+  in_ct test -f /srv/pbrick/brick0.store
+  in_ct systemctl stop pbrick-target@brick0
+  in_ct rm "$dropin" /srv/pbrick/brick0.store
+  in_ct systemctl daemon-reload
+}
+
 @test "hardening: the daemons ran under it; systemd-analyze security scores reported" {
   in_ct systemctl start pbrick-target@brick0 pbrick-nbd@vol0
   in_ct nbdinfo --can connect "$NBD_URI"
