@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <ctime>
 #include <thread>
 
@@ -634,9 +635,7 @@ Result<uint64_t> Volume::dirty_all_of(uint32_t b) {
   return static_cast<uint64_t>(of_b.size());
 }
 
-Status Volume::lost_writes(uint32_t b, const std::array<uint8_t, proto::kUuidSize>& boot_id) {
-  std::lock_guard label_lock(label_mu_);
-  if (bricks_[b]->lost_writes_boot == boot_id) return Status::Ok();  // this boot's loss is answered for
+Result<uint64_t> Volume::give_up_copy_locked(uint32_t b) {
   // First the bits (while it is in sync they mean nothing), then the label
   // that makes them count: never a stale brick whose misses are not recorded.
   auto blocks = dirty_all_of(b);
@@ -646,6 +645,27 @@ Status Volume::lost_writes(uint32_t b, const std::array<uint8_t, proto::kUuidSiz
     auto r = write_label_set({b}, std::nullopt, std::nullopt);
     if (!r) return r.error();
   }
+  return *blocks;
+}
+
+Result<bool> Volume::sync_failed(uint32_t b, int errnum) {
+  if (!mirror_ || options_.read_only) return false;
+  std::lock_guard label_lock(label_mu_);
+  if (mirror_->in_sync(b) && !mirror_->may_lose(placement_, b)) return false;
+  auto blocks = give_up_copy_locked(b);
+  if (!blocks) return blocks.error();
+  PBRICK_LOG_WARN("volume %s: a sync on brick %s failed (%s): writes it took since its last good sync may be lost "
+                  "there; all %llu blocks of its copy will be copied to it again",
+                  format_uuid(claim_->label().volume_uuid).c_str(), brick_name(b).c_str(), std::strerror(errnum),
+                  static_cast<unsigned long long>(*blocks));
+  return true;
+}
+
+Status Volume::lost_writes(uint32_t b, const std::array<uint8_t, proto::kUuidSize>& boot_id) {
+  std::lock_guard label_lock(label_mu_);
+  if (bricks_[b]->lost_writes_boot == boot_id) return Status::Ok();  // this boot's loss is answered for
+  auto blocks = give_up_copy_locked(b);
+  if (!blocks) return blocks.error();
   bricks_[b]->lost_writes_boot = boot_id;
   PBRICK_LOG_WARN("volume %s: the host of brick %s rebooted under unsynced writes: all %llu blocks of its copy "
                   "will be copied to it again",

@@ -257,6 +257,16 @@ class Volume {
   // and the one full copy covers them all.
   // Blocks on control round trips; called on a loop thread on that rare event.
   Status lost_writes(uint32_t brick, const std::array<uint8_t, proto::kUuidSize>& boot_id);
+  // Layout mirror: a sync on `brick` failed with the brick's own error (EIO:
+  // its store could not make writes durable), so writes it took since its
+  // last good sync may be gone there, beyond what the bitmap records. Its
+  // copy is given up as in lost_writes (every block dirty, durably, then
+  // stale; a resync copies all of it) and true is returned: the sync counts
+  // as done on the other copies. False when that cannot be (not a mirror, a
+  // read-only attachment, or the last in-sync copy of some block): the sync
+  // fails as on a single brick. Blocks on control round trips; called on a
+  // loop thread on that rare event.
+  Result<bool> sync_failed(uint32_t brick, int errnum);
   // The volume's label as this attachment last wrote or read it.
   VolumeLabel label() const;
 
@@ -307,6 +317,10 @@ class Volume {
   // With label_mu_ held: every block with a copy on `brick` dirty, durably
   // in the bitmaps of the in-sync bricks; how many.
   Result<uint64_t> dirty_all_of(uint32_t brick);
+  // lost_writes / sync_failed: every block of `brick` dirty, then the copy
+  // stale (in the labels when it was in sync). Under label_mu_. The count of
+  // blocks marked.
+  Result<uint64_t> give_up_copy_locked(uint32_t brick);
   // With label_mu_ held: mark_dirty's work.
   Status mark_dirty_locked(uint64_t block);
   // The dirty bits as the label block stores them (byte i / 8, bit i % 8).

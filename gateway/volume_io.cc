@@ -585,6 +585,18 @@ void VolumeChannels::sync_part_done(DataChannel::Op* op, int status) {
   auto* part = static_cast<SyncJob::Part*>(op->ctx);
   SyncJob& job = *part->job;
   Volume& volume = part->channels->volume_;
+  if (status == EIO && volume.mirror() != nullptr) {
+    // The brick could not make its writes durable: that copy is given up
+    // (all of it copied again later) and the FLUSH completes on the others;
+    // the last copy of some block cannot be, and the FLUSH fails.
+    auto given_up = volume.sync_failed(part->brick, status);
+    if (!given_up) {
+      PBRICK_LOG_ERROR("%s: brick %s: %s", part->channels->label_.c_str(), volume.brick_name(part->brick).c_str(),
+                       given_up.error().message().c_str());
+    } else if (*given_up) {
+      status = 0;
+    }
+  }
   if (status != 0 && volume.mirror() != nullptr && !volume.mirror()->in_sync(part->brick)) {
     // A copy not in sync holds nothing a FLUSH promises: it goes (back) to
     // stale and the FLUSH completes on the others.

@@ -533,6 +533,64 @@ TEST(GatewayOverFaultyBrick, FlushAfterADiscardReportsTheFailedFdatasync) {
   engine->reset();
 }
 
+// A mirror over two bricks, one queue (the volume's open error, if any, is
+// the result's).
+Result<std::unique_ptr<Engine>> start_mirror(FaultyBrick& b0, FaultyBrick& b1) {
+  VolumeOptions vo;
+  vo.layout = Layout::kMirror;
+  vo.copies = 2;
+  vo.bricks = {b0.options(), b1.options()};
+  vo.size = 16 * kMiB;
+  vo.leg_timeout_ms = 1000;
+  vo.io_timeout_ms = 5000;
+  auto volume = Volume::Open(vo);
+  if (!volume.ok()) return volume.error().wrap("opening the volume");
+  EngineOptions eo;
+  eo.queues = 1;
+  eo.depth = 8;
+  return Engine::Start(std::move(*volume), eo);
+}
+
+// Mirror, "Failed persistence": a brick whose fdatasync failed may have lost
+// every write it took since its last good one, whichever blocks they were.
+// Its copy is given up whole (every block dirty in the other's bitmap, then
+// stale in the labels) and the FLUSH completes on the other copy; with no
+// other in-sync copy left, the FLUSH fails as on a single brick.
+TEST(GatewayOverFaultyBrick, AMirrorGivesUpTheCopyWhoseFdatasyncFailedAndTheFlushSucceeds) {
+  FaultyBrick b0, b1;
+  b0.start();
+  b1.start();
+  auto engine = start_mirror(b0, b1);
+  ASSERT_TRUE(engine.ok()) << engine.error().message();
+  Engine& e = **engine;
+  Volume& v = e.volume();
+  auto first = pattern(4096, 3), second = pattern(4096, 9);
+  ASSERT_TRUE(e.write(first.data(), first.size(), 0, false).ok());
+  ASSERT_TRUE(e.flush().ok());
+  ASSERT_EQ(v.dirty_count(), 0u);
+
+  b1.region().fail(Fault::kSync, EIO);
+  ASSERT_TRUE(e.write(second.data(), second.size(), 3 * kBlock, false).ok());
+  Status st = e.flush();
+  EXPECT_TRUE(st.ok()) << st.error().message();
+  EXPECT_EQ(v.mirror()->state(1), CopyState::kStale);
+  EXPECT_EQ(v.mirror()->state(0), CopyState::kInSync);
+  EXPECT_EQ(v.dirty_count(), v.block_count()) << "every block has a copy on brick 1";
+  const VolumeLabel label = v.label();
+  EXPECT_NE(label.bricks[1].stale_since, 0u) << "stale in the labels, not only in memory";
+  EXPECT_EQ(label.bricks[0].stale_since, 0u);
+  std::vector<uint8_t> back(4096);
+  ASSERT_TRUE(e.read(back.data(), back.size(), 3 * kBlock).ok());
+  EXPECT_EQ(back, second);
+
+  // Brick 0 now holds the only in-sync copies: its failure fails the FLUSH.
+  b0.region().fail(Fault::kSync, EIO);
+  ASSERT_TRUE(e.write(first.data(), first.size(), 5 * kBlock, false).ok());
+  EXPECT_EQ(errnum_of(e.flush()), EIO);
+  EXPECT_EQ(v.mirror()->state(0), CopyState::kInSync) << "the last copy is never given up";
+  engine->reset();
+}
+
 // The request ids of the frames a TcpChannel queued for sending, in order.
 std::vector<proto::FrameHeader> sent_headers(TcpChannel& ch) {
   std::vector<uint8_t> bytes;
