@@ -56,6 +56,9 @@ const char* copy_state_name(CopyState s);
 
 class MirrorState {
  public:
+  // Write counters (see write_begin): blocks share them modulo this.
+  static constexpr size_t kWriteSlots = 4096;
+
   explicit MirrorState(uint32_t bricks);
 
   uint32_t bricks() const { return bricks_; }
@@ -107,10 +110,16 @@ class MirrorState {
   }
 
   // The block a resync copies now (resync.h): a request that would start
-  // writing to it waits until it is released. One block at a time.
+  // writing to it, or to any block sharing its write counter, waits until
+  // it is released (a write counted there meanwhile would make the copy
+  // start again, and a busy writer of such a block would keep it from
+  // ever completing). One block at a time.
   void hold(uint64_t block) { held_.store(block + 1, std::memory_order_seq_cst); }
   void release() { held_.store(0, std::memory_order_seq_cst); }
-  bool held(uint64_t block) const { return held_.load(std::memory_order_seq_cst) == block + 1; }
+  bool held(uint64_t block) const {
+    const uint64_t h = held_.load(std::memory_order_seq_cst);
+    return h != 0 && (h - 1) % kWriteSlots == block % kWriteSlots;
+  }
 
   // Resync progress of a brick (gateway/resync.h): blocks copied of blocks to
   // copy, and when it started (unix seconds; 0: none running, and done and
@@ -126,7 +135,6 @@ class MirrorState {
  private:
   bool covered_without(const Placement& placement, uint32_t brick, bool reachable_only) const;
 
-  static constexpr size_t kWriteSlots = 4096;
   struct WriteSlot {
     std::atomic<uint32_t> in_flight{0};
     std::atomic<uint64_t> seq{0};

@@ -584,6 +584,50 @@ TEST_F(MirrorTest, AResyncCopiesOnlyTheDirtyBlocksWhileWritesGoOn) {
   EXPECT_EQ(v.mirror()->state(0), CopyState::kInSync) << "reads do not mark a copy stale";
 }
 
+// Blocks share write counters (block mod MirrorState::kWriteSlots): a
+// writer that keeps writing to another block of the counter a resync holds
+// waits for that block's copy like a writer of the block itself, or every
+// copy would see a write begin meanwhile, be made again until the I/O
+// timeout, and the resync would fail and start over for ever.
+TEST_F(MirrorTest, AResyncFinishesWhileAWriterKeepsWritingABlockThatSharesItsCounter) {
+  start_bricks(2);
+  constexpr uint64_t kSlots = MirrorState::kWriteSlots;
+  VolumeOptions vo = options(2, (kSlots + 4) * kBlock);  // thin: only the blocks written take space
+  vo.leg_timeout_ms = 200;
+  vo.io_timeout_ms = 1500;
+  PBRICK_ASSERT_OK(open(vo));
+  Volume& v = engine_->volume();
+  const uint64_t copied = 1, neighbour = copied + kSlots;
+  auto data = random_data(kBlock, 41);
+  PBRICK_ASSERT_OK(engine_->write(data.data(), kBlock, neighbour * kBlock, false));
+  bricks_[1]->stop();
+  PBRICK_ASSERT_OK(engine_->write(data.data(), kBlock, copied * kBlock, false));
+  ASSERT_EQ(v.mirror()->state(1), CopyState::kStale);
+  ASSERT_EQ(v.dirty_count(), 1u);
+
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> writes{0};
+  std::thread writer([&] {
+    std::vector<uint8_t> chunk(4096, 0x77);
+    while (!stop.load()) {
+      Status st = engine_->write(chunk.data(), chunk.size(), neighbour * kBlock + (writes % 500) * 4096, false);
+      if (!st) {
+        ADD_FAILURE() << st.error().message();
+        return;
+      }
+      writes++;
+    }
+  });
+  // The writer is under way before the resync can begin.
+  EXPECT_TRUE(wait_until([&] { return writes.load() >= 50; }, std::chrono::seconds(5)));
+  PBRICK_ASSERT_OK(bricks_[1]->start());
+  engine_->resync()->poke();
+  const bool in_sync = wait_in_sync(v, 1, 8000);
+  stop.store(true);
+  writer.join();
+  EXPECT_TRUE(in_sync) << "the resync never finished; " << writes.load() << " writes to block " << neighbour;
+}
+
 // The gateway goes away while a copy is stale and comes back with the brick
 // reachable again: the label keeps the copy stale (never read: its bytes
 // differ), and the resync of the new attachment brings it in sync.
