@@ -763,7 +763,7 @@ Result<bool> Volume::write_label_set(std::vector<uint32_t> going, std::optional<
   auto listed = [](const std::vector<uint32_t>& v, uint32_t x) { return std::find(v.begin(), v.end(), x) != v.end(); };
   const std::string what = !going.empty() ? "stale" : joining ? "in sync" : "replaced";
   const uint32_t subject = !going.empty() ? going.front() : joining ? *joining : renamed->first;
-  for (uint64_t attempt = 1;; attempt++) {
+  for (;;) {
     auto holds = [&](uint32_t c) { return (mirror_->in_sync(c) && !listed(going, c)) || joining == c; };
     for (uint32_t first = 0; first < brick_count(); first++) {
       bool any = false;
@@ -773,7 +773,8 @@ Result<bool> Volume::write_label_set(std::vector<uint32_t> going, std::optional<
       }
     }
     VolumeLabel next = claim_->label();
-    next.generation += attempt;
+    next.generation = claim_->next_generation();
+    claim_->propose(next);
     for (uint32_t g : going) {
       if (next.bricks[g].stale_since == 0) next.bricks[g].stale_since = now;
     }

@@ -1,5 +1,7 @@
 #include "gateway/volume_claim.h"
 
+#include <algorithm>
+
 #include <errno.h>
 #include <unistd.h>
 
@@ -267,6 +269,16 @@ void VolumeClaim::commit(const VolumeLabel& label) {
   label_.index = 0;
 }
 
+uint64_t VolumeClaim::next_generation() const {
+  std::lock_guard lock(*mu_);
+  return std::max(label_.generation, proposed_) + 1;
+}
+
+void VolumeClaim::propose(const VolumeLabel& label) {
+  std::lock_guard lock(*mu_);
+  proposed_ = std::max(proposed_, label.generation);
+}
+
 Status VolumeClaim::record_dirty(const ClaimBrick& b, uint64_t index, uint8_t byte) {
   return write_label_block(*b.control, *label_vaddr(b.base), kDirtyOffset + index, {&byte, 1});
 }
@@ -302,6 +314,11 @@ Status VolumeClaim::reacquire(size_t index, const ClaimBrick& b, bool stale) con
   auto vaddr = label_vaddr(b.base);
   if (!vaddr) return vaddr.error();
   const VolumeLabel label = current();
+  uint64_t proposed = 0;
+  {
+    std::lock_guard lock(*mu_);
+    proposed = proposed_;
+  }
   const std::string vol = "volume " + format_uuid(label.volume_uuid);
   auto check = [&]() -> Status {
     auto bytes = read_label_block(*b.control, *vaddr);
@@ -312,6 +329,12 @@ Status VolumeClaim::reacquire(size_t index, const ClaimBrick& b, bool stale) con
       // A stale brick without a label: a replacement not resynced yet.
       if (stale) return Status::Ok();
       return Error(kErrWrongStore, where(b, index) + " no longer holds the label of " + vol);
+    }
+    // A label this attachment wrote and has not committed (propose()): the
+    // connection died after the write landed; the writer writes it again.
+    if (r->label->same_identity(label) && r->label->index == index && r->label->generation > label.generation &&
+        r->label->generation <= proposed) {
+      return Status::Ok();
     }
     if (stale && r->label->same_identity(label) && r->label->index == index &&
         r->label->generation < label.generation) {

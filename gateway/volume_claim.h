@@ -71,6 +71,15 @@ class VolumeClaim {
   // mutex) and holds each brick's control.
   static Status write_label_to(const ClaimBrick& brick, size_t index, const VolumeLabel& label);
   void commit(const VolumeLabel& label);
+  // The generation of the next label to write: above every one this
+  // attachment proposed, committed or not. A write whose reply was lost may
+  // have landed, so no generation is ever used for two different labels.
+  uint64_t next_generation() const;
+  // Before write_label_to() of a label not committed yet: from then on
+  // reacquire() takes a brick holding it (or an earlier proposal) for one
+  // of this attachment's, as when the connection died after the write
+  // landed and before its reply came back.
+  void propose(const VolumeLabel& label);
   // Layout mirror: writes `byte` (bits of the dirty bitmap, volume.h) at
   // byte `index` of the bitmap of `brick`, durably.
   static Status record_dirty(const ClaimBrick& brick, uint64_t index, uint8_t byte);
@@ -92,6 +101,7 @@ class VolumeClaim {
   // another brick's reconnect); a pointer so the claim stays movable.
   std::shared_ptr<std::mutex> mu_ = std::make_shared<std::mutex>();
   VolumeLabel label_;
+  uint64_t proposed_ = 0;  // the highest generation proposed (under mu_)
   bool read_only_ = false;
 };
 

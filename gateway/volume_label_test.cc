@@ -515,6 +515,43 @@ TEST_F(VolumeClaimTest, GrowUpdatesEveryBrickAndReacquireChecksTheLabel) {
 
 // Volume::Open claims the volume: a second read-write open is refused, a
 // read-only one shares and cannot write.
+// A label write that landed on a brick whose reply was lost (the connection
+// died): the reconnect finds a generation the claim has not committed. It
+// is this attachment's own, proposed before the write, so the brick is
+// taken back (the writer writes the label again) rather than refused as if
+// another attachment had written it; and that generation is never used for
+// another label.
+TEST_F(VolumeClaimTest, AReconnectTakesBackABrickHoldingALabelThisAttachmentProposed) {
+  auto a = connect({0, 1});
+  PBRICK_ASSERT_OK(a);
+  auto claim = VolumeClaim::Acquire(a->claim, stripe(8 * kMiB));
+  PBRICK_ASSERT_OK(claim);
+  const uint64_t committed = claim->label().generation;
+  VolumeLabel next = claim->label();
+  next.generation = claim->next_generation();
+  EXPECT_EQ(next.generation, committed + 1);
+  claim->propose(next);
+  PBRICK_ASSERT_OK(VolumeClaim::write_label_to(a->claim[1], 1, next));  // landed; its reply "lost"
+
+  a->clients.clear();  // the connections die
+  a = connect({0, 1});
+  PBRICK_ASSERT_OK(a);
+  PBRICK_ASSERT_OK(claim->reacquire(1, a->claim[1]));
+  PBRICK_ASSERT_OK(claim->reacquire(0, a->claim[0]));  // brick 0 still holds the committed one
+  EXPECT_EQ(claim->next_generation(), committed + 2) << "the proposed generation is not used again";
+
+  // A generation beyond anything proposed is someone else's.
+  VolumeLabel foreign = next;
+  foreign.generation = committed + 5;
+  PBRICK_ASSERT_OK(VolumeClaim::write_label_to(a->claim[1], 1, foreign));
+  a->clients.clear();
+  a = connect({0, 1});
+  PBRICK_ASSERT_OK(a);
+  Status st = claim->reacquire(1, a->claim[1]);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().errnum(), kErrWrongStore) << st.error().message();
+}
+
 TEST_F(VolumeClaimTest, VolumeOpenHoldsTheVolume) {
   VolumeOptions vo;
   vo.brick = bricks_[0]->client();
