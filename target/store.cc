@@ -856,7 +856,10 @@ Result<Store::Move> Store::begin_move(uint64_t vaddr, uint8_t to_tier) {
   auto it = index_.find(vaddr);
   if (it == index_.end()) return Error(ENOENT, "move " + hex(vaddr) + ": block not allocated");
   BlockInfo& block = it->second;
-  PBRICK_TRY(verify_entry("move", vaddr, block));
+  if (Status v = verify_entry("move", vaddr, block); !v) {
+    lru_remove(block);  // quarantined: never a demotion candidate again
+    return v.error();
+  }
   if (block.pins > 0) return Error(EBUSY, "move " + hex(vaddr) + ": block is mapped");
   if (block.moving) return Error(EBUSY, "move " + hex(vaddr) + ": block is already moving");
   if (block.tier == to_tier) return Error(EALREADY, "move " + hex(vaddr) + ": already on that tier");
@@ -927,6 +930,13 @@ Result<uint8_t> Store::tier_of(uint64_t vaddr) const {
   auto it = index_.find(vaddr);
   if (it == index_.end()) return Error(ENOENT, "block " + hex(vaddr) + ": not allocated");
   return it->second.tier;
+}
+
+bool Store::quarantined(uint64_t vaddr) const {
+  auto it = index_.find(vaddr);
+  if (it == index_.end()) return false;
+  const uint8_t* p = entry_ptr(it->second.entry);
+  return load64(p) != (vaddr | kKeyTag) || load64(p + 8) != it->second.location;
 }
 
 bool Store::moving(uint64_t vaddr) const {

@@ -174,12 +174,16 @@ class Store {
     uint64_t from_offset = 0, to_offset = 0;  // byte offsets within each tier's medium
   };
   // EINVAL (unaligned, no slow tier), ENOENT (not allocated), EBUSY (mapped or
-  // already moving), EALREADY (already on `to_tier`), ENOSPC (no free slot there).
+  // already moving), EALREADY (already on `to_tier`), ENOSPC (no free slot there),
+  // EUCLEAN (quarantined: it also leaves the demotion candidates for good).
   Result<Move> begin_move(uint64_t vaddr, uint8_t to_tier);
   Status commit_move(uint64_t vaddr);
   void abort_move(uint64_t vaddr);
   // ENOENT when not allocated; otherwise the tier the block is on now.
   Result<uint8_t> tier_of(uint64_t vaddr) const;
+  // True when `vaddr` is allocated and its map entry no longer verifies: the
+  // block is quarantined (every use fails with EUCLEAN). Logs nothing.
+  bool quarantined(uint64_t vaddr) const;
   bool moving(uint64_t vaddr) const;
   // The fast-tier block unmapped longest ago (allocated, never mapped since the
   // store was opened, counts as unmapped at that time) that is not moving; none

@@ -71,6 +71,8 @@ Tiering::MapReadiness Tiering::prepare_map(uint64_t vaddr) {
     return MapReadiness::kReady;
   }
   if (promote_set_.count(vaddr) == 0) {
+    // Quarantined: it will never move; MAP reports EUCLEAN, not a full tier.
+    if (store_.quarantined(vaddr)) return MapReadiness::kReady;
     if (store_.stats().fast_free_blocks == 0 && !store_.demotion_candidate() && !busy()) {
       return MapReadiness::kNoFastSlot;
     }
@@ -223,14 +225,21 @@ void Tiering::start_demotions() {
     // would make the two trade the slot for ever. That MAP is then told there
     // is no fast slot.
     if (promoted_for_map_.count(*victim) != 0) break;
+    if (for_room == 0 && (budget_bytes_ < static_cast<double>(kBlockSize) || just_promoted_.count(*victim) != 0)) {
+      break;
+    }
+    if (!add_move(down_, *victim)) {
+      // A block the store refused to move and took out of the running (a
+      // quarantined one) must not stop demotions: the next one goes.
+      if (store_.demotion_candidate() != victim) continue;
+      break;
+    }
     if (for_room == 0) {
-      if (budget_bytes_ < static_cast<double>(kBlockSize) || just_promoted_.count(*victim) != 0) break;
       budget_bytes_ -= static_cast<double>(kBlockSize);
       --background;
     } else {
       --for_room;
     }
-    if (!add_move(down_, *victim)) break;
   }
   submit_copies(down_);
   // Promotions wait for room that nothing in flight will make: every fast

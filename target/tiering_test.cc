@@ -534,5 +534,59 @@ TEST(Tiering, ABlockPromotedForAMapIsNotDemotedForAnotherBeforeItsMapIsServed) {
   t->reset();
 }
 
+// Flips a bit of the location word of `vaddr`'s map entry on the medium, as
+// a media error would: the block is quarantined from then on.
+void damage_entry(Store& store, uint64_t vaddr) {
+  uint8_t* map = store.region().base() + 4096;  // the map follows the superblock page
+  for (uint64_t e = 0;; ++e) {
+    ASSERT_LT(e, 4096u) << "no map entry for " << format_hex(vaddr);
+    uint64_t key;
+    std::memcpy(&key, map + 16 * e, 8);
+    if (key != 0 && (key & ~(kBlockSize - 1)) == vaddr) {
+      map[16 * e + 8] ^= 0x40;
+      return;
+    }
+  }
+}
+
+// A block whose map entry stopped verifying (quarantined, EUCLEAN) cannot be
+// moved. At the head of the demotion order it must not stop every demotion
+// behind it; on the slow tier its MAP must report the damage, not a fast
+// tier with no room.
+TEST(Tiering, AQuarantinedBlockNeitherStopsDemotionsNorPassesForAFullFastTier) {
+  TieredStore tiered("pbrick-tiering-quarantine");
+  ASSERT_EQ(tiered.error(), "");
+  Store& store = tiered.store();
+  const uint64_t fast_slots = store.stats().fast_capacity_blocks;
+  for (uint64_t i = 0; i < fast_slots; ++i) ASSERT_TRUE(store.alloc(va(static_cast<int>(i))));
+  damage_entry(store, va(0));  // the first to go down
+  ASSERT_TRUE(store.quarantined(va(0)));
+  ASSERT_FALSE(store.quarantined(va(1)));
+  auto t = Tiering::Create(store, TieringOptions{tiered.slow_path(), 2, 1ull << 30});
+  ASSERT_TRUE(t) << t.error().message();
+  auto wait_idle = [&] {
+    for (int i = 0; i < 1000 && (*t)->busy(); ++i) {
+      pollfd p{(*t)->event_fd(), POLLIN, 0};
+      ASSERT_GE(::poll(&p, 1, 5000), 0);
+      (*t)->on_event();
+    }
+    ASSERT_FALSE((*t)->busy());
+  };
+  (*t)->tick();
+  wait_idle();
+  EXPECT_EQ((*t)->demotions(), 2u) << "demotion stopped at the quarantined block";
+  EXPECT_EQ(store.stats().fast_free_blocks, 2u);
+  EXPECT_EQ(*store.tier_of(va(0)), kTierFast);
+  EXPECT_EQ(*store.tier_of(va(1)), kTierSlow);
+
+  // va(1), on the slow tier, is damaged too: its MAP goes on to report it.
+  damage_entry(store, va(1));
+  EXPECT_EQ((*t)->prepare_map(va(1)), Tiering::MapReadiness::kReady);
+  Status pinned = store.pin(va(1));
+  ASSERT_FALSE(pinned.ok());
+  EXPECT_EQ(pinned.error().errnum(), EUCLEAN) << pinned.error().message();
+  t->reset();
+}
+
 }  // namespace
 }  // namespace pbrick
