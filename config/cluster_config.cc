@@ -728,7 +728,16 @@ class Validator {
   }
 
   void check_key_file(const std::string& path, const std::string& key_file) {
-    if (!known(path) || key_file.empty()) return;
+    if (!known(path)) return;
+    if (key_file.empty()) {
+      // Given but empty (often an unset ${VAR:-}): it would mean "no
+      // authentication" without anyone having said so.
+      if (c_.positions.count(path) != 0) {
+        error(path, "key file is empty (leave the key out for " +
+                        std::string(path == "cluster.key_file" ? "no authentication" : "cluster.key_file") + ")");
+      }
+      return;
+    }
     if (key_file[0] != '/') error(path, "key file " + quote(key_file) + " must be an absolute path");
   }
 
@@ -764,7 +773,7 @@ class Validator {
         auto [it, inserted] = endpoints.emplace(endpoint, b.name);
         if (!inserted) error(p + ".port", endpoint + " is already used by brick " + quote(it->second));
       }
-      if (b.key_file != c_.cluster.key_file) check_key_file(p + ".key_file", b.key_file);
+      if (b.key_file != c_.cluster.key_file || b.key_file.empty()) check_key_file(p + ".key_file", b.key_file);
 
       if (known(p + ".store.path")) {
         if (b.store.path.empty() || b.store.path[0] != '/') {

@@ -696,6 +696,13 @@ TEST(ClusterConfigTest, NamesHostsAndPaths) {
              "cluster.key_file: key file 'cluster.key' must be an absolute path");
   expect_one(valid_with("    host: 127.0.0.1\n    store", "    host: 127.0.0.1\n    key_file: k\n    store"), 6, 15,
              "bricks[0].key_file: key file 'k' must be an absolute path");
+  // An empty key file (an unset ${VAR:-}) would turn authentication off
+  // unannounced, for one brick or for all.
+  expect_one(valid_with("    host: 127.0.0.1\n    store",
+                        "    host: 127.0.0.1\n    key_file: \"${PBRICK_TEST_UNSET:-}\"\n    store"),
+             6, 15, "bricks[0].key_file: key file is empty (leave the key out for cluster.key_file)");
+  expect_one(valid_with("  name: demo\n", "  name: demo\n  key_file: \"\"\n"), 3, 13,
+             "cluster.key_file: key file is empty (leave the key out for no authentication)");
   expect_one(valid_with("    host: 127.0.0.1\n    store", "    host: \"a b\"\n    store"), 5, 11,
              "bricks[0].host: invalid host 'a b'");
   // HOST:PORT must read back as that host: no brackets (an IPv6 address is
