@@ -5,6 +5,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -396,14 +397,22 @@ Engine::Loop& Engine::my_loop() {
 }
 
 Status Engine::transfer(bool is_write, uint8_t* buf, uint64_t count, uint64_t offset) {
-  if (count > kMaxRequest || offset > size() || count > size() - offset) {
+  if (offset > size() || count > size() - offset) {
     return Error(EINVAL, std::string(is_write ? "write" : "read") + " of " + std::to_string(count) + " bytes at " +
-                             std::to_string(offset) + " is outside the volume or too large");
+                             std::to_string(offset) + " is outside the volume");
   }
+  // At most kMaxRequest at a time (what the per-thread pieces are sized
+  // for): nbdkit hands a client that did not negotiate block sizes up to
+  // 64 MiB in one call.
   Waiter& w = t_waiter;
-  w.pieces.clear();
-  plan_rw(*volume_, is_write, offset, count, buf, &w, w.pieces);
-  return run_pieces(is_write ? "write" : "read");
+  for (uint64_t done = 0; done < count;) {
+    const uint64_t n = std::min(count - done, kMaxRequest);
+    w.pieces.clear();
+    plan_rw(*volume_, is_write, offset + done, n, buf + done, &w, w.pieces);
+    PBRICK_TRY(run_pieces(is_write ? "write" : "read"));
+    done += n;
+  }
+  return Status::Ok();
 }
 
 Status Engine::run_pieces(const char* what) {

@@ -59,7 +59,8 @@ struct EngineOptions {
 
 class Engine {
  public:
-  // Largest single request; frontends advertise it (nbdkit block_size maximum).
+  // Largest request sent as one; frontends advertise it (nbdkit block_size
+  // maximum). A larger read or write goes as such parts in turn.
   static constexpr uint64_t kMaxRequest = 16ull << 20;
   static constexpr uint32_t kMaxQueues = 64;
   static constexpr uint32_t kMaxPollUs = pbrick::kMaxPollUs;
@@ -74,7 +75,7 @@ class Engine {
   MirrorResync* resync() { return resync_.get(); }
   uint64_t size() const { return volume_->size(); }
 
-  // Byte ranges must lie inside the volume and count <= kMaxRequest (EINVAL).
+  // Byte ranges must lie inside the volume (EINVAL).
   // Errors: EIO once a brick stayed unreachable for the volume's io_timeout;
   // kErrWrongStore at once while a brick serves another store than the one
   // the volume was opened on (see volume.h).

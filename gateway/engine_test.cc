@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <thread>
 
@@ -109,15 +110,35 @@ TEST_F(EngineTest, WriteReadAcrossBlocksAndThinProvisioning) {
   EXPECT_TRUE(e.flush().ok());
 }
 
-TEST_F(EngineTest, OutOfRangeAndOversizedRequestsAreRefused) {
+TEST_F(EngineTest, OutOfRangeRequestsAreRefused) {
   PBRICK_ASSERT_OK(open({.size = 8 * kMiB}));
   Engine& e = *engine_;
   uint8_t b[16] = {};
   EXPECT_EQ(errnum_of(e.read(b, 16, 8 * kMiB - 8)), EINVAL);
   EXPECT_EQ(errnum_of(e.write(b, 16, UINT64_MAX - 4, false)), EINVAL);
-  std::vector<uint8_t> big(Engine::kMaxRequest + 1);
+  std::vector<uint8_t> big(8 * kMiB + 1);
   EXPECT_EQ(errnum_of(e.read(big.data(), big.size(), 0)), EINVAL);
   EXPECT_EQ(errnum_of(e.discard(16, 8 * kMiB, false)), EINVAL);
+}
+
+// nbdkit passes a client that did not negotiate block sizes requests up to
+// 64 MiB: more than kMaxRequest goes in parts, every byte where it belongs.
+TEST_F(EngineTest, ARequestLargerThanKMaxRequestGoesInParts) {
+  PBRICK_ASSERT_OK(open({.size = 48 * kMiB}));
+  Engine& e = *engine_;
+  const uint64_t len = 2 * Engine::kMaxRequest + 12345, at = kMiB + 512;
+  auto data = random_bytes_of(len, 17);
+  PBRICK_ASSERT_OK(e.write(data.data(), len, at, true));
+  std::vector<uint8_t> back(len);
+  PBRICK_ASSERT_OK(e.read(back.data(), len, at));
+  EXPECT_EQ(crc32c(back.data(), len), crc32c(data.data(), len));
+  // And in smaller reads, so a part written to the wrong place shows.
+  for (uint64_t off = 0; off < len; off += 3 * kMiB) {
+    const uint64_t n = std::min<uint64_t>(3 * kMiB, len - off);
+    std::vector<uint8_t> part(n);
+    PBRICK_ASSERT_OK(e.read(part.data(), n, at + off));
+    EXPECT_EQ(std::memcmp(part.data(), data.data() + off, n), 0) << "at " << off;
+  }
 }
 
 TEST_F(EngineTest, DiscardFreesWholeBlocksAndZeroesPartialOnes) {

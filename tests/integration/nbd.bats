@@ -233,6 +233,16 @@ fio_verify() {
     fail "chained-syncs=true over the file's false: $(grep -i 'syncs' "$NBD_LOG")"
 }
 
+@test "a client that never asked for block size limits: a 40 MiB write and read, one request each" {
+  start_brick b --size 128M
+  start_nbd
+  # nbdkit hands such a request (up to 64 MiB) to the plugin whole; above
+  # the 16 MiB it advertises, the plugin sends it in parts.
+  run python3 "$WRITER" large "$NBD_SOCK" --bytes $((40 * 1024 * 1024 + 4097))
+  assert_success
+  assert_output "wrote and read back $((40 * 1024 * 1024 + 4097)) bytes in one request each"
+}
+
 @test "thin provisioning: writes allocate their blocks only, discard frees them, a zero without MAY_TRIM provisions" {
   start_brick b
   start_nbd

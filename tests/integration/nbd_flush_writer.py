@@ -17,6 +17,12 @@ nothing but python3.
   nbd_flush_writer.py verify SOCKET --round R --records N
       Reads records 0..N-1 and checks their contents; prints
       "verified N records" and exits 0, or names each bad record and exits 1.
+
+  nbd_flush_writer.py large SOCKET --bytes N
+      As a client that never asked for block size limits may: one WRITE of N
+      bytes (a function of N) at offset 1 MiB + 512, FLUSH, one READ of them
+      back; prints "wrote and read back N bytes in one request each" and exits
+      0, or says what differs and exits 1.
 """
 
 import argparse
@@ -133,16 +139,37 @@ def describe(data):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["write", "verify"])
+    ap.add_argument("mode", choices=["write", "verify", "large"])
     ap.add_argument("socket")
-    ap.add_argument("--round", type=int, required=True)
-    ap.add_argument("--records", type=int, required=True)
+    ap.add_argument("--round", type=int)
+    ap.add_argument("--records", type=int)
     ap.add_argument("--flush-every", type=int, default=8)
     ap.add_argument("--ack-log")
+    ap.add_argument("--bytes", type=int)
     a = ap.parse_args()
+    if a.mode == "large" and a.bytes is None:
+        ap.error("large needs --bytes")
+    if a.mode != "large" and (a.round is None or a.records is None):
+        ap.error("%s needs --round and --records" % a.mode)
 
     try:
         c = NbdClient(a.socket)
+        if a.mode == "large":
+            # Every 4 KiB names its own index: a part that lands elsewhere shows.
+            seed = hashlib.sha256(b"pbrick-nbd-large %d" % a.bytes).digest()
+            filler = (seed * (4096 // len(seed)))[8:]
+            data = b"".join(struct.pack("<Q", k) + filler for k in range(a.bytes // 4096 + 1))[: a.bytes]
+            at = 1024 * 1024 + 512
+            c.pwrite(at, data)
+            c.flush()
+            got = c.pread(at, a.bytes)
+            c.close()
+            if got != data:
+                first = next(i for i in range(a.bytes) if got[i] != data[i])
+                print("read back differs from byte %d on" % first)
+                return 1
+            print("wrote and read back %d bytes in one request each" % a.bytes)
+            return 0
         if a.records * RECORD > c.size:
             sys.exit("export of %d bytes is too small for %d records" % (c.size, a.records))
         if a.mode == "write":
