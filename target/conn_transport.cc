@@ -58,7 +58,9 @@ void TcpTransport::on_ring_completion(Connection& c, OpKind kind, int res) {
       c.drop_output();
       c.begin_close();
     } else {
-      c.out_start += static_cast<size_t>(res);
+      // Never past out_end, even if the output was dropped meanwhile: the
+      // next send would take out_end - out_start bytes.
+      c.out_start = std::min(c.out_start + static_cast<size_t>(res), c.out_end);
       if (c.out_start == c.out_end) c.drop_output();
     }
   }

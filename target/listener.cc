@@ -311,7 +311,9 @@ void Server::Impl::admit_handshake() {
                   oldest->peer.c_str(), options_.max_handshakes);
   oldest->counts_as_handshake = false;
   pending_handshakes_--;
-  oldest->drop_output();
+  // Its unsent replies go, unless a send of them is in flight: that send
+  // still reads the buffer and advances out_start when it completes.
+  if (!oldest->transport->pins_output(*oldest)) oldest->drop_output();
   close_now(*oldest);
 }
 

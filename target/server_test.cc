@@ -22,6 +22,8 @@
 #include "common/unique_fd.h"
 #include "gateway/engine.h"
 #include "gateway/tcp_channel.h"
+#include "target/conn_transport.h"
+#include "target/connection.h"
 #include "target/fault_injection_region.h"
 #include "target/listener.h"
 #include "target/store.h"
@@ -531,6 +533,24 @@ TEST(GatewayOverFaultyBrick, FlushAfterADiscardReportsTheFailedFdatasync) {
   Status st = e.flush();
   EXPECT_EQ(errnum_of(st), EIO) << (st.ok() ? "flush succeeded" : st.error().message());
   engine->reset();
+}
+
+// A connection whose output was dropped (an eviction, a FENCE) while a send
+// of it was in flight: that send's completion must not leave out_start past
+// out_end, or the next flush would send (size_t)(out_end - out_start) bytes
+// from the buffer on - memory beyond it - to the peer.
+TEST(ServerConnection, ASendCompletingAfterItsOutputWasDroppedSendsNothingMore) {
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  UniqueFd peer(sv[1]);
+  Connection c(0, 1, std::make_unique<TcpTransport>(UniqueFd(sv[0])), "test");
+  c.out_end = 152;  // a HELLO reply on its way
+  c.send_inflight = true;
+  c.drop_output();
+  c.transport->on_ring_completion(c, OpKind::kSend, 152);
+  EXPECT_FALSE(c.send_inflight);
+  EXPECT_EQ(c.out_start, 0u);
+  EXPECT_EQ(c.out_end, 0u);
 }
 
 // A mirror over two bricks, one queue (the volume's open error, if any, is
