@@ -245,6 +245,16 @@ Result<std::unique_ptr<BrickClient>> BrickClient::Handshake(std::unique_ptr<Bric
   }
   auto reply = proto::decode_hello_reply(client->reply_);
   if (!reply) return reply.error().wrap("HELLO " + options.endpoint.to_string());
+  // docs/protocol.md §8.2 and §10: a version we offered, features we offered.
+  if (reply->version < hello.min_version || reply->version > hello.max_version) {
+    return Error(EPROTONOSUPPORT, "HELLO " + options.endpoint.to_string() + ": the brick chose protocol version " +
+                                      std::to_string(reply->version) + ", not one of the offered " +
+                                      std::to_string(hello.min_version) + ".." + std::to_string(hello.max_version));
+  }
+  if ((reply->features & ~hello.features) != 0) {
+    return Error(EPROTO, "HELLO " + options.endpoint.to_string() + ": the brick granted features never offered (" +
+                             format_hex(reply->features & ~hello.features) + ")");
+  }
   if (client->link_ && (reply->features & proto::kFeatureRdma) == 0) {
     return Error(EPROTO, "HELLO " + options.endpoint.to_string() + ": the brick did not accept the RDMA transport");
   }

@@ -2,8 +2,17 @@
 
 #include <gtest/gtest.h>
 #include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <string>
+#include <thread>
+#include <vector>
+
+#include "common/protocol.h"
+#include "common/unique_fd.h"
 
 namespace pbrick {
 namespace {
@@ -48,6 +57,91 @@ TEST(EndpointTest, BadAddressesNameTheFlagAndWhy) {
     EXPECT_EQ(e.error().context(), "--target: invalid address '" + c.text + "': " + c.why);
   }
   EXPECT_TRUE(parse_endpoint("unix:" + ("/" + longest.substr(1)), "--target").ok()) << "107 bytes fit";
+}
+
+// A brick that answers one HELLO with `reply`, on a unix socket in a
+// directory of its own.
+class FakeBrick {
+ public:
+  explicit FakeBrick(const proto::HelloReply& reply) {
+    char tmpl[] = "/tmp/pbrick-fake-brick-XXXXXX";
+    dir_ = ::mkdtemp(tmpl);
+    path_ = dir_ + "/brick.sock";
+    listen_.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strcpy(addr.sun_path, path_.c_str());
+    EXPECT_EQ(::bind(listen_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    EXPECT_EQ(::listen(listen_.get(), 1), 0);
+    thread_ = std::thread([this, reply] {
+      UniqueFd c(::accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      std::vector<uint8_t> hello(proto::kHeaderSize + proto::kHelloRequestSize);
+      size_t got = 0;
+      while (got < hello.size()) {
+        ssize_t n = ::read(c.get(), hello.data() + got, hello.size() - got);
+        if (n <= 0) return;
+        got += static_cast<size_t>(n);
+      }
+      auto h = proto::decode_header({hello.data(), proto::kHeaderSize}, /*expect_reply=*/false);
+      if (!h) return;
+      std::vector<uint8_t> out(proto::kHeaderSize + proto::hello_reply_size(reply));
+      proto::FrameHeader rh;
+      rh.opcode = proto::Opcode::kHello;
+      rh.flags = proto::kFlagReply;
+      rh.request_id = h->request_id;
+      rh.payload_len = static_cast<uint32_t>(out.size() - proto::kHeaderSize);
+      proto::encode_header(rh, out.data());
+      proto::encode_hello_reply(reply, out.data() + proto::kHeaderSize);
+      (void)!::write(c.get(), out.data(), out.size());
+      char byte;
+      (void)!::read(c.get(), &byte, 1);  // until the client hangs up
+    });
+  }
+  ~FakeBrick() {
+    thread_.join();
+    ::unlink(path_.c_str());
+    ::rmdir(dir_.c_str());
+  }
+  ClientOptions options() const {
+    ClientOptions o;
+    o.endpoint.unix_path = path_;
+    o.timeout_ms = 2000;
+    return o;
+  }
+
+ private:
+  std::string dir_, path_;
+  UniqueFd listen_;
+  std::thread thread_;
+};
+
+// docs/protocol.md §8.2 and §10: the client checks that the brick chose a
+// version it offered and granted only features it offered.
+TEST(BrickClientTest, AHelloReplyOutsideWhatWasOfferedIsRefused) {
+  {
+    proto::HelloReply r;
+    r.version = 2;  // this client offers 1..1
+    FakeBrick brick(r);
+    auto c = BrickClient::Connect(brick.options());
+    ASSERT_FALSE(c.ok());
+    EXPECT_EQ(c.error().errnum(), EPROTONOSUPPORT) << c.error().message();
+    EXPECT_NE(c.error().context().find("protocol version 2"), std::string::npos) << c.error().context();
+  }
+  {
+    proto::HelloReply r;
+    r.features = proto::kFeaturePersistRpc;  // this client offered no PERSIST
+    FakeBrick brick(r);
+    auto c = BrickClient::Connect(brick.options());
+    ASSERT_FALSE(c.ok());
+    EXPECT_EQ(c.error().errnum(), EPROTO) << c.error().message();
+    EXPECT_NE(c.error().context().find("never offered"), std::string::npos) << c.error().context();
+  }
+  {
+    proto::HelloReply r;  // version 1, nothing granted: a brick this client can use
+    FakeBrick brick(r);
+    auto c = BrickClient::Connect(brick.options());
+    EXPECT_TRUE(c.ok()) << c.error().message();
+  }
 }
 
 }  // namespace
