@@ -69,6 +69,12 @@ Status Server::Impl::init() {
   auto started = Clock::now();
   Status persisted = region.persist(0, region.size());
   if (!persisted) return persisted.error().wrap("persisting the store before serving");
+  // The slow tier too: the map entries of the blocks beyond the fast tier's
+  // live in its map.
+  if (SlowTier* slow = store_.slow_tier()) {
+    persisted = slow->region().persist(0, slow->region().size());
+    if (!persisted) return persisted.error().wrap("persisting the slow tier before serving");
+  }
   PBRICK_LOG_INFO("persisted the whole store (%s) in %lld ms", format_size(region.size()).c_str(),
                   static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(
                                              Clock::now() - started).count()));

@@ -39,16 +39,23 @@ constexpr uint64_t kBlock = 2 * kMiB;
 
 class FaultyBrick {
  public:
-  explicit FaultyBrick(bool pmem = false) {
+  // `slow`: with a slow tier, a FaultInjectionRegion too.
+  explicit FaultyBrick(bool pmem = false, bool slow = false) {
     auto region = std::make_unique<FaultInjectionRegion>(make_memory_region(64 * kMiB), pmem);
     region_ = region.get();
-    auto store = Store::Open(std::move(region), {});
+    std::unique_ptr<FaultInjectionRegion> slow_region;
+    if (slow) {
+      slow_region = std::make_unique<FaultInjectionRegion>(make_memory_region(64 * kMiB), pmem);
+      slow_region_ = slow_region.get();
+    }
+    auto store = Store::Open(std::move(region), {}, std::move(slow_region));
     EXPECT_TRUE(store.ok()) << store.error().message();
     store_ = std::move(*store);
   }
   ~FaultyBrick() { stop(); }
 
   FaultInjectionRegion& region() { return *region_; }
+  FaultInjectionRegion& slow_region() { return *slow_region_; }
 
   // On loopback TCP (a free port), or on `listen` (a unix socket).
   void start(const Endpoint& listen = Endpoint{"127.0.0.1", 0}) {
@@ -95,6 +102,7 @@ class FaultyBrick {
 
  private:
   FaultInjectionRegion* region_ = nullptr;
+  FaultInjectionRegion* slow_region_ = nullptr;
   std::unique_ptr<Store> store_;
   Endpoint listen_;
   std::unique_ptr<Server> server_;
@@ -283,6 +291,19 @@ TEST(ServerPersistence, APmemStoreIsPersistedWholeBeforeServing) {
   bool whole = false;
   for (const auto& [off, len] : brick.region().persisted_ranges()) {
     if (off == 0 && len == brick.region().size()) whole = true;
+  }
+  EXPECT_TRUE(whole);
+}
+
+// The same for a slow tier, whose map holds the entries of the blocks beyond
+// the fast tier's: a word a killed brick stored there and had not persisted
+// yet must not be served as if it were durable.
+TEST(ServerPersistence, ASlowTierIsPersistedWholeBeforeServing) {
+  FaultyBrick brick(/*pmem=*/true, /*slow=*/true);
+  brick.start();
+  bool whole = false;
+  for (const auto& [off, len] : brick.slow_region().persisted_ranges()) {
+    if (off == 0 && len == brick.slow_region().size()) whole = true;
   }
   EXPECT_TRUE(whole);
 }
