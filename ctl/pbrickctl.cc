@@ -59,8 +59,9 @@ constexpr const char* kUsage =
     "                             problem is printed naming its map entry. With\n"
     "                             --slow-store, its slow tier too: its superblock,\n"
     "                             that it belongs to this store, its map entries and\n"
-    "                             slots (without it, blocks on the slow tier are not\n"
-    "                             checked). Exit status: 0 clean, 1 problems found,\n"
+    "                             slots (without it, entries in the slow tier's map\n"
+    "                             are not read, and fsck says so). Exit status: 0\n"
+    "                             clean (as far as checked), 1 problems found,\n"
     "                             3 the store cannot be opened or read. Never writes.\n"
     "\n"
     "Cluster commands:\n"
@@ -255,6 +256,7 @@ int cmd_fsck(const std::vector<std::string>& args) {
           r.layout_version, r.upgrade_interrupted ? "true" : "false", format_uuid(r.uuid).c_str(),
           static_cast<unsigned long long>(r.slot_count), static_cast<unsigned long long>(r.allocated_blocks),
           static_cast<unsigned long long>(r.entries_to_upgrade));
+      std::printf(",\"slow_tier_unchecked\":%s", r.slow_unchecked ? "true" : "false");
       if (r.slow_checked) {
         std::printf(",\"slow_store\":%s,\"slow_slot_count\":%llu,\"slow_blocks\":%llu",
                     json_string(slow_path).c_str(), static_cast<unsigned long long>(r.slow_slot_count),
@@ -290,6 +292,13 @@ int cmd_fsck(const std::vector<std::string>& args) {
   }
   for (const auto& p : r.map_problems) std::printf("%s\n", p.what.c_str());
   if (r.clean()) {
+    if (r.slow_unchecked) {
+      // Not "clean" alone: part of the map was not read.
+      std::printf("store %s: clean as far as checked; it has a slow tier whose map entries were not read "
+                  "(give --slow-store)\n",
+                  path.c_str());
+      return 0;
+    }
     std::printf("store %s: clean\n", path.c_str());
     return 0;
   }

@@ -271,6 +271,7 @@ StoreCheckReport Store::Check(const uint8_t* base, uint64_t size, const uint8_t*
   store.scan_map([&](uint64_t entry, std::string what) {
     report.map_problems.push_back({entry, std::move(what)});
   });
+  report.slow_unchecked = slow_base == nullptr && store.has_slow_flag_;
   report.layout_version = store.layout_version_;
   report.upgrade_interrupted = store.upgrade_interrupted_;
   report.uuid = store.uuid_;

@@ -83,6 +83,9 @@ struct StoreCheckReport {
   uint64_t entries_to_upgrade = 0;
   // Check() with a slow tier: its slots; its blocks are among allocated_blocks.
   bool slow_checked = false;
+  // The superblock says the store has a slow tier, and none was given: the
+  // map entries in its map were not read.
+  bool slow_unchecked = false;
   uint64_t slow_slot_count = 0;
   uint64_t slow_blocks = 0;
   std::vector<Problem> map_problems;

@@ -97,9 +97,21 @@ with open(sys.argv[1], "r+b") as f:
   run "$CTL_BIN" fsck --store "$store" --slow-store "$slow"
   assert_failure 1
   assert_output --regexp "map entry 7: .*checksum mismatch"
-  # The store alone: the slow tier's entries are not read.
+  # The store alone: the slow tier's entries are not read, and fsck says so
+  # rather than calling the store clean.
   run "$CTL_BIN" fsck --store "$store"
   assert_success
+  assert_output --partial "store $store: clean as far as checked; it has a slow tier whose map entries were not read (give --slow-store)"
+  refute_output --partial "store $store: clean"$'\n'
+  run "$CTL_BIN" --json fsck --store "$store"
+  assert_success
+  assert_equal "$(jq -c '[.clean, .slow_tier_unchecked]' <<<"$output")" '[true,true]'
+  # A store without a slow tier is simply clean.
+  start_brick h --size 16M
+  stop_brick
+  run "$CTL_BIN" --json fsck --store "$(store_dir)/h.store"
+  assert_success
+  assert_equal "$(jq -c '[.clean, .slow_tier_unchecked]' <<<"$output")" '[true,false]' 
   # A slow tier of another store.
   start_brick g --size 16M
   stop_brick
