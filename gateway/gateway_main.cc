@@ -3,7 +3,9 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <linux/fs.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
@@ -214,6 +216,49 @@ void block_signals() {
   signal(SIGPIPE, SIG_IGN);
 }
 
+// A device that recovers after its daemon dies (UBLK_F_USER_RECOVERY) fails
+// every request from STOP_DEV on, the writeback del_gendisk() starts for a
+// file system still mounted on it included: what that file system held
+// dirty would be lost (and its journal aborted). So a device held
+// exclusively (mounted, or a holder such as device-mapper) is not stopped
+// under its holder: the daemon serves on until it is released, or until a
+// second SIGTERM/SIGINT in `mask` says to stop anyway.
+void wait_until_released(uint32_t id, const sigset_t& mask) {
+  const std::string dev = "/dev/ublkb" + std::to_string(id);
+  bool said = false;
+  for (;;) {
+    UniqueFd fd(::open(dev.c_str(), O_RDONLY | O_EXCL | O_CLOEXEC));
+    if (fd.valid() || errno != EBUSY) return;
+    if (!said) {
+      PBRICK_LOG_NOTICE("%s is in use (mounted?): serving on until it is released (SIGTERM again to stop anyway)",
+                        dev.c_str());
+      sd_notifyf(0, "STATUS=stopping: %s is in use (mounted?); serving until it is released", dev.c_str());
+      said = true;
+    }
+    timespec wait{0, 200 * 1000 * 1000};
+    if (sigtimedwait(&mask, nullptr, &wait) > 0) {
+      PBRICK_LOG_WARN("%s: stopping while in use: a file system on it loses what it has not written back", dev.c_str());
+      return;
+    }
+  }
+}
+
+// Before STOP_DEV, while this daemon still serves: what a holder of the
+// device still has dirty (a file system stopped anyway, see above) and the
+// device's own page cache are written back now, as far as they can be.
+// BLKFLSBUF syncs the holder's file system and the device.
+void flush_before_stop(uint32_t id) {
+  const std::string dev = "/dev/ublkb" + std::to_string(id);
+  UniqueFd fd(::open(dev.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) {
+    PBRICK_LOG_WARN("%s: open to write back before stopping: %s", dev.c_str(), std::strerror(errno));
+    return;
+  }
+  if (::ioctl(fd.get(), BLKFLSBUF, 0) != 0) {
+    PBRICK_LOG_WARN("%s: BLKFLSBUF before stopping: %s", dev.c_str(), std::strerror(errno));
+  }
+}
+
 // Serves until SIGTERM/SIGINT, then STOP_DEV, waits for the queues, DEL_DEV.
 int serve(UblkControl& ctrl, Server& s, const AttachParams& p) {
   uint32_t id = s.dev.dev_id;
@@ -274,9 +319,11 @@ int serve(UblkControl& ctrl, Server& s, const AttachParams& p) {
   }
   sd_notify(0, "STOPPING=1");
   PBRICK_LOG_INFO("/dev/ublkb%u: %s: stopping", id, strsignal(sig));
+  wait_until_released(id, mask);
   control.reset();
   resync.reset();
   ::unlink(state_path(id).c_str());
+  flush_before_stop(id);
   int rc = 0;
   Status st = ctrl.stop_dev(id);
   if (!st) {
@@ -810,6 +857,13 @@ int replace_main(int argc, char** argv) {
   return 0;
 }
 
+// Whether process `pid` runs this program (its /proc comm).
+bool is_gateway_process(pid_t pid) {
+  std::ifstream comm("/proc/" + std::to_string(pid) + "/comm");
+  std::string name;
+  return std::getline(comm, name) && name == "pbrick-gateway";
+}
+
 int detach_main(int argc, char** argv) {
   std::optional<uint32_t> id;
   optind = 1;
@@ -827,8 +881,12 @@ int detach_main(int argc, char** argv) {
   auto info = ctrl->get_dev_info(*id);
   if (!info) return fail(info.error());
   pid_t pid = info->ublksrv_pid;
-  if (pid > 0 && ::kill(pid, 0) == 0 && info->state == UBLK_S_DEV_LIVE) {
-    // Its daemon runs: it stops and deletes the device on SIGTERM.
+  // Its daemon runs - serving, or still attaching (the device not started
+  // yet: stopping it under the attach would leave a disk no queue serves) -
+  // and stops and deletes the device on SIGTERM. A device that is not live
+  // may name a daemon long dead whose pid was reused: signalled only when
+  // that process is a pbrick-gateway.
+  if (pid > 0 && ::kill(pid, 0) == 0 && (info->state == UBLK_S_DEV_LIVE || is_gateway_process(pid))) {
     ::kill(pid, SIGTERM);
     for (int i = 0; i < 300; i++) {
       if (!ctrl->get_dev_info(*id)) return 0;

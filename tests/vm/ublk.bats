@@ -67,6 +67,39 @@ fio_verify() {
     { cat "$BATS_TEST_TMPDIR/fio-$name.out" >&2; return 1; }
 }
 
+@test "ublk: told to stop with its ext4 still mounted, the gateway serves until the unmount, then stops; nothing lost" {
+  brick_up
+  gw_attach --size 1G -q 2 -d 32
+  mkfs_mount
+  # Written, not synced: dirty in the page cache when the gateway is told to
+  # stop. Stopping the device under the mount would fail its writeback.
+  make_tree "$MNT/tree"
+  kill -TERM "$GW_PID"
+  sleep 3
+  kill -0 "$GW_PID" || fail "the gateway stopped under a mounted file system"
+  [ -b "$DEV" ] || fail "$DEV went away under the mount"
+  grep -q "$DEV is in use (mounted?): serving on until it is released" "$BATS_TEST_TMPDIR/gw.log" ||
+    fail "no word of waiting: $(cat "$BATS_TEST_TMPDIR/gw.log")"
+  # Still served: more files, and everything reads back.
+  head -c $((3 * M)) /dev/urandom >"$MNT/tree/late"
+  sha_tree "$MNT/tree" >"$BATS_TEST_TMPDIR/before"
+  umount "$MNT"
+  local rc=0
+  timeout 60 tail --pid="$GW_PID" -f /dev/null || fail "the gateway did not stop once the device was released"
+  wait "$GW_PID" || rc=$?
+  GW_PID=
+  assert_equal "$rc" 0
+  [ ! -e "$DEV" ] || fail "$DEV is still there"
+  gw_attach --size 1G -q 2 -d 32
+  mount "$DEV" "$MNT"
+  sha_tree "$MNT/tree" >"$BATS_TEST_TMPDIR/after"
+  umount "$MNT"
+  diff "$BATS_TEST_TMPDIR/before" "$BATS_TEST_TMPDIR/after"
+  fsck.ext4 -f -n "$DEV"
+  gw_detach
+  [ -z "$(dmesg_problems)" ] || fail "kernel: $(dmesg_problems)"
+}
+
 @test "ublk: fio verify=crc32c, 4K and 128K, iodepth 1 and 32, two jobs" {
   requires fio
   brick_up
