@@ -672,8 +672,8 @@ TEST(ClusterConfigTest, BricksSharingANicAgreeOnItsDdio) {
 
 // A value that does not parse is one mistake, reported once.
 TEST(ClusterConfigTest, AnUnparsedTieringValueIsOneError) {
-  auto errors = check(valid_with(
-      "size: 1G}", "size: 32M, slow: {path: /var/lib/pbrick/b0.slow, size: 1G, low_watermark: 1k, demote_rate: 1.5G}}"));
+  auto errors = check(valid_with("size: 1G}", "size: 32M, slow: {path: /var/lib/pbrick/b0.slow, size: 1G, "
+                                              "low_watermark: 1k, demote_rate: 1.5G}}"));
   ASSERT_EQ(errors.size(), 2u) << dump(errors);
   EXPECT_EQ(errors[0].path, "bricks[0].store.slow.low_watermark");
   EXPECT_EQ(errors[1].path, "bricks[0].store.slow.demote_rate");
@@ -730,7 +730,8 @@ volumes:
 )";
   // 2^64 - 2 MiB mirrored on two bricks: 2^43 slots of 2 MiB on each, 2^64
   // bytes, which wrapped to 0 and overlapped nothing.
-  auto errors = check(two + "  - {name: huge, size: 18446744073707454464, bricks: [b0, b1], layout: mirror, base: 0}\n");
+  auto errors =
+      check(two + "  - {name: huge, size: 18446744073707454464, bricks: [b0, b1], layout: mirror, base: 0}\n");
   ASSERT_EQ(errors.size(), 1u) << dump(errors);
   EXPECT_EQ(errors[0].path, "volumes[1].base");
   EXPECT_NE(errors[0].to_string().find("must end at or below"), std::string::npos) << errors[0].to_string();

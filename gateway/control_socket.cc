@@ -36,7 +36,8 @@ Result<std::string> read_line(int fd, int timeout_ms, int stop_fd = -1) {
   std::string line;
   char c;
   while (line.size() < kMaxLine) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) {
       return Error(ETIMEDOUT, "control socket: no whole line in " + std::to_string(timeout_ms) + " ms");
     }

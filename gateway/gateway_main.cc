@@ -252,7 +252,9 @@ void flush_before_stop(uint32_t id) {
   UniqueFd fd(::open(dev.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd.valid()) {
     // No node (a container with only the control device): nothing there to hold it.
-    if (errno != ENOENT) PBRICK_LOG_WARN("%s: open to write back before stopping: %s", dev.c_str(), std::strerror(errno));
+    if (errno != ENOENT) {
+      PBRICK_LOG_WARN("%s: open to write back before stopping: %s", dev.c_str(), std::strerror(errno));
+    }
     return;
   }
   if (::ioctl(fd.get(), BLKFLSBUF, 0) != 0) {

@@ -101,7 +101,7 @@ with open(sys.argv[1], "r+b") as f:
   # rather than calling the store clean.
   run "$CTL_BIN" fsck --store "$store"
   assert_success
-  assert_output --partial "store $store: clean as far as checked; it has a slow tier whose map entries were not read (give --slow-store)"
+  assert_output --partial "store $store: clean as far as checked; it has a slow tier whose map entries were not read"
   refute_output --partial "store $store: clean"$'\n'
   run "$CTL_BIN" --json fsck --store "$store"
   assert_success
