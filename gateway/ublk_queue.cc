@@ -6,8 +6,11 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
+#include <thread>
 
 #include "common/log.h"
 #include "common/protocol.h"
@@ -570,9 +573,17 @@ void UblkQueue::run() {
     // channels, so it is not asked when polling is off.
     const bool poll = dev_.poll.count() > 0 && m.channels->busy();
     err = m.ring.submit_and_wait_polling(poll ? dev_.poll : std::chrono::microseconds(0));
-    if (err < 0 && err != -EINTR) {
-      PBRICK_LOG_ERROR("ublk%u queue %u: io_uring_submit_and_wait: %s", dev_.dev_id, q_id_, std::strerror(-err));
-      break;
+    if (err == -EAGAIN || err == -EBUSY) {
+      // Short of memory, or completions to reap first: reap, then again.
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    } else if (err < 0 && err != -EINTR) {
+      // This queue cannot go on, and its tags would never be answered. The
+      // whole daemon goes instead: the device holds their I/O (user
+      // recovery) and a restarted daemon (recover) takes it over.
+      PBRICK_LOG_ERROR("ublk%u queue %u: io_uring_submit_and_wait: %s; exiting so that the device can be "
+                       "recovered (its I/O is held, not failed)",
+                       dev_.dev_id, q_id_, std::strerror(-err));
+      std::_Exit(EXIT_FAILURE);
     }
     m.ring.drain([this](uint64_t ud, int res) { on_cqe(ud, res); });
     for (int round = 0; round < 64; round++) {
