@@ -444,6 +444,16 @@ class TieredStore {
   std::unique_ptr<Store> store_;
 };
 
+// Runs `t`'s completions until nothing moves.
+void wait_until_idle(Tiering& t) {
+  for (int i = 0; i < 1000 && t.busy(); ++i) {
+    pollfd p{t.event_fd(), POLLIN, 0};
+    ASSERT_GE(::poll(&p, 1, 5000), 0);
+    t.on_event();
+  }
+  ASSERT_FALSE(t.busy());
+}
+
 // The data mover over real files on a disk file system (O_DIRECT): background
 // demotion down to the watermark, then promotion on MAP, data intact.
 TEST(Tiering, DemotesInTheBackgroundAndPromotesOnMap) {
@@ -460,14 +470,7 @@ TEST(Tiering, DemotesInTheBackgroundAndPromotesOnMap) {
   ASSERT_TRUE(t) << t.error().message();
   int wakes = 0;
   (*t)->set_wake([&] { ++wakes; });
-  auto wait_idle = [&] {
-    for (int i = 0; i < 1000 && (*t)->busy(); ++i) {
-      pollfd p{(*t)->event_fd(), POLLIN, 0};
-      ASSERT_GE(::poll(&p, 1, 5000), 0);
-      (*t)->on_event();
-    }
-    ASSERT_FALSE((*t)->busy());
-  };
+  auto wait_idle = [&] { wait_until_idle(**t); };
   (*t)->tick();
   wait_idle();
   EXPECT_EQ(store.stats().fast_free_blocks, 2u);
@@ -564,14 +567,7 @@ TEST(Tiering, AQuarantinedBlockNeitherStopsDemotionsNorPassesForAFullFastTier) {
   ASSERT_FALSE(store.quarantined(va(1)));
   auto t = Tiering::Create(store, TieringOptions{tiered.slow_path(), 2, 1ull << 30});
   ASSERT_TRUE(t) << t.error().message();
-  auto wait_idle = [&] {
-    for (int i = 0; i < 1000 && (*t)->busy(); ++i) {
-      pollfd p{(*t)->event_fd(), POLLIN, 0};
-      ASSERT_GE(::poll(&p, 1, 5000), 0);
-      (*t)->on_event();
-    }
-    ASSERT_FALSE((*t)->busy());
-  };
+  auto wait_idle = [&] { wait_until_idle(**t); };
   (*t)->tick();
   wait_idle();
   EXPECT_EQ((*t)->demotions(), 2u) << "demotion stopped at the quarantined block";

@@ -276,11 +276,19 @@ vol_sum() {
   sleep 1
   assert_equal "$(unit_prop pbrick-nbd@vol0 MainPID)" "$gw_pid"
   assert_equal "$(vol_sum)" "$(cat "$BATS_FILE_TMPDIR/data.sum")"
-  # Stopped together (as at shutdown), the gateway stops before its brick.
+  # Stopped in one transaction, as at shutdown (shutdown.target conflicts
+  # with every unit; `systemctl stop A B` would be two transactions, whose
+  # jobs are not ordered against each other), the gateway stops first.
   local since
   since=$(in_ct date '+%Y-%m-%d %H:%M:%S')
   sleep 1
-  in_ct systemctl stop pbrick-target@brick0 pbrick-nbd@vol0
+  printf '[Unit]\nConflicts=pbrick-target@brick0.service pbrick-nbd@vol0.service\n' |
+    in_ct sh -c 'cat > /run/systemd/system/pbrick-stop-both.target'
+  in_ct systemctl daemon-reload
+  in_ct systemctl start pbrick-stop-both.target
+  in_ct systemctl stop pbrick-stop-both.target
+  in_ct rm /run/systemd/system/pbrick-stop-both.target
+  in_ct systemctl daemon-reload
   assert_equal "$(unit_prop pbrick-target@brick0 ActiveState)" inactive
   assert_equal "$(unit_prop pbrick-nbd@vol0 ActiveState)" inactive
   run in_ct journalctl _PID=1 --since "$since" --no-pager -o cat

@@ -90,14 +90,7 @@ fio_verify() {
   GW_PID=
   assert_equal "$rc" 0
   [ ! -e "$DEV" ] || fail "$DEV is still there"
-  gw_attach --size 1G -q 2 -d 32
-  mount "$DEV" "$MNT"
-  sha_tree "$MNT/tree" >"$BATS_TEST_TMPDIR/after"
-  umount "$MNT"
-  diff "$BATS_TEST_TMPDIR/before" "$BATS_TEST_TMPDIR/after"
-  fsck.ext4 -f -n "$DEV"
-  gw_detach
-  [ -z "$(dmesg_problems)" ] || fail "kernel: $(dmesg_problems)"
+  reattach_verify --size 1G -q 2 -d 32
 }
 
 @test "ublk: fio verify=crc32c, 4K and 128K, iodepth 1 and 32, two jobs" {
