@@ -56,8 +56,10 @@ class SyncLedger {
   int start_sync(bool chained) {
     if (writes_maybe_lost_ && chained) return ECANCELED;
     if (writes_maybe_lost_) {
+      // Reported: the writes the reboot may have lost count as answered
+      // for. Not those made since the reconnect: they still need a sync.
       writes_maybe_lost_ = false;
-      synced_seq_ = write_seq_;
+      if (lost_seq_ > synced_seq_) synced_seq_ = lost_seq_;
       return EIO;
     }
     return unsynced() ? -1 : 0;
@@ -73,12 +75,15 @@ class SyncLedger {
   // Someone else answers for them (a mirror recopies that brick's copy): no EIO.
   void forget_lost_writes() {
     writes_maybe_lost_ = false;
-    synced_seq_ = write_seq_;
+    if (lost_seq_ > synced_seq_) synced_seq_ = lost_seq_;
   }
   const std::array<uint8_t, proto::kUuidSize>& boot_id() const { return boot_id_; }
   bool on_hello(const std::array<uint8_t, proto::kUuidSize>& boot_id) {
     bool lost = have_boot_id_ && boot_id != boot_id_ && unsynced();
-    if (lost) writes_maybe_lost_ = true;
+    if (lost) {
+      writes_maybe_lost_ = true;
+      lost_seq_ = write_seq_;  // the writes made before this connection
+    }
     boot_id_ = boot_id;
     have_boot_id_ = true;
     return lost;
@@ -91,6 +96,7 @@ class SyncLedger {
   // first sync goes to the brick whatever this channel wrote.
   uint64_t write_seq_ = 1;
   uint64_t synced_seq_ = 0;
+  uint64_t lost_seq_ = 0;  // the last write a reboot may have lost
   bool writes_maybe_lost_ = false;
   std::array<uint8_t, proto::kUuidSize> boot_id_{};
   bool have_boot_id_ = false;

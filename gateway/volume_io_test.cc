@@ -366,7 +366,32 @@ TEST(SyncChainingTest, AChainedSyncNeverSwallowsTheReportOfLostWrites) {
   EXPECT_EQ(ledger.start_sync(/*chained=*/true), ECANCELED);
   EXPECT_TRUE(ledger.writes_maybe_lost());
   EXPECT_EQ(ledger.start_sync(/*chained=*/false), EIO) << "the FLUSH still reports it";
-  EXPECT_EQ(ledger.start_sync(/*chained=*/true), 0) << "once";
+  // The write made on the new connection is not among the lost ones: it
+  // still needs its sync, which the report must not count as done.
+  EXPECT_EQ(ledger.start_sync(/*chained=*/false), -1) << "the new connection's write needs a sync";
+  ledger.synced(ledger.write_seq());
+  EXPECT_EQ(ledger.start_sync(/*chained=*/false), 0) << "reported once, then synced";
+}
+
+// The report of lost writes answers for the writes made before the reboot
+// was found, never for those made after: a FLUSH after it must reach the
+// brick for them (a write retried on the new connection, or a new one).
+TEST(SyncLedgerTest, TheLostWritesReportDoesNotCoverWritesMadeAfterTheReconnect) {
+  SyncLedger ledger;
+  std::array<uint8_t, proto::kUuidSize> boot_a{}, boot_b{};
+  boot_b[0] = 1;
+  ASSERT_FALSE(ledger.on_hello(boot_a));
+  ledger.wrote();
+  ASSERT_TRUE(ledger.on_hello(boot_b));
+  EXPECT_EQ(ledger.start_sync(false), EIO) << "nothing written since: the report alone";
+  EXPECT_EQ(ledger.start_sync(false), 0);
+  // A mirror answers for the loss itself; writes after the reconnect still
+  // need a sync.
+  ledger.wrote();
+  ASSERT_TRUE(ledger.on_hello(std::array<uint8_t, proto::kUuidSize>{2}));
+  ledger.wrote();
+  ledger.forget_lost_writes();
+  EXPECT_EQ(ledger.start_sync(false), -1);
 }
 
 // A channel whose ops the test completes one by one, in any order, with any
