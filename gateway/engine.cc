@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <future>
 #include <mutex>
@@ -318,9 +319,15 @@ class Engine::Loop {
         std::lock_guard lock(mu_);
         sleeping_ = false;
       }
-      if (err < 0 && err != -EINTR) {
-        PBRICK_LOG_ERROR("queue %u: io_uring_enter: %s", index_, std::strerror(-err));
-        break;
+      if (err == -EAGAIN || err == -EBUSY) {
+        // Short of memory, or completions to reap first: reap, then again.
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      } else if (err < 0 && err != -EINTR) {
+        // Nothing would read this ring again, and every caller bound to it
+        // would wait for ever: the process goes (nbdkit is restarted; a
+        // client retries) rather than hang.
+        PBRICK_LOG_ERROR("queue %u: io_uring_enter: %s; exiting", index_, std::strerror(-err));
+        std::_Exit(EXIT_FAILURE);
       }
       ring_.drain([this](uint64_t ud, int res) { on_cqe(ud, res); });
       dispatch();

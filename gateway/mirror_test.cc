@@ -344,6 +344,31 @@ TEST_F(MirrorTest, AWriteWaitingForACopyStaysCountedBetweenItsRounds) {
   EXPECT_FALSE(v.mirror()->writes_in_flight(0)) << "completed: no longer counted";
 }
 
+// A FLUSH after a brick died, with no write since to find it out: its sync
+// to that brick fails, and past the leg timeout the copy is given up as a
+// write's leg would be; the FLUSH completes on the other copy instead of
+// failing with EIO after the I/O timeout.
+TEST_F(MirrorTest, AFlushGivesUpACopyWhoseBrickDiedAndCompletesOnTheOther) {
+  start_bricks(2);
+  VolumeOptions vo = options(2);
+  vo.leg_timeout_ms = 300;
+  vo.io_timeout_ms = 6000;
+  PBRICK_ASSERT_OK(open(vo));
+  Volume& v = engine_->volume();
+  auto data = random_data(kBlock, 51);
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));  // acknowledged by both, not synced
+  bricks_[1]->stop();
+  const auto start = std::chrono::steady_clock::now();
+  PBRICK_ASSERT_OK(engine_->flush());
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(4000))
+      << "the FLUSH waited for the dead copy up to the I/O timeout";
+  EXPECT_EQ(v.mirror()->state(1), CopyState::kStale);
+  EXPECT_EQ(v.mirror()->state(0), CopyState::kInSync);
+  std::vector<uint8_t> back(kBlock);
+  PBRICK_ASSERT_OK(engine_->read(back.data(), back.size(), 0));
+  EXPECT_EQ(back, data);
+}
+
 // Copies must fit the bricks; a label of a mirror refuses another copy count.
 TEST_F(MirrorTest, CopiesAreCheckedAtOpenAndAgainstTheLabel) {
   start_bricks(2);

@@ -347,12 +347,24 @@ void IoRetry::wait_held() {
   retry_at_ = IoClock::now() + kHeldWait;  // a block copy takes milliseconds; no backoff, no deadline
 }
 
-IoRetry::Step IoRetry::settle_sync(const Volume& volume, int status, uint32_t brick, std::string_view what) {
+IoRetry::Step IoRetry::settle_sync(Volume& volume, int status, uint32_t brick, std::string_view what) {
   switch (fate_of(status)) {
     case Fate::kDone:
       return Step::kDone;
-    case Fate::kReconnect:
+    case Fate::kReconnect: {
+      MirrorState* mirror = volume.mirror();
+      const auto leg_timeout = std::chrono::milliseconds(volume.options().leg_timeout_ms);
+      if (mirror != nullptr) volume.note_reachable(brick, false);
+      if (mirror != nullptr && mirror->in_sync(brick) && mirror->may_lose(volume.placement(), brick) &&
+          (IoClock::now() - started_ >= leg_timeout || mirror->unreachable_for(brick, leg_timeout))) {
+        // What it acknowledged and has not synced is still on it unless its
+        // host rebooted, which a reconnect notices (lost_writes).
+        Status st = volume.mark_stale(brick);
+        if (st) return Step::kNow;
+        PBRICK_LOG_WARN("%s", st.error().message().c_str());
+      }
       return later(volume, brick, status, what);
+    }
     case Fate::kRemap:
     case Fate::kWait:  // never a sync's status
     case Fate::kFail:

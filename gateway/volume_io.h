@@ -169,7 +169,10 @@ class IoRetry {
   // next. kNow: queue the next round; kLater: at retry_at(); kFail: error().
   Step settle(Volume& volume, std::span<IoPiece> pieces, std::string_view what);
   // The same for a sync that completed with `status` (SyncJob::status).
-  Step settle_sync(const Volume& volume, int status, uint32_t brick, std::string_view what);
+  // Mirror: a copy whose brick stays unreachable past the leg timeout is
+  // given up (stale, as a write's leg would be) and the sync goes on
+  // without it (kNow), when the other copies hold every block.
+  Step settle_sync(Volume& volume, int status, uint32_t brick, std::string_view what);
   // A resync holds a block the request must plan (plan_discard): again at
   // retry_at(), kHeldWait from now.
   void wait_held();
