@@ -287,12 +287,18 @@ class Parser {
         continue;
       }
       std::string name = key.Scalar();
-      if (name == "<<") {
-        merges.push_back(value);
+      const bool repeated = !seen.insert(name).second;
+      if (repeated) {
+        // A merged map is read once per place that merges it: its own
+        // duplicates are reported once, where they are written.
+        const SourcePos at = to_pos(key.Mark());
+        if (!merged || reported_duplicates_.insert({at.line, at.column}).second) {
+          error(at, join_path(path, name), "duplicate key " + quote(name));
+        }
         continue;
       }
-      if (!seen.insert(name).second) {
-        if (!merged) error(to_pos(key.Mark()), join_path(path, name), "duplicate key " + quote(name));
+      if (name == "<<") {
+        merges.push_back(value);
         continue;
       }
       if (spec.extensions && name.rfind("x-", 0) == 0) continue;
@@ -645,6 +651,7 @@ class Parser {
 
   const std::string& file_;
   ClusterConfig* config_;
+  std::set<std::pair<int, int>> reported_duplicates_;  // line, column of duplicate keys in merged maps
   std::vector<ConfigError>* errors_;
 };
 

@@ -805,6 +805,32 @@ bricks:
              "a merge key ('<<') takes a map or a list of maps");
 }
 
+// Duplicate keys are errors in a map that is merged too, reported once where
+// they are written however many places merge it; so is a repeated merge key.
+TEST(ClusterConfigTest, DuplicateKeysInAMergedMapAreReportedOnce) {
+  const std::string yaml = R"(x-defaults: &d
+  persistence: rpc
+  persistence: sync-read
+cluster: {name: demo}
+bricks:
+  - <<: *d
+    name: b0
+    host: h0
+    store: {path: /s, size: 2M}
+  - <<: *d
+    <<: *d
+    name: b1
+    host: h1
+    store: {path: /s, size: 2M}
+)";
+  auto errors = check(yaml);
+  ASSERT_EQ(errors.size(), 2u) << dump(errors);
+  EXPECT_EQ(errors[0].pos.line, 3);
+  EXPECT_NE(errors[0].message.find("duplicate key 'persistence'"), std::string::npos) << dump(errors);
+  EXPECT_EQ(errors[1].pos.line, 11);
+  EXPECT_NE(errors[1].message.find("duplicate key '<<'"), std::string::npos) << dump(errors);
+}
+
 TEST(ClusterConfigTest, MultipleDocumentsRejected) {
   auto errors = check(std::string(kValid) + "---\ncluster: {name: other}\n");
   ASSERT_EQ(errors.size(), 1u) << dump(errors);
