@@ -455,6 +455,16 @@ Status Engine::write(const void* buf, uint64_t count, uint64_t offset, bool fua)
 
 Status Engine::flush() { return sync_loops(true); }
 
+Status Engine::answer_for(Session& session, Status result) const {
+  uint64_t lost = volume_->writes_lost();  // counted before the sync that met it completed
+  if (lost == session.losses_told) return result;
+  if (!result && result.error().errnum() != EIO) return result;  // not a report of lost writes: tell it next time
+  session.losses_told = lost;
+  if (!result) return result;
+  return Error(EIO, "writes completed before a brick's host rebooted may be lost there (reported to every client "
+                    "connected then; the gateway's log names the brick)");
+}
+
 // FUA: the bricks our own loop wrote to; FLUSH: those of every loop. Only
 // loops with writes not synced yet are asked (the core keeps that so across
 // reconnects), and each syncs only the bricks it wrote to. Retried through

@@ -82,6 +82,22 @@ class Engine {
   Status read(void* buf, uint64_t count, uint64_t offset);
   Status write(const void* buf, uint64_t count, uint64_t offset, bool fua);
   Status flush();
+  // One client of a frontend that serves several at once (an NBD connection
+  // under multi-conn). Writes a brick's reboot lost (data_channel.h) fail the
+  // first FLUSH that meets them with EIO, whichever client sent it; so that
+  // every client open at the loss hears of it, as Linux tells each open file
+  // of a writeback error, a session's own FLUSH or FUA also fails EIO once for
+  // losses found since the session began or was last told. A session begun
+  // after a loss is not told of it.
+  struct Session {
+    uint64_t losses_told = 0;
+  };
+  Session begin_session() const { return Session{volume_->writes_lost()}; }
+  // What a FLUSH or FUA request of `session` answers, given `result`, the
+  // engine's answer to it: EIO tells the session of every loss so far.
+  // Call after the request completed. One thread per session at a time.
+  Status answer_for(Session& session, Status result) const;
+
   // TRIM and WRITE_ZEROES: whole 2 MiB blocks are freed at the brick (they read
   // back as zeros); the partial blocks at either end are zero-filled. With
   // `keep_allocated` (a zero that must leave the range provisioned: NBD's

@@ -292,6 +292,44 @@ TEST_F(EngineTest, BrickGoneLongerThanTheTimeoutFailsWithEioThenRecovers) {
   EXPECT_EQ(back, data);
 }
 
+// NBD multi-conn: the brick's host reboots under a write no FLUSH covered.
+// The first FLUSH to meet the loss fails with EIO, whichever connection sent
+// it; every other connection open then fails its next FLUSH once too (its
+// writes may be among those lost), and one that connected later is not told.
+// One loop: with more, each connection's own report (an earlier process may
+// have left writes unsynced on any of them) makes the count of EIOs depend on
+// which loops the FLUSHes reach first.
+TEST_F(EngineTest, WritesLostToABrickRebootAreReportedToEveryClientConnectedThen) {
+  PBRICK_ASSERT_OK(open({.size = 8 * kMiB, .queues = 1}));
+  Engine& e = *engine_;
+  Engine::Session writer = e.begin_session(), other = e.begin_session();
+  auto data = random_bytes_of(kMiB, 7);
+  ASSERT_TRUE(e.write(data.data(), data.size(), 0, false).ok());
+  brick_->stop();
+  std::array<uint8_t, proto::kUuidSize> rebooted{};
+  rebooted.fill(0x5a);
+  PBRICK_ASSERT_OK(brick_->start("brick.store", rebooted));
+  Status first = e.answer_for(other, e.flush());
+  EXPECT_EQ(errnum_of(first), EIO) << "the FLUSH that met the loss";
+  Engine::Session later = e.begin_session();
+  Status writers = e.answer_for(writer, e.flush());
+  ASSERT_FALSE(writers.ok()) << "the writer's own FLUSH succeeded after its write was lost";
+  EXPECT_EQ(writers.error().errnum(), EIO);
+  EXPECT_NE(writers.error().message().find("rebooted"), std::string::npos) << writers.error().message();
+  EXPECT_EQ(errnum_of(e.answer_for(writer, e.flush())), 0) << "told once";
+  EXPECT_EQ(errnum_of(e.answer_for(other, e.flush())), 0) << "told once";
+  EXPECT_EQ(errnum_of(e.answer_for(later, e.flush())), 0) << "connected after the loss";
+  // A FUA write tells a session as a FLUSH does.
+  Engine::Session fua_writer = e.begin_session();
+  ASSERT_TRUE(e.write(data.data(), data.size(), 0, false).ok());
+  brick_->stop();
+  rebooted.fill(0xa5);
+  PBRICK_ASSERT_OK(brick_->start("brick.store", rebooted));
+  EXPECT_EQ(errnum_of(e.answer_for(later, e.flush())), EIO);
+  EXPECT_EQ(errnum_of(e.answer_for(fua_writer, e.write(data.data(), 4096, 0, true))), EIO);
+  EXPECT_EQ(errnum_of(e.answer_for(fua_writer, e.write(data.data(), 4096, 0, true))), 0);
+}
+
 // More loops than a request has pieces (10), and the most the engine takes:
 // every caller thread, bound to its own loop, writes its own range and
 // flushes; a FLUSH syncs every loop. What each wrote reads back with the same

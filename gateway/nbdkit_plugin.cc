@@ -12,7 +12,8 @@
 //
 // One Engine serves every NBD connection of the nbdkit process, so a FLUSH on
 // any connection persists the writes completed on all of them: multi-conn is
-// advertised. nbdkit bounds-checks every request against get_size before the
+// advertised. Writes a brick's reboot lost are reported to each connection
+// open then (Engine::Session), not only to the first to FLUSH. nbdkit bounds-checks every request against get_size before the
 // plugin sees it; the engine checks again.
 #define NBDKIT_API_VERSION 2
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
@@ -21,6 +22,7 @@
 #include <systemd/sd-daemon.h>
 
 #include <memory>
+#include <new>
 #include <optional>
 #include <string>
 
@@ -229,9 +231,21 @@ void pbrick_unload() {
   g_engine.reset();
 }
 
+// A connection's handle: its Engine::Session, so that writes a brick's reboot
+// lost are reported to every connection open then, not only to the first one
+// to FLUSH.
 void* pbrick_open(int /*readonly*/) {
-  static char handle;
-  return &handle;
+  auto* session = new (std::nothrow) Engine::Session(g_engine->begin_session());
+  if (session == nullptr) nbdkit_error("pbrick: out of memory for a connection");
+  return session;
+}
+
+void pbrick_close(void* handle) { delete static_cast<Engine::Session*>(handle); }
+
+// A FLUSH's or FUA request's answer to connection `handle`.
+int answer(void* handle, Status st) {
+  st = g_engine->answer_for(*static_cast<Engine::Session*>(handle), std::move(st));
+  return st ? 0 : report(st.error());
 }
 
 int64_t pbrick_get_size(void*) { return static_cast<int64_t>(g_engine->size()); }
@@ -276,18 +290,19 @@ int pbrick_pread(void*, void* buf, uint32_t count, uint64_t offset, uint32_t /*f
   return st ? 0 : report(st.error());
 }
 
-int pbrick_pwrite(void*, const void* buf, uint32_t count, uint64_t offset, uint32_t flags) {
-  Status st = g_engine->write(buf, count, offset, (flags & NBDKIT_FLAG_FUA) != 0);
+int pbrick_pwrite(void* h, const void* buf, uint32_t count, uint64_t offset, uint32_t flags) {
+  bool fua = (flags & NBDKIT_FLAG_FUA) != 0;
+  Status st = g_engine->write(buf, count, offset, fua);
+  if (fua) return answer(h, std::move(st));
   return st ? 0 : report(st.error());
 }
 
-int pbrick_flush(void*, uint32_t /*flags*/) {
-  Status st = g_engine->flush();
-  return st ? 0 : report(st.error());
-}
+int pbrick_flush(void* h, uint32_t /*flags*/) { return answer(h, g_engine->flush()); }
 
-int pbrick_trim(void*, uint32_t count, uint64_t offset, uint32_t flags) {
-  Status st = g_engine->discard(count, offset, (flags & NBDKIT_FLAG_FUA) != 0);
+int pbrick_trim(void* h, uint32_t count, uint64_t offset, uint32_t flags) {
+  bool fua = (flags & NBDKIT_FLAG_FUA) != 0;
+  Status st = g_engine->discard(count, offset, fua);
+  if (fua) return answer(h, std::move(st));
   return st ? 0 : report(st.error());
 }
 
@@ -295,8 +310,10 @@ int pbrick_trim(void*, uint32_t count, uint64_t offset, uint32_t flags) {
 // and partial blocks zero-filled; without it (the client sent NO_HOLE: the
 // range must stay provisioned, later writes must not fail for space) every
 // byte is written with zeros, allocating blocks not yet allocated.
-int pbrick_zero(void*, uint32_t count, uint64_t offset, uint32_t flags) {
-  Status st = g_engine->discard(count, offset, (flags & NBDKIT_FLAG_FUA) != 0, (flags & NBDKIT_FLAG_MAY_TRIM) == 0);
+int pbrick_zero(void* h, uint32_t count, uint64_t offset, uint32_t flags) {
+  bool fua = (flags & NBDKIT_FLAG_FUA) != 0;
+  Status st = g_engine->discard(count, offset, fua, (flags & NBDKIT_FLAG_MAY_TRIM) == 0);
+  if (fua) return answer(h, std::move(st));
   return st ? 0 : report(st.error());
 }
 
@@ -346,6 +363,7 @@ nbdkit_plugin make_plugin() {
   p.after_fork = pbrick_after_fork;
   p.unload = pbrick_unload;
   p.open = pbrick_open;
+  p.close = pbrick_close;
   p.get_size = pbrick_get_size;
   p.can_write = pbrick_can_write;
   p.can_flush = pbrick_can_flush;

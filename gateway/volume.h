@@ -199,6 +199,13 @@ class Volume {
   void note_sync_request() { sync_requests_.fetch_add(1, std::memory_order_relaxed); }
   uint64_t sync_requests() const { return sync_requests_.load(std::memory_order_relaxed); }
 
+  // Reconnects that found a brick's host rebooted under unsynced writes no
+  // other copy answers for (the channel's next sync reports EIO once), so
+  // far. A loop thread counts one before that sync can complete; frontends
+  // with several clients (Engine::Session) tell each of them. Any thread.
+  void note_writes_lost() { writes_lost_.fetch_add(1, std::memory_order_release); }
+  uint64_t writes_lost() const { return writes_lost_.load(std::memory_order_acquire); }
+
   // Layout mirror. mark_stale: records durably in the labels of the other
   // in-sync bricks (generation + 1) that `brick`'s copies are stale, then
   // stops reading them. mark_dirty: sets block `block`'s dirty bit durably
@@ -352,6 +359,7 @@ class Volume {
   std::mutex label_mu_;
   std::vector<std::atomic<uint64_t>> dirty_;  // bitset by block: durable in the labels
   std::atomic<uint64_t> sync_requests_{0};
+  std::atomic<uint64_t> writes_lost_{0};
   std::array<uint8_t, proto::kUuidSize> writer_{};  // set by Open for a read-write attachment
   std::atomic<uint64_t> next_channel_{0};
 };

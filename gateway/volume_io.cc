@@ -666,6 +666,7 @@ void VolumeChannels::dispatch() {
               link.backlog.fail_all(ECONNRESET);
             }
           }
+          if (link.channel->writes_maybe_lost()) volume_.note_writes_lost();
         } else {
           // The waiting ops' requests retry until their deadline, unless the
           // brick serves another store: no retry makes it ours.
