@@ -87,6 +87,18 @@ inline uint64_t slot_count_for(uint64_t region_size) {
   return n;
 }
 
+// What the start of a region says about a store on it. kBlank: a new
+// region - its superblock and every byte a map for the region's size would
+// take are zero (format writes both before anything else). kWipedSuperblock:
+// a zero superblock over a map that is not: a store whose superblock was
+// overwritten, whose blocks formatting would lose - never taken for blank.
+enum class RegionStart { kBlank, kWipedSuperblock, kSuperblock };
+inline RegionStart region_start(const uint8_t* base, uint64_t size) {
+  if (!all_zero(base, kSuperblockSize)) return RegionStart::kSuperblock;
+  uint64_t map_len = kMapEntrySize * slot_count_for(size);
+  return all_zero(base + kMapOffset, map_len) ? RegionStart::kBlank : RegionStart::kWipedSuperblock;
+}
+
 inline Status fill_random(uint8_t* out, size_t len) {
   while (len > 0) {
     ssize_t n = ::getrandom(out, len, 0);

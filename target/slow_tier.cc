@@ -56,8 +56,13 @@ Result<std::unique_ptr<SlowTier>> SlowTier::Open(std::unique_ptr<PmemRegion> reg
   }
   std::unique_ptr<SlowTier> tier(new SlowTier(std::move(region)));
   const uint8_t* sb = tier->region_->base();
-  const bool blank = all_zero(sb, kSuperblockSize);
+  const RegionStart start = region_start(sb, tier->region_->size());
+  const bool blank = start == RegionStart::kBlank;
   const bool interrupted = std::memcmp(sb + kSbMagic, kSlowFormatMarker, sizeof kSlowFormatMarker) == 0;
+  if (start == RegionStart::kWipedSuperblock && !options.force_format) {
+    return corrupt("the superblock is all zeros but the block map after it is not: a slow tier whose superblock "
+                   "was overwritten, not a new region; formatting it (--force-format) would lose every block on it");
+  }
   if (options.force_format || ((blank || interrupted) && options.format_if_blank)) {
     if (!blank && !interrupted) PBRICK_LOG_WARN("slow tier: force-formatting a slow tier that is not blank");
     PBRICK_TRY(tier->format(fast_uuid));

@@ -170,8 +170,13 @@ Result<std::unique_ptr<Store>> Store::Open(std::unique_ptr<PmemRegion> region,
 
   std::unique_ptr<Store> store(new Store(std::move(region)));
   const uint8_t* sb = store->region_->base();
-  const bool blank = all_zero(sb, kSuperblockSize);
+  const RegionStart start = region_start(sb, store->region_->size());
+  const bool blank = start == RegionStart::kBlank;
   const bool interrupted = std::memcmp(sb + kSbMagic, kFormatMarker, sizeof kFormatMarker) == 0;
+  if (start == RegionStart::kWipedSuperblock && !options.force_format) {
+    return corrupt("the superblock is all zeros but the block map after it is not: a store whose superblock was "
+                   "overwritten, not a new region; formatting it (--force-format) would lose every block on it");
+  }
 
   bool do_format = options.force_format;
   if (blank || interrupted) {
@@ -194,7 +199,7 @@ Result<std::unique_ptr<Store>> Store::Open(std::unique_ptr<PmemRegion> region,
   }
   bool slow_formatted = false;
   if (slow_region) {
-    const bool slow_blank = all_zero(slow_region->base(), std::min<uint64_t>(slow_region->size(), kSuperblockSize));
+    const bool slow_blank = region_start(slow_region->base(), slow_region->size()) == RegionStart::kBlank;
     // A store that has had a slow tier keeps map entries there (the map spans
     // both), for blocks on either tier: a blank one in its place (a lost disk,
     // a wrong path) would make them vanish and their fast slots look free.
@@ -242,8 +247,11 @@ StoreCheckReport Store::Check(const uint8_t* base, uint64_t size, const uint8_t*
     report.superblock_error = s.error().context();
     return report;
   }
-  if (all_zero(base, kSuperblockSize)) {
-    report.superblock_error = "region is blank (no pbrick store)";
+  if (RegionStart start = region_start(base, size); start != RegionStart::kSuperblock) {
+    report.superblock_error = start == RegionStart::kBlank
+                                  ? "region is blank (no pbrick store)"
+                                  : "the superblock is all zeros but the block map after it is not (a store whose "
+                                    "superblock was overwritten)";
     return report;
   }
   if (std::memcmp(base + kSbMagic, kFormatMarker, sizeof kFormatMarker) == 0) {

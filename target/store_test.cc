@@ -533,6 +533,29 @@ TEST(StoreOpen, BlankRegionNeedsFormatIfBlank) {
   EXPECT_TRUE(open_store(borrow(*mem), {.force_format = true, .format_if_blank = false}));
 }
 
+// A store whose superblock alone was overwritten with zeros (a stray dd, a
+// tool that clears a device's first page) is not a new region: formatting it
+// would lose every block its map still holds. Only --force-format does.
+TEST(StoreOpen, AZeroedSuperblockOverAMapIsNotTakenForABlankRegion) {
+  auto mem = make_memory_region(region_size_for(3));
+  uint64_t slot = 0;
+  {
+    auto store = open_store(borrow(*mem));
+    ASSERT_TRUE(store);
+    ASSERT_TRUE(store->alloc(kBlockSize).ok());
+    std::memset(block_ptr(*store, kBlockSize), 0x6b, kBlockSize);
+    slot = *store->slot_offset(kBlockSize);
+  }
+  std::memset(mem->base(), 0, layout_test::kMapOffset);  // the superblock: the map follows it
+  expect_open_fails(borrow(*mem), EUCLEAN, "superblock was overwritten");  // with format_if_blank, the default
+  StoreCheckReport report = Store::Check(mem->base(), mem->size());
+  EXPECT_NE(report.superblock_error.find("superblock was overwritten"), std::string::npos) << report.superblock_error;
+  EXPECT_EQ(mem->base()[slot + 4321], 0x6b) << "the block is still there";
+  auto store = open_store(borrow(*mem), {.force_format = true});
+  ASSERT_TRUE(store);
+  EXPECT_EQ(store->stats().allocated_blocks, 0u);
+}
+
 TEST(StoreOpen, InterruptedFormatIsRecognized) {
   auto mem = make_memory_region(region_size_for(2));
   {

@@ -175,6 +175,29 @@ TEST(SlowTier, RefusesToOpenWithoutTheSlowTierItsBlocksAreOn) {
   EXPECT_NE(blank.error().message().find("blank"), std::string::npos) << blank.error().message();
 }
 
+// A slow tier whose superblock alone was zeroed is not a blank one when its
+// map holds entries: it is not formatted over, and with its superblock back
+// the store opens with every block.
+TEST(SlowTier, AZeroedSuperblockOverItsMapIsNotFormatted) {
+  Images im;
+  {
+    auto s = open(im);
+    ASSERT_TRUE(s);
+    for (int i = 0; i < 4; ++i) ASSERT_TRUE((*s)->alloc(va(i))) << i;  // 3 fast slots: entry 3 in the slow map
+  }
+  std::vector<uint8_t> superblock(im.slow.begin(), im.slow.begin() + 4096);
+  std::fill(im.slow.begin(), im.slow.begin() + 4096, 0);
+  auto wiped = open(im);
+  ASSERT_FALSE(wiped);
+  EXPECT_EQ(wiped.error().errnum(), EUCLEAN);
+  EXPECT_NE(wiped.error().message().find("slow tier whose superblock was overwritten"), std::string::npos)
+      << wiped.error().message();
+  std::copy(superblock.begin(), superblock.end(), im.slow.begin());
+  auto again = open(im);
+  ASSERT_TRUE(again) << again.error().message();
+  EXPECT_EQ((*again)->stats().allocated_blocks, 4u) << "nothing was formatted";
+}
+
 // UNMAP of a block this connection has not mapped is ENOENT (docs/protocol.md
 // §6) on either tier, not the EAGAIN a MAP of a slow block gets.
 TEST(SlowTier, UnmapOfASlowBlockThisConnectionDidNotMapIsENOENT) {

@@ -164,15 +164,24 @@ vm_store_remove() {
   case ${VM_STORE:-} in '' | /dev/*) ;; *) rm -f "$VM_STORE" ;; esac
 }
 
-# devdax_wipe DEV: zeroes the first 4 KiB of a device-dax device (the store's
-# superblock), so the next brick on it formats a new store. Device-dax has no
-# read/write system calls, only mmap (in units of its 2 MiB alignment).
+# devdax_wipe DEV: zeroes the store's superblock and block map at the start of
+# a device-dax device, so the next brick on it formats a new store (a zero
+# superblock over a map that is not is a damaged store, which it refuses).
+# Device-dax has no read/write system calls, only mmap (in units of its 2 MiB
+# alignment).
 devdax_wipe() {
   python3 -c '
 import mmap, os, sys
+rdev = os.stat(sys.argv[1]).st_rdev
+with open("/sys/dev/char/%d:%d/size" % (os.major(rdev), os.minor(rdev))) as f:
+    size = int(f.read())
+block = 2 << 20
+# The superblock (4 KiB) and 16 bytes of map per 2 MiB slot, at most one slot
+# per 2 MiB of the device (target/media_util.h), rounded up to the alignment.
+end = min(size, (4096 + 16 * (size // block) + block - 1) // block * block)
 fd = os.open(sys.argv[1], os.O_RDWR)
-m = mmap.mmap(fd, 2 << 20)
-m[:4096] = bytes(4096)
+m = mmap.mmap(fd, end)
+m[:end] = bytes(end)
 m.close()
 ' "$1" || { echo "cannot wipe the superblock of $1" >&2; return 1; }
 }
