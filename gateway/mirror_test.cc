@@ -690,6 +690,49 @@ TEST_F(MirrorTest, AReattachKeepsAStaleCopyStaleUntilItsResync) {
   EXPECT_EQ(crc32c(back.data(), back.size()), crc32c(data.data(), data.size()));
 }
 
+// A label update that fails half way: the label that calls brick 1 in sync
+// again (its resync done) reaches brick 0, not brick 1; the one that then
+// calls brick 1 stale reaches neither. Brick 0 is left holding a label newer
+// than any this attachment committed, saying both copies are in sync. A
+// write that then skips brick 1 must not rest on a bit the next attachment
+// would ignore for that label: the labels are written again first, and a
+// reattach finds brick 1 stale with the block dirty.
+TEST_F(MirrorTest, AMissAfterAHalfWrittenLabelUpdateWritesTheLabelsAgainFirst) {
+  start_bricks(2);
+  VolumeOptions vo = options(2);
+  uint64_t base_generation = 0;
+  {
+    auto volume = Volume::Open(vo);
+    PBRICK_ASSERT_OK(volume);
+    Volume& v = **volume;
+    PBRICK_ASSERT_OK(v.mark_stale(1));
+    PBRICK_ASSERT_OK(v.begin_resync(1));
+    int brick0_writes = 0;
+    v.fail_label_writes_for_testing([&](uint32_t b) { return b == 1 || ++brick0_writes > 1; });
+    Status joined = v.finish_resync(1);
+    ASSERT_FALSE(joined.ok()) << "no brick took the last label";
+    v.abort_resync(1, "test");
+    v.fail_label_writes_for_testing(nullptr);
+    auto half = label_on(*bricks_[0]);
+    PBRICK_ASSERT_OK(half);
+    ASSERT_EQ(half->label.bricks[1].stale_since, 0u) << "brick 0 holds the label that calls brick 1 in sync";
+    base_generation = half->label.generation;
+    ASSERT_EQ(v.mirror()->state(1), CopyState::kStale);
+    auto missed = v.record_miss(3, 1);
+    PBRICK_ASSERT_OK(missed);
+    EXPECT_TRUE(*missed);
+  }
+  auto after = label_on(*bricks_[0]);
+  PBRICK_ASSERT_OK(after);
+  EXPECT_GT(after->label.generation, base_generation);
+  EXPECT_NE(after->label.bricks[1].stale_since, 0u);
+  EXPECT_EQ(after->dirty[0], 1u << 3);
+  auto again = Volume::Open(vo);
+  PBRICK_ASSERT_OK(again);
+  EXPECT_EQ((*again)->mirror()->state(1), CopyState::kStale) << "its copy of block 3 is old";
+  EXPECT_TRUE((*again)->dirty(3));
+}
+
 // Two of three copies go stale; a write reaches only brick 1, whose bitmap
 // records it. Brick 0 comes back and is resynced while brick 2 is still
 // away: brick 0, in sync again, must hold that bit too, since the next

@@ -761,20 +761,29 @@ Result<bool> Volume::write_label_set(std::vector<uint32_t> going, std::optional<
   // joining brick that cannot take it stays stale.
   const uint64_t now = static_cast<uint64_t>(std::time(nullptr));
   auto listed = [](const std::vector<uint32_t>& v, uint32_t x) { return std::find(v.begin(), v.end(), x) != v.end(); };
-  const std::string what = !going.empty() ? "stale" : joining ? "in sync" : "replaced";
-  const uint32_t subject = !going.empty() ? going.front() : joining ? *joining : renamed->first;
+  // What the update records, for errors ("the labels" when it only writes
+  // again what this attachment knows: record_miss).
+  std::string change = "the labels";
+  if (!going.empty()) {
+    change = "brick " + brick_name(going.front()) + " stale";
+  } else if (joining) {
+    change = "brick " + brick_name(*joining) + " in sync";
+  } else if (renamed) {
+    change = "brick " + brick_name(renamed->first) + " replaced";
+  }
   for (;;) {
     auto holds = [&](uint32_t c) { return (mirror_->in_sync(c) && !listed(going, c)) || joining == c; };
     for (uint32_t first = 0; first < brick_count(); first++) {
       bool any = false;
       for (uint32_t j = 0; j < placement_.copies; j++) any = any || holds((first + j) % brick_count());
       if (!any) {
-        return Error(EIO, "brick " + brick_name(subject) + ": no other in-sync copy of some blocks is reachable");
+        return Error(EIO, "recording " + change + ": no in-sync copy of some blocks is reachable");
       }
     }
     VolumeLabel next = claim_->label();
     next.generation = claim_->next_generation();
     claim_->propose(next);
+    labels_unsettled_.store(true, std::memory_order_release);
     for (uint32_t g : going) {
       if (next.bricks[g].stale_since == 0) next.bricks[g].stale_since = now;
     }
@@ -784,13 +793,15 @@ Result<bool> Volume::write_label_set(std::vector<uint32_t> going, std::optional<
     for (uint32_t s = 0; s < brick_count() && !lost_one; s++) {
       if (!holds(s)) continue;
       std::lock_guard lock(bricks_[s]->control_mu);
-      auto r = with_control(s, [&](BrickClient& c) -> Result<bool> {
-        PBRICK_TRY(VolumeClaim::write_label_to(ClaimBrick{&c, brick_name(s), options_.base}, s, next));
-        return true;
-      });
+      auto r = label_write_fault_ && label_write_fault_(s)
+                   ? Result<bool>(Error(ECONNRESET, "label write to brick " + brick_name(s) + " failed (test)"))
+                   : with_control(s, [&](BrickClient& c) -> Result<bool> {
+                       PBRICK_TRY(VolumeClaim::write_label_to(ClaimBrick{&c, brick_name(s), options_.base}, s, next));
+                       return true;
+                     });
       if (r) continue;
       if (r.error().errnum() != EIO && !is_connection_error(r.error().errnum())) {
-        return r.error().wrap("recording brick " + brick_name(subject) + " " + what + " on brick " + brick_name(s));
+        return r.error().wrap("recording " + change + " on brick " + brick_name(s));
       }
       PBRICK_LOG_WARN("brick %s: %s", brick_name(s).c_str(), r.error().message().c_str());
       if (joining == s) {
@@ -802,6 +813,7 @@ Result<bool> Volume::write_label_set(std::vector<uint32_t> going, std::optional<
     }
     if (lost_one) continue;
     claim_->commit(next);
+    labels_unsettled_.store(false, std::memory_order_release);
     for (uint32_t g : going) {
       mirror_->set_state(g, CopyState::kStale);
       PBRICK_LOG_WARN("volume %s: brick %s is stale (generation %llu); the volume is degraded",
@@ -832,9 +844,21 @@ Result<bool> Volume::record_miss(uint64_t block, uint32_t brick) {
   // a stale state read before begin_resync and a bit set by another copy's
   // miss after the resync took its list of blocks would skip this copy of a
   // block the resync never copies.
-  if (dirty(block) && mirror_->state(brick) == CopyState::kStale) return true;
+  if (!labels_unsettled_.load(std::memory_order_acquire) && dirty(block) &&
+      mirror_->state(brick) == CopyState::kStale) {
+    return true;
+  }
   std::lock_guard label_lock(label_mu_);
   if (mirror_->state(brick) != CopyState::kStale) return false;
+  if (labels_unsettled_.load(std::memory_order_relaxed)) {
+    // A failed update may have left a label newer than ours that calls this
+    // copy in sync; the next attachment would follow it and ignore the bit.
+    // The labels say what this attachment knows first, at a newer generation.
+    auto settled = write_label_set({}, std::nullopt, std::nullopt);
+    if (!settled) return settled.error().wrap("writing the labels again before brick " + brick_name(brick) +
+                                              " misses a write");
+    if (mirror_->state(brick) != CopyState::kStale) return false;
+  }
   PBRICK_TRY(mark_dirty_locked(block));
   return true;
 }

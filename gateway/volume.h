@@ -36,6 +36,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -220,7 +221,18 @@ class Volume {
   // stale (resyncing: the copy must be written). Checked under the label
   // mutex the state changes under, so no miss is recorded after a resync
   // began reading the bitmap.
+  // A label update that failed may have left a newer label than the last
+  // committed one on some bricks (labels_unsettled_), one that may call this
+  // copy in sync: the labels are written again, at a new generation, before
+  // the first miss is recorded, or the call fails.
   Result<bool> record_miss(uint64_t block, uint32_t brick);
+  // Tests only: `fail` is asked before each label write of a label update
+  // with the brick's index; true fails that write as an unreachable brick's.
+  // Empty: none fails. Not while label updates run.
+  void fail_label_writes_for_testing(std::function<bool(uint32_t brick)> fail) {
+    std::lock_guard label_lock(label_mu_);
+    label_write_fault_ = std::move(fail);
+  }
   // Layout mirror: I/O to `brick` (or a connection attempt) found it
   // reachable or not (MirrorState::reachable); logs a change. Any thread.
   void note_reachable(uint32_t brick, bool reachable);
@@ -318,7 +330,8 @@ class Volume {
   // stale, `joining` (resynced) in sync, `renamed` (a replaced brick) takes
   // its new identity and state. A brick that cannot take it goes stale too (the
   // joining one stays stale), with one more generation. True when `joining`
-  // joined. EIO when some block would have no in-sync copy left.
+  // joined. EIO when some block would have no in-sync copy left. Until one
+  // commits, the labels are unsettled (record_miss).
   Result<bool> write_label_set(std::vector<uint32_t> going, std::optional<uint32_t> joining,
                                std::optional<std::pair<uint32_t, LabelBrick>> renamed);
   // With label_mu_ held: every block with a copy on `brick` dirty, durably
@@ -357,6 +370,11 @@ class Volume {
   // Layout mirror: serialises label updates (mark_stale, mark_dirty); taken
   // before any brick's control_mu.
   std::mutex label_mu_;
+  // Set while a label update runs and left set when it fails (some bricks may
+  // hold its uncommitted label); cleared when one commits. Written under
+  // label_mu_, read by record_miss's fast path without it.
+  std::atomic<bool> labels_unsettled_{false};
+  std::function<bool(uint32_t)> label_write_fault_;  // fail_label_writes_for_testing; under label_mu_
   std::vector<std::atomic<uint64_t>> dirty_;  // bitset by block: durable in the labels
   std::atomic<uint64_t> sync_requests_{0};
   std::atomic<uint64_t> writes_lost_{0};
