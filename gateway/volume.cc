@@ -527,6 +527,25 @@ Status Volume::load_mirror_state() {
       if (((*bytes)[i / 8] >> (i % 8)) & 1) dirty_[i / 64].fetch_or(1ull << (i % 64), std::memory_order_relaxed);
     }
   }
+  if (options_.read_only) return Status::Ok();  // a reader neither resyncs nor writes bitmaps
+  // A stale copy's host that rebooted since the copy went stale may have
+  // lost writes it took before, which the bitmap does not hold: the label
+  // says which boot the copy went stale in. A brick not reached yet is
+  // compared when it is (try_reach).
+  for (uint32_t b = 0; b < brick_count(); b++) {
+    const Uuid& then = l.bricks[b].boot_id;
+    if (l.bricks[b].stale_since == 0 || then == Uuid{}) continue;
+    std::optional<Uuid> now;
+    {
+      std::lock_guard lock(bricks_[b]->control_mu);
+      if (!bricks_[b]->control) {
+        bricks_[b]->boot_id = then;
+        continue;
+      }
+      now = bricks_[b]->boot_id;
+    }
+    if (now && *now != then) PBRICK_TRY(lost_writes(b, *now).wrap_error("volume open"));
+  }
   return Status::Ok();
 }
 
@@ -785,10 +804,18 @@ Result<bool> Volume::write_label_set(std::vector<uint32_t> going, std::optional<
     claim_->propose(next);
     labels_unsettled_.store(true, std::memory_order_release);
     for (uint32_t g : going) {
-      if (next.bricks[g].stale_since == 0) next.bricks[g].stale_since = now;
+      if (next.bricks[g].stale_since != 0) continue;
+      next.bricks[g].stale_since = now;
+      // The boot it may lose writes to: a later attachment that finds
+      // another one copies the whole copy again (load_mirror_state).
+      std::lock_guard lock(bricks_[g]->control_mu);
+      next.bricks[g].boot_id = bricks_[g]->boot_id.value_or(Uuid{});
     }
     if (renamed) next.bricks[renamed->first] = renamed->second;
-    if (joining) next.bricks[*joining].stale_since = 0;
+    if (joining) {
+      next.bricks[*joining].stale_since = 0;
+      next.bricks[*joining].boot_id = Uuid{};
+    }
     bool lost_one = false;
     for (uint32_t s = 0; s < brick_count() && !lost_one; s++) {
       if (!holds(s)) continue;

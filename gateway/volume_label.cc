@@ -20,7 +20,9 @@ constexpr size_t kCrcOffset = kLabelSlotSize - 4;
 // Label slot offsets (docs/layout.md, "Volume label").
 constexpr size_t kOffFlags = 12, kOffGeneration = 16, kOffVolumeUuid = 24, kOffLayout = 40, kOffIndex = 44,
                  kOffBrickCount = 48, kOffNameLen = 52, kOffName = 56, kOffSize = 120, kOffCreated = 128,
-                 kOffCopies = 136, kOffBricks = 144, kBrickEntrySize = 32;
+                 kOffCopies = 136, kOffBricks = 144, kBrickEntrySize = 32,
+                 kOffBootIds = kOffBricks + kMaxLabelBricks * kBrickEntrySize;
+static_assert(kOffBootIds + kMaxLabelBricks * proto::kUuidSize <= kCrcOffset, "the boot id table fits the slot");
 // Holder record offsets.
 constexpr size_t kOffHolderUuid = 16, kOffPid = 32, kOffSince = 40, kOffHost = 48, kHostField = 64,
                  kOffProgram = 112, kProgramField = 32, kHolderEnd = 144;
@@ -149,6 +151,9 @@ std::array<uint8_t, kLabelSlotSize> encode_label(const VolumeLabel& l) {
     std::memcpy(e, l.bricks[i].store.data(), proto::kUuidSize);
     put64(e + 16, l.bricks[i].base);
     put64(e + 24, l.layout == Layout::kMirror ? l.bricks[i].stale_since : 0);
+    if (l.layout == Layout::kMirror && l.bricks[i].stale_since != 0) {
+      std::memcpy(p + kOffBootIds + i * proto::kUuidSize, l.bricks[i].boot_id.data(), proto::kUuidSize);
+    }
   }
   seal(out, kLabelMagic);
   return out;
@@ -206,6 +211,10 @@ Result<VolumeLabel> decode_label(std::span<const uint8_t> slot) {
     if (l.layout != Layout::kMirror && b.stale_since != 0) {
       return Error(EBADMSG, "volume label: nonzero reserved bytes");
     }
+    std::memcpy(b.boot_id.data(), p + kOffBootIds + i * proto::kUuidSize, proto::kUuidSize);
+    if (b.stale_since == 0 && b.boot_id != Uuid{}) {
+      return Error(EBADMSG, "volume label: brick " + std::to_string(i) + " in sync with a boot id");
+    }
     l.bricks.push_back(b);
   }
   // Blocks beyond the volume's end on a brick must stay below the label areas.
@@ -218,7 +227,10 @@ Result<VolumeLabel> decode_label(std::span<const uint8_t> slot) {
     }
   }
   size_t end = kOffBricks + n * kBrickEntrySize;
-  if (!all_zero(p + end, kCrcOffset - end)) return Error(EBADMSG, "volume label: nonzero reserved bytes");
+  size_t boot_ids_end = kOffBootIds + n * proto::kUuidSize;
+  if (!all_zero(p + end, kOffBootIds - end) || !all_zero(p + boot_ids_end, kCrcOffset - boot_ids_end)) {
+    return Error(EBADMSG, "volume label: nonzero reserved bytes");
+  }
   return l;
 }
 

@@ -60,6 +60,13 @@ struct LabelBrick {
   // (it missed writes, recorded in the dirty bitmap); 0: in sync. Always 0
   // for the other layouts.
   uint64_t stale_since = 0;
+  // Layout mirror, with stale_since: the boot id of the brick's host as the
+  // attachment that recorded the copy stale last saw it (HELLO boot_id);
+  // zero when that attachment never reached it, and while in sync. A later
+  // attachment that reaches the brick with another boot id knows its host
+  // rebooted since, losing writes it may not have made durable before the
+  // copy went stale: the whole copy is copied again.
+  Uuid boot_id{};
   // The brick's identity in the volume (store and base), not its state.
   bool operator==(const LabelBrick& o) const { return store == o.store && base == o.base; }
 };

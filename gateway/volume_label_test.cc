@@ -112,6 +112,33 @@ TEST(VolumeLabelCodec, MirrorKeepsItsCopies) {
   EXPECT_EQ(decode_label(c).error().errnum(), EINVAL);
 }
 
+// Layout mirror: a stale brick's boot id (16 bytes per brick at 2192, after
+// the brick table's 64 entries), kept only while the brick is stale.
+TEST(VolumeLabelCodec, AStaleBrickKeepsTheBootIdItWentStaleIn) {
+  VolumeLabel l = sample();
+  l.layout = Layout::kMirror;
+  l.copies = 2;
+  l.bricks[1].stale_since = 1700000000;
+  l.bricks[1].boot_id.fill(0x7c);
+  auto b = encode_label(l);
+  EXPECT_EQ(b[2192 + 16], 0x7c);
+  EXPECT_EQ(b[2192 + 15], 0) << "brick 0's boot id: in sync, none";
+  EXPECT_EQ(b[2192 + 32], 0) << "brick 2's";
+  auto d = decode_label(b);
+  ASSERT_TRUE(d.ok()) << d.error().message();
+  EXPECT_EQ(d->bricks[1].boot_id, l.bricks[1].boot_id);
+  EXPECT_EQ(d->bricks[0].boot_id, Uuid{});
+  // A boot id beside an in-sync brick, or past the brick count, is damage.
+  for (size_t at : {size_t{2192}, size_t{2192 + 3 * 16}}) {
+    auto c = b;
+    c[at] = 1;
+    reseal(c);
+    auto r = decode_label(c);
+    ASSERT_FALSE(r.ok()) << at;
+    EXPECT_EQ(r.error().errnum(), EBADMSG) << r.error().message();
+  }
+}
+
 TEST(VolumeLabelCodec, RefusesDamageAndOutOfDomainFields) {
   auto good = encode_label(sample());
   struct Case {
