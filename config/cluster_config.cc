@@ -44,6 +44,7 @@ std::string quote(std::string_view s) { return "'" + std::string(s) + "'"; }
 // Expands ${NAME} and ${NAME:-default} in a scalar, so one file serves hosts
 // that differ only in, say, a state directory. "$$" is a literal "$". An unset
 // variable without a default is an error (naming it), never an empty string.
+// A default is expanded in turn when it is used (${A:-${B:-x}}).
 Result<std::string> expand_env(const std::string& text) {
   std::string out;
   for (size_t i = 0; i < text.size(); i++) {
@@ -60,8 +61,17 @@ Result<std::string> expand_env(const std::string& text) {
       out += '$';
       continue;
     }
-    size_t close = text.find('}', i + 2);
-    if (close == std::string::npos) return Error(EINVAL, "unterminated ${ in " + quote(text));
+    // The matching brace: a default may hold ${...} of its own.
+    size_t close = i + 2;
+    for (int depth = 1; close < text.size(); close++) {
+      if (text[close] == '$' && close + 1 < text.size() && text[close + 1] == '{') {
+        depth++;
+        close++;
+      } else if (text[close] == '}' && --depth == 0) {
+        break;
+      }
+    }
+    if (close >= text.size()) return Error(EINVAL, "unterminated ${ in " + quote(text));
     std::string expr = text.substr(i + 2, close - i - 2);
     std::string name = expr, fallback;
     bool has_default = false;
@@ -77,7 +87,9 @@ Result<std::string> expand_env(const std::string& text) {
     if (value != nullptr && *value != '\0') {
       out += value;
     } else if (has_default) {
-      out += fallback;
+      auto expanded = expand_env(fallback);
+      if (!expanded) return expanded.error();
+      out += *expanded;
     } else {
       return Error(EINVAL, "environment variable " + name + " is not set (use ${" + name + ":-default})");
     }

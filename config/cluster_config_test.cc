@@ -135,6 +135,22 @@ TEST(ClusterConfigTest, EnvironmentVariablesExpandInValues) {
   ASSERT_EQ(errors.size(), 1u) << dump(errors);
   EXPECT_NE(errors[0].message.find("environment variable PBRICK_TEST_UNSET is not set"), std::string::npos);
   EXPECT_GT(errors[0].pos.line, 0);
+  // A default may name another variable, with a default of its own.
+  setenv("PBRICK_TEST_SIZE", "3", 1);
+  ClusterConfig nested;
+  ok = check(valid_with("size: 1G", "size: \"${PBRICK_TEST_UNSET:-${PBRICK_TEST_SIZE:-2}}G\""), &nested);
+  ASSERT_TRUE(ok.empty()) << dump(ok);
+  EXPECT_EQ(nested.bricks[0].store.size, 3ull << 30);
+  unsetenv("PBRICK_TEST_SIZE");
+  ok = check(valid_with("size: 1G", "size: \"${PBRICK_TEST_UNSET:-${PBRICK_TEST_SIZE:-2}}G\""), &nested);
+  ASSERT_TRUE(ok.empty()) << dump(ok);
+  EXPECT_EQ(nested.bricks[0].store.size, 2ull << 30);
+  errors = check(valid_with("size: 1G", "size: \"${PBRICK_TEST_UNSET:-${PBRICK_TEST_SIZE}}G\""));
+  ASSERT_EQ(errors.size(), 1u) << dump(errors);
+  EXPECT_NE(errors[0].message.find("environment variable PBRICK_TEST_SIZE is not set"), std::string::npos);
+  errors = check(valid_with("size: 1G", "size: \"${PBRICK_TEST_UNSET:-${PBRICK_TEST_SIZE:-2}G\""));
+  ASSERT_EQ(errors.size(), 1u) << dump(errors);
+  EXPECT_NE(errors[0].message.find("unterminated"), std::string::npos);
   errors = check(valid_with("size: 1G", "size: \"${PBRICK_TEST_DIR\""));
   ASSERT_EQ(errors.size(), 1u) << dump(errors);
   EXPECT_NE(errors[0].message.find("unterminated"), std::string::npos);
