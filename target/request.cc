@@ -227,6 +227,10 @@ Server::Impl::TierMap Server::Impl::tier_before_map(Connection& c, const proto::
       return TierMap::kWait;
     case Tiering::MapReadiness::kNoFastSlot:
       break;
+    case Tiering::MapReadiness::kFailed:
+      c.reply_error(h, Error(EIO, "map " + format_hex(req->vaddr) +
+                                      ": copying the block up from the slow tier failed (the brick's log says why)"));
+      return TierMap::kReplied;
   }
   c.reply_error(h, Error(ENOBUFS, "map " + format_hex(req->vaddr) +
                                       ": the block is on the slow tier and every fast slot is mapped; "

@@ -923,14 +923,16 @@ Status Store::commit_move(uint64_t vaddr) {
   return Status::Ok();
 }
 
-void Store::abort_move(uint64_t vaddr) {
+void Store::abort_move(uint64_t vaddr, bool withhold_destination) {
   auto it = index_.find(vaddr);
   if (it == index_.end() || !it->second.moving) return;
   BlockInfo& block = it->second;
   const auto to_tier = static_cast<uint8_t>(block.tier == kTierFast ? kTierSlow : kTierFast);
-  std::vector<uint64_t>& free_slots = tier_free(to_tier);
-  free_slots.push_back(block.dest_slot);
-  std::push_heap(free_slots.begin(), free_slots.end(), std::greater<>());
+  if (!withhold_destination) {
+    std::vector<uint64_t>& free_slots = tier_free(to_tier);
+    free_slots.push_back(block.dest_slot);
+    std::push_heap(free_slots.begin(), free_slots.end(), std::greater<>());
+  }
   block.moving = false;
   if (block.tier == kTierFast) lru_add(vaddr, block, /*coldest=*/true);
 }

@@ -181,7 +181,9 @@ class Store {
   // EUCLEAN (quarantined: it also leaves the demotion candidates for good).
   Result<Move> begin_move(uint64_t vaddr, uint8_t to_tier);
   Status commit_move(uint64_t vaddr);
-  void abort_move(uint64_t vaddr);
+  // `withhold_destination`: the reserved slot does not go back to the free
+  // list (it could not be written); a later Open finds it free.
+  void abort_move(uint64_t vaddr, bool withhold_destination = false);
   // ENOENT when not allocated; otherwise the tier the block is on now.
   Result<uint8_t> tier_of(uint64_t vaddr) const;
   // True when `vaddr` is allocated and its map entry no longer verifies: the

@@ -70,6 +70,7 @@ Tiering::MapReadiness Tiering::prepare_map(uint64_t vaddr) {
     promoted_for_map_.erase(vaddr);  // its MAP is served now: it may go down again
     return MapReadiness::kReady;
   }
+  if (failed_promotions_.erase(vaddr) != 0) return MapReadiness::kFailed;
   if (promote_set_.count(vaddr) == 0) {
     // Quarantined: it will never move; MAP reports EUCLEAN, not a full tier.
     if (store_.quarantined(vaddr)) return MapReadiness::kReady;
@@ -111,6 +112,7 @@ void Tiering::tick() {
   if (unsubmitted_) submit();
   just_promoted_.clear();
   promoted_for_map_.clear();  // a MAP that never came back (its connection died) holds nothing longer
+  failed_promotions_.clear();  // the same: a later MAP tries again
   refill();
   start_next();
 }
@@ -325,7 +327,16 @@ void Tiering::finish(Batch& b, bool synced) {
   for (size_t i = 0; i < b.moves.size(); ++i) {
     const Store::Move& m = b.moves[i];
     if (!synced || !b.copied[i]) {
-      store_.abort_move(m.vaddr);
+      // A slot the copy could not be written to is not offered again (the
+      // next demotion would take the same lowest free slot and fail the
+      // same way, for ever); the store finds it free at its next start.
+      const bool bad_slot = m.to_tier == kTierSlow && !b.copied[i];
+      if (bad_slot) {
+        PBRICK_LOG_ERROR("tiering: slow tier offset %s left unused until the brick restarts (a write to it failed)",
+                         format_hex(m.to_offset).c_str());
+      }
+      store_.abort_move(m.vaddr, bad_slot);
+      if (m.to_tier == kTierFast) failed_promotions_.insert(m.vaddr);
     } else if (Status st = store_.commit_move(m.vaddr); !st) {
       PBRICK_LOG_ERROR("tiering: %s", st.error().message().c_str());
     } else {

@@ -66,8 +66,9 @@ class Tiering {
   // fast tier, or does not exist: MAP reports that); kWait when a promotion
   // is queued or running (a move is then always in flight: the caller waits
   // for the wake callback its end brings, and asks again); kNoFastSlot when every fast slot is mapped, so nothing can make
-  // room for it.
-  enum class MapReadiness { kReady, kWait, kNoFastSlot };
+  // room for it; kFailed when the promotion this MAP waited for failed (a
+  // slow tier that cannot be read: logged), once: a MAP after it tries again.
+  enum class MapReadiness { kReady, kWait, kNoFastSlot, kFailed };
   MapReadiness prepare_map(uint64_t vaddr);
 
   // Called whenever a move finished (or a queued promotion was dropped): the
@@ -136,6 +137,10 @@ class Tiering {
   // here while its promotion runs.
   std::deque<uint64_t> promote_queue_;
   std::set<uint64_t> promote_set_;
+  // Blocks whose promotion failed since the last tick: the MAP that waited
+  // for it is answered kFailed (instead of queueing the same failing copy
+  // again, for ever).
+  std::set<uint64_t> failed_promotions_;
   // Promoted since the last tick and maybe not mapped yet by the MAP that
   // asked: background demotion leaves the fast tier alone until the next tick
   // rather than send such a block straight back down.

@@ -4,7 +4,10 @@
 
 #include <gtest/gtest.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <unistd.h>
+
+#include <csignal>
 
 #include <cstring>
 #include <filesystem>
@@ -604,6 +607,79 @@ TEST(Tiering, AQuarantinedBlockNeitherStopsDemotionsNorPassesForAFullFastTier) {
   Status pinned = store.pin(va(1));
   ASSERT_FALSE(pinned.ok());
   EXPECT_EQ(pinned.error().errnum(), EUCLEAN) << pinned.error().message();
+  t->reset();
+}
+
+// The slow tier cannot be read (here: its slots cut off the file, so every
+// read comes back short). The MAP that waited for the promotion is told it
+// failed (the brick answers EIO) instead of the promotion being queued again
+// for ever; a later MAP tries again.
+TEST(Tiering, AMapWhosePromotionFailsIsToldSoOnce) {
+  TieredStore tiered("pbrick-tiering-badread");
+  ASSERT_EQ(tiered.error(), "");
+  Store& store = tiered.store();
+  const uint64_t fast_slots = store.stats().fast_capacity_blocks;
+  for (uint64_t i = 0; i < fast_slots; ++i) ASSERT_TRUE(store.alloc(va(static_cast<int>(i))));
+  auto t = Tiering::Create(store, TieringOptions{tiered.slow_path(), 2, 1ull << 30});
+  ASSERT_TRUE(t) << t.error().message();
+  (*t)->tick();
+  wait_until_idle(**t);
+  ASSERT_EQ(*store.tier_of(va(0)), kTierSlow);
+  // Nothing else moves (a demotion would write the file out again).
+  for (uint64_t i = 2; i < fast_slots; ++i) ASSERT_TRUE(store.pin(va(static_cast<int>(i))));
+  // The slow tier's slots begin at 2 MiB (superblock and map padded to 2 MiB).
+  ASSERT_EQ(::truncate(tiered.slow_path().c_str(), 2 << 20), 0);
+  EXPECT_EQ((*t)->prepare_map(va(0)), Tiering::MapReadiness::kWait);
+  wait_until_idle(**t);
+  EXPECT_EQ((*t)->prepare_map(va(0)), Tiering::MapReadiness::kFailed);
+  EXPECT_EQ(*store.tier_of(va(0)), kTierSlow);
+  EXPECT_EQ((*t)->prepare_map(va(0)), Tiering::MapReadiness::kWait) << "the next MAP tries again";
+  wait_until_idle(**t);
+  EXPECT_EQ((*t)->prepare_map(va(0)), Tiering::MapReadiness::kFailed);
+  EXPECT_EQ((*t)->promotions(), 0u);
+  t->reset();
+}
+
+// Writes to the slow tier fail (here: beyond the process's file size limit).
+// A failed demotion must not take the same slot again and again, for ever:
+// each slot that failed is left alone until the brick restarts, so demotion
+// stops once none is left, and every block stays on the fast tier intact.
+TEST(Tiering, ASlowSlotThatCannotBeWrittenIsNotTriedAgain) {
+  TieredStore tiered("pbrick-tiering-badwrite");
+  ASSERT_EQ(tiered.error(), "");
+  Store& store = tiered.store();
+  const uint64_t fast_slots = store.stats().fast_capacity_blocks;
+  const uint64_t slow_slots = store.stats().slow_free_blocks;
+  ASSERT_GT(slow_slots, 0u);
+  std::map<uint64_t, uint32_t> sums;
+  for (uint64_t i = 0; i < fast_slots; ++i) {
+    ASSERT_TRUE(store.alloc(va(static_cast<int>(i))));
+    sums[va(static_cast<int>(i))] = fill(store, va(static_cast<int>(i)), static_cast<uint8_t>(i + 7));
+  }
+  auto t = Tiering::Create(store, TieringOptions{tiered.slow_path(), 2, 1ull << 30});
+  ASSERT_TRUE(t) << t.error().message();
+  rlimit old_limit{};
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old_limit), 0);
+  rlimit limit = old_limit;
+  limit.rlim_cur = 2 << 20;  // below every slot of the slow tier: each write fails EFBIG
+  auto old_handler = std::signal(SIGXFSZ, SIG_IGN);
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &limit), 0);
+  (*t)->tick();
+  for (int i = 0; i < 200 && (*t)->busy(); ++i) {
+    pollfd p{(*t)->event_fd(), POLLIN, 0};
+    ASSERT_GE(::poll(&p, 1, 5000), 0);
+    (*t)->on_event();
+  }
+  const bool settled = !(*t)->busy();
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &old_limit), 0);
+  std::signal(SIGXFSZ, old_handler);
+  ASSERT_TRUE(settled) << "demotions kept failing on the same slots";
+  EXPECT_EQ((*t)->demotions(), 0u);
+  EXPECT_EQ(store.stats().slow_free_blocks, 0u) << "every slot tried once, then left alone";
+  for (auto [vaddr, crc] : sums) {
+    ASSERT_EQ(*store.tier_of(vaddr), kTierFast);
+    EXPECT_EQ(crc32c(store.region().base() + *store.slot_offset(vaddr), kBlockSize), crc) << format_hex(vaddr);
+  }
   t->reset();
 }
 
