@@ -83,20 +83,20 @@ void HandleTable::revoke(uint32_t rkey) {
   if (it == handles_.end()) return;
   uint64_t vaddr = it->second.vaddr;
   // Clients may have written through it without a PERSIST yet.
-  if (it->second.mr && (it->second.map_flags & proto::kMapWrite) != 0) {
-    revoked_dirty_.push_back(it->second.slot_offset);
-    // Without PERSISTs (sync-read clients) the list would only grow: flush
-    // the blocks' cache lines now.
-    if (revoked_dirty_.size() >= 1024) {
-      for (uint64_t offset : revoked_dirty_) {
-        if (!store_.region().is_pmem()) break;
-        Status st = store_.region().persist(offset, proto::kBlockSize);
-        if (!st) PBRICK_LOG_ERROR("%s", st.error().message().c_str());
-      }
-      revoked_dirty_.clear();
+  const bool dirty = it->second.mr && (it->second.map_flags & proto::kMapWrite) != 0;
+  if (dirty) revoked_dirty_.push_back(it->second.slot_offset);
+  handles_.erase(it);  // deregisters its memory: no RDMA WRITE lands through it after this
+  // Without PERSISTs (sync-read clients) the list would only grow: flush the
+  // blocks' cache lines now - after the deregistration, or a WRITE landing
+  // between the flush and it would be in no list a later PERSIST covers.
+  if (dirty && revoked_dirty_.size() >= 1024) {
+    for (uint64_t offset : revoked_dirty_) {
+      if (!store_.region().is_pmem()) break;
+      Status st = store_.region().persist(offset, proto::kBlockSize);
+      if (!st) PBRICK_LOG_ERROR("%s", st.error().message().c_str());
     }
+    revoked_dirty_.clear();
   }
-  handles_.erase(it);
   store_.unpin(vaddr);
   auto ms = map_state_.find(vaddr);
   if (ms != map_state_.end() && --ms->second.count == 0) map_state_.erase(ms);
