@@ -26,6 +26,7 @@
 
 #include <liburing.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <chrono>
@@ -100,6 +101,52 @@ class SyncLedger {
   bool writes_maybe_lost_ = false;
   std::array<uint8_t, proto::kUuidSize> boot_id_{};
   bool have_boot_id_ = false;
+};
+
+// The ranges the next PERSIST names (persistence rpc over RDMA, where the
+// brick cannot see one-sided WRITEs): what was written since the last
+// PERSIST, merged per handle - a handle is one 2 MiB block, so the union of
+// its writes is one range of at most 2 MiB. A brick may give a dead handle's
+// rkey to a new handle at another address: a write whose union with the last
+// range of its rkey would pass 2 MiB is another handle's, and gets a range of
+// its own (merged, the range would lie outside the live handle and the brick
+// would persist none of it). More ranges than a PERSIST names: all().
+class PersistRanges {
+ public:
+  PersistRanges() { ranges_.reserve(proto::kMaxPersistRanges); }
+  void wrote(uint32_t rkey, uint64_t remote_addr, uint64_t length) {
+    if (all_) return;
+    for (auto it = ranges_.rbegin(); it != ranges_.rend(); ++it) {
+      if (it->rkey != rkey) continue;
+      uint64_t start = std::min(it->remote_addr, remote_addr);
+      uint64_t end = std::max(it->remote_addr + it->length, remote_addr + length);
+      if (end - start > proto::kBlockSize) break;  // another handle with the same rkey
+      it->remote_addr = start;
+      it->length = end - start;
+      return;
+    }
+    if (ranges_.size() == proto::kMaxPersistRanges) {
+      set_all();
+      return;
+    }
+    ranges_.push_back({rkey, remote_addr, length});
+  }
+  // The next PERSIST names every writable mapping.
+  void set_all() {
+    all_ = true;
+    ranges_.clear();
+  }
+  bool all() const { return all_; }
+  const std::vector<proto::PersistRange>& ranges() const { return ranges_; }
+  // A PERSIST took them.
+  void clear() {
+    all_ = false;
+    ranges_.clear();
+  }
+
+ private:
+  std::vector<proto::PersistRange> ranges_;
+  bool all_ = false;
 };
 
 // What a channel needs from its loop's ring.

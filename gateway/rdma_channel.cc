@@ -19,7 +19,6 @@ RdmaChannel::RdmaChannel(uint32_t depth) : depth_(depth), slots_(depth) {
   free_slots_.reserve(depth);
   for (uint32_t i = depth; i > 0; i--) free_slots_.push_back(i - 1);
   sges_.reserve(kMaxChunksPerOp);
-  dirty_.reserve(proto::kMaxPersistRanges);
   persist_req_.ranges.reserve(proto::kMaxPersistRanges);
   waiting_persists_.reserve(depth);
   message_.resize(proto::kHeaderSize + proto::persist_request_size(proto::kMaxPersistRanges));
@@ -93,23 +92,7 @@ uint32_t RdmaChannel::take_slot(Op* op, Kind kind) {
 
 void RdmaChannel::note_write(const Op& op) {
   ledger_.wrote();
-  if (!rpc_ || persist_all_) return;
-  // Ranges merge per handle: a handle is one 2 MiB block, so the union of
-  // what was written there is one range at most 2 MiB long.
-  for (auto it = dirty_.rbegin(); it != dirty_.rend(); ++it) {
-    if (it->rkey != op.rkey) continue;
-    uint64_t start = std::min(it->remote_addr, op.remote_addr);
-    uint64_t end = std::max(it->remote_addr + it->length, op.remote_addr + op.length);
-    it->remote_addr = start;
-    it->length = end - start;
-    return;
-  }
-  if (dirty_.size() == proto::kMaxPersistRanges) {
-    persist_all_ = true;  // more than one message names: persist every writable mapping
-    dirty_.clear();
-    return;
-  }
-  dirty_.push_back({op.rkey, op.remote_addr, op.length});
+  if (rpc_) dirty_.wrote(op.rkey, op.remote_addr, op.length);
 }
 
 void RdmaChannel::submit(Op* op) {
@@ -168,8 +151,7 @@ void RdmaChannel::submit_sync(Op* op) {
 void RdmaChannel::send_persist(uint32_t index) {
   Slot& s = slots_[index];
   persist_req_.ranges.clear();
-  if (!persist_all_) persist_req_.ranges.assign(dirty_.begin(), dirty_.end());
-  persist_all_ = false;
+  if (!dirty_.all()) persist_req_.ranges.assign(dirty_.ranges().begin(), dirty_.ranges().end());
   dirty_.clear();
   size_t payload = proto::persist_request_size(persist_req_.ranges.size());
   proto::FrameHeader h;
@@ -251,8 +233,7 @@ void RdmaChannel::teardown(int status) {
   if (link_.connected()) link_.disconnect();
   if (ledger_.unsynced()) {
     // Ranges named on this QP may die with it; the next PERSIST names all.
-    persist_all_ = true;
-    dirty_.clear();
+    dirty_.set_all();
   }
   waiting_persists_.clear();
   waiting_head_ = 0;
@@ -284,7 +265,11 @@ Status RdmaChannel::flush(ChannelRing& ring) {
 Status RdmaChannel::on_cqe(uint8_t event, int res) {
   if (event == kCqPoll) {
     cq_poll_inflight_ = false;
-    if (res < 0 && res != -ECANCELED) return Error(-res, "poll on the completion channel");
+    if (res < 0 && res != -ECANCELED) {
+      // The connection is given up, and its ops with it: as a lost one (they
+      // are sent again on a new one), not with the poll's own errno.
+      return Error(ECONNRESET, std::string("poll on the completion channel: ") + std::strerror(-res));
+    }
     Status st = link_.poll([this](const rdma::RdmaLink::Completion& c) { on_completion(c); });
     if (!st && link_.connected()) fail_connection(st.error().message());
   } else {

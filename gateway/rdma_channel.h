@@ -114,8 +114,7 @@ class RdmaChannel final : public DataChannel {
   bool rpc_ = false;
   uint32_t sync_rkey_ = 0;
   uint64_t sync_addr_ = 0;
-  std::vector<proto::PersistRange> dirty_;  // rpc: ranges written since the last PERSIST
-  bool persist_all_ = false;                // rpc: the next PERSIST names every writable mapping
+  PersistRanges dirty_;  // rpc: what the next PERSIST names
   uint32_t persists_inflight_ = 0;
   std::vector<uint32_t> waiting_persists_;  // slots waiting for a message credit
   size_t waiting_head_ = 0;

@@ -376,6 +376,37 @@ TEST(SyncChainingTest, AChainedSyncNeverSwallowsTheReportOfLostWrites) {
 // The report of lost writes answers for the writes made before the reboot
 // was found, never for those made after: a FLUSH after it must reach the
 // brick for them (a write retried on the new connection, or a new one).
+// PERSIST ranges merge per handle. A brick may hand a dead handle's rkey to
+// a new one at another address: the new handle's writes get their own range,
+// or the merged range would lie outside the live handle and the brick would
+// persist none of the new writes.
+TEST(PersistRangesTest, AReusedRkeyAtAnotherAddressGetsARangeOfItsOwn) {
+  PersistRanges r;
+  constexpr uint64_t kOld = 0x7f1200000000, kNew = 0x3ab400000000;
+  r.wrote(9, kOld + 4096, 4096);
+  r.wrote(9, kOld, 4096);
+  r.wrote(9, kOld + proto::kBlockSize - 8192, 8192);
+  ASSERT_EQ(r.ranges().size(), 1u);
+  EXPECT_EQ(r.ranges()[0].remote_addr, kOld);
+  EXPECT_EQ(r.ranges()[0].length, proto::kBlockSize) << "one handle's writes: one range";
+  r.wrote(9, kNew + 65536, 4096);
+  ASSERT_EQ(r.ranges().size(), 2u);
+  EXPECT_EQ(r.ranges()[1].rkey, 9u);
+  EXPECT_EQ(r.ranges()[1].remote_addr, kNew + 65536);
+  EXPECT_EQ(r.ranges()[1].length, 4096u);
+  r.wrote(9, kNew, 4096);  // the new handle's next write joins its own range
+  ASSERT_EQ(r.ranges().size(), 2u);
+  EXPECT_EQ(r.ranges()[1].remote_addr, kNew);
+  EXPECT_EQ(r.ranges()[1].length, 65536u + 4096u);
+  for (uint32_t k = 0; r.ranges().size() < proto::kMaxPersistRanges; k++) r.wrote(100 + k, kOld, 512);
+  EXPECT_FALSE(r.all());
+  r.wrote(99, kOld, 512);
+  EXPECT_TRUE(r.all()) << "more ranges than a PERSIST names: every writable mapping";
+  EXPECT_TRUE(r.ranges().empty());
+  r.clear();
+  EXPECT_FALSE(r.all());
+}
+
 TEST(SyncLedgerTest, TheLostWritesReportDoesNotCoverWritesMadeAfterTheReconnect) {
   SyncLedger ledger;
   std::array<uint8_t, proto::kUuidSize> boot_a{}, boot_b{};
