@@ -109,9 +109,12 @@ int errno_from_wc(ibv_wc_status status) {
     case IBV_WC_WR_FLUSH_ERR: return ECONNRESET;
     case IBV_WC_RETRY_EXC_ERR:
     case IBV_WC_RNR_RETRY_EXC_ERR: return ETIMEDOUT;
-    case IBV_WC_REM_OP_ERR:
-    case IBV_WC_REM_ABORT_ERR: return ECONNRESET;
-    default: return EIO;
+    // Everything else is the transport's (local or remote QP, a bad or missing
+    // response, a fatal NIC error): the QP is in the error state and the
+    // op's outcome at the brick unknown. Never EIO: that would read as the
+    // brick failing to make data durable (a sync-read given up as a lost
+    // copy, a FLUSH failed for good) where a new connection retries it.
+    default: return ECONNRESET;
   }
 }
 

@@ -123,7 +123,8 @@ class CompletionQueue {
 // errno for a failed work completion: EKEYREJECTED for a remote access error
 // (a dead or foreign rkey, or an access the handle does not allow), ECONNRESET
 // for a flushed WR (the QP is being torn down), ETIMEDOUT when the peer stopped
-// answering, EIO otherwise.
+// answering, ECONNRESET for any other (transport) failure - never EIO, which
+// the gateway reads as the brick failing to make data durable.
 int errno_from_wc(ibv_wc_status status);
 std::string wc_error_text(const ibv_wc& wc);
 
