@@ -675,6 +675,13 @@ Status Store::alloc(uint64_t vaddr) {
     return Error(ENOSPC, "alloc " + hex(vaddr) + ": no free slot (all " + std::to_string(entry_count()) +
                              " blocks are allocated)");
   }
+  // With a slow tier the last free slot stays free: a move takes a slot
+  // before it gives one back, and with none a block on the slow tier could
+  // never come up to be mapped (nothing could go down to make room).
+  if (slow_ && free_slots_.size() + slow_free_slots_.size() == 1) {
+    return Error(ENOSPC, "alloc " + hex(vaddr) + ": no free slot (the last one of a brick with a slow tier is "
+                                                 "kept for moving blocks between the tiers)");
+  }
   const uint64_t slot = free_slots.front();
   const uint32_t entry = free_entries_.front();
   const uint64_t off = entry_offset(entry);
