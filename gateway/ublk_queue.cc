@@ -413,8 +413,13 @@ void UblkQueue::start_sync(UblkQueue* owner, uint16_t tag) {
 void UblkQueue::advance_sync(SyncWork* work) {
   switch (work->retry.settle_sync(*dev_.volume, work->job.status, work->job.brick, "flush")) {
     case IoRetry::Step::kDone:
-    case IoRetry::Step::kNow:
       return finish_sync(work, 0);
+    case IoRetry::Step::kNow:
+      // A copy was given up (stale): the sync goes on without it, and again
+      // to every other brick still unsynced - the job kept one brick's
+      // failure, others may have failed with it (as Engine::sync_loops).
+      impl_->channels->sync(work->job);
+      return;
     case IoRetry::Step::kLater:
       impl_->retry_syncs.push_back(work);
       return;
