@@ -148,8 +148,11 @@ Status UblkQueue::start() {
   Impl& m = *impl_;
   long page = ::sysconf(_SC_PAGESIZE);
   m.descs_len = (dev_.depth * sizeof(ublksrv_io_desc) + page - 1) / page * page;
-  off_t off = UBLKSRV_CMD_BUF_OFFSET +
-              static_cast<off_t>(q_id_) * UBLK_MAX_QUEUE_DEPTH * static_cast<off_t>(sizeof(ublksrv_io_desc));
+  // Each queue's descriptors sit at a page-rounded stride of the largest
+  // queue (the driver's ublk_max_cmd_buf_size()): 96 KiB, a whole number of
+  // 4 KiB pages, but not of 64 KiB ones.
+  const off_t stride = (static_cast<off_t>(UBLK_MAX_QUEUE_DEPTH) * sizeof(ublksrv_io_desc) + page - 1) / page * page;
+  off_t off = UBLKSRV_CMD_BUF_OFFSET + static_cast<off_t>(q_id_) * stride;
   void* p = ::mmap(nullptr, m.descs_len, PROT_READ, MAP_SHARED | MAP_POPULATE, dev_.cdev_fd, off);
   if (p == MAP_FAILED) return errno_error("mmap of the ublk descriptors of queue " + std::to_string(q_id_));
   m.descs = static_cast<ublksrv_io_desc*>(p);
