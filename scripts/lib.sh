@@ -39,8 +39,13 @@ ensure_packages() {
   fi
   say "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q || die "apt-get update failed"
-  apt-get install -y -q --no-install-recommends "${missing[@]}" || die "apt-get install failed: ${missing[*]}"
+  # One install at a time: lanes of scripts/test (and tests/vm/run) may need
+  # packages at once, and a second apt-get fails at once on apt's locks.
+  (
+    flock 9 || exit 1
+    apt-get update -q || die "apt-get update failed"
+    apt-get install -y -q --no-install-recommends "${missing[@]}" || die "apt-get install failed: ${missing[*]}"
+  ) 9>/run/pbrick-apt.lock || exit 1
 }
 
 # tree_is_configured DIR [-DNAME=VALUE...]: succeeds when DIR is a configured
