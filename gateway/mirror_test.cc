@@ -307,6 +307,41 @@ TEST_F(MirrorTest, ADiscardStopsAtABlockAResyncHoldsAndGoesOnFromItLater) {
   EXPECT_EQ(crc32c(back.data(), back.size()), crc32c(want.data(), want.size()));
 }
 
+// A discard of a 3-copy block: copy 0 skipped (its brick stale), copy 1 kept
+// for zeroing (its brick refuses the FREE: another client maps it), copy 2
+// fails (its brick is gone). The request fails and ends the block's write
+// count once per copy that began one - not twice for the kept copy, which
+// would leave the counter wrapped and every resync of the block waiting.
+TEST_F(MirrorTest, AFailedDiscardEndsEachCopysWriteCountOnce) {
+  start_bricks(3);
+  VolumeOptions vo = options(3);
+  vo.leg_timeout_ms = 300;
+  PBRICK_ASSERT_OK(open(vo));
+  Volume& ev = engine_->volume();
+  auto data = random_data(kBlock, 71);
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));
+  PBRICK_ASSERT_OK(engine_->flush());
+  const Placement& pl = ev.placement();
+  uint32_t brick_of_copy[3];
+  for (uint32_t c = 0; c < 3; c++) brick_of_copy[c] = pl.brick_of(pl.unit(0, c));
+  PBRICK_ASSERT_OK(ev.mark_stale(brick_of_copy[0]));
+  PBRICK_ASSERT_OK(ev.mark_dirty(0));  // copy 0's miss is recorded already: skipping it needs no brick
+  auto other = BrickClient::Connect(bricks_[brick_of_copy[1]]->client());
+  PBRICK_ASSERT_OK(other);
+  PBRICK_ASSERT_OK((*other)->map(ev.block_vaddr(pl.unit(0, 1)), proto::kMapShared));
+  bricks_[brick_of_copy[2]]->stop();
+
+  std::vector<uint8_t> zeros(kBlock, 0);
+  int request = 0;
+  std::vector<IoPiece> pieces;
+  auto planned = plan_discard(ev, 0, kBlock, zeros.data(), &request, pieces);
+  ASSERT_FALSE(planned.ok()) << "brick " << brick_of_copy[2] << " is gone";
+  EXPECT_NE(planned.error().message().find("unreachable"), std::string::npos) << planned.error().message();
+  EXPECT_TRUE(ev.allocated(pl.unit(0, 1))) << "copy 1 was kept (its FREE refused), not freed";
+  EXPECT_TRUE(pieces.empty());
+  EXPECT_FALSE(ev.mirror()->writes_in_flight(0)) << "the block's write count did not come back to zero";
+}
+
 // A write whose copy on one brick landed while its other copy still waits
 // for a brick that is down stays counted on its block between its rounds:
 // a resync of the block in that gap would otherwise copy the old bytes

@@ -109,7 +109,11 @@ Result<uint64_t> plan_discard(Volume& volume, uint64_t offset, uint64_t len, uin
         Status st = whole ? volume.discard_block(unit) : Status(Error(EBUSY, "partial"));
         if (!st && st.error().errnum() != EBUSY) return fail(st.error());
         if (!st) {
-          pieces[kept++] = pieces[k];
+          if (kept != k) {
+            pieces[kept] = pieces[k];
+            pieces[k].counted = false;  // its count moved with it: a failure ends it once
+          }
+          kept++;
           continue;
         }
       }
