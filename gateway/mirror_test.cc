@@ -309,7 +309,8 @@ TEST_F(MirrorTest, ADiscardStopsAtABlockAResyncHoldsAndGoesOnFromItLater) {
 
 // A discard of a 3-copy block: copy 0 skipped (its brick stale), copy 1 kept
 // for zeroing (its brick refuses the FREE: another client maps it), copy 2
-// fails (its brick is gone). The request fails and ends the block's write
+// fails (its brick is gone, and no label can record it stale). The request
+// fails and ends the block's write
 // count once per copy that began one - not twice for the kept copy, which
 // would leave the counter wrapped and every resync of the block waiting.
 TEST_F(MirrorTest, AFailedDiscardEndsEachCopysWriteCountOnce) {
@@ -330,11 +331,13 @@ TEST_F(MirrorTest, AFailedDiscardEndsEachCopysWriteCountOnce) {
   PBRICK_ASSERT_OK(other);
   PBRICK_ASSERT_OK((*other)->map(ev.block_vaddr(pl.unit(0, 1)), proto::kMapShared));
   bricks_[brick_of_copy[2]]->stop();
+  ev.fail_label_writes_for_testing([](uint32_t) { return true; });
 
   std::vector<uint8_t> zeros(kBlock, 0);
   int request = 0;
   std::vector<IoPiece> pieces;
   auto planned = plan_discard(ev, 0, kBlock, zeros.data(), &request, pieces);
+  ev.fail_label_writes_for_testing(nullptr);
   ASSERT_FALSE(planned.ok()) << "brick " << brick_of_copy[2] << " is gone";
   EXPECT_NE(planned.error().message().find("unreachable"), std::string::npos) << planned.error().message();
   EXPECT_TRUE(ev.allocated(pl.unit(0, 1))) << "copy 1 was kept (its FREE refused), not freed";
@@ -1198,6 +1201,35 @@ TEST_F(MirrorTest, AStaleBricksHostRebootedWhileTheGatewayWasAwayIsCopiedWhole) 
     PBRICK_ASSERT_OK((*v)->try_reach(1));
     EXPECT_EQ((*v)->dirty_count(), 1u);
   }
+}
+
+// A discard whose FREE cannot reach one copy's brick (gone past the leg
+// timeout) gives that copy up as a write would - stale, the block dirty -
+// and completes: otherwise the freed copy would read zeros and the other
+// its old bytes, both called in sync.
+TEST_F(MirrorTest, ADiscardThatCannotReachACopyMakesItStale) {
+  start_bricks(2);
+  VolumeOptions vo = options(2);
+  vo.leg_timeout_ms = 300;
+  PBRICK_ASSERT_OK(open(vo));
+  Volume& v = engine_->volume();
+  auto data = random_data(2 * kBlock, 72);
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));
+  PBRICK_ASSERT_OK(engine_->flush());
+  bricks_[1]->stop();
+  Status discarded = engine_->discard(kBlock, 0, false);
+  PBRICK_ASSERT_OK(discarded);
+  EXPECT_EQ(v.mirror()->state(1), CopyState::kStale);
+  EXPECT_TRUE(v.dirty(0));
+  PBRICK_ASSERT_OK(bricks_[1]->start());
+  engine_->resync()->poke();
+  ASSERT_TRUE(wait_in_sync(v, 1));
+  bricks_[0]->stop();
+  std::vector<uint8_t> back(2 * kBlock);
+  PBRICK_ASSERT_OK(engine_->read(back.data(), back.size(), 0));
+  std::vector<uint8_t> want(data);
+  std::memset(want.data(), 0, kBlock);
+  EXPECT_EQ(crc32c(back.data(), back.size()), crc32c(want.data(), want.size())) << "brick 1 alone reads the discard";
 }
 
 }  // namespace

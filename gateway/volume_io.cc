@@ -107,7 +107,17 @@ Result<uint64_t> plan_discard(Volume& volume, uint64_t offset, uint64_t len, uin
       // zero-fill piece of it is still to go out.
       if (!*stale && volume.allocated(unit)) {
         Status st = whole ? volume.discard_block(unit) : Status(Error(EBUSY, "partial"));
-        if (!st && st.error().errnum() != EBUSY) return fail(st.error());
+        if (!st && st.error().errnum() != EBUSY) {
+          // Mirror: a copy whose brick failed (past the leg timeout) is
+          // given up as a write's would be - stale, the block dirty - or
+          // the copies freed already would read as zeros beside its old bytes.
+          auto handled = volume.mirror() != nullptr && (st.error().errnum() == EIO ||
+                                                        is_connection_error(st.error().errnum()))
+                             ? leg_failed(volume, pieces[k])
+                             : Result<bool>(false);
+          if (!handled) return fail(handled.error());
+          if (!*handled) return fail(st.error());
+        }
         if (!st) {
           if (kept != k) {
             pieces[kept] = pieces[k];
