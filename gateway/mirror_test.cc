@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstring>
 #include <chrono>
 #include <map>
@@ -1230,6 +1231,57 @@ TEST_F(MirrorTest, ADiscardThatCannotReachACopyMakesItStale) {
   std::vector<uint8_t> want(data);
   std::memset(want.data(), 0, kBlock);
   EXPECT_EQ(crc32c(back.data(), back.size()), crc32c(want.data(), want.size())) << "brick 1 alone reads the discard";
+}
+
+// The host of a mirror's brick reboots while one loop's connection holds a
+// write it has not synced; another loop, whose connection there holds none,
+// reaches the brick first (a read). The copy must be given up then - not
+// when the first loop happens to reconnect - or reads on the second loop
+// would take the rebooted copy, which may have lost that write, for current.
+TEST_F(MirrorTest, AnyLoopThatFindsACopysHostRebootedGivesTheCopyUp) {
+  start_bricks(2);
+  VolumeOptions vo = options(2, 16 * kMiB);
+  vo.leg_timeout_ms = 2000;
+  PBRICK_ASSERT_OK(open(vo));  // two loops
+  Volume& v = engine_->volume();
+  auto data = random_data(2 * kBlock, 73);
+  std::vector<uint8_t> back(kBlock);
+  PBRICK_ASSERT_OK(engine_->read(back.data(), 4096, 0));  // this thread: loop 0
+  std::mutex mu;
+  std::condition_variable cv;
+  int stage = 0;
+  auto wait_stage = [&](int n) {
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] { return stage >= n; });
+  };
+  auto set_stage = [&](int n) {
+    std::lock_guard lock(mu);
+    stage = n;
+    cv.notify_all();
+  };
+  Status other_status;
+  std::thread other([&] {  // loop 1
+    other_status = engine_->write(data.data() + kBlock, kBlock, kBlock, false);
+    if (other_status) other_status = engine_->flush();  // loop 1's connections hold nothing unsynced
+    set_stage(1);
+    wait_stage(2);
+    for (int i = 0; i < 4 && other_status; i++) other_status = engine_->read(back.data(), kBlock, 0);
+    set_stage(3);
+  });
+  wait_stage(1);
+  PBRICK_ASSERT_OK(engine_->write(data.data(), kBlock, 0, false));  // loop 0: not synced
+  bricks_[1]->stop();
+  std::array<uint8_t, proto::kUuidSize> rebooted{};
+  rebooted.fill(0x3c);
+  Status restarted = bricks_[1]->start("brick.store", rebooted);
+  set_stage(2);
+  wait_stage(3);
+  other.join();
+  PBRICK_ASSERT_OK(restarted);
+  PBRICK_ASSERT_OK(other_status);
+  EXPECT_NE(v.mirror()->state(1), CopyState::kInSync) << "loop 1 read from the rebooted copy as if current";
+  EXPECT_EQ(v.dirty_count(), v.block_count()) << "the whole copy is copied again";
+  EXPECT_EQ(std::memcmp(back.data(), data.data(), kBlock), 0);
 }
 
 }  // namespace

@@ -39,8 +39,12 @@ struct Volume::Brick {
   std::atomic<uint64_t> epoch{0};  // +1 when replaced: data channels reconnect
   // The boot id of its host at the last control connection (under control_mu).
   std::optional<std::array<uint8_t, proto::kUuidSize>> boot_id;
-  // The boot whose lost writes lost_writes answered for (under label_mu_).
-  std::optional<std::array<uint8_t, proto::kUuidSize>> lost_writes_boot;
+  // Layout mirror: the boot of its host under which this attachment's copy
+  // there is complete as far as FLUSH promised - the one seen at open, or the
+  // one a loss was answered for (lost_writes: the resync rebuilds the copy
+  // under it). A connection that finds another one gives the copy up
+  // (check_boot). Under label_mu_.
+  std::optional<std::array<uint8_t, proto::kUuidSize>> copy_boot;
 
   std::mutex control_mu;  // serialises the control connection
   std::unique_ptr<BrickClient> control;
@@ -165,6 +169,9 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeOptions& options) {
   if (volume->mirror_) {
     const VolumeLabel l = volume->claim_->label();
     for (uint32_t b : missing) volume->bricks_[b]->options.store_uuid = l.bricks[b].store;  // only that store, later
+    for (uint32_t b = 0; b < volume->brick_count(); b++) {
+      if (l.bricks[b].stale_since == 0) volume->bricks_[b]->copy_boot = volume->bricks_[b]->boot_id;
+    }
     PBRICK_TRY(volume->load_mirror_state());
     for (uint32_t b : missing) {
       Status st = volume->mark_stale(b);
@@ -682,10 +689,10 @@ Result<bool> Volume::sync_failed(uint32_t b, int errnum) {
 
 Status Volume::lost_writes(uint32_t b, const std::array<uint8_t, proto::kUuidSize>& boot_id) {
   std::lock_guard label_lock(label_mu_);
-  if (bricks_[b]->lost_writes_boot == boot_id) return Status::Ok();  // this boot's loss is answered for
+  if (bricks_[b]->copy_boot == boot_id) return Status::Ok();  // this boot's loss is answered for
   auto blocks = give_up_copy_locked(b);
   if (!blocks) return blocks.error();
-  bricks_[b]->lost_writes_boot = boot_id;
+  bricks_[b]->copy_boot = boot_id;
   PBRICK_LOG_WARN("volume %s: the host of brick %s rebooted under unsynced writes: all %llu blocks of its copy "
                   "will be copied to it again",
                   format_uuid(claim_->label().volume_uuid).c_str(), brick_name(b).c_str(),
@@ -704,17 +711,44 @@ Status Volume::try_reach(uint32_t b) {
   // Its host rebooted since this attachment last reached it: writes it took
   // before it went stale may be lost there, beyond what the bitmap records.
   if (before && after && after != before) PBRICK_TRY(lost_writes(b, *after));
+  if (after && mirror_) {
+    std::lock_guard label_lock(label_mu_);
+    if (!bricks_[b]->copy_boot) bricks_[b]->copy_boot = after;  // first reached now: its resync copies under it
+  }
   return Status::Ok();
 }
 
-Status Volume::probe(uint32_t b) {
-  std::lock_guard lock(bricks_[b]->control_mu);
-  Brick& brick = *bricks_[b];
-  if (brick.control && brick.control->stat().ok()) {
-    note_reachable(b, true);
-    return Status::Ok();
+Result<bool> Volume::check_boot(uint32_t b, const std::array<uint8_t, proto::kUuidSize>& boot_id) {
+  if (!mirror_ || options_.read_only) return false;
+  {
+    std::lock_guard label_lock(label_mu_);
+    std::optional<std::array<uint8_t, proto::kUuidSize>>& known = bricks_[b]->copy_boot;
+    if (!known) known = boot_id;
+    // A stale copy is compared when the resync reaches it (try_reach).
+    if (*known == boot_id || mirror_->state(b) == CopyState::kStale) return false;
   }
-  return connect_control(b);  // notes the outcome
+  // Another boot than the one its copy is known complete in: what it took
+  // before (acknowledged, maybe not yet synced - on this loop's connection or
+  // any other's) may be gone there. Never read as current until resynced.
+  PBRICK_TRY(lost_writes(b, boot_id));
+  return true;
+}
+
+Status Volume::probe(uint32_t b) {
+  std::array<uint8_t, proto::kUuidSize> boot{};
+  {
+    std::lock_guard lock(bricks_[b]->control_mu);
+    Brick& brick = *bricks_[b];
+    if (brick.control && brick.control->stat().ok()) {
+      note_reachable(b, true);
+      return Status::Ok();
+    }
+    PBRICK_TRY(connect_control(b));  // notes the outcome
+    boot = brick.boot_id.value_or(boot);
+  }
+  auto given_up = check_boot(b, boot);  // not under control_mu: label_mu_ comes first
+  if (!given_up) return given_up.error();
+  return Status::Ok();
 }
 
 Status Volume::begin_resync(uint32_t b) {

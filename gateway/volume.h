@@ -276,6 +276,13 @@ class Volume {
   // and the one full copy covers them all.
   // Blocks on control round trips; called on a loop thread on that rare event.
   Status lost_writes(uint32_t brick, const std::array<uint8_t, proto::kUuidSize>& boot_id);
+  // Layout mirror, read-write: a connection (a data channel's reconnect, the
+  // resync thread's probe) found `brick`'s host in boot `boot_id`. When this
+  // attachment knows its copy there under another boot, the copy is given up
+  // as by lost_writes, whichever connection held the unsynced writes: true
+  // then. A stale copy is left to try_reach. Not under control_mu; blocks on
+  // control round trips when it gives the copy up.
+  Result<bool> check_boot(uint32_t brick, const std::array<uint8_t, proto::kUuidSize>& boot_id);
   // Layout mirror: a sync on `brick` failed with the brick's own error (EIO:
   // its store could not make writes durable), so writes it took since its
   // last good sync may be gone there, beyond what the bitmap records. Its

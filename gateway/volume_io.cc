@@ -680,6 +680,14 @@ void VolumeChannels::dispatch() {
               link.backlog.fail_all(ECONNRESET);
             }
           }
+          if (volume_.mirror() != nullptr) {
+            // Its host may have rebooted under writes another loop's
+            // connection holds unsynced: that one may reconnect much later,
+            // and meanwhile reads here must not take its copy for current.
+            auto given_up = volume_.check_boot(link.ring.brick, link.channel->boot_id());
+            if (!given_up) PBRICK_LOG_ERROR("%s: %s", label_.c_str(), given_up.error().message().c_str());
+            if (given_up && *given_up) link.backlog.fail_all(ECONNRESET);  // planned again, on the other copies
+          }
           if (link.channel->writes_maybe_lost()) volume_.note_writes_lost();
         } else {
           // The waiting ops' requests retry until their deadline, unless the
