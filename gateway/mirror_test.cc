@@ -1284,5 +1284,34 @@ TEST_F(MirrorTest, AnyLoopThatFindsACopysHostRebootedGivesTheCopyUp) {
   EXPECT_EQ(std::memcmp(back.data(), data.data(), kBlock), 0);
 }
 
+// A mirror's brick comes back serving another store (its disk swapped, no
+// `replace`): that copy is gone, so it is given up (stale) and writes and
+// reads go on with the other - not failed after the other copy took them,
+// which would leave two in-sync copies that differ.
+TEST_F(MirrorTest, ACopyWhoseBrickServesAnotherStoreIsGivenUp) {
+  start_bricks(2);
+  VolumeOptions vo = options(2, 8 * kMiB);
+  vo.leg_timeout_ms = 300;
+  vo.io_timeout_ms = 3000;
+  PBRICK_ASSERT_OK(open(vo));
+  Volume& v = engine_->volume();
+  auto data = random_data(2 * kBlock, 74);
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));
+  PBRICK_ASSERT_OK(engine_->flush());
+  bricks_[1]->stop();
+  PBRICK_ASSERT_OK(bricks_[1]->start("swapped.store"));
+  auto more = random_data(4096, 75);
+  PBRICK_ASSERT_OK(engine_->write(more.data(), more.size(), kBlock, false));
+  std::memcpy(data.data() + kBlock, more.data(), more.size());
+  PBRICK_ASSERT_OK(engine_->flush());
+  EXPECT_EQ(v.mirror()->state(1), CopyState::kStale);
+  EXPECT_TRUE(v.dirty(1));
+  std::vector<uint8_t> back(data.size());
+  for (int i = 0; i < 2; i++) {  // both turns of the reads
+    PBRICK_ASSERT_OK(engine_->read(back.data(), back.size(), 0));
+    EXPECT_EQ(crc32c(back.data(), back.size()), crc32c(data.data(), data.size()));
+  }
+}
+
 }  // namespace
 }  // namespace pbrick

@@ -335,6 +335,23 @@ IoRetry::Step IoRetry::settle(Volume& volume, std::span<IoPiece> pieces, std::st
         break;
       }
       case Fate::kFail:
+        if (volume.mirror() != nullptr && (p.status == kErrWrongStore || p.status == EIO)) {
+          // Mirror: a copy whose brick now serves another store, or failed
+          // the op itself, is given up (stale, the block dirty; a read moves
+          // to another copy): failing the request after the other copies took
+          // a write would leave in-sync copies that differ.
+          auto handled = leg_failed(volume, p);
+          if (!handled) {
+            error_ = handled.error();
+            note_failed_writes(volume, pieces);
+            end_writes(volume, pieces);
+            return Step::kFail;
+          }
+          if (*handled) {
+            if (p.status == -1) again = true;
+            break;
+          }
+        }
         error_ = io_error(volume, p.brick, p.status,
                           std::string(what) + " of " + std::to_string(p.len) + " bytes in block " +
                               std::to_string(volume.placement().block_of(p.block)));
