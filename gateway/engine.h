@@ -35,6 +35,7 @@
 // Thread-safe: read/write/flush/discard from any number of threads.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -90,12 +91,14 @@ class Engine {
   // losses found since the session began or was last told. A session begun
   // after a loss is not told of it.
   struct Session {
-    uint64_t losses_told = 0;
+    explicit Session(uint64_t told) : losses_told(told) {}
+    std::atomic<uint64_t> losses_told;
   };
-  Session begin_session() const { return Session{volume_->writes_lost()}; }
+  Session begin_session() const { return Session(volume_->writes_lost()); }
   // What a FLUSH or FUA request of `session` answers, given `result`, the
-  // engine's answer to it: EIO tells the session of every loss so far.
-  // Call after the request completed. One thread per session at a time.
+  // engine's answer to it: EIO tells the session of every loss so far (one
+  // of its requests running at once gets it). Call after the request
+  // completed; any thread.
   Status answer_for(Session& session, Status result) const;
 
   // TRIM and WRITE_ZEROES: whole 2 MiB blocks are freed at the brick (they read

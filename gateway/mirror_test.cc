@@ -1313,5 +1313,35 @@ TEST_F(MirrorTest, ACopyWhoseBrickServesAnotherStoreIsGivenUp) {
   }
 }
 
+// A degraded attach (brick 1 missing) of a 3-copy mirror whose brick 2 went
+// stale and has since rebooted: brick 2's whole copy is marked dirty on the
+// bricks that are there - not on the missing one, which the attach gives up
+// first (waiting for it would fail the attach).
+TEST_F(MirrorTest, ADegradedAttachMarksARebootedStaleCopyWholeOnTheBricksThatAreThere) {
+  start_bricks(3);
+  VolumeOptions vo = options(3, 8 * kMiB);
+  vo.leg_timeout_ms = 300;
+  PBRICK_ASSERT_OK(open(vo));
+  auto data = random_data(8 * kMiB, 76);
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));
+  PBRICK_ASSERT_OK(engine_->flush());
+  bricks_[2]->stop();
+  PBRICK_ASSERT_OK(engine_->write(data.data(), 4096, 0, false));
+  ASSERT_EQ(engine_->volume().mirror()->state(2), CopyState::kStale);
+  engine_.reset();
+  std::array<uint8_t, proto::kUuidSize> rebooted{};
+  rebooted.fill(0x77);
+  PBRICK_ASSERT_OK(bricks_[2]->start("brick.store", rebooted));
+  bricks_[1]->stop();
+  vo.degraded = true;
+  auto start = std::chrono::steady_clock::now();
+  auto v = Volume::Open(vo);
+  PBRICK_ASSERT_OK(v);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(300)) << "waited for brick 1";
+  EXPECT_EQ((*v)->mirror()->state(1), CopyState::kStale);
+  EXPECT_EQ((*v)->mirror()->state(2), CopyState::kStale);
+  EXPECT_EQ((*v)->dirty_count(), (*v)->block_count()) << "brick 2's whole copy";
+}
+
 }  // namespace
 }  // namespace pbrick

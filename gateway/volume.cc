@@ -177,6 +177,8 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeOptions& options) {
       Status st = volume->mark_stale(b);
       if (!st) return st.error().wrap("volume open, degraded");
     }
+    // After the missing bricks are stale: their bitmaps are not written.
+    PBRICK_TRY(volume->check_stale_boots());
   }
   return volume;
 }
@@ -534,7 +536,12 @@ Status Volume::load_mirror_state() {
       if (((*bytes)[i / 8] >> (i % 8)) & 1) dirty_[i / 64].fetch_or(1ull << (i % 64), std::memory_order_relaxed);
     }
   }
+  return Status::Ok();
+}
+
+Status Volume::check_stale_boots() {
   if (options_.read_only) return Status::Ok();  // a reader neither resyncs nor writes bitmaps
+  const VolumeLabel l = claim_->label();
   // A stale copy's host that rebooted since the copy went stale may have
   // lost writes it took before, which the bitmap does not hold: the label
   // says which boot the copy went stale in. A brick not reached yet is
@@ -724,8 +731,11 @@ Result<bool> Volume::check_boot(uint32_t b, const std::array<uint8_t, proto::kUu
     std::lock_guard label_lock(label_mu_);
     std::optional<std::array<uint8_t, proto::kUuidSize>>& known = bricks_[b]->copy_boot;
     if (!known) known = boot_id;
-    // A stale copy is compared when the resync reaches it (try_reach).
-    if (*known == boot_id || mirror_->state(b) == CopyState::kStale) return false;
+    // Stale (perhaps just now, by another connection that met this boot
+    // first, while this one waited for the lock): its ops go elsewhere. A
+    // stale copy is compared when the resync reaches it (try_reach).
+    if (mirror_->state(b) == CopyState::kStale) return true;
+    if (*known == boot_id) return false;
   }
   // Another boot than the one its copy is known complete in: what it took
   // before (acknowledged, maybe not yet synced - on this loop's connection or
@@ -840,10 +850,9 @@ Result<bool> Volume::write_label_set(std::vector<uint32_t> going, std::optional<
     for (uint32_t g : going) {
       if (next.bricks[g].stale_since != 0) continue;
       next.bricks[g].stale_since = now;
-      // The boot it may lose writes to: a later attachment that finds
-      // another one copies the whole copy again (load_mirror_state).
-      std::lock_guard lock(bricks_[g]->control_mu);
-      next.bricks[g].boot_id = bricks_[g]->boot_id.value_or(Uuid{});
+      // The boot its copy is known complete in (label_mu_ is held): a later
+      // attachment that finds another one copies the whole copy again.
+      next.bricks[g].boot_id = bricks_[g]->copy_boot.value_or(Uuid{});
     }
     if (renamed) next.bricks[renamed->first] = renamed->second;
     if (joining) {

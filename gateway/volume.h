@@ -330,6 +330,10 @@ class Volume {
   // Layout mirror, at Open: copy states from the label, dirty bits from an
   // in-sync brick's bitmap.
   Status load_mirror_state();
+  // Layout mirror, at Open, once the bricks missing at a degraded attach are
+  // stale: each stale copy reached from another boot than the label's (it
+  // went stale in that one) has every block marked dirty (lost_writes).
+  Status check_stale_boots();
   // With the brick's control_mu held: which of our units it holds (LIST).
   Status learn_allocated(uint32_t brick);
   // With label_mu_ held: writes the label at a new generation to every

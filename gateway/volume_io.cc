@@ -335,11 +335,12 @@ IoRetry::Step IoRetry::settle(Volume& volume, std::span<IoPiece> pieces, std::st
         break;
       }
       case Fate::kFail:
-        if (volume.mirror() != nullptr && (p.status == kErrWrongStore || p.status == EIO)) {
-          // Mirror: a copy whose brick now serves another store, or failed
-          // the op itself, is given up (stale, the block dirty; a read moves
-          // to another copy): failing the request after the other copies took
-          // a write would leave in-sync copies that differ.
+        if (volume.mirror() != nullptr && p.is_write && (p.status == kErrWrongStore || p.status == EIO)) {
+          // Mirror: a write's copy whose brick now serves another store, or
+          // failed the op itself, is given up (stale, the block dirty):
+          // failing the request after the other copies took the write would
+          // leave in-sync copies that differ. (A read fails with its error:
+          // moved between copies that all fail, it would spin.)
           auto handled = leg_failed(volume, p);
           if (!handled) {
             error_ = handled.error();
