@@ -1343,5 +1343,39 @@ TEST_F(MirrorTest, ADegradedAttachMarksARebootedStaleCopyWholeOnTheBricksThatAre
   EXPECT_EQ((*v)->dirty_count(), (*v)->block_count()) << "brick 2's whole copy";
 }
 
+// A read-only attachment beside its writer: the writer gives brick 1's copy
+// up (stale) while the reader runs, and goes on writing to brick 0 alone.
+// The reader follows the writer's labels and stops reading brick 1's copy,
+// whose bytes are old now - not until its next attach.
+TEST_F(MirrorTest, AReadOnlyAttachmentStopsReadingACopyItsWriterMarkedStale) {
+  start_bricks(2);
+  VolumeOptions vo = options(2, 8 * kMiB);
+  vo.leg_timeout_ms = 300;
+  vo.io_timeout_ms = 3000;
+  PBRICK_ASSERT_OK(open(vo));
+  auto data = random_data(2 * kBlock, 77);
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));
+  PBRICK_ASSERT_OK(engine_->flush());
+  VolumeOptions ro = vo;
+  ro.read_only = true;
+  auto reader = Volume::Open(ro);
+  PBRICK_ASSERT_OK(reader);
+  Volume& r = **reader;
+  ASSERT_EQ(r.mirror()->state(1), CopyState::kInSync);
+
+  bricks_[1]->stop();
+  PBRICK_ASSERT_OK(engine_->write(data.data(), 4096, 0, false));  // the writer gives brick 1 up
+  ASSERT_EQ(engine_->volume().mirror()->state(1), CopyState::kStale);
+  PBRICK_ASSERT_OK(bricks_[1]->start());  // back, with its old copy
+
+  PBRICK_ASSERT_OK(r.follow_writer_labels());
+  EXPECT_EQ(r.mirror()->state(1), CopyState::kStale);
+  std::vector<IoPiece> pieces;
+  for (int k = 0; k < 4; k++) plan_rw(r, false, 0, 4096, nullptr, nullptr, pieces);
+  for (const IoPiece& p : pieces) EXPECT_EQ(p.brick, 0u) << "a read planned on the stale copy";
+  PBRICK_ASSERT_OK(r.follow_writer_labels());  // nothing newer: nothing changes
+  EXPECT_EQ(r.mirror()->state(0), CopyState::kInSync);
+}
+
 }  // namespace
 }  // namespace pbrick

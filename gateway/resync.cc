@@ -240,6 +240,11 @@ void MirrorResync::run() {
       shown = now;
       if (on_change_) on_change_();
     }
+    if (volume_.options().read_only) {
+      // Its writer marks copies stale: stop reading them within a second.
+      Status st = volume_.follow_writer_labels();
+      if (!st) PBRICK_LOG_DEBUG("following the writer's labels: %s", st.error().message().c_str());
+    }
     for (uint32_t b = 0; b < volume_.brick_count() && !stopping(); b++) {
       if (mirror.in_sync(b) && !mirror.reachable(b)) {
         // Left out of the reads since its I/O failed: back when this works.

@@ -761,6 +761,36 @@ Status Volume::probe(uint32_t b) {
   return Status::Ok();
 }
 
+Status Volume::follow_writer_labels() {
+  if (!mirror_ || !options_.read_only) return Status::Ok();
+  const VolumeLabel ours = claim_->label();
+  std::optional<VolumeLabel> newest;
+  for (uint32_t b = 0; b < brick_count(); b++) {
+    if (!mirror_->in_sync(b)) continue;
+    std::lock_guard lock(bricks_[b]->control_mu);
+    if (!bricks_[b]->control) continue;
+    auto l = VolumeClaim::read_label(ClaimBrick{bricks_[b]->control.get(), brick_name(b), options_.base});
+    if (!l) {
+      PBRICK_LOG_DEBUG("volume %s: %s", format_uuid(ours.volume_uuid).c_str(), l.error().message().c_str());
+      continue;
+    }
+    if (!*l || !(*l)->same_identity(ours)) continue;
+    if (!newest || (*l)->generation > newest->generation) newest = **l;
+  }
+  if (!newest || newest->generation <= std::max(followed_generation_, ours.generation)) return Status::Ok();
+  followed_generation_ = newest->generation;
+  std::lock_guard label_lock(label_mu_);
+  for (uint32_t b = 0; b < brick_count(); b++) {
+    if (newest->bricks[b].stale_since == 0 || !mirror_->in_sync(b)) continue;
+    mirror_->set_state(b, CopyState::kStale);
+    PBRICK_LOG_WARN("volume %s: its writer recorded brick %s stale (generation %llu): this read-only attachment "
+                    "no longer reads its copies",
+                    format_uuid(ours.volume_uuid).c_str(), brick_name(b).c_str(),
+                    static_cast<unsigned long long>(newest->generation));
+  }
+  return Status::Ok();
+}
+
 Status Volume::begin_resync(uint32_t b) {
   std::lock_guard label_lock(label_mu_);
   if (mirror_->state(b) != CopyState::kStale) return Error(EALREADY, "brick " + brick_name(b) + " is not stale");

@@ -240,6 +240,11 @@ class Volume {
   // request on its control connection, connecting it first when there is
   // none or it fails; reachable again when that works.
   Status probe(uint32_t brick);
+  // Layout mirror, read-only attachment (the resync thread, each second): the
+  // newest label its in-sync bricks hold; a copy its writer has recorded
+  // stale since is not read any more (in this attachment). A copy the writer
+  // brings back in sync is not read again until the next attach.
+  Status follow_writer_labels();
 
   // Layout mirror, resync (gateway/resync.h), from the resync thread:
   // try_reach: one attempt to connect a stale brick's control connection
@@ -385,6 +390,7 @@ class Volume {
   // hold its uncommitted label); cleared when one commits. Written under
   // label_mu_, read by record_miss's fast path without it.
   std::atomic<bool> labels_unsettled_{false};
+  uint64_t followed_generation_ = 0;  // follow_writer_labels: the newest label applied (resync thread)
   std::function<bool(uint32_t)> label_write_fault_;  // fail_label_writes_for_testing; under label_mu_
   std::vector<std::atomic<uint64_t>> dirty_;  // bitset by block: durable in the labels
   std::atomic<uint64_t> sync_requests_{0};

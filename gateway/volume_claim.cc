@@ -288,6 +288,17 @@ Status VolumeClaim::write_dirty(const ClaimBrick& b, std::span<const uint8_t> bi
   return write_label_block(*b.control, *label_vaddr(b.base), kDirtyOffset, bits);
 }
 
+Result<std::optional<VolumeLabel>> VolumeClaim::read_label(const ClaimBrick& b) {
+  auto vaddr = label_vaddr(b.base);
+  if (!vaddr) return vaddr.error();
+  auto bytes = read_label_block(*b.control, *vaddr);
+  if (!bytes) return bytes.error().wrap(b.endpoint + ": read label");
+  if (bytes->empty()) return std::optional<VolumeLabel>();
+  auto r = read_label_slots(*bytes);
+  if (!r) return r.error().wrap(b.endpoint);
+  return r->label;
+}
+
 Status VolumeClaim::check_unlabelled(const ClaimBrick& b) {
   auto vaddr = label_vaddr(b.base);
   if (!vaddr) return vaddr.error();

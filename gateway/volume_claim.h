@@ -89,6 +89,9 @@ class VolumeClaim {
   // (all zeros: cleared once no copy is stale; a replaced brick's blocks),
   // durably.
   static Status write_dirty(const ClaimBrick& brick, std::span<const uint8_t> bits);
+  // The newest label `brick` holds at the volume's base (committed or not);
+  // none when it holds no label.
+  static Result<std::optional<VolumeLabel>> read_label(const ClaimBrick& brick);
   // Layout mirror, a brick to take another's place: EEXIST when it holds a
   // label (of any volume) at the volume's base.
   static Status check_unlabelled(const ClaimBrick& brick);
