@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
 #include "common/log.h"
 #include "common/units.h"
@@ -289,6 +290,21 @@ IoRetry::Step IoRetry::settle(Volume& volume, std::span<IoPiece> pieces, std::st
   bool held = false;
   int lost = 0;
   uint32_t lost_brick = 0;
+  // Mirror: the piece's copy given up (leg_failed). Empty when it was not
+  // (the piece fails or waits as in any layout); false when the labels could
+  // not record it (the request fails, error_ set); true when it goes on.
+  auto give_up_copy = [&](IoPiece& p) -> std::optional<bool> {
+    auto handled = leg_failed(volume, p);
+    if (!handled) {
+      error_ = handled.error();
+      note_failed_writes(volume, pieces);
+      end_writes(volume, pieces);
+      return false;
+    }
+    if (!*handled) return std::nullopt;
+    if (p.status == -1) again = true;
+    return true;
+  };
   for (IoPiece& p : pieces) {
     if (p.status == 0) continue;
     if (p.status == -1) {
@@ -317,17 +333,9 @@ IoRetry::Step IoRetry::settle(Volume& volume, std::span<IoPiece> pieces, std::st
         if (volume.mirror() != nullptr &&
             (!p.is_write || !volume.mirror()->in_sync(p.brick) || IoClock::now() - started_ >= leg_timeout ||
              volume.mirror()->unreachable_for(p.brick, leg_timeout))) {
-          auto handled = leg_failed(volume, p);
-          if (!handled) {
-            error_ = handled.error();
-            note_failed_writes(volume, pieces);
-            end_writes(volume, pieces);
-            return Step::kFail;
-          }
-          if (*handled) {
-            if (p.status == -1) again = true;
-            break;
-          }
+          auto given_up = give_up_copy(p);
+          if (given_up && !*given_up) return Step::kFail;
+          if (given_up) break;
         }
         lost = p.status;
         lost_brick = p.brick;
@@ -341,17 +349,9 @@ IoRetry::Step IoRetry::settle(Volume& volume, std::span<IoPiece> pieces, std::st
           // failing the request after the other copies took the write would
           // leave in-sync copies that differ. (A read fails with its error:
           // moved between copies that all fail, it would spin.)
-          auto handled = leg_failed(volume, p);
-          if (!handled) {
-            error_ = handled.error();
-            note_failed_writes(volume, pieces);
-            end_writes(volume, pieces);
-            return Step::kFail;
-          }
-          if (*handled) {
-            if (p.status == -1) again = true;
-            break;
-          }
+          auto given_up = give_up_copy(p);
+          if (given_up && !*given_up) return Step::kFail;
+          if (given_up) break;
         }
         error_ = io_error(volume, p.brick, p.status,
                           std::string(what) + " of " + std::to_string(p.len) + " bytes in block " +
