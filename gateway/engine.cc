@@ -458,10 +458,14 @@ Status Engine::flush() { return sync_loops(true); }
 Status Engine::answer_for(Session& session, Status result) const {
   uint64_t lost = volume_->writes_lost();  // counted before the sync that met it completed
   uint64_t told = session.losses_told.load(std::memory_order_acquire);
-  if (lost == told) return result;
+  if (lost <= told) return result;
   if (!result && result.error().errnum() != EIO) return result;  // not a report of lost writes: tell it next time
-  // One request of the session takes the report (several may complete at once).
-  const bool mine = session.losses_told.compare_exchange_strong(told, lost, std::memory_order_acq_rel);
+  // One request of the session takes the report (several may complete at
+  // once); the count only moves forward.
+  bool mine = false;
+  while (lost > told && !mine) {
+    mine = session.losses_told.compare_exchange_weak(told, lost, std::memory_order_acq_rel);
+  }
   if (!result || !mine) return result;
   return Error(EIO, "writes completed before a brick's host rebooted may be lost there (reported to every client "
                     "connected then; the gateway's log names the brick)");

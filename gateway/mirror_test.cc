@@ -1375,6 +1375,22 @@ TEST_F(MirrorTest, AReadOnlyAttachmentStopsReadingACopyItsWriterMarkedStale) {
   for (const IoPiece& p : pieces) EXPECT_EQ(p.brick, 0u) << "a read planned on the stale copy";
   PBRICK_ASSERT_OK(r.follow_writer_labels());  // nothing newer: nothing changes
   EXPECT_EQ(r.mirror()->state(0), CopyState::kInSync);
+
+  // The writer resyncs brick 1, then gives brick 0 up: that label reaches
+  // brick 1 alone, a brick the reader does not read now. It still learns
+  // it, reads brick 1 again and leaves brick 0 alone.
+  engine_->resync()->poke();
+  ASSERT_TRUE(wait_in_sync(engine_->volume(), 1));
+  bricks_[0]->stop();
+  PBRICK_ASSERT_OK(engine_->write(data.data(), 4096, kBlock, false));
+  ASSERT_EQ(engine_->volume().mirror()->state(0), CopyState::kStale);
+  PBRICK_ASSERT_OK(bricks_[0]->start());  // back, with its old copy
+  PBRICK_ASSERT_OK(r.follow_writer_labels());
+  EXPECT_EQ(r.mirror()->state(0), CopyState::kStale);
+  EXPECT_EQ(r.mirror()->state(1), CopyState::kInSync);
+  pieces.clear();
+  for (int k = 0; k < 4; k++) plan_rw(r, false, kBlock, 4096, nullptr, nullptr, pieces);
+  for (const IoPiece& p : pieces) EXPECT_EQ(p.brick, 1u) << "a read planned on the stale copy";
 }
 
 }  // namespace

@@ -765,11 +765,20 @@ Status Volume::follow_writer_labels() {
   if (!mirror_ || !options_.read_only) return Status::Ok();
   const VolumeLabel ours = claim_->label();
   std::optional<VolumeLabel> newest;
+  // Every brick it reaches: the label that gives a copy up is not written to
+  // that copy's brick, and may be on one this attachment does not read now.
   for (uint32_t b = 0; b < brick_count(); b++) {
-    if (!mirror_->in_sync(b)) continue;
     std::lock_guard lock(bricks_[b]->control_mu);
-    if (!bricks_[b]->control) continue;
-    auto l = VolumeClaim::read_label(ClaimBrick{bricks_[b]->control.get(), brick_name(b), options_.base});
+    Brick& brick = *bricks_[b];
+    auto read = [&] { return VolumeClaim::read_label(ClaimBrick{brick.control.get(), brick_name(b), options_.base}); };
+    Result<std::optional<VolumeLabel>> l = Error(ENOTCONN, "no control connection");
+    if (brick.control) l = read();
+    if (!brick.control || (!l && is_connection_error(l.error().errnum()))) {
+      // One attempt a round (the brick restarted, or was away): not the
+      // retries of I/O, which would hold this thread for the leg timeout.
+      if (!connect_control(b)) continue;
+      l = read();
+    }
     if (!l) {
       PBRICK_LOG_DEBUG("volume %s: %s", format_uuid(ours.volume_uuid).c_str(), l.error().message().c_str());
       continue;
@@ -781,12 +790,15 @@ Status Volume::follow_writer_labels() {
   followed_generation_ = newest->generation;
   std::lock_guard label_lock(label_mu_);
   for (uint32_t b = 0; b < brick_count(); b++) {
-    if (newest->bricks[b].stale_since == 0 || !mirror_->in_sync(b)) continue;
-    mirror_->set_state(b, CopyState::kStale);
-    PBRICK_LOG_WARN("volume %s: its writer recorded brick %s stale (generation %llu): this read-only attachment "
-                    "no longer reads its copies",
-                    format_uuid(ours.volume_uuid).c_str(), brick_name(b).c_str(),
-                    static_cast<unsigned long long>(newest->generation));
+    const bool stale = newest->bricks[b].stale_since != 0;
+    if (stale == !mirror_->in_sync(b)) continue;
+    // As an attach now would see them: a copy the writer gave up is not
+    // read, one it resynced since is read again.
+    mirror_->set_state(b, stale ? CopyState::kStale : CopyState::kInSync);
+    PBRICK_LOG_WARN("volume %s: its writer recorded brick %s %s (generation %llu): this read-only attachment %s",
+                    format_uuid(ours.volume_uuid).c_str(), brick_name(b).c_str(), stale ? "stale" : "in sync",
+                    static_cast<unsigned long long>(newest->generation),
+                    stale ? "no longer reads its copies" : "reads its copies again");
   }
   return Status::Ok();
 }

@@ -241,9 +241,9 @@ class Volume {
   // none or it fails; reachable again when that works.
   Status probe(uint32_t brick);
   // Layout mirror, read-only attachment (the resync thread, each second): the
-  // newest label its in-sync bricks hold; a copy its writer has recorded
-  // stale since is not read any more (in this attachment). A copy the writer
-  // brings back in sync is not read again until the next attach.
+  // newest label the bricks it reaches hold decides which copies it reads,
+  // as at attach: not one its writer has recorded stale since, again one the
+  // writer brought back in sync.
   Status follow_writer_labels();
 
   // Layout mirror, resync (gateway/resync.h), from the resync thread:
