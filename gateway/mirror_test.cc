@@ -1393,5 +1393,36 @@ TEST_F(MirrorTest, AReadOnlyAttachmentStopsReadingACopyItsWriterMarkedStale) {
   for (const IoPiece& p : pieces) EXPECT_EQ(p.brick, 1u) << "a read planned on the stale copy";
 }
 
+// A read-only attachment replaces no brick: it would write labels and a
+// bitmap built on what it learned at attach over its writer's newer ones.
+// Nothing on any brick changes.
+TEST_F(MirrorTest, AReadOnlyAttachmentReplacesNoBrick) {
+  start_bricks(3);
+  VolumeOptions vo = options(2, 8 * kMiB);
+  vo.bricks.pop_back();  // bricks 0 and 1; brick 2 is an empty one
+  PBRICK_ASSERT_OK(open(vo));
+  auto data = random_data(kBlock, 78);
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));
+  PBRICK_ASSERT_OK(engine_->flush());
+  VolumeOptions ro = vo;
+  ro.read_only = true;
+  auto reader = Volume::Open(ro);
+  PBRICK_ASSERT_OK(reader);
+  auto before = label_on(*bricks_[0]);
+  PBRICK_ASSERT_OK(before);
+
+  Status refused = (*reader)->replace_brick(1, bricks_[2]->client());
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().errnum(), EROFS) << refused.error().message();
+  auto after = label_on(*bricks_[0]);
+  PBRICK_ASSERT_OK(after);
+  EXPECT_EQ(after->label.generation, before->label.generation);
+  EXPECT_EQ(after->label.bricks[1].store, before->label.bricks[1].store);
+  EXPECT_EQ(after->label.bricks[1].stale_since, 0u);
+  EXPECT_EQ(after->dirty, before->dirty);
+  EXPECT_EQ((*reader)->mirror()->state(1), CopyState::kInSync);
+  EXPECT_FALSE(label_on(*bricks_[2]).ok()) << "the empty brick got a label";
+}
+
 }  // namespace
 }  // namespace pbrick

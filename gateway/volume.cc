@@ -596,6 +596,10 @@ Status Volume::replace_brick(uint32_t b, const ClientOptions& target) {
   if (!mirror_) return Error(EINVAL, std::string("only a mirror's brick can be replaced, not one of layout ") +
                                          layout_name(options_.layout));
   if (b >= brick_count()) return Error(EINVAL, "the volume has no brick " + std::to_string(b));
+  // The labels and bitmaps are its writer's to write: a reader's would be
+  // built on the label it learned at attach, overwrite newer ones and bring a
+  // copy its writer gave up back in sync.
+  if (options_.read_only) return Error(EROFS, "volume attached read-only: its writer replaces bricks");
   // The new brick: the old one's transport and key, another endpoint, its own store.
   ClientOptions t = brick_options(b);
   t.endpoint = target.endpoint;
