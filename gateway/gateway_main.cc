@@ -517,6 +517,10 @@ int attach_main(int argc, char** argv) {
   if (optind < argc) return usage_error(std::string("unexpected argument '") + argv[optind] + "'");
   if (config_file.empty() != volume_name.empty()) return usage_error("--config and --volume go together");
   if (!config_file.empty()) {
+    // A file that cannot be read is --config's error; a volume it lacks (ENOENT below) --volume's.
+    if (::access(config_file.c_str(), R_OK) != 0) {
+      return usage_error("--config: " + config_file + ": " + std::strerror(errno));
+    }
     Status st = p.complete_from_config(config_file, volume_name);
     if (!st) {
       if (st.error().errnum() == ENOENT) return usage_error("--volume: " + st.error().context());
@@ -635,6 +639,7 @@ int recover_main(int argc, char** argv) {
       return usage_error("recover: unknown option");
     }
   }
+  if (optind < argc) return usage_error(std::string("recover: unexpected argument '") + argv[optind] + "'");
   if (!id) return usage_error("recover: -n ID is required");
   auto p = load_conf(*id);
   if (!p) return fail(p.error());
@@ -878,6 +883,7 @@ int detach_main(int argc, char** argv) {
     if (!r || *r > 1u << 20) return usage_error("-n: expected a device id");
     id = static_cast<uint32_t>(*r);
   }
+  if (optind < argc) return usage_error(std::string("detach: unexpected argument '") + argv[optind] + "'");
   if (!id) return usage_error("detach: -n ID is required");
   auto ctrl = UblkControl::Open();
   if (!ctrl) return fail(ctrl.error());

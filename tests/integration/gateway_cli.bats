@@ -28,3 +28,23 @@ GW_BIN="$PBRICK_BIN_DIR/gateway/pbrick-gateway"
   assert_output --partial '--poll-us N'
   assert_output --partial '--pin-queues'
 }
+
+@test "a cluster file that cannot be read is --config's error, a volume it lacks --volume's" {
+  run "$GW_BIN" attach --config "$BATS_TEST_TMPDIR/missing.yaml" --volume v0
+  assert_failure 2
+  assert_output --partial "--config: $BATS_TEST_TMPDIR/missing.yaml: No such file or directory"
+  refute_output --partial 'pbrick-gateway: --volume:'
+  cp "$BATS_TEST_DIRNAME/../../config/examples/single-node-tcp.yaml" "$BATS_TEST_TMPDIR/c.yaml"
+  run "$GW_BIN" attach --config "$BATS_TEST_TMPDIR/c.yaml" --volume v9
+  assert_failure 2
+  assert_output --partial "--volume: no volume named 'v9' in $BATS_TEST_TMPDIR/c.yaml"
+}
+
+@test "detach and recover refuse operands they do not take" {
+  run "$GW_BIN" detach -n 1 2
+  assert_failure 2
+  assert_output --partial "detach: unexpected argument '2'"
+  run "$GW_BIN" recover -n 1 2
+  assert_failure 2
+  assert_output --partial "recover: unexpected argument '2'"
+}
