@@ -48,8 +48,8 @@ constexpr const char* kUsage =
     "                             --size SIZE [options]\n"
     "       pbrick-gateway attach --config FILE --volume NAME [options]\n"
     "       pbrick-gateway list [--json]\n"
-    "       pbrick-gateway detach -n ID\n"
-    "       pbrick-gateway recover -n ID\n"
+    "       pbrick-gateway detach -n ID [--force]\n"
+    "       pbrick-gateway recover -n ID [--degraded]\n"
     "       pbrick-gateway replace -n ID --brick OLD --target NEW\n"
     "       pbrick-gateway replace -n ID --config FILE --volume NAME\n"
     "\n"
@@ -108,10 +108,14 @@ constexpr const char* kUsage =
     "  line \"copies:\" with each copy's brick and state: in-sync, stale since T,\n"
     "  resyncing N % with an ETA\n"
     "detach -n ID: stops and deletes device ID (asks its daemon to, when it runs).\n"
-    "recover -n ID: after the daemon of ID died (kill -9, crash), serves ID again\n"
-    "  with the parameters of /run/pbrick/ublk-ID.conf, in the foreground like\n"
-    "  attach; I/O in flight when the daemon died is reissued. A brick that refuses\n"
-    "  data connections then does not stop it: its I/O waits for the brick.\n"
+    "  A device whose daemon died and that is in use (mounted) is left to recover\n"
+    "  unless --force: stopped, it fails what the file system has not written back.\n"
+    "recover -n ID [--degraded]: after the daemon of ID died (kill -9, crash),\n"
+    "  serves ID again with the parameters of /run/pbrick/ublk-ID.conf, in the\n"
+    "  foreground like attach; I/O in flight when the daemon died is reissued. A\n"
+    "  brick that refuses data connections then does not stop it: its I/O waits\n"
+    "  for the brick. A mirror with a brick unreachable recovers only with\n"
+    "  --degraded, as it attaches.\n"
     "replace -n ID: a mirror's brick OLD (HOST:PORT as attached, or its place 0..N-1)\n"
     "  is replaced by the empty brick NEW while device ID stays in use; every block\n"
     "  is copied to it (progress in list). With --config/--volume: the one brick the\n"
@@ -587,7 +591,11 @@ int attach_main(int argc, char** argv) {
     return fail(st.error());
   }
   AttachParams saved = p;
-  ::unlink(conf_path(id).c_str());  // a file an earlier device of this id left must not outlive a failed save
+  // Files an earlier device of this id left (its daemon killed): its .conf
+  // must not outlive a failed save, its mirror's copies not show under this
+  // device in list.
+  ::unlink(conf_path(id).c_str());
+  ::unlink(state_path(id).c_str());
   st = save_conf(id, saved);
   if (!st) PBRICK_LOG_WARN("%s (recover will not find the volume)", st.error().message().c_str());
 
@@ -623,26 +631,42 @@ int attach_main(int argc, char** argv) {
 }
 
 int recover_main(int argc, char** argv) {
+  enum { kDegraded = 1000, kLogLevel };
+  static const option longopts[] = {{"degraded", no_argument, nullptr, kDegraded},
+                                    {"log-level", required_argument, nullptr, kLogLevel},
+                                    {"help", no_argument, nullptr, 'h'},
+                                    {nullptr, 0, nullptr, 0}};
   std::optional<uint32_t> id;
+  bool degraded = false;
   optind = 1;
   opterr = 0;
   int opt;
-  while ((opt = getopt(argc, argv, "n:h")) != -1) {
-    if (opt == 'n') {
-      auto r = parse_u64(optarg, "-n");
-      if (!r || *r > 1u << 20) return usage_error("-n: expected a device id");
-      id = static_cast<uint32_t>(*r);
-    } else if (opt == 'h') {
-      std::fputs(kUsage, stdout);
-      return 0;
-    } else {
-      return usage_error("recover: unknown option");
+  while ((opt = getopt_long(argc, argv, "n:h", longopts, nullptr)) != -1) {
+    switch (opt) {
+      case 'n': {
+        auto r = parse_u64(optarg, "-n");
+        if (!r || *r > 1u << 20) return usage_error("-n: expected a device id");
+        id = static_cast<uint32_t>(*r);
+        break;
+      }
+      case kDegraded: degraded = true; break;
+      case kLogLevel:
+        if (!set_log_level_by_name(optarg)) {
+          return usage_error(std::string("--log-level: unknown level '") + optarg + "'");
+        }
+        break;
+      case 'h': std::fputs(kUsage, stdout); return 0;
+      default: return usage_error("recover: unknown or incomplete option '" + std::string(argv[optind - 1]) + "'");
     }
   }
   if (optind < argc) return usage_error(std::string("recover: unexpected argument '") + argv[optind] + "'");
   if (!id) return usage_error("recover: -n ID is required");
   auto p = load_conf(*id);
   if (!p) return fail(p.error());
+  // A mirror whose brick died before its daemon did: the brick is stale in
+  // the others' labels, but only the operator knows that no other attach
+  // wrote to it alone meanwhile (split brain), as for attach.
+  if (degraded) p->degraded = true;
   block_signals();
   auto ctrl = UblkControl::Open();
   if (!ctrl) return fail(ctrl.error());
@@ -872,13 +896,42 @@ bool is_gateway_process(pid_t pid) {
   return std::getline(comm, name) && name == "pbrick-gateway";
 }
 
+// Whether process `pid` has device `id`'s char device open: it serves it (a
+// pid recorded by a daemon long dead may since be another gateway's).
+bool holds_char_device(pid_t pid, uint32_t id) {
+  const std::string fds = "/proc/" + std::to_string(pid) + "/fd";
+  const std::string cdev = "/dev/ublkc" + std::to_string(id);
+  DIR* d = ::opendir(fds.c_str());
+  if (d == nullptr) return false;
+  bool found = false;
+  while (dirent* e = ::readdir(d)) {
+    char target[64];
+    ssize_t n = ::readlinkat(::dirfd(d), e->d_name, target, sizeof target - 1);
+    if (n <= 0) continue;
+    target[n] = '\0';
+    if (cdev == target) {
+      found = true;
+      break;
+    }
+  }
+  ::closedir(d);
+  return found;
+}
+
 int detach_main(int argc, char** argv) {
+  enum { kForce = 1000 };
+  static const option longopts[] = {{"force", no_argument, nullptr, kForce}, {nullptr, 0, nullptr, 0}};
   std::optional<uint32_t> id;
+  bool force = false;
   optind = 1;
   opterr = 0;
   int opt;
-  while ((opt = getopt(argc, argv, "n:")) != -1) {
-    if (opt != 'n') return usage_error("detach: unknown option");
+  while ((opt = getopt_long(argc, argv, "n:", longopts, nullptr)) != -1) {
+    if (opt == kForce) {
+      force = true;
+      continue;
+    }
+    if (opt != 'n') return usage_error("detach: unknown or incomplete option '" + std::string(argv[optind - 1]) + "'");
     auto r = parse_u64(optarg, "-n");
     if (!r || *r > 1u << 20) return usage_error("-n: expected a device id");
     id = static_cast<uint32_t>(*r);
@@ -891,11 +944,13 @@ int detach_main(int argc, char** argv) {
   if (!info) return fail(info.error());
   pid_t pid = info->ublksrv_pid;
   // Its daemon runs - serving, or still attaching (the device not started
-  // yet: stopping it under the attach would leave a disk no queue serves) -
-  // and stops and deletes the device on SIGTERM. A device that is not live
-  // may name a daemon long dead whose pid was reused: signalled only when
-  // that process is a pbrick-gateway.
-  if (pid > 0 && ::kill(pid, 0) == 0 && (info->state == UBLK_S_DEV_LIVE || is_gateway_process(pid))) {
+  // yet, dead to the kernel: stopping it under the attach would leave a disk
+  // no queue serves) - and stops and deletes the device on SIGTERM. A device
+  // that is not live may name a daemon long dead whose pid was reused:
+  // signalled only when that process is a pbrick-gateway serving it.
+  if (pid > 0 && ::kill(pid, 0) == 0 &&
+      (info->state == UBLK_S_DEV_LIVE ||
+       (is_gateway_process(pid) && (info->state == UBLK_S_DEV_DEAD || holds_char_device(pid, *id))))) {
     ::kill(pid, SIGTERM);
     for (int i = 0; i < 300; i++) {
       if (!ctrl->get_dev_info(*id)) return 0;
@@ -904,11 +959,26 @@ int detach_main(int argc, char** argv) {
     std::fprintf(stderr, "pbrick-gateway: device %u still exists 30 s after SIGTERM to %d\n", *id, pid);
     return 1;
   }
+  // No daemon: STOP_DEV fails every request the device holds and every later
+  // one, a mounted file system's writeback included (see
+  // wait_until_released). A device held so is left to recover unless forced.
+  if (!force && info->state != UBLK_S_DEV_DEAD) {
+    const std::string dev = "/dev/ublkb" + std::to_string(*id);
+    UniqueFd held(::open(dev.c_str(), O_RDONLY | O_EXCL | O_CLOEXEC));
+    if (!held.valid() && errno == EBUSY) {
+      return fail(Error(EBUSY, dev + " is in use (mounted?) and its daemon is gone: stopping it would fail what "
+                                     "its holder has not written back; serve it again with pbrick-gateway recover -n " +
+                                     std::to_string(*id) + ", or detach --force"));
+    }
+  }
   Status st = ctrl->stop_dev(*id);
   if (!st) PBRICK_LOG_WARN("%s", st.error().message().c_str());
   st = ctrl->del_dev(*id);
   if (!st) return fail(st.error());
+  // What the dead daemon left: a later device of this id is another volume's.
   ::unlink(conf_path(*id).c_str());
+  ::unlink(state_path(*id).c_str());
+  ::unlink(control_path(*id).c_str());
   return 0;
 }
 

@@ -142,7 +142,7 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeOptions& options) {
     if (!st && options.layout == Layout::kMirror && is_connection_error(st.error().errnum())) {
       if (!options.degraded) {
         return st.error().wrap("brick " + volume->brick_name(b) +
-                               " of a mirror is unreachable (attach with --degraded, degraded=true, to run without it)");
+                               " of a mirror is unreachable (--degraded, or degraded=true, runs the volume without it)");
       }
       PBRICK_LOG_WARN("brick %s unreachable (%s): attaching degraded without it", volume->brick_name(b).c_str(),
                       st.error().message().c_str());

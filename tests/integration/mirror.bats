@@ -235,7 +235,7 @@ sums_of() {
   wait "$B1" 2>/dev/null || true
   run start_nbd --name missing target="$T0,$T1" layout=mirror size=8M timeout=1000 leg-timeout=200
   assert_failure
-  grep -q "brick $T1 of a mirror is unreachable (attach with --degraded, degraded=true, to run without it)" \
+  grep -q "brick $T1 of a mirror is unreachable (--degraded, or degraded=true, runs the volume without it)" \
     "$BATS_TEST_TMPDIR/missing.nbdkit.log" || fail "$(cat "$BATS_TEST_TMPDIR/missing.nbdkit.log")"
   start_nbd --name degraded target="$T0,$T1" layout=mirror size=8M timeout=1000 leg-timeout=200 degraded=true
   grep -q "brick $T1 is stale" "$NBD_LOG" || fail "$(cat "$NBD_LOG")"

@@ -14,6 +14,10 @@
 #   3. `list` shows a stale copy; `pbrick-gateway replace` swaps in an empty
 #      brick under fio writes: every block is copied, the copies match
 #      slot by slot, and with the other brick gone fio verifies every byte.
+#   4. the gateway killed after a brick went stale: recover refuses without
+#      --degraded, serves the right bytes with it; detach of the killed
+#      daemon's device removes its files, so the next device of the id (a
+#      volume of one brick) shows no copies in list.
 # The mirror layout does not depend on the transport: scripts/test runs this
 # file in its TCP boot.
 
@@ -302,6 +306,52 @@ wait_states() {
   run fio "${args[@]}" --verify_only=1
   assert_success
   assert_equal "$(jq '.jobs[0].error' "$out")" 0
+  gw_detach
+  run kernel_problems
+  assert_output ''
+}
+
+@test "ublk: mirror: a gateway killed after a brick went stale recovers only with --degraded; detach then forgets its copies" {
+  kmsg_mark
+  mirror_bricks 2
+  gw_attach --target "$T1" --layout mirror --copies 2 --size 16M --timeout 10000 --leg-timeout 500 -q 1 -d 8
+  local id=${DEV#/dev/ublkb} data=$BATS_TEST_TMPDIR/data
+  head -c $((16 * M)) /dev/urandom >"$data"
+  dd if="$data" of="$DEV" bs=2M oflag=direct status=none
+  # Brick 1 dies and a write misses it; then the gateway dies too.
+  kill -9 "$B1"
+  dd if=/dev/urandom of="$data" bs=4k count=1 seek=1000 conv=notrunc status=none
+  dd if="$data" of="$DEV" bs=4k count=1 skip=1000 seek=1000 oflag=direct status=none
+  wait_states in-sync,stale 10
+  kill -9 "$GW_PID"
+  wait "$GW_PID" 2>/dev/null || true
+  GW_PID=
+  # Without --degraded recover refuses at once (the device stays quiesced,
+  # recoverable), naming the brick and the flag.
+  run timeout 60 "$GW_BIN" recover -n "$id"
+  assert_failure 1
+  assert_output --partial "brick $T1 of a mirror is unreachable (--degraded, or degraded=true, runs the volume"
+  gw_recover "$id" --degraded
+  assert_equal "$(cat "$BATS_TEST_TMPDIR/recover.out")" "$DEV"
+  cmp "$data" <(dd if="$DEV" bs=2M iflag=direct status=none)
+  wait_states in-sync,stale 10
+
+  # Killed again; detach removes the device and what its daemon left, so the
+  # next device of this id (a volume of one brick) shows no copies.
+  kill -9 "$GW_PID"
+  wait "$GW_PID" 2>/dev/null || true
+  GW_PID=
+  [ -e "/run/pbrick/ublk-$id.copies" ] || fail "the killed daemon left no copies file (nothing tested)"
+  run "$GW_BIN" detach -n "$id"
+  assert_success
+  [ ! -e "/run/pbrick/ublk-$id.copies" ] || fail "detach left /run/pbrick/ublk-$id.copies"
+  [ ! -e "/run/pbrick/ublk-$id.conf" ] || fail "detach left /run/pbrick/ublk-$id.conf"
+  TARGET=$T0
+  gw_attach --size 8M --base 0x40000000 -q 1 -d 8
+  assert_equal "$DEV" "/dev/ublkb$id"
+  run "$GW_BIN" list
+  assert_success
+  refute_output --partial "copies:"
   gw_detach
   run kernel_problems
   assert_output ''

@@ -60,11 +60,14 @@ brick_up() {
   return 1
 }
 
-# gw_recover ID: starts `pbrick-gateway recover -n ID` in the background and
-# waits for the device path it prints (its output is in recover.out); sets
-# GW_PID. Fails, with the gateway's log, when the gateway exits first.
+# gw_recover ID [ARGS...]: starts `pbrick-gateway recover -n ID ARGS...` in
+# the background and waits for the device path it prints (its output is in
+# recover.out); sets GW_PID. Fails, with the gateway's log, when the gateway
+# exits first.
 gw_recover() {
-  "$GW_BIN" recover -n "$1" >"$BATS_TEST_TMPDIR/recover.out" 2>>"$BATS_TEST_TMPDIR/gw.log" &
+  local id=$1
+  shift
+  "$GW_BIN" recover -n "$id" "$@" >"$BATS_TEST_TMPDIR/recover.out" 2>>"$BATS_TEST_TMPDIR/gw.log" &
   GW_PID=$!
   local i
   for i in $(seq 1 300); do

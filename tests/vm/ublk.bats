@@ -9,8 +9,9 @@
 #   3. blkdiscard of a 2 MiB-aligned range frees the blocks at the brick and
 #      they read back as zeros
 #   4. kill -9 of the gateway under fio; recover -n 0 brings the device back;
-#      a mounted ext4 stays usable and fsck clean (a .conf with a value out of
-#      range is refused first, naming the file, and leaves the device recoverable)
+#      a mounted ext4 stays usable and fsck clean (detach, and a .conf with a
+#      value out of range, are refused first, naming why, and leave the device
+#      recoverable)
 #   5. brick crash (kill -9) and restart on the same port and store under a
 #      mounted ext4: I/O resumes, flushed data reads back intact
 #   6. -q 2 --pin-queues --poll-us 1000: each queue's thread runs on the CPUs
@@ -294,6 +295,12 @@ brick_lacks() {
   GW_PID=
   run "$GW_BIN" list --json
   echo "# after kill: $output" >&3
+  # detach does not stop the device under the mounted file system, whose
+  # writes it holds: it points at recover, and the device stays recoverable.
+  run "$GW_BIN" detach -n 0
+  assert_failure 1
+  assert_output --partial "/dev/ublkb0 is in use (mounted?) and its daemon is gone"
+  assert_output --partial "pbrick-gateway recover -n 0, or detach --force"
   # A .conf recover cannot trust is refused before the device is touched,
   # naming the file and the key; the device then still recovers.
   local conf=/run/pbrick/ublk-0.conf
