@@ -159,8 +159,11 @@ Result<bool> leg_failed(Volume& volume, IoPiece& p) {
     return true;
   }
   if (mirror->state(p.brick) == CopyState::kResyncing) {
-    volume.abort_resync(p.brick, "a write to it failed");  // stale again, before the miss is recorded
-  } else if (mirror->in_sync(p.brick)) {
+    // Stale again, before the miss is recorded; unless its resync finished
+    // first: then it is an in-sync copy that missed the write (below).
+    volume.abort_resync(p.brick, "a write to it failed");
+  }
+  if (mirror->in_sync(p.brick)) {
     if (!mirror->may_lose(pl, p.brick)) return false;
     Status st = volume.mark_stale(p.brick);
     // EIO: no other copy of some blocks can take the record either; the

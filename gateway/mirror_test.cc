@@ -1424,5 +1424,62 @@ TEST_F(MirrorTest, AReadOnlyAttachmentReplacesNoBrick) {
   EXPECT_FALSE(label_on(*bricks_[2]).ok()) << "the empty brick got a label";
 }
 
+// A connection of this attachment to a brick from before its copy went
+// stale (one a loop gave up as too slow, whose writes the brick may still
+// hold) is cut off before the resync copies anything: a write it carried
+// must not land after its block was copied. The resync's first FENCE, under
+// a writer id drawn for it, closes it at the brick.
+TEST_F(MirrorTest, AResyncCutsTheConnectionsFromBeforeTheCopyWentStaleOff) {
+  start_bricks(2);
+  VolumeOptions vo = options(2, 8 * kMiB);
+  PBRICK_ASSERT_OK(open(vo));
+  Volume& v = engine_->volume();
+  auto data = random_data(kBlock, 79);
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));
+  PBRICK_ASSERT_OK(engine_->flush());
+  auto earlier = BrickClient::Connect(v.writer_options(1, 4242));
+  PBRICK_ASSERT_OK(earlier);
+  ASSERT_TRUE((*earlier)->fenced());
+  PBRICK_ASSERT_OK((*earlier)->stat());
+
+  PBRICK_ASSERT_OK(v.mark_stale(1));
+  engine_->resync()->poke();
+  ASSERT_TRUE(wait_in_sync(v, 1)) << "brick 1 never came back in sync";
+  EXPECT_FALSE((*earlier)->stat().ok()) << "a connection from before the copy went stale outlived its resync";
+  // The volume's own connections reconnect under the new writer id.
+  PBRICK_ASSERT_OK(engine_->write(data.data(), 4096, kBlock, false));
+  PBRICK_ASSERT_OK(engine_->flush());
+  std::vector<uint8_t> back(4096);
+  for (int k = 0; k < 4; k++) PBRICK_ASSERT_OK(engine_->read(back.data(), back.size(), kBlock));
+  EXPECT_EQ(std::memcmp(back.data(), data.data(), back.size()), 0);
+}
+
+// The resync reads a block from an in-sync copy whose host rebooted since
+// that copy was known complete (what it took unsynced may be gone there):
+// the copy is given up first, and the block comes from another one.
+TEST_F(MirrorTest, AResyncDoesNotCopyFromACopyWhoseHostRebooted) {
+  start_bricks(3);
+  VolumeOptions vo = options(3, 8 * kMiB);
+  PBRICK_ASSERT_OK(open(vo));
+  Volume& v = engine_->volume();
+  auto data = random_data(kBlock, 80);
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));
+  PBRICK_ASSERT_OK(engine_->flush());
+  PBRICK_ASSERT_OK(v.mark_stale(2));
+  PBRICK_ASSERT_OK(engine_->write(data.data(), 4096, 4096, false));  // misses brick 2: block 0 dirty
+  PBRICK_ASSERT_OK(engine_->flush());
+  // Brick 1 (the copy the resync would read block 0 from) comes back under
+  // another boot; no I/O of the volume's has met it since.
+  bricks_[1]->stop();
+  std::array<uint8_t, proto::kUuidSize> rebooted{};
+  rebooted.fill(0x5d);
+  PBRICK_ASSERT_OK(bricks_[1]->start("brick.store", rebooted));
+
+  engine_->resync()->poke();
+  ASSERT_TRUE(wait_in_sync(v, 2)) << "brick 2 never came back in sync";
+  EXPECT_NE(v.mirror()->state(1), CopyState::kInSync) << "the resync read the rebooted copy as current";
+  EXPECT_TRUE(v.mirror()->in_sync(0));
+}
+
 }  // namespace
 }  // namespace pbrick

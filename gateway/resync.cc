@@ -32,6 +32,23 @@ Status make_durable(BrickClient& c, uint32_t rkey, uint64_t remote_addr, uint64_
   return Error(EOPNOTSUPP, "the brick granted neither PERSIST nor sync-read: a copy cannot be made durable");
 }
 
+// A sync point on `c` with no range of its own: what the brick holds of
+// writes whose connection closed (docs/protocol.md 11) becomes durable too.
+// PERSIST of every writable mapping; else a READ (over TCP one of no handle,
+// refused yet still a sync point; over RDMA of the sync region).
+Status sync_point(BrickClient& c) {
+  const uint64_t features = c.hello().features;
+  if (features & proto::kFeaturePersistRpc) return c.persist({});
+  if (features & proto::kFeatureSyncRead) {
+    uint8_t scratch[8];
+    if (const auto& region = c.sync_region()) return c.read(region->rkey, region->addr, {scratch, sizeof scratch});
+    Status st = c.read(0, 0, {scratch, 1});
+    if (!st && (st.error().errnum() == EKEYREJECTED || st.error().errnum() == ERANGE)) return Status::Ok();
+    return st;
+  }
+  return Error(EOPNOTSUPP, "the brick granted neither PERSIST nor sync-read: a copy cannot be made durable");
+}
+
 // One resync's connections (its own, so copies never wait behind the
 // volume's control path) and its block buffer.
 class Copier {
@@ -78,6 +95,23 @@ class Copier {
     }
   }
 
+  // Connects to the target (its FENCE cuts the connections from before the
+  // resync off: Volume::begin_resync), before anything is copied.
+  Status connect_target() {
+    auto dst = client(target_);
+    if (!dst) return dst.error();
+    return Status::Ok();
+  }
+  // Before the target's label says in sync: what it holds of writes sent
+  // before it went stale, never synced there, is durable.
+  Status sync_target() {
+    auto dst = client(target_);
+    if (!dst) return dst.error();
+    Status st = sync_point(**dst);
+    if (!st) drop(target_);
+    return st;
+  }
+
   uint64_t copied_again() const { return copied_again_; }
   uint64_t bytes() const { return bytes_; }
 
@@ -108,17 +142,27 @@ class Copier {
                       volume_.brick_name(pl.brick_of(source)).c_str(), from.error().message().c_str());
       return false;
     }
-    auto src = client(pl.brick_of(source));
+    const uint32_t source_brick = pl.brick_of(source);
+    auto src = client(source_brick);
     if (!src) return false;
+    // Its host rebooted since the copy was known complete: what it took
+    // unsynced may be gone there. Given up, and another copy is the source.
+    auto rebooted = volume_.check_boot(source_brick, (*src)->hello().boot_id);
+    if (!rebooted) return rebooted.error().wrap("block " + std::to_string(block));
+    if (*rebooted) {
+      drop(source_brick);
+      return false;
+    }
     Status st = (*src)->read(from->rkey, from->remote_addr, buf_);
     if (!st) {
       if (st.error().errnum() == EKEYREJECTED) {
         volume_.invalidate(source, from->rkey);
       } else {
-        drop(pl.brick_of(source));
+        drop(source_brick);
       }
       return false;
     }
+    if (!mirror.in_sync(source_brick)) return false;  // given up meanwhile: read another copy
     auto to = volume_.map_block(unit, true);
     if (!to) return to.error().wrap("mapping block " + std::to_string(block));
     auto dst = client(target_);
@@ -300,6 +344,7 @@ Status MirrorResync::resync(uint32_t b) {
                     static_cast<unsigned long long>(volume_.block_count()));
   if (on_change_) on_change_();
   Copier copier(volume_, b, channel_id_);
+  PBRICK_TRY(copier.connect_target().wrap_error("resync of brick " + volume_.brick_name(b)));
   const auto t0 = Clock::now();
   auto reported = t0;
   const uint64_t rate = uint64_t{volume_.options().resync_mib_per_s} << 20;  // bytes a second; 0: no bound
@@ -319,6 +364,7 @@ Status MirrorResync::resync(uint32_t b) {
       on_change_();
     }
   }
+  PBRICK_TRY(copier.sync_target().wrap_error("resync of brick " + volume_.brick_name(b)));
   PBRICK_TRY(volume_.finish_resync(b));
   mirror.set_progress(b, {blocks.size(), blocks.size(), 0});  // the last resync's count stays
   const double secs = std::chrono::duration<double>(Clock::now() - t0).count();

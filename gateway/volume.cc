@@ -36,7 +36,11 @@ struct Volume::Brick {
   // under control_mu and options_mu; read under either.
   ClientOptions options;
   mutable std::mutex options_mu;
-  std::atomic<uint64_t> epoch{0};  // +1 when replaced: data channels reconnect
+  // +1 when replaced, or when its writer id changes: data channels reconnect.
+  std::atomic<uint64_t> epoch{0};
+  // The writer id its data connections' FENCE names (under options_mu): the
+  // attachment's, drawn again when a resync begins (begin_resync).
+  std::array<uint8_t, proto::kUuidSize> writer{};
   // The boot id of its host at the last control connection (under control_mu).
   std::optional<std::array<uint8_t, proto::kUuidSize>> boot_id;
   // Layout mirror: the boot of its host under which this attachment's copy
@@ -165,7 +169,9 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeOptions& options) {
                                                    volume->copies()});
   if (!claim) return claim.error().wrap("volume open");
   volume->claim_ = std::move(*claim);
-  if (!options.read_only) PBRICK_TRY(random_bytes(volume->writer_.data(), volume->writer_.size()));
+  if (!options.read_only) {
+    for (auto& brick : volume->bricks_) PBRICK_TRY(random_bytes(brick->writer.data(), brick->writer.size()));
+  }
   if (volume->mirror_) {
     const VolumeLabel l = volume->claim_->label();
     for (uint32_t b : missing) volume->bricks_[b]->options.store_uuid = l.bricks[b].store;  // only that store, later
@@ -259,7 +265,8 @@ ClientOptions Volume::writer_options(uint32_t b, uint64_t channel) const {
   if (!options_.read_only) {
     proto::FenceRequest f;
     f.scope = options_.base;
-    f.writer = writer_;
+    std::lock_guard lock(bricks_[b]->options_mu);
+    f.writer = bricks_[b]->writer;
     f.channel = channel;
     o.fence = f;
   }
@@ -818,18 +825,33 @@ Status Volume::begin_resync(uint32_t b) {
     for_each_unit_on(b, [&](uint64_t u) { set_allocated(u, false); });
     PBRICK_TRY(learn_allocated(b).wrap_error("brick " + brick_name(b)));
   }
+  {
+    // Its data connections from before it went stale may still carry writes
+    // the brick holds (a connection given up as too slow; closing it stops
+    // nothing, docs/protocol.md 7.9): landing after the resync copied their
+    // block they would leave old bytes on a copy called in sync. Under a new
+    // writer id, the first FENCE of this resync (the copier connects before
+    // it copies anything) cuts every earlier connection of this attachment
+    // there off, and the data channels reconnect under the new one.
+    std::array<uint8_t, proto::kUuidSize> fresh{};
+    PBRICK_TRY(random_bytes(fresh.data(), fresh.size()));
+    std::lock_guard lock(bricks_[b]->options_mu);
+    bricks_[b]->writer = fresh;
+  }
+  bricks_[b]->epoch.fetch_add(1, std::memory_order_acq_rel);
   // From here on writes reach it; the bitmap read after this store holds
   // every block a write skipped it for (record_miss).
   mirror_->set_state(b, CopyState::kResyncing);
   return Status::Ok();
 }
 
-void Volume::abort_resync(uint32_t b, const std::string& why) {
+bool Volume::abort_resync(uint32_t b, const std::string& why) {
   std::lock_guard label_lock(label_mu_);
-  if (mirror_->state(b) != CopyState::kResyncing) return;
+  if (mirror_->state(b) != CopyState::kResyncing) return !mirror_->in_sync(b);
   mirror_->set_state(b, CopyState::kStale);
   PBRICK_LOG_WARN("volume %s: resync of brick %s stopped (%s); it stays stale", format_uuid(claim_->label().volume_uuid).c_str(),
                   brick_name(b).c_str(), why.c_str());
+  return true;
 }
 
 Status Volume::finish_resync(uint32_t b) {

@@ -250,14 +250,17 @@ class Volume {
   // try_reach: one attempt to connect a stale brick's control connection
   // (its store, its label: older than the volume's, same place; the lock).
   // begin_resync: stale -> resyncing, from now on written; learns which of
-  // its units the brick holds. finish_resync: resyncing -> in sync, durably:
+  // its units the brick holds; draws a new writer id for its data
+  // connections (the first FENCE under it cuts the older ones off). finish_resync: resyncing -> in sync, durably:
   // a new label generation on every brick says so (and once no brick is
   // stale, the dirty bitmap is cleared); ECANCELED when it was aborted.
   // abort_resync (any thread): resyncing -> stale; the labels still say so.
+  // False when the copy is in sync (its resync finished first): a failure
+  // on it is then an in-sync copy's.
   Status try_reach(uint32_t brick);
   Status begin_resync(uint32_t brick);
   Status finish_resync(uint32_t brick);
-  void abort_resync(uint32_t brick, const std::string& why);
+  bool abort_resync(uint32_t brick, const std::string& why);
   // Every block's dirty bit (a copy of the in-memory bitmap).
   std::vector<bool> dirty_blocks() const;
 
@@ -395,7 +398,6 @@ class Volume {
   std::vector<std::atomic<uint64_t>> dirty_;  // bitset by block: durable in the labels
   std::atomic<uint64_t> sync_requests_{0};
   std::atomic<uint64_t> writes_lost_{0};
-  std::array<uint8_t, proto::kUuidSize> writer_{};  // set by Open for a read-write attachment
   std::atomic<uint64_t> next_channel_{0};
 };
 

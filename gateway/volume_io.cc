@@ -644,8 +644,9 @@ void VolumeChannels::sync_part_done(DataChannel::Op* op, int status) {
   if (status != 0 && volume.mirror() != nullptr && !volume.mirror()->in_sync(part->brick)) {
     // A copy not in sync holds nothing a FLUSH promises: it goes (back) to
     // stale and the FLUSH completes on the others.
-    volume.abort_resync(part->brick, std::string("a sync failed: ") + std::strerror(status));
-    status = 0;
+    // (In sync again meanwhile, its resync finished: the failure is an
+    // in-sync copy's, and the FLUSH does not complete on the others alone.)
+    if (volume.abort_resync(part->brick, std::string("a sync failed: ") + std::strerror(status))) status = 0;
   }
   if (status == 0) {
     // Every WRITE pushed before the sync is durable now; what was pushed
@@ -676,8 +677,10 @@ void VolumeChannels::dispatch() {
   for (auto& lp : links_) {
     Link& link = *lp;
     if (uint64_t epoch = volume_.brick_epoch(link.ring.brick); epoch != link.epoch) {
-      link.epoch = epoch;  // the brick was replaced: this connection reaches the old one
-      teardown(link, Error(ESHUTDOWN, "brick replaced"));
+      // The brick was replaced (this connection reaches the old one), or a
+      // resync begins there (the connection is under the old writer id).
+      link.epoch = epoch;
+      teardown(link, Error(ESHUTDOWN, "brick replaced or resyncing"));
     }
     Status st = link.channel->flush(link.ring);  // completes a finished teardown
     if (!st) teardown(link, st.error());
