@@ -80,3 +80,25 @@ YAML
   start_brick b --config "$BATS_TEST_TMPDIR/cluster.yaml" --brick brick0
   idle_sockets_close_the_oldest
 }
+
+@test "handshake: the brick probes an idle client connection (TCP keepalive, 30 s), so a dead peer's slot comes back" {
+  start_brick b
+  # The brick's end of an idle connection: established, its keepalive timer
+  # running (/proc/net/tcp "tr" 02) and due within 30 s (3000 ticks of 10 ms).
+  run timeout 30 python3 - "$BRICK_PORT" <<'PY'
+import socket, sys, time
+port = int(sys.argv[1])
+c = socket.create_connection(("127.0.0.1", port))
+time.sleep(0.5)
+found = []
+for line in open("/proc/net/tcp").read().splitlines()[1:]:
+    f = line.split()
+    if int(f[1].split(":")[1], 16) == port and f[3] == "01":
+        tr, when = f[5].split(":")
+        found.append((tr, int(when, 16)))
+print("brick side:", found)
+sys.exit(0 if found and all(tr == "02" and 0 < when <= 3000 for tr, when in found) else 1)
+PY
+  printf '# %s\n' "${lines[@]}" >&3
+  assert_success
+}
