@@ -4,6 +4,7 @@
 #include <linux/fs.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -19,6 +20,7 @@
 
 #include "common/client.h"
 #include "common/log.h"
+#include "common/unique_fd.h"
 #include "common/units.h"
 #include "config/cluster_config.h"
 #include "config/ddio.h"
@@ -62,7 +64,8 @@ constexpr const char* kUsage =
     "                             slots (without it, entries in the slow tier's map\n"
     "                             are not read, and fsck says so). Exit status: 0\n"
     "                             clean (as far as checked), 1 problems found,\n"
-    "                             3 the store cannot be opened or read. Never writes.\n"
+    "                             3 the store cannot be opened or read, or a running\n"
+    "                             brick serves it (holds its lock). Never writes.\n"
     "\n"
     "Cluster commands:\n"
     "  config check FILE          validate a cluster file; prints every error with\n"
@@ -220,6 +223,21 @@ int cmd_fsck(const std::vector<std::string>& args) {
     }
   }
   if (path.empty()) return usage_error("fsck: --store PATH is required");
+  // A running brick holds its store's lock (pbrick-target --store): its map
+  // changes under the check, which would report what is only half updated.
+  for (const std::string& p : {path, slow_path}) {
+    if (p.empty()) continue;
+    UniqueFd probe(::open(p.c_str(), O_RDONLY | O_CLOEXEC));
+    if (probe.valid() && ::flock(probe.get(), LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
+      const std::string why = p + " is served by a running brick (it holds the store's lock): stop it first";
+      std::fprintf(stderr, "pbrickctl: fsck: %s\n", why.c_str());
+      if (g_json) {
+        std::printf("{\"store\":%s,\"clean\":false,\"error\":%s}\n", json_string(path).c_str(),
+                    json_string(why).c_str());
+      }
+      return kCannotOpen;
+    }
+  }
   auto mapping = ReadOnlyMapping::Open(path);
   if (!mapping) {
     std::fprintf(stderr, "pbrickctl: fsck: cannot read the store: %s\n", mapping.error().message().c_str());

@@ -157,6 +157,10 @@ Status Server::Impl::listen() {
   auto fd = listen_stream(options_.listen, options_.bind_retry_ms, &port_);
   if (!fd) return fd.error();
   listen_fd_ = std::move(*fd);
+  if (options_.listen.is_unix()) {
+    struct stat st{};
+    if (::lstat(options_.listen.unix_path.c_str(), &st) == 0) unix_socket_file_ = std::make_pair(st.st_dev, st.st_ino);
+  }
   return Status::Ok();
 }
 

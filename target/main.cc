@@ -236,7 +236,16 @@ int main(int argc, char** argv) {
     PBRICK_LOG_ERROR("%s", region.error().message().c_str());
     return 1;
   }
+  // One brick per store: a second one (started by hand beside the unit, or
+  // while the first still drains) would allocate from the same map and
+  // hand the same blocks out twice. Held until exit.
+  auto store_lock = lock_store(store_path);
+  if (!store_lock) {
+    PBRICK_LOG_ERROR("--store: %s", store_lock.error().message().c_str());
+    return 1;
+  }
   std::unique_ptr<PmemRegion> slow_region;
+  UniqueFd slow_lock;
   if (!slow_path.empty()) {
     auto slow = open_pmem_region({slow_path, slow_size, true});
     if (!slow) {
@@ -244,6 +253,12 @@ int main(int argc, char** argv) {
       return 1;
     }
     slow_region = std::move(*slow);
+    auto locked = lock_store(slow_path);
+    if (!locked) {
+      PBRICK_LOG_ERROR("--slow-store: %s", locked.error().message().c_str());
+      return 1;
+    }
+    slow_lock = std::move(*locked);
   }
   StoreOpenOptions store_options;
   store_options.force_format = force_format;

@@ -15,6 +15,7 @@
 #include <libpmem.h>
 #include <linux/magic.h>
 #include <liburing.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
@@ -434,6 +435,18 @@ bool on_memory_fs(int fd) {
     default:
       return false;
   }
+}
+
+Result<UniqueFd> lock_store(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return errno_error(path + ": open");
+  if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+    if (errno == EWOULDBLOCK) {
+      return Error(EBUSY, path + " is in use by another process (another pbrick-target serving this store?)");
+    }
+    return errno_error(path + ": flock");
+  }
+  return fd;
 }
 
 std::unique_ptr<PmemRegion> make_memory_region(uint64_t size) {

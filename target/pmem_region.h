@@ -11,6 +11,7 @@
 #include <string>
 
 #include "common/result.h"
+#include "common/unique_fd.h"
 
 #include <sys/types.h>
 
@@ -122,6 +123,11 @@ struct RegionOptions {
 // A file that exists with a different size than `size` is refused (EINVAL) so a
 // typo never truncates or grows a store; a new file is created at `size`.
 Result<std::unique_ptr<PmemRegion>> open_pmem_region(const RegionOptions& options);
+
+// Takes the exclusive lock (flock) that says a brick serves the store at
+// `path` (a file or device), held as long as the returned descriptor is
+// open. EBUSY when another process holds it.
+Result<UniqueFd> lock_store(const std::string& path);
 
 // A region in anonymous memory, for tests and fuzzers; is_pmem() is false.
 std::unique_ptr<PmemRegion> make_memory_region(uint64_t size);

@@ -55,8 +55,15 @@ Server::Impl::Impl(Store& store, const ServerOptions& options)
 
 Server::Impl::~Impl() {
   // A unix socket's file goes with the brick that served it (one a killed
-  // brick leaves is removed by the next one, listener.cc).
-  if (listen_fd_.valid() && options_.listen.is_unix()) ::unlink(options_.listen.unix_path.c_str());
+  // brick leaves is removed by the next one, listener.cc) - unless the path
+  // names another socket now: a brick started while this one drained took
+  // the path over (this one's listener was shut down, so the new one found
+  // nobody accepting there).
+  struct stat st{};
+  if (listen_fd_.valid() && unix_socket_file_ && ::lstat(options_.listen.unix_path.c_str(), &st) == 0 &&
+      std::make_pair(st.st_dev, st.st_ino) == *unix_socket_file_) {
+    ::unlink(options_.listen.unix_path.c_str());
+  }
 }
 
 Status Server::Impl::init() {

@@ -20,12 +20,15 @@
 
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #include <array>
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/protocol.h"
@@ -153,6 +156,9 @@ class Server::Impl final : private PersistenceLedger::SyncStarter {
 
   // Accepting.
   UniqueFd listen_fd_;
+  // A unix socket's file as bound (st_dev, st_ino): removed at exit only
+  // while the path still names it, not one a successor bound meanwhile.
+  std::optional<std::pair<dev_t, ino_t>> unix_socket_file_;
   uint16_t port_ = 0;
   sockaddr_storage accept_addr_{};
   socklen_t accept_addrlen_ = sizeof(sockaddr_storage);

@@ -155,3 +155,15 @@ fsck() { "$CTL_BIN" fsck "$@"; }
   assert_failure 1
   assert_output --partial "map entry 1: checksum mismatch: key 0x40000003 (block 0x40000000)"
 }
+
+@test "fsck refuses a store a running brick serves (its map changes under the check), and checks it once stopped" {
+  start_brick b
+  local store; store="$(store_dir)/b.store"
+  ctl alloc 0x40000000
+  run fsck --store "$store"
+  assert_failure 3
+  assert_output --partial "$store is served by a running brick (it holds the store's lock): stop it first"
+  stop_brick
+  run fsck --store "$store"
+  assert_success
+}

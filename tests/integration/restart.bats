@@ -91,3 +91,56 @@ load helpers
   assert_failure 1
   assert_output --partial 'Address already in use'
 }
+
+@test "two bricks cannot serve the same store: the second exits at once, the first serves on, the store intact" {
+  start_brick a
+  ctl alloc 0x400000
+  before=$(ctl --json list)
+  local a_pid=$BRICK_PID a_port=$BRICK_PORT
+  run timeout 20 "$TARGET_BIN" --store "$(store_dir)/a.store" --size 64M --listen "$(brick_host):0" \
+    --transport "$PBRICK_TRANSPORT"
+  assert_failure 1
+  assert_output --partial "--store: $(store_dir)/a.store is in use by another process (another pbrick-target"
+  kill -0 "$a_pid"
+  assert_equal "$BRICK_PORT" "$a_port"
+  assert_equal "$(ctl --json list)" "$before"
+  run ctl --json stat
+  assert_success
+  assert_equal "$(jq .allocated_blocks <<<"$output")" 1
+}
+
+# unix_brick NAME SOCK: a brick on store NAME listening on unix:SOCK, serving.
+unix_brick() {
+  "$TARGET_BIN" --store "$(store_dir)/$1.store" --size 64M --listen "unix:$2" 2>>"$BATS_TEST_TMPDIR/$1.log" &
+  BRICK_PID=$!
+  echo "$BRICK_PID" >>"$BATS_TEST_TMPDIR/pids"
+  local i
+  for i in $(seq 1 200); do
+    "$CTL_BIN" --target "unix:$2" stat >/dev/null 2>&1 && return 0
+    kill -0 "$BRICK_PID" || { cat "$BATS_TEST_TMPDIR/$1.log" >&2; return 1; }
+    sleep 0.05
+  done
+  return 1
+}
+
+@test "a brick stopping removes its unix socket only while the path is still its own" {
+  [ "$PBRICK_TRANSPORT" = tcp ] || skip "inherent: a unix socket serves the TCP transport only"
+  local sock=$BATS_TEST_TMPDIR/b.sock
+  unix_brick a "$sock"
+  local a_pid=$BRICK_PID
+  # Another brick took the path over (as one started while this one drains
+  # does: it finds nobody accepting and binds anew).
+  mv "$sock" "$sock.a"
+  unix_brick b "$sock"
+  local b_uuid
+  b_uuid=$("$CTL_BIN" --target "unix:$sock" --json stat | jq -r .uuid)
+  kill -TERM "$a_pid"
+  wait "$a_pid" || fail "brick a exited $?"
+  [ -S "$sock" ] || fail "brick a removed the socket brick b serves on"
+  run "$CTL_BIN" --target "unix:$sock" --json stat
+  assert_success
+  assert_equal "$(jq -r .uuid <<<"$output")" "$b_uuid"
+  # Its own path it does remove.
+  stop_brick TERM
+  [ ! -e "$sock" ]
+}
