@@ -45,11 +45,17 @@ int poll_one(int fd, int timeout_ms) {
 
 }  // namespace
 
-CompletionQueue::~CompletionQueue() {
+CompletionQueue::~CompletionQueue() { reset(); }
+
+void CompletionQueue::reset() {
   if (cq_ && unacked_ > 0) ibv_ack_cq_events(cq_.get(), unacked_);
+  unacked_ = 0;
+  cq_.reset();  // before the channel it reports to
+  channel_.reset();
 }
 
 Status CompletionQueue::create(ibv_context* verbs, int entries) {
+  reset();
   channel_.reset(ibv_create_comp_channel(verbs));
   if (!channel_) return errno_error("ibv_create_comp_channel");
   PBRICK_TRY(set_nonblocking(channel_->fd, "completion channel: fcntl"));

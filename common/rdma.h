@@ -80,6 +80,8 @@ class CompletionQueue {
  public:
   ~CompletionQueue();
   Status create(ibv_context* verbs, int entries);
+  // Destroys the CQ, then its channel (what create() made); nothing if none.
+  void reset();
   ibv_cq* cq() const { return cq_.get(); }
   int fd() const { return channel_ ? channel_->fd : -1; }
   // Takes one event off the channel, if there is one (without blocking), and

@@ -140,7 +140,21 @@ Result<std::unique_ptr<RdmaListener>> RdmaListener::Create(const Endpoint& liste
 uint16_t RdmaListener::port() const { return ntohs(rdma_get_src_port(listen_id_.get())); }
 
 Status RdmaListener::setup_device(ibv_context* verbs) {
-  verbs_ = verbs;
+  Status st = try_setup_device(verbs);
+  if (!st) {
+    // Nothing half made stays behind for the next connection to use (a
+    // null PD or CQ, a store never checked for registration): it sets the
+    // device up again, or fails the same way.
+    sync_mr_.reset();
+    sync_page_.reset();
+    cq_.reset();
+    pd_.reset();
+    verbs_ = nullptr;
+  }
+  return st;
+}
+
+Status RdmaListener::try_setup_device(ibv_context* verbs) {
   pd_.reset(ibv_alloc_pd(verbs));
   if (!pd_) return errno_error("ibv_alloc_pd");
   ibv_device_attr attr{};
@@ -172,6 +186,7 @@ Status RdmaListener::setup_device(ibv_context* verbs) {
                        "serve a devdax device, or a file on tmpfs or hugetlbfs)");
   }
   PBRICK_LOG_INFO("rdma: serving through device %s", ibv_get_device_name(verbs->device));
+  verbs_ = verbs;  // set up, whole
   return Status::Ok();
 }
 

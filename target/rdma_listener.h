@@ -137,7 +137,10 @@ class RdmaListener {
  private:
   friend class RdmaConn;
   RdmaListener() = default;
+  // The PD, CQ and sync region of the device the first connection came
+  // through; verbs_ set only once all of it is, a failure leaves none of it.
   Status setup_device(ibv_context* verbs);
+  Status try_setup_device(ibv_context* verbs);
   Status set_up(RdmaConn& conn, rdma_cm_id* id, uint32_t generation, uint32_t index);
   Status bring_up(RdmaConn& conn, rdma_cm_id* id, uint8_t responder_resources);
 
