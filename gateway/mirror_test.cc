@@ -1481,5 +1481,38 @@ TEST_F(MirrorTest, AResyncDoesNotCopyFromACopyWhoseHostRebooted) {
   EXPECT_TRUE(v.mirror()->in_sync(0));
 }
 
+// A block freed while a copy was stale, whose copy there another
+// connection still maps (a reader's): the brick refuses to free it (EBUSY).
+// The resync writes it zeros instead, as a discard does then, and finishes;
+// it does not stop there, and start again, for as long as the reader stays.
+TEST_F(MirrorTest, AResyncZeroesABlockItCannotFreeOnTheCopy) {
+  start_bricks(2);
+  VolumeOptions vo = options(2, 8 * kMiB);
+  PBRICK_ASSERT_OK(open(vo));
+  Volume& v = engine_->volume();
+  auto data = random_data(kBlock, 81);
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));
+  PBRICK_ASSERT_OK(engine_->flush());
+  VolumeOptions ro = vo;
+  ro.read_only = true;
+  auto reader = Volume::Open(ro);
+  PBRICK_ASSERT_OK(reader);
+  const Placement& pl = v.placement();
+  uint64_t on_1 = pl.unit(0, 0);
+  for (uint32_t j = 0; j < pl.copies; j++) {
+    if (pl.brick_of(pl.unit(0, j)) == 1) on_1 = pl.unit(0, j);
+  }
+  PBRICK_ASSERT_OK((*reader)->map_block(on_1, false));  // the reader holds brick 1's copy mapped
+
+  PBRICK_ASSERT_OK(v.mark_stale(1));
+  PBRICK_ASSERT_OK(engine_->discard(kBlock, 0, false));  // brick 0's copy freed; brick 1's missed it
+  engine_->resync()->poke();
+  ASSERT_TRUE(wait_in_sync(v, 1, 5000)) << "the resync never finished";
+  bricks_[0]->stop();
+  std::vector<uint8_t> back(kBlock, 0xee);
+  PBRICK_ASSERT_OK(engine_->read(back.data(), back.size(), 0));
+  EXPECT_EQ(back, std::vector<uint8_t>(kBlock, 0)) << "brick 1's copy of a discarded block is not zeros";
+}
+
 }  // namespace
 }  // namespace pbrick

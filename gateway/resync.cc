@@ -1,5 +1,6 @@
 #include "gateway/resync.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <ctime>
@@ -16,36 +17,36 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// Makes `len` bytes written at `remote_addr` over `c` durable: PERSIST where
-// the brick grants it, else a sync-read (a READ after writes on the same
-// connection, docs/persistence.md).
+// A sync-read on `c`: over RDMA of the brick's sync region (a READ through
+// a handle revoked meanwhile would break the queue pair), over TCP one of no
+// handle, refused yet still a sync point (docs/protocol.md 11.1).
+Status sync_read(BrickClient& c) {
+  uint8_t scratch[8];
+  if (const auto& region = c.sync_region()) return c.read(region->rkey, region->addr, {scratch, sizeof scratch});
+  Status st = c.read(0, 0, {scratch, 1});
+  if (!st && (st.error().errnum() == EKEYREJECTED || st.error().errnum() == ERANGE)) return Status::Ok();
+  return st;
+}
+
+// Makes `len` bytes written at `remote_addr` over `c` durable: PERSIST of the
+// range where the brick grants it, else a sync-read (docs/persistence.md).
 Status make_durable(BrickClient& c, uint32_t rkey, uint64_t remote_addr, uint64_t len) {
   const uint64_t features = c.hello().features;
   if (features & proto::kFeaturePersistRpc) {
     proto::PersistRange r{rkey, remote_addr, len};
     return c.persist({&r, 1});
   }
-  if (features & proto::kFeatureSyncRead) {
-    uint8_t scratch[8];
-    return c.read(rkey, remote_addr, {scratch, sizeof scratch});
-  }
+  if (features & proto::kFeatureSyncRead) return sync_read(c);
   return Error(EOPNOTSUPP, "the brick granted neither PERSIST nor sync-read: a copy cannot be made durable");
 }
 
 // A sync point on `c` with no range of its own: what the brick holds of
 // writes whose connection closed (docs/protocol.md 11) becomes durable too.
-// PERSIST of every writable mapping; else a READ (over TCP one of no handle,
-// refused yet still a sync point; over RDMA of the sync region).
+// PERSIST of every writable mapping, else a sync-read.
 Status sync_point(BrickClient& c) {
   const uint64_t features = c.hello().features;
   if (features & proto::kFeaturePersistRpc) return c.persist({});
-  if (features & proto::kFeatureSyncRead) {
-    uint8_t scratch[8];
-    if (const auto& region = c.sync_region()) return c.read(region->rkey, region->addr, {scratch, sizeof scratch});
-    Status st = c.read(0, 0, {scratch, 1});
-    if (!st && (st.error().errnum() == EKEYREJECTED || st.error().errnum() == ERANGE)) return Status::Ok();
-    return st;
-  }
+  if (features & proto::kFeatureSyncRead) return sync_read(c);
   return Error(EOPNOTSUPP, "the brick granted neither PERSIST nor sync-read: a copy cannot be made durable");
 }
 
@@ -129,11 +130,14 @@ class Copier {
     if (source == UINT64_MAX) return Error(EIO, "block " + std::to_string(block) + " has no in-sync copy");
     if (!volume_.allocated(source)) {
       // Never written, or freed while the target was stale: the target's copy goes too.
-      if (volume_.allocated(unit)) {
-        Status st = volume_.discard_block(unit);
-        if (!st) return st.error().wrap("freeing block " + std::to_string(block));
-      }
-      return true;
+      if (!volume_.allocated(unit)) return true;
+      Status st = volume_.discard_block(unit);
+      if (st) return true;
+      // EBUSY: mapped by another connection (a reader's), or moving between
+      // tiers; it reads as zeros once written so, as a discard does then.
+      if (st.error().errnum() != EBUSY) return st.error().wrap("freeing block " + std::to_string(block));
+      std::fill(buf_.begin(), buf_.end(), 0);
+      return write_target(block, unit);
     }
     auto from = volume_.map_block(source, false);
     if (!from) {
@@ -155,26 +159,31 @@ class Copier {
     }
     Status st = (*src)->read(from->rkey, from->remote_addr, buf_);
     if (!st) {
-      if (st.error().errnum() == EKEYREJECTED) {
-        volume_.invalidate(source, from->rkey);
-      } else {
-        drop(source_brick);
-      }
+      // The mapping died (EKEYREJECTED): mapped again. Over RDMA that broke
+      // the queue pair too, so the connection goes either way.
+      if (st.error().errnum() == EKEYREJECTED) volume_.invalidate(source, from->rkey);
+      drop(source_brick);
       return false;
     }
     if (!mirror.in_sync(source_brick)) return false;  // given up meanwhile: read another copy
+    return write_target(block, unit);
+  }
+
+  // buf_ to the target's copy of the block, made durable there. False when
+  // it must be made again (the mapping died).
+  Result<bool> write_target(uint64_t block, uint64_t unit) {
     auto to = volume_.map_block(unit, true);
     if (!to) return to.error().wrap("mapping block " + std::to_string(block));
     auto dst = client(target_);
     if (!dst) return dst.error();
-    st = (*dst)->write(to->rkey, to->remote_addr, buf_);
+    Status st = (*dst)->write(to->rkey, to->remote_addr, buf_);
     if (st) st = make_durable(**dst, to->rkey, to->remote_addr, buf_.size());
     if (!st) {
+      drop(target_);  // over RDMA a dead mapping broke the queue pair as well
       if (st.error().errnum() == EKEYREJECTED) {
         volume_.invalidate(unit, to->rkey);
         return false;
       }
-      drop(target_);
       return st.error().wrap("writing block " + std::to_string(block));
     }
     bytes_ += buf_.size();
