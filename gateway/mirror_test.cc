@@ -1468,17 +1468,17 @@ TEST_F(MirrorTest, AResyncDoesNotCopyFromACopyWhoseHostRebooted) {
   PBRICK_ASSERT_OK(v.mark_stale(2));
   PBRICK_ASSERT_OK(engine_->write(data.data(), 4096, 4096, false));  // misses brick 2: block 0 dirty
   PBRICK_ASSERT_OK(engine_->flush());
-  // Brick 1 (the copy the resync would read block 0 from) comes back under
+  // Brick 0 (the copy the resync reads block 0 from first) comes back under
   // another boot; no I/O of the volume's has met it since.
-  bricks_[1]->stop();
+  bricks_[0]->stop();
   std::array<uint8_t, proto::kUuidSize> rebooted{};
   rebooted.fill(0x5d);
-  PBRICK_ASSERT_OK(bricks_[1]->start("brick.store", rebooted));
+  PBRICK_ASSERT_OK(bricks_[0]->start("brick.store", rebooted));
 
   engine_->resync()->poke();
   ASSERT_TRUE(wait_in_sync(v, 2)) << "brick 2 never came back in sync";
-  EXPECT_NE(v.mirror()->state(1), CopyState::kInSync) << "the resync read the rebooted copy as current";
-  EXPECT_TRUE(v.mirror()->in_sync(0));
+  EXPECT_NE(v.mirror()->state(0), CopyState::kInSync) << "the resync read the rebooted copy as current";
+  EXPECT_TRUE(v.mirror()->in_sync(1));
 }
 
 // A block freed while a copy was stale, whose copy there another
@@ -1512,6 +1512,31 @@ TEST_F(MirrorTest, AResyncZeroesABlockItCannotFreeOnTheCopy) {
   std::vector<uint8_t> back(kBlock, 0xee);
   PBRICK_ASSERT_OK(engine_->read(back.data(), back.size(), 0));
   EXPECT_EQ(back, std::vector<uint8_t>(kBlock, 0)) << "brick 1's copy of a discarded block is not zeros";
+}
+
+// Three copies: one stale, one in sync on a brick that stopped (nothing
+// has noticed yet). The resync reads each block from an in-sync copy and,
+// when that one fails, from the next: it finishes from the copy that
+// answers, rather than trying the failing one until its deadline, every run.
+TEST_F(MirrorTest, AResyncReadsFromTheNextCopyWhenItsSourceFails) {
+  start_bricks(3);
+  VolumeOptions vo = options(3, 8 * kMiB);
+  vo.leg_timeout_ms = 300;
+  vo.io_timeout_ms = 3000;
+  PBRICK_ASSERT_OK(open(vo));
+  Volume& v = engine_->volume();
+  auto data = random_data(kBlock, 82);
+  PBRICK_ASSERT_OK(v.mark_stale(2));
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));  // block 0 dirty
+  PBRICK_ASSERT_OK(engine_->flush());
+  bricks_[1]->stop();
+  engine_->resync()->poke();
+  ASSERT_TRUE(wait_in_sync(v, 2, 8000)) << "the resync never finished";
+  // Brick 2's copy is whole: with brick 0 stopped too it reads back right.
+  bricks_[0]->stop();
+  std::vector<uint8_t> back(kBlock);
+  PBRICK_ASSERT_OK(engine_->read(back.data(), back.size(), 0));
+  EXPECT_EQ(back, data);
 }
 
 }  // namespace

@@ -122,12 +122,21 @@ class Copier {
   Result<bool> copy_once(uint64_t block, uint64_t unit) {
     const Placement& pl = volume_.placement();
     const MirrorState& mirror = *volume_.mirror();
-    uint64_t source = UINT64_MAX;
+    // An in-sync copy - a reachable one while there is one - and after a
+    // source failed, the next in turn (a copy whose brick fails but is not
+    // given up yet would otherwise be read again until the deadline, every
+    // run).
+    uint64_t in_sync[kMaxCopies], reachable[kMaxCopies];
+    uint32_t n_in_sync = 0, n_reachable = 0;
     for (uint32_t j = 0; j < pl.copies; j++) {
       uint64_t u = pl.unit(block, j);
-      if (u != unit && mirror.in_sync(pl.brick_of(u))) source = u;
+      if (u == unit || !mirror.in_sync(pl.brick_of(u))) continue;
+      in_sync[n_in_sync++] = u;
+      if (mirror.reachable(pl.brick_of(u))) reachable[n_reachable++] = u;
     }
-    if (source == UINT64_MAX) return Error(EIO, "block " + std::to_string(block) + " has no in-sync copy");
+    if (n_in_sync == 0) return Error(EIO, "block " + std::to_string(block) + " has no in-sync copy");
+    const uint64_t source =
+        n_reachable > 0 ? reachable[source_turn_ % n_reachable] : in_sync[source_turn_ % n_in_sync];
     if (!volume_.allocated(source)) {
       // Never written, or freed while the target was stale: the target's copy goes too.
       if (!volume_.allocated(unit)) return true;
@@ -144,11 +153,15 @@ class Copier {
       if (from.error().errnum() == ENOENT) return false;  // freed meanwhile: the next attempt sees it
       PBRICK_LOG_WARN("resync: block %llu on brick %s: %s", static_cast<unsigned long long>(block),
                       volume_.brick_name(pl.brick_of(source)).c_str(), from.error().message().c_str());
+      source_turn_++;
       return false;
     }
     const uint32_t source_brick = pl.brick_of(source);
     auto src = client(source_brick);
-    if (!src) return false;
+    if (!src) {
+      source_turn_++;
+      return false;
+    }
     // Its host rebooted since the copy was known complete: what it took
     // unsynced may be gone there. Given up, and another copy is the source.
     auto rebooted = volume_.check_boot(source_brick, (*src)->hello().boot_id);
@@ -161,7 +174,11 @@ class Copier {
     if (!st) {
       // The mapping died (EKEYREJECTED): mapped again. Over RDMA that broke
       // the queue pair too, so the connection goes either way.
-      if (st.error().errnum() == EKEYREJECTED) volume_.invalidate(source, from->rkey);
+      if (st.error().errnum() == EKEYREJECTED) {
+        volume_.invalidate(source, from->rkey);
+      } else {
+        source_turn_++;
+      }
       drop(source_brick);
       return false;
     }
@@ -192,7 +209,14 @@ class Copier {
 
   Result<BrickClient*> client(uint32_t b) {
     if (!clients_[b]) {
-      auto c = BrickClient::Connect(volume_.writer_options(b, channel_id_));
+      ClientOptions o = volume_.writer_options(b, channel_id_);
+      // A copy holds its block (writes to it wait): a brick that does not
+      // answer fails the copy within the leg timeout (at least 2 s: a
+      // store's fdatasync behind a sync-read may take that), not the
+      // client's own 10 s per step.
+      const int bound = static_cast<int>(std::max<uint32_t>(volume_.options().leg_timeout_ms, 2000));
+      o.timeout_ms = std::min(o.timeout_ms, bound);
+      auto c = BrickClient::Connect(o);
       if (!c) return c.error().wrap("brick " + volume_.brick_name(b));
       clients_[b] = std::move(*c);
     }
@@ -207,6 +231,7 @@ class Copier {
   std::vector<uint8_t> buf_;
   uint64_t copied_again_ = 0;
   uint64_t bytes_ = 0;
+  uint32_t source_turn_ = 0;  // which in-sync copy a block is read from (copy_once)
 };
 
 }  // namespace
