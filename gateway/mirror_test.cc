@@ -1539,5 +1539,28 @@ TEST_F(MirrorTest, AResyncReadsFromTheNextCopyWhenItsSourceFails) {
   EXPECT_EQ(back, data);
 }
 
+// What list and the STATUS line show of a resync: a run that has not counted
+// yet is at 0 % (not the last run's 100 %), a count read half updated never
+// makes more than 100 % or an ETA out of a wrapped difference.
+TEST_F(MirrorTest, ResyncProgressShowsNoMoreThanWhatIsDone) {
+  start_bricks(2);
+  PBRICK_ASSERT_OK(open(options(2, 8 * kMiB)));
+  Volume& v = engine_->volume();
+  MirrorState& m = *v.mirror();
+  const std::string name = v.brick_name(1);
+  m.set_state(1, CopyState::kResyncing);
+  m.set_progress(1, {4, 4, 0});  // the last run's, finished
+  EXPECT_EQ(mirror_summary(v), "degraded: brick " + name + " resyncing 0 %");
+  EXPECT_NE(mirror_json(v).find("\"resync_percent\":0}"), std::string::npos) << mirror_json(v);
+  const uint64_t now = static_cast<uint64_t>(std::time(nullptr));
+  m.set_progress(1, {5, 3, now - 10});  // done read after a new run's total
+  EXPECT_EQ(mirror_summary(v), "degraded: brick " + name + " resyncing 100 % (ETA 0 s)");
+  m.set_progress(1, {1, 4, now + 100});  // the clock went back
+  EXPECT_EQ(mirror_summary(v), "degraded: brick " + name + " resyncing 25 %");
+  m.set_progress(1, {1, 4, now - 10});  // 10 s for a quarter (11 if the second turned meanwhile)
+  EXPECT_EQ(mirror_summary(v).rfind("degraded: brick " + name + " resyncing 25 % (ETA 3", 0), 0u) << mirror_summary(v);
+  m.set_state(1, CopyState::kInSync);
+}
+
 }  // namespace
 }  // namespace pbrick

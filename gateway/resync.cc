@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstring>
 #include <ctime>
+#include <optional>
 #include <vector>
 
 #include "common/client.h"
@@ -263,6 +264,24 @@ void MirrorResync::poke() {
   cv_.notify_all();
 }
 
+// A resyncing copy's progress for people: percent done, and the seconds
+// left at the rate so far (none before the first block, or when the clock
+// went back). Before its run's first count (started 0: the last run's are
+// still there) it is at 0 %.
+struct ShownProgress {
+  uint64_t percent = 0;
+  std::optional<uint64_t> eta_s;
+};
+ShownProgress shown_progress(const MirrorState::Progress& p) {
+  ShownProgress s;
+  if (p.started == 0 || p.total == 0) return s;
+  const uint64_t done = std::min(p.done, p.total);  // the three counts are read one by one
+  s.percent = done * 100 / p.total;
+  const uint64_t now = static_cast<uint64_t>(std::time(nullptr));
+  if (done != 0 && now >= p.started) s.eta_s = (now - p.started) * (p.total - done) / done;
+  return s;
+}
+
 std::string mirror_summary(const Volume& volume) {
   const MirrorState& mirror = *volume.mirror();
   const VolumeLabel label = volume.label();
@@ -273,12 +292,9 @@ std::string mirror_summary(const Volume& volume) {
     out += out.empty() ? "degraded: " : "; ";
     out += "brick " + volume.brick_name(b) + " ";
     if (st == CopyState::kResyncing) {
-      auto p = mirror.progress(b);
-      out += "resyncing " + std::to_string(p.total ? p.done * 100 / p.total : 0) + " %";
-      if (p.done != 0 && p.started != 0) {
-        uint64_t spent = static_cast<uint64_t>(std::time(nullptr)) - p.started;
-        out += " (ETA " + std::to_string(spent * (p.total - p.done) / p.done) + " s)";
-      }
+      const ShownProgress p = shown_progress(mirror.progress(b));
+      out += "resyncing " + std::to_string(p.percent) + " %";
+      if (p.eta_s) out += " (ETA " + std::to_string(*p.eta_s) + " s)";
     } else {
       out += "stale since " + format_time(label.bricks[b].stale_since);
     }
@@ -296,12 +312,9 @@ std::string mirror_json(const Volume& volume) {
     out += "\"target\":\"" + volume.brick_name(b) + "\",\"state\":\"" + copy_state_name(st) + "\"";
     if (st != CopyState::kInSync) out += ",\"stale_since\":\"" + format_time(label.bricks[b].stale_since) + "\"";
     if (st == CopyState::kResyncing) {
-      auto p = mirror.progress(b);
-      out += ",\"resync_percent\":" + std::to_string(p.total ? p.done * 100 / p.total : 0);
-      if (p.done != 0 && p.started != 0) {
-        uint64_t spent = static_cast<uint64_t>(std::time(nullptr)) - p.started;
-        out += ",\"eta_s\":" + std::to_string(spent * (p.total - p.done) / p.done);
-      }
+      const ShownProgress p = shown_progress(mirror.progress(b));
+      out += ",\"resync_percent\":" + std::to_string(p.percent);
+      if (p.eta_s) out += ",\"eta_s\":" + std::to_string(*p.eta_s);
     }
     out += "}";
   }
