@@ -105,11 +105,16 @@ void Server::Impl::stop() {
   (void)ignored;
 }
 
+// One read of each in flight at a time: begin_stop cancels one of each, and
+// a second left pending would keep run() from ever returning.
 void Server::Impl::arm_signal() {
   io_uring_sqe* sqe = ring_.get_sqe();
   io_uring_prep_read(sqe, signal_fd_.get(), &siginfo_, sizeof siginfo_, 0);
   io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kSignal, 0, 0));
-  sqe = ring_.get_sqe();
+}
+
+void Server::Impl::arm_stop() {
+  io_uring_sqe* sqe = ring_.get_sqe();
   io_uring_prep_read(sqe, stop_fd_.get(), &stop_buf_, sizeof stop_buf_, 0);
   io_uring_sqe_set_data64(sqe, UserData::pack(OpKind::kStop, 0, 0));
 }
@@ -231,6 +236,8 @@ void Server::Impl::handle_cqe(io_uring_cqe* cqe) {
       if (res == static_cast<int>(sizeof stop_buf_)) {
         PBRICK_LOG_NOTICE("stop requested, shutting down");
         stopping_ = true;
+      } else if (!stopping_) {
+        arm_stop();
       }
       return;
     case OpKind::kTick:
@@ -297,6 +304,7 @@ void Server::Impl::begin_stop() {
 
 Status Server::Impl::run() {
   arm_signal();
+  arm_stop();
   arm_tick();
   arm_accept();
   arm_tier_poll();

@@ -65,6 +65,7 @@ class Server::Impl final : private PersistenceLedger::SyncStarter {
 
   // ---- server.cc: the loop
   void arm_signal();
+  void arm_stop();
   void arm_tick();
   void handle_cqe(io_uring_cqe* cqe);
   void on_tick();
