@@ -242,7 +242,10 @@ void Server::Impl::on_accept(int res) {
 }
 
 void Server::Impl::on_cm_events() {
-  for (;;) {
+  // A bounded batch: a peer flooding connection requests must not keep the
+  // loop from completions, syncs and the watchdog (the poll fires again).
+  constexpr int kMaxEventsPerTurn = 32;
+  for (int n = 0; n < kMaxEventsPerTurn; n++) {
     auto ev = listener_->next_event();
     if (!ev) {
       PBRICK_LOG_ERROR("rdma: %s", ev.error().message().c_str());
@@ -251,6 +254,15 @@ void Server::Impl::on_cm_events() {
     if (!*ev) break;
     const RdmaListener::Event& e = **ev;
     using Kind = RdmaListener::Event::Kind;
+    if (e.kind == Kind::kDeviceRemoval) {
+      // The listening id died with the device: this brick would stay up,
+      // and ready to the service manager, and never accept again. It stops
+      // with an error instead, so that it is started again (on the device
+      // that comes back, with a new PD and CQ).
+      if (!fatal_) fatal_ = Error(ENODEV, "rdma: the RDMA device was removed (" + e.name + ")");
+      stopping_ = true;
+      break;
+    }
     if (e.kind == Kind::kConnectRequest) {
       admit_handshake();
       if (open_connections_ >= listener_->max_connections()) {

@@ -206,8 +206,8 @@ Result<std::optional<RdmaListener::Event>> RdmaListener::next_event() {
     case RDMA_CM_EVENT_DISCONNECTED:
     case RDMA_CM_EVENT_CONNECT_ERROR:
     case RDMA_CM_EVENT_UNREACHABLE:
-    case RDMA_CM_EVENT_REJECTED:
-    case RDMA_CM_EVENT_DEVICE_REMOVAL: e.kind = Event::Kind::kDisconnected; break;
+    case RDMA_CM_EVENT_REJECTED: e.kind = Event::Kind::kDisconnected; break;
+    case RDMA_CM_EVENT_DEVICE_REMOVAL: e.kind = Event::Kind::kDeviceRemoval; break;
     default: e.kind = Event::Kind::kOther; break;
   }
   rdma_ack_cm_event(ev);

@@ -96,7 +96,9 @@ class RdmaListener {
   int cq_fd() const { return cq_.fd(); }
 
   struct Event {
-    enum class Kind { kConnectRequest, kEstablished, kDisconnected, kOther } kind;
+    // kDeviceRemoval: the RDMA device went away (a reset, a driver reload):
+    // every id, the listening one included, is dead.
+    enum class Kind { kConnectRequest, kEstablished, kDisconnected, kDeviceRemoval, kOther } kind;
     rdma_cm_id* id = nullptr;  // the connection's id
     uint64_t context = 0;      // what accept() stored in the id
     std::string name;          // rdma_event_str

@@ -350,6 +350,7 @@ Status Server::Impl::run() {
     }
   }
   PBRICK_LOG_NOTICE("stopped");
+  if (fatal_) return *fatal_;
   return Status::Ok();
 }
 

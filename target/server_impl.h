@@ -149,6 +149,8 @@ class Server::Impl final : private PersistenceLedger::SyncStarter {
   UniqueFd stop_fd_;  // eventfd: stop() from another thread
   uint64_t stop_buf_ = 0;
   bool stopping_ = false;
+  // What ends run() with an error once the loop drained (stopping_ set with it).
+  std::optional<Error> fatal_;
   signalfd_siginfo siginfo_{};
   __kernel_timespec tick_ts_{};
   uint64_t watchdog_usec_ = 0;

@@ -17,6 +17,8 @@
 #      once on the same RDMA port
 #   8. a message (PERSIST) goes out after the one-sided WRITEs queued before
 #      it on the same queue pair, as the WRITEs it covers must land first
+#   9. the RDMA device removed under a brick (rdma link delete): the brick
+#      exits 1 naming it, and serves its store again once started anew
 # The brick API tests (tests/integration/brick.bats) and the ublk tests run
 # over RDMA as well (scripts/test runs them with PBRICK_TRANSPORT=rdma).
 
@@ -115,6 +117,37 @@ seconds() { awk -v t="$1" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t /
   if grep -h "address in use" "$BATS_TEST_TMPDIR/b2.log"; then
     echo "# the port was still held; bound after retrying" >&3
   fi
+}
+
+@test "rdma: the RDMA device removed under a brick: it exits with an error (to be started again), not serving nothing" {
+  start_brick b
+  ctl alloc 0x0
+  hold_map 0x0  # a client connected at the removal
+  # The removal may wait for the processes that hold the device to let go.
+  timeout 60 rdma link delete rxe0 &
+  local deleting=$! i rc=0
+  for i in $(seq 1 200); do
+    kill -0 "$BRICK_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  local still=
+  kill -0 "$BRICK_PID" 2>/dev/null && still=1 && kill -KILL "$BRICK_PID"
+  wait "$BRICK_PID" || rc=$?
+  kill -KILL "$HOLD_PID" 2>/dev/null || true
+  wait "$deleting" || true
+  rdma_host >/dev/null  # rxe0 back, for what follows
+  [ -z "$still" ] || fail "the brick still ran 20 s after its RDMA device went away"
+  assert_equal "$rc" 1
+  grep -q "rdma: the RDMA device was removed (RDMA_CM_EVENT_DEVICE_REMOVAL)" "$BATS_TEST_TMPDIR/b.log" ||
+    fail "$(cat "$BATS_TEST_TMPDIR/b.log")"
+  # Started again on the device that came back, it serves the same store.
+  "$TARGET_BIN" --store "$(store_dir)/b.store" --listen "$BRICK_HOST:0" --transport rdma \
+    --port-file "$BATS_TEST_TMPDIR/b2.port" 2>>"$BATS_TEST_TMPDIR/b2.log" &
+  BRICK_PID=$!
+  wait_for_brick b2 || { cat "$BATS_TEST_TMPDIR/b2.log" >&2; false; }
+  run ctl --json list
+  assert_success
+  assert_equal "$(jq "$DATA_EXTENTS | map(.blocks) | add // 0" <<<"$output")" 1
 }
 
 @test "rdma: fio rewriting 256 MiB through ublk costs the brick no CPU (data path is one-sided)" {
