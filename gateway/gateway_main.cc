@@ -672,6 +672,13 @@ int recover_main(int argc, char** argv) {
   if (!ctrl) return fail(ctrl.error());
   auto info = ctrl->get_dev_info(*id);
   if (!info) return fail(info.error());
+  if (info->state == UBLK_S_DEV_DEAD) {
+    // Stopped (its disk is gone) before its daemon exited, or never started:
+    // the kernel takes no recovery of it, and no file system can be on it.
+    return fail(Error(ENODEV, "device " + std::to_string(*id) + " is dead (stopped, or never started): nothing to "
+                                  "recover; remove it with pbrick-gateway detach -n " + std::to_string(*id) +
+                                  " and attach the volume again"));
+  }
   // The file must describe this device: one left by another attach of the
   // same id would put another volume under it. Checked before the volume is
   // opened and the kernel asked to recover: a refusal leaves both as they were.
