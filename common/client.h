@@ -160,8 +160,11 @@ class BrickClient {
               std::span<const uint8_t> data, const std::string& what);
 
   UniqueFd fd_;
+  // RDMA read()/write(): registered on first use. Declared before the link,
+  // so freed after its queue pair and registrations are gone: an operation a
+  // timeout gave up on may still land in it until then.
+  std::vector<uint8_t> bounce_;
   std::unique_ptr<rdma::RdmaLink> owned_link_;
-  std::vector<uint8_t> bounce_;  // RDMA read()/write(): registered on first use
   rdma::RdmaLink* link_ = nullptr;  // owned_link_, or a caller's
   int timeout_ms_ = 10000;
   uint64_t next_request_id_ = 1;
