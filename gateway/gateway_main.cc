@@ -123,6 +123,13 @@ constexpr const char* kUsage =
     "attach and recover also take:\n"
     "  --log-level LEVEL       error, warning, notice, info (default) or debug\n";
 
+// -n ID of detach, recover and replace: a ublk device id.
+std::optional<uint32_t> device_id(const char* text) {
+  auto r = parse_u64(text, "-n");
+  if (!r || *r > 1u << 20) return std::nullopt;
+  return static_cast<uint32_t>(*r);
+}
+
 int usage_error(const std::string& message) {
   std::fprintf(stderr, "pbrick-gateway: %s\n%s", message.c_str(), kUsage);
   return 2;
@@ -643,12 +650,10 @@ int recover_main(int argc, char** argv) {
   int opt;
   while ((opt = getopt_long(argc, argv, "n:h", longopts, nullptr)) != -1) {
     switch (opt) {
-      case 'n': {
-        auto r = parse_u64(optarg, "-n");
-        if (!r || *r > 1u << 20) return usage_error("-n: expected a device id");
-        id = static_cast<uint32_t>(*r);
+      case 'n':
+        id = device_id(optarg);
+        if (!id) return usage_error("-n: expected a device id");
         break;
-      }
       case kDegraded: degraded = true; break;
       case kLogLevel:
         if (!set_log_level_by_name(optarg)) {
@@ -837,12 +842,10 @@ int replace_main(int argc, char** argv) {
   int opt;
   while ((opt = getopt_long(argc, argv, "n:", longopts, nullptr)) != -1) {
     switch (opt) {
-      case 'n': {
-        auto r = parse_u64(optarg, "-n");
-        if (!r || *r > 1u << 20) return usage_error("-n: expected a device id");
-        id = static_cast<uint32_t>(*r);
+      case 'n':
+        id = device_id(optarg);
+        if (!id) return usage_error("-n: expected a device id");
         break;
-      }
       case kBrick: brick = optarg; break;
       case kTarget: target = optarg; break;
       case kConfig: config = optarg; break;
@@ -939,9 +942,8 @@ int detach_main(int argc, char** argv) {
       continue;
     }
     if (opt != 'n') return usage_error("detach: unknown or incomplete option '" + std::string(argv[optind - 1]) + "'");
-    auto r = parse_u64(optarg, "-n");
-    if (!r || *r > 1u << 20) return usage_error("-n: expected a device id");
-    id = static_cast<uint32_t>(*r);
+    id = device_id(optarg);
+    if (!id) return usage_error("-n: expected a device id");
   }
   if (optind < argc) return usage_error(std::string("detach: unexpected argument '") + argv[optind] + "'");
   if (!id) return usage_error("detach: -n ID is required");
