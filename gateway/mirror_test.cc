@@ -125,6 +125,14 @@ class MirrorTest : public ::testing::Test {
     return Status::Ok();
   }
 
+  // Opens a mirror of `copies` copies over every brick started, `size` bytes,
+  // and writes `data` at offset 0, flushed.
+  Status open_written(uint32_t copies, uint64_t size, const std::vector<uint8_t>& data) {
+    PBRICK_TRY(open(options(copies, size)));
+    PBRICK_TRY(engine_->write(data.data(), data.size(), 0, false));
+    return engine_->flush();
+  }
+
   // The data blocks brick `b` holds (below the label areas), by address, with
   // the CRC of each.
   std::map<uint64_t, uint32_t> brick_blocks(uint32_t b) {
@@ -1431,12 +1439,9 @@ TEST_F(MirrorTest, AReadOnlyAttachmentReplacesNoBrick) {
 // a writer id drawn for it, closes it at the brick.
 TEST_F(MirrorTest, AResyncCutsTheConnectionsFromBeforeTheCopyWentStaleOff) {
   start_bricks(2);
-  VolumeOptions vo = options(2, 8 * kMiB);
-  PBRICK_ASSERT_OK(open(vo));
-  Volume& v = engine_->volume();
   auto data = random_data(kBlock, 79);
-  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));
-  PBRICK_ASSERT_OK(engine_->flush());
+  PBRICK_ASSERT_OK(open_written(2, 8 * kMiB, data));
+  Volume& v = engine_->volume();
   auto earlier = BrickClient::Connect(v.writer_options(1, 4242));
   PBRICK_ASSERT_OK(earlier);
   ASSERT_TRUE((*earlier)->fenced());
@@ -1459,12 +1464,9 @@ TEST_F(MirrorTest, AResyncCutsTheConnectionsFromBeforeTheCopyWentStaleOff) {
 // the copy is given up first, and the block comes from another one.
 TEST_F(MirrorTest, AResyncDoesNotCopyFromACopyWhoseHostRebooted) {
   start_bricks(3);
-  VolumeOptions vo = options(3, 8 * kMiB);
-  PBRICK_ASSERT_OK(open(vo));
-  Volume& v = engine_->volume();
   auto data = random_data(kBlock, 80);
-  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));
-  PBRICK_ASSERT_OK(engine_->flush());
+  PBRICK_ASSERT_OK(open_written(3, 8 * kMiB, data));
+  Volume& v = engine_->volume();
   PBRICK_ASSERT_OK(v.mark_stale(2));
   PBRICK_ASSERT_OK(engine_->write(data.data(), 4096, 4096, false));  // misses brick 2: block 0 dirty
   PBRICK_ASSERT_OK(engine_->flush());
@@ -1487,13 +1489,10 @@ TEST_F(MirrorTest, AResyncDoesNotCopyFromACopyWhoseHostRebooted) {
 // it does not stop there, and start again, for as long as the reader stays.
 TEST_F(MirrorTest, AResyncZeroesABlockItCannotFreeOnTheCopy) {
   start_bricks(2);
-  VolumeOptions vo = options(2, 8 * kMiB);
-  PBRICK_ASSERT_OK(open(vo));
-  Volume& v = engine_->volume();
   auto data = random_data(kBlock, 81);
-  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));
-  PBRICK_ASSERT_OK(engine_->flush());
-  VolumeOptions ro = vo;
+  PBRICK_ASSERT_OK(open_written(2, 8 * kMiB, data));
+  Volume& v = engine_->volume();
+  VolumeOptions ro = options(2, 8 * kMiB);
   ro.read_only = true;
   auto reader = Volume::Open(ro);
   PBRICK_ASSERT_OK(reader);
