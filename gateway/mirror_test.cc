@@ -1514,10 +1514,11 @@ TEST_F(MirrorTest, AResyncZeroesABlockItCannotFreeOnTheCopy) {
 }
 
 // Three copies: one stale, one in sync on a brick that stopped (nothing
-// has noticed yet). The resync reads each block from an in-sync copy and,
-// when that one fails, from the next: it finishes from the copy that
-// answers, rather than trying the failing one until its deadline, every run.
-TEST_F(MirrorTest, AResyncReadsFromTheNextCopyWhenItsSourceFails) {
+// has noticed yet). The resync reads a block from the first reachable
+// in-sync copy in turn (and after a failure from the next), not from the
+// last one whatever it is: it finishes from the copy that answers, rather
+// than trying the stopped one until its deadline, every run.
+TEST_F(MirrorTest, AResyncReadsFromACopyThatAnswers) {
   start_bricks(3);
   VolumeOptions vo = options(3, 8 * kMiB);
   vo.leg_timeout_ms = 300;
@@ -1525,10 +1526,12 @@ TEST_F(MirrorTest, AResyncReadsFromTheNextCopyWhenItsSourceFails) {
   PBRICK_ASSERT_OK(open(vo));
   Volume& v = engine_->volume();
   auto data = random_data(kBlock, 82);
-  PBRICK_ASSERT_OK(v.mark_stale(2));
-  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));  // block 0 dirty
+  bricks_[2]->stop();  // no resync can start before brick 1 stopped
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));  // brick 2 goes stale
   PBRICK_ASSERT_OK(engine_->flush());
-  bricks_[1]->stop();
+  ASSERT_EQ(v.mirror()->state(2), CopyState::kStale);
+  bricks_[1]->stop();  // in sync, unnoticed: the last in-sync copy of block 0
+  PBRICK_ASSERT_OK(bricks_[2]->start());
   engine_->resync()->poke();
   ASSERT_TRUE(wait_in_sync(v, 2, 8000)) << "the resync never finished";
   // Brick 2's copy is whole: with brick 0 stopped too it reads back right.
@@ -1559,6 +1562,37 @@ TEST_F(MirrorTest, ResyncProgressShowsNoMoreThanWhatIsDone) {
   m.set_progress(1, {1, 4, now - 10});  // 10 s for a quarter (11 if the second turned meanwhile)
   EXPECT_EQ(mirror_summary(v).rfind("degraded: brick " + name + " resyncing 25 % (ETA 3", 0), 0u) << mirror_summary(v);
   m.set_state(1, CopyState::kInSync);
+}
+
+// The only in-sync copy's host rebooted while the other copy was stale: it
+// cannot be given up (nothing would be left), so the resync copies from it,
+// as reads read it, and the volume gets its second copy back - rather than
+// stopping at every run for a copy it cannot give up.
+TEST_F(MirrorTest, AResyncCopiesFromTheLastInSyncCopyAfterItsHostRebooted) {
+  start_bricks(2);
+  VolumeOptions vo = options(2, 8 * kMiB);
+  vo.leg_timeout_ms = 300;
+  vo.io_timeout_ms = 3000;
+  PBRICK_ASSERT_OK(open(vo));
+  Volume& v = engine_->volume();
+  auto data = random_data(kBlock, 83);
+  bricks_[1]->stop();  // the resync cannot start before brick 0 rebooted
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));  // brick 1 goes stale
+  PBRICK_ASSERT_OK(engine_->flush());
+  ASSERT_EQ(v.mirror()->state(1), CopyState::kStale);
+  bricks_[0]->stop();
+  std::array<uint8_t, proto::kUuidSize> rebooted{};
+  rebooted.fill(0x6e);
+  PBRICK_ASSERT_OK(bricks_[0]->start("brick.store", rebooted));
+  PBRICK_ASSERT_OK(bricks_[1]->start());
+
+  engine_->resync()->poke();
+  ASSERT_TRUE(wait_in_sync(v, 1, 8000)) << "the resync never finished";
+  EXPECT_TRUE(v.mirror()->in_sync(0));
+  bricks_[0]->stop();
+  std::vector<uint8_t> back(kBlock);
+  PBRICK_ASSERT_OK(engine_->read(back.data(), back.size(), 0));
+  EXPECT_EQ(back, data);
 }
 
 }  // namespace

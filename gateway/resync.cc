@@ -18,15 +18,14 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// A sync-read on `c`: over RDMA of the brick's sync region (a READ through
-// a handle revoked meanwhile would break the queue pair), over TCP one of no
-// handle, refused yet still a sync point (docs/protocol.md 11.1).
-Status sync_read(BrickClient& c) {
+// A sync-read on `c` (docs/protocol.md 11.1): over RDMA of the brick's sync
+// region (a READ through a handle revoked meanwhile would break the queue
+// pair), over TCP through the handle `rkey` of what was written. A READ the
+// brick refuses (the handle died) proves nothing: the caller writes again.
+Status sync_read(BrickClient& c, uint32_t rkey, uint64_t remote_addr) {
   uint8_t scratch[8];
   if (const auto& region = c.sync_region()) return c.read(region->rkey, region->addr, {scratch, sizeof scratch});
-  Status st = c.read(0, 0, {scratch, 1});
-  if (!st && (st.error().errnum() == EKEYREJECTED || st.error().errnum() == ERANGE)) return Status::Ok();
-  return st;
+  return c.read(rkey, remote_addr, {scratch, sizeof scratch});
 }
 
 // Makes `len` bytes written at `remote_addr` over `c` durable: PERSIST of the
@@ -37,17 +36,7 @@ Status make_durable(BrickClient& c, uint32_t rkey, uint64_t remote_addr, uint64_
     proto::PersistRange r{rkey, remote_addr, len};
     return c.persist({&r, 1});
   }
-  if (features & proto::kFeatureSyncRead) return sync_read(c);
-  return Error(EOPNOTSUPP, "the brick granted neither PERSIST nor sync-read: a copy cannot be made durable");
-}
-
-// A sync point on `c` with no range of its own: what the brick holds of
-// writes whose connection closed (docs/protocol.md 11) becomes durable too.
-// PERSIST of every writable mapping, else a sync-read.
-Status sync_point(BrickClient& c) {
-  const uint64_t features = c.hello().features;
-  if (features & proto::kFeaturePersistRpc) return c.persist({});
-  if (features & proto::kFeatureSyncRead) return sync_read(c);
+  if (features & proto::kFeatureSyncRead) return sync_read(c, rkey, remote_addr);
   return Error(EOPNOTSUPP, "the brick granted neither PERSIST nor sync-read: a copy cannot be made durable");
 }
 
@@ -106,10 +95,29 @@ class Copier {
   }
   // Before the target's label says in sync: what it holds of writes sent
   // before it went stale, never synced there, is durable.
+  // A sync point with no range of its own: PERSIST of every writable
+  // mapping, the sync region over RDMA, or over TCP a READ through a live
+  // handle of a block the brick holds (none: it holds nothing to sync).
   Status sync_target() {
     auto dst = client(target_);
     if (!dst) return dst.error();
-    Status st = sync_point(**dst);
+    BrickClient& c = **dst;
+    Status st;
+    if ((c.hello().features & proto::kFeaturePersistRpc) != 0) {
+      st = c.persist({});
+    } else if (c.sync_region() || (c.hello().features & proto::kFeatureSyncRead) == 0) {
+      st = make_durable(c, 0, 0, 0);
+    } else {
+      const Placement& pl = volume_.placement();
+      std::optional<uint64_t> held;
+      for (uint64_t u = 0; u < volume_.unit_count() && !held; u++) {
+        if (pl.brick_of(u) == target_ && volume_.allocated(u)) held = u;
+      }
+      if (!held) return Status::Ok();
+      auto h = volume_.map_block(*held, false);
+      if (!h) return h.error().wrap("mapping a block to sync brick " + volume_.brick_name(target_));
+      st = make_durable(c, h->rkey, h->remote_addr, 0);
+    }
     if (!st) drop(target_);
     return st;
   }
@@ -165,10 +173,19 @@ class Copier {
     }
     // Its host rebooted since the copy was known complete: what it took
     // unsynced may be gone there. Given up, and another copy is the source.
-    auto rebooted = volume_.check_boot(source_brick, (*src)->hello().boot_id);
-    if (!rebooted) return rebooted.error().wrap("block " + std::to_string(block));
-    if (*rebooted) {
-      drop(source_brick);
+    // One that holds the last in-sync copy of some block cannot be given up
+    // (its loss is the writers' to learn, from their FLUSH): another copy of
+    // this block is read while there is one, else this one, as reads do.
+    const auto& boot = (*src)->hello().boot_id;
+    if (mirror.may_lose(pl, source_brick)) {
+      auto rebooted = volume_.check_boot(source_brick, boot);
+      if (!rebooted) return rebooted.error().wrap("block " + std::to_string(block));
+      if (*rebooted) {
+        drop(source_brick);
+        return false;
+      }
+    } else if (n_in_sync > 1 && volume_.boot_differs(source_brick, boot)) {
+      source_turn_++;
       return false;
     }
     Status st = (*src)->read(from->rkey, from->remote_addr, buf_);
@@ -371,6 +388,11 @@ void MirrorResync::run() {
 Status MirrorResync::resync(uint32_t b) {
   MirrorState& mirror = *volume_.mirror();
   const Placement& pl = volume_.placement();
+  // Every older connection there cut off first (resync.h, 2), while it is
+  // still stale; then it becomes resyncing.
+  PBRICK_TRY(volume_.renew_writer(b));
+  Copier copier(volume_, b, channel_id_);
+  PBRICK_TRY(copier.connect_target().wrap_error("resync of brick " + volume_.brick_name(b)));
   PBRICK_TRY(volume_.begin_resync(b));
   // The blocks to copy: read after the brick became resyncing (resync.h, 2).
   std::vector<bool> dirty = volume_.dirty_blocks();
@@ -390,8 +412,6 @@ Status MirrorResync::resync(uint32_t b) {
                     format_hex(volume_.options().base).c_str(), volume_.brick_name(b).c_str(), blocks.size(),
                     static_cast<unsigned long long>(volume_.block_count()));
   if (on_change_) on_change_();
-  Copier copier(volume_, b, channel_id_);
-  PBRICK_TRY(copier.connect_target().wrap_error("resync of brick " + volume_.brick_name(b)));
   const auto t0 = Clock::now();
   auto reported = t0;
   const uint64_t rate = uint64_t{volume_.options().resync_mib_per_s} << 20;  // bytes a second; 0: no bound

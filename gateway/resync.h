@@ -9,19 +9,22 @@
 //     then on every write reaches it, no read does. The blocks to copy are
 //     the ones whose dirty bit is set (a replaced brick: every block), read
 //     after that switch, so none a write skipped the brick for is missed.
-//     Its data connections go under a new writer id first: the resync's
-//     connection, made before anything is copied, FENCEs every older one
-//     off (a write one still carried would land after its block's copy).
+//     Before it, while still stale, its data connections go under a new
+//     writer id (Volume::renew_writer) and the resync's connection FENCEs
+//     every older one off (a write one still carried would land after its
+//     block's copy; failing now, it is a miss the bitmap records).
 //  3. Each such block is copied from an in-sync copy: it waits until no
 //     write is counted on the block (MirrorState::writes_in_flight; new
 //     writes to it wait meanwhile, MirrorState::hold), reads an in-sync
-//     copy (one whose host rebooted since is given up first:
-//     Volume::check_boot), writes it to the brick and makes it durable there
-//     (PERSIST, or a sync-read); when a write to the block started
-//     meanwhile (MirrorState::write_seq changed) the block is copied again,
-//     so a copy never overwrites newer data. A block freed meanwhile is
-//     freed on the brick too. With VolumeOptions::resync_mib_per_s the
-//     copies wait so that they stay within that rate.
+//     copy - a reachable one, the next after a failure; one whose host
+//     rebooted since is given up first (Volume::check_boot), unless it holds
+//     the last in-sync copy of some block - writes it to the brick and makes
+//     it durable there (PERSIST, or a sync-read); when a write to the block
+//     started meanwhile (MirrorState::write_seq changed) the block is copied
+//     again, so a copy never overwrites newer data. A block freed meanwhile
+//     is freed on the brick too (zeroed where the brick cannot free it yet).
+//     With VolumeOptions::resync_mib_per_s the copies wait so that they stay
+//     within that rate.
 //  4. Every block copied, and one sync point on the brick (what it holds of
 //     writes sent before it went stale is durable): Volume::finish_resync
 //     writes the label that says the brick is in sync on every brick (and

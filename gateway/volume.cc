@@ -680,6 +680,12 @@ Result<uint64_t> Volume::dirty_all_of(uint32_t b) {
 }
 
 Result<uint64_t> Volume::give_up_copy_locked(uint32_t b) {
+  // The last in-sync copy of some block cannot go. Refused before any bit is
+  // set: with no other in-sync brick to take the bitmap, bits set in dirty_
+  // would not be durable (and record_miss's fast path trusts them).
+  if (mirror_->in_sync(b) && !mirror_->may_lose(placement_, b)) {
+    return Error(EIO, "brick " + brick_name(b) + " holds the last in-sync copy of some blocks");
+  }
   // First the bits (while it is in sync they mean nothing), then the label
   // that makes them count: never a stale brick whose misses are not recorded.
   auto blocks = dirty_all_of(b);
@@ -734,6 +740,11 @@ Status Volume::try_reach(uint32_t b) {
     if (!bricks_[b]->copy_boot) bricks_[b]->copy_boot = after;  // first reached now: its resync copies under it
   }
   return Status::Ok();
+}
+
+bool Volume::boot_differs(uint32_t b, const std::array<uint8_t, proto::kUuidSize>& boot_id) {
+  std::lock_guard label_lock(label_mu_);
+  return bricks_[b]->copy_boot && *bricks_[b]->copy_boot != boot_id;
 }
 
 Result<bool> Volume::check_boot(uint32_t b, const std::array<uint8_t, proto::kUuidSize>& boot_id) {
@@ -814,6 +825,26 @@ Status Volume::follow_writer_labels() {
   return Status::Ok();
 }
 
+Status Volume::renew_writer(uint32_t b) {
+  if (mirror_->state(b) != CopyState::kStale) return Error(EALREADY, "brick " + brick_name(b) + " is not stale");
+  // Its data connections from before it went stale may still carry writes
+  // the brick holds (a connection given up as too slow; closing it stops
+  // nothing, docs/protocol.md 7.9): landing after the resync copied their
+  // block they would leave old bytes on a copy called in sync. Under a new
+  // writer id, the resync's first FENCE cuts every earlier connection of this
+  // attachment there off, and the data channels reconnect under the new one.
+  // While the copy is still stale, so what fails with those connections is a
+  // miss it records, not a failure that stops the resync.
+  std::array<uint8_t, proto::kUuidSize> fresh{};
+  PBRICK_TRY(random_bytes(fresh.data(), fresh.size()));
+  {
+    std::lock_guard lock(bricks_[b]->options_mu);
+    bricks_[b]->writer = fresh;
+  }
+  bricks_[b]->epoch.fetch_add(1, std::memory_order_acq_rel);
+  return Status::Ok();
+}
+
 Status Volume::begin_resync(uint32_t b) {
   std::lock_guard label_lock(label_mu_);
   if (mirror_->state(b) != CopyState::kStale) return Error(EALREADY, "brick " + brick_name(b) + " is not stale");
@@ -825,20 +856,6 @@ Status Volume::begin_resync(uint32_t b) {
     for_each_unit_on(b, [&](uint64_t u) { set_allocated(u, false); });
     PBRICK_TRY(learn_allocated(b).wrap_error("brick " + brick_name(b)));
   }
-  {
-    // Its data connections from before it went stale may still carry writes
-    // the brick holds (a connection given up as too slow; closing it stops
-    // nothing, docs/protocol.md 7.9): landing after the resync copied their
-    // block they would leave old bytes on a copy called in sync. Under a new
-    // writer id, the first FENCE of this resync (the copier connects before
-    // it copies anything) cuts every earlier connection of this attachment
-    // there off, and the data channels reconnect under the new one.
-    std::array<uint8_t, proto::kUuidSize> fresh{};
-    PBRICK_TRY(random_bytes(fresh.data(), fresh.size()));
-    std::lock_guard lock(bricks_[b]->options_mu);
-    bricks_[b]->writer = fresh;
-  }
-  bricks_[b]->epoch.fetch_add(1, std::memory_order_acq_rel);
   // From here on writes reach it; the bitmap read after this store holds
   // every block a write skipped it for (record_miss).
   mirror_->set_state(b, CopyState::kResyncing);

@@ -249,15 +249,17 @@ class Volume {
   // Layout mirror, resync (gateway/resync.h), from the resync thread:
   // try_reach: one attempt to connect a stale brick's control connection
   // (its store, its label: older than the volume's, same place; the lock).
+  // renew_writer (stale): a new writer id for its data connections, which
+  // reconnect under it (the first FENCE under it cuts the older ones off).
   // begin_resync: stale -> resyncing, from now on written; learns which of
-  // its units the brick holds; draws a new writer id for its data
-  // connections (the first FENCE under it cuts the older ones off). finish_resync: resyncing -> in sync, durably:
+  // its units the brick holds. finish_resync: resyncing -> in sync, durably:
   // a new label generation on every brick says so (and once no brick is
   // stale, the dirty bitmap is cleared); ECANCELED when it was aborted.
   // abort_resync (any thread): resyncing -> stale; the labels still say so.
   // False when the copy is in sync (its resync finished first): a failure
   // on it is then an in-sync copy's.
   Status try_reach(uint32_t brick);
+  Status renew_writer(uint32_t brick);
   Status begin_resync(uint32_t brick);
   Status finish_resync(uint32_t brick);
   bool abort_resync(uint32_t brick, const std::string& why);
@@ -291,6 +293,9 @@ class Volume {
   // then. A stale copy is left to try_reach. Not under control_mu; blocks on
   // control round trips when it gives the copy up.
   Result<bool> check_boot(uint32_t brick, const std::array<uint8_t, proto::kUuidSize>& boot_id);
+  // Whether this attachment knows `brick`'s copy complete under another boot
+  // than `boot_id` (what check_boot would give it up for). Changes nothing.
+  bool boot_differs(uint32_t brick, const std::array<uint8_t, proto::kUuidSize>& boot_id);
   // Layout mirror: a sync on `brick` failed with the brick's own error (EIO:
   // its store could not make writes durable), so writes it took since its
   // last good sync may be gone there, beyond what the bitmap records. Its
