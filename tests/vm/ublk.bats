@@ -290,6 +290,8 @@ brick_lacks() {
     >"$BATS_TEST_TMPDIR/fio.out" 2>&1 &
   local fio_pid=$!
   sleep 3
+  # The daemon dies with fio's I/O in flight, or nothing is tested here.
+  kill -0 "$fio_pid" || fail "fio ended before the kill: $(cat "$BATS_TEST_TMPDIR/fio.out")"
   kill -KILL "$GW_PID"
   wait "$GW_PID" 2>/dev/null || true
   GW_PID=
