@@ -1439,18 +1439,26 @@ TEST_F(MirrorTest, AReadOnlyAttachmentReplacesNoBrick) {
 // a writer id drawn for it, closes it at the brick.
 TEST_F(MirrorTest, AResyncCutsTheConnectionsFromBeforeTheCopyWentStaleOff) {
   start_bricks(2);
-  auto data = random_data(kBlock, 79);
-  PBRICK_ASSERT_OK(open_written(2, 8 * kMiB, data));
+  VolumeOptions vo = options(2, 8 * kMiB);
+  vo.resync_mib_per_s = 1;  // 2 s a block: the resync is still copying when looked at
+  PBRICK_ASSERT_OK(open(vo));
   Volume& v = engine_->volume();
+  auto data = random_data(2 * kBlock, 79);
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));
+  PBRICK_ASSERT_OK(engine_->flush());
   auto earlier = BrickClient::Connect(v.writer_options(1, 4242));
   PBRICK_ASSERT_OK(earlier);
   ASSERT_TRUE((*earlier)->fenced());
   PBRICK_ASSERT_OK((*earlier)->stat());
 
   PBRICK_ASSERT_OK(v.mark_stale(1));
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));  // both blocks dirty
   engine_->resync()->poke();
+  ASSERT_TRUE(wait_until([&] { return v.mirror()->state(1) == CopyState::kResyncing; }, std::chrono::seconds(10)));
+  // Cut off by the time the copy turned resyncing, before its blocks are copied.
+  EXPECT_FALSE((*earlier)->stat().ok()) << "a connection from before the copy went stale outlived its resync's start";
+  EXPECT_LT(v.mirror()->progress(1).done, 2u);
   ASSERT_TRUE(wait_in_sync(v, 1)) << "brick 1 never came back in sync";
-  EXPECT_FALSE((*earlier)->stat().ok()) << "a connection from before the copy went stale outlived its resync";
   // The volume's own connections reconnect under the new writer id.
   PBRICK_ASSERT_OK(engine_->write(data.data(), 4096, kBlock, false));
   PBRICK_ASSERT_OK(engine_->flush());
@@ -1464,23 +1472,48 @@ TEST_F(MirrorTest, AResyncCutsTheConnectionsFromBeforeTheCopyWentStaleOff) {
 // the copy is given up first, and the block comes from another one.
 TEST_F(MirrorTest, AResyncDoesNotCopyFromACopyWhoseHostRebooted) {
   start_bricks(3);
-  auto data = random_data(kBlock, 80);
-  PBRICK_ASSERT_OK(open_written(3, 8 * kMiB, data));
+  VolumeOptions vo = options(3, 8 * kMiB);
+  vo.leg_timeout_ms = 300;
+  vo.io_timeout_ms = 3000;
+  PBRICK_ASSERT_OK(open(vo));
   Volume& v = engine_->volume();
-  PBRICK_ASSERT_OK(v.mark_stale(2));
+  auto data = random_data(kBlock, 80);
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));
+  PBRICK_ASSERT_OK(engine_->flush());
+  bricks_[2]->stop();  // no resync can start before brick 0 rebooted
   PBRICK_ASSERT_OK(engine_->write(data.data(), 4096, 4096, false));  // misses brick 2: block 0 dirty
   PBRICK_ASSERT_OK(engine_->flush());
+  ASSERT_EQ(v.mirror()->state(2), CopyState::kStale);
   // Brick 0 (the copy the resync reads block 0 from first) comes back under
-  // another boot; no I/O of the volume's has met it since.
+  // another boot, having lost that last write; no I/O of the volume's has
+  // met it since.
   bricks_[0]->stop();
   std::array<uint8_t, proto::kUuidSize> rebooted{};
   rebooted.fill(0x5d);
   PBRICK_ASSERT_OK(bricks_[0]->start("brick.store", rebooted));
+  {
+    auto c = BrickClient::Connect(bricks_[0]->client());
+    PBRICK_ASSERT_OK(c);
+    auto m = (*c)->map(v.block_vaddr(v.placement().unit(0, 0)), proto::kMapWrite);
+    PBRICK_ASSERT_OK(m);
+    std::vector<uint8_t> before(data.begin() + 4096, data.begin() + 8192);
+    PBRICK_ASSERT_OK((*c)->write(m->rkey, m->remote_addr + 4096, before));
+    PBRICK_ASSERT_OK((*c)->read(m->rkey, m->remote_addr, before));  // a sync-read
+  }
+  PBRICK_ASSERT_OK(bricks_[2]->start());
 
   engine_->resync()->poke();
   ASSERT_TRUE(wait_in_sync(v, 2)) << "brick 2 never came back in sync";
   EXPECT_NE(v.mirror()->state(0), CopyState::kInSync) << "the resync read the rebooted copy as current";
   EXPECT_TRUE(v.mirror()->in_sync(1));
+  // Brick 2 holds the current bytes: read with the others stopped.
+  bricks_[0]->stop();
+  bricks_[1]->stop();
+  std::vector<uint8_t> back(kBlock);
+  PBRICK_ASSERT_OK(engine_->read(back.data(), back.size(), 0));
+  std::vector<uint8_t> want = data;
+  std::memcpy(want.data() + 4096, data.data(), 4096);  // the second write
+  EXPECT_EQ(back, want) << "brick 2's copy is not the current one";
 }
 
 // A block freed while a copy was stale, whose copy there another
