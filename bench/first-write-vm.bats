@@ -46,7 +46,7 @@ fio_json() {
 
 # read_stats FILE JOB: "IOPS mean_us p99_us ios" of the reads of job JOB.
 read_stats() {
-  jq -r --argjson j "$2" '.jobs[$j].read | "\(.iops) \(.lat_ns.mean / 1000) \(.clat_ns.percentile["99.000000"] / 1000) \(.total_ios)"' "$1"
+  jq -r --argjson j "$2" '.jobs[$j].read | "\(.iops) \(.clat_ns.mean / 1000) \(.clat_ns.percentile["99.000000"] / 1000) \(.total_ios)"' "$1"
 }
 
 # ticks: GW_T and BRICK_T, the CPU ticks of the gateway and the brick so far.

@@ -15,7 +15,7 @@
 
 # hb_build DIR: the tree a benchmark measures. Sets target_bin, plugin,
 # ctl_bin and build_type; configures and builds DIR (Release) when one of
-# them is missing.
+# them is missing, and brings it up to date otherwise.
 hb_build() {
   local dir=$1
   target_bin=$dir/target/pbrick-target
@@ -25,6 +25,9 @@ hb_build() {
     ensure_packages "${PBRICK_BUILD_PACKAGES[@]}"
     say "building pbrick (Release) in $dir" >&2
     build_tree "$dir" -DCMAKE_BUILD_TYPE=Release -DPBRICK_TESTS=OFF >&2
+  else
+    # Up to date with the tree whose commit the header names.
+    cmake --build "$dir" -j "$(nproc)" >&2 || die "build failed ($dir)"
   fi
   [ -x "$target_bin" ] || die "no pbrick-target in $dir/target"
   [ -f "$plugin" ] || die "no nbdkit-pbrick-plugin.so in $dir/gateway"
