@@ -116,6 +116,16 @@ threads() {
   done
 }
 
+# process_ticks PID: utime+stime of the whole process, the threads that
+# exited included (what a sum over the live threads misses).
+process_ticks() {
+  local st f
+  read -r st <"/proc/$1/stat"
+  # shellcheck disable=SC2206  # the fields after "(comm) "
+  f=(${st##*) })
+  echo $((f[11] + f[12]))
+}
+
 clk=$(getconf CLK_TCK)
 echo "4k QD1 anatomy, $(date -u '+%F %T UTC'), $(nproc) CPUs, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg);"
 echo "setup $setup${plugin_args:+ (${plugin_args[*]})}; pbrick $(git -C "$PBRICK_ROOT" describe --always --dirty 2>/dev/null || echo unknown), $ios I/Os per job"
@@ -131,10 +141,12 @@ for job in read write write+flush; do
   sleep 1
   threads "$nbd_pid" >"$tmp/n0"
   threads "$brick_pid" >"$tmp/b0"
+  pn0=$(process_ticks "$nbd_pid") pb0=$(process_ticks "$brick_pid")
   t0=$EPOCHREALTIME
   sleep $((seconds - 2))
   threads "$nbd_pid" >"$tmp/n1"
   threads "$brick_pid" >"$tmp/b1"
+  pn1=$(process_ticks "$nbd_pid") pb1=$(process_ticks "$brick_pid")
   t1=$EPOCHREALTIME
   wait "$fio_bg"
   read -r iops n_sync mean p99 smean < <(jq -r '.jobs[0] | (if .read.total_ios > 0 then .read else .write end) as $d |
@@ -144,14 +156,23 @@ for job in read write write+flush; do
   printf '== %s: %.0f IOPS (%d flushes in %d s); fio clat mean %.1f us, p99 %.1f us; flush mean %.1f us\n' \
     "$job" "$iops" "$n_sync" "$seconds" "$mean" "$p99" "$smean"
   echo "window of $((seconds - 2)) s, about $n_io I/Os"
-  echo "per I/O, each thread that did something (nbdkit's workers and the engine's loops share the name), then the process:"
+  echo "per I/O, each thread that did something (nbdkit's workers and the engine's loops share the name), then the"
+  echo "threads alive at both ends together, then the process (utime+stime of /proc/PID/stat: threads that started"
+  echo "or ended in the window included):"
   printf '  %-8s %-24s %8s %8s %10s\n' process "thread (tid)" "vol cs" "invol cs" "CPU us"
-  for p in nbdkit:n brick:b; do
-    join <(sort "$tmp/${p#*:}0") <(sort "$tmp/${p#*:}1") | awk -v n="$n_io" -v k="$clk" -v proc="${p%:*}" '
+  for p in nbdkit:n:$((pn1 - pn0)) brick:b:$((pb1 - pb0)); do
+    IFS=: read -r pname pkey pticks <<<"$p"
+    gone=$(join -v1 <(sort "$tmp/${pkey}0") <(sort "$tmp/${pkey}1") | wc -l)
+    new=$(join -v2 <(sort "$tmp/${pkey}0") <(sort "$tmp/${pkey}1") | wc -l)
+    join <(sort "$tmp/${pkey}0") <(sort "$tmp/${pkey}1") | awk -v n="$n_io" -v k="$clk" -v proc="$pname" \
+      -v pt="$pticks" -v gone="$gone" -v new="$new" '
       { v = ($7 - $3) / n; iv = ($8 - $4) / n; c = ($9 - $5) * 1e6 / k / n
         if (v + iv >= 0.01 || c > 0) printf "  %-8s %-24s %8.2f %8.2f %10.1f\n", proc, $2 " (" $1 ")", v, iv, c
         tv += v; ti += iv; tc += c }
-      END { printf "  %-8s %-24s %8.2f %8.2f %10.1f\n", proc, "all threads", tv, ti, tc }' | sort -k5 -t' ' -s
+      END { printf "  %-8s %-24s %8.2f %8.2f %10.1f\n", proc, "threads at both ends", tv, ti, tc
+            printf "  %-8s %-24s %8s %8s %10.1f\n", proc, "process", "-", "-", pt * 1e6 / k / n
+            if (gone + new > 0) printf "  %-8s %d threads ended and %d started in the window\n", proc, gone, new }' |
+      sort -k5 -t' ' -s
   done
   # The same job again under strace: system calls per I/O of each process.
   for p in nbdkit brick; do
