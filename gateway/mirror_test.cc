@@ -1138,9 +1138,26 @@ TEST_F(MirrorTest, ABrickHostRebootUnderUnsyncedWritesMakesItsCopyStaleWhole) {
   std::array<uint8_t, proto::kUuidSize> other_boot{};
   other_boot.fill(0x5a);
   PBRICK_ASSERT_OK(bricks_[1]->start("brick.store", other_boot));
+  {
+    // The reboot lost the unsynced write there: brick 1's copy of block 3
+    // holds what it held before it.
+    const Placement& pl = v.placement();
+    uint64_t unit = pl.unit(3, 0);
+    if (pl.brick_of(unit) != 1) unit = pl.unit(3, 1);
+    auto c = BrickClient::Connect(bricks_[1]->client());
+    PBRICK_ASSERT_OK(c);
+    auto m = (*c)->map(v.block_vaddr(unit), proto::kMapWrite);
+    PBRICK_ASSERT_OK(m);
+    auto before = random_data(8 * kBlock, 51);  // the flushed data
+    PBRICK_ASSERT_OK((*c)->write(m->rkey, m->remote_addr, {before.data() + 3 * kBlock, 4096}));
+    PBRICK_ASSERT_OK((*c)->unmap(v.block_vaddr(unit)));
+  }
   // The FLUSH reaches brick 1 again, learns of the reboot, and completes on brick 0.
   PBRICK_ASSERT_OK(engine_->flush());
   EXPECT_NE(v.mirror()->state(1), CopyState::kInSync);
+  auto label = label_on(*bricks_[0]);  // recorded on brick 0 itself
+  PBRICK_ASSERT_OK(label);
+  EXPECT_NE(label->label.bricks[1].stale_since, 0u);
   engine_->resync()->poke();
   ASSERT_TRUE(wait_in_sync(v, 1));
   EXPECT_EQ(v.mirror()->progress(1).total, 8u) << "every block of its copy";
