@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <limits.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -385,11 +386,64 @@ Result<DdioPortState> ddio_status(const std::string& netdev, const std::string& 
   return state;
 }
 
+namespace {
+
+// The lock file of a root port (see ddio_hold_off), its directory made.
+Result<UniqueFd> open_port_lock(const std::string& root_port, const std::string& sysfs_root) {
+  const std::string dir = sysfs_root + "/run/pbrick";
+  for (const std::string& d : {sysfs_root + "/run", dir}) {
+    if (::mkdir(d.c_str(), 0755) != 0 && errno != EEXIST) return errno_error("mkdir " + d);
+  }
+  const std::string path = dir + "/ddio-" + root_port + ".lock";
+  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+  if (!fd.valid()) return errno_error("open " + path);
+  return fd;
+}
+
+}  // namespace
+
+Result<UniqueFd> ddio_hold_off(const std::string& netdev) { return ddio_hold_off(netdev, ddio_sysfs_root()); }
+
+Result<UniqueFd> ddio_hold_off(const std::string& netdev, const std::string& sysfs_root) {
+  auto port = identify(netdev, sysfs_root);
+  if (!port) return port.error();
+  auto lock = open_port_lock(port->root_port, sysfs_root);
+  if (!lock) return lock.error();
+  // Shared: several sync-read bricks may sit on one root port. Blocking: an
+  // `on` holds it only for its write, and is then seen below.
+  while (::flock(lock->get(), LOCK_SH) != 0) {
+    if (errno != EINTR) return errno_error("flock the DDIO lock of root port " + port->root_port);
+  }
+  auto state = ddio_status(netdev, sysfs_root);
+  if (!state) return state.error();
+  if (state->state() != DdioState::kOff) {
+    return Error(EIO, "DDIO is " + std::string(ddio_state_name(state->state())) + " on root port " +
+                          state->root_port + " above " + netdev +
+                          ", not off: sync-read persistence does not hold (pbrickctl ddio apply)");
+  }
+  return std::move(*lock);
+}
+
 Status ddio_set(const std::string& netdev, bool enabled) { return ddio_set(netdev, enabled, ddio_sysfs_root()); }
 
 Status ddio_set(const std::string& netdev, bool enabled, const std::string& sysfs_root) {
   auto state = identify(netdev, sysfs_root);
   if (!state) return state.error();
+  UniqueFd lock;
+  if (enabled) {
+    // Not under a brick that serves sync-read relying on this port's DDIO
+    // being off (ddio_hold_off); held until the write is verified.
+    auto l = open_port_lock(state->root_port, sysfs_root);
+    if (!l) return l.error();
+    if (::flock(l->get(), LOCK_EX | LOCK_NB) != 0) {
+      if (errno == EWOULDBLOCK) {
+        return Error(EBUSY, "DDIO on for root port " + state->root_port + " above " + netdev +
+                                ": a running brick serves sync-read relying on DDIO off there; stop it first");
+      }
+      return errno_error("flock the DDIO lock of root port " + state->root_port);
+    }
+    lock = std::move(*l);
+  }
   std::string config = state->root_port_path + "/config";
   UniqueFd fd(::open(config.c_str(), O_RDWR | O_CLOEXEC));
   if (!fd.valid()) {

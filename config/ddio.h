@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "common/result.h"
+#include "common/unique_fd.h"
 #include "config/cluster_config.h"
 
 namespace pbrick {
@@ -85,6 +86,17 @@ Status ddio_set(const std::string& netdev, bool enabled, const std::string& sysf
 // Applies a brick's nic.ddio setting: off/on call ddio_set on nic.netdev,
 // unmanaged does nothing. For ExecStartPre-style use.
 Status ddio_apply(const NicConfig& nic);
+
+// DDIO is one setting per root port, and a brick serving sync-read relies on
+// it staying off while it runs. ddio_hold_off takes a shared lock for the
+// root port above `netdev` (a file in /run/pbrick, or under the sysfs root
+// when set) and then requires DDIO off there (EIO naming the state
+// otherwise); held as long as the returned descriptor is open. ddio_set on
+// (enabled) takes the lock exclusively for its write and refuses (EBUSY) while
+// a holder runs: another brick's `ddio: on`, or `pbrickctl ddio on`, cannot
+// turn DDIO back on under a running sync-read brick.
+Result<UniqueFd> ddio_hold_off(const std::string& netdev);
+Result<UniqueFd> ddio_hold_off(const std::string& netdev, const std::string& sysfs_root);
 
 // `pbrickctl ddio status|off|on --netdev NAME [--netdev NAME...] [--json]`;
 // argv[0] is "ddio". Returns 0 on success, 1 on failure, 2 on usage errors.

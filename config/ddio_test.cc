@@ -463,6 +463,44 @@ TEST(DdioTest, ApplyFollowsNicConfig) {
   ::unsetenv("PBRICK_SYSFS_ROOT");
 }
 
+// A brick serving sync-read holds its root port's DDIO off: holding needs
+// DDIO off there; while held, DDIO on is refused (another brick's `ddio: on`
+// on the same root port, pbrickctl ddio on), and the register is untouched;
+// once every holder is gone it goes through.
+TEST(DdioTest, DdioOnIsRefusedWhileABrickHoldsItOff) {
+  SkylakeTree t;
+  auto refused = ddio_hold_off("eth0", t.root());
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().errnum(), EIO);
+  EXPECT_NE(refused.error().message().find("DDIO is on on root port 0000:17:00.0 above eth0, not off"),
+            std::string::npos)
+      << refused.error().message();
+
+  ASSERT_TRUE(ddio_set("eth0", false, t.root()).ok());
+  auto first = ddio_hold_off("eth0", t.root());
+  ASSERT_TRUE(first.ok()) << first.error().message();
+  auto second = ddio_hold_off("eth0", t.root());  // two bricks on one root port
+  ASSERT_TRUE(second.ok()) << second.error().message();
+  const std::vector<uint8_t> held = t.config(kRootPort);
+
+  Status on = ddio_set("eth0", true, t.root());
+  ASSERT_FALSE(on.ok());
+  EXPECT_EQ(on.error().errnum(), EBUSY);
+  EXPECT_NE(on.error().message().find("a running brick serves sync-read relying on DDIO off there"),
+            std::string::npos)
+      << on.error().message();
+  EXPECT_EQ(t.config(kRootPort), held) << "the register was written under a holder";
+  EXPECT_TRUE(ddio_set("eth0", false, t.root()).ok()) << "off is never refused";
+
+  first->reset();
+  Status still = ddio_set("eth0", true, t.root());
+  ASSERT_FALSE(still.ok()) << "the second holder still runs";
+  EXPECT_EQ(still.error().errnum(), EBUSY);
+  second->reset();
+  ASSERT_TRUE(ddio_set("eth0", true, t.root()).ok());
+  EXPECT_EQ(ddio_status("eth0", t.root())->state(), DdioState::kOn);
+}
+
 // ---- the CLI ----
 
 int run_ddio(std::vector<std::string> args, std::string* out, std::string* err) {

@@ -12,6 +12,7 @@
 #include "common/log.h"
 #include "common/units.h"
 #include "config/cluster_config.h"
+#include "config/ddio.h"
 #include "target/server.h"
 #include "target/store.h"
 #include "target/tiering.h"
@@ -84,6 +85,7 @@ int main(int argc, char** argv) {
       {nullptr, 0, nullptr, 0},
   };
   std::string store_path, listen_text, key_file, port_file, config_file, brick_name;
+  NicConfig nic;  // the brick's, when it comes from --config
   std::optional<uint32_t> max_connections, max_handshakes;  // flag, else the cluster file's, else the default
   uint64_t size = 0;
   std::string slow_path;
@@ -187,6 +189,7 @@ int main(int argc, char** argv) {
     if (key_file.empty()) key_file = brick->key_file;
     if (!max_connections && brick->max_connections != 0) max_connections = brick->max_connections;
     if (!max_handshakes && brick->max_handshakes != 0) max_handshakes = brick->max_handshakes;
+    nic = brick->nic;
   }
   if (max_connections) server_options.max_connections = *max_connections;
   if (max_handshakes) server_options.max_handshakes = *max_handshakes;
@@ -227,6 +230,22 @@ int main(int argc, char** argv) {
   sigaddset(&mask, SIGINT);
   pthread_sigmask(SIG_BLOCK, &mask, nullptr);
   signal(SIGPIPE, SIG_IGN);
+
+  // Sync-read over RDMA from the cluster file, whose nic says DDIO off: the
+  // brick checks the root port itself (ExecStartPre applied it, but the file
+  // may have changed since, or the brick was started without the unit) and
+  // holds it off while it runs: no `ddio: on` of another brick on the same
+  // root port, nor `pbrickctl ddio on`, can turn it on under this one.
+  UniqueFd ddio_hold;
+  if (server_options.transport == Transport::kRdma && server_options.persistence == Persistence::kSyncRead &&
+      nic.ddio == DdioMode::kOff && !nic.netdev.empty()) {
+    auto held = ddio_hold_off(nic.netdev);
+    if (!held) {
+      PBRICK_LOG_ERROR("nic.ddio off: %s", held.error().message().c_str());
+      return 1;
+    }
+    ddio_hold = std::move(*held);
+  }
 
   RegionOptions region_options;
   region_options.path = store_path;
