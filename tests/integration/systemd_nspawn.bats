@@ -329,6 +329,35 @@ vol_sum() {
   in_ct systemctl daemon-reload
 }
 
+@test "a brick whose store is not there yet restarts past systemd's start limit and serves once it appears" {
+  # As a devdax namespace made late in boot, or an RDMA device coming back
+  # after a removal stopped the brick: each start fails at once. Restart=
+  # must keep trying for longer than the default start limit (5 starts in
+  # 10 s), or the unit stays failed when the store shows up.
+  local dropin=/run/systemd/system/pbrick-target@brick0.service.d/late-store.conf
+  in_ct mkdir -p "${dropin%/*}"
+  printf '[Service]\nEnvironment=PBRICK_STATE_DIR=/var/lib/pbrick/late\n' | in_ct sh -c "cat > $dropin"
+  in_ct systemctl daemon-reload
+  in_ct systemctl start --no-block pbrick-target@brick0
+  local restarts=0
+  for _ in $(seq 1 300); do
+    restarts=$(unit_prop pbrick-target@brick0 NRestarts)
+    ((restarts >= 7)) && break
+    [ "$(unit_prop pbrick-target@brick0 ActiveState)" != failed ] ||
+      fail "the unit gave up after $restarts restarts: $(in_ct systemctl status --no-pager pbrick-target@brick0)"
+    sleep 0.1
+  done
+  ((restarts >= 7)) || fail "only $restarts restarts in 30 s"
+  run in_ct journalctl -u pbrick-target@brick0 --no-pager -o cat -n 40
+  assert_output --partial '/var/lib/pbrick/late/brick0.store'
+  in_ct mkdir /var/lib/pbrick/late
+  wait_active pbrick-target@brick0 10 || fail "the brick did not start within 10 s of its store's directory appearing"
+  in_ct test -f /var/lib/pbrick/late/brick0.store
+  in_ct systemctl stop pbrick-target@brick0
+  in_ct rm -r "$dropin" /var/lib/pbrick/late
+  in_ct systemctl daemon-reload
+}
+
 @test "hardening: the daemons ran under it; systemd-analyze security scores reported" {
   in_ct systemctl start pbrick-target@brick0 pbrick-nbd@vol0
   in_ct nbdinfo --can connect "$NBD_URI"
