@@ -1046,6 +1046,53 @@ TEST_F(MirrorTest, AResyncKeepsToItsRate) {
   EXPECT_EQ(crc32c(back.data(), back.size()), crc32c(data.data(), data.size()));
 }
 
+// A resync that fails part way (its brick stops again) leaves what it
+// copied: the next one copies the dirty blocks it had not reached, and
+// again those it had but that were written since - never fewer.
+TEST_F(MirrorTest, AFailedResyncGoesOnWithTheBlocksItHadNotCopied) {
+  start_bricks(2);
+  VolumeOptions vo = options(2);
+  vo.leg_timeout_ms = 300;
+  vo.resync_mib_per_s = 8;  // 4 blocks a second: time to stop it part way
+  PBRICK_ASSERT_OK(open(vo));
+  Volume& v = engine_->volume();
+  const uint64_t blocks = v.block_count();
+  bricks_[1]->stop();
+  auto data = random_data(blocks * kBlock, 61);
+  PBRICK_ASSERT_OK(engine_->write(data.data(), data.size(), 0, false));
+  PBRICK_ASSERT_OK(engine_->flush());
+  ASSERT_EQ(v.mirror()->state(1), CopyState::kStale);
+  ASSERT_EQ(v.dirty_count(), blocks);
+
+  PBRICK_ASSERT_OK(bricks_[1]->start());
+  engine_->resync()->poke();
+  // Blocks are copied in order: at least the first 5 are on the brick when it stops.
+  ASSERT_TRUE(wait_until([&] { return v.mirror()->progress(1).done >= 5; }, std::chrono::seconds(10),
+                         std::chrono::milliseconds(2)));
+  bricks_[1]->stop();
+  ASSERT_TRUE(wait_until([&] { return v.mirror()->state(1) == CopyState::kStale; }, std::chrono::seconds(10)));
+  // Block 0 was copied; written again while the copy is stale, it is copied again.
+  auto again = random_data(kBlock, 62);
+  PBRICK_ASSERT_OK(engine_->write(again.data(), kBlock, 0, false));
+  PBRICK_ASSERT_OK(engine_->flush());
+  std::memcpy(data.data(), again.data(), kBlock);
+
+  PBRICK_ASSERT_OK(bricks_[1]->start());
+  engine_->resync()->poke();
+  ASSERT_TRUE(wait_in_sync(v, 1));
+  const uint64_t total = v.mirror()->progress(1).total;
+  EXPECT_LE(total, blocks - 5 + 1) << "the blocks the failed run copied were copied again";
+  EXPECT_GE(total, 1u);
+  EXPECT_TRUE(wait_until([&] { return v.dirty_count() == 0; }, std::chrono::seconds(5)));
+
+  Placement pl{2, 2};
+  EXPECT_EQ(brick_blocks(1), expected_blocks(pl, data, blocks)[1]);
+  bricks_[0]->stop();
+  std::vector<uint8_t> back(data.size());
+  PBRICK_ASSERT_OK(engine_->read(back.data(), back.size(), 0));
+  EXPECT_EQ(crc32c(back.data(), back.size()), crc32c(data.data(), data.size()));
+}
+
 // A brick of a 2-copy mirror is replaced by an empty one while writes go
 // on: every block is copied to it, the label names its store in that
 // place, both bricks then hold identical copies, and with the other brick

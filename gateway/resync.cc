@@ -50,8 +50,10 @@ class Copier {
   }
 
   // Copies block `block` to its copy on the target (see resync.h, step 3).
-  // ECANCELED when the resync was stopped meanwhile.
-  Status copy(uint64_t block, const std::atomic<bool>& stop) {
+  // Returns the block's write counter (MirrorState::write_seq) the copy is
+  // current with: no write to the block began after it was read. ECANCELED
+  // when the resync was stopped meanwhile.
+  Result<uint64_t> copy(uint64_t block, const std::atomic<bool>& stop) {
     const Placement& pl = volume_.placement();
     MirrorState& mirror = *volume_.mirror();
     uint64_t unit = 0;
@@ -81,17 +83,18 @@ class Copier {
       auto done = copy_once(block, unit);
       if (!done) return done.error();
       if (!*done) continue; // a mapping died or a source failed: again
-      if (mirror.write_seq(block) == seq && !mirror.writes_in_flight(block)) return Status::Ok();
+      if (mirror.write_seq(block) == seq && !mirror.writes_in_flight(block)) return seq;
       copied_again_++;  // a write (to another block sharing the counter) began meanwhile
     }
   }
 
   // Connects to the target (its FENCE cuts the connections from before the
   // resync off: Volume::begin_resync), before anything is copied.
-  Status connect_target() {
+  // Returns the store the target serves (its HELLO's brick uuid).
+  Result<std::array<uint8_t, proto::kUuidSize>> connect_target() {
     auto dst = client(target_);
     if (!dst) return dst.error();
-    return Status::Ok();
+    return (*dst)->hello().brick_uuid;
   }
   // Before the target's label says in sync: what it holds of writes sent
   // before it went stale, never synced there, is durable.
@@ -262,7 +265,10 @@ std::unique_ptr<MirrorResync> MirrorResync::Start(Volume& volume, std::function<
 }
 
 MirrorResync::MirrorResync(Volume& volume, std::function<void()> on_change)
-    : volume_(volume), channel_id_(volume.new_channel_id()), on_change_(std::move(on_change)) {}
+    : volume_(volume),
+      channel_id_(volume.new_channel_id()),
+      on_change_(std::move(on_change)),
+      copied_before_(volume.brick_count()) {}
 
 MirrorResync::~MirrorResync() {
   {
@@ -392,31 +398,48 @@ Status MirrorResync::resync(uint32_t b) {
   // still stale; then it becomes resyncing.
   PBRICK_TRY(volume_.renew_writer(b));
   Copier copier(volume_, b, channel_id_);
-  PBRICK_TRY(copier.connect_target().wrap_error("resync of brick " + volume_.brick_name(b)));
+  auto store = copier.connect_target();
+  if (!store) return store.error().wrap("resync of brick " + volume_.brick_name(b));
+  // What an earlier run copied to another store (a replaced brick) is not there.
+  CopiedBefore& before = copied_before_[b];
+  if (before.store != *store) {
+    before.store = *store;
+    before.seq.clear();
+  }
   PBRICK_TRY(volume_.begin_resync(b));
-  // The blocks to copy: read after the brick became resyncing (resync.h, 2).
+  // The blocks to copy: read after the brick became resyncing (resync.h, 2),
+  // but for those an earlier run copied that no write or discard began on
+  // since (every write counted from here on reaches the brick as well).
   std::vector<bool> dirty = volume_.dirty_blocks();
   std::vector<uint64_t> blocks;
+  size_t skipped = 0;
   for (uint64_t i = 0; i < volume_.block_count(); i++) {
     if (!dirty[i]) continue;
     for (uint32_t j = 0; j < pl.copies; j++) {
       if (pl.brick_of(pl.unit(i, j)) == b) {
-        blocks.push_back(i);
+        auto it = before.seq.find(i);
+        if (it != before.seq.end() && it->second == mirror.write_seq(i) && !mirror.writes_in_flight(i)) {
+          skipped++;
+        } else {
+          blocks.push_back(i);
+        }
         break;
       }
     }
   }
   const uint64_t started = static_cast<uint64_t>(std::time(nullptr));
   mirror.set_progress(b, {0, blocks.size(), started});
-  PBRICK_LOG_NOTICE("volume at %s: brick %s is back: resyncing %zu dirty blocks of %llu",
+  PBRICK_LOG_NOTICE("volume at %s: brick %s is back: resyncing %zu dirty blocks of %llu (%zu more copied before)",
                     format_hex(volume_.options().base).c_str(), volume_.brick_name(b).c_str(), blocks.size(),
-                    static_cast<unsigned long long>(volume_.block_count()));
+                    static_cast<unsigned long long>(volume_.block_count()), skipped);
   if (on_change_) on_change_();
   const auto t0 = Clock::now();
   auto reported = t0;
   const uint64_t rate = uint64_t{volume_.options().resync_mib_per_s} << 20;  // bytes a second; 0: no bound
   for (size_t k = 0; k < blocks.size(); k++) {
-    PBRICK_TRY(copier.copy(blocks[k], stop_).wrap_error("resync of brick " + volume_.brick_name(b)));
+    auto copied = copier.copy(blocks[k], stop_);
+    if (!copied) return copied.error().wrap("resync of brick " + volume_.brick_name(b));
+    before.seq[blocks[k]] = *copied;
     mirror.set_progress(b, {k + 1, blocks.size(), started});
     if (rate != 0) {
       // Ahead of the rate: wait until the bytes copied so far are due (a
@@ -433,6 +456,7 @@ Status MirrorResync::resync(uint32_t b) {
   }
   PBRICK_TRY(copier.sync_target().wrap_error("resync of brick " + volume_.brick_name(b)));
   PBRICK_TRY(volume_.finish_resync(b));
+  before.seq.clear();
   mirror.set_progress(b, {blocks.size(), blocks.size(), 0});  // the last resync's count stays
   const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
   PBRICK_LOG_NOTICE("volume at %s: brick %s resynced: %zu blocks copied (%llu copied again after a write) in %.1f s, "

@@ -30,7 +30,10 @@
 //     writes the label that says the brick is in sync on every brick (and
 //     clears the bitmap once no copy is stale). A write to the brick that
 //     fails, or a failed copy, puts it back to stale (its dirty bits were
-//     never cleared) and it is tried again later.
+//     never cleared) and it is tried again later. That run skips the blocks
+//     an earlier one copied that no write or discard began on since (their
+//     write_seq has not moved; the copies were made durable one by one),
+//     unless the brick serves another store now.
 //
 // Progress is in MirrorState::progress(); `on_change` is called (on the
 // resync thread) within a second of every change of a copy's state (a leg
@@ -38,6 +41,7 @@
 // runs, so a frontend can show it (systemd STATUS, `list`).
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <functional>
@@ -45,7 +49,10 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <unordered_map>
+#include <vector>
 
+#include "common/protocol.h"
 #include "common/result.h"
 
 namespace pbrick {
@@ -90,6 +97,14 @@ class MirrorResync {
   std::condition_variable cv_;
   bool poked_ = false;  // under mu_
   std::atomic<bool> stop_{false};
+  // By brick: the blocks runs that failed later copied there, with the
+  // write_seq each copy was current with, and the store they went to (its
+  // HELLO's brick uuid). Cleared when a run finishes. Resync thread only.
+  struct CopiedBefore {
+    std::array<uint8_t, proto::kUuidSize> store{};
+    std::unordered_map<uint64_t, uint64_t> seq;
+  };
+  std::vector<CopiedBefore> copied_before_;
   std::thread thread_;
 };
 
