@@ -238,8 +238,9 @@ Result<std::unique_ptr<BrickClient>> BrickClient::Handshake(std::unique_ptr<Bric
     if (said.error().errnum() == EOPNOTSUPP && (features & proto::kFeatureSyncRead) != 0) {
       return Error(EOPNOTSUPP, "HELLO " + options.endpoint.to_string() +
                                    ": the brick refuses sync-read persistence over RDMA (it has not declared "
-                                   "DDIO off on its storage NIC: --persistence sync-read, and its store's "
-                                   "persistence domain does not include the CPU caches); use persistence rpc");
+                                   "DDIO off on its storage NIC: --persistence sync-read, or its RDMA device is "
+                                   "software, and its store's persistence domain does not include the CPU "
+                                   "caches; its log says which); use persistence rpc");
     }
     return said.error();
   }

@@ -160,6 +160,9 @@ Status RdmaListener::try_setup_device(ibv_context* verbs) {
   ibv_device_attr attr{};
   if (ibv_query_device(verbs, &attr) != 0) return errno_error("ibv_query_device");
   max_rd_atom_ = std::max(1, std::min(attr.max_qp_rd_atom, 16));
+  // The kernel's software devices, by the vendor ids they report: rxe's
+  // (0xffffff) and siw's ("bmt").
+  cpu_copies_ = attr.vendor_id == 0xffffff || attr.vendor_id == 0x626d74;
   uint32_t fit = static_cast<uint32_t>(attr.max_cqe) / kCqEntriesPerConnection;
   if (fit < max_connections_) {
     PBRICK_LOG_WARN("rdma: the device's CQ holds completions of %u connections: at most %u are accepted", fit, fit);
@@ -185,7 +188,8 @@ Status RdmaListener::try_setup_device(ibv_context* verbs) {
     return errno_error("the store cannot be registered for RDMA writes (a file on a disk filesystem? "
                        "serve a devdax device, or a file on tmpfs or hugetlbfs)");
   }
-  PBRICK_LOG_INFO("rdma: serving through device %s", ibv_get_device_name(verbs->device));
+  PBRICK_LOG_INFO("rdma: serving through device %s%s", ibv_get_device_name(verbs->device),
+                  cpu_copies_ ? " (software: its copies are the CPU's, and stay in its caches)" : "");
   verbs_ = verbs;  // set up, whole
   return Status::Ok();
 }

@@ -136,6 +136,12 @@ class RdmaListener {
   uint32_t sync_rkey() const { return sync_mr_ ? sync_mr_->rkey : 0; }
   uint64_t sync_addr() const { return sync_iova_; }
 
+  // Whether the device serving the address is software (soft-RoCE, siw):
+  // its "DMA" is the kernel's memcpy, which leaves what a client wrote in the
+  // CPU caches whatever DDIO is (sync_read_persists_over_rdma). False until
+  // the device is known (the first connection, for a wildcard address).
+  bool cpu_copies() const { return cpu_copies_; }
+
  private:
   friend class RdmaConn;
   RdmaListener() = default;
@@ -159,6 +165,7 @@ class RdmaListener {
   rdma::MrPtr sync_mr_;  // after sync_page_: deregistered before it is freed
   uint64_t sync_iova_ = 0;
   int max_rd_atom_ = 1;
+  bool cpu_copies_ = false;
   uint32_t max_connections_ = 0;
   rdma::CmIdPtr listen_id_;
 };

@@ -45,8 +45,10 @@ std::array<uint8_t, proto::kUuidSize> read_boot_id() {
 
 }  // namespace
 
-bool sync_read_persists_over_rdma(Persistence declared, PersistenceDomain domain) {
-  return declared == Persistence::kSyncRead || domain == PersistenceDomain::kCpuCache;
+bool sync_read_persists_over_rdma(Persistence declared, PersistenceDomain domain, bool store_is_pmem,
+                                  bool cpu_copies) {
+  if (domain == PersistenceDomain::kCpuCache) return true;
+  return declared == Persistence::kSyncRead && !(cpu_copies && store_is_pmem);
 }
 
 Server::Impl::Impl(Store& store, const ServerOptions& options)
@@ -313,9 +315,17 @@ Status Server::Impl::run() {
   last_watchdog_ = Clock::now();
   const char* sync_read = "served (over TCP the brick persists before it answers)";
   if (options_.transport == Transport::kRdma) {
-    sync_read = options_.persistence == Persistence::kSyncRead ? "served (DDIO off, as --persistence declares)"
-                : store_.region().persistence_domain() == PersistenceDomain::kCpuCache
-                    ? "served (the store's persistence domain includes the CPU caches)"
+    // The device is known once bound to an address (a wildcard: at the
+    // first connection, which HELLO then checks).
+    const bool software = listener_ && listener_->cpu_copies();
+    const bool pmem = store_.region().is_pmem();
+    const bool cpu_cache = store_.region().persistence_domain() == PersistenceDomain::kCpuCache;
+    sync_read = options_.persistence == Persistence::kSyncRead && !(software && pmem)
+                    ? "served (DDIO off, as --persistence declares)"
+                : cpu_cache ? "served (the store's persistence domain includes the CPU caches)"
+                : options_.persistence == Persistence::kSyncRead
+                    ? "refused (DDIO off is declared, but the RDMA device is software: what it writes stays in "
+                      "the CPU caches, which the store's persistence domain leaves out): PERSIST only"
                     : "refused (neither DDIO off declared nor a cpu_cache persistence domain): PERSIST only";
   }
   PBRICK_LOG_NOTICE("serving on %s (%s store, %s; sync-read %s)",

@@ -31,12 +31,16 @@
 namespace pbrick {
 
 // Whether an RDMA READ after RDMA WRITEs on one queue pair makes them durable
-// on this brick (docs/persistence.md "sync-read"): the operator declared DDIO
-// off (`declared` kSyncRead), or the store is persistent memory on a platform
-// that flushes the CPU caches on power loss (eADR: `domain` kCpuCache), where
-// whatever the NIC wrote into the caches - DDIO on, or soft-RoCE's memcpy - is
-// already durable.
-bool sync_read_persists_over_rdma(Persistence declared, PersistenceDomain domain);
+// on this brick (docs/persistence.md "sync-read"): the store is persistent
+// memory on a platform that flushes the CPU caches on power loss (eADR:
+// `domain` kCpuCache), where whatever the NIC wrote into the caches - DDIO
+// on, or soft-RoCE's memcpy - is already durable; or the operator declared
+// DDIO off (`declared` kSyncRead) - which means nothing when the device is
+// software (`cpu_copies`: its writes are CPU stores, left in the caches) and
+// the store is persistent memory (`store_is_pmem`; a file store loses
+// everything with the host's power whatever the device).
+bool sync_read_persists_over_rdma(Persistence declared, PersistenceDomain domain, bool store_is_pmem,
+                                  bool cpu_copies);
 
 struct ServerOptions {
   Endpoint listen;

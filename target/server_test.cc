@@ -151,13 +151,29 @@ int sync_read(BrickClient& c, const proto::MapReply& m) {
 // persistence.md, "sync-read": an RDMA READ after RDMA WRITEs is a persistence
 // point where the NIC's writes bypass the caches (DDIO off, declared by the
 // operator) or where the caches themselves are durable (eADR: the region's
-// persistence domain is cpu_cache); nowhere else.
+// persistence domain is cpu_cache); nowhere else. A software device (rxe,
+// siw) writes with the CPU: into the caches whatever DDIO is, so on pmem
+// only eADR makes its writes durable.
 TEST(ServerPersistence, SyncReadOverRdmaNeedsDdioOffOrACpuCacheDomain) {
-  EXPECT_TRUE(sync_read_persists_over_rdma(Persistence::kSyncRead, PersistenceDomain::kUnknown));
-  EXPECT_TRUE(sync_read_persists_over_rdma(Persistence::kSyncRead, PersistenceDomain::kMemoryController));
-  EXPECT_TRUE(sync_read_persists_over_rdma(Persistence::kRpc, PersistenceDomain::kCpuCache));
-  EXPECT_FALSE(sync_read_persists_over_rdma(Persistence::kRpc, PersistenceDomain::kMemoryController));
-  EXPECT_FALSE(sync_read_persists_over_rdma(Persistence::kRpc, PersistenceDomain::kUnknown));
+  const PersistenceDomain kUnknown = PersistenceDomain::kUnknown, kAdr = PersistenceDomain::kMemoryController,
+                          kEadr = PersistenceDomain::kCpuCache;
+  const Persistence kDeclared = Persistence::kSyncRead, kRpc = Persistence::kRpc;
+  for (bool pmem : {false, true}) {
+    EXPECT_TRUE(sync_read_persists_over_rdma(kDeclared, kUnknown, pmem, false)) << pmem;
+    EXPECT_TRUE(sync_read_persists_over_rdma(kDeclared, kAdr, pmem, false)) << pmem;
+    EXPECT_TRUE(sync_read_persists_over_rdma(kRpc, kEadr, pmem, false)) << pmem;
+    EXPECT_TRUE(sync_read_persists_over_rdma(kRpc, kEadr, pmem, true)) << pmem;
+    EXPECT_TRUE(sync_read_persists_over_rdma(kDeclared, kEadr, pmem, true)) << pmem;
+    EXPECT_FALSE(sync_read_persists_over_rdma(kRpc, kAdr, pmem, false)) << pmem;
+    EXPECT_FALSE(sync_read_persists_over_rdma(kRpc, kUnknown, pmem, false)) << pmem;
+    EXPECT_FALSE(sync_read_persists_over_rdma(kRpc, kUnknown, pmem, true)) << pmem;
+  }
+  // Soft-RoCE with DDIO "off": a file store is as durable as it can be (a
+  // brick crash loses nothing, a power loss everything); pmem without eADR
+  // would lose what sits in the caches.
+  EXPECT_TRUE(sync_read_persists_over_rdma(kDeclared, kUnknown, false, true));
+  EXPECT_FALSE(sync_read_persists_over_rdma(kDeclared, kAdr, true, true));
+  EXPECT_FALSE(sync_read_persists_over_rdma(kDeclared, kUnknown, true, true));
 }
 
 // persistence.md, "Failed persistence": the persistence step comes before the

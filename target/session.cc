@@ -53,12 +53,21 @@ void Server::Impl::handle_hello(Connection& c, const proto::FrameHeader& h, std:
                       c.peer.c_str());
       return refuse(Error(EPROTONOSUPPORT, "RDMA with a cluster key needs AUTH_TRAILER"));
     }
+    const bool software = listener_ && listener_->cpu_copies();
     if ((req->features & proto::kFeatureSyncRead) != 0 &&
-        !sync_read_persists_over_rdma(options_.persistence, store_.region().persistence_domain())) {
-      PBRICK_LOG_WARN("%s: refused: sync-read persistence asked for, but this brick has not declared DDIO off "
-                      "on its storage NIC (start it with --persistence sync-read once DDIO is off) and its "
-                      "store's persistence domain does not include the CPU caches",
-                      c.peer.c_str());
+        !sync_read_persists_over_rdma(options_.persistence, store_.region().persistence_domain(),
+                                      store_.region().is_pmem(), software)) {
+      if (options_.persistence == Persistence::kSyncRead) {
+        PBRICK_LOG_WARN("%s: refused: sync-read persistence asked for, but this brick's RDMA device is software "
+                        "(soft-RoCE, siw): what it writes stays in the CPU caches whatever DDIO is, and its pmem "
+                        "store's persistence domain (%s) does not include them",
+                        c.peer.c_str(), persistence_domain_name(store_.region().persistence_domain()));
+      } else {
+        PBRICK_LOG_WARN("%s: refused: sync-read persistence asked for, but this brick has not declared DDIO off "
+                        "on its storage NIC (start it with --persistence sync-read once DDIO is off) and its "
+                        "store's persistence domain does not include the CPU caches",
+                        c.peer.c_str());
+      }
       return refuse(Error(EOPNOTSUPP, "sync-read needs DDIO off"));
     }
   } else {

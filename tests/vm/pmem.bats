@@ -14,6 +14,9 @@
 #      --persistence sync-read serves a sync-read gateway on a cpu_cache
 #      domain (data through ublk and its FLUSH, checksums) and refuses one on
 #      any other
+#   4. over soft-RoCE, declaring DDIO off (--persistence sync-read) does not
+#      make sync-read durable on pmem: served on cpu_cache, refused on ADR
+#      (PBRICK_VM_PMEM_PERSISTENCE=mem-ctrl, a boot of its own in scripts/test)
 # The ublk tests (ublk.bats) run on the same store in the same boot.
 
 load helpers
@@ -47,6 +50,18 @@ pmem_brick_up() {
     --port-file "$BATS_TEST_TMPDIR/pmem.port" 2>>"$BATS_TEST_TMPDIR/pmem.log" &
   BRICK_PID=$!
   wait_for_brick pmem
+}
+
+# wait_serving: until the brick's log has its "serving on" line, which says
+# how it serves sync-read (written after the port file).
+wait_serving() {
+  local _
+  for _ in $(seq 1 200); do
+    grep -q 'serving on ' "$BATS_TEST_TMPDIR/pmem.log" && return 0
+    sleep 0.05
+  done
+  echo "no 'serving on' line in the brick's log" >&2
+  return 1
 }
 
 # store_vmflags PID PATH: the VmFlags of PID's mapping of PATH (smaps).
@@ -123,6 +138,7 @@ store_vmflags() {
   mem-ctrl) assert_equal "$domain" memory_controller ;;
   esac
   pmem_brick_up # without --persistence: rpc, no DDIO declaration
+  wait_serving
   grep -q "mapped store $VM_STORE: .*persistent memory.*, persistence domain $domain" "$BATS_TEST_TMPDIR/pmem.log"
   if [ "$PBRICK_TRANSPORT" != rdma ]; then
     grep -q "sync-read served (over TCP the brick persists before it answers)" "$BATS_TEST_TMPDIR/pmem.log"
@@ -157,4 +173,33 @@ store_vmflags() {
   GW_PID=
   run grep -i 'refused' "$BATS_TEST_TMPDIR/gw.log" "$BATS_TEST_TMPDIR/pmem.log"
   assert_failure 1
+}
+
+@test "pmem: over soft-RoCE a brick that declares DDIO off serves sync-read only on a cpu_cache domain" {
+  # rxe writes into the registered pages with the CPU: the bytes stay in the
+  # CPU caches whatever DDIO is, so on pmem only eADR makes them durable.
+  local domain regions=(/sys/bus/nd/devices/region*/persistence_domain)
+  domain=$(cat "${regions[0]}")
+  rm -f "$BATS_TEST_TMPDIR/pmem.port"
+  "$TARGET_BIN" "${VM_STORE_ARGS[@]}" --listen "$BRICK_HOST:0" --transport "$PBRICK_TRANSPORT" \
+    --persistence sync-read --port-file "$BATS_TEST_TMPDIR/pmem.port" 2>>"$BATS_TEST_TMPDIR/pmem.log" &
+  BRICK_PID=$!
+  wait_for_brick pmem
+  wait_serving
+  if [ "$PBRICK_TRANSPORT" != rdma ]; then
+    grep -q "sync-read served (over TCP the brick persists before it answers)" "$BATS_TEST_TMPDIR/pmem.log"
+    return 0
+  fi
+  grep -q "rdma: serving through device .* (software: its copies are the CPU's" "$BATS_TEST_TMPDIR/pmem.log"
+  if [ "$domain" = cpu_cache ]; then
+    # Served for the domain's sake, not the declaration's.
+    grep -q "sync-read served (the store's persistence domain includes the CPU caches)" "$BATS_TEST_TMPDIR/pmem.log"
+    return 0
+  fi
+  grep -q "sync-read refused (DDIO off is declared, but the RDMA device is software" "$BATS_TEST_TMPDIR/pmem.log"
+  run "$GW_BIN" attach --target "$TARGET" --transport rdma --persistence sync-read --size 64M
+  assert_failure 1
+  assert_output --partial 'refuses sync-read persistence over RDMA'
+  grep -q "refused: sync-read persistence asked for, but this brick's RDMA device is software" \
+    "$BATS_TEST_TMPDIR/pmem.log"
 }
