@@ -12,29 +12,20 @@ std::unique_ptr<DataChannel> DataChannel::Create(Transport transport, uint32_t d
 
 void ChannelBacklog::feed(DataChannel& channel) {
   while (!empty() && channel.connected() && !channel.tearing_down() && !channel.full()) {
-    Entry e = entries_[head_++];
+    Entry e = entries_.pop();
     if (e.sync) {
       channel.submit_sync(e.op);
     } else {
       channel.submit(e.op);
     }
   }
-  compact();
 }
 
 void ChannelBacklog::fail_all(int status) {
   // Only what waits now: what a completion queues waits for the next feed.
-  for (size_t end = entries_.size(); head_ < end;) {
-    DataChannel::Op* op = entries_[head_++].op;
+  for (size_t n = entries_.size(); n > 0; n--) {
+    DataChannel::Op* op = entries_.pop().op;
     op->done(op, status);
-  }
-  compact();
-}
-
-void ChannelBacklog::compact() {
-  if (head_ == entries_.size()) {
-    entries_.clear();
-    head_ = 0;
   }
 }
 

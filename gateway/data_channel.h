@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "common/client.h"
+#include "common/fifo.h"
 #include "common/protocol.h"
 #include "common/result.h"
 #include "common/transport.h"
@@ -252,11 +253,11 @@ class DataChannel {
 class ChannelBacklog {
  public:
   void reserve(size_t n) { entries_.reserve(n); }
-  bool empty() const { return head_ == entries_.size(); }
-  size_t size() const { return entries_.size() - head_; }
+  bool empty() const { return entries_.empty(); }
+  size_t size() const { return entries_.size(); }
 
   // `sync`: the op goes to DataChannel::submit_sync, else to submit.
-  void push(DataChannel::Op* op, bool sync) { entries_.push_back({op, sync}); }
+  void push(DataChannel::Op* op, bool sync) { entries_.push({op, sync}); }
 
   // Submits waiting ops in order while the channel is connected, not tearing
   // down and has room; the rest wait for the next call.
@@ -271,10 +272,7 @@ class ChannelBacklog {
     DataChannel::Op* op;
     bool sync;
   };
-  void compact();
-
-  std::vector<Entry> entries_;
-  size_t head_ = 0;
+  Fifo<Entry> entries_;
 };
 
 }  // namespace pbrick

@@ -136,7 +136,7 @@ void RdmaChannel::submit_sync(Op* op) {
     } else {
       // No message credit left: it goes out when a reply frees one, naming
       // whatever was written until then (at least what it covers).
-      waiting_persists_.push_back(index);
+      waiting_persists_.push(index);
     }
     return;
   }
@@ -220,12 +220,8 @@ void RdmaChannel::on_reply(std::span<const uint8_t> message) {
   // Replies come in request order: this one covers every PERSIST sent before.
   if (status == 0) ledger_.synced(s.covers_write_seq);
   complete(index, status);
-  if (waiting_head_ < waiting_persists_.size() && persists_inflight_ < proto::kRdmaMaxOutstanding) {
-    send_persist(waiting_persists_[waiting_head_++]);
-    if (waiting_head_ == waiting_persists_.size()) {
-      waiting_persists_.clear();
-      waiting_head_ = 0;
-    }
+  if (!waiting_persists_.empty() && persists_inflight_ < proto::kRdmaMaxOutstanding) {
+    send_persist(waiting_persists_.pop());
   }
 }
 
@@ -236,7 +232,6 @@ void RdmaChannel::teardown(int status) {
     dirty_.set_all();
   }
   waiting_persists_.clear();
-  waiting_head_ = 0;
   for (uint32_t i = 0; i < depth_; i++) {
     if (slots_[i].op != nullptr) complete(i, status);
   }

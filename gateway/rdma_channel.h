@@ -36,6 +36,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/fifo.h"
 #include "common/protocol.h"
 #include "common/rdma.h"
 #include "gateway/data_channel.h"
@@ -116,8 +117,7 @@ class RdmaChannel final : public DataChannel {
   uint64_t sync_addr_ = 0;
   PersistRanges dirty_;  // rpc: what the next PERSIST names
   uint32_t persists_inflight_ = 0;
-  std::vector<uint32_t> waiting_persists_;  // slots waiting for a message credit
-  size_t waiting_head_ = 0;
+  Fifo<uint32_t> waiting_persists_;  // slots waiting for a message credit
   std::vector<uint8_t> message_;            // PERSIST encoding buffer
   proto::PersistRequest persist_req_;
 
