@@ -26,7 +26,24 @@ constexpr uint64_t kUdSync = 2;
 Tiering::Tiering(Store& store, const TieringOptions& options) : store_(store), options_(options) {}
 
 Tiering::~Tiering() {
-  if (ring_ready_) io_uring_queue_exit(&ring_);
+  if (!ring_ready_) return;
+  // Closing the ring does not stop what the kernel took: a read still
+  // filling a fast slot lands after the store is unmapped and its lock
+  // released, in the block a brick started next may have given out already.
+  // Wait for it (the moves stay uncommitted: the store's next open finds the
+  // old copies, as after a crash).
+  while (in_kernel_ > 0) {
+    io_uring_cqe* cqe = nullptr;
+    __kernel_timespec timeout{30, 0};
+    if (int err = io_uring_wait_cqe_timeout(&ring_, &cqe, &timeout); err < 0) {
+      PBRICK_LOG_ERROR("tiering: %llu copies still under way at exit: %s",
+                       static_cast<unsigned long long>(in_kernel_), std::strerror(-err));
+      break;
+    }
+    io_uring_cqe_seen(&ring_, cqe);
+    --in_kernel_;
+  }
+  io_uring_queue_exit(&ring_);
 }
 
 Result<std::unique_ptr<Tiering>> Tiering::Create(Store& store, const TieringOptions& options) {
@@ -173,11 +190,14 @@ void Tiering::submit_copies(Batch& b) {
 // visible to the kernel already): never give up their moves, which would
 // let a later submit copy into a reused slot. Submit them again at the tick.
 void Tiering::submit() {
-  if (int err = io_uring_submit(&ring_); err < 0) {
-    if (!unsubmitted_) PBRICK_LOG_ERROR("tiering: io_uring_submit: %s (trying again)", std::strerror(-err));
+  if (int n = io_uring_submit(&ring_); n < 0) {
+    if (!unsubmitted_) PBRICK_LOG_ERROR("tiering: io_uring_submit: %s (trying again)", std::strerror(-n));
     unsubmitted_ = true;
   } else {
-    unsubmitted_ = false;
+    in_kernel_ += static_cast<uint64_t>(n);
+    // The kernel may take fewer than were queued (it could not allocate
+    // for the rest): those wait in the ring as after a failure.
+    unsubmitted_ = io_uring_sq_ready(&ring_) > 0;
   }
 }
 
@@ -263,6 +283,7 @@ void Tiering::on_event() {
     const uint64_t ud = io_uring_cqe_get_data64(cqe);
     const int res = cqe->res;
     io_uring_cqe_seen(&ring_, cqe);
+    if (in_kernel_ > 0) --in_kernel_;
     Batch& b = (ud >> 8 & 0xff) == 0 ? up_ : down_;
     if (ud >> 16 == kUdCopy) {
       on_copied(b, ud & 0xff, res);
@@ -338,7 +359,10 @@ void Tiering::finish(Batch& b, bool synced) {
       store_.abort_move(m.vaddr, bad_slot);
       if (m.to_tier == kTierFast) failed_promotions_.insert(m.vaddr);
     } else if (Status st = store_.commit_move(m.vaddr); !st) {
+      // The store put the old copy back. A promotion's MAP is told (asked
+      // again, the same flip would fail the same way, for ever).
       PBRICK_LOG_ERROR("tiering: %s", st.error().message().c_str());
+      if (m.to_tier == kTierFast) failed_promotions_.insert(m.vaddr);
     } else {
       any = true;
       if (m.to_tier == kTierFast) {

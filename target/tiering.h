@@ -152,7 +152,11 @@ class Tiering {
   double budget_bytes_ = 0;
   std::chrono::steady_clock::time_point last_refill_;
   uint64_t promotions_ = 0, demotions_ = 0, batches_ = 0;
-  bool unsubmitted_ = false;  // an io_uring_submit failed: SQEs wait in the ring
+  bool unsubmitted_ = false;  // an io_uring_submit failed or took part: SQEs wait in the ring
+  // Copies and syncs the kernel took and has not completed: the destructor
+  // waits for them (a copy still reading into a fast slot after the brick
+  // exits would land in a block a restarted brick gave out again).
+  uint64_t in_kernel_ = 0;
   uint64_t reported_moves_ = 0;  // promotions_ + demotions_ at the last summary line
 };
 

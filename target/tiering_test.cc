@@ -19,6 +19,7 @@
 
 #include "common/crc32c.h"
 #include "common/units.h"
+#include "target/fault_injection_region.h"
 #include "target/handle_table.h"
 #include "target/pmem_region.h"
 #include "target/slow_tier.h"
@@ -683,6 +684,52 @@ TEST(Tiering, AMapWhosePromotionFailsIsToldSoOnce) {
   wait_until_idle(**t);
   EXPECT_EQ((*t)->prepare_map(va(0)), Tiering::MapReadiness::kFailed);
   EXPECT_EQ((*t)->promotions(), 0u);
+  t->reset();
+}
+
+// The copy of a promotion succeeds but its flip (the map entry's store)
+// cannot be made durable: the MAP waiting for it is told the promotion
+// failed, as for a failed copy, instead of waiting while the same move is
+// made and undone over and over. Once the map can be written, a MAP
+// promotes the block.
+TEST(Tiering, AMapWhosePromotionCannotBeCommittedIsToldSo) {
+  const std::string dir =
+      std::filesystem::temp_directory_path() / ("pbrick-tiering-badflip-" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  struct Cleanup {
+    std::string dir;
+    ~Cleanup() { std::filesystem::remove_all(dir); }
+  } cleanup{dir};
+  auto fault = std::make_unique<FaultInjectionRegion>(make_memory_region(16ull << 20), /*pmem=*/true);
+  FaultInjectionRegion* fast = fault.get();
+  auto slow = open_pmem_region({dir + "/slow", 16ull << 20, true});
+  ASSERT_TRUE(slow) << slow.error().message();
+  auto opened = Store::Open(std::move(fault), StoreOpenOptions{}, std::move(*slow));
+  ASSERT_TRUE(opened) << opened.error().message();
+  Store& store = **opened;
+  const uint64_t fast_slots = store.stats().fast_capacity_blocks;
+  for (uint64_t i = 0; i < fast_slots; ++i) ASSERT_TRUE(store.alloc(va(static_cast<int>(i))));
+  const uint32_t crc = fill(store, va(0), 41);
+  auto t = Tiering::Create(store, TieringOptions{dir + "/slow", 2, 1ull << 30});
+  ASSERT_TRUE(t) << t.error().message();
+  (*t)->tick();
+  wait_until_idle(**t);
+  ASSERT_EQ(*store.tier_of(va(0)), kTierSlow);
+  for (uint64_t i = 2; i < fast_slots; ++i) ASSERT_TRUE(store.pin(va(static_cast<int>(i))));
+
+  fast->fail(FaultInjectionRegion::Op::kStoreWord, EIO);  // va(0)'s map entry is in the fast region
+  EXPECT_EQ((*t)->prepare_map(va(0)), Tiering::MapReadiness::kWait);
+  wait_until_idle(**t);
+  EXPECT_EQ((*t)->prepare_map(va(0)), Tiering::MapReadiness::kFailed);
+  EXPECT_EQ(*store.tier_of(va(0)), kTierSlow);
+  EXPECT_EQ((*t)->promotions(), 0u);
+
+  fast->fail(FaultInjectionRegion::Op::kStoreWord, 0);
+  EXPECT_EQ((*t)->prepare_map(va(0)), Tiering::MapReadiness::kWait);
+  wait_until_idle(**t);
+  EXPECT_EQ((*t)->prepare_map(va(0)), Tiering::MapReadiness::kReady);
+  ASSERT_EQ(*store.tier_of(va(0)), kTierFast);
+  EXPECT_EQ(sum(store, va(0)), crc);
   t->reset();
 }
 
