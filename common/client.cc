@@ -324,8 +324,15 @@ Status BrickClient::send_bytes(std::span<const uint8_t> bytes, const std::string
   return st.wrap_error(what);
 }
 
+Status BrickClient::check_in_step(const std::string& what) const {
+  if (!out_of_step_) return Status::Ok();
+  return Error(ENOTCONN, what + ": connection given up (an earlier request's reply never came whole, or came late)");
+}
+
 Status BrickClient::call(proto::Opcode op, std::span<const uint8_t> payload, std::span<const uint8_t> data,
                          const std::string& what) {
+  PBRICK_TRY(check_in_step(what));
+  out_of_step_ = true;  // until the reply is taken whole
   proto::FrameHeader h;
   h.opcode = op;
   h.request_id = next_request_id_++;
@@ -346,6 +353,7 @@ Status BrickClient::call(proto::Opcode op, std::span<const uint8_t> payload, std
   }
   reply_.resize(reply->payload_len);  // bounded by decode_header (at most kMaxIoSize)
   PBRICK_TRY(recv_all(fd_.get(), reply_.data(), reply_.size(), what.c_str()));
+  out_of_step_ = false;
   if (reply->status != 0) return Error(proto::errno_from_wire(reply->status), what);
   return Status::Ok();
 }
@@ -355,6 +363,7 @@ Status BrickClient::call_rdma(const proto::FrameHeader& h, std::span<const uint8
                               const std::string& what) {
   if (!data.empty()) return Error(EOPNOTSUPP, what + ": data frames do not travel over RDMA");
   if (hdr.size() + payload.size() > proto::kRdmaMessageSize) return Error(EMSGSIZE, what + ": request too large");
+  // (call() marked the connection out of step until the reply is taken.)
   uint8_t frame[proto::kRdmaMessageSize];
   std::memcpy(frame, hdr.data(), hdr.size());
   if (!payload.empty()) std::memcpy(frame + hdr.size(), payload.data(), payload.size());
@@ -377,6 +386,7 @@ Status BrickClient::call_rdma(const proto::FrameHeader& h, std::span<const uint8
       return;
     }
     reply_.assign(c.message.begin() + proto::kHeaderSize, c.message.end());
+    out_of_step_ = false;
     if (reply->status != 0) bad = Error(proto::errno_from_wire(reply->status), what);
   };
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms_);
@@ -393,6 +403,7 @@ Status BrickClient::call_rdma(const proto::FrameHeader& h, std::span<const uint8
 
 Status BrickClient::rdma_io(bool write, uint32_t rkey, uint64_t remote_addr, uint8_t* buf, size_t len) {
   const std::string what = std::string(write ? "rdma write " : "rdma read ") + format_hex(remote_addr);
+  PBRICK_TRY(check_in_step(what));
   if (bounce_.empty()) {
     // Only tools move data through a BrickClient: a control connection never
     // pins this.
@@ -409,12 +420,16 @@ Status BrickClient::rdma_io(bool write, uint32_t rkey, uint64_t remote_addr, uin
     if (write) std::memcpy(bounce.data(), buf + done, n);
     ibv_sge sge{reinterpret_cast<uint64_t>(bounce.data()), static_cast<uint32_t>(n), link_->lkey(bounce.data(), n)};
     link_->queue_rdma(write ? IBV_WR_RDMA_WRITE : IBV_WR_RDMA_READ, &sge, 1, rkey, remote_addr + done, 1);
+    // Until its completion: a late one would pass for the next operation's,
+    // and the bounce buffer still be read or filled.
+    out_of_step_ = true;
     PBRICK_TRY(link_->post_queued().wrap_error(what));
     bool got = false;
     Status result = Status::Ok();
     auto on = [&](const rdma::RdmaLink::Completion& c) {
       if (c.kind != rdma::RdmaLink::Completion::Kind::kOneSided) return;
       got = true;
+      out_of_step_ = false;
       if (c.status != 0) result = Error(c.status, what + ": " + c.error);
     };
     auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms_);

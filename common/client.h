@@ -172,6 +172,14 @@ class BrickClient {
   proto::HelloReply hello_;
   std::optional<SyncRegion> sync_region_;
   std::vector<uint8_t> reply_;  // payload of the last reply
+  // Set while a request is out and its reply (or its RDMA completion) not
+  // wholly taken. A call that ends without it - a timeout, a reply lost half
+  // way, one that matches no request - leaves the stream out of step: a late
+  // reply would be read as the next request's. Every later call then fails
+  // at once with ENOTCONN, a lost connection to its callers, who connect
+  // again (docs/protocol.md §5: such a connection is closed).
+  bool out_of_step_ = false;
+  Status check_in_step(const std::string& what) const;
 };
 
 // Merges extents that continue each other (same flags and tier, adjacent).

@@ -5,8 +5,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -60,10 +62,12 @@ TEST(EndpointTest, BadAddressesNameTheFlagAndWhy) {
 }
 
 // A brick that answers one HELLO with `reply`, on a unix socket in a
-// directory of its own.
+// directory of its own. With `answer_after`, it then answers every request
+// with an empty reply of status 0, the first one that late.
 class FakeBrick {
  public:
-  explicit FakeBrick(const proto::HelloReply& reply) {
+  explicit FakeBrick(const proto::HelloReply& reply,
+                     std::optional<std::chrono::milliseconds> answer_after = std::nullopt) {
     char tmpl[] = "/tmp/pbrick-fake-brick-XXXXXX";
     dir_ = ::mkdtemp(tmpl);
     path_ = dir_ + "/brick.sock";
@@ -73,15 +77,18 @@ class FakeBrick {
     std::strcpy(addr.sun_path, path_.c_str());
     EXPECT_EQ(::bind(listen_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
     EXPECT_EQ(::listen(listen_.get(), 1), 0);
-    thread_ = std::thread([this, reply] {
+    thread_ = std::thread([this, reply, answer_after] {
       UniqueFd c(::accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      auto read_exactly = [&](uint8_t* p, size_t len) {
+        for (size_t got = 0; got < len;) {
+          ssize_t n = ::read(c.get(), p + got, len - got);
+          if (n <= 0) return false;
+          got += static_cast<size_t>(n);
+        }
+        return true;
+      };
       std::vector<uint8_t> hello(proto::kHeaderSize + proto::kHelloRequestSize);
-      size_t got = 0;
-      while (got < hello.size()) {
-        ssize_t n = ::read(c.get(), hello.data() + got, hello.size() - got);
-        if (n <= 0) return;
-        got += static_cast<size_t>(n);
-      }
+      if (!read_exactly(hello.data(), hello.size())) return;
       auto h = proto::decode_header({hello.data(), proto::kHeaderSize}, /*expect_reply=*/false);
       if (!h) return;
       std::vector<uint8_t> out(proto::kHeaderSize + proto::hello_reply_size(reply));
@@ -93,6 +100,21 @@ class FakeBrick {
       proto::encode_header(rh, out.data());
       proto::encode_hello_reply(reply, out.data() + proto::kHeaderSize);
       (void)!::write(c.get(), out.data(), out.size());
+      for (bool first = true; answer_after; first = false) {
+        uint8_t hdr[proto::kHeaderSize];
+        if (!read_exactly(hdr, sizeof hdr)) return;
+        auto req = proto::decode_header(hdr, /*expect_reply=*/false);
+        if (!req) return;
+        std::vector<uint8_t> payload(req->payload_len);
+        if (!read_exactly(payload.data(), payload.size())) return;
+        if (first) std::this_thread::sleep_for(*answer_after);
+        proto::FrameHeader rep = *req;
+        rep.flags = proto::kFlagReply;
+        rep.payload_len = 0;
+        uint8_t rhdr[proto::kHeaderSize];
+        proto::encode_header(rep, rhdr);
+        if (::write(c.get(), rhdr, sizeof rhdr) != static_cast<ssize_t>(sizeof rhdr)) return;
+      }
       char byte;
       (void)!::read(c.get(), &byte, 1);  // until the client hangs up
     });
@@ -142,6 +164,28 @@ TEST(BrickClientTest, AHelloReplyOutsideWhatWasOfferedIsRefused) {
     auto c = BrickClient::Connect(brick.options());
     EXPECT_TRUE(c.ok()) << c.error().message();
   }
+}
+
+// A reply that comes after the client gave up waiting for it must not be
+// taken for the reply to the next request on the connection: the client
+// gives the connection up instead (ENOTCONN, which callers answer by
+// connecting again), rather than fail every later request for a reply that
+// does not match it.
+TEST(BrickClientTest, ARequestThatTimedOutLeavesTheConnectionUnusable) {
+  proto::HelloReply r;
+  FakeBrick brick(r, std::chrono::milliseconds(600));
+  ClientOptions o = brick.options();
+  o.timeout_ms = 200;
+  auto c = BrickClient::Connect(o);
+  ASSERT_TRUE(c.ok()) << c.error().message();
+  Status first = (*c)->unmap(0x200000);
+  ASSERT_FALSE(first.ok());
+  EXPECT_EQ(first.error().errnum(), ETIMEDOUT) << first.error().message();
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));  // the late reply is in
+  Status next = (*c)->unmap(0x400000);
+  ASSERT_FALSE(next.ok());
+  EXPECT_EQ(next.error().errnum(), ENOTCONN) << next.error().message();
+  c->reset();
 }
 
 }  // namespace
