@@ -835,6 +835,10 @@ Status Volume::renew_writer(uint32_t b) {
   // attachment there off, and the data channels reconnect under the new one.
   // While the copy is still stale, so what fails with those connections is a
   // miss it records, not a failure that stops the resync.
+  return new_writer(b);
+}
+
+Status Volume::new_writer(uint32_t b) {
   std::array<uint8_t, proto::kUuidSize> fresh{};
   PBRICK_TRY(random_bytes(fresh.data(), fresh.size()));
   {

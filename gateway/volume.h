@@ -140,9 +140,17 @@ class Volume {
   ClientOptions brick_options(uint32_t brick) const;
   // "HOST:PORT" of a brick, for messages.
   std::string brick_name(uint32_t brick) const;
-  // Changes when the brick is replaced (replace_brick): a data channel
-  // connected at another epoch reaches the old brick and must reconnect.
+  // Changes when the brick is replaced (replace_brick), or its writer id
+  // (new_writer): a data channel connected at another epoch reaches the old
+  // brick, or FENCEs under the old id, and must reconnect.
   uint64_t brick_epoch(uint32_t brick) const;
+  // A new writer id for the brick's data connections (any thread), which all
+  // reconnect under it: the first FENCE under it cuts every connection of
+  // the old one off (docs/protocol.md 7.9), whichever queue's it was. For a
+  // connection given up with requests unanswered, which the brick may still
+  // execute: a request that failed with them must not see them land after a
+  // newer write that another queue sends.
+  Status new_writer(uint32_t brick);
 
   // The cached handle of a block, if it is mapped; marks it used (LRU).
   std::optional<BlockHandle> cached(uint64_t index) const;

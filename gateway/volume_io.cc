@@ -670,7 +670,21 @@ void VolumeChannels::teardown(Link& link, const Error& why) {
     PBRICK_LOG_WARN("%s: connection to brick %s lost: %s", label_.c_str(), volume_.brick_name(link.ring.brick).c_str(),
                     why.message().c_str());
   }
+  const bool unanswered = link.channel->inflight() > 0;
   link.channel->teardown(why.errnum());
+  // Given up (no reply in time, a transport error) with requests unanswered:
+  // the brick may still execute them (frames it holds behind a sync point;
+  // closing stops nothing, docs/protocol.md 7.9). Their requests may fail
+  // now, at their deadline, with nothing sent again on this link to FENCE
+  // it; a newer write of the same range then goes out on another queue's
+  // connection and could be overtaken. Under a new writer id every link to
+  // the brick reconnects first, and the first FENCE cuts this one off. (Not
+  // for ESHUTDOWN: a replaced brick or a new writer id already, or a stop.)
+  if (unanswered && why.errnum() != ESHUTDOWN && !volume_.options().read_only) {
+    Status st = volume_.new_writer(link.ring.brick);
+    if (!st) PBRICK_LOG_ERROR("%s: brick %s: %s", label_.c_str(), volume_.brick_name(link.ring.brick).c_str(),
+                              st.error().message().c_str());
+  }
 }
 
 void VolumeChannels::dispatch() {

@@ -573,6 +573,100 @@ TEST(GatewayOverFaultyBrick, FlushAfterADiscardReportsTheFailedFdatasync) {
   engine->reset();
 }
 
+// docs/protocol.md 7.9: a connection given up with a WRITE the brick still
+// holds (behind a sync point whose fdatasync is slow) must not have it land
+// after a newer write of the same range - here one sent by another queue,
+// whose connection no FENCE of the first queue's channel would cut. The
+// request of the held WRITE fails at its deadline, when its connection is
+// torn down; the newer write then goes out under a new writer id, whose
+// FENCE cuts the old connection off with what it holds. (When the teardown
+// comes before that deadline, the request is sent again on a new connection
+// of its own queue and succeeds; the attempt is made again until one
+// reaches the first case.)
+TEST(GatewayOverFaultyBrick, AWriteHeldOnAConnectionGivenUpNeverLandsAfterANewerOne) {
+  constexpr uint64_t kRange = 3 * kBlock + 8192;  // the range written three times
+  bool reached = false;
+  for (int attempt = 0; attempt < 6 && !reached; attempt++) {
+    FaultyBrick brick;
+    brick.start();
+    VolumeOptions vo;
+    vo.brick = brick.options();
+    vo.size = 16 * kMiB;
+    vo.io_timeout_ms = 1000;
+    auto volume = Volume::Open(vo);
+    ASSERT_TRUE(volume.ok()) << volume.error().message();
+    EngineOptions eo;
+    eo.queues = 2;
+    eo.depth = 8;
+    auto engine = Engine::Start(std::move(*volume), eo);
+    ASSERT_TRUE(engine.ok()) << engine.error().message();
+    Engine& e = **engine;
+    auto old_data = pattern(4096, 1), zombie = pattern(4096, 2), newer = pattern(4096, 3);
+    ASSERT_TRUE(e.write(old_data.data(), 4096, kRange, false).ok());
+    ASSERT_TRUE(e.write(old_data.data(), 4096, kBlock, false).ok());
+    ASSERT_TRUE(e.flush().ok());
+
+    // Threads take the engine's loops in turn, at their first request: the
+    // first and the third share one, the second has the other.
+    auto on_new_thread = [&](std::function<void()> fn) {
+      std::promise<void> took;
+      auto first = took.get_future();
+      std::thread t([&e, &took, fn = std::move(fn)]() mutable {
+        std::vector<uint8_t> b(4096);
+        (void)e.read(b.data(), b.size(), 0);
+        took.set_value();
+        fn();
+      });
+      first.wait();
+      return t;
+    };
+    std::promise<void> go_sync, go_held, go_newer;
+    auto sync_go = go_sync.get_future().share(), held_go = go_held.get_future().share(),
+         newer_go = go_newer.get_future().share();
+    Status synced, held, written;
+    std::thread syncer = on_new_thread([&] {
+      sync_go.wait();
+      synced = e.write(old_data.data(), 4096, kBlock, /*fua=*/true);  // its sync is held
+    });
+    std::thread newer_writer = on_new_thread([&] {
+      newer_go.wait();
+      written = e.write(newer.data(), 4096, kRange, false);
+    });
+    std::thread held_writer = on_new_thread([&] {
+      held_go.wait();
+      held = e.write(zombie.data(), 4096, kRange, false);  // behind the held sync
+    });
+    const uint64_t syncs = brick.region().syncs_started();
+    brick.region().hold_syncs(true);
+    go_sync.set_value();
+    ASSERT_TRUE(brick.wait_syncs_started(syncs + 1));
+    go_held.set_value();
+    syncer.join();
+    held_writer.join();
+    EXPECT_FALSE(synced.ok());
+    go_newer.set_value();
+    newer_writer.join();
+    EXPECT_TRUE(written.ok()) << written.error().message();
+    // The brick's fdatasync completes: what it held of the old connection
+    // would be executed now, unless a FENCE cut it off.
+    brick.region().hold_syncs(false);
+    for (uint64_t i = brick.region().syncs_completed(); i < brick.region().syncs_started(); i++) {
+      brick.region().release_sync(0);
+    }
+    std::this_thread::sleep_for(200ms);
+    std::vector<uint8_t> back(4096);
+    ASSERT_TRUE(e.read(back.data(), back.size(), kRange).ok());
+    if (!held.ok()) {
+      reached = true;
+      EXPECT_EQ(back, newer) << "the held write landed after the newer one (attempt " << attempt << ")";
+    } else {
+      EXPECT_EQ(back, newer) << "a write that succeeded first, and then the newer one";
+    }
+    engine->reset();
+  }
+  EXPECT_TRUE(reached) << "no attempt had the held write's request fail at its deadline";
+}
+
 // A connection whose output was dropped (an eviction, a FENCE) while a send
 // of it was in flight: that send's completion must not leave out_start past
 // out_end, or the next flush would send (size_t)(out_end - out_start) bytes
