@@ -286,7 +286,8 @@ void IoRetry::start(std::chrono::milliseconds timeout) {
 }
 
 IoRetry::Step IoRetry::settle(Volume& volume, std::span<IoPiece> pieces, std::string_view what) {
-  bool again = false;
+  bool again = false;    // a piece must be sent again (its mapping died)
+  bool pending = false;  // pieces beyond the last round: not sent yet
   bool held = false;
   int lost = 0;
   uint32_t lost_brick = 0;
@@ -308,7 +309,10 @@ IoRetry::Step IoRetry::settle(Volume& volume, std::span<IoPiece> pieces, std::st
   for (IoPiece& p : pieces) {
     if (p.status == 0) continue;
     if (p.status == -1) {
-      again = true;  // beyond the last round's pieces
+      // Beyond the last round's pieces. A request that is still moving (a
+      // large WRITE_ZEROES takes many rounds behind a slow link) is not
+      // timed out: the deadline is for waiting on an unreachable brick.
+      pending = true;
       continue;
     }
     switch (fate_of(p.status)) {
@@ -369,6 +373,8 @@ IoRetry::Step IoRetry::settle(Volume& volume, std::span<IoPiece> pieces, std::st
     step = Step::kLater;
   } else if (again) {
     step = IoClock::now() >= deadline_ ? later(volume, lost_brick, ETIMEDOUT, what) : Step::kNow;
+  } else if (pending) {
+    step = Step::kNow;
   }
   if (step == Step::kFail) note_failed_writes(volume, pieces);
   if (step == Step::kDone || step == Step::kFail) end_writes(volume, pieces);

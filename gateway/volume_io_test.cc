@@ -274,6 +274,31 @@ TEST_F(StripeTest, ABrickDownFailsItsBlocksAfterTheTimeoutAndNotTheOthers) {
   PBRICK_ASSERT_OK(e.flush());
 }
 
+// A request sent in rounds (a ublk queue sends kMaxPiecesPerRound pieces at
+// a time: a 256 MiB WRITE_ZEROES is 16 rounds) that passes its deadline
+// while its rounds all succeed goes on: the deadline bounds waiting for an
+// unreachable brick, not a request that takes long because it is large.
+TEST_F(StripeTest, ARequestStillGoingRoundByRoundIsNotTimedOut) {
+  PBRICK_ASSERT_OK(open());
+  Volume& v = engine_->volume();
+  std::vector<IoPiece> pieces(3);
+  for (uint32_t i = 0; i < pieces.size(); i++) {
+    pieces[i].is_write = true;
+    pieces[i].block = i;
+    pieces[i].brick = v.brick_of(i);
+    pieces[i].len = 4096;
+  }
+  pieces[0].status = 0;  // the first round's piece; the others still to go
+  IoRetry retry;
+  retry.start(std::chrono::milliseconds(1));
+  std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(retry.settle(v, pieces, "write"), IoRetry::Step::kNow) << retry.error().message();
+  // A piece that has to be sent again (its handle died) past the deadline
+  // still fails the request.
+  pieces[1].status = EKEYREJECTED;
+  EXPECT_EQ(retry.settle(v, pieces, "write"), IoRetry::Step::kFail);
+}
+
 TEST_F(StripeTest, TheBrickCountMustFitTheLayout) {
   VolumeOptions vo;
   vo.size = 8 * kMiB;
