@@ -302,6 +302,9 @@ Result<std::unique_ptr<PmemRegion>> open_pmem_region(const RegionOptions& option
                                " bytes but --size says " + std::to_string(options.size) +
                                " (refusing to resize; use the original size)");
     }
+  } else if (S_ISBLK(st.st_mode)) {
+    return Error(EINVAL, "store " + path + " is a block device: a store is a devdax character device or a "
+                             "file (for a disk or SSD, a file on a file system made on it)");
   } else if (!S_ISCHR(st.st_mode)) {
     return Error(EINVAL,
                  "store " + path + " is neither a regular file nor a devdax character device");

@@ -109,6 +109,26 @@ TEST(PmemRegionTest, AStoreInAMissingDirectoryNamesThePathAndTheErrnoOnce) {
   EXPECT_TRUE(message.ends_with(": " + why + " (ENOENT)")) << message;
 }
 
+// A block device is no store (nor slow tier): it is refused by name, saying
+// what to give instead. The node is made for the test (a loop device's
+// numbers; it is never opened).
+TEST(PmemRegionTest, ABlockDeviceIsRefusedSayingWhatToGiveInstead) {
+  const std::string dir = ::testing::TempDir() + "pbrick-region-test-blk";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const std::string path = dir + "/disk";
+  ASSERT_EQ(::mknod(path.c_str(), S_IFBLK | 0600, makedev(7, 0)), 0)
+      << "mknod of a block device node (the tests run as root): " << std::strerror(errno);
+  auto region = open_pmem_region(RegionOptions{path, 0, false});
+  ASSERT_FALSE(region.ok());
+  EXPECT_EQ(region.error().errnum(), EINVAL);
+  EXPECT_NE(region.error().message().find("store " + path + " is a block device: "), std::string::npos)
+      << region.error().message();
+  EXPECT_NE(region.error().message().find("a file on a file system made on it"), std::string::npos)
+      << region.error().message();
+  std::filesystem::remove_all(dir);
+}
+
 TEST(PmemRegionTest, AMemoryRegionForTestsIsNotTakenForAMemoryFileSystem) {
   EXPECT_FALSE(make_memory_region(4 * kBlockSize)->nothing_to_write_back());
 }
