@@ -15,7 +15,11 @@ class RetryDeadline {
 
   RetryDeadline(std::chrono::milliseconds timeout, std::chrono::milliseconds first_backoff,
                 std::chrono::milliseconds max_backoff)
-      : deadline_(Clock::now() + timeout), backoff_(first_backoff), max_backoff_(max_backoff) {}
+      : RetryDeadline(Clock::now(), timeout, first_backoff, max_backoff) {}
+  // Counting from `since` (when the brick was first found unreachable).
+  RetryDeadline(Clock::time_point since, std::chrono::milliseconds timeout, std::chrono::milliseconds first_backoff,
+                std::chrono::milliseconds max_backoff)
+      : deadline_(since + timeout), backoff_(first_backoff), max_backoff_(max_backoff) {}
 
   // Sleeps before the next attempt; false once the deadline has passed (give up).
   bool wait() {

@@ -52,6 +52,14 @@ struct Volume::Brick {
 
   std::mutex control_mu;  // serialises the control connection
   std::unique_ptr<BrickClient> control;
+  // Under control_mu: since when every control call failed for a lost
+  // connection (unset: the last one reached the brick), when the last failed
+  // attempt ended and whether it took a second or more (a host that does
+  // not answer at all). Calls made after the brick has been unreachable for
+  // the timeout do not wait it out again one by one (with_control).
+  std::optional<std::chrono::steady_clock::time_point> unreachable_since;
+  std::chrono::steady_clock::time_point last_failed_attempt{};
+  bool last_attempt_slow = false;
 
   mutable std::mutex refusal_mu;
   std::string refusal;  // under refusal_mu
@@ -430,15 +438,38 @@ void Volume::invalidate(uint64_t index, uint32_t rkey) {
 template <typename Fn>
 auto Volume::with_control(uint32_t b, Fn&& fn) -> decltype(fn(std::declval<BrickClient&>())) {
   Brick& brick = *bricks_[b];
+  using Clock = std::chrono::steady_clock;
   // A mirror's copy waits only the leg timeout: then I/O goes on without it.
   const uint32_t timeout_ms = mirror_ ? options_.leg_timeout_ms : options_.io_timeout_ms;
-  RetryDeadline retry(std::chrono::milliseconds(timeout_ms), std::chrono::milliseconds(50),
+  const auto now = Clock::now();
+  // The wait counts from when the brick was first found unreachable: the
+  // requests parked behind one another on a dead brick (one control call at
+  // a time) fail together, not one timeout each. One unreachable past the
+  // timeout gets one attempt a call (a refused connection costs nothing, and
+  // the brick may be back) - none within a second of an attempt that took a
+  // second or more to fail (a host that does not answer: each attempt would
+  // wait for the connect timeout).
+  RetryDeadline retry(brick.unreachable_since ? std::min(*brick.unreachable_since, now) : now,
+                      std::chrono::milliseconds(timeout_ms), std::chrono::milliseconds(50),
                       std::chrono::milliseconds(1000));
+  const bool overdue =
+      brick.unreachable_since && now - *brick.unreachable_since >= std::chrono::milliseconds(timeout_ms);
+  if (overdue && !brick.control && brick.last_attempt_slow &&
+      now - brick.last_failed_attempt < std::chrono::seconds(1)) {
+    return Error(EIO, "brick " + brick_name(b) + " unreachable for " +
+                          std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                             now - *brick.unreachable_since).count()) +
+                          " ms");
+  }
   for (;;) {
     Error last(EIO, "");
+    const auto attempt = Clock::now();
     if (brick.control) {
       auto r = fn(*brick.control);
-      if (r.ok() || !is_connection_error(r.error().errnum())) return r;
+      if (r.ok() || !is_connection_error(r.error().errnum())) {
+        brick.unreachable_since.reset();
+        return r;
+      }
       last = r.error();
       brick.control.reset();
       clear_handles(b);
@@ -448,6 +479,9 @@ auto Volume::with_control(uint32_t b, Fn&& fn) -> decltype(fn(std::declval<Brick
       last = st.error();
       if (!is_connection_error(last.errnum()) && last.errnum() != ENOENT) return last;
     }
+    brick.last_failed_attempt = Clock::now();
+    brick.last_attempt_slow = brick.last_failed_attempt - attempt >= std::chrono::seconds(1);
+    if (!brick.unreachable_since) brick.unreachable_since = attempt;
     PBRICK_LOG_WARN("brick %s: %s; reconnecting", brick_name(b).c_str(), last.message().c_str());
     if (!retry.wait()) {
       return Error(EIO, "brick " + brick_name(b) + " unreachable for " + std::to_string(timeout_ms) +

@@ -274,6 +274,46 @@ TEST_F(StripeTest, ABrickDownFailsItsBlocksAfterTheTimeoutAndNotTheOthers) {
   PBRICK_ASSERT_OK(e.flush());
 }
 
+// Requests for several blocks of a brick that is down wait for its control
+// connection one after another (a mapping, an allocation): they fail
+// together about the timeout after the brick was found unreachable, not one
+// timeout each.
+TEST_F(StripeTest, RequestsQueuedForADownBrickFailTogetherNotOneTimeoutEach) {
+  constexpr uint32_t kTimeoutMs = 1500;
+  PBRICK_ASSERT_OK(open({.timeout_ms = kTimeoutMs}));
+  Engine& e = *engine_;
+  auto data = random_bytes(6 * kBlock, 25);
+  PBRICK_ASSERT_OK(e.write(data.data(), data.size(), 0, false));
+  PBRICK_ASSERT_OK(e.flush());
+  bricks_[2]->stop();  // blocks 2, 5, 8, 11 and 14
+  // Reads of blocks written (mapped again: the mappings died with the
+  // connection) and writes to blocks never written (allocated first).
+  const uint64_t reads[] = {2, 5}, writes[] = {8, 11, 14};
+  std::vector<std::thread> threads;
+  std::vector<Status> results(5);
+  const auto start = std::chrono::steady_clock::now();
+  for (size_t k = 0; k < 2; k++) {
+    threads.emplace_back([&, k] {
+      std::vector<uint8_t> buf(4096);
+      results[k] = e.read(buf.data(), buf.size(), reads[k] * kBlock);
+    });
+  }
+  for (size_t k = 0; k < 3; k++) {
+    threads.emplace_back([&, k] { results[2 + k] = e.write(data.data(), 4096, writes[k] * kBlock, false); });
+  }
+  for (auto& t : threads) t.join();
+  const auto took = std::chrono::steady_clock::now() - start;
+  for (size_t k = 0; k < results.size(); k++) {
+    ASSERT_FALSE(results[k].ok()) << k;
+    EXPECT_EQ(results[k].error().errnum(), EIO) << results[k].error().message();
+  }
+  EXPECT_LT(took, std::chrono::milliseconds(kTimeoutMs * 3)) << "each request waited its own timeout";
+  PBRICK_ASSERT_OK(bricks_[2]->start());
+  std::vector<uint8_t> back(4096);
+  PBRICK_ASSERT_OK(e.read(back.data(), back.size(), 2 * kBlock));
+  EXPECT_EQ(crc32c(back.data(), back.size()), crc32c(data.data() + 2 * kBlock, 4096));
+}
+
 // A request sent in rounds (a ublk queue sends kMaxPiecesPerRound pieces at
 // a time: a 256 MiB WRITE_ZEROES is 16 rounds) that passes its deadline
 // while its rounds all succeed goes on: the deadline bounds waiting for an
