@@ -66,6 +66,10 @@ Status Tiering::init() {
   if (int err = io_uring_register_eventfd(&ring_, event_fd_.get()); err < 0) {
     return Error(-err, "tiering: io_uring_register_eventfd");
   }
+  if (store_.region().sync_fd() >= 0) {
+    bounce_.reset(static_cast<uint8_t*>(std::aligned_alloc(4096, kMaxBatch * kBlockSize)));
+    if (!bounce_) return Error(ENOMEM, "tiering: promotion buffers");
+  }
   const StoreStats s = store_.stats();
   low_watermark_ = options_.low_watermark;
   if (low_watermark_ == 0) low_watermark_ = std::max<uint64_t>(1, s.fast_capacity_blocks / 8);
@@ -179,7 +183,8 @@ void Tiering::submit_copies(Batch& b) {
     if (b.to_tier == kTierSlow) {
       io_uring_prep_write(sqe, slow_fd_.get(), fast.base() + m.from_offset, kBlockSize, m.to_offset);
     } else {
-      io_uring_prep_read(sqe, slow_fd_.get(), fast.base() + m.to_offset, kBlockSize, m.from_offset);
+      uint8_t* into = bounce_ ? bounce_.get() + i * kBlockSize : fast.base() + m.to_offset;
+      io_uring_prep_read(sqe, slow_fd_.get(), into, kBlockSize, m.from_offset);
     }
     io_uring_sqe_set_data64(sqe, kUdCopy << 16 | lane << 8 | i);
   }
@@ -302,6 +307,11 @@ void Tiering::on_copied(Batch& b, size_t index, int res) {
                      res < 0 ? std::strerror(-res) : ("short transfer of " + std::to_string(res) + " bytes").c_str());
   } else {
     b.copied[index] = 1;
+    // Into the page cache with the CPU: its stores dirty the pages as they
+    // go, so the batch's fdatasync writes all of them.
+    if (bounce_ && m.to_tier == kTierFast) {
+      std::memcpy(store_.region().base() + m.to_offset, bounce_.get() + index * kBlockSize, kBlockSize);
+    }
   }
   if (--b.copies_pending > 0) return;
   if (std::find(b.copied.begin(), b.copied.end(), 1) == b.copied.end()) return finish(b, false);

@@ -23,6 +23,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <deque>
 #include <functional>
 #include <memory>
@@ -157,6 +158,15 @@ class Tiering {
   // waits for them (a copy still reading into a fast slot after the brick
   // exits would land in a block a restarted brick gave out again).
   uint64_t in_kernel_ = 0;
+  // A store in the page cache (sync_fd() >= 0): promotions read into these
+  // (kMaxBatch blocks, aligned for O_DIRECT), then the mover copies them into
+  // the store's mapping. A direct read into the mapping would dirty its pages
+  // before the data arrives; a sync point's fdatasync in between writes the
+  // half-copied pages back and cleans them, and the kernel dirties them again
+  // only after it reported the read complete - the batch's fdatasync could
+  // then find them clean and the flip go before the data is on disk. Empty
+  // for pmem stores, whose persist() flushes the range itself.
+  std::unique_ptr<uint8_t, void (*)(void*)> bounce_{nullptr, &std::free};
   uint64_t reported_moves_ = 0;  // promotions_ + demotions_ at the last summary line
 };
 
