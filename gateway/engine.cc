@@ -449,7 +449,7 @@ Status Engine::read(void* buf, uint64_t count, uint64_t offset) {
 Status Engine::write(const void* buf, uint64_t count, uint64_t offset, bool fua) {
   // The data path only reads from `buf`; the channel's Op is shared with reads.
   PBRICK_TRY(transfer(true, const_cast<uint8_t*>(static_cast<const uint8_t*>(buf)), count, offset));
-  if (fua) return sync_loops(false);
+  if (fua) return sync_loops(false, offset, count);
   return Status::Ok();
 }
 
@@ -471,11 +471,11 @@ Status Engine::answer_for(Session& session, Status result) const {
                     "connected then; the gateway's log names the brick)");
 }
 
-// FUA: the bricks our own loop wrote to; FLUSH: those of every loop. Only
-// loops with writes not synced yet are asked (the core keeps that so across
-// reconnects), and each syncs only the bricks it wrote to. Retried through
-// reconnects until the io_timeout.
-Status Engine::sync_loops(bool all) {
+// FUA: the bricks of [offset, offset + len) on our own loop, which wrote it;
+// FLUSH: those of every loop. Only loops with writes not synced yet are asked
+// (the core keeps that so across reconnects), and each syncs only the bricks
+// it wrote to. Retried through reconnects until the io_timeout.
+Status Engine::sync_loops(bool all, uint64_t offset, uint64_t len) {
   Waiter& w = t_waiter;
   if (w.syncs.size() < loops_.size()) w.syncs.resize(loops_.size());
   Loop& mine = my_loop();
@@ -491,6 +491,11 @@ Status Engine::sync_loops(bool all) {
       job.status = 0;
       job.done = sync_done;
       job.ctx = &w;
+      if (all) {
+        job.bricks.clear();
+      } else {
+        bricks_of_range(*volume_, offset, len, job.bricks);
+      }
       asked++;
     }
     if (asked == 0) return Status::Ok();
@@ -568,7 +573,7 @@ Status Engine::discard(uint64_t count, uint64_t offset, bool fua, bool keep_allo
   }
   bool zeroed = !w.pieces.empty();
   PBRICK_TRY(run_pieces(keep_allocated ? "zero" : "discard"));
-  if (fua && zeroed) return sync_loops(false);
+  if (fua && zeroed) return sync_loops(false, offset, count);
   return Status::Ok();
 }
 

@@ -137,7 +137,7 @@ class Engine {
   // Sends the calling thread's planned pieces round by round until they are
   // done or the core gives up.
   Status run_pieces(const char* what);
-  Status sync_loops(bool all);
+  Status sync_loops(bool all, uint64_t offset = 0, uint64_t len = 0);
 
   std::unique_ptr<Volume> volume_;
   EngineOptions options_;

@@ -390,7 +390,7 @@ void UblkQueue::start_sync_group(Tag& t, bool all_queues) {
     if ((!all_queues && q != this) || !q->needs_sync()) continue;
     t.group_pending.fetch_add(1, std::memory_order_acq_rel);
     if (q == this) {
-      start_sync(this, t.tag);
+      start_sync(this, t.tag, !all_queues);
     } else {
       q->post_sync(this, t.tag);
     }
@@ -398,12 +398,18 @@ void UblkQueue::start_sync_group(Tag& t, bool all_queues) {
   if (t.group_pending.fetch_sub(1, std::memory_order_acq_rel) == 1) finish_group(t);
 }
 
-void UblkQueue::start_sync(UblkQueue* owner, uint16_t tag) {
+void UblkQueue::start_sync(UblkQueue* owner, uint16_t tag, bool fua) {
   Impl& m = *impl_;
   SyncWork* work = m.take_work();
   work->owner = owner;
   work->runner = this;
   work->tag = tag;
+  if (fua) {
+    const Tag& t = owner->impl_->tags[tag];
+    bricks_of_range(*dev_.volume, t.offset, t.len, work->job.bricks);
+  } else {
+    work->job.bricks.clear();
+  }
   work->retry.start(std::chrono::milliseconds(dev_.volume->options().io_timeout_ms));
   work->job.ctx = work;
   work->job.done = [](SyncJob* job) {
@@ -480,7 +486,7 @@ void UblkQueue::take_inbox() {
     if (msg.flush_done) {
       finish_group(m.tags[msg.tag]);
     } else {
-      start_sync(msg.owner, msg.tag);
+      start_sync(msg.owner, msg.tag, false);
     }
   }
   m.taken.clear();

@@ -124,7 +124,8 @@ class UblkQueue final {
   void do_discard(Tag& t);
   void resume(Tag& t);
   void start_sync_group(Tag& t, bool all_queues);
-  void start_sync(UblkQueue* owner, uint16_t tag);
+  // `fua`: only the bricks the owner's tag wrote to (SyncJob::bricks).
+  void start_sync(UblkQueue* owner, uint16_t tag, bool fua);
   void advance_sync(SyncWork* work);
   void finish_sync(SyncWork* work, int status);
   void finish_group(Tag& t);

@@ -136,6 +136,21 @@ Result<uint64_t> plan_discard(Volume& volume, uint64_t offset, uint64_t len, uin
   return end;
 }
 
+void bricks_of_range(const Volume& volume, uint64_t offset, uint64_t len, std::vector<uint8_t>& bricks) {
+  const Placement& pl = volume.placement();
+  bricks.assign(volume.brick_count(), 0);
+  if (len == 0) return;
+  uint32_t marked = 0;
+  const uint64_t last = (offset + len - 1) / proto::kBlockSize;
+  for (uint64_t block = offset / proto::kBlockSize; block <= last && marked < bricks.size(); block++) {
+    for (uint32_t j = 0; j < pl.copies; j++) {
+      uint8_t& b = bricks[pl.brick_of(pl.unit(block, j))];
+      if (b == 0) marked++;
+      b = 1;
+    }
+  }
+}
+
 namespace {
 Result<size_t> queue_pieces(Volume& volume, std::span<IoPiece> pieces, PieceSink& sink,
                             void (*done)(DataChannel::Op* op, int status), size_t max, BlockMapper* mapper);
@@ -604,6 +619,7 @@ void VolumeChannels::sync(SyncJob& job) {
   job.pending = 0;
   for (uint32_t b = 0; b < links_.size(); b++) {
     Link& link = *links_[b];
+    if (!job.bricks.empty() && job.bricks[b] == 0) continue;
     if (!link.needs_sync(volume_)) continue;
     uint64_t writes = link.writes.load(std::memory_order_relaxed);
     SyncJob::Part& part = job.parts[b];

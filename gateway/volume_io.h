@@ -133,6 +133,11 @@ void plan_zero_fill(const Volume& volume, uint64_t offset, uint64_t len, uint8_t
 Result<uint64_t> plan_discard(Volume& volume, uint64_t offset, uint64_t len, uint8_t* zeros, void* request,
                               std::vector<IoPiece>& pieces);
 
+// The bricks that hold some copy of a block of [offset, offset + len): a FUA
+// request's sync goes to these only (SyncJob::bricks). `bricks` gets one
+// entry per brick, nonzero for those; its capacity is kept.
+void bricks_of_range(const Volume& volume, uint64_t offset, uint64_t len, std::vector<uint8_t>& bricks);
+
 class BlockMapper;
 
 // queue_round's answer when the request waits for a block's mapping.
@@ -261,6 +266,11 @@ struct SyncJob {
   };
   std::vector<Part> parts;  // one per brick
   uint32_t pending = 0;
+  // A FUA request's: nonzero for the bricks it wrote to (bricks_of_range),
+  // the only ones synced - a brick it did not write to, down or owed a sync
+  // for failed writes, is a FLUSH's business. Empty: every brick that needs
+  // one (a FLUSH).
+  std::vector<uint8_t> bricks;
 };
 
 // One event loop's connections to every brick of a volume (see above).

@@ -274,6 +274,34 @@ TEST_F(StripeTest, ABrickDownFailsItsBlocksAfterTheTimeoutAndNotTheOthers) {
   PBRICK_ASSERT_OK(e.flush());
 }
 
+// A FUA write syncs the bricks it wrote to, not every brick its loop owes a
+// sync: with a brick of the stripe down (here owed one since the attach, as
+// every brick is until the first FLUSH), a FUA write to another brick
+// completes, durable there. A FLUSH still asks the brick that is down.
+TEST_F(StripeTest, AFuaWriteSyncsOnlyTheBricksItWroteTo) {
+  constexpr uint32_t kTimeoutMs = 1500;
+  PBRICK_ASSERT_OK(open({.timeout_ms = kTimeoutMs, .queues = 1}));
+  Engine& e = *engine_;
+  bricks_[2]->stop();
+  auto data = random_bytes(2 * kBlock, 26);
+  const auto before = syncs();
+  const auto start = std::chrono::steady_clock::now();
+  PBRICK_ASSERT_OK(e.write(data.data(), data.size(), 0, /*fua=*/true));  // blocks 0 and 1
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(kTimeoutMs));
+  const auto after = syncs();
+  EXPECT_EQ(after[0], before[0] + 1);
+  EXPECT_EQ(after[1], before[1] + 1);
+  EXPECT_EQ(after[2], before[2]) << "the FUA write's sync went to a brick it did not write to";
+  Status flushed = e.flush();
+  ASSERT_FALSE(flushed.ok());
+  EXPECT_EQ(flushed.error().errnum(), EIO) << flushed.error().message();
+  PBRICK_ASSERT_OK(bricks_[2]->start());
+  PBRICK_ASSERT_OK(e.flush());
+  std::vector<uint8_t> back(data.size());
+  PBRICK_ASSERT_OK(e.read(back.data(), back.size(), 0));
+  EXPECT_EQ(back, data);
+}
+
 // Requests for several blocks of a brick that is down wait for its control
 // connection one after another (a mapping, an allocation): they fail
 // together about the timeout after the brick was found unreachable, not one
