@@ -84,9 +84,10 @@ Status write_label(BrickClient& c, uint64_t vaddr, const VolumeLabel& l) {
   return write_label_block(c, vaddr, (l.generation % 2) * kLabelSlotSize, bytes);
 }
 
-HolderRecord this_holder(const Uuid& volume) {
+HolderRecord this_holder(const Uuid& volume, const Uuid& attachment) {
   HolderRecord h;
   h.volume_uuid = volume;
+  h.attachment = attachment;
   h.pid = static_cast<uint64_t>(getpid());
   h.since = unix_now();
   char host[256] = {};
@@ -104,8 +105,9 @@ HolderRecord this_holder(const Uuid& volume) {
 }
 
 // Maps the lock block exclusively; the mapping lives as long as the connection.
-// `held_by_us` (optional) is set when the holder record names this process.
-Status take_lock(const ClaimBrick& b, size_t index, uint64_t label, bool* held_by_us = nullptr) {
+// `held_by_us` (optional) is set when the holder record names `attachment`.
+Status take_lock(const ClaimBrick& b, size_t index, uint64_t label, const Uuid& attachment,
+                 bool* held_by_us = nullptr) {
   BrickClient& c = *b.control;
   const uint64_t lock = lock_vaddr_of(label);
   Status st = c.alloc(lock);
@@ -124,8 +126,7 @@ Status take_lock(const ClaimBrick& b, size_t index, uint64_t label, bool* held_b
     auto h = decode_holder(std::span<const uint8_t>(*bytes).subspan(kHolderOffset, kLabelSlotSize));
     if (h) {
       holder = h->to_string();
-      HolderRecord me = this_holder(h->volume_uuid);
-      if (held_by_us != nullptr) *held_by_us = h->pid == me.pid && h->host == me.host && h->program == me.program;
+      if (held_by_us != nullptr) *held_by_us = h->attachment == attachment && attachment != Uuid{};
     }
   }
   return Error(EBUSY, "volume at " + format_hex(b.base) + " on " + where(b, index) + " is held by " + holder);
@@ -184,6 +185,8 @@ Result<VolumeClaim> VolumeClaim::Acquire(std::span<const ClaimBrick> bricks, con
   PBRICK_TRY(random_bytes(fresh.data(), fresh.size()));
   fresh[6] = static_cast<uint8_t>((fresh[6] & 0x0f) | 0x40);  // RFC 4122 version 4
   fresh[8] = static_cast<uint8_t>((fresh[8] & 0x3f) | 0x80);
+  Uuid attachment{};
+  PBRICK_TRY(random_bytes(attachment.data(), attachment.size()));
   // Check first, touching nothing, so a refused attach changes no brick.
   auto plan = check_all(bricks, request, fresh);
   if (!plan) return plan.error();
@@ -198,7 +201,7 @@ Result<VolumeClaim> VolumeClaim::Acquire(std::span<const ClaimBrick> bricks, con
   };
   for (; locked < bricks.size(); locked++) {
     if (bricks[locked].control == nullptr) continue;
-    Status st = take_lock(bricks[locked], locked, *label_vaddr(bricks[locked].base));
+    Status st = take_lock(bricks[locked], locked, *label_vaddr(bricks[locked].base), attachment);
     if (!st) {
       release();
       return st.error();
@@ -215,12 +218,14 @@ Result<VolumeClaim> VolumeClaim::Acquire(std::span<const ClaimBrick> bricks, con
     release();
     return e.wrap(where(bricks[i], i) + ": write label");
   };
-  HolderRecord holder = this_holder(plan->target.volume_uuid);
+  HolderRecord holder = this_holder(plan->target.volume_uuid, attachment);
   auto holder_bytes = encode_holder(holder);
+  std::vector<uint8_t> recorded(bricks.size(), 0);
   for (size_t i = 0; i < bricks.size(); i++) {
     if (bricks[i].control == nullptr) continue;
     Status st = write_label_block(*bricks[i].control, *label_vaddr(bricks[i].base), kHolderOffset, holder_bytes);
     if (!st) return fail(i, st.error());
+    recorded[i] = 1;
   }
   VolumeLabel l = plan->target;
   if (plan->action == LabelPlan::Action::kCreate) {
@@ -249,7 +254,7 @@ Result<VolumeClaim> VolumeClaim::Acquire(std::span<const ClaimBrick> bricks, con
     }
   }
   l.index = 0;
-  return VolumeClaim(std::move(l), false);
+  return VolumeClaim(std::move(l), false, attachment, std::move(recorded));
 }
 
 VolumeLabel VolumeClaim::current() const {
@@ -385,7 +390,7 @@ Status VolumeClaim::reacquire(size_t index, const ClaimBrick& b, bool stale) con
   PBRICK_TRY(check());
   if (read_only_) return Status::Ok();
   bool ours = false;
-  Status locked = take_lock(b, index, *vaddr, &ours);
+  Status locked = take_lock(b, index, *vaddr, attachment_, &ours);
   if (!locked && ours) {
     // Our previous connection still holds the lock: the brick has not yet
     // noticed it is dead. A connection error, so the caller retries until its
@@ -396,8 +401,38 @@ Status VolumeClaim::reacquire(size_t index, const ClaimBrick& b, bool stale) con
   PBRICK_TRY(locked);
   Status st = check();
   if (st) {
-    auto holder = encode_holder(this_holder(label.volume_uuid));
+    // The lock was free, but another read-write attachment may have held it
+    // while this one's connection was down (a brick restart dropped our
+    // lock; it attached, wrote, went away): the label stays the same when it
+    // had nothing to record, and its writes are not in this attachment's
+    // caches and allocation map. Its holder record says so: never take the
+    // volume back then. (A brick that holds no record: a replacement, or a
+    // brick of a gateway that wrote none: nothing to go by.)
+    bool recorded = false;
+    {
+      std::lock_guard lock(*mu_);
+      recorded = index < recorded_.size() && recorded_[index] != 0;
+    }
+    auto bytes = recorded ? read_label_block(*b.control, *vaddr) : Result<std::vector<uint8_t>>(std::vector<uint8_t>{});
+    if (!bytes) {
+      st = bytes.error().wrap(where(b, index) + ": read holder record");
+    } else if (bytes->size() == kLabelReadSize) {
+      auto h = decode_holder(std::span<const uint8_t>(*bytes).subspan(kHolderOffset, kLabelSlotSize));
+      if (h && h->volume_uuid == label.volume_uuid && h->attachment != attachment_) {
+        st = Error(EBUSY, "volume at " + format_hex(b.base) + " on " + where(b, index) + " was attached by " +
+                              h->to_string() + " while this attachment's connection there was down: "
+                              "it writes nothing more there");
+      }
+    }
+  }
+  if (st) {
+    auto holder = encode_holder(this_holder(label.volume_uuid, attachment_));
     st = write_label_block(*b.control, *vaddr, kHolderOffset, holder).wrap_error(where(b, index));
+  }
+  if (st) {
+    std::lock_guard lock(*mu_);
+    if (recorded_.size() <= index) recorded_.resize(index + 1, 0);
+    recorded_[index] = 1;
   }
   if (!st) (void)b.control->unmap(lock_vaddr_of(*vaddr));
   return st;

@@ -24,6 +24,7 @@
 #include <mutex>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "common/client.h"
 #include "common/result.h"
@@ -97,7 +98,8 @@ class VolumeClaim {
   static Status check_unlabelled(const ClaimBrick& brick);
 
  private:
-  VolumeClaim(VolumeLabel label, bool read_only) : label_(std::move(label)), read_only_(read_only) {}
+  VolumeClaim(VolumeLabel label, bool read_only, const Uuid& attachment = {}, std::vector<uint8_t> recorded = {})
+      : label_(std::move(label)), read_only_(read_only), attachment_(attachment), recorded_(std::move(recorded)) {}
   VolumeLabel current() const;
 
   // Guards label_ once the claim is held (commit() against reacquire() on
@@ -106,6 +108,12 @@ class VolumeClaim {
   VolumeLabel label_;
   uint64_t proposed_ = 0;  // the highest generation proposed (under mu_)
   bool read_only_ = false;
+  Uuid attachment_{};  // read-write: in the holder records it writes
+  // By brick (under mu_): whether this attachment's holder record was
+  // written there. Only there does another attachment's record mean one
+  // held the volume meanwhile (a brick missing at a degraded attach still
+  // holds the record of the attachment before).
+  mutable std::vector<uint8_t> recorded_;
 };
 
 }  // namespace pbrick

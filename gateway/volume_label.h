@@ -122,6 +122,10 @@ struct HolderRecord {
   uint64_t since = 0;  // unix seconds
   std::string host;     // <= 63 bytes, printable ASCII
   std::string program;  // <= 31 bytes, printable ASCII
+  // Drawn by each read-write attach: whether the record is this attachment's
+  // own (pid, host and program can repeat across containers). Zero in
+  // records of gateways that did not write it yet.
+  Uuid attachment{};
   // "pbrick-gateway pid 1234 on host-a since 2026-12-02T12:00:00Z"
   std::string to_string() const;
 };

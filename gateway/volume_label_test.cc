@@ -644,6 +644,43 @@ TEST_F(VolumeClaimTest, AWriterThatLostTheLockSendsNoFenceToCutTheNewWritersConn
   EXPECT_TRUE((*data)->stat().ok()) << "the new writer's connection was cut off";
 }
 
+// A writer whose control connection was down while another read-write
+// attachment held the volume (a brick restart dropped its lock; the other
+// attached, wrote, went away) does not take the volume back when the lock is
+// free again: the label is unchanged, but the other's writes are not in its
+// caches and allocation map. The holder record names the attachment - here
+// both live in this test's process, so pid, host and program are the same.
+TEST_F(VolumeClaimTest, AWriterDoesNotTakeBackAVolumeAnotherAttachmentHeldMeanwhile) {
+  VolumeOptions vo;
+  vo.brick = bricks_[0]->client();
+  vo.size = 4 * kMiB;
+  vo.io_timeout_ms = 2000;
+  auto old_writer = Volume::Open(vo);
+  PBRICK_ASSERT_OK(old_writer);
+  bricks_[0]->stop();  // the old writer's control connection (and lock) die with it
+  PBRICK_ASSERT_OK(bricks_[0]->start());
+  {
+    auto other = Volume::Open(vo);
+    PBRICK_ASSERT_OK(other);
+    PBRICK_ASSERT_OK((*other)->map_block(0, true));  // writes, then detaches
+  }
+  auto m = (*old_writer)->map_block(1, true);
+  ASSERT_FALSE(m.ok()) << "the old writer took the volume back";
+  EXPECT_NE(m.error().message().find("while this attachment's connection there was down"), std::string::npos)
+      << m.error().message();
+  auto channel = DataChannel::Create(Transport::kTcp, 4);
+  Status st = (*old_writer)->connect_channel(*channel, 0, (*old_writer)->new_channel_id());
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().errnum(), EBUSY) << st.error().message();
+  // A writer whose own lock was dropped, with nobody in between, takes it back.
+  old_writer->reset();
+  auto writer = Volume::Open(vo);
+  PBRICK_ASSERT_OK(writer);
+  bricks_[0]->stop();
+  PBRICK_ASSERT_OK(bricks_[0]->start());
+  PBRICK_ASSERT_OK((*writer)->map_block(2, true));
+}
+
 // Layout mirror: the label of the highest generation decides which copies are
 // current (and keeps them so through the rewrite); labels that cannot be
 // ordered - the same generation with different stale copies, or a stale brick
