@@ -180,7 +180,22 @@ uint32_t RdmaLink::lkey(const void* p, size_t len) const {
 int RdmaLink::cm_fd() const { return events_ ? events_->fd : -1; }
 
 Status RdmaLink::setup_device(ibv_context* verbs, const LinkOptions& options) {
-  verbs_ = verbs;
+  Status st = try_setup_device(verbs, options);
+  if (!st) {
+    // Nothing half made stays for the next connect (a null message MR, I/O
+    // buffers without one: lkey 0): it sets the device up again, or fails the
+    // same way. MRs go before the PD they belong to.
+    for (Region& r : regions_) r.mr.reset();
+    recv_mr_.reset();
+    send_mr_.reset();
+    cq_.reset();
+    pd_.reset();
+    verbs_ = nullptr;
+  }
+  return st;
+}
+
+Status RdmaLink::try_setup_device(ibv_context* verbs, const LinkOptions& options) {
   pd_.reset(ibv_alloc_pd(verbs));
   if (!pd_) return errno_error("ibv_alloc_pd");
   // Twice what one QP can have outstanding: the flushed completions of a torn
@@ -197,6 +212,7 @@ Status RdmaLink::setup_device(ibv_context* verbs, const LinkOptions& options) {
     r.mr.reset(ibv_reg_mr(pd_.get(), r.base, r.len, IBV_ACCESS_LOCAL_WRITE));
     if (!r.mr) return errno_error("ibv_reg_mr of " + std::to_string(r.len) + " bytes of I/O buffers");
   }
+  verbs_ = verbs;  // set up, whole
   return Status::Ok();
 }
 

@@ -214,6 +214,7 @@ class RdmaLink {
     MrPtr mr;
   };
   Status setup_device(ibv_context* verbs, const LinkOptions& options);
+  Status try_setup_device(ibv_context* verbs, const LinkOptions& options);
   Status post_recv(uint32_t slot);
 
   EventChannelPtr events_;

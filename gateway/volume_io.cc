@@ -694,15 +694,16 @@ void VolumeChannels::teardown(Link& link, const Error& why) {
   }
   const bool unanswered = link.channel->inflight() > 0;
   link.channel->teardown(why.errnum());
-  // Given up (no reply in time, a transport error) with requests unanswered:
-  // the brick may still execute them (frames it holds behind a sync point;
-  // closing stops nothing, docs/protocol.md 7.9). Their requests may fail
-  // now, at their deadline, with nothing sent again on this link to FENCE
-  // it; a newer write of the same range then goes out on another queue's
-  // connection and could be overtaken. Under a new writer id every link to
-  // the brick reconnects first, and the first FENCE cuts this one off. (Not
-  // for ESHUTDOWN: a replaced brick or a new writer id already, or a stop.)
-  if (unanswered && why.errnum() != ESHUTDOWN && !volume_.options().read_only) {
+  // Given up for no reply in time with requests unanswered: the brick may
+  // still execute them (frames it holds behind a sync point; closing stops
+  // nothing, docs/protocol.md 7.9). Their requests may fail now, at their
+  // deadline, with nothing sent again on this link to FENCE it; a newer write
+  // of the same range then goes out on another queue's connection and could
+  // be overtaken. Under a new writer id every link to the brick reconnects
+  // first, and the first FENCE cuts this one off. Not for a connection the
+  // brick closed or reset, nor one whose RDMA queue pair failed (a remote
+  // access error stops the brick's end too): nothing of it runs on there.
+  if (unanswered && why.errnum() == ETIMEDOUT && !volume_.options().read_only) {
     Status st = volume_.new_writer(link.ring.brick);
     if (!st) PBRICK_LOG_ERROR("%s: brick %s: %s", label_.c_str(), volume_.brick_name(link.ring.brick).c_str(),
                               st.error().message().c_str());

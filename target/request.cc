@@ -39,6 +39,12 @@ size_t reply_room(const proto::FrameHeader& h, std::span<const uint8_t> payload)
 
 void Server::Impl::pump(Connection& c) {
   bool blocked = false;  // stopped for output room or persistence, not for lack of input
+  // The peer is gone (end of stream, or a reset) while the connection may
+  // still wait at a sync point and so stay open: its WRITEs not durable yet
+  // are orphaned now, so that the next sync point of any connection covers
+  // them (docs/protocol.md 11.1), not only once this one is closed. Again
+  // at the close, for WRITEs it executes meanwhile.
+  if (c.peer_eof) ledger_.orphan(c.sync);
   while (!c.closing && !c.waiting()) {
     c.grow_buffers();
     size_t avail = c.in_end - c.in_start;

@@ -240,6 +240,48 @@ TEST(ServerPersistence, AFailedZeroingFailsLaterSyncPoints) {
   EXPECT_EQ(sync_read(*c, m), EIO);
 }
 
+// "Sync points": a connection that closes while its sync-read waits for the
+// fdatasync covering its WRITEs has closed before they were durable: another
+// connection's sync point covers them too (here a connection that wrote
+// nothing, through the handle the writer used, as a gateway's next data
+// connection would), and is not answered before that fdatasync completes.
+TEST(ServerPersistence, AConnectionClosedWhileItsSyncPointWaitsLeavesItsWritesToTheNextOne) {
+  FaultyBrick brick;
+  brick.start();
+  auto control = brick.connect();  // holds the mapping, as a gateway's control connection does
+  ASSERT_TRUE(control->alloc(0).ok());
+  auto m = control->map(0, proto::kMapWrite);
+  ASSERT_TRUE(m.ok()) << m.error().message();
+  brick.region().hold_syncs(true);
+  const uint64_t syncs = brick.region().syncs_started();
+  {
+    auto writer = brick.connect();
+    auto data = pattern(4096, 3);
+    ASSERT_TRUE(writer->write(m->rkey, m->remote_addr, data).ok());
+    // Its sync-read, sent and not waited for: the brick starts an fdatasync
+    // and holds the READ until it completes.
+    uint8_t frame[proto::kHeaderSize + proto::kIoRequestSize];
+    proto::FrameHeader h;
+    h.opcode = proto::Opcode::kRead;
+    h.request_id = 1000;
+    h.payload_len = proto::kIoRequestSize;
+    proto::encode_header(h, frame);
+    proto::encode_io_request({m->rkey, m->remote_addr, 1}, frame + proto::kHeaderSize);
+    ASSERT_TRUE(writer->send_raw(frame).ok());
+    ASSERT_TRUE(brick.wait_syncs_started(syncs + 1));
+  }  // closed, its sync point still waiting
+  std::this_thread::sleep_for(100ms);  // the brick has read the end of its stream
+  auto next = brick.connect();
+  auto answered = std::async(std::launch::async, [&] { return sync_read(*next, *m); });
+  EXPECT_EQ(answered.wait_for(300ms), std::future_status::timeout)
+      << "answered while the closed connection's WRITE was still being persisted";
+  brick.region().hold_syncs(false);
+  for (uint64_t i = brick.region().syncs_completed(); i < brick.region().syncs_started(); i++) {
+    brick.region().release_sync(0);
+  }
+  EXPECT_EQ(answered.get(), 0);
+}
+
 // "Sync points": WRITEs of a connection that closed are covered by the next
 // sync point of any connection, and only by an fdatasync that started after
 // them and completed: a second sync-read must not be answered while the first
