@@ -124,7 +124,8 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeOptions& options) {
     return Error(EINVAL, "layout mirror keeps 2 or 3 copies on at least as many bricks, not " +
                              std::to_string(options.copies) + " copies on " + std::to_string(n) + " bricks");
   }
-  if (options.layout == Layout::kMirror && options.size / proto::kBlockSize > kMaxMirrorBlocks) {
+  if (options.layout == Layout::kMirror &&
+      options.size / proto::kBlockSize + (options.size % proto::kBlockSize != 0) > kMaxMirrorBlocks) {
     return Error(EINVAL, "a mirrored volume has at most " + std::to_string(kMaxMirrorBlocks) +
                              " blocks (its dirty bitmap fills the label block)");
   }

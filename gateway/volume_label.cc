@@ -187,6 +187,9 @@ Result<VolumeLabel> decode_label(std::span<const uint8_t> slot) {
   if (!valid_name(l.name)) return Error(EINVAL, "volume label: name has characters outside [A-Za-z0-9._-]");
   l.size = get64(p + kOffSize);
   if (l.size == 0 || l.size % 4096 != 0) return Error(EINVAL, "volume label: size " + std::to_string(l.size));
+  // Before any arithmetic on it: a size near 2^64 would wrap the block count.
+  if (l.size > kLabelAreaStart) return Error(EINVAL, "volume label: size " + std::to_string(l.size) + " is beyond "
+                                                     "the label areas");
   l.created = get64(p + kOffCreated);
   uint32_t copies = get32(p + kOffCopies);
   if (l.layout == Layout::kMirror) {
@@ -195,6 +198,10 @@ Result<VolumeLabel> decode_label(std::span<const uint8_t> slot) {
                                std::to_string(n) + " bricks");
     }
     l.copies = copies;
+    if ((l.size + proto::kBlockSize - 1) / proto::kBlockSize > kMaxMirrorBlocks) {
+      return Error(EINVAL, "volume label: a mirror of " + std::to_string(l.size) + " bytes has more blocks than its "
+                           "dirty bitmap holds");
+    }
   } else if (copies != 0) {
     return Error(EINVAL, "volume label: copies " + std::to_string(copies) + " outside layout mirror");
   }

@@ -83,6 +83,34 @@ TEST(VolumeLabelCodec, MatchesTheDocumentedLayout) {
 }
 
 // Layout mirror: `copies` at offset 136, 2..3 and at most the brick count.
+// A mirror's dirty bitmap fills the rest of the label block: a mirror with
+// more blocks than it has bits - a size one 4 KiB page past the largest - is
+// refused, by the label decoder and by Volume::Open alike (the block count
+// rounded up: that page is a block of its own).
+TEST(VolumeLabelCodec, AMirrorWithMoreBlocksThanItsBitmapHoldsIsRefused) {
+  VolumeLabel l = sample();
+  l.layout = Layout::kMirror;
+  l.copies = 2;
+  l.size = kMaxMirrorBlocks * proto::kBlockSize;
+  ASSERT_TRUE(decode_label(encode_label(l)).ok());
+  l.size += 4096;
+  auto d = decode_label(encode_label(l));
+  ASSERT_FALSE(d.ok());
+  EXPECT_EQ(d.error().errnum(), EINVAL);
+  VolumeOptions vo;
+  vo.layout = Layout::kMirror;
+  vo.copies = 2;
+  vo.bricks.resize(2);
+  vo.bricks[0].endpoint = Endpoint{"127.0.0.1", 1};
+  vo.bricks[1].endpoint = Endpoint{"127.0.0.1", 2};
+  vo.size = l.size;
+  auto v = Volume::Open(vo);
+  ASSERT_FALSE(v.ok());
+  EXPECT_EQ(v.error().errnum(), EINVAL);
+  EXPECT_NE(v.error().message().find("its dirty bitmap fills the label block"), std::string::npos)
+      << v.error().message();
+}
+
 TEST(VolumeLabelCodec, MirrorKeepsItsCopies) {
   VolumeLabel l = sample();
   l.layout = Layout::kMirror;
@@ -185,6 +213,16 @@ TEST(VolumeLabelCodec, RefusesDamageAndOutOfDomainFields) {
   b[40] = 0;
   reseal(b);
   EXPECT_EQ(decode_label(b).error().errnum(), EINVAL);
+  // A size near 2^64 (a multiple of 4096) is refused as such, before its
+  // block count could wrap to 0 and pass the check against the label areas.
+  b = good;
+  const uint8_t huge[8] = {0x00, 0xF0, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF};
+  std::memcpy(b.data() + 120, huge, sizeof huge);
+  reseal(b);
+  auto d = decode_label(b);
+  ASSERT_FALSE(d.ok());
+  EXPECT_EQ(d.error().errnum(), EINVAL);
+  EXPECT_NE(d.error().message().find("is beyond the label areas"), std::string::npos) << d.error().message();
 }
 
 TEST(VolumeLabelCodec, EveryBitFlipIsRefused) {
