@@ -165,7 +165,7 @@ Result<bool> leg_failed(Volume& volume, IoPiece& p) {
   }
   if (mirror->in_sync(p.brick)) {
     if (!mirror->may_lose(pl, p.brick)) return false;
-    Status st = volume.mark_stale(p.brick);
+    Status st = volume.mark_stale(p.brick, block);
     // EIO: no other copy of some blocks can take the record either; the
     // piece waits for its brick like any other, until the I/O timeout.
     if (!st) return st.error().errnum() == EIO ? Result<bool>(false) : Result<bool>(st.error());

@@ -780,6 +780,28 @@ TEST_F(MirrorTest, AMissAfterAHalfWrittenLabelUpdateWritesTheLabelsAgainFirst) {
   EXPECT_TRUE((*again)->dirty(3));
 }
 
+// A copy that missed a write goes stale with the block's dirty bit already
+// in the other copies' bitmaps: here the label that would call it stale is
+// never written (as if the gateway died right before it), and the bit is
+// there - written after the label, a crash between the two would leave a
+// stale copy whose resync skips the block.
+TEST_F(MirrorTest, TheMissedBlocksBitIsDurableBeforeTheLabelCallsTheCopyStale) {
+  start_bricks(2);
+  auto volume = Volume::Open(options(2));
+  PBRICK_ASSERT_OK(volume);
+  Volume& v = **volume;
+  v.fail_label_writes_for_testing([](uint32_t) { return true; });
+  Status st = v.mark_stale(1, 5);
+  ASSERT_FALSE(st.ok()) << "no brick took the label";
+  v.fail_label_writes_for_testing(nullptr);
+  auto held = label_on(*bricks_[0]);
+  PBRICK_ASSERT_OK(held);
+  EXPECT_EQ(held->label.bricks[1].stale_since, 0u) << "the label calling brick 1 stale was written";
+  EXPECT_EQ(held->dirty[0], 1u << 5) << "brick 0's bitmap lacks the missed block";
+  EXPECT_EQ(v.mirror()->state(1), CopyState::kInSync);
+  EXPECT_FALSE(v.dirty(5)) << "set in memory though no label made it count";
+}
+
 // Two of three copies go stale; a write reaches only brick 1, whose bitmap
 // records it. Brick 0 comes back and is resynced while brick 2 is still
 // away: brick 0, in sync again, must hold that bit too, since the next

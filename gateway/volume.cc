@@ -617,7 +617,7 @@ uint64_t Volume::dirty_count() const {
   return n;
 }
 
-Status Volume::mark_stale(uint32_t b) {
+Status Volume::mark_stale(uint32_t b, std::optional<uint64_t> missed) {
   std::lock_guard label_lock(label_mu_);
   if (!mirror_->in_sync(b)) return Status::Ok();
   if (options_.read_only) {
@@ -629,8 +629,14 @@ Status Volume::mark_stale(uint32_t b) {
                     format_uuid(claim_->label().volume_uuid).c_str(), brick_name(b).c_str());
     return Status::Ok();
   }
-  auto joined = write_label_set({b}, std::nullopt, std::nullopt);
+  std::vector<uint32_t> going{b};
+  const bool bit = missed && !dirty(*missed);
+  // The bit before the label that makes it count. An in-sync brick that
+  // cannot take it goes stale with `b` (as one that cannot take the label).
+  if (bit) PBRICK_TRY(write_dirty_byte_locked(*missed, b, &going));
+  auto joined = write_label_set(going, std::nullopt, std::nullopt);
   if (!joined) return joined.error();
+  if (bit) dirty_[*missed / 64].fetch_or(1ull << (*missed % 64), std::memory_order_release);
   return Status::Ok();
 }
 
@@ -1083,6 +1089,12 @@ std::vector<bool> Volume::dirty_blocks() const {
 
 Status Volume::mark_dirty_locked(uint64_t block) {
   if (dirty(block)) return Status::Ok();
+  PBRICK_TRY(write_dirty_byte_locked(block, std::nullopt, nullptr));
+  dirty_[block / 64].fetch_or(1ull << (block % 64), std::memory_order_release);
+  return Status::Ok();
+}
+
+Status Volume::write_dirty_byte_locked(uint64_t block, std::optional<uint32_t> except, std::vector<uint32_t>* failed) {
   // The byte holds the bits already durable and this one: the bitmap only
   // grows while a copy is stale, and this attachment is its only writer.
   uint8_t byte = static_cast<uint8_t>(1u << (block % 8));
@@ -1090,15 +1102,20 @@ Status Volume::mark_dirty_locked(uint64_t block) {
     if (dirty(i)) byte = static_cast<uint8_t>(byte | (1u << (i % 8)));
   }
   for (uint32_t s = 0; s < brick_count(); s++) {
-    if (!mirror_->in_sync(s)) continue;
+    if (!mirror_->in_sync(s) || s == except) continue;
     std::lock_guard lock(bricks_[s]->control_mu);
     auto r = with_control(s, [&](BrickClient& c) -> Result<bool> {
       PBRICK_TRY(VolumeClaim::record_dirty(ClaimBrick{&c, brick_name(s), options_.base}, block / 8, byte));
       return true;
     });
-    if (!r) return r.error().wrap("recording block " + std::to_string(block) + " dirty on brick " + brick_name(s));
+    if (r) continue;
+    if (failed != nullptr && (r.error().errnum() == EIO || is_connection_error(r.error().errnum()))) {
+      PBRICK_LOG_WARN("brick %s: %s", brick_name(s).c_str(), r.error().message().c_str());
+      failed->push_back(s);
+      continue;
+    }
+    return r.error().wrap("recording block " + std::to_string(block) + " dirty on brick " + brick_name(s));
   }
-  dirty_[block / 64].fetch_or(1ull << (block % 64), std::memory_order_release);
   return Status::Ok();
 }
 

@@ -217,10 +217,13 @@ class Volume {
 
   // Layout mirror. mark_stale: records durably in the labels of the other
   // in-sync bricks (generation + 1) that `brick`'s copies are stale, then
-  // stops reading them. mark_dirty: sets block `block`'s dirty bit durably
+  // stops reading them; with `missed`, that block's dirty bit goes to their
+  // bitmaps first (a write the copy missed: never a stale label without the
+  // bit, which a crash between the two would leave, and the resync would
+  // skip the block). mark_dirty: sets block `block`'s dirty bit durably
   // in the bitmap of every in-sync brick, once per block (later calls return
   // at once). Both block on control round trips; any thread.
-  Status mark_stale(uint32_t brick);
+  Status mark_stale(uint32_t brick, std::optional<uint64_t> missed = std::nullopt);
   Status mark_dirty(uint64_t block);
   bool dirty(uint64_t block) const;
   uint64_t dirty_count() const;
@@ -375,6 +378,11 @@ class Volume {
   Result<uint64_t> give_up_copy_locked(uint32_t brick);
   // With label_mu_ held: mark_dirty's work.
   Status mark_dirty_locked(uint64_t block);
+  // Writes the byte of `block`'s dirty bit (the bits set so far and it) to
+  // the bitmap of every in-sync brick but `except`. With `failed`, a brick
+  // that fails for a lost connection or EIO is added there (to go stale with
+  // the copy that missed the write) instead of failing the call.
+  Status write_dirty_byte_locked(uint64_t block, std::optional<uint32_t> except, std::vector<uint32_t>* failed);
   // The dirty bits as the label block stores them (byte i / 8, bit i % 8).
   std::vector<uint8_t> dirty_bitmap() const;
   // Writes `bits` as brick `b`'s dirty bitmap (its control connection,

@@ -716,7 +716,7 @@ TEST_F(VolumeClaimTest, AWriterDoesNotTakeBackAVolumeAnotherAttachmentHeldMeanwh
   PBRICK_ASSERT_OK(writer);
   bricks_[0]->stop();
   PBRICK_ASSERT_OK(bricks_[0]->start());
-  PBRICK_ASSERT_OK((*writer)->map_block(2, true));
+  PBRICK_ASSERT_OK((*writer)->map_block(1, true));
 }
 
 // Layout mirror: the label of the highest generation decides which copies are
