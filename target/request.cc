@@ -332,13 +332,18 @@ bool Server::Impl::handle_persist(Connection& c, const proto::FrameHeader& h, st
     return true;
   }
   PmemRegion& region = store_.region();
-  for (const HandleTable::Range& r : handles_.persist_ranges(*req)) {
-    if (!region.is_pmem()) break;
-    Status st = region.persist(r.offset, r.len);
-    if (!st) {
-      // The region is marked failed: sync points answer EIO from now on.
-      PBRICK_LOG_ERROR("%s: PERSIST: %s", c.peer.c_str(), st.error().message().c_str());
-      break;
+  // Over TCP the brick wrote every byte itself, with non-temporal stores the
+  // drain below makes durable: flushing the ranges would only walk their
+  // cache lines - every writable mapping of the brick for a PERSIST that
+  // names none - while every connection waits. Over RDMA the NIC wrote them.
+  if (region.is_pmem() && !c.transport->carries_data()) {
+    for (const HandleTable::Range& r : handles_.persist_ranges(*req)) {
+      Status st = region.persist(r.offset, r.len);
+      if (!st) {
+        // The region is marked failed: sync points answer EIO from now on.
+        PBRICK_LOG_ERROR("%s: PERSIST: %s", c.peer.c_str(), st.error().message().c_str());
+        break;
+      }
     }
   }
   // pmem: the drain covers TCP WRITEs (non-temporal stores), also those

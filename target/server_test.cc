@@ -343,6 +343,28 @@ TEST(ServerPersistence, ASyncPointDoesNotRideAnFdatasyncThatStartedBeforeItsWrit
   EXPECT_EQ(second.get(), 0);
 }
 
+// A PERSIST over TCP on pmem: the brick wrote every byte itself with
+// non-temporal stores, so a drain makes them durable; it does not walk the
+// cache lines of every writable mapping on the brick, which a PERSIST naming
+// no range (the gateway's over TCP) would otherwise cost while every
+// connection waits.
+TEST(ServerPersistence, APersistOverTcpOnPmemDrainsInsteadOfFlushingEveryMapping) {
+  FaultyBrick brick(/*pmem=*/true);
+  brick.start();
+  auto c = brick.connect();
+  proto::MapReply first{};
+  for (uint64_t i = 0; i < 4; i++) {
+    proto::MapReply m = write_block(*c, i * kBlock, static_cast<uint8_t>(i));
+    if (i == 0) first = m;
+  }
+  const size_t before = brick.region().persisted_ranges().size();
+  EXPECT_TRUE(c->persist({}).ok());
+  EXPECT_EQ(brick.region().persisted_ranges().size(), before) << "cache lines of the mappings were flushed";
+  std::vector<uint8_t> back(4096);
+  ASSERT_TRUE(c->read(first.rkey, first.remote_addr, back).ok());
+  EXPECT_EQ(back, pattern(4096, 0));
+}
+
 // "Start": a brick persists its whole store before serving, pmem too.
 TEST(ServerPersistence, APmemStoreIsPersistedWholeBeforeServing) {
   FaultyBrick brick(/*pmem=*/true);
