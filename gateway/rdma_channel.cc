@@ -152,6 +152,14 @@ void RdmaChannel::send_persist(uint32_t index) {
   Slot& s = slots_[index];
   persist_req_.ranges.clear();
   if (!dirty_.all()) persist_req_.ranges.assign(dirty_.ranges().begin(), dirty_.ranges().end());
+  if (persist_req_.ranges.empty() && !dirty_.all() && persists_inflight_ > 0) {
+    // Nothing written since the PERSIST in flight named its ranges (a second
+    // FLUSH or FUA before its reply): this one only has to come after it,
+    // and replies come in order. Naming no range would make the brick flush
+    // every block mapped writable on it; one range through no live handle is
+    // skipped (docs/protocol.md 7.8) and costs it nothing.
+    persist_req_.ranges.push_back({0, 0, 1});
+  }
   dirty_.clear();
   size_t payload = proto::persist_request_size(persist_req_.ranges.size());
   proto::FrameHeader h;
