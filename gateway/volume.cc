@@ -265,6 +265,7 @@ Status Volume::connect_control(uint32_t b) {
   }
   brick.control = std::move(*client);
   brick.boot_id = brick.control->hello().boot_id;
+  brick.unreachable_since.reset();  // reached (also outside with_control: a probe, a resync's reach)
   note_connect(b, Status::Ok());
   return Status::Ok();
 }

@@ -395,8 +395,8 @@ Status VolumeClaim::reacquire(size_t index, const ClaimBrick& b, bool stale) con
     // Our previous connection still holds the lock: the brick has not yet
     // noticed it is dead. A connection error, so the caller retries until its
     // I/O timeout instead of failing at once.
-    return Error(ETIMEDOUT, locked.error().context() + " (this process's previous connection; waiting for the brick "
-                                                        "to drop it)");
+    return Error(ETIMEDOUT, locked.error().context() + " (this attachment's previous connection; waiting for the "
+                                                        "brick to drop it)");
   }
   PBRICK_TRY(locked);
   Status st = check();

@@ -53,7 +53,7 @@ class VolumeClaim {
   // it still serves this volume's label (same volume, place and generation)
   // and, read-write, takes its lock again (EBUSY naming the holder if someone
   // else took it meanwhile: I/O must fail, never two writers; ETIMEDOUT, a
-  // connection error to retry, while this process's previous connection still
+  // connection error to retry, while this attachment's previous connection still
   // holds it because the brick has not yet noticed that connection died).
   // Layout mirror, `stale`: the brick's copies are stale, so its label is an
   // older generation of the same volume at the same place; refused

@@ -296,6 +296,7 @@ Result<size_t> queue_pieces(Volume& volume, std::span<IoPiece> pieces, PieceSink
 
 void IoRetry::start(std::chrono::milliseconds timeout) {
   started_ = IoClock::now();
+  timeout_ = timeout;
   deadline_ = started_ + timeout;
   backoff_ = kFirstBackoff;
 }
@@ -389,6 +390,10 @@ IoRetry::Step IoRetry::settle(Volume& volume, std::span<IoPiece> pieces, std::st
   } else if (again) {
     step = IoClock::now() >= deadline_ ? later(volume, lost_brick, ETIMEDOUT, what) : Step::kNow;
   } else if (pending) {
+    // A round done, more to go: the wait for a brick lost later counts from
+    // here, so a large request that keeps moving is not failed at the first
+    // reconnect it meets past its arrival's deadline.
+    deadline_ = std::max(deadline_, IoClock::now() + timeout_);
     step = Step::kNow;
   }
   if (step == Step::kFail) note_failed_writes(volume, pieces);
@@ -694,16 +699,18 @@ void VolumeChannels::teardown(Link& link, const Error& why) {
   }
   const bool unanswered = link.channel->inflight() > 0;
   link.channel->teardown(why.errnum());
-  // Given up for no reply in time with requests unanswered: the brick may
-  // still execute them (frames it holds behind a sync point; closing stops
-  // nothing, docs/protocol.md 7.9). Their requests may fail now, at their
-  // deadline, with nothing sent again on this link to FENCE it; a newer write
-  // of the same range then goes out on another queue's connection and could
-  // be overtaken. Under a new writer id every link to the brick reconnects
-  // first, and the first FENCE cuts this one off. Not for a connection the
-  // brick closed or reset, nor one whose RDMA queue pair failed (a remote
-  // access error stops the brick's end too): nothing of it runs on there.
-  if (unanswered && why.errnum() == ETIMEDOUT && !volume_.options().read_only) {
+  // Given up by the gateway (no reply in time, a reply that makes no sense)
+  // with requests unanswered: the brick may still execute them (frames it
+  // holds behind a sync point; closing stops nothing, docs/protocol.md 7.9).
+  // Their requests may fail now, at their deadline, with nothing sent again
+  // on this link to FENCE it; a newer write of the same range then goes out
+  // on another queue's connection and could be overtaken. Under a new writer
+  // id every link to the brick reconnects first, and the first FENCE cuts
+  // this one off. Not for a connection the brick closed or reset, nor one
+  // whose RDMA queue pair failed (a remote access error stops the brick's
+  // end too): nothing of it runs on there.
+  const bool given_up = why.errnum() == ETIMEDOUT || why.errnum() == EPROTO;
+  if (unanswered && given_up && !volume_.options().read_only) {
     Status st = volume_.new_writer(link.ring.brick);
     if (!st) PBRICK_LOG_ERROR("%s: brick %s: %s", label_.c_str(), volume_.brick_name(link.ring.brick).c_str(),
                               st.error().message().c_str());

@@ -189,6 +189,7 @@ class IoRetry {
   Step later(const Volume& volume, uint32_t brick, int status, std::string_view what);
 
   IoClock::time_point started_{};
+  std::chrono::milliseconds timeout_{0};
   IoClock::time_point deadline_{};
   IoClock::time_point retry_at_{};
   std::chrono::milliseconds backoff_{20};

@@ -358,11 +358,17 @@ TEST_F(StripeTest, ARequestStillGoingRoundByRoundIsNotTimedOut) {
   }
   pieces[0].status = 0;  // the first round's piece; the others still to go
   IoRetry retry;
-  retry.start(std::chrono::milliseconds(1));
-  std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  const auto timeout = std::chrono::milliseconds(200);
+  retry.start(timeout);
+  std::this_thread::sleep_for(timeout + std::chrono::milliseconds(20));
   EXPECT_EQ(retry.settle(v, pieces, "write"), IoRetry::Step::kNow) << retry.error().message();
-  // A piece that has to be sent again (its handle died) past the deadline
-  // still fails the request.
+  // Its next round meets a lost connection: past the deadline counted from
+  // its arrival, within the one counted from its last round done - it waits
+  // for the brick instead of failing at once.
+  pieces[1].status = ECONNRESET;
+  EXPECT_EQ(retry.settle(v, pieces, "write"), IoRetry::Step::kLater) << retry.error().message();
+  // A piece that has to be sent again past that deadline fails the request.
+  std::this_thread::sleep_for(timeout + std::chrono::milliseconds(20));
   pieces[1].status = EKEYREJECTED;
   EXPECT_EQ(retry.settle(v, pieces, "write"), IoRetry::Step::kFail);
 }
