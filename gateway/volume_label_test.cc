@@ -455,6 +455,14 @@ class VolumeClaimTest : public ::testing::Test {
     }
     return a;
   }
+  // A volume of 4 MiB (two blocks) on brick 0 alone.
+  VolumeOptions small_volume() const {
+    VolumeOptions vo;
+    vo.brick = bricks_[0]->client();
+    vo.size = 4 * kMiB;
+    vo.io_timeout_ms = 2000;
+    return vo;
+  }
   TestDir dir_;  // before the bricks: removed after they stop
   std::vector<std::unique_ptr<TestBrick>> bricks_;
 };
@@ -618,10 +626,7 @@ TEST_F(VolumeClaimTest, AReconnectTakesBackABrickHoldingALabelThisAttachmentProp
 }
 
 TEST_F(VolumeClaimTest, VolumeOpenHoldsTheVolume) {
-  VolumeOptions vo;
-  vo.brick = bricks_[0]->client();
-  vo.size = 4 * kMiB;
-  vo.io_timeout_ms = 2000;
+  VolumeOptions vo = small_volume();
   auto v1 = Volume::Open(vo);
   PBRICK_ASSERT_OK(v1);
   auto v2 = Volume::Open(vo);
@@ -645,10 +650,7 @@ TEST_F(VolumeClaimTest, VolumeOpenHoldsTheVolume) {
 // from then on this one's data channels do not connect to that brick, and the
 // new writer's connections stay up.
 TEST_F(VolumeClaimTest, AWriterThatLostTheLockSendsNoFenceToCutTheNewWritersConnectionsOff) {
-  VolumeOptions vo;
-  vo.brick = bricks_[0]->client();
-  vo.size = 4 * kMiB;
-  vo.io_timeout_ms = 2000;
+  VolumeOptions vo = small_volume();
   auto old_writer = Volume::Open(vo);
   PBRICK_ASSERT_OK(old_writer);
   bricks_[0]->stop();  // the old writer's control connection (and lock) die with it
@@ -689,10 +691,7 @@ TEST_F(VolumeClaimTest, AWriterThatLostTheLockSendsNoFenceToCutTheNewWritersConn
 // caches and allocation map. The holder record names the attachment - here
 // both live in this test's process, so pid, host and program are the same.
 TEST_F(VolumeClaimTest, AWriterDoesNotTakeBackAVolumeAnotherAttachmentHeldMeanwhile) {
-  VolumeOptions vo;
-  vo.brick = bricks_[0]->client();
-  vo.size = 4 * kMiB;
-  vo.io_timeout_ms = 2000;
+  VolumeOptions vo = small_volume();
   auto old_writer = Volume::Open(vo);
   PBRICK_ASSERT_OK(old_writer);
   bricks_[0]->stop();  // the old writer's control connection (and lock) die with it
