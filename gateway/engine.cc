@@ -378,6 +378,11 @@ Engine::Engine(std::unique_ptr<Volume> volume, const EngineOptions& options)
 
 Engine::~Engine() {
   for (auto& loop : loops_) loop->stop();
+  // Nothing runs on the volume now: a mirror detaches cleanly (or says why
+  // the next attach repairs its copies).
+  resync_.reset();
+  Status st = volume_->close();
+  if (!st) PBRICK_LOG_WARN("volume detach: %s", st.error().message().c_str());
 }
 
 Result<std::unique_ptr<Engine>> Engine::Start(std::unique_ptr<Volume> volume, const EngineOptions& options) {

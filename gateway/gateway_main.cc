@@ -197,6 +197,17 @@ struct Server {
   UniqueFd cdev;
   std::vector<std::unique_ptr<UblkQueue>> queues;
 
+  // An attach or recover that failed after the volume opened detaches it
+  // cleanly too (serve() does it itself, to say which device).
+  ~Server() {
+    queues.clear();
+    if (!volume) return;
+    if (Status closed = volume->close(); !closed) PBRICK_LOG_WARN("detach: %s", closed.error().message().c_str());
+  }
+  Server() = default;
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
   Status start_queues(UblkControl& ctrl, uint32_t nr_queues, const AttachParams& p) {
     dev.cdev_fd = cdev.get();
     dev.poll = std::chrono::microseconds(p.poll_us.value_or(0));
@@ -346,6 +357,11 @@ int serve(UblkControl& ctrl, Server& s, const AttachParams& p) {
   }
   for (auto& q : s.queues) q->join();
   s.queues.clear();
+  // No I/O runs now: a mirror detaches cleanly, else its next attach
+  // repairs the copies (Volume::close).
+  if (Status closed = s.volume->close(); !closed) {
+    PBRICK_LOG_WARN("/dev/ublkb%u: detach: %s", id, closed.error().message().c_str());
+  }
   s.cdev.reset();
   st = ctrl.del_dev(id);
   if (!st) {

@@ -19,16 +19,39 @@ const char* copy_state_name(CopyState s) {
   return "in-sync";
 }
 
-MirrorState::MirrorState(uint32_t bricks)
+MirrorState::MirrorState(uint32_t bricks, uint64_t blocks)
     : bricks_(bricks),
       states_(new std::atomic<CopyState>[bricks]),
       unreachable_since_(new std::atomic<int64_t>[bricks]),
       progress_(new ProgressSlot[bricks]),
-      slots_(new WriteSlot[kWriteSlots]) {
+      slots_(new WriteSlot[kWriteSlots]),
+      unsettled_(new std::atomic<uint64_t>[(blocks + 63) / 64]) {
   for (uint32_t b = 0; b < bricks; b++) {
     states_[b].store(CopyState::kInSync, std::memory_order_relaxed);
     unreachable_since_[b].store(0, std::memory_order_relaxed);
   }
+  for (uint64_t w = 0; w < (blocks + 63) / 64; w++) unsettled_[w].store(0, std::memory_order_relaxed);
+}
+
+void MirrorState::set_unsettled(uint64_t block) {
+  const uint64_t bit = 1ull << (block % 64);
+  if ((unsettled_[block / 64].fetch_or(bit, std::memory_order_acq_rel) & bit) == 0) {
+    unsettled_count_.fetch_add(1, std::memory_order_acq_rel);
+  }
+}
+
+void MirrorState::settle(uint64_t block) {
+  const uint64_t bit = 1ull << (block % 64);
+  if ((unsettled_[block / 64].fetch_and(~bit, std::memory_order_acq_rel) & bit) != 0) {
+    unsettled_count_.fetch_sub(1, std::memory_order_acq_rel);
+  }
+}
+
+uint32_t MirrorState::source_copy(const Placement& placement, uint64_t block) const {
+  for (uint32_t copy = 0; copy < placement.copies; copy++) {
+    if (in_sync(placement.brick_of(placement.unit(block, copy)))) return copy;
+  }
+  return 0;
 }
 
 bool MirrorState::set_reachable(uint32_t brick, bool reachable) {
@@ -99,6 +122,7 @@ void end_writes(Volume& volume, std::span<IoPiece> pieces) {
 }
 
 uint32_t MirrorState::read_copy(const Placement& placement, uint64_t block) const {
+  if (unsettled(block)) return source_copy(placement, block);
   const uint32_t turn = read_turn_.fetch_add(1, std::memory_order_relaxed);
   std::optional<uint32_t> unreachable;
   for (uint32_t k = 0; k < placement.copies; k++) {
@@ -114,6 +138,12 @@ uint32_t MirrorState::read_copy(const Placement& placement, uint64_t block) cons
 
 std::optional<uint32_t> MirrorState::other_copy(const Placement& pl, uint64_t unit) const {
   const uint64_t block = pl.block_of(unit);
+  if (unsettled(block)) {
+    // Only to the source, once the copy read was given up and another is it.
+    const uint32_t source = source_copy(pl, block);
+    if (source != pl.copy_of(unit) && in_sync(pl.brick_of(pl.unit(block, source)))) return source;
+    return std::nullopt;
+  }
   std::optional<uint32_t> unreachable;
   for (uint32_t k = 1; k < pl.copies; k++) {
     const uint32_t copy = (pl.copy_of(unit) + k) % pl.copies;

@@ -17,6 +17,13 @@
 //    the brick is left out of the turns (set_reachable) until a connection
 //    to it succeeds again: reads never pay a dead copy's timeouts over and
 //    over while nothing writes (a write would mark it stale).
+//  - After a read-write attachment ended without detaching cleanly (killed,
+//    its host gone: Volume::close never ran), the copies of a block written
+//    then may differ: a write reached one copy and not the other. Every
+//    block a copy of which is allocated is then *unsettled* until the resync
+//    thread has copied it from its first in-sync copy (its *source*) to the
+//    others; meanwhile reads of it go to the source alone, so two reads never
+//    return different contents (md's resync after an unclean shutdown).
 //  - FLUSH/FUA need nothing here: the channels of every brick that carried a
 //    write since its last sync are synced (VolumeChannels::sync).
 //  - A stale brick that is back is resynced (gateway/resync.h): while its
@@ -59,7 +66,7 @@ class MirrorState {
   // Write counters (see write_begin): blocks share them modulo this.
   static constexpr size_t kWriteSlots = 4096;
 
-  explicit MirrorState(uint32_t bricks);
+  MirrorState(uint32_t bricks, uint64_t blocks);
 
   uint32_t bricks() const { return bricks_; }
   CopyState state(uint32_t brick) const { return states_[brick].load(std::memory_order_acquire); }
@@ -88,10 +95,27 @@ class MirrorState {
 
   // The copy of `block` a read uses: the next in-sync and reachable one in
   // turn, else the next in-sync one (unreachable; the read waits for it).
+  // An unsettled block's source, reachable or not.
   uint32_t read_copy(const Placement& placement, uint64_t block) const;
   // The copy a read of unit `unit` moves to when its brick failed: the next
   // in-sync copy of the block after it, reachable ones first; none: nullopt.
+  // For an unsettled block only its source, once the copy `unit` was given
+  // up; else none: the read waits for its source (another copy may hold
+  // other bytes) until the I/O timeout fails it.
   std::optional<uint32_t> other_copy(const Placement& placement, uint64_t unit) const;
+
+  // Unsettled blocks (see above): set at attach, cleared by the resync
+  // thread once every copy holds the source's bytes. Any thread.
+  void set_unsettled(uint64_t block);
+  void settle(uint64_t block);
+  bool unsettled(uint64_t block) const {
+    return unsettled_count_.load(std::memory_order_acquire) != 0 &&
+           (unsettled_[block / 64].load(std::memory_order_acquire) >> (block % 64) & 1) != 0;
+  }
+  uint64_t unsettled_count() const { return unsettled_count_.load(std::memory_order_acquire); }
+  // The copy an unsettled block is read from and copied from: its first
+  // in-sync copy in copy order (the first one at all when none is).
+  uint32_t source_copy(const Placement& placement, uint64_t block) const;
 
   // Writes that may still land on some copy of `block`: counted from the
   // first round of a request until it completed or failed (a resync waits
@@ -148,6 +172,8 @@ class MirrorState {
   std::unique_ptr<std::atomic<int64_t>[]> unreachable_since_;
   std::unique_ptr<ProgressSlot[]> progress_;
   std::unique_ptr<WriteSlot[]> slots_;
+  std::unique_ptr<std::atomic<uint64_t>[]> unsettled_;  // one bit per block
+  std::atomic<uint64_t> unsettled_count_{0};
   mutable std::atomic<uint32_t> read_turn_{0};
   std::atomic<uint64_t> held_{0};  // block + 1; 0: none
 };

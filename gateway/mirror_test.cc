@@ -20,6 +20,7 @@
 #include "common/crc32c.h"
 #include "common/label_area.h"
 #include "gateway/engine.h"
+#include "gateway/resync.h"
 #include "gateway/test_brick.h"
 #include "gateway/volume_io.h"
 #include "gateway/volume_label.h"
@@ -158,6 +159,9 @@ class MirrorTest : public ::testing::Test {
     }
     return out;
   }
+
+  // AfterAWriterDiedMidWrite...: over the bricks started.
+  void run_writer_died_mid_write();
 
   TestDir dir_;  // before the bricks: removed after they stop
   std::vector<std::unique_ptr<TestBrick>> bricks_;
@@ -1712,6 +1716,94 @@ TEST_F(MirrorTest, AResyncCopiesFromTheLastInSyncCopyAfterItsHostRebooted) {
   std::vector<uint8_t> back(kBlock);
   PBRICK_ASSERT_OK(engine_->read(back.data(), back.size(), 0));
   EXPECT_EQ(back, data);
+}
+
+
+// What brick `b` holds at `vaddr`, through a connection of its own (not the
+// volume's): a whole block.
+std::vector<uint8_t> read_brick_block(TestBrick& brick, uint64_t vaddr) {
+  std::vector<uint8_t> out(kBlock);
+  auto c = BrickClient::Connect(brick.client());
+  EXPECT_TRUE(c.ok()) << c.error().message();
+  if (!c.ok()) return {};
+  auto h = (*c)->map(vaddr, proto::kMapShared);
+  EXPECT_TRUE(h.ok()) << h.error().message();
+  if (!h.ok()) return {};
+  Status st = (*c)->read(h->rkey, h->remote_addr, out);
+  EXPECT_TRUE(st.ok()) << st.error().message();
+  return out;
+}
+
+// A gateway killed while a write was under way can leave a block's copies
+// different: the write reached one copy (here brick-side, by a connection
+// of the test's own, to the copy reads do not start from) and not the
+// other. The next read-write attach finds the last writer's holder record
+// never said closed: every written block is unsettled, each is read from
+// its first in-sync copy alone (never one copy's bytes, then the other's),
+// and the repair copies that copy over the others, at the resync rate, then
+// settles it. A clean detach leaves nothing to repair.
+TEST_F(MirrorTest, AfterAWriterDiedMidWriteReadsNeverAlternateAndTheCopiesAreRepaired) {
+  start_bricks(2);
+  run_writer_died_mid_write();
+}
+
+// The same over three bricks: a block's copies are on two of them.
+TEST_F(MirrorTest, AfterAWriterDiedMidWriteReadsNeverAlternateOverThreeBricks) {
+  start_bricks(3);
+  run_writer_died_mid_write();
+}
+
+void MirrorTest::run_writer_died_mid_write() {
+  {
+    constexpr uint64_t kBlocks = 3;
+    const auto data = random_data(kBlocks * kBlock, 41);
+    PBRICK_ASSERT_OK(open_written(2, 8 * kMiB, data));
+    const Placement pl = engine_->volume().placement();
+    // The last block's copy 1 gets other bytes, written to its brick behind
+    // the gateway's back; copy 0 keeps the volume's.
+    const uint64_t block = kBlocks - 1;
+    const uint32_t other_brick = pl.brick_of(pl.unit(block, 1));
+    const uint64_t other_vaddr = pl.slot_of(pl.unit(block, 1)) * kBlock;
+    const auto torn = random_data(kBlock, 42);
+    {
+      auto c = BrickClient::Connect(bricks_[other_brick]->client());
+      PBRICK_ASSERT_OK(c);
+      auto h = (*c)->map(other_vaddr, proto::kMapShared | proto::kMapWrite);
+      PBRICK_ASSERT_OK(h);
+      PBRICK_ASSERT_OK((*c)->write(h->rkey, h->remote_addr, torn));
+    }
+    ASSERT_EQ(read_brick_block(*bricks_[other_brick], other_vaddr), torn);
+    engine_->volume().leave_uncleanly_for_testing();  // as if killed
+    engine_.reset();
+
+    // Reattached with a slow repair (1 s a block): the last block is still
+    // unsettled while it is read, again and again.
+    VolumeOptions vo = options(2, 8 * kMiB);
+    vo.resync_mib_per_s = 2;
+    PBRICK_ASSERT_OK(open(vo));
+    Volume& v = engine_->volume();
+    EXPECT_GE(v.mirror()->unsettled_count(), kBlocks - 1);  // the repair may have begun
+    std::vector<uint8_t> back(kBlock);
+    for (int k = 0; k < 6; k++) {
+      PBRICK_ASSERT_OK(engine_->read(back.data(), kBlock, block * kBlock));
+      ASSERT_TRUE(std::equal(back.begin(), back.end(), data.begin() + block * kBlock)) << "read " << k;
+    }
+    ASSERT_TRUE(v.mirror()->unsettled(block)) << "the reads above must have met the unsettled block";
+    ASSERT_TRUE(wait_until([&] { return v.mirror()->unsettled_count() == 0; }, std::chrono::seconds(30)));
+    EXPECT_EQ(mirror_summary(v), "in sync");
+    // The other copy holds the volume's bytes now, durably (the brick's own view).
+    auto repaired = read_brick_block(*bricks_[other_brick], other_vaddr);
+    EXPECT_TRUE(std::equal(repaired.begin(), repaired.end(), data.begin() + block * kBlock));
+    for (int k = 0; k < 4; k++) {
+      PBRICK_ASSERT_OK(engine_->read(back.data(), kBlock, block * kBlock));
+      ASSERT_TRUE(std::equal(back.begin(), back.end(), data.begin() + block * kBlock)) << "read " << k;
+    }
+
+    // A clean detach: the next attach repairs nothing.
+    engine_.reset();
+    PBRICK_ASSERT_OK(open(options(2, 8 * kMiB)));
+    EXPECT_EQ(engine_->volume().mirror()->unsettled_count(), 0u);
+  }
 }
 
 }  // namespace

@@ -44,10 +44,13 @@ Status make_durable(BrickClient& c, uint32_t rkey, uint64_t remote_addr, uint64_
 // volume's control path) and its block buffer.
 class Copier {
  public:
-  Copier(Volume& volume, uint32_t target, uint64_t channel_id)
-      : volume_(volume), channel_id_(channel_id), target_(target), clients_(volume.brick_count()) {
+  // `repair`: copies of unsettled blocks (MirrorState::unsettled) from their
+  // source to in-sync or resyncing targets (set_target), not a resync's.
+  Copier(Volume& volume, uint32_t target, uint64_t channel_id, bool repair = false)
+      : volume_(volume), channel_id_(channel_id), repair_(repair), target_(target), clients_(volume.brick_count()) {
     buf_.resize(proto::kBlockSize);
   }
+  void set_target(uint32_t target) { target_ = target; }
 
   // Copies block `block` to its copy on the target (see resync.h, step 3).
   // Returns the block's write counter (MirrorState::write_seq) the copy is
@@ -67,8 +70,9 @@ class Copier {
       ~Release() { m.release(); }
     } release{mirror};
     for (uint32_t attempt = 0;; attempt++) {
-      if (stop.load(std::memory_order_acquire) || mirror.state(target_) != CopyState::kResyncing) {
-        return Error(ECANCELED, "resync stopped");
+      const CopyState state = mirror.state(target_);
+      if (stop.load(std::memory_order_acquire) || (repair_ ? state == CopyState::kStale : state != CopyState::kResyncing)) {
+        return Error(ECANCELED, repair_ ? "repair stopped" : "resync stopped");
       }
       if (attempt > 0) {
         if (Clock::now() >= deadline) {
@@ -147,8 +151,12 @@ class Copier {
       if (mirror.reachable(pl.brick_of(u))) reachable[n_reachable++] = u;
     }
     if (n_in_sync == 0) return Error(EIO, "block " + std::to_string(block) + " has no in-sync copy");
-    const uint64_t source =
-        n_reachable > 0 ? reachable[source_turn_ % n_reachable] : in_sync[source_turn_ % n_in_sync];
+    uint64_t source = n_reachable > 0 ? reachable[source_turn_ % n_reachable] : in_sync[source_turn_ % n_in_sync];
+    if (mirror.unsettled(block)) {
+      // Its copies may differ: every one gets the bytes its reads return.
+      source = pl.unit(block, mirror.source_copy(pl, block));
+      if (source == unit) return true;  // the others were given up: the target is the source now
+    }
     if (!volume_.allocated(source)) {
       // Never written, or freed while the target was stale: the target's copy goes too.
       if (!volume_.allocated(unit)) return true;
@@ -247,6 +255,7 @@ class Copier {
 
   Volume& volume_;
   const uint64_t channel_id_;
+  const bool repair_;
   uint32_t target_;
   std::vector<std::unique_ptr<BrickClient>> clients_;
   std::vector<uint8_t> buf_;
@@ -322,7 +331,11 @@ std::string mirror_summary(const Volume& volume) {
       out += "stale since " + format_time(label.bricks[b].stale_since);
     }
   }
-  return out.empty() ? "in sync" : out;
+  if (out.empty()) out = "in sync";
+  if (const uint64_t left = mirror.unsettled_count(); left != 0) {
+    out += "; repairing after an unclean detach: " + std::to_string(left) + " block(s) left";
+  }
+  return out;
 }
 
 std::string mirror_json(const Volume& volume) {
@@ -385,10 +398,71 @@ void MirrorResync::run() {
       }
       if (on_change_) on_change_();
     }
+    if (mirror.unsettled_count() != 0 && !volume_.options().read_only && !stopping()) {
+      Status st = repair();
+      if (!st) PBRICK_LOG_WARN("%s (tried again in a second)", st.error().message().c_str());
+      if (on_change_) on_change_();
+    }
     std::unique_lock lock(mu_);
     cv_.wait_for(lock, std::chrono::seconds(1), [&] { return poked_ || stopping(); });
     poked_ = false;
   }
+}
+
+void MirrorResync::pace(uint64_t bytes, Clock::time_point started, Clock::time_point& reported) {
+  const uint64_t rate = uint64_t{volume_.options().resync_mib_per_s} << 20;  // bytes a second; 0: no bound
+  if (rate != 0) {
+    // Ahead of the rate: wait until the bytes copied so far are due (a
+    // stop ends the wait; the caller's next copy then sees it).
+    auto due = started + std::chrono::duration_cast<Clock::duration>(
+                             std::chrono::duration<double>(static_cast<double>(bytes) / static_cast<double>(rate)));
+    std::unique_lock lock(mu_);
+    cv_.wait_until(lock, due, [&] { return stopping(); });
+  }
+  if (on_change_ && Clock::now() - reported >= std::chrono::seconds(1)) {
+    reported = Clock::now();
+    on_change_();
+  }
+}
+
+Status MirrorResync::repair() {
+  MirrorState& mirror = *volume_.mirror();
+  const Placement& pl = volume_.placement();
+  Copier copier(volume_, 0, channel_id_, true);
+  const auto t0 = Clock::now();
+  auto reported = t0;
+  uint64_t repaired = 0;
+  for (uint64_t block = 0; block < volume_.block_count() && !stopping(); block++) {
+    if (!mirror.unsettled(block)) continue;
+    const uint32_t source = mirror.source_copy(pl, block);
+    for (uint32_t j = 0; j < pl.copies; j++) {
+      const uint32_t target = pl.brick_of(pl.unit(block, j));
+      if (j == source) continue;
+      // A stale copy gets the block's dirty bit, durably (its resync copies
+      // it, from the source); one resyncing or in sync gets the bytes now.
+      if (mirror.state(target) == CopyState::kStale) {
+        auto missed = volume_.record_miss(block, target);
+        if (!missed) return missed.error().wrap("repair of block " + std::to_string(block));
+        if (*missed) continue;
+      }
+      copier.set_target(target);
+      auto copied = copier.copy(block, stop_);
+      if (!copied) {
+        return copied.error().wrap("repair of block " + std::to_string(block) + " on brick " +
+                                   volume_.brick_name(target));
+      }
+    }
+    mirror.settle(block);
+    repaired++;
+    pace(copier.bytes(), t0, reported);
+  }
+  if (mirror.unsettled_count() == 0) {
+    PBRICK_LOG_NOTICE("volume at %s: the copies of every block written before the unclean detach hold the same "
+                      "bytes again (%llu repaired in this pass, %.1f s)",
+                      format_hex(volume_.options().base).c_str(), static_cast<unsigned long long>(repaired),
+                      std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+  return Status::Ok();
 }
 
 Status MirrorResync::resync(uint32_t b) {
@@ -414,7 +488,8 @@ Status MirrorResync::resync(uint32_t b) {
   std::vector<uint64_t> blocks;
   size_t skipped = 0;
   for (uint64_t i = 0; i < volume_.block_count(); i++) {
-    if (!dirty[i]) continue;
+    // An unsettled block's copy there may differ from its source too.
+    if (!dirty[i] && !mirror.unsettled(i)) continue;
     for (uint32_t j = 0; j < pl.copies; j++) {
       if (pl.brick_of(pl.unit(i, j)) == b) {
         auto it = before.seq.find(i);
@@ -435,24 +510,12 @@ Status MirrorResync::resync(uint32_t b) {
   if (on_change_) on_change_();
   const auto t0 = Clock::now();
   auto reported = t0;
-  const uint64_t rate = uint64_t{volume_.options().resync_mib_per_s} << 20;  // bytes a second; 0: no bound
   for (size_t k = 0; k < blocks.size(); k++) {
     auto copied = copier.copy(blocks[k], stop_);
     if (!copied) return copied.error().wrap("resync of brick " + volume_.brick_name(b));
     before.seq[blocks[k]] = *copied;
     mirror.set_progress(b, {k + 1, blocks.size(), started});
-    if (rate != 0) {
-      // Ahead of the rate: wait until the bytes copied so far are due (a
-      // stop ends the wait; the loop's next copy then sees it).
-      auto due = t0 + std::chrono::duration_cast<Clock::duration>(
-                          std::chrono::duration<double>(static_cast<double>(copier.bytes()) / static_cast<double>(rate)));
-      std::unique_lock lock(mu_);
-      cv_.wait_until(lock, due, [&] { return stopping(); });
-    }
-    if (on_change_ && Clock::now() - reported >= std::chrono::seconds(1)) {
-      reported = Clock::now();
-      on_change_();
-    }
+    pace(copier.bytes(), t0, reported);
   }
   PBRICK_TRY(copier.sync_target().wrap_error("resync of brick " + volume_.brick_name(b)));
   PBRICK_TRY(volume_.finish_resync(b));

@@ -35,6 +35,12 @@
 //     write_seq has not moved; the copies were made durable one by one),
 //     unless the brick serves another store now.
 //
+// After an unclean detach (mirror.h, unsettled blocks) the same thread
+// repairs, block by block at the same rate bound, under the same hold: each
+// unsettled block is copied from its source to the other copies, then
+// settled; a stale brick's resync copies its unsettled blocks too (from the
+// source), so no copy keeps bytes its reads never returned.
+//
 // Progress is in MirrorState::progress(); `on_change` is called (on the
 // resync thread) within a second of every change of a copy's state (a leg
 // failure on an I/O thread included) and about once a second while a resync
@@ -43,6 +49,7 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <functional>
 #include <memory>
@@ -65,6 +72,8 @@ class Volume;
 // "; "). json: {"copies":C,"bricks":[{"target":"H:P","state":"in-sync"|
 // "stale"|"resyncing","stale_since":"...","resync_percent":N,"eta_s":N},...]}
 // (stale_since for copies not in sync; the resync keys while resyncing).
+// While blocks are unsettled (mirror.h) the summary ends in "; repairing
+// after an unclean detach: N block(s) left".
 std::string mirror_summary(const Volume& volume);
 std::string mirror_json(const Volume& volume);
 
@@ -86,6 +95,15 @@ class MirrorResync {
   MirrorResync(Volume& volume, std::function<void()> on_change);
   void run();
   Status resync(uint32_t brick);
+  // One pass over the unsettled blocks (mirror.h): each is copied from its
+  // source to every other copy that is in sync or resyncing (a stale one
+  // gets its dirty bit instead), then settled.
+  Status repair();
+  // After each block of a resync or repair that began at `started` and has
+  // copied `bytes`: waits while it is ahead of the resync rate, and calls
+  // on_change_ when `reported` is a second old (then sets it).
+  void pace(uint64_t bytes, std::chrono::steady_clock::time_point started,
+            std::chrono::steady_clock::time_point& reported);
   bool stopping() const { return stop_.load(std::memory_order_acquire); }
 
   Volume& volume_;

@@ -90,7 +90,7 @@ Volume::Volume(const VolumeOptions& options)
       dirty_(options.layout == Layout::kMirror ? (block_count_ + 63) / 64 : 0) {
   if (options_.bricks.empty()) options_.bricks.push_back(options_.brick);
   options_.copies = placement_.copies;
-  if (options_.layout == Layout::kMirror) mirror_ = std::make_unique<MirrorState>(placement_.bricks);
+  if (options_.layout == Layout::kMirror) mirror_ = std::make_unique<MirrorState>(placement_.bricks, block_count_);
   for (const ClientOptions& o : options_.bricks) {
     bricks_.push_back(std::make_unique<Brick>());
     bricks_.back()->options = o;
@@ -194,6 +194,7 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeOptions& options) {
     }
     // After the missing bricks are stale: their bitmaps are not written.
     PBRICK_TRY(volume->check_stale_boots());
+    if (volume->claim_->last_writer_left_uncleanly()) volume->unsettle_written_blocks();
   }
   return volume;
 }
@@ -579,6 +580,61 @@ Status Volume::load_mirror_state() {
       if (((*bytes)[i / 8] >> (i % 8)) & 1) dirty_[i / 64].fetch_or(1ull << (i % 64), std::memory_order_relaxed);
     }
   }
+  return Status::Ok();
+}
+
+void Volume::unsettle_written_blocks() {
+  for (uint64_t block = 0; block < block_count_; block++) {
+    if (block_allocated(block)) mirror_->set_unsettled(block);
+  }
+  PBRICK_LOG_WARN("volume %s: its last writer did not detach cleanly: the copies of %llu written block(s) may "
+                  "differ; they are read from one copy each until the others hold the same bytes",
+                  format_uuid(claim_->label().volume_uuid).c_str(),
+                  static_cast<unsigned long long>(mirror_->unsettled_count()));
+}
+
+Status Volume::close() {
+  if (!mirror_ || options_.read_only || !claim_ || leave_uncleanly_ || closed_) return Status::Ok();
+  if (const uint64_t left = mirror_->unsettled_count(); left != 0) {
+    return Error(EAGAIN, std::to_string(left) + " block(s) whose copies may differ were not repaired yet; the next "
+                                                "attach repairs them");
+  }
+  // Every in-sync copy durable first: a record that says closed promises
+  // copies that are the same on every medium, not only in the bricks'
+  // caches. A PERSIST naming no range covers every WRITE the brick answered,
+  // on any connection (docs/protocol.md 11.2); on a connection of its own,
+  // as the control connection offers no PERSIST. Under the boot the copy is
+  // known complete in: a host that rebooted since may have lost some.
+  for (uint32_t b = 0; b < brick_count(); b++) {
+    if (!mirror_->in_sync(b)) continue;
+    const std::string where = "brick " + brick_name(b) + ": sync before detaching";
+    ClientOptions o = brick_options(b);
+    // PERSIST alone: a brick in rpc mode refuses an RDMA HELLO offering sync-read.
+    o.features = (o.features & ~proto::kFeatureSyncRead) | proto::kFeaturePersistRpc;
+    auto c = BrickClient::Connect(o);
+    if (!c) return c.error().wrap(where);
+    if (((*c)->hello().features & proto::kFeaturePersistRpc) == 0) {
+      return Error(EOPNOTSUPP, where + ": the brick does not grant PERSIST");
+    }
+    {
+      std::lock_guard label_lock(label_mu_);
+      if (bricks_[b]->copy_boot != (*c)->hello().boot_id) {
+        return Error(EIO, where + ": its host rebooted since its copy was complete");
+      }
+    }
+    PBRICK_TRY((*c)->persist({}).wrap_error(where));
+  }
+  // On the in-sync bricks it must land (the next attach reads theirs); a
+  // stale copy's is written where it can be, or a later attach that finds
+  // that brick in sync again would repair for nothing.
+  for (uint32_t b = 0; b < brick_count(); b++) {
+    Brick& brick = *bricks_[b];
+    std::lock_guard lock(brick.control_mu);
+    Status st = brick.control ? claim_->record_closed(b, ClaimBrick{brick.control.get(), brick_name(b), options_.base})
+                              : Status(Error(ENOTCONN, "brick " + brick_name(b) + ": not connected"));
+    if (!st && mirror_->in_sync(b)) return st;
+  }
+  closed_ = true;
   return Status::Ok();
 }
 

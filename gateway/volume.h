@@ -320,6 +320,20 @@ class Volume {
   // The volume's label as this attachment last wrote or read it.
   VolumeLabel label() const;
 
+  // Layout mirror, read-write: detaches cleanly, once no I/O runs any more
+  // (the frontend's queues and the resync thread stopped): every in-sync
+  // brick makes everything it took durable, then every brick's holder record
+  // says closed. Without it (a killed gateway, or an error here) the next
+  // read-write attach takes every written block's copies for possibly
+  // different and repairs them (mirror.h, unsettled blocks). EAGAIN while
+  // blocks of this attachment's repair are left: they stay to repair. Nothing
+  // for the other layouts and read-only attachments. Blocks on control round
+  // trips (one attempt per brick, no reconnect). Once it succeeded, later
+  // calls do nothing. One thread, after the I/O stopped.
+  Status close();
+  // Tests only: close() does nothing, as when the gateway is killed.
+  void leave_uncleanly_for_testing() { leave_uncleanly_ = true; }
+
   // Frees a whole block (unmap + free); it then reads as zeros. When the brick
   // refuses because someone else maps it (EBUSY), returns EBUSY so the caller
   // can zero it through the data path instead.
@@ -358,6 +372,9 @@ class Volume {
   // stale: each stale copy reached from another boot than the label's (it
   // went stale in that one) has every block marked dirty (lost_writes).
   Status check_stale_boots();
+  // Layout mirror, at Open after an unclean detach: every block a copy of
+  // which is allocated is unsettled.
+  void unsettle_written_blocks();
   // With the brick's control_mu held: which of our units it holds (LIST).
   Status learn_allocated(uint32_t brick);
   // With label_mu_ held: writes the label at a new generation to every
@@ -398,6 +415,8 @@ class Volume {
   // Set by Open once every brick's label passed; retaken on every reconnect
   // of a brick's control connection (connect_control).
   std::optional<VolumeClaim> claim_;
+  bool leave_uncleanly_ = false;  // leave_uncleanly_for_testing
+  bool closed_ = false;           // close() succeeded (later calls do nothing)
 
   mutable std::shared_mutex handles_mu_;
   std::vector<BlockHandle> handles_;             // by unit

@@ -154,6 +154,15 @@ Result<std::vector<BrickSeen>> read_all(std::span<const ClaimBrick> bricks) {
       auto r = read_label_slots(*bytes);
       if (!r) return r.error().wrap(where(b, i));
       s.read = std::move(*r);
+      auto record = std::span<const uint8_t>(*bytes).subspan(kHolderOffset, kLabelSlotSize);
+      if (std::any_of(record.begin(), record.end(), [](uint8_t x) { return x != 0; })) {
+        auto h = decode_holder(record);
+        if (h) {
+          s.holder = std::move(*h);
+        } else {
+          s.holder_damaged = true;
+        }
+      }
     }
     seen.push_back(std::move(s));
   }
@@ -209,10 +218,24 @@ Result<VolumeClaim> VolumeClaim::Acquire(std::span<const ClaimBrick> bricks, con
   }
   // Under the lock: nobody else writes the labels now; read them again (an
   // attach that held the volume a moment ago may have changed them).
-  plan = check_all(bricks, request, fresh);
-  if (!plan) {
+  auto seen = read_all(bricks);
+  if (seen) plan = plan_labels(*seen, request, unix_now(), fresh);
+  if (!seen || !plan) {
     release();
-    return plan.error();
+    return seen ? plan.error() : seen.error();
+  }
+  // A mirror's last writer that did not detach cleanly (its record on a
+  // brick holding in-sync copies never said closed) may have left copies
+  // that differ (mirror.h). A damaged record counts as such.
+  bool unclean = false;
+  if (request.layout == Layout::kMirror && plan->action != LabelPlan::Action::kCreate) {
+    for (size_t i = 0; i < seen->size(); i++) {
+      const BrickSeen& s = (*seen)[i];
+      if (s.absent || plan->target.bricks[i].stale_since != 0) continue;
+      if (s.holder_damaged || (s.holder && s.holder->volume_uuid == plan->target.volume_uuid && s.holder->closed == 0)) {
+        unclean = true;
+      }
+    }
   }
   auto fail = [&](size_t i, const Error& e) -> Error {
     release();
@@ -254,7 +277,10 @@ Result<VolumeClaim> VolumeClaim::Acquire(std::span<const ClaimBrick> bricks, con
     }
   }
   l.index = 0;
-  return VolumeClaim(std::move(l), false, attachment, std::move(recorded));
+  VolumeClaim claim(std::move(l), false, attachment, std::move(recorded));
+  claim.holder_ = holder;
+  claim.left_uncleanly_ = unclean;
+  return claim;
 }
 
 VolumeLabel VolumeClaim::current() const {
@@ -282,6 +308,25 @@ uint64_t VolumeClaim::next_generation() const {
 void VolumeClaim::propose(const VolumeLabel& label) {
   std::lock_guard lock(*mu_);
   proposed_ = std::max(proposed_, label.generation);
+}
+
+Status VolumeClaim::record_closed(size_t index, const ClaimBrick& b) const {
+  {
+    std::lock_guard lock(*mu_);
+    if (read_only_ || index >= recorded_.size() || !recorded_[index]) return Status::Ok();
+  }
+  // Only over this attachment's own record: one that took the volume over
+  // meanwhile (its record there now) may be writing still.
+  const std::string what = where(b, index) + ": record the clean detach";
+  auto bytes = read_label_block(*b.control, *label_vaddr(b.base));
+  if (!bytes) return bytes.error().wrap(what);
+  if (bytes->size() != kLabelReadSize) return Error(ENOENT, what + ": the label block is gone");
+  auto now = decode_holder(std::span<const uint8_t>(*bytes).subspan(kHolderOffset, kLabelSlotSize));
+  if (!now) return now.error().wrap(what);
+  if (now->attachment != attachment_) return Error(EBUSY, what + ": the volume is held by " + now->to_string());
+  HolderRecord h = holder_;
+  h.closed = std::max<uint64_t>(unix_now(), 1);
+  return write_label_block(*b.control, *label_vaddr(b.base), kHolderOffset, encode_holder(h)).wrap_error(what);
 }
 
 Status VolumeClaim::record_dirty(const ClaimBrick& b, uint64_t index, uint8_t byte) {

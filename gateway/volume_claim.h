@@ -61,6 +61,17 @@ class VolumeClaim {
   // label holds in sync: another attachment wrote to it alone (split brain).
   Status reacquire(size_t index, const ClaimBrick& brick, bool stale = false) const;
 
+  // Layout mirror, read-write: the attachment before this one did not
+  // detach cleanly (its holder record on a brick holding in-sync copies
+  // never said closed, or is damaged): copies of blocks it wrote may differ.
+  bool last_writer_left_uncleanly() const { return left_uncleanly_; }
+  // This attachment detaches cleanly: its holder record on brick `index`
+  // says so, durably (HolderRecord::closed). Only where its record was
+  // written; nothing for a read-only claim. EBUSY when the record there is
+  // another attachment's now (it took the volume while this one's control
+  // connection was down).
+  Status record_closed(size_t index, const ClaimBrick& brick) const;
+
   // The committed label every brick holds (its `index` is brick 0's).
   VolumeLabel label() const { return current(); }
 
@@ -109,6 +120,8 @@ class VolumeClaim {
   uint64_t proposed_ = 0;  // the highest generation proposed (under mu_)
   bool read_only_ = false;
   Uuid attachment_{};  // read-write: in the holder records it writes
+  HolderRecord holder_;  // read-write: the record written at attach
+  bool left_uncleanly_ = false;
   // By brick (under mu_): whether this attachment's holder record was
   // written there. Only there does another attachment's record mean one
   // held the volume meanwhile (a brick missing at a degraded attach still

@@ -25,7 +25,8 @@ constexpr size_t kOffFlags = 12, kOffGeneration = 16, kOffVolumeUuid = 24, kOffL
 static_assert(kOffBootIds + kMaxLabelBricks * proto::kUuidSize <= kCrcOffset, "the boot id table fits the slot");
 // Holder record offsets.
 constexpr size_t kOffHolderUuid = 16, kOffPid = 32, kOffSince = 40, kOffHost = 48, kHostField = 64,
-                 kOffProgram = 112, kProgramField = 32, kOffAttachment = 144, kHolderEnd = 160;
+                 kOffProgram = 112, kProgramField = 32, kOffAttachment = 144, kOffClosed = 160,
+                 kHolderEnd = 168;
 
 void put16(uint8_t* p, uint16_t v) {
   for (int i = 0; i < 2; i++) p[i] = static_cast<uint8_t>(v >> (8 * i));
@@ -273,6 +274,7 @@ std::array<uint8_t, kLabelSlotSize> encode_holder(const HolderRecord& h) {
   std::memcpy(p + kOffHost, h.host.data(), std::min(h.host.size(), kHostField - 1));
   std::memcpy(p + kOffProgram, h.program.data(), std::min(h.program.size(), kProgramField - 1));
   std::memcpy(p + kOffAttachment, h.attachment.data(), h.attachment.size());
+  put64(p + kOffClosed, h.closed);
   seal(out, kHolderMagic);
   return out;
 }
@@ -294,6 +296,7 @@ Result<HolderRecord> decode_holder(std::span<const uint8_t> slot) {
   h.host = std::move(*host);
   h.program = std::move(*program);
   std::memcpy(h.attachment.data(), p + kOffAttachment, h.attachment.size());
+  h.closed = get64(p + kOffClosed);
   return h;
 }
 

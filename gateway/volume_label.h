@@ -126,6 +126,12 @@ struct HolderRecord {
   // own (pid, host and program can repeat across containers). Zero in
   // records of gateways that did not write it yet.
   Uuid attachment{};
+  // Unix seconds at which that attachment detached cleanly: every write it
+  // took had completed on every in-sync copy and was made durable there
+  // (Volume::close). Zero while it is attached, and for ever when it was
+  // killed: the next read-write attach of a mirror then repairs the copies
+  // (mirror.h, unsettled blocks).
+  uint64_t closed = 0;
   // "pbrick-gateway pid 1234 on host-a since 2026-12-02T12:00:00Z"
   std::string to_string() const;
 };
@@ -146,6 +152,10 @@ struct BrickSeen {
   Uuid store{};          // from HELLO
   uint64_t base = 0;
   LabelRead read;
+  // The holder record beside the label (none: all zeros, or no label block);
+  // holder_damaged when it is not all zeros and does not decode.
+  std::optional<HolderRecord> holder;
+  bool holder_damaged = false;
   // Layout mirror, attached --degraded: the brick could not be reached; its
   // place is taken on the other bricks' word (it becomes stale).
   bool absent = false;

@@ -266,6 +266,19 @@ TEST(VolumeLabelHolder, RoundTripsAndRefusesDamage) {
   auto d = decode_holder(b);
   ASSERT_TRUE(d.ok()) << d.error().message();
   EXPECT_EQ(d->to_string(), "pbrick-gateway pid 4242 on host-a since 2025-12-02T12:00:00Z");
+  EXPECT_EQ(d->closed, 0u);
+  // The clean detach's time, at offset 160, little-endian.
+  h.closed = 0x0102030405060708ull;
+  b = encode_holder(h);
+  EXPECT_EQ(b[160], 0x08);
+  EXPECT_EQ(b[167], 0x01);
+  EXPECT_EQ(decode_holder(b)->closed, h.closed);
+  EXPECT_EQ(b[168], 0);
+  b[168] = 1;  // reserved after it
+  reseal(b);
+  EXPECT_EQ(decode_holder(b).error().errnum(), EBADMSG);
+  h.closed = 0;
+  b = encode_holder(h);
   std::memset(b.data() + 48, 'x', 64);  // host not terminated
   reseal(b);
   EXPECT_EQ(decode_holder(b).error().errnum(), EINVAL);

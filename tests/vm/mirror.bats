@@ -146,6 +146,15 @@ PY
   assert_equal "$(jq '.jobs[0].error' "$out")" 0
   assert_equal "$(jq '.jobs[0].read.io_bytes' "$out")" $((16 * M))
   gw_detach
+  # Detached cleanly (SIGTERM): the next attach has nothing to repair.
+  local seen
+  seen=$(wc -l <"$BATS_TEST_TMPDIR/gw.log")
+  gw_attach --target "$T1" --layout mirror --copies 2 --size 16M --timeout 10000 --leg-timeout 500 -q 2 -d 32 \
+    --degraded
+  if tail -n +$((seen + 1)) "$BATS_TEST_TMPDIR/gw.log" | grep -q "did not detach cleanly"; then
+    fail "$(cat "$BATS_TEST_TMPDIR/gw.log")"
+  fi
+  gw_detach
   run kernel_problems
   assert_output ''
 }
@@ -333,6 +342,10 @@ wait_states() {
   assert_output --partial "brick $T1 of a mirror is unreachable (--degraded, or degraded=true, runs the volume"
   gw_recover "$id" --degraded
   assert_equal "$(cat "$BATS_TEST_TMPDIR/recover.out")" "$DEV"
+  # Killed, it never recorded a clean detach: the 8 written blocks are read
+  # from one copy each until the repair is done.
+  grep -q "its last writer did not detach cleanly: the copies of 8 written block(s) may differ" \
+    "$BATS_TEST_TMPDIR/gw.log" || fail "$(cat "$BATS_TEST_TMPDIR/gw.log")"
   cmp "$data" <(dd if="$DEV" bs=2M iflag=direct status=none)
   wait_states in-sync,stale 10
 
