@@ -79,9 +79,31 @@ Status write_label_block(BrickClient& c, uint64_t vaddr, uint64_t offset, std::s
   });
 }
 
+// The slot a new label goes to: the one not holding the brick's newest valid
+// label, so a torn write leaves that one readable even when generations were
+// skipped on this brick (a stale brick, a failed attempt: parity alone would
+// overwrite it); by the generation's parity when neither slot holds one.
+Result<uint64_t> label_slot_for(BrickClient& c, uint64_t vaddr, uint64_t generation) {
+  auto bytes = read_label_block(c, vaddr);
+  if (!bytes) return bytes.error().wrap("read label before writing it");
+  if (bytes->empty()) return generation % 2;
+  std::optional<uint64_t> newest_slot;
+  uint64_t newest = 0;
+  for (uint64_t slot = 0; slot < 2; slot++) {
+    auto l = decode_label(std::span<const uint8_t>(*bytes).subspan(slot * kLabelSlotSize, kLabelSlotSize));
+    if (l && (!newest_slot || l->generation > newest)) {
+      newest_slot = slot;
+      newest = l->generation;
+    }
+  }
+  return newest_slot ? 1 - *newest_slot : generation % 2;
+}
+
 Status write_label(BrickClient& c, uint64_t vaddr, const VolumeLabel& l) {
+  auto slot = label_slot_for(c, vaddr, l.generation);
+  if (!slot) return slot.error();
   auto bytes = encode_label(l);
-  return write_label_block(c, vaddr, (l.generation % 2) * kLabelSlotSize, bytes);
+  return write_label_block(c, vaddr, *slot * kLabelSlotSize, bytes);
 }
 
 HolderRecord this_holder(const Uuid& volume, const Uuid& attachment) {

@@ -77,7 +77,7 @@ class VolumeClaim {
 
   // Layout mirror, read-write, recording stale copies (Volume::mark_stale
   // builds the label at a higher generation): write_label_to() writes it to
-  // one brick, durably (slot by generation, so a torn write leaves the
+  // one brick, durably (the slot not holding its newest label, so a torn write leaves the
   // previous one); once every in-sync brick has it, commit() makes it the
   // label reconnects expect. The caller serialises these (Volume's label
   // mutex) and holds each brick's control.

@@ -12,8 +12,9 @@
 //   label block: slot A (4096 B) | slot B (4096 B) | holder record (4096 B) | zeros
 //   lock block:  no content; mapped exclusively by the one writer of the volume
 //
-// A label is written to slot (generation % 2), so an update never overwrites
-// the newest valid copy: a torn write leaves the previous generation readable.
+// A label is written to the slot that does not hold the brick's newest valid
+// label (by generation parity when neither does), so an update never
+// overwrites the newest valid copy: a torn write leaves it readable.
 //
 // Decoding is untrusted input (the bytes come from a brick): every decoder
 // checks sizes, magic, version, reserved bytes, field domains and the CRC.

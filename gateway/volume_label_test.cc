@@ -599,6 +599,51 @@ TEST_F(VolumeClaimTest, GrowUpdatesEveryBrickAndReacquireChecksTheLabel) {
   EXPECT_EQ(s.error().errnum(), EINVAL);
 }
 
+// A brick that skipped generations (stale while its labels were written
+// elsewhere) holds generation 5 in slot B and 4 in slot A; the next label it
+// gets is generation 7. Written by parity it would overwrite 5 (a torn write
+// then left the brick at 4): it goes to slot A, and B keeps 5.
+TEST_F(VolumeClaimTest, ALabelNeverOverwritesTheBricksNewestOneEvenAfterSkippedGenerations) {
+  auto a = connect({0, 1});
+  PBRICK_ASSERT_OK(a);
+  auto claim = VolumeClaim::Acquire(a->claim, stripe(8 * kMiB));
+  PBRICK_ASSERT_OK(claim);
+  VolumeLabel l = claim->label();
+  l.index = 1;
+  auto slots = [&]() -> std::pair<uint64_t, uint64_t> {
+    auto admin = BrickClient::Connect(bricks_[1]->client());
+    EXPECT_TRUE(admin.ok());
+    if (!admin.ok()) return {0, 0};
+    auto m = (*admin)->map(*label_vaddr(0), proto::kMapShared);
+    EXPECT_TRUE(m.ok());
+    if (!m.ok()) return {0, 0};
+    std::vector<uint8_t> bytes(2 * kLabelSlotSize);
+    EXPECT_TRUE((*admin)->read(m->rkey, m->remote_addr, bytes).ok());
+    auto gen = [&](size_t slot) -> uint64_t {
+      auto d = decode_label(std::span<const uint8_t>(bytes).subspan(slot * kLabelSlotSize, kLabelSlotSize));
+      return d ? d->generation : 0;
+    };
+    return {gen(0), gen(1)};
+  };
+  {
+    auto admin = BrickClient::Connect(bricks_[1]->client());
+    PBRICK_ASSERT_OK(admin);
+    auto m = (*admin)->map(*label_vaddr(0), proto::kMapShared | proto::kMapWrite);
+    PBRICK_ASSERT_OK(m);
+    l.generation = 4;
+    PBRICK_ASSERT_OK((*admin)->write(m->rkey, m->remote_addr, encode_label(l)));
+    l.generation = 5;
+    PBRICK_ASSERT_OK((*admin)->write(m->rkey, m->remote_addr + kLabelSlotSize, encode_label(l)));
+  }
+  ASSERT_EQ(slots(), (std::pair<uint64_t, uint64_t>{4, 5}));
+  l.generation = 7;
+  PBRICK_ASSERT_OK(VolumeClaim::write_label_to(a->claim[1], 1, l));
+  EXPECT_EQ(slots(), (std::pair<uint64_t, uint64_t>{7, 5}));
+  l.generation = 9;
+  PBRICK_ASSERT_OK(VolumeClaim::write_label_to(a->claim[1], 1, l));
+  EXPECT_EQ(slots(), (std::pair<uint64_t, uint64_t>{7, 9}));
+}
+
 // Volume::Open claims the volume: a second read-write open is refused, a
 // read-only one shares and cannot write.
 // A label write that landed on a brick whose reply was lost (the connection
