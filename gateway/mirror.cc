@@ -175,15 +175,33 @@ Result<bool> skip_stale_copy(Volume& volume, IoPiece& p) {
   return true;
 }
 
+Result<std::optional<uint32_t>> read_elsewhere(Volume& volume, uint64_t unit) {
+  MirrorState& mirror = *volume.mirror();
+  const Placement& pl = volume.placement();
+  if (auto copy = mirror.other_copy(pl, unit)) return copy;
+  const uint64_t block = pl.block_of(unit);
+  const uint32_t brick = pl.brick_of(unit);
+  if (!mirror.unsettled(block) || volume.options().read_only || !mirror.in_sync(brick) ||
+      !mirror.unreachable_for(brick, std::chrono::milliseconds(volume.options().leg_timeout_ms)) ||
+      !mirror.may_lose(pl, brick)) {
+    return std::optional<uint32_t>();
+  }
+  // The repair gives its unsettled blocks dirty bits once it is stale.
+  Status st = volume.mark_stale(brick);
+  if (!st) return st.error().errnum() == EIO ? Result<std::optional<uint32_t>>(std::nullopt) : st.error();
+  return mirror.other_copy(pl, unit);
+}
+
 Result<bool> leg_failed(Volume& volume, IoPiece& p) {
   MirrorState* mirror = volume.mirror();
   if (mirror == nullptr) return false;
   const Placement& pl = volume.placement();
   const uint64_t block = pl.block_of(p.block);
   if (!p.is_write) {
-    auto copy = mirror->other_copy(pl, p.block);
-    if (!copy) return false;
-    p.block = pl.unit(block, *copy);
+    auto copy = read_elsewhere(volume, p.block);
+    if (!copy) return copy.error();
+    if (!*copy) return false;
+    p.block = pl.unit(block, **copy);
     p.brick = pl.brick_of(p.block);
     p.status = -1;
     return true;

@@ -23,7 +23,8 @@
 //    block a copy of which is allocated is then *unsettled* until the resync
 //    thread has copied it from its first in-sync copy (its *source*) to the
 //    others; meanwhile reads of it go to the source alone, so two reads never
-//    return different contents (md's resync after an unclean shutdown).
+//    return different contents (md's resync after an unclean shutdown). A
+//    source unreachable for the leg timeout is given up (read_elsewhere).
 //  - FLUSH/FUA need nothing here: the channels of every brick that carried a
 //    write since its last sync are synced (VolumeChannels::sync).
 //  - A stale brick that is back is resynced (gateway/resync.h): while its
@@ -101,7 +102,7 @@ class MirrorState {
   // in-sync copy of the block after it, reachable ones first; none: nullopt.
   // For an unsettled block only its source, once the copy `unit` was given
   // up; else none: the read waits for its source (another copy may hold
-  // other bytes) until the I/O timeout fails it.
+  // other bytes; see read_elsewhere).
   std::optional<uint32_t> other_copy(const Placement& placement, uint64_t unit) const;
 
   // Unsettled blocks (see above): set at attach, cleared by the resync
@@ -197,6 +198,14 @@ void end_writes(Volume& volume, std::span<IoPiece> pieces);
 // piece must fail as in any layout (no other in-sync copy; not mirrored).
 // Error: the labels could not record it (the write fails).
 Result<bool> leg_failed(Volume& volume, IoPiece& piece);
+
+// The copy a read of unit `unit` moves to when its brick failed
+// (MirrorState::other_copy). Read-write, for an unsettled block whose source
+// brick has been unreachable for the leg timeout: the source is given up
+// first (stale, as a write would make it; the repair then records its
+// unsettled blocks dirty), so reads go on from the next copy instead of
+// failing until some write gives it up. Blocks on control round trips then.
+Result<std::optional<uint32_t>> read_elsewhere(Volume& volume, uint64_t unit);
 
 // A WRITE piece for a copy that is stale: its block is marked dirty,
 // durably, and the piece is done without being sent. False for any other

@@ -163,6 +163,21 @@ class MirrorTest : public ::testing::Test {
   // AfterAWriterDiedMidWrite...: over the bricks started.
   void run_writer_died_mid_write();
 
+  // The `closed` field of the holder record on brick `b` (volume at base 0).
+  uint64_t holder_closed(uint32_t b) {
+    auto c = BrickClient::Connect(bricks_[b]->client());
+    EXPECT_TRUE(c.ok()) << c.error().message();
+    if (!c.ok()) return 0;
+    auto m = (*c)->map(*label_vaddr(0), proto::kMapShared);
+    EXPECT_TRUE(m.ok()) << m.error().message();
+    if (!m.ok()) return 0;
+    std::vector<uint8_t> bytes(kLabelSlotSize);
+    EXPECT_TRUE((*c)->read(m->rkey, m->remote_addr + kHolderOffset, bytes).ok());
+    auto h = decode_holder(bytes);
+    EXPECT_TRUE(h.ok()) << h.error().message();
+    return h.ok() ? h->closed : 0;
+  }
+
   TestDir dir_;  // before the bricks: removed after they stop
   std::vector<std::unique_ptr<TestBrick>> bricks_;
   std::unique_ptr<Engine> engine_;
@@ -1776,10 +1791,12 @@ void MirrorTest::run_writer_died_mid_write() {
     engine_->volume().leave_uncleanly_for_testing();  // as if killed
     engine_.reset();
 
-    // Reattached with a slow repair (1 s a block): the last block is still
+    for (uint32_t b = 0; b < bricks_.size(); b++) EXPECT_EQ(holder_closed(b), 0u) << "brick " << b;
+
+    // Reattached with a slow repair (2 s a block): the last block is still
     // unsettled while it is read, again and again.
     VolumeOptions vo = options(2, 8 * kMiB);
-    vo.resync_mib_per_s = 2;
+    vo.resync_mib_per_s = 1;
     PBRICK_ASSERT_OK(open(vo));
     Volume& v = engine_->volume();
     EXPECT_GE(v.mirror()->unsettled_count(), kBlocks - 1);  // the repair may have begun
@@ -1789,6 +1806,11 @@ void MirrorTest::run_writer_died_mid_write() {
       ASSERT_TRUE(std::equal(back.begin(), back.end(), data.begin() + block * kBlock)) << "read " << k;
     }
     ASSERT_TRUE(v.mirror()->unsettled(block)) << "the reads above must have met the unsettled block";
+    // The copy reads use is not replaced meanwhile.
+    const uint32_t source_brick = pl.brick_of(pl.unit(block, 0));
+    Status replaced = v.replace_brick(source_brick, bricks_[other_brick]->client());
+    ASSERT_FALSE(replaced.ok());
+    EXPECT_EQ(replaced.error().errnum(), EBUSY) << replaced.error().message();
     ASSERT_TRUE(wait_until([&] { return v.mirror()->unsettled_count() == 0; }, std::chrono::seconds(30)));
     EXPECT_EQ(mirror_summary(v), "in sync");
     // The other copy holds the volume's bytes now, durably (the brick's own view).
@@ -1799,11 +1821,63 @@ void MirrorTest::run_writer_died_mid_write() {
       ASSERT_TRUE(std::equal(back.begin(), back.end(), data.begin() + block * kBlock)) << "read " << k;
     }
 
-    // A clean detach: the next attach repairs nothing.
+    // A clean detach says so on every brick, and the next attach repairs nothing.
     engine_.reset();
+    for (uint32_t b = 0; b < bricks_.size(); b++) EXPECT_NE(holder_closed(b), 0u) << "brick " << b;
     PBRICK_ASSERT_OK(open(options(2, 8 * kMiB)));
     EXPECT_EQ(engine_->volume().mirror()->unsettled_count(), 0u);
   }
+}
+
+// After an unclean detach, a brick a degraded attach cannot reach may hold
+// blocks no copy it reaches holds (a discard that freed those first): every
+// block with a copy there is dirty, so its resync copies all of it.
+TEST_F(MirrorTest, ADegradedAttachAfterAnUncleanDetachMarksTheMissingBricksBlocksDirty) {
+  start_bricks(3);
+  const auto data = random_data(2 * kBlock, 43);
+  PBRICK_ASSERT_OK(open_written(2, 12 * kMiB, data));  // 6 blocks, 2 written
+  engine_->volume().leave_uncleanly_for_testing();
+  engine_.reset();
+  bricks_[2]->stop();
+  VolumeOptions vo = options(2, 12 * kMiB);
+  vo.degraded = true;
+  vo.leg_timeout_ms = 500;
+  PBRICK_ASSERT_OK(open(vo));
+  Volume& v = engine_->volume();
+  EXPECT_EQ(v.mirror()->state(2), CopyState::kStale);
+  // Blocks 1, 2, 4 and 5 have a copy on brick 2 (copy j of block i on brick (i + j) mod 3).
+  std::vector<bool> dirty = v.dirty_blocks();
+  EXPECT_EQ(dirty, (std::vector<bool>{false, true, true, false, true, true}));
+}
+
+// An unsettled block whose source brick stays unreachable: reads do not
+// fail until something writes. Once the brick has been unreachable for the
+// leg timeout the source is given up (stale) and reads go on from the next
+// copy; the repair then records the block dirty for the stale copy.
+TEST_F(MirrorTest, AnUnsettledBlocksSourceThatStaysUnreachableIsGivenUpAndReadsGoOn) {
+  start_bricks(2);
+  const auto data = random_data(3 * kBlock, 44);
+  PBRICK_ASSERT_OK(open_written(2, 8 * kMiB, data));
+  engine_->volume().leave_uncleanly_for_testing();
+  engine_.reset();
+  VolumeOptions vo = options(2, 8 * kMiB);
+  vo.resync_mib_per_s = 1;  // block 2 stays unsettled for 4 s
+  vo.leg_timeout_ms = 300;
+  PBRICK_ASSERT_OK(open(vo));
+  Volume& v = engine_->volume();
+  const Placement pl = v.placement();
+  const uint64_t block = 2;
+  const uint32_t source_brick = pl.brick_of(pl.unit(block, 0));
+  ASSERT_TRUE(v.mirror()->unsettled(block));
+  bricks_[source_brick]->stop();
+  std::vector<uint8_t> back(kBlock);
+  const auto t0 = std::chrono::steady_clock::now();
+  PBRICK_ASSERT_OK(engine_->read(back.data(), kBlock, block * kBlock));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+  EXPECT_TRUE(std::equal(back.begin(), back.end(), data.begin() + block * kBlock));
+  EXPECT_EQ(v.mirror()->state(source_brick), CopyState::kStale);
+  EXPECT_TRUE(wait_until([&] { return v.mirror()->unsettled_count() == 0; }, std::chrono::seconds(20)));
+  EXPECT_TRUE(v.dirty(block));
 }
 
 }  // namespace

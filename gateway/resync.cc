@@ -398,13 +398,16 @@ void MirrorResync::run() {
       }
       if (on_change_) on_change_();
     }
+    bool more = false;
     if (mirror.unsettled_count() != 0 && !volume_.options().read_only && !stopping()) {
       Status st = repair();
       if (!st) PBRICK_LOG_WARN("%s (tried again in a second)", st.error().message().c_str());
-      if (on_change_) on_change_();
+      // A pass that went well goes on at once, after the checks above.
+      more = st.ok() && mirror.unsettled_count() != 0;
     }
     std::unique_lock lock(mu_);
-    cv_.wait_for(lock, std::chrono::seconds(1), [&] { return poked_ || stopping(); });
+    cv_.wait_for(lock, more ? std::chrono::seconds(0) : std::chrono::seconds(1),
+                 [&] { return poked_ || stopping(); });
     poked_ = false;
   }
 }
@@ -432,7 +435,13 @@ Status MirrorResync::repair() {
   const auto t0 = Clock::now();
   auto reported = t0;
   uint64_t repaired = 0;
-  for (uint64_t block = 0; block < volume_.block_count() && !stopping(); block++) {
+  // About a second at a time, from where the last pass stopped: the
+  // thread's other work (probes, resyncs of bricks back) is not held up for
+  // the whole repair.
+  for (uint64_t n = 0; n < volume_.block_count() && !stopping() && Clock::now() - t0 < std::chrono::seconds(1);
+       n++) {
+    const uint64_t block = repair_next_;
+    repair_next_ = (repair_next_ + 1) % volume_.block_count();
     if (!mirror.unsettled(block)) continue;
     const uint32_t source = mirror.source_copy(pl, block);
     for (uint32_t j = 0; j < pl.copies; j++) {
@@ -456,12 +465,13 @@ Status MirrorResync::repair() {
     repaired++;
     pace(copier.bytes(), t0, reported);
   }
+  repaired_ += repaired;
   if (mirror.unsettled_count() == 0) {
     PBRICK_LOG_NOTICE("volume at %s: the copies of every block written before the unclean detach hold the same "
-                      "bytes again (%llu repaired in this pass, %.1f s)",
-                      format_hex(volume_.options().base).c_str(), static_cast<unsigned long long>(repaired),
-                      std::chrono::duration<double>(Clock::now() - t0).count());
+                      "bytes again (%llu repaired)",
+                      format_hex(volume_.options().base).c_str(), static_cast<unsigned long long>(repaired_));
   }
+  if (on_change_) on_change_();
   return Status::Ok();
 }
 

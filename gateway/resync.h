@@ -95,9 +95,10 @@ class MirrorResync {
   MirrorResync(Volume& volume, std::function<void()> on_change);
   void run();
   Status resync(uint32_t brick);
-  // One pass over the unsettled blocks (mirror.h): each is copied from its
-  // source to every other copy that is in sync or resyncing (a stale one
-  // gets its dirty bit instead), then settled.
+  // About a second's worth of the unsettled blocks (mirror.h), from where
+  // the last call stopped: each is copied from its source to every other
+  // copy that is in sync or resyncing (a stale one gets its dirty bit
+  // instead), then settled.
   Status repair();
   // After each block of a resync or repair that began at `started` and has
   // copied `bytes`: waits while it is ahead of the resync rate, and calls
@@ -123,6 +124,8 @@ class MirrorResync {
     std::unordered_map<uint64_t, uint64_t> seq;
   };
   std::vector<CopiedBefore> copied_before_;
+  uint64_t repair_next_ = 0;  // the block repair() looks at next (resync thread)
+  uint64_t repaired_ = 0;     // blocks repair() settled so far (resync thread)
   std::thread thread_;
 };
 

@@ -194,7 +194,17 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeOptions& options) {
     }
     // After the missing bricks are stale: their bitmaps are not written.
     PBRICK_TRY(volume->check_stale_boots());
-    if (volume->claim_->last_writer_left_uncleanly()) volume->unsettle_written_blocks();
+    if (volume->claim_->last_writer_left_uncleanly()) {
+      volume->unsettle_written_blocks();
+      // A brick not reached may hold blocks no reached copy holds (a
+      // discard that freed the others first): none of them is unsettled,
+      // so every block of its copy is dirty, and its resync copies it whole.
+      std::lock_guard label_lock(volume->label_mu_);
+      for (uint32_t b : missing) {
+        auto marked = volume->dirty_all_of(b);
+        if (!marked) return marked.error().wrap("volume open, degraded after an unclean detach");
+      }
+    }
   }
   return volume;
 }
@@ -594,10 +604,19 @@ void Volume::unsettle_written_blocks() {
 }
 
 Status Volume::close() {
-  if (!mirror_ || options_.read_only || !claim_ || leave_uncleanly_ || closed_) return Status::Ok();
+  if (!mirror_ || options_.read_only || !claim_ || leave_uncleanly_ || close_tried_) return Status::Ok();
+  close_tried_ = true;
   if (const uint64_t left = mirror_->unsettled_count(); left != 0) {
     return Error(EAGAIN, std::to_string(left) + " block(s) whose copies may differ were not repaired yet; the next "
                                                 "attach repairs them");
+  }
+  // A request that failed after some copies took it (a copy that could not
+  // be given up: the last in-sync one of some block) left copies that differ.
+  for (uint32_t b = 0; b < brick_count(); b++) {
+    if (mirror_->in_sync(b) && write_failures(b) != 0) {
+      return Error(EIO, "writes to brick " + brick_name(b) + " failed: its copies may differ from the others'; the "
+                        "next attach repairs them");
+    }
   }
   // Every in-sync copy durable first: a record that says closed promises
   // copies that are the same on every medium, not only in the bricks'
@@ -628,13 +647,20 @@ Status Volume::close() {
   // stale copy's is written where it can be, or a later attach that finds
   // that brick in sync again would repair for nothing.
   for (uint32_t b = 0; b < brick_count(); b++) {
-    Brick& brick = *bricks_[b];
-    std::lock_guard lock(brick.control_mu);
-    Status st = brick.control ? claim_->record_closed(b, ClaimBrick{brick.control.get(), brick_name(b), options_.base})
-                              : Status(Error(ENOTCONN, "brick " + brick_name(b) + ": not connected"));
+    Status st;
+    {
+      std::lock_guard lock(bricks_[b]->control_mu);
+      if (mirror_->in_sync(b)) {
+        // Reconnecting if it must (a brick restarted while the volume was idle).
+        st = with_control(b, [&](BrickClient& c) {
+          return claim_->record_closed(b, ClaimBrick{&c, brick_name(b), options_.base});
+        });
+      } else if (bricks_[b]->control) {
+        st = claim_->record_closed(b, ClaimBrick{bricks_[b]->control.get(), brick_name(b), options_.base});
+      }
+    }
     if (!st && mirror_->in_sync(b)) return st;
   }
-  closed_ = true;
   return Status::Ok();
 }
 
@@ -705,6 +731,13 @@ Status Volume::replace_brick(uint32_t b, const ClientOptions& target) {
   // built on the label it learned at attach, overwrite newer ones and bring a
   // copy its writer gave up back in sync.
   if (options_.read_only) return Error(EROFS, "volume attached read-only: its writer replaces bricks");
+  // An in-sync copy may be what reads of blocks still unsettled return
+  // (mirror.h); giving it up would change those bytes under the readers.
+  if (const uint64_t left = mirror_->unsettled_count(); left != 0 && mirror_->in_sync(b)) {
+    return Error(EBUSY, "brick " + brick_name(b) + " holds copies that reads use while " + std::to_string(left) +
+                            " block(s) are repaired after an unclean detach: replace it once that is done, or once "
+                            "it is stale");
+  }
   // The new brick: the old one's transport and key, another endpoint, its own store.
   ClientOptions t = brick_options(b);
   t.endpoint = target.endpoint;

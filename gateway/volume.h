@@ -328,8 +328,9 @@ class Volume {
   // different and repairs them (mirror.h, unsettled blocks). EAGAIN while
   // blocks of this attachment's repair are left: they stay to repair. Nothing
   // for the other layouts and read-only attachments. Blocks on control round
-  // trips (one attempt per brick, no reconnect). Once it succeeded, later
-  // calls do nothing. One thread, after the I/O stopped.
+  // trips. EIO, and no record, while writes to an in-sync brick failed
+  // (write_failures): copies may differ. Runs once: later calls do nothing.
+  // One thread, after the I/O stopped.
   Status close();
   // Tests only: close() does nothing, as when the gateway is killed.
   void leave_uncleanly_for_testing() { leave_uncleanly_ = true; }
@@ -416,7 +417,7 @@ class Volume {
   // of a brick's control connection (connect_control).
   std::optional<VolumeClaim> claim_;
   bool leave_uncleanly_ = false;  // leave_uncleanly_for_testing
-  bool closed_ = false;           // close() succeeded (later calls do nothing)
+  bool close_tried_ = false;      // close() ran (later calls do nothing)
 
   mutable std::shared_mutex handles_mu_;
   std::vector<BlockHandle> handles_;             // by unit

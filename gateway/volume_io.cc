@@ -227,9 +227,9 @@ Result<size_t> queue_pieces(Volume& volume, std::span<IoPiece> pieces, PieceSink
         // copy waited for until the I/O timeout) and the resync thread's
         // probe tells when the brick is back.
         if (!p.is_write && moves < volume.copies()) {
-          auto other = mirror->other_copy(volume.placement(), p.block);
-          if (other) {
-            p.block = volume.placement().unit(volume.placement().block_of(p.block), *other);
+          auto other = read_elsewhere(volume, p.block);
+          if (other && *other) {
+            p.block = volume.placement().unit(volume.placement().block_of(p.block), **other);
             p.brick = volume.placement().brick_of(p.block);
             moves++;
             goto resolve;
