@@ -387,14 +387,17 @@ class Parser {
                                                           bool required) {
     std::string path = join_path(parent, key);
     auto it = fields.find(std::string(key));
-    if (it == fields.end() || it->second.value.IsNull()) {
-      if (required) {
-        if (it == fields.end()) {
-          missing(parent_pos, path);
-        } else {
-          invalid(value_pos(it->second), path, "missing value for required key " + quote(key));
-        }
-      }
+    if (it == fields.end()) {
+      if (required) missing(parent_pos, path);
+      return std::nullopt;
+    }
+    if (it->second.value.IsNull()) {
+      // `key:` with no value (or ~, null) is a mistake, not the default: a
+      // template whose variable came out empty must not turn, say,
+      // authentication off.
+      invalid(value_pos(it->second), path,
+              std::string("missing value for ") + (required ? "required " : "") + "key " + quote(key) +
+                  (required ? "" : " (leave the key out for its default)"));
       return std::nullopt;
     }
     SourcePos pos = value_pos(it->second);
@@ -434,7 +437,10 @@ class Parser {
     std::string path = join_path(parent, key);
     auto n = parse_u64(v->first, path);
     if (!n) {
-      invalid(v->second, path, "expected an integer (decimal or 0x-prefixed hex), got " + quote(v->first));
+      invalid(v->second, path,
+              n.error().errnum() == ERANGE
+                  ? "too large for 64 bits: " + quote(v->first)
+                  : "expected an integer (decimal or 0x-prefixed hex), got " + quote(v->first));
       return false;
     }
     *out = *n;
@@ -830,6 +836,13 @@ class Validator {
           if (!inserted) {
             error(p + ".socket", "socket " + quote(b.socket) + " on " + b.host + " is already used by brick " +
                                      quote(it->second));
+          }
+        }
+        // pbrick-nbd@VOLUME removes and listens on /run/pbrick/VOLUME.sock.
+        for (const VolumeConfig& v : c_.volumes) {
+          if (b.socket == "/run/pbrick/" + v.name + ".sock") {
+            error(p + ".socket", "socket " + quote(b.socket) + " is where pbrick-nbd@" + v.name +
+                                     " exports volume " + quote(v.name) + " (it removes what is there first)");
           }
         }
       }

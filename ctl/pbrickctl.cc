@@ -683,8 +683,8 @@ int main(int argc, char** argv) {
       auto t = parse_transport(v, "--transport");
       if (!t) return usage_error(t.error().context());
       transport = *t;
-    } else if (a == "--timeout") {
-      const char* v = value("--timeout");
+    } else if (a == "--timeout" || a.rfind("--timeout=", 0) == 0) {
+      const char* v = a == "--timeout" ? value("--timeout") : argv[i] + 10;
       if (!v) return usage_error("--timeout needs milliseconds");
       auto t = parse_u64(v, "--timeout");
       if (!t || *t == 0 || *t > 3600000) return usage_error("--timeout: milliseconds, 1..3600000");

@@ -1,5 +1,6 @@
 #include "gateway/device_conf.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <fstream>
@@ -15,6 +16,23 @@
 namespace pbrick {
 
 Status save_device_conf(const std::string& path, const AttachParams& p) {
+  // Lists are saved comma-separated and values one per line: a path with a
+  // comma or a newline would come back as other paths.
+  for (const std::string& k : p.brick_key_files) {
+    if (k.find_first_of(",\n") != std::string::npos) {
+      return Error(EINVAL, "key file '" + k + "': a path with a comma or a newline cannot be saved in " + path);
+    }
+  }
+  for (const char* text : {p.key_file.c_str(), p.label_name.c_str()}) {
+    if (std::string_view(text).find('\n') != std::string_view::npos) {
+      return Error(EINVAL, "'" + std::string(text) + "': a value with a newline cannot be saved in " + path);
+    }
+  }
+  const std::string targets = p.targets_string();
+  if (std::count(targets.begin(), targets.end(), ',') + 1 != static_cast<std::ptrdiff_t>(p.targets.size()) ||
+      targets.find('\n') != std::string::npos) {
+    return Error(EINVAL, "brick addresses '" + targets + "': one with a comma or a newline cannot be saved in " + path);
+  }
   std::string tmp = path + ".tmp";
   FILE* f = std::fopen(tmp.c_str(), "w");
   if (f == nullptr) return errno_error("writing " + tmp);
@@ -29,9 +47,11 @@ Status save_device_conf(const std::string& path, const AttachParams& p) {
   if (p.copies) std::fprintf(f, "copies=%u\n", *p.copies);
   if (p.leg_timeout_ms) std::fprintf(f, "leg_timeout=%u\n", *p.leg_timeout_ms);
   if (p.resync_mib_per_s) std::fprintf(f, "resync_rate=%u\n", *p.resync_mib_per_s);
+  // By place: an empty entry is a brick without a key of its own, and keeps
+  // the places of the ones after it.
   std::string keys;
-  for (const std::string& k : p.brick_key_files) keys += (keys.empty() ? "" : ",") + k;
-  if (!keys.empty()) std::fprintf(f, "brick_key_files=%s\n", keys.c_str());
+  for (size_t i = 0; i < p.brick_key_files.size(); i++) keys += (i == 0 ? "" : ",") + p.brick_key_files[i];
+  if (!p.brick_key_files.empty()) std::fprintf(f, "brick_key_files=%s\n", keys.c_str());
   if (p.persistence) std::fprintf(f, "persistence=%s\n", persistence_name(*p.persistence));
   std::fprintf(f, "name=%s\nread_only=%d\n", p.label_name.c_str(), p.read_only ? 1 : 0);
   if (p.degraded) std::fprintf(f, "degraded=1\n");

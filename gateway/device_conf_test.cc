@@ -123,6 +123,24 @@ TEST_F(DeviceConfTest, WhatAttachLeftUnsetRecoversAsTheDefaults) {
   EXPECT_EQ(got->logical_block_size, 4096u);
 }
 
+// Brick key files by place: a brick without one (an empty entry) keeps the
+// places of those after it; a path that the list cannot hold is refused.
+TEST_F(DeviceConfTest, BrickKeyFilesKeepTheirPlaces) {
+  AttachParams p = minimal();
+  p.targets.clear();
+  PBRICK_ASSERT_OK(p.add_targets("10.0.0.1:7000,10.0.0.2:7001,10.0.0.3:7002", "--target"));
+  p.brick_key_files = {"", "/etc/pbrick/b1.key", ""};
+  PBRICK_ASSERT_OK(save_device_conf(path_, p));
+  auto got = load_device_conf(path_);
+  PBRICK_ASSERT_OK(got);
+  EXPECT_EQ(got->brick_key_files, p.brick_key_files);
+  p.brick_key_files = {"/etc/pbrick/a,b.key", "", ""};
+  Status st = save_device_conf(path_, p);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().errnum(), EINVAL);
+  EXPECT_NE(st.error().message().find("a,b.key"), std::string::npos) << st.error().message();
+}
+
 TEST_F(DeviceConfTest, SavingReplacesTheFileWhole) {
   AttachParams p = minimal();
   p.chain_syncs = false;

@@ -91,7 +91,8 @@ constexpr const char* kUsage =
     "                          when another attach has it)\n"
     "  -q, --queues N          hardware queues, one thread each (default 1; at most one per CPU)\n"
     "  --pin-queues            run each queue's thread only on the CPUs whose requests\n"
-    "                          go to its queue (default: wherever the scheduler puts it)\n"
+    "                          go to its queue (default: wherever the scheduler puts it);\n"
+    "                          --no-pin-queues undoes a cluster file's pin_queues: true\n"
     "  --poll-us N             while a queue has I/O in flight to a brick, check for the\n"
     "                          reply for up to N us (0..1000) before sleeping: lower\n"
     "                          latency at low depth for CPU (default 0: sleep at once)\n"
@@ -102,7 +103,8 @@ constexpr const char* kUsage =
     "                          (0: no bound; at least 16), so a tiered brick can demote them\n"
     "  --no-chained-syncs      every FLUSH sends its own syncs (default: while FLUSHes follow\n"
     "                          writes at depth 1, a sync goes out right behind each write and\n"
-    "                          the FLUSH completes with it, a round trip sooner)\n"
+    "                          the FLUSH completes with it, a round trip sooner);\n"
+    "                          --chained-syncs undoes a cluster file's chained_syncs: false\n"
     "  The volume parameters are kept in /run/pbrick/ublk-ID.conf for recover.\n"
     "list: the ublk devices (id, state, queues, depth, daemon pid) and, for a mirror, a\n"
     "  line \"copies:\" with each copy's brick and state: in-sync, stale since T,\n"
@@ -395,7 +397,9 @@ int attach_main(int argc, char** argv) {
     kDegraded,
     kPinQueues,
     kPollUs,
-    kNoChainedSyncs
+    kNoChainedSyncs,
+    kNoPinQueues,
+    kChainedSyncs
   };
   static const option kOptions[] = {
       {"target", required_argument, nullptr, kTarget},
@@ -420,6 +424,8 @@ int attach_main(int argc, char** argv) {
       {"pin-queues", no_argument, nullptr, kPinQueues},
       {"poll-us", required_argument, nullptr, kPollUs},
       {"no-chained-syncs", no_argument, nullptr, kNoChainedSyncs},
+      {"no-pin-queues", no_argument, nullptr, kNoPinQueues},
+      {"chained-syncs", no_argument, nullptr, kChainedSyncs},
       {"read-only", no_argument, nullptr, kReadOnly},
       {"name", required_argument, nullptr, kName},
       {"help", no_argument, nullptr, 'h'},
@@ -491,6 +497,8 @@ int attach_main(int argc, char** argv) {
       case kDegraded: p.degraded = true; break;
       case kPinQueues: p.pin_queues = true; break;
       case kNoChainedSyncs: p.chain_syncs = false; break;
+      case kNoPinQueues: p.pin_queues = false; break;
+      case kChainedSyncs: p.chain_syncs = true; break;
       case kPollUs: {
         auto r = parse_u64(optarg, "--poll-us");
         if (!r || *r > kMaxPollUs) return usage_error("--poll-us must be 0.." + std::to_string(kMaxPollUs) + " us");
@@ -686,8 +694,9 @@ int recover_main(int argc, char** argv) {
   if (!p) return fail(p.error());
   // A mirror whose brick died before its daemon did: the brick is stale in
   // the others' labels, but only the operator knows that no other attach
-  // wrote to it alone meanwhile (split brain), as for attach.
-  if (degraded) p->degraded = true;
+  // wrote to it alone meanwhile (split brain), as for attach: asked each
+  // time, not taken from an attach that was degraded once.
+  p->degraded = degraded;
   block_signals();
   auto ctrl = UblkControl::Open();
   if (!ctrl) return fail(ctrl.error());
@@ -881,6 +890,17 @@ int replace_main(int argc, char** argv) {
     VolumeSpec file;
     Status st = file.complete_from_config(config, volume);
     if (!st) return fail(st.error());
+    // The file's volume must be the one the device serves: a typo naming
+    // another volume over some of the same bricks would otherwise swap a
+    // brick holding that volume's data into this one, whose resync then
+    // copies over it.
+    if (file.label_name != now->label_name || file.base.value_or(0) != now->base.value_or(0) ||
+        file.size != now->size || file.layout.value_or(Layout::kSingle) != now->layout.value_or(Layout::kSingle)) {
+      return fail(Error(EINVAL, config + ": volume " + volume + " (" + format_size(file.size) + " at " +
+                                    format_hex(file.base.value_or(0)) + ") is not the volume device " +
+                                    std::to_string(*id) + " serves ('" + now->label_name + "', " +
+                                    format_size(now->size) + " at " + format_hex(now->base.value_or(0)) + ")"));
+    }
     if (file.targets.size() != now->targets.size()) {
       return fail(Error(EINVAL, config + ": volume " + volume + " has " + std::to_string(file.targets.size()) +
                                     " bricks, device " + std::to_string(*id) + " " +

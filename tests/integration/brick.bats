@@ -133,6 +133,13 @@ M2=$((2 * 1024 * 1024))
   run "$CTL_BIN" --target 127.0.0.1:99999 stat
   assert_failure 2
   assert_output --partial 'port must be 1..65535'
+  # --timeout takes its value either way, like every other option.
+  run ctl --timeout=0 stat
+  assert_failure 2
+  assert_output --partial '--timeout: milliseconds, 1..3600000'
+  run ctl --timeout=5000 stat
+  assert_success
+  assert_line --regexp '^capacity +'
 }
 
 @test "data written through pbrickctl write reads back byte-identical, across blocks" {

@@ -75,11 +75,13 @@ check_fixture() {
 @test "fixture invalid-enums.yaml" { check_fixture "$FIXTURES/invalid-enums.yaml"; }
 @test "fixture missing-keys.yaml" { check_fixture "$FIXTURES/missing-keys.yaml"; }
 @test "fixture multiple-documents.yaml" { check_fixture "$FIXTURES/multiple-documents.yaml"; }
+@test "fixture null-values.yaml" { check_fixture "$FIXTURES/null-values.yaml"; }
 @test "fixture overlapping-volumes.yaml" { check_fixture "$FIXTURES/overlapping-volumes.yaml"; }
 @test "fixture port-out-of-range.yaml" { check_fixture "$FIXTURES/port-out-of-range.yaml"; }
 @test "fixture queues-out-of-range.yaml" { check_fixture "$FIXTURES/queues-out-of-range.yaml"; }
 @test "fixture rdma-without-device.yaml" { check_fixture "$FIXTURES/rdma-without-device.yaml"; }
 @test "fixture size-invalid.yaml" { check_fixture "$FIXTURES/size-invalid.yaml"; }
+@test "fixture socket-on-nbd-export.yaml" { check_fixture "$FIXTURES/socket-on-nbd-export.yaml"; }
 @test "fixture sync-read-ddio-not-off.yaml" { check_fixture "$FIXTURES/sync-read-ddio-not-off.yaml"; }
 @test "fixture syntax-error.yaml" { check_fixture "$FIXTURES/syntax-error.yaml"; }
 @test "fixture unknown-keys.yaml" { check_fixture "$FIXTURES/unknown-keys.yaml"; }

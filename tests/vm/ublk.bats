@@ -413,7 +413,7 @@ brick_lacks() {
   [ -z "$(dmesg_problems)" ]
 }
 
-@test "ublk: --config/--volume, --logical-block-size 512, list, detach -n; poll_us from the file" {
+@test "ublk: --config/--volume, --logical-block-size 512, list, detach -n; poll_us from the file, flags over it" {
   brick_up
   cat >"$BATS_TEST_TMPDIR/cluster.yaml" <<YAML
 cluster:
@@ -435,6 +435,12 @@ volumes:
     depth: 16
     frontend: ublk
     poll_us: 40
+    pin_queues: true
+    chained_syncs: false
+  - name: v1
+    size: 64M
+    brick: b0
+    base: 0x40000000
 gateways:
   - name: g0
     host: 127.0.0.1
@@ -442,7 +448,7 @@ gateways:
 YAML
   local out=$BATS_TEST_TMPDIR/gw.out
   "$GW_BIN" attach --config "$BATS_TEST_TMPDIR/cluster.yaml" --volume v0 --logical-block-size 512 \
-    >"$out" 2>>"$BATS_TEST_TMPDIR/gw.log" &
+    --no-pin-queues --chained-syncs >"$out" 2>>"$BATS_TEST_TMPDIR/gw.log" &
   GW_PID=$!
   local i
   for i in $(seq 1 300); do
@@ -463,6 +469,14 @@ YAML
   run "$GW_BIN" list
   assert_success
   assert_line --regexp "^${DEV#/dev/ublkb} +live +1 +16 +$GW_PID\$"
+  # The flags won over the file's pin_queues: true and chained_syncs: false.
+  local conf=/run/pbrick/ublk-${DEV#/dev/ublkb}.conf
+  grep -q '^poll_us=40$' "$conf" || fail "$(cat "$conf")"
+  if grep -Eq '^(pin_queues|chained_syncs)=' "$conf"; then fail "$(cat "$conf")"; fi
+  # replace from the file checks that it names the volume this device serves.
+  run "$GW_BIN" replace -n "${DEV#/dev/ublkb}" --config "$BATS_TEST_TMPDIR/cluster.yaml" --volume v1
+  assert_failure
+  assert_output --partial "volume v1 (64.0 MiB at 0x40000000) is not the volume device ${DEV#/dev/ublkb} serves ('v0'"
   run "$GW_BIN" detach -n "${DEV#/dev/ublkb}"
   assert_success
   local rc=0
