@@ -109,18 +109,25 @@ void RdmaTransport::on_work_completion(Connection& c, const RdmaListener::Comple
     return;
   }
   auto msg = conn_->received(wc.slot, wc.byte_len);
+  // After a misframed message nothing more is taken (it is answered, after
+  // the requests before it, and the connection closes).
+  if (c.misframed) return;
   if (msg.size() < proto::kHeaderSize || proto::frame_size(msg) != msg.size()) {
     // Every message is exactly one frame (docs/protocol.md §9.2): one whose
     // header claims another length would glue the next messages' bytes into
-    // its payload. A header-level violation (§5): EBADMSG, then closed.
+    // its payload. A header-level violation (§5), answered in its turn: the
+    // header's own checks first (§4), then EBADMSG for the size.
     PBRICK_LOG_WARN("%s: closing connection: a %zu-byte message that is not one whole frame", c.peer.c_str(),
                     msg.size());
-    auto echo = msg.size() >= proto::kHeaderSize ? proto::salvage_request_header(msg.first(proto::kHeaderSize))
-                                                 : std::nullopt;
-    if (echo && c.out_room(proto::kHeaderSize)) {
-      c.reply_error(*echo, Error(EBADMSG, "message size does not match the frame's payload_len"));
+    c.misframed = true;
+    if (msg.size() >= proto::kHeaderSize) {
+      auto header = msg.first(proto::kHeaderSize);
+      if (auto echo = proto::salvage_request_header(header)) {
+        auto checked = proto::decode_header(header, /*expect_reply=*/false);
+        c.misframed_reply.emplace(*echo, checked ? Error(EBADMSG, "message size does not match the frame's payload_len")
+                                                 : checked.error());
+      }
     }
-    c.begin_close();
     return;
   }
   if (c.in_cap - c.in_end < msg.size()) {

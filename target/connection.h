@@ -55,6 +55,12 @@ struct Connection {
   State state = State::kHello;
   bool closing = false;
   bool peer_eof = false;
+  // RDMA: a message that was not one whole frame arrived (docs/protocol.md
+  // §9.2). Nothing after it is taken; the requests before it are answered
+  // first, then `misframed` with its error (if its header could be read),
+  // then the connection closes (pump).
+  bool misframed = false;
+  std::optional<std::pair<proto::FrameHeader, Error>> misframed_reply;
   bool recv_inflight = false;
   bool send_inflight = false;
   SyncState sync;  // persistence_ledger.h

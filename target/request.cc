@@ -132,6 +132,12 @@ void Server::Impl::pump(Connection& c) {
     c.in_start += total;
   }
   if (c.in_start == c.in_end && !c.recv_inflight) c.in_start = c.in_end = 0;
+  // RDMA: every request before a misframed message is answered; then it is,
+  // and the connection closes.
+  if (c.misframed && !c.closing && !blocked && !c.waiting() && c.in_start == c.in_end) {
+    if (c.misframed_reply && c.out_room(kHeaderSize)) c.reply_error(c.misframed_reply->first, c.misframed_reply->second);
+    c.begin_close();
+  }
   // A peer that half-closed after its last request still gets every reply;
   // once nothing more can be parsed, the connection winds down. A request
   // waiting for its sync point (or its block's promotion) is not parsed yet:
