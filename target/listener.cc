@@ -235,6 +235,13 @@ void Server::Impl::on_accept(int res) {
     ::setsockopt(fd.get(), IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
     ::setsockopt(fd.get(), IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
     ::setsockopt(fd.get(), IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
+    // A peer that stops reading its replies keeps ACKing with a zero
+    // window, which keepalive never catches: its connection would hold its
+    // slot, buffers and mappings (an exclusive one is a volume's lock) for
+    // ever, a closing one too (it waits for its last send). Data the peer
+    // has not taken for stalled_peer_timeout_ms fails the connection.
+    unsigned user_timeout_ms = options_.stalled_peer_timeout_ms;
+    ::setsockopt(fd.get(), IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout_ms, sizeof user_timeout_ms);
   }
   add_connection(take_slot(), next_generation_++ & 0xFFFFFF, std::make_unique<TcpTransport>(std::move(fd)),
                  peer_name(accept_addr_));

@@ -67,6 +67,11 @@ struct ServerOptions {
   // A connection that has not finished HELLO (and AUTH, when a key is set)
   // within this time is closed, so idle half-open peers cannot pin slots.
   uint32_t handshake_timeout_ms = 10000;
+  // TCP: a peer that leaves the brick's replies unread (a zero window) or
+  // unacknowledged this long loses its connection (TCP_USER_TIMEOUT): its
+  // slot, buffers and mappings - an exclusive one is a volume's lock - are
+  // freed. Well above a gateway's I/O timeout (30 s by default).
+  uint32_t stalled_peer_timeout_ms = 60000;
   // A port still held (EADDRINUSE: typically by the io_uring or the RDMA CM
   // ids of a brick killed a moment ago, which the kernel tears down
   // asynchronously) is tried again for this long before Create() fails.

@@ -59,9 +59,10 @@ class FaultyBrick {
   FaultInjectionRegion& slow_region() { return *slow_region_; }
 
   // On loopback TCP (a free port), or on `listen` (a unix socket).
-  void start(const Endpoint& listen = Endpoint{"127.0.0.1", 0}) {
+  void start(const Endpoint& listen = Endpoint{"127.0.0.1", 0}, uint32_t stalled_peer_timeout_ms = 60000) {
     ServerOptions so;
     so.listen = listen;
+    so.stalled_peer_timeout_ms = stalled_peer_timeout_ms;
     listen_ = listen;
     auto server = Server::Create(*store_, so);
     ASSERT_TRUE(server.ok()) << server.error().message();
@@ -751,6 +752,46 @@ TEST(ServerConnection, ASendCompletingAfterItsOutputWasDroppedSendsNothingMore) 
   EXPECT_FALSE(c.send_inflight);
   EXPECT_EQ(c.out_start, 0u);
   EXPECT_EQ(c.out_end, 0u);
+}
+
+// A peer that stops reading its replies (the brick's output stuck behind a
+// zero window, which keepalive never catches) loses its connection after
+// the stalled-peer timeout, and with it its exclusive mapping - a volume's
+// lock is exactly that - instead of holding it for ever.
+TEST(ServerConnection, APeerThatStopsReadingLosesItsConnectionAndItsMappings) {
+  FaultyBrick brick;
+  brick.start(Endpoint{"127.0.0.1", 0}, 1000);
+  auto stuck = brick.connect();
+  ASSERT_NE(stuck, nullptr);
+  ASSERT_TRUE(stuck->alloc(0).ok());
+  auto m = stuck->map(0, proto::kMapWrite);  // exclusive
+  ASSERT_TRUE(m.ok()) << m.error().message();
+  // READs of 2 MiB, never read back: more than both ends' socket buffers
+  // and the brick's own output buffer hold.
+  std::vector<uint8_t> frames;
+  for (uint32_t i = 0; i < 24; i++) {
+    proto::FrameHeader h;
+    h.opcode = proto::Opcode::kRead;
+    h.request_id = 1000 + i;
+    h.payload_len = proto::kIoRequestSize;
+    uint8_t frame[proto::kHeaderSize + proto::kIoRequestSize];
+    proto::encode_header(h, frame);
+    proto::encode_io_request({m->rkey, m->remote_addr, static_cast<uint32_t>(kMiB * 2)}, frame + proto::kHeaderSize);
+    frames.insert(frames.end(), frame, frame + sizeof frame);
+  }
+  ASSERT_TRUE(stuck->send_raw(frames).ok());
+  auto other = brick.connect();
+  ASSERT_NE(other, nullptr);
+  auto refused = other->map(0, proto::kMapWrite);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().errnum(), EBUSY);
+  const auto deadline = std::chrono::steady_clock::now() + 15s;
+  Result<proto::MapReply> taken = refused;
+  while (!taken.ok() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(200ms);
+    taken = other->map(0, proto::kMapWrite);
+  }
+  EXPECT_TRUE(taken.ok()) << "the stalled peer still holds its exclusive mapping: " << taken.error().message();
 }
 
 // A mirror over two bricks, one queue (the volume's open error, if any, is
