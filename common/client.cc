@@ -284,7 +284,13 @@ Result<std::unique_ptr<BrickClient>> BrickClient::Handshake(std::unique_ptr<Bric
     PBRICK_TRY(client->call(proto::Opcode::kAuth, auth_payload, {}, "AUTH " + options.endpoint.to_string()));
     auto auth_reply = proto::decode_auth_reply(client->reply_);
     if (!auth_reply) return auth_reply.error().wrap("AUTH " + options.endpoint.to_string());
-    if (auth_reply->has_rdma_trailer) client->sync_region_ = {auth_reply->sync_rkey, auth_reply->sync_addr};
+    if (auth_reply->has_rdma_trailer) {
+      // Only over RDMA with AUTH_TRAILER granted (docs/protocol.md 7.2).
+      if (!client->link_ || (reply->features & proto::kFeatureAuthTrailer) == 0) {
+        return Error(EPROTO, "AUTH " + options.endpoint.to_string() + ": an RDMA trailer the brick may not send here");
+      }
+      client->sync_region_ = {auth_reply->sync_rkey, auth_reply->sync_addr};
+    }
   }
   if (client->link_ && !client->sync_region_) {
     return Error(EPROTO, "HELLO " + options.endpoint.to_string() + ": the brick named no sync region");
@@ -476,7 +482,16 @@ Result<proto::MapReply> BrickClient::map(uint64_t vaddr, uint32_t map_flags) {
   uint8_t p[proto::kMapRequestSize];
   proto::encode_map_request({vaddr, map_flags}, p);
   PBRICK_TRY(call(proto::Opcode::kMap, p, {}, "map " + format_hex(vaddr)));
-  return proto::decode_map_reply(reply_);
+  auto m = proto::decode_map_reply(reply_);
+  if (m && m->map_flags != map_flags) {
+    m = Error(EPROTO, "map " + format_hex(vaddr) + ": the brick mapped it with flags " + std::to_string(m->map_flags) +
+                          ", not the " + std::to_string(map_flags) + " asked for");
+  }
+  // A brick whose reply cannot be taken for what was asked is not trusted
+  // with more requests (docs/protocol.md 5); the connection is given up, and
+  // with it whatever the brick mapped for this one.
+  if (!m) out_of_step_ = true;
+  return m;
 }
 
 Status BrickClient::unmap(uint64_t vaddr) {
@@ -489,7 +504,9 @@ Result<proto::ListReply> BrickClient::list(uint64_t cursor, uint32_t max_extents
   uint8_t p[proto::kListRequestSize];
   proto::encode_list_request({cursor, max_extents}, p);
   PBRICK_TRY(call(proto::Opcode::kList, p, {}, "list from " + format_hex(cursor)));
-  return proto::decode_list_reply(reply_);
+  auto l = proto::decode_list_reply(reply_);
+  if (!l) out_of_step_ = true;  // as for MAP
+  return l;
 }
 
 void merge_extents(std::vector<proto::Extent>& extents) {

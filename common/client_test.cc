@@ -66,8 +66,12 @@ TEST(EndpointTest, BadAddressesNameTheFlagAndWhy) {
 // with an empty reply of status 0, the first one that late.
 class FakeBrick {
  public:
+  // `answer_after`: every request after HELLO is answered, the first one
+  // after that delay, with a header-only reply - or, for a MAP, with
+  // `map_reply` when given.
   explicit FakeBrick(const proto::HelloReply& reply,
-                     std::optional<std::chrono::milliseconds> answer_after = std::nullopt) {
+                     std::optional<std::chrono::milliseconds> answer_after = std::nullopt,
+                     std::optional<proto::MapReply> map_reply = std::nullopt) {
     char tmpl[] = "/tmp/pbrick-fake-brick-XXXXXX";
     dir_ = ::mkdtemp(tmpl);
     path_ = dir_ + "/brick.sock";
@@ -77,7 +81,7 @@ class FakeBrick {
     std::strcpy(addr.sun_path, path_.c_str());
     EXPECT_EQ(::bind(listen_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
     EXPECT_EQ(::listen(listen_.get(), 1), 0);
-    thread_ = std::thread([this, reply, answer_after] {
+    thread_ = std::thread([this, reply, answer_after, map_reply] {
       UniqueFd c(::accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC));
       auto read_exactly = [&](uint8_t* p, size_t len) {
         for (size_t got = 0; got < len;) {
@@ -111,9 +115,14 @@ class FakeBrick {
         proto::FrameHeader rep = *req;
         rep.flags = proto::kFlagReply;
         rep.payload_len = 0;
-        uint8_t rhdr[proto::kHeaderSize];
-        proto::encode_header(rep, rhdr);
-        if (::write(c.get(), rhdr, sizeof rhdr) != static_cast<ssize_t>(sizeof rhdr)) return;
+        std::vector<uint8_t> frame(proto::kHeaderSize);
+        if (req->opcode == proto::Opcode::kMap && map_reply) {
+          rep.payload_len = proto::kMapReplySize;
+          frame.resize(proto::kHeaderSize + proto::kMapReplySize);
+          proto::encode_map_reply(*map_reply, frame.data() + proto::kHeaderSize);
+        }
+        proto::encode_header(rep, frame.data());
+        if (::write(c.get(), frame.data(), frame.size()) != static_cast<ssize_t>(frame.size())) return;
       }
       char byte;
       (void)!::read(c.get(), &byte, 1);  // until the client hangs up
@@ -186,6 +195,26 @@ TEST(BrickClientTest, ARequestThatTimedOutLeavesTheConnectionUnusable) {
   ASSERT_FALSE(next.ok());
   EXPECT_EQ(next.error().errnum(), ENOTCONN) << next.error().message();
   c->reset();
+}
+
+// A MAP reply that cannot be taken for what was asked - one that does not
+// decode, or a mapping with other flags (read-only for a write, shared for
+// an exclusive lock) - may still have mapped the block at the brick: the
+// connection is given up (its mappings die with it) rather than used on.
+TEST(BrickClientTest, AMapReplyThatIsNotWhatWasAskedLeavesTheConnectionUnusable) {
+  proto::MapReply shared{7, proto::kMapWrite | proto::kMapShared, 0x10000, proto::kBlockSize};
+  proto::MapReply zero_length{7, proto::kMapWrite, 0x10000, 0};
+  for (const proto::MapReply& reply : {shared, zero_length}) {
+    FakeBrick brick(proto::HelloReply{}, std::chrono::milliseconds(0), reply);
+    auto c = BrickClient::Connect(brick.options());
+    ASSERT_TRUE(c.ok()) << c.error().message();
+    auto m = (*c)->map(0x200000, proto::kMapWrite);
+    ASSERT_FALSE(m.ok());
+    Status next = (*c)->unmap(0x200000);
+    ASSERT_FALSE(next.ok());
+    EXPECT_EQ(next.error().errnum(), ENOTCONN) << next.error().message();
+    c->reset();
+  }
 }
 
 }  // namespace

@@ -218,6 +218,11 @@ void RdmaChannel::on_reply(std::span<const uint8_t> message) {
   if (message.size() < proto::kHeaderSize) return fail_connection("short message from the brick");
   auto h = proto::decode_header(message.first(proto::kHeaderSize), /*expect_reply=*/true);
   if (!h) return fail_connection(h.error().message());
+  // Every message is exactly one frame (docs/protocol.md 9.2).
+  if (message.size() != proto::kHeaderSize + h->payload_len) {
+    return fail_connection("a " + std::to_string(message.size()) + "-byte message from the brick that is not one "
+                           "whole frame");
+  }
   uint32_t index = static_cast<uint32_t>(h->request_id & kSlotMask);
   if (h->opcode != Opcode::kPersist || index >= depth_ || slots_[index].op == nullptr ||
       slots_[index].kind != Kind::kPersist || slots_[index].sequence != (h->request_id >> 16)) {
