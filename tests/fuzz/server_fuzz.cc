@@ -184,6 +184,7 @@ bool authenticate(int fd, const ClusterKey& key) {
 struct Request {
   uint8_t opcode;
   uint64_t request_id;
+  bool header_ok;  // its header passes the checks of docs/protocol.md §4
 };
 
 // The requests a brick can delimit in `stream`: whole frames, and a header it
@@ -203,7 +204,7 @@ std::vector<Request> delimit(std::span<const uint8_t> stream, size_t* whole) {
     uint64_t rid;
     std::memcpy(&rid, hdr.data() + 16, 8);
     auto h = proto::decode_header(hdr, false);
-    out.push_back({hdr[5], rid});
+    out.push_back({hdr[5], rid, h.ok()});
     if (!h) {
       *whole = out.size();
       break;
@@ -216,17 +217,19 @@ std::vector<Request> delimit(std::span<const uint8_t> stream, size_t* whole) {
 }
 
 // Error replies after which the brick may close the connection
-// (docs/protocol.md §5, §7.1, §7.2, §8.1): a header-level error, or any
-// refusal of HELLO or AUTH (the handshake cannot complete any more).
-bool closes_connection(uint8_t opcode, uint32_t status) {
+// (docs/protocol.md §5, §7.1, §7.2, §8.1): an error for a header that fails
+// its checks, any refusal of HELLO or AUTH (the handshake cannot complete
+// any more), or a request out of the handshake's order (EPROTO). A payload
+// that fails its checks (EBADMSG for a reserved byte, EACCES for a WRITE
+// through a read-only handle) leaves the connection serving.
+bool closes_connection(const Request& request, uint32_t status) {
   if (status == 0) return false;
-  if (opcode == static_cast<uint8_t>(proto::Opcode::kHello) || opcode == static_cast<uint8_t>(proto::Opcode::kAuth)) {
+  if (!request.header_ok) return true;
+  if (request.opcode == static_cast<uint8_t>(proto::Opcode::kHello) ||
+      request.opcode == static_cast<uint8_t>(proto::Opcode::kAuth)) {
     return true;
   }
-  for (int e : {EPROTO, EBADMSG, EPROTONOSUPPORT, EACCES}) {
-    if (status == proto::wire_status(e)) return true;
-  }
-  return false;
+  return status == proto::wire_status(EPROTO) || status == proto::wire_status(EPROTONOSUPPORT);
 }
 
 void check_success_payload(proto::Opcode op, std::span<const uint8_t> p) {
@@ -322,7 +325,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::vector<Request> requests = delimit(stream, &whole);
   size_t pos = 0, n = 0;
   uint32_t last_status = 0;
-  uint8_t last_opcode = 0;
   while (pos < replies.size()) {
     if (replies.size() - pos < kHeaderSize) fail("a truncated reply header", replies.size() - pos);
     std::span<const uint8_t> hdr(replies.data() + pos, kHeaderSize);
@@ -350,10 +352,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     pos += kHeaderSize + len;
     last_status = status;
-    last_opcode = hdr[5];
     n++;
   }
-  if (n < whole && (n == 0 || !closes_connection(last_opcode, last_status))) {
+  if (n < whole && (n == 0 || !closes_connection(requests[n - 1], last_status))) {
     fail("the brick closed without answering every request", n);
   }
   StoreStats stats = (*store)->stats();
