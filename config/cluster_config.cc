@@ -838,9 +838,11 @@ class Validator {
                                      quote(it->second));
           }
         }
-        // pbrick-nbd@VOLUME removes and listens on /run/pbrick/VOLUME.sock.
+        // pbrick-nbd@VOLUME removes and listens on /run/pbrick/VOLUME.sock
+        // (a volume served through nbdkit, on any host: the brick may be
+        // on the gateway's).
         for (const VolumeConfig& v : c_.volumes) {
-          if (b.socket == "/run/pbrick/" + v.name + ".sock") {
+          if (v.frontend == Frontend::kNbd && b.socket == "/run/pbrick/" + v.name + ".sock") {
             error(p + ".socket", "socket " + quote(b.socket) + " is where pbrick-nbd@" + v.name +
                                      " exports volume " + quote(v.name) + " (it removes what is there first)");
           }

@@ -1,6 +1,7 @@
 #include "gateway/mirror.h"
 
 #include <algorithm>
+#include <cerrno>
 
 #include "gateway/volume.h"
 #include "gateway/volume_io.h"
@@ -175,14 +176,14 @@ Result<bool> skip_stale_copy(Volume& volume, IoPiece& p) {
   return true;
 }
 
-Result<std::optional<uint32_t>> read_elsewhere(Volume& volume, uint64_t unit) {
+Result<std::optional<uint32_t>> read_elsewhere(Volume& volume, uint64_t unit, int errnum) {
   MirrorState& mirror = *volume.mirror();
   const Placement& pl = volume.placement();
   if (auto copy = mirror.other_copy(pl, unit)) return copy;
   const uint64_t block = pl.block_of(unit);
   const uint32_t brick = pl.brick_of(unit);
   if (!mirror.unsettled(block) || volume.options().read_only || !mirror.in_sync(brick) ||
-      !mirror.unreachable_for(brick, std::chrono::milliseconds(volume.options().leg_timeout_ms)) ||
+      (errnum != EIO && !mirror.unreachable_for(brick, std::chrono::milliseconds(volume.options().leg_timeout_ms))) ||
       !mirror.may_lose(pl, brick)) {
     return std::optional<uint32_t>();
   }
@@ -192,13 +193,13 @@ Result<std::optional<uint32_t>> read_elsewhere(Volume& volume, uint64_t unit) {
   return mirror.other_copy(pl, unit);
 }
 
-Result<bool> leg_failed(Volume& volume, IoPiece& p) {
+Result<bool> leg_failed(Volume& volume, IoPiece& p, int errnum) {
   MirrorState* mirror = volume.mirror();
   if (mirror == nullptr) return false;
   const Placement& pl = volume.placement();
   const uint64_t block = pl.block_of(p.block);
   if (!p.is_write) {
-    auto copy = read_elsewhere(volume, p.block);
+    auto copy = read_elsewhere(volume, p.block, errnum);
     if (!copy) return copy.error();
     if (!*copy) return false;
     p.block = pl.unit(block, **copy);

@@ -196,16 +196,18 @@ void end_writes(Volume& volume, std::span<IoPiece> pieces);
 // marked stale and the block dirty, durably, and the piece counts as done; a
 // read moves to another in-sync copy. True when handled so; false when the
 // piece must fail as in any layout (no other in-sync copy; not mirrored).
-// Error: the labels could not record it (the write fails).
-Result<bool> leg_failed(Volume& volume, IoPiece& piece);
+// Error: the labels could not record it (the write fails). `errnum`: the
+// failure, when known (read_elsewhere).
+Result<bool> leg_failed(Volume& volume, IoPiece& piece, int errnum = 0);
 
 // The copy a read of unit `unit` moves to when its brick failed
 // (MirrorState::other_copy). Read-write, for an unsettled block whose source
-// brick has been unreachable for the leg timeout: the source is given up
-// first (stale, as a write would make it; the repair then records its
-// unsettled blocks dirty), so reads go on from the next copy instead of
+// brick has been unreachable for the leg timeout, or answered `errnum` EIO
+// (its own failure, such as a promotion from its slow tier): the source is
+// given up first (stale, as a write would make it; the repair then records
+// its unsettled blocks dirty), so reads go on from the next copy instead of
 // failing until some write gives it up. Blocks on control round trips then.
-Result<std::optional<uint32_t>> read_elsewhere(Volume& volume, uint64_t unit);
+Result<std::optional<uint32_t>> read_elsewhere(Volume& volume, uint64_t unit, int errnum = 0);
 
 // A WRITE piece for a copy that is stale: its block is marked dirty,
 // durably, and the piece is done without being sent. False for any other

@@ -163,6 +163,15 @@ class MirrorTest : public ::testing::Test {
   // AfterAWriterDiedMidWrite...: over the bricks started.
   void run_writer_died_mid_write();
 
+  // A 2-copy mirror of 8 MiB over the bricks started, `data` written at 0
+  // and flushed, and its gateway gone without detaching (as if killed).
+  Status written_then_killed(const std::vector<uint8_t>& data) {
+    PBRICK_TRY(open_written(2, 8 * kMiB, data));
+    engine_->volume().leave_uncleanly_for_testing();
+    engine_.reset();
+    return Status::Ok();
+  }
+
   // The `closed` field of the holder record on brick `b` (volume at base 0).
   uint64_t holder_closed(uint32_t b) {
     auto c = BrickClient::Connect(bricks_[b]->client());
@@ -1850,6 +1859,30 @@ TEST_F(MirrorTest, ADegradedAttachAfterAnUncleanDetachMarksTheMissingBricksBlock
   EXPECT_EQ(dirty, (std::vector<bool>{false, true, true, false, true, true}));
 }
 
+// A brick that dies during the repair while nothing writes: the repair
+// gives it up (stale, the block it was on dirty) instead of failing on it
+// every second, whether it held the copies written to or read from, and
+// ends; its misses are in the bitmap for its resync.
+TEST_F(MirrorTest, TheRepairGivesUpABrickThatDiedAndEnds) {
+  start_bricks(2);
+  const auto data = random_data(3 * kBlock, 45);
+  PBRICK_ASSERT_OK(written_then_killed(data));
+  VolumeOptions vo = options(2, 8 * kMiB);
+  vo.leg_timeout_ms = 300;
+  vo.io_timeout_ms = 2000;
+  vo.resync_mib_per_s = 1;  // a block every 2 s: blocks 1 and 2 meet the dead brick
+  PBRICK_ASSERT_OK(open(vo));
+  Volume& v = engine_->volume();
+  // Brick 1 holds copy 0 (the source) of block 1 and copy 1 (a target) of block 2.
+  bricks_[1]->stop();
+  ASSERT_TRUE(v.mirror()->unsettled(1) && v.mirror()->unsettled(2));
+  ASSERT_TRUE(wait_until([&] { return v.mirror()->unsettled_count() == 0; }, std::chrono::seconds(30)))
+      << v.mirror()->unsettled_count() << " blocks left";
+  EXPECT_EQ(v.mirror()->state(1), CopyState::kStale);
+  EXPECT_TRUE(v.dirty(1));
+  EXPECT_TRUE(v.dirty(2));
+}
+
 // An unsettled block whose source brick stays unreachable: reads do not
 // fail until something writes. Once the brick has been unreachable for the
 // leg timeout the source is given up (stale) and reads go on from the next
@@ -1857,9 +1890,7 @@ TEST_F(MirrorTest, ADegradedAttachAfterAnUncleanDetachMarksTheMissingBricksBlock
 TEST_F(MirrorTest, AnUnsettledBlocksSourceThatStaysUnreachableIsGivenUpAndReadsGoOn) {
   start_bricks(2);
   const auto data = random_data(3 * kBlock, 44);
-  PBRICK_ASSERT_OK(open_written(2, 8 * kMiB, data));
-  engine_->volume().leave_uncleanly_for_testing();
-  engine_.reset();
+  PBRICK_ASSERT_OK(written_then_killed(data));
   VolumeOptions vo = options(2, 8 * kMiB);
   vo.resync_mib_per_s = 1;  // block 2 stays unsettled for 4 s
   vo.leg_timeout_ms = 300;

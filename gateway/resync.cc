@@ -457,6 +457,21 @@ Status MirrorResync::repair() {
       copier.set_target(target);
       auto copied = copier.copy(block, stop_);
       if (!copied) {
+        // A brick that is down, the target's or the source's, is given up
+        // as a write would give it up (stale, this block dirty first):
+        // otherwise the repair would fail on it every second for as long
+        // as nothing writes. The next pass takes the block again, with the
+        // copies in sync then.
+        bool gave_up = false;
+        if (copied.error().errnum() != ECANCELED && !stopping()) {
+          for (uint32_t b : {target, pl.brick_of(pl.unit(block, source))}) {
+            if (mirror.in_sync(b) && !volume_.probe(b).ok() && mirror.may_lose(pl, b) &&
+                volume_.mark_stale(b, block).ok()) {
+              gave_up = true;
+            }
+          }
+        }
+        if (gave_up) return Status::Ok();
         return copied.error().wrap("repair of block " + std::to_string(block) + " on brick " +
                                    volume_.brick_name(target));
       }

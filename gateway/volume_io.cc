@@ -246,7 +246,8 @@ Result<size_t> queue_pieces(Volume& volume, std::span<IoPiece> pieces, PieceSink
           continue;
         }
         if (mapped.error().errnum() == EIO || is_connection_error(mapped.error().errnum())) {
-          auto handled = moves < volume.copies() ? leg_failed(volume, p) : Result<bool>(false);
+          auto handled =
+              moves < volume.copies() ? leg_failed(volume, p, mapped.error().errnum()) : Result<bool>(false);
           if (handled && *handled) {
             if (p.is_write) continue;  // the copy is stale now, the miss recorded
             moves++;

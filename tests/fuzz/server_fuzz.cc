@@ -219,9 +219,10 @@ std::vector<Request> delimit(std::span<const uint8_t> stream, size_t* whole) {
 // Error replies after which the brick may close the connection
 // (docs/protocol.md §5, §7.1, §7.2, §8.1): an error for a header that fails
 // its checks, any refusal of HELLO or AUTH (the handshake cannot complete
-// any more), or a request out of the handshake's order (EPROTO). A payload
-// that fails its checks (EBADMSG for a reserved byte, EACCES for a WRITE
-// through a read-only handle) leaves the connection serving.
+// any more), or a request out of the handshake's order (EPROTO before
+// HELLO, EACCES before AUTH; the oracle does not follow the handshake, so
+// EACCES is excused whatever its cause). A payload that fails its checks
+// (EBADMSG for a reserved byte) leaves the connection serving.
 bool closes_connection(const Request& request, uint32_t status) {
   if (status == 0) return false;
   if (!request.header_ok) return true;
@@ -229,7 +230,10 @@ bool closes_connection(const Request& request, uint32_t status) {
       request.opcode == static_cast<uint8_t>(proto::Opcode::kAuth)) {
     return true;
   }
-  return status == proto::wire_status(EPROTO) || status == proto::wire_status(EPROTONOSUPPORT);
+  for (int e : {EPROTO, EPROTONOSUPPORT, EACCES}) {
+    if (status == proto::wire_status(e)) return true;
+  }
+  return false;
 }
 
 void check_success_payload(proto::Opcode op, std::span<const uint8_t> p) {
