@@ -148,18 +148,21 @@ class LibpmemRegion final : public PmemRegion {
       // range is then allocated again: a WRITE through the mapping into a hole
       // would need new space, and on a full file system that is a SIGBUS in
       // the brick; allocating here turns it into ENOSPC for the ALLOC that asked.
-      // The extent changes are metadata, durable only after fdatasync; the
-      // store's protocols rely on zero() being durable on return.
+      // The extent changes are metadata, durable only after an fsync; the
+      // store's protocols rely on zero() being durable on return. The fsync is
+      // of this range only (msync: vfs_fsync_range, which still commits the
+      // inode's metadata and flushes the disk's cache): an fdatasync of the
+      // whole file would first write back every dirty page of the store,
+      // stalling the brick's loop for as long as that takes.
       if (::fallocate(fd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                       static_cast<off_t>(off), static_cast<off_t>(len)) == 0) {
         if (::fallocate(fd_.get(), 0, static_cast<off_t>(off), static_cast<off_t>(len)) != 0) {
           return errno_error("allocate " + path_ + " [" + format_hex(off) + ", +" + format_hex(len) + ")");
         }
-        // A failure here also consumes the error report of lost WRITE data on
-        // this file description: note it, or the server's next fdatasync would
-        // succeed over that loss.
-        if (::fdatasync(fd_.get()) != 0) return note_persist(errno_error("fdatasync " + path_));
-        return Status::Ok();
+        // A failure also consumes the error report of lost WRITE data on the
+        // mapping's file description: persist() notes it, or a later sync
+        // point could succeed over that loss.
+        return persist(off, len);
       }
       if (errno != EOPNOTSUPP && errno != ENOSYS && errno != ENODEV) {
         return errno_error("punch hole in " + path_ + " [" + format_hex(off) + ", +" +

@@ -9,13 +9,17 @@
 #include <gtest/gtest.h>
 #include <liburing.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include "common/unique_fd.h"
 #include "common/units.h"
@@ -91,6 +95,58 @@ TEST(PmemRegionTest, TheSecondSyncUsesItsOwnFileDescriptionOfTheStore) {
   EXPECT_EQ(::lseek(second.fd, 0, SEEK_CUR), 0);
   region->reset();
   ::unlink(path.c_str());
+}
+
+// The page-cache state of [off, off+len) of a file (cachestat(2), Linux 6.5);
+// empty when the kernel has not got it. The structures are the kernel's
+// uapi ones, spelled here for older headers.
+struct CacheState {
+  uint64_t cached, dirty, writeback, evicted, recently_evicted;
+};
+std::optional<CacheState> cache_state(int fd, uint64_t off, uint64_t len) {
+  struct {
+    uint64_t off, len;
+  } range{off, len};
+  CacheState state{};
+  constexpr long kCachestat = 451;  // the same number on every architecture
+  if (::syscall(kCachestat, fd, &range, &state, 0) != 0) return std::nullopt;
+  return state;
+}
+
+// Zeroing a block on a file store makes that block durable, not the whole
+// store: dirty pages of other blocks stay dirty (an fdatasync of the file
+// would write all of them back first, with the brick's loop waiting).
+TEST(PmemRegionTest, ZeroingABlockWritesBackNoOtherBlock) {
+  UniqueFd cwd(::open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  ASSERT_TRUE(cwd.valid());
+  if (on_memory_fs(cwd.get())) GTEST_SKIP() << "inherent: the working directory is on a memory file system";
+  std::string path = fresh_path(".");
+  ASSERT_FALSE(path.empty());
+  auto region = open_pmem_region(RegionOptions{path, 4 * kBlockSize, true});
+  ASSERT_TRUE(region.ok()) << region.error().message();
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  ASSERT_TRUE(fd.valid());
+  ::unlink(path.c_str());
+  if (!cache_state(fd.get(), 0, kBlockSize)) GTEST_SKIP() << "inherent: the kernel has no cachestat (Linux < 6.5)";
+  std::vector<uint8_t> bytes(kBlockSize, 0x5a);
+  (*region)->copy_nodrain(0, bytes.data(), bytes.size());
+  (*region)->copy_nodrain(2 * kBlockSize, bytes.data(), bytes.size());
+  auto before = cache_state(fd.get(), 2 * kBlockSize, kBlockSize);
+  ASSERT_TRUE(before);
+  ASSERT_GT(before->dirty, 0u) << "the block just written is expected dirty in the page cache";
+
+  ASSERT_TRUE((*region)->zero(0, kBlockSize).ok());
+
+  auto after = cache_state(fd.get(), 2 * kBlockSize, kBlockSize);
+  ASSERT_TRUE(after);
+  EXPECT_GT(after->dirty + after->writeback, 0u) << "zeroing block 0 wrote block 2 back";
+  const uint8_t* base = (*region)->base();
+  EXPECT_TRUE(std::all_of(base, base + kBlockSize, [](uint8_t b) { return b == 0; })) << "block 0 not zeroed";
+  EXPECT_EQ(base[2 * kBlockSize], 0x5a);
+  auto zeroed = cache_state(fd.get(), 0, kBlockSize);
+  ASSERT_TRUE(zeroed);
+  EXPECT_EQ(zeroed->dirty + zeroed->writeback, 0u) << "the zeroed block is left to write back";
+  region->reset();
 }
 
 // A store that cannot be mapped names the path and says why once: libpmem's
