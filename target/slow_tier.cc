@@ -41,7 +41,15 @@ Error corrupt(const std::string& what) { return Error(EUCLEAN, "slow tier: " + w
 
 std::string uuid_text(const std::array<uint8_t, 16>& u) { return format_uuid(u); }
 
+bool format_interrupted(const uint8_t* sb) {
+  return std::memcmp(sb + kSbMagic, kSlowFormatMarker, sizeof kSlowFormatMarker) == 0;
+}
+
 }  // namespace
+
+bool SlowTier::Unformatted(const uint8_t* base, uint64_t size) {
+  return format_interrupted(base) || region_start(base, size) == RegionStart::kBlank;
+}
 
 Result<std::unique_ptr<SlowTier>> SlowTier::Open(std::unique_ptr<PmemRegion> region,
                                                  const std::array<uint8_t, 16>& fast_uuid,
@@ -58,7 +66,7 @@ Result<std::unique_ptr<SlowTier>> SlowTier::Open(std::unique_ptr<PmemRegion> reg
   const uint8_t* sb = tier->region_->base();
   const RegionStart start = region_start(sb, tier->region_->size());
   const bool blank = start == RegionStart::kBlank;
-  const bool interrupted = std::memcmp(sb + kSbMagic, kSlowFormatMarker, sizeof kSlowFormatMarker) == 0;
+  const bool interrupted = format_interrupted(sb);
   if (start == RegionStart::kWipedSuperblock && !options.force_format) {
     return corrupt("the superblock is all zeros but the block map after it is not: a slow tier whose superblock "
                    "was overwritten, not a new region; formatting it (--force-format) would lose every block on it");

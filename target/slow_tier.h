@@ -39,6 +39,11 @@ class SlowTier {
                                                 const std::array<uint8_t, 16>& fast_uuid,
                                                 const SlowTierOpenOptions& options);
 
+  // True for a region Open() would format without force_format: blank, or
+  // a format interrupted before its commit point (format marker in the magic
+  // word). Either holds no block of any store.
+  static bool Unformatted(const uint8_t* base, uint64_t size);
+
   SlowTier(const SlowTier&) = delete;
   SlowTier& operator=(const SlowTier&) = delete;
 

@@ -199,15 +199,18 @@ Result<std::unique_ptr<Store>> Store::Open(std::unique_ptr<PmemRegion> region,
   }
   bool slow_formatted = false;
   if (slow_region) {
-    const bool slow_blank = region_start(slow_region->base(), slow_region->size()) == RegionStart::kBlank;
+    // Blank, or a format cut short: SlowTier::Open formats it.
+    const bool slow_blank = SlowTier::Unformatted(slow_region->base(), slow_region->size());
     // A store that has had a slow tier keeps map entries there (the map spans
     // both), for blocks on either tier: a blank one in its place (a lost disk,
-    // a wrong path) would make them vanish and their fast slots look free.
-    // Refused before anything is formatted. (A pending flag: the slow tier was
-    // being attached when the brick stopped, and may never have been written.)
+    // a wrong path, another one whose format was cut short) would make them
+    // vanish and their fast slots look free. Refused before anything is
+    // formatted. (A pending flag: the slow tier was being attached when the
+    // brick stopped, and its own format may have been cut short.)
     if (slow_blank && store->has_slow_flag_ && !store->slow_flag_pending_ && !options.force_format) {
-      return corrupt("the store has a slow tier (superblock flag), but the slow tier given is blank: the blocks "
-                     "and map entries on its own would be lost; give the brick its own slow tier");
+      return corrupt("the store has a slow tier (superblock flag), but the slow tier given is blank (or was never "
+                     "completely formatted): the blocks and map entries on its own would be lost; give the brick "
+                     "its own slow tier");
     }
     SlowTierOpenOptions slow_options;
     slow_options.force_format = options.force_format;
@@ -914,9 +917,16 @@ Status Store::commit_move(uint64_t vaddr) {
   PmemRegion& map_region = entry_region(block.entry);
   if (Status s = map_region.store_word_persist(entry_offset(block.entry) + 8, le64(location)); !s) {
     // Whether the new word reached the medium is unknown; put the old one back
-    // (best effort) so memory agrees with the index, which keeps the old copy.
-    (void)map_region.store_word_persist(entry_offset(block.entry) + 8, le64(block.location));
-    abort_move(vaddr);
+    // so memory agrees with the index, which keeps the old copy. Unless that is
+    // durable, the medium may still name the destination slot for this block:
+    // it is not handed out again until the brick restarts (and reads the map).
+    Status restored = map_region.store_word_persist(entry_offset(block.entry) + 8, le64(block.location));
+    if (!restored) {
+      PBRICK_LOG_ERROR("%s: tier %u slot %llu left unused until the brick restarts (the map may name it): %s",
+                       what.c_str(), static_cast<unsigned>(to_tier), static_cast<unsigned long long>(block.dest_slot),
+                       restored.error().message().c_str());
+    }
+    abort_move(vaddr, /*withhold_destination=*/!restored);
     return s.error().wrap(what);
   }
   std::vector<uint64_t>& old_free = tier_free(block.tier);

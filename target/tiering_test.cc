@@ -251,6 +251,27 @@ TEST(SlowTier, RefusesABlankSlowTierInPlaceOfItsOwn) {
   EXPECT_TRUE(std::all_of(im.slow.begin(), im.slow.end(), [](uint8_t b) { return b == 0; })) << "formatted anyway";
 }
 
+// The same for a slow tier whose own format was cut short (its magic word
+// still the format marker): it would be formatted as silently as a blank one.
+TEST(SlowTier, RefusesASlowTierWhoseFormatWasCutShortInPlaceOfItsOwn) {
+  Images im;
+  {
+    auto s = open(im);
+    ASSERT_TRUE(s);
+    for (int i = 0; i < 4; ++i) ASSERT_TRUE((*s)->alloc(va(i))) << i;  // entry 3 in the slow map
+  }
+  std::fill(im.slow.begin(), im.slow.end(), 0);
+  const char marker[8] = {'P', 'B', 'R', 'K', 'S', 'I', 'N', 'I'};  // docs/layout.md, slow tier superblock
+  std::copy(marker, marker + 8, im.slow.begin());
+  const std::vector<uint8_t> cut_short = im.slow;
+  auto refused = open(im);
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().errnum(), EUCLEAN);
+  EXPECT_NE(refused.error().message().find("never completely formatted"), std::string::npos)
+      << refused.error().message();
+  EXPECT_EQ(im.slow, cut_short) << "formatted anyway";
+}
+
 // Attaching a slow tier sets a superblock flag with two stores (checksum, then
 // flag word): a crash between them leaves a store that still opens, as having
 // the flag, and only with its slow tier.
@@ -700,8 +721,8 @@ TEST(Tiering, AMapWhosePromotionFailsIsToldSoOnce) {
 // The copy of a promotion succeeds but its flip (the map entry's store)
 // cannot be made durable: the MAP waiting for it is told the promotion
 // failed, as for a failed copy, instead of waiting while the same move is
-// made and undone over and over. Once the map can be written, a MAP
-// promotes the block.
+// made and undone over and over; the slot it would have moved to is not
+// offered again. Once the map can be written, a MAP promotes the block.
 TEST(Tiering, AMapWhosePromotionCannotBeCommittedIsToldSo) {
   const std::string dir =
       std::filesystem::temp_directory_path() / ("pbrick-tiering-badflip-" + std::to_string(getpid()));
@@ -727,12 +748,16 @@ TEST(Tiering, AMapWhosePromotionCannotBeCommittedIsToldSo) {
   ASSERT_EQ(*store.tier_of(va(0)), kTierSlow);
   for (uint64_t i = 2; i < fast_slots; ++i) ASSERT_TRUE(store.pin(va(static_cast<int>(i))));
 
+  const uint64_t fast_free = store.stats().fast_free_blocks;
   fast->fail(FaultInjectionRegion::Op::kStoreWord, EIO);  // va(0)'s map entry is in the fast region
   EXPECT_EQ((*t)->prepare_map(va(0)), Tiering::MapReadiness::kWait);
   wait_until_idle(**t);
   EXPECT_EQ((*t)->prepare_map(va(0)), Tiering::MapReadiness::kFailed);
   EXPECT_EQ(*store.tier_of(va(0)), kTierSlow);
   EXPECT_EQ((*t)->promotions(), 0u);
+  // Neither the flip nor putting the old word back was durable: the medium
+  // may name the fast slot for va(0), so no ALLOC may take it.
+  EXPECT_EQ(store.stats().fast_free_blocks, fast_free - 1);
 
   fast->fail(FaultInjectionRegion::Op::kStoreWord, 0);
   EXPECT_EQ((*t)->prepare_map(va(0)), Tiering::MapReadiness::kWait);
