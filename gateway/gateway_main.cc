@@ -17,6 +17,7 @@
 #include <cstring>
 #include <fstream>
 #include <memory>
+#include <filesystem>
 #include <optional>
 #include <string>
 #include <thread>
@@ -210,8 +211,8 @@ struct Server {
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
 
-  Status start_queues(UblkControl& ctrl, uint32_t nr_queues, const AttachParams& p) {
-    dev.cdev_fd = cdev.get();
+  // Every queue's UblkQueue::prepare(): nothing of the device's is touched.
+  Status prepare_queues(UblkControl& ctrl, uint32_t nr_queues, const AttachParams& p) {
     dev.poll = std::chrono::microseconds(p.poll_us.value_or(0));
     for (uint32_t q = 0; q < nr_queues; q++) {
       std::optional<cpu_set_t> cpus;
@@ -223,7 +224,14 @@ struct Server {
       queues.push_back(std::make_unique<UblkQueue>(dev, static_cast<uint16_t>(q), cpus));
       dev.queues.push_back(queues.back().get());
     }
-    for (auto& q : queues) PBRICK_TRY(q->start());
+    for (auto& q : queues) PBRICK_TRY(q->prepare());
+    return Status::Ok();
+  }
+
+  // Once `cdev` is open: every queue's thread, each ready (its FETCHes sent).
+  Status launch_queues() {
+    dev.cdev_fd = cdev.get();
+    for (auto& q : queues) PBRICK_TRY(q->launch());
     for (auto& q : queues) PBRICK_TRY(q->wait_ready());
     return Status::Ok();
   }
@@ -480,7 +488,14 @@ int attach_main(int argc, char** argv) {
         p.base = *r;
         break;
       }
-      case kKeyFile: p.key_file = optarg; break;
+      case kKeyFile: {
+        // Kept in the device's .conf for recover, which may run from any
+        // directory (a unit's is /): absolute, as this one resolves it.
+        std::error_code ec;
+        p.key_file = std::filesystem::absolute(optarg, ec).string();
+        if (ec || *optarg == '\0') return usage_error(std::string("--key-file: not a path: '") + optarg + "'");
+        break;
+      }
       case kTransport: {
         auto r = parse_transport(optarg, "--transport");
         if (!r) return usage_error(r.error().context());
@@ -641,7 +656,8 @@ int attach_main(int argc, char** argv) {
   s.dev.depth = info.queue_depth;
   s.dev.max_io_bytes = info.max_io_buf_bytes;
   s.dev.ioctl_encode = (ctrl->features() & UBLK_F_CMD_IOCTL_ENCODE) != 0;
-  st = s.start_queues(*ctrl, *p.queues, p);
+  st = s.prepare_queues(*ctrl, *p.queues, p);
+  if (st) st = s.launch_queues();
   if (st) st = ctrl->start_dev(id, getpid());
   if (!st) {
     // Queue threads may hold FETCHes on the device: DEL_DEV would wait for
@@ -744,16 +760,6 @@ int recover_main(int argc, char** argv) {
   if ((info->flags & UBLK_F_USER_RECOVERY) == 0) {
     return fail(Error(EOPNOTSUPP, "device " + std::to_string(*id) + " was created without user recovery"));
   }
-  Status st;
-  for (int i = 0; i < 100; i++) {
-    st = ctrl->start_user_recovery(*id);
-    if (st || st.error().errnum() != EBUSY) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  if (!st) return fail(st.error());
-  auto cdev = open_cdev(*id);
-  if (!cdev) return fail(cdev.error());
-  s.cdev = std::move(*cdev);
   s.dev.volume = s.volume.get();
   s.dev.dev_id = *id;
   s.dev.depth = info->queue_depth;
@@ -762,13 +768,26 @@ int recover_main(int argc, char** argv) {
   s.dev.connect_lazily = true;  // the kernel is recovering: every queue must start
   p->queues = info->nr_hw_queues;
   p->depth = info->queue_depth;
-  st = s.start_queues(*ctrl, info->nr_hw_queues, *p);
+  // Once the kernel began the recovery, it takes another only after every
+  // queue fetched its tags (6.12: a later one with some queues never
+  // started even dereferences their missing daemon). So what can fail -
+  // buffers, rings, memory registration, connections - is done first,
+  // while a failure still leaves the device as it was, for another recover.
+  Status st = s.prepare_queues(*ctrl, info->nr_hw_queues, *p);
+  if (!st) return fail(st.error().wrap("device " + std::to_string(*id) + " left as it was"));
+  for (int i = 0; i < 100; i++) {
+    st = ctrl->start_user_recovery(*id);
+    if (st || st.error().errnum() != EBUSY) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  if (!st) return fail(st.error());
+  auto cdev = open_cdev(*id);
+  if (cdev) s.cdev = std::move(*cdev);
+  st = cdev ? s.launch_queues() : Status(cdev.error());
   if (st) st = ctrl->end_user_recovery(*id, getpid());
   if (!st) {
-    // Exiting releases what the queues hold. The kernel takes another
-    // recover only once every queue fetched its tags, so a queue that could
-    // not start (the queues connect lazily here: only mmap, ring or memory
-    // registration fail) may leave the device to detach.
+    // Exiting releases what the queues hold. Only the char device, the
+    // descriptors' mapping or a thread can have failed here.
     PBRICK_LOG_ERROR("%s", st.error().message().c_str());
     std::_Exit(1);
   }
@@ -993,28 +1012,49 @@ int detach_main(int argc, char** argv) {
   // no queue serves) - and stops and deletes the device on SIGTERM. A device
   // that is not live may name a daemon long dead whose pid was reused:
   // signalled only when that process is a pbrick-gateway serving it.
+  const std::string dev = "/dev/ublkb" + std::to_string(*id);
+  // Held exclusively (a mounted file system, device-mapper): stopped, the
+  // device fails every request from then on, the holder's writeback included.
+  auto held_by_a_holder = [&] {
+    UniqueFd probe(::open(dev.c_str(), O_RDONLY | O_EXCL | O_CLOEXEC));
+    return !probe.valid() && errno == EBUSY;
+  };
   if (pid > 0 && ::kill(pid, 0) == 0 &&
       (info->state == UBLK_S_DEV_LIVE ||
        (is_gateway_process(pid) && (info->state == UBLK_S_DEV_DEAD || holds_char_device(pid, *id))))) {
+    // The daemon would serve on until the device is released, and a second
+    // detach (a second SIGTERM) would stop it anyway: refused here instead,
+    // unless forced, so that only --force ever loses a holder's writes.
+    if (!force && info->state == UBLK_S_DEV_LIVE && held_by_a_holder()) {
+      return fail(Error(EBUSY, dev + " is in use (mounted?): unmount it first, or detach --force (which stops it "
+                                     "under its holder: what that has not written back is lost)"));
+    }
     ::kill(pid, SIGTERM);
     for (int i = 0; i < 300; i++) {
       if (!ctrl->get_dev_info(*id)) return 0;
+      // Forced: the daemon waiting for the device to be released takes a
+      // further SIGTERM as "stop anyway" (signals of one kind pending at once
+      // merge: sent again until it is gone).
+      if (force && i % 10 == 9) ::kill(pid, SIGTERM);
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
-    std::fprintf(stderr, "pbrick-gateway: device %u still exists 30 s after SIGTERM to %d\n", *id, pid);
+    auto now = ctrl->get_dev_info(*id);
+    if (now && now->state == UBLK_S_DEV_DEAD) {
+      // Stopped: the kernel deletes it once its last opener lets go.
+      std::fprintf(stderr, "pbrick-gateway: %s is stopped but still open (mounted?): it goes once released\n",
+                   dev.c_str());
+    } else {
+      std::fprintf(stderr, "pbrick-gateway: device %u still exists 30 s after SIGTERM to %d\n", *id, pid);
+    }
     return 1;
   }
   // No daemon: STOP_DEV fails every request the device holds and every later
   // one, a mounted file system's writeback included (see
   // wait_until_released). A device held so is left to recover unless forced.
-  if (!force && info->state != UBLK_S_DEV_DEAD) {
-    const std::string dev = "/dev/ublkb" + std::to_string(*id);
-    UniqueFd held(::open(dev.c_str(), O_RDONLY | O_EXCL | O_CLOEXEC));
-    if (!held.valid() && errno == EBUSY) {
-      return fail(Error(EBUSY, dev + " is in use (mounted?) and its daemon is gone: stopping it would fail what "
-                                     "its holder has not written back; serve it again with pbrick-gateway recover -n " +
-                                     std::to_string(*id) + ", or detach --force"));
-    }
+  if (!force && info->state != UBLK_S_DEV_DEAD && held_by_a_holder()) {
+    return fail(Error(EBUSY, dev + " is in use (mounted?) and its daemon is gone: stopping it would fail what "
+                                   "its holder has not written back; serve it again with pbrick-gateway recover -n " +
+                                   std::to_string(*id) + ", or detach --force"));
   }
   Status st = ctrl->stop_dev(*id);
   if (!st) PBRICK_LOG_WARN("%s", st.error().message().c_str());

@@ -144,20 +144,15 @@ UblkQueue::UblkQueue(UblkDevice& dev, uint16_t q_id, std::optional<cpu_set_t> cp
 UblkQueue::~UblkQueue() { join(); }
 
 Status UblkQueue::start() {
+  PBRICK_TRY(prepare());
+  return launch();
+}
+
+Status UblkQueue::prepare() {
   impl_ = std::make_unique<Impl>();
   Impl& m = *impl_;
-  long page = ::sysconf(_SC_PAGESIZE);
-  m.descs_len = (dev_.depth * sizeof(ublksrv_io_desc) + page - 1) / page * page;
-  // Each queue's descriptors sit at a page-rounded stride of the largest
-  // queue (the driver's ublk_max_cmd_buf_size()): 96 KiB, a whole number of
-  // 4 KiB pages, but not of 64 KiB ones.
-  const off_t stride = (static_cast<off_t>(UBLK_MAX_QUEUE_DEPTH) * sizeof(ublksrv_io_desc) + page - 1) / page * page;
-  off_t off = UBLKSRV_CMD_BUF_OFFSET + static_cast<off_t>(q_id_) * stride;
-  void* p = ::mmap(nullptr, m.descs_len, PROT_READ, MAP_SHARED | MAP_POPULATE, dev_.cdev_fd, off);
-  if (p == MAP_FAILED) return errno_error("mmap of the ublk descriptors of queue " + std::to_string(q_id_));
-  m.descs = static_cast<ublksrv_io_desc*>(p);
   m.bufs_len = static_cast<size_t>(dev_.depth) * dev_.max_io_bytes;
-  p = ::mmap(nullptr, m.bufs_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+  void* p = ::mmap(nullptr, m.bufs_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
   if (p == MAP_FAILED) return errno_error("allocating the I/O buffers of queue " + std::to_string(q_id_));
   m.bufs = static_cast<uint8_t*>(p);
   m.zeros.assign(proto::kBlockSize, 0);
@@ -206,6 +201,21 @@ Status UblkQueue::start() {
     }
   }
   if (!st) return st.error().wrap("queue " + std::to_string(q_id_));
+  return Status::Ok();
+}
+
+Status UblkQueue::launch() {
+  Impl& m = *impl_;
+  long page = ::sysconf(_SC_PAGESIZE);
+  m.descs_len = (dev_.depth * sizeof(ublksrv_io_desc) + page - 1) / page * page;
+  // Each queue's descriptors sit at a page-rounded stride of the largest
+  // queue (the driver's ublk_max_cmd_buf_size()): 96 KiB, a whole number of
+  // 4 KiB pages, but not of 64 KiB ones.
+  const off_t stride = (static_cast<off_t>(UBLK_MAX_QUEUE_DEPTH) * sizeof(ublksrv_io_desc) + page - 1) / page * page;
+  off_t off = UBLKSRV_CMD_BUF_OFFSET + static_cast<off_t>(q_id_) * stride;
+  void* p = ::mmap(nullptr, m.descs_len, PROT_READ, MAP_SHARED | MAP_POPULATE, dev_.cdev_fd, off);
+  if (p == MAP_FAILED) return errno_error("mmap of the ublk descriptors of queue " + std::to_string(q_id_));
+  m.descs = static_cast<ublksrv_io_desc*>(p);
   thread_ = std::thread([this] { run(); });
   pthread_setname_np(thread_.native_handle(), ("pbrick-q" + std::to_string(q_id_)).c_str());  // ps, top, tests
   return Status::Ok();

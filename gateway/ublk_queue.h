@@ -95,9 +95,16 @@ class UblkQueue final {
   UblkQueue(const UblkQueue&) = delete;
   UblkQueue& operator=(const UblkQueue&) = delete;
 
-  // Maps the descriptors, allocates buffers, creates the ring, connects the
-  // channel and starts the thread, which submits a FETCH_REQ for every tag.
+  // prepare() then launch().
   Status start();
+  // What can fail and needs no char device: allocates the buffers, creates
+  // the ring, registers the buffers and connects the channels (recover
+  // does all of it, for every queue, before the kernel begins the recovery:
+  // a queue that fails after that leaves the device beyond any later one).
+  Status prepare();
+  // Maps the descriptors from UblkDevice::cdev_fd and starts the thread,
+  // which submits a FETCH_REQ for every tag. After prepare().
+  Status launch();
   // Blocks until the thread submitted its FETCHes (or failed: the error).
   Status wait_ready();
   // Waits for the thread: it ends once the kernel aborted every tag (STOP_DEV,

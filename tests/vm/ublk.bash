@@ -34,6 +34,7 @@ teardown() {
     kill -TERM "$GW_PID"
     timeout 20 tail --pid="$GW_PID" -f /dev/null || kill -KILL "$GW_PID"
   fi
+  dmsetup remove --noudevsync pbrick-ublk-holder 2>/dev/null || true
   "$GW_BIN" detach -n 0 >/dev/null 2>&1 || true
   brick_teardown
   vm_store_remove

@@ -3,7 +3,9 @@
 # VM of tests/vm/run (they skip outside it):
 #   1. attach -q 2: /dev/ublkb0 with the right size and 2 hardware queues;
 #      ext4 made, filled with a checksummed tree, detached (SIGTERM),
-#      re-attached, verified, fsck clean
+#      re-attached, verified, fsck clean; told to stop while mounted it
+#      serves on until the unmount, and detach refuses; detach --force stops
+#      a device held by device-mapper
 #   2. fio verify=crc32c on the raw device: 4K and 128K random writes/reads,
 #      iodepth 1 and 32, two jobs
 #   3. blkdiscard of a 2 MiB-aligned range frees the blocks at the brick and
@@ -68,13 +70,20 @@ fio_verify() {
     { cat "$BATS_TEST_TMPDIR/fio-$name.out" >&2; return 1; }
 }
 
-@test "ublk: told to stop with its ext4 still mounted, the gateway serves until the unmount, then stops; nothing lost" {
+@test "ublk: told to stop with its ext4 still mounted, the gateway serves until the unmount, then stops; detach refuses; nothing lost" {
   brick_up
   gw_attach --size 1G -q 2 -d 32
   mkfs_mount
   # Written, not synced: dirty in the page cache when the gateway is told to
   # stop. Stopping the device under the mount would fail its writeback.
   make_tree "$MNT/tree"
+  # detach refuses while it is mounted (a second one used to stop it anyway).
+  run "$GW_BIN" detach -n 0
+  assert_failure 1
+  assert_output --partial "$DEV is in use (mounted?): unmount it first, or detach --force"
+  run "$GW_BIN" detach -n 0
+  assert_failure 1
+  kill -0 "$GW_PID" || fail "detach stopped the gateway under a mounted file system"
   kill -TERM "$GW_PID"
   sleep 3
   kill -0 "$GW_PID" || fail "the gateway stopped under a mounted file system"
@@ -92,6 +101,38 @@ fio_verify() {
   assert_equal "$rc" 0
   [ ! -e "$DEV" ] || fail "$DEV is still there"
   reattach_verify --size 1G -q 2 -d 32
+}
+
+# --force stops a device in use under its holder (here device-mapper, which
+# holds it exclusively without writing: no I/O error for the kernel log).
+@test "ublk: detach refuses a device in use by device-mapper; detach --force stops it" {
+  requires dmsetup
+  brick_up
+  gw_attach --size 64M -q 1 -d 8
+  dmsetup create --noudevsync pbrick-ublk-holder --table "0 $(blockdev --getsz "$DEV") linear $DEV 0"
+  run "$GW_BIN" detach -n 0
+  assert_failure 1
+  assert_output --partial "$DEV is in use (mounted?): unmount it first, or detach --force"
+  kill -0 "$GW_PID" || fail "detach stopped the gateway of a device in use"
+  # Forced, the gateway stops the device under its holder; the kernel
+  # deletes it once the holder lets go, and only then does detach return.
+  timeout 60 "$GW_BIN" detach -n 0 --force >"$BATS_TEST_TMPDIR/detach.out" 2>&1 &
+  local detach_pid=$! i
+  for i in $(seq 1 200); do
+    grep -q "stopping while in use" "$BATS_TEST_TMPDIR/gw.log" && break
+    sleep 0.1
+  done
+  grep -q "stopping while in use" "$BATS_TEST_TMPDIR/gw.log" || fail "no warning: $(cat "$BATS_TEST_TMPDIR/gw.log")"
+  dmsetup remove --noudevsync pbrick-ublk-holder
+  local rc=0
+  wait "$detach_pid" || rc=$?
+  [ "$rc" = 0 ] || fail "detach --force exited $rc: $(cat "$BATS_TEST_TMPDIR/detach.out")"
+  rc=0
+  timeout 30 tail --pid="$GW_PID" -f /dev/null || fail "the gateway still runs after detach --force"
+  wait "$GW_PID" || rc=$?
+  GW_PID=
+  assert_equal "$rc" 0
+  [ ! -e "$DEV" ] || fail "$DEV is still there"
 }
 
 @test "ublk: fio verify=crc32c, 4K and 128K, iodepth 1 and 32, two jobs" {
