@@ -144,7 +144,9 @@ PY
 run_ctest() {
   local junit tap
   junit=$(mktemp) tap=$(mktemp)
-  (cd "$2" && ctest --output-on-failure -j "$(nproc)" --output-junit "$junit")
+  # --timeout: a test that hangs fails (ctest's "Timeout") instead of holding
+  # the run; the longest takes seconds, under the sanitizers too.
+  (cd "$2" && ctest --output-on-failure -j "$(nproc)" --timeout 300 --output-junit "$junit")
   if ctest_to_tap "$junit" >"$tap"; then
     tally_tap "$1" "$tap"
     [ "$tap_note" = "no tests to run" ] && tap_note="ctest found no tests (configured with PBRICK_TESTS=OFF?)"

@@ -250,7 +250,7 @@ M2=$((2 * 1024 * 1024))
   fi
   # A world-readable key file is refused by the daemon.
   chmod 644 "$BATS_TEST_TMPDIR/other"
-  run "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/x.store" --size 64M --listen 127.0.0.1:0 \
+  run timeout 20 "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/x.store" --size 64M --listen 127.0.0.1:0 \
     --key-file "$BATS_TEST_TMPDIR/other"
   assert_failure 1
   assert_output --partial 'chmod 600'
@@ -259,7 +259,7 @@ M2=$((2 * 1024 * 1024))
 @test "--transport rdma on a host without RDMA fails with a clear error; a wrong transport is a usage error" {
   [ "$PBRICK_TRANSPORT" = tcp ] || skip "inherent: checks a host without RDMA, this run is over RDMA"
   [ ! -e /dev/infiniband/rdma_cm ] || skip "inherent: checks a host without RDMA, this one has /dev/infiniband/rdma_cm"
-  run "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/r.store" --size 64M --listen 127.0.0.1:0 --transport rdma
+  run timeout 20 "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/r.store" --size 64M --listen 127.0.0.1:0 --transport rdma
   assert_failure 1
   assert_output --partial 'listen rdma 127.0.0.1:0: rdma_create_event_channel (is the rdma_cm module loaded?)'
   run "$CTL_BIN" --target 127.0.0.1:7100 --transport rdma stat
@@ -269,7 +269,7 @@ M2=$((2 * 1024 * 1024))
   run "$CTL_BIN" --target 127.0.0.1:7100 --transport infiniband stat
   assert_failure 2
   assert_output --partial "--transport: unknown transport 'infiniband' (expected tcp or rdma)"
-  run "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/r.store" --size 64M --listen 127.0.0.1:0 --persistence fast
+  run timeout 20 "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/r.store" --size 64M --listen 127.0.0.1:0 --persistence fast
   assert_failure 2
   assert_output --partial "--persistence: unknown persistence 'fast' (expected sync-read or rpc)"
 }

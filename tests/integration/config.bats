@@ -312,7 +312,7 @@ EOF
   assert_failure 1
   assert_output --partial 'Is a directory'
   # The daemons and the brick commands say why too.
-  run --separate-stderr "$TARGET_BIN" --config "$BATS_TEST_TMPDIR/nope.yaml" --brick brick0
+  run --separate-stderr timeout 20 "$TARGET_BIN" --config "$BATS_TEST_TMPDIR/nope.yaml" --brick brick0
   assert_failure 1
   assert_equal "$stderr" "pbrick-target: open $BATS_TEST_TMPDIR/nope.yaml: No such file or directory (ENOENT)"
   run --separate-stderr "$CTL_BIN" --config "$BATS_TEST_TMPDIR/nope.yaml" --brick brick0 stat
@@ -334,7 +334,7 @@ EOF
   run --separate-stderr "$CTL_BIN" config check "$CFG"
   assert_failure 1
   assert_equal "$stderr" "$msg"
-  run --separate-stderr "$TARGET_BIN" --config "$CFG" --brick brick0
+  run --separate-stderr timeout 20 "$TARGET_BIN" --config "$CFG" --brick brick0
   assert_failure 1
   assert_equal "$stderr" "pbrick-target: $msg"
   run --separate-stderr "$CTL_BIN" --config "$CFG" --brick brick0 stat
@@ -458,7 +458,7 @@ enter_private_netns() {
 }
 
 @test "--brick naming no brick of the file exits 2 naming it" {
-  run --separate-stderr "$TARGET_BIN" --config "$EXAMPLES/single-node-tcp.yaml" --brick nosuch
+  run --separate-stderr timeout 20 "$TARGET_BIN" --config "$EXAMPLES/single-node-tcp.yaml" --brick nosuch
   assert_failure 2
   [[ "$stderr" == *"--brick: no brick named 'nosuch' in $EXAMPLES/single-node-tcp.yaml"* ]] ||
     fail "stderr: $stderr"
@@ -466,13 +466,13 @@ enter_private_netns() {
   assert_failure 2
   [[ "$stderr" == *"--brick: no brick named 'nosuch' in $EXAMPLES/single-node-tcp.yaml"* ]] ||
     fail "stderr: $stderr"
-  run "$TARGET_BIN" --config "$EXAMPLES/single-node-tcp.yaml"
+  run timeout 20 "$TARGET_BIN" --config "$EXAMPLES/single-node-tcp.yaml"
   assert_failure 2
   assert_output --partial '--config and --brick go together'
 }
 
 @test "pbrick-target --config with a broken file exits 1 with every positioned error" {
-  run --separate-stderr "$TARGET_BIN" --config "$FIXTURES/duplicate-names.yaml" --brick brick0
+  run --separate-stderr timeout 20 "$TARGET_BIN" --config "$FIXTURES/duplicate-names.yaml" --brick brick0
   assert_failure 1
   [[ "$stderr" == *"$FIXTURES/duplicate-names.yaml:11:11: bricks[1].name: duplicate brick name 'brick0'"* ]] ||
     fail "stderr: $stderr"

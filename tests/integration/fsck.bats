@@ -43,7 +43,7 @@ fsck() { "$CTL_BIN" fsck "$@"; }
   local corrupt
   corrupt=$(sha "$store")
 
-  run "$TARGET_BIN" --store "$store" --size 64M --listen 127.0.0.1:0
+  run timeout 20 "$TARGET_BIN" --store "$store" --size 64M --listen 127.0.0.1:0
   assert_failure 1
   assert_output --partial "map entry 1: checksum mismatch: key 0x40000003 (block 0x40000000)"
   assert_equal "$(sha "$store")" "$corrupt"
@@ -73,7 +73,7 @@ fsck() { "$CTL_BIN" fsck "$@"; }
   stop_brick
   # Bit 22 of entry 0's key: block 0x40000000 would become 0x40400000.
   flip_bit "$store" $((4096 + 2)) 6
-  run "$TARGET_BIN" --store "$store" --size 64M --listen 127.0.0.1:0
+  run timeout 20 "$TARGET_BIN" --store "$store" --size 64M --listen 127.0.0.1:0
   assert_failure 1
   assert_output --partial "map entry 0: checksum mismatch: key 0x40400003 (block 0x40400000)"
   run fsck --store "$store"
@@ -151,7 +151,7 @@ fsck() { "$CTL_BIN" fsck "$@"; }
   ctl read 0x0 0 4096 >"$BATS_TEST_TMPDIR/out"
   assert_equal "$(sha "$BATS_TEST_TMPDIR/out")" "$(sha "$BATS_TEST_TMPDIR/in")"
   stop_brick
-  run "$TARGET_BIN" --store "$store" --size 64M --listen 127.0.0.1:0
+  run timeout 20 "$TARGET_BIN" --store "$store" --size 64M --listen 127.0.0.1:0
   assert_failure 1
   assert_output --partial "map entry 1: checksum mismatch: key 0x40000003 (block 0x40000000)"
 }

@@ -60,7 +60,7 @@ idle_sockets_close_the_oldest() {
 @test "handshake: --max-handshakes 2 closes the oldest of three idle sockets; 0 is a usage error" {
   start_brick b --max-handshakes 2
   idle_sockets_close_the_oldest
-  run "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/x.store" --size 64M --listen 127.0.0.1:0 --max-handshakes 0
+  run timeout 20 "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/x.store" --size 64M --listen 127.0.0.1:0 --max-handshakes 0
   assert_failure 2
   assert_output --partial '--max-handshakes: must be 1..65536'
   [ ! -e "$BATS_TEST_TMPDIR/x.store" ] || fail "a usage error created the store"

@@ -488,13 +488,13 @@ fio_verify() {
   local sock="$BATS_TEST_TMPDIR/b.sock"
   # What the brick refuses before it touches a store: a relative path, RDMA
   # on a unix socket, a port file for an address without a port.
-  run "$TARGET_BIN" --store "$(store_dir)/b.store" --size 64M --listen unix:b.sock
+  run timeout 20 "$TARGET_BIN" --store "$(store_dir)/b.store" --size 64M --listen unix:b.sock
   assert_failure 2
   assert_output --partial "--listen: invalid address 'unix:b.sock': expected unix:/ABSOLUTE/PATH"
-  run "$TARGET_BIN" --store "$(store_dir)/b.store" --size 64M --listen "unix:$sock" --transport rdma
+  run timeout 20 "$TARGET_BIN" --store "$(store_dir)/b.store" --size 64M --listen "unix:$sock" --transport rdma
   assert_failure 2
   assert_output --partial "--listen unix:$sock: a unix socket is for --transport tcp; rdma needs HOST:PORT"
-  run "$TARGET_BIN" --store "$(store_dir)/b.store" --size 64M --listen "unix:$sock" --port-file "$BATS_TEST_TMPDIR/p"
+  run timeout 20 "$TARGET_BIN" --store "$(store_dir)/b.store" --size 64M --listen "unix:$sock" --port-file "$BATS_TEST_TMPDIR/p"
   assert_failure 2
   assert_output --partial "--port-file: --listen unix:$sock is a unix socket and has no port"
   [ ! -e "$(store_dir)/b.store" ]

@@ -40,7 +40,7 @@ load helpers
   ctl alloc 0x0
   stop_brick
   before=$(sha "$BATS_TEST_TMPDIR/b.store")
-  run "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/b.store" --size 128M --listen 127.0.0.1:0
+  run timeout 20 "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/b.store" --size 128M --listen 127.0.0.1:0
   assert_failure 1
   assert_output --partial 'refusing to resize'
   assert_equal "$(sha "$BATS_TEST_TMPDIR/b.store")" "$before"
@@ -49,7 +49,7 @@ load helpers
 @test "a file that is not a pbrick store is refused unless --force-format" {
   head -c $((64 * 1024 * 1024)) /dev/urandom >"$BATS_TEST_TMPDIR/b.store"
   before=$(sha "$BATS_TEST_TMPDIR/b.store")
-  run "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/b.store" --size 64M --listen 127.0.0.1:0
+  run timeout 20 "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/b.store" --size 64M --listen 127.0.0.1:0
   assert_failure 1
   assert_output --partial 'not a pbrick store'
   assert_equal "$(sha "$BATS_TEST_TMPDIR/b.store")" "$before"
@@ -70,16 +70,16 @@ load helpers
 }
 
 @test "daemon usage errors name the flag" {
-  run "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/s" --size 12Q --listen 127.0.0.1:0
+  run timeout 20 "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/s" --size 12Q --listen 127.0.0.1:0
   assert_failure 2
   assert_output --partial "--size: invalid value '12Q'"
-  run "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/s" --size 64M
+  run timeout 20 "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/s" --size 64M
   assert_failure 2
   assert_output --partial '--listen is required'
-  run "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/s" --size 64M --listen nowhere
+  run timeout 20 "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/s" --size 64M --listen nowhere
   assert_failure 2
   assert_output --partial "--listen: invalid address 'nowhere'"
-  run "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/s" --listen 127.0.0.1:0
+  run timeout 20 "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/s" --listen 127.0.0.1:0
   assert_failure 1
   assert_output --partial 'size'
   [ ! -e "$BATS_TEST_TMPDIR/s" ]
@@ -87,7 +87,7 @@ load helpers
 
 @test "two bricks cannot listen on the same port" {
   start_brick a
-  run "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/c.store" --size 64M --listen "127.0.0.1:$BRICK_PORT"
+  run timeout 20 "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/c.store" --size 64M --listen "127.0.0.1:$BRICK_PORT"
   assert_failure 1
   assert_output --partial 'Address already in use'
 }

@@ -35,29 +35,29 @@ slow_args() { echo "--slow-store $BATS_TEST_TMPDIR/$1.slow --slow-size $2"; }
   assert_equal "$(jq -c '[.capacity_blocks, .fast_capacity_blocks, .slow_capacity_blocks]' <<<"$output")" '[38,7,31]'
   stop_brick
   # Another brick given a's slow tier.
-  run "$TARGET_BIN" --store "$(store_dir)/b.store" --size 16M --slow-store "$BATS_TEST_TMPDIR/a.slow" \
+  run timeout 20 "$TARGET_BIN" --store "$(store_dir)/b.store" --size 16M --slow-store "$BATS_TEST_TMPDIR/a.slow" \
     --slow-size 64M --listen 127.0.0.1:0
   assert_failure 1
   assert_output --regexp "slow tier: belongs to the store [0-9a-f-]+, not to this brick's store [0-9a-f-]+"
   # a without its slow tier.
-  run "$TARGET_BIN" --store "$(store_dir)/a.store" --size 16M --listen 127.0.0.1:0
+  run timeout 20 "$TARGET_BIN" --store "$(store_dir)/a.store" --size 16M --listen 127.0.0.1:0
   assert_failure 1
   assert_output --partial "the store has a slow tier (superblock flag)"
   # a given a new, blank slow tier (its own lost): refused, and left blank.
-  run "$TARGET_BIN" --store "$(store_dir)/a.store" --size 16M --slow-store "$BATS_TEST_TMPDIR/new.slow" \
+  run timeout 20 "$TARGET_BIN" --store "$(store_dir)/a.store" --size 16M --slow-store "$BATS_TEST_TMPDIR/new.slow" \
     --slow-size 64M --listen 127.0.0.1:0
   assert_failure 1
   assert_output --partial "the slow tier given is blank"
   cmp -n $((64 << 20)) "$BATS_TEST_TMPDIR/new.slow" /dev/zero
   # --slow-size alone is a usage error.
-  run "$TARGET_BIN" --store "$(store_dir)/a.store" --size 16M --slow-size 64M --listen 127.0.0.1:0
+  run timeout 20 "$TARGET_BIN" --store "$(store_dir)/a.store" --size 16M --slow-size 64M --listen 127.0.0.1:0
   assert_failure 2
   assert_output --partial "--slow-size needs --slow-store"
-  run "$TARGET_BIN" --store "$(store_dir)/a.store" --size 16M --slow-store "$BATS_TEST_TMPDIR/a.slow" \
+  run timeout 20 "$TARGET_BIN" --store "$(store_dir)/a.store" --size 16M --slow-store "$BATS_TEST_TMPDIR/a.slow" \
     --slow-size 64M --slow-low-watermark 0 --listen 127.0.0.1:0
   assert_failure 2
   assert_output --partial "--slow-low-watermark must be at least 1"
-  run "$TARGET_BIN" --store "$(store_dir)/a.store" --size 16M --slow-store "$BATS_TEST_TMPDIR/a.slow" \
+  run timeout 20 "$TARGET_BIN" --store "$(store_dir)/a.store" --size 16M --slow-store "$BATS_TEST_TMPDIR/a.slow" \
     --slow-size 64M --slow-demote-rate 1M --listen 127.0.0.1:0
   assert_failure 2
   assert_output --partial "--slow-demote-rate must be at least 2M"
