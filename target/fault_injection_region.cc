@@ -86,6 +86,17 @@ Status FaultInjectionRegion::zero(uint64_t off, uint64_t len) {
   return note_persist(inner_->zero(off, len));
 }
 
+// Not a persistence step: a failure is no failed write-back.
+Status FaultInjectionRegion::reserve(uint64_t off, uint64_t len) {
+  int err;
+  {
+    std::lock_guard lock(mu_);
+    err = injected(Op::kReserve);
+  }
+  if (err != 0) return Error(err, "reserve (injected fault)");
+  return inner_->reserve(off, len);
+}
+
 void FaultInjectionRegion::prep_sync(io_uring_sqe* sqe) {
   std::lock_guard lock(mu_);
   started_++;

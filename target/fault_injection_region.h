@@ -29,7 +29,7 @@ namespace pbrick {
 
 class FaultInjectionRegion final : public PmemRegion {
  public:
-  enum class Op { kSync, kPersist, kZero, kStoreWord };
+  enum class Op { kSync, kPersist, kZero, kStoreWord, kReserve };
 
   // `pmem`: claim to be persistent memory (no fdatasync; persist() is the
   // persistence step) instead of a page-cache file.
@@ -59,6 +59,7 @@ class FaultInjectionRegion final : public PmemRegion {
   Status persist(uint64_t off, uint64_t len) override;
   Status store_word_persist(uint64_t off, uint64_t value) override;
   Status zero(uint64_t off, uint64_t len) override;
+  Status reserve(uint64_t off, uint64_t len) override;
   int sync_fd() const override { return pmem_ ? -1 : placeholder_.get(); }
   void prep_sync(io_uring_sqe* sqe) override;
   Status sync_done(int cqe_res) override;
@@ -80,7 +81,7 @@ class FaultInjectionRegion final : public PmemRegion {
   uint8_t sink_ = 0;
 
   mutable std::mutex mu_;
-  int fail_[4] = {};
+  int fail_[5] = {};
   bool hold_ = false;
   std::deque<std::unique_ptr<Sync>> syncs_;  // started and not completed, oldest first
   uint64_t started_ = 0, completed_ = 0;

@@ -176,6 +176,15 @@ class LibpmemRegion final : public PmemRegion {
     return persist(off, len);
   }
 
+  Status reserve(uint64_t off, uint64_t len) override {
+    if (!in_range(off, len, len_)) return range_error("reserve", off, len, len_).wrap(path_);
+    if (pmem_ || len == 0) return Status::Ok();
+    if (::fallocate(fd_.get(), 0, static_cast<off_t>(off), static_cast<off_t>(len)) != 0 && errno != EOPNOTSUPP) {
+      return errno_error("allocate " + path_ + " [" + format_hex(off) + ", +" + format_hex(len) + ")");
+    }
+    return Status::Ok();
+  }
+
   int sync_fd() const override { return pmem_ ? -1 : fd_.get(); }
   void prep_second_sync(io_uring_sqe* sqe) override {
     io_uring_prep_fsync(sqe, second_fd_.get(), IORING_FSYNC_DATASYNC);

@@ -68,6 +68,17 @@ class PmemRegion {
   // is memset + persist.
   virtual Status zero(uint64_t off, uint64_t len) = 0;
 
+  // Makes sure a store through the mapping into [off, off+len) finds space:
+  // on a file, allocates what a hole there lacks (a zero() whose allocation
+  // failed for lack of space leaves one, and a store into a hole on a full
+  // file system is SIGBUS); ENOSPC when the space is not there. Contents are
+  // left as they are. Nothing to do on pmem.
+  virtual Status reserve(uint64_t off, uint64_t len) {
+    (void)off;
+    (void)len;
+    return Status::Ok();
+  }
+
   // File descriptor for asynchronous fdatasync through io_uring, or -1 when the
   // medium is pmem (then drain() is all persistence needs).
   virtual int sync_fd() const = 0;

@@ -149,6 +149,38 @@ TEST(PmemRegionTest, ZeroingABlockWritesBackNoOtherBlock) {
   region->reset();
 }
 
+// reserve() gives a hole in a file store its space back (so a store through
+// the mapping there cannot fail for lack of it) and leaves contents alone.
+TEST(PmemRegionTest, ReserveFillsAHoleInTheStoreFile) {
+  UniqueFd cwd(::open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  ASSERT_TRUE(cwd.valid());
+  if (on_memory_fs(cwd.get())) GTEST_SKIP() << "inherent: the working directory is on a memory file system";
+  std::string path = fresh_path(".");
+  ASSERT_FALSE(path.empty());
+  auto region = open_pmem_region(RegionOptions{path, 4 * kBlockSize, true});
+  ASSERT_TRUE(region.ok()) << region.error().message();
+  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+  ASSERT_TRUE(fd.valid());
+  ::unlink(path.c_str());
+  (*region)->base()[2 * kBlockSize] = 0x77;
+  if (::fallocate(fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, kBlockSize, kBlockSize) != 0) {
+    GTEST_SKIP() << "inherent: the file system cannot punch holes";
+  }
+  // Allocated space, in 512-byte units (SEEK_HOLE takes allocated but
+  // unwritten extents for holes too).
+  auto allocated = [&] {
+    struct stat st {};
+    EXPECT_EQ(::fstat(fd.get(), &st), 0);
+    return static_cast<uint64_t>(st.st_blocks) * 512;
+  };
+  const uint64_t punched = allocated();
+  ASSERT_LE(punched, 3 * kBlockSize) << "no hole punched";
+  ASSERT_TRUE((*region)->reserve(kBlockSize, kBlockSize).ok());
+  EXPECT_GE(allocated(), punched + kBlockSize) << "still a hole";
+  EXPECT_EQ((*region)->base()[2 * kBlockSize], 0x77);
+  region->reset();
+}
+
 // A store that cannot be mapped names the path and says why once: libpmem's
 // message ends with the errno's text, which Error::message() adds again.
 TEST(PmemRegionTest, AStoreInAMissingDirectoryNamesThePathAndTheErrnoOnce) {

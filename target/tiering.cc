@@ -164,6 +164,17 @@ bool Tiering::add_move(Batch& b, uint64_t vaddr) {
     PBRICK_LOG_WARN("tiering: %s", m.error().message().c_str());
     return false;
   }
+  // A promotion copies into the fast slot through the mapping: a slot left a
+  // hole (a zeroing on a full file system) would take the brick down with
+  // SIGBUS, at every start. The MAP is told the promotion failed instead.
+  if (b.to_tier == kTierFast) {
+    if (Status st = store_.region().reserve(m->to_offset, kBlockSize); !st) {
+      PBRICK_LOG_ERROR("tiering: promotion of %s: %s", format_hex(vaddr).c_str(), st.error().message().c_str());
+      store_.abort_move(vaddr);
+      failed_promotions_.insert(vaddr);
+      return false;
+    }
+  }
   b.moves.push_back(*m);
   b.copied.push_back(0);
   return true;

@@ -768,6 +768,53 @@ TEST(Tiering, AMapWhosePromotionCannotBeCommittedIsToldSo) {
   t->reset();
 }
 
+// The fast slot a promotion would copy into cannot be given space (a hole a
+// zeroing left on a full file system: a copy through the mapping would be
+// SIGBUS): the MAP is told the promotion failed, the block stays on the slow
+// tier intact, and once there is space a MAP promotes it.
+TEST(Tiering, APromotionWhoseSlotHasNoSpaceFailsItsMap) {
+  const std::string dir =
+      std::filesystem::temp_directory_path() / ("pbrick-tiering-nospace-" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  struct Cleanup {
+    std::string dir;
+    ~Cleanup() { std::filesystem::remove_all(dir); }
+  } cleanup{dir};
+  auto fault = std::make_unique<FaultInjectionRegion>(make_memory_region(16ull << 20), /*pmem=*/false);
+  FaultInjectionRegion* fast = fault.get();
+  auto slow = open_pmem_region({dir + "/slow", 16ull << 20, true});
+  ASSERT_TRUE(slow) << slow.error().message();
+  auto opened = Store::Open(std::move(fault), StoreOpenOptions{}, std::move(*slow));
+  ASSERT_TRUE(opened) << opened.error().message();
+  Store& store = **opened;
+  const uint64_t fast_slots = store.stats().fast_capacity_blocks;
+  for (uint64_t i = 0; i < fast_slots; ++i) ASSERT_TRUE(store.alloc(va(static_cast<int>(i))));
+  const uint32_t crc = fill(store, va(0), 43);
+  auto t = Tiering::Create(store, TieringOptions{dir + "/slow", 2, 1ull << 30});
+  ASSERT_TRUE(t) << t.error().message();
+  (*t)->tick();
+  wait_until_idle(**t);
+  ASSERT_EQ(*store.tier_of(va(0)), kTierSlow);
+  for (uint64_t i = 2; i < fast_slots; ++i) ASSERT_TRUE(store.pin(va(static_cast<int>(i))));
+  const uint64_t fast_free = store.stats().fast_free_blocks;
+
+  fast->fail(FaultInjectionRegion::Op::kReserve, ENOSPC);
+  const auto first = (*t)->prepare_map(va(0));
+  if (first == Tiering::MapReadiness::kWait) wait_until_idle(**t);
+  EXPECT_EQ((*t)->prepare_map(va(0)), Tiering::MapReadiness::kFailed);
+  EXPECT_EQ(*store.tier_of(va(0)), kTierSlow);
+  EXPECT_EQ((*t)->promotions(), 0u);
+  EXPECT_EQ(store.stats().fast_free_blocks, fast_free) << "the slot is free again, for an ALLOC to try";
+
+  fast->fail(FaultInjectionRegion::Op::kReserve, 0);
+  EXPECT_EQ((*t)->prepare_map(va(0)), Tiering::MapReadiness::kWait);
+  wait_until_idle(**t);
+  EXPECT_EQ((*t)->prepare_map(va(0)), Tiering::MapReadiness::kReady);
+  ASSERT_EQ(*store.tier_of(va(0)), kTierFast);
+  EXPECT_EQ(sum(store, va(0)), crc);
+  t->reset();
+}
+
 // Writes to the slow tier fail (here: beyond the process's file size limit).
 // A failed demotion must not take the same slot again and again, for ever:
 // each slot that failed is left alone until the brick restarts, so demotion
