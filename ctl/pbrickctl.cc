@@ -275,7 +275,12 @@ int cmd_fsck(const std::vector<std::string>& args) {
           static_cast<unsigned long long>(r.slot_count), static_cast<unsigned long long>(r.allocated_blocks),
           static_cast<unsigned long long>(r.entries_to_upgrade));
       std::printf(",\"slow_tier_unchecked\":%s", r.slow_unchecked ? "true" : "false");
-      if (r.slow_checked) {
+      if (r.slow_not_attached) {
+    std::printf("store %s: slow tier %s is not attached yet (blank, or its format was cut short): nothing of the "
+                "store is on it; the brick formats it when it starts with it\n",
+                path.c_str(), slow_path.c_str());
+  }
+  if (r.slow_checked) {
         std::printf(",\"slow_store\":%s,\"slow_slot_count\":%llu,\"slow_blocks\":%llu",
                     json_string(slow_path).c_str(), static_cast<unsigned long long>(r.slow_slot_count),
                     static_cast<unsigned long long>(r.slow_blocks));

@@ -262,13 +262,20 @@ StoreCheckReport Store::Check(const uint8_t* base, uint64_t size, const uint8_t*
     return report;
   }
   Store store(std::make_unique<ReadOnlyRegion>(base, size));
-  store.slow_unchecked_ = slow_base == nullptr;
   if (Status s = store.load(); !s) {
     report.superblock_error = s.error().context();
     return report;
   }
-  if (slow_base != nullptr) {
-    // Never formats: a blank or half-formatted slow tier is a problem here.
+  // Blocks on a slow tier not given are passed over only when the store has
+  // one (its flag): an entry naming the slow tier of a store that never had
+  // one is a problem, as the brick finds when it opens the store.
+  store.slow_unchecked_ = slow_base == nullptr && store.has_slow_flag_;
+  if (slow_base != nullptr && (!store.has_slow_flag_ || store.slow_flag_pending_) &&
+      SlowTier::Unformatted(slow_base, slow_size)) {
+    report.slow_not_attached = true;
+  } else if (slow_base != nullptr) {
+    // Never formats: a blank or half-formatted slow tier of a store that has
+    // one is a problem here (the brick refuses it too).
     auto slow = SlowTier::Open(std::make_unique<ReadOnlyRegion>(slow_base, slow_size), store.uuid_,
                                SlowTierOpenOptions{.force_format = false, .format_if_blank = false});
     if (!slow) {
@@ -498,7 +505,11 @@ void Store::scan_map(const ProblemSink& problem) {
     if (tier == kTierSlow && e < slot_count_) ++slow_blocks_in_fast_map_;
     if (tier == kTierSlow && !slow_) {
       if (slow_unchecked_) {  // Check() of the fast store alone
-        index_.emplace(vaddr, BlockInfo{slot, entry, 0, kTierSlow, false, false, 0, location, {}});
+        auto [it, inserted] = index_.emplace(vaddr, BlockInfo{slot, entry, 0, kTierSlow, false, false, 0, location, {}});
+        if (!inserted) {
+          problem(e, where + "block " + hex(vaddr) + " is also mapped by map entry " +
+                         std::to_string(it->second.entry));
+        }
         continue;
       }
       problem(e, where + "block " + hex(vaddr) + " is on the slow tier, but the brick has no slow tier "

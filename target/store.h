@@ -86,6 +86,11 @@ struct StoreCheckReport {
   // The superblock says the store has a slow tier, and none was given: the
   // map entries in its map were not read.
   bool slow_unchecked = false;
+  // Check() with a slow tier that is blank or whose format was cut short, of
+  // a store that has not attached one yet (no flag, or its flag pending):
+  // nothing of the store can be on it, and the brick formats it when it
+  // starts with it. Not read further; not a problem.
+  bool slow_not_attached = false;
   uint64_t slow_slot_count = 0;
   uint64_t slow_blocks = 0;
   std::vector<Problem> map_problems;

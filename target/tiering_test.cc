@@ -272,6 +272,57 @@ TEST(SlowTier, RefusesASlowTierWhoseFormatWasCutShortInPlaceOfItsOwn) {
   EXPECT_EQ(im.slow, cut_short) << "formatted anyway";
 }
 
+// A store check without the slow tier passes over blocks on it only when the
+// store has one: in a store whose superblock says it never had a slow tier,
+// an entry naming it is a problem (the brick refuses to open such a store).
+TEST(SlowTier, ACheckOfAStoreWithoutTheFlagReportsABlockOnTheSlowTier) {
+  Images im;
+  {
+    auto s = open(im);
+    ASSERT_TRUE(s);
+    ASSERT_TRUE((*s)->alloc(va(0)));
+    ASSERT_TRUE(move(**s, va(0), kTierSlow));
+  }
+  StoreCheckReport flagged = Store::Check(im.fast.data(), im.fast.size());
+  EXPECT_TRUE(flagged.map_problems.empty());
+  EXPECT_TRUE(flagged.slow_unchecked);
+  // The flag cleared, the superblock's checksum (its last word) made anew.
+  ASSERT_EQ(im.fast[12], 1);
+  im.fast[12] = 0;
+  const uint32_t crc = crc32c(im.fast.data(), 4092);
+  std::memcpy(im.fast.data() + 4092, &crc, 4);
+  ASSERT_FALSE(open(im, /*with_slow=*/false)) << "the brick opens it";
+  StoreCheckReport report = Store::Check(im.fast.data(), im.fast.size());
+  EXPECT_EQ(report.superblock_error, "");
+  EXPECT_FALSE(report.slow_unchecked);
+  ASSERT_EQ(report.map_problems.size(), 1u);
+  EXPECT_NE(report.map_problems[0].what.find("on the slow tier, but the brick has no slow tier"), std::string::npos)
+      << report.map_problems[0].what;
+}
+
+// A store check given a slow tier the store has not attached yet - blank,
+// or its format cut short - checks the store and says so, as the brick
+// would format that slow tier at its start; given such a slow tier in
+// place of its own, a store that has one is not clean.
+TEST(SlowTier, ACheckWithASlowTierNotAttachedYetPassesTheStore) {
+  Images im;
+  ASSERT_TRUE(Store::Open(std::make_unique<SnapRegion>(&im.fast, &im.event), StoreOpenOptions{}));
+  const char marker[8] = {'P', 'B', 'R', 'K', 'S', 'I', 'N', 'I'};
+  for (bool cut_short : {false, true}) {
+    std::fill(im.slow.begin(), im.slow.end(), 0);
+    if (cut_short) std::copy(marker, marker + 8, im.slow.begin());
+    StoreCheckReport report = Store::Check(im.fast.data(), im.fast.size(), im.slow.data(), im.slow.size());
+    EXPECT_TRUE(report.clean()) << report.superblock_error;
+    EXPECT_TRUE(report.slow_not_attached);
+    EXPECT_FALSE(report.slow_checked);
+  }
+  ASSERT_TRUE(open(im));  // attaches (formats) the slow tier: the flag is set
+  std::fill(im.slow.begin(), im.slow.end(), 0);
+  StoreCheckReport report = Store::Check(im.fast.data(), im.fast.size(), im.slow.data(), im.slow.size());
+  EXPECT_FALSE(report.clean());
+  EXPECT_FALSE(report.slow_not_attached);
+}
+
 // Attaching a slow tier sets a superblock flag with two stores (checksum, then
 // flag word): a crash between them leaves a store that still opens, as having
 // the flag, and only with its slow tier.
