@@ -866,6 +866,78 @@ TEST(Tiering, APromotionWhoseSlotHasNoSpaceFailsItsMap) {
   t->reset();
 }
 
+// A promotion's flip waits for the sync of its copy: while that sync is held
+// the map still names the slow slot (in memory and in the map's words); a
+// sync that fails gives the promotion up, the block stays where it was; one
+// that succeeds flips it.
+TEST(Tiering, APromotionFlipsOnlyOnceItsCopyIsSynced) {
+  const std::string dir =
+      std::filesystem::temp_directory_path() / ("pbrick-tiering-heldsync-" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  struct Cleanup {
+    std::string dir;
+    ~Cleanup() { std::filesystem::remove_all(dir); }
+  } cleanup{dir};
+  auto fault = std::make_unique<FaultInjectionRegion>(make_memory_region(16ull << 20), /*pmem=*/false);
+  FaultInjectionRegion* fast = fault.get();
+  auto slow = open_pmem_region({dir + "/slow", 16ull << 20, true});
+  ASSERT_TRUE(slow) << slow.error().message();
+  auto opened = Store::Open(std::move(fault), StoreOpenOptions{}, std::move(*slow));
+  ASSERT_TRUE(opened) << opened.error().message();
+  Store& store = **opened;
+  const uint64_t fast_slots = store.stats().fast_capacity_blocks;
+  for (uint64_t i = 0; i < fast_slots; ++i) ASSERT_TRUE(store.alloc(va(static_cast<int>(i))));
+  const uint32_t crc = fill(store, va(0), 47);
+  auto t = Tiering::Create(store, TieringOptions{dir + "/slow", 2, 1ull << 30});
+  ASSERT_TRUE(t) << t.error().message();
+  (*t)->tick();
+  wait_until_idle(**t);
+  ASSERT_EQ(*store.tier_of(va(0)), kTierSlow);
+  for (uint64_t i = 2; i < fast_slots; ++i) ASSERT_TRUE(store.pin(va(static_cast<int>(i))));
+  auto slow_blocks_in_the_map = [&] { return Store::Check(fast->base(), fast->size()).slow_blocks; };
+  const uint64_t slow_before = slow_blocks_in_the_map();
+  ASSERT_GE(slow_before, 1u);
+  // Runs the mover until it started a sync of the fast store beyond `n`.
+  auto until_sync_started = [&](uint64_t n) {
+    for (int i = 0; i < 100 && fast->syncs_started() <= n; ++i) {
+      pollfd p{(*t)->event_fd(), POLLIN, 0};
+      ASSERT_GE(::poll(&p, 1, 100), 0);
+      (*t)->on_event();
+    }
+    ASSERT_GT(fast->syncs_started(), n) << "no sync of the copy";
+  };
+
+  fast->hold_syncs(true);
+  uint64_t started = fast->syncs_started();
+  ASSERT_EQ((*t)->prepare_map(va(0)), Tiering::MapReadiness::kWait);
+  until_sync_started(started);
+  for (int i = 0; i < 20; ++i) {  // the mover goes on; the flip must not
+    pollfd p{(*t)->event_fd(), POLLIN, 0};
+    ::poll(&p, 1, 5);
+    (*t)->on_event();
+  }
+  EXPECT_EQ(*store.tier_of(va(0)), kTierSlow) << "flipped before its copy was durable";
+  EXPECT_EQ(slow_blocks_in_the_map(), slow_before);
+  fast->release_sync(EIO);
+  wait_until_idle(**t);
+  EXPECT_EQ((*t)->prepare_map(va(0)), Tiering::MapReadiness::kFailed);
+  EXPECT_EQ(*store.tier_of(va(0)), kTierSlow);
+  EXPECT_EQ(slow_blocks_in_the_map(), slow_before);
+
+  started = fast->syncs_started();
+  ASSERT_EQ((*t)->prepare_map(va(0)), Tiering::MapReadiness::kWait);
+  until_sync_started(started);
+  EXPECT_EQ(*store.tier_of(va(0)), kTierSlow);
+  fast->release_sync(0);
+  wait_until_idle(**t);
+  EXPECT_EQ((*t)->prepare_map(va(0)), Tiering::MapReadiness::kReady);
+  EXPECT_EQ(*store.tier_of(va(0)), kTierFast);
+  EXPECT_EQ(slow_blocks_in_the_map(), slow_before - 1);
+  EXPECT_EQ(sum(store, va(0)), crc);
+  fast->hold_syncs(false);
+  t->reset();
+}
+
 // Writes to the slow tier fail (here: beyond the process's file size limit).
 // A failed demotion must not take the same slot again and again, for ever:
 // each slot that failed is left alone until the brick restarts, so demotion
