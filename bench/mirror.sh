@@ -313,7 +313,9 @@ done
 if [ -n "${wr[resync]:-}" ]; then
   echo
   echo "fio 4k randwrite QD32 on the mirror: ${wr[down]} MiB/s with the brick down (one copy)," \
-    "${wr[resync]} MiB/s while it resyncs; in sync: $(awk -v m="${mibs[randwrite-4k-qd32.mirror]:-0}" 'BEGIN { printf "%.1f", m }') MiB/s (table above)."
+    "${wr[resync]} MiB/s while it resyncs; in sync: $(if [ -n "${mibs[randwrite-4k-qd32.mirror]:-}" ]; then
+      awk -v m="${mibs[randwrite-4k-qd32.mirror]}" 'BEGIN { printf "%.1f MiB/s", m }'
+    else echo "FAILED (no rate)"; fi) (table above)."
 fi
 echo
 echo "load: $load_start at start, $load_end at end."

@@ -303,6 +303,12 @@ echo
 printf 'flushes per write in randwrite-4k-qd32-fsync32 (as issued by fio):'
 for s in "${setups[@]}"; do
   f=$logs/randwrite-4k-qd32-fsync32.$s.json
+  # Only a run of this invocation that succeeded (a file of an earlier one
+  # may be there in a reused --out).
+  if [ -z "${iops[randwrite-4k-qd32-fsync32.$s]:-}" ]; then
+    printf '  %s %s' "${label[$s]%% *}" -
+    continue
+  fi
   r=$(jq -r '.jobs[0] | if .write.total_ios > 0 then .sync.total_ios / .write.total_ios else "-" end' "$f" 2>/dev/null) ||
     r="-"
   [ "$r" = - ] || r=$(printf '%.2f' "$r")

@@ -97,11 +97,12 @@ nvme_attach() {
   return 1
 }
 
-# sys_busy: sets BUSY to the guest's non-idle CPU ticks (all CPUs, /proc/stat).
+# sys_busy: sets BUSY to the guest's non-idle CPU ticks (all CPUs, /proc/stat);
+# not steal time, which is the host's load, not work of the guest's.
 sys_busy() {
-  local u n s q sq st
-  read -r _ u n s _ _ q sq st _ </proc/stat
-  BUSY=$((u + n + s + q + sq + st))
+  local u n s q sq
+  read -r _ u n s _ _ q sq _ </proc/stat
+  BUSY=$((u + n + s + q + sq))
 }
 
 # run_job LABEL DEV ENGINE RW BS DEPTH [FIO ARGS...]: one time-based fio job;
