@@ -362,8 +362,12 @@ int serve(UblkControl& ctrl, Server& s, const AttachParams& p) {
   int rc = 0;
   Status st = ctrl.stop_dev(id);
   if (!st) {
-    PBRICK_LOG_ERROR("%s", st.error().message().c_str());
-    rc = 1;
+    // The queues end only once the kernel aborts their tags, which a
+    // STOP_DEV that did not happen never does: waiting would hang. Exiting
+    // leaves the device to recover or detach (its .conf is kept).
+    PBRICK_LOG_ERROR("%s: exiting with the device in place (pbrick-gateway recover -n %u, or detach -n %u)",
+                     st.error().message().c_str(), id, id);
+    std::_Exit(1);
   }
   for (auto& q : s.queues) q->join();
   s.queues.clear();

@@ -3,7 +3,9 @@
 #include <fcntl.h>
 
 #include <cstring>
+#include <chrono>
 #include <string>
+#include <thread>
 
 namespace pbrick {
 
@@ -47,6 +49,7 @@ Result<UblkControl> UblkControl::Open() {
 
 Result<int> UblkControl::command(unsigned nr, bool read_dir, uint32_t dev_id, void* buf, uint16_t len,
                                  uint64_t data0, const char* what) {
+  if (!broken_.empty()) return Error(EIO, std::string(what) + ": ublk control unusable since " + broken_);
   io_uring_sqe* sqe = ring_->sqe(nr);
   std::memset(sqe, 0, 2 * sizeof(*sqe));  // SQE128
   sqe->opcode = IORING_OP_URING_CMD;
@@ -64,9 +67,21 @@ Result<int> UblkControl::command(unsigned nr, bool read_dir, uint32_t dev_id, vo
   cmd->data[0] = data0;
   io_uring_sqe_set_data64(sqe, nr);
   int res = 0;
-  while (ring_->inflight() > 0) {
+  // EAGAIN / EBUSY: the kernel is short of memory or has completions to
+  // flush; the command waits in the ring and is submitted again.
+  for (int busy = 0; ring_->inflight() > 0;) {
     int err = ring_->submit_and_wait(1);
-    if (err < 0 && err != -EINTR) return Error(-err, std::string(what) + ": io_uring_submit_and_wait");
+    if (err == -EAGAIN || err == -EBUSY) {
+      if (++busy > 1000) err = -ETIMEDOUT;
+      if (err != -ETIMEDOUT) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        continue;
+      }
+    }
+    if (err < 0 && err != -EINTR) {
+      broken_ = std::string(what) + " could not be waited for";
+      return Error(-err, std::string(what) + ": io_uring_submit_and_wait");
+    }
     ring_->drain([&res](uint64_t, int r) { res = r; });
   }
   if (res < 0) return Error(-res, std::string(what) + " of ublk device " + std::to_string(static_cast<int32_t>(dev_id)));

@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "common/result.h"
 #include "common/uring.h"
@@ -108,6 +109,9 @@ class UblkControl {
   std::unique_ptr<Uring> ring_;  // SQE128, driven by the thread that opened it
   bool ioctl_encode_ = true;
   uint64_t features_ = 0;
+  // A command whose completion could not be waited for may still complete:
+  // its result must not be taken for a later command's, so none is sent.
+  std::string broken_;
 };
 
 }  // namespace pbrick
