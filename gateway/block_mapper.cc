@@ -40,7 +40,7 @@ bool BlockMapper::park(void* request, uint64_t block, bool for_write) {
   if (free_waiters_ == nullptr) return false;
   Wait* wait = nullptr;
   for (Wait* w : active_) {
-    if (w->block == block) {
+    if (w->discard == nullptr && w->block == block) {
       wait = w;  // a mapping of this block is under way: share it
       break;
     }
@@ -52,6 +52,7 @@ bool BlockMapper::park(void* request, uint64_t block, bool for_write) {
     free_waits_.pop_back();
     wait->block = block;
     wait->for_write = for_write;
+    wait->discard = nullptr;
     wait->status = Status::Ok();
     wait->waiters = nullptr;
     wait->next = nullptr;
@@ -64,18 +65,44 @@ bool BlockMapper::park(void* request, uint64_t block, bool for_write) {
   wait->waiters = waiter;
   if (start) {
     maps_started_.fetch_add(1, std::memory_order_relaxed);
-    Worker& worker = *workers_[volume_.brick_of(block)];
-    {
-      std::lock_guard lock(worker.mu);
-      if (worker.tail != nullptr) {
-        worker.tail->next = wait;
-      } else {
-        worker.head = wait;
-      }
-      worker.tail = wait;
-    }
-    worker.cv.notify_one();
+    enqueue(wait);
   }
+  return true;
+}
+
+void BlockMapper::enqueue(Wait* wait) {
+  Worker& worker = *workers_[volume_.brick_of(wait->block)];
+  {
+    std::lock_guard lock(worker.mu);
+    if (worker.tail != nullptr) {
+      worker.tail->next = wait;
+    } else {
+      worker.head = wait;
+    }
+    worker.tail = wait;
+  }
+  worker.cv.notify_one();
+}
+
+bool BlockMapper::park_discard(void* request, DiscardPlan& plan, std::vector<IoPiece>& pieces) {
+  if (free_waiters_ == nullptr || free_waits_.empty()) return false;
+  Wait* wait = free_waits_.back();
+  free_waits_.pop_back();
+  const uint64_t block = plan.from / proto::kBlockSize;
+  wait->block = volume_.placement().unit(block, 0);
+  wait->for_write = true;
+  wait->discard = &plan;
+  wait->pieces = &pieces;
+  wait->discard_request = request;
+  wait->status = Status::Ok();
+  wait->next = nullptr;
+  Waiter* waiter = free_waiters_;
+  free_waiters_ = waiter->next;
+  waiter->request = request;
+  waiter->next = nullptr;
+  wait->waiters = waiter;
+  active_.push_back(wait);
+  enqueue(wait);
   return true;
 }
 
@@ -98,8 +125,18 @@ void BlockMapper::work(Worker& worker) {
       worker.head = w->next;
       if (worker.head == nullptr) worker.tail = nullptr;
     }
-    auto mapped = volume_.map_block(w->block, w->for_write);
-    if (mapped.ok() || (!w->for_write && mapped.error().errnum() == ENOENT)) {
+    if (w->discard != nullptr) {
+      DiscardPlan& plan = *w->discard;
+      auto planned = plan_discard(volume_, plan.from, plan.parked_end - plan.from, plan.zeros, w->discard_request,
+                                  *w->pieces);
+      if (planned) {
+        plan.worked_to = *planned;
+      } else {
+        plan.error = planned.error();
+      }
+      w->status = Status::Ok();  // the outcome is the plan's
+    } else if (auto mapped = volume_.map_block(w->block, w->for_write);
+               mapped.ok() || (!w->for_write && mapped.error().errnum() == ENOENT)) {
       w->status = Status::Ok();  // ENOENT: freed meanwhile, the read is zeros
     } else {
       w->status = mapped.error();

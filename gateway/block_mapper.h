@@ -23,6 +23,12 @@
 //     (queue_round finds the handle); an error: the request fails with it.
 //     A request that joined a mapping already under way shares its outcome.
 //
+// A DISCARD's FREE of a whole block is the same kind of blocking control
+// work (UNMAP + FREE, a down brick retried until the io_timeout): the loop
+// hands it, a block at a time, to the worker of the block's brick with
+// park_discard (volume_io.h, plan_discard_step), and plans on once
+// take_done hands the request back.
+//
 // Nothing is allocated per request once started: waits and waiter nodes come
 // from pools sized for `max_waiters` (the loop's requests in flight); park()
 // returns false only when they are exhausted, and the caller then maps on its
@@ -45,6 +51,7 @@
 
 #include "common/result.h"
 #include "gateway/volume.h"
+#include "gateway/volume_io.h"
 
 namespace pbrick {
 
@@ -59,6 +66,13 @@ class BlockMapper {
   // when `for_write`). A request parks at most once at a time. False: no room
   // (more waiters than max_waiters), map on the caller's thread.
   bool park(void* request, uint64_t block, bool for_write);
+
+  // Loop thread: a worker runs plan_discard over [plan.from, plan.parked_end)
+  // (one block: its FREEs are control round trips) into `pieces`, records
+  // where it got to in `plan` (volume_io.h, plan_discard_step), and hands
+  // `request` back through take_done like a mapping. `plan` and `pieces` are
+  // the worker's until then. False: no room, plan on the caller's thread.
+  bool park_discard(void* request, DiscardPlan& plan, std::vector<IoPiece>& pieces);
 
   // Loop thread: fn(void* request, const Status& status) for every request of
   // each mapping finished since the last call (see above). fn may park again.
@@ -96,6 +110,9 @@ class BlockMapper {
   struct Wait {
     uint64_t block = 0;
     bool for_write = false;
+    DiscardPlan* discard = nullptr;  // a discard's block: not shared, not a mapping
+    std::vector<IoPiece>* pieces = nullptr;
+    void* discard_request = nullptr;
     Waiter* waiters = nullptr;  // loop thread only
     Wait* next = nullptr;       // in a worker's queue
     Status status;              // set by the worker before it hands the wait back
@@ -110,6 +127,7 @@ class BlockMapper {
   };
 
   void work(Worker& worker);
+  void enqueue(Wait* wait);  // to the worker of its block's brick
   void release(Wait* w);
 
   Volume& volume_;

@@ -44,6 +44,8 @@ struct Req {
   std::vector<IoPiece> pieces;
   uint32_t pending = 0;
   IoRetry retry;
+  DiscardPlan discard;
+  bool discarding = false;  // its discard is being planned
   bool done = false;
   Status result;
   Clock::time_point started{}, finished{};
@@ -98,6 +100,22 @@ class Loop {
     round(r);
   }
 
+  // A DISCARD of [offset, offset + len), as a ublk queue plans it.
+  void submit_discard(Req& r, uint64_t offset, uint64_t len) {
+    r.loop = this;
+    r.is_write = true;
+    r.pieces.clear();
+    r.done = false;
+    r.started = Clock::now();
+    r.retry.start(std::chrono::milliseconds(volume_.options().io_timeout_ms));
+    r.discard = DiscardPlan{};
+    r.discard.from = offset;
+    r.discard.end = offset + len;
+    r.discard.zeros = zeros_.data();
+    r.discarding = true;
+    discard_step(r);
+  }
+
   // Runs the loop until `until` holds or `limit` passed; false on timeout.
   bool run(const std::function<bool()>& until, std::chrono::milliseconds limit) {
     auto end = Clock::now() + limit;
@@ -117,6 +135,19 @@ class Loop {
 
  private:
   enum Kind : uint8_t { kChannel = 1, kCancel, kTick, kEvent };
+
+  void discard_step(Req& r) {
+    auto step = plan_discard_step(volume_, r.discard, &r, r.pieces, &mapper_);
+    if (!step) return finish(r, step.error());
+    if (*step == DiscardStep::kParked) return;
+    if (*step == DiscardStep::kHeld) {
+      r.retry.wait_held();
+      retry_.push_back(&r);
+      return;
+    }
+    r.discarding = false;
+    round(r);
+  }
 
   void round(Req& r) {
     auto queued = queue_round(
@@ -158,7 +189,7 @@ class Loop {
         if (stopping_) break;
         mapper_.take_done([this](void* request, const Status& st) {
           Req& r = *static_cast<Req*>(request);
-          if (st) return round(r);
+          if (st) return r.discarding ? discard_step(r) : round(r);
           note_failed_writes(volume_, r.pieces);
           finish(r, st);
         });
@@ -174,7 +205,7 @@ class Loop {
           due.push_back(r);
           return true;
         });
-        for (Req* r : due) round(*r);
+        for (Req* r : due) r->discarding ? discard_step(*r) : round(*r);
         arm_tick();
         break;
       }
@@ -200,6 +231,7 @@ class Loop {
   __kernel_timespec tick_ts_{};
   BlockMapper mapper_;  // after event_fd_: its workers write it until joined
   std::vector<Req*> ready_, retry_;
+  std::vector<uint8_t> zeros_ = std::vector<uint8_t>(kBlock, 0);
   bool stopping_ = false;
 };
 
@@ -313,6 +345,63 @@ TEST_F(BlockMapperTest, TagsOnMappedBlocksFlowWhileAFreshBlocksAllocWaits) {
   PBRICK_ASSERT_OK(back.result);
   EXPECT_EQ(back.buf, again.buf);
   EXPECT_EQ(mapper.maps_started(), 3u);
+}
+
+// A DISCARD whose block is on a brick that does not answer: its FREE runs on
+// the mapper's worker for that brick, and the loop serves the other brick's
+// blocks meanwhile (it once waited in the FREE, up to the io_timeout, with
+// every other request of the queue). The DISCARD fails with EIO naming the
+// brick once the timeout passed; with the brick back, it frees the blocks,
+// which then read as zeros.
+TEST_F(BlockMapperTest, ADiscardWaitingForADownBrickLeavesTheLoopServing) {
+  constexpr uint32_t kTimeoutMs = 1500;
+  PBRICK_ASSERT_OK(open(kTimeoutMs));
+  Loop& loop = *loop_;
+  Req first = write_req(3 * kBlock, 11);  // blocks 0, 1, 2: bricks 0, 1, 0
+  loop.submit(first, 0);
+  ASSERT_TRUE(loop.run([&] { return first.done; }, std::chrono::seconds(10)));
+  PBRICK_ASSERT_OK(first.result);
+  ASSERT_TRUE(volume_->allocated(1));
+  ASSERT_TRUE(volume_->allocated(2));
+
+  bricks_[1]->stop();
+  auto start = Clock::now();
+  Req discard;
+  loop.submit_discard(discard, 1 * kBlock, 2 * kBlock);
+  EXPECT_LT(Clock::now() - start, std::chrono::milliseconds(kTimeoutMs / 3)) << "the loop waited in the FREE";
+  EXPECT_FALSE(discard.done);
+  for (int i = 0; i < 10; i++) {
+    Req rd = read_req(4096), wr = write_req(4096, 200 + i);
+    loop.submit(rd, static_cast<uint64_t>(i) * 4096);
+    loop.submit(wr, 2 * kBlock + 65536 + static_cast<uint64_t>(i) * 4096);  // block 2, brick 0
+    ASSERT_TRUE(loop.run([&] { return rd.done && wr.done; }, std::chrono::seconds(10)));
+    PBRICK_ASSERT_OK(rd.result);
+    PBRICK_ASSERT_OK(wr.result);
+    EXPECT_EQ(crc32c(rd.buf.data(), 4096), crc32c(first.buf.data() + i * 4096, 4096)) << i;
+  }
+  EXPECT_LT(Clock::now() - start, std::chrono::milliseconds(kTimeoutMs)) << "served only after the timeout";
+  EXPECT_FALSE(discard.done) << "the discard ended before the timeout";
+
+  ASSERT_TRUE(loop.run([&] { return discard.done; }, std::chrono::milliseconds(10 * kTimeoutMs)));
+  ASSERT_FALSE(discard.result.ok());
+  EXPECT_EQ(discard.result.error().errnum(), EIO) << discard.result.error().message();
+  EXPECT_NE(discard.result.error().message().find(bricks_[1]->client().endpoint.to_string()), std::string::npos)
+      << discard.result.error().message();
+  EXPECT_GE(discard.finished - discard.started, std::chrono::milliseconds(kTimeoutMs));
+  EXPECT_TRUE(volume_->allocated(2)) << "block 2 (after the failed one) freed";
+
+  PBRICK_ASSERT_OK(bricks_[1]->start());
+  Req again;
+  loop.submit_discard(again, 1 * kBlock, 2 * kBlock);
+  ASSERT_TRUE(loop.run([&] { return again.done; }, std::chrono::seconds(10)));
+  PBRICK_ASSERT_OK(again.result);
+  EXPECT_FALSE(volume_->allocated(1));
+  EXPECT_FALSE(volume_->allocated(2));
+  Req back = read_req(2 * kBlock);
+  loop.submit(back, 1 * kBlock);
+  ASSERT_TRUE(loop.run([&] { return back.done; }, std::chrono::seconds(10)));
+  PBRICK_ASSERT_OK(back.result);
+  EXPECT_EQ(back.buf, std::vector<uint8_t>(2 * kBlock, 0));
 }
 
 // Reads of blocks never written are zeros without a mapping; a read of an

@@ -64,8 +64,9 @@ struct UblkQueue::Tag {
   uint64_t offset = 0;
   uint64_t len = 0;
   bool zeroed = false;
-  // DISCARD / WRITE_ZEROES: where plan_discard goes on (offset + len: planned).
-  uint64_t discard_from = 0;
+  // DISCARD / WRITE_ZEROES that may free: how far it is planned, and whether
+  // a mapper's worker frees a block of it now (plan_discard_step).
+  DiscardPlan discard;
   std::vector<IoPiece> pieces;
   uint32_t pending = 0;
   IoRetry retry;
@@ -315,7 +316,10 @@ void UblkQueue::handle_request(Tag& t) {
         t.zeroed = !t.pieces.empty();
         return submit_data(t);
       }
-      t.discard_from = t.offset;
+      t.discard.from = t.offset;
+      t.discard.end = t.offset + t.len;
+      t.discard.zeros = impl_->zeros.data();
+      t.discard.parked = false;
       return do_discard(t);
     default:
       return commit(t, -EOPNOTSUPP);
@@ -359,21 +363,27 @@ void UblkQueue::advance(Tag& t) {
 }
 
 // DISCARD / WRITE_ZEROES: the core frees whole blocks and plans zero-fill
-// writes for the rest. A block a mirror's resync holds is planned again from
-// retry_tags: this thread must not sleep on it, since a write of this queue
-// that the resync waits for completes only here.
+// writes for the rest. A block whose FREE takes control round trips (a brick
+// that is down: up to the io_timeout) is freed by the mapper's worker for its
+// brick, as a first mapping is; take_maps() goes on from there. A block a
+// mirror's resync holds is planned again from retry_tags: this thread must
+// not sleep on it, since a write of this queue that the resync waits for
+// completes only here.
 void UblkQueue::do_discard(Tag& t) {
-  const uint64_t end = t.offset + t.len;
-  auto planned = plan_discard(*dev_.volume, t.discard_from, end - t.discard_from, impl_->zeros.data(), &t, t.pieces);
-  if (!planned) {
-    PBRICK_LOG_ERROR("ublk%u queue %u: discard: %s", dev_.dev_id, q_id_, planned.error().message().c_str());
-    return commit(t, to_blk_errno(planned.error().errnum()));
+  auto step = plan_discard_step(*dev_.volume, t.discard, &t, t.pieces, impl_->mapper.get());
+  if (!step) {
+    PBRICK_LOG_ERROR("ublk%u queue %u: discard: %s", dev_.dev_id, q_id_, step.error().message().c_str());
+    return commit(t, to_blk_errno(step.error().errnum()));
   }
-  t.discard_from = *planned;
-  if (t.discard_from != end) {
-    t.retry.wait_held();
-    impl_->retry_tags.push_back(&t);
-    return;
+  switch (*step) {
+    case DiscardStep::kParked:
+      return;
+    case DiscardStep::kHeld:
+      t.retry.wait_held();
+      impl_->retry_tags.push_back(&t);
+      return;
+    case DiscardStep::kPlanned:
+      break;
   }
   t.zeroed = !t.pieces.empty();
   submit_data(t);
@@ -383,7 +393,7 @@ void UblkQueue::do_discard(Tag& t) {
 // pieces not done yet go out again.
 void UblkQueue::resume(Tag& t) {
   const bool planning = (t.op == UBLK_IO_OP_DISCARD || t.op == UBLK_IO_OP_WRITE_ZEROES) && !t.no_unmap &&
-                        t.discard_from != t.offset + t.len;
+                        (t.discard.parked || t.discard.from != t.discard.end);
   if (planning) return do_discard(t);
   submit_data(t);
 }
@@ -474,11 +484,12 @@ void UblkQueue::finish_group(Tag& t) {
 }
 
 // Tags whose block's mapping finished: planned again, or failed with the
-// mapping's error (a brick unreachable for the io_timeout: EIO naming it).
+// mapping's error (a brick unreachable for the io_timeout: EIO naming it);
+// tags whose discard's block a worker freed: planned on (resume).
 void UblkQueue::take_maps() {
   impl_->mapper->take_done([this](void* request, const Status& st) {
     Tag& t = *static_cast<Tag*>(request);
-    if (st) return submit_data(t);
+    if (st) return resume(t);
     note_failed_writes(*dev_.volume, t.pieces);
     PBRICK_LOG_ERROR("ublk%u queue %u: %s", dev_.dev_id, q_id_, st.error().message().c_str());
     commit(t, to_blk_errno(st.error().errnum()));

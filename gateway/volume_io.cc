@@ -136,6 +136,63 @@ Result<uint64_t> plan_discard(Volume& volume, uint64_t offset, uint64_t len, uin
   return end;
 }
 
+namespace {
+// Whether plan_discard would FREE some copy of the block at `pos` (a whole
+// block, some copy allocated): the control round trips a loop must not wait on.
+bool frees_a_copy(const Volume& volume, uint64_t pos, uint64_t end) {
+  const uint64_t block = pos / proto::kBlockSize;
+  const uint64_t block_start = block * proto::kBlockSize;
+  if (pos != block_start || end - pos < proto::kBlockSize || block_start + proto::kBlockSize > volume.size()) {
+    return false;
+  }
+  const Placement& pl = volume.placement();
+  for (uint32_t copy = 0; copy < pl.copies; copy++) {
+    if (volume.allocated(pl.unit(block, copy))) return true;
+  }
+  return false;
+}
+}  // namespace
+
+Result<DiscardStep> plan_discard_step(Volume& volume, DiscardPlan& plan, void* request, std::vector<IoPiece>& pieces,
+                                      BlockMapper* mapper) {
+  if (plan.parked) {
+    // A worker planned [from, parked_end), or part of it.
+    plan.parked = false;
+    if (!plan.error) return plan.error.error();
+    const bool held = plan.worked_to == plan.from;
+    plan.from = plan.worked_to;
+    if (held) return DiscardStep::kHeld;
+  }
+  while (plan.from < plan.end) {
+    // The blocks before the next one to free: no round trip.
+    uint64_t inline_end = plan.from;
+    while (inline_end < plan.end && !frees_a_copy(volume, inline_end, plan.end)) {
+      inline_end = std::min(plan.end, (inline_end / proto::kBlockSize + 1) * proto::kBlockSize);
+    }
+    if (inline_end > plan.from) {
+      auto planned = plan_discard(volume, plan.from, inline_end - plan.from, plan.zeros, request, pieces);
+      if (!planned) return planned.error();
+      const bool held = *planned != inline_end;
+      plan.from = *planned;
+      if (held) return DiscardStep::kHeld;
+      continue;
+    }
+    const uint64_t block_end = plan.from + proto::kBlockSize;
+    plan.parked_end = block_end;
+    plan.worked_to = plan.from;
+    plan.error = Status::Ok();
+    plan.parked = true;
+    if (mapper != nullptr && mapper->park_discard(request, plan, pieces)) return DiscardStep::kParked;
+    plan.parked = false;
+    auto planned = plan_discard(volume, plan.from, block_end - plan.from, plan.zeros, request, pieces);
+    if (!planned) return planned.error();
+    const bool held = *planned != block_end;
+    plan.from = *planned;
+    if (held) return DiscardStep::kHeld;
+  }
+  return DiscardStep::kPlanned;
+}
+
 void bricks_of_range(const Volume& volume, uint64_t offset, uint64_t len, std::vector<uint8_t>& bricks) {
   const Placement& pl = volume.placement();
   bricks.assign(volume.brick_count(), 0);

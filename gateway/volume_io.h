@@ -57,6 +57,8 @@
 
 namespace pbrick {
 
+class BlockMapper;  // block_mapper.h
+
 using IoClock = std::chrono::steady_clock;
 
 // What a completed op's status means for its request; the only place that
@@ -133,12 +135,36 @@ void plan_zero_fill(const Volume& volume, uint64_t offset, uint64_t len, uint8_t
 Result<uint64_t> plan_discard(Volume& volume, uint64_t offset, uint64_t len, uint8_t* zeros, void* request,
                               std::vector<IoPiece>& pieces);
 
+// plan_discard for an event loop that must not block: the blocks whose FREE
+// takes control round trips go to a BlockMapper's worker one at a time, the
+// rest is planned on the caller's thread. A request's DISCARD / WRITE_ZEROES
+// (one that may free) keeps one DiscardPlan from its start to its end.
+struct DiscardPlan {
+  uint64_t from = 0;  // planned up to here
+  uint64_t end = 0;
+  uint8_t* zeros = nullptr;
+  // Set while a worker plans [from, parked_end): it writes `worked_to` (where
+  // plan_discard stopped) or `error`, then hands the request back.
+  bool parked = false;
+  uint64_t parked_end = 0;
+  uint64_t worked_to = 0;
+  Status error;
+};
+enum class DiscardStep {
+  kPlanned,  // every block planned: the pieces go out
+  kParked,   // a worker frees a block: wait for the mapper to hand the request back
+  kHeld,     // a mirror's resync holds the next block: plan on a moment later
+};
+// Plans on from `plan.from` (each call after a kParked one: once the mapper
+// handed the request back). Without a mapper, or with its waits all taken,
+// frees on the caller's thread. Error: as plan_discard's.
+Result<DiscardStep> plan_discard_step(Volume& volume, DiscardPlan& plan, void* request, std::vector<IoPiece>& pieces,
+                                      BlockMapper* mapper);
+
 // The bricks that hold some copy of a block of [offset, offset + len): a FUA
 // request's sync goes to these only (SyncJob::bricks). `bricks` gets one
 // entry per brick, nonzero for those; its capacity is kept.
 void bricks_of_range(const Volume& volume, uint64_t offset, uint64_t len, std::vector<uint8_t>& bricks);
-
-class BlockMapper;
 
 // queue_round's answer when the request waits for a block's mapping.
 inline constexpr size_t kWaitingForMap = SIZE_MAX;
