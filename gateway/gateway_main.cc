@@ -6,6 +6,7 @@
 #include <linux/fs.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
@@ -386,6 +387,32 @@ int serve(UblkControl& ctrl, Server& s, const AttachParams& p) {
   return rc;
 }
 
+// Every queue holds depth x kMaxIoBytes of I/O buffers, populated up front
+// (the kernel gives at most one queue per CPU). Refused before the device
+// exists when that is more than half the machine's memory or more than the
+// process may map: else the first allocation, or the OOM killer after it,
+// would leave a device no daemon serves.
+Status check_buffer_memory(uint32_t queues, uint32_t depth) {
+  const long cpus = ::sysconf(_SC_NPROCESSORS_CONF);
+  const uint64_t served = std::min<uint64_t>(queues, cpus > 0 ? static_cast<uint64_t>(cpus) : queues);
+  const uint64_t need = served * depth * kMaxIoBytes;
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+  const uint64_t half = pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) / 2 : 0;
+  rlimit as{};
+  const uint64_t limit = ::getrlimit(RLIMIT_AS, &as) == 0 && as.rlim_cur != RLIM_INFINITY ? as.rlim_cur / 2 : 0;
+  const std::string what = "--depth " + std::to_string(depth) + " x " + std::to_string(served) + " queue(s) need " +
+                           format_size(need) + " of I/O buffers (" + format_size(kMaxIoBytes) + " per tag)";
+  if (half != 0 && need > half) {
+    return Error(ENOMEM, what + ", more than half of this machine's memory (" + format_size(2 * half) +
+                             "): lower --depth or --queues");
+  }
+  if (limit != 0 && need > limit) {
+    return Error(ENOMEM, what + ", more than half of what this process may map (RLIMIT_AS " + format_size(2 * limit) +
+                             "): lower --depth or --queues");
+  }
+  return Status::Ok();
+}
+
 int attach_main(int argc, char** argv) {
   enum {
     kTarget = 1000,
@@ -585,6 +612,7 @@ int attach_main(int argc, char** argv) {
   if (Status st = p.finalize(/*default_queues=*/1, /*default_depth=*/64, /*plugin_style=*/false); !st) {
     return usage_error(st.error().context());
   }
+  if (Status st = check_buffer_memory(*p.queues, *p.depth); !st) return usage_error(st.error().context());
 
   block_signals();
   auto ctrl = UblkControl::Open();

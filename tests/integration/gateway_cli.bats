@@ -23,6 +23,11 @@ GW_BIN="$PBRICK_BIN_DIR/gateway/pbrick-gateway"
   run "$GW_BIN" attach --target 127.0.0.1:1 --size 8M -d 5000
   assert_failure 2
   assert_output --partial '--depth must be 1..4096'
+  # Buffers the process could not map are refused before any device exists.
+  run prlimit --as=$((1536 * 1024 * 1024)) "$GW_BIN" attach --target 127.0.0.1:1 --size 8M -d 4096
+  assert_failure 2
+  assert_output --partial '--depth 4096 x 1 queue(s) need 2.0 GiB of I/O buffers (512.0 KiB per tag), more than half'
+  assert_output --partial 'lower --depth or --queues'
   run "$GW_BIN" attach --help
   assert_success
   assert_output --partial '--poll-us N'
