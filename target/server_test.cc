@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cstdio>
 #include <future>
+#include <atomic>
 #include <thread>
 
 #include "common/unique_fd.h"
@@ -866,6 +867,46 @@ TEST(GatewayOverFaultyBrick, AMirrorGivesUpTheCopyWhoseFdatasyncFailedAndTheFlus
   ASSERT_TRUE(e.write(first.data(), first.size(), 5 * kBlock, false).ok());
   EXPECT_EQ(errnum_of(e.flush()), EIO);
   EXPECT_EQ(v.mirror()->state(0), CopyState::kInSync) << "the last copy is never given up";
+  engine->reset();
+}
+
+// A write whose copy on a dead brick is given up completes only once that
+// copy's stale mark is durable on the other brick (docs/persistence.md,
+// "Mirrors"): with the other brick's syncs held, the write waits; released,
+// it completes, and the label read back from that brick calls the copy stale.
+TEST(GatewayOverFaultyBrick, AStaleMarkIsDurableBeforeTheWriteThatMissedTheCopyCompletes) {
+  FaultyBrick b0, b1;
+  b0.start();
+  b1.start();
+  auto engine = start_mirror(b0, b1);
+  ASSERT_TRUE(engine.ok()) << engine.error().message();
+  Engine& e = **engine;
+  Volume& v = e.volume();
+  auto first = pattern(4096, 5), second = pattern(4096, 6);
+  ASSERT_TRUE(e.write(first.data(), first.size(), 0, false).ok());
+  ASSERT_TRUE(e.flush().ok());
+
+  b1.stop();
+  b0.region().hold_syncs(true);
+  const uint64_t before = b0.region().syncs_started();
+  std::atomic<bool> done{false};
+  Status result;
+  std::thread writer([&] {
+    result = e.write(second.data(), second.size(), 2 * kBlock, false);
+    done = true;
+  });
+  // The leg timeout (1 s) passes; the gateway records brick 1 stale on brick 0.
+  EXPECT_TRUE(b0.wait_syncs_started(before + 1)) << "no sync of the stale mark";
+  std::this_thread::sleep_for(300ms);
+  EXPECT_FALSE(done) << "the write completed before its copy's stale mark was durable";
+  b0.region().hold_syncs(false);
+  for (uint64_t i = b0.region().syncs_completed(); i < b0.region().syncs_started(); i++) b0.region().release_sync(0);
+  writer.join();
+  EXPECT_TRUE(result.ok()) << result.error().message();
+  EXPECT_EQ(v.mirror()->state(1), CopyState::kStale);
+  auto label = label_held_by(b0);
+  ASSERT_TRUE(label.ok()) << label.error().message();
+  EXPECT_NE(label->bricks[1].stale_since, 0u);
   engine->reset();
 }
 
