@@ -275,12 +275,8 @@ int cmd_fsck(const std::vector<std::string>& args) {
           static_cast<unsigned long long>(r.slot_count), static_cast<unsigned long long>(r.allocated_blocks),
           static_cast<unsigned long long>(r.entries_to_upgrade));
       std::printf(",\"slow_tier_unchecked\":%s", r.slow_unchecked ? "true" : "false");
-      if (r.slow_not_attached) {
-    std::printf("store %s: slow tier %s is not attached yet (blank, or its format was cut short): nothing of the "
-                "store is on it; the brick formats it when it starts with it\n",
-                path.c_str(), slow_path.c_str());
-  }
-  if (r.slow_checked) {
+      std::printf(",\"slow_tier_not_attached\":%s", r.slow_not_attached ? "true" : "false");
+      if (r.slow_checked) {
         std::printf(",\"slow_store\":%s,\"slow_slot_count\":%llu,\"slow_blocks\":%llu",
                     json_string(slow_path).c_str(), static_cast<unsigned long long>(r.slow_slot_count),
                     static_cast<unsigned long long>(r.slow_blocks));
@@ -303,6 +299,11 @@ int cmd_fsck(const std::vector<std::string>& args) {
   std::printf("store %s: layout version %u, uuid %s, %llu slots, %llu blocks allocated\n", path.c_str(),
               r.layout_version, format_uuid(r.uuid).c_str(), static_cast<unsigned long long>(r.slot_count),
               static_cast<unsigned long long>(r.allocated_blocks));
+  if (r.slow_not_attached) {
+    std::printf("store %s: slow tier %s is not attached yet (blank, or its format was cut short): nothing of the "
+                "store is on it; the brick formats it when it starts with it\n",
+                path.c_str(), slow_path.c_str());
+  }
   if (r.slow_checked) {
     std::printf("store %s: slow tier %s, %llu slots, %llu of the blocks on it\n", path.c_str(), slow_path.c_str(),
                 static_cast<unsigned long long>(r.slow_slot_count), static_cast<unsigned long long>(r.slow_blocks));

@@ -1062,19 +1062,28 @@ int detach_main(int argc, char** argv) {
                                      "under its holder: what that has not written back is lost)"));
     }
     ::kill(pid, SIGTERM);
+    bool daemon_gone = false;
     for (int i = 0; i < 300; i++) {
       if (!ctrl->get_dev_info(*id)) return 0;
+      if (::kill(pid, 0) != 0 || !is_gateway_process(pid)) {
+        daemon_gone = true;
+        break;
+      }
       // Forced: the daemon waiting for the device to be released takes a
       // further SIGTERM as "stop anyway" (signals of one kind pending at once
-      // merge: sent again until it is gone).
-      if (force && i % 10 == 9) ::kill(pid, SIGTERM);
+      // merge: sent again while it still serves the device).
+      if (force && i % 10 == 9 && holds_char_device(pid, *id)) ::kill(pid, SIGTERM);
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
     auto now = ctrl->get_dev_info(*id);
-    if (now && now->state == UBLK_S_DEV_DEAD) {
+    if (!now) return 0;
+    if (now->state == UBLK_S_DEV_DEAD) {
       // Stopped: the kernel deletes it once its last opener lets go.
       std::fprintf(stderr, "pbrick-gateway: %s is stopped but still open (mounted?): it goes once released\n",
                    dev.c_str());
+    } else if (daemon_gone) {
+      std::fprintf(stderr, "pbrick-gateway: the daemon %d of device %u exited and left it (its log says why): "
+                           "pbrick-gateway recover -n %u, or detach -n %u again\n", pid, *id, *id, *id);
     } else {
       std::fprintf(stderr, "pbrick-gateway: device %u still exists 30 s after SIGTERM to %d\n", *id, pid);
     }

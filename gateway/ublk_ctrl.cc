@@ -21,7 +21,7 @@ const char* ublk_state_name(uint16_t state) {
 
 UblkControl::UblkControl(UblkControl&& other) noexcept
     : fd_(std::move(other.fd_)), ring_(std::move(other.ring_)), ioctl_encode_(other.ioctl_encode_),
-      features_(other.features_) {}
+      features_(other.features_), broken_(std::move(other.broken_)) {}
 
 UblkControl::~UblkControl() = default;
 
@@ -37,6 +37,7 @@ Result<UblkControl> UblkControl::Open() {
   // encoding too.
   uint64_t features = 0;
   auto r = c.command(UBLK_CMD_GET_FEATURES, true, UINT32_MAX, &features, sizeof features, 0, "GET_FEATURES");
+  if (!c.broken_.empty()) return r.error();  // not "a kernel without GET_FEATURES"
   if (r) {
     c.features_ = features;
     c.ioctl_encode_ = (features & UBLK_F_CMD_IOCTL_ENCODE) != 0;

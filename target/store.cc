@@ -965,6 +965,13 @@ void Store::abort_move(uint64_t vaddr, bool withhold_destination) {
   if (block.tier == kTierFast) lru_add(vaddr, block, /*coldest=*/true);
 }
 
+void Store::release_slot(uint8_t tier, uint64_t offset) {
+  const uint64_t base = tier_slot_offset(tier, 0);
+  std::vector<uint64_t>& free_slots = tier_free(tier);
+  free_slots.push_back((offset - base) / kBlockSize);
+  std::push_heap(free_slots.begin(), free_slots.end(), std::greater<>());
+}
+
 Result<uint8_t> Store::tier_of(uint64_t vaddr) const {
   auto it = index_.find(vaddr);
   if (it == index_.end()) return Error(ENOENT, "block " + hex(vaddr) + ": not allocated");

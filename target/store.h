@@ -189,6 +189,9 @@ class Store {
   // `withhold_destination`: the reserved slot does not go back to the free
   // list (it could not be written); a later Open finds it free.
   void abort_move(uint64_t vaddr, bool withhold_destination = false);
+  // A slot withheld that way back on the free list (`offset`: its byte offset
+  // in tier `tier`'s medium, as Move::to_offset), once it can be used again.
+  void release_slot(uint8_t tier, uint64_t offset);
   // ENOENT when not allocated; otherwise the tier the block is on now.
   Result<uint8_t> tier_of(uint64_t vaddr) const;
   // True when `vaddr` is allocated and its map entry no longer verifies: the

@@ -105,6 +105,7 @@ Tiering::MapReadiness Tiering::prepare_map(uint64_t vaddr) {
   // Still queued: a batch in flight ends with a wake (start_next drops the
   // queued promotions when nothing in flight could make room).
   if (promote_set_.count(vaddr) != 0) return MapReadiness::kWait;
+  if (failed_promotions_.erase(vaddr) != 0) return MapReadiness::kFailed;
   tier = store_.tier_of(vaddr);
   return !tier || *tier == kTierFast ? MapReadiness::kReady : MapReadiness::kNoFastSlot;
 }
@@ -134,6 +135,11 @@ void Tiering::tick() {
   just_promoted_.clear();
   promoted_for_map_.clear();  // a MAP that never came back (its connection died) holds nothing longer
   failed_promotions_.clear();  // the same: a later MAP tries again
+  std::erase_if(unspaced_fast_slots_, [this](uint64_t offset) {
+    if (!store_.region().reserve(offset, kBlockSize)) return false;
+    store_.release_slot(kTierFast, offset);
+    return true;
+  });
   refill();
   start_next();
 }
@@ -166,11 +172,17 @@ bool Tiering::add_move(Batch& b, uint64_t vaddr) {
   }
   // A promotion copies into the fast slot through the mapping: a slot left a
   // hole (a zeroing on a full file system) would take the brick down with
-  // SIGBUS, at every start. The MAP is told the promotion failed instead.
-  if (b.to_tier == kTierFast) {
-    if (Status st = store_.region().reserve(m->to_offset, kBlockSize); !st) {
-      PBRICK_LOG_ERROR("tiering: promotion of %s: %s", format_hex(vaddr).c_str(), st.error().message().c_str());
-      store_.abort_move(vaddr);
+  // SIGBUS, at every start. Such a slot is kept aside until it can have its
+  // space (tick) and the next free one tried; with none, the MAP is told the
+  // promotion failed.
+  for (int tries = 0; b.to_tier == kTierFast; tries++) {
+    Status st = store_.region().reserve(m->to_offset, kBlockSize);
+    if (st) break;
+    PBRICK_LOG_ERROR("tiering: promotion of %s: %s (the slot is kept aside until it can have the space)",
+                     format_hex(vaddr).c_str(), st.error().message().c_str());
+    store_.abort_move(vaddr, /*withhold_destination=*/true);
+    unspaced_fast_slots_.push_back(m->to_offset);
+    if (tries == 2 || !(m = store_.begin_move(vaddr, b.to_tier))) {
       failed_promotions_.insert(vaddr);
       return false;
     }

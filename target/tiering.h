@@ -142,6 +142,9 @@ class Tiering {
   // for it is answered kFailed (instead of queueing the same failing copy
   // again, for ever).
   std::set<uint64_t> failed_promotions_;
+  // Fast slots a promotion could not give space (Tiering::add_move), kept
+  // from the free list until the tick finds they can have it.
+  std::vector<uint64_t> unspaced_fast_slots_;
   // Promoted since the last tick and maybe not mapped yet by the MAP that
   // asked: background demotion leaves the fast tier alone until the next tick
   // rather than send such a block straight back down.

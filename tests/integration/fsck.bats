@@ -82,6 +82,22 @@ fsck() { "$CTL_BIN" fsck "$@"; }
   assert_output --partial "bit 22 of the key word flipped: with it restored the entry is block 0x40000000 in slot 0"
 }
 
+@test "fsck with a blank slow tier the store has not attached yet: clean, says so, in text and in JSON" {
+  requires jq
+  start_brick b
+  ctl alloc 0x0
+  stop_brick
+  local store; store="$(store_dir)/b.store"
+  truncate -s 64M "$BATS_TEST_TMPDIR/new.slow"
+  run fsck --store "$store" --slow-store "$BATS_TEST_TMPDIR/new.slow"
+  assert_success
+  assert_output --partial "new.slow is not attached yet (blank, or its format was cut short)"
+  assert_output --partial "clean"
+  run fsck --json --store "$store" --slow-store "$BATS_TEST_TMPDIR/new.slow"
+  assert_success
+  assert_equal "$(jq -c '[.clean, .slow_tier_not_attached, .allocated_blocks]' <<<"$output")" '[true,true,1]'
+}
+
 @test "fsck: exit 3 when the store cannot be read, 1 for a file that is no store, 2 for usage" {
   run fsck --store "$BATS_TEST_TMPDIR/missing"
   assert_failure 3
