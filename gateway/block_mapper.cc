@@ -88,8 +88,20 @@ bool BlockMapper::park_discard(void* request, DiscardPlan& plan, std::vector<IoP
   if (free_waiters_ == nullptr || free_waits_.empty()) return false;
   Wait* wait = free_waits_.back();
   free_waits_.pop_back();
+  // The worker of the copy whose brick is known unreachable, if any: its
+  // FREE is the one that waits (the others are quick), and only that
+  // brick's mappings should queue behind it.
   const uint64_t block = plan.from / proto::kBlockSize;
-  wait->block = volume_.placement().unit(block, 0);
+  const Placement& pl = volume_.placement();
+  wait->block = pl.unit(block, 0);
+  if (const MirrorState* mirror = volume_.mirror(); mirror != nullptr) {
+    for (uint32_t copy = 0; copy < pl.copies; copy++) {
+      if (!mirror->reachable(pl.brick_of(pl.unit(block, copy)))) {
+        wait->block = pl.unit(block, copy);
+        break;
+      }
+    }
+  }
   wait->for_write = true;
   wait->discard = &plan;
   wait->pieces = &pieces;
