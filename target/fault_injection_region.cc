@@ -4,13 +4,51 @@
 #include <liburing.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 
 namespace pbrick {
 
-FaultInjectionRegion::FaultInjectionRegion(std::unique_ptr<PmemRegion> inner, bool pmem)
-    : inner_(std::move(inner)), pmem_(pmem), placeholder_(::open("/dev/null", O_RDONLY | O_CLOEXEC)) {}
+FaultInjectionRegion::FaultInjectionRegion(std::unique_ptr<PmemRegion> inner, bool pmem, bool track_durable)
+    : inner_(std::move(inner)),
+      pmem_(pmem),
+      placeholder_(::open("/dev/null", O_RDONLY | O_CLOEXEC)),
+      track_durable_(track_durable) {
+  if (track_durable_) durable_.assign(inner_->base(), inner_->base() + inner_->size());
+}
+
+void FaultInjectionRegion::make_durable(uint64_t off, uint64_t len) {
+  if (!track_durable_ || off > durable_.size()) return;
+  len = std::min<uint64_t>(len, durable_.size() - off);
+  std::memcpy(durable_.data() + off, inner_->base() + off, len);
+  for (auto& sync : syncs_) sync->newer.emplace_back(off, len);
+}
+
+void FaultInjectionRegion::complete_drain() {
+  for (const auto& [off, len] : undrained_) make_durable(off, len);
+  undrained_.clear();
+}
+
+std::vector<uint8_t> FaultInjectionRegion::durable_image() const {
+  std::lock_guard lock(mu_);
+  return durable_;
+}
+
+void FaultInjectionRegion::copy_nodrain(uint64_t off, const void* src, size_t len) {
+  inner_->copy_nodrain(off, src, len);
+  if (!track_durable_ || !pmem_) return;
+  std::lock_guard lock(mu_);
+  undrained_.emplace_back(off, len);
+}
+
+void FaultInjectionRegion::drain() {
+  inner_->drain();
+  if (!track_durable_ || !pmem_) return;
+  std::lock_guard lock(mu_);
+  complete_drain();
+}
 
 FaultInjectionRegion::~FaultInjectionRegion() = default;
 
@@ -63,7 +101,13 @@ Status FaultInjectionRegion::persist(uint64_t off, uint64_t len) {
     err = injected(Op::kPersist);
   }
   if (err != 0) return note_persist(Error(err, "persist (injected fault)"));
-  return note_persist(inner_->persist(off, len));
+  Status st = inner_->persist(off, len);
+  if (st) {
+    std::lock_guard lock(mu_);
+    make_durable(off, len);
+    if (pmem_) complete_drain();  // pmem_persist ends with a drain
+  }
+  return note_persist(std::move(st));
 }
 
 Status FaultInjectionRegion::store_word_persist(uint64_t off, uint64_t value) {
@@ -73,7 +117,12 @@ Status FaultInjectionRegion::store_word_persist(uint64_t off, uint64_t value) {
     err = injected(Op::kStoreWord);
   }
   if (err != 0) return note_persist(Error(err, "store_word_persist (injected fault)"));
-  return note_persist(inner_->store_word_persist(off, value));
+  Status st = inner_->store_word_persist(off, value);
+  if (st) {
+    std::lock_guard lock(mu_);
+    make_durable(off, 8);
+  }
+  return note_persist(std::move(st));
 }
 
 Status FaultInjectionRegion::zero(uint64_t off, uint64_t len) {
@@ -83,7 +132,12 @@ Status FaultInjectionRegion::zero(uint64_t off, uint64_t len) {
     err = injected(Op::kZero);
   }
   if (err != 0) return note_persist(Error(err, "zero (injected fault)"));
-  return note_persist(inner_->zero(off, len));
+  Status st = inner_->zero(off, len);
+  if (st) {
+    std::lock_guard lock(mu_);
+    make_durable(off, len);
+  }
+  return note_persist(std::move(st));
 }
 
 // Not a persistence step: a failure is no failed write-back.
@@ -105,6 +159,7 @@ void FaultInjectionRegion::prep_sync(io_uring_sqe* sqe) {
   if (::pipe2(fds, O_CLOEXEC) != 0) std::abort();  // the test cannot go on without it
   sync->read_end.reset(fds[0]);
   sync->write_end.reset(fds[1]);
+  if (track_durable_) sync->snapshot.assign(inner_->base(), inner_->base() + inner_->size());
   if (!hold_) release(*sync, injected(Op::kSync));
   // -1: "the current position", the only offset a pipe has.
   io_uring_prep_read(sqe, sync->read_end.get(), &sink_, 1, static_cast<uint64_t>(-1));
@@ -120,6 +175,15 @@ Status FaultInjectionRegion::sync_done(int cqe_res) {
     for (auto it = syncs_.begin(); it != syncs_.end(); ++it) {
       if ((*it)->released) {
         if (err == 0) err = (*it)->outcome;
+        // What the fdatasync wrote back: the region as it started. (Later
+        // stores may have been written back too; a cut may lose them.)
+        if (err == 0 && track_durable_) {
+          // Except what a persistence step made durable since it started:
+          // the medium holds that newer content.
+          std::vector<uint8_t> was = std::move((*it)->snapshot);
+          for (const auto& [off, len] : (*it)->newer) std::memcpy(was.data() + off, durable_.data() + off, len);
+          durable_ = std::move(was);
+        }
         syncs_.erase(it);
         break;
       }

@@ -41,9 +41,10 @@ constexpr uint64_t kBlock = 2 * kMiB;
 
 class FaultyBrick {
  public:
-  // `slow`: with a slow tier, a FaultInjectionRegion too.
-  explicit FaultyBrick(bool pmem = false, bool slow = false) {
-    auto region = std::make_unique<FaultInjectionRegion>(make_memory_region(64 * kMiB), pmem);
+  // `slow`: with a slow tier, a FaultInjectionRegion too. `track_durable`:
+  // the store's region keeps the image a power cut would leave.
+  explicit FaultyBrick(bool pmem = false, bool slow = false, bool track_durable = false) {
+    auto region = std::make_unique<FaultInjectionRegion>(make_memory_region(64 * kMiB), pmem, track_durable);
     region_ = region.get();
     std::unique_ptr<FaultInjectionRegion> slow_region;
     if (slow) {
@@ -176,6 +177,46 @@ TEST(ServerPersistence, SyncReadOverRdmaNeedsDdioOffOrACpuCacheDomain) {
   EXPECT_TRUE(sync_read_persists_over_rdma(kDeclared, kUnknown, false, true));
   EXPECT_FALSE(sync_read_persists_over_rdma(kDeclared, kAdr, true, true));
   EXPECT_FALSE(sync_read_persists_over_rdma(kDeclared, kUnknown, true, true));
+}
+
+// docs/persistence.md, clause 1: what a sync point acknowledged over TCP is in
+// the image a power cut would leave (the region's persistence steps alone
+// make it, FaultInjectionRegion's track_durable) - on pmem through the drain
+// of the brick's non-temporal stores, on a file through the fdatasync - for a
+// sync-read and for a PERSIST naming no range; and a write no sync point
+// covered yet is not, so the image is not simply the live memory.
+TEST(ServerPersistence, WhatASyncPointAcknowledgedIsInTheImageAPowerCutLeaves) {
+  // The 4 KiB at `off` of block `vaddr` in a store opened from `image`.
+  auto bytes_at = [](const std::vector<uint8_t>& image, uint64_t vaddr, uint64_t off) {
+    auto region = make_memory_region(image.size());
+    std::memcpy(region->base(), image.data(), image.size());
+    auto store = Store::Open(std::move(region), {});
+    EXPECT_TRUE(store.ok()) << store.error().message();
+    if (!store.ok()) return std::vector<uint8_t>();
+    auto slot = (*store)->slot_offset(vaddr);
+    EXPECT_TRUE(slot.ok()) << slot.error().message();
+    if (!slot.ok()) return std::vector<uint8_t>();
+    const uint8_t* p = (*store)->region().base() + *slot + off;
+    return std::vector<uint8_t>(p, p + 4096);
+  };
+  for (bool pmem : {true, false}) {
+    SCOPED_TRACE(pmem ? "pmem" : "file");
+    FaultyBrick brick(pmem, /*slow=*/false, /*track_durable=*/true);
+    brick.start();
+    auto c = brick.connect();
+    ASSERT_TRUE(c);
+    proto::MapReply a = write_block(*c, 0, 21);
+    ASSERT_EQ(sync_read(*c, a), 0);
+    EXPECT_EQ(bytes_at(brick.region().durable_image(), 0, 0), pattern(4096, 21)) << "lost: acknowledged by a sync-read";
+    write_block(*c, kBlock, 22);
+    ASSERT_TRUE(c->persist({}).ok());
+    EXPECT_EQ(bytes_at(brick.region().durable_image(), kBlock, 0), pattern(4096, 22))
+        << "lost: acknowledged by a PERSIST";
+    const auto late = pattern(4096, 23);
+    ASSERT_TRUE(c->write(a.rkey, a.remote_addr + 8192, late).ok());  // answered: in the brick's memory
+    EXPECT_NE(bytes_at(brick.region().durable_image(), 0, 8192), late) << "a write no sync point covered is in the image";
+    brick.stop();
+  }
 }
 
 // persistence.md, "Failed persistence": the persistence step comes before the
