@@ -113,10 +113,14 @@ std::optional<CacheState> cache_state(int fd, uint64_t off, uint64_t len) {
   return state;
 }
 
-// Zeroing a block on a file store makes that block durable, not the whole
-// store: dirty pages of other blocks stay dirty (an fdatasync of the file
-// would write all of them back first, with the brick's loop waiting).
-TEST(PmemRegionTest, ZeroingABlockWritesBackNoOtherBlock) {
+// A file store of 4 blocks in the working directory (a disk file system
+// wherever the project is built from a checkout on disk), already unlinked,
+// and a descriptor of its own of the file. Skips on a memory file system.
+struct FileStore {
+  std::unique_ptr<PmemRegion> region;
+  UniqueFd fd;
+};
+void open_file_store(FileStore& store) {
   UniqueFd cwd(::open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   ASSERT_TRUE(cwd.valid());
   if (on_memory_fs(cwd.get())) GTEST_SKIP() << "inherent: the working directory is on a memory file system";
@@ -124,45 +128,52 @@ TEST(PmemRegionTest, ZeroingABlockWritesBackNoOtherBlock) {
   ASSERT_FALSE(path.empty());
   auto region = open_pmem_region(RegionOptions{path, 4 * kBlockSize, true});
   ASSERT_TRUE(region.ok()) << region.error().message();
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  ASSERT_TRUE(fd.valid());
+  store.region = std::move(*region);
+  store.fd.reset(::open(path.c_str(), O_RDWR | O_CLOEXEC));
   ::unlink(path.c_str());
+  ASSERT_TRUE(store.fd.valid());
+}
+
+// Zeroing a block on a file store makes that block durable, not the whole
+// store: dirty pages of other blocks stay dirty (an fdatasync of the file
+// would write all of them back first, with the brick's loop waiting).
+TEST(PmemRegionTest, ZeroingABlockWritesBackNoOtherBlock) {
+  FileStore store;
+  ASSERT_NO_FATAL_FAILURE(open_file_store(store));
+  if (IsSkipped()) return;
+  auto& region = store.region;
+  const UniqueFd& fd = store.fd;
   if (!cache_state(fd.get(), 0, kBlockSize)) GTEST_SKIP() << "inherent: the kernel has no cachestat (Linux < 6.5)";
   std::vector<uint8_t> bytes(kBlockSize, 0x5a);
-  (*region)->copy_nodrain(0, bytes.data(), bytes.size());
-  (*region)->copy_nodrain(2 * kBlockSize, bytes.data(), bytes.size());
+  region->copy_nodrain(0, bytes.data(), bytes.size());
+  region->copy_nodrain(2 * kBlockSize, bytes.data(), bytes.size());
   auto before = cache_state(fd.get(), 2 * kBlockSize, kBlockSize);
   ASSERT_TRUE(before);
   ASSERT_GT(before->dirty, 0u) << "the block just written is expected dirty in the page cache";
 
-  ASSERT_TRUE((*region)->zero(0, kBlockSize).ok());
+  ASSERT_TRUE(region->zero(0, kBlockSize).ok());
 
   auto after = cache_state(fd.get(), 2 * kBlockSize, kBlockSize);
   ASSERT_TRUE(after);
   EXPECT_GT(after->dirty + after->writeback, 0u) << "zeroing block 0 wrote block 2 back";
-  const uint8_t* base = (*region)->base();
+  const uint8_t* base = region->base();
   EXPECT_TRUE(std::all_of(base, base + kBlockSize, [](uint8_t b) { return b == 0; })) << "block 0 not zeroed";
   EXPECT_EQ(base[2 * kBlockSize], 0x5a);
   auto zeroed = cache_state(fd.get(), 0, kBlockSize);
   ASSERT_TRUE(zeroed);
   EXPECT_EQ(zeroed->dirty + zeroed->writeback, 0u) << "the zeroed block is left to write back";
-  region->reset();
+  region.reset();
 }
 
 // reserve() gives a hole in a file store its space back (so a store through
 // the mapping there cannot fail for lack of it) and leaves contents alone.
 TEST(PmemRegionTest, ReserveFillsAHoleInTheStoreFile) {
-  UniqueFd cwd(::open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  ASSERT_TRUE(cwd.valid());
-  if (on_memory_fs(cwd.get())) GTEST_SKIP() << "inherent: the working directory is on a memory file system";
-  std::string path = fresh_path(".");
-  ASSERT_FALSE(path.empty());
-  auto region = open_pmem_region(RegionOptions{path, 4 * kBlockSize, true});
-  ASSERT_TRUE(region.ok()) << region.error().message();
-  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
-  ASSERT_TRUE(fd.valid());
-  ::unlink(path.c_str());
-  (*region)->base()[2 * kBlockSize] = 0x77;
+  FileStore store;
+  ASSERT_NO_FATAL_FAILURE(open_file_store(store));
+  if (IsSkipped()) return;
+  auto& region = store.region;
+  const UniqueFd& fd = store.fd;
+  region->base()[2 * kBlockSize] = 0x77;
   if (::fallocate(fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, kBlockSize, kBlockSize) != 0) {
     GTEST_SKIP() << "inherent: the file system cannot punch holes";
   }
@@ -175,10 +186,10 @@ TEST(PmemRegionTest, ReserveFillsAHoleInTheStoreFile) {
   };
   const uint64_t punched = allocated();
   ASSERT_LE(punched, 3 * kBlockSize) << "no hole punched";
-  ASSERT_TRUE((*region)->reserve(kBlockSize, kBlockSize).ok());
+  ASSERT_TRUE(region->reserve(kBlockSize, kBlockSize).ok());
   EXPECT_GE(allocated(), punched + kBlockSize) << "still a hole";
-  EXPECT_EQ((*region)->base()[2 * kBlockSize], 0x77);
-  region->reset();
+  EXPECT_EQ(region->base()[2 * kBlockSize], 0x77);
+  region.reset();
 }
 
 // A store that cannot be mapped names the path and says why once: libpmem's

@@ -769,35 +769,66 @@ TEST(Tiering, AMapWhosePromotionFailsIsToldSoOnce) {
   t->reset();
 }
 
+// A tiered store whose fast tier is a FaultInjectionRegion (`pmem`: taken for
+// persistent memory, else a file store) and whose slow tier is a file: every
+// fast slot allocated, block 0 filled with `seed`'s pattern and demoted,
+// blocks 2.. pinned, so the next promotion is block 0's, into one of the two
+// free fast slots.
+struct DemotedBlock {
+  std::string dir;
+  FaultInjectionRegion* fast = nullptr;
+  std::unique_ptr<Store> store;
+  std::unique_ptr<Tiering> tiering;
+  uint32_t crc = 0;
+
+  void set_up(const std::string& name, bool pmem, uint8_t seed) {
+    dir = std::filesystem::temp_directory_path() / ("pbrick-tiering-" + name + "-" + std::to_string(getpid()));
+    std::filesystem::create_directories(dir);
+    auto fault = std::make_unique<FaultInjectionRegion>(make_memory_region(16ull << 20), pmem);
+    fast = fault.get();
+    auto slow = open_pmem_region({dir + "/slow", 16ull << 20, true});
+    ASSERT_TRUE(slow) << slow.error().message();
+    auto opened = Store::Open(std::move(fault), StoreOpenOptions{}, std::move(*slow));
+    ASSERT_TRUE(opened) << opened.error().message();
+    store = std::move(*opened);
+    const uint64_t fast_slots = store->stats().fast_capacity_blocks;
+    for (uint64_t i = 0; i < fast_slots; ++i) ASSERT_TRUE(store->alloc(va(static_cast<int>(i))));
+    crc = fill(*store, va(0), seed);
+    auto t = Tiering::Create(*store, TieringOptions{dir + "/slow", 2, 1ull << 30});
+    ASSERT_TRUE(t) << t.error().message();
+    tiering = std::move(*t);
+    tiering->tick();
+    wait_until_idle(*tiering);
+    ASSERT_EQ(*store->tier_of(va(0)), kTierSlow);
+    for (uint64_t i = 2; i < fast_slots; ++i) ASSERT_TRUE(store->pin(va(static_cast<int>(i))));
+  }
+  // A MAP of block 0 waits for its promotion, then finds it on the fast
+  // tier with its bytes.
+  void expect_a_map_promotes_block0() {
+    EXPECT_EQ(tiering->prepare_map(va(0)), Tiering::MapReadiness::kWait);
+    wait_until_idle(*tiering);
+    EXPECT_EQ(tiering->prepare_map(va(0)), Tiering::MapReadiness::kReady);
+    ASSERT_EQ(*store->tier_of(va(0)), kTierFast);
+    EXPECT_EQ(sum(*store, va(0)), crc);
+  }
+  ~DemotedBlock() {
+    tiering.reset();
+    store.reset();
+    if (!dir.empty()) std::filesystem::remove_all(dir);
+  }
+};
+
 // The copy of a promotion succeeds but its flip (the map entry's store)
 // cannot be made durable: the MAP waiting for it is told the promotion
 // failed, as for a failed copy, instead of waiting while the same move is
 // made and undone over and over; the slot it would have moved to is not
 // offered again. Once the map can be written, a MAP promotes the block.
 TEST(Tiering, AMapWhosePromotionCannotBeCommittedIsToldSo) {
-  const std::string dir =
-      std::filesystem::temp_directory_path() / ("pbrick-tiering-badflip-" + std::to_string(getpid()));
-  std::filesystem::create_directories(dir);
-  struct Cleanup {
-    std::string dir;
-    ~Cleanup() { std::filesystem::remove_all(dir); }
-  } cleanup{dir};
-  auto fault = std::make_unique<FaultInjectionRegion>(make_memory_region(16ull << 20), /*pmem=*/true);
-  FaultInjectionRegion* fast = fault.get();
-  auto slow = open_pmem_region({dir + "/slow", 16ull << 20, true});
-  ASSERT_TRUE(slow) << slow.error().message();
-  auto opened = Store::Open(std::move(fault), StoreOpenOptions{}, std::move(*slow));
-  ASSERT_TRUE(opened) << opened.error().message();
-  Store& store = **opened;
-  const uint64_t fast_slots = store.stats().fast_capacity_blocks;
-  for (uint64_t i = 0; i < fast_slots; ++i) ASSERT_TRUE(store.alloc(va(static_cast<int>(i))));
-  const uint32_t crc = fill(store, va(0), 41);
-  auto t = Tiering::Create(store, TieringOptions{dir + "/slow", 2, 1ull << 30});
-  ASSERT_TRUE(t) << t.error().message();
-  (*t)->tick();
-  wait_until_idle(**t);
-  ASSERT_EQ(*store.tier_of(va(0)), kTierSlow);
-  for (uint64_t i = 2; i < fast_slots; ++i) ASSERT_TRUE(store.pin(va(static_cast<int>(i))));
+  DemotedBlock d;
+  ASSERT_NO_FATAL_FAILURE(d.set_up("badflip", /*pmem=*/true, 41));
+  FaultInjectionRegion* fast = d.fast;
+  Store& store = *d.store;
+  auto* t = &d.tiering;
 
   const uint64_t fast_free = store.stats().fast_free_blocks;
   fast->fail(FaultInjectionRegion::Op::kStoreWord, EIO);  // va(0)'s map entry is in the fast region
@@ -811,12 +842,7 @@ TEST(Tiering, AMapWhosePromotionCannotBeCommittedIsToldSo) {
   EXPECT_EQ(store.stats().fast_free_blocks, fast_free - 1);
 
   fast->fail(FaultInjectionRegion::Op::kStoreWord, 0);
-  EXPECT_EQ((*t)->prepare_map(va(0)), Tiering::MapReadiness::kWait);
-  wait_until_idle(**t);
-  EXPECT_EQ((*t)->prepare_map(va(0)), Tiering::MapReadiness::kReady);
-  ASSERT_EQ(*store.tier_of(va(0)), kTierFast);
-  EXPECT_EQ(sum(store, va(0)), crc);
-  t->reset();
+  d.expect_a_map_promotes_block0();
 }
 
 // The fast slot a promotion would copy into cannot be given space (a hole a
@@ -824,29 +850,11 @@ TEST(Tiering, AMapWhosePromotionCannotBeCommittedIsToldSo) {
 // SIGBUS): the MAP is told the promotion failed, the block stays on the slow
 // tier intact, and once there is space a MAP promotes it.
 TEST(Tiering, APromotionWhoseSlotHasNoSpaceFailsItsMap) {
-  const std::string dir =
-      std::filesystem::temp_directory_path() / ("pbrick-tiering-nospace-" + std::to_string(getpid()));
-  std::filesystem::create_directories(dir);
-  struct Cleanup {
-    std::string dir;
-    ~Cleanup() { std::filesystem::remove_all(dir); }
-  } cleanup{dir};
-  auto fault = std::make_unique<FaultInjectionRegion>(make_memory_region(16ull << 20), /*pmem=*/false);
-  FaultInjectionRegion* fast = fault.get();
-  auto slow = open_pmem_region({dir + "/slow", 16ull << 20, true});
-  ASSERT_TRUE(slow) << slow.error().message();
-  auto opened = Store::Open(std::move(fault), StoreOpenOptions{}, std::move(*slow));
-  ASSERT_TRUE(opened) << opened.error().message();
-  Store& store = **opened;
-  const uint64_t fast_slots = store.stats().fast_capacity_blocks;
-  for (uint64_t i = 0; i < fast_slots; ++i) ASSERT_TRUE(store.alloc(va(static_cast<int>(i))));
-  const uint32_t crc = fill(store, va(0), 43);
-  auto t = Tiering::Create(store, TieringOptions{dir + "/slow", 2, 1ull << 30});
-  ASSERT_TRUE(t) << t.error().message();
-  (*t)->tick();
-  wait_until_idle(**t);
-  ASSERT_EQ(*store.tier_of(va(0)), kTierSlow);
-  for (uint64_t i = 2; i < fast_slots; ++i) ASSERT_TRUE(store.pin(va(static_cast<int>(i))));
+  DemotedBlock d;
+  ASSERT_NO_FATAL_FAILURE(d.set_up("nospace", /*pmem=*/false, 43));
+  FaultInjectionRegion* fast = d.fast;
+  Store& store = *d.store;
+  auto* t = &d.tiering;
   const uint64_t fast_free = store.stats().fast_free_blocks;
 
   fast->fail(FaultInjectionRegion::Op::kReserve, ENOSPC);
@@ -858,12 +866,7 @@ TEST(Tiering, APromotionWhoseSlotHasNoSpaceFailsItsMap) {
   fast->fail(FaultInjectionRegion::Op::kReserve, 0);
   (*t)->tick();  // gives them their space and back
   EXPECT_EQ(store.stats().fast_free_blocks, fast_free);
-  EXPECT_EQ((*t)->prepare_map(va(0)), Tiering::MapReadiness::kWait);
-  wait_until_idle(**t);
-  EXPECT_EQ((*t)->prepare_map(va(0)), Tiering::MapReadiness::kReady);
-  ASSERT_EQ(*store.tier_of(va(0)), kTierFast);
-  EXPECT_EQ(sum(store, va(0)), crc);
-  t->reset();
+  d.expect_a_map_promotes_block0();
 }
 
 // A promotion's flip waits for the sync of its copy: while that sync is held
@@ -871,29 +874,12 @@ TEST(Tiering, APromotionWhoseSlotHasNoSpaceFailsItsMap) {
 // sync that fails gives the promotion up, the block stays where it was; one
 // that succeeds flips it.
 TEST(Tiering, APromotionFlipsOnlyOnceItsCopyIsSynced) {
-  const std::string dir =
-      std::filesystem::temp_directory_path() / ("pbrick-tiering-heldsync-" + std::to_string(getpid()));
-  std::filesystem::create_directories(dir);
-  struct Cleanup {
-    std::string dir;
-    ~Cleanup() { std::filesystem::remove_all(dir); }
-  } cleanup{dir};
-  auto fault = std::make_unique<FaultInjectionRegion>(make_memory_region(16ull << 20), /*pmem=*/false);
-  FaultInjectionRegion* fast = fault.get();
-  auto slow = open_pmem_region({dir + "/slow", 16ull << 20, true});
-  ASSERT_TRUE(slow) << slow.error().message();
-  auto opened = Store::Open(std::move(fault), StoreOpenOptions{}, std::move(*slow));
-  ASSERT_TRUE(opened) << opened.error().message();
-  Store& store = **opened;
-  const uint64_t fast_slots = store.stats().fast_capacity_blocks;
-  for (uint64_t i = 0; i < fast_slots; ++i) ASSERT_TRUE(store.alloc(va(static_cast<int>(i))));
-  const uint32_t crc = fill(store, va(0), 47);
-  auto t = Tiering::Create(store, TieringOptions{dir + "/slow", 2, 1ull << 30});
-  ASSERT_TRUE(t) << t.error().message();
-  (*t)->tick();
-  wait_until_idle(**t);
-  ASSERT_EQ(*store.tier_of(va(0)), kTierSlow);
-  for (uint64_t i = 2; i < fast_slots; ++i) ASSERT_TRUE(store.pin(va(static_cast<int>(i))));
+  DemotedBlock d;
+  ASSERT_NO_FATAL_FAILURE(d.set_up("heldsync", /*pmem=*/false, 47));
+  FaultInjectionRegion* fast = d.fast;
+  Store& store = *d.store;
+  auto* t = &d.tiering;
+  const uint32_t crc = d.crc;
   auto slow_blocks_in_the_map = [&] { return Store::Check(fast->base(), fast->size()).slow_blocks; };
   const uint64_t slow_before = slow_blocks_in_the_map();
   ASSERT_GE(slow_before, 1u);
