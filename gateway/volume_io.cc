@@ -71,6 +71,14 @@ void plan_zero_fill(const Volume& volume, uint64_t offset, uint64_t len, uint8_t
   plan_blocks(volume, true, offset, len, zeros, true, request, pieces);
 }
 
+namespace {
+// Whether [pos, end) covers the whole 2 MiB block starting at `pos` (a last
+// block cut short by the volume's size never is): what a discard may FREE.
+bool covers_whole_block(const Volume& volume, uint64_t pos, uint64_t end) {
+  return pos % proto::kBlockSize == 0 && end - pos >= proto::kBlockSize && pos + proto::kBlockSize <= volume.size();
+}
+}  // namespace
+
 Result<uint64_t> plan_discard(Volume& volume, uint64_t offset, uint64_t len, uint8_t* zeros, void* request,
                               std::vector<IoPiece>& pieces) {
   uint64_t size = volume.size();
@@ -80,7 +88,7 @@ Result<uint64_t> plan_discard(Volume& volume, uint64_t offset, uint64_t len, uin
     uint64_t block_start = block * proto::kBlockSize;
     uint64_t block_end = std::min(block_start + proto::kBlockSize, size);
     uint64_t piece_end = std::min(end, block_end);
-    bool whole = pos == block_start && piece_end == block_end && block_end - block_start == proto::kBlockSize;
+    bool whole = covers_whole_block(volume, pos, end);
     // Each copy of the block (one unless mirrored) is freed, or zeroed
     // through the data path when it cannot be.
     size_t first = pieces.size();
@@ -140,11 +148,8 @@ namespace {
 // Whether plan_discard would FREE some copy of the block at `pos` (a whole
 // block, some copy allocated): the control round trips a loop must not wait on.
 bool frees_a_copy(const Volume& volume, uint64_t pos, uint64_t end) {
+  if (!covers_whole_block(volume, pos, end)) return false;
   const uint64_t block = pos / proto::kBlockSize;
-  const uint64_t block_start = block * proto::kBlockSize;
-  if (pos != block_start || end - pos < proto::kBlockSize || block_start + proto::kBlockSize > volume.size()) {
-    return false;
-  }
   const Placement& pl = volume.placement();
   for (uint32_t copy = 0; copy < pl.copies; copy++) {
     if (volume.allocated(pl.unit(block, copy))) return true;

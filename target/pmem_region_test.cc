@@ -67,52 +67,6 @@ TEST(PmemRegionTest, AFileOnADiskFileSystemNeedsItsFdatasync) {
   EXPECT_FALSE(opens_with_nothing_to_write_back(path));
 }
 
-// The tiering's fdatasync (prep_second_sync) and the sync points' (prep_sync)
-// go to two open file descriptions of the store file: each then sees a failed
-// write-back, which Linux reports to one fdatasync per description.
-TEST(PmemRegionTest, TheSecondSyncUsesItsOwnFileDescriptionOfTheStore) {
-  UniqueFd cwd(::open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  ASSERT_TRUE(cwd.valid());
-  if (on_memory_fs(cwd.get())) GTEST_SKIP() << "inherent: the working directory is on a memory file system";
-  std::string path = fresh_path(".");
-  ASSERT_FALSE(path.empty());
-  auto region = open_pmem_region(RegionOptions{path, 4 * kBlockSize, true});
-  ASSERT_TRUE(region.ok()) << region.error().message();
-  io_uring_sqe first{}, second{};
-  (*region)->prep_sync(&first);
-  (*region)->prep_second_sync(&second);
-  EXPECT_EQ(first.opcode, IORING_OP_FSYNC);
-  EXPECT_EQ(second.opcode, IORING_OP_FSYNC);
-  EXPECT_EQ(second.fsync_flags, IORING_FSYNC_DATASYNC);
-  ASSERT_NE(first.fd, second.fd);
-  struct stat a {}, b {};
-  ASSERT_EQ(::fstat(first.fd, &a), 0);
-  ASSERT_EQ(::fstat(second.fd, &b), 0);
-  EXPECT_EQ(a.st_dev, b.st_dev);
-  EXPECT_EQ(a.st_ino, b.st_ino) << "not the store file";
-  // Two descriptions, not one duplicated: their file offsets are apart.
-  ASSERT_EQ(::lseek(first.fd, 4096, SEEK_SET), 4096);
-  EXPECT_EQ(::lseek(second.fd, 0, SEEK_CUR), 0);
-  region->reset();
-  ::unlink(path.c_str());
-}
-
-// The page-cache state of [off, off+len) of a file (cachestat(2), Linux 6.5);
-// empty when the kernel has not got it. The structures are the kernel's
-// uapi ones, spelled here for older headers.
-struct CacheState {
-  uint64_t cached, dirty, writeback, evicted, recently_evicted;
-};
-std::optional<CacheState> cache_state(int fd, uint64_t off, uint64_t len) {
-  struct {
-    uint64_t off, len;
-  } range{off, len};
-  CacheState state{};
-  constexpr long kCachestat = 451;  // the same number on every architecture
-  if (::syscall(kCachestat, fd, &range, &state, 0) != 0) return std::nullopt;
-  return state;
-}
-
 // A file store of 4 blocks in the working directory (a disk file system
 // wherever the project is built from a checkout on disk), already unlinked,
 // and a descriptor of its own of the file. Skips on a memory file system.
@@ -132,6 +86,46 @@ void open_file_store(FileStore& store) {
   store.fd.reset(::open(path.c_str(), O_RDWR | O_CLOEXEC));
   ::unlink(path.c_str());
   ASSERT_TRUE(store.fd.valid());
+}
+
+// The tiering's fdatasync (prep_second_sync) and the sync points' (prep_sync)
+// go to two open file descriptions of the store file: each then sees a failed
+// write-back, which Linux reports to one fdatasync per description.
+TEST(PmemRegionTest, TheSecondSyncUsesItsOwnFileDescriptionOfTheStore) {
+  FileStore store;
+  ASSERT_NO_FATAL_FAILURE(open_file_store(store));
+  if (IsSkipped()) return;
+  io_uring_sqe first{}, second{};
+  store.region->prep_sync(&first);
+  store.region->prep_second_sync(&second);
+  EXPECT_EQ(first.opcode, IORING_OP_FSYNC);
+  EXPECT_EQ(second.opcode, IORING_OP_FSYNC);
+  EXPECT_EQ(second.fsync_flags, IORING_FSYNC_DATASYNC);
+  ASSERT_NE(first.fd, second.fd);
+  struct stat a {}, b {};
+  ASSERT_EQ(::fstat(first.fd, &a), 0);
+  ASSERT_EQ(::fstat(second.fd, &b), 0);
+  EXPECT_EQ(a.st_dev, b.st_dev);
+  EXPECT_EQ(a.st_ino, b.st_ino) << "not the store file";
+  // Two descriptions, not one duplicated: their file offsets are apart.
+  ASSERT_EQ(::lseek(first.fd, 4096, SEEK_SET), 4096);
+  EXPECT_EQ(::lseek(second.fd, 0, SEEK_CUR), 0);
+}
+
+// The page-cache state of [off, off+len) of a file (cachestat(2), Linux 6.5);
+// empty when the kernel has not got it. The structures are the kernel's
+// uapi ones, spelled here for older headers.
+struct CacheState {
+  uint64_t cached, dirty, writeback, evicted, recently_evicted;
+};
+std::optional<CacheState> cache_state(int fd, uint64_t off, uint64_t len) {
+  struct {
+    uint64_t off, len;
+  } range{off, len};
+  CacheState state{};
+  constexpr long kCachestat = 451;  // the same number on every architecture
+  if (::syscall(kCachestat, fd, &range, &state, 0) != 0) return std::nullopt;
+  return state;
 }
 
 // Zeroing a block on a file store makes that block durable, not the whole
