@@ -924,6 +924,76 @@ TEST(Tiering, APromotionFlipsOnlyOnceItsCopyIsSynced) {
   t->reset();
 }
 
+// The same for a demotion, whose sync is the slow tier's fdatasync: while it
+// is held the map still names the fast slot (in memory and in the map's
+// words), a failed one gives that move up with the block on the fast tier
+// intact, and one that succeeds flips it.
+TEST(Tiering, ADemotionFlipsOnlyOnceItsCopyIsSynced) {
+  const std::string dir =
+      std::filesystem::temp_directory_path() / ("pbrick-tiering-demotesync-" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  auto slow_file = open_pmem_region({dir + "/slow", 16ull << 20, true});
+  ASSERT_TRUE(slow_file) << slow_file.error().message();
+  auto fault = std::make_unique<FaultInjectionRegion>(std::move(*slow_file), /*pmem=*/false);
+  FaultInjectionRegion* slow = fault.get();
+  auto opened = Store::Open(make_memory_region(16ull << 20), StoreOpenOptions{}, std::move(fault));
+  ASSERT_TRUE(opened) << opened.error().message();
+  std::unique_ptr<Store> store = std::move(*opened);
+  const uint64_t fast_slots = store->stats().fast_capacity_blocks;
+  for (uint64_t i = 0; i < fast_slots; ++i) ASSERT_TRUE(store->alloc(va(static_cast<int>(i))));
+  const uint32_t crc = fill(*store, va(0), 53);
+  auto fast_slot = store->slot_offset(va(0));
+  ASSERT_TRUE(fast_slot);
+  // While the block moves, its bytes are read where they are.
+  auto sum_in_fast_slot = [&] { return crc32c(store->region().base() + *fast_slot, kBlockSize); };
+  for (uint64_t i = 1; i < fast_slots; ++i) ASSERT_TRUE(store->pin(va(static_cast<int>(i))));
+  auto in_the_map = [&] { return Store::Check(store->region().base(), store->region().size()).slow_blocks; };
+  ASSERT_EQ(in_the_map(), 0u);
+  auto t = Tiering::Create(*store, TieringOptions{dir + "/slow", 2, 1ull << 30});
+  ASSERT_TRUE(t) << t.error().message();
+  // Runs the mover until it started a sync of the slow tier beyond `n`, then
+  // a while longer: the flip must not come.
+  auto run_past_sync = [&](uint64_t n) {
+    for (int i = 0; i < 100 && slow->syncs_started() <= n; ++i) {
+      pollfd p{(*t)->event_fd(), POLLIN, 0};
+      ASSERT_GE(::poll(&p, 1, 100), 0);
+      (*t)->on_event();
+    }
+    ASSERT_GT(slow->syncs_started(), n) << "no sync of the copy";
+    for (int i = 0; i < 20; ++i) {
+      pollfd p{(*t)->event_fd(), POLLIN, 0};
+      ::poll(&p, 1, 5);
+      (*t)->on_event();
+    }
+  };
+
+  slow->hold_syncs(true);
+  uint64_t started = slow->syncs_started();
+  (*t)->tick();
+  ASSERT_NO_FATAL_FAILURE(run_past_sync(started));
+  EXPECT_EQ(*store->tier_of(va(0)), kTierFast) << "flipped before its copy was durable";
+  EXPECT_EQ(in_the_map(), 0u);
+  // The failed sync gives the move up; the mover tries again at once, into
+  // another slot (the failed one is left alone), and that sync is held too.
+  started = slow->syncs_started();
+  slow->release_sync(EIO);
+  ASSERT_NO_FATAL_FAILURE(run_past_sync(started));
+  EXPECT_EQ((*t)->demotions(), 0u);
+  EXPECT_EQ(*store->tier_of(va(0)), kTierFast);
+  EXPECT_EQ(in_the_map(), 0u);
+  EXPECT_EQ(sum_in_fast_slot(), crc);
+  slow->release_sync(0);
+  wait_until_idle(**t);
+  EXPECT_EQ((*t)->demotions(), 1u);
+  EXPECT_EQ(*store->tier_of(va(0)), kTierSlow);
+  EXPECT_EQ(in_the_map(), 1u);
+  EXPECT_EQ(sum(*store, va(0)), crc);
+  slow->hold_syncs(false);
+  t->reset();
+  store.reset();
+  std::filesystem::remove_all(dir);
+}
+
 // Writes to the slow tier fail (here: beyond the process's file size limit).
 // A failed demotion must not take the same slot again and again, for ever:
 // each slot that failed is left alone until the brick restarts, so demotion
