@@ -19,7 +19,8 @@ constexpr uint64_t kSlotMask = 0xFFFF;
 }  // namespace
 
 TcpChannel::TcpChannel(uint32_t depth)
-    : depth_(depth), slots_(depth), segments_(2 * static_cast<size_t>(depth)), in_(kInCapacity) {
+    : depth_(depth), slots_(depth), segments_(2 * static_cast<size_t>(depth)),
+      in_(std::make_unique_for_overwrite<uint8_t[]>(kInCapacity)) {
   free_slots_.reserve(depth);
   for (uint32_t i = depth; i > 0; i--) free_slots_.push_back(i - 1);
 }
@@ -37,13 +38,14 @@ Status TcpChannel::connect(const ClientOptions& options) {
     PBRICK_LOG_ERROR("brick %s restarted after a reboot with unflushed writes: they may be lost there (the next flush reports EIO unless other copies have them)",
                      options.endpoint.to_string().c_str());
   }
-  persist_granted_ = ((*client)->hello().features & proto::kFeaturePersistRpc) != 0;
-  attach(std::move(**client).take_fd());
+  const bool persist_rpc = ((*client)->hello().features & proto::kFeaturePersistRpc) != 0;
+  attach(std::move(**client).take_fd(), persist_rpc);
   return Status::Ok();
 }
 
-void TcpChannel::attach(UniqueFd fd) {
+void TcpChannel::attach(UniqueFd fd, bool persist_rpc) {
   fd_ = std::move(fd);
+  persist_granted_ = persist_rpc;
   // The handshake used timeouts for blocking I/O; the event loop needs none.
   timeval tv{0, 0};
   ::setsockopt(fd_.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
@@ -219,12 +221,12 @@ void TcpChannel::on_sent(size_t n) {
 }
 
 std::span<uint8_t> TcpChannel::recv_space() {
-  if (in_start_ > 0 && in_.size() - in_end_ < (64u << 10)) {
-    std::memmove(in_.data(), in_.data() + in_start_, in_end_ - in_start_);
+  if (in_start_ > 0 && kInCapacity - in_end_ < (64u << 10)) {
+    std::memmove(in_.get(), in_.get() + in_start_, in_end_ - in_start_);
     in_end_ -= in_start_;
     in_start_ = 0;
   }
-  return {in_.data() + in_end_, in_.size() - in_end_};
+  return {in_.get() + in_end_, kInCapacity - in_end_};
 }
 
 void TcpChannel::complete(uint32_t index, int status) {
@@ -241,13 +243,13 @@ Status TcpChannel::on_received(size_t n) {
   for (;;) {
     size_t avail = in_end_ - in_start_;
     if (avail < kHeaderSize) break;
-    const uint8_t* frame = in_.data() + in_start_;
+    const uint8_t* frame = in_.get() + in_start_;
     auto h = proto::decode_header({frame, kHeaderSize}, /*expect_reply=*/true);
     if (!h) return h.error().wrap("reply from brick");
     size_t total = kHeaderSize + h->payload_len;
     if (avail < total) {
-      if (in_start_ + total > in_.size()) {
-        std::memmove(in_.data(), frame, avail);
+      if (in_start_ + total > kInCapacity) {
+        std::memmove(in_.get(), frame, avail);
         in_start_ = 0;
         in_end_ = avail;
       }

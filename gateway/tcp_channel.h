@@ -19,6 +19,7 @@
 #include <array>
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -40,7 +41,8 @@ class TcpChannel final : public DataChannel {
   Status connect(const ClientOptions& options) override;
   // Takes a connected socket whose HELLO is done (connect() does, and tests
   // with one end of a socketpair): the channel starts with empty queues.
-  void attach(UniqueFd fd);
+  // `persist_rpc`: the brick granted PERSIST_RPC in that HELLO.
+  void attach(UniqueFd fd, bool persist_rpc = false);
   bool connected() const override { return fd_.valid(); }
   bool tearing_down() const override { return tearing_down_; }
   bool full() const override { return free_slots_.empty(); }
@@ -98,7 +100,9 @@ class TcpChannel final : public DataChannel {
   std::vector<Segment> segments_;
   size_t seg_head_ = 0, seg_count_ = 0, seg_offset_ = 0;
 
-  std::vector<uint8_t> in_;
+  // Receive buffer: room for the largest reply and more. Not zeroed, so the
+  // pages a connection never receives into are never touched.
+  std::unique_ptr<uint8_t[]> in_;
   size_t in_start_ = 0, in_end_ = 0;
 
   uint32_t last_write_rkey_ = 0;
