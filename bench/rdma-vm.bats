@@ -10,8 +10,9 @@
 #              the transport gives
 # Both stores are on tmpfs (/dev/shm), so the media is the same. Same jobs as
 # bench/ublk-vm.bats, job by job on each setup so noise hits them alike; one
-# table, and the bricks' CPU seconds around each ublk job. Under emulation
-# absolute numbers mean little; the ratios do.
+# table with mean latency and CPU per I/O beside each rate, and the bricks' CPU
+# seconds at start-up and over the fill. Under emulation absolute numbers mean
+# little; the ratios do.
 
 load ../tests/vm/helpers
 load vm_bench
@@ -49,23 +50,17 @@ fio_result() {
   fi
 }
 
-# fio_dev LABEL DEV RW BS DEPTH UNIT: one time-based job on block device DEV; sets RATE.
-fio_dev() {
-  local label=$1 dev=$2 rw=$3 bs=$4 depth=$5 unit=$6 side=read rc=0
-  case $rw in *write) side="write" ;; esac
-  local out=$BATS_TEST_TMPDIR/fio-$label.json
-  timeout -k 10 $((RUNTIME + 90)) fio --name=b --filename="$dev" --direct=1 --ioengine=io_uring --rw="$rw" \
-    --bs="$bs" --iodepth="$depth" --size="$SIZE" --runtime="$RUNTIME" --time_based --ramp_time=1 \
-    --output-format=json >"$out" 2>"$out.err" || rc=$?
-  fio_result "$label" "$out" "$side" "$unit" "$rc"
-}
-
 # fio_raw LABEL VERB BS DEPTH PORT UNIT: fio's rdma engine at BS and DEPTH
-# (vm_bench.bash's fio_rdma_raw); sets RATE.
+# (vm_bench.bash's fio_rdma_raw); sets RATE, RAW_MEAN (its mean completion
+# latency, us) and RAW_CPU (the client's usr+sys time per I/O, us; the server
+# does nothing per I/O).
 fio_raw() {
-  local rc=0
+  local rc=0 f=$BATS_TEST_TMPDIR/fio-$1.json
   fio_rdma_raw "$1" "$2" "$3" "$4" "$5" || rc=$?
-  fio_result "$1" "$BATS_TEST_TMPDIR/fio-$1.json" write "$6" "$rc"
+  fio_result "$1" "$f" write "$6" "$rc" || return 1
+  read -r RAW_MEAN RAW_CPU < <(sed -n '/^{/,$p' "$f" | jq -r '.jobs[0] |
+    "\(.write.clat_ns.mean / 1000) \((.usr_cpu + .sys_cpu) / 100 / .write.iops * 1e6)"') ||
+    { say "fio $1: no latency or CPU in its JSON"; return 1; }
 }
 
 # gw_detach NAME PID DEV: SIGTERM; the gateway must exit 0 and DEV go away.
@@ -114,6 +109,7 @@ brick_holds() {
   ulimit -l unlimited 2>/dev/null || true # fio's rdma engine registers its buffers
 
   SIZE_BYTES=$(numfmt --from=iec "${SIZE^^}") || { say "--size $SIZE: not a size"; false; }
+  ((RUNTIME >= 3)) || { say "--runtime: at least 3 s (the CPU window is runtime - 1 s)"; false; }
   # The volume spans the measured range; the store adds room for its map.
   VOL_MIB=$(((SIZE_BYTES + 2 * M - 1) / (2 * M) * 2))
   ((VOL_MIB >= 64)) || VOL_MIB=64
@@ -162,38 +158,37 @@ brick_holds() {
   t1=$TICKS
   cpu_row "fill $SIZE (1M)" "$r0" "$r1" "$t0" "$t1"
 
-  local rows=() n=0 name rw bs depth verb unit r t w b0 b1 c0 c1 fmt
+  local rows=() n=0 name rw bs depth verb unit r t w fmt
+  local -a rr tr
   for job in "randread-4k-qd32 randread 4k 32 read IOPS" "randwrite-4k-qd32 randwrite 4k 32 write IOPS" \
     "read-1m-qd8 read 1M 8 read MiB/s" "write-1m-qd8 write 1M 8 write MiB/s" \
-    "randread-4k-qd1 randread 4k 1 read IOPS"; do
+    "randread-4k-qd1 randread 4k 1 read IOPS" "randwrite-4k-qd1 randwrite 4k 1 write IOPS"; do
     read -r name rw bs depth verb unit <<<"$job"
-    proc_ticks "$RDMA_BRICK_PID"
-    b0=$TICKS
-    fio_dev "$name.rdma" "$DEV_RDMA" "$rw" "$bs" "$depth" "$unit"
-    r=$RATE
-    proc_ticks "$RDMA_BRICK_PID"
-    b1=$TICKS
-    proc_ticks "$TCP_BRICK_PID"
-    c0=$TICKS
-    fio_dev "$name.tcp" "$DEV_TCP" "$rw" "$bs" "$depth" "$unit"
-    t=$RATE
-    proc_ticks "$TCP_BRICK_PID"
-    c1=$TICKS
+    # run_job's rate is IOPS, which at bs=1M is MiB/s.
+    GW=$GW_RDMA_PID BRICK=$RDMA_BRICK_PID
+    run_job "$name.rdma" "$DEV_RDMA" io_uring "$rw" "$bs" "$depth"
+    read -ra rr <<<"$RES"
+    GW=$GW_TCP_PID BRICK=$TCP_BRICK_PID
+    run_job "$name.tcp" "$DEV_TCP" io_uring "$rw" "$bs" "$depth"
+    read -ra tr <<<"$RES"
     fio_raw "$name.raw" "$verb" "$bs" "$depth" $((RAW_PORT0 + n)) "$unit"
-    w=$RATE
+    r=${rr[0]} t=${tr[0]} w=$RATE
     n=$((n + 1))
     fmt='%.0f'
     [ "$unit" = IOPS ] || fmt='%.1f'
-    rows+=("$(awk -v n="$name" -v u="$unit" -v r="$r" -v t="$t" -v w="$w" -v f="$fmt" 'BEGIN {
-      printf "%-18s %-6s %10s %10s %14s %9.2f %9.2f", n, u, sprintf(f, r), sprintf(f, t), sprintf(f, w), r / t, r / w }')")
-    cpu_row "$name" "$b0" "$b1" "$c0" "$c1"
+    rows+=("$(awk -v n="$name" -v u="$unit" -v r="$r" -v t="$t" -v w="$w" -v f="$fmt" \
+      -v lat="${rr[1]}|${tr[1]}|$(printf '%.1f' "$RAW_MEAN")" \
+      -v cpu="${rr[6]}+${rr[7]}|${tr[6]}+${tr[7]}|$(printf '%.1f' "$RAW_CPU")" 'BEGIN {
+      printf "%-18s %-6s %10s %10s %14s %9.2f %9.2f  %-22s %s", n, u, sprintf(f, r), sprintf(f, t), sprintf(f, w),
+        r / t, r / w, lat, cpu }')")
     # On stdout: bats shows it when a later step fails, so what was measured is not lost.
     echo "measured: ${rows[-1]}"
   done
 
   {
     printf '# \n'
-    printf '# %-18s %-6s %10s %10s %14s %9s %9s\n' job unit ublk/rdma ublk/tcp "fio rdma (raw)" rdma/tcp rdma/raw
+    printf '# %-18s %-6s %10s %10s %14s %9s %9s  %-22s %s\n' job unit ublk/rdma ublk/tcp "fio rdma (raw)" rdma/tcp \
+      rdma/raw "mean us rdma|tcp|raw" "CPU us/IO rdma|tcp|raw"
     printf '# %s\n' "${rows[@]}"
     printf '# \n'
     printf '# ublk/rdma: pbrick-gateway --transport rdma -> brick on %s (rxe0); ublk/tcp: --transport tcp -> brick\n' "$RDMA_HOST"
@@ -202,11 +197,12 @@ brick_holds() {
     printf '# RDMA READ (read rows) or WRITE (write rows) of the same bs and iodepth; it has no offsets, so the\n'
     printf '# random 4k rows use sequential 4k READ/WRITE. It connects with initiator_depth=1: one RDMA READ in flight\n'
     printf '# per QP whatever iodepth is (the gateway asks for up to 16), so its read rows are a depth-1 READ rate.\n'
-    printf '# rdma/tcp = ublk/rdma / ublk/tcp, rdma/raw = ublk/rdma / fio rdma.\n'
+    printf '# rdma/tcp = ublk/rdma / ublk/tcp, rdma/raw = ublk/rdma / fio rdma (rates: higher is better).\n'
+    printf '# mean: completion latency. CPU per I/O (per MiB on the 1M rows): gateway + brick utime+stime over\n'
+    printf '# %s s inside each ublk job; raw: the fio client'"'"'s usr+sys share of its run.\n' "$((RUNTIME - 1))"
     printf '# \n'
-    printf '# brick CPU seconds (utime+stime, /proc/PID/stat) before -> after: start-up with both gateways\n'
-    printf '# attached, the fill through the gateways, then each ublk job on its own transport\n'
-    printf '# %-18s %-28s %s\n' job "rdma brick (ublk/rdma job)" "tcp brick (ublk/tcp job)"
+    printf '# brick CPU seconds (utime+stime, /proc/PID/stat) before -> after\n'
+    printf '# %-18s %-28s %s\n' "" "rdma brick" "tcp brick"
     printf '# %s\n' "${cpu[@]}"
   } >&3
 

@@ -8,6 +8,7 @@
 # little; the ratios do.
 
 load ../tests/vm/helpers
+load vm_bench
 
 # The brick's store, in memory like the loop device's file.
 store_dir() { mkdir -p /dev/shm/pbrick-bench && echo /dev/shm/pbrick-bench; }
@@ -16,23 +17,15 @@ SIZE=${PBRICK_BENCH_SIZE:-256M}
 RUNTIME=${PBRICK_BENCH_RUNTIME:-5}
 GW_BIN="$PBRICK_BIN_DIR/gateway/pbrick-gateway"
 
-# fio_iops DEV RW BS DEPTH: IOPS of one time-based job (not rounded); fails,
-# saying why, when fio does or its job reports an error.
-fio_iops() {
-  local side=read out
-  case $2 in *write) side=write ;; esac
-  out=$(fio --name=b --filename="$1" --direct=1 --ioengine=io_uring --rw="$2" --bs="$3" --iodepth="$4" \
-    --size="$SIZE" --runtime="$RUNTIME" --time_based --ramp_time=1 --output-format=json \
-    2>"$BATS_TEST_TMPDIR/fio.err") || { echo "# fio $2 $3 on $1 failed: $(cat "$BATS_TEST_TMPDIR/fio.err")" >&3; return 1; }
-  jq -e ".jobs[0].error == 0 and .jobs[0].$side.iops > 0" <<<"$out" >/dev/null ||
-    { echo "# fio $2 $3 on $1: job error $(jq '.jobs[0].error' <<<"$out")" >&3; return 1; }
-  jq ".jobs[0].$side.iops" <<<"$out"
-}
+say() { echo "ublk-vm: $*" >&2; }
 
 @test "fio: ublk vs kernel nbd vs loop on tmpfs" {
   require_vm
   [ -c /dev/ublk-control ] || skip "no /dev/ublk-control"
+  ((RUNTIME >= 3)) || { say "--runtime: at least 3 s (the CPU window is runtime - 1 s)"; false; }
+  CLK=$(getconf CLK_TCK)
   start_brick bench --size 1G
+  local brick=$BRICK_PID
   "$GW_BIN" attach --target "$TARGET" --size 1G -q 2 -d 64 >"$BATS_TEST_TMPDIR/gw.out" \
     2>"$BATS_TEST_TMPDIR/gw.log" &
   GW_PID=$!
@@ -50,17 +43,37 @@ fio_iops() {
       --size="$SIZE" --output-format=terse >/dev/null
   done
 
-  printf '# %-18s %10s %10s %10s %10s %10s\n' job ublk nbd loop ublk/nbd ublk/loop >&3
-  local job rw bs depth u n l
+  # Per device: its front and back processes for run_job's CPU columns.
+  local -A front=([ublk]=$GW_PID [nbd]=$NBD_PID [loop]="") path=([ublk]=$UBLK [nbd]=/dev/nbd0 [loop]=$LOOP)
+  local rows=() job name rw bs depth d
+  local -A rate mean sys srv
   for job in "randread-4k-qd32 randread 4k 32" "randwrite-4k-qd32 randwrite 4k 32" \
-    "read-1m-qd8 read 1M 8" "write-1m-qd8 write 1M 8" "randread-4k-qd1 randread 4k 1"; do
+    "read-1m-qd8 read 1M 8" "write-1m-qd8 write 1M 8" "randread-4k-qd1 randread 4k 1" \
+    "randwrite-4k-qd1 randwrite 4k 1"; do
     read -r name rw bs depth <<<"$job"
-    u=$(fio_iops "$UBLK" "$rw" "$bs" "$depth")
-    n=$(fio_iops /dev/nbd0 "$rw" "$bs" "$depth")
-    l=$(fio_iops "$LOOP" "$rw" "$bs" "$depth")
-    printf '# %-18s %10.1f %10.1f %10.1f %10.2f %10.2f\n' "$name" "$u" "$n" "$l" \
-      "$(echo "$u / $n" | bc -l)" "$(echo "$u / $l" | bc -l)" >&3
+    for d in ublk nbd loop; do
+      GW=${front[$d]} BRICK=$brick
+      run_job "$name.$d" "${path[$d]}" io_uring "$rw" "$bs" "$depth"
+      local r
+      read -ra r <<<"$RES"
+      rate[$d]=${r[0]} mean[$d]=${r[1]} sys[$d]=${r[5]}
+      # gateway (or nbdkit) + brick
+      srv[$d]=$([ "${r[6]}" = - ] && echo - || echo "${r[6]}+${r[7]}")
+    done
+    rows+=("$(printf '%-18s %10.1f %10.1f %10.1f %8.2f %9.2f  %-24s %-22s %s' "$name" "${rate[ublk]}" \
+      "${rate[nbd]}" "${rate[loop]}" "$(echo "${rate[ublk]} / ${rate[nbd]}" | bc -l)" \
+      "$(echo "${rate[ublk]} / ${rate[loop]}" | bc -l)" "${mean[ublk]}|${mean[nbd]}|${mean[loop]}" \
+      "${sys[ublk]}|${sys[nbd]}|${sys[loop]}" "${srv[ublk]}|${srv[nbd]}")")
   done
+  {
+    printf '# %-18s %10s %10s %10s %8s %9s  %-24s %-22s %s\n' job ublk nbd loop ublk/nbd ublk/loop \
+      "mean us u|n|l" "guest CPU us/IO u|n|l" "servers us/IO u|n"
+    printf '# %s\n' "${rows[@]}"
+    printf '# rates: IOPS (MiB/s on the 1M rows); ratios of rates, higher is better for ublk. mean: fio'"'"'s\n'
+    printf '# completion latency. guest CPU: the whole guest'"'"'s busy time per I/O (fio and the kernel\n'
+    printf '# included); servers: utime+stime per I/O of pbrick-gateway + brick (u) and nbdkit + brick (n).\n'
+    printf '# An I/O of the 1M rows is 1 MiB. CPU over %s s inside each %s s job.\n' "$((RUNTIME - 1))" "$RUNTIME"
+  } >&3
 
   losetup -d "$LOOP"
   LOOP=

@@ -1,10 +1,11 @@
-# Helpers shared by the VM benchmarks (bench/peer-vm.bats, bench/rdma-vm.bats):
-# a brick on tmpfs, a ublk gateway on it, a process's CPU ticks, fio's rdma
-# engine between two processes. The .bats file sets TARGET_BIN, GW_BIN, SHM,
-# STORE_MIB, VOL_MIB (and SIZE, RUNTIME, RDMA_HOST for fio_rdma_raw), defines
-# say(), and calls bench_teardown in its teardown.
+# Helpers shared by the VM benchmarks (bench/*-vm.bats): a brick on tmpfs, a
+# ublk gateway on it, a process's CPU ticks, one fio job with the CPU it cost,
+# fio's rdma engine between two processes. The .bats file sets TARGET_BIN,
+# GW_BIN, SHM, STORE_MIB, VOL_MIB (and SIZE, RUNTIME, RDMA_HOST for
+# fio_rdma_raw; SIZE, RUNTIME, CLK and GW, BRICK for run_job), defines say(),
+# and calls bench_teardown in its teardown.
 # shellcheck shell=bash
-# shellcheck disable=SC2034 # BRICK_*, GW_PID, DEV, TICKS and RAW_SRV_PID are set for the caller
+# shellcheck disable=SC2034 # BRICK_*, GW_PID, DEV, TICKS, BUSY, RES and RAW_SRV_PID are set for the caller
 
 # brick_on NAME TRANSPORT HOST [STORE]: pbrick-target on $SHM/NAME.store
 # (tmpfs, STORE_MIB) or on the device STORE (a devdax device, used whole),
@@ -150,4 +151,61 @@ bench_teardown() {
     tail -n "${1:-30}" "$log" >&2
   done
   return 0
+}
+
+# sys_busy: sets BUSY to the guest's non-idle CPU ticks (all CPUs, /proc/stat);
+# not steal time, which is the host's load, not work of the guest's.
+sys_busy() {
+  local u n s q sq
+  read -r _ u n s _ _ q sq _ </proc/stat
+  BUSY=$((u + n + s + q + sq))
+}
+
+# run_job LABEL DEV ENGINE RW BS DEPTH [FIO ARGS...]: one time-based fio job;
+# meanwhile samples CPU over a window inside the measured time. Sets
+# RES="rate mean_us p99_us sync_mean_us sync_p99_us sys_us_per_io gw_us brick_us":
+# sys is the whole guest's busy time, gw and brick the utime+stime of the
+# processes GW and BRICK (the setup's front and back, e.g. the ublk gateway or
+# nbdkit, and the brick), "-" when GW is empty (a kernel-only setup).
+run_job() {
+  local label=$1 dev=$2 engine=$3 rw=$4 bs=$5 depth=$6
+  shift 6
+  local side=read out=$BATS_TEST_TMPDIR/fio-$label.json rc=0 fpid
+  case $rw in *write) side="write" ;; esac
+  timeout -k 10 $((RUNTIME + 90)) fio --name=b --filename="$dev" --direct=1 --ioengine="$engine" --rw="$rw" \
+    --bs="$bs" --iodepth="$depth" --size="$SIZE" --runtime="$RUNTIME" --time_based --ramp_time=1 \
+    --output-format=json "$@" >"$out" 2>"$out.err" &
+  fpid=$!
+  # The window: from 1.5 s after the start (past fio's start-up and ramp) for
+  # RUNTIME - 1 s; CPU per I/O = busy time in the window / (rate x window).
+  sleep 1.5
+  local b0 b1 g0=0 g1=0 k0=0 k1=0 t0 t1
+  sys_busy; b0=$BUSY
+  [ -z "$GW" ] || { proc_ticks "$GW"; g0=$TICKS; proc_ticks "$BRICK"; k0=$TICKS; }
+  t0=$EPOCHREALTIME
+  sleep $((RUNTIME - 1))
+  sys_busy; b1=$BUSY
+  [ -z "$GW" ] || { proc_ticks "$GW"; g1=$TICKS; proc_ticks "$BRICK"; k1=$TICKS; }
+  t1=$EPOCHREALTIME
+  wait "$fpid" || rc=$?
+  if [ "$rc" != 0 ]; then
+    say "fio $label failed (exit $rc):"
+    tail -n 20 "$out.err" >&2
+    return 1
+  fi
+  local row
+  row=$(sed -n '/^{/,$p' "$out" | jq -r --arg s "$side" '.jobs[0] |
+    if .error != 0 then "error \(.error)" else
+    [.[$s].iops, .[$s].clat_ns.mean / 1000, ((.[$s].clat_ns.percentile // {})["99.000000"] // 0) / 1000,
+     ((.sync.lat_ns.mean // 0) / 1000), (((.sync.lat_ns.percentile // {})["99.000000"] // 0) / 1000)] | @tsv end') ||
+    { say "fio $label: no JSON"; tail -n 20 "$out" "$out.err" >&2; return 1; }
+  case $row in error*) say "fio $label: $row"; return 1 ;; esac
+  RES=$(awk -v r="$row" -v t0="$t0" -v t1="$t1" -v b="$((b1 - b0))" -v g="$((g1 - g0))" -v k="$((k1 - k0))" \
+    -v clk="$CLK" -v pb="${GW:+1}" 'BEGIN {
+      split(r, f, "\t"); ios = f[1] * (t1 - t0)
+      if (f[1] <= 0 || ios <= 0) { print "bad"; exit }
+      us = 1e6 / clk / ios
+      printf "%.1f %.1f %.1f %.1f %.1f %.1f %s %s", f[1], f[2], f[3], f[4], f[5], b * us,
+        (pb ? sprintf("%.1f", g * us) : "-"), (pb ? sprintf("%.1f", k * us) : "-") }')
+  [ "$RES" != bad ] || { say "fio $label: no I/O"; return 1; }
 }
