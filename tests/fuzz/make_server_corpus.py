@@ -77,6 +77,15 @@ FILES = {
     addr(UNMAP, 0, 3) + io(READ, 1, 0, 1, rid=4) + addr(FREE, 0, 5),
 }
 
+# The same sessions on the other media (byte 0 // 3): 1 a store posing as a
+# page-cache file (sync points wait for an fdatasync), 2 one whose fdatasync
+# fails.
+for medium, prefix in ((1, "file_"), (2, "failing_sync_")):
+    for name in ("no_key_session", "no_key_fences", "authenticated_session", "authenticated_write_read",
+                 "authenticated_unmap_then_read"):
+        blob = FILES[name]
+        FILES[prefix + name] = bytes([blob[0] + 3 * medium]) + blob[1:]
+
 os.makedirs(OUT, exist_ok=True)
 for name, blob in FILES.items():
     with open(os.path.join(OUT, name), "wb") as f:

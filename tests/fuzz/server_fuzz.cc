@@ -2,8 +2,9 @@
 // is a session played against a real Server over an in-memory store, through
 // a socketpair handed to Server::adopt().
 //
-// Input: byte 0 picks the session, the rest is the byte stream the client
-// sends (frames back to back, as on a connection):
+// Input: byte 0 picks the session (its value % 3) and the store's medium
+// (its value / 3 % 3), the rest is the byte stream the client sends (frames
+// back to back, as on a connection). Sessions:
 //   0  a brick without a key: the stream starts before HELLO
 //   1  a brick with a key: the stream starts before HELLO (the AUTH the
 //      fuzzer cannot forge is the attack surface)
@@ -13,13 +14,18 @@
 //      rewritten to that handle's rkey, and their remote_addr to the same
 //      offset in it, so that the data paths are reachable although rkeys
 //      are random
+// Media:
+//   0  memory the brick persists as pmem (no fdatasync)
+//   1  memory behind a FaultInjectionRegion posing as a page-cache file: every
+//      sync point waits for an asynchronous fdatasync through the brick's ring
+//   2  the same, with every fdatasync failing (EIO)
 //
 // Beyond ASan/UBSan it checks what a client may rely on (docs/protocol.md):
 //  - every reply is a well-formed reply frame; replies come in request order,
 //    echo the opcode byte and request_id of their request, and a success
 //    reply's payload passes the client's decoder;
-//  - nothing fails with EIO: an in-memory store cannot fail, so EIO would be
-//    a failure invented by the brick;
+//  - nothing fails with EIO but on medium 2: an in-memory store cannot fail,
+//    so EIO would be a failure invented by the brick;
 //  - once the client half-closes, the brick answers every whole request it
 //    got, unless it closed the connection after an error that closes it
 //    (header-level, or a refused handshake), and closes within 10 s;
@@ -41,6 +47,7 @@
 #include "common/log.h"
 #include "common/protocol.h"
 #include "common/unique_fd.h"
+#include "target/fault_injection_region.h"
 #include "target/pmem_region.h"
 #include "target/server.h"
 #include "target/store.h"
@@ -268,9 +275,16 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
   const int session = data[0] % 3;
+  const int medium = data[0] / 3 % 3;
   std::vector<uint8_t> bytes(data + 1, data + size);
 
-  auto store = Store::Open(make_memory_region(kStoreSize), StoreOpenOptions{});
+  std::unique_ptr<PmemRegion> region = make_memory_region(kStoreSize);
+  if (medium != 0) {
+    auto file_like = std::make_unique<FaultInjectionRegion>(std::move(region), /*pmem=*/false);
+    if (medium == 2) file_like->fail(FaultInjectionRegion::Op::kSync, EIO);
+    region = std::move(file_like);
+  }
+  auto store = Store::Open(std::move(region), StoreOpenOptions{});
   if (!store) fail("in-memory store");
   ServerOptions options;
   options.listen = Endpoint{"127.0.0.1", 0};
@@ -346,7 +360,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     if (n >= requests.size()) fail("more replies than requests", n);
     if (hdr[5] != requests[n].opcode || rid != requests[n].request_id) fail("a reply out of order", n);
-    if (status == proto::wire_status(EIO)) fail("EIO from an in-memory store", n);
+    if (status == proto::wire_status(EIO) && medium != 2) fail("EIO from an in-memory store", n);
     if (replies.size() - pos - kHeaderSize < len) fail("a truncated reply payload", n);
     if (status != 0 && len != 0) fail("an error reply with a payload", n);
     if (status == 0) {
