@@ -32,28 +32,40 @@ namespace {
 constexpr uint64_t kRegion = 8ull << 20;  // 3 slots
 
 // A region over an image the test owns, calling `event` before and after each
-// persistence step: the crash points of an operation.
+// persistence step: the crash points of an operation. With `durable`, it also
+// keeps what a power cut would leave of the image: the bytes persist(),
+// store_word_persist() and zero() made durable, and the copy_nodrain()s a
+// drain() (or a persist(), which drains) completed; stores through base()
+// reach it only through those.
 class SnapRegion final : public PmemRegion {
  public:
-  SnapRegion(std::vector<uint8_t>* image, std::function<void()>* event) : image_(image), event_(event) {}
+  SnapRegion(std::vector<uint8_t>* image, std::function<void()>* event, std::vector<uint8_t>* durable = nullptr)
+      : image_(image), event_(event), durable_(durable) {}
   uint8_t* base() override { return image_->data(); }
   uint64_t size() const override { return image_->size(); }
   bool is_pmem() const override { return false; }
-  void copy_nodrain(uint64_t off, const void* src, size_t len) override { std::memcpy(base() + off, src, len); }
-  void drain() override {}
-  Status persist(uint64_t, uint64_t) override {
+  void copy_nodrain(uint64_t off, const void* src, size_t len) override {
+    std::memcpy(base() + off, src, len);
+    pending_.emplace_back(off, len);
+  }
+  void drain() override { complete_drain(); }
+  Status persist(uint64_t off, uint64_t len) override {
     fire();
+    make_durable(off, len);
+    complete_drain();
     return Status::Ok();
   }
   Status store_word_persist(uint64_t off, uint64_t value) override {
     fire();
     std::memcpy(base() + off, &value, sizeof value);
+    make_durable(off, sizeof value);
     fire();
     return Status::Ok();
   }
   Status zero(uint64_t off, uint64_t len) override {
     fire();
     std::memset(base() + off, 0, len);
+    make_durable(off, len);
     fire();
     return Status::Ok();
   }
@@ -63,19 +75,32 @@ class SnapRegion final : public PmemRegion {
   void fire() {
     if (*event_) (*event_)();
   }
+  void make_durable(uint64_t off, uint64_t len) {
+    if (durable_ != nullptr) std::memcpy(durable_->data() + off, base() + off, len);
+  }
+  void complete_drain() {
+    for (const auto& [off, len] : pending_) make_durable(off, len);
+    pending_.clear();
+  }
   std::vector<uint8_t>* image_;
   std::function<void()>* event_;
+  std::vector<uint8_t>* durable_;
+  std::vector<std::pair<uint64_t, uint64_t>> pending_;  // copy_nodrain()s not drained yet
 };
 
+// Two tiers' images, and what a power cut would leave of each (SnapRegion's
+// `durable`): crash points take the durable ones.
 struct Images {
   std::vector<uint8_t> fast = std::vector<uint8_t>(kRegion);
   std::vector<uint8_t> slow = std::vector<uint8_t>(kRegion);
+  std::vector<uint8_t> fast_durable = std::vector<uint8_t>(kRegion);
+  std::vector<uint8_t> slow_durable = std::vector<uint8_t>(kRegion);
   std::function<void()> event;
 };
 
 Result<std::unique_ptr<Store>> open(Images& im, bool with_slow = true) {
-  return Store::Open(std::make_unique<SnapRegion>(&im.fast, &im.event), StoreOpenOptions{},
-                     with_slow ? std::make_unique<SnapRegion>(&im.slow, &im.event) : nullptr);
+  return Store::Open(std::make_unique<SnapRegion>(&im.fast, &im.event, &im.fast_durable), StoreOpenOptions{},
+                     with_slow ? std::make_unique<SnapRegion>(&im.slow, &im.event, &im.slow_durable) : nullptr);
 }
 
 uint64_t va(int i) { return static_cast<uint64_t>(i) * kBlockSize; }
@@ -86,6 +111,8 @@ uint32_t fill(Store& s, uint64_t vaddr, uint8_t seed) {
   EXPECT_TRUE(off) << off.error().message();
   uint8_t* p = s.region().base() + *off;
   for (uint64_t i = 0; i < kBlockSize; i += 4096) std::memset(p + i, seed + i / 4096, 4096);
+  // Durable, as a client's writes are once a sync point acknowledged them.
+  EXPECT_TRUE(s.region().persist(*off, kBlockSize));
   return crc32c(p, kBlockSize);
 }
 
@@ -328,10 +355,10 @@ TEST(SlowTier, ACheckWithASlowTierNotAttachedYetPassesTheStore) {
 // the flag, and only with its slow tier.
 TEST(SlowTier, FlagSurvivesACrashBetweenItsTwoStores) {
   Images im;
-  ASSERT_TRUE(Store::Open(std::make_unique<SnapRegion>(&im.fast, &im.event), StoreOpenOptions{}));
+  ASSERT_TRUE(Store::Open(std::make_unique<SnapRegion>(&im.fast, &im.event, &im.fast_durable), StoreOpenOptions{}));
   EXPECT_EQ(im.fast[12], 0);  // flags
   std::vector<std::vector<uint8_t>> crashes;
-  im.event = [&] { crashes.push_back(im.fast); };
+  im.event = [&] { crashes.push_back(im.fast_durable); };
   ASSERT_TRUE(open(im));
   im.event = nullptr;
   EXPECT_EQ(im.fast[12], 1);
@@ -401,7 +428,7 @@ void crash_points(bool promote) {
   {
     auto s = open(im);
     ASSERT_TRUE(s);
-    im.event = [&] { crashes.emplace_back(im.fast, im.slow); };
+    im.event = [&] { crashes.emplace_back(im.fast_durable, im.slow_durable); };
     mid_copy = im.event;
     ASSERT_TRUE(move(**s, target, promote ? kTierFast : kTierSlow));
     im.event = nullptr;
@@ -465,7 +492,7 @@ void batch_crash_points(bool promote) {
   {
     auto s = open(im);
     ASSERT_TRUE(s);
-    im.event = [&] { crashes.emplace_back(im.fast, im.slow); };
+    im.event = [&] { crashes.emplace_back(im.fast_durable, im.slow_durable); };
     std::vector<Store::Move> moves;
     for (uint64_t v : batch) {
       auto m = (*s)->begin_move(v, to);
