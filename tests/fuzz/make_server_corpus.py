@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 # Writes the seed corpus for server_fuzz (tests/fuzz/corpus/server/): one
-# session per file, byte 0 choosing it (0: no key, 1: key, before HELLO;
-# 2: key, after the harness's own HELLO + AUTH), then the frames the client
-# sends, laid out as in docs/protocol.md.
+# session per file, byte 0 choosing it (% 3 - 0: no key, 1: key, before HELLO;
+# 2: key, after the harness's own HELLO + AUTH; // 3 % 3 the store's medium;
+# // 9 % 2 one or two connections), then the frames the client sends, laid
+# out as in docs/protocol.md.
 # Run once from the repository root; the outputs are committed.
 import os
 import struct
@@ -76,6 +77,43 @@ FILES = {
     "authenticated_unmap_then_read": bytes([AUTHENTICATED]) + io(WRITE, 1, 0, 1, b"z", rid=2) +
     addr(UNMAP, 0, 3) + io(READ, 1, 0, 1, rid=4) + addr(FREE, 0, 5),
 }
+
+# Two connections (byte 0 // 9 % 2 == 1): a frame whose request_id has bit 63
+# set goes to the second. Both say HELLO and FENCE; the second's FENCE cuts
+# the first off when it names the same scope and the same writer and channel
+# (a reconnect) or another writer, and leaves it alone for another scope.
+B = 1 << 63
+TWO = 9
+
+
+def both_fence(second_scope, second_writer, second_channel):
+    feats = SYNC_READ | PERSIST_RPC | FENCE_FEATURE
+    first = (hello(rid=1, features=feats) + fence(0, 1, 0, 2) + addr(ALLOC, 0, 3) + map_(0, 3, 4) +
+             io(WRITE, 0x1234ABCD, 0, 4, b"abcd", rid=5) + frame(STAT, rid=6) + addr(FREE, MB2, 7))
+    second = (hello(rid=B | 1, features=feats) + fence(second_scope, second_writer, second_channel, B | 2) +
+              addr(ALLOC, MB2, B | 3) + frame(STAT, rid=B | 4) + persist([], B | 5))
+    # Interleaved frame by frame, as two queues would send them.
+    out, a, b = b"", split_frames(first), split_frames(second)
+    for i in range(max(len(a), len(b))):
+        out += (a[i] if i < len(a) else b"") + (b[i] if i < len(b) else b"")
+    return out
+
+
+def split_frames(stream):
+    frames, pos = [], 0
+    while pos < len(stream):
+        n = struct.unpack_from("<I", stream, pos + 12)[0]
+        frames.append(stream[pos:pos + 32 + n])
+        pos += 32 + n
+    return frames
+
+
+FILES["two_fence_reconnect"] = bytes([NO_KEY + TWO]) + both_fence(0, 1, 0)
+FILES["two_fence_other_writer"] = bytes([NO_KEY + TWO]) + both_fence(0, 2, 0)
+FILES["two_fence_other_scope"] = bytes([NO_KEY + TWO]) + both_fence(MB2, 1, 0)
+FILES["two_fence_same_writer_other_channel"] = bytes([NO_KEY + TWO]) + both_fence(0, 1, 1)
+FILES["two_key_sessions"] = bytes([KEY + TWO]) + hello() + hello(rid=B | 1) + frame(AUTH, bytes(32), rid=B | 2)
+FILES["file_two_fence_reconnect"] = bytes([NO_KEY + 3 + TWO]) + both_fence(0, 1, 0)
 
 # The same sessions on the other media (byte 0 // 3): 1 a store posing as a
 # page-cache file (sync points wait for an fdatasync), 2 one whose fdatasync

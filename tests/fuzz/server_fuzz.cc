@@ -2,9 +2,15 @@
 // is a session played against a real Server over an in-memory store, through
 // a socketpair handed to Server::adopt().
 //
-// Input: byte 0 picks the session (its value % 3) and the store's medium
-// (its value / 3 % 3), the rest is the byte stream the client sends (frames
-// back to back, as on a connection). Sessions:
+// Input: byte 0 picks the session (its value % 3), the store's medium (its
+// value / 3 % 3) and, for sessions 0 and 1, one or two connections (its value
+// / 9 % 2); the rest is the byte stream the client sends (frames back to
+// back, as on a connection). With two connections each frame goes to the one
+// that bit 63 of its request_id names (1: the second), the bytes after the
+// last whole frame to the one the second connection's bit names if they hold
+// that field, else the first; each connection is sent its share at once, so
+// the brick interleaves them as its loop takes them. That reaches FENCE
+// cutting off another connection of the same scope. Sessions:
 //   0  a brick without a key: the stream starts before HELLO
 //   1  a brick with a key: the stream starts before HELLO (the AUTH the
 //      fuzzer cannot forge is the attack surface)
@@ -28,8 +34,9 @@
 //    so EIO would be a failure invented by the brick;
 //  - once the client half-closes, the brick answers every whole request it
 //    got, unless it closed the connection after an error that closes it
-//    (header-level, or a refused handshake), and closes within 10 s;
-//  - when the connection is gone, every mapping it made is revoked.
+//    (header-level, or a refused handshake) or the other connection sent a
+//    FENCE (which may cut this one off), and closes within 10 s;
+//  - when the connections are gone, every mapping they made is revoked.
 #include <poll.h>
 #include <sys/socket.h>
 
@@ -265,6 +272,124 @@ void check_success_payload(proto::Opcode op, std::span<const uint8_t> p) {
   }
 }
 
+// One client connection: what the harness sends on it and what came back.
+struct Conn {
+  UniqueFd fd;
+  std::vector<uint8_t> out;
+  std::vector<uint8_t> replies;
+};
+
+// Bit 63 of the request_id of the header at `hdr` (at least 24 bytes).
+bool second_connection(const uint8_t* hdr) { return (hdr[23] & 0x80) != 0; }
+
+// Splits `stream` between two connections (see the top of this file).
+void split(std::span<const uint8_t> stream, std::vector<uint8_t>* first, std::vector<uint8_t>* second) {
+  size_t pos = 0;
+  while (stream.size() - pos >= kHeaderSize) {
+    auto h = proto::decode_header(stream.subspan(pos, kHeaderSize), false);
+    if (!h || stream.size() - pos - kHeaderSize < h->payload_len) break;
+    std::vector<uint8_t>* to = second_connection(stream.data() + pos) ? second : first;
+    to->insert(to->end(), stream.begin() + pos, stream.begin() + pos + kHeaderSize + h->payload_len);
+    pos += kHeaderSize + h->payload_len;
+  }
+  std::vector<uint8_t>* rest = stream.size() - pos >= 24 && second_connection(stream.data() + pos) ? second : first;
+  rest->insert(rest->end(), stream.begin() + pos, stream.end());
+}
+
+// Whether `stream` holds a whole FENCE frame (after which the brick may close
+// other connections of its scope).
+bool sends_fence(std::span<const uint8_t> stream) {
+  size_t whole = 0;
+  std::vector<Request> requests = delimit(stream, &whole);
+  for (size_t i = 0; i < whole; i++) {
+    if (requests[i].header_ok && requests[i].opcode == static_cast<uint8_t>(proto::Opcode::kFence)) return true;
+  }
+  return false;
+}
+
+// Sends every connection's share while collecting replies, so neither side's
+// socket buffer fills up and stalls the other; half-closes each once it is
+// all sent, and returns when the brick closed every one.
+void exchange(Conn* conns, int n) {
+  size_t sent[2] = {0, 0};
+  bool eof[2] = {false, false};
+  for (int c = 0; c < n; c++) {
+    if (conns[c].out.empty()) ::shutdown(conns[c].fd.get(), SHUT_WR);
+  }
+  for (;;) {
+    pollfd p[2];
+    int live[2], k = 0;
+    for (int c = 0; c < n; c++) {
+      if (eof[c]) continue;
+      p[k] = {conns[c].fd.get(), static_cast<short>(POLLIN | (sent[c] < conns[c].out.size() ? POLLOUT : 0)), 0};
+      live[k++] = c;
+    }
+    if (k == 0) return;
+    if (::poll(p, static_cast<nfds_t>(k), kCloseTimeoutMs) == 0) fail("the brick neither answered nor closed within 10 s");
+    for (int i = 0; i < k; i++) {
+      Conn& conn = conns[live[i]];
+      const int c = live[i];
+      if (p[i].revents & (POLLIN | POLLHUP | POLLERR)) {
+        uint8_t buf[65536];
+        ssize_t r = ::recv(conn.fd.get(), buf, sizeof buf, MSG_DONTWAIT);
+        if (r > 0) conn.replies.insert(conn.replies.end(), buf, buf + r);
+        if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) eof[c] = true;
+      }
+      if ((p[i].revents & POLLOUT) && sent[c] < conn.out.size()) {
+        ssize_t w = ::send(conn.fd.get(), conn.out.data() + sent[c], conn.out.size() - sent[c],
+                           MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (w > 0) sent[c] += static_cast<size_t>(w);
+        if (w < 0 && errno != EAGAIN && errno != EINTR) sent[c] = conn.out.size();  // closed by the brick
+        if (sent[c] == conn.out.size()) ::shutdown(conn.fd.get(), SHUT_WR);
+      }
+    }
+  }
+}
+
+// The replies of one connection against what it sent (see the top of this
+// file). `eio_allowed`: the store's fdatasync fails. `may_be_cut_off`: another
+// connection sent a FENCE.
+void check_replies(const Conn& conn, bool eio_allowed, bool may_be_cut_off) {
+  std::span<const uint8_t> stream(conn.out);
+  const std::vector<uint8_t>& replies = conn.replies;
+  size_t whole = 0;
+  std::vector<Request> requests = delimit(stream, &whole);
+  size_t pos = 0, n = 0;
+  uint32_t last_status = 0;
+  while (pos < replies.size()) {
+    if (replies.size() - pos < kHeaderSize) fail("a truncated reply header", replies.size() - pos);
+    std::span<const uint8_t> hdr(replies.data() + pos, kHeaderSize);
+    uint32_t magic, status, len;
+    uint16_t flags;
+    uint64_t rid, reserved;
+    std::memcpy(&magic, hdr.data(), 4);
+    std::memcpy(&flags, hdr.data() + 6, 2);
+    std::memcpy(&status, hdr.data() + 8, 4);
+    std::memcpy(&len, hdr.data() + 12, 4);
+    std::memcpy(&rid, hdr.data() + 16, 8);
+    std::memcpy(&reserved, hdr.data() + 24, 8);
+    if (magic != proto::kMagic || flags != proto::kFlagReply || reserved != 0 || hdr[4] != proto::kVersion1) {
+      fail("a malformed reply header", n);
+    }
+    if (n >= requests.size()) fail("more replies than requests", n);
+    if (hdr[5] != requests[n].opcode || rid != requests[n].request_id) fail("a reply out of order", n);
+    if (status == proto::wire_status(EIO) && !eio_allowed) fail("EIO from an in-memory store", n);
+    if (replies.size() - pos - kHeaderSize < len) fail("a truncated reply payload", n);
+    if (status != 0 && len != 0) fail("an error reply with a payload", n);
+    if (status == 0) {
+      auto h = proto::decode_header(hdr, true);
+      if (!h) fail("a success reply the client decoder refuses", n);
+      check_success_payload(h->opcode, {replies.data() + pos + kHeaderSize, len});
+    }
+    pos += kHeaderSize + len;
+    last_status = status;
+    n++;
+  }
+  if (n < whole && !may_be_cut_off && (n == 0 || !closes_connection(requests[n - 1], last_status))) {
+    fail("the brick closed without answering every request", n);
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
@@ -291,89 +416,45 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (session != 0) options.key = test_key();
   auto server = Server::Create(**store, options);
   if (!server) fail("Server::Create");
-  int sv[2];
-  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) fail("socketpair");
-  UniqueFd client(sv[0]);
-  if (!(*server)->adopt(UniqueFd(sv[1]))) fail("adopt");
+  const bool two = session != 2 && data[0] / 9 % 2 == 1;
+  Conn conns[2];
+  for (int c = 0; c < (two ? 2 : 1); c++) {
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) fail("socketpair");
+    conns[c].fd.reset(sv[0]);
+    if (!(*server)->adopt(UniqueFd(sv[1]))) fail("adopt");
+  }
   std::thread loop([&] {
     Status st = (*server)->run();
     if (!st) fail("Server::run failed");
   });
 
   if (session == 2) {
-    if (!authenticate(client.get(), *options.key)) fail("a correct HELLO + AUTH was refused");
+    const int fd = conns[0].fd.get();
+    if (!authenticate(fd, *options.key)) fail("a correct HELLO + AUTH was refused");
     uint8_t p[proto::kMapRequestSize];
     proto::encode_addr_request({0}, p);
-    if (!call(client.get(), proto::Opcode::kAlloc, {p, proto::kAddrRequestSize}, 0xCCCC)) fail("harness ALLOC");
+    if (!call(fd, proto::Opcode::kAlloc, {p, proto::kAddrRequestSize}, 0xCCCC)) fail("harness ALLOC");
     proto::encode_map_request({0, proto::kMapWrite | proto::kMapShared}, p);
-    auto m = call(client.get(), proto::Opcode::kMap, p, 0xDDDD);
+    auto m = call(fd, proto::Opcode::kMap, p, 0xDDDD);
     if (!m) fail("harness MAP");
     auto handle = proto::decode_map_reply(*m);
     if (!handle) fail("harness MAP reply");
     rewrite_handles(bytes, *handle);
   }
-  std::span<const uint8_t> stream(bytes);
-  // Send everything while collecting replies, so neither side's socket
-  // buffer fills up and stalls the other.
-  std::vector<uint8_t> replies;
-  size_t sent = 0;
-  bool eof = false;
-  if (stream.empty()) ::shutdown(client.get(), SHUT_WR);
-  while (!eof) {
-    pollfd p{client.get(), static_cast<short>(POLLIN | (sent < stream.size() ? POLLOUT : 0)), 0};
-    if (::poll(&p, 1, kCloseTimeoutMs) == 0) fail("the brick neither answered nor closed within 10 s");
-    if (p.revents & POLLIN) {
-      uint8_t buf[65536];
-      ssize_t r = ::recv(client.get(), buf, sizeof buf, MSG_DONTWAIT);
-      if (r > 0) replies.insert(replies.end(), buf, buf + r);
-      if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) eof = true;
-    }
-    if ((p.revents & POLLOUT) && sent < stream.size()) {
-      ssize_t w = ::send(client.get(), stream.data() + sent, stream.size() - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
-      if (w > 0) sent += static_cast<size_t>(w);
-      if (w < 0 && errno != EAGAIN && errno != EINTR) sent = stream.size();  // closed by the brick
-      if (sent == stream.size()) ::shutdown(client.get(), SHUT_WR);
-    }
+  if (two) {
+    split(bytes, &conns[0].out, &conns[1].out);
+  } else {
+    conns[0].out = std::move(bytes);
   }
+  exchange(conns, two ? 2 : 1);
   (*server)->stop();
   loop.join();
 
-  // Replies: in request order, each echoing its request.
-  size_t whole = 0;
-  std::vector<Request> requests = delimit(stream, &whole);
-  size_t pos = 0, n = 0;
-  uint32_t last_status = 0;
-  while (pos < replies.size()) {
-    if (replies.size() - pos < kHeaderSize) fail("a truncated reply header", replies.size() - pos);
-    std::span<const uint8_t> hdr(replies.data() + pos, kHeaderSize);
-    uint32_t magic, status, len;
-    uint16_t flags;
-    uint64_t rid, reserved;
-    std::memcpy(&magic, hdr.data(), 4);
-    std::memcpy(&flags, hdr.data() + 6, 2);
-    std::memcpy(&status, hdr.data() + 8, 4);
-    std::memcpy(&len, hdr.data() + 12, 4);
-    std::memcpy(&rid, hdr.data() + 16, 8);
-    std::memcpy(&reserved, hdr.data() + 24, 8);
-    if (magic != proto::kMagic || flags != proto::kFlagReply || reserved != 0 || hdr[4] != proto::kVersion1) {
-      fail("a malformed reply header", n);
-    }
-    if (n >= requests.size()) fail("more replies than requests", n);
-    if (hdr[5] != requests[n].opcode || rid != requests[n].request_id) fail("a reply out of order", n);
-    if (status == proto::wire_status(EIO) && medium != 2) fail("EIO from an in-memory store", n);
-    if (replies.size() - pos - kHeaderSize < len) fail("a truncated reply payload", n);
-    if (status != 0 && len != 0) fail("an error reply with a payload", n);
-    if (status == 0) {
-      auto h = proto::decode_header(hdr, true);
-      if (!h) fail("a success reply the client decoder refuses", n);
-      check_success_payload(h->opcode, {replies.data() + pos + kHeaderSize, len});
-    }
-    pos += kHeaderSize + len;
-    last_status = status;
-    n++;
-  }
-  if (n < whole && (n == 0 || !closes_connection(requests[n - 1], last_status))) {
-    fail("the brick closed without answering every request", n);
+  for (int c = 0; c < (two ? 2 : 1); c++) {
+    // A FENCE on the other connection may have cut this one off.
+    bool may_be_cut_off = two && sends_fence(conns[1 - c].out);
+    check_replies(conns[c], medium == 2, may_be_cut_off);
   }
   StoreStats stats = (*store)->stats();
   if (stats.mapped_blocks != 0) fail("mappings survived their connection", stats.mapped_blocks);
