@@ -52,6 +52,7 @@ void TcpChannel::attach(UniqueFd fd, bool persist_rpc) {
   ::setsockopt(fd_.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
   in_start_ = in_end_ = 0;
   seg_head_ = seg_count_ = seg_offset_ = 0;
+  sent_bytes_ = queued_bytes_;  // what was queued is gone
   last_progress_ = std::chrono::steady_clock::now();
   tearing_down_ = false;
 }
@@ -133,6 +134,7 @@ void TcpChannel::stop(ChannelRing& ring) {
 void TcpChannel::disconnect(int status) {
   fd_.reset();
   seg_head_ = seg_count_ = seg_offset_ = 0;
+  sent_bytes_ = queued_bytes_;  // what was queued is gone
   in_start_ = in_end_ = 0;
   for (uint32_t i = 0; i < depth_; i++) {
     if (slots_[i].op != nullptr) complete(i, status);
@@ -143,6 +145,7 @@ void TcpChannel::push_segment(const uint8_t* data, size_t len) {
   size_t tail = (seg_head_ + seg_count_) % segments_.size();
   segments_[tail] = Segment{data, len};
   seg_count_++;
+  queued_bytes_ += len;
 }
 
 uint32_t TcpChannel::enqueue(Op* op, bool is_sync) {
@@ -161,6 +164,7 @@ uint32_t TcpChannel::enqueue(Op* op, bool is_sync) {
     proto::encode_header(h, slot.wire.data());
     proto::encode_persist_request({}, slot.wire.data() + kHeaderSize);
     push_segment(slot.wire.data(), kHeaderSize + h.payload_len);
+    slot.sent_by = queued_bytes_;
     return index;
   }
   h.payload_len = static_cast<uint32_t>(proto::kIoRequestSize + (op->opcode == Opcode::kWrite ? op->length : 0));
@@ -168,6 +172,7 @@ uint32_t TcpChannel::enqueue(Op* op, bool is_sync) {
   proto::encode_io_request({op->rkey, op->remote_addr, op->length}, slot.wire.data() + kHeaderSize);
   push_segment(slot.wire.data(), slot.wire.size());
   if (op->opcode == Opcode::kWrite) push_segment(op->buf, op->length);
+  slot.sent_by = queued_bytes_;
   return index;
 }
 
@@ -206,6 +211,7 @@ size_t TcpChannel::send_iov(iovec* iov, size_t max) const {
 }
 
 void TcpChannel::on_sent(size_t n) {
+  sent_bytes_ += n;
   while (n > 0 && seg_count_ > 0) {
     const Segment& s = segments_[seg_head_];
     size_t left = s.len - seg_offset_;
@@ -261,6 +267,12 @@ Status TcpChannel::on_received(size_t n) {
       return Error(EPROTO, "reply from brick matches no request in flight");
     }
     Slot& slot = slots_[index];
+    // A brick answers a request once it read all of it, which it can only
+    // after the send that carried its last byte completed here (replies come
+    // in after that send's completion). A reply to one still queued would
+    // free its slot - its header buffer and the WRITE's data still to be sent
+    // - for the next request.
+    if (slot.sent_by > sent_bytes_) return Error(EPROTO, "reply from brick to a request not sent yet");
     int status = h->status == 0 ? 0 : proto::errno_from_wire(h->status);
     if (status == 0 && h->opcode == Opcode::kRead) {
       if (h->payload_len != slot.op->length) return Error(EPROTO, "READ reply of the wrong length");

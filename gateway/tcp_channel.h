@@ -6,7 +6,7 @@
 //
 // Request ids on the wire: bits 0..15 the slot index, bits 16..63 a sequence
 // number, so a stray or duplicated reply is detected instead of completing
-// the wrong request. A sync is a 1-byte READ through the last written handle:
+// the wrong request; so is a reply to a request not all sent yet. A sync is a 1-byte READ through the last written handle:
 // the brick answers a READ only after persisting the connection's earlier
 // WRITEs; when the READ is refused because the handle died, a PERSIST naming
 // no range confirms the sync.
@@ -78,6 +78,7 @@ class TcpChannel final : public DataChannel {
     uint64_t sequence = 0;
     uint64_t covers_write_seq = 0;  // for syncs
     bool is_sync = false;
+    uint64_t sent_by = 0;  // queued_bytes_ once its last byte was queued
     std::array<uint8_t, proto::kHeaderSize + proto::kIoRequestSize> wire{};
   };
   struct Segment {
@@ -99,6 +100,9 @@ class TcpChannel final : public DataChannel {
   // in the callers' buffers); capacity 2 * depth never overflows.
   std::vector<Segment> segments_;
   size_t seg_head_ = 0, seg_count_ = 0, seg_offset_ = 0;
+  // Bytes ever queued and ever sent: a request whose sent_by is beyond
+  // sent_bytes_ is still (partly) queued, and no reply may free its slot.
+  uint64_t queued_bytes_ = 0, sent_bytes_ = 0;
 
   // Receive buffer: room for the largest reply and more. Not zeroed, so the
   // pages a connection never receives into are never touched.

@@ -247,6 +247,32 @@ TEST_F(TcpChannelTest, AReadReplyOfTheWrongLengthBreaksTheConnection) {
   EXPECT_EQ(dones_[r].calls, 0) << "nothing was copied into the caller's buffer as if it were the data";
 }
 
+// A brick answers a request only once it read all of it. A reply to one
+// whose data is still queued here (a brick guessing request ids) breaks the
+// connection instead of freeing the slot whose header and data the send
+// queue still points at for the next request to overwrite.
+TEST_F(TcpChannelTest, AReplyToARequestNotAllSentYetBreaksTheConnection) {
+  std::vector<uint8_t> data(4096, 0x5A);
+  size_t w = write(data);
+  iovec iov[4];
+  ASSERT_EQ(channel_.send_iov(iov, 4), 2u);  // header + request, then the data
+  ASSERT_EQ(iov[0].iov_len, kHeaderSize + proto::kIoRequestSize);
+  channel_.on_sent(iov[0].iov_len + 100);  // the data only begun
+  auto req = proto::decode_header({static_cast<const uint8_t*>(iov[0].iov_base), kHeaderSize}, false);
+  ASSERT_TRUE(req.ok());
+  proto::FrameHeader h;
+  h.opcode = Opcode::kWrite;
+  h.flags = proto::kFlagReply;
+  h.request_id = req->request_id;
+  std::vector<uint8_t> frame(kHeaderSize);
+  proto::encode_header(h, frame.data());
+  Status st = deliver(frame, frame.size());
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().errnum(), EPROTO);
+  EXPECT_NE(st.error().message().find("not sent yet"), std::string::npos) << st.error().message();
+  EXPECT_EQ(dones_[w].calls, 0) << "the WRITE completed with its data still to be sent";
+}
+
 // A ring that records the SQEs a channel arms instead of submitting them.
 class RecordingRing final : public ChannelRing {
  public:

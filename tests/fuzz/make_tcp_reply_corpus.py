@@ -30,6 +30,8 @@ def req_write(kb):
 SYNC, SYNC_CHAINED = 2, 6
 
 
+# flags: 1 PERSIST_RPC granted, 2 sends taken off the queue at once, 4 a new
+# WRITE into each slot a reply freed.
 def seed(flags, piece, requests, stream):
     return bytes([flags, piece, len(requests) - 1]) + bytes(requests) + stream
 
@@ -62,11 +64,17 @@ SEEDS = {
     # A reply naming a request not in flight (wrong sequence): the channel
     # refuses the stream.
     "stray_reply": seed(2, 10, [req_read(1)], reply(READ, 0, data(1024, 5), seq=9)),
-    # Nothing taken off the send queue: every slot in flight, all WRITEs but
-    # one sync, the sync refused and confirmed, the rest answered.
-    "full_queue": seed(1, 50, [req_write(1)] * 15 + [SYNC],
+    # Every slot in flight, all WRITEs but one sync, the sync refused and
+    # confirmed, the rest answered.
+    "full_queue": seed(3, 50, [req_write(1)] * 15 + [SYNC],
                        b"".join(reply(WRITE, i) for i in range(15)) +
                        reply(READ, 15, status=EKEYREJECTED) + reply(PERSIST, 15, seq=17)),
+    # Nothing taken off the send queue, every slot a WRITE, and the brick
+    # answers four of them before their bytes left (guessing the ids): the
+    # channel refuses that (new WRITEs taking the slots would overwrite what
+    # is still to be sent).
+    "answered_before_sent": seed(4, 50, [req_write(1)] * 16,
+                                 b"".join(reply(WRITE, i) for i in range(4))),
 }
 
 os.makedirs(OUT, exist_ok=True)

@@ -9,7 +9,9 @@
 //            confirmed by a PERSIST); bit 1: the requests' bytes are taken
 //            off the send queue as they are queued (a brick can only answer
 //            what it received, but it can guess request ids: with the bit
-//            clear every request stays queued)
+//            clear every request stays queued); bit 2: after each receive, a
+//            new WRITE takes the slot of each request that completed (up to
+//            16 in all), as a loop with more work does
 //   byte 1   the size of each receive, 1 + 61 * value bytes
 //   byte 2   n: 1 + value % 16 requests, one byte each next:
 //              bits 0-1: 0, 3 READ; 1 WRITE; 2 a sync (FLUSH), chained when
@@ -28,7 +30,9 @@
 //    walk of the stream for frames naming the READ's request id);
 //  - the channel always has room for the rest of a frame it accepted
 //    (recv_space() never empty while on_received() accepts);
-//  - the send queue never holds more than its capacity.
+//  - what the channel sends is whole request frames, no more than the
+//    requests made (a send queue that overflowed, or a slot taken again while
+//    its bytes were still queued, would lose, repeat or overwrite some).
 #include <sys/uio.h>
 
 #include <cerrno>
@@ -36,6 +40,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <memory>
 #include <span>
 #include <vector>
@@ -63,6 +68,7 @@ struct Request {
   uint32_t length = 0;
   bool read = false;   // a READ of the caller's (not a sync)
   bool sync = false;
+  bool followed = false;  // a new WRITE was submitted once this one completed
   uint64_t request_id = 0;  // on the wire: slot | sequence << 16
   int calls = 0;
   int status = -1;
@@ -76,17 +82,34 @@ void on_done(DataChannel::Op* op, int status) {
   if (status < 0) fail("an op completed with a negative status", static_cast<uint64_t>(-status));
 }
 
-// Takes everything queued off the send queue, as a socket that takes it all.
-size_t drain(TcpChannel& channel) {
+// Takes everything queued off the send queue, as a socket that takes it all,
+// and appends it to `wire`.
+void drain(TcpChannel& channel, std::vector<uint8_t>* wire) {
   iovec iov[64];
-  size_t total = 0, n;
+  size_t n;
   while ((n = channel.send_iov(iov, 64)) > 0) {
     size_t bytes = 0;
-    for (size_t i = 0; i < n; i++) bytes += iov[i].iov_len;
+    for (size_t i = 0; i < n; i++) {
+      const auto* p = static_cast<const uint8_t*>(iov[i].iov_base);
+      wire->insert(wire->end(), p, p + iov[i].iov_len);
+      bytes += iov[i].iov_len;
+    }
     channel.on_sent(bytes);
-    total += bytes;
   }
-  return total;
+}
+
+// Whether `wire` is whole request frames back to back, each with a header
+// the brick accepts: what a send queue that lost or repeated a segment would
+// not be.
+bool whole_requests(std::span<const uint8_t> wire) {
+  size_t pos = 0;
+  while (pos < wire.size()) {
+    if (wire.size() - pos < kHeaderSize) return false;
+    auto h = proto::decode_header(wire.subspan(pos, kHeaderSize), /*expect_reply=*/false);
+    if (!h || wire.size() - pos - kHeaderSize < h->payload_len) return false;
+    pos += kHeaderSize + h->payload_len;
+  }
+  return true;
 }
 
 // The payload of the reply that completes READ `request_id`, found by the
@@ -118,13 +141,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 3) return 0;
   const bool persist_rpc = (data[0] & 1) != 0;
   const bool drain_sends = (data[0] & 2) != 0;
+  const bool follow_up = (data[0] & 4) != 0;
   const size_t piece = 1 + 61 * size_t{data[1]};
   const size_t n = 1 + data[2] % kDepth;
   if (size < 3 + n) return 0;
   std::span<const uint8_t> stream(data + 3 + n, size - 3 - n);
 
-  std::vector<Request> requests(n);
-  size_t enqueued = 0, syncs = 0, queued_bytes = 0;
+  std::deque<Request> requests(n);  // follow-ups are appended: addresses stay
+  size_t enqueued = 0, syncs = 0, queued_bytes = 0, follow_ups = 0;
+  std::vector<uint8_t> wire;  // every byte the channel sent
   {
     TcpChannel channel(kDepth);
     channel.attach(UniqueFd(), persist_rpc);
@@ -158,7 +183,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       r.request_id = (uint64_t{enqueued} + 1) << 16 | enqueued;
       enqueued++;
       queued_bytes += kHeaderSize + proto::kIoRequestSize + (r.op.opcode == Opcode::kWrite ? r.length : 0);
-      if (drain_sends) drain(channel);
+      if (drain_sends) drain(channel, &wire);
     }
 
     // The brick's bytes, a receive at a time, until the channel refuses them.
@@ -169,14 +194,27 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       std::memcpy(space.data(), left.data(), take);
       left = left.subspan(take);
       if (!channel.on_received(take)) break;
-      if (drain_sends) drain(channel);
+      for (size_t i = 0; follow_up && i < requests.size() && follow_ups < kDepth && !channel.full(); i++) {
+        if (requests[i].calls == 0 || requests[i].followed) continue;
+        requests[i].followed = true;
+        Request& r = requests.emplace_back();
+        r.length = 512;
+        r.buf = std::make_unique<uint8_t[]>(r.length);
+        std::memset(r.buf.get(), 0x5A, r.length);
+        r.op = {Opcode::kWrite, 7, 0, r.length, r.buf.get(), on_done, &r, false};
+        channel.submit(&r.op);
+        queued_bytes += kHeaderSize + proto::kIoRequestSize + r.length;
+        follow_ups++;
+      }
+      if (drain_sends) drain(channel, &wire);
     }
-    // Never more bytes to send than the requests made, plus a PERSIST for
-    // each sync (a refused one is confirmed by one): a send queue that
-    // overflowed would send some twice.
-    const size_t left = drain(channel);
-    if (!drain_sends && left > queued_bytes + syncs * (kHeaderSize + proto::persist_request_size(0))) {
-      fail("more queued to send than the requests made", left);
+    // What went out is whole request frames, never more than the requests
+    // made plus a PERSIST for each sync (a refused one is confirmed by one): a
+    // send queue that overflowed would lose or repeat segments.
+    drain(channel, &wire);
+    if (!whole_requests(wire)) fail("the bytes sent are not whole request frames", wire.size());
+    if (wire.size() > queued_bytes + syncs * (kHeaderSize + proto::persist_request_size(0))) {
+      fail("more sent than the requests made", wire.size());
     }
     channel.disconnect(ESHUTDOWN);
   }
