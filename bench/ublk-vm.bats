@@ -64,6 +64,8 @@ say() { echo "ublk-vm: $*" >&2; }
       "${rate[nbd]}" "${rate[loop]}" "$(echo "${rate[ublk]} / ${rate[nbd]}" | bc -l)" \
       "$(echo "${rate[ublk]} / ${rate[loop]}" | bc -l)" "${mean[ublk]}|${mean[nbd]}|${mean[loop]}" \
       "${sys[ublk]}|${sys[nbd]}|${sys[loop]}" "${srv[ublk]}|${srv[nbd]}")")
+    # On stdout: bats shows it when a later step fails, so what was measured is not lost.
+    echo "measured: ${rows[-1]}"
   done
   {
     printf '# %-18s %10s %10s %10s %8s %9s  %-24s %-22s %s\n' job ublk nbd loop ublk/nbd ublk/loop \

@@ -1000,8 +1000,9 @@ TEST(Tiering, ADemotionFlipsOnlyOnceItsCopyIsSynced) {
   ASSERT_NO_FATAL_FAILURE(run_past_sync(started));
   EXPECT_EQ(*store->tier_of(va(0)), kTierFast) << "flipped before its copy was durable";
   EXPECT_EQ(in_the_map(), 0u);
-  // The failed sync gives the move up; the mover tries again at once, into
-  // another slot (the failed one is left alone), and that sync is held too.
+  // The failed sync gives the move up; the mover tries again at once (the
+  // slot goes back to the free list: its copy succeeded), and that sync is
+  // held too.
   started = slow->syncs_started();
   slow->release_sync(EIO);
   ASSERT_NO_FATAL_FAILURE(run_past_sync(started));

@@ -21,7 +21,7 @@
 //      offset in it, so that the data paths are reachable although rkeys
 //      are random
 // Media:
-//   0  memory the brick persists as pmem (no fdatasync)
+//   0  memory with no file behind it: sync points have no fdatasync to wait for
 //   1  memory behind a FaultInjectionRegion posing as a page-cache file: every
 //      sync point waits for an asynchronous fdatasync through the brick's ring
 //   2  the same, with every fdatasync failing (EIO)
@@ -30,8 +30,9 @@
 //  - every reply is a well-formed reply frame; replies come in request order,
 //    echo the opcode byte and request_id of their request, and a success
 //    reply's payload passes the client's decoder;
-//  - nothing fails with EIO but on medium 2: an in-memory store cannot fail,
-//    so EIO would be a failure invented by the brick;
+//  - nothing fails with EIO but, on medium 2, READ and PERSIST (the sync
+//    points): an in-memory store cannot fail, so EIO would be a failure
+//    invented by the brick;
 //  - once the client half-closes, the brick answers every whole request it
 //    got, unless it closed the connection after an error that closes it
 //    (header-level, or a refused handshake) or the other connection sent a
@@ -347,8 +348,8 @@ void exchange(Conn* conns, int n) {
 }
 
 // The replies of one connection against what it sent (see the top of this
-// file). `eio_allowed`: the store's fdatasync fails. `may_be_cut_off`: another
-// connection sent a FENCE.
+// file). `eio_allowed`: the store's fdatasync fails (sync points may say so).
+// `may_be_cut_off`: another connection sent a FENCE.
 void check_replies(const Conn& conn, bool eio_allowed, bool may_be_cut_off) {
   std::span<const uint8_t> stream(conn.out);
   const std::vector<uint8_t>& replies = conn.replies;
@@ -373,7 +374,9 @@ void check_replies(const Conn& conn, bool eio_allowed, bool may_be_cut_off) {
     }
     if (n >= requests.size()) fail("more replies than requests", n);
     if (hdr[5] != requests[n].opcode || rid != requests[n].request_id) fail("a reply out of order", n);
-    if (status == proto::wire_status(EIO) && !eio_allowed) fail("EIO from an in-memory store", n);
+    const bool sync_point = hdr[5] == static_cast<uint8_t>(proto::Opcode::kRead) ||
+                            hdr[5] == static_cast<uint8_t>(proto::Opcode::kPersist);
+    if (status == proto::wire_status(EIO) && !(eio_allowed && sync_point)) fail("EIO from an in-memory store", n);
     if (replies.size() - pos - kHeaderSize < len) fail("a truncated reply payload", n);
     if (status != 0 && len != 0) fail("an error reply with a payload", n);
     if (status == 0) {
