@@ -19,7 +19,7 @@ constexpr uint64_t kSlotMask = 0xFFFF;
 }  // namespace
 
 TcpChannel::TcpChannel(uint32_t depth)
-    : depth_(depth), slots_(depth), segments_(2 * static_cast<size_t>(depth)),
+    : depth_(depth), slots_(depth), segments_(4 * static_cast<size_t>(depth)),
       in_(std::make_unique_for_overwrite<uint8_t[]>(kInCapacity)) {
   free_slots_.reserve(depth);
   for (uint32_t i = depth; i > 0; i--) free_slots_.push_back(i - 1);
@@ -53,6 +53,7 @@ void TcpChannel::attach(UniqueFd fd, bool persist_rpc) {
   in_start_ = in_end_ = 0;
   seg_head_ = seg_count_ = seg_offset_ = 0;
   sent_bytes_ = queued_bytes_;  // what was queued is gone
+  send_armed_bytes_ = 0;
   last_progress_ = std::chrono::steady_clock::now();
   tearing_down_ = false;
 }
@@ -100,6 +101,8 @@ Status TcpChannel::flush(ChannelRing& ring) {
       msg_.msg_iovlen = n;
       io_uring_prep_sendmsg(ring.channel_sqe(kSend), fd_.get(), &msg_, MSG_NOSIGNAL);
       send_inflight_ = true;
+      send_armed_bytes_ = 0;
+      for (size_t i = 0; i < n; i++) send_armed_bytes_ += iov_[i].iov_len;
     }
   }
   if (!recv_inflight_ && !stopping_) {
@@ -113,6 +116,7 @@ Status TcpChannel::flush(ChannelRing& ring) {
 Status TcpChannel::on_cqe(uint8_t event, int res) {
   if (event == kSend) {
     send_inflight_ = false;
+    send_armed_bytes_ = 0;
     if (res < 0) return Error(-res, "send to the brick");
     on_sent(static_cast<size_t>(res));
     return Status::Ok();
@@ -135,6 +139,7 @@ void TcpChannel::disconnect(int status) {
   fd_.reset();
   seg_head_ = seg_count_ = seg_offset_ = 0;
   sent_bytes_ = queued_bytes_;  // what was queued is gone
+  send_armed_bytes_ = 0;
   in_start_ = in_end_ = 0;
   for (uint32_t i = 0; i < depth_; i++) {
     if (slots_[i].op != nullptr) complete(i, status);
@@ -267,12 +272,16 @@ Status TcpChannel::on_received(size_t n) {
       return Error(EPROTO, "reply from brick matches no request in flight");
     }
     Slot& slot = slots_[index];
-    // A brick answers a request once it read all of it, which it can only
-    // after the send that carried its last byte completed here (replies come
-    // in after that send's completion). A reply to one still queued would
-    // free its slot - its header buffer and the WRITE's data still to be sent
-    // - for the next request.
-    if (slot.sent_by > sent_bytes_) return Error(EPROTO, "reply from brick to a request not sent yet");
+    // A brick answers a request once it read all of it: after the request's
+    // last byte was sent, or handed to the kernel in the send still in flight
+    // (a send that io_uring passes to a worker blocks until all of it is out,
+    // and the brick may answer its first requests before its completion). A
+    // reply to one not handed over yet would free its slot - the header
+    // buffer and the WRITE's data the send queue still points at - for the
+    // next request to overwrite.
+    if (slot.sent_by > sent_bytes_ + send_armed_bytes_) {
+      return Error(EPROTO, "reply from brick to a request not sent yet");
+    }
     int status = h->status == 0 ? 0 : proto::errno_from_wire(h->status);
     if (status == 0 && h->opcode == Opcode::kRead) {
       if (h->payload_len != slot.op->length) return Error(EPROTO, "READ reply of the wrong length");

@@ -97,12 +97,15 @@ class TcpChannel final : public DataChannel {
   uint64_t next_sequence_ = 1;
 
   // Send queue: a ring of segments (header bytes live in the slots, WRITE data
-  // in the callers' buffers); capacity 2 * depth never overflows.
+  // in the callers' buffers). A slot queues at most 2; one answered while its
+  // segments were still in the send in flight can be taken again before that
+  // send completes, so 4 per slot never overflows.
   std::vector<Segment> segments_;
   size_t seg_head_ = 0, seg_count_ = 0, seg_offset_ = 0;
   // Bytes ever queued and ever sent: a request whose sent_by is beyond
   // sent_bytes_ is still (partly) queued, and no reply may free its slot.
   uint64_t queued_bytes_ = 0, sent_bytes_ = 0;
+  uint64_t send_armed_bytes_ = 0;  // of the ring's send in flight: handed to the kernel
 
   // Receive buffer: room for the largest reply and more. Not zeroed, so the
   // pages a connection never receives into are never touched.

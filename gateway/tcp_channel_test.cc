@@ -394,6 +394,40 @@ TEST_F(TcpChannelSocketTest, WhatTheSocketCannotTakeAtOnceGoesThroughTheRingInOr
   EXPECT_EQ(dones_[w].calls, 0) << "completed before its reply";
 }
 
+// A send through the ring may still be in flight when the brick answers the
+// first requests it carried (io_uring hands a send the socket cannot take at
+// once to a worker, which completes it only when all of it is out): those
+// replies complete their requests; a reply to a request queued after that
+// send was armed is a protocol error.
+TEST_F(TcpChannelSocketTest, RepliesToRequestsOfTheSendInFlightCompleteThemBeforeItsCompletion) {
+  channel_.set_send_inline(false);
+  std::vector<uint8_t> data(4096, 0x33);
+  size_t a = write(data);
+  size_t b = write(data);
+  PBRICK_ASSERT_OK(channel_.flush(ring_));
+  ASSERT_EQ(ring_.count(TcpChannel::kSend), 1u);
+  size_t c = write(data);  // queued behind the send in flight
+  auto reply_to = [&](uint64_t request_id) {
+    proto::FrameHeader h;
+    h.opcode = Opcode::kWrite;
+    h.flags = proto::kFlagReply;
+    h.request_id = request_id;
+    std::vector<uint8_t> frame(kHeaderSize);
+    proto::encode_header(h, frame.data());
+    return frame;
+  };
+  // Slots 0, 1, 2 with sequence numbers 1, 2, 3.
+  PBRICK_ASSERT_OK(deliver(reply_to(1ull << 16 | 0), kHeaderSize));
+  PBRICK_ASSERT_OK(deliver(reply_to(2ull << 16 | 1), kHeaderSize));
+  EXPECT_EQ(dones_[a].calls, 1);
+  EXPECT_EQ(dones_[a].status, 0);
+  EXPECT_EQ(dones_[b].calls, 1);
+  Status st = deliver(reply_to(3ull << 16 | 2), kHeaderSize);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.error().message().find("not sent yet"), std::string::npos) << st.error().message();
+  EXPECT_EQ(dones_[c].calls, 0);
+}
+
 TEST_F(TcpChannelSocketTest, AnInlineSendToAClosedPeerBreaksTheConnectionAndFailsTheRequest) {
   peer_.reset();
   size_t r = read(4096);
