@@ -588,6 +588,23 @@ void wait_until_idle(Tiering& t) {
   ASSERT_FALSE(t.busy());
 }
 
+// Runs `t`'s completions until it started a sync of `region` beyond `n` (none
+// coming fails the test), then a while longer: a flip that waits for that
+// sync must not come meanwhile.
+void run_past_a_held_sync(Tiering& t, const FaultInjectionRegion& region, uint64_t n) {
+  for (int i = 0; i < 100 && region.syncs_started() <= n; ++i) {
+    pollfd p{t.event_fd(), POLLIN, 0};
+    ASSERT_GE(::poll(&p, 1, 100), 0);
+    t.on_event();
+  }
+  ASSERT_GT(region.syncs_started(), n) << "no sync of the copy";
+  for (int i = 0; i < 20; ++i) {
+    pollfd p{t.event_fd(), POLLIN, 0};
+    ::poll(&p, 1, 5);
+    t.on_event();
+  }
+}
+
 // The data mover over real files on a disk file system (O_DIRECT): background
 // demotion down to the watermark, then promotion on MAP, data intact.
 TEST(Tiering, DemotesInTheBackgroundAndPromotesOnMap) {
@@ -910,25 +927,11 @@ TEST(Tiering, APromotionFlipsOnlyOnceItsCopyIsSynced) {
   auto slow_blocks_in_the_map = [&] { return Store::Check(fast->base(), fast->size()).slow_blocks; };
   const uint64_t slow_before = slow_blocks_in_the_map();
   ASSERT_GE(slow_before, 1u);
-  // Runs the mover until it started a sync of the fast store beyond `n`.
-  auto until_sync_started = [&](uint64_t n) {
-    for (int i = 0; i < 100 && fast->syncs_started() <= n; ++i) {
-      pollfd p{(*t)->event_fd(), POLLIN, 0};
-      ASSERT_GE(::poll(&p, 1, 100), 0);
-      (*t)->on_event();
-    }
-    ASSERT_GT(fast->syncs_started(), n) << "no sync of the copy";
-  };
 
   fast->hold_syncs(true);
   uint64_t started = fast->syncs_started();
   ASSERT_EQ((*t)->prepare_map(va(0)), Tiering::MapReadiness::kWait);
-  until_sync_started(started);
-  for (int i = 0; i < 20; ++i) {  // the mover goes on; the flip must not
-    pollfd p{(*t)->event_fd(), POLLIN, 0};
-    ::poll(&p, 1, 5);
-    (*t)->on_event();
-  }
+  ASSERT_NO_FATAL_FAILURE(run_past_a_held_sync(**t, *fast, started));
   EXPECT_EQ(*store.tier_of(va(0)), kTierSlow) << "flipped before its copy was durable";
   EXPECT_EQ(slow_blocks_in_the_map(), slow_before);
   fast->release_sync(EIO);
@@ -939,7 +942,7 @@ TEST(Tiering, APromotionFlipsOnlyOnceItsCopyIsSynced) {
 
   started = fast->syncs_started();
   ASSERT_EQ((*t)->prepare_map(va(0)), Tiering::MapReadiness::kWait);
-  until_sync_started(started);
+  ASSERT_NO_FATAL_FAILURE(run_past_a_held_sync(**t, *fast, started));
   EXPECT_EQ(*store.tier_of(va(0)), kTierSlow);
   fast->release_sync(0);
   wait_until_idle(**t);
@@ -978,26 +981,11 @@ TEST(Tiering, ADemotionFlipsOnlyOnceItsCopyIsSynced) {
   ASSERT_EQ(in_the_map(), 0u);
   auto t = Tiering::Create(*store, TieringOptions{dir + "/slow", 2, 1ull << 30});
   ASSERT_TRUE(t) << t.error().message();
-  // Runs the mover until it started a sync of the slow tier beyond `n`, then
-  // a while longer: the flip must not come.
-  auto run_past_sync = [&](uint64_t n) {
-    for (int i = 0; i < 100 && slow->syncs_started() <= n; ++i) {
-      pollfd p{(*t)->event_fd(), POLLIN, 0};
-      ASSERT_GE(::poll(&p, 1, 100), 0);
-      (*t)->on_event();
-    }
-    ASSERT_GT(slow->syncs_started(), n) << "no sync of the copy";
-    for (int i = 0; i < 20; ++i) {
-      pollfd p{(*t)->event_fd(), POLLIN, 0};
-      ::poll(&p, 1, 5);
-      (*t)->on_event();
-    }
-  };
 
   slow->hold_syncs(true);
   uint64_t started = slow->syncs_started();
   (*t)->tick();
-  ASSERT_NO_FATAL_FAILURE(run_past_sync(started));
+  ASSERT_NO_FATAL_FAILURE(run_past_a_held_sync(**t, *slow, started));
   EXPECT_EQ(*store->tier_of(va(0)), kTierFast) << "flipped before its copy was durable";
   EXPECT_EQ(in_the_map(), 0u);
   // The failed sync gives the move up; the mover tries again at once (the
@@ -1005,7 +993,7 @@ TEST(Tiering, ADemotionFlipsOnlyOnceItsCopyIsSynced) {
   // held too.
   started = slow->syncs_started();
   slow->release_sync(EIO);
-  ASSERT_NO_FATAL_FAILURE(run_past_sync(started));
+  ASSERT_NO_FATAL_FAILURE(run_past_a_held_sync(**t, *slow, started));
   EXPECT_EQ((*t)->demotions(), 0u);
   EXPECT_EQ(*store->tier_of(va(0)), kTierFast);
   EXPECT_EQ(in_the_map(), 0u);
