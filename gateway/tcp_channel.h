@@ -6,10 +6,10 @@
 //
 // Request ids on the wire: bits 0..15 the slot index, bits 16..63 a sequence
 // number, so a stray or duplicated reply is detected instead of completing
-// the wrong request; so is a reply to a request not all sent yet. A sync is a 1-byte READ through the last written handle:
-// the brick answers a READ only after persisting the connection's earlier
-// WRITEs; when the READ is refused because the handle died, a PERSIST naming
-// no range confirms the sync.
+// the wrong request; so is a reply to a request not all sent yet. A sync is a
+// 1-byte READ through the last written handle: the brick answers a READ only
+// after persisting the connection's earlier WRITEs; when the READ is refused
+// because the handle died, a PERSIST naming no range confirms the sync.
 //
 // Not thread-safe: only the owning loop's thread calls it.
 #pragma once
