@@ -291,6 +291,18 @@ int main(int argc, char** argv) {
                   static_cast<unsigned long long>(stats.capacity_blocks),
                   static_cast<unsigned long long>(stats.allocated_blocks));
 
+  if (server_options.transport == Transport::kRdma && !(*store)->region().is_pmem() &&
+      !(*store)->region().nothing_to_write_back()) {
+    // The NIC writes into the page cache's pages behind the file system's
+    // back: a page written back once stays clean after later RDMA WRITEs,
+    // so PERSIST's fdatasync would skip them and answer "durable". Newer
+    // kernels refuse to register such pages; older ones (before about 6.5,
+    // Debian 12's 6.1) let it happen.
+    PBRICK_LOG_ERROR("--transport rdma: the store %s is a file on a file system that writes pages back (not pmem, "
+                     "tmpfs or hugetlbfs): the NIC's writes would bypass that, and PERSIST could not make them "
+                     "durable; serve a devdax device, or use --transport tcp", store_path.c_str());
+    return 1;
+  }
   if (server_options.transport == Transport::kRdma && !(*store)->region().is_pmem()) {
     // RDMA can only register memory without writeback (tmpfs, hugetlbfs):
     // good for development, gone with the host's power.

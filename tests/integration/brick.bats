@@ -256,10 +256,35 @@ M2=$((2 * 1024 * 1024))
   assert_output --partial 'chmod 600'
 }
 
+@test "--transport rdma refuses a store file on a file system that writes pages back, before it listens" {
+  # The NIC's writes would bypass the page cache's write-back: PERSIST could
+  # not make them durable (kernels before about 6.5 let such pages be registered).
+  local fs
+  fs=$(stat -f -c %T "$BATS_TEST_TMPDIR")
+  case $fs in tmpfs | ramfs | hugetlbfs) skip "inherent: needs a disk file system for the store, $BATS_TEST_TMPDIR is on $fs" ;; esac
+  run timeout 20 "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/d.store" --size 64M --listen 127.0.0.1:0 --transport rdma
+  assert_failure 1
+  assert_output --partial "--transport rdma: the store $BATS_TEST_TMPDIR/d.store is a file on a file system that writes pages back"
+  assert_output --partial 'serve a devdax device, or use --transport tcp'
+  refute_output --partial 'rdma_create_event_channel'
+  # The same store over TCP serves.
+  "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/d.store" --size 64M --listen 127.0.0.1:0 --transport tcp \
+    --port-file "$BATS_TEST_TMPDIR/d.port" 2>>"$BATS_TEST_TMPDIR/d.log" &
+  BRICK_PID=$! BRICK_HOST=127.0.0.1
+  wait_for_brick d
+  run "$CTL_BIN" --target "$TARGET" --transport tcp stat
+  assert_success
+  assert_output --partial 'capacity'
+}
+
 @test "--transport rdma on a host without RDMA fails with a clear error; a wrong transport is a usage error" {
   [ "$PBRICK_TRANSPORT" = tcp ] || skip "inherent: checks a host without RDMA, this run is over RDMA"
   [ ! -e /dev/infiniband/rdma_cm ] || skip "inherent: checks a host without RDMA, this one has /dev/infiniband/rdma_cm"
-  run timeout 20 "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/r.store" --size 64M --listen 127.0.0.1:0 --transport rdma
+  # A store RDMA may register (tmpfs), so that the listener is what fails.
+  local shm_store=/dev/shm/pbrick-tests$BATS_TEST_TMPDIR/r.store
+  mkdir -p "${shm_store%/*}"
+  run timeout 20 "$TARGET_BIN" --store "$shm_store" --size 64M --listen 127.0.0.1:0 --transport rdma
+  rm -rf "/dev/shm/pbrick-tests$BATS_TEST_TMPDIR"
   assert_failure 1
   assert_output --partial 'listen rdma 127.0.0.1:0: rdma_create_event_channel (is the rdma_cm module loaded?)'
   run "$CTL_BIN" --target 127.0.0.1:7100 --transport rdma stat
