@@ -259,16 +259,20 @@ M2=$((2 * 1024 * 1024))
 @test "--transport rdma refuses a store file on a file system that writes pages back, before it listens" {
   # The NIC's writes would bypass the page cache's write-back: PERSIST could
   # not make them durable (kernels before about 6.5 let such pages be registered).
-  local fs
-  fs=$(stat -f -c %T "$BATS_TEST_TMPDIR")
-  case $fs in tmpfs | ramfs | hugetlbfs) skip "inherent: needs a disk file system for the store, $BATS_TEST_TMPDIR is on $fs" ;; esac
-  run timeout 20 "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/d.store" --size 64M --listen 127.0.0.1:0 --transport rdma
+  # The test's directory, or /var/tmp where /tmp is a tmpfs.
+  local dir=$BATS_TEST_TMPDIR fs
+  case $(stat -f -c %T "$dir") in tmpfs | ramfs | hugetlbfs) dir=/var/tmp ;; esac
+  fs=$(stat -f -c %T "$dir")
+  case $fs in tmpfs | ramfs | hugetlbfs) skip "inherent: needs a disk file system for the store, $dir is on $fs" ;; esac
+  local store=$dir/pbrick-rdma-refusal.$$.store
+  echo "$store" >>"$BATS_TEST_TMPDIR/remove-after"
+  run timeout 20 "$TARGET_BIN" --store "$store" --size 64M --listen 127.0.0.1:0 --transport rdma
   assert_failure 1
-  assert_output --partial "--transport rdma: the store $BATS_TEST_TMPDIR/d.store is a file on a file system that writes pages back"
+  assert_output --partial "--transport rdma: the store $store is a file on a file system that writes pages back"
   assert_output --partial 'serve a devdax device, or use --transport tcp'
   refute_output --partial 'rdma_create_event_channel'
   # The same store over TCP serves.
-  "$TARGET_BIN" --store "$BATS_TEST_TMPDIR/d.store" --size 64M --listen 127.0.0.1:0 --transport tcp \
+  "$TARGET_BIN" --store "$store" --size 64M --listen 127.0.0.1:0 --transport tcp \
     --port-file "$BATS_TEST_TMPDIR/d.port" 2>>"$BATS_TEST_TMPDIR/d.log" &
   BRICK_PID=$! BRICK_HOST=127.0.0.1
   wait_for_brick d

@@ -120,7 +120,9 @@ stop_brick() {
 
 ctl() { "$CTL_BIN" --target "$TARGET" --transport "$PBRICK_TRANSPORT" "$@"; }
 
-# brick_teardown: stops every brick started by this test (and a held map).
+# brick_teardown: stops every brick started by this test (and a held map),
+# then removes the files named in $BATS_TEST_TMPDIR/remove-after (one path a
+# line: a test's files outside its directory).
 # The default teardown; a .bats file that starts more (nbd.bash's nbdkit)
 # defines its own teardown() that stops those first and then calls this.
 brick_teardown() {
@@ -131,6 +133,10 @@ brick_teardown() {
       timeout 5 tail --pid="$pid" -f /dev/null || kill -KILL "$pid" 2>/dev/null
       wait "$pid" 2>/dev/null
     done <"$BATS_TEST_TMPDIR/pids"
+  fi
+  if [ -f "$BATS_TEST_TMPDIR/remove-after" ]; then
+    local path
+    while read -r path; do rm -f -- "$path"; done <"$BATS_TEST_TMPDIR/remove-after"
   fi
   [ -n "${HOLD_PID:-}" ] && kill -KILL "$HOLD_PID" 2>/dev/null || true
   rm -rf "/dev/shm/pbrick-tests$BATS_TEST_TMPDIR"
