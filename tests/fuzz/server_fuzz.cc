@@ -36,7 +36,9 @@
 //  - once the client half-closes, the brick answers every whole request it
 //    got, unless it closed the connection after an error that closes it
 //    (header-level, or a refused handshake) or the other connection sent a
-//    FENCE (which may cut this one off), and closes within 10 s;
+//    FENCE that may cut this one off (§7.9: of a scope this one fenced too,
+//    by another writer or by the same writer and channel), and closes
+//    within 10 s;
 //  - when the connections are gone, every mapping they made is revoked.
 #include <poll.h>
 #include <sys/socket.h>
@@ -297,13 +299,33 @@ void split(std::span<const uint8_t> stream, std::vector<uint8_t>* first, std::ve
   rest->insert(rest->end(), stream.begin() + pos, stream.end());
 }
 
-// Whether `stream` holds a whole FENCE frame (after which the brick may close
-// other connections of its scope).
-bool sends_fence(std::span<const uint8_t> stream) {
-  size_t whole = 0;
-  std::vector<Request> requests = delimit(stream, &whole);
-  for (size_t i = 0; i < whole; i++) {
-    if (requests[i].header_ok && requests[i].opcode == static_cast<uint8_t>(proto::Opcode::kFence)) return true;
+// The FENCEs the brick can take from `stream`: whole frames with a valid
+// header and payload, in order.
+std::vector<proto::FenceRequest> fences_in(std::span<const uint8_t> stream) {
+  std::vector<proto::FenceRequest> out;
+  size_t pos = 0;
+  while (stream.size() - pos >= kHeaderSize) {
+    auto h = proto::decode_header(stream.subspan(pos, kHeaderSize), false);
+    if (!h || stream.size() - pos - kHeaderSize < h->payload_len) break;
+    if (h->opcode == proto::Opcode::kFence) {
+      auto f = proto::decode_fence_request(stream.subspan(pos + kHeaderSize, h->payload_len));
+      if (f) out.push_back(*f);
+    }
+    pos += kHeaderSize + h->payload_len;
+  }
+  return out;
+}
+
+// Whether a FENCE of `other` may close the connection that sent `own`
+// (docs/protocol.md §7.9): one of its FENCEs names the scope of one of this
+// connection's, and either the same writer and channel or another writer.
+// A connection that sent no FENCE is never closed by another's.
+bool may_be_fenced_off(std::span<const uint8_t> own, std::span<const uint8_t> other) {
+  std::vector<proto::FenceRequest> mine = fences_in(own);
+  for (const proto::FenceRequest& f : fences_in(other)) {
+    for (const proto::FenceRequest& m : mine) {
+      if (f.scope == m.scope && (f.writer != m.writer || f.channel == m.channel)) return true;
+    }
   }
   return false;
 }
@@ -349,7 +371,7 @@ void exchange(Conn* conns, int n) {
 
 // The replies of one connection against what it sent (see the top of this
 // file). `eio_allowed`: the store's fdatasync fails (sync points may say so).
-// `may_be_cut_off`: another connection sent a FENCE.
+// `may_be_cut_off`: another connection sent a FENCE that may close this one.
 void check_replies(const Conn& conn, bool eio_allowed, bool may_be_cut_off) {
   std::span<const uint8_t> stream(conn.out);
   const std::vector<uint8_t>& replies = conn.replies;
@@ -455,8 +477,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   loop.join();
 
   for (int c = 0; c < (two ? 2 : 1); c++) {
-    // A FENCE on the other connection may have cut this one off.
-    bool may_be_cut_off = two && sends_fence(conns[1 - c].out);
+    bool may_be_cut_off = two && may_be_fenced_off(conns[c].out, conns[1 - c].out);
     check_replies(conns[c], medium == 2, may_be_cut_off);
   }
   StoreStats stats = (*store)->stats();
