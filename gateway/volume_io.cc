@@ -430,11 +430,26 @@ IoRetry::Step IoRetry::settle(Volume& volume, std::span<IoPiece> pieces, std::st
           // Mirror: a write's copy whose brick now serves another store, or
           // failed the op itself, is given up (stale, the block dirty):
           // failing the request after the other copies took the write would
-          // leave in-sync copies that differ. (A read fails with its error:
-          // moved between copies that all fail, it would spin.)
+          // leave in-sync copies that differ. (A read's EIO: below.)
           auto given_up = give_up_copy(p);
           if (given_up && !*given_up) return Step::kFail;
           if (given_up) break;
+        }
+        if (volume.mirror() != nullptr && !p.is_write && p.status == EIO) {
+          // Mirror: a READ is a sync point over TCP, and a brick answers one
+          // with EIO only when it could not make its writes durable: that
+          // copy is given up whole, as a FLUSH's failed sync gives it up,
+          // and the read goes to another copy. The last copy of some block
+          // is not given up, and the read fails (so it never spins between
+          // copies that all fail).
+          auto given_up = volume.sync_failed(p.brick, EIO);
+          if (!given_up) {
+            PBRICK_LOG_ERROR("brick %s: %s", volume.brick_name(p.brick).c_str(), given_up.error().message().c_str());
+          } else if (*given_up) {
+            auto moved = give_up_copy(p);
+            if (moved && !*moved) return Step::kFail;
+            if (moved) break;
+          }
         }
         error_ = io_error(volume, p.brick, p.status,
                           std::string(what) + " of " + std::to_string(p.len) + " bytes in block " +
