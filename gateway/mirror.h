@@ -16,7 +16,9 @@
 //    finds its brick unreachable moves to another in-sync copy at once, and
 //    the brick is left out of the turns (set_reachable) until a connection
 //    to it succeeds again: reads never pay a dead copy's timeouts over and
-//    over while nothing writes (a write would mark it stale).
+//    over while nothing writes (a write would mark it stale). A read answered
+//    EIO (the brick could not make its writes durable) gives that copy up
+//    whole (Volume::sync_failed), as a FLUSH's failed sync does, and moves.
 //  - After a read-write attachment ended without detaching cleanly (killed,
 //    its host gone: Volume::close never ran), the copies of a block written
 //    then may differ: a write reached one copy and not the other. Every

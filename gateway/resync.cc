@@ -125,7 +125,10 @@ class Copier {
       if (!h) return h.error().wrap("mapping a block to sync brick " + volume_.brick_name(target_));
       st = make_durable(c, h->rkey, h->remote_addr, 0);
     }
-    if (!st) drop(target_);
+    if (!st) {
+      target_failed(st);
+      drop(target_);
+    }
     return st;
   }
 
@@ -225,6 +228,7 @@ class Copier {
     Status st = (*dst)->write(to->rkey, to->remote_addr, buf_);
     if (st) st = make_durable(**dst, to->rkey, to->remote_addr, buf_.size());
     if (!st) {
+      target_failed(st);
       drop(target_);  // over RDMA a dead mapping broke the queue pair as well
       if (st.error().errnum() == EKEYREJECTED) {
         volume_.invalidate(unit, to->rkey);
@@ -234,6 +238,19 @@ class Copier {
     }
     bytes_ += buf_.size();
     return true;
+  }
+
+  // A target that answers EIO could not make what it took durable: the
+  // copy's bytes, and maybe writes it took before that no dirty bit names.
+  // Its copy is given up whole (every block copied again), as a FLUSH's
+  // failed sync gives it up; not when it holds the last in-sync copy of some
+  // block (the writers' FLUSH fails then).
+  void target_failed(const Status& st) {
+    if (st.error().errnum() != EIO) return;
+    auto given_up = volume_.sync_failed(target_, EIO);
+    if (!given_up) {
+      PBRICK_LOG_ERROR("brick %s: %s", volume_.brick_name(target_).c_str(), given_up.error().message().c_str());
+    }
   }
 
   Result<BrickClient*> client(uint32_t b) {

@@ -911,6 +911,89 @@ TEST(GatewayOverFaultyBrick, AMirrorGivesUpTheCopyWhoseFdatasyncFailedAndTheFlus
   engine->reset();
 }
 
+// Mirror over TCP: a READ is a sync point, so a brick whose fdatasync failed
+// answers reads with EIO. That copy is given up whole, as a FLUSH's failed
+// sync gives it up, and reads go on from the other copy; the last copy is
+// not given up, and its read fails.
+TEST(GatewayOverFaultyBrick, AMirrorReadThatMeetsAFailedFdatasyncGivesTheCopyUpAndReadsTheOther) {
+  FaultyBrick b0, b1;
+  b0.start();
+  b1.start();
+  auto engine = start_mirror(b0, b1);
+  ASSERT_TRUE(engine.ok()) << engine.error().message();
+  Engine& e = **engine;
+  Volume& v = e.volume();
+  auto first = pattern(4096, 4), second = pattern(4096, 8);
+  ASSERT_TRUE(e.write(first.data(), first.size(), 3 * kBlock, false).ok());
+  ASSERT_TRUE(e.flush().ok());
+
+  b1.region().fail(Fault::kSync, EIO);
+  ASSERT_TRUE(e.write(second.data(), second.size(), 3 * kBlock, false).ok());  // not synced on brick 1
+  // Reads take turns over the copies: four reach both.
+  for (int i = 0; i < 4; i++) {
+    std::vector<uint8_t> back(4096);
+    Status st = e.read(back.data(), back.size(), 3 * kBlock);
+    ASSERT_TRUE(st.ok()) << "read " << i << ": " << st.error().message();
+    EXPECT_EQ(back, second) << "read " << i;
+  }
+  EXPECT_EQ(v.mirror()->state(1), CopyState::kStale);
+  EXPECT_EQ(v.dirty_count(), v.block_count()) << "every block has a copy on brick 1";
+  auto label = label_held_by(b0);
+  ASSERT_TRUE(label.ok()) << label.error().message();
+  EXPECT_NE(label->bricks[1].stale_since, 0u) << "stale in the labels, not only in memory";
+
+  b0.region().fail(Fault::kSync, EIO);
+  ASSERT_TRUE(e.write(first.data(), first.size(), 3 * kBlock, false).ok());
+  std::vector<uint8_t> back(4096);
+  EXPECT_EQ(errnum_of(e.read(back.data(), back.size(), 3 * kBlock)), EIO);
+  EXPECT_EQ(v.mirror()->state(0), CopyState::kInSync) << "the last copy is never given up";
+  engine->reset();
+}
+
+// A resync's copies are made durable on the brick they go to; one that
+// answers EIO there could not make them durable, nor maybe writes it took
+// before it went stale that no dirty bit names: its copy is given up whole
+// (every block dirty), not left stale with the bits it had, which a later
+// resync would copy and call the copy in sync.
+TEST(GatewayOverFaultyBrick, AResyncWhoseCopyCannotBeMadeDurableGivesTheCopyUpWhole) {
+  FaultyBrick b0, b1;
+  b0.start();
+  b1.start();
+  auto engine = start_mirror(b0, b1);
+  ASSERT_TRUE(engine.ok()) << engine.error().message();
+  Engine& e = **engine;
+  Volume& v = e.volume();
+  auto data = pattern(4096, 7);
+  ASSERT_TRUE(e.write(data.data(), data.size(), 3 * kBlock, false).ok());
+  ASSERT_TRUE(e.flush().ok());
+  ASSERT_TRUE(v.mark_stale(1, 3).ok());
+  ASSERT_EQ(v.dirty_count(), 1u);
+
+  // The brick's syncs succeed until the resync begins copying (reaching
+  // it again takes some), then fail.
+  b1.region().hold_syncs(true);
+  e.resync()->poke();
+  auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (v.mirror()->state(1) != CopyState::kResyncing && std::chrono::steady_clock::now() < deadline) {
+    if (b1.region().syncs_started() > b1.region().syncs_completed()) b1.region().release_sync(0);
+    std::this_thread::sleep_for(1ms);
+  }
+  ASSERT_EQ(v.mirror()->state(1), CopyState::kResyncing);
+  b1.region().fail(Fault::kSync, EIO);
+  b1.region().hold_syncs(false);
+  for (uint64_t i = b1.region().syncs_completed(); i < b1.region().syncs_started(); i++) b1.region().release_sync(EIO);
+  deadline = std::chrono::steady_clock::now() + 10s;
+  while (v.dirty_count() != v.block_count() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(v.dirty_count(), v.block_count()) << "every block has a copy on brick 1";
+  EXPECT_EQ(v.mirror()->state(1), CopyState::kStale);
+  std::vector<uint8_t> back(4096);
+  ASSERT_TRUE(e.read(back.data(), back.size(), 3 * kBlock).ok());
+  EXPECT_EQ(back, data);
+  engine->reset();
+}
+
 // A write whose copy on a dead brick is given up completes only once that
 // copy's stale mark is durable on the other brick (docs/persistence.md,
 // "Mirrors"): with the other brick's syncs held, the write waits; released,
