@@ -26,7 +26,9 @@
 //    thread has copied it from its first in-sync copy (its *source*) to the
 //    others; meanwhile reads of it go to the source alone, so two reads never
 //    return different contents (md's resync after an unclean shutdown). A
-//    source unreachable for the leg timeout is given up (read_elsewhere).
+//    source unreachable for the leg timeout is given up (read_elsewhere);
+//    one given up while the repair copies from it leaves the block unsettled
+//    until a later pass has recorded its miss and copied the new source.
 //  - FLUSH/FUA need nothing here: the channels of every brick that carried a
 //    write since its last sync are synced (VolumeChannels::sync).
 //  - A stale brick that is back is resynced (gateway/resync.h): while its

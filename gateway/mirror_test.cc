@@ -1883,6 +1883,41 @@ TEST_F(MirrorTest, TheRepairGivesUpABrickThatDiedAndEnds) {
   EXPECT_TRUE(v.dirty(2));
 }
 
+// The repair copies an unsettled block from its source to every other copy.
+// A source given up while it does (here by a read that found its brick
+// unreachable for the leg timeout) is a copy the repair's loop skipped, so
+// it got no dirty bit from that pass: had the block been settled then, the
+// old source would come back with its pre-crash bytes and never be copied.
+// The block stays unsettled, and the next pass records the old source's miss.
+TEST_F(MirrorTest, ASourceGivenUpWhileTheRepairCopiesFromItGetsTheBlocksDirtyBit) {
+  start_bricks(3);
+  const auto data = random_data(3 * kBlock, 47);
+  PBRICK_ASSERT_OK(open_written(3, 8 * kMiB, data));
+  engine_->volume().leave_uncleanly_for_testing();
+  engine_.reset();
+  VolumeOptions vo = options(3, 8 * kMiB);
+  vo.leg_timeout_ms = 300;
+  vo.resync_mib_per_s = 2;  // two targets a block: a block every 2 s
+  PBRICK_ASSERT_OK(open(vo));
+  Volume& v = engine_->volume();
+  const Placement pl = v.placement();
+  const uint64_t block = 1;
+  const uint32_t source_brick = pl.brick_of(pl.unit(block, 0));
+  ASSERT_TRUE(wait_until([&] { return !v.mirror()->unsettled(0); }, std::chrono::seconds(20)));
+  ASSERT_TRUE(v.mirror()->unsettled(block));
+  bricks_[source_brick]->stop();
+  // The repair is on the block, trying its source again and again (for up
+  // to the I/O timeout, 10 s) when the read gives the source up.
+  ASSERT_TRUE(wait_until([&] { return v.mirror()->held(block); }, std::chrono::seconds(20)));
+  std::vector<uint8_t> back(kBlock);
+  PBRICK_ASSERT_OK(engine_->read(back.data(), kBlock, block * kBlock));
+  EXPECT_TRUE(std::equal(back.begin(), back.end(), data.begin() + block * kBlock));
+  EXPECT_EQ(v.mirror()->state(source_brick), CopyState::kStale);
+  ASSERT_TRUE(wait_until([&] { return v.mirror()->unsettled_count() == 0; }, std::chrono::seconds(30)))
+      << v.mirror()->unsettled_count() << " blocks left";
+  EXPECT_TRUE(v.dirty(block)) << "the old source's copy of the block is copied to it when it is back";
+}
+
 // An unsettled block whose source brick stays unreachable: reads do not
 // fail until something writes. Once the brick has been unreachable for the
 // leg timeout the source is given up (stale) and reads go on from the next

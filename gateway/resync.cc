@@ -493,6 +493,14 @@ Status MirrorResync::repair() {
                                    volume_.brick_name(target));
       }
     }
+    if (mirror.source_copy(pl, block) != source) {
+      // The source was given up while the others were copied from it: its
+      // copy, which the loop above skipped, gets no dirty bit from this
+      // pass, and the others may hold its bytes or the new source's. The
+      // block stays unsettled: the next pass copies it from the new source
+      // and records the miss of the old one, stale now.
+      continue;
+    }
     mirror.settle(block);
     repaired++;
     pace(copier.bytes(), t0, reported);
