@@ -808,6 +808,33 @@ TEST_F(MirrorTest, AMissAfterAHalfWrittenLabelUpdateWritesTheLabelsAgainFirst) {
   EXPECT_TRUE((*again)->dirty(3));
 }
 
+// Brick 1 was stale (block 3's bit is in brick 0's bitmap alone) and is
+// resynced; the label update that calls it in sync cannot reach brick 0,
+// which goes stale in the same update. Brick 1 is now the in-sync copy whose
+// bitmap the next attachment reads, so it must hold block 3's bit before it
+// joins: brick 0 then misses a write to block 3, which finds the bit set and
+// records nothing more, and the next attachment, which reads brick 1's
+// bitmap, must still see the block dirty or brick 0's resync would skip it.
+TEST_F(MirrorTest, ABrickJoiningWhileTheOtherGoesStaleHoldsTheBitsItsLaterMissesRelyOn) {
+  start_bricks(2);
+  auto volume = Volume::Open(options(2));
+  PBRICK_ASSERT_OK(volume);
+  Volume& v = **volume;
+  PBRICK_ASSERT_OK(v.mark_stale(1, 3));
+  PBRICK_ASSERT_OK(v.begin_resync(1));
+  v.fail_label_writes_for_testing([](uint32_t b) { return b == 0; });
+  PBRICK_ASSERT_OK(v.finish_resync(1));
+  v.fail_label_writes_for_testing(nullptr);
+  ASSERT_EQ(v.mirror()->state(1), CopyState::kInSync);
+  ASSERT_EQ(v.mirror()->state(0), CopyState::kStale);
+  auto missed = v.record_miss(3, 0);  // a write to block 3 reached brick 1 alone
+  PBRICK_ASSERT_OK(missed);
+  EXPECT_TRUE(*missed);
+  auto held = label_on(*bricks_[1]);
+  PBRICK_ASSERT_OK(held);
+  EXPECT_EQ(held->dirty[0] & (1u << 3), 1u << 3) << "brick 1's bitmap lacks block 3";
+}
+
 // A copy that missed a write goes stale with the block's dirty bit already
 // in the other copies' bitmaps: here the label that would call it stale is
 // never written (as if the gateway died right before it), and the bit is

@@ -1009,14 +1009,15 @@ bool Volume::abort_resync(uint32_t b, const std::string& why) {
 Status Volume::finish_resync(uint32_t b) {
   std::lock_guard label_lock(label_mu_);
   if (mirror_->state(b) != CopyState::kResyncing) return Error(ECANCELED, "resync of brick " + brick_name(b) + " stopped");
-  // While another copy stays stale, the brick joining must hold its misses
-  // before a label says it is in sync: an in-sync brick's bitmap is the one
-  // the next attachment may read alone (load_mirror_state), and the bits set
-  // while this brick was away were written to the others only. label_mu_
-  // keeps new bits out meanwhile (mark_dirty_locked).
-  bool other_stale = false;
-  for (uint32_t s = 0; s < brick_count(); s++) other_stale = other_stale || (s != b && !mirror_->in_sync(s));
-  if (other_stale) {
+  // The brick joining must hold the misses recorded so far before a label
+  // says it is in sync: an in-sync brick's bitmap is the one the next
+  // attachment may read alone (load_mirror_state), and the bits set while
+  // this brick was away were written to the others only. A copy still stale
+  // needs them, and so does one that goes stale in the very label update
+  // that joins this brick (its label write fails): a later miss of a block
+  // whose bit is set takes record_miss's fast path and writes nothing.
+  // label_mu_ keeps new bits out meanwhile (mark_dirty_locked).
+  if (dirty_count() > 0) {
     Status st = write_bitmap(b, dirty_bitmap());
     if (!st) return st.error().wrap("brick " + brick_name(b) + ": recording the misses of the copies still stale");
   }
