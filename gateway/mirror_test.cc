@@ -835,6 +835,30 @@ TEST_F(MirrorTest, ABrickJoiningWhileTheOtherGoesStaleHoldsTheBitsItsLaterMisses
   EXPECT_EQ(held->dirty[0] & (1u << 3), 1u << 3) << "brick 1's bitmap lacks block 3";
 }
 
+// A write that failed on a copy it could not give up (the last in-sync copy
+// of some block) leaves that copy different from the others in a block no
+// bit names. Going stale later for another block's miss, the copy is given
+// up whole, so its resync copies that block too; once it was, a detach with
+// it back in sync is clean (its failures are accounted for).
+TEST_F(MirrorTest, ACopyWhoseWritesFailedGoesStaleWhole) {
+  start_bricks(2);
+  auto volume = Volume::Open(options(2));
+  PBRICK_ASSERT_OK(volume);
+  Volume& v = **volume;
+  v.note_write_failed(1);
+  PBRICK_ASSERT_OK(v.mark_stale(1, 3));
+  EXPECT_EQ(v.mirror()->state(1), CopyState::kStale);
+  EXPECT_EQ(v.dirty_count(), v.block_count()) << "every block has a copy on brick 1";
+  auto held = label_on(*bricks_[0]);
+  PBRICK_ASSERT_OK(held);
+  EXPECT_EQ(held->dirty[0], 0xff) << "the bits are durable on brick 0";
+
+  PBRICK_ASSERT_OK(v.begin_resync(1));
+  PBRICK_ASSERT_OK(v.finish_resync(1));  // as if every block were copied
+  ASSERT_EQ(v.mirror()->state(1), CopyState::kInSync);
+  PBRICK_ASSERT_OK(v.close());
+}
+
 // A copy that missed a write goes stale with the block's dirty bit already
 // in the other copies' bitmaps: here the label that would call it stale is
 // never written (as if the gateway died right before it), and the bit is

@@ -65,6 +65,9 @@ struct Volume::Brick {
   std::string refusal;  // under refusal_mu
 
   std::atomic<uint64_t> write_failures{0};
+  // Under the Volume's label_mu_: write_failures when its copy was last given
+  // up whole (every block dirty): the failures before it are accounted for.
+  uint64_t failures_given_up = 0;
 
   // Another attachment took the volume's lock on this brick while our control
   // connection was down (its reacquire said EBUSY): our data channels must not
@@ -613,7 +616,8 @@ Status Volume::close() {
   // A request that failed after some copies took it (a copy that could not
   // be given up: the last in-sync one of some block) left copies that differ.
   for (uint32_t b = 0; b < brick_count(); b++) {
-    if (mirror_->in_sync(b) && write_failures(b) != 0) {
+    std::lock_guard label_lock(label_mu_);
+    if (mirror_->in_sync(b) && write_failures(b) != bricks_[b]->failures_given_up) {
       return Error(EIO, "writes to brick " + brick_name(b) + " failed: its copies may differ from the others'; the "
                         "next attach repairs them");
     }
@@ -710,6 +714,18 @@ Status Volume::mark_stale(uint32_t b, std::optional<uint64_t> missed) {
     mirror_->set_state(b, CopyState::kStale);
     PBRICK_LOG_WARN("volume %s: brick %s unreachable: this read-only attachment does not read its copies",
                     format_uuid(claim_->label().volume_uuid).c_str(), brick_name(b).c_str());
+    return Status::Ok();
+  }
+  if (write_failures(b) != bricks_[b]->failures_given_up) {
+    // Writes to it failed while it could not be given up (it held the last
+    // in-sync copy of some block): its copy may differ from the others in
+    // blocks no bit names. Given up whole, so its resync copies them.
+    auto blocks = give_up_copy_locked(b);
+    if (!blocks) return blocks.error();
+    PBRICK_LOG_WARN("volume %s: writes to brick %s failed before it went stale: all %llu blocks of its copy will be "
+                    "copied to it again",
+                    format_uuid(claim_->label().volume_uuid).c_str(), brick_name(b).c_str(),
+                    static_cast<unsigned long long>(*blocks));
     return Status::Ok();
   }
   std::vector<uint32_t> going{b};
@@ -819,8 +835,10 @@ Result<uint64_t> Volume::give_up_copy_locked(uint32_t b) {
   }
   // First the bits (while it is in sync they mean nothing), then the label
   // that makes them count: never a stale brick whose misses are not recorded.
+  const uint64_t failures = write_failures(b);
   auto blocks = dirty_all_of(b);
   if (!blocks) return blocks.error();
+  bricks_[b]->failures_given_up = failures;
   if (mirror_->state(b) == CopyState::kResyncing) mirror_->set_state(b, CopyState::kStale);
   if (mirror_->in_sync(b)) {
     auto r = write_label_set({b}, std::nullopt, std::nullopt);

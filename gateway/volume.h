@@ -220,7 +220,10 @@ class Volume {
   // stops reading them; with `missed`, that block's dirty bit goes to their
   // bitmaps first (a write the copy missed: never a stale label without the
   // bit, which a crash between the two would leave, and the resync would
-  // skip the block). mark_dirty: sets block `block`'s dirty bit durably
+  // skip the block). A brick with write failures not yet accounted for
+  // (write_failures, since its copy was last given up whole) is given up
+  // whole instead: every block of its copy dirty. mark_dirty: sets block
+  // `block`'s dirty bit durably
   // in the bitmap of every in-sync brick, once per block (later calls return
   // at once). Both block on control round trips; any thread.
   Status mark_stale(uint32_t brick, std::optional<uint64_t> missed = std::nullopt);
@@ -329,7 +332,8 @@ class Volume {
   // blocks of this attachment's repair are left: they stay to repair. Nothing
   // for the other layouts and read-only attachments. Blocks on control round
   // trips. EIO, and no record, while writes to an in-sync brick failed
-  // (write_failures): copies may differ. Runs once: later calls do nothing.
+  // (write_failures, since its copy was last given up whole): copies may
+  // differ. Runs once: later calls do nothing.
   // One thread, after the I/O stopped.
   Status close();
   // Tests only: close() does nothing, as when the gateway is killed.
