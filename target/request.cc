@@ -239,6 +239,11 @@ Server::Impl::TierMap Server::Impl::tier_before_map(Connection& c, const proto::
       return TierMap::kWait;
     case Tiering::MapReadiness::kNoFastSlot:
       break;
+    case Tiering::MapReadiness::kNoRoom:
+      c.reply_error(h, Error(EIO, "map " + format_hex(req->vaddr) +
+                                      ": the block is on the slow tier and moving others down to make room for it "
+                                      "failed (the brick's log says why); retry later"));
+      return TierMap::kReplied;
     case Tiering::MapReadiness::kFailed:
       c.reply_error(h, Error(EIO, "map " + format_hex(req->vaddr) +
                                       ": copying the block up from the slow tier failed (the brick's log says why)"));

@@ -98,6 +98,7 @@ Tiering::MapReadiness Tiering::prepare_map(uint64_t vaddr) {
     if (store_.stats().fast_free_blocks == 0 && !store_.demotion_candidate() && !busy()) {
       return MapReadiness::kNoFastSlot;
     }
+    if (store_.stats().fast_free_blocks == 0 && demotions_paused()) return MapReadiness::kNoRoom;
     promote_queue_.push_back(vaddr);
     promote_set_.insert(vaddr);
   }
@@ -266,7 +267,7 @@ void Tiering::start_demotions() {
   const uint64_t waiting = waiting_promotions();
   uint64_t for_room = waiting > s.fast_free_blocks ? waiting - s.fast_free_blocks : 0;
   uint64_t background = s.fast_free_blocks + for_room < low_watermark_ ? low_watermark_ - s.fast_free_blocks - for_room : 0;
-  while (down_.moves.size() < kMaxBatch && (for_room > 0 || background > 0)) {
+  while (!demotions_paused() && down_.moves.size() < kMaxBatch && (for_room > 0 || background > 0)) {
     if (store_.stats().slow_free_blocks == 0) break;
     auto victim = store_.demotion_candidate();
     if (!victim) break;
@@ -391,10 +392,11 @@ void Tiering::on_synced(Batch& b, int res) {
 void Tiering::finish(Batch& b, bool synced) {
   const auto us =
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - b.started).count();
-  bool any = false;
+  bool any = false, failed = false;
   for (size_t i = 0; i < b.moves.size(); ++i) {
     const Store::Move& m = b.moves[i];
     if (!synced || !b.copied[i]) {
+      failed = true;
       // A slot the copy could not be written to is not offered again (the
       // next demotion would take the same lowest free slot and fail the
       // same way, for ever); the store finds it free at its next start.
@@ -408,6 +410,7 @@ void Tiering::finish(Batch& b, bool synced) {
     } else if (Status st = store_.commit_move(m.vaddr); !st) {
       // The store put the old copy back. A promotion's MAP is told (asked
       // again, the same flip would fail the same way, for ever).
+      failed = true;
       PBRICK_LOG_ERROR("tiering: %s", st.error().message().c_str());
       if (m.to_tier == kTierFast) failed_promotions_.insert(m.vaddr);
     } else {
@@ -426,6 +429,14 @@ void Tiering::finish(Batch& b, bool synced) {
     }
   }
   if (any) ++batches_;
+  if (b.to_tier == kTierSlow && failed) {
+    demotion_pause_ = std::min(kMaxDemotionPause, std::max(std::chrono::milliseconds(1000), 2 * demotion_pause_));
+    demotions_resume_at_ = std::chrono::steady_clock::now() + demotion_pause_;
+    PBRICK_LOG_WARN("tiering: a demotion failed: no block moves down for %lld s; a MAP of a slow block that needs "
+                    "room meanwhile fails with EIO", static_cast<long long>(demotion_pause_.count() / 1000));
+  } else if (b.to_tier == kTierSlow && any) {
+    demotion_pause_ = std::chrono::milliseconds(0);
+  }
   PBRICK_LOG_DEBUG("tiering: %s %zu blocks in %lld us", b.to_tier == kTierFast ? "promoted" : "demoted",
                    b.moves.size(), static_cast<long long>(us));
   b.moves.clear();

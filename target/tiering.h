@@ -68,8 +68,10 @@ class Tiering {
   // is queued or running (a move is then always in flight: the caller waits
   // for the wake callback its end brings, and asks again); kNoFastSlot when every fast slot is mapped, so nothing can make
   // room for it; kFailed when the promotion this MAP waited for failed (a
-  // slow tier that cannot be read: logged), once: a MAP after it tries again.
-  enum class MapReadiness { kReady, kWait, kNoFastSlot, kFailed };
+  // slow tier that cannot be read: logged), once: a MAP after it tries again;
+  // kNoRoom when the fast tier is full and demotions are paused after one
+  // failed (a slow tier that cannot be written or synced: logged).
+  enum class MapReadiness { kReady, kWait, kNoFastSlot, kFailed, kNoRoom };
   MapReadiness prepare_map(uint64_t vaddr);
 
   // Called whenever a move finished (or a queued promotion was dropped): the
@@ -155,6 +157,15 @@ class Tiering {
   std::set<uint64_t> promoted_for_map_;
   double budget_bytes_ = 0;
   std::chrono::steady_clock::time_point last_refill_;
+  // After a demotion failed (a copy, the sync or the flip), none starts
+  // before demotions_resume_at_: each failure in a row doubles the pause
+  // (1 s to kMaxDemotionPause), a demotion that succeeds ends the series. A
+  // slow tier that keeps failing would otherwise be written and synced in a
+  // loop, a free slot withheld per failed write.
+  std::chrono::steady_clock::time_point demotions_resume_at_{};
+  std::chrono::milliseconds demotion_pause_{0};
+  static constexpr std::chrono::milliseconds kMaxDemotionPause{64000};
+  bool demotions_paused() const { return std::chrono::steady_clock::now() < demotions_resume_at_; }
   uint64_t promotions_ = 0, demotions_ = 0, batches_ = 0;
   bool unsubmitted_ = false;  // an io_uring_submit failed or took part: SQEs wait in the ring
   // Copies and syncs the kernel took and has not completed: the destructor
