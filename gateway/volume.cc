@@ -24,6 +24,10 @@ bool is_connection_error(int errnum) {
     case ETIMEDOUT:
     case EHOSTUNREACH:
     case ENETUNREACH:
+    case EHOSTDOWN:
+    case ENETDOWN:
+    case ENETRESET:
+    case ENONET:
     case ESHUTDOWN:
       return true;
     default:

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <random>
 #include <thread>
 
@@ -80,6 +81,21 @@ class StripeTest : public ::testing::Test {
 // Block i is on brick i mod 3 at base + (i div 3) * 2 MiB: the layout, the
 // pieces a request becomes, and the bytes on each brick (read straight from
 // the brick) agree.
+// What a socket reports when the network between the gateway and a brick
+// fails is retried on a new connection, not failed at once; a brick's own
+// answers are not.
+TEST(RetryRules, NetworkErrorsAreRetriedOnANewConnection) {
+  for (int e : {ECONNRESET, ECONNREFUSED, ECONNABORTED, EPIPE, ENOTCONN, ETIMEDOUT, EHOSTUNREACH, ENETUNREACH,
+                EHOSTDOWN, ENETDOWN, ENETRESET, ENONET, ESHUTDOWN}) {
+    EXPECT_TRUE(is_connection_error(e)) << std::strerror(e);
+    EXPECT_EQ(fate_of(e), Fate::kReconnect) << std::strerror(e);
+  }
+  for (int e : {EIO, ENOSPC, EINVAL, EROFS}) {
+    EXPECT_FALSE(is_connection_error(e)) << std::strerror(e);
+    EXPECT_EQ(fate_of(e), Fate::kFail) << std::strerror(e);
+  }
+}
+
 TEST_F(StripeTest, BlockILivesOnBrickIMod3AtBasePlusIDiv3Blocks) {
   const uint64_t base = 4 * kMiB;
   PBRICK_ASSERT_OK(open({.base = base}));
