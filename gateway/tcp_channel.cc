@@ -125,8 +125,10 @@ Status TcpChannel::on_cqe(uint8_t event, int res) {
   if (res == 0) return Error(ECONNRESET, "the brick closed the connection");
   if (res < 0) return Error(-res, "receive from the brick");
   if (tearing_down_) return Status::Ok();
+  // A reply that makes no sense: the gateway gives the connection up while
+  // the brick may still hold requests of it (VolumeChannels::teardown).
   Status st = on_received(static_cast<size_t>(res));
-  if (!st) return Error(ECONNRESET, st.error().message());
+  if (!st) return Error(EPROTO, st.error().message());
   return Status::Ok();
 }
 

@@ -341,6 +341,29 @@ TEST_F(TcpChannelSocketTest, AnInlineSendPutsTheRequestOnTheSocketAndArmsOnlyThe
   EXPECT_TRUE(holds(r, 5));
 }
 
+// A reply through the ring that matches no request breaks the connection
+// with EPROTO, which VolumeChannels::teardown takes for a connection the
+// gateway gave up (the brick may still hold its requests: a new writer id
+// first), not for one the brick reset.
+TEST_F(TcpChannelSocketTest, ANonsensicalReplyThroughTheRingIsAProtocolError) {
+  read(4096);
+  PBRICK_ASSERT_OK(channel_.flush(ring_));
+  auto sent = peer_bytes();
+  ASSERT_EQ(sent.size(), kHeaderSize + proto::kIoRequestSize);
+  auto h = proto::decode_header({sent.data(), kHeaderSize}, false);
+  ASSERT_TRUE(h.ok()) << h.error().message();
+  proto::FrameHeader stale = *h;
+  stale.request_id += 1ull << 16;
+  auto reply = read_reply(stale, 4096, 5);
+  ASSERT_EQ(::send(peer_.get(), reply.data(), reply.size(), 0), static_cast<ssize_t>(reply.size()));
+  std::span<uint8_t> space = channel_.recv_space();
+  ssize_t n = ::recv(channel_fd_, space.data(), space.size(), 0);
+  ASSERT_GT(n, 0) << std::strerror(errno);
+  Status st = channel_.on_cqe(TcpChannel::kRecv, static_cast<int>(n));
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().errnum(), EPROTO) << st.error().message();
+}
+
 TEST_F(TcpChannelSocketTest, WhatTheSocketCannotTakeAtOnceGoesThroughTheRingInOrder) {
   int small = 16 << 10;
   ASSERT_EQ(::setsockopt(channel_fd_, SOL_SOCKET, SO_SNDBUF, &small, sizeof small), 0);

@@ -776,7 +776,9 @@ void VolumeChannels::teardown(Link& link, const Error& why) {
                     why.message().c_str());
   }
   const bool unanswered = link.channel->inflight() > 0;
-  link.channel->teardown(why.errnum());
+  // A reply that made no sense (EPROTO) says nothing against the requests:
+  // they are sent again on a new connection, as after a reset.
+  link.channel->teardown(why.errnum() == EPROTO ? ECONNRESET : why.errnum());
   // Given up by the gateway (no reply in time, a reply that makes no sense)
   // with requests unanswered: the brick may still execute them (frames it
   // holds behind a sync point; closing stops nothing, docs/protocol.md 7.9).
