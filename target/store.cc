@@ -28,6 +28,9 @@ constexpr char kMagic[8] = {'P', 'B', 'R', 'K', 'S', 'T', 'O', 'R'};
 constexpr char kFormatMarker[8] = {'P', 'B', 'R', 'K', 'I', 'N', 'I', 'T'};
 // Version 2 adds a checksum to every map entry; version 1 stores are upgraded
 // in place by Open() (upgrade_map()).
+// Free slots an ALLOC zeroes at most before it reports ENOSPC, when the
+// first ones have no space behind them (Store::alloc).
+constexpr size_t kAllocSpaceTries = 8;
 constexpr uint32_t kLayoutVersion = 2;
 constexpr uint32_t kLayoutVersionV1 = 1;
 constexpr size_t kSbMagic = 0;
@@ -696,7 +699,6 @@ Status Store::alloc(uint64_t vaddr) {
     return Error(ENOSPC, "alloc " + hex(vaddr) + ": no free slot (the last one of a brick with a slow tier is "
                                                  "kept for moving blocks between the tiers)");
   }
-  const uint64_t slot = free_slots.front();
   const uint32_t entry = free_entries_.front();
   const uint64_t off = entry_offset(entry);
   PmemRegion& map_region = entry_region(entry);
@@ -712,9 +714,27 @@ Status Store::alloc(uint64_t vaddr) {
     return corrupt(problem);
   }
 
-  if (Status s = tier_region(tier).zero(tier_slot_offset(tier, slot), kBlockSize); !s) {
-    return s.error().wrap(what);
+  // The lowest free slot first. One whose space is gone (a hole: the
+  // fallocate of its zeroing found the file system full) stays first in the
+  // heap, and would fail every ALLOC with ENOSPC while the other free slots
+  // still hold their space: the next ones are tried (a few: each try of a
+  // slot that holds its space gives it up and takes it back).
+  uint64_t slot = free_slots.front();
+  Status zeroed = tier_region(tier).zero(tier_slot_offset(tier, slot), kBlockSize);
+  if (!zeroed && zeroed.error().errnum() == ENOSPC && free_slots.size() > 1) {
+    std::vector<uint64_t> others(free_slots);
+    std::sort(others.begin(), others.end());
+    const size_t tries = std::min<size_t>(others.size(), kAllocSpaceTries);
+    for (size_t i = 1; i < tries; ++i) {
+      Status st = tier_region(tier).zero(tier_slot_offset(tier, others[i]), kBlockSize);
+      if (st || st.error().errnum() != ENOSPC) {
+        slot = others[i];
+        zeroed = std::move(st);
+        break;
+      }
+    }
   }
+  if (!zeroed) return zeroed.error().wrap(what);
   // The location carries the checksum of the key it is about to get.
   const uint64_t key = vaddr | kKeyTag;
   const uint64_t location = make_location(entry, key, slot, tier);
@@ -729,8 +749,13 @@ Status Store::alloc(uint64_t vaddr) {
     return s.error().wrap(what);
   }
 
-  std::pop_heap(free_slots.begin(), free_slots.end(), std::greater<>());
-  free_slots.pop_back();
+  if (slot == free_slots.front()) {
+    std::pop_heap(free_slots.begin(), free_slots.end(), std::greater<>());
+    free_slots.pop_back();
+  } else {
+    free_slots.erase(std::find(free_slots.begin(), free_slots.end(), slot));
+    std::make_heap(free_slots.begin(), free_slots.end(), std::greater<>());
+  }
   std::pop_heap(free_entries_.begin(), free_entries_.end(), std::greater<>());
   free_entries_.pop_back();
   auto it = index_.emplace(vaddr, BlockInfo{slot, entry, 0, tier, false, false, 0, location, {}}).first;

@@ -256,6 +256,34 @@ M2=$((2 * 1024 * 1024))
   assert_output --partial 'chmod 600'
 }
 
+@test "ALLOC on a full file system takes a free slot that still holds its space, not the one that lost it" {
+  # A free slot whose space is gone (its zeroing's fallocate met a full file
+  # system; here a hole punched from outside) is the lowest free slot, first
+  # in line for every ALLOC; the others still hold theirs.
+  local mnt=$BATS_TEST_TMPDIR/fs
+  mkdir "$mnt"
+  mount -t tmpfs -o size=80M pbrick-test "$mnt" || skip "inherent: needs to mount a tmpfs (run as root)"
+  echo "$mnt" >>"$BATS_TEST_TMPDIR/unmount-after"
+  "$TARGET_BIN" --store "$mnt/s.store" --size 64M --listen 127.0.0.1:0 --transport tcp \
+    --port-file "$BATS_TEST_TMPDIR/full.port" 2>>"$BATS_TEST_TMPDIR/full.log" &
+  BRICK_PID=$! BRICK_HOST=127.0.0.1
+  wait_for_brick full
+  # Slot 0, the lowest, starts at 2 MiB (the superblock and map before it).
+  fallocate --punch-hole --offset $((2 << 20)) --length $((2 << 20)) "$mnt/s.store"
+  dd if=/dev/zero of="$mnt/filler" bs=1M 2>/dev/null || true
+  run df --output=avail -k "$mnt"
+  assert_equal "$(echo "$output" | tail -1 | tr -d ' ')" 0
+  run "$CTL_BIN" --target "$TARGET" --transport tcp alloc 0
+  assert_success
+  printf 'still here' | "$CTL_BIN" --target "$TARGET" --transport tcp write 0 100
+  run "$CTL_BIN" --target "$TARGET" --transport tcp read 0 100 10
+  assert_success
+  assert_output 'still here'
+  # And the next: the slot without space is tried first each time, then passed over.
+  run "$CTL_BIN" --target "$TARGET" --transport tcp alloc $((2 << 20))
+  assert_success
+}
+
 @test "--transport rdma refuses a store file on a file system that writes pages back, before it listens" {
   # The NIC's writes would bypass the page cache's write-back: PERSIST could
   # not make them durable (kernels before about 6.5 let such pages be registered).

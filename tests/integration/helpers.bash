@@ -121,8 +121,9 @@ stop_brick() {
 ctl() { "$CTL_BIN" --target "$TARGET" --transport "$PBRICK_TRANSPORT" "$@"; }
 
 # brick_teardown: stops every brick started by this test (and a held map),
-# then removes the files named in $BATS_TEST_TMPDIR/remove-after (one path a
-# line: a test's files outside its directory).
+# then unmounts what $BATS_TEST_TMPDIR/unmount-after names and removes the
+# files $BATS_TEST_TMPDIR/remove-after names (one path a line: a test's
+# mounts, its files outside its directory).
 # The default teardown; a .bats file that starts more (nbd.bash's nbdkit)
 # defines its own teardown() that stops those first and then calls this.
 brick_teardown() {
@@ -133,6 +134,10 @@ brick_teardown() {
       timeout 5 tail --pid="$pid" -f /dev/null || kill -KILL "$pid" 2>/dev/null
       wait "$pid" 2>/dev/null
     done <"$BATS_TEST_TMPDIR/pids"
+  fi
+  if [ -f "$BATS_TEST_TMPDIR/unmount-after" ]; then
+    local mnt
+    while read -r mnt; do umount -- "$mnt" 2>/dev/null; done <"$BATS_TEST_TMPDIR/unmount-after"
   fi
   if [ -f "$BATS_TEST_TMPDIR/remove-after" ]; then
     local path
