@@ -211,6 +211,17 @@ class Copier {
       } else {
         source_turn_++;
       }
+      if (st.error().errnum() == EIO) {
+        // The source could not make its writes durable (over TCP a READ is
+        // a sync point): given up whole, as a read of it gives it up
+        // (IoRetry::settle), so the next attempt reads another copy - also
+        // of an unsettled block, whose source is otherwise fixed.
+        auto given_up = volume_.sync_failed(source_brick, EIO);
+        if (!given_up) {
+          PBRICK_LOG_ERROR("brick %s: %s", volume_.brick_name(source_brick).c_str(),
+                           given_up.error().message().c_str());
+        }
+      }
       drop(source_brick);
       return false;
     }

@@ -789,6 +789,7 @@ Status Volume::replace_brick(uint32_t b, const ClientOptions& target) {
   // the new store: a restart then copies all of them.
   auto blocks = dirty_all_of(b);
   if (!blocks) return blocks.error();
+  bricks_[b]->failures_given_up = write_failures(b);  // the new store gets every block
   const uint64_t now = static_cast<uint64_t>(std::time(nullptr));
   auto r = write_label_set({}, std::nullopt, std::make_pair(b, LabelBrick{store, options_.base, now}));
   if (!r) return r.error();
@@ -814,13 +815,18 @@ Result<uint64_t> Volume::dirty_all_of(uint32_t b) {
   // mark_dirty_locked rely on it), and a failed write leaves dirty_ as it was.
   std::vector<uint8_t> bits = dirty_bitmap();
   std::vector<uint64_t> of_b;
+  bool all_dirty = true;
   for (uint64_t i = 0; i < block_count_; i++) {
     for (uint32_t j = 0; j < placement_.copies; j++) {
       if (placement_.brick_of(placement_.unit(i, j)) != b) continue;
       bits[i / 8] = static_cast<uint8_t>(bits[i / 8] | (1u << (i % 8)));
       of_b.push_back(i);
+      all_dirty = all_dirty && dirty(i);
     }
   }
+  // Given up whole before (every read of a failed brick's copy may ask):
+  // the bits are durable already.
+  if (all_dirty) return static_cast<uint64_t>(of_b.size());
   for (uint32_t s = 0; s < brick_count(); s++) {
     if (!mirror_->in_sync(s) || s == b) continue;
     Status st = write_bitmap(s, bits);
@@ -855,8 +861,10 @@ Result<bool> Volume::sync_failed(uint32_t b, int errnum) {
   if (!mirror_ || options_.read_only) return false;
   std::lock_guard label_lock(label_mu_);
   if (mirror_->in_sync(b) && !mirror_->may_lose(placement_, b)) return false;
+  const bool given_up_before = mirror_->state(b) == CopyState::kStale;
   auto blocks = give_up_copy_locked(b);
   if (!blocks) return blocks.error();
+  if (given_up_before) return true;  // said once, when it went
   PBRICK_LOG_WARN("volume %s: a sync on brick %s failed (%s): writes it took since its last good sync may be lost "
                   "there; all %llu blocks of its copy will be copied to it again",
                   format_uuid(claim_->label().volume_uuid).c_str(), brick_name(b).c_str(), std::strerror(errnum),

@@ -994,6 +994,79 @@ TEST(GatewayOverFaultyBrick, AResyncWhoseCopyCannotBeMadeDurableGivesTheCopyUpWh
   engine->reset();
 }
 
+// After an unclean detach the repair copies each written block from its
+// source. A source whose store failed to persist answers the repair's READ
+// (a sync point over TCP) with EIO for as long as it runs: it is given up
+// whole, as a read of it gives it up, and the repair ends on the other copy
+// (it would otherwise hold the block and try the same source for ever, as
+// the brick still answers probes). Giving a copy up whole again writes no
+// bitmap: its bits are durable already.
+TEST(GatewayOverFaultyBrick, ARepairWhoseSourceAnswersEioGivesItUpAndEnds) {
+  FaultyBrick b0, b1;
+  b0.start();
+  b1.start();
+  VolumeOptions vo;
+  vo.layout = Layout::kMirror;
+  vo.copies = 2;
+  vo.bricks = {b0.options(), b1.options()};
+  vo.size = 16 * kMiB;
+  vo.leg_timeout_ms = 1000;
+  vo.io_timeout_ms = 3000;
+  auto data = pattern(2 * kBlock, 5);
+  {
+    auto volume = Volume::Open(vo);
+    ASSERT_TRUE(volume.ok()) << volume.error().message();
+    auto engine = Engine::Start(std::move(*volume), {.queues = 1, .depth = 8});
+    ASSERT_TRUE(engine.ok()) << engine.error().message();
+    ASSERT_TRUE((*engine)->write(data.data(), data.size(), kBlock, false).ok());  // blocks 1 and 2
+    ASSERT_TRUE((*engine)->flush().ok());
+    (*engine)->volume().leave_uncleanly_for_testing();
+  }
+  vo.resync_mib_per_s = 1;  // two seconds a block
+  auto volume = Volume::Open(vo);
+  ASSERT_TRUE(volume.ok()) << volume.error().message();
+  auto engine = Engine::Start(std::move(*volume), {.queues = 1, .depth = 8});
+  ASSERT_TRUE(engine.ok()) << engine.error().message();
+  Volume& v = (*engine)->volume();
+  const Placement& pl = v.placement();
+  ASSERT_EQ(pl.brick_of(pl.unit(2, 0)), 0u) << "brick 0 is block 2's source";
+  // Block 1 (source brick 1, copied to brick 0) first: its copy would meet
+  // brick 0's failure as the target's.
+  auto until = std::chrono::steady_clock::now() + 10s;
+  while (v.mirror()->unsettled(1) && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(1ms);
+  ASSERT_FALSE(v.mirror()->unsettled(1));
+  ASSERT_TRUE(v.mirror()->unsettled(2));
+  // Brick 0's store fails to persist, seen by a connection of the test's own.
+  b0.region().fail(Fault::kSync, EIO);
+  {
+    auto c = b0.connect();
+    ASSERT_TRUE(c);
+    const uint64_t elsewhere = 1ull << 30;
+    ASSERT_TRUE(c->alloc(elsewhere).ok());
+    auto m = c->map(elsewhere, proto::kMapWrite);
+    ASSERT_TRUE(m.ok()) << m.error().message();
+    auto bytes = pattern(4096, 1);
+    ASSERT_TRUE(c->write(m->rkey, m->remote_addr, bytes).ok());
+    EXPECT_EQ(errnum_of(c->read(m->rkey, m->remote_addr, bytes)), EIO);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (v.mirror()->unsettled_count() != 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(v.mirror()->unsettled_count(), 0u) << "the repair did not end";
+  EXPECT_EQ(v.mirror()->state(0), CopyState::kStale);
+  EXPECT_EQ(v.dirty_count(), v.block_count()) << "every block has a copy on brick 0";
+  const uint64_t syncs = b1.region().syncs_started();
+  auto again = v.sync_failed(0, EIO);
+  ASSERT_TRUE(again.ok()) << again.error().message();
+  EXPECT_TRUE(*again);
+  EXPECT_EQ(b1.region().syncs_started(), syncs) << "the bitmap was written again";
+  std::vector<uint8_t> back(data.size());
+  ASSERT_TRUE((*engine)->read(back.data(), back.size(), kBlock).ok());
+  EXPECT_EQ(back, data);
+  engine->reset();
+}
+
 // A write whose copy on a dead brick is given up completes only once that
 // copy's stale mark is durable on the other brick (docs/persistence.md,
 // "Mirrors"): with the other brick's syncs held, the write waits; released,
