@@ -854,6 +854,25 @@ Result<std::unique_ptr<Engine>> start_mirror(FaultyBrick& b0, FaultyBrick& b1) {
   return Engine::Start(std::move(*volume), eo);
 }
 
+// Two faulty bricks started on loopback and a 2-copy mirror over them
+// (start_mirror); `engine` is null, with the reason in `error`, when it
+// could not start. The engine goes before the bricks.
+struct FaultyMirror {
+  FaultyBrick b0, b1;
+  std::unique_ptr<Engine> engine;
+  std::string error;
+  FaultyMirror() {
+    b0.start();
+    b1.start();
+    auto started = start_mirror(b0, b1);
+    if (started) {
+      engine = std::move(*started);
+    } else {
+      error = started.error().message();
+    }
+  }
+};
+
 // The volume label as brick `b` holds it (base 0), read from the brick.
 Result<VolumeLabel> label_held_by(const FaultyBrick& b) {
   auto c = b.connect();
@@ -876,12 +895,10 @@ Result<VolumeLabel> label_held_by(const FaultyBrick& b) {
 // stale in the labels) and the FLUSH completes on the other copy; with no
 // other in-sync copy left, the FLUSH fails as on a single brick.
 TEST(GatewayOverFaultyBrick, AMirrorGivesUpTheCopyWhoseFdatasyncFailedAndTheFlushSucceeds) {
-  FaultyBrick b0, b1;
-  b0.start();
-  b1.start();
-  auto engine = start_mirror(b0, b1);
-  ASSERT_TRUE(engine.ok()) << engine.error().message();
-  Engine& e = **engine;
+  FaultyMirror m;
+  ASSERT_TRUE(m.engine) << m.error;
+  FaultyBrick &b0 = m.b0, &b1 = m.b1;
+  Engine& e = *m.engine;
   Volume& v = e.volume();
   auto first = pattern(4096, 3), second = pattern(4096, 9);
   ASSERT_TRUE(e.write(first.data(), first.size(), 0, false).ok());
@@ -908,7 +925,7 @@ TEST(GatewayOverFaultyBrick, AMirrorGivesUpTheCopyWhoseFdatasyncFailedAndTheFlus
   ASSERT_TRUE(e.write(first.data(), first.size(), 5 * kBlock, false).ok());
   EXPECT_EQ(errnum_of(e.flush()), EIO);
   EXPECT_EQ(v.mirror()->state(0), CopyState::kInSync) << "the last copy is never given up";
-  engine->reset();
+  m.engine.reset();
 }
 
 // Mirror over TCP: a READ is a sync point, so a brick whose fdatasync failed
@@ -916,12 +933,10 @@ TEST(GatewayOverFaultyBrick, AMirrorGivesUpTheCopyWhoseFdatasyncFailedAndTheFlus
 // sync gives it up, and reads go on from the other copy; the last copy is
 // not given up, and its read fails.
 TEST(GatewayOverFaultyBrick, AMirrorReadThatMeetsAFailedFdatasyncGivesTheCopyUpAndReadsTheOther) {
-  FaultyBrick b0, b1;
-  b0.start();
-  b1.start();
-  auto engine = start_mirror(b0, b1);
-  ASSERT_TRUE(engine.ok()) << engine.error().message();
-  Engine& e = **engine;
+  FaultyMirror m;
+  ASSERT_TRUE(m.engine) << m.error;
+  FaultyBrick &b0 = m.b0, &b1 = m.b1;
+  Engine& e = *m.engine;
   Volume& v = e.volume();
   auto first = pattern(4096, 4), second = pattern(4096, 8);
   ASSERT_TRUE(e.write(first.data(), first.size(), 3 * kBlock, false).ok());
@@ -947,7 +962,7 @@ TEST(GatewayOverFaultyBrick, AMirrorReadThatMeetsAFailedFdatasyncGivesTheCopyUpA
   std::vector<uint8_t> back(4096);
   EXPECT_EQ(errnum_of(e.read(back.data(), back.size(), 3 * kBlock)), EIO);
   EXPECT_EQ(v.mirror()->state(0), CopyState::kInSync) << "the last copy is never given up";
-  engine->reset();
+  m.engine.reset();
 }
 
 // A resync's copies are made durable on the brick they go to; one that
@@ -956,12 +971,10 @@ TEST(GatewayOverFaultyBrick, AMirrorReadThatMeetsAFailedFdatasyncGivesTheCopyUpA
 // (every block dirty), not left stale with the bits it had, which a later
 // resync would copy and call the copy in sync.
 TEST(GatewayOverFaultyBrick, AResyncWhoseCopyCannotBeMadeDurableGivesTheCopyUpWhole) {
-  FaultyBrick b0, b1;
-  b0.start();
-  b1.start();
-  auto engine = start_mirror(b0, b1);
-  ASSERT_TRUE(engine.ok()) << engine.error().message();
-  Engine& e = **engine;
+  FaultyMirror m;
+  ASSERT_TRUE(m.engine) << m.error;
+  FaultyBrick& b1 = m.b1;
+  Engine& e = *m.engine;
   Volume& v = e.volume();
   auto data = pattern(4096, 7);
   ASSERT_TRUE(e.write(data.data(), data.size(), 3 * kBlock, false).ok());
@@ -991,7 +1004,7 @@ TEST(GatewayOverFaultyBrick, AResyncWhoseCopyCannotBeMadeDurableGivesTheCopyUpWh
   std::vector<uint8_t> back(4096);
   ASSERT_TRUE(e.read(back.data(), back.size(), 3 * kBlock).ok());
   EXPECT_EQ(back, data);
-  engine->reset();
+  m.engine.reset();
 }
 
 // After an unclean detach the repair copies each written block from its
@@ -1072,12 +1085,10 @@ TEST(GatewayOverFaultyBrick, ARepairWhoseSourceAnswersEioGivesItUpAndEnds) {
 // "Mirrors"): with the other brick's syncs held, the write waits; released,
 // it completes, and the label read back from that brick calls the copy stale.
 TEST(GatewayOverFaultyBrick, AStaleMarkIsDurableBeforeTheWriteThatMissedTheCopyCompletes) {
-  FaultyBrick b0, b1;
-  b0.start();
-  b1.start();
-  auto engine = start_mirror(b0, b1);
-  ASSERT_TRUE(engine.ok()) << engine.error().message();
-  Engine& e = **engine;
+  FaultyMirror m;
+  ASSERT_TRUE(m.engine) << m.error;
+  FaultyBrick &b0 = m.b0, &b1 = m.b1;
+  Engine& e = *m.engine;
   Volume& v = e.volume();
   auto first = pattern(4096, 5), second = pattern(4096, 6);
   ASSERT_TRUE(e.write(first.data(), first.size(), 0, false).ok());
@@ -1104,7 +1115,7 @@ TEST(GatewayOverFaultyBrick, AStaleMarkIsDurableBeforeTheWriteThatMissedTheCopyC
   auto label = label_held_by(b0);
   ASSERT_TRUE(label.ok()) << label.error().message();
   EXPECT_NE(label->bricks[1].stale_since, 0u);
-  engine->reset();
+  m.engine.reset();
 }
 
 // The request ids of the frames a TcpChannel queued for sending, in order.
