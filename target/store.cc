@@ -28,11 +28,11 @@ constexpr char kMagic[8] = {'P', 'B', 'R', 'K', 'S', 'T', 'O', 'R'};
 constexpr char kFormatMarker[8] = {'P', 'B', 'R', 'K', 'I', 'N', 'I', 'T'};
 // Version 2 adds a checksum to every map entry; version 1 stores are upgraded
 // in place by Open() (upgrade_map()).
+constexpr uint32_t kLayoutVersion = 2;
+constexpr uint32_t kLayoutVersionV1 = 1;
 // Free slots an ALLOC zeroes at most before it reports ENOSPC, when the
 // first ones have no space behind them (Store::alloc).
 constexpr size_t kAllocSpaceTries = 8;
-constexpr uint32_t kLayoutVersion = 2;
-constexpr uint32_t kLayoutVersionV1 = 1;
 constexpr size_t kSbMagic = 0;
 constexpr size_t kSbVersion = 8;
 constexpr size_t kSbFlags = 12;
