@@ -53,7 +53,8 @@ class ConnTransport {
   // Stopping the brick: every pending operation of the connection completes.
   virtual void shutdown_all() = 0;
   // Another connection took this one's place (FENCE): the peer loses it now,
-  // before the FENCE is answered. TCP: both directions shut (the Server
+  // before the FENCE is answered; or the peer is gone (an RDMA disconnect),
+  // and what it would have acknowledged must not hold the connection. TCP: both directions shut (the Server
   // parses nothing more of a closing connection); RDMA: the queue pair goes
   // to the error state, so no one-sided access of it lands any more.
   virtual void cut_off() = 0;

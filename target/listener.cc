@@ -295,6 +295,12 @@ void Server::Impl::on_cm_events() {
       PBRICK_LOG_DEBUG("%s: %s", c->peer.c_str(), e.name.c_str());
       c->peer_eof = true;
       c->drop_output();  // nobody is left to read replies
+      // A reply already posted is never acknowledged by a peer that is gone:
+      // it would hold the connection, and its mappings (a volume's lock
+      // among them), until the QP's retries ran out, seconds later, or for
+      // ever while a receiver-not-ready peer lives on. Moving the QP to the
+      // error state flushes it now.
+      c->transport->cut_off();
       c->begin_close();
       maybe_close(*c);
     }

@@ -26,6 +26,18 @@
 //     WRITE of a pattern is queued (not posted), then a PERSIST is sent.
 //     Nothing may be left queued, the WRITE completes before the PERSIST's
 //     reply arrives, the reply is OK, and the pattern reads back.
+//   rdma_probe vanish HOST:PORT VADDR
+//     A child process maps VADDR exclusively (as a gateway holds a volume's
+//     lock), sends more STATs than it has receives posted, so that replies
+//     wait at its NIC, and exits without disconnecting, as a killed gateway
+//     does. The brick must release the mapping at once: another client maps
+//     VADDR exclusively within 2 s, where waiting for the stuck replies to
+//     time out would take the QP's retries (seconds).
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <optional>
@@ -497,11 +509,69 @@ int order(const Endpoint& ep, uint64_t vaddr) {
   return g_failures == 0 ? 0 : 1;
 }
 
+int vanish(const Endpoint& ep, uint64_t vaddr) {
+  // The child owns every RDMA resource of the dying client; this process
+  // opens none before the child is gone.
+  pid_t child = fork();
+  if (child < 0) {
+    step(false, std::string("fork: ") + std::strerror(errno));
+    return 1;
+  }
+  if (child == 0) {
+    rdma::RdmaLink link;
+    auto c = BrickClient::Connect(options_for(ep), &link, rdma::LinkOptions{});
+    if (!c) {
+      step(false, "connect: " + c.error().message());
+      std::fflush(stdout);
+      _exit(1);
+    }
+    Status st = (*c)->alloc(vaddr);
+    step(st.ok() || st.error().errnum() == EEXIST, "alloc " + format_hex(vaddr));
+    auto h = (*c)->map(vaddr, 0);
+    step(h.ok(), "map read-only, exclusive" + (h.ok() ? "" : ": " + h.error().message()));
+    // Never polled: its receives are not posted again, so the brick's later
+    // replies meet a receiver not ready and stay in flight (RNR retries).
+    int sent = 0;
+    for (uint32_t i = 0; i < proto::kRdmaMaxOutstanding + 8; i++) {
+      if (!link.send_message(frame(proto::Opcode::kStat, {}, 0)).ok()) break;
+      sent++;
+    }
+    step(sent > static_cast<int>(proto::kRdmaMaxOutstanding), std::to_string(sent) + " STATs sent, none read");
+    std::fflush(stdout);
+    ::usleep(300 * 1000);  // the brick has answered what it can
+    _exit(g_failures == 0 ? 0 : 1);  // no disconnect: the kernel tears the QP down
+  }
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  step(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the client holding the mapping exited without disconnecting");
+  auto started = std::chrono::steady_clock::now();
+  auto c = BrickClient::Connect(options_for(ep));
+  if (!c) {
+    step(false, "connect: " + c.error().message());
+    return 1;
+  }
+  Result<proto::MapReply> h = Error(EBUSY, "not tried");
+  long waited_ms = 0;
+  for (;;) {
+    h = (*c)->map(vaddr, 0);
+    waited_ms = static_cast<long>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                      std::chrono::steady_clock::now() - started)
+                                      .count());
+    if (h || h.error().errnum() != EBUSY || waited_ms >= 10000) break;
+    ::usleep(50 * 1000);
+  }
+  step(h.ok() && waited_ms < 2000, "another client maps it exclusively " +
+                                       (h.ok() ? "after " + std::to_string(waited_ms) + " ms"
+                                               : "never in " + std::to_string(waited_ms) + " ms: " +
+                                                     h.error().message()));
+  return g_failures == 0 ? 0 : 1;
+}
+
 }  // namespace
 
 constexpr char kUsage[] =
     "usage: rdma_probe revoke HOST:PORT VADDR | garbage HOST:PORT | preauth HOST:PORT KEYFILE VADDR |\n"
-    "                  order HOST:PORT VADDR\n";
+    "                  order HOST:PORT VADDR | vanish HOST:PORT VADDR\n";
 
 int main(int argc, char** argv) {
   if (argc < 3) {
@@ -524,6 +594,11 @@ int main(int argc, char** argv) {
     auto vaddr = pbrick::parse_u64(argv[3], "VADDR");
     if (!vaddr) return 2;
     return order(*ep, *vaddr);
+  }
+  if (mode == "vanish" && argc == 4) {
+    auto vaddr = pbrick::parse_u64(argv[3], "VADDR");
+    if (!vaddr) return 2;
+    return vanish(*ep, *vaddr);
   }
   if (mode == "preauth" && argc == 5) {
     auto vaddr = pbrick::parse_u64(argv[4], "VADDR");

@@ -19,6 +19,9 @@
 #      it on the same queue pair, as the WRITEs it covers must land first
 #   9. the RDMA device removed under a brick (rdma link delete): the brick
 #      exits 1 naming it, and serves its store again once started anew
+#  10. a client that dies with replies on their way to it (a killed gateway)
+#      loses its exclusive mapping (a volume's lock) at once, not once the
+#      brick's QP has run out of retries
 # The brick API tests (tests/integration/brick.bats) and the ublk tests run
 # over RDMA as well (scripts/test runs them with PBRICK_TRANSPORT=rdma).
 
@@ -74,6 +77,16 @@ seconds() { awk -v t="$1" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t /
   printf '# %s\n' "${lines[@]}" >&3
   assert_success
   refute_output --partial "FAIL"
+}
+
+@test "rdma: a client killed with replies in flight loses its exclusive mapping at once" {
+  start_brick b --log-level debug
+  run "$PROBE_BIN" vanish "$TARGET" 0x600000
+  printf '# %s\n' "${lines[@]}" >&3
+  assert_success
+  refute_output --partial "FAIL"
+  assert_output --partial "another client maps it exclusively after"
+  kill -0 "$BRICK_PID"
 }
 
 @test "rdma: malformed messages close their own connection only" {
