@@ -32,6 +32,33 @@ std::string format_uuid(const std::array<uint8_t, proto::kUuidSize>& u) {
   return buf;
 }
 
+Result<std::array<uint8_t, proto::kUuidSize>> parse_uuid(std::string_view text, std::string_view what) {
+  std::array<uint8_t, proto::kUuidSize> u{};
+  auto bad = [&] {
+    return Error(EINVAL, std::string(what) + ": '" + std::string(text) +
+                             "' is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, hexadecimal)");
+  };
+  if (text.size() != 36) return bad();
+  size_t pos = 0;
+  for (size_t i = 0; i < u.size(); i++) {
+    if (pos == 8 || pos == 13 || pos == 18 || pos == 23) {
+      if (text[pos] != '-') return bad();
+      pos++;
+    }
+    auto nibble = [](char ch) -> int {
+      if (ch >= '0' && ch <= '9') return ch - '0';
+      if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+      if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
+      return -1;
+    };
+    int hi = nibble(text[pos]), lo = nibble(text[pos + 1]);
+    if (hi < 0 || lo < 0) return bad();
+    u[i] = static_cast<uint8_t>(hi << 4 | lo);
+    pos += 2;
+  }
+  return u;
+}
+
 Result<Endpoint> parse_endpoint(std::string_view text, std::string_view what, bool allow_port_zero) {
   auto bad = [&](const std::string& why) {
     return Error(EINVAL, std::string(what) + ": invalid address '" + std::string(text) + "': " + why);

@@ -94,6 +94,8 @@ inline constexpr int kErrWrongStore = EMEDIUMTYPE;
 
 // "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", lower case.
 std::string format_uuid(const std::array<uint8_t, proto::kUuidSize>& uuid);
+// What format_uuid() writes (either case). EINVAL naming `what`.
+Result<std::array<uint8_t, proto::kUuidSize>> parse_uuid(std::string_view text, std::string_view what);
 
 class BrickClient {
  public:

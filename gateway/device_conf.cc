@@ -8,6 +8,7 @@
 #include <optional>
 #include <string_view>
 
+#include "common/client.h"
 #include "common/layout.h"
 #include "common/transport.h"
 #include "common/units.h"
@@ -58,6 +59,7 @@ Status save_device_conf(const std::string& path, const AttachParams& p) {
   if (!p.chain_syncs.value_or(true)) std::fprintf(f, "chained_syncs=0\n");
   if (p.pin_queues.value_or(false)) std::fprintf(f, "pin_queues=1\n");
   if (p.poll_us.value_or(0) != 0) std::fprintf(f, "poll_us=%u\n", *p.poll_us);
+  if (p.volume_uuid) std::fprintf(f, "volume=%s\n", format_uuid(*p.volume_uuid).c_str());
   if (p.max_mapped) std::fprintf(f, "max_mapped=%llu\n", static_cast<unsigned long long>(*p.max_mapped));
   // The errno of the first step that failed, so the error names its cause.
   int err = std::ferror(f) != 0 ? (errno != 0 ? errno : EIO) : 0;
@@ -143,6 +145,11 @@ Result<AttachParams> load_device_conf(const std::string& path) {
     *out = *v;
     return Status::Ok();
   };
+  if (has("volume")) {
+    auto uuid = parse_uuid(kv["volume"], what("volume"));
+    if (!uuid) return uuid.error();
+    p.volume_uuid = *uuid;
+  }
   PBRICK_TRY(optional_u32("poll_us", &p.poll_us));
   if (p.poll_us.value_or(0) > kMaxPollUs) {
     return Error(EINVAL, what("poll_us") + " must be 0.." + std::to_string(kMaxPollUs));

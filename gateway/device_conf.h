@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "common/result.h"
@@ -17,6 +18,9 @@ namespace pbrick {
 // What attach was given: the volume, and what only the ublk device has.
 struct AttachParams : VolumeSpec {
   uint32_t logical_block_size = 4096;
+  // The volume the device serves, once attach opened it: recover opens no
+  // other (VolumeOptions::volume_uuid). Unset in files from before it was kept.
+  std::optional<Uuid> volume_uuid;
 };
 
 // Replaces `path` whole (written to `path`.tmp, then renamed): a reader sees

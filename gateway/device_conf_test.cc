@@ -76,6 +76,7 @@ TEST_F(DeviceConfTest, EverySettingComesBackAsAttachGaveIt) {
   p.degraded = true;
   p.chain_syncs = false;
   p.logical_block_size = 512;
+  p.volume_uuid = Uuid{0xe2, 0xf4, 0x24, 0x59, 0x99, 0x2f, 0x43, 0x2b, 0xa5, 0x8a, 0x8e, 0x2f, 0x48, 0xbb, 0xc5, 0x71};
   PBRICK_ASSERT_OK(save_device_conf(path_, p));
 
   auto got = load_device_conf(path_);
@@ -102,6 +103,7 @@ TEST_F(DeviceConfTest, EverySettingComesBackAsAttachGaveIt) {
   EXPECT_TRUE(got->degraded);
   EXPECT_EQ(got->chain_syncs, false) << "a device attached with --no-chained-syncs recovers without chaining";
   EXPECT_EQ(got->logical_block_size, 512u);
+  EXPECT_EQ(got->volume_uuid, p.volume_uuid);
 }
 
 TEST_F(DeviceConfTest, WhatAttachLeftUnsetRecoversAsTheDefaults) {
@@ -121,6 +123,7 @@ TEST_F(DeviceConfTest, WhatAttachLeftUnsetRecoversAsTheDefaults) {
   EXPECT_FALSE(got->degraded);
   EXPECT_TRUE(got->brick_key_files.empty());
   EXPECT_EQ(got->logical_block_size, 4096u);
+  EXPECT_FALSE(got->volume_uuid.has_value()) << "a file from before the volume was kept: recover checks nothing";
 }
 
 // Brick key files by place: a brick without one (an empty entry) keeps the
@@ -165,10 +168,14 @@ TEST_F(DeviceConfTest, AValueThatDoesNotParseIsRefusedNamingFileAndKey) {
   for (const Case& c : {Case{"size", "size=lots"}, Case{"queues", "queues=4294967296"},
                         Case{"chained_syncs", "chained_syncs=no"}, Case{"read_only", "read_only=yes"},
                         Case{"poll_us", "poll_us=1001"}, Case{"transport", "transport=carrier-pigeon"},
-                        Case{"target", "target=nohost"}}) {
+                        Case{"target", "target=nohost"},
+                        Case{"volume", "volume=e2f42459-992f-432b-a58a-8e2f48bbc57"},
+                        Case{"volume", "volume=e2f42459+992f-432b-a58a-8e2f48bbc571"},
+                        Case{"volume", "volume=e2f42459-992f-432b-a58a-8e2f48bbc57x"}}) {
     AttachParams p = minimal();
     p.chain_syncs = false;  // so that the line is there to rewrite
     p.poll_us = 5;
+    p.volume_uuid = Uuid{};
     PBRICK_ASSERT_OK(save_device_conf(path_, p));
     rewrite(c.key, c.line);
     auto got = load_device_conf(path_);

@@ -119,7 +119,8 @@ constexpr const char* kUsage =
     "  foreground like attach; I/O in flight when the daemon died is reissued. A\n"
     "  brick that refuses data connections then does not stop it: its I/O waits\n"
     "  for the brick. A mirror with a brick unreachable recovers only with\n"
-    "  --degraded, as it attaches.\n"
+    "  --degraded, as it attaches. Only the volume the device was attached to is\n"
+    "  served: another volume at its base, or none, is refused.\n"
     "replace -n ID: a mirror's brick OLD (HOST:PORT as attached, or its place 0..N-1)\n"
     "  is replaced by the empty brick NEW while device ID stays in use; every block\n"
     "  is copied to it (progress in list). With --config/--volume: the one brick the\n"
@@ -177,6 +178,7 @@ Result<AttachParams> load_conf(uint32_t id) { return load_device_conf(conf_path(
 Result<std::unique_ptr<Volume>> open_volume(const AttachParams& p) {
   auto vo = p.volume_options();
   if (!vo) return vo.error();
+  vo->volume_uuid = p.volume_uuid;
   return Volume::Open(*vo);
 }
 
@@ -669,6 +671,7 @@ int attach_main(int argc, char** argv) {
     return fail(st.error());
   }
   AttachParams saved = p;
+  saved.volume_uuid = s.volume->label().volume_uuid;
   // Files an earlier device of this id left (its daemon killed): its .conf
   // must not outlive a failed save, its mirror's copies not show under this
   // device in list.

@@ -182,7 +182,7 @@ Result<std::unique_ptr<Volume>> Volume::Open(const VolumeOptions& options) {
     claim_bricks.push_back({volume->bricks_[b]->control.get(), volume->brick_name(b), options.base});
   }
   auto claim = VolumeClaim::Acquire(claim_bricks, {options.name, options.layout, options.size, options.read_only,
-                                                   volume->copies()});
+                                                   volume->copies(), options.volume_uuid});
   if (!claim) return claim.error().wrap("volume open");
   volume->claim_ = std::move(*claim);
   if (!options.read_only) {

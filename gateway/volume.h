@@ -82,6 +82,9 @@ struct VolumeOptions {
   std::vector<ClientOptions> bricks = {};
   // The volume's name in its label (gateway/volume_label.h); empty: unnamed.
   std::string name{};
+  // Set (a recover): open only this volume, already labelled; another
+  // volume's label at `base`, or none, fails the open (LabelRequest).
+  std::optional<Uuid> volume_uuid{};
   // Read-only attaches map blocks read-only and share the volume with its
   // writer; read-write attaches hold it exclusively (gateway/volume_claim.h).
   bool read_only = false;

@@ -337,6 +337,13 @@ Result<LabelPlan> plan_labels(std::span<const BrickSeen> bricks, const LabelRequ
                                                       "starts with every brick");
     }
   }
+  if (auth == nullptr && req.volume_uuid) {
+    return Error(kErrWrongStore, brick_desc(0, bricks[0]) + (n > 1 ? " and its other bricks hold" : " holds") +
+                                     " no label at base " + format_hex(bricks[0].base) + ": volume " +
+                                     format_uuid(*req.volume_uuid) +
+                                     " is not there (the volume deleted, or the brick reformatted); not making a "
+                                     "new one under what was written to it");
+  }
   if (auth == nullptr) {
     // No brick holds a committed label: a first attach, or one that was
     // interrupted before any brick committed (so no data was written through
@@ -360,6 +367,11 @@ Result<LabelPlan> plan_labels(std::span<const BrickSeen> bricks, const LabelRequ
   }
   const std::string vol = volume_desc(*auth);
   const std::string auth_brick = brick_desc(auth_at, bricks[auth_at]);
+  if (req.volume_uuid && auth->volume_uuid != *req.volume_uuid) {
+    return Error(kErrWrongStore, "the label on " + auth_brick + " at base " + format_hex(bricks[auth_at].base) +
+                                     " is of " + vol + ", not of volume " + format_uuid(*req.volume_uuid) +
+                                     ": another volume took its place");
+  }
   if (auth->bricks.size() != n) {
     return Error(EINVAL, vol + " has " + std::to_string(auth->bricks.size()) + " bricks by the label on " + auth_brick +
                              ", but " + std::to_string(n) + " were given");

@@ -147,6 +147,10 @@ struct LabelRequest {
   uint64_t size = 0;
   bool read_only = false;
   uint32_t copies = 1;  // layout mirror: 2..3
+  // Set: the volume must be this one, already labelled (a recover: the
+  // device was attached to it). No label is then an error, not a first
+  // attach, and another volume's label is refused.
+  std::optional<Uuid> volume_uuid{};
 };
 struct BrickSeen {
   std::string endpoint;  // for messages: "host:port"

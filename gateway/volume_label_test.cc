@@ -515,6 +515,53 @@ TEST_F(VolumeClaimTest, SecondWriterGetsEbusyNamingTheHolderUntilTheHolderIsGone
   EXPECT_EQ(third->label().generation, first->label().generation);
 }
 
+// A recover names the volume its device was attached to: another volume at
+// the same base (the first deleted, another made there) or none at all is
+// refused, and nothing is written.
+TEST_F(VolumeClaimTest, ANamedVolumeIsOpenedOnlyIfItIsTheOneAtTheBase) {
+  Uuid first_uuid{};
+  {
+    auto a = connect({0, 1, 2});
+    PBRICK_ASSERT_OK(a);
+    auto first = VolumeClaim::Acquire(a->claim, stripe(12 * kMiB));
+    PBRICK_ASSERT_OK(first);
+    first_uuid = first->label().volume_uuid;
+  }
+  auto b = connect({0, 1, 2});
+  PBRICK_ASSERT_OK(b);
+  LabelRequest other = stripe(12 * kMiB);
+  other.volume_uuid = uuid_of(0x42);
+  auto refused = VolumeClaim::Acquire(b->claim, other);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().errnum(), kErrWrongStore);
+  EXPECT_NE(refused.error().context().find("is of volume " + format_uuid(first_uuid) + " 'vol', not of volume " +
+                                           format_uuid(uuid_of(0x42)) + ": another volume took its place"),
+            std::string::npos)
+      << refused.error().context();
+  LabelRequest same = stripe(12 * kMiB);
+  same.volume_uuid = first_uuid;
+  {
+    auto opened = VolumeClaim::Acquire(b->claim, same);
+    PBRICK_ASSERT_OK(opened);
+    EXPECT_EQ(opened->label().volume_uuid, first_uuid);
+  }
+  // Where no volume is, none is made.
+  auto empty = connect({0, 1, 2}, 64 * kMiB);
+  PBRICK_ASSERT_OK(empty);
+  auto none = VolumeClaim::Acquire(empty->claim, same);
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.error().errnum(), kErrWrongStore);
+  EXPECT_NE(none.error().context().find("no label at base 0x4000000: volume " + format_uuid(first_uuid) +
+                                        " is not there"),
+            std::string::npos)
+      << none.error().context();
+  LabelRequest look = stripe(12 * kMiB);
+  look.read_only = true;
+  auto still_none = VolumeClaim::Acquire(empty->claim, look);
+  ASSERT_FALSE(still_none.ok());
+  EXPECT_EQ(still_none.error().errnum(), EROFS) << still_none.error().message();
+}
+
 TEST_F(VolumeClaimTest, WrongOrderAndReformattedBrickChangeNothing) {
   {
     auto a = connect({0, 1, 2});

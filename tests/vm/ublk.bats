@@ -11,9 +11,9 @@
 #   3. blkdiscard of a 2 MiB-aligned range frees the blocks at the brick and
 #      they read back as zeros
 #   4. kill -9 of the gateway under fio; recover -n 0 brings the device back;
-#      a mounted ext4 stays usable and fsck clean (detach, and a .conf with a
-#      value out of range, are refused first, naming why, and leave the device
-#      recoverable)
+#      a mounted ext4 stays usable and fsck clean (detach, a .conf with a
+#      value out of range, and one naming another volume than the one at its
+#      base, are refused first, naming why, and leave the device recoverable)
 #   5. brick crash (kill -9) and restart on the same port and store under a
 #      mounted ext4: I/O resumes, flushed data reads back intact
 #   6. -q 2 --pin-queues --poll-us 1000: each queue's thread runs on the CPUs
@@ -360,6 +360,17 @@ brick_lacks() {
   run timeout 60 "$GW_BIN" recover -n 0  # a recover that went ahead would serve in the foreground
   assert_failure 1
   assert_output --partial "$conf describes 2.0 GiB, 4096-byte blocks, but device 0 has 1.0 GiB"
+  # The volume the device was attached to is in the file; another volume at
+  # the same base (this one deleted, another made there) is not served under
+  # the device: its file system and the writes in flight are this volume's.
+  local uuid
+  uuid=$(sed -n 's/^volume=//p' "$BATS_TEST_TMPDIR/conf.saved")
+  grep -q "volume $uuid: labelled" "$BATS_TEST_TMPDIR/gw.log"
+  cp "$BATS_TEST_TMPDIR/conf.saved" "$conf"
+  sed -i 's/^volume=.*/volume=00000000-0000-4000-8000-000000000001/' "$conf"
+  run timeout 60 "$GW_BIN" recover -n 0
+  assert_failure 1
+  assert_output --partial "is of volume $uuid, not of volume 00000000-0000-4000-8000-000000000001: another volume took its place"
   cp "$BATS_TEST_TMPDIR/conf.saved" "$conf"
   gw_recover 0
   assert_equal "$(cat "$BATS_TEST_TMPDIR/recover.out")" /dev/ublkb0
