@@ -6,7 +6,11 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
 #include <ctime>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -21,6 +25,9 @@ namespace {
 // How long an exclusive MAP that meets EBUSY is retried: a holder that was
 // just killed is dropped once the brick has processed its connection's close.
 constexpr auto kLockRetryFor = std::chrono::milliseconds(1500);
+// How much longer when the holder record names a process of this host that
+// has exited (holder_exited_here).
+constexpr auto kExitedHolderWait = std::chrono::seconds(20);
 
 std::string where(const ClaimBrick& b, size_t index) {
   return "brick " + std::to_string(index) + " (" + b.endpoint + ")";
@@ -126,6 +133,37 @@ HolderRecord this_holder(const Uuid& volume, const Uuid& attachment) {
   return h;
 }
 
+// Whether the holder record names a process of this host that has exited
+// (gone, or a zombie: its connections are closed or closing). A pid taken by
+// another process since reads as alive: the short wait, then EBUSY.
+bool holder_exited_here(const HolderRecord& h) {
+  char host[256] = {};
+  if (gethostname(host, sizeof host - 1) != 0 || h.host != host) return false;
+  if (h.pid == 0 || h.pid > static_cast<uint64_t>(INT32_MAX)) return false;
+  const pid_t pid = static_cast<pid_t>(h.pid);
+  if (::kill(pid, 0) != 0) return errno == ESRCH;
+  char state = 0;
+  FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/stat").c_str(), "r");
+  if (f == nullptr) return false;
+  // "pid (comm) S ...": the command may hold spaces and parentheses; the
+  // state follows the last ')'.
+  char buf[512] = {};
+  size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+  std::fclose(f);
+  const char* close = std::strrchr(buf, ')');
+  if (close != nullptr && close + 2 < buf + n) state = close[2];
+  return state == 'Z' || state == 'X';
+}
+
+// The holder record beside label block `label`, if it reads and decodes.
+std::optional<HolderRecord> read_holder(BrickClient& c, uint64_t label) {
+  auto bytes = read_label_block(c, label);
+  if (!bytes || bytes->size() != kLabelReadSize) return std::nullopt;
+  auto h = decode_holder(std::span<const uint8_t>(*bytes).subspan(kHolderOffset, kLabelSlotSize));
+  if (!h) return std::nullopt;
+  return *h;
+}
+
 // Maps the lock block exclusively; the mapping lives as long as the connection.
 // `held_by_us` (optional) is set when the holder record names `attachment`.
 Status take_lock(const ClaimBrick& b, size_t index, uint64_t label, const Uuid& attachment,
@@ -135,21 +173,35 @@ Status take_lock(const ClaimBrick& b, size_t index, uint64_t label, const Uuid& 
   Status st = c.alloc(lock);
   if (!st && st.error().errnum() != EEXIST) return st.error().wrap(where(b, index) + ": lock");
   auto deadline = std::chrono::steady_clock::now() + kLockRetryFor;
+  bool waited_for_exited = false;
   for (;;) {
     auto m = c.map(lock, 0);  // read-only, exclusive
     if (m) return Status::Ok();
     if (m.error().errnum() != EBUSY) return m.error().wrap(where(b, index) + ": lock");
-    if (std::chrono::steady_clock::now() >= deadline) break;
+    if (std::chrono::steady_clock::now() >= deadline) {
+      // A holder of this host that has exited (a gateway killed a moment
+      // ago, recovered now) holds the lock only until the brick has seen
+      // its connections close: over RDMA, once the connection manager's
+      // disconnect reached it, which a loaded host delays. Worth a longer
+      // wait; any other holder is refused now.
+      if (waited_for_exited) break;
+      auto h = read_holder(c, label);
+      if (!h || !holder_exited_here(*h)) break;
+      PBRICK_LOG_NOTICE("%s: the volume is held by %s, which has exited: waiting up to %lld s for the brick to "
+                        "drop its connections",
+                        where(b, index).c_str(), h->to_string().c_str(),
+                        static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(kExitedHolderWait)
+                                                   .count()));
+      waited_for_exited = true;
+      deadline = std::chrono::steady_clock::now() + kExitedHolderWait;
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   std::string holder = "an attachment that has not recorded itself yet";
-  auto bytes = read_label_block(c, label);
-  if (bytes && bytes->size() == kLabelReadSize) {
-    auto h = decode_holder(std::span<const uint8_t>(*bytes).subspan(kHolderOffset, kLabelSlotSize));
-    if (h) {
-      holder = h->to_string();
-      if (held_by_us != nullptr) *held_by_us = h->attachment == attachment && attachment != Uuid{};
-    }
+  if (auto h = read_holder(c, label)) {
+    holder = h->to_string();
+    if (held_by_us != nullptr) *held_by_us = h->attachment == attachment && attachment != Uuid{};
+    if (waited_for_exited) holder += ", which has exited, but the brick still holds its connection";
   }
   return Error(EBUSY, "volume at " + format_hex(b.base) + " on " + where(b, index) + " is held by " + holder);
 }

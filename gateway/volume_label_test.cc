@@ -2,6 +2,11 @@
 // checks of a brick set, and the claim against real bricks over TCP.
 #include "gateway/volume_label.h"
 
+#include <sys/wait.h>
+
+#include <chrono>
+#include <thread>
+
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -513,6 +518,36 @@ TEST_F(VolumeClaimTest, SecondWriterGetsEbusyNamingTheHolderUntilTheHolderIsGone
   PBRICK_ASSERT_OK(third);
   EXPECT_EQ(third->label().volume_uuid, first->label().volume_uuid);
   EXPECT_EQ(third->label().generation, first->label().generation);
+}
+
+// A holder of this host that has exited (a gateway killed a moment before
+// its recover) keeps the lock only until the brick has seen its connections
+// close, which can take longer than the short retry: the claim waits for it.
+// Here the connections stay open in this process until a thread drops them.
+TEST_F(VolumeClaimTest, AHolderOfThisHostThatHasExitedIsWaitedForUntilTheBrickDropsIt) {
+  auto dying = connect({0, 1, 2});
+  PBRICK_ASSERT_OK(dying);
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    auto held = VolumeClaim::Acquire(dying->claim, stripe(12 * kMiB));
+    ::_exit(held.ok() ? 0 : 1);  // the record names this pid; the connections stay open in the parent
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  std::thread dropper([&] {
+    std::this_thread::sleep_for(std::chrono::seconds(3));
+    dying->clients.clear();
+  });
+  auto b = connect({0, 1, 2});
+  PBRICK_ASSERT_OK(b);
+  auto started = std::chrono::steady_clock::now();
+  auto second = VolumeClaim::Acquire(b->claim, stripe(12 * kMiB));
+  auto waited = std::chrono::steady_clock::now() - started;
+  dropper.join();
+  PBRICK_ASSERT_OK(second);
+  EXPECT_GE(waited, std::chrono::milliseconds(2500)) << "taken before the holder's connections were dropped";
 }
 
 // A recover names the volume its device was attached to: another volume at
