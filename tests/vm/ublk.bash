@@ -25,17 +25,37 @@ setup() {
   GW_PID=
 }
 
-teardown() {
-  local m
-  for m in $(awk -v d="$BATS_TEST_TMPDIR" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r); do
-    umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
+# wait_gone PID SECONDS: waits up to SECONDS for process PID to end.
+wait_gone() {
+  local i
+  for ((i = 0; i < $2 * 10; i++)); do
+    kill -0 "$1" 2>/dev/null || return 0
+    sleep 0.1
   done
+  return 1
+}
+
+teardown() {
+  # Unmounted in the background: the file system of a device whose daemon
+  # died (a test that failed after a kill) cannot write back, and its unmount
+  # waits until the device is removed below. A live daemon's takes seconds.
+  # Its output goes nowhere: bats waits for whatever holds its own open.
+  (
+    for m in $(awk -v d="$BATS_TEST_TMPDIR" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r); do
+      umount "$m" || umount -l "$m"
+    done
+  ) </dev/null >/dev/null 2>&1 3>&- &
+  local unmounting=$!
+  wait_gone "$unmounting" 30 || echo "# teardown: an unmount still waits; removing the device under it" >&3
   if [ -n "$GW_PID" ] && kill -0 "$GW_PID" 2>/dev/null; then
     kill -TERM "$GW_PID"
     timeout 20 tail --pid="$GW_PID" -f /dev/null || kill -KILL "$GW_PID"
   fi
   dmsetup remove --noudevsync pbrick-ublk-holder 2>/dev/null || true
-  "$GW_BIN" detach -n 0 >/dev/null 2>&1 || true
+  # A device left with its daemon gone and a file system on it is removed
+  # only with --force; left, it would be the next test's device 0.
+  "$GW_BIN" detach -n 0 >/dev/null 2>&1 || "$GW_BIN" detach -n 0 --force >/dev/null 2>&1 || true
+  wait_gone "$unmounting" 30 || echo "# teardown: an unmount hangs" >&3
   brick_teardown
   vm_store_remove
   # Shown by bats when the test failed.
