@@ -3,6 +3,8 @@
 # by pbrickctl over TCP - and, in the system tier, the same file over RDMA
 # (PBRICK_TRANSPORT=rdma on soft-RoCE), where one-sided access is checked by
 # the NIC: every refusal there is a remote access error (EKEYREJECTED).
+# Tests tagged transport-independent (usage, errno mapping, store space) do
+# not depend on the transport: the RDMA run leaves them out (scripts/test).
 
 load helpers
 
@@ -71,6 +73,7 @@ M2=$((2 * 1024 * 1024))
   assert_output --partial 'ENOENT'
 }
 
+# bats test_tags=transport-independent
 @test "errors: EINVAL, EEXIST, ENOENT, EBUSY, ENOSPC name the errno and the operation" {
   start_brick b --size 12M
   # The brick's EINVAL, with the rule broken (its reply carries no text).
@@ -116,6 +119,7 @@ M2=$((2 * 1024 * 1024))
   assert_success
 }
 
+# bats test_tags=transport-independent
 @test "usage errors exit 2 and name the flag or argument" {
   start_brick b
   run ctl alloc
@@ -256,6 +260,7 @@ M2=$((2 * 1024 * 1024))
   assert_output --partial 'chmod 600'
 }
 
+# bats test_tags=transport-independent
 @test "ALLOC on a full file system takes a free slot that still holds its space, not the one that lost it" {
   # A free slot whose space is gone (its zeroing's fallocate met a full file
   # system; here a hole punched from outside) is the lowest free slot, first

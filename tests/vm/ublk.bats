@@ -28,6 +28,8 @@
 # PBRICK_TRANSPORT=tcp|rdma (rdma: soft-RoCE on eth0, see rdma_host) and
 # PBRICK_PERSISTENCE=sync-read|rpc (the brick declares DDIO off for sync-read),
 # and per store: PBRICK_VM_STORE=file|fsdax|devdax (see vm_store in helpers.bash).
+# Tests tagged transport-independent (the device's control: detach, stop,
+# queues, the cluster file) run once, over TCP: the RDMA run leaves them out.
 
 load helpers
 load ublk
@@ -70,6 +72,7 @@ fio_verify() {
     { cat "$BATS_TEST_TMPDIR/fio-$name.out" >&2; return 1; }
 }
 
+# bats test_tags=transport-independent
 @test "ublk: told to stop with its ext4 still mounted, the gateway serves until the unmount, then stops; detach refuses; nothing lost" {
   brick_up
   gw_attach --size 1G -q 2 -d 32
@@ -105,6 +108,7 @@ fio_verify() {
 
 # --force stops a device in use under its holder (here device-mapper, which
 # holds it exclusively without writing: no I/O error for the kernel log).
+# bats test_tags=transport-independent
 @test "ublk: detach refuses a device in use by device-mapper; detach --force stops it" {
   requires dmsetup
   brick_up
@@ -173,6 +177,7 @@ fio_verify() {
 }
 
 # Without --pin-queues a queue's thread may run on every CPU the gateway may.
+# bats test_tags=transport-independent
 @test "ublk: queue threads are not pinned by default" {
   brick_up
   gw_attach --size 64M -q 2 -d 8
@@ -190,6 +195,7 @@ fio_verify() {
 
 # ublk gives a device at most one queue per CPU and says so only in ADD_DEV's
 # answer: asked for more, the gateway serves the queues the device has.
+# bats test_tags=transport-independent
 @test "ublk: --queues above the CPU count: the device's one queue per CPU are served, and the gateway says so" {
   brick_up
   local cpus
@@ -465,6 +471,7 @@ brick_lacks() {
   [ -z "$(dmesg_problems)" ]
 }
 
+# bats test_tags=transport-independent
 @test "ublk: --config/--volume, --logical-block-size 512, list, detach -n; poll_us from the file, flags over it" {
   brick_up
   cat >"$BATS_TEST_TMPDIR/cluster.yaml" <<YAML
