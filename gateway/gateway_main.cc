@@ -670,8 +670,9 @@ int attach_main(int argc, char** argv) {
     cleanup();
     return fail(st.error());
   }
+  // Kept for recover, and for the .conf a replace writes while serving.
+  p.volume_uuid = s.volume->label().volume_uuid;
   AttachParams saved = p;
-  saved.volume_uuid = s.volume->label().volume_uuid;
   // Files an earlier device of this id left (its daemon killed): its .conf
   // must not outlive a failed save, its mirror's copies not show under this
   // device in list.

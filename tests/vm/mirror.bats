@@ -298,6 +298,11 @@ wait_states() {
   wait_states in-sync,in-sync 60
   grep -q "brick $T2 resynced: 8 blocks copied" "$BATS_TEST_TMPDIR/gw.log" || fail "no full copy in the gateway log"
   grep -q "^target=$T0,$T2$" "/run/pbrick/ublk-$id.conf" || fail "recover would not use the new brick"
+  # Nor forget which volume the device serves (recover opens that one only).
+  local uuid
+  uuid=$(sed -n 's/^volume=//p' "/run/pbrick/ublk-$id.conf")
+  [ -n "$uuid" ] || fail "the .conf the replace wrote names no volume"
+  grep -q "volume $uuid: labelled" "$BATS_TEST_TMPDIR/gw.log" || fail "the .conf names volume $uuid, not the one attached"
   # The empty brick holds what brick 0 holds: slot 2k on one is slot 2k + 1 on the other.
   local s0 s2 slot sum
   s0=$(copy_sums "$T0") s2=$(copy_sums "$T2")
