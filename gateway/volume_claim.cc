@@ -35,6 +35,15 @@ std::string where(const ClaimBrick& b, size_t index) {
 
 uint64_t unix_now() { return static_cast<uint64_t>(std::time(nullptr)); }
 
+// At most `n` bytes of `s`, anything but printable ASCII as '?'.
+std::string clip_printable(std::string s, size_t n) {
+  if (s.size() > n) s.resize(n);
+  for (char& ch : s) {
+    if (ch < 0x20 || ch >= 0x7f) ch = '?';
+  }
+  return s;
+}
+
 // Maps the label block shared (read-only or read-write), runs fn(handle), unmaps.
 template <typename Fn>
 Status with_label_block(BrickClient& c, uint64_t vaddr, bool write, Fn&& fn) {
@@ -113,23 +122,21 @@ Status write_label(BrickClient& c, uint64_t vaddr, const VolumeLabel& l) {
   return write_label_block(c, vaddr, *slot * kLabelSlotSize, bytes);
 }
 
+// This host's name as holder records keep it: clipped, printable ASCII.
+std::string recorded_hostname() {
+  char host[256] = {};
+  if (gethostname(host, sizeof host - 1) != 0) return {};
+  return clip_printable(host, 63);
+}
+
 HolderRecord this_holder(const Uuid& volume, const Uuid& attachment) {
   HolderRecord h;
   h.volume_uuid = volume;
   h.attachment = attachment;
   h.pid = static_cast<uint64_t>(getpid());
   h.since = unix_now();
-  char host[256] = {};
-  if (gethostname(host, sizeof host - 1) == 0) h.host = host;
-  h.program = program_invocation_short_name;
-  auto clip = [](std::string& s, size_t n) {
-    if (s.size() > n) s.resize(n);
-    for (char& ch : s) {
-      if (ch < 0x20 || ch >= 0x7f) ch = '?';
-    }
-  };
-  clip(h.host, 63);
-  clip(h.program, 31);
+  h.host = recorded_hostname();
+  h.program = clip_printable(program_invocation_short_name, 31);
   return h;
 }
 
@@ -137,8 +144,8 @@ HolderRecord this_holder(const Uuid& volume, const Uuid& attachment) {
 // (gone, or a zombie: its connections are closed or closing). A pid taken by
 // another process since reads as alive: the short wait, then EBUSY.
 bool holder_exited_here(const HolderRecord& h) {
-  char host[256] = {};
-  if (gethostname(host, sizeof host - 1) != 0 || h.host != host) return false;
+  const std::string host = recorded_hostname();
+  if (host.empty() || h.host != host) return false;
   if (h.pid == 0 || h.pid > static_cast<uint64_t>(INT32_MAX)) return false;
   const pid_t pid = static_cast<pid_t>(h.pid);
   if (::kill(pid, 0) != 0) return errno == ESRCH;
@@ -166,7 +173,10 @@ std::optional<HolderRecord> read_holder(BrickClient& c, uint64_t label) {
 
 // Maps the lock block exclusively; the mapping lives as long as the connection.
 // `held_by_us` (optional) is set when the holder record names `attachment`.
-Status take_lock(const ClaimBrick& b, size_t index, uint64_t label, const Uuid& attachment,
+// `wait_for_exited`: a holder of this host that has exited is waited for
+// (an attach or recover); a reconnect, which must not take back a volume
+// another attachment held meanwhile, does not wait.
+Status take_lock(const ClaimBrick& b, size_t index, uint64_t label, const Uuid& attachment, bool wait_for_exited,
                  bool* held_by_us = nullptr) {
   BrickClient& c = *b.control;
   const uint64_t lock = lock_vaddr_of(label);
@@ -184,7 +194,7 @@ Status take_lock(const ClaimBrick& b, size_t index, uint64_t label, const Uuid& 
       // its connections close: over RDMA, once the connection manager's
       // disconnect reached it, which a loaded host delays. Worth a longer
       // wait; any other holder is refused now.
-      if (waited_for_exited) break;
+      if (waited_for_exited || !wait_for_exited) break;
       auto h = read_holder(c, label);
       if (!h || !holder_exited_here(*h)) break;
       PBRICK_LOG_NOTICE("%s: the volume is held by %s, which has exited: waiting up to %lld s for the brick to "
@@ -201,7 +211,7 @@ Status take_lock(const ClaimBrick& b, size_t index, uint64_t label, const Uuid& 
   if (auto h = read_holder(c, label)) {
     holder = h->to_string();
     if (held_by_us != nullptr) *held_by_us = h->attachment == attachment && attachment != Uuid{};
-    if (waited_for_exited) holder += ", which has exited, but the brick still holds its connection";
+    if (waited_for_exited && holder_exited_here(*h)) holder += ", which has exited, but the brick still holds its connection";
   }
   return Error(EBUSY, "volume at " + format_hex(b.base) + " on " + where(b, index) + " is held by " + holder);
 }
@@ -284,7 +294,8 @@ Result<VolumeClaim> VolumeClaim::Acquire(std::span<const ClaimBrick> bricks, con
   };
   for (; locked < bricks.size(); locked++) {
     if (bricks[locked].control == nullptr) continue;
-    Status st = take_lock(bricks[locked], locked, *label_vaddr(bricks[locked].base), attachment);
+    Status st = take_lock(bricks[locked], locked, *label_vaddr(bricks[locked].base), attachment,
+                          /*wait_for_exited=*/true);
     if (!st) {
       release();
       return st.error();
@@ -509,7 +520,7 @@ Status VolumeClaim::reacquire(size_t index, const ClaimBrick& b, bool stale) con
   PBRICK_TRY(check());
   if (read_only_) return Status::Ok();
   bool ours = false;
-  Status locked = take_lock(b, index, *vaddr, attachment_, &ours);
+  Status locked = take_lock(b, index, *vaddr, attachment_, /*wait_for_exited=*/false, &ours);
   if (!locked && ours) {
     // Our previous connection still holds the lock: the brick has not yet
     // noticed it is dead. A connection error, so the caller retries until its

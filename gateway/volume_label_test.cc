@@ -536,12 +536,12 @@ TEST_F(VolumeClaimTest, AHolderOfThisHostThatHasExitedIsWaitedForUntilTheBrickDr
   int status = 0;
   ASSERT_EQ(::waitpid(child, &status, 0), child);
   ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  auto b = connect({0, 1, 2});
+  PBRICK_ASSERT_OK(b);
   std::thread dropper([&] {
     std::this_thread::sleep_for(std::chrono::seconds(3));
     dying->clients.clear();
   });
-  auto b = connect({0, 1, 2});
-  PBRICK_ASSERT_OK(b);
   auto started = std::chrono::steady_clock::now();
   auto second = VolumeClaim::Acquire(b->claim, stripe(12 * kMiB));
   auto waited = std::chrono::steady_clock::now() - started;
