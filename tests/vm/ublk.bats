@@ -29,7 +29,7 @@
 # PBRICK_PERSISTENCE=sync-read|rpc (the brick declares DDIO off for sync-read),
 # and per store: PBRICK_VM_STORE=file|fsdax|devdax (see vm_store in helpers.bash).
 # Tests tagged transport-independent (the device's control: detach, stop,
-# queues, the cluster file) run once, over TCP: the RDMA run leaves them out.
+# queues) run once, over TCP: the RDMA run leaves them out.
 
 load helpers
 load ublk
@@ -471,7 +471,6 @@ brick_lacks() {
   [ -z "$(dmesg_problems)" ]
 }
 
-# bats test_tags=transport-independent
 @test "ublk: --config/--volume, --logical-block-size 512, list, detach -n; poll_us from the file, flags over it" {
   brick_up
   cat >"$BATS_TEST_TMPDIR/cluster.yaml" <<YAML
